@@ -1,0 +1,46 @@
+//! # rtunnel-core
+//!
+//! What the rtunnel server and agent share, with no knowledge of HTTP routes
+//! or databases beyond the store traits:
+//!
+//! - [`proto`]: the versioned wire protocol, pure code over bytes with hard
+//!   size limits; [`frame`] reads and writes its frames on async streams.
+//! - [`ws`]: a WebSocket message stream as a byte stream.
+//! - [`mux`]: the [`Mux`](mux::Mux) trait and its yamux implementation.
+//! - [`control`]: the handshake and heartbeats on the control stream.
+//! - [`relay`]: bidirectional copy with byte counts.
+//! - [`store`]: the [`SessionStore`](store::SessionStore),
+//!   [`IdentityStore`](store::IdentityStore) and
+//!   [`AuditSink`](store::AuditSink) traits, with the SQLite implementation
+//!   behind the `sqlite` feature.
+//! - [`token`]: the [`TokenSigner`](token::TokenSigner) trait.
+//!
+//! A tunnel in memory, end to end:
+//!
+//! ```
+//! use rtunnel_core::mux::{Mux, MuxConfig, YamuxMux};
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let (a, b) = tokio::io::duplex(64 * 1024);
+//! let client = YamuxMux::client(a, &MuxConfig::default());
+//! let server = YamuxMux::server(b, &MuxConfig::default());
+//! let mut out = client.open().await.unwrap();
+//! out.write_all(b"ping").await.unwrap();
+//! out.flush().await.unwrap();
+//! let mut inbound = server.accept().await.unwrap();
+//! let mut buf = [0u8; 4];
+//! inbound.read_exact(&mut buf).await.unwrap();
+//! assert_eq!(&buf, b"ping");
+//! # }
+//! ```
+
+pub mod control;
+pub mod frame;
+pub mod mux;
+pub mod proto;
+pub mod relay;
+pub mod store;
+pub mod token;
+pub mod ws;

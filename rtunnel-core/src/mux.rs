@@ -1,0 +1,413 @@
+//! Stream multiplexing: the [`Mux`] trait and its yamux implementation.
+//!
+//! yamux only moves bytes while its connection is polled, so [`YamuxMux`]
+//! gives the connection to one driver task that polls inbound streams, opens
+//! outbound ones on request and closes on command. Handles talk to it over
+//! channels; dropping the last handle closes the connection.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use async_trait::async_trait;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
+use tokio_util::sync::CancellationToken;
+
+/// Inbound streams waiting for `accept` beyond this many are refused (reset).
+pub const MAX_PENDING_INBOUND: usize = 256;
+
+/// Errors of a multiplexed connection.
+#[derive(Debug, thiserror::Error)]
+pub enum MuxError {
+    /// The connection is closed; no stream can be opened.
+    #[error("tunnel connection closed")]
+    Closed,
+    /// yamux reported an error.
+    #[error("multiplexer error: {0}")]
+    Yamux(String),
+}
+
+/// Counters of a multiplexed connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MuxCounters {
+    /// Streams opened by this side.
+    pub streams_opened: u64,
+    /// Streams the peer opened and this side accepted.
+    pub streams_accepted: u64,
+    /// Streams the peer opened that were refused because nobody accepted them.
+    pub streams_refused: u64,
+    /// Bytes read from the underlying connection.
+    pub bytes_in: u64,
+    /// Bytes written to the underlying connection.
+    pub bytes_out: u64,
+}
+
+/// A multiplexed connection: many ordered byte streams over one.
+#[async_trait]
+pub trait Mux: Send + Sync + 'static {
+    /// One stream of the connection.
+    type Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static;
+
+    /// Opens a new stream to the peer.
+    async fn open(&self) -> Result<Self::Stream, MuxError>;
+
+    /// Waits for the next stream opened by the peer; `None` once closed.
+    async fn accept(&self) -> Option<Self::Stream>;
+
+    /// Starts closing the connection; open streams end with an error.
+    fn close(&self);
+
+    /// Resolves once the connection has ended, for whatever reason.
+    async fn closed(&self);
+
+    /// Current counters.
+    fn counters(&self) -> MuxCounters;
+}
+
+/// Settings of a yamux connection.
+#[derive(Debug, Clone)]
+pub struct MuxConfig {
+    /// Most streams open at once on the connection (yamux's own limit).
+    pub max_streams: usize,
+    /// Largest data frame payload; larger writes are split.
+    pub split_send_size: usize,
+}
+
+impl Default for MuxConfig {
+    fn default() -> Self {
+        MuxConfig {
+            max_streams: 512,
+            split_send_size: 64 * 1024,
+        }
+    }
+}
+
+impl MuxConfig {
+    fn to_yamux(&self) -> yamux::Config {
+        let mut cfg = yamux::Config::default();
+        cfg.set_max_connection_receive_window(Some(
+            (self.max_streams * yamux::DEFAULT_CREDIT as usize).max(1 << 30),
+        ));
+        cfg.set_max_num_streams(self.max_streams);
+        cfg.set_split_send_size(self.split_send_size);
+        cfg
+    }
+}
+
+/// A stream of a [`YamuxMux`], with tokio's IO traits.
+pub type YamuxStream = Compat<yamux::Stream>;
+
+enum Command {
+    Open(oneshot::Sender<Result<yamux::Stream, MuxError>>),
+}
+
+#[derive(Default)]
+struct Counters {
+    opened: AtomicU64,
+    accepted: AtomicU64,
+    refused: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+/// The yamux implementation of [`Mux`], driven by its own task.
+pub struct YamuxMux {
+    commands: mpsc::Sender<Command>,
+    inbound: Mutex<mpsc::Receiver<yamux::Stream>>,
+    counters: Arc<Counters>,
+    shutdown: CancellationToken,
+    done: CancellationToken,
+}
+
+impl std::fmt::Debug for YamuxMux {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("YamuxMux")
+            .field("counters", &self.counters())
+            .finish_non_exhaustive()
+    }
+}
+
+impl YamuxMux {
+    /// Runs yamux as the dialing side (the side that opens the control stream).
+    pub fn client<T>(io: T, config: &MuxConfig) -> Self
+    where
+        T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        Self::spawn(io, config, yamux::Mode::Client)
+    }
+
+    /// Runs yamux as the accepting side.
+    pub fn server<T>(io: T, config: &MuxConfig) -> Self
+    where
+        T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        Self::spawn(io, config, yamux::Mode::Server)
+    }
+
+    fn spawn<T>(io: T, config: &MuxConfig, mode: yamux::Mode) -> Self
+    where
+        T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let counters = Arc::new(Counters::default());
+        let io = Counted {
+            inner: io,
+            counters: counters.clone(),
+        };
+        let conn = yamux::Connection::new(io.compat(), config.to_yamux(), mode);
+        let (cmd_tx, cmd_rx) = mpsc::channel(64);
+        let (in_tx, in_rx) = mpsc::channel(MAX_PENDING_INBOUND);
+        let shutdown = CancellationToken::new();
+        let done = CancellationToken::new();
+        let driver = Driver {
+            conn,
+            commands: cmd_rx,
+            inbound: in_tx,
+            pending_opens: std::collections::VecDeque::new(),
+            counters: counters.clone(),
+            shutdown: shutdown.clone(),
+            closing: false,
+        };
+        let done_signal = done.clone();
+        tokio::spawn(async move {
+            if let Err(e) = driver.run().await {
+                tracing::debug!(error = %e, "multiplexed connection ended with an error");
+            }
+            done_signal.cancel();
+        });
+        YamuxMux {
+            commands: cmd_tx,
+            inbound: Mutex::new(in_rx),
+            counters,
+            shutdown,
+            done,
+        }
+    }
+}
+
+#[async_trait]
+impl Mux for YamuxMux {
+    type Stream = YamuxStream;
+
+    async fn open(&self) -> Result<YamuxStream, MuxError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Open(tx))
+            .await
+            .map_err(|_| MuxError::Closed)?;
+        let stream = rx.await.map_err(|_| MuxError::Closed)??;
+        Ok(stream.compat())
+    }
+
+    async fn accept(&self) -> Option<YamuxStream> {
+        self.inbound.lock().await.recv().await.map(|s| s.compat())
+    }
+
+    fn close(&self) {
+        self.shutdown.cancel();
+    }
+
+    async fn closed(&self) {
+        self.done.cancelled().await;
+    }
+
+    fn counters(&self) -> MuxCounters {
+        let c = &self.counters;
+        MuxCounters {
+            streams_opened: c.opened.load(Ordering::Relaxed),
+            streams_accepted: c.accepted.load(Ordering::Relaxed),
+            streams_refused: c.refused.load(Ordering::Relaxed),
+            bytes_in: c.bytes_in.load(Ordering::Relaxed),
+            bytes_out: c.bytes_out.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Drop for YamuxMux {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+struct Driver<T> {
+    conn: yamux::Connection<Compat<Counted<T>>>,
+    commands: mpsc::Receiver<Command>,
+    inbound: mpsc::Sender<yamux::Stream>,
+    pending_opens: std::collections::VecDeque<oneshot::Sender<Result<yamux::Stream, MuxError>>>,
+    counters: Arc<Counters>,
+    shutdown: CancellationToken,
+    closing: bool,
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
+    async fn run(mut self) -> Result<(), MuxError> {
+        let shutdown = self.shutdown.clone();
+        let mut shutdown_requested = std::pin::pin!(shutdown.cancelled_owned());
+        let result = poll_fn(|cx| {
+            if !self.closing && shutdown_requested.as_mut().poll(cx).is_ready() {
+                self.closing = true;
+            }
+            self.poll_drive(cx)
+        })
+        .await;
+        for waiter in self.pending_opens.drain(..) {
+            let _ = waiter.send(Err(MuxError::Closed));
+        }
+        result
+    }
+
+    fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), MuxError>> {
+        if self.closing {
+            return self.conn.poll_close(cx).map_err(yamux_err);
+        }
+        loop {
+            while let Poll::Ready(cmd) = self.commands.poll_recv(cx) {
+                match cmd {
+                    Some(Command::Open(tx)) => self.pending_opens.push_back(tx),
+                    None => {
+                        // Every handle is gone: nobody can use the connection.
+                        self.closing = true;
+                        return self.conn.poll_close(cx).map_err(yamux_err);
+                    }
+                }
+            }
+            while !self.pending_opens.is_empty() {
+                match self.conn.poll_new_outbound(cx) {
+                    Poll::Ready(Ok(stream)) => {
+                        self.counters.opened.fetch_add(1, Ordering::Relaxed);
+                        if let Some(tx) = self.pending_opens.pop_front() {
+                            // A waiter that gave up drops the stream, which resets it.
+                            let _ = tx.send(Ok(stream));
+                        }
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(yamux_err(e))),
+                    Poll::Pending => break,
+                }
+            }
+            match self.conn.poll_next_inbound(cx) {
+                Poll::Ready(Some(Ok(stream))) => match self.inbound.try_send(stream) {
+                    Ok(()) => {
+                        self.counters.accepted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        // Dropping the stream resets it: the peer sees a refusal.
+                        self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                },
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(yamux_err(e))),
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+fn yamux_err(e: yamux::ConnectionError) -> MuxError {
+    match e {
+        yamux::ConnectionError::Closed => MuxError::Closed,
+        other => MuxError::Yamux(other.to_string()),
+    }
+}
+
+/// The connection under yamux, counting bytes each way.
+struct Counted<T> {
+    inner: T,
+    counters: Arc<Counters>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        self.counters
+            .bytes_in
+            .fetch_add(n as u64, Ordering::Relaxed);
+        res
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = res {
+            self.counters
+                .bytes_out
+                .fetch_add(n as u64, Ordering::Relaxed);
+        }
+        res
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn pair() -> (YamuxMux, YamuxMux) {
+        let (a, b) = tokio::io::duplex(256 * 1024);
+        let cfg = MuxConfig::default();
+        (YamuxMux::client(a, &cfg), YamuxMux::server(b, &cfg))
+    }
+
+    #[tokio::test]
+    async fn streams_carry_bytes_both_ways() {
+        let (client, server) = pair();
+        let echo = tokio::spawn(async move {
+            let mut s = server.accept().await.unwrap();
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf).await.unwrap();
+            s.write_all(&buf).await.unwrap();
+            s.shutdown().await.unwrap();
+            server
+        });
+        let mut s = client.open().await.unwrap();
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| i as u8).collect();
+        s.write_all(&data).await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        s.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, data);
+        let server = echo.await.unwrap();
+        assert_eq!(client.counters().streams_opened, 1);
+        assert_eq!(server.counters().streams_accepted, 1);
+        assert!(client.counters().bytes_out >= 1_000_000);
+    }
+
+    #[tokio::test]
+    async fn closing_one_side_ends_the_other() {
+        let (client, server) = pair();
+        client.close();
+        client.closed().await;
+        assert!(server.accept().await.is_none());
+        server.closed().await;
+        assert!(matches!(client.open().await, Err(MuxError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn dropping_the_handle_closes_the_connection() {
+        let (client, server) = pair();
+        drop(client);
+        assert!(server.accept().await.is_none());
+    }
+}

@@ -1,0 +1,471 @@
+//! The rtunnel wire protocol, version [`PROTOCOL_VERSION`].
+//!
+//! Everything here is pure code over bytes: encoding and decoding with hard
+//! size limits, no IO, no clock. The async helpers that read and write these
+//! frames on a stream live in [`crate::frame`]. `docs/PROTOCOL.md` describes
+//! every message.
+//!
+//! A frame is a 4-byte big-endian length followed by that many bytes of JSON.
+//! Two kinds of frame exist:
+//!
+//! - [`Control`] messages travel on the control stream, the first stream the
+//!   dialing side opens on a tunnel.
+//! - A [`StreamHeader`] is the first frame on every other stream; the
+//!   accepting side answers with a [`StreamReply`] before any payload flows.
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the wire protocol spoken by this build. Both ends must agree.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Size of the length prefix in front of every frame.
+pub const FRAME_PREFIX_BYTES: usize = 4;
+
+/// Largest control frame body accepted (the manifest is the largest message).
+pub const MAX_CONTROL_FRAME_BYTES: usize = 64 * 1024 + 1024;
+
+/// Largest stream header or stream reply body accepted.
+pub const MAX_STREAM_HEADER_BYTES: usize = 1024;
+
+/// Largest number of services a manifest may list.
+pub const MAX_MANIFEST_SERVICES: usize = 500;
+
+/// Longest service name (DNS label rules).
+pub const MAX_SERVICE_NAME_BYTES: usize = 63;
+
+/// Longest free-text reason carried in a close message or a refusal.
+pub const MAX_REASON_BYTES: usize = 512;
+
+/// A message on the control stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Control {
+    /// First message of the dialing side: its protocol version and software.
+    Hello {
+        /// Protocol version of the sender.
+        version: u16,
+        /// Free text naming the sender's software, for logs.
+        software: String,
+    },
+    /// The accepting side's answer to a compatible [`Control::Hello`].
+    Welcome {
+        /// Protocol version of the sender.
+        version: u16,
+        /// The support session this tunnel belongs to (nil for a forward).
+        session_id: uuid::Uuid,
+        /// How often each side sends a heartbeat, in milliseconds.
+        heartbeat_interval_ms: u64,
+    },
+    /// The services the agent can reach. Sent by the agent after `Welcome`.
+    Manifest {
+        /// The services, in the order the agent lists them.
+        services: Vec<ServiceInfo>,
+    },
+    /// Liveness signal; each side sends one every heartbeat interval.
+    Heartbeat {
+        /// Sender's counter, for logs.
+        seq: u64,
+    },
+    /// The sender is about to close the tunnel, and why.
+    Close {
+        /// Why the tunnel is closing.
+        code: CloseCode,
+        /// Human readable detail.
+        reason: String,
+    },
+}
+
+/// Why a tunnel is closed, carried in [`Control::Close`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CloseCode {
+    /// The two ends speak different protocol versions.
+    VersionMismatch,
+    /// The peer sent something the protocol does not allow.
+    ProtocolError,
+    /// An operator closed the session; the agent must not reconnect.
+    SessionClosed,
+    /// The server is shutting down; reconnect right away.
+    ServerRestarting,
+    /// Another connection with the same credentials took over.
+    Replaced,
+    /// The sender is shutting down on purpose.
+    Shutdown,
+}
+
+/// One entry of a manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceInfo {
+    /// Service name, see [`validate_service_name`].
+    pub name: String,
+    /// What the stream carries.
+    pub kind: StreamKind,
+    /// Informational description of the target (`host:port`), shown to
+    /// operators; the server never dials it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Whether the agent reaches the target over TLS.
+    #[serde(default)]
+    pub tls: bool,
+}
+
+/// What a stream carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamKind {
+    /// Raw TCP bytes.
+    Tcp,
+    /// HTTP requests for the subdomain proxy (bytes are relayed as TCP).
+    Http,
+    /// A PTY on the agent host.
+    Terminal,
+}
+
+/// The first frame on every non-control stream: which service it is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamHeader {
+    /// Name of a service of the manifest.
+    pub service: String,
+    /// What the opener means to carry.
+    pub kind: StreamKind,
+}
+
+/// The accepting side's answer to a [`StreamHeader`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum StreamReply {
+    /// The target is connected; payload may flow.
+    Ok,
+    /// The stream is refused; it will be closed after this frame.
+    Refused {
+        /// Stable snake_case code, such as `unknown_service`.
+        code: String,
+        /// Human readable detail.
+        reason: String,
+    },
+}
+
+impl StreamReply {
+    /// A refusal with a stable `code` and a human readable `reason`.
+    pub fn refused(code: &str, reason: impl Into<String>) -> Self {
+        let mut reason = reason.into();
+        truncate_utf8(&mut reason, MAX_REASON_BYTES);
+        StreamReply::Refused {
+            code: code.to_owned(),
+            reason,
+        }
+    }
+}
+
+/// Everything that can be wrong with a frame.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProtoError {
+    /// The length prefix announces more than the limit for this frame.
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// Announced length.
+        len: usize,
+        /// Limit for this kind of frame.
+        max: usize,
+    },
+    /// The body is not valid JSON for the expected message.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// A service name breaks the naming rules.
+    #[error("invalid service name {0:?}: names match ^[a-z0-9]([a-z0-9-]{{0,61}}[a-z0-9])?$")]
+    InvalidServiceName(String),
+    /// A manifest lists too many services or the same name twice.
+    #[error("invalid manifest: {0}")]
+    InvalidManifest(String),
+}
+
+/// Encodes `msg` as one frame: length prefix and JSON body.
+///
+/// Panics never; messages built by this crate always fit their limits, and
+/// an oversized one is caught by the peer's decoder.
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    // Serializing these plain data types cannot fail.
+    let body = serde_json::to_vec(msg).unwrap_or_default();
+    let mut out = Vec::with_capacity(FRAME_PREFIX_BYTES + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Reads the length prefix at the start of `buf`, if complete, checking it
+/// against `max` before anything is allocated.
+pub fn body_len(buf: &[u8], max: usize) -> Result<Option<usize>, ProtoError> {
+    let Some(prefix) = buf.get(..FRAME_PREFIX_BYTES) else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+    if len > max {
+        return Err(ProtoError::TooLarge { len, max });
+    }
+    Ok(Some(len))
+}
+
+/// Decodes one frame from the front of `buf`.
+///
+/// Returns `Ok(None)` when more bytes are needed, or the message and the
+/// number of bytes it used.
+pub fn decode<T: for<'de> Deserialize<'de> + Validate>(
+    buf: &[u8],
+    max: usize,
+) -> Result<Option<(T, usize)>, ProtoError> {
+    let Some(len) = body_len(buf, max)? else {
+        return Ok(None);
+    };
+    let end = FRAME_PREFIX_BYTES + len;
+    let Some(body) = buf.get(FRAME_PREFIX_BYTES..end) else {
+        return Ok(None);
+    };
+    let msg = decode_body::<T>(body)?;
+    Ok(Some((msg, end)))
+}
+
+/// Decodes and validates a frame body (without its length prefix).
+pub fn decode_body<T: for<'de> Deserialize<'de> + Validate>(body: &[u8]) -> Result<T, ProtoError> {
+    let msg: T = serde_json::from_slice(body).map_err(|e| ProtoError::Malformed(e.to_string()))?;
+    msg.validate()?;
+    Ok(msg)
+}
+
+/// Decodes one control frame from the front of `buf` (see [`decode`]).
+pub fn decode_control(buf: &[u8]) -> Result<Option<(Control, usize)>, ProtoError> {
+    decode(buf, MAX_CONTROL_FRAME_BYTES)
+}
+
+/// Decodes one stream header from the front of `buf` (see [`decode`]).
+pub fn decode_stream_header(buf: &[u8]) -> Result<Option<(StreamHeader, usize)>, ProtoError> {
+    decode(buf, MAX_STREAM_HEADER_BYTES)
+}
+
+/// Decodes one stream reply from the front of `buf` (see [`decode`]).
+pub fn decode_stream_reply(buf: &[u8]) -> Result<Option<(StreamReply, usize)>, ProtoError> {
+    decode(buf, MAX_STREAM_HEADER_BYTES)
+}
+
+/// Checks a decoded message beyond what its type says.
+pub trait Validate {
+    /// Returns an error when the message breaks a protocol rule.
+    fn validate(&self) -> Result<(), ProtoError>;
+}
+
+impl Validate for Control {
+    fn validate(&self) -> Result<(), ProtoError> {
+        match self {
+            Control::Manifest { services } => validate_manifest(services),
+            Control::Close { reason, .. } if reason.len() > MAX_REASON_BYTES => Err(
+                ProtoError::Malformed(format!("close reason longer than {MAX_REASON_BYTES} bytes")),
+            ),
+            Control::Hello { software, .. } if software.len() > MAX_REASON_BYTES => Err(
+                ProtoError::Malformed(format!("software longer than {MAX_REASON_BYTES} bytes")),
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Validate for StreamHeader {
+    fn validate(&self) -> Result<(), ProtoError> {
+        validate_service_name(&self.service)
+    }
+}
+
+impl Validate for StreamReply {
+    fn validate(&self) -> Result<(), ProtoError> {
+        Ok(())
+    }
+}
+
+/// Checks a service name against `^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`.
+pub fn validate_service_name(name: &str) -> Result<(), ProtoError> {
+    let bytes = name.as_bytes();
+    let ok_inner = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-';
+    let ok_edge = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let valid = !bytes.is_empty()
+        && bytes.len() <= MAX_SERVICE_NAME_BYTES
+        && bytes.iter().all(ok_inner)
+        && bytes.first().is_some_and(ok_edge)
+        && bytes.last().is_some_and(ok_edge);
+    if valid {
+        Ok(())
+    } else {
+        let mut shown = name.to_owned();
+        truncate_utf8(&mut shown, 80);
+        Err(ProtoError::InvalidServiceName(shown))
+    }
+}
+
+/// Checks a manifest: service count, names, no duplicates.
+pub fn validate_manifest(services: &[ServiceInfo]) -> Result<(), ProtoError> {
+    if services.len() > MAX_MANIFEST_SERVICES {
+        return Err(ProtoError::InvalidManifest(format!(
+            "{} services listed, at most {MAX_MANIFEST_SERVICES} allowed",
+            services.len()
+        )));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(services.len());
+    for s in services {
+        validate_service_name(&s.name)?;
+        if s.target.as_ref().is_some_and(|t| t.len() > 255) {
+            return Err(ProtoError::InvalidManifest(format!(
+                "target of service {} is longer than 255 bytes",
+                s.name
+            )));
+        }
+        if !seen.insert(s.name.as_str()) {
+            return Err(ProtoError::InvalidManifest(format!(
+                "service {} is listed twice",
+                s.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn truncate_utf8(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(name: &str) -> ServiceInfo {
+        ServiceInfo {
+            name: name.into(),
+            kind: StreamKind::Tcp,
+            target: Some("127.0.0.1:22".into()),
+            tls: false,
+        }
+    }
+
+    #[test]
+    fn control_messages_round_trip() {
+        let msgs = [
+            Control::Hello {
+                version: PROTOCOL_VERSION,
+                software: "rtunnel-agent/0.1.0".into(),
+            },
+            Control::Welcome {
+                version: 1,
+                session_id: uuid::Uuid::new_v4(),
+                heartbeat_interval_ms: 15_000,
+            },
+            Control::Manifest {
+                services: vec![svc("ssh"), svc("web-ui")],
+            },
+            Control::Heartbeat { seq: 7 },
+            Control::Close {
+                code: CloseCode::SessionClosed,
+                reason: "closed by admin".into(),
+            },
+        ];
+        for msg in msgs {
+            let bytes = encode(&msg);
+            let (back, used) = decode_control(&bytes).unwrap().unwrap();
+            assert_eq!(back, msg);
+            assert_eq!(used, bytes.len());
+        }
+    }
+
+    #[test]
+    fn partial_frames_ask_for_more() {
+        let bytes = encode(&Control::Heartbeat { seq: 1 });
+        for cut in 0..bytes.len() {
+            assert_eq!(decode_control(&bytes[..cut]), Ok(None), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn oversized_prefix_is_refused_before_the_body_arrives() {
+        let mut bytes = ((MAX_CONTROL_FRAME_BYTES + 1) as u32).to_be_bytes().to_vec();
+        bytes.extend_from_slice(b"{");
+        assert_eq!(
+            decode_control(&bytes),
+            Err(ProtoError::TooLarge {
+                len: MAX_CONTROL_FRAME_BYTES + 1,
+                max: MAX_CONTROL_FRAME_BYTES
+            })
+        );
+        let header = ((MAX_STREAM_HEADER_BYTES + 1) as u32).to_be_bytes();
+        assert!(matches!(
+            decode_stream_header(&header),
+            Err(ProtoError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn manifest_limits_are_enforced() {
+        let many: Vec<_> = (0..=MAX_MANIFEST_SERVICES)
+            .map(|i| svc(&format!("s{i}")))
+            .collect();
+        let msg = Control::Manifest { services: many };
+        assert!(matches!(
+            decode_control(&encode(&msg)),
+            Err(ProtoError::InvalidManifest(_)) | Err(ProtoError::TooLarge { .. })
+        ));
+        let dup = Control::Manifest {
+            services: vec![svc("ssh"), svc("ssh")],
+        };
+        assert!(matches!(
+            decode_control(&encode(&dup)),
+            Err(ProtoError::InvalidManifest(m)) if m.contains("twice")
+        ));
+    }
+
+    #[test]
+    fn service_names_follow_the_contract() {
+        for good in ["a", "ssh", "web-ui", "a1", "0", &"x".repeat(63)] {
+            assert_eq!(validate_service_name(good), Ok(()), "{good}");
+        }
+        for bad in ["", "-a", "a-", "A", "web_ui", "a.b", "é", &"x".repeat(64), "a b"] {
+            assert!(validate_service_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn stream_header_rejects_bad_names_and_junk() {
+        let good = encode(&StreamHeader {
+            service: "ssh".into(),
+            kind: StreamKind::Tcp,
+        });
+        assert!(decode_stream_header(&good).unwrap().is_some());
+        let bad = encode(&StreamHeader {
+            service: "../etc".into(),
+            kind: StreamKind::Tcp,
+        });
+        assert!(matches!(
+            decode_stream_header(&bad),
+            Err(ProtoError::InvalidServiceName(_))
+        ));
+        let mut junk = 3u32.to_be_bytes().to_vec();
+        junk.extend_from_slice(b"{{{");
+        assert!(matches!(
+            decode_stream_header(&junk),
+            Err(ProtoError::Malformed(_))
+        ));
+        let mut unknown_kind = Vec::new();
+        let body = br#"{"service":"ssh","kind":"udp"}"#;
+        unknown_kind.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        unknown_kind.extend_from_slice(body);
+        assert!(decode_stream_header(&unknown_kind).is_err());
+    }
+
+    #[test]
+    fn refusal_reasons_are_bounded() {
+        let r = StreamReply::refused("x", "é".repeat(1000));
+        let StreamReply::Refused { reason, .. } = r else {
+            panic!("not refused")
+        };
+        assert!(reason.len() <= MAX_REASON_BYTES);
+    }
+}

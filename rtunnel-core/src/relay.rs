@@ -1,0 +1,178 @@
+//! Bidirectional copy between two byte streams, with byte counts.
+//!
+//! Unlike `tokio::io::copy_bidirectional`, [`relay`] reports how many bytes
+//! went each way even when one side fails, which the access log needs. When
+//! one side reaches end of file, the other side's write half is shut down and
+//! the opposite direction carries on (TCP half-close). Each direction uses one
+//! fixed buffer of [`RELAY_BUFFER_BYTES`], so memory per relay is bounded.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Size of the buffer of each direction.
+pub const RELAY_BUFFER_BYTES: usize = 64 * 1024;
+
+/// What a finished relay moved and how it ended.
+#[derive(Debug)]
+pub struct RelayOutcome {
+    /// Bytes copied from the first stream to the second.
+    pub a_to_b: u64,
+    /// Bytes copied from the second stream to the first.
+    pub b_to_a: u64,
+    /// `Ok` when both directions reached end of file.
+    pub result: io::Result<()>,
+}
+
+/// Copies `a` to `b` and `b` to `a` until both directions end or one fails.
+pub async fn relay<A, B>(a: &mut A, b: &mut B) -> RelayOutcome
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let mut ab = OneWay::new();
+    let mut ba = OneWay::new();
+    let result = std::future::poll_fn(|cx| {
+        let ab_state = ab.poll_copy(cx, &mut *a, &mut *b)?;
+        let ba_state = ba.poll_copy(cx, &mut *b, &mut *a)?;
+        if ab_state.is_ready() && ba_state.is_ready() {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    RelayOutcome {
+        a_to_b: ab.bytes,
+        b_to_a: ba.bytes,
+        result,
+    }
+}
+
+struct OneWay {
+    buf: Box<[u8]>,
+    pos: usize,
+    cap: usize,
+    bytes: u64,
+    read_done: bool,
+    need_flush: bool,
+    done: bool,
+}
+
+impl OneWay {
+    fn new() -> Self {
+        OneWay {
+            buf: vec![0; RELAY_BUFFER_BYTES].into_boxed_slice(),
+            pos: 0,
+            cap: 0,
+            bytes: 0,
+            read_done: false,
+            need_flush: false,
+            done: false,
+        }
+    }
+
+    fn poll_copy<R, W>(&mut self, cx: &mut Context<'_>, r: &mut R, w: &mut W) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        if self.done {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if self.pos == self.cap && !self.read_done {
+                let mut rb = ReadBuf::new(&mut self.buf);
+                match Pin::new(&mut *r).poll_read(cx, &mut rb) {
+                    Poll::Pending => {
+                        // Nothing more to read now: push what was written.
+                        if self.need_flush {
+                            ready!(Pin::new(&mut *w).poll_flush(cx))?;
+                            self.need_flush = false;
+                        }
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(())) => {
+                        let n = rb.filled().len();
+                        if n == 0 {
+                            self.read_done = true;
+                        } else {
+                            self.pos = 0;
+                            self.cap = n;
+                        }
+                    }
+                }
+            }
+            while self.pos < self.cap {
+                let n = ready!(Pin::new(&mut *w).poll_write(cx, &self.buf[self.pos..self.cap]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.pos += n;
+                self.bytes += n as u64;
+                self.need_flush = true;
+            }
+            if self.read_done {
+                ready!(Pin::new(&mut *w).poll_shutdown(cx))?;
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn relay_copies_both_ways_and_counts() {
+        let (a_outer, mut a_inner) = tokio::io::duplex(4096);
+        let (mut b_inner, b_outer) = tokio::io::duplex(4096);
+        let relay_task = tokio::spawn(async move { relay(&mut a_inner, &mut b_inner).await });
+        let to_b: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let to_a = vec![9u8; 70_000];
+        // Each peer writes and reads at the same time, as TCP peers do.
+        async fn talk(peer: tokio::io::DuplexStream, data: Vec<u8>) -> Vec<u8> {
+            let (mut r, mut w) = tokio::io::split(peer);
+            let write = async move {
+                w.write_all(&data).await.unwrap();
+                w.shutdown().await.unwrap();
+            };
+            let read = async move {
+                let mut got = Vec::new();
+                r.read_to_end(&mut got).await.unwrap();
+                got
+            };
+            tokio::join!(write, read).1
+        }
+        let w1 = tokio::spawn(talk(a_outer, to_b.clone()));
+        let w2 = tokio::spawn(talk(b_outer, to_a.clone()));
+        assert_eq!(w2.await.unwrap(), to_b);
+        assert_eq!(w1.await.unwrap(), to_a);
+        let outcome = relay_task.await.unwrap();
+        assert!(outcome.result.is_ok());
+        assert_eq!(outcome.a_to_b, 300_000);
+        assert_eq!(outcome.b_to_a, 70_000);
+    }
+
+    #[tokio::test]
+    async fn counts_survive_a_failure() {
+        let (mut a_outer, mut a_inner) = tokio::io::duplex(1024);
+        let (mut b_inner, b_outer) = tokio::io::duplex(1024);
+        let relay_task = tokio::spawn(async move { relay(&mut a_inner, &mut b_inner).await });
+        let mut b_outer = b_outer;
+        a_outer.write_all(&[1u8; 100]).await.unwrap();
+        let mut got = [0u8; 100];
+        b_outer.read_exact(&mut got).await.unwrap();
+        drop(b_outer);
+        a_outer.write_all(&[1u8; 10]).await.unwrap();
+        let outcome = relay_task.await.unwrap();
+        assert!(outcome.result.is_err());
+        assert!(outcome.a_to_b >= 100);
+    }
+}

@@ -1,0 +1,393 @@
+//! The durable state of rtunnel, behind traits: users, API tokens, systems,
+//! grants ([`IdentityStore`]), support sessions and their manifests
+//! ([`SessionStore`]) and the audit log ([`AuditSink`]).
+//!
+//! Implementations: [`sqlite::SqliteStore`] (feature `sqlite`, the embedded
+//! default). Every column type is portable (TEXT ids, BIGINT millisecond
+//! timestamps, TEXT JSON) so PostgreSQL implements the same traits.
+
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::proto::ServiceInfo;
+
+/// Milliseconds since the Unix epoch.
+pub type Millis = i64;
+
+/// The current time in [`Millis`].
+pub fn now_millis() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// Formats [`Millis`] as RFC 3339 with milliseconds, in UTC.
+pub fn rfc3339(ms: Millis) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Errors of a store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A row with the same unique value exists.
+    #[error("already exists: {0}")]
+    Conflict(String),
+    /// The row the operation needs does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The backend failed (connection, disk, corruption).
+    #[error("storage backend failure: {0}")]
+    Backend(String),
+}
+
+/// A user's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Reaches everything and administers.
+    Admin,
+    /// Reaches the systems it holds an active grant on.
+    Operator,
+    /// Reads only.
+    Viewer,
+}
+
+impl Role {
+    /// The role's name as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Operator => "operator",
+            Role::Viewer => "viewer",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "admin" => Ok(Role::Admin),
+            "operator" => Ok(Role::Operator),
+            "viewer" => Ok(Role::Viewer),
+            other => Err(format!(
+                "unknown role {other:?}: expected admin, operator or viewer"
+            )),
+        }
+    }
+}
+
+/// A user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct User {
+    /// Id.
+    pub id: Uuid,
+    /// Unique login name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// A disabled user can do nothing.
+    pub disabled: bool,
+    /// Creation time.
+    pub created_at: Millis,
+}
+
+/// An API token as stored: the secret half only as a hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiTokenRecord {
+    /// The public id half of the token.
+    pub id: Uuid,
+    /// Owner.
+    pub user_id: Uuid,
+    /// Hash of the secret half.
+    pub secret_hash: String,
+    /// Creation time.
+    pub created_at: Millis,
+    /// Expiry, if any.
+    pub expires_at: Option<Millis>,
+}
+
+/// An enrolled system.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct System {
+    /// Id.
+    pub id: Uuid,
+    /// Unique display name.
+    pub name: String,
+    /// Public key the agent authenticates with.
+    pub key: String,
+    /// Hash of the secret; never shown.
+    #[serde(skip)]
+    pub secret_hash: String,
+    /// Creation time.
+    pub created_at: Millis,
+}
+
+/// State of a support session (see the contract's Words).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionStatus {
+    /// Authenticated, no manifest yet.
+    Pending,
+    /// Tunnel up with a manifest.
+    Active,
+    /// Tunnel lost; waiting for the agent to come back.
+    GracePeriod,
+    /// Tunnel lost and not recovered. Final.
+    Expired,
+    /// Closed by an operator or at the end of its lifetime. Final.
+    Closed,
+}
+
+impl SessionStatus {
+    /// The status as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionStatus::Pending => "pending",
+            SessionStatus::Active => "active",
+            SessionStatus::GracePeriod => "grace_period",
+            SessionStatus::Expired => "expired",
+            SessionStatus::Closed => "closed",
+        }
+    }
+
+    /// Whether no further transition is possible.
+    pub fn is_final(self) -> bool {
+        matches!(self, SessionStatus::Expired | SessionStatus::Closed)
+    }
+}
+
+impl std::str::FromStr for SessionStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "pending" => Ok(SessionStatus::Pending),
+            "active" => Ok(SessionStatus::Active),
+            "grace_period" => Ok(SessionStatus::GracePeriod),
+            "expired" => Ok(SessionStatus::Expired),
+            "closed" => Ok(SessionStatus::Closed),
+            other => Err(format!("unknown session status {other:?}")),
+        }
+    }
+}
+
+/// A support session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SessionRecord {
+    /// Id.
+    pub id: Uuid,
+    /// The system whose agent holds the tunnel.
+    pub system_id: Uuid,
+    /// State.
+    pub status: SessionStatus,
+    /// When the agent authenticated.
+    pub created_at: Millis,
+    /// When the manifest arrived.
+    pub activated_at: Option<Millis>,
+    /// When the session reached a final state.
+    pub ended_at: Option<Millis>,
+    /// Why it ended.
+    pub end_reason: Option<String>,
+    /// When its lifetime ends.
+    pub expires_at: Millis,
+    /// The agent's address as the server saw it.
+    pub agent_addr: Option<String>,
+    /// The agent's software string from its hello.
+    pub agent_software: Option<String>,
+    /// The manifest (empty until active).
+    pub services: Vec<ServiceInfo>,
+}
+
+/// A page request: `page` from 1, `page_size` from 1 to [`MAX_PAGE_SIZE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    /// Page number, from 1.
+    pub page: u32,
+    /// Items per page.
+    pub page_size: u32,
+}
+
+/// Largest page size a list accepts.
+pub const MAX_PAGE_SIZE: u32 = 500;
+
+impl Default for Page {
+    fn default() -> Self {
+        Page {
+            page: 1,
+            page_size: 50,
+        }
+    }
+}
+
+impl Page {
+    /// Rows to skip.
+    pub fn offset(&self) -> i64 {
+        i64::from(self.page.saturating_sub(1)) * i64::from(self.page_size)
+    }
+}
+
+/// One page of a list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Paged<T> {
+    /// The items of this page.
+    pub items: Vec<T>,
+    /// Page number.
+    pub page: u32,
+    /// Page size.
+    pub page_size: u32,
+    /// Items across all pages.
+    pub total: u64,
+}
+
+/// Order of a session list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SessionSort {
+    /// Newest first.
+    #[default]
+    CreatedDesc,
+    /// Oldest first.
+    CreatedAsc,
+}
+
+/// Which sessions a list returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionFilter {
+    /// Only this status.
+    pub status: Option<SessionStatus>,
+    /// Only this system.
+    pub system_id: Option<Uuid>,
+    /// Only systems this user holds an active grant on (for non-admins).
+    pub granted_to: Option<Uuid>,
+    /// Order.
+    pub sort: SessionSort,
+}
+
+/// Users, API tokens, systems and grants.
+#[async_trait]
+pub trait IdentityStore: Send + Sync {
+    /// Adds a user; [`StoreError::Conflict`] if the name is taken.
+    async fn create_user(&self, user: &User) -> Result<(), StoreError>;
+    /// Finds a user by name.
+    async fn user_by_name(&self, name: &str) -> Result<Option<User>, StoreError>;
+    /// Finds a user by id.
+    async fn user_by_id(&self, id: Uuid) -> Result<Option<User>, StoreError>;
+    /// Stores an API token.
+    async fn create_api_token(&self, token: &ApiTokenRecord) -> Result<(), StoreError>;
+    /// Finds an API token by its public id.
+    async fn api_token(&self, id: Uuid) -> Result<Option<ApiTokenRecord>, StoreError>;
+    /// Adds a system; [`StoreError::Conflict`] if the name or key is taken.
+    async fn create_system(&self, system: &System) -> Result<(), StoreError>;
+    /// Finds a system by id.
+    async fn system(&self, id: Uuid) -> Result<Option<System>, StoreError>;
+    /// Finds a system by name.
+    async fn system_by_name(&self, name: &str) -> Result<Option<System>, StoreError>;
+    /// Finds a system by its public key.
+    async fn system_by_key(&self, key: &str) -> Result<Option<System>, StoreError>;
+    /// Lists systems, all or those granted to a user, by name.
+    async fn list_systems(
+        &self,
+        granted_to: Option<Uuid>,
+        now: Millis,
+        page: Page,
+    ) -> Result<Paged<System>, StoreError>;
+    /// Gives a user access to a system; returns false if already active.
+    async fn grant(&self, user_id: Uuid, system_id: Uuid, now: Millis) -> Result<bool, StoreError>;
+    /// Takes it away; returns false if there was no active grant.
+    async fn revoke(&self, user_id: Uuid, system_id: Uuid, now: Millis)
+    -> Result<bool, StoreError>;
+    /// Whether the user holds an active, unexpired grant on the system.
+    async fn has_grant(
+        &self,
+        user_id: Uuid,
+        system_id: Uuid,
+        now: Millis,
+    ) -> Result<bool, StoreError>;
+}
+
+/// Support sessions and their manifests.
+#[async_trait]
+pub trait SessionStore: Send + Sync {
+    /// Adds a session (normally `pending`).
+    async fn create_session(&self, session: &SessionRecord) -> Result<(), StoreError>;
+    /// Stores the manifest and makes a pending session `active`.
+    async fn activate_session(
+        &self,
+        id: Uuid,
+        services: &[ServiceInfo],
+        now: Millis,
+    ) -> Result<(), StoreError>;
+    /// Moves a session to a final state with a reason, unless already final.
+    async fn end_session(
+        &self,
+        id: Uuid,
+        status: SessionStatus,
+        reason: &str,
+        now: Millis,
+    ) -> Result<(), StoreError>;
+    /// Ends every session not yet final (left over by a stopped process).
+    async fn end_unfinished_sessions(
+        &self,
+        status: SessionStatus,
+        reason: &str,
+        now: Millis,
+    ) -> Result<u64, StoreError>;
+    /// Finds a session.
+    async fn session(&self, id: Uuid) -> Result<Option<SessionRecord>, StoreError>;
+    /// Lists sessions.
+    async fn list_sessions(
+        &self,
+        filter: &SessionFilter,
+        now: Millis,
+        page: Page,
+    ) -> Result<Paged<SessionRecord>, StoreError>;
+}
+
+/// One audit event (see the contract's Audit).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditEvent {
+    /// Id.
+    pub id: Uuid,
+    /// When.
+    pub at: Millis,
+    /// What, as a stable snake_case name (`tunnel_auth_failed`, ...).
+    pub event: String,
+    /// Who: a user name, a system key, or `system`.
+    pub actor: Option<String>,
+    /// The system concerned.
+    pub system_id: Option<Uuid>,
+    /// The session concerned.
+    pub session_id: Option<Uuid>,
+    /// The address the request came from.
+    pub ip_address: Option<String>,
+    /// Anything else, as JSON.
+    pub details: serde_json::Value,
+}
+
+impl AuditEvent {
+    /// A new event happening now with empty details.
+    pub fn new(event: &str) -> Self {
+        AuditEvent {
+            id: Uuid::new_v4(),
+            at: now_millis(),
+            event: event.to_owned(),
+            actor: None,
+            system_id: None,
+            session_id: None,
+            ip_address: None,
+            details: serde_json::Value::Object(Default::default()),
+        }
+    }
+}
+
+/// Where audit events go. Access opens only after `record` succeeds.
+#[async_trait]
+pub trait AuditSink: Send + Sync {
+    /// Stores one event durably.
+    async fn record(&self, event: &AuditEvent) -> Result<(), StoreError>;
+}

@@ -1,0 +1,696 @@
+//! The embedded SQLite store: one file in the data directory, created with
+//! its schema on first use. WAL mode and a busy timeout let the admin
+//! subcommands write while a server runs on the same file.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::Row;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow};
+use uuid::Uuid;
+
+use super::{
+    ApiTokenRecord, AuditEvent, AuditSink, IdentityStore, Millis, Page, Paged, SessionFilter,
+    SessionRecord, SessionSort, SessionStatus, SessionStore, StoreError, System, User,
+};
+use crate::proto::ServiceInfo;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// SQLite implementation of every store trait.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database file at `path` and applies
+    /// pending migrations.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Backend(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        Self::connect(options).await
+    }
+
+    /// Opens the database named by a `sqlite://PATH` URL.
+    pub async fn open_url(url: &str) -> Result<Self, StoreError> {
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .ok_or_else(|| StoreError::Backend(format!("not a sqlite URL: {url}")))?;
+        let path = path.split('?').next().unwrap_or(path);
+        Self::open(Path::new(path)).await
+    }
+
+    async fn connect(options: SqliteConnectOptions) -> Result<Self, StoreError> {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await
+            .map_err(backend)?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Backend(format!("migration failed: {e}")))?;
+        Ok(SqliteStore { pool })
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    /// Closes the pool, waiting for connections to finish.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn backend(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            StoreError::Conflict(db.message().to_owned())
+        }
+        _ => StoreError::Backend(e.to_string()),
+    }
+}
+
+fn get<'r, T>(row: &'r SqliteRow, col: &str) -> Result<T, StoreError>
+where
+    T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+{
+    row.try_get(col).map_err(backend)
+}
+
+fn get_uuid(row: &SqliteRow, col: &str) -> Result<Uuid, StoreError> {
+    let s: String = get(row, col)?;
+    Uuid::parse_str(&s).map_err(|e| StoreError::Backend(format!("bad uuid in {col}: {e}")))
+}
+
+fn parse_enum<T: FromStr<Err = String>>(row: &SqliteRow, col: &str) -> Result<T, StoreError> {
+    let s: String = get(row, col)?;
+    s.parse().map_err(StoreError::Backend)
+}
+
+fn user_from(row: &SqliteRow) -> Result<User, StoreError> {
+    Ok(User {
+        id: get_uuid(row, "id")?,
+        name: get(row, "name")?,
+        role: parse_enum(row, "role")?,
+        disabled: get(row, "disabled")?,
+        created_at: get(row, "created_at")?,
+    })
+}
+
+fn system_from(row: &SqliteRow) -> Result<System, StoreError> {
+    Ok(System {
+        id: get_uuid(row, "id")?,
+        name: get(row, "name")?,
+        key: get(row, "key")?,
+        secret_hash: get(row, "secret_hash")?,
+        created_at: get(row, "created_at")?,
+    })
+}
+
+fn session_from(row: &SqliteRow) -> Result<SessionRecord, StoreError> {
+    let manifest: String = get(row, "manifest")?;
+    let services: Vec<ServiceInfo> = serde_json::from_str(&manifest)
+        .map_err(|e| StoreError::Backend(format!("bad manifest: {e}")))?;
+    Ok(SessionRecord {
+        id: get_uuid(row, "id")?,
+        system_id: get_uuid(row, "system_id")?,
+        status: parse_enum(row, "status")?,
+        created_at: get(row, "created_at")?,
+        activated_at: get(row, "activated_at")?,
+        ended_at: get(row, "ended_at")?,
+        end_reason: get(row, "end_reason")?,
+        expires_at: get(row, "expires_at")?,
+        agent_addr: get(row, "agent_addr")?,
+        agent_software: get(row, "agent_software")?,
+        services,
+    })
+}
+
+#[async_trait]
+impl IdentityStore for SqliteStore {
+    async fn create_user(&self, user: &User) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO users (id, name, role, disabled, created_at) VALUES (?, ?, ?, ?, ?)")
+            .bind(user.id.to_string())
+            .bind(&user.name)
+            .bind(user.role.as_str())
+            .bind(user.disabled)
+            .bind(user.created_at)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn user_by_name(&self, name: &str) -> Result<Option<User>, StoreError> {
+        sqlx::query("SELECT * FROM users WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?
+            .map(|r| user_from(&r))
+            .transpose()
+    }
+
+    async fn user_by_id(&self, id: Uuid) -> Result<Option<User>, StoreError> {
+        sqlx::query("SELECT * FROM users WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?
+            .map(|r| user_from(&r))
+            .transpose()
+    }
+
+    async fn create_api_token(&self, token: &ApiTokenRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO api_tokens (id, user_id, secret_hash, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(token.id.to_string())
+        .bind(token.user_id.to_string())
+        .bind(&token.secret_hash)
+        .bind(token.created_at)
+        .bind(token.expires_at)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn api_token(&self, id: Uuid) -> Result<Option<ApiTokenRecord>, StoreError> {
+        let Some(row) = sqlx::query("SELECT * FROM api_tokens WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(ApiTokenRecord {
+            id: get_uuid(&row, "id")?,
+            user_id: get_uuid(&row, "user_id")?,
+            secret_hash: get(&row, "secret_hash")?,
+            created_at: get(&row, "created_at")?,
+            expires_at: get(&row, "expires_at")?,
+        }))
+    }
+
+    async fn create_system(&self, system: &System) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO systems (id, name, key, secret_hash, created_at) VALUES (?, ?, ?, ?, ?)")
+            .bind(system.id.to_string())
+            .bind(&system.name)
+            .bind(&system.key)
+            .bind(&system.secret_hash)
+            .bind(system.created_at)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn system(&self, id: Uuid) -> Result<Option<System>, StoreError> {
+        sqlx::query("SELECT * FROM systems WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?
+            .map(|r| system_from(&r))
+            .transpose()
+    }
+
+    async fn system_by_name(&self, name: &str) -> Result<Option<System>, StoreError> {
+        sqlx::query("SELECT * FROM systems WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?
+            .map(|r| system_from(&r))
+            .transpose()
+    }
+
+    async fn system_by_key(&self, key: &str) -> Result<Option<System>, StoreError> {
+        sqlx::query("SELECT * FROM systems WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?
+            .map(|r| system_from(&r))
+            .transpose()
+    }
+
+    async fn list_systems(
+        &self,
+        granted_to: Option<Uuid>,
+        now: Millis,
+        page: Page,
+    ) -> Result<Paged<System>, StoreError> {
+        // ?1 user (NULL: everyone), ?2 now, ?3 limit, ?4 offset.
+        let user = granted_to.map(|u| u.to_string());
+        let rows = sqlx::query(
+            "SELECT * FROM systems s WHERE (?1 IS NULL OR EXISTS (SELECT 1 FROM grants g \
+             WHERE g.user_id = ?1 AND g.system_id = s.id AND g.revoked_at IS NULL \
+             AND (g.expires_at IS NULL OR g.expires_at > ?2))) \
+             ORDER BY s.name LIMIT ?3 OFFSET ?4",
+        )
+        .bind(&user)
+        .bind(now)
+        .bind(i64::from(page.page_size))
+        .bind(page.offset())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        let total: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM systems s WHERE (?1 IS NULL OR EXISTS (SELECT 1 FROM grants g \
+             WHERE g.user_id = ?1 AND g.system_id = s.id AND g.revoked_at IS NULL \
+             AND (g.expires_at IS NULL OR g.expires_at > ?2)))",
+        )
+        .bind(&user)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(Paged {
+            items: rows.iter().map(system_from).collect::<Result<_, _>>()?,
+            page: page.page,
+            page_size: page.page_size,
+            total: total as u64,
+        })
+    }
+
+    async fn grant(&self, user_id: Uuid, system_id: Uuid, now: Millis) -> Result<bool, StoreError> {
+        if self.has_grant(user_id, system_id, now).await? {
+            return Ok(false);
+        }
+        sqlx::query("INSERT INTO grants (id, user_id, system_id, created_at) VALUES (?, ?, ?, ?)")
+            .bind(Uuid::new_v4().to_string())
+            .bind(user_id.to_string())
+            .bind(system_id.to_string())
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(true)
+    }
+
+    async fn revoke(&self, user_id: Uuid, system_id: Uuid, now: Millis) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE grants SET revoked_at = ?3 WHERE user_id = ?1 AND system_id = ?2 AND revoked_at IS NULL",
+        )
+        .bind(user_id.to_string())
+        .bind(system_id.to_string())
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn has_grant(&self, user_id: Uuid, system_id: Uuid, now: Millis) -> Result<bool, StoreError> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM grants WHERE user_id = ?1 AND system_id = ?2 AND revoked_at IS NULL \
+             AND (expires_at IS NULL OR expires_at > ?3) LIMIT 1",
+        )
+        .bind(user_id.to_string())
+        .bind(system_id.to_string())
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(found.is_some())
+    }
+}
+
+#[async_trait]
+impl SessionStore for SqliteStore {
+    async fn create_session(&self, s: &SessionRecord) -> Result<(), StoreError> {
+        let manifest = serde_json::to_string(&s.services).unwrap_or_else(|_| "[]".into());
+        sqlx::query(
+            "INSERT INTO sessions (id, system_id, status, created_at, activated_at, ended_at, end_reason, \
+             expires_at, agent_addr, agent_software, manifest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(s.id.to_string())
+        .bind(s.system_id.to_string())
+        .bind(s.status.as_str())
+        .bind(s.created_at)
+        .bind(s.activated_at)
+        .bind(s.ended_at)
+        .bind(&s.end_reason)
+        .bind(s.expires_at)
+        .bind(&s.agent_addr)
+        .bind(&s.agent_software)
+        .bind(manifest)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn activate_session(
+        &self,
+        id: Uuid,
+        services: &[ServiceInfo],
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let manifest = serde_json::to_string(services).unwrap_or_else(|_| "[]".into());
+        let done = sqlx::query(
+            "UPDATE sessions SET status = 'active', manifest = ?2, activated_at = COALESCE(activated_at, ?3) \
+             WHERE id = ?1 AND status IN ('pending', 'active', 'grace_period')",
+        )
+        .bind(id.to_string())
+        .bind(manifest)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("open session {id}")));
+        }
+        Ok(())
+    }
+
+    async fn end_session(
+        &self,
+        id: Uuid,
+        status: SessionStatus,
+        reason: &str,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE sessions SET status = ?2, end_reason = ?3, ended_at = ?4 \
+             WHERE id = ?1 AND status NOT IN ('expired', 'closed')",
+        )
+        .bind(id.to_string())
+        .bind(status.as_str())
+        .bind(reason)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn end_unfinished_sessions(
+        &self,
+        status: SessionStatus,
+        reason: &str,
+        now: Millis,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE sessions SET status = ?1, end_reason = ?2, ended_at = ?3 \
+             WHERE status NOT IN ('expired', 'closed')",
+        )
+        .bind(status.as_str())
+        .bind(reason)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn session(&self, id: Uuid) -> Result<Option<SessionRecord>, StoreError> {
+        sqlx::query("SELECT * FROM sessions WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?
+            .map(|r| session_from(&r))
+            .transpose()
+    }
+
+    async fn list_sessions(
+        &self,
+        filter: &SessionFilter,
+        now: Millis,
+        page: Page,
+    ) -> Result<Paged<SessionRecord>, StoreError> {
+        // ?1 user (NULL: no grant filter), ?2 now, ?3 status, ?4 system, ?5 limit, ?6 offset.
+        let sql = match filter.sort {
+            SessionSort::CreatedDesc => LIST_SESSIONS_NEWEST_FIRST,
+            SessionSort::CreatedAsc => LIST_SESSIONS_OLDEST_FIRST,
+        };
+        let user = filter.granted_to.map(|u| u.to_string());
+        let status = filter.status.map(|s| s.as_str());
+        let system = filter.system_id.map(|s| s.to_string());
+        let rows = sqlx::query(sql)
+            .bind(&user)
+            .bind(now)
+            .bind(status)
+            .bind(&system)
+            .bind(i64::from(page.page_size))
+            .bind(page.offset())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        let total: i64 = sqlx::query_scalar(COUNT_SESSIONS)
+        .bind(&user)
+        .bind(now)
+        .bind(status)
+        .bind(&system)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(Paged {
+            items: rows.iter().map(session_from).collect::<Result<_, _>>()?,
+            page: page.page,
+            page_size: page.page_size,
+            total: total as u64,
+        })
+    }
+}
+
+macro_rules! session_list_sql {
+    ($select:literal, $tail:literal) => {
+        concat!(
+            $select,
+            " FROM sessions s WHERE (?1 IS NULL OR EXISTS (SELECT 1 FROM grants g \
+             WHERE g.user_id = ?1 AND g.system_id = s.system_id AND g.revoked_at IS NULL \
+             AND (g.expires_at IS NULL OR g.expires_at > ?2))) \
+             AND (?3 IS NULL OR s.status = ?3) AND (?4 IS NULL OR s.system_id = ?4)",
+            $tail
+        )
+    };
+}
+const LIST_SESSIONS_NEWEST_FIRST: &str = session_list_sql!(
+    "SELECT *",
+    " ORDER BY s.created_at DESC, s.id LIMIT ?5 OFFSET ?6"
+);
+const LIST_SESSIONS_OLDEST_FIRST: &str = session_list_sql!(
+    "SELECT *",
+    " ORDER BY s.created_at ASC, s.id LIMIT ?5 OFFSET ?6"
+);
+const COUNT_SESSIONS: &str = session_list_sql!("SELECT COUNT(*)", "");
+
+#[async_trait]
+impl AuditSink for SqliteStore {
+    async fn record(&self, ev: &AuditEvent) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit_events (id, at, event, actor, system_id, session_id, ip_address, details) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(ev.id.to_string())
+        .bind(ev.at)
+        .bind(&ev.event)
+        .bind(&ev.actor)
+        .bind(ev.system_id.map(|u| u.to_string()))
+        .bind(ev.session_id.map(|u| u.to_string()))
+        .bind(&ev.ip_address)
+        .bind(ev.details.to_string())
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+}
+
+impl SqliteStore {
+    /// Audit events of one kind, oldest first (for tests and tools).
+    pub async fn audit_events(&self, event: &str) -> Result<Vec<AuditEvent>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM audit_events WHERE event = ? ORDER BY at, id")
+            .bind(event)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter()
+            .map(|row| {
+                let opt_uuid = |col: &str| -> Result<Option<Uuid>, StoreError> {
+                    let s: Option<String> = get(row, col)?;
+                    Ok(s.and_then(|s| Uuid::parse_str(&s).ok()))
+                };
+                let details: String = get(row, "details")?;
+                Ok(AuditEvent {
+                    id: get_uuid(row, "id")?,
+                    at: get(row, "at")?,
+                    event: get(row, "event")?,
+                    actor: get(row, "actor")?,
+                    system_id: opt_uuid("system_id")?,
+                    session_id: opt_uuid("session_id")?,
+                    ip_address: get(row, "ip_address")?,
+                    details: serde_json::from_str(&details).unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::StreamKind;
+    use crate::store::now_millis;
+
+    async fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("nested/rtunnel.db"))
+            .await
+            .unwrap();
+        (dir, store)
+    }
+
+    fn user(name: &str, role: super::super::Role) -> User {
+        User {
+            id: Uuid::new_v4(),
+            name: name.into(),
+            role,
+            disabled: false,
+            created_at: now_millis(),
+        }
+    }
+
+    fn system(name: &str) -> System {
+        System {
+            id: Uuid::new_v4(),
+            name: name.into(),
+            key: format!("key-{name}"),
+            secret_hash: "h".into(),
+            created_at: now_millis(),
+        }
+    }
+
+    #[tokio::test]
+    async fn database_file_is_created_and_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data/rtunnel.db");
+        let u = user("ann", super::super::Role::Admin);
+        {
+            let s = SqliteStore::open(&path).await.unwrap();
+            s.create_user(&u).await.unwrap();
+            s.close().await;
+        }
+        assert!(path.exists());
+        let s = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(s.user_by_name("ann").await.unwrap(), Some(u));
+    }
+
+    #[tokio::test]
+    async fn duplicate_names_conflict() {
+        let (_d, s) = store().await;
+        s.create_user(&user("bob", super::super::Role::Operator))
+            .await
+            .unwrap();
+        let err = s
+            .create_user(&user("bob", super::super::Role::Viewer))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn grants_are_given_checked_and_revoked() {
+        let (_d, s) = store().await;
+        let u = user("op", super::super::Role::Operator);
+        let a = system("alpha");
+        let b = system("beta");
+        s.create_user(&u).await.unwrap();
+        s.create_system(&a).await.unwrap();
+        s.create_system(&b).await.unwrap();
+        let now = now_millis();
+        assert!(!s.has_grant(u.id, a.id, now).await.unwrap());
+        assert!(s.grant(u.id, a.id, now).await.unwrap());
+        assert!(!s.grant(u.id, a.id, now).await.unwrap());
+        assert!(s.has_grant(u.id, a.id, now).await.unwrap());
+        let visible = s.list_systems(Some(u.id), now, Page::default()).await.unwrap();
+        assert_eq!(visible.total, 1);
+        assert_eq!(visible.items[0].id, a.id);
+        assert_eq!(
+            s.list_systems(None, now, Page::default()).await.unwrap().total,
+            2
+        );
+        assert!(s.revoke(u.id, a.id, now).await.unwrap());
+        assert!(!s.revoke(u.id, a.id, now).await.unwrap());
+        assert!(!s.has_grant(u.id, a.id, now).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn sessions_move_through_their_states() {
+        let (_d, s) = store().await;
+        let sys = system("gamma");
+        s.create_system(&sys).await.unwrap();
+        let now = now_millis();
+        let rec = SessionRecord {
+            id: Uuid::new_v4(),
+            system_id: sys.id,
+            status: SessionStatus::Pending,
+            created_at: now,
+            activated_at: None,
+            ended_at: None,
+            end_reason: None,
+            expires_at: now + 1000,
+            agent_addr: Some("127.0.0.1:1".into()),
+            agent_software: None,
+            services: vec![],
+        };
+        s.create_session(&rec).await.unwrap();
+        let manifest = vec![ServiceInfo {
+            name: "ssh".into(),
+            kind: StreamKind::Tcp,
+            target: Some("127.0.0.1:22".into()),
+            tls: false,
+        }];
+        s.activate_session(rec.id, &manifest, now).await.unwrap();
+        let got = s.session(rec.id).await.unwrap().unwrap();
+        assert_eq!(got.status, SessionStatus::Active);
+        assert_eq!(got.services, manifest);
+        s.end_session(rec.id, SessionStatus::Expired, "tunnel lost", now)
+            .await
+            .unwrap();
+        // Final states stay final.
+        s.end_session(rec.id, SessionStatus::Closed, "again", now)
+            .await
+            .unwrap();
+        let got = s.session(rec.id).await.unwrap().unwrap();
+        assert_eq!(got.status, SessionStatus::Expired);
+        assert_eq!(got.end_reason.as_deref(), Some("tunnel lost"));
+        assert!(s.activate_session(rec.id, &manifest, now).await.is_err());
+        let filter = SessionFilter {
+            status: Some(SessionStatus::Expired),
+            ..Default::default()
+        };
+        assert_eq!(
+            s.list_sessions(&filter, now, Page::default())
+                .await
+                .unwrap()
+                .total,
+            1
+        );
+    }
+}

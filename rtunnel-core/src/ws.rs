@@ -1,0 +1,292 @@
+//! A WebSocket message stream seen as a byte stream.
+//!
+//! [`WsStream`] turns any `Stream + Sink` of WebSocket messages (axum's on the
+//! server, tokio-tungstenite's on the agent) into `AsyncRead + AsyncWrite`, so
+//! yamux can run on top of it:
+//!
+//! - Binary messages carry the bytes. Ping, Pong and Text messages are
+//!   skipped (tungstenite hands Pings to the reader; they are not errors).
+//!   A Close message, or the end of the message stream, is end of file.
+//! - Writes are buffered until `poll_flush`, so a yamux frame (whose header
+//!   and body yamux writes separately) leaves as one WebSocket message. The
+//!   buffer is bounded by [`MAX_WRITE_BUFFER_BYTES`].
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures::{Sink, Stream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Writes are sent as a message once this many bytes are buffered, even
+/// before a flush.
+pub const MAX_WRITE_BUFFER_BYTES: usize = 256 * 1024;
+
+/// Largest WebSocket message either end accepts on a tunnel. Leaves room
+/// for [`MAX_WRITE_BUFFER_BYTES`] plus any yamux frame.
+pub const MAX_WS_MESSAGE_BYTES: usize = 2 * 1024 * 1024;
+
+/// What the adapter does with one incoming message.
+#[derive(Debug)]
+pub enum Incoming {
+    /// Payload bytes.
+    Data(Bytes),
+    /// A message to skip (Ping, Pong, Text).
+    Skip,
+    /// The peer is closing: end of stream.
+    Close,
+}
+
+/// A WebSocket message type the adapter can carry bytes in.
+pub trait WsMessage: Sized {
+    /// A binary message holding `data`.
+    fn binary(data: Bytes) -> Self;
+    /// Classifies an incoming message.
+    fn classify(self) -> Incoming;
+}
+
+/// `AsyncRead + AsyncWrite` over a stream and sink of WebSocket messages.
+#[derive(Debug)]
+pub struct WsStream<S> {
+    inner: S,
+    read_buf: Bytes,
+    read_eof: bool,
+    write_buf: BytesMut,
+}
+
+impl<S> WsStream<S> {
+    /// Wraps a WebSocket connection.
+    pub fn new(inner: S) -> Self {
+        WsStream {
+            inner,
+            read_buf: Bytes::new(),
+            read_eof: false,
+            write_buf: BytesMut::new(),
+        }
+    }
+
+    /// Returns the wrapped connection.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, M, E, SE> WsStream<S>
+where
+    S: Stream<Item = Result<M, E>> + Sink<M, Error = SE> + Unpin,
+    M: WsMessage,
+    SE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// Hands the buffered bytes to the sink as one message.
+    fn poll_send_buffered(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.write_buf.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        ready!(Pin::new(&mut self.inner).poll_ready(cx)).map_err(to_io)?;
+        let msg = M::binary(self.write_buf.split().freeze());
+        Pin::new(&mut self.inner).start_send(msg).map_err(to_io)?;
+        Poll::Ready(Ok(()))
+    }
+}
+
+fn to_io<E: Into<Box<dyn std::error::Error + Send + Sync>>>(e: E) -> io::Error {
+    let e = e.into();
+    io::Error::new(io::ErrorKind::BrokenPipe, e)
+}
+
+impl<S, M, E> AsyncRead for WsStream<S>
+where
+    S: Stream<Item = Result<M, E>> + Unpin,
+    M: WsMessage,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if !this.read_buf.is_empty() {
+                let n = this.read_buf.len().min(buf.remaining());
+                buf.put_slice(&this.read_buf[..n]);
+                this.read_buf.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            if this.read_eof {
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(Pin::new(&mut this.inner).poll_next(cx)) {
+                None => this.read_eof = true,
+                Some(Err(e)) => {
+                    this.read_eof = true;
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::ConnectionReset,
+                        e.into(),
+                    )));
+                }
+                Some(Ok(msg)) => match msg.classify() {
+                    Incoming::Data(data) => this.read_buf = data,
+                    Incoming::Skip => {}
+                    Incoming::Close => this.read_eof = true,
+                },
+            }
+        }
+    }
+}
+
+impl<S, M, E, SE> AsyncWrite for WsStream<S>
+where
+    S: Stream<Item = Result<M, E>> + Sink<M, Error = SE> + Unpin,
+    M: WsMessage,
+    SE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.write_buf.len() >= MAX_WRITE_BUFFER_BYTES {
+            ready!(this.poll_send_buffered(cx))?;
+        }
+        let n = buf.len().min(MAX_WRITE_BUFFER_BYTES - this.write_buf.len());
+        this.write_buf.extend_from_slice(&buf[..n]);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_send_buffered(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx).map_err(to_io)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_send_buffered(cx))?;
+        Pin::new(&mut this.inner).poll_close(cx).map_err(to_io)
+    }
+}
+
+#[cfg(feature = "tungstenite")]
+impl WsMessage for tokio_tungstenite::tungstenite::Message {
+    fn binary(data: Bytes) -> Self {
+        Self::Binary(data)
+    }
+
+    fn classify(self) -> Incoming {
+        use tokio_tungstenite::tungstenite::Message;
+        match self {
+            Message::Binary(data) => Incoming::Data(data),
+            Message::Close(_) => Incoming::Close,
+            Message::Text(_) | Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {
+                Incoming::Skip
+            }
+        }
+    }
+}
+
+#[cfg(feature = "axum")]
+impl WsMessage for axum::extract::ws::Message {
+    fn binary(data: Bytes) -> Self {
+        Self::Binary(data)
+    }
+
+    fn classify(self) -> Incoming {
+        use axum::extract::ws::Message;
+        match self {
+            Message::Binary(data) => Incoming::Data(data),
+            Message::Close(_) => Incoming::Close,
+            Message::Text(_) | Message::Ping(_) | Message::Pong(_) => Incoming::Skip,
+        }
+    }
+}
+
+#[cfg(all(test, feature = "tungstenite"))]
+mod tests {
+    use super::*;
+    use futures::SinkExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::WebSocketStream;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+    async fn pair() -> (
+        WebSocketStream<tokio::io::DuplexStream>,
+        WebSocketStream<tokio::io::DuplexStream>,
+    ) {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let a = WebSocketStream::from_raw_socket(a, Role::Client, None).await;
+        let b = WebSocketStream::from_raw_socket(b, Role::Server, None).await;
+        (a, b)
+    }
+
+    #[tokio::test]
+    async fn ping_pong_and_text_in_the_middle_of_data_are_skipped() {
+        let (mut raw, server) = pair().await;
+        let mut stream = WsStream::new(server);
+        raw.send(Message::binary(&b"hello "[..])).await.unwrap();
+        raw.send(Message::Ping(Bytes::from_static(b"p"))).await.unwrap();
+        raw.send(Message::Pong(Bytes::from_static(b"q"))).await.unwrap();
+        raw.send(Message::Text(Utf8Bytes::from_static("ignored")))
+            .await
+            .unwrap();
+        raw.send(Message::binary(&b"world"[..])).await.unwrap();
+        raw.close(None).await.unwrap();
+        let mut got = Vec::new();
+        stream.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"hello world");
+    }
+
+    #[tokio::test]
+    async fn close_is_end_of_stream() {
+        let (mut raw, server) = pair().await;
+        let mut stream = WsStream::new(server);
+        raw.send(Message::binary(&b"x"[..])).await.unwrap();
+        raw.send(Message::Close(None)).await.unwrap();
+        let mut got = Vec::new();
+        stream.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"x");
+        let mut more = [0u8; 8];
+        assert_eq!(stream.read(&mut more).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn writes_become_one_message_per_flush() {
+        use futures::StreamExt;
+        let (mut raw, server) = pair().await;
+        let mut stream = WsStream::new(server);
+        // yamux writes a 12-byte header and the body separately, then flushes.
+        stream.write_all(&[1u8; 12]).await.unwrap();
+        stream.write_all(&[2u8; 1000]).await.unwrap();
+        stream.flush().await.unwrap();
+        stream.write_all(&[3u8; 5]).await.unwrap();
+        stream.flush().await.unwrap();
+        let first = raw.next().await.unwrap().unwrap();
+        assert_eq!(first.len(), 1012);
+        let second = raw.next().await.unwrap().unwrap();
+        assert_eq!(second.into_data(), Bytes::from_static(&[3u8; 5]));
+    }
+
+    #[tokio::test]
+    async fn large_writes_are_bounded_per_message() {
+        use futures::StreamExt;
+        let (mut raw, server) = pair().await;
+        let mut stream = WsStream::new(server);
+        let data = vec![7u8; 3 * MAX_WRITE_BUFFER_BYTES + 5];
+        let writer = tokio::spawn(async move {
+            stream.write_all(&data).await.unwrap();
+            stream.shutdown().await.unwrap();
+        });
+        let mut total = 0;
+        while let Some(Ok(msg)) = raw.next().await {
+            if let Message::Binary(b) = msg {
+                assert!(b.len() <= MAX_WRITE_BUFFER_BYTES);
+                total += b.len();
+            }
+        }
+        assert_eq!(total, 3 * MAX_WRITE_BUFFER_BYTES + 5);
+        writer.await.unwrap();
+    }
+}
