@@ -1,1 +1,38 @@
-//! placeholder
+//! # rtunnel-server
+//!
+//! The rtunnel server as a library: agents connect to its tunnel endpoint,
+//! operators reach the services behind them through its API. The shipped
+//! binary is a thin `main` over [`cli::main`]; services embed it with
+//! [`Server::builder`].
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use rtunnel_core::store::sqlite::SqliteStore;
+//! use rtunnel_server::{Server, ServerConfig, Stores};
+//!
+//! let store = SqliteStore::open("/tmp/rtunnel/rtunnel.db".as_ref()).await?;
+//! let server = Server::builder()
+//!     .config(ServerConfig::default())
+//!     .stores(Stores::sqlite(store))
+//!     .build()
+//!     .await?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! server.serve(listener, std::future::pending()).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod enroll;
+pub mod error;
+mod forward;
+pub mod keys;
+pub mod registry;
+pub mod server;
+pub mod state;
+mod tunnel;
+
+pub use config::ServerConfig;
+pub use server::{Server, ServerBuilder, ServerError};
+pub use state::{AppState, Stores};

@@ -313,6 +313,8 @@ pub trait IdentityStore: Send + Sync {
 /// Support sessions and their manifests.
 #[async_trait]
 pub trait SessionStore: Send + Sync {
+    /// Checks that the backend answers (for readiness).
+    async fn ping(&self) -> Result<(), StoreError>;
     /// Adds a session (normally `pending`).
     async fn create_session(&self, session: &SessionRecord) -> Result<(), StoreError>;
     /// Stores the manifest and makes a pending session `active`.

@@ -66,15 +66,6 @@ impl SqliteStore {
         Ok(SqliteStore { pool })
     }
 
-    /// Checks that the database answers.
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
-        Ok(())
-    }
-
     /// Closes the pool, waiting for connections to finish.
     pub async fn close(&self) {
         self.pool.close().await;
@@ -341,6 +332,14 @@ impl IdentityStore for SqliteStore {
 
 #[async_trait]
 impl SessionStore for SqliteStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
     async fn create_session(&self, s: &SessionRecord) -> Result<(), StoreError> {
         let manifest = serde_json::to_string(&s.services).unwrap_or_else(|_| "[]".into());
         sqlx::query(

@@ -1,0 +1,132 @@
+//! Who is calling: Bearer API tokens for users, HTTP Basic for agents.
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use rtunnel_auth::access::{self, Action};
+use rtunnel_auth::api_token::ApiToken;
+use rtunnel_auth::secret::{verify_against_nothing, verify_secret};
+use rtunnel_core::store::{User, now_millis};
+use std::sync::Arc;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Longest `Authorization` header looked at.
+pub const MAX_AUTHORIZATION_LEN: usize = 1024;
+
+/// The authenticated user of a request.
+#[derive(Debug, Clone)]
+pub struct CurrentUser(pub User);
+
+impl FromRequestParts<Arc<AppState>> for CurrentUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let token = bearer(&parts.headers)
+            .ok_or_else(|| ApiError::unauthorized("missing or malformed bearer token"))?;
+        authenticate_token(state, token).await.map(CurrentUser)
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    if value.len() > MAX_AUTHORIZATION_LEN {
+        return None;
+    }
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+/// Resolves an API token to its user: unknown, wrong, expired tokens and
+/// disabled users all get the same 401.
+pub async fn authenticate_token(state: &AppState, token: &str) -> Result<User, ApiError> {
+    let invalid = || ApiError::unauthorized("invalid or expired token");
+    let parsed = ApiToken::parse(token).ok_or_else(invalid)?;
+    let Some(record) = state.stores.identity.api_token(parsed.id).await? else {
+        verify_against_nothing(&parsed.secret);
+        return Err(invalid());
+    };
+    if !verify_secret(&parsed.secret, &record.secret_hash) {
+        return Err(invalid());
+    }
+    if record.expires_at.is_some_and(|e| e <= now_millis()) {
+        return Err(invalid());
+    }
+    let user = state
+        .stores
+        .identity
+        .user_by_id(record.user_id)
+        .await?
+        .ok_or_else(invalid)?;
+    if user.disabled {
+        return Err(invalid());
+    }
+    Ok(user)
+}
+
+/// Asks the access decision whether `user` may do `action` on `system_id`.
+pub async fn authorize(
+    state: &AppState,
+    user: &User,
+    action: Action,
+    system_id: Uuid,
+) -> Result<(), ApiError> {
+    let has_grant = match user.role {
+        rtunnel_core::store::Role::Admin => false,
+        _ => {
+            state
+                .stores
+                .identity
+                .has_grant(user.id, system_id, now_millis())
+                .await?
+        }
+    };
+    let decision = access::decide(user, action, has_grant);
+    if decision.allowed() {
+        return Ok(());
+    }
+    let message = match decision {
+        access::Decision::DenyNoGrant => "you hold no active grant on this system",
+        access::Decision::DenyDisabled => "this user is disabled",
+        _ => "your role does not allow this",
+    };
+    Err(ApiError::forbidden(decision.code(), message))
+}
+
+/// Refuses anyone but an admin.
+pub fn require_admin(user: &User) -> Result<(), ApiError> {
+    let decision = access::decide(user, Action::Administer, false);
+    if decision.allowed() {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            decision.code(),
+            "this needs the admin role",
+        ))
+    }
+}
+
+/// `(key, secret)` from an HTTP Basic header, if well formed.
+pub fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    if value.len() > MAX_AUTHORIZATION_LEN {
+        return None;
+    }
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = STANDARD.decode(encoded.trim()).ok()?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let (key, secret) = decoded.split_once(':')?;
+    Some((key.to_owned(), secret.to_owned()))
+}

@@ -1,0 +1,84 @@
+//! The HTTP surface: routes, and the read-only operator API.
+
+pub mod auth;
+mod sessions;
+mod systems;
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::{forward, tunnel};
+use rtunnel_core::store::{MAX_PAGE_SIZE, Page};
+
+/// Every route of the server.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/tunnel", get(tunnel::tunnel_endpoint))
+        .route(
+            "/api/v1/systems",
+            get(systems::list).post(systems::create),
+        )
+        .route("/api/v1/systems/{id}", get(systems::show))
+        .route("/api/v1/sessions", get(sessions::list))
+        .route("/api/v1/sessions/{id}", get(sessions::show))
+        .route("/api/v1/sessions/{id}/services", get(sessions::services))
+        .route("/api/v1/sessions/{id}/forward", get(forward::forward_endpoint))
+        .route("/api/v1/{*rest}", post(not_found).get(not_found))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    state
+        .stores
+        .sessions
+        .ping()
+        .await
+        .map_err(|e| ApiError::unavailable("database_unavailable", e))?;
+    Ok(Json(json!({"status": "ready", "database": "ok"})))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("route_not_found", "no such route")
+}
+
+/// `page` and `page_size` of a list request.
+#[derive(Debug, Deserialize)]
+pub struct PageQuery {
+    page: Option<u32>,
+    page_size: Option<u32>,
+}
+
+impl PageQuery {
+    /// Checks the bounds of the contract.
+    pub fn page(&self) -> Result<Page, ApiError> {
+        let page = self.page.unwrap_or(1);
+        let page_size = self.page_size.unwrap_or(50);
+        if page == 0 || page_size == 0 || page_size > MAX_PAGE_SIZE {
+            return Err(ApiError::bad_request(
+                "invalid_pagination",
+                format!("page starts at 1 and page_size is between 1 and {MAX_PAGE_SIZE}"),
+            ));
+        }
+        Ok(Page { page, page_size })
+    }
+}
+
+/// Parses a path id, answering 404 for anything that is not a UUID.
+pub fn parse_id(raw: &str, what: &'static str) -> Result<uuid::Uuid, ApiError> {
+    uuid::Uuid::parse_str(raw).map_err(|_| ApiError::not_found(what, "no such id"))
+}

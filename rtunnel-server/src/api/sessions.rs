@@ -1,0 +1,152 @@
+//! `/api/v1/sessions`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use rtunnel_auth::access::Action;
+use rtunnel_core::proto::ServiceInfo;
+use rtunnel_core::store::{
+    Paged, Role, SessionFilter, SessionRecord, SessionSort, SessionStatus, now_millis, rfc3339,
+};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::auth::{CurrentUser, authorize};
+use super::{PageQuery, parse_id};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// A session as the API shows it.
+#[derive(Debug, Serialize)]
+pub(super) struct SessionView {
+    id: Uuid,
+    system_id: Uuid,
+    status: SessionStatus,
+    created_at: String,
+    activated_at: Option<String>,
+    ended_at: Option<String>,
+    end_reason: Option<String>,
+    expires_at: String,
+    agent_addr: Option<String>,
+    agent_software: Option<String>,
+    services: Vec<ServiceInfo>,
+}
+
+impl From<SessionRecord> for SessionView {
+    fn from(s: SessionRecord) -> Self {
+        SessionView {
+            id: s.id,
+            system_id: s.system_id,
+            status: s.status,
+            created_at: rfc3339(s.created_at),
+            activated_at: s.activated_at.map(rfc3339),
+            ended_at: s.ended_at.map(rfc3339),
+            end_reason: s.end_reason,
+            expires_at: rfc3339(s.expires_at),
+            agent_addr: s.agent_addr,
+            agent_software: s.agent_software,
+            services: s.services,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct ListQuery {
+    status: Option<String>,
+    system_id: Option<String>,
+    sort: Option<String>,
+    #[serde(flatten)]
+    page: PageQuery,
+}
+
+pub(super) async fn list(
+    State(state): State<Arc<AppState>>,
+    CurrentUser(user): CurrentUser,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Paged<SessionView>>, ApiError> {
+    let page = q.page.page()?;
+    let status = q
+        .status
+        .as_deref()
+        .map(str::parse::<SessionStatus>)
+        .transpose()
+        .map_err(|e| ApiError::bad_request("invalid_status", e))?;
+    let system_id = q
+        .system_id
+        .as_deref()
+        .map(Uuid::parse_str)
+        .transpose()
+        .map_err(|_| ApiError::bad_request("invalid_system_id", "system_id is not a UUID"))?;
+    let sort = match q.sort.as_deref() {
+        None | Some("-created_at") => SessionSort::CreatedDesc,
+        Some("created_at") => SessionSort::CreatedAsc,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_sort",
+                format!("unknown sort {other:?}: use created_at or -created_at"),
+            ));
+        }
+    };
+    let filter = SessionFilter {
+        status,
+        system_id,
+        granted_to: (user.role != Role::Admin).then_some(user.id),
+        sort,
+    };
+    let sessions = state
+        .stores
+        .sessions
+        .list_sessions(&filter, now_millis(), page)
+        .await?;
+    Ok(Json(Paged {
+        items: sessions.items.into_iter().map(SessionView::from).collect(),
+        page: sessions.page,
+        page_size: sessions.page_size,
+        total: sessions.total,
+    }))
+}
+
+/// Loads a session the user may read, or answers 404 / 403.
+async fn readable(state: &AppState, user: &rtunnel_core::store::User, raw_id: &str) -> Result<SessionRecord, ApiError> {
+    let id = parse_id(raw_id, "session_not_found")?;
+    let session = state
+        .stores
+        .sessions
+        .session(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("session_not_found", "no such session"))?;
+    authorize(state, user, Action::Read, session.system_id).await?;
+    Ok(session)
+}
+
+pub(super) async fn show(
+    State(state): State<Arc<AppState>>,
+    CurrentUser(user): CurrentUser,
+    Path(id): Path<String>,
+) -> Result<Json<SessionView>, ApiError> {
+    Ok(Json(readable(&state, &user, &id).await?.into()))
+}
+
+pub(super) async fn services(
+    State(state): State<Arc<AppState>>,
+    CurrentUser(user): CurrentUser,
+    Path(id): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> Result<Json<Paged<ServiceInfo>>, ApiError> {
+    let page = q.page()?;
+    let session = readable(&state, &user, &id).await?;
+    let total = session.services.len() as u64;
+    let items = session
+        .services
+        .into_iter()
+        .skip(page.offset() as usize)
+        .take(page.page_size as usize)
+        .collect();
+    Ok(Json(Paged {
+        items,
+        page: page.page,
+        page_size: page.page_size,
+        total,
+    }))
+}

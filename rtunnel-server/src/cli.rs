@@ -1,0 +1,418 @@
+//! The `rtunnel-server` command line: `serve` and the admin subcommands.
+//!
+//! Every flag has an environment variable; flags win. Exit codes: 0 on
+//! success, 2 for bad flags or configuration, 1 for any other failure.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use rtunnel_core::store::sqlite::SqliteStore;
+use rtunnel_core::store::{IdentityStore, Role, User, now_millis};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::config::ServerConfig;
+use crate::enroll;
+use crate::server::Server;
+
+/// `rtunnel-server`: the rtunnel remote-support gateway.
+#[derive(Debug, Parser)]
+#[command(name = "rtunnel-server", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    serve: ServeArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Args)]
+struct StoreArgs {
+    /// Directory for the database and the secret key.
+    #[arg(long, env = "RTUNNEL_DATA_DIR", default_value = "./rtunnel-data", global = true)]
+    data_dir: PathBuf,
+    /// Database URL (default: sqlite://<data-dir>/rtunnel.db).
+    #[arg(long, env = "RTUNNEL_DATABASE_URL", global = true)]
+    database_url: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "RTUNNEL_LISTEN", default_value = "127.0.0.1:8080", global = true)]
+    listen: SocketAddr,
+    /// Public base URL (default http://<listen>).
+    #[arg(long, env = "RTUNNEL_PUBLIC_URL", global = true)]
+    public_url: Option<String>,
+    /// Domain of the subdomain proxy.
+    #[arg(long, env = "RTUNNEL_PROXY_DOMAIN", default_value = "localhost", global = true)]
+    proxy_domain: String,
+    /// Signing key file (default <data-dir>/secret.key, generated on first start).
+    #[arg(long, env = "RTUNNEL_SECRET_KEY_FILE", global = true)]
+    secret_key_file: Option<PathBuf>,
+    /// How long a lost tunnel's session waits for its agent.
+    #[arg(long, env = "RTUNNEL_GRACE_PERIOD", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
+    grace_period: Duration,
+    /// How long a session lives.
+    #[arg(long, env = "RTUNNEL_SESSION_TTL", default_value = "24h", value_parser = humantime::parse_duration, global = true)]
+    session_ttl: Duration,
+    /// Most streams open at once on one tunnel.
+    #[arg(long, env = "RTUNNEL_MAX_STREAMS", default_value_t = 64, global = true)]
+    max_streams_per_tunnel: usize,
+    /// Interval between heartbeats; a peer silent for three is dead.
+    #[arg(long, env = "RTUNNEL_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration, global = true)]
+    heartbeat_interval: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Manage systems.
+    #[command(subcommand)]
+    System(SystemCommand),
+    /// Give an operator access to a system.
+    Grant {
+        /// User name.
+        user: String,
+        /// System name or id.
+        system: String,
+    },
+    /// Take an operator's access to a system away.
+    Revoke {
+        /// User name.
+        user: String,
+        /// System name or id.
+        system: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Create a user.
+    Add {
+        /// Login name.
+        name: String,
+        /// admin, operator or viewer.
+        #[arg(long)]
+        role: Role,
+        /// Also create and print an API token.
+        #[arg(long)]
+        token: bool,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Print a new API token for a user.
+    Create {
+        /// User name.
+        name: String,
+        /// Lifetime, such as 30d (default: no expiry).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SystemCommand {
+    /// Enroll a system; prints its id, key and secret (the secret only here).
+    Add {
+        /// Unique name.
+        name: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A failure with its exit code.
+#[derive(Debug)]
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn usage(message: impl Into<String>) -> Self {
+        Failure {
+            code: 2,
+            message: message.into(),
+        }
+    }
+    fn other(message: impl Into<String>) -> Self {
+        Failure {
+            code: 1,
+            message: message.into(),
+        }
+    }
+}
+
+/// Parses the command line and runs it.
+pub async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("rtunnel-server: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RTUNNEL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn open_store(args: &StoreArgs) -> Result<SqliteStore, Failure> {
+    let result = match &args.database_url {
+        Some(url) if url.starts_with("sqlite:") => SqliteStore::open_url(url).await,
+        Some(url) => {
+            return Err(Failure::usage(format!(
+                "unsupported database URL {url:?}: this build supports sqlite:// only"
+            )));
+        }
+        None => SqliteStore::open(&crate::server::default_database_path(&args.data_dir)).await,
+    };
+    result.map_err(|e| Failure::other(format!("cannot open the database: {e}")))
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let store = open_store(&cli.store).await?;
+    match cli.command {
+        None | Some(Command::Serve) => serve(cli.store, cli.serve, store).await,
+        Some(Command::Migrate) => {
+            eprintln!("rtunnel-server: database is up to date");
+            Ok(())
+        }
+        Some(Command::User(UserCommand::Add {
+            name,
+            role,
+            token,
+            json,
+        })) => user_add(&store, name, role, token, json).await,
+        Some(Command::Token(TokenCommand::Create { name, ttl, json })) => {
+            let user = find_user(&store, &name).await?;
+            let token = create_token(&store, user.id, ttl).await?;
+            print_out(json, json!({"user": user.name, "token": token}), &token);
+            Ok(())
+        }
+        Some(Command::System(SystemCommand::Add { name, json })) => {
+            enroll::validate_name(&name).map_err(|e| Failure::usage(e.message))?;
+            let (system, enrolled) = enroll::new_system(&name);
+            store
+                .create_system(&system)
+                .await
+                .map_err(|e| Failure::other(format!("cannot create system {name:?}: {e}")))?;
+            audit_admin(&store, "system_created", Some(system.id), json!({"name": name})).await?;
+            let text = format!(
+                "id:     {}\nkey:    {}\nsecret: {}\n(the secret is shown only now)",
+                enrolled.id, enrolled.key, enrolled.secret
+            );
+            print_out(json, serde_json::to_value(&enrolled).unwrap_or_default(), &text);
+            Ok(())
+        }
+        Some(Command::Grant { user, system }) => grant_or_revoke(&store, &user, &system, true).await,
+        Some(Command::Revoke { user, system }) => grant_or_revoke(&store, &user, &system, false).await,
+    }
+}
+
+async fn serve(store_args: StoreArgs, args: ServeArgs, store: SqliteStore) -> Result<(), Failure> {
+    let config = ServerConfig {
+        listen: args.listen,
+        data_dir: store_args.data_dir,
+        public_url: args
+            .public_url
+            .unwrap_or_else(|| format!("http://{}", args.listen)),
+        proxy_domain: args.proxy_domain,
+        session_ttl: args.session_ttl,
+        grace_period: args.grace_period,
+        max_streams_per_tunnel: args.max_streams_per_tunnel,
+        heartbeat_interval: args.heartbeat_interval,
+        handshake_timeout: rtunnel_core::control::HANDSHAKE_TIMEOUT,
+        secret_key_file: args.secret_key_file,
+        production: std::env::var("RTUNNEL_ENV").is_ok_and(|v| v == "production"),
+    };
+    if config.heartbeat_interval < Duration::from_millis(100) {
+        return Err(Failure::usage("--heartbeat-interval must be at least 100ms"));
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| Failure::other(format!("cannot listen on {}: {e}", config.listen)))?;
+    let server = Server::builder()
+        .config(config)
+        .stores(crate::state::Stores::sqlite(store))
+        .build()
+        .await
+        .map_err(|e| match e {
+            crate::server::ServerError::Config(m) => Failure::usage(m),
+            other => Failure::other(other.to_string()),
+        })?;
+    server
+        .serve(listener, shutdown_signal())
+        .await
+        .map_err(|e| Failure::other(format!("server failed: {e}")))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+async fn user_add(
+    store: &SqliteStore,
+    name: String,
+    role: Role,
+    with_token: bool,
+    json: bool,
+) -> Result<(), Failure> {
+    enroll::validate_name(&name).map_err(|e| Failure::usage(e.message))?;
+    let user = User {
+        id: Uuid::new_v4(),
+        name: name.clone(),
+        role,
+        disabled: false,
+        created_at: now_millis(),
+    };
+    store
+        .create_user(&user)
+        .await
+        .map_err(|e| Failure::other(format!("cannot create user {name:?}: {e}")))?;
+    audit_admin(store, "user_created", None, json!({"name": name, "role": role})).await?;
+    let token = if with_token {
+        Some(create_token(store, user.id, None).await?)
+    } else {
+        None
+    };
+    let text = match &token {
+        Some(t) => t.clone(),
+        None => format!("created user {name} ({})", role.as_str()),
+    };
+    print_out(
+        json,
+        json!({"id": user.id, "name": name, "role": role, "token": token}),
+        &text,
+    );
+    Ok(())
+}
+
+async fn create_token(
+    store: &SqliteStore,
+    user_id: Uuid,
+    ttl: Option<Duration>,
+) -> Result<String, Failure> {
+    let expires_at = ttl.map(|t| now_millis() + t.as_millis() as i64);
+    let (record, token) = enroll::new_api_token(user_id, expires_at);
+    store
+        .create_api_token(&record)
+        .await
+        .map_err(|e| Failure::other(format!("cannot store the token: {e}")))?;
+    Ok(token)
+}
+
+async fn find_user(store: &SqliteStore, name: &str) -> Result<User, Failure> {
+    store
+        .user_by_name(name)
+        .await
+        .map_err(|e| Failure::other(e.to_string()))?
+        .ok_or_else(|| Failure::other(format!("no user named {name:?}")))
+}
+
+async fn grant_or_revoke(
+    store: &SqliteStore,
+    user: &str,
+    system: &str,
+    give: bool,
+) -> Result<(), Failure> {
+    let user = find_user(store, user).await?;
+    let found = match Uuid::parse_str(system) {
+        Ok(id) => store.system(id).await,
+        Err(_) => store.system_by_name(system).await,
+    };
+    let system = found
+        .map_err(|e| Failure::other(e.to_string()))?
+        .ok_or_else(|| Failure::other(format!("no system named {system:?}")))?;
+    let now = now_millis();
+    let changed = if give {
+        store.grant(user.id, system.id, now).await
+    } else {
+        store.revoke(user.id, system.id, now).await
+    }
+    .map_err(|e| Failure::other(e.to_string()))?;
+    let event = if give { "grant_created" } else { "grant_revoked" };
+    audit_admin(store, event, Some(system.id), json!({"user": user.name})).await?;
+    let what = match (give, changed) {
+        (true, true) => "granted",
+        (true, false) => "already granted",
+        (false, true) => "revoked",
+        (false, false) => "had no active grant",
+    };
+    eprintln!("{}: {what} on {}", user.name, system.name);
+    Ok(())
+}
+
+async fn audit_admin(
+    store: &SqliteStore,
+    event: &str,
+    system_id: Option<Uuid>,
+    details: serde_json::Value,
+) -> Result<(), Failure> {
+    use rtunnel_core::store::AuditSink;
+    let mut ev = rtunnel_core::store::AuditEvent::new(event);
+    ev.actor = Some("cli".into());
+    ev.system_id = system_id;
+    ev.details = details;
+    store
+        .record(&ev)
+        .await
+        .map_err(|e| Failure::other(format!("cannot write the audit log: {e}")))
+}
+
+#[allow(clippy::print_stdout)]
+fn print_out(json: bool, value: serde_json::Value, text: &str) {
+    if json {
+        println!("{value}");
+    } else {
+        println!("{text}");
+    }
+}

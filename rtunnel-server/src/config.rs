@@ -1,0 +1,52 @@
+//! Server configuration: what `rtunnel-server serve` reads from its flags and
+//! environment, also usable directly by embedding services.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything the server needs to run.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Directory for the database and the secret key.
+    pub data_dir: PathBuf,
+    /// Public base URL (`http(s)://host[:port]`), used in URLs handed out.
+    pub public_url: String,
+    /// Domain under which the subdomain proxy answers.
+    pub proxy_domain: String,
+    /// How long a session lives before it is closed.
+    pub session_ttl: Duration,
+    /// How long a lost tunnel's session waits for its agent.
+    pub grace_period: Duration,
+    /// Most streams open at once on one tunnel.
+    pub max_streams_per_tunnel: usize,
+    /// Interval between heartbeats on tunnels and forwards.
+    pub heartbeat_interval: Duration,
+    /// How long a new socket has to complete the protocol handshake.
+    pub handshake_timeout: Duration,
+    /// The signing key file (default `<data_dir>/secret.key`).
+    pub secret_key_file: Option<PathBuf>,
+    /// Production deployments refuse to invent a missing secret key.
+    pub production: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        let listen: SocketAddr = ([127, 0, 0, 1], 8080).into();
+        ServerConfig {
+            listen,
+            data_dir: PathBuf::from("./rtunnel-data"),
+            public_url: format!("http://{listen}"),
+            proxy_domain: "localhost".into(),
+            session_ttl: Duration::from_secs(24 * 3600),
+            grace_period: Duration::from_secs(60),
+            max_streams_per_tunnel: 64,
+            heartbeat_interval: rtunnel_core::control::DEFAULT_HEARTBEAT_INTERVAL,
+            handshake_timeout: rtunnel_core::control::HANDSHAKE_TIMEOUT,
+            secret_key_file: None,
+            production: false,
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Errors that are HTTP responses: a status, a stable code and a message,
+//! answered as the contract's envelope
+//! `{"success": false, "error", "code", "trace_id"}`.
+//!
+//! A 5xx never carries internals: the detail goes to the server log under the
+//! same trace id as the response.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use rtunnel_core::store::StoreError;
+
+/// An error answered to an API caller.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable snake_case code.
+    pub code: &'static str,
+    /// Message for people (never internals).
+    pub message: String,
+    /// Detail for the log only.
+    internal: Option<String>,
+    /// Extra `WWW-Authenticate` challenge, for 401s.
+    challenge: Option<&'static str>,
+}
+
+impl ApiError {
+    /// An error with a status, code and public message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            internal: None,
+            challenge: None,
+        }
+    }
+
+    /// 400 with a code.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// 401 for a missing or bad API credential.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        let mut e = Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
+        e.challenge = Some("Bearer");
+        e
+    }
+
+    /// 403 with a code.
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, code, message)
+    }
+
+    /// 404 with a code.
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    /// 503 because something we depend on failed; `detail` goes to the log.
+    pub fn unavailable(code: &'static str, detail: impl std::fmt::Display) -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            code,
+            "a service rtunnel depends on is unavailable; try again shortly",
+        );
+        e.internal = Some(detail.to_string());
+        e
+    }
+
+    /// 500; `detail` goes to the log only.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        let mut e = Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "internal error",
+        );
+        e.internal = Some(detail.to_string());
+        e
+    }
+
+    /// Adds a `WWW-Authenticate` challenge.
+    pub fn with_challenge(mut self, challenge: &'static str) -> Self {
+        self.challenge = Some(challenge);
+        self
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            StoreError::NotFound(m) => ApiError::not_found("not_found", m),
+            StoreError::Backend(m) => ApiError::unavailable("database_unavailable", m),
+        }
+    }
+}
+
+/// A short random id tying a response to its log line.
+pub fn new_trace_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..16].to_owned()
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let trace_id = new_trace_id();
+        if self.status.is_server_error() {
+            tracing::error!(
+                trace_id,
+                status = self.status.as_u16(),
+                code = self.code,
+                detail = self.internal.as_deref().unwrap_or(""),
+                "request failed"
+            );
+        } else {
+            tracing::info!(
+                trace_id,
+                status = self.status.as_u16(),
+                code = self.code,
+                message = %self.message,
+                "request refused"
+            );
+        }
+        let body = serde_json::json!({
+            "success": false,
+            "error": self.message,
+            "code": self.code,
+            "trace_id": trace_id,
+        });
+        let mut resp = (self.status, Json(body)).into_response();
+        if let Some(challenge) = self.challenge {
+            let value = if challenge == "Basic" {
+                HeaderValue::from_static("Basic realm=\"rtunnel\"")
+            } else {
+                HeaderValue::from_static("Bearer realm=\"rtunnel\"")
+            };
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+        }
+        resp
+    }
+}

@@ -1,0 +1,263 @@
+//! `GET /api/v1/sessions/{id}/forward`: the operator side of raw TCP.
+//!
+//! `rtunnel-agent forward` holds one WebSocket here, with yamux on it. Each
+//! of its streams names a service in a [`StreamHeader`]; the server checks
+//! access again for every stream, opens a stream to the agent, passes the
+//! header on, hands the agent's answer back, and relays bytes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::ws::{WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::response::Response;
+use rtunnel_auth::access::{self, Action};
+use rtunnel_core::control::{ControlChannel, send_welcome, server_handshake};
+use rtunnel_core::frame::{read_frame, write_frame};
+use rtunnel_core::mux::{Mux, YamuxMux, YamuxStream};
+use rtunnel_core::proto::{MAX_STREAM_HEADER_BYTES, StreamHeader, StreamKind, StreamReply};
+use rtunnel_core::relay::relay;
+use rtunnel_core::store::{AuditEvent, SessionStatus, User, now_millis};
+use rtunnel_core::ws::{MAX_WS_MESSAGE_BYTES, WsStream};
+use serde::Deserialize;
+use tokio::io::AsyncWriteExt;
+use uuid::Uuid;
+
+use crate::api::auth::{CurrentUser, authorize};
+use crate::api::parse_id;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ForwardQuery {
+    /// Optional: the service the client means to use, checked up front so a
+    /// typo fails at connect time rather than on the first connection.
+    service: Option<String>,
+}
+
+/// Axum handler of the forward endpoint.
+pub(crate) async fn forward_endpoint(
+    State(state): State<Arc<AppState>>,
+    CurrentUser(user): CurrentUser,
+    Path(id): Path<String>,
+    Query(q): Query<ForwardQuery>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let session_id = parse_id(&id, "session_not_found")?;
+    let session = state
+        .stores
+        .sessions
+        .session(session_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("session_not_found", "no such session"))?;
+    authorize(&state, &user, Action::Connect, session.system_id).await?;
+    if session.status != SessionStatus::Active {
+        return Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "session_not_active",
+            format!("the session is {}", session.status.as_str()),
+        ));
+    }
+    let tunnel = state.registry.by_session(session_id).ok_or_else(|| {
+        ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "agent_unavailable",
+            "the agent of this session is not connected",
+        )
+    })?;
+    if let Some(service) = &q.service
+        && tunnel.service(service).is_none()
+    {
+        return Err(ApiError::not_found(
+            "unknown_service",
+            format!("the session has no service named {service:?}"),
+        ));
+    }
+    let ws = ws.map_err(|_| {
+        ApiError::bad_request(
+            "websocket_required",
+            "this endpoint only accepts WebSocket upgrades",
+        )
+    })?;
+    let mut event = AuditEvent::new("forward_opened");
+    event.actor = Some(user.name.clone());
+    event.system_id = Some(session.system_id);
+    event.session_id = Some(session_id);
+    event.ip_address = Some(peer.ip().to_string());
+    event.details = serde_json::json!({"service": q.service});
+    state.audit(event).await?;
+    let system_id = session.system_id;
+    Ok(ws
+        .max_message_size(MAX_WS_MESSAGE_BYTES)
+        .max_frame_size(MAX_WS_MESSAGE_BYTES)
+        .on_upgrade(move |socket| async move {
+            let ctx = Arc::new(ForwardCtx {
+                state,
+                user,
+                session_id,
+                system_id,
+                peer,
+            });
+            run_forward(ctx, socket).await;
+        }))
+}
+
+struct ForwardCtx {
+    state: Arc<AppState>,
+    user: User,
+    session_id: Uuid,
+    system_id: Uuid,
+    peer: SocketAddr,
+}
+
+async fn run_forward(ctx: Arc<ForwardCtx>, socket: WebSocket) {
+    let state = &ctx.state;
+    let mux = YamuxMux::server(WsStream::new(socket), &state.mux_config());
+    let (mut control, _hello) = match server_handshake(&mux, state.config.handshake_timeout).await
+    {
+        Ok(ok) => ok,
+        Err(e) => {
+            tracing::info!(user = %ctx.user.name, session = %ctx.session_id, "forward handshake failed: {e}");
+            return;
+        }
+    };
+    let heartbeat = state.config.heartbeat_interval;
+    if send_welcome(&mut control, ctx.session_id, heartbeat)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut control_task = tokio::spawn(ControlChannel::new().run(control, heartbeat, |_| {}));
+    loop {
+        tokio::select! {
+            stream = mux.accept() => match stream {
+                Some(stream) => {
+                    tokio::spawn(serve_stream(ctx.clone(), stream));
+                }
+                None => break,
+            },
+            end = &mut control_task => {
+                tracing::debug!(user = %ctx.user.name, "forward control ended: {end:?}");
+                break;
+            }
+            _ = state.shutdown.cancelled() => break,
+        }
+    }
+    control_task.abort();
+    mux.close();
+    tracing::info!(user = %ctx.user.name, session = %ctx.session_id, peer = %ctx.peer, "forward connection ended");
+}
+
+/// One operator connection: check, connect through the agent, relay.
+async fn serve_stream(ctx: Arc<ForwardCtx>, mut stream: YamuxStream) {
+    let timeout = ctx.state.config.handshake_timeout;
+    let header = match tokio::time::timeout(
+        timeout,
+        read_frame::<StreamHeader, _>(&mut stream, MAX_STREAM_HEADER_BYTES),
+    )
+    .await
+    {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            refuse(&mut stream, StreamReply::refused("bad_stream_header", e.to_string())).await;
+            return;
+        }
+        Err(_) => return,
+    };
+    let (mut upstream, reply) = match open_upstream(&ctx, &header).await {
+        Ok(ok) => ok,
+        Err(refusal) => {
+            tracing::info!(user = %ctx.user.name, service = %header.service, "stream refused: {refusal:?}");
+            refuse(&mut stream, refusal).await;
+            return;
+        }
+    };
+    if write_frame(&mut stream, &reply).await.is_err() {
+        return;
+    }
+    let opened = std::time::Instant::now();
+    let outcome = relay(&mut stream, &mut upstream).await;
+    tracing::info!(
+        user = %ctx.user.name,
+        session = %ctx.session_id,
+        service = %header.service,
+        bytes_to_service = outcome.a_to_b,
+        bytes_from_service = outcome.b_to_a,
+        duration_ms = opened.elapsed().as_millis() as u64,
+        error = outcome.result.as_ref().err().map(ToString::to_string),
+        "forwarded connection closed"
+    );
+}
+
+/// Checks access again, opens a stream to the agent and gets its answer.
+async fn open_upstream(
+    ctx: &ForwardCtx,
+    header: &StreamHeader,
+) -> Result<(YamuxStream, StreamReply), StreamReply> {
+    if header.kind != StreamKind::Tcp {
+        return Err(StreamReply::refused(
+            "unsupported_kind",
+            "forward carries tcp streams only",
+        ));
+    }
+    // Access is decided for every stream: a revoked grant or disabled user
+    // stops new connections at once.
+    let state = &ctx.state;
+    let unavailable = |e: rtunnel_core::store::StoreError| {
+        tracing::error!(error = %e, "access check failed");
+        StreamReply::refused("unavailable", "the access check could not be made")
+    };
+    let user = state
+        .stores
+        .identity
+        .user_by_id(ctx.user.id)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| StreamReply::refused("forbidden", "user no longer exists"))?;
+    let has_grant = state
+        .stores
+        .identity
+        .has_grant(user.id, ctx.system_id, now_millis())
+        .await
+        .map_err(unavailable)?;
+    let decision = access::decide(&user, Action::Connect, has_grant);
+    if !decision.allowed() {
+        return Err(StreamReply::refused(decision.code(), "access denied"));
+    }
+    let tunnel = state.registry.by_session(ctx.session_id).ok_or_else(|| {
+        StreamReply::refused("agent_unavailable", "the agent of this session is not connected")
+    })?;
+    if tunnel.service(&header.service).is_none() {
+        return Err(StreamReply::refused(
+            "unknown_service",
+            format!("the session has no service named {:?}", header.service),
+        ));
+    }
+    let mut upstream = tunnel
+        .mux
+        .open()
+        .await
+        .map_err(|e| StreamReply::refused("agent_unavailable", e.to_string()))?;
+    let timeout = state.config.handshake_timeout;
+    let exchange = async {
+        write_frame(&mut upstream, header).await?;
+        read_frame::<StreamReply, _>(&mut upstream, MAX_STREAM_HEADER_BYTES).await
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(Ok(StreamReply::Ok)) => Ok((upstream, StreamReply::Ok)),
+        Ok(Ok(refused)) => Err(refused),
+        Ok(Err(e)) => Err(StreamReply::refused("agent_unavailable", e.to_string())),
+        Err(_) => Err(StreamReply::refused(
+            "agent_timeout",
+            "the agent did not answer in time",
+        )),
+    }
+}
+
+async fn refuse(stream: &mut YamuxStream, reply: StreamReply) {
+    let _ = write_frame(stream, &reply).await;
+    let _ = stream.shutdown().await;
+}
+

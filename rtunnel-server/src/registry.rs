@@ -1,0 +1,117 @@
+//! The tunnels live on this node, by session and by system.
+//!
+//! One system holds at most one tunnel: a second agent with the same
+//! credentials replaces the first, which is told why and closed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use rtunnel_core::mux::{Mux, YamuxMux};
+use rtunnel_core::proto::{CloseCode, Control, ServiceInfo};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+/// One live tunnel.
+#[derive(Debug)]
+pub struct LiveTunnel {
+    /// Its support session.
+    pub session_id: Uuid,
+    /// Its system.
+    pub system_id: Uuid,
+    /// The multiplexed connection to the agent.
+    pub mux: Arc<YamuxMux>,
+    /// The agent's manifest.
+    pub services: Vec<ServiceInfo>,
+    /// Messages to the agent's control stream.
+    pub control: mpsc::Sender<Control>,
+}
+
+impl LiveTunnel {
+    /// The manifest entry named `name`.
+    pub fn service(&self, name: &str) -> Option<&ServiceInfo> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    /// Tells the agent why, then closes the tunnel.
+    pub async fn close(&self, code: CloseCode, reason: &str) {
+        let msg = Control::Close {
+            code,
+            reason: reason.to_owned(),
+        };
+        // The control task sends the close and ends; the tunnel task then
+        // closes the connection. If the control task is gone, close now.
+        if self.control.send(msg).await.is_err() {
+            self.mux.close();
+        }
+    }
+}
+
+/// Live tunnels of this node.
+#[derive(Debug, Default)]
+pub struct Registry {
+    inner: Mutex<Maps>,
+}
+
+#[derive(Debug, Default)]
+struct Maps {
+    by_session: HashMap<Uuid, Arc<LiveTunnel>>,
+    by_system: HashMap<Uuid, Uuid>,
+}
+
+impl Registry {
+    /// Adds a tunnel; returns the tunnel it replaces for the same system.
+    pub fn insert(&self, tunnel: Arc<LiveTunnel>) -> Option<Arc<LiveTunnel>> {
+        let mut maps = self.lock();
+        let old = maps
+            .by_system
+            .insert(tunnel.system_id, tunnel.session_id)
+            .filter(|old| *old != tunnel.session_id)
+            .and_then(|old| maps.by_session.remove(&old));
+        maps.by_session.insert(tunnel.session_id, tunnel);
+        old
+    }
+
+    /// Removes the tunnel of `session_id`, if it is still registered.
+    pub fn remove(&self, session_id: Uuid) {
+        let mut maps = self.lock();
+        if let Some(t) = maps.by_session.remove(&session_id)
+            && maps.by_system.get(&t.system_id) == Some(&session_id)
+        {
+            maps.by_system.remove(&t.system_id);
+        }
+    }
+
+    /// The live tunnel of a session.
+    pub fn by_session(&self, session_id: Uuid) -> Option<Arc<LiveTunnel>> {
+        self.lock().by_session.get(&session_id).cloned()
+    }
+
+    /// Every live tunnel.
+    pub fn all(&self) -> Vec<Arc<LiveTunnel>> {
+        self.lock().by_session.values().cloned().collect()
+    }
+
+    /// How many tunnels are live.
+    pub fn len(&self) -> usize {
+        self.lock().by_session.len()
+    }
+
+    /// Whether no tunnel is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Maps> {
+        // A panic while holding this lock leaves the maps consistent.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Counters of a live tunnel, for logs.
+pub fn describe(t: &LiveTunnel) -> String {
+    let c = t.mux.counters();
+    format!(
+        "streams {} opened, bytes {} in / {} out",
+        c.streams_opened, c.bytes_in, c.bytes_out
+    )
+}

@@ -1,0 +1,193 @@
+//! Assembling and running a server: [`Server::builder`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::serve::ListenerExt;
+use rtunnel_core::proto::CloseCode;
+use rtunnel_core::store::sqlite::SqliteStore;
+use rtunnel_core::store::{SessionStatus, StoreError, now_millis};
+use rtunnel_core::token::TokenSigner;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServerConfig;
+use crate::registry::Registry;
+use crate::state::{AppState, Stores};
+
+/// How long shutdown waits for agents to be told and tunnels to end.
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(3);
+
+/// Why a server could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The store could not be opened or prepared.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The configuration is unusable.
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+/// Builds a [`Server`].
+#[derive(Default)]
+pub struct ServerBuilder {
+    config: ServerConfig,
+    stores: Option<Stores>,
+    signer: Option<Arc<dyn TokenSigner>>,
+}
+
+impl std::fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerBuilder {
+    /// Sets the configuration (default: [`ServerConfig::default`]).
+    pub fn config(mut self, config: ServerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Uses these stores instead of SQLite in the data directory.
+    pub fn stores(mut self, stores: Stores) -> Self {
+        self.stores = Some(stores);
+        self
+    }
+
+    /// Uses this token signer instead of one keyed from the data directory.
+    pub fn signer(mut self, signer: Arc<dyn TokenSigner>) -> Self {
+        self.signer = Some(signer);
+        self
+    }
+
+    /// Opens the stores, ends sessions a previous process left open, and
+    /// returns a server ready to [`Server::serve`].
+    pub async fn build(self) -> Result<Server, ServerError> {
+        let stores = match self.stores {
+            Some(stores) => stores,
+            None => Stores::sqlite(
+                SqliteStore::open(&self.config.data_dir.join("rtunnel.db")).await?,
+            ),
+        };
+        let signer = match self.signer {
+            Some(s) => s,
+            None => {
+                let path = self
+                    .config
+                    .secret_key_file
+                    .clone()
+                    .unwrap_or_else(|| self.config.data_dir.join("secret.key"));
+                Arc::new(crate::keys::load_or_create_signer(
+                    &path,
+                    self.config.production,
+                )?)
+            }
+        };
+        // Tunnels die with the process that held them.
+        let ended = stores
+            .sessions
+            .end_unfinished_sessions(SessionStatus::Expired, "server restarted", now_millis())
+            .await?;
+        if ended > 0 {
+            tracing::info!(sessions = ended, "ended sessions left open by a previous run");
+        }
+        Ok(Server {
+            state: Arc::new(AppState {
+                config: self.config,
+                stores,
+                registry: Registry::default(),
+                shutdown: CancellationToken::new(),
+                signer,
+            }),
+        })
+    }
+}
+
+/// A ready server.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use rtunnel_server::{Server, ServerConfig};
+///
+/// let config = ServerConfig {
+///     data_dir: "/var/lib/rtunnel".into(),
+///     ..ServerConfig::default()
+/// };
+/// let listener = tokio::net::TcpListener::bind(config.listen).await?;
+/// let server = Server::builder().config(config).build().await?;
+/// server.serve(listener, async { let _ = tokio::signal::ctrl_c().await; }).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Server {
+    state: Arc<AppState>,
+}
+
+impl Server {
+    /// Starts building a server.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
+    /// The shared state (stores, live tunnels, configuration).
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// The HTTP routes, for embedding in another axum app. Serve them with
+    /// `into_make_service_with_connect_info::<SocketAddr>()`.
+    pub fn router(&self) -> Router {
+        crate::api::router(self.state.clone())
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then tells every agent
+    /// the server is restarting and waits briefly for tunnels to end.
+    pub async fn serve<F>(self, listener: TcpListener, shutdown: F) -> std::io::Result<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, "rtunnel-server listening");
+        let state = self.state.clone();
+        let app = self
+            .router()
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let drain_state = state.clone();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                drain(&drain_state).await;
+            })
+            .await
+    }
+}
+
+async fn drain(state: &AppState) {
+    let tunnels = state.registry.all();
+    tracing::info!(tunnels = tunnels.len(), "shutting down: telling agents to reconnect");
+    for t in &tunnels {
+        t.close(CloseCode::ServerRestarting, "the server is restarting")
+            .await;
+    }
+    state.shutdown.cancel();
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_DRAIN;
+    while !state.registry.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Path of the default SQLite database in a data directory.
+pub fn default_database_path(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("rtunnel.db")
+}

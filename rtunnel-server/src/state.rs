@@ -1,0 +1,95 @@
+//! What every handler shares.
+
+use std::sync::Arc;
+
+use rtunnel_core::mux::MuxConfig;
+use rtunnel_core::store::{AuditEvent, AuditSink, IdentityStore, SessionStore, StoreError};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServerConfig;
+use crate::error::ApiError;
+use crate::registry::Registry;
+
+/// The stores a server runs on.
+#[derive(Clone)]
+pub struct Stores {
+    /// Users, tokens, systems, grants.
+    pub identity: Arc<dyn IdentityStore>,
+    /// Support sessions.
+    pub sessions: Arc<dyn SessionStore>,
+    /// The audit log.
+    pub audit: Arc<dyn AuditSink>,
+}
+
+impl std::fmt::Debug for Stores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stores").finish_non_exhaustive()
+    }
+}
+
+impl Stores {
+    /// All three stores on one SQLite database.
+    pub fn sqlite(store: rtunnel_core::store::sqlite::SqliteStore) -> Self {
+        let store = Arc::new(store);
+        Stores {
+            identity: store.clone(),
+            sessions: store.clone(),
+            audit: store,
+        }
+    }
+}
+
+/// Shared state of a running server.
+pub struct AppState {
+    /// Configuration.
+    pub config: ServerConfig,
+    /// Durable state.
+    pub stores: Stores,
+    /// Live tunnels of this node.
+    pub registry: Registry,
+    /// Cancelled when the server shuts down.
+    pub shutdown: CancellationToken,
+    /// Signs and verifies the server's tokens.
+    pub signer: Arc<dyn rtunnel_core::token::TokenSigner>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("config", &self.config)
+            .field("tunnels", &self.registry.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// yamux settings for tunnels and forwards.
+    pub fn mux_config(&self) -> MuxConfig {
+        MuxConfig {
+            max_streams: self.config.max_streams_per_tunnel.max(1) * 2 + 8,
+            ..MuxConfig::default()
+        }
+    }
+
+    /// Stores an audit event; access must not open if this fails.
+    pub async fn audit(&self, event: AuditEvent) -> Result<(), ApiError> {
+        self.stores
+            .audit
+            .record(&event)
+            .await
+            .map_err(|e| ApiError::unavailable("audit_unavailable", e))
+    }
+
+    /// Stores an audit event where nothing waits on it (the event is about
+    /// something that already happened); failures are logged.
+    pub async fn audit_best_effort(&self, event: AuditEvent) {
+        if let Err(e) = self.stores.audit.record(&event).await {
+            log_store_error("audit", &e);
+        }
+    }
+}
+
+/// Logs a store failure that has no caller to answer.
+pub fn log_store_error(what: &str, e: &StoreError) {
+    tracing::error!(error = %e, "{what} failed");
+}
