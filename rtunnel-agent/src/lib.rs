@@ -1,1 +1,23 @@
-//! placeholder
+//! # rtunnel-agent
+//!
+//! Both ends of rtunnel that run outside the server:
+//!
+//! - [`Agent`]: runs on a customer's system, dials out to the server over one
+//!   WebSocket, sends its manifest and serves the streams operators open,
+//!   dialing only the services it lists; reconnects with backoff and jitter.
+//! - [`forward::Forwarder`]: runs on an operator's machine, turning local TCP
+//!   connections into streams to a service of a session.
+//!
+//! The `rtunnel-agent` binary is a thin `main` over [`cli::main`].
+
+pub mod agent;
+pub mod backoff;
+pub mod cli;
+pub mod dial;
+pub mod forward;
+pub mod services;
+mod tls;
+
+pub use agent::{Agent, AgentBuilder, AgentConfig, AgentError, AgentExit};
+pub use forward::{ForwardConfig, ForwardError, Forwarder};
+pub use services::{ServiceSpec, parse_services};

@@ -133,6 +133,11 @@ impl std::fmt::Debug for YamuxMux {
 }
 
 impl YamuxMux {
+    /// Whether the connection has ended or is closing.
+    pub fn is_closed(&self) -> bool {
+        self.done.is_cancelled() || self.shutdown.is_cancelled()
+    }
+
     /// Runs yamux as the dialing side (the side that opens the control stream).
     pub fn client<T>(io: T, config: &MuxConfig) -> Self
     where

@@ -1,0 +1,438 @@
+//! The agent: dial out, say hello, send the manifest, serve streams, and
+//! come back after every failure with exponential backoff and jitter.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use rtunnel_core::control::{ControlChannel, ControlEnd, HandshakeError, client_handshake};
+use rtunnel_core::frame::{read_frame, write_frame};
+use rtunnel_core::mux::{Mux, MuxConfig, YamuxMux, YamuxStream};
+use rtunnel_core::proto::{
+    CloseCode, Control, MAX_STREAM_HEADER_BYTES, StreamHeader, StreamKind, StreamReply,
+};
+use rtunnel_core::relay::relay;
+use rtunnel_core::ws::WsStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::backoff::Backoff;
+use crate::dial::{DialError, dial};
+use crate::services::ServiceSpec;
+
+/// How long the server has to name a stream's service, and a target to
+/// accept a connection.
+pub const STREAM_SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The software string sent in the hello.
+pub const SOFTWARE: &str = concat!("rtunnel-agent/", env!("CARGO_PKG_VERSION"));
+
+/// Settings of an agent.
+#[derive(Clone)]
+pub struct AgentConfig {
+    /// `ws(s)://HOST[:PORT]/api/v1/tunnel`.
+    pub url: String,
+    /// System key.
+    pub key: String,
+    /// System secret.
+    pub secret: String,
+    /// What the agent offers.
+    pub services: Vec<ServiceSpec>,
+    /// First reconnect delay; doubles up to `max_reconnect_delay`.
+    pub reconnect_delay: Duration,
+    /// Longest reconnect delay.
+    pub max_reconnect_delay: Duration,
+    /// Accept any certificate from a `wss://` server.
+    pub tls_insecure: bool,
+}
+
+impl std::fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("url", &self.url)
+            .field("key", &self.key)
+            .field("secret", &"<redacted>")
+            .field("services", &self.services)
+            .field("reconnect_delay", &self.reconnect_delay)
+            .field("max_reconnect_delay", &self.max_reconnect_delay)
+            .field("tls_insecure", &self.tls_insecure)
+            .finish()
+    }
+}
+
+/// Why an agent stopped for good.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The configuration is unusable.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// Another agent with the same credentials took over the session.
+    #[error("another agent with the same system credentials took over: {0}")]
+    Replaced(String),
+}
+
+/// How an agent's run ended without error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentExit {
+    /// An operator closed the session; the agent must not reconnect.
+    SessionClosed(String),
+    /// The shutdown future resolved.
+    Shutdown,
+}
+
+/// Builds an [`Agent`].
+#[derive(Debug, Default)]
+pub struct AgentBuilder {
+    url: Option<String>,
+    key: Option<String>,
+    secret: Option<String>,
+    services: Vec<ServiceSpec>,
+    reconnect_delay: Option<Duration>,
+    max_reconnect_delay: Option<Duration>,
+    tls_insecure: bool,
+}
+
+impl AgentBuilder {
+    /// The server's tunnel URL, `ws(s)://HOST[:PORT]/api/v1/tunnel`.
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.url = Some(url.into());
+        self
+    }
+
+    /// The system's key and secret.
+    pub fn credentials(mut self, key: impl Into<String>, secret: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self.secret = Some(secret.into());
+        self
+    }
+
+    /// Adds services to the manifest.
+    pub fn services(mut self, services: impl IntoIterator<Item = ServiceSpec>) -> Self {
+        self.services.extend(services);
+        self
+    }
+
+    /// First reconnect delay (default 5 s).
+    pub fn reconnect_delay(mut self, d: Duration) -> Self {
+        self.reconnect_delay = Some(d);
+        self
+    }
+
+    /// Longest reconnect delay (default 5 min).
+    pub fn max_reconnect_delay(mut self, d: Duration) -> Self {
+        self.max_reconnect_delay = Some(d);
+        self
+    }
+
+    /// Accept any certificate from a `wss://` server.
+    pub fn tls_insecure(mut self, yes: bool) -> Self {
+        self.tls_insecure = yes;
+        self
+    }
+
+    /// Checks the settings.
+    pub fn build(self) -> Result<Agent, AgentError> {
+        let url = self
+            .url
+            .ok_or_else(|| AgentError::Config("--url is required".into()))?;
+        if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+            return Err(AgentError::Config(format!(
+                "--url must start with ws:// or wss://, got {url:?}"
+            )));
+        }
+        let key = self
+            .key
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| AgentError::Config("--key is required".into()))?;
+        let secret = self
+            .secret
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                AgentError::Config("a secret is required (--secret-file or RTUNNEL_SECRET)".into())
+            })?;
+        if key.contains(':') {
+            return Err(AgentError::Config("the key cannot contain ':'".into()));
+        }
+        let reconnect_delay = self.reconnect_delay.unwrap_or(Duration::from_secs(5));
+        let max_reconnect_delay = self
+            .max_reconnect_delay
+            .unwrap_or(Duration::from_secs(300));
+        if reconnect_delay < Duration::from_millis(10) {
+            return Err(AgentError::Config("--reconnect-delay must be at least 10ms".into()));
+        }
+        Ok(Agent {
+            config: Arc::new(AgentConfig {
+                url,
+                key,
+                secret,
+                services: self.services,
+                reconnect_delay,
+                max_reconnect_delay,
+                tls_insecure: self.tls_insecure,
+            }),
+        })
+    }
+}
+
+/// A configured agent; [`Agent::run`] keeps it connected.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use rtunnel_agent::{Agent, parse_services};
+///
+/// let agent = Agent::builder()
+///     .url("wss://support.example.com/api/v1/tunnel")
+///     .credentials("sys_0123456789abcdef01234567", std::env::var("RTUNNEL_SECRET")?)
+///     .services(parse_services("ssh=127.0.0.1:22,web=127.0.0.1:443:tls")?)
+///     .build()?;
+/// agent.run(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Agent {
+    config: Arc<AgentConfig>,
+}
+
+enum Outcome {
+    /// An operator closed the session.
+    Closed(String),
+    /// The server is restarting: come back at once.
+    Restarting,
+    /// Another agent took over.
+    Replaced(String),
+    /// The tunnel was up and then was lost.
+    Lost(String),
+    /// The tunnel never came up.
+    Failed(String, bool),
+}
+
+impl Agent {
+    /// Starts building an agent.
+    pub fn builder() -> AgentBuilder {
+        AgentBuilder::default()
+    }
+
+    /// Its settings.
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    /// Connects and serves until the session is closed by an operator or
+    /// `shutdown` resolves, reconnecting after every failure.
+    pub async fn run<F: Future<Output = ()>>(&self, shutdown: F) -> Result<AgentExit, AgentError> {
+        let cfg = &self.config;
+        let mut backoff = Backoff::new(cfg.reconnect_delay, cfg.max_reconnect_delay);
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let outcome = tokio::select! {
+                o = self.connect_and_serve() => o,
+                _ = &mut shutdown => return Ok(AgentExit::Shutdown),
+            };
+            let delay = match outcome {
+                Outcome::Closed(reason) => {
+                    tracing::info!("session closed by an operator ({reason}); not reconnecting");
+                    return Ok(AgentExit::SessionClosed(reason));
+                }
+                Outcome::Replaced(reason) => return Err(AgentError::Replaced(reason)),
+                Outcome::Restarting => {
+                    backoff.reset();
+                    // Spread the herd of agents coming back to one server.
+                    let d = cfg.reconnect_delay.min(Duration::from_secs(1))
+                        .mul_f64(rand::random::<f64>());
+                    tracing::info!("server is restarting; reconnecting in {d:?}");
+                    d
+                }
+                Outcome::Lost(reason) => {
+                    backoff.reset();
+                    let d = backoff.next_delay();
+                    tracing::warn!("tunnel lost: {reason}; reconnecting in {d:?}");
+                    d
+                }
+                Outcome::Failed(reason, is_auth) => {
+                    let d = backoff.next_delay();
+                    if is_auth {
+                        tracing::error!("{reason}; check the key and secret; retrying in {d:?}");
+                    } else {
+                        tracing::warn!("{reason}; retrying in {d:?}");
+                    }
+                    d
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = &mut shutdown => return Ok(AgentExit::Shutdown),
+            }
+        }
+    }
+
+    async fn connect_and_serve(&self) -> Outcome {
+        let cfg = &self.config;
+        let auth = format!(
+            "Basic {}",
+            STANDARD.encode(format!("{}:{}", cfg.key, cfg.secret))
+        );
+        let ws = match dial(&cfg.url, &auth, cfg.tls_insecure).await {
+            Ok(ws) => ws,
+            Err(e) => {
+                let is_auth = e.is_auth();
+                return Outcome::Failed(describe_dial(&cfg.url, &e), is_auth);
+            }
+        };
+        let mux = Arc::new(YamuxMux::client(WsStream::new(ws), &MuxConfig::default()));
+        let (mut control, session_id, heartbeat) = match client_handshake(&*mux, SOFTWARE).await {
+            Ok(ok) => ok,
+            Err(HandshakeError::Refused { code: CloseCode::SessionClosed, reason }) => {
+                return Outcome::Closed(reason);
+            }
+            Err(e) => return Outcome::Failed(format!("handshake with {} failed: {e}", cfg.url), false),
+        };
+        let manifest = Control::Manifest {
+            services: cfg.services.iter().map(ServiceSpec::info).collect(),
+        };
+        if let Err(e) = write_frame(&mut control, &manifest).await {
+            return Outcome::Failed(format!("sending the manifest failed: {e}"), false);
+        }
+        tracing::info!(
+            session = %session_id,
+            services = cfg.services.len(),
+            "connected to {}",
+            cfg.url
+        );
+        let services: Arc<[ServiceSpec]> = cfg.services.clone().into();
+        let tls = crate::tls::client_config(true);
+        let accept_loop = {
+            let mux = mux.clone();
+            async move {
+                while let Some(stream) = mux.accept().await {
+                    tokio::spawn(serve_stream(services.clone(), tls.clone(), stream));
+                }
+            }
+        };
+        let end = tokio::select! {
+            end = ControlChannel::new().run(control, heartbeat, |msg| {
+                tracing::debug!("control message ignored: {msg:?}");
+            }) => end,
+            _ = accept_loop => ControlEnd::Lost("tunnel connection closed".into()),
+        };
+        mux.close();
+        match end {
+            ControlEnd::PeerClosed { code: CloseCode::SessionClosed, reason } => Outcome::Closed(reason),
+            ControlEnd::PeerClosed { code: CloseCode::ServerRestarting, .. } => Outcome::Restarting,
+            ControlEnd::PeerClosed { code: CloseCode::Replaced, reason } => Outcome::Replaced(reason),
+            ControlEnd::PeerClosed { code, reason } => Outcome::Lost(format!("server closed the tunnel ({code:?}): {reason}")),
+            ControlEnd::HeartbeatTimeout(d) => Outcome::Lost(format!("no heartbeat from the server for {d:?}")),
+            ControlEnd::LocalClose(code) => Outcome::Lost(format!("closed locally ({code:?})")),
+            ControlEnd::Lost(why) => Outcome::Lost(why),
+        }
+    }
+}
+
+fn describe_dial(url: &str, e: &DialError) -> String {
+    format!("cannot connect to {url}: {e}")
+}
+
+/// Serves one stream opened by the server: dial the named service and relay.
+async fn serve_stream(
+    services: Arc<[ServiceSpec]>,
+    tls: Arc<rustls::ClientConfig>,
+    mut stream: YamuxStream,
+) {
+    let header = match tokio::time::timeout(
+        STREAM_SETUP_TIMEOUT,
+        read_frame::<StreamHeader, _>(&mut stream, MAX_STREAM_HEADER_BYTES),
+    )
+    .await
+    {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            refuse(&mut stream, StreamReply::refused("bad_stream_header", e.to_string())).await;
+            return;
+        }
+        Err(_) => return,
+    };
+    if header.kind == StreamKind::Terminal {
+        refuse(
+            &mut stream,
+            StreamReply::refused("terminal_unavailable", "this agent offers no terminal"),
+        )
+        .await;
+        return;
+    }
+    // Only what the manifest lists is ever dialed.
+    let Some(spec) = services.iter().find(|s| s.name == header.service) else {
+        tracing::warn!(service = %header.service, "refused a stream for an unknown service");
+        refuse(
+            &mut stream,
+            StreamReply::refused(
+                "unknown_service",
+                format!("this agent has no service named {:?}", header.service),
+            ),
+        )
+        .await;
+        return;
+    };
+    let target = spec.target();
+    let tcp = match tokio::time::timeout(
+        STREAM_SETUP_TIMEOUT,
+        TcpStream::connect((spec.host.as_str(), spec.port)),
+    )
+    .await
+    {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => {
+            refuse_dial(&mut stream, &spec.name, &target, &e.to_string()).await;
+            return;
+        }
+        Err(_) => {
+            refuse_dial(&mut stream, &spec.name, &target, "timed out").await;
+            return;
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    if spec.tls {
+        let name = match rustls::pki_types::ServerName::try_from(spec.host.clone()) {
+            Ok(n) => n,
+            Err(e) => {
+                refuse_dial(&mut stream, &spec.name, &target, &e.to_string()).await;
+                return;
+            }
+        };
+        let connector = tokio_rustls::TlsConnector::from(tls);
+        match tokio::time::timeout(STREAM_SETUP_TIMEOUT, connector.connect(name, tcp)).await {
+            Ok(Ok(tls_stream)) => bridge(stream, tls_stream, &spec.name).await,
+            Ok(Err(e)) => refuse_dial(&mut stream, &spec.name, &target, &format!("TLS: {e}")).await,
+            Err(_) => refuse_dial(&mut stream, &spec.name, &target, "TLS handshake timed out").await,
+        }
+    } else {
+        bridge(stream, tcp, &spec.name).await;
+    }
+}
+
+async fn bridge<T: AsyncRead + AsyncWrite + Unpin>(mut stream: YamuxStream, mut target: T, name: &str) {
+    if write_frame(&mut stream, &StreamReply::Ok).await.is_err() {
+        return;
+    }
+    let outcome = relay(&mut stream, &mut target).await;
+    tracing::debug!(
+        service = name,
+        to_service = outcome.a_to_b,
+        from_service = outcome.b_to_a,
+        "stream closed"
+    );
+}
+
+async fn refuse_dial(stream: &mut YamuxStream, name: &str, target: &str, why: &str) {
+    tracing::warn!(service = name, %target, "cannot reach the service: {why}");
+    refuse(
+        stream,
+        StreamReply::refused("dial_failed", format!("cannot reach {name} at {target}: {why}")),
+    )
+    .await;
+}
+
+async fn refuse(stream: &mut YamuxStream, reply: StreamReply) {
+    let _ = write_frame(stream, &reply).await;
+    let _ = stream.shutdown().await;
+}

@@ -1,0 +1,202 @@
+//! The `rtunnel-agent` command line: `run` (the default) and `forward`.
+//!
+//! Every flag has an environment variable; flags win. Exit codes: 0 when
+//! closed on purpose, 2 for bad flags or configuration, 1 for any other
+//! failure, always with one clear line on stderr.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use uuid::Uuid;
+
+use crate::agent::{Agent, AgentError, AgentExit};
+use crate::forward::{ForwardConfig, ForwardError, Forwarder};
+use crate::services::parse_services;
+
+/// `rtunnel-agent`: connects this system to an rtunnel server, or forwards a
+/// local port to a service of a support session.
+#[derive(Debug, Parser)]
+#[command(name = "rtunnel-agent", version, about, long_about = None, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Connect this system to the server (the default).
+    Run(RunArgs),
+    /// Forward a local port to a service of a support session.
+    Forward(ForwardArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Tunnel URL: ws(s)://HOST[:PORT]/api/v1/tunnel.
+    #[arg(short, long, env = "RTUNNEL_URL")]
+    url: Option<String>,
+    /// System key.
+    #[arg(short, long, env = "RTUNNEL_KEY")]
+    key: Option<String>,
+    /// System secret (prefer RTUNNEL_SECRET or --secret-file: flags show in ps).
+    #[arg(short, long, env = "RTUNNEL_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// File holding the system secret.
+    #[arg(long, env = "RTUNNEL_SECRET_FILE")]
+    secret_file: Option<PathBuf>,
+    /// Services: name=host:port[:tls],...
+    #[arg(long, env = "RTUNNEL_STATIC_SERVICES", default_value = "")]
+    static_services: String,
+    /// First reconnect delay; doubles with jitter.
+    #[arg(long, env = "RTUNNEL_RECONNECT_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
+    reconnect_delay: Duration,
+    /// Longest reconnect delay.
+    #[arg(long, env = "RTUNNEL_MAX_RECONNECT_DELAY", default_value = "5m", value_parser = humantime::parse_duration)]
+    max_reconnect_delay: Duration,
+    /// Accept a self-signed certificate from a wss:// server.
+    #[arg(long, env = "RTUNNEL_TLS_INSECURE")]
+    tls_insecure: bool,
+}
+
+#[derive(Debug, Args)]
+struct ForwardArgs {
+    /// Server base URL: http(s)://HOST[:PORT].
+    #[arg(long, env = "RTUNNEL_SERVER")]
+    server: String,
+    /// API token.
+    #[arg(long, env = "RTUNNEL_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Support session id.
+    #[arg(long)]
+    session: Uuid,
+    /// Service name.
+    #[arg(long)]
+    service: String,
+    /// Local address to listen on.
+    #[arg(long, default_value = "127.0.0.1:2222")]
+    listen: SocketAddr,
+    /// Accept a self-signed certificate from an https:// server.
+    #[arg(long, env = "RTUNNEL_TLS_INSECURE")]
+    tls_insecure: bool,
+}
+
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+/// Parses the command line and runs it.
+pub async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RTUNNEL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let result = match cli.command {
+        Some(Command::Run(args)) => run(args).await,
+        Some(Command::Forward(args)) => forward(args).await,
+        None => run(cli.run).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("rtunnel-agent: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn usage(message: impl Into<String>) -> Failure {
+    Failure {
+        code: 2,
+        message: message.into(),
+    }
+}
+
+async fn run(args: RunArgs) -> Result<(), Failure> {
+    let secret = match (&args.secret, &args.secret_file) {
+        (_, Some(path)) => std::fs::read_to_string(path)
+            .map(|s| s.trim().to_owned())
+            .map_err(|e| usage(format!("cannot read --secret-file {}: {e}", path.display())))?,
+        (Some(s), None) => s.clone(),
+        (None, None) => String::new(),
+    };
+    let services = parse_services(&args.static_services).map_err(|e| usage(e.to_string()))?;
+    let mut builder = Agent::builder()
+        .services(services)
+        .reconnect_delay(args.reconnect_delay)
+        .max_reconnect_delay(args.max_reconnect_delay)
+        .tls_insecure(args.tls_insecure)
+        .credentials(args.key.unwrap_or_default(), secret);
+    if let Some(url) = args.url {
+        builder = builder.url(url);
+    }
+    let agent = builder.build().map_err(|e| usage(e.to_string()))?;
+    match agent.run(shutdown_signal()).await {
+        Ok(AgentExit::SessionClosed(_)) | Ok(AgentExit::Shutdown) => Ok(()),
+        Err(AgentError::Config(m)) => Err(usage(m)),
+        Err(e) => Err(Failure {
+            code: 1,
+            message: e.to_string(),
+        }),
+    }
+}
+
+async fn forward(args: ForwardArgs) -> Result<(), Failure> {
+    let config = ForwardConfig {
+        server: args.server,
+        token: args.token,
+        session: args.session,
+        service: args.service,
+        tls_insecure: args.tls_insecure,
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen).await.map_err(|e| Failure {
+        code: 1,
+        message: format!("cannot listen on {}: {e}", args.listen),
+    })?;
+    let fwd = Forwarder::connect(config.clone()).await.map_err(|e| match e {
+        ForwardError::Config(m) => usage(m),
+        other => Failure {
+            code: 1,
+            message: other.to_string(),
+        },
+    })?;
+    tracing::info!(
+        "forwarding {} to service {} of session {}",
+        args.listen,
+        config.service,
+        config.session
+    );
+    fwd.serve(listener, shutdown_signal()).await.map_err(|e| Failure {
+        code: 1,
+        message: e.to_string(),
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

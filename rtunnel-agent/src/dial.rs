@@ -1,0 +1,99 @@
+//! Dialing the server's WebSocket endpoints (`ws://` or `wss://`), with a
+//! timeout, TCP_NODELAY, and the server's error envelope turned into a
+//! readable error.
+
+use std::time::Duration;
+
+use rtunnel_core::ws::MAX_WS_MESSAGE_BYTES;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+
+/// How long connecting and the WebSocket upgrade may take.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connected WebSocket.
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Why dialing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// The URL is unusable.
+    #[error("bad URL {0}")]
+    BadUrl(String),
+    /// The server answered the upgrade with an HTTP error.
+    #[error("the server refused the connection ({status} {code}): {message}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The envelope's code, or `http_error`.
+        code: String,
+        /// The envelope's message.
+        message: String,
+    },
+    /// The connection could not be made.
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    /// Connecting took longer than [`DIAL_TIMEOUT`].
+    #[error("connecting timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+impl DialError {
+    /// Whether retrying cannot help without a change of configuration
+    /// (credentials or authorization refused).
+    pub fn is_auth(&self) -> bool {
+        matches!(self, DialError::Refused { status: 401 | 403, .. })
+    }
+}
+
+/// Connects to `url` with the given `Authorization` header.
+pub async fn dial(url: &str, authorization: &str, tls_insecure: bool) -> Result<Ws, DialError> {
+    let mut request = url
+        .into_client_request()
+        .map_err(|e| DialError::BadUrl(format!("{url}: {e}")))?;
+    let auth = HeaderValue::from_str(authorization)
+        .map_err(|_| DialError::BadUrl("credentials contain invalid characters".into()))?;
+    request.headers_mut().insert("authorization", auth);
+    request.headers_mut().insert(
+        "user-agent",
+        HeaderValue::from_static(concat!("rtunnel-agent/", env!("CARGO_PKG_VERSION"))),
+    );
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_WS_MESSAGE_BYTES))
+        .max_frame_size(Some(MAX_WS_MESSAGE_BYTES));
+    let connector = if url.starts_with("wss://") {
+        Connector::Rustls(crate::tls::client_config(tls_insecure))
+    } else {
+        Connector::Plain
+    };
+    let fut = tokio_tungstenite::connect_async_tls_with_config(
+        request,
+        Some(config),
+        true,
+        Some(connector),
+    );
+    match tokio::time::timeout(DIAL_TIMEOUT, fut).await {
+        Err(_) => Err(DialError::Timeout(DIAL_TIMEOUT)),
+        Ok(Ok((ws, _response))) => Ok(ws),
+        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
+            let status = resp.status().as_u16();
+            let body = resp.body().as_deref().unwrap_or_default();
+            let envelope: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+            let text = |k: &str| envelope.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+            Err(DialError::Refused {
+                status,
+                code: text("code").unwrap_or_else(|| "http_error".into()),
+                message: text("error").unwrap_or_else(|| {
+                    resp.status()
+                        .canonical_reason()
+                        .unwrap_or("unexpected answer")
+                        .to_owned()
+                }),
+            })
+        }
+        Ok(Err(e)) => Err(DialError::Connect(e.to_string())),
+    }
+}

@@ -1,0 +1,228 @@
+//! `rtunnel-agent forward`: the operator's side of raw TCP.
+//!
+//! One WebSocket to the server's forward endpoint carries yamux; every local
+//! connection becomes one stream, so a new connection costs no HTTP or
+//! WebSocket handshake. If the WebSocket is lost, the next local connection
+//! dials a new one.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rtunnel_core::control::{ControlChannel, client_handshake};
+use rtunnel_core::frame::{read_frame, write_frame};
+use rtunnel_core::mux::{Mux, MuxConfig, YamuxMux, YamuxStream};
+use rtunnel_core::proto::{self, MAX_STREAM_HEADER_BYTES, StreamHeader, StreamKind, StreamReply};
+use rtunnel_core::relay::relay;
+use rtunnel_core::ws::WsStream;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use crate::agent::SOFTWARE;
+use crate::dial::{DialError, dial};
+
+/// How long the server has to answer a new stream.
+pub const STREAM_REPLY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Settings of a forward.
+#[derive(Clone)]
+pub struct ForwardConfig {
+    /// The server's base URL, `http(s)://HOST[:PORT]`.
+    pub server: String,
+    /// An API token.
+    pub token: String,
+    /// The support session.
+    pub session: Uuid,
+    /// The service to reach.
+    pub service: String,
+    /// Accept any certificate from an `https://` server.
+    pub tls_insecure: bool,
+}
+
+impl std::fmt::Debug for ForwardConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForwardConfig")
+            .field("server", &self.server)
+            .field("token", &"<redacted>")
+            .field("session", &self.session)
+            .field("service", &self.service)
+            .finish()
+    }
+}
+
+/// Why a forward failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// The settings are unusable.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The server could not be reached or refused.
+    #[error("{0}")]
+    Dial(#[from] DialError),
+    /// The protocol handshake failed.
+    #[error("handshake failed: {0}")]
+    Handshake(String),
+    /// A stream could not be opened.
+    #[error("the server refused the connection ({code}): {reason}")]
+    Refused {
+        /// Stable code.
+        code: String,
+        /// Why.
+        reason: String,
+    },
+    /// The local listener failed.
+    #[error("local listener: {0}")]
+    Listen(std::io::Error),
+}
+
+/// A forward: one tunnel to the server, many local connections over it.
+pub struct Forwarder {
+    config: ForwardConfig,
+    ws_url: String,
+    conn: Mutex<Option<Arc<YamuxMux>>>,
+}
+
+impl std::fmt::Debug for Forwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forwarder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Forwarder {
+    /// Checks the settings and connects once, so that bad credentials, an
+    /// unknown session or service fail now with the server's reason.
+    pub async fn connect(config: ForwardConfig) -> Result<Arc<Self>, ForwardError> {
+        proto::validate_service_name(&config.service)
+            .map_err(|e| ForwardError::Config(e.to_string()))?;
+        let base = config.server.trim_end_matches('/');
+        let ws_base = if let Some(rest) = base.strip_prefix("https://") {
+            format!("wss://{rest}")
+        } else if let Some(rest) = base.strip_prefix("http://") {
+            format!("ws://{rest}")
+        } else {
+            return Err(ForwardError::Config(format!(
+                "--server must start with http:// or https://, got {:?}",
+                config.server
+            )));
+        };
+        let ws_url = format!(
+            "{ws_base}/api/v1/sessions/{}/forward?service={}",
+            config.session, config.service
+        );
+        let fwd = Arc::new(Forwarder {
+            config,
+            ws_url,
+            conn: Mutex::new(None),
+        });
+        fwd.current().await?;
+        Ok(fwd)
+    }
+
+    /// Accepts local connections on `listener` until `shutdown` resolves.
+    pub async fn serve<F: Future<Output = ()>>(
+        self: &Arc<Self>,
+        listener: TcpListener,
+        shutdown: F,
+    ) -> Result<(), ForwardError> {
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                accepted = listener.accept() => accepted.map_err(ForwardError::Listen)?,
+                _ = &mut shutdown => return Ok(()),
+            };
+            let fwd = self.clone();
+            tokio::spawn(async move { fwd.handle(tcp, peer).await });
+        }
+    }
+
+    /// Opens one stream to the service, ready to carry bytes.
+    pub async fn open(&self) -> Result<YamuxStream, ForwardError> {
+        let mut stream = self.open_raw().await?;
+        let header = StreamHeader {
+            service: self.config.service.clone(),
+            kind: StreamKind::Tcp,
+        };
+        let exchange = async {
+            write_frame(&mut stream, &header).await?;
+            read_frame::<StreamReply, _>(&mut stream, MAX_STREAM_HEADER_BYTES).await
+        };
+        match tokio::time::timeout(STREAM_REPLY_TIMEOUT, exchange).await {
+            Ok(Ok(StreamReply::Ok)) => Ok(stream),
+            Ok(Ok(StreamReply::Refused { code, reason })) => Err(ForwardError::Refused { code, reason }),
+            Ok(Err(e)) => Err(ForwardError::Refused {
+                code: "stream_failed".into(),
+                reason: e.to_string(),
+            }),
+            Err(_) => Err(ForwardError::Refused {
+                code: "timeout".into(),
+                reason: "the server did not answer in time".into(),
+            }),
+        }
+    }
+
+    async fn handle(&self, mut tcp: TcpStream, peer: SocketAddr) {
+        let _ = tcp.set_nodelay(true);
+        let mut stream = match self.open().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%peer, "connection not forwarded: {e}");
+                return;
+            }
+        };
+        let outcome = relay(&mut tcp, &mut stream).await;
+        tracing::debug!(
+            %peer,
+            sent = outcome.a_to_b,
+            received = outcome.b_to_a,
+            "connection closed"
+        );
+    }
+
+    /// A yamux stream on the live connection, dialing a new one if needed.
+    async fn open_raw(&self) -> Result<YamuxStream, ForwardError> {
+        let mux = self.current().await?;
+        match mux.open().await {
+            Ok(s) => Ok(s),
+            Err(_) => {
+                self.drop_conn(&mux).await;
+                let mux = self.current().await?;
+                mux.open().await.map_err(|e| ForwardError::Refused {
+                    code: "tunnel_closed".into(),
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+
+    async fn drop_conn(&self, dead: &Arc<YamuxMux>) {
+        let mut conn = self.conn.lock().await;
+        if conn.as_ref().is_some_and(|c| Arc::ptr_eq(c, dead)) {
+            *conn = None;
+        }
+    }
+
+    async fn current(&self) -> Result<Arc<YamuxMux>, ForwardError> {
+        let mut conn = self.conn.lock().await;
+        if let Some(mux) = conn.as_ref().filter(|m| !m.is_closed()) {
+            return Ok(mux.clone());
+        }
+        let auth = format!("Bearer {}", self.config.token);
+        let ws = dial(&self.ws_url, &auth, self.config.tls_insecure).await?;
+        let mux = Arc::new(YamuxMux::client(WsStream::new(ws), &MuxConfig::default()));
+        let (control, _session, heartbeat) = client_handshake(&*mux, SOFTWARE)
+            .await
+            .map_err(|e| ForwardError::Handshake(e.to_string()))?;
+        let watched = mux.clone();
+        tokio::spawn(async move {
+            let end = ControlChannel::new().run(control, heartbeat, |_| {}).await;
+            tracing::info!("connection to the server ended: {end:?}");
+            watched.close();
+        });
+        *conn = Some(mux.clone());
+        Ok(mux)
+    }
+}
