@@ -27,6 +27,9 @@ use crate::error::ApiError;
 use crate::registry::{LiveTunnel, describe};
 use crate::state::AppState;
 
+/// After telling an agent to go, how long to wait for it to hang up.
+pub const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Axum handler of the tunnel endpoint.
 pub(crate) async fn tunnel_endpoint(
     State(state): State<Arc<AppState>>,
@@ -185,7 +188,7 @@ async fn serve_tunnel(
     state
         .stores
         .sessions
-        .activate_session(session_id, &services, now_millis())
+        .activate_session(session_id, &services, &hello.software, now_millis())
         .await
         .map_err(|e| format!("cannot activate the session: {e}"))?;
     tracing::info!(
@@ -215,6 +218,10 @@ async fn serve_tunnel(
         end = channel.run(control, heartbeat, |_| {}) => end,
         _ = mux.closed() => ControlEnd::Lost("tunnel connection closed".into()),
     };
+    if let ControlEnd::LocalClose(_) = end {
+        // Let the close message reach the agent: it hangs up when it reads it.
+        let _ = tokio::time::timeout(CLOSE_LINGER, mux.closed()).await;
+    }
     let reason = match end {
         ControlEnd::PeerClosed { code, reason } => format!("agent closed the tunnel ({code:?}): {reason}"),
         ControlEnd::LocalClose(code) => format!("closed by the server ({code:?})"),

@@ -317,11 +317,13 @@ pub trait SessionStore: Send + Sync {
     async fn ping(&self) -> Result<(), StoreError>;
     /// Adds a session (normally `pending`).
     async fn create_session(&self, session: &SessionRecord) -> Result<(), StoreError>;
-    /// Stores the manifest and makes a pending session `active`.
+    /// Stores the manifest and the agent's software string and makes a
+    /// pending session `active`.
     async fn activate_session(
         &self,
         id: Uuid,
         services: &[ServiceInfo],
+        agent_software: &str,
         now: Millis,
     ) -> Result<(), StoreError>;
     /// Moves a session to a final state with a reason, unless already final.

@@ -367,16 +367,18 @@ impl SessionStore for SqliteStore {
         &self,
         id: Uuid,
         services: &[ServiceInfo],
+        agent_software: &str,
         now: Millis,
     ) -> Result<(), StoreError> {
         let manifest = serde_json::to_string(services).unwrap_or_else(|_| "[]".into());
         let done = sqlx::query(
-            "UPDATE sessions SET status = 'active', manifest = ?2, activated_at = COALESCE(activated_at, ?3) \
-             WHERE id = ?1 AND status IN ('pending', 'active', 'grace_period')",
+            "UPDATE sessions SET status = 'active', manifest = ?2, activated_at = COALESCE(activated_at, ?3), \
+             agent_software = ?4 WHERE id = ?1 AND status IN ('pending', 'active', 'grace_period')",
         )
         .bind(id.to_string())
         .bind(manifest)
         .bind(now)
+        .bind(agent_software)
         .execute(&self.pool)
         .await
         .map_err(backend)?;
@@ -665,10 +667,13 @@ mod tests {
             target: Some("127.0.0.1:22".into()),
             tls: false,
         }];
-        s.activate_session(rec.id, &manifest, now).await.unwrap();
+        s.activate_session(rec.id, &manifest, "agent/1", now)
+            .await
+            .unwrap();
         let got = s.session(rec.id).await.unwrap().unwrap();
         assert_eq!(got.status, SessionStatus::Active);
         assert_eq!(got.services, manifest);
+        assert_eq!(got.agent_software.as_deref(), Some("agent/1"));
         s.end_session(rec.id, SessionStatus::Expired, "tunnel lost", now)
             .await
             .unwrap();
@@ -679,7 +684,11 @@ mod tests {
         let got = s.session(rec.id).await.unwrap().unwrap();
         assert_eq!(got.status, SessionStatus::Expired);
         assert_eq!(got.end_reason.as_deref(), Some("tunnel lost"));
-        assert!(s.activate_session(rec.id, &manifest, now).await.is_err());
+        assert!(
+            s.activate_session(rec.id, &manifest, "agent/1", now)
+                .await
+                .is_err()
+        );
         let filter = SessionFilter {
             status: Some(SessionStatus::Expired),
             ..Default::default()

@@ -1,0 +1,229 @@
+//! End-to-end: real server and agent processes on loopback, driven the way
+//! a user drives them.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    server: ServerProc,
+    agent: Proc,
+    sys: Enrolled,
+    token: String,
+    session: String,
+}
+
+/// A server, an enrolled system whose agent offers an echo and an HTTP
+/// service, and an admin token; waits for the session to be active.
+async fn setup() -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(tmp.path(), &[]).await;
+    let sys = enroll(&server, "customer-box");
+    let token = user_with_token(&server, "alice", "admin");
+    let echo = echo_service().await;
+    let web = http_service().await;
+    let agent = start_agent(&server, &sys, &format!("echo={echo},web={web}"), &[]);
+    let session = active_session(&server, &token, &sys.id).await;
+    Setup {
+        _tmp: tmp,
+        server,
+        agent,
+        sys,
+        token,
+        session,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_mib_of_random_bytes_come_back_byte_exact() {
+    let s = setup().await;
+    let (_fwd, local) = start_forward(&s.server, &s.token, &s.session, "echo").await;
+    let data = random_bytes(64 * 1024 * 1024);
+    let back = echo_through(local, &data).await;
+    assert_eq!(back.len(), data.len());
+    assert!(back == data, "echoed bytes differ");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_concurrent_connections_through_one_forward_come_back_exact() {
+    let s = setup().await;
+    let (fwd, local) = start_forward(&s.server, &s.token, &s.session, "echo").await;
+    let mut tasks = Vec::new();
+    for i in 0..100usize {
+        tasks.push(tokio::spawn(async move {
+            // Different sizes so streams interleave differently.
+            let data = random_bytes(50_000 + i * 3_001);
+            let back = echo_through(local, &data).await;
+            back == data
+        }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        assert!(t.await.unwrap(), "connection {i} came back different");
+    }
+    // One WebSocket for all of them: one forward_opened event.
+    let opened = audit_events(&s.server.dir, "forward_opened").await;
+    assert_eq!(opened.len(), 1, "forward dialed more than one WebSocket");
+    drop(fwd);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_get_through_a_forward_gets_the_page() {
+    let s = setup().await;
+    let (_fwd, local) = start_forward(&s.server, &s.token, &s.session, "web").await;
+    let (status, body) = http_get(local, "/", None).await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body, PAGE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_api_shows_the_active_session_and_its_manifest() {
+    let s = setup().await;
+    let (status, body) = http_get(s.server.addr, &format!("/api/v1/sessions/{}", s.session), Some(&s.token))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], "active");
+    assert_eq!(v["system_id"], s.sys.id.as_str());
+    assert!(v["agent_software"].as_str().unwrap().starts_with("rtunnel-agent/"));
+    let (status, body) = http_get(
+        s.server.addr,
+        &format!("/api/v1/sessions/{}/services", s.session),
+        Some(&s.token),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let names: Vec<_> = v["items"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["echo", "web"]);
+    assert_eq!(v["total"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_to_an_unknown_service_fails_with_one_clear_line() {
+    let s = setup().await;
+    let out = tokio::task::spawn_blocking({
+        let base = s.server.base_url();
+        let token = s.token.clone();
+        let session = s.session.clone();
+        move || {
+            std::process::Command::new(agent_bin())
+                .args(["forward", "--server", &base, "--session", &session])
+                .args(["--service", "nope", "--listen", &format!("127.0.0.1:{}", free_port())])
+                .env("RTUNNEL_TOKEN", token)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.contains("unknown_service") && last.contains("nope"), "{stderr}");
+    // The tunnel is untouched.
+    let (status, body) = http_get(s.server.addr, &format!("/api/v1/sessions/{}", s.session), Some(&s.token))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("\"active\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_secret_gets_401_is_audited_and_the_agent_backs_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(tmp.path(), &[]).await;
+    let mut sys = enroll(&server, "box");
+    let good_key = sys.key.clone();
+    sys.secret = "not-the-secret".into();
+
+    // The raw answer: 401, the envelope, a Basic challenge, and the same
+    // message whichever half is wrong.
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let ask = |creds: String| {
+        let addr = server.addr;
+        async move {
+            http_raw(
+                addr,
+                &format!(
+                    "GET /api/v1/tunnel HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {}\r\nConnection: close\r\n\r\n",
+                    b64(&creds)
+                ),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let (status, wrong_secret) = ask(format!("{good_key}:nope")).await;
+    assert_eq!(status, 401);
+    let (status2, wrong_key) = ask("sys_doesnotexist:nope".into()).await;
+    assert_eq!(status2, 401);
+    let strip = |body: &str| {
+        let mut v: serde_json::Value = serde_json::from_str(body).unwrap();
+        v.as_object_mut().unwrap().remove("trace_id");
+        v
+    };
+    assert_eq!(strip(&wrong_secret), strip(&wrong_key));
+    assert_eq!(strip(&wrong_secret)["code"], "invalid_credentials");
+    assert_eq!(strip(&wrong_secret)["success"], false);
+
+    // The agent with a wrong secret: 200ms doubling to 1s. In 4 s a hot loop
+    // would make hundreds of attempts; backoff makes a handful.
+    let before = audit_events(&server.dir, "tunnel_auth_failed").await.len();
+    let mut agent = start_agent(&server, &sys, "", &[]);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(agent.is_running(), "the agent gave up instead of retrying");
+    let failures = audit_events(&server.dir, "tunnel_auth_failed").await;
+    let attempts = failures.len() - before;
+    assert!((3..=12).contains(&attempts), "{attempts} attempts in 4 s");
+    let last = failures.last().unwrap();
+    assert_eq!(last.actor.as_deref(), Some(good_key.as_str()));
+    assert_eq!(last.ip_address.as_deref(), Some("127.0.0.1"));
+    assert!(agent.log_text().contains("check the key and secret"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_reconnects_after_the_server_is_killed_and_restarted() {
+    let mut s = setup().await;
+    let first = s.session.clone();
+    let addr = s.server.addr.to_string();
+    s.server.proc.kill();
+    let server = ServerProc::start_on(&s.server.dir, &addr, &[]).await;
+    let second = wait_for("a new active session", || async {
+        let id = active_session(&server, &s.token, &s.sys.id).await;
+        (id != first).then_some(id)
+    })
+    .await;
+    let (_fwd, local) = start_forward(&server, &s.token, &second, "echo").await;
+    let data = random_bytes(1 << 20);
+    assert!(echo_through(local, &data).await == data);
+    // The session of the dead process was ended on restart.
+    let (_, body) = http_get(server.addr, &format!("/api/v1/sessions/{first}"), Some(&s.token))
+        .await
+        .unwrap();
+    assert!(body.contains("\"expired\""), "{body}");
+    assert!(s.agent.is_running());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_tells_the_agent_to_come_back_at_once() {
+    let mut s = setup().await;
+    let addr = s.server.addr.to_string();
+    s.server.proc.signal("TERM");
+    let status = s.server.proc.wait_exit().await;
+    assert!(status.success(), "server exit: {status:?}");
+    wait_for("the agent to hear the restart", || {
+        let text = s.agent.log_text();
+        async move { text.contains("server is restarting").then_some(()) }
+    })
+    .await;
+    let server = ServerProc::start_on(&s.server.dir, &addr, &[]).await;
+    active_session(&server, &s.token, &s.sys.id).await;
+}

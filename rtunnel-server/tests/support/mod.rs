@@ -1,0 +1,378 @@
+//! Test harness: real `rtunnel-server` and `rtunnel-agent` processes on
+//! loopback, plus echo and HTTP services, a tiny HTTP client and polling.
+//!
+//! Every process is killed when its handle drops; every port is chosen by
+//! the OS; every file lives in a temporary directory.
+
+#![allow(dead_code, clippy::unwrap_used, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Generous: CI machines are small and busy.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub fn server_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_rtunnel-server"))
+}
+
+/// The agent binary sits next to the server's in the target directory;
+/// `cargo test --workspace` builds both before running any test.
+pub fn agent_bin() -> PathBuf {
+    let p = server_bin().with_file_name(format!("rtunnel-agent{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        p.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` so both binaries are built",
+        p.display()
+    );
+    p
+}
+
+/// Polls `f` until it returns `Some`, or panics after [`WAIT`].
+pub async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A child process killed on drop, with its stderr in a file.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+    pub name: &'static str,
+}
+
+impl Proc {
+    pub fn spawn(name: &'static str, cmd: &mut Command, log: PathBuf) -> Proc {
+        let file = std::fs::File::create(&log).unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .env("RTUNNEL_LOG", "info")
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc { child, log, name }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends a signal by number (unix).
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status();
+    }
+
+    /// Waits for the process to exit on its own.
+    pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{} did not exit:\n{}", self.name, self.log_text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("---- {} log ----\n{}", self.name, self.log_text());
+        }
+    }
+}
+
+/// A running server process and its data directory.
+pub struct ServerProc {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+}
+
+impl ServerProc {
+    /// Starts a server on an OS-chosen port.
+    pub async fn start(dir: &Path, extra: &[&str]) -> ServerProc {
+        Self::start_on(dir, "127.0.0.1:0", extra).await
+    }
+
+    /// Starts a server on `listen` and waits until it accepts connections.
+    pub async fn start_on(dir: &Path, listen: &str, extra: &[&str]) -> ServerProc {
+        let log = dir.join(format!("server-{}.log", unique()));
+        let mut cmd = Command::new(server_bin());
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--listen")
+            .arg(listen)
+            .args(extra);
+        let proc = Proc::spawn("rtunnel-server", &mut cmd, log);
+        let addr = wait_for("the server to listen", || {
+            let text = proc.log_text();
+            async move {
+                let line = text.lines().find(|l| l.contains("rtunnel-server listening"))?;
+                let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
+                addr.parse().ok()
+            }
+        })
+        .await;
+        ServerProc {
+            proc,
+            addr,
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// Runs an admin subcommand on the same data directory; returns stdout.
+    pub fn admin(&self, args: &[&str]) -> String {
+        admin(&self.dir, args)
+    }
+
+    pub fn tunnel_url(&self) -> String {
+        format!("ws://{}/api/v1/tunnel", self.addr)
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// Runs `rtunnel-server --data-dir DIR/data ARGS`, asserting success.
+pub fn admin(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(server_bin())
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rtunnel-server {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// An enrolled system's credentials.
+pub struct Enrolled {
+    pub id: String,
+    pub key: String,
+    pub secret: String,
+}
+
+pub fn enroll(server: &ServerProc, name: &str) -> Enrolled {
+    let v: serde_json::Value = serde_json::from_str(&server.admin(&["system", "add", name, "--json"])).unwrap();
+    Enrolled {
+        id: v["id"].as_str().unwrap().into(),
+        key: v["key"].as_str().unwrap().into(),
+        secret: v["secret"].as_str().unwrap().into(),
+    }
+}
+
+/// Creates a user and returns an API token for it.
+pub fn user_with_token(server: &ServerProc, name: &str, role: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(
+        &server.admin(&["user", "add", name, "--role", role, "--token", "--json"]),
+    )
+    .unwrap();
+    v["token"].as_str().unwrap().to_owned()
+}
+
+/// Starts an agent process.
+pub fn start_agent(server: &ServerProc, sys: &Enrolled, services: &str, extra: &[&str]) -> Proc {
+    let log = server.dir.join(format!("agent-{}.log", unique()));
+    let mut cmd = Command::new(agent_bin());
+    cmd.arg("run")
+        .arg("--url")
+        .arg(server.tunnel_url())
+        .arg("--key")
+        .arg(&sys.key)
+        .arg("--static-services")
+        .arg(services)
+        .args(["--reconnect-delay", "200ms", "--max-reconnect-delay", "1s"])
+        .args(extra)
+        .env("RTUNNEL_SECRET", &sys.secret);
+    Proc::spawn("rtunnel-agent", &mut cmd, log)
+}
+
+/// Starts `rtunnel-agent forward` on an OS-chosen local port.
+pub async fn start_forward(server: &ServerProc, token: &str, session: &str, service: &str) -> (Proc, SocketAddr) {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let log = server.dir.join(format!("forward-{}.log", unique()));
+    let mut cmd = Command::new(agent_bin());
+    cmd.args(["forward", "--server", &server.base_url(), "--session", session])
+        .args(["--service", service, "--listen", &listen])
+        .env("RTUNNEL_TOKEN", token);
+    let proc = Proc::spawn("rtunnel-agent forward", &mut cmd, log);
+    wait_for("the forward to listen", || {
+        let text = proc.log_text();
+        async move { text.contains("forwarding").then_some(()) }
+    })
+    .await;
+    (proc, listen.parse().unwrap())
+}
+
+/// A port free right now (the forward binds it right after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn unique() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
+}
+
+/// Waits until the system has an active session and returns its id.
+pub async fn active_session(server: &ServerProc, token: &str, system_id: &str) -> String {
+    wait_for("an active session", || async {
+        let (status, body) = http_get(
+            server.addr,
+            &format!("/api/v1/sessions?status=active&system_id={system_id}"),
+            Some(token),
+        )
+        .await
+        .ok()?;
+        if status != 200 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        v["items"][0]["id"].as_str().map(str::to_owned)
+    })
+    .await
+}
+
+/// A minimal HTTP/1.1 GET; returns status and body.
+pub async fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> std::io::Result<(u16, String)> {
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    http_raw(addr, &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n")).await
+}
+
+/// Sends a raw request, reads the response to the end; returns status, body.
+pub async fn http_raw(addr: SocketAddr, request: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(request.as_bytes()).await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// A TCP echo service on an OS-chosen port.
+pub async fn echo_service() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.into_split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// The page the HTTP service answers.
+pub const PAGE: &str = "<html><body>hello from behind the tunnel</body></html>";
+
+/// A tiny HTTP service answering every request with [`PAGE`].
+pub async fn http_service() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{PAGE}",
+                    PAGE.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// Sends `data` through `addr` and returns what comes back (echo).
+pub async fn echo_through(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
+    let s = TcpStream::connect(addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    let (mut r, mut w) = s.into_split();
+    let data = data.to_vec();
+    let writer = tokio::spawn(async move {
+        w.write_all(&data).await.unwrap();
+        w.shutdown().await.unwrap();
+    });
+    let mut got = Vec::with_capacity(1 << 20);
+    r.read_to_end(&mut got).await.unwrap();
+    writer.await.unwrap();
+    got
+}
+
+/// Audit events of one kind, read from the server's SQLite file.
+pub async fn audit_events(dir: &Path, event: &str) -> Vec<rtunnel_core::store::AuditEvent> {
+    let store = rtunnel_core::store::sqlite::SqliteStore::open(&dir.join("data/rtunnel.db"))
+        .await
+        .unwrap();
+    let events = store.audit_events(event).await.unwrap();
+    store.close().await;
+    events
+}
+
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    use rand::RngCore;
+    let mut v = vec![0u8; n];
+    rand::rng().fill_bytes(&mut v);
+    v
+}
