@@ -1,0 +1,221 @@
+//! Server and agent as libraries in one process, on real loopback sockets:
+//! the paths a user cannot easily reach from the command line.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rtunnel_agent::{Agent, ForwardConfig, ForwardError, Forwarder, parse_services};
+use rtunnel_core::frame::{read_frame, write_frame};
+use rtunnel_core::mux::Mux;
+use rtunnel_core::proto::{MAX_STREAM_HEADER_BYTES, StreamHeader, StreamKind, StreamReply};
+use rtunnel_core::store::sqlite::SqliteStore;
+use rtunnel_core::store::{AuditEvent, AuditSink, IdentityStore, Role, StoreError, User, now_millis};
+use rtunnel_server::{AppState, Server, ServerConfig, Stores, enroll};
+use std::sync::atomic::{AtomicBool, Ordering};
+use support::{echo_service, wait_for};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use uuid::Uuid;
+
+struct Harness {
+    _tmp: tempfile::TempDir,
+    state: Arc<AppState>,
+    base: String,
+    session: Uuid,
+    system: Uuid,
+}
+
+/// An audit sink that fails while its switch is on: the audit store going
+/// down under a running server, on demand.
+struct SwitchableAudit {
+    inner: Arc<dyn AuditSink>,
+    failing: Arc<AtomicBool>,
+}
+
+#[async_trait::async_trait]
+impl AuditSink for SwitchableAudit {
+    async fn record(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(StoreError::Backend("audit store unreachable (test)".into()));
+        }
+        self.inner.record(event).await
+    }
+}
+
+async fn harness() -> Harness {
+    harness_with(Arc::new(AtomicBool::new(false))).await
+}
+
+async fn harness_with(audit_failing: Arc<AtomicBool>) -> Harness {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = ServerConfig {
+        data_dir: tmp.path().to_owned(),
+        ..ServerConfig::default()
+    };
+    let store = SqliteStore::open(&tmp.path().join("rtunnel.db")).await.unwrap();
+    let mut stores = Stores::sqlite(store);
+    stores.audit = Arc::new(SwitchableAudit {
+        inner: stores.audit.clone(),
+        failing: audit_failing,
+    });
+    let server = Server::builder()
+        .config(config)
+        .stores(stores)
+        .build()
+        .await
+        .unwrap();
+    let state = server.state().clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(server.serve(listener, std::future::pending()));
+    let (system, enrolled) = enroll::new_system("box");
+    state.stores.identity.create_system(&system).await.unwrap();
+    let echo = echo_service().await;
+    let agent = Agent::builder()
+        .url(format!("ws://{addr}/api/v1/tunnel"))
+        .credentials(enrolled.key, enrolled.secret)
+        .services(parse_services(&format!("echo={echo}")).unwrap())
+        .reconnect_delay(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    tokio::spawn(async move { agent.run(std::future::pending()).await });
+    let session = wait_for("the tunnel", || {
+        let state = state.clone();
+        async move { state.registry.all().first().map(|t| t.session_id) }
+    })
+    .await;
+    Harness {
+        _tmp: tmp,
+        state,
+        base: format!("http://{addr}"),
+        session,
+        system: system.id,
+    }
+}
+
+async fn user(h: &Harness, name: &str, role: Role) -> (User, String) {
+    let user = User {
+        id: Uuid::new_v4(),
+        name: name.into(),
+        role,
+        disabled: false,
+        created_at: now_millis(),
+    };
+    h.state.stores.identity.create_user(&user).await.unwrap();
+    let (record, token) = enroll::new_api_token(user.id, None);
+    h.state.stores.identity.create_api_token(&record).await.unwrap();
+    (user, token)
+}
+
+fn forward_config(h: &Harness, token: &str) -> ForwardConfig {
+    ForwardConfig {
+        server: h.base.clone(),
+        token: token.into(),
+        session: h.session,
+        service: "echo".into(),
+        tls_insecure: false,
+    }
+}
+
+/// Opens a stream straight on the agent's tunnel, as the server would.
+async fn ask_agent(h: &Harness, service: &str, kind: StreamKind) -> (rtunnel_core::mux::YamuxStream, StreamReply) {
+    let tunnel = h.state.registry.by_session(h.session).unwrap();
+    let mut s = tunnel.mux.open().await.unwrap();
+    write_frame(
+        &mut s,
+        &StreamHeader {
+            service: service.into(),
+            kind,
+        },
+    )
+    .await
+    .unwrap();
+    let reply = read_frame::<StreamReply, _>(&mut s, MAX_STREAM_HEADER_BYTES)
+        .await
+        .unwrap();
+    (s, reply)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_refuses_unknown_services_with_a_reason_and_the_tunnel_stays_up() {
+    let h = harness().await;
+    let (_s, reply) = ask_agent(&h, "not-in-manifest", StreamKind::Tcp).await;
+    match reply {
+        StreamReply::Refused { code, reason } => {
+            assert_eq!(code, "unknown_service");
+            assert!(reason.contains("not-in-manifest"), "{reason}");
+        }
+        StreamReply::Ok => panic!("the agent dialed something outside its manifest"),
+    }
+    let (_s, reply) = ask_agent(&h, "echo", StreamKind::Terminal).await;
+    assert!(matches!(reply, StreamReply::Refused { ref code, .. } if code == "terminal_unavailable"));
+    // The same tunnel still carries a good stream.
+    let (mut s, reply) = ask_agent(&h, "echo", StreamKind::Tcp).await;
+    assert_eq!(reply, StreamReply::Ok);
+    s.write_all(b"still here").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, b"still here");
+    assert_eq!(h.state.registry.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_and_operators_without_a_grant_cannot_forward() {
+    let h = harness().await;
+    let (_, viewer) = user(&h, "vera", Role::Viewer).await;
+    let (_, operator) = user(&h, "otto", Role::Operator).await;
+    for (token, code) in [(viewer, "forbidden"), (operator, "no_grant")] {
+        match Forwarder::connect(forward_config(&h, &token)).await {
+            Err(ForwardError::Dial(e)) => {
+                let text = e.to_string();
+                assert!(text.contains("403") && text.contains(code), "{text}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+    match Forwarder::connect(forward_config(&h, "rtk_00000000000000000000000000000000_x")).await {
+        Err(ForwardError::Dial(e)) => assert!(e.to_string().contains("401"), "{e}"),
+        other => panic!("expected 401, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_grant_stops_new_streams_on_an_open_forward() {
+    let h = harness().await;
+    let (op, token) = user(&h, "olga", Role::Operator).await;
+    let ids = &h.state.stores.identity;
+    ids.grant(op.id, h.system, now_millis()).await.unwrap();
+    let fwd = Forwarder::connect(forward_config(&h, &token)).await.unwrap();
+    let mut s = fwd.open().await.unwrap();
+    s.write_all(b"ok").await.unwrap();
+    let mut two = [0u8; 2];
+    s.read_exact(&mut two).await.unwrap();
+    ids.revoke(op.id, h.system, now_millis()).await.unwrap();
+    match fwd.open().await {
+        Err(ForwardError::Refused { code, .. }) => assert_eq!(code, "no_grant"),
+        other => panic!("expected no_grant, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_failure_keeps_the_forward_closed() {
+    // The forward endpoint stores forward_opened before upgrading; if that
+    // fails the request fails with 503 and nothing opens.
+    let failing = Arc::new(AtomicBool::new(false));
+    let h = harness_with(failing.clone()).await;
+    let (_, token) = user(&h, "ann", Role::Admin).await;
+    failing.store(true, Ordering::SeqCst);
+    match Forwarder::connect(forward_config(&h, &token)).await {
+        Err(ForwardError::Dial(e)) => {
+            let text = e.to_string();
+            assert!(text.contains("503") && text.contains("audit_unavailable"), "{text}");
+        }
+        other => panic!("expected 503, got {other:?}"),
+    }
+    failing.store(false, Ordering::SeqCst);
+    assert!(Forwarder::connect(forward_config(&h, &token)).await.is_ok());
+}
