@@ -146,21 +146,18 @@ impl AgentBuilder {
             .key
             .filter(|k| !k.is_empty())
             .ok_or_else(|| AgentError::Config("--key is required".into()))?;
-        let secret = self
-            .secret
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| {
-                AgentError::Config("a secret is required (--secret-file or RTUNNEL_SECRET)".into())
-            })?;
+        let secret = self.secret.filter(|s| !s.is_empty()).ok_or_else(|| {
+            AgentError::Config("a secret is required (--secret-file or RTUNNEL_SECRET)".into())
+        })?;
         if key.contains(':') {
             return Err(AgentError::Config("the key cannot contain ':'".into()));
         }
         let reconnect_delay = self.reconnect_delay.unwrap_or(Duration::from_secs(5));
-        let max_reconnect_delay = self
-            .max_reconnect_delay
-            .unwrap_or(Duration::from_secs(300));
+        let max_reconnect_delay = self.max_reconnect_delay.unwrap_or(Duration::from_secs(300));
         if reconnect_delay < Duration::from_millis(10) {
-            return Err(AgentError::Config("--reconnect-delay must be at least 10ms".into()));
+            return Err(AgentError::Config(
+                "--reconnect-delay must be at least 10ms".into(),
+            ));
         }
         Ok(Agent {
             config: Arc::new(AgentConfig {
@@ -239,7 +236,9 @@ impl Agent {
                 Outcome::Restarting => {
                     backoff.reset();
                     // Spread the herd of agents coming back to one server.
-                    let d = cfg.reconnect_delay.min(Duration::from_secs(1))
+                    let d = cfg
+                        .reconnect_delay
+                        .min(Duration::from_secs(1))
                         .mul_f64(rand::random::<f64>());
                     tracing::info!("server is restarting; reconnecting in {d:?}");
                     d
@@ -283,10 +282,15 @@ impl Agent {
         let mux = Arc::new(YamuxMux::client(WsStream::new(ws), &MuxConfig::default()));
         let (mut control, session_id, heartbeat) = match client_handshake(&*mux, SOFTWARE).await {
             Ok(ok) => ok,
-            Err(HandshakeError::Refused { code: CloseCode::SessionClosed, reason }) => {
+            Err(HandshakeError::Refused {
+                code: CloseCode::SessionClosed,
+                reason,
+            }) => {
                 return Outcome::Closed(reason);
             }
-            Err(e) => return Outcome::Failed(format!("handshake with {} failed: {e}", cfg.url), false),
+            Err(e) => {
+                return Outcome::Failed(format!("handshake with {} failed: {e}", cfg.url), false);
+            }
         };
         let manifest = Control::Manifest {
             services: cfg.services.iter().map(ServiceSpec::info).collect(),
@@ -318,11 +322,24 @@ impl Agent {
         };
         mux.close();
         match end {
-            ControlEnd::PeerClosed { code: CloseCode::SessionClosed, reason } => Outcome::Closed(reason),
-            ControlEnd::PeerClosed { code: CloseCode::ServerRestarting, .. } => Outcome::Restarting,
-            ControlEnd::PeerClosed { code: CloseCode::Replaced, reason } => Outcome::Replaced(reason),
-            ControlEnd::PeerClosed { code, reason } => Outcome::Lost(format!("server closed the tunnel ({code:?}): {reason}")),
-            ControlEnd::HeartbeatTimeout(d) => Outcome::Lost(format!("no heartbeat from the server for {d:?}")),
+            ControlEnd::PeerClosed {
+                code: CloseCode::SessionClosed,
+                reason,
+            } => Outcome::Closed(reason),
+            ControlEnd::PeerClosed {
+                code: CloseCode::ServerRestarting,
+                ..
+            } => Outcome::Restarting,
+            ControlEnd::PeerClosed {
+                code: CloseCode::Replaced,
+                reason,
+            } => Outcome::Replaced(reason),
+            ControlEnd::PeerClosed { code, reason } => {
+                Outcome::Lost(format!("server closed the tunnel ({code:?}): {reason}"))
+            }
+            ControlEnd::HeartbeatTimeout(d) => {
+                Outcome::Lost(format!("no heartbeat from the server for {d:?}"))
+            }
             ControlEnd::LocalClose(code) => Outcome::Lost(format!("closed locally ({code:?})")),
             ControlEnd::Lost(why) => Outcome::Lost(why),
         }
@@ -347,7 +364,11 @@ async fn serve_stream(
     {
         Ok(Ok(h)) => h,
         Ok(Err(e)) => {
-            refuse(&mut stream, StreamReply::refused("bad_stream_header", e.to_string())).await;
+            refuse(
+                &mut stream,
+                StreamReply::refused("bad_stream_header", e.to_string()),
+            )
+            .await;
             return;
         }
         Err(_) => return,
@@ -403,14 +424,20 @@ async fn serve_stream(
         match tokio::time::timeout(STREAM_SETUP_TIMEOUT, connector.connect(name, tcp)).await {
             Ok(Ok(tls_stream)) => bridge(stream, tls_stream, &spec.name).await,
             Ok(Err(e)) => refuse_dial(&mut stream, &spec.name, &target, &format!("TLS: {e}")).await,
-            Err(_) => refuse_dial(&mut stream, &spec.name, &target, "TLS handshake timed out").await,
+            Err(_) => {
+                refuse_dial(&mut stream, &spec.name, &target, "TLS handshake timed out").await
+            }
         }
     } else {
         bridge(stream, tcp, &spec.name).await;
     }
 }
 
-async fn bridge<T: AsyncRead + AsyncWrite + Unpin>(mut stream: YamuxStream, mut target: T, name: &str) {
+async fn bridge<T: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: YamuxStream,
+    mut target: T,
+    name: &str,
+) {
     if write_frame(&mut stream, &StreamReply::Ok).await.is_err() {
         return;
     }
@@ -427,7 +454,10 @@ async fn refuse_dial(stream: &mut YamuxStream, name: &str, target: &str, why: &s
     tracing::warn!(service = name, %target, "cannot reach the service: {why}");
     refuse(
         stream,
-        StreamReply::refused("dial_failed", format!("cannot reach {name} at {target}: {why}")),
+        StreamReply::refused(
+            "dial_failed",
+            format!("cannot reach {name} at {target}: {why}"),
+        ),
     )
     .await;
 }

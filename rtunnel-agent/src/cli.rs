@@ -158,27 +158,33 @@ async fn forward(args: ForwardArgs) -> Result<(), Failure> {
         service: args.service,
         tls_insecure: args.tls_insecure,
     };
-    let listener = tokio::net::TcpListener::bind(args.listen).await.map_err(|e| Failure {
-        code: 1,
-        message: format!("cannot listen on {}: {e}", args.listen),
-    })?;
-    let fwd = Forwarder::connect(config.clone()).await.map_err(|e| match e {
-        ForwardError::Config(m) => usage(m),
-        other => Failure {
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| Failure {
             code: 1,
-            message: other.to_string(),
-        },
-    })?;
+            message: format!("cannot listen on {}: {e}", args.listen),
+        })?;
+    let fwd = Forwarder::connect(config.clone())
+        .await
+        .map_err(|e| match e {
+            ForwardError::Config(m) => usage(m),
+            other => Failure {
+                code: 1,
+                message: other.to_string(),
+            },
+        })?;
     tracing::info!(
         "forwarding {} to service {} of session {}",
         args.listen,
         config.service,
         config.session
     );
-    fwd.serve(listener, shutdown_signal()).await.map_err(|e| Failure {
-        code: 1,
-        message: e.to_string(),
-    })
+    fwd.serve(listener, shutdown_signal())
+        .await
+        .map_err(|e| Failure {
+            code: 1,
+            message: e.to_string(),
+        })
 }
 
 async fn shutdown_signal() {

@@ -45,7 +45,13 @@ impl DialError {
     /// Whether retrying cannot help without a change of configuration
     /// (credentials or authorization refused).
     pub fn is_auth(&self) -> bool {
-        matches!(self, DialError::Refused { status: 401 | 403, .. })
+        matches!(
+            self,
+            DialError::Refused {
+                status: 401 | 403,
+                ..
+            }
+        )
     }
 }
 

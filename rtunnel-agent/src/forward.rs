@@ -152,7 +152,9 @@ impl Forwarder {
         };
         match tokio::time::timeout(STREAM_REPLY_TIMEOUT, exchange).await {
             Ok(Ok(StreamReply::Ok)) => Ok(stream),
-            Ok(Ok(StreamReply::Refused { code, reason })) => Err(ForwardError::Refused { code, reason }),
+            Ok(Ok(StreamReply::Refused { code, reason })) => {
+                Err(ForwardError::Refused { code, reason })
+            }
             Ok(Err(e)) => Err(ForwardError::Refused {
                 code: "stream_failed".into(),
                 reason: e.to_string(),

@@ -82,14 +82,18 @@ fn parse_one(entry: &str) -> Result<ServiceSpec, ServiceListError> {
     let (name, target) = entry.split_once('=').ok_or_else(|| bad("no '='"))?;
     proto::validate_service_name(name).map_err(|e| ServiceListError(e.to_string()))?;
     if name == "terminal" {
-        return Err(bad("the name terminal is reserved for the built-in terminal"));
+        return Err(bad(
+            "the name terminal is reserved for the built-in terminal",
+        ));
     }
     let (target, tls) = match target.strip_suffix(":tls") {
         Some(t) => (t, true),
         None => (target, false),
     };
     let (host, port) = if let Some(rest) = target.strip_prefix('[') {
-        let (host, port) = rest.split_once("]:").ok_or_else(|| bad("bad IPv6 address"))?;
+        let (host, port) = rest
+            .split_once("]:")
+            .ok_or_else(|| bad("bad IPv6 address"))?;
         (host, port)
     } else {
         target.rsplit_once(':').ok_or_else(|| bad("no port"))?

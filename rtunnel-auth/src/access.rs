@@ -98,7 +98,11 @@ mod tests {
             (Role::Viewer, Administer, true, DenyRole),
         ];
         for (role, action, grant, want) in cases {
-            assert_eq!(decide(&user(role, false), action, grant), want, "{role:?} {action:?} {grant}");
+            assert_eq!(
+                decide(&user(role, false), action, grant),
+                want,
+                "{role:?} {action:?} {grant}"
+            );
         }
         assert_eq!(decide(&user(Role::Admin, true), Read, true), DenyDisabled);
     }

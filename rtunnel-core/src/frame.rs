@@ -77,7 +77,10 @@ mod tests {
         let err = read_frame::<Control, _>(&mut b, MAX_CONTROL_FRAME_BYTES)
             .await
             .unwrap_err();
-        assert!(matches!(err, FrameError::Proto(ProtoError::TooLarge { .. })));
+        assert!(matches!(
+            err,
+            FrameError::Proto(ProtoError::TooLarge { .. })
+        ));
     }
 
     #[tokio::test]

@@ -227,8 +227,12 @@ mod tests {
         let (mut raw, server) = pair().await;
         let mut stream = WsStream::new(server);
         raw.send(Message::binary(&b"hello "[..])).await.unwrap();
-        raw.send(Message::Ping(Bytes::from_static(b"p"))).await.unwrap();
-        raw.send(Message::Pong(Bytes::from_static(b"q"))).await.unwrap();
+        raw.send(Message::Ping(Bytes::from_static(b"p")))
+            .await
+            .unwrap();
+        raw.send(Message::Pong(Bytes::from_static(b"q")))
+            .await
+            .unwrap();
         raw.send(Message::Text(Utf8Bytes::from_static("ignored")))
             .await
             .unwrap();

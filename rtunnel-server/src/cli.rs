@@ -33,7 +33,12 @@ pub struct Cli {
 #[derive(Debug, Args)]
 struct StoreArgs {
     /// Directory for the database and the secret key.
-    #[arg(long, env = "RTUNNEL_DATA_DIR", default_value = "./rtunnel-data", global = true)]
+    #[arg(
+        long,
+        env = "RTUNNEL_DATA_DIR",
+        default_value = "./rtunnel-data",
+        global = true
+    )]
     data_dir: PathBuf,
     /// Database URL (default: sqlite://<data-dir>/rtunnel.db).
     #[arg(long, env = "RTUNNEL_DATABASE_URL", global = true)]
@@ -43,13 +48,23 @@ struct StoreArgs {
 #[derive(Debug, Args)]
 struct ServeArgs {
     /// Address to listen on.
-    #[arg(long, env = "RTUNNEL_LISTEN", default_value = "127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "RTUNNEL_LISTEN",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
     listen: SocketAddr,
     /// Public base URL (default http://<listen>).
     #[arg(long, env = "RTUNNEL_PUBLIC_URL", global = true)]
     public_url: Option<String>,
     /// Domain of the subdomain proxy.
-    #[arg(long, env = "RTUNNEL_PROXY_DOMAIN", default_value = "localhost", global = true)]
+    #[arg(
+        long,
+        env = "RTUNNEL_PROXY_DOMAIN",
+        default_value = "localhost",
+        global = true
+    )]
     proxy_domain: String,
     /// Signing key file (default <data-dir>/secret.key, generated on first start).
     #[arg(long, env = "RTUNNEL_SECRET_KEY_FILE", global = true)]
@@ -229,16 +244,30 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .create_system(&system)
                 .await
                 .map_err(|e| Failure::other(format!("cannot create system {name:?}: {e}")))?;
-            audit_admin(&store, "system_created", Some(system.id), json!({"name": name})).await?;
+            audit_admin(
+                &store,
+                "system_created",
+                Some(system.id),
+                json!({"name": name}),
+            )
+            .await?;
             let text = format!(
                 "id:     {}\nkey:    {}\nsecret: {}\n(the secret is shown only now)",
                 enrolled.id, enrolled.key, enrolled.secret
             );
-            print_out(json, serde_json::to_value(&enrolled).unwrap_or_default(), &text);
+            print_out(
+                json,
+                serde_json::to_value(&enrolled).unwrap_or_default(),
+                &text,
+            );
             Ok(())
         }
-        Some(Command::Grant { user, system }) => grant_or_revoke(&store, &user, &system, true).await,
-        Some(Command::Revoke { user, system }) => grant_or_revoke(&store, &user, &system, false).await,
+        Some(Command::Grant { user, system }) => {
+            grant_or_revoke(&store, &user, &system, true).await
+        }
+        Some(Command::Revoke { user, system }) => {
+            grant_or_revoke(&store, &user, &system, false).await
+        }
     }
 }
 
@@ -259,7 +288,9 @@ async fn serve(store_args: StoreArgs, args: ServeArgs, store: SqliteStore) -> Re
         production: std::env::var("RTUNNEL_ENV").is_ok_and(|v| v == "production"),
     };
     if config.heartbeat_interval < Duration::from_millis(100) {
-        return Err(Failure::usage("--heartbeat-interval must be at least 100ms"));
+        return Err(Failure::usage(
+            "--heartbeat-interval must be at least 100ms",
+        ));
     }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -319,7 +350,13 @@ async fn user_add(
         .create_user(&user)
         .await
         .map_err(|e| Failure::other(format!("cannot create user {name:?}: {e}")))?;
-    audit_admin(store, "user_created", None, json!({"name": name, "role": role})).await?;
+    audit_admin(
+        store,
+        "user_created",
+        None,
+        json!({"name": name, "role": role}),
+    )
+    .await?;
     let token = if with_token {
         Some(create_token(store, user.id, None).await?)
     } else {
@@ -380,7 +417,11 @@ async fn grant_or_revoke(
         store.revoke(user.id, system.id, now).await
     }
     .map_err(|e| Failure::other(e.to_string()))?;
-    let event = if give { "grant_created" } else { "grant_revoked" };
+    let event = if give {
+        "grant_created"
+    } else {
+        "grant_revoked"
+    };
     audit_admin(store, event, Some(system.id), json!({"user": user.name})).await?;
     let what = match (give, changed) {
         (true, true) => "granted",

@@ -37,7 +37,9 @@ pub fn validate_name(name: &str) -> Result<(), ApiError> {
     } else {
         Err(ApiError::bad_request(
             "invalid_name",
-            format!("names are 1 to {MAX_NAME_LEN} printable characters without surrounding spaces"),
+            format!(
+                "names are 1 to {MAX_NAME_LEN} printable characters without surrounding spaces"
+            ),
         ))
     }
 }

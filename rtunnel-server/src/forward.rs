@@ -114,8 +114,7 @@ struct ForwardCtx {
 async fn run_forward(ctx: Arc<ForwardCtx>, socket: WebSocket) {
     let state = &ctx.state;
     let mux = YamuxMux::server(WsStream::new(socket), &state.mux_config());
-    let (mut control, _hello) = match server_handshake(&mux, state.config.handshake_timeout).await
-    {
+    let (mut control, _hello) = match server_handshake(&mux, state.config.handshake_timeout).await {
         Ok(ok) => ok,
         Err(e) => {
             tracing::info!(user = %ctx.user.name, session = %ctx.session_id, "forward handshake failed: {e}");
@@ -161,7 +160,11 @@ async fn serve_stream(ctx: Arc<ForwardCtx>, mut stream: YamuxStream) {
     {
         Ok(Ok(h)) => h,
         Ok(Err(e)) => {
-            refuse(&mut stream, StreamReply::refused("bad_stream_header", e.to_string())).await;
+            refuse(
+                &mut stream,
+                StreamReply::refused("bad_stream_header", e.to_string()),
+            )
+            .await;
             return;
         }
         Err(_) => return,
@@ -227,7 +230,10 @@ async fn open_upstream(
         return Err(StreamReply::refused(decision.code(), "access denied"));
     }
     let tunnel = state.registry.by_session(ctx.session_id).ok_or_else(|| {
-        StreamReply::refused("agent_unavailable", "the agent of this session is not connected")
+        StreamReply::refused(
+            "agent_unavailable",
+            "the agent of this session is not connected",
+        )
     })?;
     if tunnel.service(&header.service).is_none() {
         return Err(StreamReply::refused(
@@ -260,4 +266,3 @@ async fn refuse(stream: &mut YamuxStream, reply: StreamReply) {
     let _ = write_frame(stream, &reply).await;
     let _ = stream.shutdown().await;
 }
-

@@ -37,9 +37,8 @@ pub fn load_or_create_signer(path: &Path, production: bool) -> Result<HmacSigner
             )));
         }
     };
-    let key = hex::decode(&hex_key).map_err(|_| {
-        ServerError::Config(format!("{} does not hold a hex key", path.display()))
-    })?;
+    let key = hex::decode(&hex_key)
+        .map_err(|_| ServerError::Config(format!("{} does not hold a hex key", path.display())))?;
     HmacSigner::new(FILE_KID, &key).map_err(|_| {
         ServerError::Config(format!(
             "the key in {} is too short (16 bytes at least)",

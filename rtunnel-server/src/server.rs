@@ -73,9 +73,9 @@ impl ServerBuilder {
     pub async fn build(self) -> Result<Server, ServerError> {
         let stores = match self.stores {
             Some(stores) => stores,
-            None => Stores::sqlite(
-                SqliteStore::open(&self.config.data_dir.join("rtunnel.db")).await?,
-            ),
+            None => {
+                Stores::sqlite(SqliteStore::open(&self.config.data_dir.join("rtunnel.db")).await?)
+            }
         };
         let signer = match self.signer {
             Some(s) => s,
@@ -97,7 +97,10 @@ impl ServerBuilder {
             .end_unfinished_sessions(SessionStatus::Expired, "server restarted", now_millis())
             .await?;
         if ended > 0 {
-            tracing::info!(sessions = ended, "ended sessions left open by a previous run");
+            tracing::info!(
+                sessions = ended,
+                "ended sessions left open by a previous run"
+            );
         }
         Ok(Server {
             state: Arc::new(AppState {
@@ -175,7 +178,10 @@ impl Server {
 
 async fn drain(state: &AppState) {
     let tunnels = state.registry.all();
-    tracing::info!(tunnels = tunnels.len(), "shutting down: telling agents to reconnect");
+    tracing::info!(
+        tunnels = tunnels.len(),
+        "shutting down: telling agents to reconnect"
+    );
     for t in &tunnels {
         t.close(CloseCode::ServerRestarting, "the server is restarting")
             .await;

@@ -28,7 +28,7 @@ use crate::registry::{LiveTunnel, describe};
 use crate::state::AppState;
 
 /// After telling an agent to go, how long to wait for it to hang up.
-pub const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+pub(crate) const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Axum handler of the tunnel endpoint.
 pub(crate) async fn tunnel_endpoint(
@@ -223,7 +223,9 @@ async fn serve_tunnel(
         let _ = tokio::time::timeout(CLOSE_LINGER, mux.closed()).await;
     }
     let reason = match end {
-        ControlEnd::PeerClosed { code, reason } => format!("agent closed the tunnel ({code:?}): {reason}"),
+        ControlEnd::PeerClosed { code, reason } => {
+            format!("agent closed the tunnel ({code:?}): {reason}")
+        }
         ControlEnd::LocalClose(code) => format!("closed by the server ({code:?})"),
         ControlEnd::HeartbeatTimeout(d) => format!("no heartbeat from the agent for {d:?}"),
         ControlEnd::Lost(why) => format!("tunnel lost: {why}"),

@@ -83,14 +83,23 @@ async fn http_get_through_a_forward_gets_the_page() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_api_shows_the_active_session_and_its_manifest() {
     let s = setup().await;
-    let (status, body) = http_get(s.server.addr, &format!("/api/v1/sessions/{}", s.session), Some(&s.token))
-        .await
-        .unwrap();
+    let (status, body) = http_get(
+        s.server.addr,
+        &format!("/api/v1/sessions/{}", s.session),
+        Some(&s.token),
+    )
+    .await
+    .unwrap();
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["status"], "active");
     assert_eq!(v["system_id"], s.sys.id.as_str());
-    assert!(v["agent_software"].as_str().unwrap().starts_with("rtunnel-agent/"));
+    assert!(
+        v["agent_software"]
+            .as_str()
+            .unwrap()
+            .starts_with("rtunnel-agent/")
+    );
     let (status, body) = http_get(
         s.server.addr,
         &format!("/api/v1/sessions/{}/services", s.session),
@@ -100,7 +109,12 @@ async fn session_api_shows_the_active_session_and_its_manifest() {
     .unwrap();
     assert_eq!(status, 200);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let names: Vec<_> = v["items"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    let names: Vec<_> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["echo", "web"]);
     assert_eq!(v["total"], 2);
 }
@@ -115,7 +129,12 @@ async fn forward_to_an_unknown_service_fails_with_one_clear_line() {
         move || {
             std::process::Command::new(agent_bin())
                 .args(["forward", "--server", &base, "--session", &session])
-                .args(["--service", "nope", "--listen", &format!("127.0.0.1:{}", free_port())])
+                .args([
+                    "--service",
+                    "nope",
+                    "--listen",
+                    &format!("127.0.0.1:{}", free_port()),
+                ])
                 .env("RTUNNEL_TOKEN", token)
                 .output()
                 .unwrap()
@@ -126,11 +145,18 @@ async fn forward_to_an_unknown_service_fails_with_one_clear_line() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let last = stderr.lines().last().unwrap_or_default();
-    assert!(last.contains("unknown_service") && last.contains("nope"), "{stderr}");
+    assert!(
+        last.contains("unknown_service") && last.contains("nope"),
+        "{stderr}"
+    );
     // The tunnel is untouched.
-    let (status, body) = http_get(s.server.addr, &format!("/api/v1/sessions/{}", s.session), Some(&s.token))
-        .await
-        .unwrap();
+    let (status, body) = http_get(
+        s.server.addr,
+        &format!("/api/v1/sessions/{}", s.session),
+        Some(&s.token),
+    )
+    .await
+    .unwrap();
     assert_eq!(status, 200);
     assert!(body.contains("\"active\""));
 }
@@ -205,9 +231,13 @@ async fn agent_reconnects_after_the_server_is_killed_and_restarted() {
     let data = random_bytes(1 << 20);
     assert!(echo_through(local, &data).await == data);
     // The session of the dead process was ended on restart.
-    let (_, body) = http_get(server.addr, &format!("/api/v1/sessions/{first}"), Some(&s.token))
-        .await
-        .unwrap();
+    let (_, body) = http_get(
+        server.addr,
+        &format!("/api/v1/sessions/{first}"),
+        Some(&s.token),
+    )
+    .await
+    .unwrap();
     assert!(body.contains("\"expired\""), "{body}");
     assert!(s.agent.is_running());
 }

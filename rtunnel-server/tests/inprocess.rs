@@ -13,7 +13,7 @@ use rtunnel_core::frame::{read_frame, write_frame};
 use rtunnel_core::mux::Mux;
 use rtunnel_core::proto::{MAX_STREAM_HEADER_BYTES, StreamHeader, StreamKind, StreamReply};
 use rtunnel_core::store::sqlite::SqliteStore;
-use rtunnel_core::store::{AuditEvent, AuditSink, IdentityStore, Role, StoreError, User, now_millis};
+use rtunnel_core::store::{AuditEvent, AuditSink, Role, StoreError, User, now_millis};
 use rtunnel_server::{AppState, Server, ServerConfig, Stores, enroll};
 use std::sync::atomic::{AtomicBool, Ordering};
 use support::{echo_service, wait_for};
@@ -55,7 +55,9 @@ async fn harness_with(audit_failing: Arc<AtomicBool>) -> Harness {
         data_dir: tmp.path().to_owned(),
         ..ServerConfig::default()
     };
-    let store = SqliteStore::open(&tmp.path().join("rtunnel.db")).await.unwrap();
+    let store = SqliteStore::open(&tmp.path().join("rtunnel.db"))
+        .await
+        .unwrap();
     let mut stores = Stores::sqlite(store);
     stores.audit = Arc::new(SwitchableAudit {
         inner: stores.audit.clone(),
@@ -106,7 +108,12 @@ async fn user(h: &Harness, name: &str, role: Role) -> (User, String) {
     };
     h.state.stores.identity.create_user(&user).await.unwrap();
     let (record, token) = enroll::new_api_token(user.id, None);
-    h.state.stores.identity.create_api_token(&record).await.unwrap();
+    h.state
+        .stores
+        .identity
+        .create_api_token(&record)
+        .await
+        .unwrap();
     (user, token)
 }
 
@@ -121,7 +128,11 @@ fn forward_config(h: &Harness, token: &str) -> ForwardConfig {
 }
 
 /// Opens a stream straight on the agent's tunnel, as the server would.
-async fn ask_agent(h: &Harness, service: &str, kind: StreamKind) -> (rtunnel_core::mux::YamuxStream, StreamReply) {
+async fn ask_agent(
+    h: &Harness,
+    service: &str,
+    kind: StreamKind,
+) -> (rtunnel_core::mux::YamuxStream, StreamReply) {
     let tunnel = h.state.registry.by_session(h.session).unwrap();
     let mut s = tunnel.mux.open().await.unwrap();
     write_frame(
@@ -151,7 +162,9 @@ async fn agent_refuses_unknown_services_with_a_reason_and_the_tunnel_stays_up() 
         StreamReply::Ok => panic!("the agent dialed something outside its manifest"),
     }
     let (_s, reply) = ask_agent(&h, "echo", StreamKind::Terminal).await;
-    assert!(matches!(reply, StreamReply::Refused { ref code, .. } if code == "terminal_unavailable"));
+    assert!(
+        matches!(reply, StreamReply::Refused { ref code, .. } if code == "terminal_unavailable")
+    );
     // The same tunnel still carries a good stream.
     let (mut s, reply) = ask_agent(&h, "echo", StreamKind::Tcp).await;
     assert_eq!(reply, StreamReply::Ok);
@@ -189,7 +202,9 @@ async fn a_revoked_grant_stops_new_streams_on_an_open_forward() {
     let (op, token) = user(&h, "olga", Role::Operator).await;
     let ids = &h.state.stores.identity;
     ids.grant(op.id, h.system, now_millis()).await.unwrap();
-    let fwd = Forwarder::connect(forward_config(&h, &token)).await.unwrap();
+    let fwd = Forwarder::connect(forward_config(&h, &token))
+        .await
+        .unwrap();
     let mut s = fwd.open().await.unwrap();
     s.write_all(b"ok").await.unwrap();
     let mut two = [0u8; 2];
@@ -212,7 +227,10 @@ async fn audit_failure_keeps_the_forward_closed() {
     match Forwarder::connect(forward_config(&h, &token)).await {
         Err(ForwardError::Dial(e)) => {
             let text = e.to_string();
-            assert!(text.contains("503") && text.contains("audit_unavailable"), "{text}");
+            assert!(
+                text.contains("503") && text.contains("audit_unavailable"),
+                "{text}"
+            );
         }
         other => panic!("expected 503, got {other:?}"),
     }

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::Row;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+};
 use uuid::Uuid;
 
 use super::{
@@ -140,15 +142,17 @@ fn session_from(row: &SqliteRow) -> Result<SessionRecord, StoreError> {
 #[async_trait]
 impl IdentityStore for SqliteStore {
     async fn create_user(&self, user: &User) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO users (id, name, role, disabled, created_at) VALUES (?, ?, ?, ?, ?)")
-            .bind(user.id.to_string())
-            .bind(&user.name)
-            .bind(user.role.as_str())
-            .bind(user.disabled)
-            .bind(user.created_at)
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
+        sqlx::query(
+            "INSERT INTO users (id, name, role, disabled, created_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(user.id.to_string())
+        .bind(&user.name)
+        .bind(user.role.as_str())
+        .bind(user.disabled)
+        .bind(user.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
         Ok(())
     }
 
@@ -206,15 +210,17 @@ impl IdentityStore for SqliteStore {
     }
 
     async fn create_system(&self, system: &System) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO systems (id, name, key, secret_hash, created_at) VALUES (?, ?, ?, ?, ?)")
-            .bind(system.id.to_string())
-            .bind(&system.name)
-            .bind(&system.key)
-            .bind(&system.secret_hash)
-            .bind(system.created_at)
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
+        sqlx::query(
+            "INSERT INTO systems (id, name, key, secret_hash, created_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(system.id.to_string())
+        .bind(&system.name)
+        .bind(&system.key)
+        .bind(&system.secret_hash)
+        .bind(system.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
         Ok(())
     }
 
@@ -302,7 +308,12 @@ impl IdentityStore for SqliteStore {
         Ok(true)
     }
 
-    async fn revoke(&self, user_id: Uuid, system_id: Uuid, now: Millis) -> Result<bool, StoreError> {
+    async fn revoke(
+        &self,
+        user_id: Uuid,
+        system_id: Uuid,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "UPDATE grants SET revoked_at = ?3 WHERE user_id = ?1 AND system_id = ?2 AND revoked_at IS NULL",
         )
@@ -315,7 +326,12 @@ impl IdentityStore for SqliteStore {
         Ok(done.rows_affected() > 0)
     }
 
-    async fn has_grant(&self, user_id: Uuid, system_id: Uuid, now: Millis) -> Result<bool, StoreError> {
+    async fn has_grant(
+        &self,
+        user_id: Uuid,
+        system_id: Uuid,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
         let found: Option<i64> = sqlx::query_scalar(
             "SELECT 1 FROM grants WHERE user_id = ?1 AND system_id = ?2 AND revoked_at IS NULL \
              AND (expires_at IS NULL OR expires_at > ?3) LIMIT 1",
@@ -463,13 +479,13 @@ impl SessionStore for SqliteStore {
             .await
             .map_err(backend)?;
         let total: i64 = sqlx::query_scalar(COUNT_SESSIONS)
-        .bind(&user)
-        .bind(now)
-        .bind(status)
-        .bind(&system)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(backend)?;
+            .bind(&user)
+            .bind(now)
+            .bind(status)
+            .bind(&system)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
         Ok(Paged {
             items: rows.iter().map(session_from).collect::<Result<_, _>>()?,
             page: page.page,
@@ -629,11 +645,17 @@ mod tests {
         assert!(s.grant(u.id, a.id, now).await.unwrap());
         assert!(!s.grant(u.id, a.id, now).await.unwrap());
         assert!(s.has_grant(u.id, a.id, now).await.unwrap());
-        let visible = s.list_systems(Some(u.id), now, Page::default()).await.unwrap();
+        let visible = s
+            .list_systems(Some(u.id), now, Page::default())
+            .await
+            .unwrap();
         assert_eq!(visible.total, 1);
         assert_eq!(visible.items[0].id, a.id);
         assert_eq!(
-            s.list_systems(None, now, Page::default()).await.unwrap().total,
+            s.list_systems(None, now, Page::default())
+                .await
+                .unwrap()
+                .total,
             2
         );
         assert!(s.revoke(u.id, a.id, now).await.unwrap());

@@ -24,15 +24,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/api/v1/tunnel", get(tunnel::tunnel_endpoint))
-        .route(
-            "/api/v1/systems",
-            get(systems::list).post(systems::create),
-        )
+        .route("/api/v1/systems", get(systems::list).post(systems::create))
         .route("/api/v1/systems/{id}", get(systems::show))
         .route("/api/v1/sessions", get(sessions::list))
         .route("/api/v1/sessions/{id}", get(sessions::show))
         .route("/api/v1/sessions/{id}/services", get(sessions::services))
-        .route("/api/v1/sessions/{id}/forward", get(forward::forward_endpoint))
+        .route(
+            "/api/v1/sessions/{id}/forward",
+            get(forward::forward_endpoint),
+        )
         .route("/api/v1/{*rest}", post(not_found).get(not_found))
         .fallback(not_found)
         .with_state(state)

@@ -108,7 +108,11 @@ pub(super) async fn list(
 }
 
 /// Loads a session the user may read, or answers 404 / 403.
-async fn readable(state: &AppState, user: &rtunnel_core::store::User, raw_id: &str) -> Result<SessionRecord, ApiError> {
+async fn readable(
+    state: &AppState,
+    user: &rtunnel_core::store::User,
+    raw_id: &str,
+) -> Result<SessionRecord, ApiError> {
     let id = parse_id(raw_id, "session_not_found")?;
     let session = state
         .stores

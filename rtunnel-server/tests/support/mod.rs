@@ -93,7 +93,12 @@ impl Proc {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "{} did not exit:\n{}", self.name, self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit:\n{}",
+                self.name,
+                self.log_text()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -139,7 +144,9 @@ impl ServerProc {
         let addr = wait_for("the server to listen", || {
             let text = proc.log_text();
             async move {
-                let line = text.lines().find(|l| l.contains("rtunnel-server listening"))?;
+                let line = text
+                    .lines()
+                    .find(|l| l.contains("rtunnel-server listening"))?;
                 let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
                 addr.parse().ok()
             }
@@ -190,7 +197,8 @@ pub struct Enrolled {
 }
 
 pub fn enroll(server: &ServerProc, name: &str) -> Enrolled {
-    let v: serde_json::Value = serde_json::from_str(&server.admin(&["system", "add", name, "--json"])).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&server.admin(&["system", "add", name, "--json"])).unwrap();
     Enrolled {
         id: v["id"].as_str().unwrap().into(),
         key: v["key"].as_str().unwrap().into(),
@@ -225,14 +233,25 @@ pub fn start_agent(server: &ServerProc, sys: &Enrolled, services: &str, extra: &
 }
 
 /// Starts `rtunnel-agent forward` on an OS-chosen local port.
-pub async fn start_forward(server: &ServerProc, token: &str, session: &str, service: &str) -> (Proc, SocketAddr) {
+pub async fn start_forward(
+    server: &ServerProc,
+    token: &str,
+    session: &str,
+    service: &str,
+) -> (Proc, SocketAddr) {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let log = server.dir.join(format!("forward-{}.log", unique()));
     let mut cmd = Command::new(agent_bin());
-    cmd.args(["forward", "--server", &server.base_url(), "--session", session])
-        .args(["--service", service, "--listen", &listen])
-        .env("RTUNNEL_TOKEN", token);
+    cmd.args([
+        "forward",
+        "--server",
+        &server.base_url(),
+        "--session",
+        session,
+    ])
+    .args(["--service", service, "--listen", &listen])
+    .env("RTUNNEL_TOKEN", token);
     let proc = Proc::spawn("rtunnel-agent forward", &mut cmd, log);
     wait_for("the forward to listen", || {
         let text = proc.log_text();
@@ -275,9 +294,19 @@ pub async fn active_session(server: &ServerProc, token: &str, system_id: &str) -
 }
 
 /// A minimal HTTP/1.1 GET; returns status and body.
-pub async fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> std::io::Result<(u16, String)> {
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    http_raw(addr, &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n")).await
+pub async fn http_get(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    http_raw(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"),
+    )
+    .await
 }
 
 /// Sends a raw request, reads the response to the end; returns status, body.
@@ -292,7 +321,10 @@ pub async fn http_raw(addr: SocketAddr, request: &str) -> std::io::Result<(u16, 
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -322,7 +354,9 @@ pub async fn http_service() -> SocketAddr {
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 1024];
