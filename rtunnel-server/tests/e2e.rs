@@ -257,3 +257,81 @@ async fn sigterm_tells_the_agent_to_come_back_at_once() {
     let server = ServerProc::start_on(&s.server.dir, &addr, &[]).await;
     active_session(&server, &s.token, &s.sys.id).await;
 }
+
+#[tokio::test]
+async fn bad_configuration_exits_2_with_one_clear_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |bin: std::path::PathBuf, args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new(bin);
+        cmd.args(args)
+            .env_remove("RTUNNEL_URL")
+            .env_remove("RTUNNEL_KEY")
+            .env_remove("RTUNNEL_SECRET");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    let data = tmp.path().join("data");
+    let data = data.to_str().unwrap();
+    let cases: Vec<(std::path::PathBuf, Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+        (
+            agent_bin(),
+            vec!["run", "--key", "k"],
+            vec![("RTUNNEL_SECRET", "s")],
+            "--url is required",
+        ),
+        (
+            agent_bin(),
+            vec!["--url", "http://x/api/v1/tunnel", "--key", "k"],
+            vec![("RTUNNEL_SECRET", "s")],
+            "ws://",
+        ),
+        (
+            agent_bin(),
+            vec!["--url", "ws://127.0.0.1:1/api/v1/tunnel", "--key", "k"],
+            vec![],
+            "secret is required",
+        ),
+        (
+            agent_bin(),
+            vec![
+                "--url",
+                "ws://127.0.0.1:1/api/v1/tunnel",
+                "--key",
+                "k",
+                "--static-services",
+                "ssh=nohost",
+            ],
+            vec![("RTUNNEL_SECRET", "s")],
+            "bad service",
+        ),
+        (
+            server_bin(),
+            vec!["--data-dir", data, "user", "add", "x", "--role", "god"],
+            vec![],
+            "unknown role",
+        ),
+        (
+            server_bin(),
+            vec!["--data-dir", data, "--heartbeat-interval", "soon"],
+            vec![],
+            "heartbeat-interval",
+        ),
+    ];
+    for (bin, args, env, want) in cases {
+        let out = run(bin, &args, &env);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?} wrote to stdout");
+    }
+    // Production refuses to invent a signing key.
+    let out = run(
+        server_bin(),
+        &["--data-dir", data, "serve", "--listen", "127.0.0.1:0"],
+        &[("RTUNNEL_ENV", "production")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("production"));
+}
