@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::response::Response;
 use rtunnel_auth::access::{self, Action};
 use rtunnel_core::control::{ControlChannel, send_welcome, server_handshake};
@@ -24,6 +24,7 @@ use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
 use crate::api::auth::{CurrentUser, authorize};
+use crate::api::extract::Query;
 use crate::api::parse_id;
 use crate::error::ApiError;
 use crate::state::AppState;

@@ -237,3 +237,180 @@ async fn audit_failure_keeps_the_forward_closed() {
     failing.store(false, Ordering::SeqCst);
     assert!(Forwarder::connect(forward_config(&h, &token)).await.is_ok());
 }
+
+/// Sends a request with an optional JSON body; returns status and parsed body.
+async fn api(
+    h: &Harness,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let addr: std::net::SocketAddr = h.base.trim_start_matches("http://").parse().unwrap();
+    let body = body.unwrap_or("");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let (status, text) = support::http_raw(addr, &req).await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+fn assert_envelope(v: &serde_json::Value, code: &str) {
+    assert_eq!(v["success"], false, "{v}");
+    assert_eq!(v["code"], code, "{v}");
+    assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
+    assert_eq!(v["trace_id"].as_str().map(str::len), Some(16), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_paginate_and_every_error_answers_the_envelope() {
+    let h = harness().await;
+    let (_, admin) = user(&h, "ann", Role::Admin).await;
+    let (_, viewer) = user(&h, "val", Role::Viewer).await;
+    for i in 0..3 {
+        let (status, v) = api(
+            &h,
+            "POST",
+            "/api/v1/systems",
+            &admin,
+            Some(&format!(r#"{{"name":"extra-{i}"}}"#)),
+        )
+        .await;
+        assert_eq!(status, 201, "{v}");
+        assert!(v["secret"].as_str().is_some_and(|s| s.len() >= 40));
+    }
+    let (status, v) = api(
+        &h,
+        "GET",
+        "/api/v1/systems?page=2&page_size=2",
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (
+            v["page"].as_u64(),
+            v["page_size"].as_u64(),
+            v["total"].as_u64()
+        ),
+        (Some(2), Some(2), Some(4))
+    );
+    assert_eq!(v["items"].as_array().unwrap().len(), 2);
+    assert!(v["items"][0].get("secret_hash").is_none() && v["items"][0].get("secret").is_none());
+    let (status, v) = api(
+        &h,
+        "GET",
+        "/api/v1/sessions?page=1&page_size=1&status=active",
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["total"], 1);
+    // A viewer without a grant sees no systems and no sessions.
+    let (_, v) = api(&h, "GET", "/api/v1/sessions", &viewer, None).await;
+    assert_eq!(v["total"], 0);
+    let (_, v) = api(&h, "GET", "/api/v1/systems", &viewer, None).await;
+    assert_eq!(v["total"], 0);
+
+    let cases: [(&str, &str, &str, Option<&str>, u16, &str); 10] = [
+        (
+            "GET",
+            "/api/v1/sessions?page_size=501",
+            admin.as_str(),
+            None,
+            400,
+            "invalid_pagination",
+        ),
+        (
+            "GET",
+            "/api/v1/sessions?page=abc",
+            admin.as_str(),
+            None,
+            400,
+            "invalid_query",
+        ),
+        (
+            "GET",
+            "/api/v1/sessions?status=sleeping",
+            admin.as_str(),
+            None,
+            400,
+            "invalid_status",
+        ),
+        (
+            "GET",
+            "/api/v1/sessions?sort=name",
+            admin.as_str(),
+            None,
+            400,
+            "invalid_sort",
+        ),
+        (
+            "GET",
+            "/api/v1/sessions/not-a-uuid",
+            admin.as_str(),
+            None,
+            404,
+            "session_not_found",
+        ),
+        (
+            "GET",
+            "/api/v1/nowhere",
+            admin.as_str(),
+            None,
+            404,
+            "route_not_found",
+        ),
+        (
+            "DELETE",
+            "/healthz",
+            admin.as_str(),
+            None,
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "POST",
+            "/api/v1/systems",
+            admin.as_str(),
+            Some("{bad"),
+            400,
+            "invalid_body",
+        ),
+        (
+            "POST",
+            "/api/v1/systems",
+            viewer.as_str(),
+            Some(r#"{"name":"x"}"#),
+            403,
+            "forbidden",
+        ),
+        (
+            "GET",
+            "/api/v1/sessions",
+            "rtk_nope",
+            None,
+            401,
+            "unauthorized",
+        ),
+    ];
+    for (method, path, token, body, want_status, want_code) in cases {
+        let (status, v) = api(&h, method, path, token, body).await;
+        assert_eq!(status, want_status, "{method} {path}: {v}");
+        assert_envelope(&v, want_code);
+    }
+    let big = format!(r#"{{"name":"{}"}}"#, "x".repeat(70_000));
+    let (status, v) = api(&h, "POST", "/api/v1/systems", &admin, Some(&big)).await;
+    assert_eq!(status, 413, "{v}");
+    assert_envelope(&v, "body_too_large");
+    let session = format!("/api/v1/sessions/{}", h.session);
+    let (status, v) = api(&h, "GET", &session, &viewer, None).await;
+    assert_eq!(status, 403);
+    assert_envelope(&v, "no_grant");
+}

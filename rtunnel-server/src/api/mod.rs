@@ -1,6 +1,7 @@
 //! The HTTP surface: routes, and the read-only operator API.
 
 pub mod auth;
+pub mod extract;
 mod sessions;
 mod systems;
 
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
-use axum::routing::{get, post};
+use axum::routing::get;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -33,8 +34,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v1/sessions/{id}/forward",
             get(forward::forward_endpoint),
         )
-        .route("/api/v1/{*rest}", post(not_found).get(not_found))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(
+            extract::MAX_JSON_BODY_BYTES,
+        ))
         .with_state(state)
 }
 
@@ -56,6 +60,14 @@ async fn not_found() -> ApiError {
     ApiError::not_found("route_not_found", "no such route")
 }
 
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not accept that method",
+    )
+}
+
 /// `page` and `page_size` of a list request.
 #[derive(Debug, Deserialize)]
 pub struct PageQuery {
@@ -66,16 +78,21 @@ pub struct PageQuery {
 impl PageQuery {
     /// Checks the bounds of the contract.
     pub fn page(&self) -> Result<Page, ApiError> {
-        let page = self.page.unwrap_or(1);
-        let page_size = self.page_size.unwrap_or(50);
-        if page == 0 || page_size == 0 || page_size > MAX_PAGE_SIZE {
-            return Err(ApiError::bad_request(
-                "invalid_pagination",
-                format!("page starts at 1 and page_size is between 1 and {MAX_PAGE_SIZE}"),
-            ));
-        }
-        Ok(Page { page, page_size })
+        check_page(self.page, self.page_size)
     }
+}
+
+/// Checks `page` (from 1) and `page_size` (1 to 500, default 50).
+pub fn check_page(page: Option<u32>, page_size: Option<u32>) -> Result<Page, ApiError> {
+    let page = page.unwrap_or(1);
+    let page_size = page_size.unwrap_or(50);
+    if page == 0 || page_size == 0 || page_size > MAX_PAGE_SIZE {
+        return Err(ApiError::bad_request(
+            "invalid_pagination",
+            format!("page starts at 1 and page_size is between 1 and {MAX_PAGE_SIZE}"),
+        ));
+    }
+    Ok(Page { page, page_size })
 }
 
 /// Parses a path id, answering 404 for anything that is not a UUID.

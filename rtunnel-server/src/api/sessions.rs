@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use rtunnel_auth::access::Action;
 use rtunnel_core::proto::ServiceInfo;
 use rtunnel_core::store::{
@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::auth::{CurrentUser, authorize};
+use super::extract::Query;
 use super::{PageQuery, parse_id};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -56,8 +57,10 @@ pub(super) struct ListQuery {
     status: Option<String>,
     system_id: Option<String>,
     sort: Option<String>,
-    #[serde(flatten)]
-    page: PageQuery,
+    // Not flattened from PageQuery: serde cannot read numbers from a query
+    // string through `flatten`.
+    page: Option<u32>,
+    page_size: Option<u32>,
 }
 
 pub(super) async fn list(
@@ -65,7 +68,7 @@ pub(super) async fn list(
     CurrentUser(user): CurrentUser,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Paged<SessionView>>, ApiError> {
-    let page = q.page.page()?;
+    let page = super::check_page(q.page, q.page_size)?;
     let status = q
         .status
         .as_deref()

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use rtunnel_auth::access::Action;
 use rtunnel_core::store::{AuditEvent, Paged, Role, System, now_millis, rfc3339};
@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::auth::{CurrentUser, authorize, require_admin};
+use super::extract::Query;
 use super::{PageQuery, parse_id};
 use crate::enroll::{self, Enrolled};
 use crate::error::ApiError;
@@ -80,7 +81,7 @@ pub(super) struct CreateSystem {
 pub(super) async fn create(
     State(state): State<Arc<AppState>>,
     CurrentUser(user): CurrentUser,
-    Json(body): Json<CreateSystem>,
+    super::extract::Json(body): super::extract::Json<CreateSystem>,
 ) -> Result<(StatusCode, Json<Enrolled>), ApiError> {
     require_admin(&user)?;
     enroll::validate_name(&body.name)?;
