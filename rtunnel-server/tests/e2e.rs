@@ -274,7 +274,7 @@ async fn bad_configuration_exits_2_with_one_clear_line() {
     };
     let data = tmp.path().join("data");
     let data = data.to_str().unwrap();
-    let cases: Vec<(std::path::PathBuf, Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+    let cases = vec![
         (
             agent_bin(),
             vec!["run", "--key", "k"],

@@ -318,7 +318,7 @@ async fn lists_paginate_and_every_error_answers_the_envelope() {
     let (_, v) = api(&h, "GET", "/api/v1/systems", &viewer, None).await;
     assert_eq!(v["total"], 0);
 
-    let cases: [(&str, &str, &str, Option<&str>, u16, &str); 10] = [
+    let cases = [
         (
             "GET",
             "/api/v1/sessions?page_size=501",
