@@ -64,13 +64,17 @@ pub(crate) async fn tunnel_endpoint(
     event.session_id = Some(session.id);
     event.ip_address = Some(peer.ip().to_string());
     state.audit(event).await?;
-    state.stores.sessions.create_session(&session).await?;
-    let session_id = session.id;
     Ok(ws
         .max_message_size(MAX_WS_MESSAGE_BYTES)
         .max_frame_size(MAX_WS_MESSAGE_BYTES)
         .on_upgrade(move |socket| async move {
-            run_tunnel(state, system, session_id, peer, socket).await;
+            // Created only once the upgrade succeeded, so a client that
+            // vanishes mid-upgrade leaves no pending session behind.
+            if let Err(e) = state.stores.sessions.create_session(&session).await {
+                crate::state::log_store_error("creating a session", &e);
+                return;
+            }
+            run_tunnel(state, system, session.id, peer, socket).await;
         }))
 }
 
