@@ -8,14 +8,13 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use rtunnel_core::control::{ControlChannel, ControlEnd, HandshakeError, client_handshake};
-use rtunnel_core::frame::{read_frame, write_frame};
+use rtunnel_core::frame::write_frame;
 use rtunnel_core::mux::{Mux, MuxConfig, YamuxMux, YamuxStream};
-use rtunnel_core::proto::{
-    CloseCode, Control, MAX_STREAM_HEADER_BYTES, StreamHeader, StreamKind, StreamReply,
-};
+use rtunnel_core::proto::{CloseCode, Control, StreamKind, StreamReply};
 use rtunnel_core::relay::relay;
+use rtunnel_core::setup::{accept_header, refuse};
 use rtunnel_core::ws::WsStream;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::backoff::Backoff;
@@ -356,22 +355,8 @@ async fn serve_stream(
     tls: Arc<rustls::ClientConfig>,
     mut stream: YamuxStream,
 ) {
-    let header = match tokio::time::timeout(
-        STREAM_SETUP_TIMEOUT,
-        read_frame::<StreamHeader, _>(&mut stream, MAX_STREAM_HEADER_BYTES),
-    )
-    .await
-    {
-        Ok(Ok(h)) => h,
-        Ok(Err(e)) => {
-            refuse(
-                &mut stream,
-                StreamReply::refused("bad_stream_header", e.to_string()),
-            )
-            .await;
-            return;
-        }
-        Err(_) => return,
+    let Some(header) = accept_header(&mut stream, STREAM_SETUP_TIMEOUT).await else {
+        return;
     };
     if header.kind == StreamKind::Terminal {
         refuse(
@@ -460,9 +445,4 @@ async fn refuse_dial(stream: &mut YamuxStream, name: &str, target: &str, why: &s
         ),
     )
     .await;
-}
-
-async fn refuse(stream: &mut YamuxStream, reply: StreamReply) {
-    let _ = write_frame(stream, &reply).await;
-    let _ = stream.shutdown().await;
 }

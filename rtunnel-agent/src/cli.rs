@@ -140,7 +140,7 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         builder = builder.url(url);
     }
     let agent = builder.build().map_err(|e| usage(e.to_string()))?;
-    match agent.run(shutdown_signal()).await {
+    match agent.run(rtunnel_core::signal::terminated()).await {
         Ok(AgentExit::SessionClosed(_)) | Ok(AgentExit::Shutdown) => Ok(()),
         Err(AgentError::Config(m)) => Err(usage(m)),
         Err(e) => Err(Failure {
@@ -179,31 +179,10 @@ async fn forward(args: ForwardArgs) -> Result<(), Failure> {
         config.service,
         config.session
     );
-    fwd.serve(listener, shutdown_signal())
+    fwd.serve(listener, rtunnel_core::signal::terminated())
         .await
         .map_err(|e| Failure {
             code: 1,
             message: e.to_string(),
         })
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
 }

@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rtunnel_core::control::{ControlChannel, client_handshake};
-use rtunnel_core::frame::{read_frame, write_frame};
 use rtunnel_core::mux::{Mux, MuxConfig, YamuxMux, YamuxStream};
-use rtunnel_core::proto::{self, MAX_STREAM_HEADER_BYTES, StreamHeader, StreamKind, StreamReply};
+use rtunnel_core::proto::{self, StreamHeader, StreamKind};
 use rtunnel_core::relay::relay;
+use rtunnel_core::setup::{self, SetupError};
 use rtunnel_core::ws::WsStream;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
@@ -146,20 +146,16 @@ impl Forwarder {
             service: self.config.service.clone(),
             kind: StreamKind::Tcp,
         };
-        let exchange = async {
-            write_frame(&mut stream, &header).await?;
-            read_frame::<StreamReply, _>(&mut stream, MAX_STREAM_HEADER_BYTES).await
-        };
-        match tokio::time::timeout(STREAM_REPLY_TIMEOUT, exchange).await {
-            Ok(Ok(StreamReply::Ok)) => Ok(stream),
-            Ok(Ok(StreamReply::Refused { code, reason })) => {
+        match setup::request(&mut stream, &header, STREAM_REPLY_TIMEOUT).await {
+            Ok(()) => Ok(stream),
+            Err(SetupError::Refused { code, reason }) => {
                 Err(ForwardError::Refused { code, reason })
             }
-            Ok(Err(e)) => Err(ForwardError::Refused {
+            Err(SetupError::Failed(e)) => Err(ForwardError::Refused {
                 code: "stream_failed".into(),
                 reason: e.to_string(),
             }),
-            Err(_) => Err(ForwardError::Refused {
+            Err(SetupError::Timeout(_)) => Err(ForwardError::Refused {
                 code: "timeout".into(),
                 reason: "the server did not answer in time".into(),
             }),

@@ -9,6 +9,8 @@
 //! - [`mux`]: the [`Mux`](mux::Mux) trait and its yamux implementation.
 //! - [`control`]: the handshake and heartbeats on the control stream.
 //! - [`relay`]: bidirectional copy with byte counts.
+//! - [`setup`]: the header and reply that open every stream.
+//! - [`signal`]: waiting for SIGINT or SIGTERM.
 //! - [`store`]: the [`SessionStore`](store::SessionStore),
 //!   [`IdentityStore`](store::IdentityStore) and
 //!   [`AuditSink`](store::AuditSink) traits, with the SQLite implementation
@@ -41,6 +43,8 @@ pub mod frame;
 pub mod mux;
 pub mod proto;
 pub mod relay;
+pub mod setup;
+pub mod signal;
 pub mod store;
 pub mod token;
 pub mod ws;

@@ -305,30 +305,9 @@ async fn serve(store_args: StoreArgs, args: ServeArgs, store: SqliteStore) -> Re
             other => Failure::other(other.to_string()),
         })?;
     server
-        .serve(listener, shutdown_signal())
+        .serve(listener, rtunnel_core::signal::terminated())
         .await
         .map_err(|e| Failure::other(format!("server failed: {e}")))
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
 }
 
 async fn user_add(

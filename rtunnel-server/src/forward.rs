@@ -13,14 +13,14 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::response::Response;
 use rtunnel_auth::access::{self, Action};
 use rtunnel_core::control::{ControlChannel, send_welcome, server_handshake};
-use rtunnel_core::frame::{read_frame, write_frame};
+use rtunnel_core::frame::write_frame;
 use rtunnel_core::mux::{Mux, YamuxMux, YamuxStream};
-use rtunnel_core::proto::{MAX_STREAM_HEADER_BYTES, StreamHeader, StreamKind, StreamReply};
+use rtunnel_core::proto::{StreamHeader, StreamKind, StreamReply};
 use rtunnel_core::relay::relay;
+use rtunnel_core::setup::{self, SetupError};
 use rtunnel_core::store::{AuditEvent, SessionStatus, User, now_millis};
 use rtunnel_core::ws::{MAX_WS_MESSAGE_BYTES, WsStream};
 use serde::Deserialize;
-use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
 use crate::api::auth::{CurrentUser, authorize};
@@ -153,32 +153,18 @@ async fn run_forward(ctx: Arc<ForwardCtx>, socket: WebSocket) {
 /// One operator connection: check, connect through the agent, relay.
 async fn serve_stream(ctx: Arc<ForwardCtx>, mut stream: YamuxStream) {
     let timeout = ctx.state.config.handshake_timeout;
-    let header = match tokio::time::timeout(
-        timeout,
-        read_frame::<StreamHeader, _>(&mut stream, MAX_STREAM_HEADER_BYTES),
-    )
-    .await
-    {
-        Ok(Ok(h)) => h,
-        Ok(Err(e)) => {
-            refuse(
-                &mut stream,
-                StreamReply::refused("bad_stream_header", e.to_string()),
-            )
-            .await;
-            return;
-        }
-        Err(_) => return,
+    let Some(header) = setup::accept_header(&mut stream, timeout).await else {
+        return;
     };
-    let (mut upstream, reply) = match open_upstream(&ctx, &header).await {
+    let mut upstream = match open_upstream(&ctx, &header).await {
         Ok(ok) => ok,
         Err(refusal) => {
             tracing::info!(user = %ctx.user.name, service = %header.service, "stream refused: {refusal:?}");
-            refuse(&mut stream, refusal).await;
+            setup::refuse(&mut stream, refusal).await;
             return;
         }
     };
-    if write_frame(&mut stream, &reply).await.is_err() {
+    if write_frame(&mut stream, &StreamReply::Ok).await.is_err() {
         return;
     }
     let opened = std::time::Instant::now();
@@ -199,7 +185,7 @@ async fn serve_stream(ctx: Arc<ForwardCtx>, mut stream: YamuxStream) {
 async fn open_upstream(
     ctx: &ForwardCtx,
     header: &StreamHeader,
-) -> Result<(YamuxStream, StreamReply), StreamReply> {
+) -> Result<YamuxStream, StreamReply> {
     if header.kind != StreamKind::Tcp {
         return Err(StreamReply::refused(
             "unsupported_kind",
@@ -247,23 +233,14 @@ async fn open_upstream(
         .open()
         .await
         .map_err(|e| StreamReply::refused("agent_unavailable", e.to_string()))?;
-    let timeout = state.config.handshake_timeout;
-    let exchange = async {
-        write_frame(&mut upstream, header).await?;
-        read_frame::<StreamReply, _>(&mut upstream, MAX_STREAM_HEADER_BYTES).await
-    };
-    match tokio::time::timeout(timeout, exchange).await {
-        Ok(Ok(StreamReply::Ok)) => Ok((upstream, StreamReply::Ok)),
-        Ok(Ok(refused)) => Err(refused),
-        Ok(Err(e)) => Err(StreamReply::refused("agent_unavailable", e.to_string())),
-        Err(_) => Err(StreamReply::refused(
+    match setup::request(&mut upstream, header, state.config.handshake_timeout).await {
+        Ok(()) => Ok(upstream),
+        // The agent's own refusal goes back to the operator unchanged.
+        Err(SetupError::Refused { code, reason }) => Err(StreamReply::Refused { code, reason }),
+        Err(SetupError::Failed(e)) => Err(StreamReply::refused("agent_unavailable", e.to_string())),
+        Err(SetupError::Timeout(_)) => Err(StreamReply::refused(
             "agent_timeout",
             "the agent did not answer in time",
         )),
     }
-}
-
-async fn refuse(stream: &mut YamuxStream, reply: StreamReply) {
-    let _ = write_frame(stream, &reply).await;
-    let _ = stream.shutdown().await;
 }

@@ -1,0 +1,155 @@
+//! Setting up a stream: the opener sends a [`StreamHeader`] and waits for the
+//! [`StreamReply`]; the acceptor reads the header and answers. Both halves
+//! have a deadline, and a bad header is refused with a reason.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use crate::frame::{FrameError, read_frame, write_frame};
+use crate::proto::{MAX_STREAM_HEADER_BYTES, StreamHeader, StreamReply};
+
+/// Why the opener's setup failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The other side refused the stream.
+    #[error("refused ({code}): {reason}")]
+    Refused {
+        /// Stable code.
+        code: String,
+        /// Why.
+        reason: String,
+    },
+    /// The stream failed before a reply arrived.
+    #[error("stream failed: {0}")]
+    Failed(#[from] FrameError),
+    /// No reply within the deadline.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Opener: sends `header` and waits up to `timeout` for an `ok`.
+pub async fn request<S>(
+    stream: &mut S,
+    header: &StreamHeader,
+    timeout: Duration,
+) -> Result<(), SetupError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let exchange = async {
+        write_frame(stream, header).await?;
+        read_frame::<StreamReply, _>(stream, MAX_STREAM_HEADER_BYTES).await
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(Ok(StreamReply::Ok)) => Ok(()),
+        Ok(Ok(StreamReply::Refused { code, reason })) => Err(SetupError::Refused { code, reason }),
+        Ok(Err(e)) => Err(SetupError::Failed(e)),
+        Err(_) => Err(SetupError::Timeout(timeout)),
+    }
+}
+
+/// Acceptor: reads the header within `timeout`. A malformed header is
+/// refused with `bad_stream_header`; `None` means the stream is done with.
+pub async fn accept_header<S>(stream: &mut S, timeout: Duration) -> Option<StreamHeader>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(
+        timeout,
+        read_frame::<StreamHeader, _>(stream, MAX_STREAM_HEADER_BYTES),
+    )
+    .await
+    {
+        Ok(Ok(header)) => Some(header),
+        Ok(Err(FrameError::Proto(e))) => {
+            refuse(
+                stream,
+                StreamReply::refused("bad_stream_header", e.to_string()),
+            )
+            .await;
+            None
+        }
+        Ok(Err(_)) | Err(_) => None,
+    }
+}
+
+/// Acceptor: answers with a refusal and closes the stream.
+pub async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, reply: StreamReply) {
+    let _ = write_frame(stream, &reply).await;
+    let _ = stream.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::StreamKind;
+
+    fn header(service: &str) -> StreamHeader {
+        StreamHeader {
+            service: service.into(),
+            kind: StreamKind::Tcp,
+        }
+    }
+
+    #[tokio::test]
+    async fn accepted_and_refused_streams() {
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        let acceptor = tokio::spawn(async move {
+            let h = accept_header(&mut b, Duration::from_secs(5)).await.unwrap();
+            refuse(
+                &mut b,
+                StreamReply::refused("unknown_service", format!("no {}", h.service)),
+            )
+            .await;
+        });
+        let err = request(&mut a, &header("db"), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, SetupError::Refused { ref code, ref reason } if code == "unknown_service" && reason == "no db")
+        );
+        acceptor.await.unwrap();
+
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        tokio::spawn(async move {
+            accept_header(&mut b, Duration::from_secs(5)).await.unwrap();
+            write_frame(&mut b, &StreamReply::Ok).await.unwrap();
+            b
+        });
+        request(&mut a, &header("ssh"), Duration::from_secs(5))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_bad_header_is_refused_with_a_reason() {
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        let acceptor =
+            tokio::spawn(async move { accept_header(&mut b, Duration::from_secs(5)).await });
+        let err = request(&mut a, &header("Not_Valid"), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, SetupError::Refused { ref code, .. } if code == "bad_stream_header"),
+            "{err:?}"
+        );
+        assert!(acceptor.await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn silence_times_out_on_both_sides() {
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        let err = request(&mut a, &header("ssh"), Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SetupError::Timeout(_)));
+        let (_a2, mut b2) = tokio::io::duplex(4096);
+        assert!(
+            accept_header(&mut b2, Duration::from_millis(50))
+                .await
+                .is_none()
+        );
+        drop(b.shutdown().await);
+    }
+}
