@@ -7,5 +7,8 @@ cd "$(dirname "$0")/.."
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The end-to-end tests run the real binaries; `cargo test` alone builds
+# only the test harness of each main.rs, so build the executables first.
+cargo build --workspace --bins --locked
 cargo test --workspace --all-targets --locked
 cargo test --workspace --doc --locked

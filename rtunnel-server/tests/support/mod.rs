@@ -21,13 +21,14 @@ pub fn server_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_rtunnel-server"))
 }
 
-/// The agent binary sits next to the server's in the target directory;
-/// `cargo test --workspace` builds both before running any test.
+/// The agent binary sits next to the server's in the target directory.
+/// Cargo builds it for this package's tests only as a test harness, so the
+/// test command builds the executables first (`cargo build --bins`).
 pub fn agent_bin() -> PathBuf {
     let p = server_bin().with_file_name(format!("rtunnel-agent{}", std::env::consts::EXE_SUFFIX));
     assert!(
         p.exists(),
-        "{} is missing: run the tests with `cargo test --workspace` so both binaries are built",
+        "{} is missing: build it first (`cargo build --workspace --bins`, as ./scripts/test.sh does)",
         p.display()
     );
     p
