@@ -9,6 +9,7 @@
 //! - [`mux`]: the [`Mux`](mux::Mux) trait and its yamux implementation.
 //! - [`control`]: the handshake and heartbeats on the control stream.
 //! - [`relay`]: bidirectional copy with byte counts.
+//! - [`session`]: the support-session state machine (pure).
 //! - [`setup`]: the header and reply that open every stream.
 //! - [`signal`]: waiting for SIGINT or SIGTERM.
 //! - [`store`]: the [`SessionStore`](store::SessionStore),
@@ -43,6 +44,7 @@ pub mod frame;
 pub mod mux;
 pub mod proto;
 pub mod relay;
+pub mod session;
 pub mod setup;
 pub mod signal;
 pub mod store;
