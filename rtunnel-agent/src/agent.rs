@@ -10,7 +10,7 @@ use base64::engine::general_purpose::STANDARD;
 use rtunnel_core::control::{ControlChannel, ControlEnd, HandshakeError, client_handshake};
 use rtunnel_core::frame::write_frame;
 use rtunnel_core::mux::{Mux, MuxConfig, YamuxMux, YamuxStream};
-use rtunnel_core::proto::{CloseCode, Control, StreamKind, StreamReply};
+use rtunnel_core::proto::{CloseCode, Control, Resume, StreamKind, StreamReply};
 use rtunnel_core::relay::relay;
 use rtunnel_core::setup::{accept_header, refuse};
 use rtunnel_core::ws::WsStream;
@@ -221,9 +221,12 @@ impl Agent {
         let cfg = &self.config;
         let mut backoff = Backoff::new(cfg.reconnect_delay, cfg.max_reconnect_delay);
         let mut shutdown = std::pin::pin!(shutdown);
+        // The session and reconnect token of the last welcome, presented at
+        // the next connection to get the same session back.
+        let mut resume: Option<Resume> = None;
         loop {
             let outcome = tokio::select! {
-                o = self.connect_and_serve() => o,
+                o = self.connect_and_serve(&mut resume) => o,
                 _ = &mut shutdown => return Ok(AgentExit::Shutdown),
             };
             let delay = match outcome {
@@ -265,7 +268,7 @@ impl Agent {
         }
     }
 
-    async fn connect_and_serve(&self) -> Outcome {
+    async fn connect_and_serve(&self, resume: &mut Option<Resume>) -> Outcome {
         let cfg = &self.config;
         let auth = format!(
             "Basic {}",
@@ -279,7 +282,8 @@ impl Agent {
             }
         };
         let mux = Arc::new(YamuxMux::client(WsStream::new(ws), &MuxConfig::default()));
-        let (mut control, session_id, heartbeat) = match client_handshake(&*mux, SOFTWARE).await {
+        let previous = resume.as_ref().map(|r| r.session_id);
+        let welcome = match client_handshake(&*mux, SOFTWARE, resume.clone()).await {
             Ok(ok) => ok,
             Err(HandshakeError::Refused {
                 code: CloseCode::SessionClosed,
@@ -291,6 +295,20 @@ impl Agent {
                 return Outcome::Failed(format!("handshake with {} failed: {e}", cfg.url), false);
             }
         };
+        let (mut control, session_id, heartbeat) =
+            (welcome.stream, welcome.session_id, welcome.heartbeat);
+        *resume = welcome
+            .reconnect_token
+            .map(|token| Resume { session_id, token });
+        match previous {
+            Some(old) if old == session_id => {
+                tracing::info!(session = %session_id, "resumed the session")
+            }
+            Some(old) => {
+                tracing::info!(old = %old, new = %session_id, "the previous session could not be resumed; a new one started")
+            }
+            None => {}
+        }
         let manifest = Control::Manifest {
             services: cfg.services.iter().map(ServiceSpec::info).collect(),
         };

@@ -211,12 +211,14 @@ impl Forwarder {
         let auth = format!("Bearer {}", self.config.token);
         let ws = dial(&self.ws_url, &auth, self.config.tls_insecure).await?;
         let mux = Arc::new(YamuxMux::client(WsStream::new(ws), &MuxConfig::default()));
-        let (control, _session, heartbeat) = client_handshake(&*mux, SOFTWARE)
+        let welcome = client_handshake(&*mux, SOFTWARE, None)
             .await
             .map_err(|e| ForwardError::Handshake(e.to_string()))?;
         let watched = mux.clone();
         tokio::spawn(async move {
-            let end = ControlChannel::new().run(control, heartbeat, |_| {}).await;
+            let end = ControlChannel::new()
+                .run(welcome.stream, welcome.heartbeat, |_| {})
+                .await;
             tracing::info!("connection to the server ended: {end:?}");
             watched.close();
         });

@@ -14,7 +14,7 @@ use tokio::time::{Instant, timeout};
 
 use crate::frame::{FrameError, read_frame, write_frame};
 use crate::mux::{Mux, MuxError};
-use crate::proto::{CloseCode, Control, MAX_CONTROL_FRAME_BYTES, PROTOCOL_VERSION};
+use crate::proto::{CloseCode, Control, MAX_CONTROL_FRAME_BYTES, PROTOCOL_VERSION, Resume};
 
 /// How long a peer has to complete the handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -67,16 +67,30 @@ pub struct Hello {
     pub version: u16,
     /// The peer's software string.
     pub software: String,
+    /// The session an agent asks to get back.
+    pub resume: Option<Resume>,
 }
 
-/// Dialing side: opens the control stream, sends `Hello`, waits for `Welcome`.
-///
-/// Returns the control stream and the welcome's session id and heartbeat
-/// interval.
+/// What the dialing side learned from a successful handshake.
+#[derive(Debug)]
+pub struct Welcome<S> {
+    /// The control stream, for [`ControlChannel::run`].
+    pub stream: S,
+    /// The session this connection belongs to.
+    pub session_id: uuid::Uuid,
+    /// How often to send heartbeats.
+    pub heartbeat: Duration,
+    /// For a tunnel: the token that resumes the session next time.
+    pub reconnect_token: Option<String>,
+}
+
+/// Dialing side: opens the control stream, sends `Hello` (asking to resume a
+/// session if `resume` is given), waits for `Welcome`.
 pub async fn client_handshake<M: Mux>(
     mux: &M,
     software: &str,
-) -> Result<(M::Stream, uuid::Uuid, Duration), HandshakeError> {
+    resume: Option<Resume>,
+) -> Result<Welcome<M::Stream>, HandshakeError> {
     let fut = async {
         let mut stream = mux.open().await?;
         write_frame(
@@ -84,6 +98,7 @@ pub async fn client_handshake<M: Mux>(
             &Control::Hello {
                 version: PROTOCOL_VERSION,
                 software: software.to_owned(),
+                resume,
             },
         )
         .await?;
@@ -92,11 +107,13 @@ pub async fn client_handshake<M: Mux>(
                 version,
                 session_id,
                 heartbeat_interval_ms,
-            } if version == PROTOCOL_VERSION => Ok((
+                reconnect_token,
+            } if version == PROTOCOL_VERSION => Ok(Welcome {
                 stream,
                 session_id,
-                Duration::from_millis(heartbeat_interval_ms.clamp(100, 3_600_000)),
-            )),
+                heartbeat: Duration::from_millis(heartbeat_interval_ms.clamp(100, 3_600_000)),
+                reconnect_token,
+            }),
             Control::Welcome { version, .. } => Err(HandshakeError::VersionMismatch {
                 ours: PROTOCOL_VERSION,
                 theirs: version,
@@ -121,9 +138,18 @@ pub async fn server_handshake<M: Mux>(
     let fut = async {
         let mut stream = mux.accept().await.ok_or(MuxError::Closed)?;
         match read_frame::<Control, _>(&mut stream, MAX_CONTROL_FRAME_BYTES).await? {
-            Control::Hello { version, software } if version == PROTOCOL_VERSION => {
-                Ok((stream, Hello { version, software }))
-            }
+            Control::Hello {
+                version,
+                software,
+                resume,
+            } if version == PROTOCOL_VERSION => Ok((
+                stream,
+                Hello {
+                    version,
+                    software,
+                    resume,
+                },
+            )),
             Control::Hello { version, .. } => {
                 let err = HandshakeError::VersionMismatch {
                     ours: PROTOCOL_VERSION,
@@ -152,6 +178,7 @@ pub async fn send_welcome<S: AsyncWrite + Unpin>(
     stream: &mut S,
     session_id: uuid::Uuid,
     heartbeat: Duration,
+    reconnect_token: Option<String>,
 ) -> Result<(), FrameError> {
     write_frame(
         stream,
@@ -159,6 +186,7 @@ pub async fn send_welcome<S: AsyncWrite + Unpin>(
             version: PROTOCOL_VERSION,
             session_id,
             heartbeat_interval_ms: heartbeat.as_millis() as u64,
+            reconnect_token,
         },
     )
     .await
@@ -296,14 +324,15 @@ mod tests {
         let srv = tokio::spawn(async move {
             let (mut stream, hello) = server_handshake(&server, HANDSHAKE_TIMEOUT).await.unwrap();
             assert_eq!(hello.software, "test/1");
-            send_welcome(&mut stream, id, Duration::from_secs(5))
+            send_welcome(&mut stream, id, Duration::from_secs(5), Some("tok".into()))
                 .await
                 .unwrap();
             (server, stream)
         });
-        let (_stream, got_id, hb) = client_handshake(&client, "test/1").await.unwrap();
-        assert_eq!(got_id, id);
-        assert_eq!(hb, Duration::from_secs(5));
+        let welcome = client_handshake(&client, "test/1", None).await.unwrap();
+        assert_eq!(welcome.session_id, id);
+        assert_eq!(welcome.heartbeat, Duration::from_secs(5));
+        assert_eq!(welcome.reconnect_token.as_deref(), Some("tok"));
         drop(srv.await.unwrap());
     }
 
@@ -322,6 +351,7 @@ mod tests {
             &Control::Hello {
                 version: PROTOCOL_VERSION + 1,
                 software: "future".into(),
+                resume: None,
             },
         )
         .await

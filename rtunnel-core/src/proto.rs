@@ -33,6 +33,9 @@ pub const MAX_MANIFEST_SERVICES: usize = 500;
 /// Longest service name (DNS label rules).
 pub const MAX_SERVICE_NAME_BYTES: usize = 63;
 
+/// Longest reconnect token accepted.
+pub const MAX_TOKEN_BYTES: usize = 256;
+
 /// Longest free-text reason carried in a close message or a refusal.
 pub const MAX_REASON_BYTES: usize = 512;
 
@@ -46,6 +49,9 @@ pub enum Control {
         version: u16,
         /// Free text naming the sender's software, for logs.
         software: String,
+        /// An agent coming back asks for its session again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<Resume>,
     },
     /// The accepting side's answer to a compatible [`Control::Hello`].
     Welcome {
@@ -55,6 +61,10 @@ pub enum Control {
         session_id: uuid::Uuid,
         /// How often each side sends a heartbeat, in milliseconds.
         heartbeat_interval_ms: u64,
+        /// For a tunnel: the single-use token that resumes this session
+        /// after the tunnel is lost (replaced at every reconnect).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reconnect_token: Option<String>,
     },
     /// The services the agent can reach. Sent by the agent after `Welcome`.
     Manifest {
@@ -73,6 +83,24 @@ pub enum Control {
         /// Human readable detail.
         reason: String,
     },
+}
+
+/// What an agent presents to get its session back.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resume {
+    /// The session it had.
+    pub session_id: uuid::Uuid,
+    /// The reconnect token from that session's last welcome.
+    pub token: String,
+}
+
+impl std::fmt::Debug for Resume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resume")
+            .field("session_id", &self.session_id)
+            .field("token", &"<redacted>")
+            .finish()
+    }
 }
 
 /// Why a tunnel is closed, carried in [`Control::Close`].
@@ -262,6 +290,11 @@ impl Validate for Control {
             Control::Hello { software, .. } if software.len() > MAX_REASON_BYTES => Err(
                 ProtoError::Malformed(format!("software longer than {MAX_REASON_BYTES} bytes")),
             ),
+            Control::Hello {
+                resume: Some(r), ..
+            } if r.token.len() > MAX_TOKEN_BYTES => Err(ProtoError::Malformed(format!(
+                "reconnect token longer than {MAX_TOKEN_BYTES} bytes"
+            ))),
             _ => Ok(()),
         }
     }
@@ -354,11 +387,21 @@ mod tests {
             Control::Hello {
                 version: PROTOCOL_VERSION,
                 software: "rtunnel-agent/0.1.0".into(),
+                resume: None,
+            },
+            Control::Hello {
+                version: PROTOCOL_VERSION,
+                software: "rtunnel-agent/0.1.0".into(),
+                resume: Some(Resume {
+                    session_id: uuid::Uuid::new_v4(),
+                    token: "t".into(),
+                }),
             },
             Control::Welcome {
                 version: 1,
                 session_id: uuid::Uuid::new_v4(),
                 heartbeat_interval_ms: 15_000,
+                reconnect_token: Some("r".into()),
             },
             Control::Manifest {
                 services: vec![svc("ssh"), svc("web-ui")],

@@ -53,22 +53,20 @@ pub(crate) async fn forward_endpoint(
         .await?
         .ok_or_else(|| ApiError::not_found("session_not_found", "no such session"))?;
     authorize(&state, &user, Action::Connect, session.system_id).await?;
-    if session.status != SessionStatus::Active {
+    // In grace the agent is on its way back: the forward may open, and its
+    // streams are told the agent is reconnecting until it is back.
+    if !matches!(
+        session.status,
+        SessionStatus::Active | SessionStatus::GracePeriod
+    ) {
         return Err(ApiError::new(
             axum::http::StatusCode::CONFLICT,
             "session_not_active",
             format!("the session is {}", session.status.as_str()),
         ));
     }
-    let tunnel = state.registry.by_session(session_id).ok_or_else(|| {
-        ApiError::new(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "agent_unavailable",
-            "the agent of this session is not connected",
-        )
-    })?;
     if let Some(service) = &q.service
-        && tunnel.service(service).is_none()
+        && !session.services.iter().any(|s| &s.name == service)
     {
         return Err(ApiError::not_found(
             "unknown_service",
@@ -123,7 +121,7 @@ async fn run_forward(ctx: Arc<ForwardCtx>, socket: WebSocket) {
         }
     };
     let heartbeat = state.config.heartbeat_interval;
-    if send_welcome(&mut control, ctx.session_id, heartbeat)
+    if send_welcome(&mut control, ctx.session_id, heartbeat, None)
         .await
         .is_err()
     {
@@ -216,12 +214,10 @@ async fn open_upstream(
     if !decision.allowed() {
         return Err(StreamReply::refused(decision.code(), "access denied"));
     }
-    let tunnel = state.registry.by_session(ctx.session_id).ok_or_else(|| {
-        StreamReply::refused(
-            "agent_unavailable",
-            "the agent of this session is not connected",
-        )
-    })?;
+    let tunnel = match state.registry.by_session(ctx.session_id) {
+        Some(t) => t,
+        None => return Err(no_tunnel(state, ctx.session_id).await),
+    };
     if tunnel.service(&header.service).is_none() {
         return Err(StreamReply::refused(
             "unknown_service",
@@ -242,5 +238,23 @@ async fn open_upstream(
             "agent_timeout",
             "the agent did not answer in time",
         )),
+    }
+}
+
+/// Why a session has no live tunnel, as a refusal for the operator.
+async fn no_tunnel(state: &AppState, session_id: Uuid) -> StreamReply {
+    match state.stores.sessions.session(session_id).await {
+        Ok(Some(s)) if s.status == SessionStatus::GracePeriod => StreamReply::refused(
+            "agent_reconnecting",
+            "the agent is reconnecting; try again in a moment",
+        ),
+        Ok(Some(s)) if s.status.is_final() => StreamReply::refused(
+            "session_ended",
+            format!("the session is {}", s.status.as_str()),
+        ),
+        _ => StreamReply::refused(
+            "agent_unavailable",
+            "the agent of this session is not connected",
+        ),
     }
 }

@@ -28,6 +28,7 @@ pub mod enroll;
 pub mod error;
 mod forward;
 pub mod keys;
+pub mod lifecycle;
 pub mod registry;
 pub mod server;
 pub mod state;

@@ -71,13 +71,21 @@ impl Registry {
         old
     }
 
-    /// Removes the tunnel of `session_id`, if it is still registered.
-    pub fn remove(&self, session_id: Uuid) {
+    /// Removes `tunnel` if it is still the one registered for its session.
+    /// Returns true when no tunnel is left for that session (so the session
+    /// lost its tunnel), false when another tunnel has taken it over.
+    pub fn remove(&self, tunnel: &Arc<LiveTunnel>) -> bool {
         let mut maps = self.lock();
-        if let Some(t) = maps.by_session.remove(&session_id)
-            && maps.by_system.get(&t.system_id) == Some(&session_id)
-        {
-            maps.by_system.remove(&t.system_id);
+        match maps.by_session.get(&tunnel.session_id) {
+            Some(current) if Arc::ptr_eq(current, tunnel) => {
+                maps.by_session.remove(&tunnel.session_id);
+                if maps.by_system.get(&tunnel.system_id) == Some(&tunnel.session_id) {
+                    maps.by_system.remove(&tunnel.system_id);
+                }
+                true
+            }
+            Some(_) => false,
+            None => true,
         }
     }
 

@@ -10,7 +10,7 @@ use axum::Router;
 use axum::serve::ListenerExt;
 use rtunnel_core::proto::CloseCode;
 use rtunnel_core::store::sqlite::SqliteStore;
-use rtunnel_core::store::{SessionStatus, StoreError, now_millis};
+use rtunnel_core::store::{StoreError, now_millis};
 use rtunnel_core::token::TokenSigner;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -91,15 +91,17 @@ impl ServerBuilder {
                 )?)
             }
         };
-        // Tunnels die with the process that held them.
-        let ended = stores
+        // Tunnels die with the process that held them: their sessions get a
+        // grace period for their agents to come back.
+        let grace_ms = self.config.grace_period.as_millis() as i64;
+        let recovered = stores
             .sessions
-            .end_unfinished_sessions(SessionStatus::Expired, "server restarted", now_millis())
+            .recover_unfinished(grace_ms, now_millis())
             .await?;
-        if ended > 0 {
+        if recovered > 0 {
             tracing::info!(
-                sessions = ended,
-                "ended sessions left open by a previous run"
+                sessions = recovered,
+                "sessions left open by a previous run wait for their agents"
             );
         }
         Ok(Server {
@@ -166,6 +168,7 @@ impl Server {
         let listener = listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
+        tokio::spawn(crate::lifecycle::sweeper(state.clone()));
         let drain_state = state.clone();
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {

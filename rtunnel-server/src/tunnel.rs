@@ -3,8 +3,11 @@
 //! HTTP Basic `key:secret` authenticates the system (401 with the envelope
 //! and a `tunnel_auth_failed` audit event otherwise, never saying which half
 //! was wrong). The WebSocket then carries yamux; the agent opens the control
-//! stream, says hello and sends its manifest, and the session goes from
-//! `pending` to `active`. When the tunnel ends the session ends with it.
+//! stream and says hello, presenting its reconnect token if it is coming
+//! back. A valid token within the grace period gets the same session back;
+//! otherwise a new `pending` session starts. The server answers with a fresh
+//! single-use reconnect token, the manifest makes the session `active`, and
+//! when the tunnel is lost the session enters its grace period.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,17 +16,19 @@ use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use rtunnel_auth::secret::{verify_against_nothing, verify_secret};
-use rtunnel_core::control::{ControlChannel, ControlEnd, send_welcome, server_handshake};
+use rtunnel_auth::secret::{generate_secret, hash_secret, verify_against_nothing, verify_secret};
+use rtunnel_core::control::{ControlChannel, ControlEnd, Hello, send_welcome, server_handshake};
 use rtunnel_core::frame::read_frame;
 use rtunnel_core::mux::{Mux, YamuxMux};
-use rtunnel_core::proto::{CloseCode, Control, MAX_CONTROL_FRAME_BYTES};
+use rtunnel_core::proto::{CloseCode, Control, MAX_CONTROL_FRAME_BYTES, Resume};
+use rtunnel_core::session::Event;
 use rtunnel_core::store::{AuditEvent, SessionRecord, SessionStatus, System, now_millis};
 use rtunnel_core::ws::{MAX_WS_MESSAGE_BYTES, WsStream};
 use uuid::Uuid;
 
 use crate::api::auth::basic_credentials;
 use crate::error::ApiError;
+use crate::lifecycle;
 use crate::registry::{LiveTunnel, describe};
 use crate::state::AppState;
 
@@ -44,37 +49,16 @@ pub(crate) async fn tunnel_endpoint(
             "this endpoint only accepts WebSocket upgrades",
         )
     })?;
-    let now = now_millis();
-    let session = SessionRecord {
-        id: Uuid::new_v4(),
-        system_id: system.id,
-        status: SessionStatus::Pending,
-        created_at: now,
-        activated_at: None,
-        ended_at: None,
-        end_reason: None,
-        expires_at: now + state.config.session_ttl.as_millis() as i64,
-        agent_addr: Some(peer.to_string()),
-        agent_software: None,
-        services: Vec::new(),
-    };
     let mut event = AuditEvent::new("tunnel_connected");
     event.actor = Some(system.key.clone());
     event.system_id = Some(system.id);
-    event.session_id = Some(session.id);
     event.ip_address = Some(peer.ip().to_string());
     state.audit(event).await?;
     Ok(ws
         .max_message_size(MAX_WS_MESSAGE_BYTES)
         .max_frame_size(MAX_WS_MESSAGE_BYTES)
         .on_upgrade(move |socket| async move {
-            // Created only once the upgrade succeeded, so a client that
-            // vanishes mid-upgrade leaves no pending session behind.
-            if let Err(e) = state.stores.sessions.create_session(&session).await {
-                crate::state::log_store_error("creating a session", &e);
-                return;
-            }
-            run_tunnel(state, system, session.id, peer, socket).await;
+            run_tunnel(state, system, peer, socket).await;
         }))
 }
 
@@ -117,31 +101,47 @@ fn truncate(s: &str, max: usize) -> String {
     s.chars().take(max).collect()
 }
 
-async fn run_tunnel(
-    state: Arc<AppState>,
-    system: System,
-    session_id: Uuid,
-    peer: SocketAddr,
-    socket: WebSocket,
-) {
+async fn run_tunnel(state: Arc<AppState>, system: System, peer: SocketAddr, socket: WebSocket) {
     let mux = Arc::new(YamuxMux::server(WsStream::new(socket), &state.mux_config()));
-    let reason = match serve_tunnel(&state, &system, session_id, mux.clone()).await {
-        Ok(reason) => reason,
+    let (control, hello) = match server_handshake(&*mux, state.config.handshake_timeout).await {
+        Ok(ok) => ok,
+        Err(e) => {
+            tracing::warn!(system = %system.name, %peer, "tunnel handshake failed: {e}");
+            mux.close();
+            return;
+        }
+    };
+    let session_id = match attach_session(&state, &system, &hello, peer).await {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::error!(system = %system.name, "cannot attach a session: {e}");
+            mux.close();
+            return;
+        }
+    };
+    let (reason, tunnel) = match serve_tunnel(
+        &state,
+        &system,
+        session_id,
+        &hello,
+        control,
+        mux.clone(),
+    )
+    .await
+    {
+        Ok(ok) => ok,
         Err(reason) => {
             tracing::warn!(system = %system.name, %session_id, %peer, "tunnel refused: {reason}");
-            reason
+            (reason, None)
         }
     };
     mux.close();
-    state.registry.remove(session_id);
-    let status = SessionStatus::Expired;
-    if let Err(e) = state
-        .stores
-        .sessions
-        .end_session(session_id, status, &reason, now_millis())
-        .await
-    {
-        crate::state::log_store_error("ending a session", &e);
+    // Only the last tunnel of a session ends it: a tunnel that was taken
+    // over by the agent's new connection leaves the session alone.
+    let session_lost = tunnel.as_ref().is_none_or(|t| state.registry.remove(t));
+    if session_lost {
+        let grace_ms = state.config.grace_period.as_millis() as i64;
+        lifecycle::apply(&state, session_id, Event::TunnelLost { grace_ms }).await;
     }
     let mut event = AuditEvent::new("tunnel_disconnected");
     event.actor = Some(system.key.clone());
@@ -152,19 +152,112 @@ async fn run_tunnel(
     state.audit_best_effort(event).await;
 }
 
-/// Runs one tunnel; returns why it ended (Err when it never became active).
+/// The session this tunnel carries: the one the agent resumes, if its
+/// token is good and the session can resume, or a new one.
+async fn attach_session(
+    state: &AppState,
+    system: &System,
+    hello: &Hello,
+    peer: SocketAddr,
+) -> Result<Uuid, rtunnel_core::store::StoreError> {
+    if let Some(resume) = &hello.resume {
+        match try_resume(state, system, resume).await? {
+            Ok(()) => {
+                let mut event = AuditEvent::new("session_resumed");
+                event.actor = Some(system.key.clone());
+                event.system_id = Some(system.id);
+                event.session_id = Some(resume.session_id);
+                event.ip_address = Some(peer.ip().to_string());
+                state.audit_best_effort(event).await;
+                tracing::info!(system = %system.name, session = %resume.session_id, "agent resumed its session");
+                return Ok(resume.session_id);
+            }
+            Err(why) => {
+                tracing::info!(system = %system.name, session = %resume.session_id, "not resuming: {why}; starting a new session");
+            }
+        }
+    }
+    let now = now_millis();
+    let session = SessionRecord {
+        id: Uuid::new_v4(),
+        system_id: system.id,
+        status: SessionStatus::Pending,
+        created_at: now,
+        activated_at: None,
+        ended_at: None,
+        end_reason: None,
+        expires_at: now + state.config.session_ttl.as_millis() as i64,
+        grace_until: None,
+        reconnect_token_hash: None,
+        agent_addr: Some(peer.to_string()),
+        agent_software: None,
+        services: Vec::new(),
+    };
+    state.stores.sessions.create_session(&session).await?;
+    Ok(session.id)
+}
+
+/// Checks a resume request and moves the session back to `active`.
+async fn try_resume(
+    state: &AppState,
+    system: &System,
+    resume: &Resume,
+) -> Result<Result<(), String>, rtunnel_core::store::StoreError> {
+    let Some(session) = state.stores.sessions.session(resume.session_id).await? else {
+        return Ok(Err("no such session".into()));
+    };
+    let token_ok = match &session.reconnect_token_hash {
+        Some(hash) => verify_secret(&resume.token, hash),
+        None => verify_against_nothing(&resume.token),
+    };
+    if session.system_id != system.id || !token_ok {
+        return Ok(Err(
+            "the reconnect token is not valid for this system".into()
+        ));
+    }
+    let transition = match session.lifecycle().step(Event::Resumed, now_millis()) {
+        Ok(t) => t,
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    // The token is single use: it is replaced before the welcome goes out.
+    if !state
+        .stores
+        .sessions
+        .apply_lifecycle(
+            session.id,
+            session.status,
+            &transition.next,
+            None,
+            now_millis(),
+        )
+        .await?
+    {
+        return Ok(Err("the session changed meanwhile".into()));
+    }
+    lifecycle::perform(state, session.id, &transition.actions).await;
+    Ok(Ok(()))
+}
+
+/// Runs one tunnel; returns why it ended and the registered tunnel (Err when
+/// it never became active).
 async fn serve_tunnel(
     state: &Arc<AppState>,
     system: &System,
     session_id: Uuid,
+    hello: &Hello,
+    mut control: rtunnel_core::mux::YamuxStream,
     mux: Arc<YamuxMux>,
-) -> Result<String, String> {
+) -> Result<(String, Option<Arc<LiveTunnel>>), String> {
     let timeout = state.config.handshake_timeout;
     let heartbeat = state.config.heartbeat_interval;
-    let (mut control, hello) = server_handshake(&*mux, timeout)
+    let token = generate_secret();
+    state
+        .stores
+        .sessions
+        .set_reconnect_token(session_id, &hash_secret(&token))
         .await
-        .map_err(|e| format!("handshake failed: {e}"))?;
-    send_welcome(&mut control, session_id, heartbeat)
+        .map_err(|e| format!("cannot store the reconnect token: {e}"))?;
+    send_welcome(&mut control, session_id, heartbeat, Some(token))
         .await
         .map_err(|e| format!("handshake failed: {e}"))?;
     let services = match tokio::time::timeout(
@@ -235,5 +328,5 @@ async fn serve_tunnel(
         ControlEnd::Lost(why) => format!("tunnel lost: {why}"),
     };
     tracing::info!(system = %system.name, %session_id, "tunnel ended: {reason}; {}", describe(&tunnel));
-    Ok(reason)
+    Ok((reason, Some(tunnel)))
 }

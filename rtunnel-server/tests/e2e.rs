@@ -215,35 +215,45 @@ async fn wrong_secret_gets_401_is_audited_and_the_agent_backs_off() {
     assert!(agent.log_text().contains("check the key and secret"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agent_reconnects_after_the_server_is_killed_and_restarted() {
-    let mut s = setup().await;
-    let first = s.session.clone();
-    let addr = s.server.addr.to_string();
-    s.server.proc.kill();
-    let server = ServerProc::start_on(&s.server.dir, &addr, &[]).await;
-    let second = wait_for("a new active session", || async {
-        let id = active_session(&server, &s.token, &s.sys.id).await;
-        (id != first).then_some(id)
-    })
-    .await;
-    let (_fwd, local) = start_forward(&server, &s.token, &second, "echo").await;
-    let data = random_bytes(1 << 20);
-    assert!(echo_through(local, &data).await == data);
-    // The session of the dead process was ended on restart.
-    let (_, body) = http_get(
-        server.addr,
-        &format!("/api/v1/sessions/{first}"),
-        Some(&s.token),
-    )
-    .await
-    .unwrap();
-    assert!(body.contains("\"expired\""), "{body}");
-    assert!(s.agent.is_running());
+/// The status of a session, read through the API.
+async fn session_status(server: &ServerProc, token: &str, id: &str) -> Option<serde_json::Value> {
+    let (status, body) = http_get(server.addr, &format!("/api/v1/sessions/{id}"), Some(token))
+        .await
+        .ok()?;
+    (status == 200)
+        .then(|| serde_json::from_str(&body).ok())
+        .flatten()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_tells_the_agent_to_come_back_at_once() {
+async fn after_a_crash_the_agent_resumes_the_same_session_and_forward_works_again() {
+    let mut s = setup().await;
+    let (_fwd, local) = start_forward(&s.server, &s.token, &s.session, "echo").await;
+    assert!(echo_through(local, b"before").await == b"before");
+    let addr = s.server.addr.to_string();
+    s.server.proc.kill();
+    let server = ServerProc::start_on(&s.server.dir, &addr, &[]).await;
+    // The session the dead process held waits in grace, then its agent
+    // comes back with its reconnect token: same session, active again.
+    wait_for("the same session to be active again", || async {
+        let v = session_status(&server, &s.token, &s.session).await?;
+        (v["status"] == "active").then_some(())
+    })
+    .await;
+    assert_eq!(
+        active_session(&server, &s.token, &s.sys.id).await,
+        s.session
+    );
+    // The forward started before the crash redials on its next connection.
+    let data = random_bytes(1 << 20);
+    assert!(echo_through(local, &data).await == data);
+    assert_eq!(audit_events(&server.dir, "session_resumed").await.len(), 1);
+    assert!(s.agent.is_running());
+    assert!(s.agent.log_text().contains("resumed the session"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_tells_the_agent_to_come_back_at_once_to_the_same_session() {
     let mut s = setup().await;
     let addr = s.server.addr.to_string();
     s.server.proc.signal("TERM");
@@ -255,7 +265,36 @@ async fn sigterm_tells_the_agent_to_come_back_at_once() {
     })
     .await;
     let server = ServerProc::start_on(&s.server.dir, &addr, &[]).await;
-    active_session(&server, &s.token, &s.sys.id).await;
+    wait_for("the same session to be active again", || async {
+        let v = session_status(&server, &s.token, &s.session).await?;
+        (v["status"] == "active").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_leaves_its_session_in_grace_then_expired() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(tmp.path(), &["--grace-period", "2s"]).await;
+    let sys = enroll(&server, "box");
+    let token = user_with_token(&server, "alice", "admin");
+    let echo = echo_service().await;
+    let mut agent = start_agent(&server, &sys, &format!("echo={echo}"), &[]);
+    let session = active_session(&server, &token, &sys.id).await;
+    agent.kill();
+    let v = wait_for("the session to enter its grace period", || async {
+        let v = session_status(&server, &token, &session).await?;
+        (v["status"] == "grace_period").then_some(v)
+    })
+    .await;
+    assert!(v["grace_until"].is_string(), "{v}");
+    let v = wait_for("the grace period to run out", || async {
+        let v = session_status(&server, &token, &session).await?;
+        (v["status"] == "expired").then_some(v)
+    })
+    .await;
+    assert_eq!(v["end_reason"], "the agent did not come back in time");
+    assert_eq!(audit_events(&server.dir, "session_expired").await.len(), 1);
 }
 
 #[tokio::test]

@@ -26,6 +26,8 @@ struct Harness {
     base: String,
     session: Uuid,
     system: Uuid,
+    key: String,
+    secret: String,
 }
 
 /// An audit sink that fails while its switch is on: the audit store going
@@ -50,6 +52,10 @@ async fn harness() -> Harness {
 }
 
 async fn harness_with(audit_failing: Arc<AtomicBool>) -> Harness {
+    harness_full(audit_failing, Duration::from_millis(100)).await
+}
+
+async fn harness_full(audit_failing: Arc<AtomicBool>, reconnect_delay: Duration) -> Harness {
     let tmp = tempfile::tempdir().unwrap();
     let config = ServerConfig {
         data_dir: tmp.path().to_owned(),
@@ -78,9 +84,9 @@ async fn harness_with(audit_failing: Arc<AtomicBool>) -> Harness {
     let echo = echo_service().await;
     let agent = Agent::builder()
         .url(format!("ws://{addr}/api/v1/tunnel"))
-        .credentials(enrolled.key, enrolled.secret)
+        .credentials(enrolled.key.clone(), enrolled.secret.clone())
         .services(parse_services(&format!("echo={echo}")).unwrap())
-        .reconnect_delay(Duration::from_millis(100))
+        .reconnect_delay(reconnect_delay)
         .build()
         .unwrap();
     tokio::spawn(async move { agent.run(std::future::pending()).await });
@@ -95,6 +101,8 @@ async fn harness_with(audit_failing: Arc<AtomicBool>) -> Harness {
         base: format!("http://{addr}"),
         session,
         system: system.id,
+        key: enrolled.key,
+        secret: enrolled.secret,
     }
 }
 
@@ -413,4 +421,108 @@ async fn lists_paginate_and_every_error_answers_the_envelope() {
     let (status, v) = api(&h, "GET", &session, &viewer, None).await;
     assert_eq!(status, 403);
     assert_envelope(&v, "no_grant");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_grace_new_streams_hear_the_agent_is_reconnecting_then_work_when_it_is_back() {
+    // The agent waits 3 to 6 s before reconnecting: a window to look in.
+    let h = harness_full(Arc::new(AtomicBool::new(false)), Duration::from_secs(6)).await;
+    let (_, token) = user(&h, "ann", Role::Admin).await;
+    let fwd = Forwarder::connect(forward_config(&h, &token))
+        .await
+        .unwrap();
+    // Cut the tunnel under the agent.
+    h.state.registry.by_session(h.session).unwrap().mux.close();
+    wait_for("the session to enter grace", || {
+        let state = h.state.clone();
+        let id = h.session;
+        async move {
+            let s = state.stores.sessions.session(id).await.ok()??;
+            (s.status == rtunnel_core::store::SessionStatus::GracePeriod).then_some(())
+        }
+    })
+    .await;
+    match fwd.open().await {
+        Err(ForwardError::Refused { code, reason }) => {
+            assert_eq!(code, "agent_reconnecting");
+            assert!(reason.contains("reconnecting"), "{reason}");
+        }
+        other => panic!("expected agent_reconnecting, got {other:?}"),
+    }
+    // A forward can also be opened during grace.
+    let fwd2 = Forwarder::connect(forward_config(&h, &token))
+        .await
+        .unwrap();
+    wait_for("the agent to resume its session", || {
+        let state = h.state.clone();
+        let id = h.session;
+        async move { state.registry.by_session(id).map(|_| ()) }
+    })
+    .await;
+    for f in [&fwd, &fwd2] {
+        let mut s = f.open().await.unwrap();
+        s.write_all(b"back").await.unwrap();
+        let mut got = [0u8; 4];
+        s.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"back");
+    }
+    let session = h
+        .state
+        .stores
+        .sessions
+        .session(h.session)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(session.status, rtunnel_core::store::SessionStatus::Active);
+    assert_eq!(session.grace_until, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_token_is_single_use() {
+    use rtunnel_core::control::client_handshake;
+    use rtunnel_core::proto::Resume;
+    let h = harness().await;
+    // Take the current token: the server stores only its hash, so make a new
+    // one the way the server does and store it, as if it had been issued.
+    let token = rtunnel_auth::secret::generate_secret();
+    let hash = rtunnel_auth::secret::hash_secret(&token);
+    h.state
+        .stores
+        .sessions
+        .set_reconnect_token(h.session, &hash)
+        .await
+        .unwrap();
+    let resume = Resume {
+        session_id: h.session,
+        token: token.clone(),
+    };
+    // First use, through a real tunnel connection, resumes the session.
+    let first = dial_tunnel(&h).await;
+    let w1 = client_handshake(&*first, "test", Some(resume.clone()))
+        .await
+        .unwrap();
+    assert_eq!(w1.session_id, h.session);
+    assert!(w1.reconnect_token.as_deref().is_some_and(|t| t != token));
+    // Second use of the same token: refused, a new session is started.
+    let second = dial_tunnel(&h).await;
+    let w2 = client_handshake(&*second, "test", Some(resume))
+        .await
+        .unwrap();
+    assert_ne!(w2.session_id, h.session);
+}
+
+/// A raw tunnel connection with the harness system's credentials.
+async fn dial_tunnel(h: &Harness) -> Arc<rtunnel_core::mux::YamuxMux> {
+    use base64::Engine;
+    let url = format!("ws{}/api/v1/tunnel", h.base.trim_start_matches("http"));
+    let auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", h.key, h.secret))
+    );
+    let ws = rtunnel_agent::dial::dial(&url, &auth, false).await.unwrap();
+    Arc::new(rtunnel_core::mux::YamuxMux::client(
+        rtunnel_core::ws::WsStream::new(ws),
+        &rtunnel_core::mux::MuxConfig::default(),
+    ))
 }

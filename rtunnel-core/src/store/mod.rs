@@ -145,6 +145,17 @@ pub enum SessionStatus {
     Closed,
 }
 
+impl SessionRecord {
+    /// The state-machine view of this session.
+    pub fn lifecycle(&self) -> crate::session::Lifecycle {
+        crate::session::Lifecycle {
+            status: self.status,
+            expires_at: self.expires_at,
+            grace_until: self.grace_until,
+        }
+    }
+}
+
 impl SessionStatus {
     /// The status as stored and shown.
     pub fn as_str(self) -> &'static str {
@@ -196,6 +207,11 @@ pub struct SessionRecord {
     pub end_reason: Option<String>,
     /// When its lifetime ends.
     pub expires_at: Millis,
+    /// While in `grace_period`: when the agent's chance to come back ends.
+    pub grace_until: Option<Millis>,
+    /// Hash of the agent's current reconnect token; never shown.
+    #[serde(skip)]
+    pub reconnect_token_hash: Option<String>,
     /// The agent's address as the server saw it.
     pub agent_addr: Option<String>,
     /// The agent's software string from its hello.
@@ -326,21 +342,25 @@ pub trait SessionStore: Send + Sync {
         agent_software: &str,
         now: Millis,
     ) -> Result<(), StoreError>;
-    /// Moves a session to a final state with a reason, unless already final.
-    async fn end_session(
+    /// Stores a transition of the state machine, if the session is still in
+    /// `from` (compare and set); returns whether it was stored. A final
+    /// status also records `now` as its end and `end_reason`.
+    async fn apply_lifecycle(
         &self,
         id: Uuid,
-        status: SessionStatus,
-        reason: &str,
+        from: SessionStatus,
+        next: &crate::session::Lifecycle,
+        end_reason: Option<&str>,
         now: Millis,
-    ) -> Result<(), StoreError>;
-    /// Ends every session not yet final (left over by a stopped process).
-    async fn end_unfinished_sessions(
-        &self,
-        status: SessionStatus,
-        reason: &str,
-        now: Millis,
-    ) -> Result<u64, StoreError>;
+    ) -> Result<bool, StoreError>;
+    /// Replaces the hash of a session's reconnect token.
+    async fn set_reconnect_token(&self, id: Uuid, hash: &str) -> Result<(), StoreError>;
+    /// After a restart: sessions whose tunnels died with the previous process
+    /// go to `grace_period` until `now + grace_ms` (pending ones expire).
+    async fn recover_unfinished(&self, grace_ms: Millis, now: Millis) -> Result<u64, StoreError>;
+    /// Sessions not final whose lifetime or grace period has run out.
+    async fn due_sessions(&self, now: Millis, limit: u32)
+    -> Result<Vec<SessionRecord>, StoreError>;
     /// Finds a session.
     async fn session(&self, id: Uuid) -> Result<Option<SessionRecord>, StoreError>;
     /// Lists sessions.

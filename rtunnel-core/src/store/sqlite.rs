@@ -133,6 +133,8 @@ fn session_from(row: &SqliteRow) -> Result<SessionRecord, StoreError> {
         ended_at: get(row, "ended_at")?,
         end_reason: get(row, "end_reason")?,
         expires_at: get(row, "expires_at")?,
+        grace_until: get(row, "grace_until")?,
+        reconnect_token_hash: get(row, "reconnect_token_hash")?,
         agent_addr: get(row, "agent_addr")?,
         agent_software: get(row, "agent_software")?,
         services,
@@ -360,7 +362,8 @@ impl SessionStore for SqliteStore {
         let manifest = serde_json::to_string(&s.services).unwrap_or_else(|_| "[]".into());
         sqlx::query(
             "INSERT INTO sessions (id, system_id, status, created_at, activated_at, ended_at, end_reason, \
-             expires_at, agent_addr, agent_software, manifest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             expires_at, agent_addr, agent_software, manifest, grace_until, reconnect_token_hash) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(s.id.to_string())
         .bind(s.system_id.to_string())
@@ -373,6 +376,8 @@ impl SessionStore for SqliteStore {
         .bind(&s.agent_addr)
         .bind(&s.agent_software)
         .bind(manifest)
+        .bind(s.grace_until)
+        .bind(&s.reconnect_token_hash)
         .execute(&self.pool)
         .await
         .map_err(backend)?;
@@ -389,7 +394,7 @@ impl SessionStore for SqliteStore {
         let manifest = serde_json::to_string(services).unwrap_or_else(|_| "[]".into());
         let done = sqlx::query(
             "UPDATE sessions SET status = 'active', manifest = ?2, activated_at = COALESCE(activated_at, ?3), \
-             agent_software = ?4 WHERE id = ?1 AND status IN ('pending', 'active', 'grace_period')",
+             agent_software = ?4, grace_until = NULL WHERE id = ?1 AND status IN ('pending', 'active', 'grace_period')",
         )
         .bind(id.to_string())
         .bind(manifest)
@@ -404,44 +409,81 @@ impl SessionStore for SqliteStore {
         Ok(())
     }
 
-    async fn end_session(
+    async fn apply_lifecycle(
         &self,
         id: Uuid,
-        status: SessionStatus,
-        reason: &str,
+        from: SessionStatus,
+        next: &crate::session::Lifecycle,
+        end_reason: Option<&str>,
         now: Millis,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE sessions SET status = ?2, end_reason = ?3, ended_at = ?4 \
-             WHERE id = ?1 AND status NOT IN ('expired', 'closed')",
+    ) -> Result<bool, StoreError> {
+        let ended_at = next.status.is_final().then_some(now);
+        let done = sqlx::query(
+            "UPDATE sessions SET status = ?3, expires_at = ?4, grace_until = ?5, \
+             ended_at = COALESCE(?6, ended_at), end_reason = COALESCE(?7, end_reason) \
+             WHERE id = ?1 AND status = ?2",
         )
         .bind(id.to_string())
-        .bind(status.as_str())
-        .bind(reason)
-        .bind(now)
+        .bind(from.as_str())
+        .bind(next.status.as_str())
+        .bind(next.expires_at)
+        .bind(next.grace_until)
+        .bind(ended_at)
+        .bind(end_reason)
         .execute(&self.pool)
         .await
         .map_err(backend)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn set_reconnect_token(&self, id: Uuid, hash: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE sessions SET reconnect_token_hash = ?2 WHERE id = ?1")
+            .bind(id.to_string())
+            .bind(hash)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
         Ok(())
     }
 
-    async fn end_unfinished_sessions(
-        &self,
-        status: SessionStatus,
-        reason: &str,
-        now: Millis,
-    ) -> Result<u64, StoreError> {
-        let done = sqlx::query(
-            "UPDATE sessions SET status = ?1, end_reason = ?2, ended_at = ?3 \
-             WHERE status NOT IN ('expired', 'closed')",
+    async fn recover_unfinished(&self, grace_ms: Millis, now: Millis) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let expired = sqlx::query(
+            "UPDATE sessions SET status = 'expired', ended_at = ?1, \
+             end_reason = 'server restarted before the manifest arrived' WHERE status = 'pending'",
         )
-        .bind(status.as_str())
-        .bind(reason)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(backend)?;
-        Ok(done.rows_affected())
+        let graced = sqlx::query(
+            "UPDATE sessions SET status = 'grace_period', grace_until = ?1 \
+             WHERE status IN ('active', 'grace_period')",
+        )
+        .bind(now.saturating_add(grace_ms))
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(expired.rows_affected() + graced.rows_affected())
+    }
+
+    async fn due_sessions(
+        &self,
+        now: Millis,
+        limit: u32,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM sessions WHERE status IN ('pending', 'active', 'grace_period') \
+             AND (expires_at <= ?1 OR (status = 'grace_period' AND grace_until <= ?1)) \
+             ORDER BY expires_at LIMIT ?2",
+        )
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(session_from).collect()
     }
 
     async fn session(&self, id: Uuid) -> Result<Option<SessionRecord>, StoreError> {
@@ -678,6 +720,8 @@ mod tests {
             ended_at: None,
             end_reason: None,
             expires_at: now + 1000,
+            grace_until: None,
+            reconnect_token_hash: None,
             agent_addr: Some("127.0.0.1:1".into()),
             agent_software: None,
             services: vec![],
@@ -696,16 +740,53 @@ mod tests {
         assert_eq!(got.status, SessionStatus::Active);
         assert_eq!(got.services, manifest);
         assert_eq!(got.agent_software.as_deref(), Some("agent/1"));
-        s.end_session(rec.id, SessionStatus::Expired, "tunnel lost", now)
-            .await
+        use crate::session::{Event, Lifecycle};
+        let lost = got
+            .lifecycle()
+            .step(Event::TunnelLost { grace_ms: 500 }, now)
             .unwrap();
+        assert!(
+            s.apply_lifecycle(rec.id, SessionStatus::Active, &lost.next, None, now)
+                .await
+                .unwrap()
+        );
+        // Compare and set: a stale view does not overwrite.
+        assert!(
+            !s.apply_lifecycle(rec.id, SessionStatus::Active, &lost.next, None, now)
+                .await
+                .unwrap()
+        );
+        assert!(s.due_sessions(now + 499, 10).await.unwrap().is_empty());
+        let due = s.due_sessions(now + 500, 10).await.unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].grace_until, Some(now + 500));
+        let over = due[0].lifecycle().step(Event::Tick, now + 500).unwrap();
+        s.apply_lifecycle(
+            rec.id,
+            SessionStatus::GracePeriod,
+            &over.next,
+            over.end_reason,
+            now + 500,
+        )
+        .await
+        .unwrap();
         // Final states stay final.
-        s.end_session(rec.id, SessionStatus::Closed, "again", now)
-            .await
-            .unwrap();
+        let closed = Lifecycle {
+            status: SessionStatus::Closed,
+            ..over.next
+        };
+        assert!(
+            !s.apply_lifecycle(rec.id, SessionStatus::Active, &closed, Some("again"), now)
+                .await
+                .unwrap()
+        );
         let got = s.session(rec.id).await.unwrap().unwrap();
         assert_eq!(got.status, SessionStatus::Expired);
-        assert_eq!(got.end_reason.as_deref(), Some("tunnel lost"));
+        assert_eq!(
+            got.end_reason.as_deref(),
+            Some("the agent did not come back in time")
+        );
+        assert_eq!(got.ended_at, Some(now + 500));
         assert!(
             s.activate_session(rec.id, &manifest, "agent/1", now)
                 .await
@@ -722,5 +803,49 @@ mod tests {
                 .total,
             1
         );
+    }
+
+    #[tokio::test]
+    async fn restart_recovery_puts_live_sessions_in_grace_and_expires_pending_ones() {
+        let (_d, s) = store().await;
+        let sys = system("delta");
+        s.create_system(&sys).await.unwrap();
+        let now = now_millis();
+        let mut ids = Vec::new();
+        for status in [
+            SessionStatus::Pending,
+            SessionStatus::Active,
+            SessionStatus::Closed,
+        ] {
+            let rec = SessionRecord {
+                id: Uuid::new_v4(),
+                system_id: sys.id,
+                status,
+                created_at: now,
+                activated_at: None,
+                ended_at: None,
+                end_reason: None,
+                expires_at: now + 100_000,
+                grace_until: None,
+                reconnect_token_hash: Some("h".into()),
+                agent_addr: None,
+                agent_software: None,
+                services: vec![],
+            };
+            s.create_session(&rec).await.unwrap();
+            ids.push(rec.id);
+        }
+        assert_eq!(s.recover_unfinished(60_000, now).await.unwrap(), 2);
+        let get = |i: usize| {
+            let s = s.clone();
+            let id = ids[i];
+            async move { s.session(id).await.unwrap().unwrap() }
+        };
+        assert_eq!(get(0).await.status, SessionStatus::Expired);
+        let active = get(1).await;
+        assert_eq!(active.status, SessionStatus::GracePeriod);
+        assert_eq!(active.grace_until, Some(now + 60_000));
+        assert_eq!(active.reconnect_token_hash.as_deref(), Some("h"));
+        assert_eq!(get(2).await.status, SessionStatus::Closed);
     }
 }
