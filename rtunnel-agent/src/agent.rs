@@ -13,7 +13,7 @@ use rtunnel_core::mux::{Mux, MuxConfig, YamuxMux, YamuxStream};
 use rtunnel_core::proto::{CloseCode, Control, Resume, StreamKind, StreamReply};
 use rtunnel_core::relay::relay;
 use rtunnel_core::setup::{accept_header, refuse};
-use rtunnel_core::ws::WsStream;
+use rtunnel_core::ws::{CLOSE_SESSION_CLOSED, WsStream};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
@@ -231,7 +231,7 @@ impl Agent {
             };
             let delay = match outcome {
                 Outcome::Closed(reason) => {
-                    tracing::info!("session closed by an operator ({reason}); not reconnecting");
+                    tracing::info!("session over: {reason}; not reconnecting");
                     return Ok(AgentExit::SessionClosed(reason));
                 }
                 Outcome::Replaced(reason) => return Err(AgentError::Replaced(reason)),
@@ -281,7 +281,9 @@ impl Agent {
                 return Outcome::Failed(describe_dial(&cfg.url, &e), is_auth);
             }
         };
-        let mux = Arc::new(YamuxMux::client(WsStream::new(ws), &MuxConfig::default()));
+        let ws = WsStream::new(ws);
+        let ws_close = ws.close_handle();
+        let mux = Arc::new(YamuxMux::client(ws, &MuxConfig::default()));
         let previous = resume.as_ref().map(|r| r.session_id);
         let welcome = match client_handshake(&*mux, SOFTWARE, resume.clone()).await {
             Ok(ok) => ok,
@@ -338,6 +340,9 @@ impl Agent {
             _ = accept_loop => ControlEnd::Lost("tunnel connection closed".into()),
         };
         mux.close();
+        if ws_close.received() == Some(CLOSE_SESSION_CLOSED) {
+            return Outcome::Closed("the server closed the connection with code 4000".into());
+        }
         match end {
             ControlEnd::PeerClosed {
                 code: CloseCode::SessionClosed,

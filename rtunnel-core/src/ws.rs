@@ -27,6 +27,10 @@ pub const MAX_WRITE_BUFFER_BYTES: usize = 256 * 1024;
 /// for [`MAX_WRITE_BUFFER_BYTES`] plus any yamux frame.
 pub const MAX_WS_MESSAGE_BYTES: usize = 2 * 1024 * 1024;
 
+/// WebSocket close code telling an agent its session was closed on purpose
+/// and it must not reconnect.
+pub const CLOSE_SESSION_CLOSED: u16 = 4000;
+
 /// What the adapter does with one incoming message.
 #[derive(Debug)]
 pub enum Incoming {
@@ -34,16 +38,67 @@ pub enum Incoming {
     Data(Bytes),
     /// A message to skip (Ping, Pong, Text).
     Skip,
-    /// The peer is closing: end of stream.
-    Close,
+    /// The peer is closing, with its close code if any: end of stream.
+    Close(Option<u16>),
 }
 
 /// A WebSocket message type the adapter can carry bytes in.
 pub trait WsMessage: Sized {
     /// A binary message holding `data`.
     fn binary(data: Bytes) -> Self;
+    /// A close message with a code and reason.
+    fn close(code: u16, reason: &str) -> Self;
     /// Classifies an incoming message.
     fn classify(self) -> Incoming;
+}
+
+/// Shared view of a [`WsStream`]'s close codes: the code to close with, and
+/// the code the peer sent.
+#[derive(Debug, Clone, Default)]
+pub struct CloseHandle(std::sync::Arc<CloseState>);
+
+#[derive(Debug, Default)]
+struct CloseState {
+    /// Fast check on the write path.
+    code_set: std::sync::atomic::AtomicBool,
+    codes: std::sync::Mutex<CloseCodes>,
+}
+
+#[derive(Debug, Default)]
+struct CloseCodes {
+    to_send: Option<(u16, String)>,
+    received: Option<u16>,
+}
+
+impl CloseHandle {
+    /// Ends the stream with a Close message carrying `code` and `reason`:
+    /// the next write or shutdown sends it (after what is already buffered)
+    /// and later writes fail. Used when the multiplexer's own goodbye would
+    /// hide the code from the peer, which stops reading at that goodbye.
+    pub fn set_code(&self, code: u16, reason: &str) {
+        let mut reason = reason.to_owned();
+        // A close reason is limited to 123 bytes by the protocol.
+        while reason.len() > 123 {
+            reason.pop();
+        }
+        self.lock().to_send = Some((code, reason));
+        self.0
+            .code_set
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The close code the peer sent, once its Close has been read.
+    pub fn received(&self) -> Option<u16> {
+        self.lock().received
+    }
+
+    fn is_set(&self) -> bool {
+        self.0.code_set.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CloseCodes> {
+        self.0.codes.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// `AsyncRead + AsyncWrite` over a stream and sink of WebSocket messages.
@@ -53,6 +108,8 @@ pub struct WsStream<S> {
     read_buf: Bytes,
     read_eof: bool,
     write_buf: BytesMut,
+    close: CloseHandle,
+    close_sent: bool,
 }
 
 impl<S> WsStream<S> {
@@ -63,7 +120,14 @@ impl<S> WsStream<S> {
             read_buf: Bytes::new(),
             read_eof: false,
             write_buf: BytesMut::new(),
+            close: CloseHandle::default(),
+            close_sent: false,
         }
+    }
+
+    /// The handle to this stream's close codes.
+    pub fn close_handle(&self) -> CloseHandle {
+        self.close.clone()
     }
 
     /// Returns the wrapped connection.
@@ -86,6 +150,22 @@ where
         ready!(Pin::new(&mut self.inner).poll_ready(cx)).map_err(to_io)?;
         let msg = M::binary(self.write_buf.split().freeze());
         Pin::new(&mut self.inner).start_send(msg).map_err(to_io)?;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Sends the Close message with the code set on the handle, once.
+    fn poll_send_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.close_sent {
+            return Poll::Ready(Ok(()));
+        }
+        let code = self.close.lock().to_send.clone();
+        if let Some((code, reason)) = code {
+            ready!(Pin::new(&mut self.inner).poll_ready(cx)).map_err(to_io)?;
+            Pin::new(&mut self.inner)
+                .start_send(M::close(code, &reason))
+                .map_err(to_io)?;
+        }
+        self.close_sent = true;
         Poll::Ready(Ok(()))
     }
 }
@@ -129,7 +209,10 @@ where
                 Some(Ok(msg)) => match msg.classify() {
                     Incoming::Data(data) => this.read_buf = data,
                     Incoming::Skip => {}
-                    Incoming::Close => this.read_eof = true,
+                    Incoming::Close(code) => {
+                        this.close.lock().received = code;
+                        this.read_eof = true;
+                    }
                 },
             }
         }
@@ -148,6 +231,15 @@ where
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.close.is_set() {
+            ready!(this.poll_send_buffered(cx))?;
+            ready!(this.poll_send_close(cx))?;
+            ready!(Pin::new(&mut this.inner).poll_flush(cx)).map_err(to_io)?;
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the WebSocket was closed with a code",
+            )));
+        }
         if this.write_buf.len() >= MAX_WRITE_BUFFER_BYTES {
             ready!(this.poll_send_buffered(cx))?;
         }
@@ -165,6 +257,7 @@ where
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         ready!(this.poll_send_buffered(cx))?;
+        ready!(this.poll_send_close(cx))?;
         Pin::new(&mut this.inner).poll_close(cx).map_err(to_io)
     }
 }
@@ -175,11 +268,19 @@ impl WsMessage for tokio_tungstenite::tungstenite::Message {
         Self::Binary(data)
     }
 
+    fn close(code: u16, reason: &str) -> Self {
+        use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+        Self::Close(Some(CloseFrame {
+            code: code.into(),
+            reason: reason.to_owned().into(),
+        }))
+    }
+
     fn classify(self) -> Incoming {
         use tokio_tungstenite::tungstenite::Message;
         match self {
             Message::Binary(data) => Incoming::Data(data),
-            Message::Close(_) => Incoming::Close,
+            Message::Close(frame) => Incoming::Close(frame.map(|f| u16::from(f.code))),
             Message::Text(_) | Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {
                 Incoming::Skip
             }
@@ -193,11 +294,18 @@ impl WsMessage for axum::extract::ws::Message {
         Self::Binary(data)
     }
 
+    fn close(code: u16, reason: &str) -> Self {
+        Self::Close(Some(axum::extract::ws::CloseFrame {
+            code,
+            reason: reason.to_owned().into(),
+        }))
+    }
+
     fn classify(self) -> Incoming {
         use axum::extract::ws::Message;
         match self {
             Message::Binary(data) => Incoming::Data(data),
-            Message::Close(_) => Incoming::Close,
+            Message::Close(frame) => Incoming::Close(frame.map(|f| f.code)),
             Message::Text(_) | Message::Ping(_) | Message::Pong(_) => Incoming::Skip,
         }
     }
@@ -254,6 +362,24 @@ mod tests {
         assert_eq!(got, b"x");
         let mut more = [0u8; 8];
         assert_eq!(stream.read(&mut more).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn close_codes_cross_both_ways() {
+        let (client, server) = pair().await;
+        let mut a = WsStream::new(client);
+        let mut b = WsStream::new(server);
+        let (ha, hb) = (a.close_handle(), b.close_handle());
+        b.write_all(b"last words").await.unwrap();
+        b.flush().await.unwrap();
+        hb.set_code(CLOSE_SESSION_CLOSED, "closed by an operator");
+        // The next write (a multiplexer's goodbye) becomes the Close.
+        assert!(b.write_all(b"goodbye").await.is_err());
+        let mut rest = Vec::new();
+        a.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"last words");
+        assert_eq!(ha.received(), Some(CLOSE_SESSION_CLOSED));
+        assert_eq!(hb.received(), None);
     }
 
     #[tokio::test]

@@ -89,7 +89,9 @@ async fn step_and_store(
             "session state changed"
         );
     }
-    if t.next.status.is_final() {
+    // An operator's close is audited by the API, with the operator's name,
+    // before it happens; endings the server decides are audited here.
+    if t.next.status.is_final() && event != Event::OperatorClosed {
         let mut ev = AuditEvent::new(&format!("session_{}", t.next.status.as_str()));
         ev.actor = Some("system".into());
         ev.system_id = Some(session.system_id);

@@ -32,7 +32,8 @@ impl LiveTunnel {
         self.services.iter().find(|s| s.name == name)
     }
 
-    /// Tells the agent why, then closes the tunnel.
+    /// Tells the agent why, then closes the tunnel (a closed session also
+    /// ends the WebSocket with close code 4000, see the tunnel endpoint).
     pub async fn close(&self, code: CloseCode, reason: &str) {
         let msg = Control::Close {
             code,

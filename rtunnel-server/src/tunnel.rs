@@ -23,7 +23,7 @@ use rtunnel_core::mux::{Mux, YamuxMux};
 use rtunnel_core::proto::{CloseCode, Control, MAX_CONTROL_FRAME_BYTES, Resume};
 use rtunnel_core::session::Event;
 use rtunnel_core::store::{AuditEvent, SessionRecord, SessionStatus, System, now_millis};
-use rtunnel_core::ws::{MAX_WS_MESSAGE_BYTES, WsStream};
+use rtunnel_core::ws::{CLOSE_SESSION_CLOSED, MAX_WS_MESSAGE_BYTES, WsStream};
 use uuid::Uuid;
 
 use crate::api::auth::basic_credentials;
@@ -102,7 +102,9 @@ fn truncate(s: &str, max: usize) -> String {
 }
 
 async fn run_tunnel(state: Arc<AppState>, system: System, peer: SocketAddr, socket: WebSocket) {
-    let mux = Arc::new(YamuxMux::server(WsStream::new(socket), &state.mux_config()));
+    let ws = WsStream::new(socket);
+    let ws_close = ws.close_handle();
+    let mux = Arc::new(YamuxMux::server(ws, &state.mux_config()));
     let (control, hello) = match server_handshake(&*mux, state.config.handshake_timeout).await {
         Ok(ok) => ok,
         Err(e) => {
@@ -126,6 +128,7 @@ async fn run_tunnel(state: Arc<AppState>, system: System, peer: SocketAddr, sock
         &hello,
         control,
         mux.clone(),
+        ws_close,
     )
     .await
     {
@@ -247,6 +250,7 @@ async fn serve_tunnel(
     hello: &Hello,
     mut control: rtunnel_core::mux::YamuxStream,
     mux: Arc<YamuxMux>,
+    ws_close: rtunnel_core::ws::CloseHandle,
 ) -> Result<(String, Option<Arc<LiveTunnel>>), String> {
     let timeout = state.config.handshake_timeout;
     let heartbeat = state.config.heartbeat_interval;
@@ -315,9 +319,14 @@ async fn serve_tunnel(
         end = channel.run(control, heartbeat, |_| {}) => end,
         _ = mux.closed() => ControlEnd::Lost("tunnel connection closed".into()),
     };
-    if let ControlEnd::LocalClose(_) = end {
+    if let ControlEnd::LocalClose(code) = end {
         // Let the close message reach the agent: it hangs up when it reads it.
         let _ = tokio::time::timeout(CLOSE_LINGER, mux.closed()).await;
+        if code == CloseCode::SessionClosed {
+            // If it did not, the WebSocket itself says it: close code 4000,
+            // sent instead of yamux's goodbye, which the agent would stop at.
+            ws_close.set_code(CLOSE_SESSION_CLOSED, "session closed");
+        }
     }
     let reason = match end {
         ControlEnd::PeerClosed { code, reason } => {

@@ -297,6 +297,106 @@ async fn a_killed_agent_leaves_its_session_in_grace_then_expired() {
     assert_eq!(audit_events(&server.dir, "session_expired").await.len(), 1);
 }
 
+/// Sends a request with a bearer token and optional JSON body.
+async fn send(
+    server: &ServerProc,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let (status, text) = http_raw(server.addr, &req).await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_a_session_ends_the_agent_with_exit_0_and_one_log_line() {
+    let mut s = setup().await;
+    let path = format!("/api/v1/sessions/{}", s.session);
+    let (status, v) = send(&s.server, "DELETE", &path, &s.token, "").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["status"], "closed");
+    assert_eq!(v["end_reason"], "closed by an operator");
+    let exit = s.agent.wait_exit().await;
+    assert_eq!(exit.code(), Some(0), "{}", s.agent.log_text());
+    let log = s.agent.log_text();
+    let lines: Vec<_> = log
+        .lines()
+        .filter(|l| l.contains("not reconnecting"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(lines[0].contains("closed by an operator"), "{log}");
+    assert_eq!(
+        audit_events(&s.server.dir, "tunnel_connected").await.len(),
+        1,
+        "the agent reconnected"
+    );
+    let closed = audit_events(&s.server.dir, "session_closed").await;
+    assert_eq!(closed.len(), 1);
+    assert_eq!(closed[0].actor.as_deref(), Some("alice"));
+    let (status, v) = send(&s.server, "DELETE", &path, &s.token, "").await;
+    assert_eq!(status, 409, "{v}");
+    assert_eq!(v["code"], "session_ended");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_end_of_a_sessions_lifetime_closes_it_the_same_way_and_extend_pushes_it_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(tmp.path(), &["--session-ttl", "3s"]).await;
+    let sys = enroll(&server, "box");
+    let token = user_with_token(&server, "alice", "admin");
+    let mut agent = start_agent(&server, &sys, "", &[]);
+    let session = active_session(&server, &token, &sys.id).await;
+    let path = format!("/api/v1/sessions/{session}/extend");
+    let (status, v) = send(&server, "PATCH", &path, &token, r#"{"hours":0}"#).await;
+    assert_eq!((status, v["code"].as_str()), (400, Some("invalid_hours")));
+    // Extending pushes the end back by exactly the hours asked.
+    let before = session_status(&server, &token, &session).await.unwrap();
+    let (status, v) = send(&server, "PATCH", &path, &token, r#"{"hours":1}"#).await;
+    assert_eq!(status, 200, "{v}");
+    let parse = |v: &serde_json::Value| {
+        humantime::parse_rfc3339(v["expires_at"].as_str().unwrap()).unwrap()
+    };
+    assert_eq!(
+        parse(&v).duration_since(parse(&before)).unwrap(),
+        Duration::from_secs(3600)
+    );
+    assert_eq!(audit_events(&server.dir, "session_extended").await.len(), 1);
+
+    // A second session, not extended, ends at its lifetime.
+    agent.kill();
+    wait_for("grace", || async {
+        let v = session_status(&server, &token, &session).await?;
+        (v["status"] == "grace_period").then_some(())
+    })
+    .await;
+    let (status, _) = send(
+        &server,
+        "DELETE",
+        &format!("/api/v1/sessions/{session}"),
+        &token,
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let mut agent = start_agent(&server, &sys, "", &[]);
+    let second = wait_for("a new session", || async {
+        let id = active_session(&server, &token, &sys.id).await;
+        (id != session).then_some(id)
+    })
+    .await;
+    let exit = agent.wait_exit().await;
+    assert_eq!(exit.code(), Some(0), "{}", agent.log_text());
+    assert!(agent.log_text().contains("session lifetime ended"));
+    let v = session_status(&server, &token, &second).await.unwrap();
+    assert_eq!(v["status"], "closed");
+    assert_eq!(v["end_reason"], "session lifetime ended");
+}
+
 #[tokio::test]
 async fn bad_configuration_exits_2_with_one_clear_line() {
     let tmp = tempfile::tempdir().unwrap();

@@ -514,15 +514,70 @@ async fn a_reconnect_token_is_single_use() {
 
 /// A raw tunnel connection with the harness system's credentials.
 async fn dial_tunnel(h: &Harness) -> Arc<rtunnel_core::mux::YamuxMux> {
+    dial_tunnel_with_close(h).await.0
+}
+
+/// [`dial_tunnel`], also returning the WebSocket's close-code handle.
+async fn dial_tunnel_with_close(
+    h: &Harness,
+) -> (
+    Arc<rtunnel_core::mux::YamuxMux>,
+    rtunnel_core::ws::CloseHandle,
+) {
     use base64::Engine;
     let url = format!("ws{}/api/v1/tunnel", h.base.trim_start_matches("http"));
     let auth = format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", h.key, h.secret))
     );
-    let ws = rtunnel_agent::dial::dial(&url, &auth, false).await.unwrap();
-    Arc::new(rtunnel_core::mux::YamuxMux::client(
-        rtunnel_core::ws::WsStream::new(ws),
+    let ws = rtunnel_core::ws::WsStream::new(
+        rtunnel_agent::dial::dial(&url, &auth, false).await.unwrap(),
+    );
+    let close = ws.close_handle();
+    let mux = Arc::new(rtunnel_core::mux::YamuxMux::client(
+        ws,
         &rtunnel_core::mux::MuxConfig::default(),
-    ))
+    ));
+    (mux, close)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_a_session_sends_websocket_close_code_4000() {
+    use rtunnel_core::control::client_handshake;
+    use rtunnel_core::mux::Mux;
+    let h = harness().await;
+    let (_, admin) = user(&h, "ann", Role::Admin).await;
+    // A second system with a hand-driven tunnel that ignores its control
+    // stream, so only the WebSocket close can tell it.
+    let (mux, close) = dial_tunnel_with_close(&h).await;
+    let mut w = client_handshake(&*mux, "test", None).await.unwrap();
+    write_frame(
+        &mut w.stream,
+        &rtunnel_core::proto::Control::Manifest { services: vec![] },
+    )
+    .await
+    .unwrap();
+    let session = w.session_id;
+    wait_for("the hand-driven session to be active", || {
+        let state = h.state.clone();
+        async move { state.registry.by_session(session).map(|_| ()) }
+    })
+    .await;
+    let (status, v) = api(
+        &h,
+        "DELETE",
+        &format!("/api/v1/sessions/{session}"),
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    tokio::time::timeout(Duration::from_secs(20), mux.closed())
+        .await
+        .unwrap();
+    assert_eq!(
+        close.received(),
+        Some(rtunnel_core::ws::CLOSE_SESSION_CLOSED)
+    );
+    drop(w.stream);
 }

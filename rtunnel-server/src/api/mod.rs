@@ -10,7 +10,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
-use axum::routing::get;
+use axum::routing::{get, patch};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -28,7 +28,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/systems", get(systems::list).post(systems::create))
         .route("/api/v1/systems/{id}", get(systems::show))
         .route("/api/v1/sessions", get(sessions::list))
-        .route("/api/v1/sessions/{id}", get(sessions::show))
+        .route(
+            "/api/v1/sessions/{id}",
+            get(sessions::show).delete(sessions::close),
+        )
+        .route("/api/v1/sessions/{id}/extend", patch(sessions::extend))
         .route("/api/v1/sessions/{id}/services", get(sessions::services))
         .route(
             "/api/v1/sessions/{id}/forward",

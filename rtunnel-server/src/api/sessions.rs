@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use rtunnel_auth::access::Action;
 use rtunnel_core::proto::ServiceInfo;
 use rtunnel_core::store::{
@@ -16,7 +16,10 @@ use super::auth::{CurrentUser, authorize};
 use super::extract::Query;
 use super::{PageQuery, parse_id};
 use crate::error::ApiError;
+use crate::lifecycle::{self, ApplyError};
 use crate::state::AppState;
+use rtunnel_core::session::{Event, TransitionError};
+use rtunnel_core::store::AuditEvent;
 
 /// A session as the API shows it.
 #[derive(Debug, Serialize)]
@@ -158,4 +161,116 @@ pub(super) async fn services(
         page_size: page.page_size,
         total,
     }))
+}
+
+/// Maps a refused lifecycle change to the API's answer.
+fn lifecycle_error(e: ApplyError) -> ApiError {
+    match e {
+        ApplyError::NotFound => ApiError::not_found("session_not_found", "no such session"),
+        ApplyError::Refused(TransitionError::BadExtension) => {
+            ApiError::bad_request("invalid_hours", "hours must be positive")
+        }
+        ApplyError::Refused(e) => ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "session_ended",
+            e.to_string(),
+        ),
+        ApplyError::Conflict => ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "session_changed",
+            "the session changed meanwhile; try again",
+        ),
+        ApplyError::Store(e) => e.into(),
+    }
+}
+
+/// Loads a session the user may manage (close, extend) and audits the action
+/// before it happens.
+async fn manageable(
+    state: &AppState,
+    user: &rtunnel_core::store::User,
+    raw_id: &str,
+    event: &str,
+    peer: std::net::SocketAddr,
+    details: serde_json::Value,
+) -> Result<SessionRecord, ApiError> {
+    let session = readable(state, user, raw_id).await?;
+    authorize(state, user, Action::ManageSession, session.system_id).await?;
+    if session.status.is_final() {
+        return Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "session_ended",
+            format!("the session is {}", session.status.as_str()),
+        ));
+    }
+    let mut ev = AuditEvent::new(event);
+    ev.actor = Some(user.name.clone());
+    ev.system_id = Some(session.system_id);
+    ev.session_id = Some(session.id);
+    ev.ip_address = Some(peer.ip().to_string());
+    ev.details = details;
+    state.audit(ev).await?;
+    Ok(session)
+}
+
+pub(super) async fn close(
+    State(state): State<Arc<AppState>>,
+    CurrentUser(user): CurrentUser,
+    Path(id): Path<String>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+) -> Result<Json<SessionView>, ApiError> {
+    let session = manageable(
+        &state,
+        &user,
+        &id,
+        "session_closed",
+        peer,
+        serde_json::json!({}),
+    )
+    .await?;
+    lifecycle::try_apply(&state, session.id, Event::OperatorClosed)
+        .await
+        .map_err(lifecycle_error)?;
+    tracing::info!(user = %user.name, session = %session.id, "session closed by an operator");
+    Ok(Json(reload(&state, session.id).await?))
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct ExtendBody {
+    hours: i64,
+}
+
+/// Longest single extension.
+pub(crate) const MAX_EXTEND_HOURS: i64 = 24 * 30;
+
+pub(super) async fn extend(
+    State(state): State<Arc<AppState>>,
+    CurrentUser(user): CurrentUser,
+    Path(id): Path<String>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    super::extract::Json(body): super::extract::Json<ExtendBody>,
+) -> Result<Json<SessionView>, ApiError> {
+    if !(1..=MAX_EXTEND_HOURS).contains(&body.hours) {
+        return Err(ApiError::bad_request(
+            "invalid_hours",
+            format!("hours must be between 1 and {MAX_EXTEND_HOURS}"),
+        ));
+    }
+    let details = serde_json::json!({"hours": body.hours});
+    let session = manageable(&state, &user, &id, "session_extended", peer, details).await?;
+    let by_ms = body.hours * 3_600_000;
+    lifecycle::try_apply(&state, session.id, Event::Extended { by_ms })
+        .await
+        .map_err(lifecycle_error)?;
+    Ok(Json(reload(&state, session.id).await?))
+}
+
+async fn reload(state: &AppState, id: Uuid) -> Result<SessionView, ApiError> {
+    let session = state
+        .stores
+        .sessions
+        .session(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("session_not_found", "no such session"))?;
+    Ok(session.into())
 }
