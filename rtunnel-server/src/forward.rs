@@ -18,9 +18,10 @@ use rtunnel_core::mux::{Mux, YamuxMux, YamuxStream};
 use rtunnel_core::proto::{StreamHeader, StreamKind, StreamReply};
 use rtunnel_core::relay::relay;
 use rtunnel_core::setup::{self, SetupError};
-use rtunnel_core::store::{AuditEvent, SessionStatus, User, now_millis};
+use rtunnel_core::store::{AccessLog, AuditEvent, SessionStatus, User, now_millis};
 use rtunnel_core::ws::{MAX_WS_MESSAGE_BYTES, WsStream};
 use serde::Deserialize;
+use tokio::sync::OwnedSemaphorePermit;
 use uuid::Uuid;
 
 use crate::api::auth::{CurrentUser, authorize};
@@ -154,7 +155,7 @@ async fn serve_stream(ctx: Arc<ForwardCtx>, mut stream: YamuxStream) {
     let Some(header) = setup::accept_header(&mut stream, timeout).await else {
         return;
     };
-    let mut upstream = match open_upstream(&ctx, &header).await {
+    let (mut upstream, _permit) = match open_upstream(&ctx, &header).await {
         Ok(ok) => ok,
         Err(refusal) => {
             tracing::info!(user = %ctx.user.name, service = %header.service, "stream refused: {refusal:?}");
@@ -162,11 +163,48 @@ async fn serve_stream(ctx: Arc<ForwardCtx>, mut stream: YamuxStream) {
             return;
         }
     };
+    // The access log entry exists before any byte flows.
+    let entry = AccessLog {
+        id: Uuid::new_v4(),
+        session_id: ctx.session_id,
+        kind: "forward".into(),
+        service: Some(header.service.clone()),
+        actor: ctx.user.name.clone(),
+        ip_address: Some(ctx.peer.ip().to_string()),
+        opened_at: now_millis(),
+        closed_at: None,
+        bytes_to_service: 0,
+        bytes_from_service: 0,
+        error: None,
+    };
+    let sessions = &ctx.state.stores.sessions;
+    if let Err(e) = sessions.open_access(&entry).await {
+        tracing::error!(error = %e, "cannot write the access log");
+        let reply = StreamReply::refused("unavailable", "the access log could not be written");
+        setup::refuse(&mut stream, reply).await;
+        return;
+    }
     if write_frame(&mut stream, &StreamReply::Ok).await.is_err() {
+        let _ = sessions
+            .close_access(entry.id, now_millis(), 0, 0, Some("operator went away"))
+            .await;
         return;
     }
     let opened = std::time::Instant::now();
     let outcome = relay(&mut stream, &mut upstream).await;
+    let error = outcome.result.as_ref().err().map(ToString::to_string);
+    if let Err(e) = sessions
+        .close_access(
+            entry.id,
+            now_millis(),
+            outcome.a_to_b,
+            outcome.b_to_a,
+            error.as_deref(),
+        )
+        .await
+    {
+        tracing::error!(error = %e, "cannot complete the access log entry");
+    }
     tracing::info!(
         user = %ctx.user.name,
         session = %ctx.session_id,
@@ -174,7 +212,7 @@ async fn serve_stream(ctx: Arc<ForwardCtx>, mut stream: YamuxStream) {
         bytes_to_service = outcome.a_to_b,
         bytes_from_service = outcome.b_to_a,
         duration_ms = opened.elapsed().as_millis() as u64,
-        error = outcome.result.as_ref().err().map(ToString::to_string),
+        error,
         "forwarded connection closed"
     );
 }
@@ -183,7 +221,7 @@ async fn serve_stream(ctx: Arc<ForwardCtx>, mut stream: YamuxStream) {
 async fn open_upstream(
     ctx: &ForwardCtx,
     header: &StreamHeader,
-) -> Result<YamuxStream, StreamReply> {
+) -> Result<(YamuxStream, OwnedSemaphorePermit), StreamReply> {
     if header.kind != StreamKind::Tcp {
         return Err(StreamReply::refused(
             "unsupported_kind",
@@ -224,13 +262,23 @@ async fn open_upstream(
             format!("the session has no service named {:?}", header.service),
         ));
     }
+    // Held for the life of the stream; the limit leaves the tunnel healthy.
+    let permit = tunnel.streams.clone().try_acquire_owned().map_err(|_| {
+        StreamReply::refused(
+            "too_many_streams",
+            format!(
+                "this tunnel already carries {} streams (--max-streams-per-tunnel)",
+                state.config.max_streams_per_tunnel
+            ),
+        )
+    })?;
     let mut upstream = tunnel
         .mux
         .open()
         .await
         .map_err(|e| StreamReply::refused("agent_unavailable", e.to_string()))?;
     match setup::request(&mut upstream, header, state.config.handshake_timeout).await {
-        Ok(()) => Ok(upstream),
+        Ok(()) => Ok((upstream, permit)),
         // The agent's own refusal goes back to the operator unchanged.
         Err(SetupError::Refused { code, reason }) => Err(StreamReply::Refused { code, reason }),
         Err(SetupError::Failed(e)) => Err(StreamReply::refused("agent_unavailable", e.to_string())),

@@ -24,6 +24,8 @@ pub struct LiveTunnel {
     pub services: Vec<ServiceInfo>,
     /// Messages to the agent's control stream.
     pub control: mpsc::Sender<Control>,
+    /// One permit per stream the tunnel may carry at once.
+    pub streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl LiveTunnel {

@@ -306,6 +306,9 @@ async fn serve_tunnel(
         mux: mux.clone(),
         services,
         control: channel.outbox.clone(),
+        streams: Arc::new(tokio::sync::Semaphore::new(
+            state.config.max_streams_per_tunnel,
+        )),
     });
     if let Some(old) = state.registry.insert(tunnel.clone()) {
         tracing::info!(system = %system.name, old = %old.session_id, "a new agent connection replaces the old one");

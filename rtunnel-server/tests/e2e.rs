@@ -21,8 +21,12 @@ struct Setup {
 /// A server, an enrolled system whose agent offers an echo and an HTTP
 /// service, and an admin token; waits for the session to be active.
 async fn setup() -> Setup {
+    setup_with(&[]).await
+}
+
+async fn setup_with(server_flags: &[&str]) -> Setup {
     let tmp = tempfile::tempdir().unwrap();
-    let server = ServerProc::start(tmp.path(), &[]).await;
+    let server = ServerProc::start(tmp.path(), server_flags).await;
     let sys = enroll(&server, "customer-box");
     let token = user_with_token(&server, "alice", "admin");
     let echo = echo_service().await;
@@ -51,7 +55,8 @@ async fn sixty_four_mib_of_random_bytes_come_back_byte_exact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_concurrent_connections_through_one_forward_come_back_exact() {
-    let s = setup().await;
+    // 100 at once is past the default of 64 streams per tunnel.
+    let s = setup_with(&["--max-streams-per-tunnel", "128"]).await;
     let (fwd, local) = start_forward(&s.server, &s.token, &s.session, "echo").await;
     let mut tasks = Vec::new();
     for i in 0..100usize {
@@ -78,6 +83,22 @@ async fn http_get_through_a_forward_gets_the_page() {
     let (status, body) = http_get(local, "/", None).await.unwrap();
     assert_eq!(status, 200);
     assert_eq!(body, PAGE);
+    // The access log has the connection: who, from where, bytes, times.
+    let path = format!("/api/v1/sessions/{}/logs", s.session);
+    let entry = wait_for("the access log entry to close", || async {
+        let (_, body) = http_get(s.server.addr, &path, Some(&s.token)).await.ok()?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let e = v["items"][0].clone();
+        e["closed_at"].is_string().then_some(e)
+    })
+    .await;
+    assert_eq!(entry["kind"], "forward");
+    assert_eq!(entry["service"], "web");
+    assert_eq!(entry["user"], "alice");
+    assert_eq!(entry["ip_address"], "127.0.0.1");
+    assert!(entry["opened_at"].is_string());
+    assert!(entry["bytes_to_service"].as_u64().unwrap() > 20);
+    assert!(entry["bytes_from_service"].as_u64().unwrap() as usize > PAGE.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -52,13 +52,18 @@ async fn harness() -> Harness {
 }
 
 async fn harness_with(audit_failing: Arc<AtomicBool>) -> Harness {
-    harness_full(audit_failing, Duration::from_millis(100)).await
+    harness_full(audit_failing, Duration::from_millis(100), 64).await
 }
 
-async fn harness_full(audit_failing: Arc<AtomicBool>, reconnect_delay: Duration) -> Harness {
+async fn harness_full(
+    audit_failing: Arc<AtomicBool>,
+    reconnect_delay: Duration,
+    max_streams_per_tunnel: usize,
+) -> Harness {
     let tmp = tempfile::tempdir().unwrap();
     let config = ServerConfig {
         data_dir: tmp.path().to_owned(),
+        max_streams_per_tunnel,
         ..ServerConfig::default()
     };
     let store = SqliteStore::open(&tmp.path().join("rtunnel.db"))
@@ -426,7 +431,7 @@ async fn lists_paginate_and_every_error_answers_the_envelope() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn during_grace_new_streams_hear_the_agent_is_reconnecting_then_work_when_it_is_back() {
     // The agent waits 3 to 6 s before reconnecting: a window to look in.
-    let h = harness_full(Arc::new(AtomicBool::new(false)), Duration::from_secs(6)).await;
+    let h = harness_full(Arc::new(AtomicBool::new(false)), Duration::from_secs(6), 64).await;
     let (_, token) = user(&h, "ann", Role::Admin).await;
     let fwd = Forwarder::connect(forward_config(&h, &token))
         .await
@@ -580,4 +585,46 @@ async fn closing_a_session_sends_websocket_close_code_4000() {
         Some(rtunnel_core::ws::CLOSE_SESSION_CLOSED)
     );
     drop(w.stream);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_past_the_per_tunnel_limit_are_refused_while_the_others_carry_on() {
+    let h = harness_full(
+        Arc::new(AtomicBool::new(false)),
+        Duration::from_millis(100),
+        2,
+    )
+    .await;
+    let (_, token) = user(&h, "ann", Role::Admin).await;
+    let fwd = Forwarder::connect(forward_config(&h, &token))
+        .await
+        .unwrap();
+    let mut a = fwd.open().await.unwrap();
+    let mut b = fwd.open().await.unwrap();
+    match fwd.open().await {
+        Err(ForwardError::Refused { code, reason }) => {
+            assert_eq!(code, "too_many_streams");
+            assert!(reason.contains("2 streams"), "{reason}");
+        }
+        other => panic!("expected too_many_streams, got {other:?}"),
+    }
+    for s in [&mut a, &mut b] {
+        s.write_all(b"ok").await.unwrap();
+        let mut got = [0u8; 2];
+        s.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ok");
+    }
+    // Closing one frees its place.
+    a.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    a.read_to_end(&mut rest).await.unwrap();
+    let mut c = wait_for("a free stream", || {
+        let fwd = fwd.clone();
+        async move { fwd.open().await.ok() }
+    })
+    .await;
+    c.write_all(b"c").await.unwrap();
+    let mut got = [0u8; 1];
+    c.read_exact(&mut got).await.unwrap();
+    assert_eq!(h.state.registry.len(), 1);
 }

@@ -361,6 +361,23 @@ pub trait SessionStore: Send + Sync {
     /// Sessions not final whose lifetime or grace period has run out.
     async fn due_sessions(&self, now: Millis, limit: u32)
     -> Result<Vec<SessionRecord>, StoreError>;
+    /// Records an access as it opens.
+    async fn open_access(&self, entry: &AccessLog) -> Result<(), StoreError>;
+    /// Records how an access ended.
+    async fn close_access(
+        &self,
+        id: Uuid,
+        closed_at: Millis,
+        bytes_to_service: u64,
+        bytes_from_service: u64,
+        error: Option<&str>,
+    ) -> Result<(), StoreError>;
+    /// The access log of a session, newest first.
+    async fn list_access(
+        &self,
+        session_id: Uuid,
+        page: Page,
+    ) -> Result<Paged<AccessLog>, StoreError>;
     /// Finds a session.
     async fn session(&self, id: Uuid) -> Result<Option<SessionRecord>, StoreError>;
     /// Lists sessions.
@@ -370,6 +387,33 @@ pub trait SessionStore: Send + Sync {
         now: Millis,
         page: Page,
     ) -> Result<Paged<SessionRecord>, StoreError>;
+}
+
+/// One connection an operator opened through a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AccessLog {
+    /// Id.
+    pub id: Uuid,
+    /// The session.
+    pub session_id: Uuid,
+    /// What kind of access: `forward` (later `terminal`, `proxy`).
+    pub kind: String,
+    /// The service reached.
+    pub service: Option<String>,
+    /// Who: the user's name.
+    pub actor: String,
+    /// From which address.
+    pub ip_address: Option<String>,
+    /// When it opened.
+    pub opened_at: Millis,
+    /// When it closed (none while open).
+    pub closed_at: Option<Millis>,
+    /// Bytes from the operator to the service.
+    pub bytes_to_service: u64,
+    /// Bytes from the service to the operator.
+    pub bytes_from_service: u64,
+    /// How it failed, if it did.
+    pub error: Option<String>,
 }
 
 /// One audit event (see the contract's Audit).

@@ -14,8 +14,9 @@ use sqlx::sqlite::{
 use uuid::Uuid;
 
 use super::{
-    ApiTokenRecord, AuditEvent, AuditSink, IdentityStore, Millis, Page, Paged, SessionFilter,
-    SessionRecord, SessionSort, SessionStatus, SessionStore, StoreError, System, User,
+    AccessLog, ApiTokenRecord, AuditEvent, AuditSink, IdentityStore, Millis, Page, Paged,
+    SessionFilter, SessionRecord, SessionSort, SessionStatus, SessionStore, StoreError, System,
+    User,
 };
 use crate::proto::ServiceInfo;
 
@@ -138,6 +139,24 @@ fn session_from(row: &SqliteRow) -> Result<SessionRecord, StoreError> {
         agent_addr: get(row, "agent_addr")?,
         agent_software: get(row, "agent_software")?,
         services,
+    })
+}
+
+fn access_from(row: &SqliteRow) -> Result<AccessLog, StoreError> {
+    let to: i64 = get(row, "bytes_to_service")?;
+    let from: i64 = get(row, "bytes_from_service")?;
+    Ok(AccessLog {
+        id: get_uuid(row, "id")?,
+        session_id: get_uuid(row, "session_id")?,
+        kind: get(row, "kind")?,
+        service: get(row, "service")?,
+        actor: get(row, "actor")?,
+        ip_address: get(row, "ip_address")?,
+        opened_at: get(row, "opened_at")?,
+        closed_at: get(row, "closed_at")?,
+        bytes_to_service: to.max(0) as u64,
+        bytes_from_service: from.max(0) as u64,
+        error: get(row, "error")?,
     })
 }
 
@@ -466,6 +485,79 @@ impl SessionStore for SqliteStore {
         .map_err(backend)?;
         tx.commit().await.map_err(backend)?;
         Ok(expired.rows_affected() + graced.rows_affected())
+    }
+
+    async fn open_access(&self, e: &AccessLog) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO access_logs (id, session_id, kind, service, actor, ip_address, opened_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(e.id.to_string())
+        .bind(e.session_id.to_string())
+        .bind(&e.kind)
+        .bind(&e.service)
+        .bind(&e.actor)
+        .bind(&e.ip_address)
+        .bind(e.opened_at)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn close_access(
+        &self,
+        id: Uuid,
+        closed_at: Millis,
+        bytes_to_service: u64,
+        bytes_from_service: u64,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE access_logs SET closed_at = ?2, bytes_to_service = ?3, bytes_from_service = ?4, \
+             error = ?5 WHERE id = ?1",
+        )
+        .bind(id.to_string())
+        .bind(closed_at)
+        .bind(i64::try_from(bytes_to_service).unwrap_or(i64::MAX))
+        .bind(i64::try_from(bytes_from_service).unwrap_or(i64::MAX))
+        .bind(error)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn list_access(
+        &self,
+        session_id: Uuid,
+        page: Page,
+    ) -> Result<Paged<AccessLog>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM access_logs WHERE session_id = ?1 ORDER BY opened_at DESC, id LIMIT ?2 OFFSET ?3",
+        )
+        .bind(session_id.to_string())
+        .bind(i64::from(page.page_size))
+        .bind(page.offset())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        let total: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM access_logs WHERE session_id = ?1")
+                .bind(session_id.to_string())
+                .fetch_one(&self.pool)
+                .await
+                .map_err(backend)?;
+        let items = rows
+            .iter()
+            .map(access_from)
+            .collect::<Result<_, StoreError>>()?;
+        Ok(Paged {
+            items,
+            page: page.page,
+            page_size: page.page_size,
+            total: total as u64,
+        })
     }
 
     async fn due_sessions(

@@ -33,6 +33,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(sessions::show).delete(sessions::close),
         )
         .route("/api/v1/sessions/{id}/extend", patch(sessions::extend))
+        .route("/api/v1/sessions/{id}/logs", get(sessions::logs))
         .route("/api/v1/sessions/{id}/services", get(sessions::services))
         .route(
             "/api/v1/sessions/{id}/forward",

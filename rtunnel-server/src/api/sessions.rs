@@ -274,3 +274,52 @@ async fn reload(state: &AppState, id: Uuid) -> Result<SessionView, ApiError> {
         .ok_or_else(|| ApiError::not_found("session_not_found", "no such session"))?;
     Ok(session.into())
 }
+
+pub(super) async fn logs(
+    State(state): State<Arc<AppState>>,
+    CurrentUser(user): CurrentUser,
+    Path(id): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> Result<Json<Paged<AccessLogView>>, ApiError> {
+    let page = q.page()?;
+    let session = readable(&state, &user, &id).await?;
+    let logs = state.stores.sessions.list_access(session.id, page).await?;
+    Ok(Json(Paged {
+        items: logs.items.into_iter().map(AccessLogView::from).collect(),
+        page: logs.page,
+        page_size: logs.page_size,
+        total: logs.total,
+    }))
+}
+
+/// An access-log entry as the API shows it.
+#[derive(Debug, Serialize)]
+pub(super) struct AccessLogView {
+    id: Uuid,
+    kind: String,
+    service: Option<String>,
+    user: String,
+    ip_address: Option<String>,
+    opened_at: String,
+    closed_at: Option<String>,
+    bytes_to_service: u64,
+    bytes_from_service: u64,
+    error: Option<String>,
+}
+
+impl From<rtunnel_core::store::AccessLog> for AccessLogView {
+    fn from(a: rtunnel_core::store::AccessLog) -> Self {
+        AccessLogView {
+            id: a.id,
+            kind: a.kind,
+            service: a.service,
+            user: a.actor,
+            ip_address: a.ip_address,
+            opened_at: rfc3339(a.opened_at),
+            closed_at: a.closed_at.map(rfc3339),
+            bytes_to_service: a.bytes_to_service,
+            bytes_from_service: a.bytes_from_service,
+            error: a.error,
+        }
+    }
+}
