@@ -8,6 +8,8 @@ mod support;
 use std::time::Duration;
 
 use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 struct Setup {
     _tmp: tempfile::TempDir,
@@ -416,6 +418,93 @@ async fn the_end_of_a_sessions_lifetime_closes_it_the_same_way_and_extend_pushes
     let v = session_status(&server, &token, &second).await.unwrap();
     assert_eq!(v["status"], "closed");
     assert_eq!(v["end_reason"], "session lifetime ended");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_mid_transfer_ends_the_operators_connection_and_nothing_hangs() {
+    let mut s = setup_with(&["--grace-period", "30s"]).await;
+    let (_fwd, local) = start_forward(&s.server, &s.token, &s.session, "echo").await;
+    let conn = TcpStream::connect(local).await.unwrap();
+    let (mut r, mut w) = conn.into_split();
+    // Keep sending; read what comes back.
+    let writer = tokio::spawn(async move {
+        let chunk = vec![7u8; 64 * 1024];
+        while w.write_all(&chunk).await.is_ok() {}
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = 0usize;
+    while got < 4 * 1024 * 1024 {
+        got += r.read(&mut buf).await.unwrap();
+    }
+    s.agent.kill();
+    // The operator's connection ends (end of file or reset), promptly.
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            match r.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the operator's connection hung after the agent died"
+    );
+    writer.abort();
+    wait_for("the session to enter grace", || async {
+        let v = session_status(&s.server, &s.token, &s.session).await?;
+        (v["status"] == "grace_period").then_some(())
+    })
+    .await;
+    // The access log recorded the transfer and its end.
+    let path = format!("/api/v1/sessions/{}/logs", s.session);
+    let entry = wait_for("the access log entry to close", || async {
+        let (_, body) = http_get(s.server.addr, &path, Some(&s.token)).await.ok()?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let e = v["items"][0].clone();
+        e["closed_at"].is_string().then_some(e)
+    })
+    .await;
+    assert!(entry["bytes_from_service"].as_u64().unwrap() >= 4 * 1024 * 1024);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_link_is_noticed_by_both_ends_and_the_session_comes_back_after_it_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Dead after three silent 400 ms intervals.
+    let server = ServerProc::start(
+        tmp.path(),
+        &["--heartbeat-interval", "400ms", "--grace-period", "60s"],
+    )
+    .await;
+    let sys = enroll(&server, "box");
+    let token = user_with_token(&server, "alice", "admin");
+    let proxy = PausableProxy::start(server.addr).await;
+    let echo = echo_service().await;
+    let url = format!("ws://{}/api/v1/tunnel", proxy.addr);
+    let agent = start_agent_at(&server, &url, &sys, &format!("echo={echo}"), &[]);
+    let session = active_session(&server, &token, &sys.id).await;
+
+    proxy.pause();
+    wait_for("the server to notice the silent link", || async {
+        let v = session_status(&server, &token, &session).await?;
+        (v["status"] == "grace_period").then_some(())
+    })
+    .await;
+    wait_for("the agent to notice the silent link", || {
+        let text = agent.log_text();
+        async move { text.contains("no heartbeat from the server").then_some(()) }
+    })
+    .await;
+    proxy.resume();
+    wait_for("the same session to be active again", || async {
+        let v = session_status(&server, &token, &session).await?;
+        (v["status"] == "active").then_some(())
+    })
+    .await;
+    let (_fwd, local) = start_forward(&server, &token, &session, "echo").await;
+    assert!(echo_through(local, b"after the pause").await == b"after the pause");
 }
 
 #[tokio::test]

@@ -218,11 +218,22 @@ pub fn user_with_token(server: &ServerProc, name: &str, role: &str) -> String {
 
 /// Starts an agent process.
 pub fn start_agent(server: &ServerProc, sys: &Enrolled, services: &str, extra: &[&str]) -> Proc {
+    start_agent_at(server, &server.tunnel_url(), sys, services, extra)
+}
+
+/// Starts an agent process dialing `url` (a proxy in front of the server).
+pub fn start_agent_at(
+    server: &ServerProc,
+    url: &str,
+    sys: &Enrolled,
+    services: &str,
+    extra: &[&str],
+) -> Proc {
     let log = server.dir.join(format!("agent-{}.log", unique()));
     let mut cmd = Command::new(agent_bin());
     cmd.arg("run")
         .arg("--url")
-        .arg(server.tunnel_url())
+        .arg(url)
         .arg("--key")
         .arg(&sys.key)
         .arg("--static-services")
@@ -410,4 +421,67 @@ pub fn random_bytes(n: usize) -> Vec<u8> {
     let mut v = vec![0u8; n];
     rand::rng().fill_bytes(&mut v);
     v
+}
+
+/// A TCP proxy whose links can be paused: bytes are held, sockets stay open,
+/// as when a NAT or a flaky link stops forwarding without resetting.
+pub struct PausableProxy {
+    pub addr: SocketAddr,
+    paused: tokio::sync::watch::Sender<bool>,
+}
+
+impl PausableProxy {
+    pub async fn start(upstream: SocketAddr) -> PausableProxy {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (paused, _) = tokio::sync::watch::channel(false);
+        let tx = paused.clone();
+        tokio::spawn(async move {
+            while let Ok((down, _)) = l.accept().await {
+                let Ok(up) = TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (dr, dw) = down.into_split();
+                let (ur, uw) = up.into_split();
+                tokio::spawn(pump(dr, uw, tx.subscribe()));
+                tokio::spawn(pump(ur, dw, tx.subscribe()));
+            }
+        });
+        PausableProxy { addr, paused }
+    }
+
+    pub fn pause(&self) {
+        self.paused.send_replace(true);
+    }
+
+    pub fn resume(&self) {
+        self.paused.send_replace(false);
+    }
+}
+
+async fn pump(
+    mut r: tokio::net::tcp::OwnedReadHalf,
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    mut paused: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        while *paused.borrow_and_update() {
+            if paused.changed().await.is_err() {
+                return;
+            }
+        }
+        // Reading is cancel-safe: a pause in the middle loses nothing.
+        let n = tokio::select! {
+            read = r.read(&mut buf) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            },
+            _ = paused.changed() => continue,
+        };
+        if w.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = w.shutdown().await;
 }
