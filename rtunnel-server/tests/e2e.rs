@@ -86,14 +86,7 @@ async fn http_get_through_a_forward_gets_the_page() {
     assert_eq!(status, 200);
     assert_eq!(body, PAGE);
     // The access log has the connection: who, from where, bytes, times.
-    let path = format!("/api/v1/sessions/{}/logs", s.session);
-    let entry = wait_for("the access log entry to close", || async {
-        let (_, body) = http_get(s.server.addr, &path, Some(&s.token)).await.ok()?;
-        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-        let e = v["items"][0].clone();
-        e["closed_at"].is_string().then_some(e)
-    })
-    .await;
+    let entry = newest_closed_access(&s.server, &s.token, &s.session).await;
     assert_eq!(entry["kind"], "forward");
     assert_eq!(entry["service"], "web");
     assert_eq!(entry["user"], "alice");
@@ -236,6 +229,22 @@ async fn wrong_secret_gets_401_is_audited_and_the_agent_backs_off() {
     assert_eq!(last.actor.as_deref(), Some(good_key.as_str()));
     assert_eq!(last.ip_address.as_deref(), Some("127.0.0.1"));
     assert!(agent.log_text().contains("check the key and secret"));
+}
+
+/// The newest access-log entry of a session, once it has closed.
+async fn newest_closed_access(
+    server: &ServerProc,
+    token: &str,
+    session: &str,
+) -> serde_json::Value {
+    let path = format!("/api/v1/sessions/{session}/logs");
+    wait_for("the access log entry to close", || async {
+        let (_, body) = http_get(server.addr, &path, Some(token)).await.ok()?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let e = v["items"][0].clone();
+        e["closed_at"].is_string().then_some(e)
+    })
+    .await
 }
 
 /// The status of a session, read through the API.
@@ -458,14 +467,7 @@ async fn an_agent_killed_mid_transfer_ends_the_operators_connection_and_nothing_
     })
     .await;
     // The access log recorded the transfer and its end.
-    let path = format!("/api/v1/sessions/{}/logs", s.session);
-    let entry = wait_for("the access log entry to close", || async {
-        let (_, body) = http_get(s.server.addr, &path, Some(&s.token)).await.ok()?;
-        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-        let e = v["items"][0].clone();
-        e["closed_at"].is_string().then_some(e)
-    })
-    .await;
+    let entry = newest_closed_access(&s.server, &s.token, &s.session).await;
     assert!(entry["bytes_from_service"].as_u64().unwrap() >= 4 * 1024 * 1024);
 }
 
