@@ -121,13 +121,7 @@ async fn readable(
     user: &rtunnel_core::store::User,
     raw_id: &str,
 ) -> Result<SessionRecord, ApiError> {
-    let id = parse_id(raw_id, "session_not_found")?;
-    let session = state
-        .stores
-        .sessions
-        .session(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("session_not_found", "no such session"))?;
+    let session = load(state, parse_id(raw_id, "session_not_found")?).await?;
     authorize(state, user, Action::Read, session.system_id).await?;
     Ok(session)
 }
@@ -266,13 +260,17 @@ pub(super) async fn extend(
 }
 
 async fn reload(state: &AppState, id: Uuid) -> Result<SessionView, ApiError> {
-    let session = state
+    Ok(load(state, id).await?.into())
+}
+
+/// A session by id, or 404 `session_not_found`.
+async fn load(state: &AppState, id: Uuid) -> Result<SessionRecord, ApiError> {
+    state
         .stores
         .sessions
         .session(id)
         .await?
-        .ok_or_else(|| ApiError::not_found("session_not_found", "no such session"))?;
-    Ok(session.into())
+        .ok_or_else(|| ApiError::not_found("session_not_found", "no such session"))
 }
 
 pub(super) async fn logs(
