@@ -2,8 +2,13 @@
 # Every check CI runs, from a fresh clone: formatting, lints, and every test
 # (unit, fuzz-corpus replay, in-process and end-to-end with real server and
 # agent processes on loopback, doc examples, and each benchmark run once).
+# Installs what the tests need and is missing (scripts/test-deps.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Real programs the tests need next to ours (a CONNECT proxy), installed
+# from Debian's packages if missing.
+./scripts/test-deps.sh
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

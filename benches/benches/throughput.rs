@@ -132,6 +132,7 @@ async fn rig() -> Rig {
             session,
             service: service.into(),
             tls_insecure: false,
+            proxy: None,
         })
         .await
         .unwrap();

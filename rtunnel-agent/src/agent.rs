@@ -18,7 +18,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::backoff::Backoff;
-use crate::dial::{DialError, dial};
+use crate::dial::{DialError, DialOptions, dial};
+use crate::proxy::Proxy;
 use crate::services::ServiceSpec;
 
 /// How long the server has to name a stream's service, and a target to
@@ -45,6 +46,8 @@ pub struct AgentConfig {
     pub max_reconnect_delay: Duration,
     /// Accept any certificate from a `wss://` server.
     pub tls_insecure: bool,
+    /// Dial the server through this HTTP proxy.
+    pub proxy: Option<Proxy>,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -57,6 +60,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("reconnect_delay", &self.reconnect_delay)
             .field("max_reconnect_delay", &self.max_reconnect_delay)
             .field("tls_insecure", &self.tls_insecure)
+            .field("proxy", &self.proxy)
             .finish()
     }
 }
@@ -91,6 +95,7 @@ pub struct AgentBuilder {
     reconnect_delay: Option<Duration>,
     max_reconnect_delay: Option<Duration>,
     tls_insecure: bool,
+    proxy: Option<Proxy>,
 }
 
 impl AgentBuilder {
@@ -131,6 +136,13 @@ impl AgentBuilder {
         self
     }
 
+    /// Dial the server through an HTTP proxy with `CONNECT` (see
+    /// [`Proxy::resolve`] for the usual environment variables).
+    pub fn proxy(mut self, proxy: Option<Proxy>) -> Self {
+        self.proxy = proxy;
+        self
+    }
+
     /// Checks the settings.
     pub fn build(self) -> Result<Agent, AgentError> {
         let url = self
@@ -167,6 +179,7 @@ impl AgentBuilder {
                 reconnect_delay,
                 max_reconnect_delay,
                 tls_insecure: self.tls_insecure,
+                proxy: self.proxy,
             }),
         })
     }
@@ -201,7 +214,7 @@ enum Outcome {
     /// The tunnel was up and then was lost.
     Lost(String),
     /// The tunnel never came up.
-    Failed(String, bool),
+    Failed(String, Option<&'static str>),
 }
 
 impl Agent {
@@ -251,10 +264,10 @@ impl Agent {
                     tracing::warn!("tunnel lost: {reason}; reconnecting in {d:?}");
                     d
                 }
-                Outcome::Failed(reason, is_auth) => {
+                Outcome::Failed(reason, hint) => {
                     let d = backoff.next_delay();
-                    if is_auth {
-                        tracing::error!("{reason}; check the key and secret; retrying in {d:?}");
+                    if let Some(hint) = hint {
+                        tracing::error!("{reason}; {hint}; retrying in {d:?}");
                     } else {
                         tracing::warn!("{reason}; retrying in {d:?}");
                     }
@@ -274,11 +287,14 @@ impl Agent {
             "Basic {}",
             STANDARD.encode(format!("{}:{}", cfg.key, cfg.secret))
         );
-        let ws = match dial(&cfg.url, &auth, cfg.tls_insecure).await {
+        let options = DialOptions {
+            tls_insecure: cfg.tls_insecure,
+            proxy: cfg.proxy.clone(),
+        };
+        let ws = match dial(&cfg.url, &auth, &options).await {
             Ok(ws) => ws,
             Err(e) => {
-                let is_auth = e.is_auth();
-                return Outcome::Failed(describe_dial(&cfg.url, &e), is_auth);
+                return Outcome::Failed(describe_dial(&cfg.url, &e), e.config_hint());
             }
         };
         let ws = WsStream::new(ws);
@@ -294,7 +310,7 @@ impl Agent {
                 return Outcome::Closed(reason);
             }
             Err(e) => {
-                return Outcome::Failed(format!("handshake with {} failed: {e}", cfg.url), false);
+                return Outcome::Failed(format!("handshake with {} failed: {e}", cfg.url), None);
             }
         };
         let (mut control, session_id, heartbeat) =
@@ -315,7 +331,7 @@ impl Agent {
             services: cfg.services.iter().map(ServiceSpec::info).collect(),
         };
         if let Err(e) = write_frame(&mut control, &manifest).await {
-            return Outcome::Failed(format!("sending the manifest failed: {e}"), false);
+            return Outcome::Failed(format!("sending the manifest failed: {e}"), None);
         }
         tracing::info!(
             session = %session_id,

@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use crate::agent::{Agent, AgentError, AgentExit};
 use crate::forward::{ForwardConfig, ForwardError, Forwarder};
+use crate::proxy::Proxy;
 use crate::services::parse_services;
 
 /// `rtunnel-agent`: connects this system to an rtunnel server, or forwards a
@@ -61,6 +62,10 @@ struct RunArgs {
     /// Accept a self-signed certificate from a wss:// server.
     #[arg(long, env = "RTUNNEL_TLS_INSECURE")]
     tls_insecure: bool,
+    /// HTTP proxy to dial out through with CONNECT: http://[user:pass@]host:port
+    /// (default: HTTPS_PROXY or HTTP_PROXY, honoring NO_PROXY).
+    #[arg(long, env = "RTUNNEL_PROXY", hide_env_values = true)]
+    proxy: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -83,6 +88,10 @@ struct ForwardArgs {
     /// Accept a self-signed certificate from an https:// server.
     #[arg(long, env = "RTUNNEL_TLS_INSECURE")]
     tls_insecure: bool,
+    /// HTTP proxy to dial out through with CONNECT: http://[user:pass@]host:port
+    /// (default: HTTPS_PROXY or HTTP_PROXY, honoring NO_PROXY).
+    #[arg(long, env = "RTUNNEL_PROXY", hide_env_values = true)]
+    proxy: Option<String>,
 }
 
 struct Failure {
@@ -137,7 +146,8 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         .tls_insecure(args.tls_insecure)
         .credentials(args.key.unwrap_or_default(), secret);
     if let Some(url) = args.url {
-        builder = builder.url(url);
+        let proxy = resolve_proxy(args.proxy.as_deref(), &url)?;
+        builder = builder.url(url).proxy(proxy);
     }
     let agent = builder.build().map_err(|e| usage(e.to_string()))?;
     match agent.run(rtunnel_core::signal::terminated()).await {
@@ -150,13 +160,25 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
     }
 }
 
+/// The proxy for `target`: the flag, else the environment.
+fn resolve_proxy(flag: Option<&str>, target: &str) -> Result<Option<Proxy>, Failure> {
+    let proxy = Proxy::resolve(flag, target, |name| std::env::var(name).ok())
+        .map_err(|e| usage(e.to_string()))?;
+    if let Some(p) = &proxy {
+        tracing::info!("dialing {target} through the proxy {p}");
+    }
+    Ok(proxy)
+}
+
 async fn forward(args: ForwardArgs) -> Result<(), Failure> {
+    let proxy = resolve_proxy(args.proxy.as_deref(), &args.server)?;
     let config = ForwardConfig {
         server: args.server,
         token: args.token,
         session: args.session,
         service: args.service,
         tls_insecure: args.tls_insecure,
+        proxy,
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -1,11 +1,13 @@
-//! Dialing the server's WebSocket endpoints (`ws://` or `wss://`), with a
-//! timeout, TCP_NODELAY, and the server's error envelope turned into a
-//! readable error.
+//! Dialing the server's WebSocket endpoints (`ws://` or `wss://`), directly
+//! or through an HTTP proxy, with a timeout, TCP_NODELAY, and the server's
+//! error envelope turned into a readable error.
 
 use std::time::Duration;
 
 use rtunnel_core::ws::MAX_WS_MESSAGE_BYTES;
 use tokio::net::TcpStream;
+
+use crate::proxy::{Proxy, ProxyError, target_host_port};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -36,27 +38,43 @@ pub enum DialError {
     /// The connection could not be made.
     #[error("cannot connect: {0}")]
     Connect(String),
+    /// The proxy would not open a tunnel to the server.
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
     /// Connecting took longer than [`DIAL_TIMEOUT`].
     #[error("connecting timed out after {0:?}")]
     Timeout(Duration),
 }
 
+/// How to reach the server.
+#[derive(Debug, Clone, Default)]
+pub struct DialOptions {
+    /// Accept any certificate from a `wss://` server.
+    pub tls_insecure: bool,
+    /// Dial through this HTTP proxy.
+    pub proxy: Option<Proxy>,
+}
+
 impl DialError {
-    /// Whether retrying cannot help without a change of configuration
-    /// (credentials or authorization refused).
-    pub fn is_auth(&self) -> bool {
-        matches!(
-            self,
+    /// What to check when retrying cannot help without a change of
+    /// configuration (credentials refused by the server or the proxy).
+    pub fn config_hint(&self) -> Option<&'static str> {
+        match self {
             DialError::Refused {
-                status: 401 | 403,
+                status: 401 | 403, ..
+            } => Some("check the key and secret"),
+            // Proxies answer 407, some (tinyproxy) 401.
+            DialError::Proxy(ProxyError::Refused {
+                status: 401 | 403 | 407,
                 ..
-            }
-        )
+            }) => Some("check the proxy's user and password"),
+            _ => None,
+        }
     }
 }
 
 /// Connects to `url` with the given `Authorization` header.
-pub async fn dial(url: &str, authorization: &str, tls_insecure: bool) -> Result<Ws, DialError> {
+pub async fn dial(url: &str, authorization: &str, options: &DialOptions) -> Result<Ws, DialError> {
     let mut request = url
         .into_client_request()
         .map_err(|e| DialError::BadUrl(format!("{url}: {e}")))?;
@@ -71,20 +89,52 @@ pub async fn dial(url: &str, authorization: &str, tls_insecure: bool) -> Result<
         .max_message_size(Some(MAX_WS_MESSAGE_BYTES))
         .max_frame_size(Some(MAX_WS_MESSAGE_BYTES));
     let connector = if url.starts_with("wss://") {
-        Connector::Rustls(crate::tls::client_config(tls_insecure))
+        Connector::Rustls(crate::tls::client_config(options.tls_insecure))
     } else {
         Connector::Plain
     };
-    let fut = tokio_tungstenite::connect_async_tls_with_config(
-        request,
-        Some(config),
-        true,
-        Some(connector),
-    );
+    let (host, port) =
+        target_host_port(url).ok_or_else(|| DialError::BadUrl(format!("{url}: no host")))?;
+    let fut = async {
+        let tcp = match &options.proxy {
+            Some(proxy) => proxy.connect(&host, port).await?,
+            None => {
+                let tcp = TcpStream::connect((host.as_str(), port))
+                    .await
+                    .map_err(|e| DialError::Connect(format!("{host}:{port}: {e}")))?;
+                let _ = tcp.set_nodelay(true);
+                tcp
+            }
+        };
+        Ok::<_, DialError>(
+            tokio_tungstenite::client_async_tls_with_config(
+                request,
+                tcp,
+                Some(config),
+                Some(connector),
+            )
+            .await,
+        )
+    };
     match tokio::time::timeout(DIAL_TIMEOUT, fut).await {
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(r)) => upgrade_result(r),
         Err(_) => Err(DialError::Timeout(DIAL_TIMEOUT)),
-        Ok(Ok((ws, _response))) => Ok(ws),
-        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
+    }
+}
+
+fn upgrade_result(
+    result: Result<
+        (
+            Ws,
+            tokio_tungstenite::tungstenite::handshake::client::Response,
+        ),
+        tokio_tungstenite::tungstenite::Error,
+    >,
+) -> Result<Ws, DialError> {
+    match result {
+        Ok((ws, _response)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
             let status = resp.status().as_u16();
             let body = resp.body().as_deref().unwrap_or_default();
             let envelope: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
@@ -100,6 +150,6 @@ pub async fn dial(url: &str, authorization: &str, tls_insecure: bool) -> Result<
                 }),
             })
         }
-        Ok(Err(e)) => Err(DialError::Connect(e.to_string())),
+        Err(e) => Err(DialError::Connect(e.to_string())),
     }
 }

@@ -21,7 +21,8 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use crate::agent::SOFTWARE;
-use crate::dial::{DialError, dial};
+use crate::dial::{DialError, DialOptions, dial};
+use crate::proxy::Proxy;
 
 /// How long the server has to answer a new stream.
 pub const STREAM_REPLY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -39,6 +40,8 @@ pub struct ForwardConfig {
     pub service: String,
     /// Accept any certificate from an `https://` server.
     pub tls_insecure: bool,
+    /// Dial the server through this HTTP proxy.
+    pub proxy: Option<Proxy>,
 }
 
 impl std::fmt::Debug for ForwardConfig {
@@ -47,6 +50,7 @@ impl std::fmt::Debug for ForwardConfig {
             .field("server", &self.server)
             .field("token", &"<redacted>")
             .field("session", &self.session)
+            .field("proxy", &self.proxy)
             .field("service", &self.service)
             .finish()
     }
@@ -209,7 +213,11 @@ impl Forwarder {
             return Ok(mux.clone());
         }
         let auth = format!("Bearer {}", self.config.token);
-        let ws = dial(&self.ws_url, &auth, self.config.tls_insecure).await?;
+        let options = DialOptions {
+            tls_insecure: self.config.tls_insecure,
+            proxy: self.config.proxy.clone(),
+        };
+        let ws = dial(&self.ws_url, &auth, &options).await?;
         let mux = Arc::new(YamuxMux::client(WsStream::new(ws), &MuxConfig::default()));
         let welcome = client_handshake(&*mux, SOFTWARE, None)
             .await

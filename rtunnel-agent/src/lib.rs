@@ -15,9 +15,11 @@ pub mod backoff;
 pub mod cli;
 pub mod dial;
 pub mod forward;
+pub mod proxy;
 pub mod services;
 mod tls;
 
 pub use agent::{Agent, AgentBuilder, AgentConfig, AgentError, AgentExit};
 pub use forward::{ForwardConfig, ForwardError, Forwarder};
+pub use proxy::{Proxy, ProxyError, ProxyUrlError};
 pub use services::{ServiceSpec, parse_services};

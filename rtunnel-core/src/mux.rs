@@ -4,6 +4,17 @@
 //! gives the connection to one driver task that polls inbound streams, opens
 //! outbound ones on request and closes on command. Handles talk to it over
 //! channels; dropping the last handle closes the connection.
+//!
+//! Bounds, so that neither a burst of opens nor a slow reader can hurt the
+//! connection or the process:
+//! - a side keeps at most [`MAX_OPEN_STREAMS`] streams of its own open; the
+//!   next open waits (yamux itself stalls past 256 unacknowledged opens and
+//!   ends the connection when the peer opens past its limit, which is set
+//!   far above what a well-behaved peer reaches);
+//! - a stream's receive window starts at 256 KiB and grows (yamux's
+//!   auto-tuning, for long fat links) only out of a per-connection budget,
+//!   [`MuxConfig::window_budget`], so a reader that stops reading holds at
+//!   most its window in memory while the sender waits.
 
 use std::future::poll_fn;
 use std::io;
@@ -14,12 +25,19 @@ use std::task::{Context, Poll};
 
 use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 use tokio_util::sync::CancellationToken;
 
+pub use crate::proto::MAX_OPEN_STREAMS;
+
 /// Inbound streams waiting for `accept` beyond this many are refused (reset).
 pub const MAX_PENDING_INBOUND: usize = 256;
+
+/// yamux's own limit on streams of a connection, both directions together:
+/// room for the peer's [`MAX_OPEN_STREAMS`], ours, and streams closed but
+/// not yet reaped on either side.
+pub const YAMUX_MAX_STREAMS: usize = 4 * MAX_OPEN_STREAMS;
 
 /// Errors of a multiplexed connection.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +45,9 @@ pub enum MuxError {
     /// The connection is closed; no stream can be opened.
     #[error("tunnel connection closed")]
     Closed,
+    /// The multiplexer's own stream limit is reached.
+    #[error("too many streams on this connection")]
+    TooManyStreams,
     /// yamux reported an error.
     #[error("multiplexer error: {0}")]
     Yamux(String),
@@ -72,16 +93,23 @@ pub trait Mux: Send + Sync + 'static {
 /// Settings of a yamux connection.
 #[derive(Debug, Clone)]
 pub struct MuxConfig {
-    /// Most streams open at once on the connection (yamux's own limit).
-    pub max_streams: usize,
+    /// Bytes of receive window the connection's streams may grow into,
+    /// together, beyond the 256 KiB each one starts with. A fast stream on
+    /// a long link needs a window near the link's bandwidth-delay product
+    /// to go at full speed; this caps what unread data can hold in memory.
+    pub window_budget: usize,
     /// Largest data frame payload; larger writes are split.
     pub split_send_size: usize,
 }
 
+/// The default [`MuxConfig::window_budget`]: 16 MiB, a 256 KiB window
+/// doubling up to 8 MiB for one stream (a 650 Mbit/s link at 100 ms).
+pub const DEFAULT_WINDOW_BUDGET: usize = 16 * 1024 * 1024;
+
 impl Default for MuxConfig {
     fn default() -> Self {
         MuxConfig {
-            max_streams: 512,
+            window_budget: DEFAULT_WINDOW_BUDGET,
             split_send_size: 64 * 1024,
         }
     }
@@ -90,17 +118,59 @@ impl Default for MuxConfig {
 impl MuxConfig {
     fn to_yamux(&self) -> yamux::Config {
         let mut cfg = yamux::Config::default();
+        // Each stream is guaranteed its initial window; what is beyond is
+        // the budget the streams grow into.
         cfg.set_max_connection_receive_window(Some(
-            (self.max_streams * yamux::DEFAULT_CREDIT as usize).max(1 << 30),
+            YAMUX_MAX_STREAMS * yamux::DEFAULT_CREDIT as usize + self.window_budget,
         ));
-        cfg.set_max_num_streams(self.max_streams);
+        cfg.set_max_num_streams(YAMUX_MAX_STREAMS);
         cfg.set_split_send_size(self.split_send_size);
         cfg
     }
 }
 
-/// A stream of a [`YamuxMux`], with tokio's IO traits.
-pub type YamuxStream = Compat<yamux::Stream>;
+/// A stream of a [`YamuxMux`], with tokio's IO traits. One opened by this
+/// side holds one of the connection's [`MAX_OPEN_STREAMS`] until dropped.
+pub struct YamuxStream {
+    inner: Compat<yamux::Stream>,
+    _slot: Option<OwnedSemaphorePermit>,
+}
+
+impl std::fmt::Debug for YamuxStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("YamuxStream")
+            .field(self.inner.get_ref())
+            .finish()
+    }
+}
+
+impl AsyncRead for YamuxStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for YamuxStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
 
 enum Command {
     Open(oneshot::Sender<Result<yamux::Stream, MuxError>>),
@@ -118,6 +188,7 @@ struct Counters {
 /// The yamux implementation of [`Mux`], driven by its own task.
 pub struct YamuxMux {
     commands: mpsc::Sender<Command>,
+    open_slots: Arc<Semaphore>,
     inbound: Mutex<mpsc::Receiver<yamux::Stream>>,
     counters: Arc<Counters>,
     shutdown: CancellationToken,
@@ -186,6 +257,7 @@ impl YamuxMux {
         });
         YamuxMux {
             commands: cmd_tx,
+            open_slots: Arc::new(Semaphore::new(MAX_OPEN_STREAMS)),
             inbound: Mutex::new(in_rx),
             counters,
             shutdown,
@@ -199,17 +271,28 @@ impl Mux for YamuxMux {
     type Stream = YamuxStream;
 
     async fn open(&self) -> Result<YamuxStream, MuxError> {
+        let slot = tokio::select! {
+            slot = self.open_slots.clone().acquire_owned() => slot.map_err(|_| MuxError::Closed)?,
+            _ = self.done.cancelled() => return Err(MuxError::Closed),
+        };
         let (tx, rx) = oneshot::channel();
         self.commands
             .send(Command::Open(tx))
             .await
             .map_err(|_| MuxError::Closed)?;
         let stream = rx.await.map_err(|_| MuxError::Closed)??;
-        Ok(stream.compat())
+        Ok(YamuxStream {
+            inner: stream.compat(),
+            _slot: Some(slot),
+        })
     }
 
     async fn accept(&self) -> Option<YamuxStream> {
-        self.inbound.lock().await.recv().await.map(|s| s.compat())
+        let stream = self.inbound.lock().await.recv().await?;
+        Some(YamuxStream {
+            inner: stream.compat(),
+            _slot: None,
+        })
     }
 
     fn close(&self) {
@@ -287,6 +370,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                         if let Some(tx) = self.pending_opens.pop_front() {
                             // A waiter that gave up drops the stream, which resets it.
                             let _ = tx.send(Ok(stream));
+                        }
+                    }
+                    // The peer holds too many streams: this open fails,
+                    // the connection carries on.
+                    Poll::Ready(Err(yamux::ConnectionError::TooManyStreams)) => {
+                        if let Some(tx) = self.pending_opens.pop_front() {
+                            let _ = tx.send(Err(MuxError::TooManyStreams));
                         }
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(yamux_err(e))),
@@ -367,6 +457,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn pair() -> (YamuxMux, YamuxMux) {
@@ -407,6 +498,45 @@ mod tests {
         assert!(server.accept().await.is_none());
         server.closed().await;
         assert!(matches!(client.open().await, Err(MuxError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn opens_past_the_limit_wait_for_a_stream_to_end() {
+        let (client, server) = pair();
+        let server = Arc::new(server);
+        let acceptor = server.clone();
+        // The peer answers each stream with one byte (its ACK) and holds it.
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Some(mut s) = acceptor.accept().await {
+                let mut b = [0u8; 1];
+                s.read_exact(&mut b).await.unwrap();
+                s.write_all(&b).await.unwrap();
+                held.push(s);
+            }
+        });
+        let mut open = Vec::new();
+        for _ in 0..MAX_OPEN_STREAMS {
+            let mut s = client.open().await.unwrap();
+            s.write_all(b"x").await.unwrap();
+            open.push(s);
+        }
+        for s in &mut open {
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await.unwrap();
+        }
+        let waiting = tokio::time::timeout(Duration::from_millis(200), client.open()).await;
+        assert!(waiting.is_err(), "an open past the limit must wait");
+        open.pop();
+        let mut s = tokio::time::timeout(Duration::from_secs(30), client.open())
+            .await
+            .expect("a slot came free")
+            .unwrap();
+        s.write_all(b"y").await.unwrap();
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"y");
+        assert!(!client.is_closed() && !server.is_closed());
     }
 
     #[tokio::test]

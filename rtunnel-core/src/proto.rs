@@ -39,6 +39,13 @@ pub const MAX_TOKEN_BYTES: usize = 256;
 /// Longest free-text reason carried in a close message or a refusal.
 pub const MAX_REASON_BYTES: usize = 512;
 
+/// Most streams one side keeps open, of those it opened, on one connection;
+/// a further open waits for one to end. The receiving side's multiplexer
+/// accepts several times as many, so an opener within this bound can never
+/// make it drop the connection (yamux ends a connection whose peer opens
+/// past its limit).
+pub const MAX_OPEN_STREAMS: usize = 1024;
+
 /// A message on the control stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

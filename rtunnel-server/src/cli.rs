@@ -287,16 +287,7 @@ async fn serve(store_args: StoreArgs, args: ServeArgs, store: SqliteStore) -> Re
         secret_key_file: args.secret_key_file,
         production: std::env::var("RTUNNEL_ENV").is_ok_and(|v| v == "production"),
     };
-    if config.max_streams_per_tunnel == 0 {
-        return Err(Failure::usage(
-            "--max-streams-per-tunnel must be at least 1",
-        ));
-    }
-    if config.heartbeat_interval < Duration::from_millis(100) {
-        return Err(Failure::usage(
-            "--heartbeat-interval must be at least 100ms",
-        ));
-    }
+    config.validate().map_err(Failure::usage)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| Failure::other(format!("cannot listen on {}: {e}", config.listen)))?;

@@ -50,3 +50,19 @@ impl Default for ServerConfig {
         }
     }
 }
+
+impl ServerConfig {
+    /// Checks the settings that have bounds; the message names the flag.
+    pub fn validate(&self) -> Result<(), String> {
+        let max = rtunnel_core::proto::MAX_OPEN_STREAMS;
+        if !(1..=max).contains(&self.max_streams_per_tunnel) {
+            return Err(format!(
+                "--max-streams-per-tunnel must be between 1 and {max}"
+            ));
+        }
+        if self.heartbeat_interval < Duration::from_millis(100) {
+            return Err("--heartbeat-interval must be at least 100ms".into());
+        }
+        Ok(())
+    }
+}

@@ -1,7 +1,7 @@
 //! The tunnels live on this node, by session and by system.
 //!
 //! One system holds at most one tunnel: a second agent with the same
-//! credentials replaces the first, which is told why and closed.
+//! credentials takes the session over, and the first is told why and closed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -62,16 +62,23 @@ struct Maps {
 }
 
 impl Registry {
-    /// Adds a tunnel; returns the tunnel it replaces for the same system.
-    pub fn insert(&self, tunnel: Arc<LiveTunnel>) -> Option<Arc<LiveTunnel>> {
+    /// Adds a tunnel; returns the tunnels it replaces: the one that carried
+    /// the same session (a takeover) and any other of the same system.
+    pub fn insert(&self, tunnel: Arc<LiveTunnel>) -> Vec<Arc<LiveTunnel>> {
         let mut maps = self.lock();
-        let old = maps
+        let mut replaced = Vec::new();
+        if let Some(other) = maps
             .by_system
             .insert(tunnel.system_id, tunnel.session_id)
             .filter(|old| *old != tunnel.session_id)
-            .and_then(|old| maps.by_session.remove(&old));
-        maps.by_session.insert(tunnel.session_id, tunnel);
-        old
+            .and_then(|old| maps.by_session.remove(&old))
+        {
+            replaced.push(other);
+        }
+        if let Some(same) = maps.by_session.insert(tunnel.session_id, tunnel) {
+            replaced.push(same);
+        }
+        replaced
     }
 
     /// Removes `tunnel` if it is still the one registered for its session.
@@ -95,6 +102,13 @@ impl Registry {
     /// The live tunnel of a session.
     pub fn by_session(&self, session_id: Uuid) -> Option<Arc<LiveTunnel>> {
         self.lock().by_session.get(&session_id).cloned()
+    }
+
+    /// The live tunnel of a system.
+    pub fn by_system(&self, system_id: Uuid) -> Option<Arc<LiveTunnel>> {
+        let maps = self.lock();
+        let session_id = maps.by_system.get(&system_id)?;
+        maps.by_session.get(session_id).cloned()
     }
 
     /// Every live tunnel.

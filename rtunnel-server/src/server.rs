@@ -71,6 +71,7 @@ impl ServerBuilder {
     /// Opens the stores, ends sessions a previous process left open, and
     /// returns a server ready to [`Server::serve`].
     pub async fn build(self) -> Result<Server, ServerError> {
+        self.config.validate().map_err(ServerError::Config)?;
         let stores = match self.stores {
             Some(stores) => stores,
             None => {

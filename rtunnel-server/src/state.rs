@@ -65,10 +65,7 @@ impl std::fmt::Debug for AppState {
 impl AppState {
     /// yamux settings for tunnels and forwards.
     pub fn mux_config(&self) -> MuxConfig {
-        MuxConfig {
-            max_streams: self.config.max_streams_per_tunnel.max(1) * 2 + 8,
-            ..MuxConfig::default()
-        }
+        MuxConfig::default()
     }
 
     /// Stores an audit event; access must not open if this fails.

@@ -4,8 +4,11 @@
 //! and a `tunnel_auth_failed` audit event otherwise, never saying which half
 //! was wrong). The WebSocket then carries yamux; the agent opens the control
 //! stream and says hello, presenting its reconnect token if it is coming
-//! back. A valid token within the grace period gets the same session back;
-//! otherwise a new `pending` session starts. The server answers with a fresh
+//! back. A valid token within the grace period gets the same session back.
+//! A second agent with the system's credentials while the first is still
+//! connected takes over its session: the first is told `replaced` and
+//! closed, and the session carries on over the new tunnel. Otherwise a new
+//! `pending` session starts. The server answers with a fresh
 //! single-use reconnect token, the manifest makes the session `active`, and
 //! when the tunnel is lost the session enters its grace period.
 
@@ -176,9 +179,19 @@ async fn attach_session(
                 return Ok(resume.session_id);
             }
             Err(why) => {
-                tracing::info!(system = %system.name, session = %resume.session_id, "not resuming: {why}; starting a new session");
+                tracing::info!(system = %system.name, session = %resume.session_id, "not resuming: {why}");
             }
         }
+    }
+    if let Some(live) = state.registry.by_system(system.id) {
+        let mut event = AuditEvent::new("tunnel_taken_over");
+        event.actor = Some(system.key.clone());
+        event.system_id = Some(system.id);
+        event.session_id = Some(live.session_id);
+        event.ip_address = Some(peer.ip().to_string());
+        state.audit_best_effort(event).await;
+        tracing::info!(system = %system.name, session = %live.session_id, %peer, "a new agent connection takes over the live session");
+        return Ok(live.session_id);
     }
     let now = now_millis();
     let session = SessionRecord {
@@ -310,8 +323,8 @@ async fn serve_tunnel(
             state.config.max_streams_per_tunnel,
         )),
     });
-    if let Some(old) = state.registry.insert(tunnel.clone()) {
-        tracing::info!(system = %system.name, old = %old.session_id, "a new agent connection replaces the old one");
+    for old in state.registry.insert(tunnel.clone()) {
+        tracing::info!(system = %system.name, session = %old.session_id, "closing the replaced tunnel");
         old.close(
             CloseCode::Replaced,
             "another agent with the same system credentials connected",

@@ -137,6 +137,7 @@ fn forward_config(h: &Harness, token: &str) -> ForwardConfig {
         session: h.session,
         service: "echo".into(),
         tls_insecure: false,
+        proxy: None,
     }
 }
 
@@ -536,7 +537,9 @@ async fn dial_tunnel_with_close(
         base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", h.key, h.secret))
     );
     let ws = rtunnel_core::ws::WsStream::new(
-        rtunnel_agent::dial::dial(&url, &auth, false).await.unwrap(),
+        rtunnel_agent::dial::dial(&url, &auth, &Default::default())
+            .await
+            .unwrap(),
     );
     let close = ws.close_handle();
     let mux = Arc::new(rtunnel_core::mux::YamuxMux::client(

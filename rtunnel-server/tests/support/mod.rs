@@ -229,7 +229,14 @@ pub fn start_agent_at(
     services: &str,
     extra: &[&str],
 ) -> Proc {
-    let log = server.dir.join(format!("agent-{}.log", unique()));
+    let mut cmd = agent_command(url, sys, services);
+    cmd.args(extra);
+    spawn_agent(server, &mut cmd)
+}
+
+/// The command line of an agent, with the proxy variables of the test's
+/// own environment removed; tests add flags and variables to it.
+pub fn agent_command(url: &str, sys: &Enrolled, services: &str) -> Command {
     let mut cmd = Command::new(agent_bin());
     cmd.arg("run")
         .arg("--url")
@@ -239,9 +246,85 @@ pub fn start_agent_at(
         .arg("--static-services")
         .arg(services)
         .args(["--reconnect-delay", "200ms", "--max-reconnect-delay", "1s"])
-        .args(extra)
         .env("RTUNNEL_SECRET", &sys.secret);
-    Proc::spawn("rtunnel-agent", &mut cmd, log)
+    clear_proxy_env(&mut cmd);
+    cmd
+}
+
+/// Spawns an agent command, logging next to the server's data.
+pub fn spawn_agent(server: &ServerProc, cmd: &mut Command) -> Proc {
+    let log = server.dir.join(format!("agent-{}.log", unique()));
+    Proc::spawn("rtunnel-agent", cmd, log)
+}
+
+fn clear_proxy_env(cmd: &mut Command) {
+    for var in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "NO_PROXY",
+        "RTUNNEL_PROXY",
+    ] {
+        cmd.env_remove(var).env_remove(var.to_ascii_lowercase());
+    }
+}
+
+/// A real HTTP proxy (Debian's tinyproxy, which `scripts/test.sh` installs)
+/// on a loopback port, optionally requiring Basic credentials.
+pub struct Tinyproxy {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+}
+
+impl Tinyproxy {
+    pub async fn start(dir: &Path, credentials: Option<(&str, &str)>) -> Tinyproxy {
+        let bin = std::env::var("RTUNNEL_TEST_TINYPROXY").unwrap_or_else(|_| "tinyproxy".into());
+        let id = unique();
+        let port = free_port();
+        let log = dir.join(format!("tinyproxy-{id}.log"));
+        let mut conf = format!(
+            "Port {port}\nListen 127.0.0.1\nTimeout 600\nMaxClients 2000\nLogLevel Info\nLogFile \"{}\"\n",
+            log.display()
+        );
+        if let Some((user, password)) = credentials {
+            conf.push_str(&format!("BasicAuth {user} {password}\n"));
+        }
+        let conf_path = dir.join(format!("tinyproxy-{id}.conf"));
+        std::fs::write(&conf_path, conf).unwrap();
+        let mut cmd = Command::new(&bin);
+        cmd.arg("-d").arg("-c").arg(&conf_path);
+        if Command::new(&bin).arg("-v").output().is_err() {
+            panic!(
+                "{bin} not found: ./scripts/test.sh installs tinyproxy (or set RTUNNEL_TEST_TINYPROXY)"
+            );
+        }
+        let proc = Proc::spawn("tinyproxy", &mut cmd, log);
+        wait_for("tinyproxy to listen", || {
+            let text = proc.log_text();
+            async move { text.contains("Accepting connections").then_some(()) }
+        })
+        .await;
+        Tinyproxy {
+            proc,
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        }
+    }
+
+    /// The CONNECT requests it served, as logged.
+    pub fn connects(&self) -> Vec<String> {
+        self.proc
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("CONNECT") && l.contains("Request"))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for Tinyproxy {
+    fn drop(&mut self) {
+        self.proc.kill();
+    }
 }
 
 /// Starts `rtunnel-agent forward` on an OS-chosen local port.
@@ -264,6 +347,7 @@ pub async fn start_forward(
     ])
     .args(["--service", service, "--listen", &listen])
     .env("RTUNNEL_TOKEN", token);
+    clear_proxy_env(&mut cmd);
     let proc = Proc::spawn("rtunnel-agent forward", &mut cmd, log);
     wait_for("the forward to listen", || {
         let text = proc.log_text();

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the real programs the tests run next to rtunnel, when missing:
+# tinyproxy (the HTTP CONNECT proxy agents dial through). Debian packages;
+# installing needs root (CI runs as root) or sudo.
+set -euo pipefail
+
+missing=()
+command -v tinyproxy >/dev/null 2>&1 || missing+=(tinyproxy)
+
+if [ ${#missing[@]} -eq 0 ]; then
+    exit 0
+fi
+echo "test dependencies: installing ${missing[*]}" >&2
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+    sudo="sudo"
+fi
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq >/dev/null
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Tests start their own instances on free ports; stop any the package started.
+$sudo systemctl stop tinyproxy >/dev/null 2>&1 || $sudo service tinyproxy stop >/dev/null 2>&1 || true
