@@ -102,9 +102,10 @@ pub struct MuxConfig {
     pub split_send_size: usize,
 }
 
-/// The default [`MuxConfig::window_budget`]: 16 MiB, a 256 KiB window
-/// doubling up to 8 MiB for one stream (a 650 Mbit/s link at 100 ms).
-pub const DEFAULT_WINDOW_BUDGET: usize = 16 * 1024 * 1024;
+/// The default [`MuxConfig::window_budget`]: 4 MiB, so one stream's window
+/// can double from 256 KiB past 4 MiB (about 340 Mbit/s at 100 ms), while a
+/// stalled reader holds at most that much unread data in memory.
+pub const DEFAULT_WINDOW_BUDGET: usize = 4 * 1024 * 1024;
 
 impl Default for MuxConfig {
     fn default() -> Self {
@@ -537,6 +538,34 @@ mod tests {
         s.read_exact(&mut b).await.unwrap();
         assert_eq!(&b, b"y");
         assert!(!client.is_closed() && !server.is_closed());
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_stops_reading_holds_back_the_sender() {
+        let (client, server) = pair();
+        let server_task = tokio::spawn(async move {
+            let s = server.accept().await.unwrap();
+            // Never read; keep the stream and the connection alive.
+            std::future::pending::<()>().await;
+            drop((s, server));
+        });
+        let mut s = client.open().await.unwrap();
+        let chunk = vec![7u8; 16 * 1024];
+        let mut written = 0usize;
+        while let Ok(Ok(())) =
+            tokio::time::timeout(Duration::from_millis(300), s.write_all(&chunk)).await
+        {
+            written += chunk.len();
+            assert!(written < 64 << 20, "the sender was never held back");
+        }
+        // The peer's window, what the pipe between holds, and one chunk.
+        let bound = yamux::DEFAULT_CREDIT as usize + 256 * 1024 + chunk.len();
+        assert!(
+            written <= bound,
+            "{written} bytes went out, more than {bound}"
+        );
+        assert!(!client.is_closed());
+        server_task.abort();
     }
 
     #[tokio::test]

@@ -21,6 +21,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod accept;
 pub mod api;
 pub mod cli;
 pub mod config;

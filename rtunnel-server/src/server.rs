@@ -1,13 +1,11 @@
 //! Assembling and running a server: [`Server::builder`].
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::serve::ListenerExt;
 use rtunnel_core::proto::CloseCode;
 use rtunnel_core::store::sqlite::SqliteStore;
 use rtunnel_core::store::{StoreError, now_millis};
@@ -163,20 +161,13 @@ impl Server {
         let addr = listener.local_addr()?;
         tracing::info!(%addr, "rtunnel-server listening");
         let state = self.state.clone();
-        let app = self
-            .router()
-            .into_make_service_with_connect_info::<SocketAddr>();
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
         tokio::spawn(crate::lifecycle::sweeper(state.clone()));
-        let drain_state = state.clone();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                drain(&drain_state).await;
-            })
-            .await
+        let head_timeout = state.config.handshake_timeout;
+        crate::accept::serve(listener, self.router(), head_timeout, async move {
+            shutdown.await;
+            drain(&state).await;
+        })
+        .await
     }
 }
 

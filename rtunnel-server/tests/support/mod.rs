@@ -230,12 +230,14 @@ pub fn start_agent_at(
     extra: &[&str],
 ) -> Proc {
     let mut cmd = agent_command(url, sys, services);
-    cmd.args(extra);
+    cmd.args(["--reconnect-delay", "200ms", "--max-reconnect-delay", "1s"])
+        .args(extra);
     spawn_agent(server, &mut cmd)
 }
 
 /// The command line of an agent, with the proxy variables of the test's
-/// own environment removed; tests add flags and variables to it.
+/// own environment removed; tests add flags and variables to it (the
+/// reconnect delays are the agent's defaults unless added).
 pub fn agent_command(url: &str, sys: &Enrolled, services: &str) -> Command {
     let mut cmd = Command::new(agent_bin());
     cmd.arg("run")
@@ -245,7 +247,6 @@ pub fn agent_command(url: &str, sys: &Enrolled, services: &str) -> Command {
         .arg(&sys.key)
         .arg("--static-services")
         .arg(services)
-        .args(["--reconnect-delay", "200ms", "--max-reconnect-delay", "1s"])
         .env("RTUNNEL_SECRET", &sys.secret);
     clear_proxy_env(&mut cmd);
     cmd
