@@ -6,6 +6,8 @@
 //! - [`api_token`]: the API token format (a public id and a secret half);
 //! - [`signer`]: [`HmacSigner`], the HMAC-SHA256
 //!   [`TokenSigner`](rtunnel_core::token::TokenSigner) with key ids;
+//! - [`claims`]: typed access, refresh and proxy tokens over a signer;
+//! - [`launch_token`]: the session launcher's token, in its contract's format;
 //! - [`access`]: the one function that decides what a user may do.
 //!
 //! ```
@@ -21,6 +23,8 @@
 
 pub mod access;
 pub mod api_token;
+pub mod claims;
+pub mod launch_token;
 pub mod secret;
 pub mod signer;
 
@@ -34,6 +38,8 @@ pub mod fuzzing {
 
     use crate::HmacSigner;
     use crate::api_token::{ApiToken, MAX_TOKEN_LEN};
+    use crate::claims::{Claims, TokenKind};
+    use crate::launch_token::LaunchSigner;
 
     /// Parsers never panic; what parses re-formats to itself; no input
     /// verifies under a key it was not signed with, and signed inputs verify.
@@ -46,8 +52,14 @@ pub mod fuzzing {
             assert_eq!(ApiToken::parse(&token.to_string()), Some(token));
         }
         let signer = HmacSigner::new("fuzz", &[0x42; 32]).unwrap_or_else(|_| unreachable!());
-        // Forging needs the key: no input verifies unless signed with it.
+        // Forging needs the key: no input verifies unless signed with it,
+        // whatever the token's format.
         assert!(signer.verify(text).is_err());
+        for kind in [TokenKind::Access, TokenKind::Refresh, TokenKind::Proxy] {
+            assert!(Claims::verify(&signer, text, kind, 0).is_err());
+        }
+        let launch = LaunchSigner::new(&[0x42; 32]).unwrap_or_else(|_| unreachable!());
+        assert!(launch.verify(text, 0).is_err());
         let token = signer.sign(data);
         if token.len() <= crate::signer::MAX_SIGNED_TOKEN_LEN {
             assert_eq!(signer.verify(&token).ok().as_deref(), Some(data));

@@ -17,6 +17,13 @@ pub enum TokenError {
     /// The signature does not match.
     #[error("bad signature")]
     BadSignature,
+    /// The token was good but its time is over.
+    #[error("token expired")]
+    Expired,
+    /// A good token of another kind (an access token where a refresh token
+    /// is expected, a proxy token as a login...).
+    #[error("wrong kind of token")]
+    WrongKind,
 }
 
 /// Signs payloads into tokens and verifies them (in constant time).
