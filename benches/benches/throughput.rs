@@ -99,6 +99,7 @@ async fn rig() -> Rig {
         role: Role::Admin,
         disabled: false,
         created_at: now_millis(),
+        email: None,
     };
     state.stores.identity.create_user(&admin).await.unwrap();
     let (record, token) = enroll::new_api_token(admin.id, None);

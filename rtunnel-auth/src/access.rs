@@ -75,6 +75,7 @@ mod tests {
             role,
             disabled,
             created_at: 0,
+            email: None,
         }
     }
 

@@ -69,6 +69,10 @@ struct ServeArgs {
     /// Signing key file (default <data-dir>/secret.key, generated on first start).
     #[arg(long, env = "RTUNNEL_SECRET_KEY_FILE", global = true)]
     secret_key_file: Option<PathBuf>,
+    /// Session launcher key file, shared with external gateways (default
+    /// <data-dir>/launch.key, generated on first start).
+    #[arg(long, env = "RTUNNEL_LAUNCH_KEY_FILE", global = true)]
+    launch_key_file: Option<PathBuf>,
     /// How long a lost tunnel's session waits for its agent.
     #[arg(long, env = "RTUNNEL_GRACE_PERIOD", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
     grace_period: Duration,
@@ -123,6 +127,9 @@ enum UserCommand {
         /// admin, operator or viewer.
         #[arg(long)]
         role: Role,
+        /// Email address (the launcher's default TSPlus user).
+        #[arg(long)]
+        email: Option<String>,
         /// Also create and print an API token.
         #[arg(long)]
         token: bool,
@@ -228,9 +235,20 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Some(Command::User(UserCommand::Add {
             name,
             role,
+            email,
             token,
             json,
-        })) => user_add(&store, name, role, token, json).await,
+        })) => {
+            let user = User {
+                id: Uuid::new_v4(),
+                name,
+                role,
+                disabled: false,
+                created_at: now_millis(),
+                email,
+            };
+            user_add(&store, user, token, json).await
+        }
         Some(Command::Token(TokenCommand::Create { name, ttl, json })) => {
             let user = find_user(&store, &name).await?;
             let token = create_token(&store, user.id, ttl).await?;
@@ -286,6 +304,14 @@ async fn serve(store_args: StoreArgs, args: ServeArgs, store: SqliteStore) -> Re
         handshake_timeout: rtunnel_core::control::HANDSHAKE_TIMEOUT,
         secret_key_file: args.secret_key_file,
         production: std::env::var("RTUNNEL_ENV").is_ok_and(|v| v == "production"),
+        launch_key_file: args.launch_key_file,
+        // The launcher contract's own variable names.
+        pomerium_base_url: std::env::var("POMERIUM_BASE_URL")
+            .ok()
+            .filter(|v| !v.is_empty()),
+        tsplus_base_url: std::env::var("TSPLUS_BASE_URL")
+            .ok()
+            .filter(|v| !v.is_empty()),
     };
     config.validate().map_err(Failure::usage)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -308,19 +334,20 @@ async fn serve(store_args: StoreArgs, args: ServeArgs, store: SqliteStore) -> Re
 
 async fn user_add(
     store: &SqliteStore,
-    name: String,
-    role: Role,
+    user: User,
     with_token: bool,
     json: bool,
 ) -> Result<(), Failure> {
+    let name = user.name.clone();
+    let role = user.role;
     enroll::validate_name(&name).map_err(|e| Failure::usage(e.message))?;
-    let user = User {
-        id: Uuid::new_v4(),
-        name: name.clone(),
-        role,
-        disabled: false,
-        created_at: now_millis(),
-    };
+    if user
+        .email
+        .as_ref()
+        .is_some_and(|e| e.len() > 254 || !e.contains('@'))
+    {
+        return Err(Failure::usage("--email is not an email address"));
+    }
     store
         .create_user(&user)
         .await

@@ -30,6 +30,13 @@ pub struct ServerConfig {
     pub secret_key_file: Option<PathBuf>,
     /// Production deployments refuse to invent a missing secret key.
     pub production: bool,
+    /// The session launcher's key file (default `<data_dir>/launch.key`):
+    /// external gateways verify session tokens with it.
+    pub launch_key_file: Option<PathBuf>,
+    /// The launcher's fallback Pomerium URL (`POMERIUM_BASE_URL`).
+    pub pomerium_base_url: Option<String>,
+    /// The launcher's fallback TSPlus URL (`TSPLUS_BASE_URL`).
+    pub tsplus_base_url: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -47,6 +54,9 @@ impl Default for ServerConfig {
             handshake_timeout: rtunnel_core::control::HANDSHAKE_TIMEOUT,
             secret_key_file: None,
             production: false,
+            launch_key_file: None,
+            pomerium_base_url: None,
+            tsplus_base_url: None,
         }
     }
 }

@@ -5,6 +5,7 @@ use std::io::Write;
 use std::path::Path;
 
 use rtunnel_auth::HmacSigner;
+use rtunnel_auth::launch_token::LaunchSigner;
 use rtunnel_auth::secret::generate_hex;
 
 use crate::server::ServerError;
@@ -12,8 +13,33 @@ use crate::server::ServerError;
 /// Key id of a key loaded from a file.
 pub const FILE_KID: &str = "k1";
 
-/// Loads the key at `path`; creates it when missing unless `production`.
+/// Loads the signing key from `path`, creating it (0600) if it is missing
+/// and this is not production.
 pub fn load_or_create_signer(path: &Path, production: bool) -> Result<HmacSigner, ServerError> {
+    let key = load_or_create_key(path, production, "--secret-key-file")?;
+    HmacSigner::new(FILE_KID, &key).map_err(|_| too_short(path))
+}
+
+/// Loads the session launcher's key from `path` (the key external gateways
+/// verify session tokens with), creating it like the signing key.
+pub fn load_or_create_launch_signer(
+    path: &Path,
+    production: bool,
+) -> Result<LaunchSigner, ServerError> {
+    let key = load_or_create_key(path, production, "--launch-key-file")?;
+    LaunchSigner::new(&key).map_err(|_| too_short(path))
+}
+
+fn too_short(path: &Path) -> ServerError {
+    ServerError::Config(format!(
+        "the key in {} is too short (16 bytes at least)",
+        path.display()
+    ))
+}
+
+/// Reads a hex key file; creates one of 32 random bytes if it is missing,
+/// except in production, where a missing key is an error naming `flag`.
+fn load_or_create_key(path: &Path, production: bool, flag: &str) -> Result<Vec<u8>, ServerError> {
     let hex_key = match std::fs::read_to_string(path) {
         Ok(s) => s.trim().to_owned(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !production => {
@@ -21,12 +47,12 @@ pub fn load_or_create_signer(path: &Path, production: bool) -> Result<HmacSigner
             write_private(path, &key).map_err(|e| {
                 ServerError::Config(format!("cannot create {}: {e}", path.display()))
             })?;
-            tracing::info!(path = %path.display(), "generated a new secret key");
+            tracing::info!(path = %path.display(), "generated a new key");
             key
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(ServerError::Config(format!(
-                "RTUNNEL_ENV=production and no secret key at {}: create one (32 random bytes, hex) or set --secret-key-file",
+                "RTUNNEL_ENV=production and no key at {}: create one (32 random bytes, hex) or set {flag}",
                 path.display()
             )));
         }
@@ -37,14 +63,8 @@ pub fn load_or_create_signer(path: &Path, production: bool) -> Result<HmacSigner
             )));
         }
     };
-    let key = hex::decode(&hex_key)
-        .map_err(|_| ServerError::Config(format!("{} does not hold a hex key", path.display())))?;
-    HmacSigner::new(FILE_KID, &key).map_err(|_| {
-        ServerError::Config(format!(
-            "the key in {} is too short (16 bytes at least)",
-            path.display()
-        ))
-    })
+    hex::decode(&hex_key)
+        .map_err(|_| ServerError::Config(format!("{} does not hold a hex key", path.display())))
 }
 
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {

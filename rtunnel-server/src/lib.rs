@@ -29,6 +29,7 @@ pub mod enroll;
 pub mod error;
 mod forward;
 pub mod keys;
+pub mod launcher;
 pub mod lifecycle;
 pub mod registry;
 pub mod server;

@@ -90,6 +90,13 @@ impl ServerBuilder {
                 )?)
             }
         };
+        let launch_key = self
+            .config
+            .launch_key_file
+            .clone()
+            .unwrap_or_else(|| self.config.data_dir.join("launch.key"));
+        let launch_signer =
+            crate::keys::load_or_create_launch_signer(&launch_key, self.config.production)?;
         // Tunnels die with the process that held them: their sessions get a
         // grace period for their agents to come back.
         let grace_ms = self.config.grace_period.as_millis() as i64;
@@ -110,6 +117,7 @@ impl ServerBuilder {
                 registry: Registry::default(),
                 shutdown: CancellationToken::new(),
                 signer,
+                launch_signer,
             }),
         })
     }

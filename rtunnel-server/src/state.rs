@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use rtunnel_core::mux::MuxConfig;
-use rtunnel_core::store::{AuditEvent, AuditSink, IdentityStore, SessionStore, StoreError};
+use rtunnel_core::store::{
+    AuditEvent, AuditSink, IdentityStore, ResourceStore, SessionStore, StoreError,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerConfig;
@@ -19,6 +21,8 @@ pub struct Stores {
     pub sessions: Arc<dyn SessionStore>,
     /// The audit log.
     pub audit: Arc<dyn AuditSink>,
+    /// Launcher resources and their grants.
+    pub resources: Arc<dyn ResourceStore>,
 }
 
 impl std::fmt::Debug for Stores {
@@ -28,12 +32,13 @@ impl std::fmt::Debug for Stores {
 }
 
 impl Stores {
-    /// All three stores on one SQLite database.
+    /// Every store on one SQLite database.
     pub fn sqlite(store: rtunnel_core::store::sqlite::SqliteStore) -> Self {
         let store = Arc::new(store);
         Stores {
             identity: store.clone(),
             sessions: store.clone(),
+            resources: store.clone(),
             audit: store,
         }
     }
@@ -51,6 +56,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Signs and verifies the server's tokens.
     pub signer: Arc<dyn rtunnel_core::token::TokenSigner>,
+    /// Signs the session launcher's tokens.
+    pub launch_signer: rtunnel_auth::launch_token::LaunchSigner,
 }
 
 impl std::fmt::Debug for AppState {

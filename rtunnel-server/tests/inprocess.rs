@@ -118,6 +118,7 @@ async fn user(h: &Harness, name: &str, role: Role) -> (User, String) {
         role,
         disabled: false,
         created_at: now_millis(),
+        email: None,
     };
     h.state.stores.identity.create_user(&user).await.unwrap();
     let (record, token) = enroll::new_api_token(user.id, None);

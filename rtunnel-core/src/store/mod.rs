@@ -96,6 +96,8 @@ pub struct User {
     pub disabled: bool,
     /// Creation time.
     pub created_at: Millis,
+    /// Email address, if known (the launcher's default TSPlus user).
+    pub email: Option<String>,
 }
 
 /// An API token as stored: the secret half only as a hash.
@@ -451,6 +453,70 @@ impl AuditEvent {
             details: serde_json::Value::Object(Default::default()),
         }
     }
+}
+
+/// A launcher resource: a machine or application operators launch sessions
+/// to, through an external gateway (Guacamole, TSPlus) or, when tied to a
+/// system and service, through rtunnel's own proxy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Resource {
+    /// Id.
+    pub id: Uuid,
+    /// Unique name.
+    pub name: String,
+    /// Address of the machine (the `direct` fallback URL, and TSPlus's
+    /// default target host).
+    pub ip_address: Option<String>,
+    /// The launcher's metadata keys (`external_url`, `pomerium_url`,
+    /// `guacamole_connection_id`, `rdp_connection_id`, `ssh_connection_id`,
+    /// `tsplus_url`, `tsplus_user`, `target_host`), a JSON object.
+    pub metadata: serde_json::Value,
+    /// The system whose service this resource is, if any.
+    pub system_id: Option<Uuid>,
+    /// That service's name.
+    pub service: Option<String>,
+    /// Creation time.
+    pub created_at: Millis,
+    /// Last change.
+    pub updated_at: Millis,
+}
+
+/// Launcher resources and who may launch them.
+#[async_trait]
+pub trait ResourceStore: Send + Sync {
+    /// Adds a resource; [`StoreError::Conflict`] if the name is taken.
+    async fn create_resource(&self, resource: &Resource) -> Result<(), StoreError>;
+    /// Finds a resource.
+    async fn resource(&self, id: Uuid) -> Result<Option<Resource>, StoreError>;
+    /// Lists resources by name.
+    async fn list_resources(&self, page: Page) -> Result<Paged<Resource>, StoreError>;
+    /// Replaces a resource's fields; false if it does not exist.
+    async fn update_resource(&self, resource: &Resource) -> Result<bool, StoreError>;
+    /// Deletes a resource and its grants; false if it did not exist.
+    async fn delete_resource(&self, id: Uuid) -> Result<bool, StoreError>;
+    /// Lets a user launch a resource, until `expires_at` if given; returns
+    /// false if an active grant already exists.
+    async fn grant_resource(
+        &self,
+        user_id: Uuid,
+        resource_id: Uuid,
+        expires_at: Option<Millis>,
+        now: Millis,
+    ) -> Result<bool, StoreError>;
+    /// Takes it away; false if there was no active grant.
+    async fn revoke_resource(
+        &self,
+        user_id: Uuid,
+        resource_id: Uuid,
+        now: Millis,
+    ) -> Result<bool, StoreError>;
+    /// Whether the user holds an active, unexpired grant on the resource.
+    async fn has_resource_grant(
+        &self,
+        user_id: Uuid,
+        resource_id: Uuid,
+        now: Millis,
+    ) -> Result<bool, StoreError>;
 }
 
 /// Where audit events go. Access opens only after `record` succeeds.

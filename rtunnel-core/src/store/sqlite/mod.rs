@@ -20,6 +20,8 @@ use super::{
 };
 use crate::proto::ServiceInfo;
 
+mod resources;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// SQLite implementation of every store trait.
@@ -108,6 +110,7 @@ fn user_from(row: &SqliteRow) -> Result<User, StoreError> {
         role: parse_enum(row, "role")?,
         disabled: get(row, "disabled")?,
         created_at: get(row, "created_at")?,
+        email: get(row, "email")?,
     })
 }
 
@@ -164,13 +167,14 @@ fn access_from(row: &SqliteRow) -> Result<AccessLog, StoreError> {
 impl IdentityStore for SqliteStore {
     async fn create_user(&self, user: &User) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO users (id, name, role, disabled, created_at) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO users (id, name, role, disabled, created_at, email) VALUES (?, ?, ?, ?, ?, ?)",
         )
         .bind(user.id.to_string())
         .bind(&user.name)
         .bind(user.role.as_str())
         .bind(user.disabled)
         .bind(user.created_at)
+        .bind(&user.email)
         .execute(&self.pool)
         .await
         .map_err(backend)?;
@@ -724,6 +728,7 @@ mod tests {
             role,
             disabled: false,
             created_at: now_millis(),
+            email: None,
         }
     }
 

@@ -1,0 +1,244 @@
+//! [`ResourceStore`] on SQLite: launcher resources and their grants.
+
+use async_trait::async_trait;
+use sqlx::sqlite::SqliteRow;
+use uuid::Uuid;
+
+use super::{SqliteStore, backend, get, get_uuid};
+use crate::store::{Millis, Page, Paged, Resource, ResourceStore, StoreError};
+
+fn resource_from(row: &SqliteRow) -> Result<Resource, StoreError> {
+    let metadata: String = get(row, "metadata")?;
+    let system_id: Option<String> = get(row, "system_id")?;
+    Ok(Resource {
+        id: get_uuid(row, "id")?,
+        name: get(row, "name")?,
+        ip_address: get(row, "ip_address")?,
+        metadata: serde_json::from_str(&metadata)
+            .map_err(|e| StoreError::Backend(format!("bad resource metadata: {e}")))?,
+        system_id: system_id
+            .map(|s| Uuid::parse_str(&s))
+            .transpose()
+            .map_err(|e| StoreError::Backend(format!("bad uuid in system_id: {e}")))?,
+        service: get(row, "service")?,
+        created_at: get(row, "created_at")?,
+        updated_at: get(row, "updated_at")?,
+    })
+}
+
+#[async_trait]
+impl ResourceStore for SqliteStore {
+    async fn create_resource(&self, r: &Resource) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO resources (id, name, ip_address, metadata, system_id, service, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(r.id.to_string())
+        .bind(&r.name)
+        .bind(&r.ip_address)
+        .bind(r.metadata.to_string())
+        .bind(r.system_id.map(|s| s.to_string()))
+        .bind(&r.service)
+        .bind(r.created_at)
+        .bind(r.updated_at)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn resource(&self, id: Uuid) -> Result<Option<Resource>, StoreError> {
+        sqlx::query("SELECT * FROM resources WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?
+            .as_ref()
+            .map(resource_from)
+            .transpose()
+    }
+
+    async fn list_resources(&self, page: Page) -> Result<Paged<Resource>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM resources ORDER BY name LIMIT ? OFFSET ?")
+            .bind(i64::from(page.page_size))
+            .bind(page.offset())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM resources")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(Paged {
+            items: rows.iter().map(resource_from).collect::<Result<_, _>>()?,
+            page: page.page,
+            page_size: page.page_size,
+            total: total as u64,
+        })
+    }
+
+    async fn update_resource(&self, r: &Resource) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE resources SET name = ?2, ip_address = ?3, metadata = ?4, system_id = ?5, \
+             service = ?6, updated_at = ?7 WHERE id = ?1",
+        )
+        .bind(r.id.to_string())
+        .bind(&r.name)
+        .bind(&r.ip_address)
+        .bind(r.metadata.to_string())
+        .bind(r.system_id.map(|s| s.to_string()))
+        .bind(&r.service)
+        .bind(r.updated_at)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn delete_resource(&self, id: Uuid) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM resources WHERE id = ?")
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn grant_resource(
+        &self,
+        user_id: Uuid,
+        resource_id: Uuid,
+        expires_at: Option<Millis>,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        if self.has_resource_grant(user_id, resource_id, now).await? {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO resource_grants (id, user_id, resource_id, created_at, expires_at) \
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(Uuid::new_v4().to_string())
+        .bind(user_id.to_string())
+        .bind(resource_id.to_string())
+        .bind(now)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(true)
+    }
+
+    async fn revoke_resource(
+        &self,
+        user_id: Uuid,
+        resource_id: Uuid,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE resource_grants SET revoked_at = ?3 \
+             WHERE user_id = ?1 AND resource_id = ?2 AND revoked_at IS NULL",
+        )
+        .bind(user_id.to_string())
+        .bind(resource_id.to_string())
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn has_resource_grant(
+        &self,
+        user_id: Uuid,
+        resource_id: Uuid,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM resource_grants WHERE user_id = ?1 AND resource_id = ?2 \
+             AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?3) LIMIT 1",
+        )
+        .bind(user_id.to_string())
+        .bind(resource_id.to_string())
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(found.is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{IdentityStore, Role, User};
+
+    async fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db")).await.unwrap();
+        (dir, store)
+    }
+
+    fn resource(name: &str) -> Resource {
+        Resource {
+            id: Uuid::new_v4(),
+            name: name.into(),
+            ip_address: Some("10.0.1.50".into()),
+            metadata: serde_json::json!({"pomerium_url": "https://access.example.com"}),
+            system_id: None,
+            service: None,
+            created_at: 1,
+            updated_at: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn resources_round_trip_and_names_are_unique() {
+        let (_dir, s) = store().await;
+        let mut r = resource("db-server");
+        s.create_resource(&r).await.unwrap();
+        assert_eq!(s.resource(r.id).await.unwrap().as_ref(), Some(&r));
+        assert!(matches!(
+            s.create_resource(&resource("db-server")).await,
+            Err(StoreError::Conflict(_))
+        ));
+        r.metadata = serde_json::json!({"external_url": "https://app.example.com"});
+        r.updated_at = 2;
+        assert!(s.update_resource(&r).await.unwrap());
+        assert_eq!(s.resource(r.id).await.unwrap(), Some(r.clone()));
+        assert_eq!(s.list_resources(Page::default()).await.unwrap().total, 1);
+        assert!(s.delete_resource(r.id).await.unwrap());
+        assert!(!s.delete_resource(r.id).await.unwrap());
+        assert_eq!(s.resource(r.id).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn grants_expire_and_revoke() {
+        let (_dir, s) = store().await;
+        let user = User {
+            id: Uuid::new_v4(),
+            name: "op".into(),
+            role: Role::Operator,
+            disabled: false,
+            created_at: 0,
+            email: Some("op@example.com".into()),
+        };
+        s.create_user(&user).await.unwrap();
+        assert_eq!(s.user_by_id(user.id).await.unwrap(), Some(user.clone()));
+        let r = resource("rdp-box");
+        s.create_resource(&r).await.unwrap();
+        assert!(!s.has_resource_grant(user.id, r.id, 10).await.unwrap());
+        assert!(
+            s.grant_resource(user.id, r.id, Some(100), 10)
+                .await
+                .unwrap()
+        );
+        assert!(!s.grant_resource(user.id, r.id, None, 20).await.unwrap());
+        assert!(s.has_resource_grant(user.id, r.id, 99).await.unwrap());
+        assert!(!s.has_resource_grant(user.id, r.id, 100).await.unwrap());
+        assert!(s.grant_resource(user.id, r.id, None, 100).await.unwrap());
+        assert!(s.revoke_resource(user.id, r.id, 150).await.unwrap());
+        assert!(!s.has_resource_grant(user.id, r.id, 151).await.unwrap());
+        assert!(!s.revoke_resource(user.id, r.id, 152).await.unwrap());
+    }
+}

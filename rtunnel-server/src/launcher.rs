@@ -1,0 +1,376 @@
+//! The session launcher's URLs, as its contract
+//! (`../shared/seeds/000_*`, and CONTRACT.md) defines them, word for word:
+//! which metadata key each connection type reads, what it falls back to,
+//! and the error when nothing gives a URL.
+//!
+//! | type | URL | from |
+//! | --- | --- | --- |
+//! | `direct` | the URL itself | `external_url`, else the resource's `ip_address` |
+//! | `guacamole` | `{pomerium_url}/guacamole/#/client/{base64(id)}?token=T` | id: `guacamole_connection_id`, else the resource id |
+//! | `rdp` | same | id: `rdp_connection_id`, else `rdp-{resource id}` |
+//! | `ssh` | same | id: `ssh_connection_id`, else `ssh-{resource id}` |
+//! | `tsplus` | `{tsplus_url}/html5/?user=U&host=H&token=T` | user: `tsplus_user`, else the user's email; host: `target_host` |
+//!
+//! `pomerium_url` falls back to `POMERIUM_BASE_URL`, `tsplus_url` to
+//! `TSPLUS_BASE_URL`.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use rtunnel_core::store::{Resource, User};
+
+/// The error messages of the launcher contract.
+pub mod messages {
+    /// No or an unusable `Authorization` header.
+    pub const MISSING_AUTHORIZATION: &str = "Missing authorization header";
+    /// No active grant, or the role cannot launch.
+    pub const ACCESS_DENIED: &str = "Access denied to this resource";
+    /// Not one of the five types.
+    pub const INVALID_CONNECTION_TYPE: &str = "Invalid connection type";
+    /// Neither metadata nor environment gives a URL.
+    pub const NO_URL: &str = "No URL configured for this resource";
+}
+
+/// How a session is launched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionType {
+    /// Apache Guacamole behind Pomerium.
+    Guacamole,
+    /// The TSPlus HTML5 gateway.
+    Tsplus,
+    /// RDP through Guacamole.
+    Rdp,
+    /// SSH through Guacamole.
+    Ssh,
+    /// The resource's own URL (or, for a resource tied to a system's
+    /// service, rtunnel's proxy URL for it).
+    Direct,
+}
+
+impl ConnectionType {
+    /// Parses the request's `connectionType`.
+    pub fn parse(s: &str) -> Option<ConnectionType> {
+        Some(match s {
+            "guacamole" => ConnectionType::Guacamole,
+            "tsplus" => ConnectionType::Tsplus,
+            "rdp" => ConnectionType::Rdp,
+            "ssh" => ConnectionType::Ssh,
+            "direct" => ConnectionType::Direct,
+            _ => return None,
+        })
+    }
+
+    /// The name used in requests and audit events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionType::Guacamole => "guacamole",
+            ConnectionType::Tsplus => "tsplus",
+            ConnectionType::Rdp => "rdp",
+            ConnectionType::Ssh => "ssh",
+            ConnectionType::Direct => "direct",
+        }
+    }
+
+    /// Whether the URL carries a session token.
+    pub fn needs_token(self) -> bool {
+        self != ConnectionType::Direct
+    }
+}
+
+/// The environment fallbacks.
+#[derive(Debug, Clone, Default)]
+pub struct Fallbacks<'a> {
+    /// `POMERIUM_BASE_URL`.
+    pub pomerium_base_url: Option<&'a str>,
+    /// `TSPLUS_BASE_URL`.
+    pub tsplus_base_url: Option<&'a str>,
+}
+
+/// Metadata keys holding URLs: only `http(s)://` is accepted for them.
+pub const URL_KEYS: [&str; 3] = ["external_url", "pomerium_url", "tsplus_url"];
+
+/// Every metadata key the launcher reads.
+pub const METADATA_KEYS: [&str; 8] = [
+    "external_url",
+    "pomerium_url",
+    "guacamole_connection_id",
+    "rdp_connection_id",
+    "ssh_connection_id",
+    "tsplus_url",
+    "tsplus_user",
+    "target_host",
+];
+
+fn meta<'a>(resource: &'a Resource, key: &str) -> Option<&'a str> {
+    resource
+        .metadata
+        .get(key)
+        .and_then(|v| v.as_str())
+        .filter(|s| !s.is_empty())
+}
+
+/// The session URL for `resource` launched as `kind` by `user`, with the
+/// signed session `token` (unused for `direct`). `Err` carries
+/// [`messages::NO_URL`].
+pub fn session_url(
+    resource: &Resource,
+    kind: ConnectionType,
+    user: &User,
+    token: &str,
+    fallbacks: &Fallbacks<'_>,
+) -> Result<String, &'static str> {
+    let id = resource.id.to_string();
+    let guacamole = |connection: String| {
+        let base = meta(resource, "pomerium_url")
+            .or(fallbacks.pomerium_base_url)
+            .ok_or(messages::NO_URL)?;
+        let encoded = encode_component(&STANDARD.encode(connection));
+        Ok(format!(
+            "{}/guacamole/#/client/{encoded}?token={token}",
+            base.trim_end_matches('/')
+        ))
+    };
+    match kind {
+        ConnectionType::Direct => meta(resource, "external_url")
+            .or(resource.ip_address.as_deref().filter(|s| !s.is_empty()))
+            .map(str::to_owned)
+            .ok_or(messages::NO_URL),
+        ConnectionType::Guacamole => guacamole(
+            meta(resource, "guacamole_connection_id")
+                .map(str::to_owned)
+                .unwrap_or(id),
+        ),
+        ConnectionType::Rdp => guacamole(
+            meta(resource, "rdp_connection_id")
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("rdp-{id}")),
+        ),
+        ConnectionType::Ssh => guacamole(
+            meta(resource, "ssh_connection_id")
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("ssh-{id}")),
+        ),
+        ConnectionType::Tsplus => {
+            let base = meta(resource, "tsplus_url")
+                .or(fallbacks.tsplus_base_url)
+                .ok_or(messages::NO_URL)?;
+            let tsplus_user = meta(resource, "tsplus_user")
+                .or(user.email.as_deref())
+                .unwrap_or(&user.name);
+            let host = meta(resource, "target_host")
+                .or(resource.ip_address.as_deref())
+                .unwrap_or_default();
+            Ok(format!(
+                "{}/html5/?user={}&host={}&token={token}",
+                base.trim_end_matches('/'),
+                encode_component(tsplus_user),
+                encode_component(host)
+            ))
+        }
+    }
+}
+
+/// Percent-encodes as JavaScript's `encodeURIComponent` does.
+fn encode_component(s: &str) -> String {
+    const KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'!')
+        .remove(b'~')
+        .remove(b'*')
+        .remove(b'\'')
+        .remove(b'(')
+        .remove(b')');
+    percent_encoding::utf8_percent_encode(s, KEEP).to_string()
+}
+
+/// Checks a resource's metadata: a JSON object whose launcher keys are
+/// strings, URL keys `http(s)://` URLs (a `javascript:` launch target must
+/// never reach a browser).
+pub fn validate_metadata(metadata: &serde_json::Value) -> Result<(), String> {
+    let Some(map) = metadata.as_object() else {
+        return Err("metadata must be a JSON object".into());
+    };
+    for key in METADATA_KEYS {
+        match map.get(key) {
+            None | Some(serde_json::Value::Null) => {}
+            Some(serde_json::Value::String(v)) => {
+                if URL_KEYS.contains(&key) && !v.is_empty() && !is_http_url(v) {
+                    return Err(format!("metadata.{key} must be an http(s):// URL"));
+                }
+            }
+            Some(_) => return Err(format!("metadata.{key} must be a string")),
+        }
+    }
+    Ok(())
+}
+
+fn is_http_url(v: &str) -> bool {
+    url::Url::parse(v).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtunnel_core::store::Role;
+    use serde_json::json;
+    use uuid::Uuid;
+
+    fn resource(metadata: serde_json::Value, ip: Option<&str>) -> Resource {
+        Resource {
+            id: Uuid::parse_str("00000000-0000-4000-8000-000000000001").unwrap(),
+            name: "r".into(),
+            ip_address: ip.map(str::to_owned),
+            metadata,
+            system_id: None,
+            service: None,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    fn user(email: Option<&str>) -> User {
+        User {
+            id: Uuid::new_v4(),
+            name: "alice".into(),
+            role: Role::Operator,
+            disabled: false,
+            created_at: 0,
+            email: email.map(str::to_owned),
+        }
+    }
+
+    const NONE: Fallbacks<'static> = Fallbacks {
+        pomerium_base_url: None,
+        tsplus_base_url: None,
+    };
+
+    #[test]
+    fn guacamole_matches_the_contracts_example() {
+        let r = resource(
+            json!({"pomerium_url": "https://access.company.com", "guacamole_connection_id": "rdp-connection-123"}),
+            None,
+        );
+        let url = session_url(&r, ConnectionType::Guacamole, &user(None), "T.S", &NONE).unwrap();
+        assert_eq!(
+            url,
+            "https://access.company.com/guacamole/#/client/cmRwLWNvbm5lY3Rpb24tMTIz?token=T.S"
+        );
+    }
+
+    #[test]
+    fn connection_ids_default_per_type() {
+        let r = resource(json!({"pomerium_url": "https://p.example/"}), None);
+        let u = user(None);
+        let id = r.id.to_string();
+        let enc = |s: &str| encode_component(&STANDARD.encode(s));
+        for (kind, conn) in [
+            (ConnectionType::Guacamole, id.clone()),
+            (ConnectionType::Rdp, format!("rdp-{id}")),
+            (ConnectionType::Ssh, format!("ssh-{id}")),
+        ] {
+            assert_eq!(
+                session_url(&r, kind, &u, "t", &NONE).unwrap(),
+                format!(
+                    "https://p.example/guacamole/#/client/{}?token=t",
+                    enc(&conn)
+                )
+            );
+        }
+        let r = resource(
+            json!({"pomerium_url": "https://p", "rdp_connection_id": "rdp-server-01", "ssh_connection_id": "ssh-prod-server"}),
+            None,
+        );
+        assert!(
+            session_url(&r, ConnectionType::Rdp, &u, "t", &NONE)
+                .unwrap()
+                .contains(&enc("rdp-server-01"))
+        );
+        assert!(
+            session_url(&r, ConnectionType::Ssh, &u, "t", &NONE)
+                .unwrap()
+                .contains(&enc("ssh-prod-server"))
+        );
+    }
+
+    #[test]
+    fn environment_fallbacks_and_no_url() {
+        let r = resource(json!({}), None);
+        let u = user(Some("alice@example.com"));
+        for kind in [
+            ConnectionType::Guacamole,
+            ConnectionType::Rdp,
+            ConnectionType::Ssh,
+            ConnectionType::Tsplus,
+            ConnectionType::Direct,
+        ] {
+            assert_eq!(
+                session_url(&r, kind, &u, "t", &NONE),
+                Err("No URL configured for this resource")
+            );
+        }
+        let env = Fallbacks {
+            pomerium_base_url: Some("https://pom.example"),
+            tsplus_base_url: Some("https://ts.example"),
+        };
+        assert!(
+            session_url(&r, ConnectionType::Ssh, &u, "t", &env)
+                .unwrap()
+                .starts_with("https://pom.example/guacamole/#/client/")
+        );
+        assert_eq!(
+            session_url(&r, ConnectionType::Tsplus, &u, "t", &env).unwrap(),
+            "https://ts.example/html5/?user=alice%40example.com&host=&token=t"
+        );
+    }
+
+    #[test]
+    fn tsplus_and_direct() {
+        let r = resource(
+            json!({"tsplus_url": "https://rdp.company.com", "tsplus_user": "domain\\username", "target_host": "10.0.1.50"}),
+            Some("192.0.2.1"),
+        );
+        assert_eq!(
+            session_url(&r, ConnectionType::Tsplus, &user(None), "t", &NONE).unwrap(),
+            "https://rdp.company.com/html5/?user=domain%5Cusername&host=10.0.1.50&token=t"
+        );
+        // Direct: external_url, else the address.
+        assert_eq!(
+            session_url(&r, ConnectionType::Direct, &user(None), "t", &NONE).unwrap(),
+            "192.0.2.1"
+        );
+        let r = resource(
+            json!({"external_url": "https://app.example.com"}),
+            Some("192.0.2.1"),
+        );
+        assert_eq!(
+            session_url(&r, ConnectionType::Direct, &user(None), "t", &NONE).unwrap(),
+            "https://app.example.com"
+        );
+        // TSPlus user falls back to the email, then the login name.
+        let r = resource(json!({"tsplus_url": "https://ts"}), None);
+        assert!(
+            session_url(&r, ConnectionType::Tsplus, &user(None), "t", &NONE)
+                .unwrap()
+                .contains("user=alice&")
+        );
+    }
+
+    #[test]
+    fn metadata_is_checked() {
+        assert!(validate_metadata(&json!({"external_url": "https://a.example"})).is_ok());
+        assert!(validate_metadata(&json!({"external_url": "javascript:alert(1)"})).is_err());
+        assert!(validate_metadata(&json!({"pomerium_url": 5})).is_err());
+        assert!(validate_metadata(&json!(["x"])).is_err());
+        assert!(validate_metadata(&json!({"custom": {"any": "thing"}})).is_ok());
+    }
+
+    #[test]
+    fn connection_types_parse() {
+        for s in ["guacamole", "tsplus", "rdp", "ssh", "direct"] {
+            assert_eq!(ConnectionType::parse(s).unwrap().as_str(), s);
+        }
+        assert_eq!(ConnectionType::parse("vnc"), None);
+        assert_eq!(ConnectionType::parse("SSH"), None);
+    }
+}
