@@ -290,12 +290,16 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 }
 
 async fn serve(store_args: StoreArgs, args: ServeArgs, store: SqliteStore) -> Result<(), Failure> {
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| Failure::other(format!("cannot listen on {}: {e}", args.listen)))?;
+    // Without --public-url, URLs handed out name the address really bound
+    // (which matters with port 0).
+    let bound = listener.local_addr().unwrap_or(args.listen);
     let config = ServerConfig {
-        listen: args.listen,
+        listen: bound,
         data_dir: store_args.data_dir,
-        public_url: args
-            .public_url
-            .unwrap_or_else(|| format!("http://{}", args.listen)),
+        public_url: args.public_url.unwrap_or_else(|| format!("http://{bound}")),
         proxy_domain: args.proxy_domain,
         session_ttl: args.session_ttl,
         grace_period: args.grace_period,
@@ -314,9 +318,6 @@ async fn serve(store_args: StoreArgs, args: ServeArgs, store: SqliteStore) -> Re
             .filter(|v| !v.is_empty()),
     };
     config.validate().map_err(Failure::usage)?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| Failure::other(format!("cannot listen on {}: {e}", config.listen)))?;
     let server = Server::builder()
         .config(config)
         .stores(crate::state::Stores::sqlite(store))
@@ -414,7 +415,7 @@ async fn grant_or_revoke(
         .ok_or_else(|| Failure::other(format!("no system named {system:?}")))?;
     let now = now_millis();
     let changed = if give {
-        store.grant(user.id, system.id, now).await
+        store.grant(user.id, system.id, None, now).await
     } else {
         store.revoke(user.id, system.id, now).await
     }

@@ -216,7 +216,9 @@ async fn a_revoked_grant_stops_new_streams_on_an_open_forward() {
     let h = harness().await;
     let (op, token) = user(&h, "olga", Role::Operator).await;
     let ids = &h.state.stores.identity;
-    ids.grant(op.id, h.system, now_millis()).await.unwrap();
+    ids.grant(op.id, h.system, None, now_millis())
+        .await
+        .unwrap();
     let fwd = Forwarder::connect(forward_config(&h, &token))
         .await
         .unwrap();
@@ -631,4 +633,33 @@ async fn streams_past_the_per_tunnel_limit_are_refused_while_the_others_carry_on
     let mut got = [0u8; 1];
     c.read_exact(&mut got).await.unwrap();
     assert_eq!(h.state.registry.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_failure_keeps_launches_and_resource_changes_from_happening() {
+    let failing = Arc::new(AtomicBool::new(false));
+    let h = harness_with(failing.clone()).await;
+    let (_, token) = user(&h, "ann", Role::Admin).await;
+    let body = r#"{"name":"app","metadata":{"external_url":"https://app.example.com"}}"#;
+    let (status, v) = api(&h, "POST", "/api/v1/resources", &token, Some(body)).await;
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_owned();
+
+    failing.store(true, Ordering::SeqCst);
+    let launch = format!(r#"{{"resourceId":"{id}","connectionType":"direct"}}"#);
+    let (status, v) = api(&h, "POST", "/api/v1/launch", &token, Some(&launch)).await;
+    assert_eq!(status, 503, "{v}");
+    assert_envelope(&v, "audit_unavailable");
+    assert!(v.get("sessionUrl").is_none(), "{v}");
+    // A resource created while the audit log is down is not kept.
+    let other = r#"{"name":"other"}"#;
+    let (status, _) = api(&h, "POST", "/api/v1/resources", &token, Some(other)).await;
+    assert_eq!(status, 503);
+
+    failing.store(false, Ordering::SeqCst);
+    let (_, v) = api(&h, "GET", "/api/v1/resources", &token, None).await;
+    assert_eq!(v["total"], 1, "{v}");
+    let (status, v) = api(&h, "POST", "/api/v1/launch", &token, Some(&launch)).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["sessionUrl"], "https://app.example.com");
 }

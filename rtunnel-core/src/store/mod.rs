@@ -314,8 +314,15 @@ pub trait IdentityStore: Send + Sync {
         now: Millis,
         page: Page,
     ) -> Result<Paged<System>, StoreError>;
-    /// Gives a user access to a system; returns false if already active.
-    async fn grant(&self, user_id: Uuid, system_id: Uuid, now: Millis) -> Result<bool, StoreError>;
+    /// Gives a user access to a system, until `expires_at` if given;
+    /// returns false if an active grant already exists.
+    async fn grant(
+        &self,
+        user_id: Uuid,
+        system_id: Uuid,
+        expires_at: Option<Millis>,
+        now: Millis,
+    ) -> Result<bool, StoreError>;
     /// Takes it away; returns false if there was no active grant.
     async fn revoke(&self, user_id: Uuid, system_id: Uuid, now: Millis)
     -> Result<bool, StoreError>;

@@ -29,8 +29,14 @@ impl FromRequestParts<Arc<AppState>> for CurrentUser {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
+        if !parts.headers.contains_key(header::AUTHORIZATION) {
+            // The launcher contract's words, for every endpoint.
+            let mut e = ApiError::unauthorized(crate::launcher::messages::MISSING_AUTHORIZATION);
+            e.code = "missing_authorization";
+            return Err(e);
+        }
         let token = bearer(&parts.headers)
-            .ok_or_else(|| ApiError::unauthorized("missing or malformed bearer token"))?;
+            .ok_or_else(|| ApiError::unauthorized("malformed bearer token"))?;
         authenticate_token(state, token).await.map(CurrentUser)
     }
 }

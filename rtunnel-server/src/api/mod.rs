@@ -2,6 +2,9 @@
 
 pub mod auth;
 pub mod extract;
+mod grants;
+mod launch;
+mod resources;
 mod sessions;
 mod systems;
 
@@ -10,7 +13,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
-use axum::routing::{get, patch};
+use axum::routing::{get, patch, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -38,6 +41,21 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/api/v1/sessions/{id}/forward",
             get(forward::forward_endpoint),
+        )
+        .route("/api/v1/launch", post(launch::launch))
+        .route(
+            "/api/v1/resources",
+            get(resources::list).post(resources::create),
+        )
+        .route(
+            "/api/v1/resources/{id}",
+            get(resources::show)
+                .put(resources::update)
+                .delete(resources::delete),
+        )
+        .route(
+            "/api/v1/grants",
+            post(grants::create).delete(grants::revoke),
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -131,10 +131,20 @@ impl ServerProc {
         Self::start_on(dir, "127.0.0.1:0", extra).await
     }
 
+    /// Starts a server with extra environment variables.
+    pub async fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> ServerProc {
+        Self::spawn(dir, "127.0.0.1:0", extra, env).await
+    }
+
     /// Starts a server on `listen` and waits until it accepts connections.
     pub async fn start_on(dir: &Path, listen: &str, extra: &[&str]) -> ServerProc {
+        Self::spawn(dir, listen, extra, &[]).await
+    }
+
+    async fn spawn(dir: &Path, listen: &str, extra: &[&str], env: &[(&str, &str)]) -> ServerProc {
         let log = dir.join(format!("server-{}.log", unique()));
         let mut cmd = Command::new(server_bin());
+        cmd.envs(env.iter().copied());
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(dir.join("data"))
@@ -569,4 +579,31 @@ async fn pump(
         }
     }
     let _ = w.shutdown().await;
+}
+
+/// One API call with an optional bearer token and JSON body; returns the
+/// status and the parsed JSON answer (`Null` for an empty body).
+pub async fn api_call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let (status, text) = http_raw(addr, &request).await.unwrap();
+    let value = if text.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: {e}: {text}"))
+    };
+    (status, value)
 }

@@ -318,18 +318,27 @@ impl IdentityStore for SqliteStore {
         })
     }
 
-    async fn grant(&self, user_id: Uuid, system_id: Uuid, now: Millis) -> Result<bool, StoreError> {
+    async fn grant(
+        &self,
+        user_id: Uuid,
+        system_id: Uuid,
+        expires_at: Option<Millis>,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
         if self.has_grant(user_id, system_id, now).await? {
             return Ok(false);
         }
-        sqlx::query("INSERT INTO grants (id, user_id, system_id, created_at) VALUES (?, ?, ?, ?)")
-            .bind(Uuid::new_v4().to_string())
-            .bind(user_id.to_string())
-            .bind(system_id.to_string())
-            .bind(now)
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
+        sqlx::query(
+            "INSERT INTO grants (id, user_id, system_id, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(Uuid::new_v4().to_string())
+        .bind(user_id.to_string())
+        .bind(system_id.to_string())
+        .bind(now)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
         Ok(true)
     }
 
@@ -781,8 +790,8 @@ mod tests {
         s.create_system(&b).await.unwrap();
         let now = now_millis();
         assert!(!s.has_grant(u.id, a.id, now).await.unwrap());
-        assert!(s.grant(u.id, a.id, now).await.unwrap());
-        assert!(!s.grant(u.id, a.id, now).await.unwrap());
+        assert!(s.grant(u.id, a.id, None, now).await.unwrap());
+        assert!(!s.grant(u.id, a.id, None, now).await.unwrap());
         assert!(s.has_grant(u.id, a.id, now).await.unwrap());
         let visible = s
             .list_systems(Some(u.id), now, Page::default())

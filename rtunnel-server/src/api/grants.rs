@@ -1,0 +1,173 @@
+//! `POST/DELETE /api/v1/grants`: who may reach which system, or launch
+//! which resource (admin only).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, State};
+use axum::http::StatusCode;
+use rtunnel_core::store::{AuditEvent, now_millis, rfc3339};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::auth::{CurrentUser, require_admin};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Longest grant.
+pub(super) const MAX_GRANT_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// The body of both methods: a user and exactly one of a system or a
+/// resource; `expires_in` (`8h`, `30d`) only when granting.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct GrantBody {
+    user_id: Uuid,
+    #[serde(default)]
+    system_id: Option<Uuid>,
+    #[serde(default)]
+    resource_id: Option<Uuid>,
+    #[serde(default)]
+    expires_in: Option<String>,
+}
+
+enum Target {
+    System(Uuid),
+    Resource(Uuid),
+}
+
+impl GrantBody {
+    async fn check(&self, state: &AppState) -> Result<Target, ApiError> {
+        let bad = |m: &str| ApiError::bad_request("invalid_grant", m.to_owned());
+        if state
+            .stores
+            .identity
+            .user_by_id(self.user_id)
+            .await?
+            .is_none()
+        {
+            return Err(ApiError::not_found("user_not_found", "no such user"));
+        }
+        match (self.system_id, self.resource_id) {
+            (Some(id), None) => {
+                if state.stores.identity.system(id).await?.is_none() {
+                    return Err(ApiError::not_found("system_not_found", "no such system"));
+                }
+                Ok(Target::System(id))
+            }
+            (None, Some(id)) => {
+                if state.stores.resources.resource(id).await?.is_none() {
+                    return Err(ApiError::not_found(
+                        "resource_not_found",
+                        "no such resource",
+                    ));
+                }
+                Ok(Target::Resource(id))
+            }
+            _ => Err(bad("name exactly one of system_id and resource_id")),
+        }
+    }
+
+    fn expires_at(&self, now: i64) -> Result<Option<i64>, ApiError> {
+        let Some(text) = &self.expires_in else {
+            return Ok(None);
+        };
+        let ttl = humantime::parse_duration(text)
+            .ok()
+            .filter(|d| !d.is_zero() && *d <= MAX_GRANT_TTL)
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_grant",
+                    "expires_in is a duration like 8h or 30d, at most 366d",
+                )
+            })?;
+        Ok(Some(now + ttl.as_millis() as i64))
+    }
+}
+
+fn event(name: &str, admin: &str, peer: SocketAddr, body: &GrantBody) -> AuditEvent {
+    let mut e = AuditEvent::new(name);
+    e.actor = Some(admin.to_owned());
+    e.system_id = body.system_id;
+    e.ip_address = Some(peer.ip().to_string());
+    e.details = json!({"user_id": body.user_id, "resource_id": body.resource_id});
+    e
+}
+
+pub(super) async fn create(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    CurrentUser(admin): CurrentUser,
+    super::extract::Json(body): super::extract::Json<GrantBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    require_admin(&admin)?;
+    let target = body.check(&state).await?;
+    let now = now_millis();
+    let expires_at = body.expires_at(now)?;
+    let mut e = event("grant_created", &admin.name, peer, &body);
+    e.details["expires_at"] = json!(expires_at.map(rfc3339));
+    state.audit(e).await?;
+    let created = match target {
+        Target::System(id) => {
+            state
+                .stores
+                .identity
+                .grant(body.user_id, id, expires_at, now)
+                .await?
+        }
+        Target::Resource(id) => {
+            state
+                .stores
+                .resources
+                .grant_resource(body.user_id, id, expires_at, now)
+                .await?
+        }
+    };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(json!({
+            "user_id": body.user_id,
+            "system_id": body.system_id,
+            "resource_id": body.resource_id,
+            "expires_at": expires_at.map(rfc3339),
+            "created": created,
+        })),
+    ))
+}
+
+pub(super) async fn revoke(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    CurrentUser(admin): CurrentUser,
+    super::extract::Json(body): super::extract::Json<GrantBody>,
+) -> Result<StatusCode, ApiError> {
+    require_admin(&admin)?;
+    let target = body.check(&state).await?;
+    state
+        .audit(event("grant_revoked", &admin.name, peer, &body))
+        .await?;
+    let now = now_millis();
+    let revoked = match target {
+        Target::System(id) => state.stores.identity.revoke(body.user_id, id, now).await?,
+        Target::Resource(id) => {
+            state
+                .stores
+                .resources
+                .revoke_resource(body.user_id, id, now)
+                .await?
+        }
+    };
+    if revoked {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("grant_not_found", "no active grant"))
+    }
+}
