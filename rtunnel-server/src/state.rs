@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use rtunnel_core::mux::MuxConfig;
 use rtunnel_core::store::{
-    AuditEvent, AuditSink, IdentityStore, ResourceStore, SessionStore, StoreError,
+    AuditEvent, AuditReader, AuditSink, IdentityStore, ResourceStore, SessionStore, StoreError,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -21,6 +21,8 @@ pub struct Stores {
     pub sessions: Arc<dyn SessionStore>,
     /// The audit log.
     pub audit: Arc<dyn AuditSink>,
+    /// Reading the audit log back.
+    pub audit_reader: Arc<dyn AuditReader>,
     /// Launcher resources and their grants.
     pub resources: Arc<dyn ResourceStore>,
 }
@@ -39,6 +41,7 @@ impl Stores {
             identity: store.clone(),
             sessions: store.clone(),
             resources: store.clone(),
+            audit_reader: store.clone(),
             audit: store,
         }
     }

@@ -663,3 +663,55 @@ async fn audit_failure_keeps_launches_and_resource_changes_from_happening() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["sessionUrl"], "https://app.example.com");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_log_is_listed_to_admins_with_filters() {
+    let h = harness().await;
+    let (_, admin) = user(&h, "ann", Role::Admin).await;
+    let (_, viewer) = user(&h, "vic", Role::Viewer).await;
+    for name in ["r1", "r2", "r3"] {
+        let body = format!(r#"{{"name":"{name}"}}"#);
+        let (status, _) = api(&h, "POST", "/api/v1/resources", &admin, Some(&body)).await;
+        assert_eq!(status, 201);
+    }
+    let (status, v) = api(
+        &h,
+        "GET",
+        "/api/v1/audit?event=resource_created&page_size=2",
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["total"], 3);
+    assert_eq!(v["items"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        v["items"][0]["details"]["resource_name"], "r3",
+        "newest first: {v}"
+    );
+    assert_eq!(v["items"][0]["actor"], "ann");
+    let (_, v) = api(
+        &h,
+        "GET",
+        "/api/v1/audit?event=resource_created&until=2000-01-01T00:00:00Z",
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(v["total"], 0, "{v}");
+    let (_, v) = api(
+        &h,
+        "GET",
+        "/api/v1/audit?event=resource_created&since=2000-01-01T00:00:00Z",
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(v["total"], 3, "{v}");
+    let (status, v) = api(&h, "GET", "/api/v1/audit?since=yesterday", &admin, None).await;
+    assert_eq!(status, 400);
+    assert_envelope(&v, "invalid_query");
+    let (status, v) = api(&h, "GET", "/api/v1/audit", &viewer, None).await;
+    assert_eq!(status, 403);
+    assert_envelope(&v, "forbidden");
+}

@@ -526,6 +526,30 @@ pub trait ResourceStore: Send + Sync {
     ) -> Result<bool, StoreError>;
 }
 
+/// Which audit events to list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Only this kind (`session_launched`, ...).
+    pub event: Option<String>,
+    /// Only events of this session.
+    pub session_id: Option<Uuid>,
+    /// Only events at or after this time.
+    pub since: Option<Millis>,
+    /// Only events before this time.
+    pub until: Option<Millis>,
+}
+
+/// Reading the audit log back, newest first.
+#[async_trait]
+pub trait AuditReader: Send + Sync {
+    /// One page of the events matching `filter`, newest first.
+    async fn list_audit(
+        &self,
+        filter: &AuditFilter,
+        page: Page,
+    ) -> Result<Paged<AuditEvent>, StoreError>;
+}
+
 /// Where audit events go. Access opens only after `record` succeeds.
 #[async_trait]
 pub trait AuditSink: Send + Sync {

@@ -1,5 +1,6 @@
 //! The HTTP surface: routes, and the read-only operator API.
 
+mod audit;
 pub mod auth;
 pub mod extract;
 mod grants;
@@ -53,6 +54,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .put(resources::update)
                 .delete(resources::delete),
         )
+        .route("/api/v1/audit", get(audit::list))
         .route(
             "/api/v1/grants",
             post(grants::create).delete(grants::revoke),

@@ -14,12 +14,12 @@ use sqlx::sqlite::{
 use uuid::Uuid;
 
 use super::{
-    AccessLog, ApiTokenRecord, AuditEvent, AuditSink, IdentityStore, Millis, Page, Paged,
-    SessionFilter, SessionRecord, SessionSort, SessionStatus, SessionStore, StoreError, System,
-    User,
+    AccessLog, ApiTokenRecord, IdentityStore, Millis, Page, Paged, SessionFilter, SessionRecord,
+    SessionSort, SessionStatus, SessionStore, StoreError, System, User,
 };
 use crate::proto::ServiceInfo;
 
+mod audit;
 mod resources;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -663,58 +663,6 @@ const LIST_SESSIONS_OLDEST_FIRST: &str = session_list_sql!(
     " ORDER BY s.created_at ASC, s.id LIMIT ?5 OFFSET ?6"
 );
 const COUNT_SESSIONS: &str = session_list_sql!("SELECT COUNT(*)", "");
-
-#[async_trait]
-impl AuditSink for SqliteStore {
-    async fn record(&self, ev: &AuditEvent) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO audit_events (id, at, event, actor, system_id, session_id, ip_address, details) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(ev.id.to_string())
-        .bind(ev.at)
-        .bind(&ev.event)
-        .bind(&ev.actor)
-        .bind(ev.system_id.map(|u| u.to_string()))
-        .bind(ev.session_id.map(|u| u.to_string()))
-        .bind(&ev.ip_address)
-        .bind(ev.details.to_string())
-        .execute(&self.pool)
-        .await
-        .map_err(backend)?;
-        Ok(())
-    }
-}
-
-impl SqliteStore {
-    /// Audit events of one kind, oldest first (for tests and tools).
-    pub async fn audit_events(&self, event: &str) -> Result<Vec<AuditEvent>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM audit_events WHERE event = ? ORDER BY at, id")
-            .bind(event)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(backend)?;
-        rows.iter()
-            .map(|row| {
-                let opt_uuid = |col: &str| -> Result<Option<Uuid>, StoreError> {
-                    let s: Option<String> = get(row, col)?;
-                    Ok(s.and_then(|s| Uuid::parse_str(&s).ok()))
-                };
-                let details: String = get(row, "details")?;
-                Ok(AuditEvent {
-                    id: get_uuid(row, "id")?,
-                    at: get(row, "at")?,
-                    event: get(row, "event")?,
-                    actor: get(row, "actor")?,
-                    system_id: opt_uuid("system_id")?,
-                    session_id: opt_uuid("session_id")?,
-                    ip_address: get(row, "ip_address")?,
-                    details: serde_json::from_str(&details).unwrap_or_default(),
-                })
-            })
-            .collect()
-    }
-}
 
 #[cfg(test)]
 mod tests {
