@@ -13,9 +13,12 @@
 //! - [`setup`]: the header and reply that open every stream.
 //! - [`signal`]: waiting for SIGINT or SIGTERM.
 //! - [`store`]: the [`SessionStore`](store::SessionStore),
-//!   [`IdentityStore`](store::IdentityStore) and
-//!   [`AuditSink`](store::AuditSink) traits, with the SQLite implementation
-//!   behind the `sqlite` feature.
+//!   [`IdentityStore`](store::IdentityStore),
+//!   [`ResourceStore`](store::ResourceStore), [`AuditSink`](store::AuditSink)
+//!   and [`AuditReader`](store::AuditReader) traits, with the SQLite
+//!   implementation behind the `sqlite` feature.
+//! - [`ticket`]: single-use tickets and the
+//!   [`TicketStore`](ticket::TicketStore) trait, with an in-process store.
 //! - [`token`]: the [`TokenSigner`](token::TokenSigner) trait.
 //!
 //! A tunnel in memory, end to end:
@@ -48,5 +51,6 @@ pub mod session;
 pub mod setup;
 pub mod signal;
 pub mod store;
+pub mod ticket;
 pub mod token;
 pub mod ws;

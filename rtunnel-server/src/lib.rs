@@ -34,6 +34,7 @@ pub mod lifecycle;
 pub mod registry;
 pub mod server;
 pub mod state;
+pub mod tickets;
 mod tunnel;
 
 pub use config::ServerConfig;

@@ -23,6 +23,8 @@ pub struct Stores {
     pub audit: Arc<dyn AuditSink>,
     /// Reading the audit log back.
     pub audit_reader: Arc<dyn AuditReader>,
+    /// Single-use tickets (live state: in process on one node).
+    pub tickets: Arc<dyn rtunnel_core::ticket::TicketStore>,
     /// Launcher resources and their grants.
     pub resources: Arc<dyn ResourceStore>,
 }
@@ -43,6 +45,7 @@ impl Stores {
             resources: store.clone(),
             audit_reader: store.clone(),
             audit: store,
+            tickets: Arc::new(rtunnel_core::ticket::MemoryTicketStore::new()),
         }
     }
 }

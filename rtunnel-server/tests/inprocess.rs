@@ -715,3 +715,61 @@ async fn the_audit_log_is_listed_to_admins_with_filters() {
     assert_eq!(status, 403);
     assert_envelope(&v, "forbidden");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminal_tickets_are_single_use_bound_to_session_and_role_checked() {
+    let h = harness().await;
+    let (op, token) = user(&h, "olga", Role::Operator).await;
+    let (_, viewer) = user(&h, "vic", Role::Viewer).await;
+    let path = format!("/api/v1/sessions/{}/terminal-ticket", h.session);
+
+    // No grant yet: refused, and a viewer never gets one.
+    let (status, v) = api(&h, "POST", &path, &token, None).await;
+    assert_eq!(status, 403, "{v}");
+    assert_envelope(&v, "no_grant");
+    let ids = &h.state.stores.identity;
+    ids.grant(op.id, h.system, None, now_millis())
+        .await
+        .unwrap();
+    let (status, v) = api(&h, "POST", &path, &viewer, None).await;
+    assert_eq!(status, 403, "{v}");
+
+    let (status, v) = api(&h, "POST", &path, &token, None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["expires_in"], 30);
+    let ticket = v["ticket"].as_str().unwrap().to_owned();
+    assert_eq!(ticket.len(), 64);
+
+    // Bound to its session: presenting it for another one spends it.
+    let other = Uuid::new_v4();
+    let wrong = rtunnel_server::tickets::redeem(&h.state, &ticket, other).await;
+    assert_eq!(wrong.unwrap_err().code, "invalid_ticket");
+    let (_, v) = api(&h, "POST", &path, &token, None).await;
+    let ticket = v["ticket"].as_str().unwrap().to_owned();
+    let user_id = rtunnel_server::tickets::redeem(&h.state, &ticket, h.session)
+        .await
+        .unwrap();
+    assert_eq!(user_id, op.id);
+    let again = rtunnel_server::tickets::redeem(&h.state, &ticket, h.session).await;
+    assert_eq!(
+        again.unwrap_err().code,
+        "invalid_ticket",
+        "a ticket works once"
+    );
+    let forged = rtunnel_server::tickets::redeem(&h.state, &"0".repeat(64), h.session).await;
+    assert_eq!(forged.unwrap_err().code, "invalid_ticket");
+
+    let filter = rtunnel_core::store::AuditFilter {
+        event: Some("terminal_ticket_issued".into()),
+        session_id: Some(h.session),
+        ..Default::default()
+    };
+    let issued = h
+        .state
+        .stores
+        .audit_reader
+        .list_audit(&filter, Default::default())
+        .await
+        .unwrap();
+    assert_eq!(issued.total, 2);
+}

@@ -43,6 +43,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v1/sessions/{id}/forward",
             get(forward::forward_endpoint),
         )
+        .route(
+            "/api/v1/sessions/{id}/terminal-ticket",
+            post(sessions::terminal_ticket),
+        )
         .route("/api/v1/launch", post(launch::launch))
         .route(
             "/api/v1/resources",

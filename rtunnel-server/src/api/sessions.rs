@@ -188,8 +188,31 @@ async fn manageable(
     peer: std::net::SocketAddr,
     details: serde_json::Value,
 ) -> Result<SessionRecord, ApiError> {
+    open_session_for(
+        state,
+        user,
+        raw_id,
+        Action::ManageSession,
+        event,
+        peer,
+        details,
+    )
+    .await
+}
+
+/// A session that has not ended, on which `user` may do `action`, with
+/// `event` stored in the audit log (503 and nothing done if it cannot be).
+async fn open_session_for(
+    state: &AppState,
+    user: &rtunnel_core::store::User,
+    raw_id: &str,
+    action: Action,
+    event: &str,
+    peer: std::net::SocketAddr,
+    details: serde_json::Value,
+) -> Result<SessionRecord, ApiError> {
     let session = readable(state, user, raw_id).await?;
-    authorize(state, user, Action::ManageSession, session.system_id).await?;
+    authorize(state, user, action, session.system_id).await?;
     if session.status.is_final() {
         return Err(ApiError::new(
             axum::http::StatusCode::CONFLICT,
@@ -320,4 +343,30 @@ impl From<rtunnel_core::store::AccessLog> for AccessLogView {
             error: a.error,
         }
     }
+}
+
+/// `POST /api/v1/sessions/{id}/terminal-ticket`: a single-use ticket for
+/// the browser terminal's WebSocket, good for 30 s, bound to the session and
+/// the caller.
+pub(super) async fn terminal_ticket(
+    State(state): State<Arc<AppState>>,
+    CurrentUser(user): CurrentUser,
+    Path(id): Path<String>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let session = open_session_for(
+        &state,
+        &user,
+        &id,
+        Action::Connect,
+        "terminal_ticket_issued",
+        peer,
+        serde_json::json!({}),
+    )
+    .await?;
+    let ticket = crate::tickets::issue(&state, session.id, user.id).await?;
+    Ok(Json(serde_json::json!({
+        "ticket": ticket,
+        "expires_in": rtunnel_core::ticket::TICKET_TTL.as_secs(),
+    })))
 }

@@ -1,0 +1,53 @@
+//! Issuing and redeeming single-use tickets (see [`rtunnel_core::ticket`]).
+
+use rtunnel_auth::secret::generate_hex;
+use rtunnel_core::store::now_millis;
+use rtunnel_core::ticket::{TICKET_LEN, TICKET_TTL, Ticket, ticket_key};
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// A new ticket for `user_id` on `session_id`, stored hashed.
+pub async fn issue(state: &AppState, session_id: Uuid, user_id: Uuid) -> Result<String, ApiError> {
+    let ticket = generate_hex(TICKET_LEN / 2);
+    let held = Ticket {
+        session_id,
+        user_id,
+        expires_at: now_millis() + TICKET_TTL.as_millis() as i64,
+    };
+    state
+        .stores
+        .tickets
+        .put(ticket_key(&ticket), held)
+        .await
+        .map_err(|e| ApiError::unavailable("tickets_unavailable", e))?;
+    Ok(ticket)
+}
+
+/// Uses up `ticket` for `session_id`: answers the user it was issued to,
+/// or 401 `invalid_ticket` if it is unknown, used, expired, or for another
+/// session (it is spent either way).
+pub async fn redeem(state: &AppState, ticket: &str, session_id: Uuid) -> Result<Uuid, ApiError> {
+    let invalid = || {
+        ApiError::new(
+            axum::http::StatusCode::UNAUTHORIZED,
+            "invalid_ticket",
+            "the ticket is unknown, used or expired",
+        )
+    };
+    if ticket.len() != TICKET_LEN {
+        return Err(invalid());
+    }
+    let held = state
+        .stores
+        .tickets
+        .take(&ticket_key(ticket), now_millis())
+        .await
+        .map_err(|e| ApiError::unavailable("tickets_unavailable", e))?
+        .ok_or_else(invalid)?;
+    if held.session_id != session_id {
+        return Err(invalid());
+    }
+    Ok(held.user_id)
+}
