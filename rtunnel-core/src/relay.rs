@@ -32,9 +32,28 @@ where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
+    relay_until(a, b, std::future::pending::<()>()).await
+}
+
+/// Like [`relay`], but stops when `stop` resolves (access revoked, the
+/// session closed), still reporting the bytes moved so far; the result is
+/// then an error of kind `ConnectionAborted`.
+pub async fn relay_until<A, B, F>(a: &mut A, b: &mut B, stop: F) -> RelayOutcome
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    F: Future<Output = ()>,
+{
     let mut ab = OneWay::new();
     let mut ba = OneWay::new();
+    let mut stop = std::pin::pin!(stop);
     let result = std::future::poll_fn(|cx| {
+        if stop.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "relay stopped",
+            )));
+        }
         let ab_state = ab.poll_copy(cx, &mut *a, &mut *b)?;
         let ba_state = ba.poll_copy(cx, &mut *b, &mut *a)?;
         if ab_state.is_ready() && ba_state.is_ready() {
@@ -133,6 +152,31 @@ impl OneWay {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_stopped_relay_reports_what_it_moved() {
+        let (mut a, mut a_peer) = tokio::io::duplex(1024);
+        let (mut b, mut b_peer) = tokio::io::duplex(1024);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            relay_until(&mut a, &mut b, async {
+                let _ = stop_rx.await;
+            })
+            .await
+        });
+        a_peer.write_all(b"hello").await.unwrap();
+        let mut got = [0u8; 5];
+        b_peer.read_exact(&mut got).await.unwrap();
+        // Both sides stay open: only the stop ends the relay.
+        stop_tx.send(()).unwrap();
+        let outcome = task.await.unwrap();
+        assert_eq!(outcome.a_to_b, 5);
+        assert_eq!(outcome.b_to_a, 0);
+        assert_eq!(
+            outcome.result.unwrap_err().kind(),
+            io::ErrorKind::ConnectionAborted
+        );
+    }
 
     #[tokio::test]
     async fn relay_copies_both_ways_and_counts() {

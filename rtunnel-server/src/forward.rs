@@ -11,17 +11,18 @@ use std::sync::Arc;
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, State};
 use axum::response::Response;
-use rtunnel_auth::access::{self, Action};
+use rtunnel_auth::access::Action;
 use rtunnel_core::control::{ControlChannel, send_welcome, server_handshake};
 use rtunnel_core::frame::write_frame;
 use rtunnel_core::mux::{Mux, YamuxMux, YamuxStream};
 use rtunnel_core::proto::{StreamHeader, StreamKind, StreamReply};
-use rtunnel_core::relay::relay;
+use rtunnel_core::relay::relay_until;
 use rtunnel_core::setup::{self, SetupError};
 use rtunnel_core::store::{AccessLog, AuditEvent, SessionStatus, User, now_millis};
 use rtunnel_core::ws::{MAX_WS_MESSAGE_BYTES, WsStream};
 use serde::Deserialize;
 use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::api::auth::{CurrentUser, authorize};
@@ -98,6 +99,7 @@ pub(crate) async fn forward_endpoint(
                 session_id,
                 system_id,
                 peer,
+                cut: CancellationToken::new(),
             });
             run_forward(ctx, socket).await;
         }))
@@ -109,6 +111,9 @@ struct ForwardCtx {
     session_id: Uuid,
     system_id: Uuid,
     peer: SocketAddr,
+    /// Cancelled when the user loses access: the connection and its
+    /// streams are cut.
+    cut: CancellationToken,
 }
 
 async fn run_forward(ctx: Arc<ForwardCtx>, socket: WebSocket) {
@@ -129,8 +134,10 @@ async fn run_forward(ctx: Arc<ForwardCtx>, socket: WebSocket) {
         return;
     }
     let mut control_task = tokio::spawn(ControlChannel::new().run(control, heartbeat, |_| {}));
+    let watcher = tokio::spawn(watch_access(ctx.clone()));
     loop {
         tokio::select! {
+            _ = ctx.cut.cancelled() => break,
             stream = mux.accept() => match stream {
                 Some(stream) => {
                     tokio::spawn(serve_stream(ctx.clone(), stream));
@@ -145,8 +152,26 @@ async fn run_forward(ctx: Arc<ForwardCtx>, socket: WebSocket) {
         }
     }
     control_task.abort();
+    watcher.abort();
+    // Closing the connection ends every stream relayed over it.
     mux.close();
     tracing::info!(user = %ctx.user.name, session = %ctx.session_id, peer = %ctx.peer, "forward connection ended");
+}
+
+/// Cuts the forward as soon as its user may no longer connect, audited
+/// `access_cut`.
+async fn watch_access(ctx: Arc<ForwardCtx>) {
+    let state = &ctx.state;
+    let code = crate::revocation::connect_lost(state, ctx.user.id, ctx.system_id).await;
+    tracing::info!(user = %ctx.user.name, session = %ctx.session_id, "access gone ({code}): cutting the forward");
+    let mut event = AuditEvent::new("access_cut");
+    event.actor = Some(ctx.user.name.clone());
+    event.system_id = Some(ctx.system_id);
+    event.session_id = Some(ctx.session_id);
+    event.ip_address = Some(ctx.peer.ip().to_string());
+    event.details = serde_json::json!({"kind": "forward", "reason": code});
+    state.audit_best_effort(event).await;
+    ctx.cut.cancel();
 }
 
 /// One operator connection: check, connect through the agent, relay.
@@ -191,8 +216,14 @@ async fn serve_stream(ctx: Arc<ForwardCtx>, mut stream: YamuxStream) {
         return;
     }
     let opened = std::time::Instant::now();
-    let outcome = relay(&mut stream, &mut upstream).await;
-    let error = outcome.result.as_ref().err().map(ToString::to_string);
+    // A cut ends the relay itself: the streams of a closed yamux connection
+    // are not woken, so waiting for them to fail would wait forever.
+    let outcome = relay_until(&mut stream, &mut upstream, ctx.cut.cancelled()).await;
+    let error = if ctx.cut.is_cancelled() {
+        Some("access revoked".to_owned())
+    } else {
+        outcome.result.as_ref().err().map(ToString::to_string)
+    };
     if let Err(e) = sessions
         .close_access(
             entry.id,
@@ -235,22 +266,11 @@ async fn open_upstream(
         tracing::error!(error = %e, "access check failed");
         StreamReply::refused("unavailable", "the access check could not be made")
     };
-    let user = state
-        .stores
-        .identity
-        .user_by_id(ctx.user.id)
+    if let Err(code) = crate::revocation::may_connect(state, ctx.user.id, ctx.system_id)
         .await
         .map_err(unavailable)?
-        .ok_or_else(|| StreamReply::refused("forbidden", "user no longer exists"))?;
-    let has_grant = state
-        .stores
-        .identity
-        .has_grant(user.id, ctx.system_id, now_millis())
-        .await
-        .map_err(unavailable)?;
-    let decision = access::decide(&user, Action::Connect, has_grant);
-    if !decision.allowed() {
-        return Err(StreamReply::refused(decision.code(), "access denied"));
+    {
+        return Err(StreamReply::refused(code, "access denied"));
     }
     let tunnel = match state.registry.by_session(ctx.session_id) {
         Some(t) => t,

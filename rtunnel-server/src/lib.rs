@@ -32,6 +32,7 @@ pub mod keys;
 pub mod launcher;
 pub mod lifecycle;
 pub mod registry;
+pub mod revocation;
 pub mod server;
 pub mod state;
 pub mod tickets;

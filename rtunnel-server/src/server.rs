@@ -118,6 +118,7 @@ impl ServerBuilder {
                 shutdown: CancellationToken::new(),
                 signer,
                 launch_signer,
+                access: Default::default(),
             }),
         })
     }

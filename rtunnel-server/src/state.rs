@@ -64,6 +64,8 @@ pub struct AppState {
     pub signer: Arc<dyn rtunnel_core::token::TokenSigner>,
     /// Signs the session launcher's tokens.
     pub launch_signer: rtunnel_auth::launch_token::LaunchSigner,
+    /// Tells open connections to check their access again.
+    pub access: crate::revocation::AccessWatch,
 }
 
 impl std::fmt::Debug for AppState {

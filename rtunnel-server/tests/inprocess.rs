@@ -773,3 +773,87 @@ async fn terminal_tickets_are_single_use_bound_to_session_and_role_checked() {
         .unwrap();
     assert_eq!(issued.total, 2);
 }
+
+/// Waits for an open stream to be cut: reads until EOF or an error.
+async fn cut_within(s: &mut rtunnel_core::mux::YamuxStream) -> Duration {
+    let start = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), s.read(&mut buf)).await {
+            Err(_) => panic!("the open stream was not cut"),
+            Ok(Ok(0)) | Ok(Err(_)) => return start.elapsed(),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_grant_cuts_an_open_forward_within_a_second() {
+    let h = harness().await;
+    let (op, token) = user(&h, "olga", Role::Operator).await;
+    let (_, admin) = user(&h, "ann", Role::Admin).await;
+    let ids = &h.state.stores.identity;
+
+    // Revoked through the API: cut at once.
+    ids.grant(op.id, h.system, None, now_millis())
+        .await
+        .unwrap();
+    let fwd = Forwarder::connect(forward_config(&h, &token))
+        .await
+        .unwrap();
+    let mut s = fwd.open().await.unwrap();
+    s.write_all(b"ok").await.unwrap();
+    let mut two = [0u8; 2];
+    s.read_exact(&mut two).await.unwrap();
+    let body = format!(r#"{{"user_id":"{}","system_id":"{}"}}"#, op.id, h.system);
+    let (status, v) = api(&h, "DELETE", "/api/v1/grants", &admin, Some(&body)).await;
+    assert_eq!(status, 204, "{v}");
+    let by_api = cut_within(&mut s).await;
+
+    // Revoked behind the server's back (the admin CLI, another node): cut
+    // by the periodic check.
+    ids.grant(op.id, h.system, None, now_millis())
+        .await
+        .unwrap();
+    let fwd = Forwarder::connect(forward_config(&h, &token))
+        .await
+        .unwrap();
+    let mut s = fwd.open().await.unwrap();
+    s.write_all(b"ok").await.unwrap();
+    s.read_exact(&mut two).await.unwrap();
+    ids.revoke(op.id, h.system, now_millis()).await.unwrap();
+    let by_store = cut_within(&mut s).await;
+    eprintln!("open forward cut {by_api:?} after an API revoke, {by_store:?} after a store revoke");
+
+    let filter = rtunnel_core::store::AuditFilter {
+        event: Some("access_cut".into()),
+        ..Default::default()
+    };
+    let cuts = h
+        .state
+        .stores
+        .audit_reader
+        .list_audit(&filter, Default::default())
+        .await
+        .unwrap();
+    assert_eq!(cuts.total, 2);
+    assert_eq!(cuts.items[0].details["reason"], "no_grant");
+    let logs = support::wait_for("the access log to record the cut", || async {
+        let logs = h
+            .state
+            .stores
+            .sessions
+            .list_access(h.session, Default::default())
+            .await
+            .ok()?;
+        (logs
+            .items
+            .iter()
+            .filter(|l| l.error.as_deref() == Some("access revoked"))
+            .count()
+            == 2)
+            .then_some(logs)
+    })
+    .await;
+    assert!(logs.items.iter().all(|l| l.closed_at.is_some()));
+}

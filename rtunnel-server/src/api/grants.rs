@@ -166,6 +166,8 @@ pub(super) async fn revoke(
         }
     };
     if revoked {
+        // What the grant let open is cut now, not at the next poll.
+        state.access.changed();
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found("grant_not_found", "no active grant"))
