@@ -138,6 +138,17 @@ fn not_found() -> ApiError {
     ApiError::not_found("resource_not_found", "no such resource")
 }
 
+/// The resource named by a path id, or 404.
+async fn load(state: &AppState, raw_id: &str) -> Result<Resource, ApiError> {
+    let id = parse_id(raw_id, "resource_not_found")?;
+    state
+        .stores
+        .resources
+        .resource(id)
+        .await?
+        .ok_or_else(not_found)
+}
+
 pub(super) async fn list(
     State(state): State<Arc<AppState>>,
     CurrentUser(user): CurrentUser,
@@ -159,13 +170,7 @@ pub(super) async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<ResourceView>, ApiError> {
     require_admin(&user)?;
-    let id = parse_id(&id, "resource_not_found")?;
-    let r = state
-        .stores
-        .resources
-        .resource(id)
-        .await?
-        .ok_or_else(not_found)?;
+    let r = load(&state, &id).await?;
     Ok(Json(r.into()))
 }
 
@@ -202,14 +207,8 @@ pub(super) async fn update(
     super::extract::Json(body): super::extract::Json<ResourceBody>,
 ) -> Result<Json<ResourceView>, ApiError> {
     require_admin(&user)?;
-    let id = parse_id(&id, "resource_not_found")?;
-    let old = state
-        .stores
-        .resources
-        .resource(id)
-        .await?
-        .ok_or_else(not_found)?;
-    let r = body.into_resource(&state, id, old.created_at).await?;
+    let old = load(&state, &id).await?;
+    let r = body.into_resource(&state, old.id, old.created_at).await?;
     if !state
         .stores
         .resources
@@ -233,14 +232,8 @@ pub(super) async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     require_admin(&user)?;
-    let id = parse_id(&id, "resource_not_found")?;
-    let r = state
-        .stores
-        .resources
-        .resource(id)
-        .await?
-        .ok_or_else(not_found)?;
+    let r = load(&state, &id).await?;
     audit(&state, "resource_deleted", &user.name, peer, &r).await?;
-    state.stores.resources.delete_resource(id).await?;
+    state.stores.resources.delete_resource(r.id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
