@@ -219,13 +219,7 @@ async fn a_revoked_grant_stops_new_streams_on_an_open_forward() {
     ids.grant(op.id, h.system, None, now_millis())
         .await
         .unwrap();
-    let fwd = Forwarder::connect(forward_config(&h, &token))
-        .await
-        .unwrap();
-    let mut s = fwd.open().await.unwrap();
-    s.write_all(b"ok").await.unwrap();
-    let mut two = [0u8; 2];
-    s.read_exact(&mut two).await.unwrap();
+    let (fwd, _s) = echoing_forward(&h, &token).await;
     ids.revoke(op.id, h.system, now_millis()).await.unwrap();
     match fwd.open().await {
         Err(ForwardError::Refused { code, .. }) => assert_eq!(code, "no_grant"),
@@ -774,6 +768,20 @@ async fn terminal_tickets_are_single_use_bound_to_session_and_role_checked() {
     assert_eq!(issued.total, 2);
 }
 
+/// A forward for `token` and one of its streams, shown to echo.
+async fn echoing_forward(
+    h: &Harness,
+    token: &str,
+) -> (Arc<Forwarder>, rtunnel_core::mux::YamuxStream) {
+    let fwd = Forwarder::connect(forward_config(h, token)).await.unwrap();
+    let mut s = fwd.open().await.unwrap();
+    s.write_all(b"ok").await.unwrap();
+    let mut two = [0u8; 2];
+    s.read_exact(&mut two).await.unwrap();
+    assert_eq!(&two, b"ok");
+    (fwd, s)
+}
+
 /// Waits for an open stream to be cut: reads until EOF or an error.
 async fn cut_within(s: &mut rtunnel_core::mux::YamuxStream) -> Duration {
     let start = std::time::Instant::now();
@@ -798,13 +806,7 @@ async fn a_revoked_grant_cuts_an_open_forward_within_a_second() {
     ids.grant(op.id, h.system, None, now_millis())
         .await
         .unwrap();
-    let fwd = Forwarder::connect(forward_config(&h, &token))
-        .await
-        .unwrap();
-    let mut s = fwd.open().await.unwrap();
-    s.write_all(b"ok").await.unwrap();
-    let mut two = [0u8; 2];
-    s.read_exact(&mut two).await.unwrap();
+    let (_fwd, mut s) = echoing_forward(&h, &token).await;
     let body = format!(r#"{{"user_id":"{}","system_id":"{}"}}"#, op.id, h.system);
     let (status, v) = api(&h, "DELETE", "/api/v1/grants", &admin, Some(&body)).await;
     assert_eq!(status, 204, "{v}");
@@ -815,12 +817,7 @@ async fn a_revoked_grant_cuts_an_open_forward_within_a_second() {
     ids.grant(op.id, h.system, None, now_millis())
         .await
         .unwrap();
-    let fwd = Forwarder::connect(forward_config(&h, &token))
-        .await
-        .unwrap();
-    let mut s = fwd.open().await.unwrap();
-    s.write_all(b"ok").await.unwrap();
-    s.read_exact(&mut two).await.unwrap();
+    let (_fwd2, mut s) = echoing_forward(&h, &token).await;
     ids.revoke(op.id, h.system, now_millis()).await.unwrap();
     let by_store = cut_within(&mut s).await;
     eprintln!("open forward cut {by_api:?} after an API revoke, {by_store:?} after a store revoke");
