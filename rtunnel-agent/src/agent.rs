@@ -74,6 +74,9 @@ pub enum AgentError {
     /// Another agent with the same credentials took over the session.
     #[error("another agent with the same system credentials took over: {0}")]
     Replaced(String),
+    /// An administrator replaced the system's secret.
+    #[error("the server revoked this system's credentials ({0}); configure the new secret")]
+    CredentialsRevoked(String),
 }
 
 /// How an agent's run ended without error.
@@ -211,6 +214,8 @@ enum Outcome {
     Restarting,
     /// Another agent took over.
     Replaced(String),
+    /// The system's secret was replaced.
+    Revoked(String),
     /// The tunnel was up and then was lost.
     Lost(String),
     /// The tunnel never came up.
@@ -248,6 +253,7 @@ impl Agent {
                     return Ok(AgentExit::SessionClosed(reason));
                 }
                 Outcome::Replaced(reason) => return Err(AgentError::Replaced(reason)),
+                Outcome::Revoked(reason) => return Err(AgentError::CredentialsRevoked(reason)),
                 Outcome::Restarting => {
                     backoff.reset();
                     // Spread the herd of agents coming back to one server.
@@ -372,6 +378,10 @@ impl Agent {
                 code: CloseCode::Replaced,
                 reason,
             } => Outcome::Replaced(reason),
+            ControlEnd::PeerClosed {
+                code: CloseCode::CredentialsRevoked,
+                reason,
+            } => Outcome::Revoked(reason),
             ControlEnd::PeerClosed { code, reason } => {
                 Outcome::Lost(format!("server closed the tunnel ({code:?}): {reason}"))
             }

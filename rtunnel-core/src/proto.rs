@@ -126,6 +126,9 @@ pub enum CloseCode {
     Replaced,
     /// The sender is shutting down on purpose.
     Shutdown,
+    /// The system's secret was replaced: the agent must stop until it is
+    /// given the new one.
+    CredentialsRevoked,
 }
 
 /// One entry of a manifest.

@@ -586,3 +586,46 @@ async fn bad_configuration_exits_2_with_one_clear_line() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("production"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regenerating_the_secret_stops_the_agent_and_only_the_new_secret_works() {
+    let mut s = setup().await;
+    let path = format!("/api/v1/systems/{}/regenerate-secret", s.sys.id);
+    let (status, v) = api_call(s.server.addr, "POST", &path, Some(&s.token), None).await;
+    assert_eq!(status, 200, "{v}");
+    let new_secret = v["secret"].as_str().unwrap().to_owned();
+    assert_ne!(new_secret, s.sys.secret);
+    assert_eq!(v["key"], s.sys.key.as_str());
+
+    // The running agent is told, says so, and stops for good.
+    let status = s.agent.wait_exit().await;
+    assert_eq!(status.code(), Some(1));
+    let log = s.agent.log_text();
+    assert!(log.contains("revoked this system's credentials"), "{log}");
+    let v = session_status(&s.server, &s.token, &s.session)
+        .await
+        .unwrap();
+    assert_eq!(v["status"], "closed", "{v}");
+
+    // The old secret is refused; the new one connects a new session.
+    let old = start_agent(&s.server, &s.sys, "echo=127.0.0.1:9", &[]);
+    wait_for("the old secret to be refused", || {
+        let log = old.log_text();
+        async move { log.contains("401").then_some(()) }
+    })
+    .await;
+    let renewed = Enrolled {
+        id: s.sys.id.clone(),
+        key: s.sys.key.clone(),
+        secret: new_secret,
+    };
+    let _agent = start_agent(&s.server, &renewed, "echo=127.0.0.1:9", &[]);
+    let session = active_session(&s.server, &s.token, &s.sys.id).await;
+    assert_ne!(session, s.session);
+    assert_eq!(
+        audit_events(&s.server.dir, "system_secret_regenerated")
+            .await
+            .len(),
+        1
+    );
+}

@@ -305,6 +305,8 @@ pub trait IdentityStore: Send + Sync {
     async fn system(&self, id: Uuid) -> Result<Option<System>, StoreError>;
     /// Finds a system by name.
     async fn system_by_name(&self, name: &str) -> Result<Option<System>, StoreError>;
+    /// Replaces a system's secret hash; false if there is no such system.
+    async fn set_system_secret(&self, id: Uuid, secret_hash: &str) -> Result<bool, StoreError>;
     /// Finds a system by its public key.
     async fn system_by_key(&self, key: &str) -> Result<Option<System>, StoreError>;
     /// Lists systems, all or those granted to a user, by name.

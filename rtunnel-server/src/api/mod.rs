@@ -31,6 +31,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/tunnel", get(tunnel::tunnel_endpoint))
         .route("/api/v1/systems", get(systems::list).post(systems::create))
         .route("/api/v1/systems/{id}", get(systems::show))
+        .route(
+            "/api/v1/systems/{id}/regenerate-secret",
+            post(systems::regenerate_secret),
+        )
         .route("/api/v1/sessions", get(sessions::list))
         .route(
             "/api/v1/sessions/{id}",

@@ -94,3 +94,57 @@ pub(super) async fn create(
     state.stores.identity.create_system(&system).await?;
     Ok((StatusCode::CREATED, Json(enrolled)))
 }
+
+/// `POST /api/v1/systems/{id}/regenerate-secret` (admin): a new secret,
+/// answered once. The old one stops working at once: a live tunnel is told
+/// `credentials_revoked` (its agent stops until given the new secret) and
+/// its session is closed.
+pub(super) async fn regenerate_secret(
+    State(state): State<Arc<AppState>>,
+    CurrentUser(user): CurrentUser,
+    Path(id): Path<String>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+) -> Result<Json<Enrolled>, ApiError> {
+    require_admin(&user)?;
+    let id = parse_id(&id, "system_not_found")?;
+    let system = state
+        .stores
+        .identity
+        .system(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("system_not_found", "no such system"))?;
+    let secret = rtunnel_auth::secret::generate_secret();
+    let mut event = AuditEvent::new("system_secret_regenerated");
+    event.actor = Some(user.name.clone());
+    event.system_id = Some(system.id);
+    event.ip_address = Some(peer.ip().to_string());
+    event.details = serde_json::json!({"name": system.name});
+    state.audit(event).await?;
+    state
+        .stores
+        .identity
+        .set_system_secret(system.id, &rtunnel_auth::secret::hash_secret(&secret))
+        .await?;
+    if let Some(tunnel) = state.registry.by_system(system.id) {
+        tracing::info!(system = %system.name, session = %tunnel.session_id, "secret regenerated: closing the tunnel");
+        tunnel
+            .close(
+                rtunnel_core::proto::CloseCode::CredentialsRevoked,
+                "an administrator replaced the system's secret",
+            )
+            .await;
+        crate::lifecycle::apply(
+            &state,
+            tunnel.session_id,
+            rtunnel_core::session::Event::OperatorClosed,
+        )
+        .await;
+    }
+    state.access.changed();
+    Ok(Json(Enrolled {
+        id: system.id,
+        name: system.name,
+        key: system.key,
+        secret,
+    }))
+}

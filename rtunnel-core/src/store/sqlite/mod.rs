@@ -269,6 +269,16 @@ impl IdentityStore for SqliteStore {
             .transpose()
     }
 
+    async fn set_system_secret(&self, id: Uuid, secret_hash: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE systems SET secret_hash = ?2 WHERE id = ?1")
+            .bind(id.to_string())
+            .bind(secret_hash)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn system_by_key(&self, key: &str) -> Result<Option<System>, StoreError> {
         sqlx::query("SELECT * FROM systems WHERE key = ?")
             .bind(key)
