@@ -753,19 +753,23 @@ async fn terminal_tickets_are_single_use_bound_to_session_and_role_checked() {
     let forged = rtunnel_server::tickets::redeem(&h.state, &"0".repeat(64), h.session).await;
     assert_eq!(forged.unwrap_err().code, "invalid_ticket");
 
+    let issued = audited(&h, "terminal_ticket_issued").await;
+    assert_eq!(issued.total, 2);
+    assert!(issued.items.iter().all(|e| e.session_id == Some(h.session)));
+}
+
+/// The audit events of one kind, newest first.
+async fn audited(h: &Harness, event: &str) -> rtunnel_core::store::Paged<AuditEvent> {
     let filter = rtunnel_core::store::AuditFilter {
-        event: Some("terminal_ticket_issued".into()),
-        session_id: Some(h.session),
+        event: Some(event.into()),
         ..Default::default()
     };
-    let issued = h
-        .state
+    h.state
         .stores
         .audit_reader
         .list_audit(&filter, Default::default())
         .await
-        .unwrap();
-    assert_eq!(issued.total, 2);
+        .unwrap()
 }
 
 /// A forward for `token` and one of its streams, shown to echo.
@@ -822,17 +826,7 @@ async fn a_revoked_grant_cuts_an_open_forward_within_a_second() {
     let by_store = cut_within(&mut s).await;
     eprintln!("open forward cut {by_api:?} after an API revoke, {by_store:?} after a store revoke");
 
-    let filter = rtunnel_core::store::AuditFilter {
-        event: Some("access_cut".into()),
-        ..Default::default()
-    };
-    let cuts = h
-        .state
-        .stores
-        .audit_reader
-        .list_audit(&filter, Default::default())
-        .await
-        .unwrap();
+    let cuts = audited(&h, "access_cut").await;
     assert_eq!(cuts.total, 2);
     assert_eq!(cuts.items[0].details["reason"], "no_grant");
     let logs = support::wait_for("the access log to record the cut", || async {

@@ -57,18 +57,23 @@ pub(super) async fn list(
     }))
 }
 
+/// The system named by a path id, or 404.
+async fn load(state: &AppState, raw_id: &str) -> Result<System, ApiError> {
+    let id = parse_id(raw_id, "system_not_found")?;
+    state
+        .stores
+        .identity
+        .system(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("system_not_found", "no such system"))
+}
+
 pub(super) async fn show(
     State(state): State<Arc<AppState>>,
     CurrentUser(user): CurrentUser,
     Path(id): Path<String>,
 ) -> Result<Json<SystemView>, ApiError> {
-    let id = parse_id(&id, "system_not_found")?;
-    let system = state
-        .stores
-        .identity
-        .system(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("system_not_found", "no such system"))?;
+    let system = load(&state, &id).await?;
     authorize(&state, &user, Action::Read, system.id).await?;
     Ok(Json(system.into()))
 }
@@ -106,13 +111,7 @@ pub(super) async fn regenerate_secret(
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
 ) -> Result<Json<Enrolled>, ApiError> {
     require_admin(&user)?;
-    let id = parse_id(&id, "system_not_found")?;
-    let system = state
-        .stores
-        .identity
-        .system(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("system_not_found", "no such system"))?;
+    let system = load(&state, &id).await?;
     let secret = rtunnel_auth::secret::generate_secret();
     let mut event = AuditEvent::new("system_secret_regenerated");
     event.actor = Some(user.name.clone());

@@ -20,7 +20,10 @@ use super::{
 use crate::proto::ServiceInfo;
 
 mod audit;
+mod grants;
 mod resources;
+
+use grants::SYSTEM_GRANTS;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -335,21 +338,8 @@ impl IdentityStore for SqliteStore {
         expires_at: Option<Millis>,
         now: Millis,
     ) -> Result<bool, StoreError> {
-        if self.has_grant(user_id, system_id, now).await? {
-            return Ok(false);
-        }
-        sqlx::query(
-            "INSERT INTO grants (id, user_id, system_id, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(Uuid::new_v4().to_string())
-        .bind(user_id.to_string())
-        .bind(system_id.to_string())
-        .bind(now)
-        .bind(expires_at)
-        .execute(&self.pool)
-        .await
-        .map_err(backend)?;
-        Ok(true)
+        self.grant_in(&SYSTEM_GRANTS, user_id, system_id, expires_at, now)
+            .await
     }
 
     async fn revoke(
@@ -358,16 +348,8 @@ impl IdentityStore for SqliteStore {
         system_id: Uuid,
         now: Millis,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE grants SET revoked_at = ?3 WHERE user_id = ?1 AND system_id = ?2 AND revoked_at IS NULL",
-        )
-        .bind(user_id.to_string())
-        .bind(system_id.to_string())
-        .bind(now)
-        .execute(&self.pool)
-        .await
-        .map_err(backend)?;
-        Ok(done.rows_affected() > 0)
+        self.revoke_in(&SYSTEM_GRANTS, user_id, system_id, now)
+            .await
     }
 
     async fn has_grant(
@@ -376,17 +358,8 @@ impl IdentityStore for SqliteStore {
         system_id: Uuid,
         now: Millis,
     ) -> Result<bool, StoreError> {
-        let found: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM grants WHERE user_id = ?1 AND system_id = ?2 AND revoked_at IS NULL \
-             AND (expires_at IS NULL OR expires_at > ?3) LIMIT 1",
-        )
-        .bind(user_id.to_string())
-        .bind(system_id.to_string())
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(backend)?;
-        Ok(found.is_some())
+        self.has_grant_in(&SYSTEM_GRANTS, user_id, system_id, now)
+            .await
     }
 }
 

@@ -4,6 +4,7 @@ use async_trait::async_trait;
 use sqlx::sqlite::SqliteRow;
 use uuid::Uuid;
 
+use super::grants::RESOURCE_GRANTS;
 use super::{SqliteStore, backend, get, get_uuid};
 use crate::store::{Millis, Page, Paged, Resource, ResourceStore, StoreError};
 
@@ -111,22 +112,8 @@ impl ResourceStore for SqliteStore {
         expires_at: Option<Millis>,
         now: Millis,
     ) -> Result<bool, StoreError> {
-        if self.has_resource_grant(user_id, resource_id, now).await? {
-            return Ok(false);
-        }
-        sqlx::query(
-            "INSERT INTO resource_grants (id, user_id, resource_id, created_at, expires_at) \
-             VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(Uuid::new_v4().to_string())
-        .bind(user_id.to_string())
-        .bind(resource_id.to_string())
-        .bind(now)
-        .bind(expires_at)
-        .execute(&self.pool)
-        .await
-        .map_err(backend)?;
-        Ok(true)
+        self.grant_in(&RESOURCE_GRANTS, user_id, resource_id, expires_at, now)
+            .await
     }
 
     async fn revoke_resource(
@@ -135,17 +122,8 @@ impl ResourceStore for SqliteStore {
         resource_id: Uuid,
         now: Millis,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE resource_grants SET revoked_at = ?3 \
-             WHERE user_id = ?1 AND resource_id = ?2 AND revoked_at IS NULL",
-        )
-        .bind(user_id.to_string())
-        .bind(resource_id.to_string())
-        .bind(now)
-        .execute(&self.pool)
-        .await
-        .map_err(backend)?;
-        Ok(done.rows_affected() > 0)
+        self.revoke_in(&RESOURCE_GRANTS, user_id, resource_id, now)
+            .await
     }
 
     async fn has_resource_grant(
@@ -154,17 +132,8 @@ impl ResourceStore for SqliteStore {
         resource_id: Uuid,
         now: Millis,
     ) -> Result<bool, StoreError> {
-        let found: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM resource_grants WHERE user_id = ?1 AND resource_id = ?2 \
-             AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?3) LIMIT 1",
-        )
-        .bind(user_id.to_string())
-        .bind(resource_id.to_string())
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(backend)?;
-        Ok(found.is_some())
+        self.has_grant_in(&RESOURCE_GRANTS, user_id, resource_id, now)
+            .await
     }
 }
 
