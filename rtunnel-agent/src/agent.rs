@@ -219,7 +219,7 @@ enum Outcome {
     /// The tunnel was up and then was lost.
     Lost(String),
     /// The tunnel never came up.
-    Failed(String, Option<&'static str>),
+    Failed(String, Option<&'static str>, Option<Duration>),
 }
 
 impl Agent {
@@ -270,8 +270,8 @@ impl Agent {
                     tracing::warn!("tunnel lost: {reason}; reconnecting in {d:?}");
                     d
                 }
-                Outcome::Failed(reason, hint) => {
-                    let d = backoff.next_delay();
+                Outcome::Failed(reason, hint, at_least) => {
+                    let d = backoff.next_delay().max(at_least.unwrap_or_default());
                     if let Some(hint) = hint {
                         tracing::error!("{reason}; {hint}; retrying in {d:?}");
                     } else {
@@ -300,7 +300,11 @@ impl Agent {
         let ws = match dial(&cfg.url, &auth, &options).await {
             Ok(ws) => ws,
             Err(e) => {
-                return Outcome::Failed(describe_dial(&cfg.url, &e), e.config_hint());
+                return Outcome::Failed(
+                    describe_dial(&cfg.url, &e),
+                    e.config_hint(),
+                    e.retry_after(),
+                );
             }
         };
         let ws = WsStream::new(ws);
@@ -316,7 +320,11 @@ impl Agent {
                 return Outcome::Closed(reason);
             }
             Err(e) => {
-                return Outcome::Failed(format!("handshake with {} failed: {e}", cfg.url), None);
+                return Outcome::Failed(
+                    format!("handshake with {} failed: {e}", cfg.url),
+                    None,
+                    None,
+                );
             }
         };
         let (mut control, session_id, heartbeat) =
@@ -337,7 +345,7 @@ impl Agent {
             services: cfg.services.iter().map(ServiceSpec::info).collect(),
         };
         if let Err(e) = write_frame(&mut control, &manifest).await {
-            return Outcome::Failed(format!("sending the manifest failed: {e}"), None);
+            return Outcome::Failed(format!("sending the manifest failed: {e}"), None, None);
         }
         tracing::info!(
             session = %session_id,

@@ -34,6 +34,8 @@ pub enum DialError {
         code: String,
         /// The envelope's message.
         message: String,
+        /// `Retry-After` of a 429: wait at least this long.
+        retry_after: Option<Duration>,
     },
     /// The connection could not be made.
     #[error("cannot connect: {0}")]
@@ -56,6 +58,14 @@ pub struct DialOptions {
 }
 
 impl DialError {
+    /// How long the server asked us to wait before trying again.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            DialError::Refused { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
     /// What to check when retrying cannot help without a change of
     /// configuration (credentials refused by the server or the proxy).
     pub fn config_hint(&self) -> Option<&'static str> {
@@ -139,8 +149,15 @@ fn upgrade_result(
             let body = resp.body().as_deref().unwrap_or_default();
             let envelope: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
             let text = |k: &str| envelope.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+            let retry_after = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(|secs| Duration::from_secs(secs.min(3600)));
             Err(DialError::Refused {
                 status,
+                retry_after,
                 code: text("code").unwrap_or_else(|| "http_error".into()),
                 message: text("error").unwrap_or_else(|| {
                     resp.status()
@@ -151,5 +168,41 @@ fn upgrade_result(
             })
         }
         Err(e) => Err(DialError::Connect(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_tungstenite::tungstenite::http::Response;
+
+    #[test]
+    fn a_refusal_carries_the_envelope_and_retry_after() {
+        let resp = Response::builder()
+            .status(429)
+            .header("retry-after", "42")
+            .body(Some(
+                br#"{"success":false,"error":"too many failed attempts","code":"rate_limited","trace_id":"x"}"#.to_vec(),
+            ))
+            .unwrap();
+        let err = upgrade_result(Err(tokio_tungstenite::tungstenite::Error::Http(Box::new(
+            resp,
+        ))))
+        .unwrap_err();
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(42)));
+        match err {
+            DialError::Refused { status, code, .. } => {
+                assert_eq!(status, 429);
+                assert_eq!(code, "rate_limited");
+            }
+            other => panic!("{other:?}"),
+        }
+        let plain = Response::builder().status(401).body(None).unwrap();
+        let err = upgrade_result(Err(tokio_tungstenite::tungstenite::Error::Http(Box::new(
+            plain,
+        ))))
+        .unwrap_err();
+        assert_eq!(err.retry_after(), None);
+        assert_eq!(err.config_hint(), Some("check the key and secret"));
     }
 }

@@ -46,6 +46,7 @@ pub mod control;
 pub mod frame;
 pub mod mux;
 pub mod proto;
+pub mod ratelimit;
 pub mod relay;
 pub mod session;
 pub mod setup;

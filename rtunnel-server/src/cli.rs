@@ -108,6 +108,10 @@ enum Command {
         user: String,
         /// System name or id.
         system: String,
+        /// The grant ends by itself after this long, such as 8h (default:
+        /// until revoked).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<Duration>,
     },
     /// Take an operator's access to a system away.
     Revoke {
@@ -130,12 +134,32 @@ enum UserCommand {
         /// Email address (the launcher's default TSPlus user).
         #[arg(long)]
         email: Option<String>,
+        /// Read a password for `POST /api/v1/auth/login` from the first
+        /// line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
         /// Also create and print an API token.
         #[arg(long)]
         token: bool,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
+    },
+    /// Set a user's password from the first line of standard input.
+    Passwd {
+        /// User name.
+        name: String,
+    },
+    /// Disable a user: their logins end and open connections are cut
+    /// within a second.
+    Disable {
+        /// User name.
+        name: String,
+    },
+    /// Enable a disabled user again.
+    Enable {
+        /// User name.
+        name: String,
     },
 }
 
@@ -236,18 +260,32 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             name,
             role,
             email,
+            password_stdin,
             token,
             json,
         })) => {
-            let user = User {
-                id: Uuid::new_v4(),
-                name,
-                role,
-                disabled: false,
-                created_at: now_millis(),
-                email,
-            };
-            user_add(&store, user, token, json).await
+            let password = password_stdin.then(read_password).transpose()?;
+            let (user, hash) = enroll::new_user(&name, role, email, password.as_deref())
+                .map_err(|e| Failure::usage(e.message))?;
+            user_add(&store, user, hash, token, json).await
+        }
+        Some(Command::User(UserCommand::Passwd { name })) => {
+            let user = find_user(&store, &name).await?;
+            let hash = rtunnel_auth::password::hash_password(&read_password()?)
+                .map_err(|e| Failure::usage(e.to_string()))?;
+            store
+                .set_password_hash(user.id, Some(&hash))
+                .await
+                .map_err(|e| Failure::other(e.to_string()))?;
+            audit_admin(&store, "user_password_set", None, json!({"name": name})).await?;
+            eprintln!("{name}: password set");
+            Ok(())
+        }
+        Some(Command::User(UserCommand::Disable { name })) => {
+            set_user_disabled(&store, &name, true).await
+        }
+        Some(Command::User(UserCommand::Enable { name })) => {
+            set_user_disabled(&store, &name, false).await
         }
         Some(Command::Token(TokenCommand::Create { name, ttl, json })) => {
             let user = find_user(&store, &name).await?;
@@ -280,11 +318,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             );
             Ok(())
         }
-        Some(Command::Grant { user, system }) => {
-            grant_or_revoke(&store, &user, &system, true).await
-        }
+        Some(Command::Grant {
+            user,
+            system,
+            expires_in,
+        }) => grant_or_revoke(&store, &user, &system, Some(expires_in)).await,
         Some(Command::Revoke { user, system }) => {
-            grant_or_revoke(&store, &user, &system, false).await
+            grant_or_revoke(&store, &user, &system, None).await
         }
     }
 }
@@ -333,26 +373,54 @@ async fn serve(store_args: StoreArgs, args: ServeArgs, store: SqliteStore) -> Re
         .map_err(|e| Failure::other(format!("server failed: {e}")))
 }
 
+/// The first line of standard input, without its line ending.
+fn read_password() -> Result<String, Failure> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| Failure::other(format!("cannot read the password from stdin: {e}")))?;
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.is_empty() {
+        return Err(Failure::usage("no password on standard input"));
+    }
+    Ok(password.to_owned())
+}
+
+async fn set_user_disabled(store: &SqliteStore, name: &str, disabled: bool) -> Result<(), Failure> {
+    let user = find_user(store, name).await?;
+    enroll::set_disabled(store, store, user.id, disabled)
+        .await
+        .map_err(|e| Failure::other(e.to_string()))?;
+    let event = if disabled {
+        "user_disabled"
+    } else {
+        "user_enabled"
+    };
+    audit_admin(store, event, None, json!({"name": name})).await?;
+    eprintln!("{name}: {}", if disabled { "disabled" } else { "enabled" });
+    Ok(())
+}
+
 async fn user_add(
     store: &SqliteStore,
     user: User,
+    password_hash: Option<String>,
     with_token: bool,
     json: bool,
 ) -> Result<(), Failure> {
     let name = user.name.clone();
     let role = user.role;
-    enroll::validate_name(&name).map_err(|e| Failure::usage(e.message))?;
-    if user
-        .email
-        .as_ref()
-        .is_some_and(|e| e.len() > 254 || !e.contains('@'))
-    {
-        return Err(Failure::usage("--email is not an email address"));
-    }
     store
         .create_user(&user)
         .await
         .map_err(|e| Failure::other(format!("cannot create user {name:?}: {e}")))?;
+    if let Some(hash) = &password_hash {
+        store
+            .set_password_hash(user.id, Some(hash))
+            .await
+            .map_err(|e| Failure::other(format!("cannot store the password: {e}")))?;
+    }
     audit_admin(
         store,
         "user_created",
@@ -399,12 +467,14 @@ async fn find_user(store: &SqliteStore, name: &str) -> Result<User, Failure> {
         .ok_or_else(|| Failure::other(format!("no user named {name:?}")))
 }
 
+/// Grants (`grant` is `Some(expires_in)`) or revokes (`None`).
 async fn grant_or_revoke(
     store: &SqliteStore,
     user: &str,
     system: &str,
-    give: bool,
+    grant: Option<Option<Duration>>,
 ) -> Result<(), Failure> {
+    let give = grant.is_some();
     let user = find_user(store, user).await?;
     let found = match Uuid::parse_str(system) {
         Ok(id) => store.system(id).await,
@@ -414,8 +484,9 @@ async fn grant_or_revoke(
         .map_err(|e| Failure::other(e.to_string()))?
         .ok_or_else(|| Failure::other(format!("no system named {system:?}")))?;
     let now = now_millis();
+    let expires_at = grant.flatten().map(|d| now + d.as_millis() as i64);
     let changed = if give {
-        store.grant(user.id, system.id, None, now).await
+        store.grant(user.id, system.id, expires_at, now).await
     } else {
         store.revoke(user.id, system.id, now).await
     }
@@ -425,7 +496,11 @@ async fn grant_or_revoke(
     } else {
         "grant_revoked"
     };
-    audit_admin(store, event, Some(system.id), json!({"user": user.name})).await?;
+    let details = match expires_at {
+        Some(at) => json!({"user": user.name, "expires_at": rtunnel_core::store::rfc3339(at)}),
+        None => json!({"user": user.name}),
+    };
+    audit_admin(store, event, Some(system.id), details).await?;
     let what = match (give, changed) {
         (true, true) => "granted",
         (true, false) => "already granted",

@@ -3,7 +3,9 @@
 
 use rtunnel_auth::api_token::ApiToken;
 use rtunnel_auth::secret::{generate_hex, generate_secret, hash_secret};
-use rtunnel_core::store::{ApiTokenRecord, Millis, System, now_millis};
+use rtunnel_core::store::{
+    ApiTokenRecord, IdentityStore, LoginStore, Millis, Role, StoreError, System, User, now_millis,
+};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -42,6 +44,61 @@ pub fn validate_name(name: &str) -> Result<(), ApiError> {
             ),
         ))
     }
+}
+
+/// Longest email address.
+pub const MAX_EMAIL_LEN: usize = 254;
+
+/// A new user row after checking its name and email, and the argon2id hash
+/// of its password if it has one.
+pub fn new_user(
+    name: &str,
+    role: Role,
+    email: Option<String>,
+    password: Option<&str>,
+) -> Result<(User, Option<String>), ApiError> {
+    validate_name(name)?;
+    if email
+        .as_ref()
+        .is_some_and(|e| e.len() > MAX_EMAIL_LEN || !e.contains('@') || e.trim() != e)
+    {
+        return Err(ApiError::bad_request(
+            "invalid_email",
+            "email is not an email address",
+        ));
+    }
+    let hash = password
+        .map(rtunnel_auth::password::hash_password)
+        .transpose()
+        .map_err(|e| ApiError::bad_request("invalid_password", e.to_string()))?;
+    let user = User {
+        id: Uuid::new_v4(),
+        name: name.to_owned(),
+        role,
+        disabled: false,
+        created_at: now_millis(),
+        email,
+    };
+    Ok((user, hash))
+}
+
+/// Disables (or enables) a user; disabling also ends every login of theirs.
+/// Callers tell open connections to check again. False if no such user.
+pub async fn set_disabled(
+    identity: &dyn IdentityStore,
+    logins: &dyn LoginStore,
+    user_id: Uuid,
+    disabled: bool,
+) -> Result<bool, StoreError> {
+    if !identity.set_user_disabled(user_id, disabled).await? {
+        return Ok(false);
+    }
+    if disabled {
+        logins
+            .revoke_user_logins(user_id, "user_disabled", now_millis())
+            .await?;
+    }
+    Ok(true)
 }
 
 /// A new system row and what to show its enroller once.

@@ -23,6 +23,8 @@ pub struct ApiError {
     internal: Option<String>,
     /// Extra `WWW-Authenticate` challenge, for 401s.
     challenge: Option<&'static str>,
+    /// `Retry-After`, for 429s.
+    retry_after: Option<std::time::Duration>,
 }
 
 impl ApiError {
@@ -34,6 +36,7 @@ impl ApiError {
             message: message.into(),
             internal: None,
             challenge: None,
+            retry_after: None,
         }
     }
 
@@ -57,6 +60,19 @@ impl ApiError {
     /// 404 with a code.
     pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    /// 429 `rate_limited`: too many failed attempts; `Retry-After` says
+    /// when to come back (whole seconds, rounded up).
+    pub fn rate_limited(wait: std::time::Duration) -> Self {
+        let secs = wait.as_millis().div_ceil(1000).max(1) as u64;
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many failed attempts; try again in {secs} s"),
+        );
+        e.retry_after = Some(std::time::Duration::from_secs(secs));
+        e
     }
 
     /// 503 because something we depend on failed; `detail` goes to the log.
@@ -137,6 +153,10 @@ impl IntoResponse for ApiError {
                 HeaderValue::from_static("Bearer realm=\"rtunnel\"")
             };
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+        }
+        if let Some(wait) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs()));
         }
         resp
     }

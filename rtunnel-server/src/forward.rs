@@ -25,10 +25,11 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::api::auth::{CurrentUser, authorize};
+use crate::api::auth::{Authenticated, authorize};
 use crate::api::extract::Query;
 use crate::api::parse_id;
 use crate::error::ApiError;
+use crate::revocation::Holder;
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize)]
@@ -41,12 +42,14 @@ pub(crate) struct ForwardQuery {
 /// Axum handler of the forward endpoint.
 pub(crate) async fn forward_endpoint(
     State(state): State<Arc<AppState>>,
-    CurrentUser(user): CurrentUser,
+    caller: Authenticated,
     Path(id): Path<String>,
     Query(q): Query<ForwardQuery>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    let holder = Holder::from(&caller);
+    let user = caller.user;
     let session_id = parse_id(&id, "session_not_found")?;
     let session = state
         .stores
@@ -96,6 +99,7 @@ pub(crate) async fn forward_endpoint(
             let ctx = Arc::new(ForwardCtx {
                 state,
                 user,
+                holder,
                 session_id,
                 system_id,
                 peer,
@@ -108,6 +112,7 @@ pub(crate) async fn forward_endpoint(
 struct ForwardCtx {
     state: Arc<AppState>,
     user: User,
+    holder: Holder,
     session_id: Uuid,
     system_id: Uuid,
     peer: SocketAddr,
@@ -162,7 +167,7 @@ async fn run_forward(ctx: Arc<ForwardCtx>, socket: WebSocket) {
 /// `access_cut`.
 async fn watch_access(ctx: Arc<ForwardCtx>) {
     let state = &ctx.state;
-    let code = crate::revocation::connect_lost(state, ctx.user.id, ctx.system_id).await;
+    let code = crate::revocation::connect_lost(state, ctx.holder, ctx.system_id).await;
     tracing::info!(user = %ctx.user.name, session = %ctx.session_id, "access gone ({code}): cutting the forward");
     let mut event = AuditEvent::new("access_cut");
     event.actor = Some(ctx.user.name.clone());
@@ -266,7 +271,7 @@ async fn open_upstream(
         tracing::error!(error = %e, "access check failed");
         StreamReply::refused("unavailable", "the access check could not be made")
     };
-    if let Err(code) = crate::revocation::may_connect(state, ctx.user.id, ctx.system_id)
+    if let Err(code) = crate::revocation::may_connect(state, ctx.holder, ctx.system_id)
         .await
         .map_err(unavailable)?
     {

@@ -47,20 +47,52 @@ impl AccessWatch {
     }
 }
 
-/// Whether `user_id` may still connect to `system_id`; `Err` with the
-/// refusal code when not.
+/// Who holds an open connection: the user, and the login whose access
+/// token opened it (none for an API token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Holder {
+    /// The user.
+    pub user_id: Uuid,
+    /// The login (refresh family), if opened with an access token.
+    pub login: Option<Uuid>,
+}
+
+impl From<&crate::api::auth::Authenticated> for Holder {
+    fn from(a: &crate::api::auth::Authenticated) -> Self {
+        Holder {
+            user_id: a.user.id,
+            login: a.login(),
+        }
+    }
+}
+
+/// Whether `holder` may still connect to `system_id`; `Err` with the
+/// refusal code when not (`login_ended` when its login was logged out or
+/// revoked).
 pub async fn may_connect(
     state: &AppState,
-    user_id: Uuid,
+    holder: Holder,
     system_id: Uuid,
 ) -> Result<Result<(), &'static str>, StoreError> {
-    let Some(user) = state.stores.identity.user_by_id(user_id).await? else {
+    let now = now_millis();
+    if let Some(login) = holder.login {
+        let live = state
+            .stores
+            .logins
+            .login(login)
+            .await?
+            .is_some_and(|l| l.is_live(now));
+        if !live {
+            return Ok(Err("login_ended"));
+        }
+    }
+    let Some(user) = state.stores.identity.user_by_id(holder.user_id).await? else {
         return Ok(Err("forbidden"));
     };
     let has_grant = state
         .stores
         .identity
-        .has_grant(user.id, system_id, now_millis())
+        .has_grant(user.id, system_id, now)
         .await?;
     let decision = access::decide(&user, Action::Connect, has_grant);
     Ok(if decision.allowed() {
@@ -70,16 +102,16 @@ pub async fn may_connect(
     })
 }
 
-/// Resolves when `user_id` loses the right to connect to `system_id`,
+/// Resolves when `holder` loses the right to connect to `system_id`,
 /// with the refusal code.
-pub async fn connect_lost(state: &AppState, user_id: Uuid, system_id: Uuid) -> &'static str {
+pub async fn connect_lost(state: &AppState, holder: Holder, system_id: Uuid) -> &'static str {
     let mut changes = state.access.subscribe();
     loop {
         tokio::select! {
             _ = changes.changed() => {}
             _ = tokio::time::sleep(ACCESS_RECHECK) => {}
         }
-        match may_connect(state, user_id, system_id).await {
+        match may_connect(state, holder, system_id).await {
             Ok(Ok(())) => {}
             Ok(Err(code)) => return code,
             Err(e) => {

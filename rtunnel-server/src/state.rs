@@ -3,8 +3,10 @@
 use std::sync::Arc;
 
 use rtunnel_core::mux::MuxConfig;
+use rtunnel_core::ratelimit::{MemoryRateLimiter, RateLimiter};
 use rtunnel_core::store::{
-    AuditEvent, AuditReader, AuditSink, IdentityStore, ResourceStore, SessionStore, StoreError,
+    AuditEvent, AuditReader, AuditSink, IdentityStore, LoginStore, ResourceStore, SessionStore,
+    StoreError,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +29,10 @@ pub struct Stores {
     pub tickets: Arc<dyn rtunnel_core::ticket::TicketStore>,
     /// Launcher resources and their grants.
     pub resources: Arc<dyn ResourceStore>,
+    /// Logins (refresh token families).
+    pub logins: Arc<dyn LoginStore>,
+    /// Failure budgets of logins and tunnel authentications (live state).
+    pub limiter: Arc<dyn RateLimiter>,
 }
 
 impl std::fmt::Debug for Stores {
@@ -43,9 +49,11 @@ impl Stores {
             identity: store.clone(),
             sessions: store.clone(),
             resources: store.clone(),
+            logins: store.clone(),
             audit_reader: store.clone(),
             audit: store,
             tickets: Arc::new(rtunnel_core::ticket::MemoryTicketStore::new()),
+            limiter: Arc::new(MemoryRateLimiter::new()),
         }
     }
 }

@@ -25,13 +25,16 @@ use rtunnel_core::frame::read_frame;
 use rtunnel_core::mux::{Mux, YamuxMux};
 use rtunnel_core::proto::{CloseCode, Control, MAX_CONTROL_FRAME_BYTES, Resume};
 use rtunnel_core::session::Event;
-use rtunnel_core::store::{AuditEvent, SessionRecord, SessionStatus, System, now_millis};
+use rtunnel_core::store::{
+    AuditEvent, Page, SessionFilter, SessionRecord, SessionStatus, System, now_millis,
+};
 use rtunnel_core::ws::{CLOSE_SESSION_CLOSED, MAX_WS_MESSAGE_BYTES, WsStream};
 use uuid::Uuid;
 
 use crate::api::auth::basic_credentials;
 use crate::error::ApiError;
 use crate::lifecycle;
+use crate::ratelimit::{Attempt, Scope};
 use crate::registry::{LiveTunnel, describe};
 use crate::state::AppState;
 
@@ -71,33 +74,89 @@ async fn authenticate_system(
     peer: SocketAddr,
 ) -> Result<System, ApiError> {
     let creds = basic_credentials(headers);
-    let system = match &creds {
-        Some((key, secret)) => match state.stores.identity.system_by_key(key).await? {
-            Some(system) if verify_secret(secret, &system.secret_hash) => Some(system),
-            Some(_) => None,
-            None => {
-                verify_against_nothing(secret);
-                None
+    let (system, attempt) = match &creds {
+        Some((key, secret)) => {
+            let attempt = Attempt::new(Scope::Tunnel, key, peer.ip());
+            let known = state.stores.identity.system_by_key(key).await?;
+            let known_address = match &known {
+                Some(system) => last_agent_ip(state, system.id).await == Some(peer.ip()),
+                None => false,
+            };
+            if let Err(limited) = attempt.check(state, known_address).await {
+                audit_auth_failure(state, creds.as_ref(), peer, "rate_limited").await;
+                return Err(limited);
             }
-        },
-        None => None,
+            let system = match known {
+                Some(system) if verify_secret(secret, &system.secret_hash) => Some(system),
+                Some(_) => None,
+                None => {
+                    verify_against_nothing(secret);
+                    None
+                }
+            };
+            (system, Some(attempt))
+        }
+        None => (None, None),
     };
     if let Some(system) = system {
+        if let Some(attempt) = &attempt {
+            attempt.succeeded(state).await;
+        }
         return Ok(system);
     }
-    let mut event = AuditEvent::new("tunnel_auth_failed");
-    event.actor = creds.as_ref().map(|(key, _)| truncate(key, 64));
-    event.ip_address = Some(peer.ip().to_string());
-    event.details = serde_json::json!({
-        "reason": if creds.is_some() { "invalid_credentials" } else { "missing_credentials" },
-    });
-    state.audit_best_effort(event).await;
+    if let Some(attempt) = &attempt {
+        attempt.failed(state).await;
+    }
+    let reason = if creds.is_some() {
+        "invalid_credentials"
+    } else {
+        "missing_credentials"
+    };
+    audit_auth_failure(state, creds.as_ref(), peer, reason).await;
     Err(ApiError::new(
         axum::http::StatusCode::UNAUTHORIZED,
         "invalid_credentials",
         "invalid system key or secret",
     )
     .with_challenge("Basic"))
+}
+
+/// The address of the agent of the system's newest session, if any.
+async fn last_agent_ip(state: &AppState, system_id: Uuid) -> Option<std::net::IpAddr> {
+    let filter = SessionFilter {
+        system_id: Some(system_id),
+        ..SessionFilter::default()
+    };
+    let page = Page {
+        page: 1,
+        page_size: 1,
+    };
+    let newest = state
+        .stores
+        .sessions
+        .list_sessions(&filter, now_millis(), page)
+        .await
+        .ok()?
+        .items
+        .pop()?;
+    let addr = newest.agent_addr?;
+    addr.parse::<SocketAddr>()
+        .map(|a| a.ip())
+        .or_else(|_| addr.parse())
+        .ok()
+}
+
+async fn audit_auth_failure(
+    state: &AppState,
+    creds: Option<&(String, String)>,
+    peer: SocketAddr,
+    reason: &str,
+) {
+    let mut event = AuditEvent::new("tunnel_auth_failed");
+    event.actor = creds.map(|(key, _)| truncate(key, 64));
+    event.ip_address = Some(peer.ip().to_string());
+    event.details = serde_json::json!({ "reason": reason });
+    state.audit_best_effort(event).await;
 }
 
 fn truncate(s: &str, max: usize) -> String {

@@ -848,3 +848,55 @@ async fn a_revoked_grant_cuts_an_open_forward_within_a_second() {
     .await;
     assert!(logs.items.iter().all(|l| l.closed_at.is_some()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logging_out_or_disabling_the_user_cuts_open_forwards() {
+    let h = harness().await;
+    let (op, api_token) = user(&h, "lena", Role::Operator).await;
+    let (_, admin) = user(&h, "ann", Role::Admin).await;
+    let ids = &h.state.stores.identity;
+    ids.grant(op.id, h.system, None, now_millis())
+        .await
+        .unwrap();
+    let hash = rtunnel_auth::password::hash_password("lena's password").unwrap();
+    ids.set_password_hash(op.id, Some(&hash)).await.unwrap();
+    let login = r#"{"username":"lena","password":"lena's password"}"#;
+    let (status, v) = api(&h, "POST", "/api/v1/auth/login", "", Some(login)).await;
+    assert_eq!(status, 200, "{v}");
+    let access = v["access_token"].as_str().unwrap().to_owned();
+
+    // A forward opened with the login's access token ends with the login;
+    // one opened with an API token stays.
+    let (_fwd, mut by_login) = echoing_forward(&h, &access).await;
+    let (_fwd2, mut by_token) = echoing_forward(&h, &api_token).await;
+    let (status, v) = api(&h, "POST", "/api/v1/auth/logout", &access, None).await;
+    assert_eq!(status, 204, "{v}");
+    cut_within(&mut by_login).await;
+    by_token.write_all(b"hi").await.unwrap();
+    let mut two = [0u8; 2];
+    by_token.read_exact(&mut two).await.unwrap();
+    assert_eq!(&two, b"hi");
+
+    // Disabling the user cuts everything of theirs.
+    let body = r#"{"disabled":true}"#;
+    let path = format!("/api/v1/users/{}", op.id);
+    let (status, v) = api(&h, "PATCH", &path, &admin, Some(body)).await;
+    assert_eq!(status, 200, "{v}");
+    let took = cut_within(&mut by_token).await;
+    assert!(took < Duration::from_secs(5), "{took:?}");
+
+    let cuts = audited(&h, "access_cut").await;
+    let reasons: Vec<_> = cuts
+        .items
+        .iter()
+        .map(|e| e.details["reason"].clone())
+        .collect();
+    assert!(
+        reasons.contains(&serde_json::json!("login_ended")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.contains(&serde_json::json!("user_disabled")),
+        "{reasons:?}"
+    );
+}

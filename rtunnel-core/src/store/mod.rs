@@ -295,6 +295,15 @@ pub trait IdentityStore: Send + Sync {
     async fn user_by_name(&self, name: &str) -> Result<Option<User>, StoreError>;
     /// Finds a user by id.
     async fn user_by_id(&self, id: Uuid) -> Result<Option<User>, StoreError>;
+    /// Lists users by name.
+    async fn list_users(&self, page: Page) -> Result<Paged<User>, StoreError>;
+    /// Disables or enables a user; false if there is no such user.
+    async fn set_user_disabled(&self, id: Uuid, disabled: bool) -> Result<bool, StoreError>;
+    /// Sets (or with `None` removes) a user's password hash (PHC string);
+    /// false if there is no such user.
+    async fn set_password_hash(&self, id: Uuid, hash: Option<&str>) -> Result<bool, StoreError>;
+    /// A user's password hash, if the user has a password.
+    async fn password_hash(&self, id: Uuid) -> Result<Option<String>, StoreError>;
     /// Stores an API token.
     async fn create_api_token(&self, token: &ApiTokenRecord) -> Result<(), StoreError>;
     /// Finds an API token by its public id.
@@ -309,6 +318,9 @@ pub trait IdentityStore: Send + Sync {
     async fn set_system_secret(&self, id: Uuid, secret_hash: &str) -> Result<bool, StoreError>;
     /// Finds a system by its public key.
     async fn system_by_key(&self, key: &str) -> Result<Option<System>, StoreError>;
+    /// Deletes a system with its sessions, access logs and grants; false
+    /// if there is no such system. Audit events stay.
+    async fn delete_system(&self, id: Uuid) -> Result<bool, StoreError>;
     /// Lists systems, all or those granted to a user, by name.
     async fn list_systems(
         &self,
@@ -335,6 +347,75 @@ pub trait IdentityStore: Send + Sync {
         system_id: Uuid,
         now: Millis,
     ) -> Result<bool, StoreError>;
+}
+
+/// One login: the family of refresh tokens that started with one
+/// `POST /api/v1/auth/login`. Only the newest refresh token of a family
+/// (`current_jti`) is good; presenting an older one is a replay and revokes
+/// the family, and with it every access token it issued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Login {
+    /// Id of the family (the `fam` claim of its tokens).
+    pub id: Uuid,
+    /// Who logged in.
+    pub user_id: Uuid,
+    /// The `jti` of the one refresh token that may still be used.
+    pub current_jti: Uuid,
+    /// When the login happened.
+    pub created_at: Millis,
+    /// When its refresh token was last used.
+    pub last_used_at: Millis,
+    /// When its newest refresh token expires.
+    pub expires_at: Millis,
+    /// When it was ended (logout, replay, user disabled), if it was.
+    pub revoked_at: Option<Millis>,
+    /// Why it was ended.
+    pub revoked_reason: Option<String>,
+    /// The address the login came from.
+    pub ip_address: Option<String>,
+}
+
+impl Login {
+    /// Whether the family still stands at `now`.
+    pub fn is_live(&self, now: Millis) -> bool {
+        self.revoked_at.is_none() && self.expires_at > now
+    }
+}
+
+/// Logins (refresh token families).
+#[async_trait]
+pub trait LoginStore: Send + Sync {
+    /// Stores a new login.
+    async fn create_login(&self, login: &Login) -> Result<(), StoreError>;
+    /// Finds a login by id.
+    async fn login(&self, id: Uuid) -> Result<Option<Login>, StoreError>;
+    /// Replaces the current refresh token of a live login, atomically: true
+    /// only if `expected_jti` was still current and the login not revoked.
+    async fn rotate_login(
+        &self,
+        id: Uuid,
+        expected_jti: Uuid,
+        new_jti: Uuid,
+        expires_at: Millis,
+        now: Millis,
+    ) -> Result<bool, StoreError>;
+    /// Whether `user_id` logged in from `ip_address` at or after `since`
+    /// (so failures of others elsewhere need not slow this address down).
+    async fn has_login_from(
+        &self,
+        user_id: Uuid,
+        ip_address: &str,
+        since: Millis,
+    ) -> Result<bool, StoreError>;
+    /// Ends a login; false if it was already ended or does not exist.
+    async fn revoke_login(&self, id: Uuid, reason: &str, now: Millis) -> Result<bool, StoreError>;
+    /// Ends every live login of a user; returns how many.
+    async fn revoke_user_logins(
+        &self,
+        user_id: Uuid,
+        reason: &str,
+        now: Millis,
+    ) -> Result<u64, StoreError>;
 }
 
 /// Support sessions and their manifests.

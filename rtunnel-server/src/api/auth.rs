@@ -1,4 +1,5 @@
-//! Who is calling: Bearer API tokens for users, HTTP Basic for agents.
+//! Who is calling: Bearer API tokens or access tokens for users, HTTP Basic
+//! for agents.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -7,6 +8,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use rtunnel_auth::access::{self, Action};
 use rtunnel_auth::api_token::ApiToken;
+use rtunnel_auth::claims::{Claims, TokenKind};
 use rtunnel_auth::secret::{verify_against_nothing, verify_secret};
 use rtunnel_core::store::{User, now_millis};
 use std::sync::Arc;
@@ -18,11 +20,36 @@ use crate::state::AppState;
 /// Longest `Authorization` header looked at.
 pub const MAX_AUTHORIZATION_LEN: usize = 1024;
 
-/// The authenticated user of a request.
-#[derive(Debug, Clone)]
-pub struct CurrentUser(pub User);
+/// How a request proved who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// An API token (`rtk_...`), by id.
+    ApiToken(Uuid),
+    /// An access token from a login, by the login's id (refresh family):
+    /// it stops working the moment that login ends.
+    Login(Uuid),
+}
 
-impl FromRequestParts<Arc<AppState>> for CurrentUser {
+/// The authenticated caller of a request and the credential it used.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    /// Who.
+    pub user: User,
+    /// With what.
+    pub credential: Credential,
+}
+
+impl Authenticated {
+    /// The login behind the request, if it came with an access token.
+    pub fn login(&self) -> Option<Uuid> {
+        match self.credential {
+            Credential::Login(id) => Some(id),
+            Credential::ApiToken(_) => None,
+        }
+    }
+}
+
+impl FromRequestParts<Arc<AppState>> for Authenticated {
     type Rejection = ApiError;
 
     async fn from_request_parts(
@@ -37,7 +64,24 @@ impl FromRequestParts<Arc<AppState>> for CurrentUser {
         }
         let token = bearer(&parts.headers)
             .ok_or_else(|| ApiError::unauthorized("malformed bearer token"))?;
-        authenticate_token(state, token).await.map(CurrentUser)
+        authenticate_bearer(state, token).await
+    }
+}
+
+/// The authenticated user of a request.
+#[derive(Debug, Clone)]
+pub struct CurrentUser(pub User);
+
+impl FromRequestParts<Arc<AppState>> for CurrentUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        Authenticated::from_request_parts(parts, state)
+            .await
+            .map(|a| CurrentUser(a.user))
     }
 }
 
@@ -52,31 +96,62 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .then_some(token.trim())
 }
 
-/// Resolves an API token to its user: unknown, wrong, expired tokens and
-/// disabled users all get the same 401.
-pub async fn authenticate_token(state: &AppState, token: &str) -> Result<User, ApiError> {
-    let invalid = || ApiError::unauthorized("invalid or expired token");
-    let parsed = ApiToken::parse(token).ok_or_else(invalid)?;
+fn invalid_token() -> ApiError {
+    ApiError::unauthorized("invalid or expired token")
+}
+
+/// Resolves a bearer token (an API token or an access token) to its user.
+/// Unknown, wrong, expired tokens, ended logins and disabled users all get
+/// the same 401.
+pub async fn authenticate_bearer(state: &AppState, token: &str) -> Result<Authenticated, ApiError> {
+    if token.starts_with(rtunnel_auth::api_token::PREFIX) {
+        return authenticate_token(state, token).await;
+    }
+    let claims = Claims::verify(&*state.signer, token, TokenKind::Access, now_millis())
+        .map_err(|_| invalid_token())?;
+    let login = claims.fam.ok_or_else(invalid_token)?;
+    let live = state
+        .stores
+        .logins
+        .login(login)
+        .await?
+        .is_some_and(|l| l.user_id == claims.sub && l.is_live(now_millis()));
+    if !live {
+        return Err(invalid_token());
+    }
+    let user = active_user(state, claims.sub).await?;
+    Ok(Authenticated {
+        user,
+        credential: Credential::Login(login),
+    })
+}
+
+/// Resolves an API token to its user.
+pub async fn authenticate_token(state: &AppState, token: &str) -> Result<Authenticated, ApiError> {
+    let parsed = ApiToken::parse(token).ok_or_else(invalid_token)?;
     let Some(record) = state.stores.identity.api_token(parsed.id).await? else {
         verify_against_nothing(&parsed.secret);
-        return Err(invalid());
+        return Err(invalid_token());
     };
     if !verify_secret(&parsed.secret, &record.secret_hash) {
-        return Err(invalid());
+        return Err(invalid_token());
     }
     if record.expires_at.is_some_and(|e| e <= now_millis()) {
-        return Err(invalid());
+        return Err(invalid_token());
     }
-    let user = state
-        .stores
-        .identity
-        .user_by_id(record.user_id)
-        .await?
-        .ok_or_else(invalid)?;
-    if user.disabled {
-        return Err(invalid());
+    let user = active_user(state, record.user_id).await?;
+    Ok(Authenticated {
+        user,
+        credential: Credential::ApiToken(record.id),
+    })
+}
+
+/// The user with this id, if it exists and is not disabled.
+async fn active_user(state: &AppState, id: Uuid) -> Result<User, ApiError> {
+    match state.stores.identity.user_by_id(id).await? {
+        Some(user) if !user.disabled => Ok(user),
+        _ => Err(invalid_token()),
     }
-    Ok(user)
 }
 
 /// Asks the access decision whether `user` may do `action` on `system_id`.

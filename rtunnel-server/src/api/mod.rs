@@ -5,9 +5,11 @@ pub mod auth;
 pub mod extract;
 mod grants;
 mod launch;
+mod login;
 mod resources;
 mod sessions;
 mod systems;
+mod users;
 
 use std::sync::Arc;
 
@@ -29,8 +31,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/api/v1/tunnel", get(tunnel::tunnel_endpoint))
+        .route("/api/v1/auth/login", post(login::login))
+        .route("/api/v1/auth/refresh", post(login::refresh))
+        .route("/api/v1/auth/logout", post(login::logout))
         .route("/api/v1/systems", get(systems::list).post(systems::create))
-        .route("/api/v1/systems/{id}", get(systems::show))
+        .route(
+            "/api/v1/systems/{id}",
+            get(systems::show).delete(systems::delete),
+        )
+        .route("/api/v1/users", get(users::list).post(users::create))
+        .route("/api/v1/users/{id}", get(users::show).patch(users::update))
         .route(
             "/api/v1/systems/{id}/regenerate-secret",
             post(systems::regenerate_secret),

@@ -100,6 +100,46 @@ pub(super) async fn create(
     Ok((StatusCode::CREATED, Json(enrolled)))
 }
 
+/// `DELETE /api/v1/systems/{id}` (admin): the system, its sessions,
+/// access logs and grants go; its audit events stay. A live tunnel is told
+/// `credentials_revoked` first, so its agent stops instead of retrying.
+pub(super) async fn delete(
+    State(state): State<Arc<AppState>>,
+    CurrentUser(user): CurrentUser,
+    Path(id): Path<String>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+) -> Result<StatusCode, ApiError> {
+    require_admin(&user)?;
+    let system = load(&state, &id).await?;
+    let mut event = AuditEvent::new("system_deleted");
+    event.actor = Some(user.name.clone());
+    event.system_id = Some(system.id);
+    event.ip_address = Some(peer.ip().to_string());
+    event.details = serde_json::json!({"name": system.name, "key": system.key});
+    state.audit(event).await?;
+    cut_tunnel(&state, &system, "the system was deleted").await;
+    state.stores.identity.delete_system(system.id).await?;
+    state.access.changed();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Tells a live tunnel of `system` its credentials are gone and closes its
+/// session.
+async fn cut_tunnel(state: &AppState, system: &System, why: &str) {
+    if let Some(tunnel) = state.registry.by_system(system.id) {
+        tracing::info!(system = %system.name, session = %tunnel.session_id, "{why}: closing the tunnel");
+        tunnel
+            .close(rtunnel_core::proto::CloseCode::CredentialsRevoked, why)
+            .await;
+        crate::lifecycle::apply(
+            state,
+            tunnel.session_id,
+            rtunnel_core::session::Event::OperatorClosed,
+        )
+        .await;
+    }
+}
+
 /// `POST /api/v1/systems/{id}/regenerate-secret` (admin): a new secret,
 /// answered once. The old one stops working at once: a live tunnel is told
 /// `credentials_revoked` (its agent stops until given the new secret) and
@@ -124,21 +164,12 @@ pub(super) async fn regenerate_secret(
         .identity
         .set_system_secret(system.id, &rtunnel_auth::secret::hash_secret(&secret))
         .await?;
-    if let Some(tunnel) = state.registry.by_system(system.id) {
-        tracing::info!(system = %system.name, session = %tunnel.session_id, "secret regenerated: closing the tunnel");
-        tunnel
-            .close(
-                rtunnel_core::proto::CloseCode::CredentialsRevoked,
-                "an administrator replaced the system's secret",
-            )
-            .await;
-        crate::lifecycle::apply(
-            &state,
-            tunnel.session_id,
-            rtunnel_core::session::Event::OperatorClosed,
-        )
-        .await;
-    }
+    cut_tunnel(
+        &state,
+        &system,
+        "an administrator replaced the system's secret",
+    )
+    .await;
     state.access.changed();
     Ok(Json(Enrolled {
         id: system.id,

@@ -200,6 +200,34 @@ pub fn admin(dir: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Runs an admin subcommand with `input` on its standard input (such as
+/// `user add --password-stdin`); returns stdout.
+pub fn admin_with_stdin(dir: &Path, args: &[&str], input: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new(server_bin())
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "rtunnel-server {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// An enrolled system's credentials.
 pub struct Enrolled {
     pub id: String,
@@ -418,7 +446,26 @@ pub async fn http_get(
 
 /// Sends a raw request, reads the response to the end; returns status, body.
 pub async fn http_raw(addr: SocketAddr, request: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(addr).await?;
+    let s = TcpStream::connect(addr).await?;
+    let (status, _head, body) = http_raw_on(s, request).await?;
+    Ok((status, body))
+}
+
+/// Sends a raw request from the local address `from` (any 127.0.0.0/8
+/// address works on loopback, so tests can be several clients); returns
+/// status, response head, body.
+pub async fn http_raw_from(
+    from: std::net::IpAddr,
+    addr: SocketAddr,
+    request: &str,
+) -> std::io::Result<(u16, String, String)> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(from, 0))?;
+    let s = socket.connect(addr).await?;
+    http_raw_on(s, request).await
+}
+
+async fn http_raw_on(mut s: TcpStream, request: &str) -> std::io::Result<(u16, String, String)> {
     s.write_all(request.as_bytes()).await?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await?;
@@ -428,11 +475,19 @@ pub async fn http_raw(addr: SocketAddr, request: &str) -> std::io::Result<(u16, 
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = text
+    let (head, body) = text
         .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
+        .map(|(h, b)| (h.to_owned(), b.to_owned()))
         .unwrap_or_default();
-    Ok((status, body))
+    Ok((status, head, body))
+}
+
+/// The value of header `name` in a response head.
+pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then_some(v.trim())
+    })
 }
 
 /// A TCP echo service on an OS-chosen port.
@@ -581,6 +636,55 @@ async fn pump(
     let _ = w.shutdown().await;
 }
 
+/// An API answer with its head.
+pub struct Answer {
+    pub status: u16,
+    pub head: String,
+    pub body: serde_json::Value,
+}
+
+/// One API call from the local address `from` (see [`http_raw_from`]).
+pub async fn api_call_from(
+    from: &str,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> Answer {
+    let (status, head, text) = http_raw_from(
+        from.parse().unwrap(),
+        addr,
+        &api_request(addr, method, path, token, body),
+    )
+    .await
+    .unwrap();
+    let body = if text.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: {e}: {text}"))
+    };
+    Answer { status, head, body }
+}
+
+fn api_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> String {
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
 /// One API call with an optional bearer token and JSON body; returns the
 /// status and the parsed JSON answer (`Null` for an empty body).
 pub async fn api_call(
@@ -590,15 +694,7 @@ pub async fn api_call(
     token: Option<&str>,
     body: Option<&serde_json::Value>,
 ) -> (u16, serde_json::Value) {
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
+    let request = api_request(addr, method, path, token, body);
     let (status, text) = http_raw(addr, &request).await.unwrap();
     let value = if text.is_empty() {
         serde_json::Value::Null

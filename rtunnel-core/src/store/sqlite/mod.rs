@@ -21,6 +21,7 @@ use crate::proto::ServiceInfo;
 
 mod audit;
 mod grants;
+mod logins;
 mod resources;
 
 use grants::SYSTEM_GRANTS;
@@ -204,6 +205,55 @@ impl IdentityStore for SqliteStore {
             .transpose()
     }
 
+    async fn list_users(&self, page: Page) -> Result<Paged<User>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM users ORDER BY name LIMIT ? OFFSET ?")
+            .bind(i64::from(page.page_size))
+            .bind(page.offset())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(Paged {
+            items: rows.iter().map(user_from).collect::<Result<_, _>>()?,
+            page: page.page,
+            page_size: page.page_size,
+            total: total as u64,
+        })
+    }
+
+    async fn set_user_disabled(&self, id: Uuid, disabled: bool) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE users SET disabled = ? WHERE id = ?")
+            .bind(disabled)
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn set_password_hash(&self, id: Uuid, hash: Option<&str>) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE users SET password_hash = ? WHERE id = ?")
+            .bind(hash)
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn password_hash(&self, id: Uuid) -> Result<Option<String>, StoreError> {
+        let hash: Option<Option<String>> =
+            sqlx::query_scalar("SELECT password_hash FROM users WHERE id = ?")
+                .bind(id.to_string())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(backend)?;
+        Ok(hash.flatten())
+    }
+
     async fn create_api_token(&self, token: &ApiTokenRecord) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO api_tokens (id, user_id, secret_hash, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
@@ -290,6 +340,17 @@ impl IdentityStore for SqliteStore {
             .map_err(backend)?
             .map(|r| system_from(&r))
             .transpose()
+    }
+
+    async fn delete_system(&self, id: Uuid) -> Result<bool, StoreError> {
+        // Sessions, their access logs and grants go with it (ON DELETE
+        // CASCADE); resources tied to it are untied (ON DELETE SET NULL).
+        let done = sqlx::query("DELETE FROM systems WHERE id = ?")
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn list_systems(
@@ -708,6 +769,112 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn users_are_listed_disabled_and_hold_a_password_hash() {
+        let (_d, s) = store().await;
+        let b = user("bea", super::super::Role::Viewer);
+        let a = user("al", super::super::Role::Admin);
+        s.create_user(&b).await.unwrap();
+        s.create_user(&a).await.unwrap();
+        let page = s.list_users(Page::default()).await.unwrap();
+        assert_eq!(page.total, 2);
+        let names: Vec<_> = page.items.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["al", "bea"]);
+        assert_eq!(s.password_hash(b.id).await.unwrap(), None);
+        assert!(
+            s.set_password_hash(b.id, Some("$argon2id$x"))
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            s.password_hash(b.id).await.unwrap().as_deref(),
+            Some("$argon2id$x")
+        );
+        assert!(s.set_user_disabled(b.id, true).await.unwrap());
+        assert!(s.user_by_id(b.id).await.unwrap().unwrap().disabled);
+        assert!(!s.set_user_disabled(Uuid::new_v4(), true).await.unwrap());
+        assert!(!s.set_password_hash(Uuid::new_v4(), None).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_login_rotates_once_per_token_and_ends_for_good() {
+        use crate::store::{Login, LoginStore};
+        let (_d, s) = store().await;
+        let u = user("lo", super::super::Role::Operator);
+        s.create_user(&u).await.unwrap();
+        let now = now_millis();
+        let first = Uuid::new_v4();
+        let login = Login {
+            id: Uuid::new_v4(),
+            user_id: u.id,
+            current_jti: first,
+            created_at: now,
+            last_used_at: now,
+            expires_at: now + 60_000,
+            revoked_at: None,
+            revoked_reason: None,
+            ip_address: Some("192.0.2.7".into()),
+        };
+        s.create_login(&login).await.unwrap();
+        assert_eq!(s.login(login.id).await.unwrap(), Some(login.clone()));
+        assert!(s.has_login_from(u.id, "192.0.2.7", now).await.unwrap());
+        assert!(!s.has_login_from(u.id, "192.0.2.8", now).await.unwrap());
+        assert!(!s.has_login_from(u.id, "192.0.2.7", now + 1).await.unwrap());
+        let second = Uuid::new_v4();
+        assert!(
+            s.rotate_login(login.id, first, second, now + 90_000, now)
+                .await
+                .unwrap()
+        );
+        // The first token is no longer current: a second rotation with it fails.
+        assert!(
+            !s.rotate_login(login.id, first, Uuid::new_v4(), now + 90_000, now)
+                .await
+                .unwrap()
+        );
+        let stored = s.login(login.id).await.unwrap().unwrap();
+        assert_eq!(stored.current_jti, second);
+        assert_eq!(stored.expires_at, now + 90_000);
+        assert!(stored.is_live(now));
+        assert!(s.revoke_login(login.id, "replayed", now).await.unwrap());
+        assert!(!s.revoke_login(login.id, "again", now).await.unwrap());
+        let ended = s.login(login.id).await.unwrap().unwrap();
+        assert!(!ended.is_live(now));
+        assert_eq!(ended.revoked_reason.as_deref(), Some("replayed"));
+        assert!(
+            !s.rotate_login(login.id, second, Uuid::new_v4(), now + 1, now)
+                .await
+                .unwrap()
+        );
+        // Every live login of a user ends at once.
+        for _ in 0..2 {
+            let mut l = login.clone();
+            l.id = Uuid::new_v4();
+            s.create_login(&l).await.unwrap();
+        }
+        assert_eq!(
+            s.revoke_user_logins(u.id, "user_disabled", now)
+                .await
+                .unwrap(),
+            2
+        );
+    }
+
+    #[tokio::test]
+    async fn deleting_a_system_takes_its_grants_along() {
+        let (_d, s) = store().await;
+        let u = user("del", super::super::Role::Operator);
+        let a = system("gone");
+        s.create_user(&u).await.unwrap();
+        s.create_system(&a).await.unwrap();
+        let now = now_millis();
+        s.grant(u.id, a.id, None, now).await.unwrap();
+        assert!(s.delete_system(a.id).await.unwrap());
+        assert!(!s.delete_system(a.id).await.unwrap());
+        assert_eq!(s.system(a.id).await.unwrap(), None);
+        assert!(!s.has_grant(u.id, a.id, now).await.unwrap());
     }
 
     #[tokio::test]

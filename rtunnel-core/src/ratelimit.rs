@@ -1,0 +1,221 @@
+//! Counting failed attempts (logins, tunnel authentications) per key, so a
+//! guesser is slowed down without a real user being locked out for long.
+//!
+//! Each key has a failure budget refilled continuously (the generic cell
+//! rate algorithm): [`Rule::burst`] failures may come at once, after that one
+//! more every [`Rule::interval`]. Only failures spend the budget, so a user
+//! who types the right password is never counted. The state is one
+//! timestamp per key ("theoretical arrival time"), which is what a shared
+//! implementation (Redis, for several nodes) stores too.
+//!
+//! ```
+//! use std::time::Duration;
+//! use rtunnel_core::ratelimit::{MemoryRateLimiter, RateLimiter, Rule};
+//!
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let limiter = MemoryRateLimiter::new();
+//! let rule = Rule { burst: 2, interval: Duration::from_secs(60) };
+//! let now = 1_000_000;
+//! assert_eq!(limiter.check("addr:192.0.2.1", rule, now).await.unwrap(), None);
+//! limiter.fail("addr:192.0.2.1", rule, now).await.unwrap();
+//! limiter.fail("addr:192.0.2.1", rule, now).await.unwrap();
+//! // Two failures spent the budget: the next attempt waits one interval.
+//! let wait = limiter.check("addr:192.0.2.1", rule, now).await.unwrap();
+//! assert_eq!(wait, Some(Duration::from_secs(60)));
+//! assert_eq!(limiter.check("addr:192.0.2.1", rule, now + 60_000).await.unwrap(), None);
+//! # });
+//! ```
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::store::{Millis, StoreError};
+
+/// How many failures a key may have, and how fast they are forgiven.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    /// Failures allowed back to back.
+    pub burst: u32,
+    /// One failure is forgiven per interval.
+    pub interval: Duration,
+}
+
+impl Rule {
+    fn interval_ms(self) -> i64 {
+        self.interval.as_millis().min(i64::MAX as u128) as i64
+    }
+
+    /// The wait before the next attempt of a key whose arrival time is
+    /// `tat`, or `None` when it may go now.
+    pub fn wait(self, tat: Millis, now: Millis) -> Option<Duration> {
+        let tolerance = self.interval_ms() * i64::from(self.burst.saturating_sub(1));
+        let ahead = tat.saturating_sub(now).saturating_sub(tolerance);
+        (ahead > 0).then(|| Duration::from_millis(ahead as u64))
+    }
+
+    /// The arrival time after one more failure.
+    pub fn after_failure(self, tat: Option<Millis>, now: Millis) -> Millis {
+        tat.unwrap_or(now)
+            .max(now)
+            .saturating_add(self.interval_ms())
+    }
+}
+
+/// Where failure budgets are kept: in process for one node, shared (Redis)
+/// for several.
+#[async_trait]
+pub trait RateLimiter: Send + Sync {
+    /// How long `key` must wait before its next attempt under `rule`;
+    /// `None` when it may try now.
+    async fn check(
+        &self,
+        key: &str,
+        rule: Rule,
+        now: Millis,
+    ) -> Result<Option<Duration>, StoreError>;
+
+    /// Spends one failure of `key`'s budget.
+    async fn fail(&self, key: &str, rule: Rule, now: Millis) -> Result<(), StoreError>;
+
+    /// Forgets `key` (after a success).
+    async fn reset(&self, key: &str) -> Result<(), StoreError>;
+}
+
+/// Most keys a [`MemoryRateLimiter`] holds; when full, keys whose budget is
+/// whole again are dropped, then the ones closest to whole.
+pub const MAX_TRACKED_KEYS: usize = 100_000;
+
+/// Failure budgets in process memory, bounded to [`MAX_TRACKED_KEYS`].
+#[derive(Debug, Default)]
+pub struct MemoryRateLimiter {
+    keys: Mutex<HashMap<String, Millis>>,
+    capacity: usize,
+}
+
+impl MemoryRateLimiter {
+    /// An empty limiter holding up to [`MAX_TRACKED_KEYS`] keys.
+    pub fn new() -> Self {
+        Self::with_capacity(MAX_TRACKED_KEYS)
+    }
+
+    /// An empty limiter holding up to `capacity` keys.
+    pub fn with_capacity(capacity: usize) -> Self {
+        MemoryRateLimiter {
+            keys: Mutex::new(HashMap::new()),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Millis>> {
+        // The map holds no invariant a panic could break.
+        self.keys.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many keys are held.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[async_trait]
+impl RateLimiter for MemoryRateLimiter {
+    async fn check(
+        &self,
+        key: &str,
+        rule: Rule,
+        now: Millis,
+    ) -> Result<Option<Duration>, StoreError> {
+        Ok(self.lock().get(key).and_then(|tat| rule.wait(*tat, now)))
+    }
+
+    async fn fail(&self, key: &str, rule: Rule, now: Millis) -> Result<(), StoreError> {
+        let mut keys = self.lock();
+        if !keys.contains_key(key) && keys.len() >= self.capacity {
+            // A key whose arrival time has passed has its whole budget back:
+            // forgetting it changes nothing.
+            keys.retain(|_, tat| *tat > now);
+            if keys.len() >= self.capacity
+                && let Some(oldest) = keys
+                    .iter()
+                    .min_by_key(|(_, tat)| **tat)
+                    .map(|(k, _)| k.clone())
+            {
+                keys.remove(&oldest);
+            }
+        }
+        let tat = rule.after_failure(keys.get(key).copied(), now);
+        keys.insert(key.to_owned(), tat);
+        Ok(())
+    }
+
+    async fn reset(&self, key: &str) -> Result<(), StoreError> {
+        self.lock().remove(key);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RULE: Rule = Rule {
+        burst: 3,
+        interval: Duration::from_secs(10),
+    };
+
+    #[tokio::test]
+    async fn a_burst_then_one_failure_per_interval() {
+        let l = MemoryRateLimiter::new();
+        let t0 = 5_000_000;
+        for _ in 0..3 {
+            assert_eq!(l.check("k", RULE, t0).await.unwrap(), None);
+            l.fail("k", RULE, t0).await.unwrap();
+        }
+        assert_eq!(
+            l.check("k", RULE, t0).await.unwrap(),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            l.check("k", RULE, t0 + 4_000).await.unwrap(),
+            Some(Duration::from_secs(6))
+        );
+        // One interval later one more failure is allowed, not three.
+        let t1 = t0 + 10_000;
+        assert_eq!(l.check("k", RULE, t1).await.unwrap(), None);
+        l.fail("k", RULE, t1).await.unwrap();
+        assert!(l.check("k", RULE, t1).await.unwrap().is_some());
+        // After the whole budget refills, a full burst again.
+        let t2 = t1 + 30_000;
+        for _ in 0..3 {
+            assert_eq!(l.check("k", RULE, t2).await.unwrap(), None);
+            l.fail("k", RULE, t2).await.unwrap();
+        }
+        assert!(l.check("k", RULE, t2).await.unwrap().is_some());
+        // Other keys are untouched; reset forgives.
+        assert_eq!(l.check("other", RULE, t2).await.unwrap(), None);
+        l.reset("k").await.unwrap();
+        assert_eq!(l.check("k", RULE, t2).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn the_key_table_stays_bounded() {
+        let l = MemoryRateLimiter::with_capacity(100);
+        for i in 0..1_000 {
+            l.fail(&format!("user:{i}"), RULE, 1_000 + i).await.unwrap();
+        }
+        assert_eq!(l.len(), 100);
+        // The newest keys are the ones kept.
+        assert!(l.check("user:999", RULE, 1_999).await.unwrap().is_none());
+        l.fail("user:999", RULE, 1_999).await.unwrap();
+        l.fail("user:999", RULE, 1_999).await.unwrap();
+        assert!(l.check("user:999", RULE, 1_999).await.unwrap().is_some());
+    }
+}

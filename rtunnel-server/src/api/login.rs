@@ -1,0 +1,279 @@
+//! `POST /api/v1/auth/login`, `/refresh` and `/logout`.
+//!
+//! A login starts a refresh-token family ([`Login`]). Each refresh answers a
+//! new pair and makes the presented refresh token dead; presenting a dead
+//! one again means it was copied, so the whole family ends (every access
+//! token it issued stops working, forwards it opened are cut) and the replay
+//! is audited as `refresh_token_replayed`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, State};
+use axum::http::StatusCode;
+use rtunnel_auth::claims::{ACCESS_TTL, Claims, REFRESH_TTL, TokenKind};
+use rtunnel_auth::password::{verify_password, verify_password_against_nothing};
+use rtunnel_core::store::{AuditEvent, Login, User, now_millis};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::auth::Authenticated;
+use super::extract::Json as JsonBody;
+use crate::error::ApiError;
+use crate::ratelimit::{Attempt, KNOWN_ADDRESS_FOR, Scope};
+use crate::state::AppState;
+
+/// Longest user name looked up.
+const MAX_USERNAME_LEN: usize = 128;
+
+/// Body of a login.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LoginRequest {
+    username: String,
+    password: String,
+}
+
+/// Body of a refresh.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RefreshRequest {
+    refresh_token: String,
+}
+
+/// A new token pair.
+#[derive(Debug, Serialize)]
+pub(crate) struct TokenPair {
+    access_token: String,
+    refresh_token: String,
+    /// Seconds the access token lasts.
+    expires_in: u64,
+    token_type: &'static str,
+}
+
+fn invalid_login() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "invalid_credentials",
+        "invalid user name or password",
+    )
+}
+
+fn invalid_refresh() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "invalid_refresh_token",
+        "invalid, expired or already used refresh token; log in again",
+    )
+}
+
+/// `POST /api/v1/auth/login`.
+pub(crate) async fn login(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    JsonBody(body): JsonBody<LoginRequest>,
+) -> Result<Json<TokenPair>, ApiError> {
+    let ip = peer.ip().to_string();
+    let attempt = Attempt::new(Scope::Login, &body.username, peer.ip());
+    let user = if body.username.len() <= MAX_USERNAME_LEN {
+        state.stores.identity.user_by_name(&body.username).await?
+    } else {
+        None
+    };
+    let known_address = match &user {
+        Some(u) => state
+            .stores
+            .logins
+            .has_login_from(
+                u.id,
+                &ip,
+                now_millis() - KNOWN_ADDRESS_FOR.as_millis() as i64,
+            )
+            .await
+            .unwrap_or(false),
+        None => false,
+    };
+    if let Err(limited) = attempt.check(&state, known_address).await {
+        audit_failure(&state, &body.username, user.as_ref(), &ip, "rate_limited").await;
+        return Err(limited);
+    }
+    let hash = match &user {
+        Some(u) => state.stores.identity.password_hash(u.id).await?,
+        None => None,
+    };
+    let password_ok = match &hash {
+        Some(hash) => verify_password(&body.password, hash),
+        None => verify_password_against_nothing(&body.password),
+    };
+    let user = match user {
+        Some(u) if password_ok && !u.disabled => u,
+        other => {
+            attempt.failed(&state).await;
+            let reason = match (&other, password_ok) {
+                (Some(u), true) if u.disabled => "user_disabled",
+                (Some(_), _) if hash.is_none() => "no_password",
+                (Some(_), _) => "wrong_password",
+                (None, _) => "unknown_user",
+            };
+            audit_failure(&state, &body.username, other.as_ref(), &ip, reason).await;
+            return Err(invalid_login());
+        }
+    };
+    attempt.succeeded(&state).await;
+
+    let now = now_millis();
+    let family = Uuid::new_v4();
+    let refresh = refresh_claims(user.id, family, now);
+    let login = Login {
+        id: family,
+        user_id: user.id,
+        current_jti: refresh.jti,
+        created_at: now,
+        last_used_at: now,
+        expires_at: refresh.exp,
+        revoked_at: None,
+        revoked_reason: None,
+        ip_address: Some(ip.clone()),
+    };
+    let mut event = AuditEvent::new("login");
+    event.actor = Some(user.name.clone());
+    event.ip_address = Some(ip);
+    event.details = json!({"login_id": login.id});
+    state.audit(event).await?;
+    state.stores.logins.create_login(&login).await?;
+    Ok(Json(pair(&state, &user, refresh, now)))
+}
+
+/// `POST /api/v1/auth/refresh`.
+pub(crate) async fn refresh(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    JsonBody(body): JsonBody<RefreshRequest>,
+) -> Result<Json<TokenPair>, ApiError> {
+    let now = now_millis();
+    let presented = Claims::verify(&*state.signer, &body.refresh_token, TokenKind::Refresh, now)
+        .map_err(|_| invalid_refresh())?;
+    let family = presented.fam.ok_or_else(invalid_refresh)?;
+    let login = state
+        .stores
+        .logins
+        .login(family)
+        .await?
+        .filter(|l| l.user_id == presented.sub)
+        .ok_or_else(invalid_refresh)?;
+    if !login.is_live(now) {
+        return Err(invalid_refresh());
+    }
+    let user = match state.stores.identity.user_by_id(login.user_id).await? {
+        Some(u) if !u.disabled => u,
+        _ => return Err(invalid_refresh()),
+    };
+    let ip = peer.ip().to_string();
+    if login.current_jti != presented.jti {
+        replayed(&state, &user, &login, &ip).await?;
+        return Err(invalid_refresh());
+    }
+    let next = refresh_claims(user.id, family, now);
+    let mut event = AuditEvent::new("token_refreshed");
+    event.actor = Some(user.name.clone());
+    event.ip_address = Some(ip.clone());
+    event.details = json!({"login_id": family});
+    state.audit(event).await?;
+    let rotated = state
+        .stores
+        .logins
+        .rotate_login(family, presented.jti, next.jti, next.exp, now)
+        .await?;
+    if !rotated {
+        // Another request spent this token between our read and our write:
+        // two holders of one refresh token, so it was copied.
+        replayed(&state, &user, &login, &ip).await?;
+        return Err(invalid_refresh());
+    }
+    Ok(Json(pair(&state, &user, next, now)))
+}
+
+/// `POST /api/v1/auth/logout`: ends the login of the access token used.
+pub(crate) async fn logout(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    caller: Authenticated,
+) -> Result<StatusCode, ApiError> {
+    let Some(login) = caller.login() else {
+        return Err(ApiError::bad_request(
+            "not_a_login",
+            "this request used an API token, not a login; there is nothing to log out",
+        ));
+    };
+    let mut event = AuditEvent::new("logout");
+    event.actor = Some(caller.user.name.clone());
+    event.ip_address = Some(peer.ip().to_string());
+    event.details = json!({"login_id": login});
+    state.audit(event).await?;
+    state
+        .stores
+        .logins
+        .revoke_login(login, "logout", now_millis())
+        .await?;
+    state.access.changed();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Ends a family whose dead refresh token came back, and audits it.
+async fn replayed(state: &AppState, user: &User, login: &Login, ip: &str) -> Result<(), ApiError> {
+    let ended = state
+        .stores
+        .logins
+        .revoke_login(login.id, "refresh_token_replayed", now_millis())
+        .await?;
+    state.access.changed();
+    tracing::warn!(user = %user.name, login = %login.id, %ip, "refresh token replayed; login ended");
+    let mut event = AuditEvent::new("refresh_token_replayed");
+    event.actor = Some(user.name.clone());
+    event.ip_address = Some(ip.to_owned());
+    event.details = json!({
+        "login_id": login.id,
+        "login_ip_address": login.ip_address,
+        "family_revoked": ended,
+    });
+    state.audit_best_effort(event).await;
+    Ok(())
+}
+
+async fn audit_failure(
+    state: &AppState,
+    username: &str,
+    user: Option<&User>,
+    ip: &str,
+    reason: &str,
+) {
+    let mut event = AuditEvent::new("login_failed");
+    event.actor = Some(match user {
+        Some(u) => u.name.clone(),
+        None => username.chars().take(64).collect(),
+    });
+    event.ip_address = Some(ip.to_owned());
+    event.details = json!({"reason": reason});
+    state.audit_best_effort(event).await;
+}
+
+/// Claims of a new refresh token of family `family`.
+fn refresh_claims(user: Uuid, family: Uuid, now: i64) -> Claims {
+    let mut claims = Claims::new(TokenKind::Refresh, user, now, REFRESH_TTL);
+    claims.fam = Some(family);
+    claims
+}
+
+/// An access token for `refresh`'s family, and `refresh` itself, signed.
+fn pair(state: &AppState, user: &User, refresh: Claims, now: i64) -> TokenPair {
+    let mut access = Claims::new(TokenKind::Access, user.id, now, ACCESS_TTL);
+    access.fam = refresh.fam;
+    TokenPair {
+        access_token: access.sign(&*state.signer),
+        refresh_token: refresh.sign(&*state.signer),
+        expires_in: ACCESS_TTL.as_secs(),
+        token_type: "Bearer",
+    }
+}

@@ -1,0 +1,203 @@
+//! `/api/v1/users` (admin): list, create, show, and `PATCH` to disable,
+//! enable or set a password.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::StatusCode;
+use rtunnel_core::store::{AuditEvent, Paged, Role, User, rfc3339};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::auth::{CurrentUser, require_admin};
+use super::extract::{Json as JsonBody, Query};
+use super::{PageQuery, parse_id};
+use crate::enroll;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// A user as the API shows it (never the password hash).
+#[derive(Debug, Serialize)]
+pub(super) struct UserView {
+    id: Uuid,
+    name: String,
+    role: Role,
+    email: Option<String>,
+    disabled: bool,
+    has_password: bool,
+    created_at: String,
+}
+
+impl UserView {
+    fn new(u: User, has_password: bool) -> Self {
+        UserView {
+            id: u.id,
+            name: u.name,
+            role: u.role,
+            email: u.email,
+            disabled: u.disabled,
+            has_password,
+            created_at: rfc3339(u.created_at),
+        }
+    }
+}
+
+async fn view(state: &AppState, user: User) -> Result<UserView, ApiError> {
+    let has_password = state
+        .stores
+        .identity
+        .password_hash(user.id)
+        .await?
+        .is_some();
+    Ok(UserView::new(user, has_password))
+}
+
+pub(super) async fn list(
+    State(state): State<Arc<AppState>>,
+    CurrentUser(caller): CurrentUser,
+    Query(q): Query<PageQuery>,
+) -> Result<Json<Paged<UserView>>, ApiError> {
+    require_admin(&caller)?;
+    let users = state.stores.identity.list_users(q.page()?).await?;
+    let mut items = Vec::with_capacity(users.items.len());
+    for u in users.items {
+        items.push(view(&state, u).await?);
+    }
+    Ok(Json(Paged {
+        items,
+        page: users.page,
+        page_size: users.page_size,
+        total: users.total,
+    }))
+}
+
+/// The user named by a path id, or 404.
+async fn load(state: &AppState, raw_id: &str) -> Result<User, ApiError> {
+    let id = parse_id(raw_id, "user_not_found")?;
+    state
+        .stores
+        .identity
+        .user_by_id(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user_not_found", "no such user"))
+}
+
+pub(super) async fn show(
+    State(state): State<Arc<AppState>>,
+    CurrentUser(caller): CurrentUser,
+    Path(id): Path<String>,
+) -> Result<Json<UserView>, ApiError> {
+    require_admin(&caller)?;
+    let user = load(&state, &id).await?;
+    Ok(Json(view(&state, user).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateUser {
+    name: String,
+    role: Role,
+    email: Option<String>,
+    password: Option<String>,
+}
+
+pub(super) async fn create(
+    State(state): State<Arc<AppState>>,
+    CurrentUser(caller): CurrentUser,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    JsonBody(body): JsonBody<CreateUser>,
+) -> Result<(StatusCode, Json<UserView>), ApiError> {
+    require_admin(&caller)?;
+    let (user, hash) =
+        enroll::new_user(&body.name, body.role, body.email, body.password.as_deref())?;
+    let mut event = AuditEvent::new("user_created");
+    event.actor = Some(caller.name.clone());
+    event.ip_address = Some(peer.ip().to_string());
+    event.details = json!({"user_id": user.id, "name": user.name, "role": user.role});
+    state.audit(event).await?;
+    state.stores.identity.create_user(&user).await?;
+    if let Some(hash) = &hash {
+        state
+            .stores
+            .identity
+            .set_password_hash(user.id, Some(hash))
+            .await?;
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(UserView::new(user, hash.is_some())),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UpdateUser {
+    disabled: Option<bool>,
+    password: Option<String>,
+}
+
+/// `PATCH /api/v1/users/{id}`: `disabled` (disabling ends the user's
+/// logins and cuts what they have open within a second) and `password`.
+pub(super) async fn update(
+    State(state): State<Arc<AppState>>,
+    CurrentUser(caller): CurrentUser,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<UpdateUser>,
+) -> Result<Json<UserView>, ApiError> {
+    require_admin(&caller)?;
+    let user = load(&state, &id).await?;
+    if body.disabled == Some(true) && user.id == caller.id {
+        return Err(ApiError::bad_request(
+            "cannot_disable_self",
+            "an administrator cannot disable their own user",
+        ));
+    }
+    let hash = body
+        .password
+        .as_deref()
+        .map(rtunnel_auth::password::hash_password)
+        .transpose()
+        .map_err(|e| ApiError::bad_request("invalid_password", e.to_string()))?;
+    let audit = |name: &str, details: serde_json::Value| {
+        let mut event = AuditEvent::new(name);
+        event.actor = Some(caller.name.clone());
+        event.ip_address = Some(peer.ip().to_string());
+        event.details = details;
+        event
+    };
+    if let Some(hash) = &hash {
+        let event = audit(
+            "user_password_set",
+            json!({"user_id": user.id, "name": user.name}),
+        );
+        state.audit(event).await?;
+        state
+            .stores
+            .identity
+            .set_password_hash(user.id, Some(hash))
+            .await?;
+    }
+    if let Some(disabled) = body.disabled.filter(|d| *d != user.disabled) {
+        let name = if disabled {
+            "user_disabled"
+        } else {
+            "user_enabled"
+        };
+        let event = audit(name, json!({"user_id": user.id, "name": user.name}));
+        state.audit(event).await?;
+        enroll::set_disabled(
+            &*state.stores.identity,
+            &*state.stores.logins,
+            user.id,
+            disabled,
+        )
+        .await?;
+        state.access.changed();
+    }
+    let user = load(&state, &id).await?;
+    Ok(Json(view(&state, user).await?))
+}

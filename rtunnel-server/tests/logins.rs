@@ -1,0 +1,423 @@
+//! Logins against the real server: passwords, access and refresh tokens,
+//! refresh rotation and replay, logout, rate limits on failed logins and
+//! failed tunnel authentications, and the users API.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use serde_json::{Value, json};
+use support::*;
+
+const PASSWORD: &str = "correct horse battery staple";
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    server: ServerProc,
+    admin: String,
+}
+
+async fn setup() -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(tmp.path(), &[]).await;
+    let admin = user_with_token(&server, "root", "admin");
+    Setup {
+        _tmp: tmp,
+        server,
+        admin,
+    }
+}
+
+/// Creates a user with a password through the CLI (`--password-stdin`).
+fn user_with_password(s: &Setup, name: &str, role: &str) -> String {
+    let out = admin_with_stdin(
+        &s.server.dir,
+        &[
+            "user",
+            "add",
+            name,
+            "--role",
+            role,
+            "--password-stdin",
+            "--json",
+        ],
+        &format!("{PASSWORD}\n"),
+    );
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v["id"].as_str().unwrap().to_owned()
+}
+
+async fn login_from(s: &Setup, from: &str, username: &str, password: &str) -> Answer {
+    api_call_from(
+        from,
+        s.server.addr,
+        "POST",
+        "/api/v1/auth/login",
+        None,
+        Some(&json!({"username": username, "password": password})),
+    )
+    .await
+}
+
+async fn login(s: &Setup, username: &str, password: &str) -> Answer {
+    login_from(s, "127.0.0.1", username, password).await
+}
+
+async fn refresh(s: &Setup, token: &str) -> (u16, Value) {
+    api_call(
+        s.server.addr,
+        "POST",
+        "/api/v1/auth/refresh",
+        None,
+        Some(&json!({ "refresh_token": token })),
+    )
+    .await
+}
+
+/// The status of an authenticated read with `token`.
+async fn whoami_status(s: &Setup, token: &str) -> u16 {
+    api_call(s.server.addr, "GET", "/api/v1/sessions", Some(token), None)
+        .await
+        .0
+}
+
+fn assert_envelope(v: &Value, code: &str) {
+    assert_eq!(v["success"], false, "{v}");
+    assert_eq!(v["code"], code, "{v}");
+    assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
+    assert_eq!(v["trace_id"].as_str().map(str::len), Some(16), "{v}");
+}
+
+fn tokens(a: &Answer) -> (String, String) {
+    assert_eq!(a.status, 200, "{}", a.body);
+    (
+        a.body["access_token"].as_str().unwrap().to_owned(),
+        a.body["refresh_token"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_login_gives_tokens_that_work_until_logout() {
+    let s = setup().await;
+    user_with_password(&s, "olga", "operator");
+
+    let wrong = login(&s, "olga", "not the password").await;
+    assert_eq!(wrong.status, 401);
+    assert_envelope(&wrong.body, "invalid_credentials");
+    let unknown = login(&s, "nobody", PASSWORD).await;
+    assert_eq!(unknown.status, 401);
+    assert_eq!(
+        unknown.body["error"], wrong.body["error"],
+        "no hint which half was wrong"
+    );
+
+    let ok = login(&s, "olga", PASSWORD).await;
+    assert_eq!(ok.body["expires_in"], 900);
+    assert_eq!(ok.body["token_type"], "Bearer");
+    let (access, refresh_token) = tokens(&ok);
+    assert_eq!(whoami_status(&s, &access).await, 200);
+    // A refresh token is not an access token.
+    assert_eq!(whoami_status(&s, &refresh_token).await, 401);
+    // An access token does not refresh.
+    let (status, v) = refresh(&s, &access).await;
+    assert_eq!(status, 401);
+    assert_envelope(&v, "invalid_refresh_token");
+
+    let (status, v) = api_call(
+        s.server.addr,
+        "POST",
+        "/api/v1/auth/logout",
+        Some(&access),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204, "{v}");
+    assert_eq!(whoami_status(&s, &access).await, 401, "logged out");
+    let (status, _) = refresh(&s, &refresh_token).await;
+    assert_eq!(status, 401, "the login's refresh token ended with it");
+
+    // An API token is not a login.
+    let (status, v) = api_call(
+        s.server.addr,
+        "POST",
+        "/api/v1/auth/logout",
+        Some(&s.admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_envelope(&v, "not_a_login");
+
+    let failed = audit_events(&s.server.dir, "login_failed").await;
+    let reasons: Vec<_> = failed.iter().map(|e| e.details["reason"].clone()).collect();
+    assert!(reasons.contains(&json!("wrong_password")), "{reasons:?}");
+    assert!(reasons.contains(&json!("unknown_user")), "{reasons:?}");
+    let logins = audit_events(&s.server.dir, "login").await;
+    assert_eq!(logins.len(), 1);
+    assert_eq!(logins[0].actor.as_deref(), Some("olga"));
+    assert_eq!(audit_events(&s.server.dir, "logout").await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_refresh_token_kills_the_family() {
+    let s = setup().await;
+    user_with_password(&s, "rita", "viewer");
+    let (a1, r1) = tokens(&login(&s, "rita", PASSWORD).await);
+    let (_, other_refresh) = tokens(&login(&s, "rita", PASSWORD).await);
+
+    // Refreshing rotates: a new pair, and the old refresh token is dead.
+    let (status, v) = refresh(&s, &r1).await;
+    assert_eq!(status, 200, "{v}");
+    let a2 = v["access_token"].as_str().unwrap().to_owned();
+    let r2 = v["refresh_token"].as_str().unwrap().to_owned();
+    assert_ne!(r1, r2);
+    assert_eq!(whoami_status(&s, &a1).await, 200);
+    assert_eq!(whoami_status(&s, &a2).await, 200);
+
+    // Someone replays the first refresh token: refused, and the whole
+    // family ends, for the thief and the rightful holder alike.
+    let (status, v) = refresh(&s, &r1).await;
+    assert_eq!(status, 401);
+    assert_envelope(&v, "invalid_refresh_token");
+    assert_eq!(
+        refresh(&s, &r2).await.0,
+        401,
+        "the newest refresh token died too"
+    );
+    assert_eq!(whoami_status(&s, &a2).await, 401);
+    assert_eq!(whoami_status(&s, &a1).await, 401);
+
+    let replays = audit_events(&s.server.dir, "refresh_token_replayed").await;
+    assert_eq!(replays.len(), 1);
+    assert_eq!(replays[0].actor.as_deref(), Some("rita"));
+    assert_eq!(replays[0].details["family_revoked"], true);
+
+    // Another login of the same user is another family: untouched.
+    assert_eq!(refresh(&s, &other_refresh).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_are_limited_per_name_and_address_but_not_from_elsewhere() {
+    let s = setup().await;
+    user_with_password(&s, "ann", "operator");
+    user_with_password(&s, "bob", "operator");
+
+    // One address guessing one name: five failures, then 429.
+    for _ in 0..5 {
+        assert_eq!(
+            login_from(&s, "127.0.0.2", "ann", "guess").await.status,
+            401
+        );
+    }
+    let limited = login_from(&s, "127.0.0.2", "ann", PASSWORD).await;
+    assert_eq!(limited.status, 429, "{}", limited.body);
+    assert_envelope(&limited.body, "rate_limited");
+    let wait: u64 = header(&limited.head, "retry-after")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((55..=60).contains(&wait), "Retry-After {wait}");
+    // The real ann, elsewhere, is not locked out.
+    assert_eq!(
+        login_from(&s, "127.0.0.3", "ann", PASSWORD).await.status,
+        200
+    );
+
+    // One address spraying many names: 30 failures, then 429 for any name.
+    for i in 0..30 {
+        let name = format!("user{}", i / 5);
+        assert_eq!(
+            login_from(&s, "127.0.0.4", &name, "guess").await.status,
+            401
+        );
+    }
+    let sprayed = login_from(&s, "127.0.0.4", "bob", PASSWORD).await;
+    assert_eq!(sprayed.status, 429, "{}", sprayed.body);
+
+    // Many addresses on one name: bob logged in from 127.0.3.1 before the
+    // attack, so that address still gets in; a new address waits, briefly.
+    assert_eq!(
+        login_from(&s, "127.0.3.1", "bob", PASSWORD).await.status,
+        200
+    );
+    for a in 0..6 {
+        for _ in 0..5 {
+            let from = format!("127.0.1.{}", a + 1);
+            assert_eq!(login_from(&s, &from, "bob", "guess").await.status, 401);
+        }
+    }
+    let new_place = login_from(&s, "127.0.2.1", "bob", PASSWORD).await;
+    assert_eq!(new_place.status, 429, "{}", new_place.body);
+    let wait: u64 = header(&new_place.head, "retry-after")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        wait <= 2,
+        "a real user is held up for seconds, not minutes: {wait}"
+    );
+    assert_eq!(
+        login_from(&s, "127.0.3.1", "bob", PASSWORD).await.status,
+        200
+    );
+
+    let failed = audit_events(&s.server.dir, "login_failed").await;
+    assert!(failed.iter().any(|e| e.details["reason"] == "rate_limited"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_tunnel_authentications_are_limited_but_the_real_agent_gets_in() {
+    let s = setup().await;
+    let sys = enroll(&s.server, "box");
+    let echo = echo_service().await;
+    let mut agent = start_agent(&s.server, &sys, &format!("echo={echo}"), &[]);
+    active_session(&s.server, &s.admin, &sys.id).await;
+    agent.kill();
+
+    // Authentication is checked before the upgrade: without upgrade headers
+    // good credentials answer 400 websocket_required, bad ones 401.
+    let tunnel = |from: &'static str, secret: String| {
+        let key = sys.key.clone();
+        let addr = s.server.addr;
+        async move {
+            use base64::Engine;
+            let basic = base64::engine::general_purpose::STANDARD.encode(format!("{key}:{secret}"));
+            let req = format!(
+                "GET /api/v1/tunnel HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {basic}\r\nConnection: close\r\n\r\n"
+            );
+            http_raw_from(from.parse().unwrap(), addr, &req)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(tunnel("127.0.0.9", sys.secret.clone()).await.0, 400);
+    for _ in 0..5 {
+        assert_eq!(tunnel("127.0.0.9", "wrong".into()).await.0, 401);
+    }
+    let (status, head, body) = tunnel("127.0.0.9", sys.secret.clone()).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(header(&head, "retry-after").is_some());
+
+    // Guessing the key from many addresses spends its budget (30, five of
+    // them spent above), but the agent's own address (its last session's)
+    // still gets in.
+    for a in 0..5 {
+        let from: &'static str = Box::leak(format!("127.0.4.{}", a + 1).into_boxed_str());
+        for _ in 0..5 {
+            assert_eq!(tunnel(from, "wrong".into()).await.0, 401);
+        }
+    }
+    assert_eq!(tunnel("127.0.5.1", sys.secret.clone()).await.0, 429);
+    assert_eq!(tunnel("127.0.0.1", sys.secret.clone()).await.0, 400);
+    let refused = audit_events(&s.server.dir, "tunnel_auth_failed").await;
+    assert!(
+        refused
+            .iter()
+            .any(|e| e.details["reason"] == "rate_limited")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_manage_users_and_disabling_one_ends_their_logins() {
+    let s = setup().await;
+    let addr = s.server.addr;
+    let (status, v) = api_call(
+        addr,
+        "POST",
+        "/api/v1/users",
+        Some(&s.admin),
+        Some(&json!({"name": "vera", "role": "viewer", "email": "vera@example.com", "password": PASSWORD})),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["has_password"], true);
+    assert!(v.get("password_hash").is_none());
+    let vera = v["id"].as_str().unwrap().to_owned();
+    let (status, v) = api_call(
+        addr,
+        "POST",
+        "/api/v1/users",
+        Some(&s.admin),
+        Some(&json!({"name": "weak", "role": "viewer", "password": "short"})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_envelope(&v, "invalid_password");
+
+    let (status, v) = api_call(addr, "GET", "/api/v1/users", Some(&s.admin), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(v["total"], 2);
+    let (access, refresh_token) = tokens(&login(&s, "vera", PASSWORD).await);
+    // A viewer cannot manage users.
+    let (status, v) = api_call(addr, "GET", "/api/v1/users", Some(&access), None).await;
+    assert_eq!(status, 403);
+    assert_envelope(&v, "forbidden");
+
+    let path = format!("/api/v1/users/{vera}");
+    let (status, v) = api_call(
+        addr,
+        "PATCH",
+        &path,
+        Some(&s.admin),
+        Some(&json!({"disabled": true})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["disabled"], true);
+    assert_eq!(whoami_status(&s, &access).await, 401);
+    assert_eq!(refresh(&s, &refresh_token).await.0, 401);
+    assert_eq!(login(&s, "vera", PASSWORD).await.status, 401);
+    assert_eq!(audit_events(&s.server.dir, "user_disabled").await.len(), 1);
+
+    let (status, _) = api_call(
+        addr,
+        "PATCH",
+        &path,
+        Some(&s.admin),
+        Some(&json!({"disabled": false, "password": "a new password"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(login(&s, "vera", PASSWORD).await.status, 401);
+    assert_eq!(login(&s, "vera", "a new password").await.status, 200);
+
+    // The CLI disables too.
+    s.server.admin(&["user", "disable", "vera"]);
+    assert_eq!(login(&s, "vera", "a new password").await.status, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_system_stops_its_agent_and_cli_grants_expire() {
+    let s = setup().await;
+    let sys = enroll(&s.server, "doomed");
+    let echo = echo_service().await;
+    let mut agent = start_agent(&s.server, &sys, &format!("echo={echo}"), &[]);
+    active_session(&s.server, &s.admin, &sys.id).await;
+
+    // A grant from the CLI that ends by itself.
+    let op = user_with_token(&s.server, "otto", "operator");
+    s.server
+        .admin(&["grant", "otto", "doomed", "--expires-in", "2s"]);
+    let visible = || async {
+        let (_, v) = api_call(s.server.addr, "GET", "/api/v1/systems", Some(&op), None).await;
+        v["total"].as_u64().unwrap()
+    };
+    assert_eq!(visible().await, 1);
+    wait_for("the grant to expire", || async {
+        (visible().await == 0).then_some(())
+    })
+    .await;
+
+    let path = format!("/api/v1/systems/{}", sys.id);
+    let (status, v) = api_call(s.server.addr, "DELETE", &path, Some(&op), None).await;
+    assert_eq!(status, 403, "{v}");
+    let (status, v) = api_call(s.server.addr, "DELETE", &path, Some(&s.admin), None).await;
+    assert_eq!(status, 204, "{v}");
+    let exit = agent.wait_exit().await;
+    assert_eq!(exit.code(), Some(1), "the agent stops instead of retrying");
+    assert!(agent.log_text().contains("revoked"), "{}", agent.log_text());
+    let (status, v) = api_call(s.server.addr, "GET", &path, Some(&s.admin), None).await;
+    assert_eq!(status, 404);
+    assert_envelope(&v, "system_not_found");
+    assert_eq!(audit_events(&s.server.dir, "system_deleted").await.len(), 1);
+}
