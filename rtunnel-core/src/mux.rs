@@ -16,7 +16,7 @@
 //!   [`MuxConfig::window_budget`], so a reader that stops reading holds at
 //!   most its window in memory while the sender waits.
 
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -27,7 +27,7 @@ use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 pub use crate::proto::MAX_OPEN_STREAMS;
 
@@ -132,9 +132,40 @@ impl MuxConfig {
 
 /// A stream of a [`YamuxMux`], with tokio's IO traits. One opened by this
 /// side holds one of the connection's [`MAX_OPEN_STREAMS`] until dropped.
+///
+/// When the connection ends, a read or write waiting on the stream fails
+/// with `ConnectionAborted` (yamux's graceful close does not wake the
+/// streams of the side that closed, so a relay would otherwise wait for
+/// its other end forever).
 pub struct YamuxStream {
     inner: Compat<yamux::Stream>,
     _slot: Option<OwnedSemaphorePermit>,
+    connection_ended: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl YamuxStream {
+    fn new(
+        stream: yamux::Stream,
+        slot: Option<OwnedSemaphorePermit>,
+        done: &CancellationToken,
+    ) -> Self {
+        YamuxStream {
+            inner: stream.compat(),
+            _slot: slot,
+            connection_ended: Box::pin(done.clone().cancelled_owned()),
+        }
+    }
+
+    /// After the inner stream answered `Pending`: an error if the
+    /// connection has ended (the waker is registered either way).
+    fn poll_ended(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        self.connection_ended.as_mut().poll(cx).is_ready().then(|| {
+            io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the multiplexed connection ended",
+            )
+        })
+    }
 }
 
 impl std::fmt::Debug for YamuxStream {
@@ -151,7 +182,12 @@ impl AsyncRead for YamuxStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Pending => self
+                .poll_ended(cx)
+                .map_or(Poll::Pending, |e| Poll::Ready(Err(e))),
+            ready => ready,
+        }
     }
 }
 
@@ -161,15 +197,30 @@ impl AsyncWrite for YamuxStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        match Pin::new(&mut self.inner).poll_write(cx, buf) {
+            Poll::Pending => self
+                .poll_ended(cx)
+                .map_or(Poll::Pending, |e| Poll::Ready(Err(e))),
+            ready => ready,
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        match Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Pending => self
+                .poll_ended(cx)
+                .map_or(Poll::Pending, |e| Poll::Ready(Err(e))),
+            ready => ready,
+        }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        match Pin::new(&mut self.inner).poll_shutdown(cx) {
+            Poll::Pending => self
+                .poll_ended(cx)
+                .map_or(Poll::Pending, |e| Poll::Ready(Err(e))),
+            ready => ready,
+        }
     }
 }
 
@@ -282,18 +333,12 @@ impl Mux for YamuxMux {
             .await
             .map_err(|_| MuxError::Closed)?;
         let stream = rx.await.map_err(|_| MuxError::Closed)??;
-        Ok(YamuxStream {
-            inner: stream.compat(),
-            _slot: Some(slot),
-        })
+        Ok(YamuxStream::new(stream, Some(slot), &self.done))
     }
 
     async fn accept(&self) -> Option<YamuxStream> {
         let stream = self.inbound.lock().await.recv().await?;
-        Some(YamuxStream {
-            inner: stream.compat(),
-            _slot: None,
-        })
+        Some(YamuxStream::new(stream, None, &self.done))
     }
 
     fn close(&self) {
@@ -499,6 +544,40 @@ mod tests {
         assert!(server.accept().await.is_none());
         server.closed().await;
         assert!(matches!(client.open().await, Err(MuxError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn closing_a_connection_ends_the_waits_on_its_own_streams() {
+        // The peer reads everything and never answers (an agent that hung):
+        // nothing from it will end our streams.
+        let (a, mut b) = tokio::io::duplex(256 * 1024);
+        tokio::spawn(async move {
+            let mut sink = [0u8; 4096];
+            while matches!(b.read(&mut sink).await, Ok(n) if n > 0) {}
+            std::future::pending::<()>().await;
+        });
+        let client = YamuxMux::client(a, &MuxConfig::default());
+        let mut s = client.open().await.unwrap();
+        s.write_all(b"x").await.unwrap();
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 16];
+            s.read(&mut buf).await
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        client.close();
+        client.closed().await;
+        let read = tokio::time::timeout(Duration::from_secs(10), reader)
+            .await
+            .expect("a read on a closed connection's stream hung")
+            .unwrap();
+        let err = read.unwrap_err();
+        assert!(
+            matches!(
+                err.kind(),
+                io::ErrorKind::ConnectionAborted | io::ErrorKind::WriteZero
+            ),
+            "{err}"
+        );
     }
 
     #[tokio::test]

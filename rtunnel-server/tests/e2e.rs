@@ -629,3 +629,24 @@ async fn regenerating_the_secret_stops_the_agent_and_only_the_new_secret_works()
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_session_of_a_frozen_agent_ends_the_operators_idle_connection() {
+    let s = setup().await;
+    let (_fwd, local) = start_forward(&s.server, &s.token, &s.session, "echo").await;
+    let mut conn = tokio::net::TcpStream::connect(local).await.unwrap();
+    conn.write_all(b"ping").await.unwrap();
+    let mut four = [0u8; 4];
+    conn.read_exact(&mut four).await.unwrap();
+    // The agent's host hangs: its TCP stack still answers, the agent does
+    // not. The operator's connection is idle.
+    s.agent.signal("STOP");
+    let path = format!("/api/v1/sessions/{}", s.session);
+    let (status, v) = send(&s.server, "DELETE", &path, &s.token, "").await;
+    assert_eq!(status, 200, "{v}");
+    let mut buf = [0u8; 16];
+    let ended = tokio::time::timeout(Duration::from_secs(20), conn.read(&mut buf)).await;
+    s.agent.signal("CONT");
+    let read = ended.expect("the operator's connection stayed open after the session closed");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+}

@@ -900,3 +900,16 @@ async fn logging_out_or_disabling_the_user_cuts_open_forwards() {
         "{reasons:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_a_session_ends_the_open_streams_of_its_forwards() {
+    let h = harness().await;
+    let (_, admin) = user(&h, "ann", Role::Admin).await;
+    let (_fwd, mut s) = echoing_forward(&h, &admin).await;
+    // The operator stays connected and idle; the session is closed.
+    let path = format!("/api/v1/sessions/{}", h.session);
+    let (status, v) = api(&h, "DELETE", &path, &admin, None).await;
+    assert!(status == 200 || status == 204, "{status} {v}");
+    let took = cut_within(&mut s).await;
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}
