@@ -280,3 +280,67 @@ async fn an_operator_who_stops_reading_cannot_grow_server_memory() {
         growth / 1024
     );
 }
+
+/// The soft limit on open files of a process, from /proc.
+fn soft_nofile(pid: u32) -> Option<u64> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_binaries_lift_their_soft_open_file_limit() {
+    let hard: u64 = std::process::Command::new("sh")
+        .args(["-c", "ulimit -Hn"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    if hard <= 256 {
+        eprintln!("hard limit {hard}: nothing to lift");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    for (bin, args) in [
+        (
+            server_bin(),
+            vec![
+                "--data-dir".to_owned(),
+                tmp.path().join("d").display().to_string(),
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+            ],
+        ),
+        (
+            agent_bin(),
+            vec![
+                "--url".into(),
+                "ws://127.0.0.1:9/api/v1/tunnel".into(),
+                "--key".into(),
+                "k".into(),
+                "--secret".into(),
+                "s".into(),
+            ],
+        ),
+    ] {
+        // Started with a soft limit of 256, as many distributions' services are.
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("ulimit -Sn 256 && exec \"$0\" \"$@\"")
+            .arg(&bin)
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let lifted = wait_for("the limit to be lifted", || async move {
+            soft_nofile(pid).filter(|n| *n > 256)
+        })
+        .await;
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(lifted, hard, "{}", bin.display());
+    }
+}
