@@ -102,23 +102,30 @@ enum Command {
     /// Manage systems.
     #[command(subcommand)]
     System(SystemCommand),
-    /// Give an operator access to a system.
+    /// Give an operator access to a system (or, with --resource, let a
+    /// user launch a resource).
     Grant {
         /// User name.
         user: String,
-        /// System name or id.
+        /// System (or resource) name or id.
         system: String,
+        /// SYSTEM names a launcher resource.
+        #[arg(long)]
+        resource: bool,
         /// The grant ends by itself after this long, such as 8h (default:
         /// until revoked).
         #[arg(long, value_parser = humantime::parse_duration)]
         expires_in: Option<Duration>,
     },
-    /// Take an operator's access to a system away.
+    /// Take an operator's access to a system (or resource) away.
     Revoke {
         /// User name.
         user: String,
-        /// System name or id.
+        /// System (or resource) name or id.
         system: String,
+        /// SYSTEM names a launcher resource.
+        #[arg(long)]
+        resource: bool,
     },
 }
 
@@ -321,11 +328,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Some(Command::Grant {
             user,
             system,
+            resource,
             expires_in,
-        }) => grant_or_revoke(&store, &user, &system, Some(expires_in)).await,
-        Some(Command::Revoke { user, system }) => {
-            grant_or_revoke(&store, &user, &system, None).await
-        }
+        }) => grant_or_revoke(&store, &user, &system, resource, Some(expires_in)).await,
+        Some(Command::Revoke {
+            user,
+            system,
+            resource,
+        }) => grant_or_revoke(&store, &user, &system, resource, None).await,
     }
 }
 
@@ -467,47 +477,73 @@ async fn find_user(store: &SqliteStore, name: &str) -> Result<User, Failure> {
         .ok_or_else(|| Failure::other(format!("no user named {name:?}")))
 }
 
-/// Grants (`grant` is `Some(expires_in)`) or revokes (`None`).
+/// Grants (`grant` is `Some(expires_in)`) or revokes (`None`) a user's
+/// access to a system, or to a launcher resource.
 async fn grant_or_revoke(
     store: &SqliteStore,
     user: &str,
-    system: &str,
+    target: &str,
+    resource: bool,
     grant: Option<Option<Duration>>,
 ) -> Result<(), Failure> {
+    use rtunnel_core::store::ResourceStore;
     let give = grant.is_some();
     let user = find_user(store, user).await?;
-    let found = match Uuid::parse_str(system) {
-        Ok(id) => store.system(id).await,
-        Err(_) => store.system_by_name(system).await,
+    let by_id = Uuid::parse_str(target).ok();
+    let other = |e: rtunnel_core::store::StoreError| Failure::other(e.to_string());
+    let missing = || {
+        let what = if resource { "resource" } else { "system" };
+        Failure::other(format!("no {what} named {target:?}"))
     };
-    let system = found
-        .map_err(|e| Failure::other(e.to_string()))?
-        .ok_or_else(|| Failure::other(format!("no system named {system:?}")))?;
+    let (target_id, target_name, system_id) = if resource {
+        let found = match by_id {
+            Some(id) => store.resource(id).await,
+            None => store.resource_by_name(target).await,
+        };
+        let r = found.map_err(other)?.ok_or_else(missing)?;
+        (r.id, r.name, None)
+    } else {
+        let found = match by_id {
+            Some(id) => store.system(id).await,
+            None => store.system_by_name(target).await,
+        };
+        let s = found.map_err(other)?.ok_or_else(missing)?;
+        (s.id, s.name, Some(s.id))
+    };
     let now = now_millis();
     let expires_at = grant.flatten().map(|d| now + d.as_millis() as i64);
-    let changed = if give {
-        store.grant(user.id, system.id, expires_at, now).await
-    } else {
-        store.revoke(user.id, system.id, now).await
+    let changed = match (give, resource) {
+        (true, false) => store.grant(user.id, target_id, expires_at, now).await,
+        (false, false) => store.revoke(user.id, target_id, now).await,
+        (true, true) => {
+            store
+                .grant_resource(user.id, target_id, expires_at, now)
+                .await
+        }
+        (false, true) => store.revoke_resource(user.id, target_id, now).await,
     }
-    .map_err(|e| Failure::other(e.to_string()))?;
+    .map_err(other)?;
     let event = if give {
         "grant_created"
     } else {
         "grant_revoked"
     };
-    let details = match expires_at {
-        Some(at) => json!({"user": user.name, "expires_at": rtunnel_core::store::rfc3339(at)}),
-        None => json!({"user": user.name}),
-    };
-    audit_admin(store, event, Some(system.id), details).await?;
+    let mut details = json!({"user": user.name});
+    if resource {
+        details["resource_id"] = json!(target_id);
+        details["resource_name"] = json!(target_name);
+    }
+    if let Some(at) = expires_at {
+        details["expires_at"] = json!(rtunnel_core::store::rfc3339(at));
+    }
+    audit_admin(store, event, system_id, details).await?;
     let what = match (give, changed) {
         (true, true) => "granted",
         (true, false) => "already granted",
         (false, true) => "revoked",
         (false, false) => "had no active grant",
     };
-    eprintln!("{}: {what} on {}", user.name, system.name);
+    eprintln!("{}: {what} on {target_name}", user.name);
     Ok(())
 }
 

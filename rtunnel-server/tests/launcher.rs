@@ -276,6 +276,20 @@ async fn revoked_and_expired_grants_stop_launches() {
         (status == 403).then_some(())
     })
     .await;
+
+    // The admin CLI grants and revokes resources by name too.
+    s.server
+        .admin(&["grant", "olivia", "app", "--resource", "--expires-in", "1h"]);
+    assert_eq!(launch(&s, Some(&op.token), &id, "direct").await.0, 200);
+    s.server.admin(&["revoke", "olivia", "app", "--resource"]);
+    assert_eq!(launch(&s, Some(&op.token), &id, "direct").await.0, 403);
+    let grants = audit_events(&s.server.dir, "grant_created").await;
+    assert!(
+        grants
+            .iter()
+            .any(|e| e.details["resource_name"] == "app" && e.details["expires_at"].is_string()),
+        "{grants:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -578,6 +578,8 @@ pub trait ResourceStore: Send + Sync {
     async fn create_resource(&self, resource: &Resource) -> Result<(), StoreError>;
     /// Finds a resource.
     async fn resource(&self, id: Uuid) -> Result<Option<Resource>, StoreError>;
+    /// Finds a resource by its unique name.
+    async fn resource_by_name(&self, name: &str) -> Result<Option<Resource>, StoreError>;
     /// Lists resources by name.
     async fn list_resources(&self, page: Page) -> Result<Paged<Resource>, StoreError>;
     /// Replaces a resource's fields; false if it does not exist.

@@ -59,6 +59,17 @@ impl ResourceStore for SqliteStore {
             .transpose()
     }
 
+    async fn resource_by_name(&self, name: &str) -> Result<Option<Resource>, StoreError> {
+        sqlx::query("SELECT * FROM resources WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?
+            .as_ref()
+            .map(resource_from)
+            .transpose()
+    }
+
     async fn list_resources(&self, page: Page) -> Result<Paged<Resource>, StoreError> {
         let rows = sqlx::query("SELECT * FROM resources ORDER BY name LIMIT ? OFFSET ?")
             .bind(i64::from(page.page_size))
@@ -167,6 +178,11 @@ mod tests {
         let mut r = resource("db-server");
         s.create_resource(&r).await.unwrap();
         assert_eq!(s.resource(r.id).await.unwrap().as_ref(), Some(&r));
+        assert_eq!(
+            s.resource_by_name("db-server").await.unwrap().as_ref(),
+            Some(&r)
+        );
+        assert_eq!(s.resource_by_name("nope").await.unwrap(), None);
         assert!(matches!(
             s.create_resource(&resource("db-server")).await,
             Err(StoreError::Conflict(_))
