@@ -160,14 +160,15 @@ async fn a_5xx_keeps_its_internals_in_the_log_under_its_trace_id() {
         .await
         .unwrap();
 
-    let (status, v) = api_call(
-        server.addr,
-        "POST",
-        "/api/v1/systems",
-        Some(&admin),
-        Some(&json!({"name": "while-broken"})),
-    )
-    .await;
+    let create = |name: &'static str| {
+        let admin = admin.clone();
+        let addr = server.addr;
+        async move {
+            let body = json!({ "name": name });
+            api_call(addr, "POST", "/api/v1/systems", Some(&admin), Some(&body)).await
+        }
+    };
+    let (status, v) = create("while-broken").await;
     assert_eq!(status, 503, "{v}");
     assert_envelope(&v, "audit_unavailable", "POST /api/v1/systems");
     let text = v.to_string();
@@ -199,13 +200,6 @@ async fn a_5xx_keeps_its_internals_in_the_log_under_its_trace_id() {
         .execute(&pool)
         .await
         .unwrap();
-    let (status, v) = api_call(
-        server.addr,
-        "POST",
-        "/api/v1/systems",
-        Some(&admin),
-        Some(&json!({"name": "after"})),
-    )
-    .await;
+    let (status, v) = create("after").await;
     assert_eq!(status, 201, "{v}");
 }

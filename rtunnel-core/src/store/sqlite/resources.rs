@@ -27,6 +27,24 @@ fn resource_from(row: &SqliteRow) -> Result<Resource, StoreError> {
     })
 }
 
+impl SqliteStore {
+    /// The resource whose unique column `col` (`id` or `name`) is `value`.
+    async fn resource_where(&self, col: &str, value: &str) -> Result<Option<Resource>, StoreError> {
+        let sql = match col {
+            "id" => "SELECT * FROM resources WHERE id = ?",
+            _ => "SELECT * FROM resources WHERE name = ?",
+        };
+        sqlx::query(sql)
+            .bind(value)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?
+            .as_ref()
+            .map(resource_from)
+            .transpose()
+    }
+}
+
 #[async_trait]
 impl ResourceStore for SqliteStore {
     async fn create_resource(&self, r: &Resource) -> Result<(), StoreError> {
@@ -49,25 +67,11 @@ impl ResourceStore for SqliteStore {
     }
 
     async fn resource(&self, id: Uuid) -> Result<Option<Resource>, StoreError> {
-        sqlx::query("SELECT * FROM resources WHERE id = ?")
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend)?
-            .as_ref()
-            .map(resource_from)
-            .transpose()
+        self.resource_where("id", &id.to_string()).await
     }
 
     async fn resource_by_name(&self, name: &str) -> Result<Option<Resource>, StoreError> {
-        sqlx::query("SELECT * FROM resources WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend)?
-            .as_ref()
-            .map(resource_from)
-            .transpose()
+        self.resource_where("name", name).await
     }
 
     async fn list_resources(&self, page: Page) -> Result<Paged<Resource>, StoreError> {
