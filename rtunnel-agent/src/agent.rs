@@ -10,7 +10,7 @@ use base64::engine::general_purpose::STANDARD;
 use rtunnel_core::control::{ControlChannel, ControlEnd, HandshakeError, client_handshake};
 use rtunnel_core::frame::write_frame;
 use rtunnel_core::mux::{Mux, MuxConfig, YamuxMux, YamuxStream};
-use rtunnel_core::proto::{CloseCode, Control, Resume, StreamKind, StreamReply};
+use rtunnel_core::proto::{CloseCode, Control, Resume, ServiceInfo, StreamKind, StreamReply};
 use rtunnel_core::relay::relay;
 use rtunnel_core::setup::{accept_header, refuse};
 use rtunnel_core::ws::{CLOSE_SESSION_CLOSED, WsStream};
@@ -21,6 +21,7 @@ use crate::backoff::Backoff;
 use crate::dial::{DialError, DialOptions, dial};
 use crate::proxy::Proxy;
 use crate::services::ServiceSpec;
+use crate::terminal::{TERMINAL_SERVICE, TerminalConfig};
 
 /// How long the server has to name a stream's service, and a target to
 /// accept a connection.
@@ -48,6 +49,8 @@ pub struct AgentConfig {
     pub tls_insecure: bool,
     /// Dial the server through this HTTP proxy.
     pub proxy: Option<Proxy>,
+    /// The built-in terminal, if offered.
+    pub terminal: Option<TerminalConfig>,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -61,6 +64,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("max_reconnect_delay", &self.max_reconnect_delay)
             .field("tls_insecure", &self.tls_insecure)
             .field("proxy", &self.proxy)
+            .field("terminal", &self.terminal)
             .finish()
     }
 }
@@ -99,9 +103,18 @@ pub struct AgentBuilder {
     max_reconnect_delay: Option<Duration>,
     tls_insecure: bool,
     proxy: Option<Proxy>,
+    terminal: Option<TerminalConfig>,
 }
 
 impl AgentBuilder {
+    /// Offers the built-in `terminal` service (a shell on a PTY); off
+    /// unless set (the `rtunnel-agent` binary turns it on unless
+    /// `--no-terminal`).
+    pub fn terminal(mut self, terminal: Option<TerminalConfig>) -> Self {
+        self.terminal = terminal;
+        self
+    }
+
     /// The server's tunnel URL, `ws(s)://HOST[:PORT]/api/v1/tunnel`.
     pub fn url(mut self, url: impl Into<String>) -> Self {
         self.url = Some(url.into());
@@ -166,6 +179,11 @@ impl AgentBuilder {
         if key.contains(':') {
             return Err(AgentError::Config("the key cannot contain ':'".into()));
         }
+        if self.services.iter().any(|s| s.name == TERMINAL_SERVICE) {
+            return Err(AgentError::Config(format!(
+                "the service name {TERMINAL_SERVICE:?} is reserved for the built-in terminal"
+            )));
+        }
         let reconnect_delay = self.reconnect_delay.unwrap_or(Duration::from_secs(5));
         let max_reconnect_delay = self.max_reconnect_delay.unwrap_or(Duration::from_secs(300));
         if reconnect_delay < Duration::from_millis(10) {
@@ -183,6 +201,7 @@ impl AgentBuilder {
                 max_reconnect_delay,
                 tls_insecure: self.tls_insecure,
                 proxy: self.proxy,
+                terminal: self.terminal,
             }),
         })
     }
@@ -341,9 +360,16 @@ impl Agent {
             }
             None => {}
         }
-        let manifest = Control::Manifest {
-            services: cfg.services.iter().map(ServiceSpec::info).collect(),
-        };
+        let mut services: Vec<_> = cfg.services.iter().map(ServiceSpec::info).collect();
+        if cfg.terminal.is_some() {
+            services.push(ServiceInfo {
+                name: TERMINAL_SERVICE.into(),
+                kind: StreamKind::Terminal,
+                target: None,
+                tls: false,
+            });
+        }
+        let manifest = Control::Manifest { services };
         if let Err(e) = write_frame(&mut control, &manifest).await {
             return Outcome::Failed(format!("sending the manifest failed: {e}"), None, None);
         }
@@ -353,13 +379,16 @@ impl Agent {
             "connected to {}",
             cfg.url
         );
-        let services: Arc<[ServiceSpec]> = cfg.services.clone().into();
-        let tls = crate::tls::client_config(true);
+        let offer = Arc::new(Offer {
+            services: cfg.services.clone(),
+            terminal: cfg.terminal.clone(),
+            tls: crate::tls::client_config(true),
+        });
         let accept_loop = {
             let mux = mux.clone();
             async move {
                 while let Some(stream) = mux.accept().await {
-                    tokio::spawn(serve_stream(services.clone(), tls.clone(), stream));
+                    tokio::spawn(serve_stream(offer.clone(), stream));
                 }
             }
         };
@@ -406,25 +435,36 @@ fn describe_dial(url: &str, e: &DialError) -> String {
     format!("cannot connect to {url}: {e}")
 }
 
-/// Serves one stream opened by the server: dial the named service and relay.
-async fn serve_stream(
-    services: Arc<[ServiceSpec]>,
+/// What an agent serves on its tunnel.
+struct Offer {
+    services: Vec<ServiceSpec>,
+    terminal: Option<TerminalConfig>,
     tls: Arc<rustls::ClientConfig>,
-    mut stream: YamuxStream,
-) {
+}
+
+/// Serves one stream opened by the server: dial the named service and relay.
+async fn serve_stream(offer: Arc<Offer>, mut stream: YamuxStream) {
     let Some(header) = accept_header(&mut stream, STREAM_SETUP_TIMEOUT).await else {
         return;
     };
-    if header.kind == StreamKind::Terminal {
-        refuse(
-            &mut stream,
-            StreamReply::refused("terminal_unavailable", "this agent offers no terminal"),
-        )
-        .await;
+    if header.kind == StreamKind::Terminal || header.service == TERMINAL_SERVICE {
+        let (Some(config), Some(open)) = (&offer.terminal, header.terminal.clone()) else {
+            let reply = if offer.terminal.is_none() {
+                StreamReply::refused("terminal_unavailable", "this agent offers no terminal")
+            } else {
+                StreamReply::refused("bad_stream_header", "a terminal needs its size")
+            };
+            refuse(&mut stream, reply).await;
+            return;
+        };
+        if write_frame(&mut stream, &StreamReply::Ok).await.is_ok() {
+            crate::terminal::serve(config, stream, open).await;
+        }
         return;
     }
+    let tls = offer.tls.clone();
     // Only what the manifest lists is ever dialed.
-    let Some(spec) = services.iter().find(|s| s.name == header.service) else {
+    let Some(spec) = offer.services.iter().find(|s| s.name == header.service) else {
         tracing::warn!(service = %header.service, "refused a stream for an unknown service");
         refuse(
             &mut stream,

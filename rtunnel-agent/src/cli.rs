@@ -66,6 +66,13 @@ struct RunArgs {
     /// (default: HTTPS_PROXY or HTTP_PROXY, honoring NO_PROXY).
     #[arg(long, env = "RTUNNEL_PROXY", hide_env_values = true)]
     proxy: Option<String>,
+    /// Offer no terminal: `terminal` leaves the manifest and terminal
+    /// streams are refused.
+    #[arg(long, env = "RTUNNEL_NO_TERMINAL")]
+    no_terminal: bool,
+    /// Shell for terminals (default: the login shell of the agent's user).
+    #[arg(long, env = "RTUNNEL_SHELL")]
+    shell: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -144,6 +151,11 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         .reconnect_delay(args.reconnect_delay)
         .max_reconnect_delay(args.max_reconnect_delay)
         .tls_insecure(args.tls_insecure)
+        .terminal(
+            (!args.no_terminal).then(|| crate::terminal::TerminalConfig {
+                shell: args.shell.clone(),
+            }),
+        )
         .credentials(args.key.unwrap_or_default(), secret);
     if let Some(url) = args.url {
         let proxy = resolve_proxy(args.proxy.as_deref(), &url)?;

@@ -149,6 +149,7 @@ impl Forwarder {
         let header = StreamHeader {
             service: self.config.service.clone(),
             kind: StreamKind::Tcp,
+            terminal: None,
         };
         match setup::request(&mut stream, &header, STREAM_REPLY_TIMEOUT).await {
             Ok(()) => Ok(stream),

@@ -17,6 +17,7 @@ pub mod dial;
 pub mod forward;
 pub mod proxy;
 pub mod services;
+pub mod terminal;
 mod tls;
 
 pub use agent::{Agent, AgentBuilder, AgentConfig, AgentError, AgentExit};

@@ -62,6 +62,7 @@ mod tests {
         let header = StreamHeader {
             service: "ssh".into(),
             kind: StreamKind::Tcp,
+            terminal: None,
         };
         let sent = header.clone();
         let writer = tokio::spawn(async move { write_frame(&mut a, &sent).await });

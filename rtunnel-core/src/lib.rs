@@ -52,6 +52,7 @@ pub mod session;
 pub mod setup;
 pub mod signal;
 pub mod store;
+pub mod terminal;
 pub mod ticket;
 pub mod token;
 pub mod ws;

@@ -166,7 +166,35 @@ pub struct StreamHeader {
     pub service: String,
     /// What the opener means to carry.
     pub kind: StreamKind,
+    /// For a terminal: the size and who is asking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminal: Option<TerminalOpen>,
 }
+
+impl StreamHeader {
+    /// A header for `service` carrying `kind`.
+    pub fn new(service: impl Into<String>, kind: StreamKind) -> Self {
+        StreamHeader {
+            service: service.into(),
+            kind,
+            terminal: None,
+        }
+    }
+}
+
+/// What a terminal stream asks of the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TerminalOpen {
+    /// Columns.
+    pub cols: u16,
+    /// Rows.
+    pub rows: u16,
+    /// The operator's user name, shown to the customer as `RTUNNEL_OPERATOR`.
+    pub operator: String,
+}
+
+/// Longest operator name in a [`TerminalOpen`].
+pub const MAX_OPERATOR_NAME: usize = 128;
 
 /// The accepting side's answer to a [`StreamHeader`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -312,7 +340,19 @@ impl Validate for Control {
 
 impl Validate for StreamHeader {
     fn validate(&self) -> Result<(), ProtoError> {
-        validate_service_name(&self.service)
+        validate_service_name(&self.service)?;
+        if let Some(t) = &self.terminal {
+            crate::terminal::check_size(t.cols, t.rows)?;
+            if t.operator.is_empty()
+                || t.operator.len() > MAX_OPERATOR_NAME
+                || t.operator.chars().any(char::is_control)
+            {
+                return Err(ProtoError::Malformed(format!(
+                    "operator name must be 1 to {MAX_OPERATOR_NAME} printable characters"
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -502,11 +542,13 @@ mod tests {
         let good = encode(&StreamHeader {
             service: "ssh".into(),
             kind: StreamKind::Tcp,
+            terminal: None,
         });
         assert!(decode_stream_header(&good).unwrap().is_some());
         let bad = encode(&StreamHeader {
             service: "../etc".into(),
             kind: StreamKind::Tcp,
+            terminal: None,
         });
         assert!(matches!(
             decode_stream_header(&bad),

@@ -89,6 +89,7 @@ mod tests {
         StreamHeader {
             service: service.into(),
             kind: StreamKind::Tcp,
+            terminal: None,
         }
     }
 

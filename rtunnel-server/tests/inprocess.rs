@@ -155,6 +155,7 @@ async fn ask_agent(
         &StreamHeader {
             service: service.into(),
             kind,
+            terminal: None,
         },
     )
     .await
