@@ -47,6 +47,7 @@ pub mod frame;
 pub mod mux;
 pub mod proto;
 pub mod ratelimit;
+pub mod recording;
 pub mod relay;
 pub mod session;
 pub mod setup;
