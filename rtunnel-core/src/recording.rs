@@ -310,7 +310,9 @@ mod tests {
         let mut sink = store.create(&info).await.unwrap();
         let mut cast = Cast::new(80, 24);
         sink.line(&cast.header(1, "t")).await.unwrap();
-        sink.line(&cast.output(0.1, b"hello\r\n").unwrap()).await.unwrap();
+        sink.line(&cast.output(0.1, b"hello\r\n").unwrap())
+            .await
+            .unwrap();
         sink.finish(2_000, false).await.unwrap();
         let listed = store.list(session).await.unwrap();
         assert_eq!(listed.len(), 1);

@@ -36,6 +36,7 @@ pub mod registry;
 pub mod revocation;
 pub mod server;
 pub mod state;
+pub mod terminal;
 pub mod tickets;
 mod tunnel;
 

@@ -37,6 +37,7 @@ pub struct ServerBuilder {
     config: ServerConfig,
     stores: Option<Stores>,
     signer: Option<Arc<dyn TokenSigner>>,
+    recordings: Option<Arc<dyn rtunnel_core::recording::RecordingStore>>,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -57,6 +58,13 @@ impl ServerBuilder {
     /// Uses these stores instead of SQLite in the data directory.
     pub fn stores(mut self, stores: Stores) -> Self {
         self.stores = Some(stores);
+        self
+    }
+
+    /// Keeps terminal recordings here instead of in files under
+    /// `<data-dir>/recordings`.
+    pub fn recordings(mut self, store: Arc<dyn rtunnel_core::recording::RecordingStore>) -> Self {
+        self.recordings = Some(store);
         self
     }
 
@@ -110,6 +118,11 @@ impl ServerBuilder {
                 "sessions left open by a previous run wait for their agents"
             );
         }
+        let recordings = self.recordings.unwrap_or_else(|| {
+            Arc::new(rtunnel_core::recording::FileRecordingStore::new(
+                self.config.data_dir.join("recordings"),
+            ))
+        });
         Ok(Server {
             state: Arc::new(AppState {
                 config: self.config,
@@ -119,6 +132,7 @@ impl ServerBuilder {
                 signer,
                 launch_signer,
                 access: Default::default(),
+                recordings,
             }),
         })
     }

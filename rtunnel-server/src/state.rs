@@ -74,6 +74,8 @@ pub struct AppState {
     pub launch_signer: rtunnel_auth::launch_token::LaunchSigner,
     /// Tells open connections to check their access again.
     pub access: crate::revocation::AccessWatch,
+    /// Terminal recordings.
+    pub recordings: Arc<dyn rtunnel_core::recording::RecordingStore>,
 }
 
 impl std::fmt::Debug for AppState {

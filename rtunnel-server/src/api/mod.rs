@@ -6,6 +6,7 @@ pub mod extract;
 mod grants;
 mod launch;
 mod login;
+mod recordings;
 mod resources;
 mod sessions;
 mod systems;
@@ -22,7 +23,7 @@ use serde_json::{Value, json};
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{forward, tunnel};
+use crate::{forward, terminal, tunnel};
 use rtunnel_core::store::{MAX_PAGE_SIZE, Page};
 
 /// Every route of the server.
@@ -61,6 +62,12 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v1/sessions/{id}/terminal-ticket",
             post(sessions::terminal_ticket),
         )
+        .route(
+            "/api/v1/sessions/{id}/terminal",
+            get(terminal::terminal_endpoint),
+        )
+        .route("/api/v1/sessions/{id}/recordings", get(recordings::list))
+        .route("/api/v1/recordings/{id}", get(recordings::download))
         .route("/api/v1/launch", post(launch::launch))
         .route(
             "/api/v1/resources",

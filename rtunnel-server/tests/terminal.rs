@@ -1,0 +1,297 @@
+//! The browser terminal over its real WebSocket, against real server and
+//! agent processes and a real PTY: sizes, resizes, exit codes, the shell's
+//! environment, several terminals at once, recordings, the access log, and
+//! cuts when access goes.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use support::*;
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    server: ServerProc,
+    admin: String,
+    session: String,
+    sys: Enrolled,
+    _agent: Proc,
+}
+
+async fn setup(agent_flags: &[&str]) -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(tmp.path(), &[]).await;
+    let sys = enroll(&server, "customer-box");
+    let admin = user_with_token(&server, "root", "admin");
+    let echo = echo_service().await;
+    let mut flags = vec!["--shell", "/bin/sh"];
+    flags.extend_from_slice(agent_flags);
+    let agent = start_agent(&server, &sys, &format!("echo={echo}"), &flags);
+    let session = active_session(&server, &admin, &sys.id).await;
+    Setup {
+        _tmp: tmp,
+        server,
+        admin,
+        session,
+        sys,
+        _agent: agent,
+    }
+}
+
+async fn ticket(s: &Setup, token: &str) -> (u16, Value) {
+    let path = format!("/api/v1/sessions/{}/terminal-ticket", s.session);
+    api_call(s.server.addr, "POST", &path, Some(token), None).await
+}
+
+fn terminal_url(s: &Setup, ticket: &str, size: &str) -> String {
+    format!(
+        "ws://{}/api/v1/sessions/{}/terminal?ticket={ticket}{size}",
+        s.server.addr, s.session
+    )
+}
+
+async fn open_terminal(s: &Setup, token: &str, size: &str) -> Ws {
+    let (status, v) = ticket(s, token).await;
+    assert_eq!(status, 200, "{v}");
+    let url = terminal_url(s, v["ticket"].as_str().unwrap(), size);
+    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    ws
+}
+
+/// Reads output until it contains `want`; returns everything read.
+async fn read_until(ws: &mut Ws, want: &str) -> String {
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !seen.contains(want) {
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {want:?} in the terminal output: {seen:?}"));
+        match msg {
+            Some(Ok(Message::Binary(b))) => seen.push_str(&String::from_utf8_lossy(&b)),
+            Some(Ok(Message::Text(t))) => panic!("unexpected text {t} after {seen:?}"),
+            other => panic!("terminal ended waiting for {want:?}: {other:?}; {seen:?}"),
+        }
+    }
+    seen
+}
+
+async fn type_line(ws: &mut Ws, line: &str) {
+    ws.send(Message::Binary(format!("{line}\r").into_bytes().into()))
+        .await
+        .unwrap();
+}
+
+/// Reads to the end: the exit message's code and the close code.
+async fn read_exit(ws: &mut Ws) -> (Option<i64>, Option<u16>) {
+    let mut exit = None;
+    loop {
+        match tokio::time::timeout(WAIT, ws.next()).await.unwrap() {
+            Some(Ok(Message::Text(t))) => {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                assert_eq!(v["type"], "exit", "{v}");
+                exit = v["code"].as_i64();
+            }
+            Some(Ok(Message::Close(frame))) => {
+                return (exit, frame.map(|f| u16::from(f.code)));
+            }
+            Some(Ok(_)) => {}
+            None | Some(Err(_)) => return (exit, None),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminal_has_the_asked_size_resizes_and_reports_the_exit_code() {
+    let s = setup(&[]).await;
+    let mut ws = open_terminal(&s, &s.admin, "&cols=100&rows=30").await;
+    type_line(&mut ws, "stty size").await;
+    read_until(&mut ws, "30 100").await;
+    let resize = json!({"type": "resize", "cols": 120, "rows": 40}).to_string();
+    ws.send(Message::Text(resize.into())).await.unwrap();
+    type_line(&mut ws, "stty size").await;
+    read_until(&mut ws, "40 120").await;
+
+    // The shell's environment: the operator is named, no agent secret.
+    type_line(&mut ws, "echo TERM=$TERM; env | grep -c '^RTUNNEL_' ; echo \"op=$RTUNNEL_OPERATOR\"; echo \"secret=[$RTUNNEL_SECRET]\"").await;
+    let out = read_until(&mut ws, "secret=[").await;
+    let out = out + &read_until(&mut ws, "]").await;
+    assert!(out.contains("TERM=xterm-256color"), "{out}");
+    assert!(out.contains("op=root"), "{out}");
+    assert!(
+        out.contains("secret=[]"),
+        "the agent's secret reached the shell: {out}"
+    );
+    assert!(!out.contains(&s.sys.secret), "{out}");
+
+    type_line(&mut ws, "exit 3").await;
+    let (code, close) = read_exit(&mut ws).await;
+    assert_eq!(code, Some(3));
+    assert_eq!(close, Some(1000));
+
+    // The access log has the terminal, closed, with its bytes.
+    let logs_path = format!("/api/v1/sessions/{}/logs", s.session);
+    let logs = wait_for("the terminal's access log entry to close", || async {
+        let (_, v) = api_call(s.server.addr, "GET", &logs_path, Some(&s.admin), None).await;
+        let items = v["items"].as_array()?.clone();
+        items
+            .into_iter()
+            .find(|e| e["kind"] == "terminal" && e["closed_at"].is_string())
+    })
+    .await;
+    assert!(logs["bytes_to_service"].as_u64().unwrap() > 20, "{logs}");
+    assert!(logs["bytes_from_service"].as_u64().unwrap() > 20, "{logs}");
+
+    // The recording: asciicast v2 with the size, the resize and the output.
+    let rec_path = format!("/api/v1/sessions/{}/recordings", s.session);
+    let (status, v) = api_call(s.server.addr, "GET", &rec_path, Some(&s.admin), None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["total"], 1, "{v}");
+    let url = v["items"][0]["url"].as_str().unwrap().to_owned();
+    let request = format!(
+        "GET {url} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        s.admin
+    );
+    let (status, head, body) = http_raw_from("127.0.0.1".parse().unwrap(), s.server.addr, &request)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        header(&head, "content-type"),
+        Some("application/x-asciicast")
+    );
+    let cast = if header(&head, "transfer-encoding") == Some("chunked") {
+        dechunk(&body)
+    } else {
+        body
+    };
+    let mut lines = cast.lines();
+    let header: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(header["version"], 2);
+    assert_eq!(
+        (header["width"].as_u64(), header["height"].as_u64()),
+        (Some(100), Some(30))
+    );
+    let mut output = String::new();
+    let mut resizes = Vec::new();
+    let mut last_t = 0.0;
+    for line in lines {
+        let ev: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let t = ev[0].as_f64().unwrap();
+        assert!(t >= last_t, "times go forward: {line}");
+        last_t = t;
+        match ev[1].as_str().unwrap() {
+            "o" => output.push_str(ev[2].as_str().unwrap()),
+            "r" => resizes.push(ev[2].as_str().unwrap().to_owned()),
+            other => panic!("unexpected event {other}"),
+        }
+    }
+    assert_eq!(resizes, ["120x40"]);
+    assert!(
+        output.contains("stty size") && output.contains("40 120"),
+        "{output}"
+    );
+    assert!(output.contains("exit 3"), "{output}");
+
+    // A viewer cannot download recordings.
+    let viewer = user_with_token(&s.server, "vic", "viewer");
+    let (status, _) = http_get(s.server.addr, &url, Some(&viewer)).await.unwrap();
+    assert_eq!(status, 403);
+    assert_eq!(
+        audit_events(&s.server.dir, "terminal_opened").await.len(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_terminals_run_at_once_and_a_ticket_opens_only_one() {
+    let s = setup(&[]).await;
+    let (_, v) = ticket(&s, &s.admin).await;
+    let t = v["ticket"].as_str().unwrap().to_owned();
+    let (mut a, _) = tokio_tungstenite::connect_async(terminal_url(&s, &t, ""))
+        .await
+        .unwrap();
+    // The same ticket again: refused with the envelope.
+    let again = tokio_tungstenite::connect_async(terminal_url(&s, &t, "")).await;
+    match again {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 401);
+            let body: Value = serde_json::from_slice(resp.body().as_deref().unwrap()).unwrap();
+            assert_eq!(body["code"], "invalid_ticket");
+        }
+        other => panic!("a used ticket opened a terminal: {other:?}"),
+    }
+    let mut b = open_terminal(&s, &s.admin, "").await;
+    type_line(&mut a, "echo one-$((40+2))").await;
+    type_line(&mut b, "echo two-$((40+3))").await;
+    let out_b = read_until(&mut b, "two-43").await;
+    let out_a = read_until(&mut a, "one-42").await;
+    assert!(!out_a.contains("two-43") && !out_b.contains("one-42"));
+    type_line(&mut a, "exit").await;
+    assert_eq!(read_exit(&mut a).await.0, Some(0));
+    type_line(&mut b, "echo still-here").await;
+    read_until(&mut b, "still-here").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_grant_and_a_closed_session_end_open_terminals() {
+    let s = setup(&[]).await;
+    let op = user_with_token(&s.server, "olga", "operator");
+    s.server.admin(&["grant", "olga", "customer-box"]);
+    let mut ws = open_terminal(&s, &op, "").await;
+    type_line(&mut ws, "echo ready").await;
+    read_until(&mut ws, "ready").await;
+    s.server.admin(&["revoke", "olga", "customer-box"]);
+    let (_, close) = read_exit(&mut ws).await;
+    assert_eq!(close, Some(1008), "cut for access revoked");
+
+    let mut ws = open_terminal(&s, &s.admin, "").await;
+    type_line(&mut ws, "echo ready").await;
+    read_until(&mut ws, "ready").await;
+    let path = format!("/api/v1/sessions/{}", s.session);
+    let (status, _) = api_call(s.server.addr, "DELETE", &path, Some(&s.admin), None).await;
+    assert_eq!(status, 200);
+    let ended = tokio::time::timeout(Duration::from_secs(15), read_exit(&mut ws)).await;
+    assert!(ended.is_ok(), "the terminal outlived its session");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_with_no_terminal_offers_none() {
+    let s = setup(&["--no-terminal"]).await;
+    let path = format!("/api/v1/sessions/{}/services", s.session);
+    let (_, v) = api_call(s.server.addr, "GET", &path, Some(&s.admin), None).await;
+    let text = v.to_string();
+    assert!(!text.contains("\"terminal\""), "{text}");
+    let (_, v) = ticket(&s, &s.admin).await;
+    let url = terminal_url(&s, v["ticket"].as_str().unwrap(), "");
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 409);
+            let body: Value = serde_json::from_slice(resp.body().as_deref().unwrap()).unwrap();
+            assert_eq!(body["code"], "terminal_unavailable");
+        }
+        other => panic!("a terminal opened on --no-terminal: {other:?}"),
+    }
+}
+
+/// The body of a chunked HTTP/1.1 response.
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    loop {
+        let (size, after) = rest.split_once("\r\n").unwrap();
+        let size = usize::from_str_radix(size.trim(), 16).unwrap();
+        if size == 0 {
+            return out;
+        }
+        out.push_str(&after[..size]);
+        rest = &after[size + 2..];
+    }
+}
