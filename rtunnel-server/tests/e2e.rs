@@ -131,8 +131,9 @@ async fn session_api_shows_the_active_session_and_its_manifest() {
         .iter()
         .map(|s| s["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["echo", "web"]);
-    assert_eq!(v["total"], 2);
+    assert_eq!(names, ["echo", "web", "terminal"]);
+    assert_eq!(v["total"], 3);
+    assert_eq!(v["items"][2]["kind"], "terminal");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
