@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs the real programs the tests run next to rtunnel, when missing:
-# tinyproxy (the HTTP CONNECT proxy agents dial through). Debian packages;
+# tinyproxy (the HTTP CONNECT proxy agents dial through) and asciinema (plays
+# the terminal recordings back). Debian packages;
 # installing needs root (CI runs as root) or sudo.
 set -euo pipefail
 
 missing=()
 command -v tinyproxy >/dev/null 2>&1 || missing+=(tinyproxy)
+command -v asciinema >/dev/null 2>&1 || missing+=(asciinema)
 
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0

@@ -194,6 +194,29 @@ async fn a_terminal_has_the_asked_size_resizes_and_reports_the_exit_code() {
         }
     }
     assert_eq!(resizes, ["120x40"]);
+    // asciinema itself reads it (scripts/test-deps.sh installs it).
+    let file = s.server.dir.join("downloaded.cast");
+    std::fs::write(&file, &cast).unwrap();
+    // asciinema 2 wants a terminal of its own: script(1) gives it one.
+    let played = std::process::Command::new("script")
+        .args([
+            "-qec",
+            &format!("asciinema cat {}", file.display()),
+            "/dev/null",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script(1) runs asciinema, installed by scripts/test-deps.sh");
+    assert!(
+        played.status.success(),
+        "{}",
+        String::from_utf8_lossy(&played.stderr)
+    );
+    let played = String::from_utf8_lossy(&played.stdout);
+    assert!(
+        played.contains("40 120") && played.contains("exit 3"),
+        "{played}"
+    );
     assert!(
         output.contains("stty size") && output.contains("40 120"),
         "{output}"
