@@ -51,12 +51,7 @@ pub(crate) async fn forward_endpoint(
     let holder = Holder::from(&caller);
     let user = caller.user;
     let session_id = parse_id(&id, "session_not_found")?;
-    let session = state
-        .stores
-        .sessions
-        .session(session_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("session_not_found", "no such session"))?;
+    let session = crate::api::sessions::load(&state, session_id).await?;
     authorize(&state, &user, Action::Connect, session.system_id).await?;
     // In grace the agent is on its way back: the forward may open, and its
     // streams are told the agent is reconnecting until it is back.

@@ -81,12 +81,7 @@ pub(crate) async fn terminal_endpoint(
         Some(u) if !u.disabled => u,
         _ => return Err(ApiError::unauthorized("the ticket's user is gone")),
     };
-    let session = state
-        .stores
-        .sessions
-        .session(session_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("session_not_found", "no such session"))?;
+    let session = crate::api::sessions::load(&state, session_id).await?;
     authorize(&state, &user, Action::Connect, session.system_id).await?;
     match session.status {
         SessionStatus::Active => {}

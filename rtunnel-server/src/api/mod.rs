@@ -8,7 +8,7 @@ mod launch;
 mod login;
 mod recordings;
 mod resources;
-mod sessions;
+pub(crate) mod sessions;
 mod systems;
 mod users;
 

@@ -287,7 +287,7 @@ async fn reload(state: &AppState, id: Uuid) -> Result<SessionView, ApiError> {
 }
 
 /// A session by id, or 404 `session_not_found`.
-async fn load(state: &AppState, id: Uuid) -> Result<SessionRecord, ApiError> {
+pub(crate) async fn load(state: &AppState, id: Uuid) -> Result<SessionRecord, ApiError> {
     state
         .stores
         .sessions
