@@ -29,12 +29,16 @@ pub const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
 /// How long requests in flight may take to finish once shutdown starts.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
-/// Serves `router` on `listener` until `shutdown` resolves.
+/// Serves `router` on `listener` until `shutdown` resolves. Then the
+/// listener closes at once (nothing new lands on a process that is going
+/// away), `drain` runs while open connections still work (the server tells
+/// its agents to go), and connections get [`SHUTDOWN_GRACE`] to finish.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     head_timeout: Duration,
     shutdown: impl Future<Output = ()>,
+    drain: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let stopping = CancellationToken::new();
     let connections = TaskTracker::new();
@@ -86,6 +90,7 @@ pub async fn serve(
         });
     }
     drop(listener);
+    drain.await;
     stopping.cancel();
     connections.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, connections.wait())

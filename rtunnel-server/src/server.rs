@@ -186,10 +186,13 @@ impl Server {
         let state = self.state.clone();
         tokio::spawn(crate::lifecycle::sweeper(state.clone()));
         let head_timeout = state.config.handshake_timeout;
-        crate::accept::serve(listener, self.router(), head_timeout, async move {
-            shutdown.await;
-            drain(&state).await;
-        })
+        crate::accept::serve(
+            listener,
+            self.router(),
+            head_timeout,
+            shutdown,
+            drain(&state),
+        )
         .await
     }
 }
