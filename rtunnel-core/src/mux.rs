@@ -549,7 +549,11 @@ mod tests {
     #[tokio::test]
     async fn closing_a_connection_ends_the_waits_on_its_own_streams() {
         // The peer reads everything and never answers (an agent that hung):
-        // nothing from it will end our streams.
+        // nothing from it will end our streams. Over an in-memory pipe yamux
+        // happens to end the read itself (WriteZero), so this pins the
+        // behaviour; the hang the connection_ended wake fixes shows only over
+        // a real WebSocket, in the e2e test
+        // `closing_the_session_of_a_frozen_agent_ends_the_operators_idle_connection`.
         let (a, mut b) = tokio::io::duplex(256 * 1024);
         tokio::spawn(async move {
             let mut sink = [0u8; 4096];

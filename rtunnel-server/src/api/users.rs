@@ -74,6 +74,20 @@ pub(super) async fn list(
     }))
 }
 
+/// An audit event of an admin's change to a user.
+fn admin_event(
+    caller: &User,
+    peer: SocketAddr,
+    name: &str,
+    details: serde_json::Value,
+) -> AuditEvent {
+    let mut event = AuditEvent::new(name);
+    event.actor = Some(caller.name.clone());
+    event.ip_address = Some(peer.ip().to_string());
+    event.details = details;
+    event
+}
+
 /// The user named by a path id, or 404.
 async fn load(state: &AppState, raw_id: &str) -> Result<User, ApiError> {
     let id = parse_id(raw_id, "user_not_found")?;
@@ -113,11 +127,10 @@ pub(super) async fn create(
     require_admin(&caller)?;
     let (user, hash) =
         enroll::new_user(&body.name, body.role, body.email, body.password.as_deref())?;
-    let mut event = AuditEvent::new("user_created");
-    event.actor = Some(caller.name.clone());
-    event.ip_address = Some(peer.ip().to_string());
-    event.details = json!({"user_id": user.id, "name": user.name, "role": user.role});
-    state.audit(event).await?;
+    let details = json!({"user_id": user.id, "name": user.name, "role": user.role});
+    state
+        .audit(admin_event(&caller, peer, "user_created", details))
+        .await?;
     state.stores.identity.create_user(&user).await?;
     if let Some(hash) = &hash {
         state
@@ -162,13 +175,7 @@ pub(super) async fn update(
         .map(rtunnel_auth::password::hash_password)
         .transpose()
         .map_err(|e| ApiError::bad_request("invalid_password", e.to_string()))?;
-    let audit = |name: &str, details: serde_json::Value| {
-        let mut event = AuditEvent::new(name);
-        event.actor = Some(caller.name.clone());
-        event.ip_address = Some(peer.ip().to_string());
-        event.details = details;
-        event
-    };
+    let audit = |name: &str, details| admin_event(&caller, peer, name, details);
     if let Some(hash) = &hash {
         let event = audit(
             "user_password_set",
