@@ -46,6 +46,9 @@ pub async fn serve(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(head_timeout)
+        // The buffer bound alone is soft (a head that arrives in one read
+        // passes it); this one is exact and answers 431.
+        .max_header_size(MAX_REQUEST_HEAD_BYTES)
         .max_buf_size(MAX_REQUEST_HEAD_BYTES)
         .keep_alive(true);
     let mut shutdown = std::pin::pin!(shutdown);

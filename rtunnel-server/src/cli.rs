@@ -79,6 +79,9 @@ struct ServeArgs {
     /// How long a session lives.
     #[arg(long, env = "RTUNNEL_SESSION_TTL", default_value = "24h", value_parser = humantime::parse_duration, global = true)]
     session_ttl: Duration,
+    /// How long a subdomain proxy token (and its browser cookie) lasts.
+    #[arg(long, env = "RTUNNEL_PROXY_TOKEN_TTL", default_value = "1h", value_parser = humantime::parse_duration, global = true)]
+    proxy_token_ttl: Duration,
     /// Most streams open at once on one tunnel.
     #[arg(long, env = "RTUNNEL_MAX_STREAMS", default_value_t = 64, global = true)]
     max_streams_per_tunnel: usize,
@@ -351,6 +354,7 @@ async fn serve(store_args: StoreArgs, args: ServeArgs, store: SqliteStore) -> Re
         data_dir: store_args.data_dir,
         public_url: args.public_url.unwrap_or_else(|| format!("http://{bound}")),
         proxy_domain: args.proxy_domain,
+        proxy_token_ttl: args.proxy_token_ttl,
         session_ttl: args.session_ttl,
         grace_period: args.grace_period,
         max_streams_per_tunnel: args.max_streams_per_tunnel,

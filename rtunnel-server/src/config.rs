@@ -16,6 +16,8 @@ pub struct ServerConfig {
     pub public_url: String,
     /// Domain under which the subdomain proxy answers.
     pub proxy_domain: String,
+    /// How long a proxy token (and the browser cookie holding it) lasts.
+    pub proxy_token_ttl: Duration,
     /// How long a session lives before it is closed.
     pub session_ttl: Duration,
     /// How long a lost tunnel's session waits for its agent.
@@ -47,6 +49,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("./rtunnel-data"),
             public_url: format!("http://{listen}"),
             proxy_domain: "localhost".into(),
+            proxy_token_ttl: rtunnel_auth::claims::PROXY_TTL,
             session_ttl: Duration::from_secs(24 * 3600),
             grace_period: Duration::from_secs(60),
             max_streams_per_tunnel: 64,

@@ -97,6 +97,12 @@ impl ApiError {
         e
     }
 
+    /// Adds `Retry-After` (whole seconds).
+    pub fn with_retry_after(mut self, wait: std::time::Duration) -> Self {
+        self.retry_after = Some(wait);
+        self
+    }
+
     /// Adds a `WWW-Authenticate` challenge.
     pub fn with_challenge(mut self, challenge: &'static str) -> Self {
         self.challenge = Some(challenge);

@@ -17,7 +17,7 @@ use rtunnel_core::frame::write_frame;
 use rtunnel_core::mux::{Mux, YamuxMux, YamuxStream};
 use rtunnel_core::proto::{StreamHeader, StreamKind, StreamReply};
 use rtunnel_core::relay::relay_until;
-use rtunnel_core::setup::{self, SetupError};
+use rtunnel_core::setup;
 use rtunnel_core::store::{AccessLog, AuditEvent, SessionStatus, User, now_millis};
 use rtunnel_core::ws::{MAX_WS_MESSAGE_BYTES, WsStream};
 use serde::Deserialize;
@@ -29,6 +29,7 @@ use crate::api::auth::{Authenticated, authorize};
 use crate::api::extract::Query;
 use crate::api::parse_id;
 use crate::error::ApiError;
+use crate::registry::OpenError;
 use crate::revocation::Holder;
 use crate::state::AppState;
 
@@ -282,31 +283,25 @@ async fn open_upstream(
             format!("the session has no service named {:?}", header.service),
         ));
     }
-    // Held for the life of the stream; the limit leaves the tunnel healthy.
-    let permit = tunnel.streams.clone().try_acquire_owned().map_err(|_| {
-        StreamReply::refused(
-            "too_many_streams",
-            format!(
-                "this tunnel already carries {} streams (--max-streams-per-tunnel)",
-                state.config.max_streams_per_tunnel
-            ),
-        )
-    })?;
-    let mut upstream = tunnel
-        .mux
-        .open()
+    let timeout = state.config.handshake_timeout;
+    tunnel
+        .open_stream(header, timeout)
         .await
-        .map_err(|e| StreamReply::refused("agent_unavailable", e.to_string()))?;
-    match setup::request(&mut upstream, header, state.config.handshake_timeout).await {
-        Ok(()) => Ok((upstream, permit)),
-        // The agent's own refusal goes back to the operator unchanged.
-        Err(SetupError::Refused { code, reason }) => Err(StreamReply::Refused { code, reason }),
-        Err(SetupError::Failed(e)) => Err(StreamReply::refused("agent_unavailable", e.to_string())),
-        Err(SetupError::Timeout(_)) => Err(StreamReply::refused(
-            "agent_timeout",
-            "the agent did not answer in time",
-        )),
-    }
+        .map_err(|e| match e {
+            // The agent's own refusal goes back to the operator unchanged.
+            OpenError::Refused { code, reason } => StreamReply::Refused { code, reason },
+            OpenError::TooManyStreams => StreamReply::refused(
+                "too_many_streams",
+                format!(
+                    "this tunnel already carries {} streams (--max-streams-per-tunnel)",
+                    state.config.max_streams_per_tunnel
+                ),
+            ),
+            OpenError::Unavailable(e) => StreamReply::refused("agent_unavailable", e),
+            OpenError::Timeout => {
+                StreamReply::refused("agent_timeout", "the agent did not answer in time")
+            }
+        })
 }
 
 /// Why a session has no live tunnel, as a refusal for the operator.

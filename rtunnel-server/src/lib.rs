@@ -31,6 +31,7 @@ mod forward;
 pub mod keys;
 pub mod launcher;
 pub mod lifecycle;
+pub mod proxy;
 pub mod ratelimit;
 pub mod registry;
 pub mod revocation;

@@ -6,10 +6,35 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use rtunnel_core::mux::{Mux, YamuxMux};
-use rtunnel_core::proto::{CloseCode, Control, ServiceInfo};
-use tokio::sync::mpsc;
+use std::time::Duration;
+
+use rtunnel_core::mux::{Mux, YamuxMux, YamuxStream};
+use rtunnel_core::proto::{CloseCode, Control, ServiceInfo, StreamHeader};
+use rtunnel_core::setup::{self, SetupError};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use uuid::Uuid;
+
+/// Why a stream to the agent could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The tunnel carries `--max-streams-per-tunnel` streams already.
+    #[error("this tunnel already carries as many streams as it may (--max-streams-per-tunnel)")]
+    TooManyStreams,
+    /// The agent said no; its code and reason are passed on.
+    #[error("the agent refused ({code}): {reason}")]
+    Refused {
+        /// The agent's stable code.
+        code: String,
+        /// The agent's reason.
+        reason: String,
+    },
+    /// The tunnel failed while opening the stream.
+    #[error("the agent is unavailable: {0}")]
+    Unavailable(String),
+    /// The agent did not answer the stream header in time.
+    #[error("the agent did not answer in time")]
+    Timeout,
+}
 
 /// One live tunnel.
 #[derive(Debug)]
@@ -32,6 +57,33 @@ impl LiveTunnel {
     /// The manifest entry named `name`.
     pub fn service(&self, name: &str) -> Option<&ServiceInfo> {
         self.services.iter().find(|s| s.name == name)
+    }
+
+    /// Opens a stream to the agent for `header` and waits (at most
+    /// `timeout`) for the agent to accept it. The permit counts the stream
+    /// against the tunnel's limit for as long as it is held.
+    pub async fn open_stream(
+        &self,
+        header: &StreamHeader,
+        timeout: Duration,
+    ) -> Result<(YamuxStream, OwnedSemaphorePermit), OpenError> {
+        // The limit refuses one stream and leaves the tunnel healthy.
+        let permit = self
+            .streams
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| OpenError::TooManyStreams)?;
+        let mut stream = self
+            .mux
+            .open()
+            .await
+            .map_err(|e| OpenError::Unavailable(e.to_string()))?;
+        match setup::request(&mut stream, header, timeout).await {
+            Ok(()) => Ok((stream, permit)),
+            Err(SetupError::Refused { code, reason }) => Err(OpenError::Refused { code, reason }),
+            Err(SetupError::Failed(e)) => Err(OpenError::Unavailable(e.to_string())),
+            Err(SetupError::Timeout(_)) => Err(OpenError::Timeout),
+        }
     }
 
     /// Tells the agent why, then closes the tunnel (a closed session also

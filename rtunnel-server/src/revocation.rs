@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use rtunnel_auth::access::{self, Action};
-use rtunnel_core::store::{StoreError, now_millis};
+use rtunnel_core::store::{StoreError, User, now_millis};
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -49,7 +49,7 @@ impl AccessWatch {
 
 /// Who holds an open connection: the user, and the login whose access
 /// token opened it (none for an API token).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Holder {
     /// The user.
     pub user_id: Uuid,
@@ -66,14 +66,14 @@ impl From<&crate::api::auth::Authenticated> for Holder {
     }
 }
 
-/// Whether `holder` may still connect to `system_id`; `Err` with the
-/// refusal code when not (`login_ended` when its login was logged out or
-/// revoked).
+/// Whether `holder` may still connect to `system_id`: the user when yes,
+/// `Err` with the refusal code when not (`login_ended` when its login was
+/// logged out or revoked).
 pub async fn may_connect(
     state: &AppState,
     holder: Holder,
     system_id: Uuid,
-) -> Result<Result<(), &'static str>, StoreError> {
+) -> Result<Result<User, &'static str>, StoreError> {
     let now = now_millis();
     if let Some(login) = holder.login {
         let live = state
@@ -96,7 +96,7 @@ pub async fn may_connect(
         .await?;
     let decision = access::decide(&user, Action::Connect, has_grant);
     Ok(if decision.allowed() {
-        Ok(())
+        Ok(user)
     } else {
         Err(decision.code())
     })
@@ -112,7 +112,7 @@ pub async fn connect_lost(state: &AppState, holder: Holder, system_id: Uuid) -> 
             _ = tokio::time::sleep(ACCESS_RECHECK) => {}
         }
         match may_connect(state, holder, system_id).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(_)) => {}
             Ok(Err(code)) => return code,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot check access again; leaving open connections open")

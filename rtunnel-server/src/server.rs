@@ -123,11 +123,14 @@ impl ServerBuilder {
                 self.config.data_dir.join("recordings"),
             ))
         });
+        let registry = Arc::new(Registry::default());
+        let proxy = crate::proxy::Proxy::new(registry.clone(), self.config.handshake_timeout);
         Ok(Server {
             state: Arc::new(AppState {
                 config: self.config,
                 stores,
-                registry: Registry::default(),
+                registry,
+                proxy,
                 shutdown: CancellationToken::new(),
                 signer,
                 launch_signer,

@@ -65,7 +65,7 @@ pub struct AppState {
     /// Durable state.
     pub stores: Stores,
     /// Live tunnels of this node.
-    pub registry: Registry,
+    pub registry: Arc<Registry>,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
     /// Signs and verifies the server's tokens.
@@ -76,6 +76,8 @@ pub struct AppState {
     pub access: crate::revocation::AccessWatch,
     /// Terminal recordings.
     pub recordings: Arc<dyn rtunnel_core::recording::RecordingStore>,
+    /// The subdomain proxy's client and visits.
+    pub proxy: crate::proxy::Proxy,
 }
 
 impl std::fmt::Debug for AppState {

@@ -20,10 +20,9 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::response::Response;
 use futures::{SinkExt, StreamExt};
 use rtunnel_auth::access::Action;
-use rtunnel_core::mux::{Mux, YamuxStream};
+use rtunnel_core::mux::YamuxStream;
 use rtunnel_core::proto::{StreamHeader, StreamKind, TerminalOpen};
 use rtunnel_core::recording::{Cast, MAX_RECORDING_BYTES, RecordingInfo, RecordingSink};
-use rtunnel_core::setup::{self, SetupError};
 use rtunnel_core::store::{AccessLog, AuditEvent, SessionStatus, User, now_millis};
 use rtunnel_core::terminal::{TermMsg, check_size, read_msg, write_msg};
 use serde::Deserialize;
@@ -34,6 +33,7 @@ use crate::api::auth::authorize;
 use crate::api::extract::Query;
 use crate::api::parse_id;
 use crate::error::ApiError;
+use crate::registry::OpenError;
 use crate::revocation::Holder;
 use crate::state::AppState;
 
@@ -178,31 +178,29 @@ async fn open_pty(
             "the agent of this session offers no terminal (--no-terminal)",
         ));
     }
-    let permit = tunnel.streams.clone().try_acquire_owned().map_err(|_| {
-        ApiError::new(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_streams",
-            "this tunnel carries as many streams as it may",
-        )
-    })?;
-    let mut stream = tunnel.mux.open().await.map_err(|e| {
-        ApiError::unavailable("agent_unavailable", format!("opening a stream: {e}"))
-    })?;
     let mut header = StreamHeader::new(TERMINAL_SERVICE, StreamKind::Terminal);
     header.terminal = Some(TerminalOpen {
         cols,
         rows,
         operator: user.name.clone(),
     });
-    match setup::request(&mut stream, &header, state.config.handshake_timeout).await {
-        Ok(()) => Ok((stream, permit)),
-        Err(SetupError::Refused { code, reason }) => Err(ApiError::new(
-            axum::http::StatusCode::BAD_GATEWAY,
-            "agent_refused",
-            format!("the agent refused the terminal ({code}): {reason}"),
-        )),
-        Err(e) => Err(ApiError::unavailable("agent_unavailable", e)),
-    }
+    let timeout = state.config.handshake_timeout;
+    tunnel
+        .open_stream(&header, timeout)
+        .await
+        .map_err(|e| match e {
+            OpenError::TooManyStreams => ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_streams",
+                "this tunnel carries as many streams as it may",
+            ),
+            OpenError::Refused { code, reason } => ApiError::new(
+                axum::http::StatusCode::BAD_GATEWAY,
+                "agent_refused",
+                format!("the agent refused the terminal ({code}): {reason}"),
+            ),
+            e => ApiError::unavailable("agent_unavailable", e),
+        })
 }
 
 struct TerminalCtx {

@@ -12,7 +12,6 @@ use axum::Json;
 use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use rtunnel_auth::access::{self, Action};
-use rtunnel_auth::claims::{Claims, PROXY_TTL, TokenKind};
 use rtunnel_auth::launch_token::{SESSION_TOKEN_TTL, SessionToken};
 use rtunnel_core::store::{AuditEvent, Resource, Role, User, now_millis};
 use serde::Deserialize;
@@ -136,17 +135,5 @@ async fn proxy_url(
                 "the resource's system has no active support session offering this service",
             )
         })?;
-    let mut claims = Claims::new(TokenKind::Proxy, user.id, now_millis(), PROXY_TTL);
-    claims.sid = Some(tunnel.session_id);
-    claims.svc = Some(service.to_owned());
-    let token = claims.sign(&*state.signer);
-    let public = url::Url::parse(&state.config.public_url)
-        .map_err(|e| ApiError::internal(format!("bad --public-url: {e}")))?;
-    let port = public.port().map(|p| format!(":{p}")).unwrap_or_default();
-    Ok(format!(
-        "{}://{service}--{}.{}{port}/?token={token}",
-        public.scheme(),
-        tunnel.session_id.simple(),
-        state.config.proxy_domain
-    ))
+    Ok(crate::proxy::mint(state, user, None, tunnel.session_id, service)?.url)
 }

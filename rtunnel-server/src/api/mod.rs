@@ -66,6 +66,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v1/sessions/{id}/terminal",
             get(terminal::terminal_endpoint),
         )
+        .route(
+            "/api/v1/sessions/{id}/proxy-token",
+            post(sessions::proxy_token),
+        )
         .route("/api/v1/sessions/{id}/recordings", get(recordings::list))
         .route("/api/v1/recordings/{id}", get(recordings::download))
         .route("/api/v1/launch", post(launch::launch))
@@ -88,6 +92,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(
             extract::MAX_JSON_BODY_BYTES,
+        ))
+        // Outermost: a proxy host never reaches the API routes.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::proxy::dispatch,
         ))
         .with_state(state)
 }

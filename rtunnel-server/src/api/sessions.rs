@@ -12,7 +12,7 @@ use rtunnel_core::store::{
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::auth::{CurrentUser, authorize};
+use super::auth::{Authenticated, CurrentUser, authorize};
 use super::extract::Query;
 use super::{PageQuery, parse_id};
 use crate::error::ApiError;
@@ -368,5 +368,52 @@ pub(super) async fn terminal_ticket(
     Ok(Json(serde_json::json!({
         "ticket": ticket,
         "expires_in": rtunnel_core::ticket::TICKET_TTL.as_secs(),
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ProxyTokenRequest {
+    service: String,
+}
+
+/// `POST /api/v1/sessions/{id}/proxy-token`: a proxy token and URL for one
+/// service of the session, bound to the caller (and their login).
+pub(super) async fn proxy_token(
+    State(state): State<Arc<AppState>>,
+    caller: Authenticated,
+    Path(id): Path<String>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    super::extract::Json(body): super::extract::Json<ProxyTokenRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    // The service is checked before anything is audited.
+    let session = readable(&state, &caller.user, &id).await?;
+    if !crate::proxy::proxiable(&session, &body.service) {
+        return Err(ApiError::not_found(
+            "unknown_service",
+            format!("the session has no service named {:?}", body.service),
+        ));
+    }
+    let session = open_session_for(
+        &state,
+        &caller.user,
+        &id,
+        Action::Connect,
+        "proxy_token_issued",
+        peer,
+        serde_json::json!({"service": body.service}),
+    )
+    .await?;
+    let grant = crate::proxy::mint(
+        &state,
+        &caller.user,
+        caller.login(),
+        session.id,
+        &body.service,
+    )?;
+    Ok(Json(serde_json::json!({
+        "url": grant.url,
+        "token": grant.token,
+        "expires_in": grant.expires_in.as_secs(),
     })))
 }

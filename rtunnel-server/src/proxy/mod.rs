@@ -1,0 +1,508 @@
+//! The subdomain HTTP proxy: web UIs behind an agent, in the operator's
+//! browser.
+//!
+//! A request whose `Host` is `<service>--<session>.<proxy-domain>` (see
+//! [`host`]) comes here instead of the API. Its first visit carries a proxy
+//! token (`?token=`, minted by `POST /api/v1/sessions/{id}/proxy-token` or
+//! the launcher); the proxy checks it, stores `proxy_opened` in the audit
+//! log, sets the `rtunnel_proxy` cookie and redirects to the same URL
+//! without the token. Later requests carry the cookie: each one is checked
+//! (token, session, user, grant), counted into a [`visit`], and sent to the
+//! service through the tunnel ([`upstream`]) with its headers rewritten
+//! ([`headers`]). Bodies stream both ways with backpressure, and WebSocket
+//! upgrades become a relayed connection.
+
+pub mod headers;
+pub mod host;
+pub mod upstream;
+pub mod visit;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::TokioIo;
+use rtunnel_auth::claims::{Claims, TokenKind};
+use rtunnel_core::store::{AuditEvent, SessionRecord, SessionStatus, User, now_millis};
+use rtunnel_core::token::TokenError;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::registry::{OpenError, Registry};
+use crate::revocation::Holder;
+use crate::state::AppState;
+use crate::terminal::TERMINAL_SERVICE;
+use headers::{COOKIE_NAME, Forwarding};
+use host::{ProxyHost, Routed};
+use upstream::{ConnectError, ProxyClient};
+use visit::{Direction, InFlight, Metered, VisitKey, Visitor, Visits};
+
+/// How long a browser waits before retrying while an agent reconnects.
+const RECONNECT_RETRY: Duration = Duration::from_secs(5);
+
+/// The proxy's shared parts.
+#[derive(Debug)]
+pub struct Proxy {
+    client: ProxyClient,
+    visits: Visits,
+}
+
+impl Proxy {
+    /// A proxy whose connections go through the tunnels of `registry`.
+    pub fn new(registry: Arc<Registry>, setup_timeout: Duration) -> Self {
+        Proxy {
+            client: upstream::client(registry, setup_timeout),
+            visits: Visits::default(),
+        }
+    }
+}
+
+/// A freshly minted proxy token and the URL that opens it.
+#[derive(Debug, Clone)]
+pub struct ProxyGrant {
+    /// `<scheme>://<service>--<session>.<proxy-domain>[:port]/?token=<token>`.
+    pub url: String,
+    /// The token.
+    pub token: String,
+    /// Its lifetime.
+    pub expires_in: Duration,
+}
+
+/// Mints a proxy token for `user` (and the login it acts under) to reach
+/// `service` of `session_id`. The caller has checked access.
+pub fn mint(
+    state: &AppState,
+    user: &User,
+    login: Option<Uuid>,
+    session_id: Uuid,
+    service: &str,
+) -> Result<ProxyGrant, ApiError> {
+    let ttl = state.config.proxy_token_ttl;
+    let mut claims = Claims::new(TokenKind::Proxy, user.id, now_millis(), ttl);
+    claims.fam = login;
+    claims.sid = Some(session_id);
+    claims.svc = Some(service.to_owned());
+    let token = claims.sign(&*state.signer);
+    let public = url::Url::parse(&state.config.public_url)
+        .map_err(|e| ApiError::internal(format!("bad --public-url: {e}")))?;
+    let port = public.port().map(|p| format!(":{p}")).unwrap_or_default();
+    Ok(ProxyGrant {
+        url: format!(
+            "{}://{service}--{}.{}{port}/?token={token}",
+            public.scheme(),
+            session_id.simple(),
+            state.config.proxy_domain
+        ),
+        token,
+        expires_in: ttl,
+    })
+}
+
+/// Whether `service` of a manifest can be reached through the proxy.
+pub fn proxiable(session: &SessionRecord, service: &str) -> bool {
+    service != TERMINAL_SERVICE && session.services.iter().any(|s| s.name == service)
+}
+
+/// Middleware in front of every route: requests for a proxy host go to the
+/// proxy, others on to the API.
+pub async fn dispatch(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    match host::route(req.headers(), req.uri(), &state.config.proxy_domain) {
+        Routed::Api => next.run(req).await,
+        Routed::Invalid(why) => ApiError::bad_request("invalid_host", why).into_response(),
+        Routed::Proxy(target) => match serve(state, target, req).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                let mut resp = e.into_response();
+                resp.headers_mut()
+                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                headers::add_security_headers(resp.headers_mut());
+                resp
+            }
+        },
+    }
+}
+
+/// The scheme clients use to reach the server.
+fn public_scheme(state: &AppState) -> &'static str {
+    if state.config.public_url.starts_with("https:") {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+async fn serve(
+    state: Arc<AppState>,
+    target: ProxyHost,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+        .ok_or_else(|| ApiError::internal("no peer address on the request"))?;
+    if let Some((token, rest)) = split_token(req.uri().query()) {
+        let path = req.uri().path().to_owned();
+        return redeem(&state, &target, &token, (&path, &rest), req.method(), peer).await;
+    }
+    let claims = cookie_claims(&state, &target, req.headers())?;
+    let holder = Holder {
+        user_id: claims.sub,
+        login: claims.fam,
+    };
+    let (session, user) = check_access(&state, &target, holder).await?;
+    let visitor = Visitor {
+        name: user.name,
+        system_id: session.system_id,
+        peer,
+    };
+    let key = VisitKey {
+        holder,
+        session_id: target.session_id,
+        service: target.service.clone(),
+    };
+    let in_flight = Visits::enter(&state, key, &visitor).await?;
+    forward(&state, &target, &session, req, peer, in_flight).await
+}
+
+/// The `token` parameter of a query, and the query without it (raw pieces
+/// kept as they were).
+fn split_token(query: Option<&str>) -> Option<(String, String)> {
+    let query = query?;
+    let mut token = None;
+    let mut rest = Vec::new();
+    for piece in query.split('&') {
+        match piece.split_once('=') {
+            Some(("token", value)) if token.is_none() => {
+                token = Some(
+                    percent_encoding::percent_decode_str(value)
+                        .decode_utf8_lossy()
+                        .into_owned(),
+                );
+            }
+            _ if piece.is_empty() => {}
+            _ => rest.push(piece),
+        }
+    }
+    Some((token?, rest.join("&")))
+}
+
+fn verify(state: &AppState, target: &ProxyHost, token: &str) -> Result<Claims, ApiError> {
+    let claims =
+        Claims::verify(&*state.signer, token, TokenKind::Proxy, now_millis()).map_err(|e| {
+            let (code, message) = match e {
+                TokenError::Expired => (
+                    "proxy_token_expired",
+                    "this proxy link has expired; ask for a new one",
+                ),
+                _ => ("invalid_proxy_token", "this proxy token is not valid"),
+            };
+            ApiError::new(StatusCode::UNAUTHORIZED, code, message)
+        })?;
+    if claims.sid != Some(target.session_id) || claims.svc.as_deref() != Some(&target.service) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_proxy_token",
+            "this proxy token is for another service",
+        ));
+    }
+    Ok(claims)
+}
+
+/// The claims of the request's proxy cookie.
+fn cookie_claims(
+    state: &AppState,
+    target: &ProxyHost,
+    headers: &axum::http::HeaderMap,
+) -> Result<Claims, ApiError> {
+    let cookies = headers::proxy_cookies(headers);
+    let mut last = None;
+    for value in cookies.iter().take(4) {
+        match verify(state, target, value) {
+            Ok(claims) => return Ok(claims),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "proxy_token_required",
+            "open this service with a proxy link from rtunnel (POST /api/v1/sessions/{id}/proxy-token)",
+        )
+    }))
+}
+
+/// The session, and the user if they may still reach it; the checks of
+/// every proxied request.
+async fn check_access(
+    state: &AppState,
+    target: &ProxyHost,
+    holder: Holder,
+) -> Result<(SessionRecord, User), ApiError> {
+    let session = state
+        .stores
+        .sessions
+        .session(target.session_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("session_not_found", "no such session"))?;
+    match session.status {
+        SessionStatus::Active => {}
+        SessionStatus::GracePeriod | SessionStatus::Pending => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "agent_reconnecting",
+                "the agent is reconnecting; try again in a moment",
+            )
+            .with_retry_after(RECONNECT_RETRY));
+        }
+        s => {
+            return Err(ApiError::new(
+                StatusCode::GONE,
+                "session_ended",
+                format!("the session is {}", s.as_str()),
+            ));
+        }
+    }
+    let user = match crate::revocation::may_connect(state, holder, session.system_id).await? {
+        Ok(user) => user,
+        Err(code) => {
+            return Err(ApiError::forbidden(
+                code,
+                "access to this service was revoked",
+            ));
+        }
+    };
+    if !proxiable(&session, &target.service) {
+        return Err(ApiError::not_found(
+            "unknown_service",
+            format!("the session has no service named {:?}", target.service),
+        ));
+    }
+    Ok((session, user))
+}
+
+/// `?token=`: checks the token and the user's access, stores
+/// `proxy_opened`, sets the cookie and redirects to the same URL without
+/// the token (on this host: never anywhere else).
+async fn redeem(
+    state: &AppState,
+    target: &ProxyHost,
+    token: &str,
+    (path, rest_of_query): (&str, &str),
+    method: &Method,
+    peer: SocketAddr,
+) -> Result<Response, ApiError> {
+    let claims = verify(state, target, token)?;
+    let holder = Holder {
+        user_id: claims.sub,
+        login: claims.fam,
+    };
+    let (session, user) = check_access(state, target, holder).await?;
+    let mut event = AuditEvent::new("proxy_opened");
+    event.actor = Some(user.name.clone());
+    event.system_id = Some(session.system_id);
+    event.session_id = Some(session.id);
+    event.ip_address = Some(peer.ip().to_string());
+    event.details = serde_json::json!({"service": target.service, "token_id": claims.jti});
+    state.audit(event).await?;
+    let scheme = public_scheme(state);
+    let max_age = (claims.exp - now_millis()).max(0) / 1000;
+    let secure = if scheme == "https" { "; Secure" } else { "" };
+    let cookie = format!(
+        "{COOKIE_NAME}={token}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}"
+    );
+    // Absolute, on the host just parsed: a path like `//evil.example` stays
+    // a path of this host.
+    let query = if rest_of_query.is_empty() {
+        String::new()
+    } else {
+        format!("?{rest_of_query}")
+    };
+    let location = format!("{scheme}://{}{path}{query}", target.authority);
+    let status = if matches!(*method, Method::GET | Method::HEAD) {
+        StatusCode::FOUND
+    } else {
+        StatusCode::SEE_OTHER
+    };
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::LOCATION, header_value(&location)?);
+    h.insert(header::SET_COOKIE, header_value(&cookie)?);
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers::add_security_headers(h);
+    Ok(resp)
+}
+
+fn header_value(s: &str) -> Result<HeaderValue, ApiError> {
+    HeaderValue::from_str(s).map_err(|e| ApiError::internal(format!("header value: {e}")))
+}
+
+/// Sends the request to the service and streams the answer back.
+async fn forward(
+    state: &Arc<AppState>,
+    target: &ProxyHost,
+    session: &SessionRecord,
+    mut req: Request,
+    peer: SocketAddr,
+    in_flight: InFlight,
+) -> Result<Response, ApiError> {
+    let upstream_host = session
+        .services
+        .iter()
+        .find(|s| s.name == target.service)
+        .and_then(|s| s.target.clone())
+        .unwrap_or_else(|| "localhost".to_owned());
+    let scheme = public_scheme(state);
+    let fwd = Forwarding {
+        upstream_host: &upstream_host,
+        proxy_authority: &target.authority,
+        scheme,
+        client_ip: peer.ip(),
+    };
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let uri =
+        upstream::upstream_uri(&target.service, target.session_id, &path).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_request_target",
+                "the request target cannot be forwarded",
+            )
+        })?;
+    let wants_upgrade = headers::upgrade_protocol(req.headers()).is_some();
+    let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    headers::to_upstream(&mut parts.headers, &fwd);
+    parts.uri = uri;
+    parts.extensions = Default::default();
+    let visit = in_flight.visit().clone();
+    let body = Body::new(Metered::new(
+        body,
+        Direction::ToService,
+        visit.clone(),
+        None,
+    ));
+    let upstream_req = Request::from_parts(parts, body);
+    let mut resp = state
+        .proxy
+        .client
+        .request(upstream_req)
+        .await
+        .map_err(|e| upstream_error(&e))?;
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    headers::to_client(resp.headers_mut(), &fwd, switching && wants_upgrade);
+    if switching {
+        let Some(client_upgrade) = client_upgrade else {
+            return Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_failed",
+                "the service switched protocols unasked",
+            ));
+        };
+        let service_upgrade = hyper::upgrade::on(&mut resp);
+        tokio::spawn(relay_upgraded(client_upgrade, service_upgrade, in_flight));
+        let (parts, _) = resp.into_parts();
+        return Ok(Response::from_parts(parts, Body::empty()));
+    }
+    let (parts, body) = resp.into_parts();
+    let body = Body::new(Metered::new(
+        body,
+        Direction::FromService,
+        visit,
+        Some(in_flight),
+    ));
+    Ok(Response::from_parts(parts, body))
+}
+
+/// Relays an upgraded connection (a WebSocket) until either side ends or
+/// the visit is cut.
+async fn relay_upgraded(
+    client: hyper::upgrade::OnUpgrade,
+    service: hyper::upgrade::OnUpgrade,
+    in_flight: InFlight,
+) {
+    let (client, service) = match tokio::try_join!(client, service) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!("proxied upgrade failed: {e}");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut service = TokioIo::new(service);
+    let visit = in_flight.visit().clone();
+    let outcome =
+        rtunnel_core::relay::relay_until(&mut client, &mut service, visit.cut().cancelled()).await;
+    visit.sent(outcome.a_to_b);
+    visit.received(outcome.b_to_a);
+    drop(in_flight);
+}
+
+/// A failed request to a service, for the client.
+fn upstream_error(e: &hyper_util::client::legacy::Error) -> ApiError {
+    match upstream::connect_error(e) {
+        Some(ConnectError::NoTunnel) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "agent_reconnecting",
+            "the agent is reconnecting; try again in a moment",
+        )
+        .with_retry_after(RECONNECT_RETRY),
+        Some(ConnectError::Open(OpenError::TooManyStreams)) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_streams",
+            "the tunnel carries as many streams as it may; try again shortly",
+        )
+        .with_retry_after(Duration::from_secs(1)),
+        Some(ConnectError::Open(OpenError::Refused { code, reason })) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "service_unreachable",
+            format!("the agent cannot reach the service ({code}): {reason}"),
+        ),
+        Some(ConnectError::Open(OpenError::Timeout)) => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "agent_timeout",
+            "the agent did not answer in time",
+        ),
+        Some(other) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "agent_unavailable",
+            other.to_string(),
+        ),
+        None => {
+            tracing::info!("proxied request failed: {e:?}");
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_failed",
+                "the service closed the connection or sent a response that cannot be read",
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_token_leaves_the_query_and_the_rest_stays_as_written() {
+        assert_eq!(split_token(None), None);
+        assert_eq!(split_token(Some("a=1")), None);
+        assert_eq!(
+            split_token(Some("token=abc")),
+            Some(("abc".to_owned(), String::new()))
+        );
+        assert_eq!(
+            split_token(Some("x=%2F&token=a%2Eb&y=1&token=second")),
+            Some(("a.b".to_owned(), "x=%2F&y=1&token=second".to_owned()))
+        );
+    }
+}
