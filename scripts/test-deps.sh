@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs the real programs the tests run next to rtunnel, when missing:
-# tinyproxy (the HTTP CONNECT proxy agents dial through) and asciinema (plays
-# the terminal recordings back). Debian packages;
+# tinyproxy (the HTTP CONNECT proxy agents dial through), asciinema (plays
+# the terminal recordings back) and chromium (the browser the terminal page
+# is tested in, headless). Debian packages;
 # installing needs root (CI runs as root) or sudo.
 set -euo pipefail
 
 missing=()
 command -v tinyproxy >/dev/null 2>&1 || missing+=(tinyproxy)
 command -v asciinema >/dev/null 2>&1 || missing+=(asciinema)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0

@@ -25,6 +25,7 @@ pub mod accept;
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod enroll;
 pub mod error;
 mod forward;

@@ -88,6 +88,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v1/grants",
             post(grants::create).delete(grants::revoke),
         )
+        .merge(crate::console::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(

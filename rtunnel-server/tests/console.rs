@@ -1,0 +1,427 @@
+//! The browser terminal page in a real browser: headless Chromium (Debian's
+//! `chromium`, installed by `scripts/test-deps.sh`) driven over the Chrome
+//! DevTools Protocol, against real server and agent processes and a real
+//! PTY. Also: the page's headers and the vendored xterm.js files.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use support::*;
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A headless Chromium and a DevTools connection to its one page.
+struct Chromium {
+    _proc: Proc,
+    page: Ws,
+    next_id: u64,
+}
+
+fn chromium_binary() -> &'static str {
+    for name in ["chromium", "chromium-browser", "google-chrome"] {
+        if Command::new("sh")
+            .args(["-c", &format!("command -v {name}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            return name;
+        }
+    }
+    panic!("no chromium: the test command installs it (scripts/test-deps.sh)");
+}
+
+impl Chromium {
+    async fn start(dir: &Path) -> Chromium {
+        let profile = dir.join("chromium-profile");
+        let mut cmd = Command::new(chromium_binary());
+        cmd.args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--remote-debugging-port=0",
+            "--window-size=1000,700",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("about:blank");
+        let proc = Proc::spawn("chromium", &mut cmd, dir.join("chromium.log"));
+        let port_file = profile.join("DevToolsActivePort");
+        let port: u16 = wait_for("chromium's DevTools port", || async {
+            let text = std::fs::read_to_string(&port_file).ok()?;
+            text.lines().next()?.trim().parse().ok()
+        })
+        .await;
+        let devtools = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let page_url = wait_for("chromium's page", || async {
+            let targets = devtools_targets(devtools).await?;
+            targets.as_array()?.iter().find(|t| t["type"] == "page")?["webSocketDebuggerUrl"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .await;
+        let (page, _) = tokio_tungstenite::connect_async(page_url).await.unwrap();
+        Chromium {
+            _proc: proc,
+            page,
+            next_id: 1,
+        }
+    }
+
+    /// One DevTools command; its result.
+    async fn call(&mut self, method: &str, params: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        let msg = json!({"id": id, "method": method, "params": params});
+        self.page
+            .send(Message::text(msg.to_string()))
+            .await
+            .unwrap();
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.page.next())
+                .await
+                .unwrap_or_else(|_| panic!("no answer to {method}"))
+                .unwrap()
+                .unwrap();
+            let Ok(text) = msg.to_text() else { continue };
+            let v: Value = serde_json::from_str(text).unwrap();
+            if v["id"] == id {
+                assert!(v.get("error").is_none(), "{method}: {v}");
+                return v["result"].clone();
+            }
+        }
+    }
+
+    /// Evaluates `expr` in the page; its value.
+    async fn eval(&mut self, expr: &str) -> Value {
+        let r = self
+            .call(
+                "Runtime.evaluate",
+                json!({"expression": expr, "returnByValue": true, "awaitPromise": true}),
+            )
+            .await;
+        r["result"]["value"].clone()
+    }
+
+    async fn wait_eval(&mut self, what: &str, expr: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let v = self.eval(expr).await;
+            if ok(&v) {
+                return v;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}; last value {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Types `text` and Enter into the focused element, as keystrokes.
+    async fn type_line(&mut self, text: &str) {
+        self.call("Input.insertText", json!({"text": text})).await;
+        for kind in ["keyDown", "keyUp"] {
+            let mut key = json!({
+                "type": kind, "key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13,
+            });
+            if kind == "keyDown" {
+                key["text"] = json!("\r");
+            }
+            self.call("Input.dispatchKeyEvent", key).await;
+        }
+    }
+
+    /// The lines on the terminal's screen and scrollback.
+    async fn screen(&mut self) -> Vec<String> {
+        let v = self
+            .eval(
+                "(() => { const b = window.rtunnelTerminal.term.buffer.active; const out = []; \
+                 for (let i = 0; i < b.length; i++) out.push(b.getLine(i).translateToString(true)); \
+                 return out; })()",
+            )
+            .await;
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap().trim_end().to_owned())
+            .collect()
+    }
+
+    /// Waits until a line of the screen is exactly `line`.
+    async fn wait_line(&mut self, line: &str) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let screen = self.screen().await;
+            if screen.iter().any(|l| l == line) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no line {line:?} on the terminal:\n{}",
+                screen.join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+struct Setup {
+    tmp: tempfile::TempDir,
+    server: ServerProc,
+    admin: String,
+    session: String,
+    _agent: Proc,
+}
+
+async fn setup() -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(tmp.path(), &[]).await;
+    let sys = enroll(&server, "customer-box");
+    let admin = user_with_token(&server, "root", "admin");
+    let echo = echo_service().await;
+    let agent = start_agent(
+        &server,
+        &sys,
+        &format!("echo={echo}"),
+        &["--shell", "/bin/sh"],
+    );
+    let session = active_session(&server, &admin, &sys.id).await;
+    Setup {
+        tmp,
+        server,
+        admin,
+        session,
+        _agent: agent,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_echo_hello_in_the_browser_terminal_shows_hello() {
+    let s = setup().await;
+    let path = format!("/api/v1/sessions/{}/terminal-ticket", s.session);
+    let (status, v) = api_call(s.server.addr, "POST", &path, Some(&s.admin), None).await;
+    assert_eq!(status, 200, "{v}");
+    let ticket = v["ticket"].as_str().unwrap();
+
+    let mut browser = Chromium::start(s.tmp.path()).await;
+    browser.call("Page.enable", json!({})).await;
+    let url = format!(
+        "{}/console/terminal?session={}#ticket={ticket}",
+        s.server.base_url(),
+        s.session
+    );
+    browser.call("Page.navigate", json!({"url": url})).await;
+    browser
+        .wait_eval(
+            "the terminal to connect",
+            "window.rtunnelTerminal && window.rtunnelTerminal.status",
+            |v| v == "open",
+        )
+        .await;
+    // The single-use ticket is gone from the address bar.
+    let href = browser.eval("location.href").await;
+    assert!(!href.as_str().unwrap().contains(ticket), "{href}");
+
+    browser.type_line("echo hello").await;
+    browser.wait_line("hello").await;
+    // Sized to the browser window, not to a default.
+    browser.type_line("stty size").await;
+    let cols = browser.eval("window.rtunnelTerminal.term.cols").await;
+    let rows = browser.eval("window.rtunnelTerminal.term.rows").await;
+    browser.wait_line(&format!("{rows} {cols}")).await;
+    assert_ne!(cols, 80, "the page did not fit the terminal to the window");
+
+    browser.type_line("exit 7").await;
+    browser
+        .wait_eval("the exit code", "window.rtunnelTerminal.exitCode", |v| {
+            v == 7
+        })
+        .await;
+    browser
+        .wait_eval("the close", "window.rtunnelTerminal.status", |v| {
+            v == "closed"
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_ticket_the_page_signs_in_and_the_shell_knows_the_operator() {
+    let s = setup().await;
+    admin_with_stdin(
+        &s.server.dir,
+        &[
+            "user",
+            "add",
+            "olga",
+            "--role",
+            "operator",
+            "--password-stdin",
+        ],
+        "correct horse battery\n",
+    );
+    s.server.admin(&["grant", "olga", "customer-box"]);
+    let mut browser = Chromium::start(s.tmp.path()).await;
+    let url = format!(
+        "{}/console/terminal?session={}",
+        s.server.base_url(),
+        s.session
+    );
+    browser.call("Page.navigate", json!({"url": url})).await;
+    browser
+        .wait_eval(
+            "the login form",
+            "!!document.getElementById('login') && !document.getElementById('login').hidden",
+            |v| v == true,
+        )
+        .await;
+    // A wrong password is shown, not a broken page.
+    let submit = |user: &str, password: &str| {
+        format!(
+            "(() => {{ const f = document.getElementById('login'); \
+             f.username.value = {user:?}; f.password.value = {password:?}; \
+             f.requestSubmit(); return true; }})()"
+        )
+    };
+    browser.eval(&submit("olga", "wrong password!")).await;
+    browser
+        .wait_eval(
+            "the login error",
+            "document.getElementById('login-error').textContent",
+            |v| {
+                v.as_str()
+                    .is_some_and(|t| t.contains("invalid_credentials"))
+            },
+        )
+        .await;
+    browser.eval(&submit("olga", "correct horse battery")).await;
+    browser
+        .wait_eval(
+            "the terminal to connect",
+            "window.rtunnelTerminal.status",
+            |v| v == "open",
+        )
+        .await;
+    browser.type_line("echo \"op=$RTUNNEL_OPERATOR\"").await;
+    browser.wait_line("op=olga").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_and_its_files_come_from_the_server_with_a_strict_policy() {
+    let s = setup().await;
+    let request = |path: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            s.server.addr
+        )
+    };
+    let (status, head, body) =
+        http_raw_head(s.server.addr, &request("/console/terminal?session=x")).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("/console/assets/xterm.js"), "{body}");
+    let csp = header(&head, "content-security-policy").unwrap();
+    for directive in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "connect-src 'self'",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(csp.contains(directive), "{directive}: {csp}");
+    }
+    assert_eq!(header(&head, "x-frame-options"), Some("DENY"));
+    for (file, kind) in [
+        ("xterm.js", "text/javascript"),
+        ("addon-fit.js", "text/javascript"),
+        ("terminal.js", "text/javascript"),
+        ("xterm.css", "text/css"),
+        ("console.css", "text/css"),
+    ] {
+        let (status, head, _) =
+            http_raw_head(s.server.addr, &request(&format!("/console/assets/{file}"))).await;
+        assert_eq!(status, 200, "{file}");
+        assert!(
+            header(&head, "content-type").unwrap().starts_with(kind),
+            "{file}: {head}"
+        );
+        assert_eq!(header(&head, "x-content-type-options"), Some("nosniff"));
+    }
+    let (status, _, body) =
+        http_raw_head(s.server.addr, &request("/console/assets/..%2Fsecret.key")).await;
+    assert_eq!(status, 404, "{body}");
+}
+
+/// The vendored files are the ones `scripts/vendor-xterm.sh` fetched from
+/// the npm registry: their checksums match the ones it recorded.
+#[test]
+fn the_vendored_xterm_files_match_their_recorded_checksums() {
+    use sha2::{Digest, Sha256};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/vendor");
+    let versions = std::fs::read_to_string(dir.join("VERSIONS")).unwrap();
+    let mut checked = 0;
+    for line in versions
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with('@'))
+    {
+        let (sum, file) = line.split_once("  ").unwrap();
+        let got = hex::encode(Sha256::digest(std::fs::read(dir.join(file)).unwrap()));
+        assert_eq!(got, sum, "{file} differs from what was vendored");
+        checked += 1;
+    }
+    assert_eq!(checked, 4, "{versions}");
+}
+
+/// The DevTools target list. Chromium keeps the connection open after the
+/// answer, so the body is read by its length.
+async fn devtools_targets(addr: std::net::SocketAddr) -> Option<Value> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let request = format!("GET /json/list HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+        tcp.write_all(request.as_bytes()).await.ok()?;
+        let mut raw = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = tcp.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            raw.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&raw);
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len: usize = header(head, "content-length")?.parse().ok()?;
+                if body.len() >= len {
+                    return serde_json::from_str(&body[..len]).ok();
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .ok()?
+}
+
+/// A raw request read to the end: status, head, body.
+async fn http_raw_head(addr: std::net::SocketAddr, request: &str) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tcp.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (
+        head[9..12].parse().unwrap(),
+        head.to_owned(),
+        body.to_owned(),
+    )
+}
