@@ -6,6 +6,8 @@
 #![allow(clippy::unwrap_used)]
 
 mod support;
+#[path = "support/webapp.rs"]
+mod webapp;
 
 use std::path::Path;
 use std::process::Command;
@@ -181,6 +183,7 @@ struct Setup {
     server: ServerProc,
     admin: String,
     session: String,
+    _app: webapp::WebApp,
     _agent: Proc,
 }
 
@@ -189,11 +192,11 @@ async fn setup() -> Setup {
     let server = ServerProc::start(tmp.path(), &[]).await;
     let sys = enroll(&server, "customer-box");
     let admin = user_with_token(&server, "root", "admin");
-    let echo = echo_service().await;
+    let app = webapp::WebApp::start().await;
     let agent = start_agent(
         &server,
         &sys,
-        &format!("echo={echo}"),
+        &format!("web={}", app.addr),
         &["--shell", "/bin/sh"],
     );
     let session = active_session(&server, &admin, &sys.id).await;
@@ -202,6 +205,7 @@ async fn setup() -> Setup {
         server,
         admin,
         session,
+        _app: app,
         _agent: agent,
     }
 }
@@ -358,6 +362,77 @@ async fn the_page_and_its_files_come_from_the_server_with_a_strict_policy() {
     let (status, _, body) =
         http_raw_head(s.server.addr, &request("/console/assets/..%2Fsecret.key")).await;
     assert_eq!(status, 404, "{body}");
+}
+
+/// The subdomain proxy in a real browser: a proxy link followed from a page
+/// of another site (the console), the app's own login cookie and redirect,
+/// and a WebSocket opened by the proxied page, with the `SameSite=Strict`
+/// cookie doing the work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_link_opened_from_the_console_works_in_the_browser() {
+    let s = setup().await;
+    let path = format!("/api/v1/sessions/{}/proxy-token", s.session);
+    let body = json!({"service": "web"});
+    let (status, v) = api_call(s.server.addr, "POST", &path, Some(&s.admin), Some(&body)).await;
+    assert_eq!(status, 200, "{v}");
+    let url = v["url"]
+        .as_str()
+        .unwrap()
+        .replace("/?token=", "/headers?token=");
+
+    let mut browser = Chromium::start(s.tmp.path()).await;
+    let console = format!(
+        "{}/console/terminal?session={}",
+        s.server.base_url(),
+        s.session
+    );
+    browser.call("Page.navigate", json!({"url": console})).await;
+    browser
+        .wait_eval("the console page", "document.readyState", |v| {
+            v == "complete"
+        })
+        .await;
+    // Followed from the console's page, as a link would be: a cross-site
+    // navigation, then the proxy's redirect.
+    browser
+        .eval(&format!("location.href = {url:?}; true"))
+        .await;
+    let text = browser
+        .wait_eval(
+            "the service's answer",
+            "location.pathname === '/headers' && document.body ? document.body.innerText : ''",
+            |v| v.as_str().is_some_and(|t| t.contains("x-forwarded-host")),
+        )
+        .await;
+    let seen: Value = serde_json::from_str(text.as_str().unwrap()).unwrap();
+    assert_eq!(
+        seen["headers"]["x-forwarded-proto"],
+        json!(["http"]),
+        "{seen}"
+    );
+    let href = browser.eval("location.href").await;
+    assert!(!href.as_str().unwrap().contains("token="), "{href}");
+
+    // The app's login: its cookie, its redirect to its own address.
+    browser.eval("location.href = '/login'; true").await;
+    browser
+        .wait_eval(
+            "the app's login",
+            "location.pathname === '/me' && document.body ? document.body.innerText : ''",
+            |v| v.as_str().is_some_and(|t| t.starts_with("logged in")),
+        )
+        .await;
+    // A WebSocket from the proxied page.
+    let echoed = browser
+        .eval(
+            "new Promise((resolve) => { \
+               const ws = new WebSocket('ws://' + location.host + '/ws'); \
+               ws.onopen = () => ws.send('hello over the proxy'); \
+               ws.onmessage = (e) => { resolve(e.data); ws.close(); }; \
+               ws.onerror = () => resolve('error'); })",
+        )
+        .await;
+    assert_eq!(echoed, "hello over the proxy");
 }
 
 /// The vendored files are the ones `scripts/vendor-xterm.sh` fetched from

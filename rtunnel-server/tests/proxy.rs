@@ -468,6 +468,24 @@ async fn keep_alive_and_the_refusals_of_the_proxy() {
         }
     }
 
+    // A browser navigating in from another site holds the SameSite=Strict
+    // cookie back: it gets a page that loads itself again (from this
+    // origin, so with the cookie); from this origin there is no second
+    // chance, so no loop.
+    let navigate = "Sec-Fetch-Mode: navigate\r\nSec-Fetch-Dest: document\r\n";
+    let mut tcp = tokio::net::TcpStream::connect(s.server.addr).await.unwrap();
+    let cross = format!("{navigate}Sec-Fetch-Site: cross-site\r\n");
+    let (status, head, body) = exchange(&mut tcp, &get("/headers", &cross)).await;
+    assert_eq!(status, 200, "{head}{body}");
+    assert!(
+        body.contains("http-equiv=\"refresh\" content=\"0\""),
+        "{body}"
+    );
+    assert_eq!(header(&head, "cache-control"), Some("no-store"));
+    let same = format!("{navigate}Sec-Fetch-Site: same-origin\r\n");
+    let (status, _, _) = exchange(&mut tcp, &get("/headers", &same)).await;
+    assert_eq!(status, 401);
+
     // Forwarded-host headers do not make an API request a proxy request.
     let request = format!(
         "GET /headers HTTP/1.1\r\nHost: {}\r\nX-Forwarded-Host: {host}\r\nForwarded: host={host}\r\n{cookie}\r\n",

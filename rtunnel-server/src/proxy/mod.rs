@@ -150,6 +150,9 @@ async fn serve(
         let path = req.uri().path().to_owned();
         return redeem(&state, &target, &token, (&path, &rest), req.method(), peer).await;
     }
+    if needs_same_site_reload(req.headers()) {
+        return Ok(same_site_reload());
+    }
     let claims = cookie_claims(&state, &target, req.headers())?;
     let holder = Holder {
         user_id: claims.sub,
@@ -212,6 +215,39 @@ fn verify(state: &AppState, target: &ProxyHost, token: &str) -> Result<Claims, A
         ));
     }
     Ok(claims)
+}
+
+/// Whether a request lacks the proxy cookie only because the browser held
+/// it back: a top-level navigation started from another site (a link on
+/// the console, or the redirect after `?token=` when the link came from
+/// elsewhere) does not carry `SameSite=Strict` cookies.
+fn needs_same_site_reload(headers: &axum::http::HeaderMap) -> bool {
+    let is = |name: &str, values: &[&str]| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| values.iter().any(|w| v.eq_ignore_ascii_case(w)))
+    };
+    headers::proxy_cookies(headers).is_empty()
+        && is("sec-fetch-mode", &["navigate"])
+        && is("sec-fetch-site", &["cross-site", "same-site"])
+}
+
+/// A page that loads itself again: that navigation starts on this origin,
+/// so the browser sends the cookie. Without one the second answer is the
+/// 401, so this cannot loop.
+fn same_site_reload() -> Response {
+    const PAGE: &str = "<!doctype html><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"0\">\
+        <title>rtunnel</title><p>Opening the service&hellip;</p>";
+    let mut resp = axum::response::Html(PAGE).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'"),
+    );
+    headers::add_security_headers(h);
+    resp
 }
 
 /// The claims of the request's proxy cookie.
