@@ -2,7 +2,7 @@
 //! must carry (cookies, redirects, WebSockets, large streamed bodies both
 //! ways), served over plain HTTP or over TLS with a self-signed certificate.
 
-#![allow(unreachable_pub)]
+#![allow(dead_code, unreachable_pub)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
