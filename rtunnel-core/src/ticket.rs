@@ -30,6 +30,9 @@ pub struct Ticket {
     pub session_id: Uuid,
     /// The user it was issued to.
     pub user_id: Uuid,
+    /// The login (refresh family) the user asked under, if any: what is
+    /// opened with the ticket ends when that login does.
+    pub login: Option<Uuid>,
     /// When it stops working.
     pub expires_at: Millis,
 }
@@ -107,6 +110,7 @@ mod tests {
         Ticket {
             session_id: Uuid::new_v4(),
             user_id: Uuid::new_v4(),
+            login: None,
             expires_at,
         }
     }

@@ -76,13 +76,25 @@ pub(crate) async fn terminal_endpoint(
     })?;
     let (cols, rows) = (q.cols.unwrap_or(80), q.rows.unwrap_or(24));
     check_size(cols, rows).map_err(|e| ApiError::bad_request("invalid_size", e.to_string()))?;
-    let user_id = crate::tickets::redeem(&state, &q.ticket, session_id).await?;
-    let user = match state.stores.identity.user_by_id(user_id).await? {
+    let holder = crate::tickets::redeem(&state, &q.ticket, session_id).await?;
+    let user = match state.stores.identity.user_by_id(holder.user_id).await? {
         Some(u) if !u.disabled => u,
         _ => return Err(ApiError::unauthorized("the ticket's user is gone")),
     };
     let session = crate::api::sessions::load(&state, session_id).await?;
     authorize(&state, &user, Action::Connect, session.system_id).await?;
+    if let Some(login) = holder.login
+        && !state
+            .stores
+            .logins
+            .login(login)
+            .await?
+            .is_some_and(|l| l.is_live(now_millis()))
+    {
+        return Err(ApiError::unauthorized(
+            "the login that asked for this ticket has ended",
+        ));
+    }
     match session.status {
         SessionStatus::Active => {}
         SessionStatus::GracePeriod => {
@@ -141,10 +153,7 @@ pub(crate) async fn terminal_endpoint(
     };
     let ctx = TerminalCtx {
         state: state.clone(),
-        holder: Holder {
-            user_id: user.id,
-            login: None,
-        },
+        holder,
         user,
         system_id: session.system_id,
         session_id,

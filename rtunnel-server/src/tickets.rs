@@ -6,14 +6,16 @@ use rtunnel_core::ticket::{TICKET_LEN, TICKET_TTL, Ticket, ticket_key};
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use crate::revocation::Holder;
 use crate::state::AppState;
 
-/// A new ticket for `user_id` on `session_id`, stored hashed.
-pub async fn issue(state: &AppState, session_id: Uuid, user_id: Uuid) -> Result<String, ApiError> {
+/// A new ticket for `holder` on `session_id`, stored hashed.
+pub async fn issue(state: &AppState, session_id: Uuid, holder: Holder) -> Result<String, ApiError> {
     let ticket = generate_hex(TICKET_LEN / 2);
     let held = Ticket {
         session_id,
-        user_id,
+        user_id: holder.user_id,
+        login: holder.login,
         expires_at: now_millis() + TICKET_TTL.as_millis() as i64,
     };
     state
@@ -25,10 +27,9 @@ pub async fn issue(state: &AppState, session_id: Uuid, user_id: Uuid) -> Result<
     Ok(ticket)
 }
 
-/// Uses up `ticket` for `session_id`: answers the user it was issued to,
-/// or 401 `invalid_ticket` if it is unknown, used, expired, or for another
+/// Uses up `ticket` for `session_id`: answers who it was issued to, or 401 `invalid_ticket` if it is unknown, used, expired, or for another
 /// session (it is spent either way).
-pub async fn redeem(state: &AppState, ticket: &str, session_id: Uuid) -> Result<Uuid, ApiError> {
+pub async fn redeem(state: &AppState, ticket: &str, session_id: Uuid) -> Result<Holder, ApiError> {
     let invalid = || {
         ApiError::new(
             axum::http::StatusCode::UNAUTHORIZED,
@@ -49,5 +50,8 @@ pub async fn redeem(state: &AppState, ticket: &str, session_id: Uuid) -> Result<
     if held.session_id != session_id {
         return Err(invalid());
     }
-    Ok(held.user_id)
+    Ok(Holder {
+        user_id: held.user_id,
+        login: held.login,
+    })
 }

@@ -741,10 +741,11 @@ async fn terminal_tickets_are_single_use_bound_to_session_and_role_checked() {
     assert_eq!(wrong.unwrap_err().code, "invalid_ticket");
     let (_, v) = api(&h, "POST", &path, &token, None).await;
     let ticket = v["ticket"].as_str().unwrap().to_owned();
-    let user_id = rtunnel_server::tickets::redeem(&h.state, &ticket, h.session)
+    let holder = rtunnel_server::tickets::redeem(&h.state, &ticket, h.session)
         .await
         .unwrap();
-    assert_eq!(user_id, op.id);
+    assert_eq!(holder.user_id, op.id);
+    assert_eq!(holder.login, None, "an API token is no login");
     let again = rtunnel_server::tickets::redeem(&h.state, &ticket, h.session).await;
     assert_eq!(
         again.unwrap_err().code,

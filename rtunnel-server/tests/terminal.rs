@@ -286,6 +286,49 @@ async fn a_revoked_grant_and_a_closed_session_end_open_terminals() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminal_opened_under_a_login_ends_at_logout() {
+    let s = setup(&[]).await;
+    admin_with_stdin(
+        &s.server.dir,
+        &[
+            "user",
+            "add",
+            "olga",
+            "--role",
+            "operator",
+            "--password-stdin",
+        ],
+        "correct horse battery\n",
+    );
+    s.server.admin(&["grant", "olga", "customer-box"]);
+    let body = json!({"username": "olga", "password": "correct horse battery"});
+    let (status, v) = api_call(
+        s.server.addr,
+        "POST",
+        "/api/v1/auth/login",
+        None,
+        Some(&body),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let access = v["access_token"].as_str().unwrap().to_owned();
+    let mut ws = open_terminal(&s, &access, "").await;
+    type_line(&mut ws, "echo ready").await;
+    read_until(&mut ws, "ready").await;
+    let (status, _) = api_call(
+        s.server.addr,
+        "POST",
+        "/api/v1/auth/logout",
+        Some(&access),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    let (_, close) = read_exit(&mut ws).await;
+    assert_eq!(close, Some(1008), "cut when its login ended");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_with_no_terminal_offers_none() {
     let s = setup(&["--no-terminal"]).await;
     let path = format!("/api/v1/sessions/{}/services", s.session);

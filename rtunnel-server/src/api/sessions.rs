@@ -350,13 +350,13 @@ impl From<rtunnel_core::store::AccessLog> for AccessLogView {
 /// the caller.
 pub(super) async fn terminal_ticket(
     State(state): State<Arc<AppState>>,
-    CurrentUser(user): CurrentUser,
+    caller: Authenticated,
     Path(id): Path<String>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let session = open_session_for(
         &state,
-        &user,
+        &caller.user,
         &id,
         Action::Connect,
         "terminal_ticket_issued",
@@ -364,7 +364,8 @@ pub(super) async fn terminal_ticket(
         serde_json::json!({}),
     )
     .await?;
-    let ticket = crate::tickets::issue(&state, session.id, user.id).await?;
+    let holder = crate::revocation::Holder::from(&caller);
+    let ticket = crate::tickets::issue(&state, session.id, holder).await?;
     Ok(Json(serde_json::json!({
         "ticket": ticket,
         "expires_in": rtunnel_core::ticket::TICKET_TTL.as_secs(),
