@@ -133,6 +133,12 @@ pub(crate) async fn terminal_endpoint(
         error: None,
     };
     state.stores.sessions.open_access(&entry).await?;
+    // From here until the bridge runs, the client may vanish (hyper drops
+    // this future, or the upgrade fails): the entry must not stay open.
+    let unstarted = Unstarted {
+        state: state.clone(),
+        entry_id: Some(entry.id),
+    };
     let info = RecordingInfo {
         id: Uuid::new_v4(),
         session_id,
@@ -161,10 +167,44 @@ pub(crate) async fn terminal_endpoint(
         recording_id: info.id,
     };
     Ok(ws.on_upgrade(move |socket| async move {
+        unstarted.started();
         let recorder = Recorder::start(recording, cols, rows, &ctx).await;
         bridge(ctx, socket, upstream, recorder).await;
         drop(permit);
     }))
+}
+
+/// Closes a terminal's access-log entry if the terminal never started.
+struct Unstarted {
+    state: Arc<AppState>,
+    entry_id: Option<Uuid>,
+}
+
+impl Unstarted {
+    /// The bridge runs and will close the entry itself.
+    fn started(mut self) {
+        self.entry_id = None;
+    }
+}
+
+impl Drop for Unstarted {
+    fn drop(&mut self) {
+        let Some(id) = self.entry_id.take() else {
+            return;
+        };
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            let why = Some("the browser left before the terminal opened");
+            if let Err(e) = state
+                .stores
+                .sessions
+                .close_access(id, now_millis(), 0, 0, why)
+                .await
+            {
+                tracing::error!(error = %e, "cannot complete the access log entry");
+            }
+        });
+    }
 }
 
 /// Asks the session's agent for a PTY.

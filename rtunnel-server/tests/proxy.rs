@@ -468,6 +468,17 @@ async fn keep_alive_and_the_refusals_of_the_proxy() {
         }
     }
 
+    // The redirect after a token stays on this host, whatever the path
+    // looks like (no open redirect through `//host` or `/\\host`).
+    for path in ["//evil.example/x", "/\\evil.example/x"] {
+        let mut tcp = tokio::net::TcpStream::connect(s.server.addr).await.unwrap();
+        let request = get(&format!("{path}?token={token}"), "");
+        let (status, head, _) = exchange(&mut tcp, &request).await;
+        assert_eq!(status, 302, "{head}");
+        let location = header(&head, "location").unwrap();
+        assert_eq!(location, format!("http://{host}{path}"), "{head}");
+    }
+
     // A browser navigating in from another site holds the SameSite=Strict
     // cookie back: it gets a page that loads itself again (from this
     // origin, so with the cookie); from this origin there is no second
