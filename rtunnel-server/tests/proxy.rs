@@ -176,6 +176,18 @@ async fn a_token_becomes_a_cookie_and_the_service_sees_a_clean_request() {
         "{seen}"
     );
 
+    // An application's own `token` parameter reaches it, for a client that
+    // holds the cookie.
+    let resp = client
+        .get(s.url("web", "/headers?token=the-apps-own"))
+        .header("cookie", format!("rtunnel_proxy={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen: Value = resp.json().await.unwrap();
+    assert_eq!(seen["uri"], "/headers?token=the-apps-own");
+
     // The token's use was audited before the cookie was handed out.
     let events = audit_events(&s.server.dir, "proxy_token_issued").await;
     assert_eq!(events.len(), 1);

@@ -146,14 +146,25 @@ async fn serve(
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0)
         .ok_or_else(|| ApiError::internal("no peer address on the request"))?;
+    // `?token=` is the proxy's when it is a proxy token for this host; an
+    // application's own `token` parameter passes through to it untouched
+    // for a client that already holds the cookie.
+    let cookie = cookie_claims(&state, &target, req.headers());
     if let Some((token, rest)) = split_token(req.uri().query()) {
-        let path = req.uri().path().to_owned();
-        return redeem(&state, &target, &token, (&path, &rest), req.method(), peer).await;
+        match verify(&state, &target, &token) {
+            Ok(claims) => {
+                let path = req.uri().path().to_owned();
+                let to = (path.as_str(), rest.as_str());
+                return redeem(&state, &target, &token, claims, to, req.method(), peer).await;
+            }
+            Err(e) if cookie.is_err() => return Err(e),
+            Err(_) => {}
+        }
     }
-    if needs_same_site_reload(req.headers()) {
+    if cookie.is_err() && needs_same_site_reload(req.headers()) {
         return Ok(same_site_reload());
     }
-    let claims = cookie_claims(&state, &target, req.headers())?;
+    let claims = cookie?;
     let holder = Holder {
         user_id: claims.sub,
         login: claims.fam,
@@ -329,11 +340,11 @@ async fn redeem(
     state: &AppState,
     target: &ProxyHost,
     token: &str,
+    claims: Claims,
     (path, rest_of_query): (&str, &str),
     method: &Method,
     peer: SocketAddr,
 ) -> Result<Response, ApiError> {
-    let claims = verify(state, target, token)?;
     let holder = Holder {
         user_id: claims.sub,
         login: claims.fam,
