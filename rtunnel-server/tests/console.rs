@@ -262,18 +262,7 @@ async fn typing_echo_hello_in_the_browser_terminal_shows_hello() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_ticket_the_page_signs_in_and_the_shell_knows_the_operator() {
     let s = setup().await;
-    admin_with_stdin(
-        &s.server.dir,
-        &[
-            "user",
-            "add",
-            "olga",
-            "--role",
-            "operator",
-            "--password-stdin",
-        ],
-        "correct horse battery\n",
-    );
+    user_with_password(&s.server, "olga", "operator", "correct horse battery");
     s.server.admin(&["grant", "olga", "customer-box"]);
     let mut browser = Chromium::start(s.tmp.path()).await;
     let url = format!(

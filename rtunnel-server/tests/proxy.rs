@@ -93,6 +93,36 @@ impl Setup {
         client
     }
 
+    /// A WebSocket to `path` of `service` through the proxy, with the
+    /// cookie of `token`.
+    async fn websocket(
+        &self,
+        service: &str,
+        path: &str,
+        token: &str,
+    ) -> (
+        tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+        tokio_tungstenite::tungstenite::handshake::client::Response,
+    ) {
+        let tcp = tokio::net::TcpStream::connect(self.server.addr)
+            .await
+            .unwrap();
+        let request = tokio_tungstenite::tungstenite::http::Request::builder()
+            .uri(format!("ws://{}{path}", self.host(service)))
+            .header("host", self.host(service))
+            .header("cookie", format!("rtunnel_proxy={token}"))
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header(
+                "sec-websocket-key",
+                tokio_tungstenite::tungstenite::handshake::client::generate_key(),
+            )
+            .body(())
+            .unwrap();
+        tokio_tungstenite::client_async(request, tcp).await.unwrap()
+    }
+
     fn url(&self, service: &str, path: &str) -> String {
         format!("http://{}{path}", self.host(service))
     }
@@ -237,21 +267,7 @@ async fn websockets_pass_through_the_proxy() {
     let s = Setup::start().await;
     let (_, v) = s.mint(&s.admin, "web").await;
     let token = v["token"].as_str().unwrap();
-    let tcp = tokio::net::TcpStream::connect(s.server.addr).await.unwrap();
-    let request = tokio_tungstenite::tungstenite::http::Request::builder()
-        .uri(format!("ws://{}/ws", s.host("web")))
-        .header("host", s.host("web"))
-        .header("cookie", format!("rtunnel_proxy={token}"))
-        .header("connection", "Upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-version", "13")
-        .header(
-            "sec-websocket-key",
-            tokio_tungstenite::tungstenite::handshake::client::generate_key(),
-        )
-        .body(())
-        .unwrap();
-    let (mut ws, resp) = tokio_tungstenite::client_async(request, tcp).await.unwrap();
+    let (mut ws, resp) = s.websocket("web", "/ws", token).await;
     assert_eq!(resp.status(), 101);
     assert_eq!(
         resp.headers()["referrer-policy"].to_str().unwrap(),
@@ -594,21 +610,7 @@ async fn revoking_access_or_closing_the_session_cuts_what_is_open() {
     // stops working.
     let (_, v) = s.mint(&s.admin, "web").await;
     let token = v["token"].as_str().unwrap().to_owned();
-    let tcp = tokio::net::TcpStream::connect(s.server.addr).await.unwrap();
-    let request = tokio_tungstenite::tungstenite::http::Request::builder()
-        .uri(format!("ws://{}/ws", s.host("web")))
-        .header("host", s.host("web"))
-        .header("cookie", format!("rtunnel_proxy={token}"))
-        .header("connection", "Upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-version", "13")
-        .header(
-            "sec-websocket-key",
-            tokio_tungstenite::tungstenite::handshake::client::generate_key(),
-        )
-        .body(())
-        .unwrap();
-    let (mut ws, _) = tokio_tungstenite::client_async(request, tcp).await.unwrap();
+    let (mut ws, _) = s.websocket("web", "/ws", &token).await;
     ws.send(Message::text("ping")).await.unwrap();
     assert_eq!(
         ws.next().await.unwrap().unwrap().into_text().unwrap(),

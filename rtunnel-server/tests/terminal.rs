@@ -288,18 +288,7 @@ async fn a_revoked_grant_and_a_closed_session_end_open_terminals() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminal_opened_under_a_login_ends_at_logout() {
     let s = setup(&[]).await;
-    admin_with_stdin(
-        &s.server.dir,
-        &[
-            "user",
-            "add",
-            "olga",
-            "--role",
-            "operator",
-            "--password-stdin",
-        ],
-        "correct horse battery\n",
-    );
+    user_with_password(&s.server, "olga", "operator", "correct horse battery");
     s.server.admin(&["grant", "olga", "customer-box"]);
     let body = json!({"username": "olga", "password": "correct horse battery"});
     let (status, v) = api_call(

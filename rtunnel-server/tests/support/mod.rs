@@ -184,6 +184,15 @@ impl ServerProc {
     }
 }
 
+/// Creates a user with a password (`user add --password-stdin`).
+pub fn user_with_password(server: &ServerProc, name: &str, role: &str, password: &str) {
+    admin_with_stdin(
+        &server.dir,
+        &["user", "add", name, "--role", role, "--password-stdin"],
+        &format!("{password}\n"),
+    );
+}
+
 /// Runs `rtunnel-server --data-dir DIR/data ARGS`, asserting success.
 pub fn admin(dir: &Path, args: &[&str]) -> String {
     let out = Command::new(server_bin())
