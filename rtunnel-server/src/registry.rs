@@ -94,9 +94,13 @@ impl LiveTunnel {
             reason: reason.to_owned(),
         };
         // The control task sends the close and ends; the tunnel task then
-        // closes the connection. If the control task is gone, close now.
+        // lets it reach the agent and closes the connection. If the control
+        // task is gone, the tunnel is already ending that way: closing the
+        // connection here could drop a close message still on its way (a
+        // system deleted sends `credentials_revoked`, then its session's
+        // close lands here).
         if self.control.send(msg).await.is_err() {
-            self.mux.close();
+            tracing::debug!(session = %self.session_id, "tunnel already closing");
         }
     }
 }
