@@ -6,6 +6,7 @@
 //! default). Every column type is portable (TEXT ids, BIGINT millisecond
 //! timestamps, TEXT JSON) so PostgreSQL implements the same traits.
 
+pub mod conformance;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 

@@ -1,0 +1,488 @@
+//! The behaviour every implementation of the store traits must have, as
+//! checks that run against any of them: the SQLite store runs them in
+//! `rtunnel-core/tests/store_conformance.rs`, and so must every other
+//! implementation (PostgreSQL, or one a service embedding rtunnel writes).
+//!
+//! Each check takes a fresh, empty store and panics when the store does
+//! something else than the traits promise. [`store_conformance_tests!`]
+//! turns them into one `#[tokio::test]` each:
+//!
+//! ```ignore
+//! async fn fresh() -> (tempfile::TempDir, SqliteStore) { /* an empty store */ }
+//! rtunnel_core::store_conformance_tests!(fresh);
+//! ```
+//!
+//! [`store_conformance_tests!`]: crate::store_conformance_tests
+
+// Checks fail by panicking, like tests.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use uuid::Uuid;
+
+use super::{
+    AuditEvent, AuditFilter, AuditReader, AuditSink, IdentityStore, LoginStore, Page, Resource,
+    ResourceStore, Role, SessionFilter, SessionRecord, SessionStatus, SessionStore, StoreError,
+    System, User, now_millis,
+};
+use crate::proto::{ServiceInfo, StreamKind};
+
+/// Every store trait at once: what the server runs on.
+pub trait FullStore:
+    IdentityStore + SessionStore + LoginStore + ResourceStore + AuditSink + AuditReader
+{
+}
+
+impl<T> FullStore for T where
+    T: IdentityStore + SessionStore + LoginStore + ResourceStore + AuditSink + AuditReader
+{
+}
+
+/// A user to store.
+pub fn user(name: &str, role: Role) -> User {
+    User {
+        id: Uuid::new_v4(),
+        name: name.into(),
+        role,
+        disabled: false,
+        created_at: now_millis(),
+        email: None,
+    }
+}
+
+/// A system to store.
+pub fn system(name: &str) -> System {
+    System {
+        id: Uuid::new_v4(),
+        name: name.into(),
+        key: format!("key-{name}"),
+        secret_hash: "h".into(),
+        created_at: now_millis(),
+    }
+}
+
+/// A launcher resource to store.
+pub fn resource(name: &str) -> Resource {
+    Resource {
+        id: Uuid::new_v4(),
+        name: name.into(),
+        ip_address: Some("10.0.1.50".into()),
+        metadata: serde_json::json!({"pomerium_url": "https://access.example.com"}),
+        system_id: None,
+        service: None,
+        created_at: 1,
+        updated_at: 1,
+    }
+}
+
+/// Conformance check `duplicate_names_conflict`.
+pub async fn duplicate_names_conflict<S: FullStore + ?Sized>(s: &S) {
+    s.create_user(&user("bob", Role::Operator)).await.unwrap();
+    let err = s.create_user(&user("bob", Role::Viewer)).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+}
+
+/// Conformance check `users_are_listed_disabled_and_hold_a_password_hash`.
+pub async fn users_are_listed_disabled_and_hold_a_password_hash<S: FullStore + ?Sized>(s: &S) {
+    let b = user("bea", Role::Viewer);
+    let a = user("al", Role::Admin);
+    s.create_user(&b).await.unwrap();
+    s.create_user(&a).await.unwrap();
+    let page = s.list_users(Page::default()).await.unwrap();
+    assert_eq!(page.total, 2);
+    let names: Vec<_> = page.items.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(names, ["al", "bea"]);
+    assert_eq!(s.password_hash(b.id).await.unwrap(), None);
+    assert!(
+        s.set_password_hash(b.id, Some("$argon2id$x"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.password_hash(b.id).await.unwrap().as_deref(),
+        Some("$argon2id$x")
+    );
+    assert!(s.set_user_disabled(b.id, true).await.unwrap());
+    assert!(s.user_by_id(b.id).await.unwrap().unwrap().disabled);
+    assert!(!s.set_user_disabled(Uuid::new_v4(), true).await.unwrap());
+    assert!(!s.set_password_hash(Uuid::new_v4(), None).await.unwrap());
+}
+
+/// Conformance check `a_login_rotates_once_per_token_and_ends_for_good`.
+pub async fn a_login_rotates_once_per_token_and_ends_for_good<S: FullStore + ?Sized>(s: &S) {
+    use crate::store::Login;
+    let u = user("lo", Role::Operator);
+    s.create_user(&u).await.unwrap();
+    let now = now_millis();
+    let first = Uuid::new_v4();
+    let login = Login {
+        id: Uuid::new_v4(),
+        user_id: u.id,
+        current_jti: first,
+        created_at: now,
+        last_used_at: now,
+        expires_at: now + 60_000,
+        revoked_at: None,
+        revoked_reason: None,
+        ip_address: Some("192.0.2.7".into()),
+    };
+    s.create_login(&login).await.unwrap();
+    assert_eq!(s.login(login.id).await.unwrap(), Some(login.clone()));
+    assert!(s.has_login_from(u.id, "192.0.2.7", now).await.unwrap());
+    assert!(!s.has_login_from(u.id, "192.0.2.8", now).await.unwrap());
+    assert!(!s.has_login_from(u.id, "192.0.2.7", now + 1).await.unwrap());
+    let second = Uuid::new_v4();
+    assert!(
+        s.rotate_login(login.id, first, second, now + 90_000, now)
+            .await
+            .unwrap()
+    );
+    // The first token is no longer current: a second rotation with it fails.
+    assert!(
+        !s.rotate_login(login.id, first, Uuid::new_v4(), now + 90_000, now)
+            .await
+            .unwrap()
+    );
+    let stored = s.login(login.id).await.unwrap().unwrap();
+    assert_eq!(stored.current_jti, second);
+    assert_eq!(stored.expires_at, now + 90_000);
+    assert!(stored.is_live(now));
+    assert!(s.revoke_login(login.id, "replayed", now).await.unwrap());
+    assert!(!s.revoke_login(login.id, "again", now).await.unwrap());
+    let ended = s.login(login.id).await.unwrap().unwrap();
+    assert!(!ended.is_live(now));
+    assert_eq!(ended.revoked_reason.as_deref(), Some("replayed"));
+    assert!(
+        !s.rotate_login(login.id, second, Uuid::new_v4(), now + 1, now)
+            .await
+            .unwrap()
+    );
+    // Every live login of a user ends at once.
+    for _ in 0..2 {
+        let mut l = login.clone();
+        l.id = Uuid::new_v4();
+        s.create_login(&l).await.unwrap();
+    }
+    assert_eq!(
+        s.revoke_user_logins(u.id, "user_disabled", now)
+            .await
+            .unwrap(),
+        2
+    );
+}
+
+/// Conformance check `deleting_a_system_takes_its_grants_along`.
+pub async fn deleting_a_system_takes_its_grants_along<S: FullStore + ?Sized>(s: &S) {
+    let u = user("del", Role::Operator);
+    let a = system("gone");
+    s.create_user(&u).await.unwrap();
+    s.create_system(&a).await.unwrap();
+    let now = now_millis();
+    s.grant(u.id, a.id, None, now).await.unwrap();
+    assert!(s.delete_system(a.id).await.unwrap());
+    assert!(!s.delete_system(a.id).await.unwrap());
+    assert_eq!(s.system(a.id).await.unwrap(), None);
+    assert!(!s.has_grant(u.id, a.id, now).await.unwrap());
+}
+
+/// Conformance check `grants_are_given_checked_and_revoked`.
+pub async fn grants_are_given_checked_and_revoked<S: FullStore + ?Sized>(s: &S) {
+    let u = user("op", Role::Operator);
+    let a = system("alpha");
+    let b = system("beta");
+    s.create_user(&u).await.unwrap();
+    s.create_system(&a).await.unwrap();
+    s.create_system(&b).await.unwrap();
+    let now = now_millis();
+    assert!(!s.has_grant(u.id, a.id, now).await.unwrap());
+    assert!(s.grant(u.id, a.id, None, now).await.unwrap());
+    assert!(!s.grant(u.id, a.id, None, now).await.unwrap());
+    assert!(s.has_grant(u.id, a.id, now).await.unwrap());
+    let visible = s
+        .list_systems(Some(u.id), now, Page::default())
+        .await
+        .unwrap();
+    assert_eq!(visible.total, 1);
+    assert_eq!(visible.items[0].id, a.id);
+    assert_eq!(
+        s.list_systems(None, now, Page::default())
+            .await
+            .unwrap()
+            .total,
+        2
+    );
+    assert!(s.revoke(u.id, a.id, now).await.unwrap());
+    assert!(!s.revoke(u.id, a.id, now).await.unwrap());
+    assert!(!s.has_grant(u.id, a.id, now).await.unwrap());
+}
+
+/// Conformance check `sessions_move_through_their_states`.
+pub async fn sessions_move_through_their_states<S: FullStore + ?Sized>(s: &S) {
+    let sys = system("gamma");
+    s.create_system(&sys).await.unwrap();
+    let now = now_millis();
+    let rec = SessionRecord {
+        id: Uuid::new_v4(),
+        system_id: sys.id,
+        status: SessionStatus::Pending,
+        created_at: now,
+        activated_at: None,
+        ended_at: None,
+        end_reason: None,
+        expires_at: now + 1000,
+        grace_until: None,
+        reconnect_token_hash: None,
+        agent_addr: Some("127.0.0.1:1".into()),
+        agent_software: None,
+        services: vec![],
+    };
+    s.create_session(&rec).await.unwrap();
+    let manifest = vec![ServiceInfo {
+        name: "ssh".into(),
+        kind: StreamKind::Tcp,
+        target: Some("127.0.0.1:22".into()),
+        tls: false,
+    }];
+    s.activate_session(rec.id, &manifest, "agent/1", now)
+        .await
+        .unwrap();
+    let got = s.session(rec.id).await.unwrap().unwrap();
+    assert_eq!(got.status, SessionStatus::Active);
+    assert_eq!(got.services, manifest);
+    assert_eq!(got.agent_software.as_deref(), Some("agent/1"));
+    use crate::session::{Event, Lifecycle};
+    let lost = got
+        .lifecycle()
+        .step(Event::TunnelLost { grace_ms: 500 }, now)
+        .unwrap();
+    assert!(
+        s.apply_lifecycle(rec.id, SessionStatus::Active, &lost.next, None, now)
+            .await
+            .unwrap()
+    );
+    // Compare and set: a stale view does not overwrite.
+    assert!(
+        !s.apply_lifecycle(rec.id, SessionStatus::Active, &lost.next, None, now)
+            .await
+            .unwrap()
+    );
+    assert!(s.due_sessions(now + 499, 10).await.unwrap().is_empty());
+    let due = s.due_sessions(now + 500, 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].grace_until, Some(now + 500));
+    let over = due[0].lifecycle().step(Event::Tick, now + 500).unwrap();
+    s.apply_lifecycle(
+        rec.id,
+        SessionStatus::GracePeriod,
+        &over.next,
+        over.end_reason,
+        now + 500,
+    )
+    .await
+    .unwrap();
+    // Final states stay final.
+    let closed = Lifecycle {
+        status: SessionStatus::Closed,
+        ..over.next
+    };
+    assert!(
+        !s.apply_lifecycle(rec.id, SessionStatus::Active, &closed, Some("again"), now)
+            .await
+            .unwrap()
+    );
+    let got = s.session(rec.id).await.unwrap().unwrap();
+    assert_eq!(got.status, SessionStatus::Expired);
+    assert_eq!(
+        got.end_reason.as_deref(),
+        Some("the agent did not come back in time")
+    );
+    assert_eq!(got.ended_at, Some(now + 500));
+    assert!(
+        s.activate_session(rec.id, &manifest, "agent/1", now)
+            .await
+            .is_err()
+    );
+    let filter = SessionFilter {
+        status: Some(SessionStatus::Expired),
+        ..Default::default()
+    };
+    assert_eq!(
+        s.list_sessions(&filter, now, Page::default())
+            .await
+            .unwrap()
+            .total,
+        1
+    );
+}
+
+/// Conformance check `restart_recovery_puts_live_sessions_in_grace_and_expires_pending_ones`.
+pub async fn restart_recovery_puts_live_sessions_in_grace_and_expires_pending_ones<
+    S: FullStore + ?Sized,
+>(
+    s: &S,
+) {
+    let sys = system("delta");
+    s.create_system(&sys).await.unwrap();
+    let now = now_millis();
+    let mut ids = Vec::new();
+    for status in [
+        SessionStatus::Pending,
+        SessionStatus::Active,
+        SessionStatus::Closed,
+    ] {
+        let rec = SessionRecord {
+            id: Uuid::new_v4(),
+            system_id: sys.id,
+            status,
+            created_at: now,
+            activated_at: None,
+            ended_at: None,
+            end_reason: None,
+            expires_at: now + 100_000,
+            grace_until: None,
+            reconnect_token_hash: Some("h".into()),
+            agent_addr: None,
+            agent_software: None,
+            services: vec![],
+        };
+        s.create_session(&rec).await.unwrap();
+        ids.push(rec.id);
+    }
+    assert_eq!(s.recover_unfinished(60_000, now).await.unwrap(), 2);
+    let get = |i: usize| {
+        let id = ids[i];
+        async move { s.session(id).await.unwrap().unwrap() }
+    };
+    assert_eq!(get(0).await.status, SessionStatus::Expired);
+    let active = get(1).await;
+    assert_eq!(active.status, SessionStatus::GracePeriod);
+    assert_eq!(active.grace_until, Some(now + 60_000));
+    assert_eq!(active.reconnect_token_hash.as_deref(), Some("h"));
+    assert_eq!(get(2).await.status, SessionStatus::Closed);
+}
+
+/// Conformance check `the_audit_log_filters_and_pages_newest_first`.
+pub async fn the_audit_log_filters_and_pages_newest_first<S: FullStore + ?Sized>(s: &S) {
+    let session = Uuid::new_v4();
+    for i in 0..10 {
+        let mut e = AuditEvent::new(if i % 2 == 0 { "even" } else { "odd" });
+        e.at = 1000 + i;
+        if i < 4 {
+            e.session_id = Some(session);
+        }
+        s.record(&e).await.unwrap();
+    }
+    let all = s
+        .list_audit(
+            &AuditFilter::default(),
+            Page {
+                page: 1,
+                page_size: 3,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(all.total, 10);
+    assert_eq!(
+        all.items.iter().map(|e| e.at).collect::<Vec<_>>(),
+        [1009, 1008, 1007]
+    );
+    let odd = AuditFilter {
+        event: Some("odd".into()),
+        ..Default::default()
+    };
+    assert_eq!(s.list_audit(&odd, Page::default()).await.unwrap().total, 5);
+    let of_session = AuditFilter {
+        session_id: Some(session),
+        ..Default::default()
+    };
+    assert_eq!(
+        s.list_audit(&of_session, Page::default())
+            .await
+            .unwrap()
+            .total,
+        4
+    );
+    let window = AuditFilter {
+        since: Some(1002),
+        until: Some(1005),
+        ..Default::default()
+    };
+    let got = s.list_audit(&window, Page::default()).await.unwrap();
+    assert_eq!(
+        got.items.iter().map(|e| e.at).collect::<Vec<_>>(),
+        [1004, 1003, 1002]
+    );
+}
+
+/// Conformance check `resources_round_trip_and_names_are_unique`.
+pub async fn resources_round_trip_and_names_are_unique<S: FullStore + ?Sized>(s: &S) {
+    let mut r = resource("db-server");
+    s.create_resource(&r).await.unwrap();
+    assert_eq!(s.resource(r.id).await.unwrap().as_ref(), Some(&r));
+    assert_eq!(
+        s.resource_by_name("db-server").await.unwrap().as_ref(),
+        Some(&r)
+    );
+    assert_eq!(s.resource_by_name("nope").await.unwrap(), None);
+    assert!(matches!(
+        s.create_resource(&resource("db-server")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    r.metadata = serde_json::json!({"external_url": "https://app.example.com"});
+    r.updated_at = 2;
+    assert!(s.update_resource(&r).await.unwrap());
+    assert_eq!(s.resource(r.id).await.unwrap(), Some(r.clone()));
+    assert_eq!(s.list_resources(Page::default()).await.unwrap().total, 1);
+    assert!(s.delete_resource(r.id).await.unwrap());
+    assert!(!s.delete_resource(r.id).await.unwrap());
+    assert_eq!(s.resource(r.id).await.unwrap(), None);
+}
+
+/// Conformance check `grants_expire_and_revoke`.
+pub async fn grants_expire_and_revoke<S: FullStore + ?Sized>(s: &S) {
+    let user = User {
+        id: Uuid::new_v4(),
+        name: "op".into(),
+        role: Role::Operator,
+        disabled: false,
+        created_at: 0,
+        email: Some("op@example.com".into()),
+    };
+    s.create_user(&user).await.unwrap();
+    assert_eq!(s.user_by_id(user.id).await.unwrap(), Some(user.clone()));
+    let r = resource("rdp-box");
+    s.create_resource(&r).await.unwrap();
+    assert!(!s.has_resource_grant(user.id, r.id, 10).await.unwrap());
+    assert!(
+        s.grant_resource(user.id, r.id, Some(100), 10)
+            .await
+            .unwrap()
+    );
+    assert!(!s.grant_resource(user.id, r.id, None, 20).await.unwrap());
+    assert!(s.has_resource_grant(user.id, r.id, 99).await.unwrap());
+    assert!(!s.has_resource_grant(user.id, r.id, 100).await.unwrap());
+    assert!(s.grant_resource(user.id, r.id, None, 100).await.unwrap());
+    assert!(s.revoke_resource(user.id, r.id, 150).await.unwrap());
+    assert!(!s.has_resource_grant(user.id, r.id, 151).await.unwrap());
+    assert!(!s.revoke_resource(user.id, r.id, 152).await.unwrap());
+}
+
+/// One `#[tokio::test]` per conformance check, each on a fresh store from
+/// `$fresh`: an async function answering `(guard, store)`, where the guard
+/// keeps the store's backing alive (a temporary directory, a database) for
+/// the test.
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($fresh:path) => {
+        $crate::store_conformance_tests!(@each $fresh; duplicate_names_conflict, users_are_listed_disabled_and_hold_a_password_hash, a_login_rotates_once_per_token_and_ends_for_good, deleting_a_system_takes_its_grants_along, grants_are_given_checked_and_revoked, sessions_move_through_their_states, restart_recovery_puts_live_sessions_in_grace_and_expires_pending_ones, the_audit_log_filters_and_pages_newest_first, resources_round_trip_and_names_are_unique, grants_expire_and_revoke);
+    };
+    (@each $fresh:path; $($check:ident),*) => {
+        $(
+            #[tokio::test]
+            async fn $check() {
+                let (_guard, store) = $fresh().await;
+                $crate::store::conformance::$check(&store).await;
+            }
+        )*
+    };
+}
