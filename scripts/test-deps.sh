@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the real programs the tests run next to rtunnel, when missing:
 # tinyproxy (the HTTP CONNECT proxy agents dial through), asciinema (plays
-# the terminal recordings back) and chromium (the browser the terminal page
-# is tested in, headless). Debian packages;
+# the terminal recordings back), chromium (the browser the terminal page
+# is tested in, headless), and PostgreSQL and Redis (started for the tests by
+# scripts/test-services.sh, on free ports). Debian packages;
 # installing needs root (CI runs as root) or sudo.
 set -euo pipefail
 
@@ -10,6 +11,8 @@ missing=()
 command -v tinyproxy >/dev/null 2>&1 || missing+=(tinyproxy)
 command -v asciinema >/dev/null 2>&1 || missing+=(asciinema)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
@@ -22,5 +25,7 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq >/dev/null
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-# Tests start their own instances on free ports; stop any the package started.
-$sudo systemctl stop tinyproxy >/dev/null 2>&1 || $sudo service tinyproxy stop >/dev/null 2>&1 || true
+# Tests start their own instances on free ports; stop any the packages started.
+for service in tinyproxy redis-server postgresql; do
+    $sudo systemctl stop "$service" >/dev/null 2>&1 || $sudo service "$service" stop >/dev/null 2>&1 || true
+done

@@ -10,6 +10,13 @@ cd "$(dirname "$0")/.."
 # from Debian's packages if missing.
 ./scripts/test-deps.sh
 
+# A real PostgreSQL and Redis on free ports for the tests that need them,
+# stopped however this script ends.
+eval "$(./scripts/test-services.sh start)"
+trap './scripts/test-services.sh stop "$RTUNNEL_TEST_SERVICES_DIR"' EXIT
+# Tests needing them fail, rather than skip, when they are missing.
+export RTUNNEL_TEST_SERVICES=required
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The end-to-end tests run the real binaries; `cargo test` alone builds

@@ -467,6 +467,43 @@ pub async fn grants_expire_and_revoke<S: FullStore + ?Sized>(s: &S) {
     assert!(!s.revoke_resource(user.id, r.id, 152).await.unwrap());
 }
 
+/// A ticket store: a ticket is taken once, only before it expires, and
+/// only by its key. (Checks of live state take the store alone.)
+pub async fn tickets_are_taken_once_and_only_before_they_expire<T>(store: &T)
+where
+    T: crate::ticket::TicketStore + ?Sized,
+{
+    use crate::ticket::{Ticket, ticket_key};
+    let now = now_millis();
+    let ticket = |expires_at| Ticket {
+        session_id: Uuid::new_v4(),
+        user_id: Uuid::new_v4(),
+        login: Some(Uuid::new_v4()),
+        expires_at,
+    };
+    let t = ticket(now + 30_000);
+    let (abc, abd, late) = (
+        ticket_key(&format!("abc-{}", Uuid::new_v4())),
+        ticket_key(&format!("abd-{}", Uuid::new_v4())),
+        ticket_key(&format!("late-{}", Uuid::new_v4())),
+    );
+    store.put(abc.clone(), t.clone()).await.unwrap();
+    assert_eq!(store.take(&abd, now).await.unwrap(), None);
+    assert_eq!(store.take(&abc, now + 29_999).await.unwrap(), Some(t));
+    assert_eq!(store.take(&abc, now).await.unwrap(), None, "taken twice");
+    store.put(late.clone(), ticket(now + 30_000)).await.unwrap();
+    assert_eq!(
+        store.take(&late, now + 30_000).await.unwrap(),
+        None,
+        "expired"
+    );
+    assert_eq!(
+        store.take(&late, now).await.unwrap(),
+        None,
+        "an expired take removes it"
+    );
+}
+
 /// One `#[tokio::test]` per conformance check, each on a fresh store from
 /// `$fresh`: an async function answering `(guard, store)`, where the guard
 /// keeps the store's backing alive (a temporary directory, a database) for

@@ -7,6 +7,8 @@
 //! timestamps, TEXT JSON) so PostgreSQL implements the same traits.
 
 pub mod conformance;
+#[cfg(feature = "redis")]
+pub mod redis;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 

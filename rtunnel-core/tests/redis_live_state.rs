@@ -1,0 +1,187 @@
+//! The Redis implementations of live state against a real Redis: the one
+//! `scripts/test.sh` starts (`RTUNNEL_TEST_REDIS_URL`), and for the restart
+//! test one this test starts and stops itself (`redis-server`).
+
+#![cfg(feature = "redis")]
+#![allow(clippy::unwrap_used)]
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use rtunnel_core::store::conformance;
+use rtunnel_core::store::now_millis;
+use rtunnel_core::store::redis::{RedisConnection, RedisTicketStore};
+use rtunnel_core::ticket::{Ticket, TicketStore, ticket_key};
+use uuid::Uuid;
+
+/// The test Redis, or `None` (the test is skipped, loudly) when it is not
+/// set and `scripts/test.sh` did not ask for it to be required.
+fn redis_url() -> Option<String> {
+    match std::env::var("RTUNNEL_TEST_REDIS_URL") {
+        Ok(url) => Some(url),
+        Err(_) if std::env::var("RTUNNEL_TEST_SERVICES").as_deref() == Ok("required") => {
+            panic!("RTUNNEL_TEST_REDIS_URL is not set: run ./scripts/test.sh")
+        }
+        Err(_) => {
+            eprintln!("skipped: no RTUNNEL_TEST_REDIS_URL (./scripts/test.sh starts a Redis)");
+            None
+        }
+    }
+}
+
+/// A connection with keys of its own, so tests do not see each other's.
+async fn connect(url: &str) -> RedisConnection {
+    let prefix = format!("rtunnel-test-{}:", Uuid::new_v4().simple());
+    RedisConnection::connect(url, &prefix).await.unwrap()
+}
+
+fn ticket(expires_at: i64) -> Ticket {
+    Ticket {
+        session_id: Uuid::new_v4(),
+        user_id: Uuid::new_v4(),
+        login: None,
+        expires_at,
+    }
+}
+
+#[tokio::test]
+async fn redis_tickets_meet_the_ticket_checks() {
+    let Some(url) = redis_url() else { return };
+    let store = RedisTicketStore::new(connect(&url).await);
+    conformance::tickets_are_taken_once_and_only_before_they_expire(&store).await;
+}
+
+#[tokio::test]
+async fn a_ticket_is_taken_once_across_nodes_racing_for_it() {
+    let Some(url) = redis_url() else { return };
+    let prefix = format!("rtunnel-test-{}:", Uuid::new_v4().simple());
+    // Two nodes: two connections on the same keys.
+    let a = RedisTicketStore::new(RedisConnection::connect(&url, &prefix).await.unwrap());
+    let b = RedisTicketStore::new(RedisConnection::connect(&url, &prefix).await.unwrap());
+    for round in 0..50 {
+        let key = ticket_key(&format!("race-{round}"));
+        a.put(key.clone(), ticket(now_millis() + 30_000))
+            .await
+            .unwrap();
+        let now = now_millis();
+        let (x, y) = tokio::join!(a.take(&key, now), b.take(&key, now));
+        let taken = [x.unwrap(), y.unwrap()]
+            .iter()
+            .filter(|t| t.is_some())
+            .count();
+        assert_eq!(taken, 1, "round {round}: a ticket was taken {taken} times");
+    }
+}
+
+#[tokio::test]
+async fn redis_forgets_a_ticket_at_its_expiry() {
+    let Some(url) = redis_url() else { return };
+    let store = RedisTicketStore::new(connect(&url).await);
+    let key = ticket_key("short");
+    store
+        .put(key.clone(), ticket(now_millis() + 300))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Asked as if it were still valid: the key itself is gone.
+    assert_eq!(store.take(&key, 0).await.unwrap(), None);
+}
+
+struct OwnRedis {
+    child: Child,
+    port: u16,
+}
+
+impl OwnRedis {
+    fn start(port: u16) -> OwnRedis {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/test-deps.sh installs it)");
+        OwnRedis { child, port }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn wait_until_up(port: u16) {
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("redis-server on {port} did not start");
+}
+
+#[tokio::test]
+async fn the_ticket_store_works_again_by_itself_after_redis_restarts() {
+    if redis_url().is_none() {
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let redis = OwnRedis::start(port);
+    wait_until_up(redis.port).await;
+    let conn = RedisConnection::connect(&format!("redis://127.0.0.1:{port}"), "t:")
+        .await
+        .unwrap();
+    let store = RedisTicketStore::new(conn.clone());
+    store
+        .put(ticket_key("before"), ticket(now_millis() + 30_000))
+        .await
+        .unwrap();
+
+    drop(redis);
+    let err = store
+        .put(ticket_key("down"), ticket(now_millis() + 30_000))
+        .await;
+    assert!(err.is_err(), "a put with Redis down must fail, not vanish");
+    assert!(conn.ping().await.is_err());
+
+    let _redis = OwnRedis::start(port);
+    wait_until_up(port).await;
+    // The same store, no reconnect by hand: it comes back within seconds.
+    let mut ok = false;
+    for _ in 0..100 {
+        if store
+            .put(ticket_key("after"), ticket(now_millis() + 30_000))
+            .await
+            .is_ok()
+        {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "the store did not reconnect");
+    assert!(
+        store
+            .take(&ticket_key("after"), now_millis())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // What Redis held before its restart (it saves nothing) is gone, not wrong.
+    assert_eq!(
+        store
+            .take(&ticket_key("before"), now_millis())
+            .await
+            .unwrap(),
+        None
+    );
+}

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Starts the real PostgreSQL and Redis the tests use, each on a free port in
+# a temporary directory, and prints the environment the tests read:
+#
+#   eval "$(scripts/test-services.sh start)"   # exports RTUNNEL_TEST_*
+#   ...run the tests...
+#   scripts/test-services.sh stop "$RTUNNEL_TEST_SERVICES_DIR"
+#
+# Debian's `postgresql` and `redis-server` packages (installed by
+# scripts/test-deps.sh). Nothing listens beyond 127.0.0.1; PostgreSQL trusts
+# loopback (a throwaway cluster with fsync off), Redis saves nothing.
+set -euo pipefail
+
+free_port() {
+    local port
+    while :; do
+        port=$(shuf -i 20000-60999 -n 1)
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            echo "$port"
+            return
+        fi
+    done
+}
+
+# Runs a command as the unprivileged `postgres` user when we are root
+# (initdb and postgres refuse to run as root).
+as_pg() {
+    if [ "$(id -u)" -eq 0 ]; then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+start() {
+    local dir pg_bin pg_port redis_port
+    dir=$(mktemp -d /tmp/rtunnel-test-services.XXXXXX)
+    chmod 755 "$dir"
+    pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+    if [ -z "$pg_bin" ]; then
+        echo "test services: PostgreSQL is not installed (scripts/test-deps.sh installs it)" >&2
+        exit 1
+    fi
+    mkdir -p "$dir/pg"
+    [ "$(id -u)" -eq 0 ] && chown postgres "$dir/pg"
+    pg_port=$(free_port)
+    as_pg "$pg_bin/initdb" -D "$dir/pg/data" -U rtunnel --auth=trust -E UTF8 >"$dir/pg/initdb.log" 2>&1
+    as_pg "$pg_bin/pg_ctl" -D "$dir/pg/data" -l "$dir/pg/server.log" -w -t 60 \
+        -o "-p $pg_port -k $dir/pg -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \
+        start >/dev/null
+    redis_port=$(free_port)
+    redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
+        --dir "$dir" --daemonize yes --pidfile "$dir/redis.pid" --logfile "$dir/redis.log"
+    for _ in $(seq 1 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$redis_port") 2>/dev/null; then
+            break
+        fi
+        sleep 0.1
+    done
+    echo "export RTUNNEL_TEST_SERVICES_DIR='$dir'"
+    echo "export RTUNNEL_TEST_POSTGRES_URL='postgres://rtunnel@127.0.0.1:$pg_port/postgres'"
+    echo "export RTUNNEL_TEST_REDIS_URL='redis://127.0.0.1:$redis_port'"
+    echo "export RTUNNEL_TEST_PG_BIN='$pg_bin'"
+}
+
+stop() {
+    local dir="$1" pg_bin
+    [ -d "$dir" ] || return 0
+    pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+    if [ -n "$pg_bin" ] && [ -d "$dir/pg/data" ]; then
+        as_pg "$pg_bin/pg_ctl" -D "$dir/pg/data" -m immediate -w stop >/dev/null 2>&1 || true
+    fi
+    if [ -f "$dir/redis.pid" ]; then
+        kill "$(cat "$dir/redis.pid")" 2>/dev/null || true
+    fi
+    rm -rf "$dir"
+}
+
+case "${1:-}" in
+    start) start ;;
+    stop) stop "${2:?the directory printed by start}" ;;
+    *) echo "usage: $0 start | stop DIR" >&2; exit 2 ;;
+esac
