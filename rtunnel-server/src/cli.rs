@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use rtunnel_core::store::sqlite::SqliteStore;
+use rtunnel_core::store::sql::SqlStore;
 use rtunnel_core::store::{IdentityStore, Role, User, now_millis};
 use serde_json::json;
 use uuid::Uuid;
@@ -245,15 +245,21 @@ fn init_logging() {
         .try_init();
 }
 
-async fn open_store(args: &StoreArgs) -> Result<SqliteStore, Failure> {
+async fn open_store(args: &StoreArgs) -> Result<SqlStore, Failure> {
     let result = match &args.database_url {
-        Some(url) if url.starts_with("sqlite:") => SqliteStore::open_url(url).await,
-        Some(url) => {
-            return Err(Failure::usage(format!(
-                "unsupported database URL {url:?}: this build supports sqlite:// only"
-            )));
+        Some(url)
+            if ["sqlite:", "postgres://", "postgresql://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme)) =>
+        {
+            SqlStore::connect(url).await
         }
-        None => SqliteStore::open(&crate::server::default_database_path(&args.data_dir)).await,
+        Some(_) => {
+            return Err(Failure::usage(
+                "unsupported --database-url: use sqlite://PATH or postgres://USER@HOST[:PORT]/DATABASE",
+            ));
+        }
+        None => SqlStore::open(&crate::server::default_database_path(&args.data_dir)).await,
     };
     result.map_err(|e| Failure::other(format!("cannot open the database: {e}")))
 }
@@ -342,7 +348,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
-async fn serve(store_args: StoreArgs, args: ServeArgs, store: SqliteStore) -> Result<(), Failure> {
+async fn serve(store_args: StoreArgs, args: ServeArgs, store: SqlStore) -> Result<(), Failure> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| Failure::other(format!("cannot listen on {}: {e}", args.listen)))?;
@@ -401,7 +407,7 @@ fn read_password() -> Result<String, Failure> {
     Ok(password.to_owned())
 }
 
-async fn set_user_disabled(store: &SqliteStore, name: &str, disabled: bool) -> Result<(), Failure> {
+async fn set_user_disabled(store: &SqlStore, name: &str, disabled: bool) -> Result<(), Failure> {
     let user = find_user(store, name).await?;
     enroll::set_disabled(store, store, user.id, disabled)
         .await
@@ -417,7 +423,7 @@ async fn set_user_disabled(store: &SqliteStore, name: &str, disabled: bool) -> R
 }
 
 async fn user_add(
-    store: &SqliteStore,
+    store: &SqlStore,
     user: User,
     password_hash: Option<String>,
     with_token: bool,
@@ -460,7 +466,7 @@ async fn user_add(
 }
 
 async fn create_token(
-    store: &SqliteStore,
+    store: &SqlStore,
     user_id: Uuid,
     ttl: Option<Duration>,
 ) -> Result<String, Failure> {
@@ -473,7 +479,7 @@ async fn create_token(
     Ok(token)
 }
 
-async fn find_user(store: &SqliteStore, name: &str) -> Result<User, Failure> {
+async fn find_user(store: &SqlStore, name: &str) -> Result<User, Failure> {
     store
         .user_by_name(name)
         .await
@@ -484,7 +490,7 @@ async fn find_user(store: &SqliteStore, name: &str) -> Result<User, Failure> {
 /// Grants (`grant` is `Some(expires_in)`) or revokes (`None`) a user's
 /// access to a system, or to a launcher resource.
 async fn grant_or_revoke(
-    store: &SqliteStore,
+    store: &SqlStore,
     user: &str,
     target: &str,
     resource: bool,
@@ -552,7 +558,7 @@ async fn grant_or_revoke(
 }
 
 async fn audit_admin(
-    store: &SqliteStore,
+    store: &SqlStore,
     event: &str,
     system_id: Option<Uuid>,
     details: serde_json::Value,

@@ -7,10 +7,10 @@
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! use rtunnel_core::store::sqlite::SqliteStore;
+//! use rtunnel_core::store::sql::SqlStore;
 //! use rtunnel_server::{Server, ServerConfig, Stores};
 //!
-//! let store = SqliteStore::open("/tmp/rtunnel/rtunnel.db".as_ref()).await?;
+//! let store = SqlStore::open("/tmp/rtunnel/rtunnel.db".as_ref()).await?;
 //! let server = Server::builder()
 //!     .config(ServerConfig::default())
 //!     .stores(Stores::sqlite(store))

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::Router;
 use rtunnel_core::proto::CloseCode;
-use rtunnel_core::store::sqlite::SqliteStore;
+use rtunnel_core::store::sql::SqlStore;
 use rtunnel_core::store::{StoreError, now_millis};
 use rtunnel_core::token::TokenSigner;
 use tokio::net::TcpListener;
@@ -80,9 +80,7 @@ impl ServerBuilder {
         self.config.validate().map_err(ServerError::Config)?;
         let stores = match self.stores {
             Some(stores) => stores,
-            None => {
-                Stores::sqlite(SqliteStore::open(&self.config.data_dir.join("rtunnel.db")).await?)
-            }
+            None => Stores::sqlite(SqlStore::open(&self.config.data_dir.join("rtunnel.db")).await?),
         };
         let signer = match self.signer {
             Some(s) => s,

@@ -43,7 +43,7 @@ impl std::fmt::Debug for Stores {
 
 impl Stores {
     /// Every store on one SQLite database.
-    pub fn sqlite(store: rtunnel_core::store::sqlite::SqliteStore) -> Self {
+    pub fn sqlite(store: rtunnel_core::store::sql::SqlStore) -> Self {
         let store = Arc::new(store);
         Stores {
             identity: store.clone(),

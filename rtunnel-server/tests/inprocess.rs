@@ -12,7 +12,7 @@ use rtunnel_agent::{Agent, ForwardConfig, ForwardError, Forwarder, parse_service
 use rtunnel_core::frame::{read_frame, write_frame};
 use rtunnel_core::mux::Mux;
 use rtunnel_core::proto::{MAX_STREAM_HEADER_BYTES, StreamHeader, StreamKind, StreamReply};
-use rtunnel_core::store::sqlite::SqliteStore;
+use rtunnel_core::store::sql::SqlStore;
 use rtunnel_core::store::{AuditEvent, AuditSink, Role, StoreError, User, now_millis};
 use rtunnel_server::{AppState, Server, ServerConfig, Stores, enroll};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -66,7 +66,7 @@ async fn harness_full(
         max_streams_per_tunnel,
         ..ServerConfig::default()
     };
-    let store = SqliteStore::open(&tmp.path().join("rtunnel.db"))
+    let store = SqlStore::open(&tmp.path().join("rtunnel.db"))
         .await
         .unwrap();
     let mut stores = Stores::sqlite(store);

@@ -2,15 +2,15 @@
 //! grants ([`IdentityStore`]), support sessions and their manifests
 //! ([`SessionStore`]) and the audit log ([`AuditSink`]).
 //!
-//! Implementations: [`sqlite::SqliteStore`] (feature `sqlite`, the embedded
-//! default). Every column type is portable (TEXT ids, BIGINT millisecond
-//! timestamps, TEXT JSON) so PostgreSQL implements the same traits.
+//! Implementation: [`sql::SqlStore`] (features `sqlite`, the embedded
+//! default, and `postgres`): one implementation on either database.
+//! [`conformance`] holds the checks every implementation must pass.
 
 pub mod conformance;
 #[cfg(feature = "redis")]
 pub mod redis;
-#[cfg(feature = "sqlite")]
-pub mod sqlite;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub mod sql;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};

@@ -148,6 +148,7 @@ impl ServerProc {
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(dir.join("data"))
+            .args(database_args(dir))
             .arg("--listen")
             .arg(listen)
             .args(extra);
@@ -193,11 +194,41 @@ pub fn user_with_password(server: &ServerProc, name: &str, role: &str, password:
     );
 }
 
+/// The `--database-url` of the servers and admin commands of a test
+/// directory: the one its `database-url` file names (see
+/// [`use_postgres`]), else none (the SQLite file in the data directory).
+pub fn database_args(dir: &Path) -> Vec<String> {
+    match std::fs::read_to_string(dir.join("database-url")) {
+        Ok(url) => vec!["--database-url".into(), url.trim().to_owned()],
+        Err(_) => vec![],
+    }
+}
+
+/// Makes every server and admin command of `dir` use a new database on the
+/// test PostgreSQL (`RTUNNEL_TEST_POSTGRES_URL`, started by
+/// `scripts/test.sh`). Returns its URL.
+pub async fn use_postgres(dir: &Path) -> String {
+    let url = std::env::var("RTUNNEL_TEST_POSTGRES_URL")
+        .expect("RTUNNEL_TEST_POSTGRES_URL is not set: run ./scripts/test.sh");
+    let name = format!("e2e_{}", uuid::Uuid::new_v4().simple());
+    let admin = sqlx::postgres::PgPool::connect(&url).await.unwrap();
+    // The name is ours: a fixed prefix and hex.
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let db = format!("{}/{name}", url.rsplit_once('/').unwrap().0);
+    std::fs::write(dir.join("database-url"), &db).unwrap();
+    db
+}
+
 /// Runs `rtunnel-server --data-dir DIR/data ARGS`, asserting success.
 pub fn admin(dir: &Path, args: &[&str]) -> String {
     let out = Command::new(server_bin())
         .arg("--data-dir")
         .arg(dir.join("data"))
+        .args(database_args(dir))
         .args(args)
         .output()
         .unwrap();
@@ -216,6 +247,7 @@ pub fn admin_with_stdin(dir: &Path, args: &[&str], input: &str) -> String {
     let mut child = Command::new(server_bin())
         .arg("--data-dir")
         .arg(dir.join("data"))
+        .args(database_args(dir))
         .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -567,9 +599,11 @@ pub async fn echo_through(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
 
 /// Audit events of one kind, read from the server's SQLite file.
 pub async fn audit_events(dir: &Path, event: &str) -> Vec<rtunnel_core::store::AuditEvent> {
-    let store = rtunnel_core::store::sqlite::SqliteStore::open(&dir.join("data/rtunnel.db"))
-        .await
-        .unwrap();
+    use rtunnel_core::store::sql::SqlStore;
+    let store = match std::fs::read_to_string(dir.join("database-url")) {
+        Ok(url) => SqlStore::connect(url.trim()).await.unwrap(),
+        Err(_) => SqlStore::open(&dir.join("data/rtunnel.db")).await.unwrap(),
+    };
     let events = store.audit_events(event).await.unwrap();
     store.close().await;
     events

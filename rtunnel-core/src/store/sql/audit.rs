@@ -1,13 +1,13 @@
 //! The audit log on SQLite: [`AuditSink`] and [`AuditReader`].
 
 use async_trait::async_trait;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 use uuid::Uuid;
 
-use super::{SqliteStore, backend, get, get_uuid};
+use super::{SqlStore, backend, get, get_uuid};
 use crate::store::{AuditEvent, AuditFilter, AuditReader, AuditSink, Page, Paged, StoreError};
 
-fn event_from(row: &SqliteRow) -> Result<AuditEvent, StoreError> {
+fn event_from(row: &AnyRow) -> Result<AuditEvent, StoreError> {
     let opt_uuid = |col: &str| -> Result<Option<Uuid>, StoreError> {
         let s: Option<String> = get(row, col)?;
         Ok(s.and_then(|s| Uuid::parse_str(&s).ok()))
@@ -26,11 +26,11 @@ fn event_from(row: &SqliteRow) -> Result<AuditEvent, StoreError> {
 }
 
 #[async_trait]
-impl AuditSink for SqliteStore {
+impl AuditSink for SqlStore {
     async fn record(&self, ev: &AuditEvent) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO audit_events (id, at, event, actor, system_id, session_id, ip_address, details) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(ev.id.to_string())
         .bind(ev.at)
@@ -50,19 +50,19 @@ impl AuditSink for SqliteStore {
 /// `?1` event, `?2` session, `?3` since, `?4` until; NULL matches all.
 macro_rules! audit_where {
     () => {
-        "WHERE (?1 IS NULL OR event = ?1) AND (?2 IS NULL OR session_id = ?2) \
-         AND (?3 IS NULL OR at >= ?3) AND (?4 IS NULL OR at < ?4)"
+        "WHERE ($1 IS NULL OR event = $1) AND ($2 IS NULL OR session_id = $2) \
+         AND ($3 IS NULL OR at >= $3) AND ($4 IS NULL OR at < $4)"
     };
 }
 const LIST: &str = concat!(
     "SELECT * FROM audit_events ",
     audit_where!(),
-    " ORDER BY at DESC, id DESC LIMIT ?5 OFFSET ?6"
+    " ORDER BY at DESC, id DESC LIMIT $5 OFFSET $6"
 );
 const COUNT: &str = concat!("SELECT COUNT(*) FROM audit_events ", audit_where!());
 
 #[async_trait]
-impl AuditReader for SqliteStore {
+impl AuditReader for SqlStore {
     async fn list_audit(
         &self,
         filter: &AuditFilter,
@@ -96,10 +96,10 @@ impl AuditReader for SqliteStore {
     }
 }
 
-impl SqliteStore {
+impl SqlStore {
     /// Audit events of one kind, oldest first (for tests and tools).
     pub async fn audit_events(&self, event: &str) -> Result<Vec<AuditEvent>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM audit_events WHERE event = ? ORDER BY at, id")
+        let rows = sqlx::query("SELECT * FROM audit_events WHERE event = $1 ORDER BY at, id")
             .bind(event)
             .fetch_all(&self.pool)
             .await

@@ -1,16 +1,21 @@
-//! The embedded SQLite store: one file in the data directory, created with
-//! its schema on first use. WAL mode and a busy timeout let the admin
-//! subcommands write while a server runs on the same file.
+//! The SQL store: every store trait on one database, SQLite (the embedded
+//! default: one file in the data directory) or PostgreSQL (several server
+//! nodes on one database). One implementation serves both through sqlx's
+//! `Any` driver: the schema uses portable types only (TEXT UUIDs, BIGINT
+//! millisecond timestamps, TEXT JSON, BOOLEAN), the queries `$N`
+//! placeholders, and the same migrations run on both.
+//!
+//! On SQLite, WAL mode and a busy timeout let the admin subcommands write
+//! while a server runs on the same file.
 
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use sqlx::AnyPool;
 use sqlx::Row;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-};
+use sqlx::any::{AnyPoolOptions, AnyRow};
 use uuid::Uuid;
 
 use super::{
@@ -26,58 +31,102 @@ mod resources;
 
 use grants::SYSTEM_GRANTS;
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sql");
 
-/// SQLite implementation of every store trait.
-#[derive(Debug, Clone)]
-pub struct SqliteStore {
-    pool: SqlitePool,
+/// Which database a [`SqlStore`] runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// An SQLite file.
+    Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
 }
 
-impl SqliteStore {
-    /// Opens (creating if missing) the database file at `path` and applies
-    /// pending migrations.
+/// SQL implementation of every store trait, on SQLite or PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct SqlStore {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl SqlStore {
+    /// Opens (creating if missing) the SQLite database file at `path` and
+    /// applies pending migrations.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
                 StoreError::Backend(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        Self::connect(options).await
+        let path = path
+            .to_str()
+            .ok_or_else(|| StoreError::Backend(format!("not a UTF-8 path: {}", path.display())))?;
+        Self::connect(&format!("sqlite://{path}?mode=rwc")).await
     }
 
-    /// Opens the database named by a `sqlite://PATH` URL.
-    pub async fn open_url(url: &str) -> Result<Self, StoreError> {
-        let path = url
-            .strip_prefix("sqlite://")
-            .or_else(|| url.strip_prefix("sqlite:"))
-            .ok_or_else(|| StoreError::Backend(format!("not a sqlite URL: {url}")))?;
-        let path = path.split('?').next().unwrap_or(path);
-        Self::open(Path::new(path)).await
-    }
-
-    async fn connect(options: SqliteConnectOptions) -> Result<Self, StoreError> {
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(options)
-            .await
-            .map_err(backend)?;
+    /// Opens the database named by `url`: `sqlite://PATH` (created if
+    /// missing) or `postgres://[user[:password]@]host[:port]/database`.
+    /// Pending migrations are applied.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::Backend(format!(
+                "unsupported database URL {:?}: use sqlite://PATH or postgres://...",
+                redact(url)
+            )));
+        };
+        let url = match backend {
+            Backend::Sqlite if !url.contains('?') => format!("{url}?mode=rwc"),
+            _ => url.to_owned(),
+        };
+        let mut options = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 8 } else { 16 })
+            .acquire_timeout(Duration::from_secs(10));
+        if backend == Backend::Sqlite {
+            options = options.after_connect(|conn, _| {
+                Box::pin(async move {
+                    use sqlx::Executor;
+                    conn.execute(
+                        "PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; \
+                         PRAGMA busy_timeout = 10000; PRAGMA synchronous = NORMAL;",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = options.connect(&url).await.map_err(self::backend)?;
         MIGRATOR
             .run(&pool)
             .await
             .map_err(|e| StoreError::Backend(format!("migration failed: {e}")))?;
-        Ok(SqliteStore { pool })
+        Ok(SqlStore { pool, backend })
+    }
+
+    /// Which database this store runs on.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// Closes the pool, waiting for connections to finish.
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// `url` without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
     }
 }
 
@@ -90,35 +139,44 @@ fn backend(e: sqlx::Error) -> StoreError {
     }
 }
 
-fn get<'r, T>(row: &'r SqliteRow, col: &str) -> Result<T, StoreError>
+fn get<'r, T>(row: &'r AnyRow, col: &str) -> Result<T, StoreError>
 where
-    T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+    T: sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
 {
     row.try_get(col).map_err(backend)
 }
 
-fn get_uuid(row: &SqliteRow, col: &str) -> Result<Uuid, StoreError> {
+fn get_uuid(row: &AnyRow, col: &str) -> Result<Uuid, StoreError> {
     let s: String = get(row, col)?;
     Uuid::parse_str(&s).map_err(|e| StoreError::Backend(format!("bad uuid in {col}: {e}")))
 }
 
-fn parse_enum<T: FromStr<Err = String>>(row: &SqliteRow, col: &str) -> Result<T, StoreError> {
+fn parse_enum<T: FromStr<Err = String>>(row: &AnyRow, col: &str) -> Result<T, StoreError> {
     let s: String = get(row, col)?;
     s.parse().map_err(StoreError::Backend)
 }
 
-fn user_from(row: &SqliteRow) -> Result<User, StoreError> {
+/// The columns of a user. `disabled` is read as an integer: sqlx's `Any`
+/// driver does not map SQLite's BOOLEAN columns (writes bind a bool, which
+/// both databases take).
+macro_rules! user_columns {
+    () => {
+        "id, name, role, CAST(disabled AS INTEGER) AS disabled, created_at, email"
+    };
+}
+
+fn user_from(row: &AnyRow) -> Result<User, StoreError> {
     Ok(User {
         id: get_uuid(row, "id")?,
         name: get(row, "name")?,
         role: parse_enum(row, "role")?,
-        disabled: get(row, "disabled")?,
+        disabled: get::<i64>(row, "disabled")? != 0,
         created_at: get(row, "created_at")?,
         email: get(row, "email")?,
     })
 }
 
-fn system_from(row: &SqliteRow) -> Result<System, StoreError> {
+fn system_from(row: &AnyRow) -> Result<System, StoreError> {
     Ok(System {
         id: get_uuid(row, "id")?,
         name: get(row, "name")?,
@@ -128,7 +186,7 @@ fn system_from(row: &SqliteRow) -> Result<System, StoreError> {
     })
 }
 
-fn session_from(row: &SqliteRow) -> Result<SessionRecord, StoreError> {
+fn session_from(row: &AnyRow) -> Result<SessionRecord, StoreError> {
     let manifest: String = get(row, "manifest")?;
     let services: Vec<ServiceInfo> = serde_json::from_str(&manifest)
         .map_err(|e| StoreError::Backend(format!("bad manifest: {e}")))?;
@@ -149,7 +207,7 @@ fn session_from(row: &SqliteRow) -> Result<SessionRecord, StoreError> {
     })
 }
 
-fn access_from(row: &SqliteRow) -> Result<AccessLog, StoreError> {
+fn access_from(row: &AnyRow) -> Result<AccessLog, StoreError> {
     let to: i64 = get(row, "bytes_to_service")?;
     let from: i64 = get(row, "bytes_from_service")?;
     Ok(AccessLog {
@@ -168,10 +226,10 @@ fn access_from(row: &SqliteRow) -> Result<AccessLog, StoreError> {
 }
 
 #[async_trait]
-impl IdentityStore for SqliteStore {
+impl IdentityStore for SqlStore {
     async fn create_user(&self, user: &User) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO users (id, name, role, disabled, created_at, email) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO users (id, name, role, disabled, created_at, email) VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(user.id.to_string())
         .bind(&user.name)
@@ -186,32 +244,44 @@ impl IdentityStore for SqliteStore {
     }
 
     async fn user_by_name(&self, name: &str) -> Result<Option<User>, StoreError> {
-        sqlx::query("SELECT * FROM users WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend)?
-            .map(|r| user_from(&r))
-            .transpose()
+        sqlx::query(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users WHERE name = $1"
+        ))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?
+        .map(|r| user_from(&r))
+        .transpose()
     }
 
     async fn user_by_id(&self, id: Uuid) -> Result<Option<User>, StoreError> {
-        sqlx::query("SELECT * FROM users WHERE id = ?")
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend)?
-            .map(|r| user_from(&r))
-            .transpose()
+        sqlx::query(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users WHERE id = $1"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?
+        .map(|r| user_from(&r))
+        .transpose()
     }
 
     async fn list_users(&self, page: Page) -> Result<Paged<User>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM users ORDER BY name LIMIT ? OFFSET ?")
-            .bind(i64::from(page.page_size))
-            .bind(page.offset())
-            .fetch_all(&self.pool)
-            .await
-            .map_err(backend)?;
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users ORDER BY name LIMIT $1 OFFSET $2"
+        ))
+        .bind(i64::from(page.page_size))
+        .bind(page.offset())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
         let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
             .fetch_one(&self.pool)
             .await
@@ -225,7 +295,7 @@ impl IdentityStore for SqliteStore {
     }
 
     async fn set_user_disabled(&self, id: Uuid, disabled: bool) -> Result<bool, StoreError> {
-        let done = sqlx::query("UPDATE users SET disabled = ? WHERE id = ?")
+        let done = sqlx::query("UPDATE users SET disabled = $1 WHERE id = $2")
             .bind(disabled)
             .bind(id.to_string())
             .execute(&self.pool)
@@ -235,7 +305,7 @@ impl IdentityStore for SqliteStore {
     }
 
     async fn set_password_hash(&self, id: Uuid, hash: Option<&str>) -> Result<bool, StoreError> {
-        let done = sqlx::query("UPDATE users SET password_hash = ? WHERE id = ?")
+        let done = sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
             .bind(hash)
             .bind(id.to_string())
             .execute(&self.pool)
@@ -246,7 +316,7 @@ impl IdentityStore for SqliteStore {
 
     async fn password_hash(&self, id: Uuid) -> Result<Option<String>, StoreError> {
         let hash: Option<Option<String>> =
-            sqlx::query_scalar("SELECT password_hash FROM users WHERE id = ?")
+            sqlx::query_scalar("SELECT password_hash FROM users WHERE id = $1")
                 .bind(id.to_string())
                 .fetch_optional(&self.pool)
                 .await
@@ -256,7 +326,7 @@ impl IdentityStore for SqliteStore {
 
     async fn create_api_token(&self, token: &ApiTokenRecord) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO api_tokens (id, user_id, secret_hash, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO api_tokens (id, user_id, secret_hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(token.id.to_string())
         .bind(token.user_id.to_string())
@@ -270,7 +340,7 @@ impl IdentityStore for SqliteStore {
     }
 
     async fn api_token(&self, id: Uuid) -> Result<Option<ApiTokenRecord>, StoreError> {
-        let Some(row) = sqlx::query("SELECT * FROM api_tokens WHERE id = ?")
+        let Some(row) = sqlx::query("SELECT * FROM api_tokens WHERE id = $1")
             .bind(id.to_string())
             .fetch_optional(&self.pool)
             .await
@@ -289,7 +359,7 @@ impl IdentityStore for SqliteStore {
 
     async fn create_system(&self, system: &System) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO systems (id, name, key, secret_hash, created_at) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO systems (id, name, key, secret_hash, created_at) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(system.id.to_string())
         .bind(&system.name)
@@ -303,7 +373,7 @@ impl IdentityStore for SqliteStore {
     }
 
     async fn system(&self, id: Uuid) -> Result<Option<System>, StoreError> {
-        sqlx::query("SELECT * FROM systems WHERE id = ?")
+        sqlx::query("SELECT * FROM systems WHERE id = $1")
             .bind(id.to_string())
             .fetch_optional(&self.pool)
             .await
@@ -313,7 +383,7 @@ impl IdentityStore for SqliteStore {
     }
 
     async fn system_by_name(&self, name: &str) -> Result<Option<System>, StoreError> {
-        sqlx::query("SELECT * FROM systems WHERE name = ?")
+        sqlx::query("SELECT * FROM systems WHERE name = $1")
             .bind(name)
             .fetch_optional(&self.pool)
             .await
@@ -323,7 +393,7 @@ impl IdentityStore for SqliteStore {
     }
 
     async fn set_system_secret(&self, id: Uuid, secret_hash: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("UPDATE systems SET secret_hash = ?2 WHERE id = ?1")
+        let done = sqlx::query("UPDATE systems SET secret_hash = $2 WHERE id = $1")
             .bind(id.to_string())
             .bind(secret_hash)
             .execute(&self.pool)
@@ -333,7 +403,7 @@ impl IdentityStore for SqliteStore {
     }
 
     async fn system_by_key(&self, key: &str) -> Result<Option<System>, StoreError> {
-        sqlx::query("SELECT * FROM systems WHERE key = ?")
+        sqlx::query("SELECT * FROM systems WHERE key = $1")
             .bind(key)
             .fetch_optional(&self.pool)
             .await
@@ -345,7 +415,7 @@ impl IdentityStore for SqliteStore {
     async fn delete_system(&self, id: Uuid) -> Result<bool, StoreError> {
         // Sessions, their access logs and grants go with it (ON DELETE
         // CASCADE); resources tied to it are untied (ON DELETE SET NULL).
-        let done = sqlx::query("DELETE FROM systems WHERE id = ?")
+        let done = sqlx::query("DELETE FROM systems WHERE id = $1")
             .bind(id.to_string())
             .execute(&self.pool)
             .await
@@ -362,10 +432,10 @@ impl IdentityStore for SqliteStore {
         // ?1 user (NULL: everyone), ?2 now, ?3 limit, ?4 offset.
         let user = granted_to.map(|u| u.to_string());
         let rows = sqlx::query(
-            "SELECT * FROM systems s WHERE (?1 IS NULL OR EXISTS (SELECT 1 FROM grants g \
-             WHERE g.user_id = ?1 AND g.system_id = s.id AND g.revoked_at IS NULL \
-             AND (g.expires_at IS NULL OR g.expires_at > ?2))) \
-             ORDER BY s.name LIMIT ?3 OFFSET ?4",
+            "SELECT * FROM systems s WHERE ($1 IS NULL OR EXISTS (SELECT 1 FROM grants g \
+             WHERE g.user_id = $1 AND g.system_id = s.id AND g.revoked_at IS NULL \
+             AND (g.expires_at IS NULL OR g.expires_at > $2))) \
+             ORDER BY s.name LIMIT $3 OFFSET $4",
         )
         .bind(&user)
         .bind(now)
@@ -375,9 +445,9 @@ impl IdentityStore for SqliteStore {
         .await
         .map_err(backend)?;
         let total: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM systems s WHERE (?1 IS NULL OR EXISTS (SELECT 1 FROM grants g \
-             WHERE g.user_id = ?1 AND g.system_id = s.id AND g.revoked_at IS NULL \
-             AND (g.expires_at IS NULL OR g.expires_at > ?2)))",
+            "SELECT COUNT(*) FROM systems s WHERE ($1 IS NULL OR EXISTS (SELECT 1 FROM grants g \
+             WHERE g.user_id = $1 AND g.system_id = s.id AND g.revoked_at IS NULL \
+             AND (g.expires_at IS NULL OR g.expires_at > $2)))",
         )
         .bind(&user)
         .bind(now)
@@ -425,7 +495,7 @@ impl IdentityStore for SqliteStore {
 }
 
 #[async_trait]
-impl SessionStore for SqliteStore {
+impl SessionStore for SqlStore {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)
@@ -439,7 +509,7 @@ impl SessionStore for SqliteStore {
         sqlx::query(
             "INSERT INTO sessions (id, system_id, status, created_at, activated_at, ended_at, end_reason, \
              expires_at, agent_addr, agent_software, manifest, grace_until, reconnect_token_hash) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(s.id.to_string())
         .bind(s.system_id.to_string())
@@ -469,8 +539,8 @@ impl SessionStore for SqliteStore {
     ) -> Result<(), StoreError> {
         let manifest = serde_json::to_string(services).unwrap_or_else(|_| "[]".into());
         let done = sqlx::query(
-            "UPDATE sessions SET status = 'active', manifest = ?2, activated_at = COALESCE(activated_at, ?3), \
-             agent_software = ?4, grace_until = NULL WHERE id = ?1 AND status IN ('pending', 'active', 'grace_period')",
+            "UPDATE sessions SET status = 'active', manifest = $2, activated_at = COALESCE(activated_at, $3), \
+             agent_software = $4, grace_until = NULL WHERE id = $1 AND status IN ('pending', 'active', 'grace_period')",
         )
         .bind(id.to_string())
         .bind(manifest)
@@ -495,9 +565,9 @@ impl SessionStore for SqliteStore {
     ) -> Result<bool, StoreError> {
         let ended_at = next.status.is_final().then_some(now);
         let done = sqlx::query(
-            "UPDATE sessions SET status = ?3, expires_at = ?4, grace_until = ?5, \
-             ended_at = COALESCE(?6, ended_at), end_reason = COALESCE(?7, end_reason) \
-             WHERE id = ?1 AND status = ?2",
+            "UPDATE sessions SET status = $3, expires_at = $4, grace_until = $5, \
+             ended_at = COALESCE($6, ended_at), end_reason = COALESCE($7, end_reason) \
+             WHERE id = $1 AND status = $2",
         )
         .bind(id.to_string())
         .bind(from.as_str())
@@ -513,7 +583,7 @@ impl SessionStore for SqliteStore {
     }
 
     async fn set_reconnect_token(&self, id: Uuid, hash: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE sessions SET reconnect_token_hash = ?2 WHERE id = ?1")
+        sqlx::query("UPDATE sessions SET reconnect_token_hash = $2 WHERE id = $1")
             .bind(id.to_string())
             .bind(hash)
             .execute(&self.pool)
@@ -525,7 +595,7 @@ impl SessionStore for SqliteStore {
     async fn recover_unfinished(&self, grace_ms: Millis, now: Millis) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
         let expired = sqlx::query(
-            "UPDATE sessions SET status = 'expired', ended_at = ?1, \
+            "UPDATE sessions SET status = 'expired', ended_at = $1, \
              end_reason = 'server restarted before the manifest arrived' WHERE status = 'pending'",
         )
         .bind(now)
@@ -533,7 +603,7 @@ impl SessionStore for SqliteStore {
         .await
         .map_err(backend)?;
         let graced = sqlx::query(
-            "UPDATE sessions SET status = 'grace_period', grace_until = ?1 \
+            "UPDATE sessions SET status = 'grace_period', grace_until = $1 \
              WHERE status IN ('active', 'grace_period')",
         )
         .bind(now.saturating_add(grace_ms))
@@ -547,7 +617,7 @@ impl SessionStore for SqliteStore {
     async fn open_access(&self, e: &AccessLog) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO access_logs (id, session_id, kind, service, actor, ip_address, opened_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(e.id.to_string())
         .bind(e.session_id.to_string())
@@ -571,8 +641,8 @@ impl SessionStore for SqliteStore {
         error: Option<&str>,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE access_logs SET closed_at = ?2, bytes_to_service = ?3, bytes_from_service = ?4, \
-             error = ?5 WHERE id = ?1",
+            "UPDATE access_logs SET closed_at = $2, bytes_to_service = $3, bytes_from_service = $4, \
+             error = $5 WHERE id = $1",
         )
         .bind(id.to_string())
         .bind(closed_at)
@@ -591,7 +661,7 @@ impl SessionStore for SqliteStore {
         page: Page,
     ) -> Result<Paged<AccessLog>, StoreError> {
         let rows = sqlx::query(
-            "SELECT * FROM access_logs WHERE session_id = ?1 ORDER BY opened_at DESC, id LIMIT ?2 OFFSET ?3",
+            "SELECT * FROM access_logs WHERE session_id = $1 ORDER BY opened_at DESC, id LIMIT $2 OFFSET $3",
         )
         .bind(session_id.to_string())
         .bind(i64::from(page.page_size))
@@ -600,7 +670,7 @@ impl SessionStore for SqliteStore {
         .await
         .map_err(backend)?;
         let total: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM access_logs WHERE session_id = ?1")
+            sqlx::query_scalar("SELECT COUNT(*) FROM access_logs WHERE session_id = $1")
                 .bind(session_id.to_string())
                 .fetch_one(&self.pool)
                 .await
@@ -624,8 +694,8 @@ impl SessionStore for SqliteStore {
     ) -> Result<Vec<SessionRecord>, StoreError> {
         let rows = sqlx::query(
             "SELECT * FROM sessions WHERE status IN ('pending', 'active', 'grace_period') \
-             AND (expires_at <= ?1 OR (status = 'grace_period' AND grace_until <= ?1)) \
-             ORDER BY expires_at LIMIT ?2",
+             AND (expires_at <= $1 OR (status = 'grace_period' AND grace_until <= $1)) \
+             ORDER BY expires_at LIMIT $2",
         )
         .bind(now)
         .bind(i64::from(limit))
@@ -636,7 +706,7 @@ impl SessionStore for SqliteStore {
     }
 
     async fn session(&self, id: Uuid) -> Result<Option<SessionRecord>, StoreError> {
-        sqlx::query("SELECT * FROM sessions WHERE id = ?")
+        sqlx::query("SELECT * FROM sessions WHERE id = $1")
             .bind(id.to_string())
             .fetch_optional(&self.pool)
             .await
@@ -690,21 +760,21 @@ macro_rules! session_list_sql {
     ($select:literal, $tail:literal) => {
         concat!(
             $select,
-            " FROM sessions s WHERE (?1 IS NULL OR EXISTS (SELECT 1 FROM grants g \
-             WHERE g.user_id = ?1 AND g.system_id = s.system_id AND g.revoked_at IS NULL \
-             AND (g.expires_at IS NULL OR g.expires_at > ?2))) \
-             AND (?3 IS NULL OR s.status = ?3) AND (?4 IS NULL OR s.system_id = ?4)",
+            " FROM sessions s WHERE ($1 IS NULL OR EXISTS (SELECT 1 FROM grants g \
+             WHERE g.user_id = $1 AND g.system_id = s.system_id AND g.revoked_at IS NULL \
+             AND (g.expires_at IS NULL OR g.expires_at > $2))) \
+             AND ($3 IS NULL OR s.status = $3) AND ($4 IS NULL OR s.system_id = $4)",
             $tail
         )
     };
 }
 const LIST_SESSIONS_NEWEST_FIRST: &str = session_list_sql!(
     "SELECT *",
-    " ORDER BY s.created_at DESC, s.id LIMIT ?5 OFFSET ?6"
+    " ORDER BY s.created_at DESC, s.id LIMIT $5 OFFSET $6"
 );
 const LIST_SESSIONS_OLDEST_FIRST: &str = session_list_sql!(
     "SELECT *",
-    " ORDER BY s.created_at ASC, s.id LIMIT ?5 OFFSET ?6"
+    " ORDER BY s.created_at ASC, s.id LIMIT $5 OFFSET $6"
 );
 const COUNT_SESSIONS: &str = session_list_sql!("SELECT COUNT(*)", "");
 
@@ -719,12 +789,12 @@ mod tests {
         let path = dir.path().join("data/rtunnel.db");
         let u = user("ann", super::super::Role::Admin);
         {
-            let s = SqliteStore::open(&path).await.unwrap();
+            let s = SqlStore::open(&path).await.unwrap();
             s.create_user(&u).await.unwrap();
             s.close().await;
         }
         assert!(path.exists());
-        let s = SqliteStore::open(&path).await.unwrap();
+        let s = SqlStore::open(&path).await.unwrap();
         assert_eq!(s.user_by_name("ann").await.unwrap(), Some(u));
     }
 }

@@ -1,13 +1,13 @@
 //! Logins (refresh token families) on SQLite.
 
 use async_trait::async_trait;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 use uuid::Uuid;
 
-use super::{SqliteStore, backend, get, get_uuid};
+use super::{SqlStore, backend, get, get_uuid};
 use crate::store::{Login, LoginStore, Millis, StoreError};
 
-fn login_from(row: &SqliteRow) -> Result<Login, StoreError> {
+fn login_from(row: &AnyRow) -> Result<Login, StoreError> {
     Ok(Login {
         id: get_uuid(row, "id")?,
         user_id: get_uuid(row, "user_id")?,
@@ -22,11 +22,11 @@ fn login_from(row: &SqliteRow) -> Result<Login, StoreError> {
 }
 
 #[async_trait]
-impl LoginStore for SqliteStore {
+impl LoginStore for SqlStore {
     async fn create_login(&self, l: &Login) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO logins (id, user_id, current_jti, created_at, last_used_at, expires_at, \
-             revoked_at, revoked_reason, ip_address) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             revoked_at, revoked_reason, ip_address) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(l.id.to_string())
         .bind(l.user_id.to_string())
@@ -44,7 +44,7 @@ impl LoginStore for SqliteStore {
     }
 
     async fn login(&self, id: Uuid) -> Result<Option<Login>, StoreError> {
-        sqlx::query("SELECT * FROM logins WHERE id = ?")
+        sqlx::query("SELECT * FROM logins WHERE id = $1")
             .bind(id.to_string())
             .fetch_optional(&self.pool)
             .await
@@ -64,8 +64,8 @@ impl LoginStore for SqliteStore {
         // One statement: of two concurrent uses of the same refresh token,
         // exactly one finds its jti still current.
         let done = sqlx::query(
-            "UPDATE logins SET current_jti = ?3, expires_at = ?4, last_used_at = ?5 \
-             WHERE id = ?1 AND current_jti = ?2 AND revoked_at IS NULL AND expires_at > ?5",
+            "UPDATE logins SET current_jti = $3, expires_at = $4, last_used_at = $5 \
+             WHERE id = $1 AND current_jti = $2 AND revoked_at IS NULL AND expires_at > $5",
         )
         .bind(id.to_string())
         .bind(expected_jti.to_string())
@@ -85,7 +85,7 @@ impl LoginStore for SqliteStore {
         since: Millis,
     ) -> Result<bool, StoreError> {
         let found: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM logins WHERE user_id = ? AND ip_address = ? AND created_at >= ? LIMIT 1",
+            "SELECT CAST(1 AS BIGINT) FROM logins WHERE user_id = $1 AND ip_address = $2 AND created_at >= $3 LIMIT 1",
         )
         .bind(user_id.to_string())
         .bind(ip_address)
@@ -98,8 +98,8 @@ impl LoginStore for SqliteStore {
 
     async fn revoke_login(&self, id: Uuid, reason: &str, now: Millis) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "UPDATE logins SET revoked_at = ?2, revoked_reason = ?3 \
-             WHERE id = ?1 AND revoked_at IS NULL",
+            "UPDATE logins SET revoked_at = $2, revoked_reason = $3 \
+             WHERE id = $1 AND revoked_at IS NULL",
         )
         .bind(id.to_string())
         .bind(now)
@@ -117,8 +117,8 @@ impl LoginStore for SqliteStore {
         now: Millis,
     ) -> Result<u64, StoreError> {
         let done = sqlx::query(
-            "UPDATE logins SET revoked_at = ?2, revoked_reason = ?3 \
-             WHERE user_id = ?1 AND revoked_at IS NULL",
+            "UPDATE logins SET revoked_at = $2, revoked_reason = $3 \
+             WHERE user_id = $1 AND revoked_at IS NULL",
         )
         .bind(user_id.to_string())
         .bind(now)

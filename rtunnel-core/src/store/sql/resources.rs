@@ -1,14 +1,14 @@
 //! [`ResourceStore`] on SQLite: launcher resources and their grants.
 
 use async_trait::async_trait;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 use uuid::Uuid;
 
 use super::grants::RESOURCE_GRANTS;
-use super::{SqliteStore, backend, get, get_uuid};
+use super::{SqlStore, backend, get, get_uuid};
 use crate::store::{Millis, Page, Paged, Resource, ResourceStore, StoreError};
 
-fn resource_from(row: &SqliteRow) -> Result<Resource, StoreError> {
+fn resource_from(row: &AnyRow) -> Result<Resource, StoreError> {
     let metadata: String = get(row, "metadata")?;
     let system_id: Option<String> = get(row, "system_id")?;
     Ok(Resource {
@@ -27,12 +27,12 @@ fn resource_from(row: &SqliteRow) -> Result<Resource, StoreError> {
     })
 }
 
-impl SqliteStore {
+impl SqlStore {
     /// The resource whose unique column `col` (`id` or `name`) is `value`.
     async fn resource_where(&self, col: &str, value: &str) -> Result<Option<Resource>, StoreError> {
         let sql = match col {
-            "id" => "SELECT * FROM resources WHERE id = ?",
-            _ => "SELECT * FROM resources WHERE name = ?",
+            "id" => "SELECT * FROM resources WHERE id = $1",
+            _ => "SELECT * FROM resources WHERE name = $1",
         };
         sqlx::query(sql)
             .bind(value)
@@ -46,11 +46,11 @@ impl SqliteStore {
 }
 
 #[async_trait]
-impl ResourceStore for SqliteStore {
+impl ResourceStore for SqlStore {
     async fn create_resource(&self, r: &Resource) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO resources (id, name, ip_address, metadata, system_id, service, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(r.id.to_string())
         .bind(&r.name)
@@ -75,7 +75,7 @@ impl ResourceStore for SqliteStore {
     }
 
     async fn list_resources(&self, page: Page) -> Result<Paged<Resource>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM resources ORDER BY name LIMIT ? OFFSET ?")
+        let rows = sqlx::query("SELECT * FROM resources ORDER BY name LIMIT $1 OFFSET $2")
             .bind(i64::from(page.page_size))
             .bind(page.offset())
             .fetch_all(&self.pool)
@@ -95,8 +95,8 @@ impl ResourceStore for SqliteStore {
 
     async fn update_resource(&self, r: &Resource) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "UPDATE resources SET name = ?2, ip_address = ?3, metadata = ?4, system_id = ?5, \
-             service = ?6, updated_at = ?7 WHERE id = ?1",
+            "UPDATE resources SET name = $2, ip_address = $3, metadata = $4, system_id = $5, \
+             service = $6, updated_at = $7 WHERE id = $1",
         )
         .bind(r.id.to_string())
         .bind(&r.name)
@@ -112,7 +112,7 @@ impl ResourceStore for SqliteStore {
     }
 
     async fn delete_resource(&self, id: Uuid) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM resources WHERE id = ?")
+        let done = sqlx::query("DELETE FROM resources WHERE id = $1")
             .bind(id.to_string())
             .execute(&self.pool)
             .await

@@ -3,7 +3,7 @@
 
 use uuid::Uuid;
 
-use super::{SqliteStore, backend};
+use super::{SqlStore, backend};
 use crate::store::{Millis, StoreError};
 
 /// The statements of one grant table; `?1` user, `?2` target.
@@ -15,25 +15,25 @@ pub(super) struct GrantTable {
 
 /// Grants of users on systems.
 pub(super) const SYSTEM_GRANTS: GrantTable = GrantTable {
-    has: "SELECT 1 FROM grants WHERE user_id = ?1 AND system_id = ?2 AND revoked_at IS NULL \
-          AND (expires_at IS NULL OR expires_at > ?3) LIMIT 1",
+    has: "SELECT CAST(1 AS BIGINT) FROM grants WHERE user_id = $1 AND system_id = $2 AND revoked_at IS NULL \
+          AND (expires_at IS NULL OR expires_at > $3) LIMIT 1",
     insert: "INSERT INTO grants (id, user_id, system_id, created_at, expires_at) \
-             VALUES (?3, ?1, ?2, ?4, ?5)",
-    revoke: "UPDATE grants SET revoked_at = ?3 \
-             WHERE user_id = ?1 AND system_id = ?2 AND revoked_at IS NULL",
+             VALUES ($3, $1, $2, $4, $5)",
+    revoke: "UPDATE grants SET revoked_at = $3 \
+             WHERE user_id = $1 AND system_id = $2 AND revoked_at IS NULL",
 };
 
 /// Grants of users on launcher resources.
 pub(super) const RESOURCE_GRANTS: GrantTable = GrantTable {
-    has: "SELECT 1 FROM resource_grants WHERE user_id = ?1 AND resource_id = ?2 \
-          AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?3) LIMIT 1",
+    has: "SELECT CAST(1 AS BIGINT) FROM resource_grants WHERE user_id = $1 AND resource_id = $2 \
+          AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $3) LIMIT 1",
     insert: "INSERT INTO resource_grants (id, user_id, resource_id, created_at, expires_at) \
-             VALUES (?3, ?1, ?2, ?4, ?5)",
-    revoke: "UPDATE resource_grants SET revoked_at = ?3 \
-             WHERE user_id = ?1 AND resource_id = ?2 AND revoked_at IS NULL",
+             VALUES ($3, $1, $2, $4, $5)",
+    revoke: "UPDATE resource_grants SET revoked_at = $3 \
+             WHERE user_id = $1 AND resource_id = $2 AND revoked_at IS NULL",
 };
 
-impl SqliteStore {
+impl SqlStore {
     /// Whether `user` holds an active, unexpired grant on `target` at `now`.
     pub(super) async fn has_grant_in(
         &self,
