@@ -6,6 +6,8 @@
 #   ...run the tests...
 #   scripts/test-services.sh stop "$RTUNNEL_TEST_SERVICES_DIR"
 #
+# `pg-stop DIR` / `pg-start DIR` stop and start the PostgreSQL alone.
+#
 # Debian's `postgresql` and `redis-server` packages (installed by
 # scripts/test-deps.sh). Nothing listens beyond 127.0.0.1; PostgreSQL trusts
 # loopback (a throwaway cluster with fsync off), Redis saves nothing.
@@ -45,9 +47,18 @@ start() {
     [ "$(id -u)" -eq 0 ] && chown postgres "$dir/pg"
     pg_port=$(free_port)
     as_pg "$pg_bin/initdb" -D "$dir/pg/data" -U rtunnel --auth=trust -E UTF8 >"$dir/pg/initdb.log" 2>&1
-    as_pg "$pg_bin/pg_ctl" -D "$dir/pg/data" -l "$dir/pg/server.log" -w -t 60 \
-        -o "-p $pg_port -k $dir/pg -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \
-        start >/dev/null
+    # In the cluster's own configuration, so a plain `pg-start` restarts it
+    # the same way (tests stop and start it to see rtunnel ride it out).
+    as_pg sh -c "cat >> '$dir/pg/data/postgresql.conf'" <<CONF
+port = $pg_port
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$dir/pg'
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+max_connections = 300
+CONF
+    pg_start "$dir"
     redis_port=$(free_port)
     redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
         --dir "$dir" --daemonize yes --pidfile "$dir/redis.pid" --logfile "$dir/redis.log"
@@ -60,7 +71,18 @@ start() {
     echo "export RTUNNEL_TEST_SERVICES_DIR='$dir'"
     echo "export RTUNNEL_TEST_POSTGRES_URL='postgres://rtunnel@127.0.0.1:$pg_port/postgres'"
     echo "export RTUNNEL_TEST_REDIS_URL='redis://127.0.0.1:$redis_port'"
-    echo "export RTUNNEL_TEST_PG_BIN='$pg_bin'"
+}
+
+pg_bin() {
+    ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1
+}
+
+pg_start() {
+    as_pg "$(pg_bin)/pg_ctl" -D "$1/pg/data" -l "$1/pg/server.log" -w -t 60 start >/dev/null
+}
+
+pg_stop() {
+    as_pg "$(pg_bin)/pg_ctl" -D "$1/pg/data" -m fast -w -t 60 stop >/dev/null
 }
 
 stop() {
@@ -79,5 +101,8 @@ stop() {
 case "${1:-}" in
     start) start ;;
     stop) stop "${2:?the directory printed by start}" ;;
-    *) echo "usage: $0 start | stop DIR" >&2; exit 2 ;;
+    # Stop or start only the PostgreSQL of a running set (outage tests).
+    pg-stop) pg_stop "${2:?the directory printed by start}" ;;
+    pg-start) pg_start "${2:?the directory printed by start}" ;;
+    *) echo "usage: $0 start | stop DIR | pg-stop DIR | pg-start DIR" >&2; exit 2 ;;
 esac

@@ -106,13 +106,17 @@ async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// Ready when the database answers; otherwise 503 `database_unavailable`
+/// (tunnels and open connections keep flowing meanwhile).
 async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
-    state
-        .stores
-        .sessions
-        .ping()
-        .await
-        .map_err(|e| ApiError::unavailable("database_unavailable", e))?;
+    if let Err(e) = state.stores.sessions.ping().await {
+        tracing::warn!(error = %e, "readiness: the database does not answer");
+        return Err(ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "database_unavailable",
+            "not ready: the database does not answer",
+        ));
+    }
     Ok(Json(json!({"status": "ready", "database": "ok"})))
 }
 
