@@ -30,11 +30,21 @@ pub const STREAM_SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The software string sent in the hello.
 pub const SOFTWARE: &str = concat!("rtunnel-agent/", env!("CARGO_PKG_VERSION"));
 
+/// One server an agent may dial.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// `ws(s)://HOST[:PORT]/api/v1/tunnel`.
+    pub url: String,
+    /// Dial it through this HTTP proxy.
+    pub proxy: Option<Proxy>,
+}
+
 /// Settings of an agent.
 #[derive(Clone)]
 pub struct AgentConfig {
-    /// `ws(s)://HOST[:PORT]/api/v1/tunnel`.
-    pub url: String,
+    /// The servers to dial, in order: the agent stays with one while it
+    /// works and moves to the next when it fails (nodes of one cluster).
+    pub endpoints: Vec<Endpoint>,
     /// System key.
     pub key: String,
     /// System secret.
@@ -47,8 +57,6 @@ pub struct AgentConfig {
     pub max_reconnect_delay: Duration,
     /// Accept any certificate from a `wss://` server.
     pub tls_insecure: bool,
-    /// Dial the server through this HTTP proxy.
-    pub proxy: Option<Proxy>,
     /// The built-in terminal, if offered.
     pub terminal: Option<TerminalConfig>,
 }
@@ -56,14 +64,13 @@ pub struct AgentConfig {
 impl std::fmt::Debug for AgentConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AgentConfig")
-            .field("url", &self.url)
+            .field("endpoints", &self.endpoints)
             .field("key", &self.key)
             .field("secret", &"<redacted>")
             .field("services", &self.services)
             .field("reconnect_delay", &self.reconnect_delay)
             .field("max_reconnect_delay", &self.max_reconnect_delay)
             .field("tls_insecure", &self.tls_insecure)
-            .field("proxy", &self.proxy)
             .field("terminal", &self.terminal)
             .finish()
     }
@@ -95,7 +102,8 @@ pub enum AgentExit {
 /// Builds an [`Agent`].
 #[derive(Debug, Default)]
 pub struct AgentBuilder {
-    url: Option<String>,
+    urls: Vec<String>,
+    endpoints: Vec<Endpoint>,
     key: Option<String>,
     secret: Option<String>,
     services: Vec<ServiceSpec>,
@@ -115,9 +123,18 @@ impl AgentBuilder {
         self
     }
 
-    /// The server's tunnel URL, `ws(s)://HOST[:PORT]/api/v1/tunnel`.
+    /// A server's tunnel URL, `ws(s)://HOST[:PORT]/api/v1/tunnel`, dialed
+    /// through [`AgentBuilder::proxy`] if set. Call it once per node of a
+    /// cluster: the agent fails over between them in order.
     pub fn url(mut self, url: impl Into<String>) -> Self {
-        self.url = Some(url.into());
+        self.urls.push(url.into());
+        self
+    }
+
+    /// A server to dial with its own proxy setting (see [`Proxy::resolve`]:
+    /// `NO_PROXY` may exempt one server and not another).
+    pub fn endpoint(mut self, endpoint: Endpoint) -> Self {
+        self.endpoints.push(endpoint);
         self
     }
 
@@ -152,8 +169,9 @@ impl AgentBuilder {
         self
     }
 
-    /// Dial the server through an HTTP proxy with `CONNECT` (see
-    /// [`Proxy::resolve`] for the usual environment variables).
+    /// Dial the servers given with [`AgentBuilder::url`] through an HTTP
+    /// proxy with `CONNECT` (see [`Proxy::resolve`] for the usual
+    /// environment variables).
     pub fn proxy(mut self, proxy: Option<Proxy>) -> Self {
         self.proxy = proxy;
         self
@@ -161,12 +179,21 @@ impl AgentBuilder {
 
     /// Checks the settings.
     pub fn build(self) -> Result<Agent, AgentError> {
-        let url = self
-            .url
-            .ok_or_else(|| AgentError::Config("--url is required".into()))?;
-        if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+        let mut endpoints = self.endpoints;
+        endpoints.extend(self.urls.into_iter().map(|url| Endpoint {
+            url,
+            proxy: self.proxy.clone(),
+        }));
+        if endpoints.is_empty() {
+            return Err(AgentError::Config("--url is required".into()));
+        }
+        if let Some(bad) = endpoints
+            .iter()
+            .find(|e| !(e.url.starts_with("ws://") || e.url.starts_with("wss://")))
+        {
             return Err(AgentError::Config(format!(
-                "--url must start with ws:// or wss://, got {url:?}"
+                "--url must start with ws:// or wss://, got {:?}",
+                bad.url
             )));
         }
         let key = self
@@ -193,14 +220,13 @@ impl AgentBuilder {
         }
         Ok(Agent {
             config: Arc::new(AgentConfig {
-                url,
+                endpoints,
                 key,
                 secret,
                 services: self.services,
                 reconnect_delay,
                 max_reconnect_delay,
                 tls_insecure: self.tls_insecure,
-                proxy: self.proxy,
                 terminal: self.terminal,
             }),
         })
@@ -261,11 +287,24 @@ impl Agent {
         // The session and reconnect token of the last welcome, presented at
         // the next connection to get the same session back.
         let mut resume: Option<Resume> = None;
+        // The endpoint dialed next: kept while it works, the next one after
+        // a failure, a lost tunnel or a restarting server.
+        let mut at = 0;
         loop {
+            let endpoint = &cfg.endpoints[at % cfg.endpoints.len()];
             let outcome = tokio::select! {
-                o = self.connect_and_serve(&mut resume) => o,
+                o = self.connect_and_serve(endpoint, &mut resume) => o,
                 _ = &mut shutdown => return Ok(AgentExit::Shutdown),
             };
+            if matches!(
+                outcome,
+                Outcome::Restarting | Outcome::Lost(_) | Outcome::Failed(..)
+            ) && cfg.endpoints.len() > 1
+            {
+                at = (at + 1) % cfg.endpoints.len();
+                let next = &cfg.endpoints[at].url;
+                tracing::info!("next attempt goes to {next}");
+            }
             let delay = match outcome {
                 Outcome::Closed(reason) => {
                     tracing::info!("session over: {reason}; not reconnecting");
@@ -306,24 +345,21 @@ impl Agent {
         }
     }
 
-    async fn connect_and_serve(&self, resume: &mut Option<Resume>) -> Outcome {
+    async fn connect_and_serve(&self, endpoint: &Endpoint, resume: &mut Option<Resume>) -> Outcome {
         let cfg = &self.config;
+        let url = &endpoint.url;
         let auth = format!(
             "Basic {}",
             STANDARD.encode(format!("{}:{}", cfg.key, cfg.secret))
         );
         let options = DialOptions {
             tls_insecure: cfg.tls_insecure,
-            proxy: cfg.proxy.clone(),
+            proxy: endpoint.proxy.clone(),
         };
-        let ws = match dial(&cfg.url, &auth, &options).await {
+        let ws = match dial(url, &auth, &options).await {
             Ok(ws) => ws,
             Err(e) => {
-                return Outcome::Failed(
-                    describe_dial(&cfg.url, &e),
-                    e.config_hint(),
-                    e.retry_after(),
-                );
+                return Outcome::Failed(describe_dial(url, &e), e.config_hint(), e.retry_after());
             }
         };
         let ws = WsStream::new(ws);
@@ -339,11 +375,7 @@ impl Agent {
                 return Outcome::Closed(reason);
             }
             Err(e) => {
-                return Outcome::Failed(
-                    format!("handshake with {} failed: {e}", cfg.url),
-                    None,
-                    None,
-                );
+                return Outcome::Failed(format!("handshake with {url} failed: {e}"), None, None);
             }
         };
         let (mut control, session_id, heartbeat) =
@@ -376,8 +408,7 @@ impl Agent {
         tracing::info!(
             session = %session_id,
             services = cfg.services.len(),
-            "connected to {}",
-            cfg.url
+            "connected to {url}"
         );
         let offer = Arc::new(Offer {
             services: cfg.services.clone(),

@@ -12,7 +12,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use uuid::Uuid;
 
-use crate::agent::{Agent, AgentError, AgentExit};
+use crate::agent::{Agent, AgentError, AgentExit, Endpoint};
 use crate::forward::{ForwardConfig, ForwardError, Forwarder};
 use crate::proxy::Proxy;
 use crate::services::parse_services;
@@ -38,9 +38,11 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// Tunnel URL: ws(s)://HOST[:PORT]/api/v1/tunnel.
-    #[arg(short, long, env = "RTUNNEL_URL")]
-    url: Option<String>,
+    /// Tunnel URL: ws(s)://HOST[:PORT]/api/v1/tunnel. Several (comma
+    /// separated, or the flag repeated) for the nodes of a cluster: the
+    /// agent fails over between them in order.
+    #[arg(short, long, env = "RTUNNEL_URL", value_delimiter = ',')]
+    url: Vec<String>,
     /// System key.
     #[arg(short, long, env = "RTUNNEL_KEY")]
     key: Option<String>,
@@ -157,9 +159,14 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
             }),
         )
         .credentials(args.key.unwrap_or_default(), secret);
-    if let Some(url) = args.url {
+    for url in args
+        .url
+        .into_iter()
+        .map(|u| u.trim().to_owned())
+        .filter(|u| !u.is_empty())
+    {
         let proxy = resolve_proxy(args.proxy.as_deref(), &url)?;
-        builder = builder.url(url).proxy(proxy);
+        builder = builder.endpoint(Endpoint { url, proxy });
     }
     let agent = builder.build().map_err(|e| usage(e.to_string()))?;
     match agent.run(rtunnel_core::signal::terminated()).await {

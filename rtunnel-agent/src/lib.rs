@@ -20,7 +20,7 @@ pub mod services;
 pub mod terminal;
 mod tls;
 
-pub use agent::{Agent, AgentBuilder, AgentConfig, AgentError, AgentExit};
+pub use agent::{Agent, AgentBuilder, AgentConfig, AgentError, AgentExit, Endpoint};
 pub use forward::{ForwardConfig, ForwardError, Forwarder};
 pub use proxy::{Proxy, ProxyError, ProxyUrlError};
 pub use services::{ServiceSpec, parse_services};

@@ -63,6 +63,49 @@ async fn a_server_on_postgres_carries_a_session_and_survives_a_crash() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_fails_over_to_another_node_and_resumes_its_session() {
+    let tmp = tempfile::tempdir().unwrap();
+    use_postgres(tmp.path()).await;
+    let (a_addr, b_addr) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let mut node_a = ServerProc::start_on(tmp.path(), &a_addr, &[]).await;
+    let sys = enroll(&node_a, "roaming");
+    let token = user_with_token(&node_a, "root", "admin");
+    let echo = echo_service().await;
+    // Both nodes, comma separated, as RTUNNEL_URL would carry them.
+    let urls = format!("ws://{a_addr}/api/v1/tunnel,ws://{b_addr}/api/v1/tunnel");
+    let agent = start_agent_at(&node_a, &urls, &sys, &format!("echo={echo}"), &[]);
+    let session = active_session(&node_a, &token, &sys.id).await;
+
+    // Node A dies; node B (same database) takes over: the session waits in
+    // grace there and the agent, failing over, resumes it.
+    node_a.proc.kill();
+    let node_b = ServerProc::start_on(tmp.path(), &b_addr, &[]).await;
+    wait_for("the session to be active on node B", || async {
+        let (status, body) = http_get(
+            node_b.addr,
+            &format!("/api/v1/sessions/{session}"),
+            Some(&token),
+        )
+        .await
+        .ok()?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (status == 200 && v["status"] == "active").then_some(())
+    })
+    .await;
+    let log = agent.log_text();
+    assert!(
+        log.contains(&format!("next attempt goes to ws://{b_addr}")),
+        "{log}"
+    );
+    assert!(log.contains("resumed the session"), "{log}");
+    let (_fwd, local) = start_forward(&node_b, &token, &session, "echo").await;
+    assert_eq!(echo_through(local, b"via node B").await, b"via node B");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_database_url_is_a_usage_error() {
     let out = std::process::Command::new(server_bin())
         .args(["--database-url", "mysql://x/y", "migrate"])
