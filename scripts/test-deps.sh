@@ -2,8 +2,9 @@
 # Installs the real programs the tests run next to rtunnel, when missing:
 # tinyproxy (the HTTP CONNECT proxy agents dial through), asciinema (plays
 # the terminal recordings back), chromium (the browser the terminal page
-# is tested in, headless), and PostgreSQL and Redis (started for the tests by
-# scripts/test-services.sh, on free ports). Debian packages;
+# is tested in, headless), PostgreSQL and Redis (started for the tests by
+# scripts/test-services.sh, on free ports), and nginx (the documented
+# front end, run by tests/deployment.rs). Debian packages;
 # installing needs root (CI runs as root) or sudo.
 set -euo pipefail
 
@@ -12,6 +13,7 @@ command -v tinyproxy >/dev/null 2>&1 || missing+=(tinyproxy)
 command -v asciinema >/dev/null 2>&1 || missing+=(asciinema)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 
 if [ ${#missing[@]} -eq 0 ]; then
@@ -26,6 +28,6 @@ export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq >/dev/null
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # Tests start their own instances on free ports; stop any the packages started.
-for service in tinyproxy redis-server postgresql; do
+for service in tinyproxy redis-server postgresql nginx; do
     $sudo systemctl stop "$service" >/dev/null 2>&1 || $sudo service "$service" stop >/dev/null 2>&1 || true
 done

@@ -104,23 +104,7 @@ impl Setup {
         tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
         tokio_tungstenite::tungstenite::handshake::client::Response,
     ) {
-        let tcp = tokio::net::TcpStream::connect(self.server.addr)
-            .await
-            .unwrap();
-        let request = tokio_tungstenite::tungstenite::http::Request::builder()
-            .uri(format!("ws://{}{path}", self.host(service)))
-            .header("host", self.host(service))
-            .header("cookie", format!("rtunnel_proxy={token}"))
-            .header("connection", "Upgrade")
-            .header("upgrade", "websocket")
-            .header("sec-websocket-version", "13")
-            .header(
-                "sec-websocket-key",
-                tokio_tungstenite::tungstenite::handshake::client::generate_key(),
-            )
-            .body(())
-            .unwrap();
-        tokio_tungstenite::client_async(request, tcp).await.unwrap()
+        proxy_websocket(self.server.addr, &self.host(service), path, token).await
     }
 
     fn url(&self, service: &str, path: &str) -> String {

@@ -746,3 +746,32 @@ pub async fn api_call(
     };
     (status, value)
 }
+
+/// A WebSocket to `path` on the proxy host `host` (with its port), opened
+/// on a TCP connection to `connect_to` (the server, or what fronts it),
+/// carrying the proxy cookie of `token`.
+pub async fn proxy_websocket(
+    connect_to: SocketAddr,
+    host: &str,
+    path: &str,
+    token: &str,
+) -> (
+    tokio_tungstenite::WebSocketStream<TcpStream>,
+    tokio_tungstenite::tungstenite::handshake::client::Response,
+) {
+    let tcp = TcpStream::connect(connect_to).await.unwrap();
+    let request = tokio_tungstenite::tungstenite::http::Request::builder()
+        .uri(format!("ws://{host}{path}"))
+        .header("host", host)
+        .header("cookie", format!("rtunnel_proxy={token}"))
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header(
+            "sec-websocket-key",
+            tokio_tungstenite::tungstenite::handshake::client::generate_key(),
+        )
+        .body(())
+        .unwrap();
+    tokio_tungstenite::client_async(request, tcp).await.unwrap()
+}
