@@ -160,6 +160,20 @@ impl Chromium {
             .collect()
     }
 
+    /// Waits for the shell's first prompt: keystrokes typed before it are
+    /// echoed by the terminal ahead of the prompt, and the command's output
+    /// then shares the prompt's line.
+    async fn wait_prompt(&mut self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !self.screen().await.iter().any(|l| !l.trim().is_empty()) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the shell showed no prompt"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until a line of the screen is exactly `line`.
     async fn wait_line(&mut self, line: &str) {
         let deadline = tokio::time::Instant::now() + WAIT;
@@ -237,6 +251,7 @@ async fn typing_echo_hello_in_the_browser_terminal_shows_hello() {
     let href = browser.eval("location.href").await;
     assert!(!href.as_str().unwrap().contains(ticket), "{href}");
 
+    browser.wait_prompt().await;
     browser.type_line("echo hello").await;
     browser.wait_line("hello").await;
     // Sized to the browser window, not to a default.
@@ -305,6 +320,7 @@ async fn without_a_ticket_the_page_signs_in_and_the_shell_knows_the_operator() {
             |v| v == "open",
         )
         .await;
+    browser.wait_prompt().await;
     browser.type_line("echo \"op=$RTUNNEL_OPERATOR\"").await;
     browser.wait_line("op=olga").await;
 }
