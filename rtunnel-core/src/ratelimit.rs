@@ -172,37 +172,10 @@ mod tests {
     };
 
     #[tokio::test]
-    async fn a_burst_then_one_failure_per_interval() {
+    async fn the_memory_limiter_meets_the_rate_limit_checks() {
         let l = MemoryRateLimiter::new();
-        let t0 = 5_000_000;
-        for _ in 0..3 {
-            assert_eq!(l.check("k", RULE, t0).await.unwrap(), None);
-            l.fail("k", RULE, t0).await.unwrap();
-        }
-        assert_eq!(
-            l.check("k", RULE, t0).await.unwrap(),
-            Some(Duration::from_secs(10))
-        );
-        assert_eq!(
-            l.check("k", RULE, t0 + 4_000).await.unwrap(),
-            Some(Duration::from_secs(6))
-        );
-        // One interval later one more failure is allowed, not three.
-        let t1 = t0 + 10_000;
-        assert_eq!(l.check("k", RULE, t1).await.unwrap(), None);
-        l.fail("k", RULE, t1).await.unwrap();
-        assert!(l.check("k", RULE, t1).await.unwrap().is_some());
-        // After the whole budget refills, a full burst again.
-        let t2 = t1 + 30_000;
-        for _ in 0..3 {
-            assert_eq!(l.check("k", RULE, t2).await.unwrap(), None);
-            l.fail("k", RULE, t2).await.unwrap();
-        }
-        assert!(l.check("k", RULE, t2).await.unwrap().is_some());
-        // Other keys are untouched; reset forgives.
-        assert_eq!(l.check("other", RULE, t2).await.unwrap(), None);
-        l.reset("k").await.unwrap();
-        assert_eq!(l.check("k", RULE, t2).await.unwrap(), None);
+        crate::store::conformance::rate_limits_allow_a_burst_then_one_failure_per_interval(&l)
+            .await;
     }
 
     #[tokio::test]

@@ -8,9 +8,10 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use rtunnel_core::ratelimit::{RateLimiter, Rule};
 use rtunnel_core::store::conformance;
 use rtunnel_core::store::now_millis;
-use rtunnel_core::store::redis::{RedisConnection, RedisTicketStore};
+use rtunnel_core::store::redis::{RedisConnection, RedisRateLimiter, RedisTicketStore};
 use rtunnel_core::ticket::{Ticket, TicketStore, ticket_key};
 use uuid::Uuid;
 
@@ -49,6 +50,60 @@ async fn redis_tickets_meet_the_ticket_checks() {
     let Some(url) = redis_url() else { return };
     let store = RedisTicketStore::new(connect(&url).await);
     conformance::tickets_are_taken_once_and_only_before_they_expire(&store).await;
+}
+
+#[tokio::test]
+async fn redis_rate_limits_meet_the_rate_limit_checks() {
+    let Some(url) = redis_url() else { return };
+    let limiter = RedisRateLimiter::new(connect(&url).await);
+    conformance::rate_limits_allow_a_burst_then_one_failure_per_interval(&limiter).await;
+}
+
+#[tokio::test]
+async fn failures_on_every_node_spend_one_budget() {
+    let Some(url) = redis_url() else { return };
+    let prefix = format!("rtunnel-test-{}:", Uuid::new_v4().simple());
+    let nodes: Vec<RedisRateLimiter> = three_nodes(&url, &prefix).await;
+    let rule = Rule {
+        burst: 5,
+        interval: Duration::from_secs(60),
+    };
+    let now = now_millis();
+    // Five failures spread over three nodes, at the same moment.
+    let fails = (0..5).map(|i| nodes[i % 3].fail("login:mallory", rule, now));
+    for r in futures::future::join_all(fails).await {
+        r.unwrap();
+    }
+    for node in &nodes {
+        let wait = node.check("login:mallory", rule, now).await.unwrap();
+        assert_eq!(
+            wait,
+            Some(Duration::from_secs(60)),
+            "every node sees the spent budget"
+        );
+    }
+    // The key expires by itself once the budget is whole again.
+    let ttl: i64 = {
+        let client = redis::Client::open(url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("PTTL")
+            .arg(format!("{prefix}rl:login:mallory"))
+            .query_async(&mut conn)
+            .await
+            .unwrap()
+    };
+    assert!((290_000..=300_000).contains(&ttl), "pttl {ttl}");
+}
+
+/// Three "nodes" on the same keys.
+async fn three_nodes(url: &str, prefix: &str) -> Vec<RedisRateLimiter> {
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(RedisRateLimiter::new(
+            RedisConnection::connect(url, prefix).await.unwrap(),
+        ));
+    }
+    nodes
 }
 
 #[tokio::test]

@@ -504,6 +504,49 @@ where
     );
 }
 
+/// A rate limiter: a burst of `burst` failures, then one per interval;
+/// keys apart; `reset` forgives. (Live state: the limiter alone.)
+pub async fn rate_limits_allow_a_burst_then_one_failure_per_interval<L>(l: &L)
+where
+    L: crate::ratelimit::RateLimiter + ?Sized,
+{
+    use crate::ratelimit::Rule;
+    use std::time::Duration;
+    const RULE: Rule = Rule {
+        burst: 3,
+        interval: Duration::from_secs(10),
+    };
+    let t0 = 5_000_000;
+    for _ in 0..3 {
+        assert_eq!(l.check("k", RULE, t0).await.unwrap(), None);
+        l.fail("k", RULE, t0).await.unwrap();
+    }
+    assert_eq!(
+        l.check("k", RULE, t0).await.unwrap(),
+        Some(Duration::from_secs(10))
+    );
+    assert_eq!(
+        l.check("k", RULE, t0 + 4_000).await.unwrap(),
+        Some(Duration::from_secs(6))
+    );
+    // One interval later one more failure is allowed, not three.
+    let t1 = t0 + 10_000;
+    assert_eq!(l.check("k", RULE, t1).await.unwrap(), None);
+    l.fail("k", RULE, t1).await.unwrap();
+    assert!(l.check("k", RULE, t1).await.unwrap().is_some());
+    // After the whole budget refills, a full burst again.
+    let t2 = t1 + 30_000;
+    for _ in 0..3 {
+        assert_eq!(l.check("k", RULE, t2).await.unwrap(), None);
+        l.fail("k", RULE, t2).await.unwrap();
+    }
+    assert!(l.check("k", RULE, t2).await.unwrap().is_some());
+    // Other keys are untouched; reset forgives.
+    assert_eq!(l.check("other", RULE, t2).await.unwrap(), None);
+    l.reset("k").await.unwrap();
+    assert_eq!(l.check("k", RULE, t2).await.unwrap(), None);
+}
+
 /// One `#[tokio::test]` per conformance check, each on a fresh store from
 /// `$fresh`: an async function answering `Some((guard, store))`, where the
 /// guard keeps the store's backing alive (a temporary directory, a

@@ -1,13 +1,16 @@
 //! Redis implementations of the live state several server nodes share
-//! (behind the `redis` feature): single-use tickets so far.
+//! (behind the `redis` feature): single-use tickets and the failure budgets
+//! of logins and tunnel authentications so far.
 //!
 //! Redis holds only what may be lost: a ticket lives 30 seconds. Every key
 //! is under a prefix (`rtunnel:` by default), so one Redis can serve
 //! several deployments. Connections go through redis-rs's
 //! `ConnectionManager`, which reconnects by itself after Redis restarts.
 
+mod ratelimit;
 mod tickets;
 
+pub use ratelimit::RedisRateLimiter;
 pub use tickets::RedisTicketStore;
 
 use super::StoreError;
