@@ -83,6 +83,18 @@ async fn an_agent_fails_over_to_another_node_and_resumes_its_session() {
     // grace there and the agent, failing over, resumes it.
     node_a.proc.kill();
     let node_b = ServerProc::start_on(tmp.path(), &b_addr, &[]).await;
+    // The agent's word first: until node B's recovery ran, the database
+    // still says "active" from node A's time.
+    wait_for("the agent to resume its session on node B", || {
+        let log = agent.log_text();
+        async move { log.contains("resumed the session").then_some(()) }
+    })
+    .await;
+    let log = agent.log_text();
+    assert!(
+        log.contains(&format!("next attempt goes to ws://{b_addr}")),
+        "{log}"
+    );
     wait_for("the session to be active on node B", || async {
         let (status, body) = http_get(
             node_b.addr,
@@ -95,12 +107,6 @@ async fn an_agent_fails_over_to_another_node_and_resumes_its_session() {
         (status == 200 && v["status"] == "active").then_some(())
     })
     .await;
-    let log = agent.log_text();
-    assert!(
-        log.contains(&format!("next attempt goes to ws://{b_addr}")),
-        "{log}"
-    );
-    assert!(log.contains("resumed the session"), "{log}");
     let (_fwd, local) = start_forward(&node_b, &token, &session, "echo").await;
     assert_eq!(echo_through(local, b"via node B").await, b"via node B");
 }
