@@ -248,16 +248,6 @@ async fn newest_closed_access(
     .await
 }
 
-/// The status of a session, read through the API.
-async fn session_status(server: &ServerProc, token: &str, id: &str) -> Option<serde_json::Value> {
-    let (status, body) = http_get(server.addr, &format!("/api/v1/sessions/{id}"), Some(token))
-        .await
-        .ok()?;
-    (status == 200)
-        .then(|| serde_json::from_str(&body).ok())
-        .flatten()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_crash_the_agent_resumes_the_same_session_and_forward_works_again() {
     let mut s = setup().await;

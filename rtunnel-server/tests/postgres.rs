@@ -44,18 +44,7 @@ async fn a_server_on_postgres_carries_a_session_and_survives_a_crash() {
     let mut server = server;
     server.proc.kill();
     let server = ServerProc::start_on(tmp.path(), &listen, &[]).await;
-    wait_for("the same session to be active again", || async {
-        let (status, body) = http_get(
-            server.addr,
-            &format!("/api/v1/sessions/{session}"),
-            Some(&token),
-        )
-        .await
-        .ok()?;
-        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-        (status == 200 && v["status"] == "active").then_some(())
-    })
-    .await;
+    wait_session_active(&server, &token, &session).await;
     let data = random_bytes(256 << 10);
     assert!(echo_through(local, &data).await == data);
     assert_eq!(audit_events(tmp.path(), "session_resumed").await.len(), 1);
@@ -95,18 +84,7 @@ async fn an_agent_fails_over_to_another_node_and_resumes_its_session() {
         log.contains(&format!("next attempt goes to ws://{b_addr}")),
         "{log}"
     );
-    wait_for("the session to be active on node B", || async {
-        let (status, body) = http_get(
-            node_b.addr,
-            &format!("/api/v1/sessions/{session}"),
-            Some(&token),
-        )
-        .await
-        .ok()?;
-        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-        (status == 200 && v["status"] == "active").then_some(())
-    })
-    .await;
+    wait_session_active(&node_b, &token, &session).await;
     let (_fwd, local) = start_forward(&node_b, &token, &session, "echo").await;
     assert_eq!(echo_through(local, b"via node B").await, b"via node B");
 }

@@ -775,3 +775,26 @@ pub async fn proxy_websocket(
         .unwrap();
     tokio_tungstenite::client_async(request, tcp).await.unwrap()
 }
+
+/// A session as the API shows it (`None` unless 200).
+pub async fn session_status(
+    server: &ServerProc,
+    token: &str,
+    id: &str,
+) -> Option<serde_json::Value> {
+    let (status, body) = http_get(server.addr, &format!("/api/v1/sessions/{id}"), Some(token))
+        .await
+        .ok()?;
+    (status == 200)
+        .then(|| serde_json::from_str(&body).ok())
+        .flatten()
+}
+
+/// Waits until the API shows session `id` active.
+pub async fn wait_session_active(server: &ServerProc, token: &str, id: &str) {
+    wait_for("the session to be active", || async {
+        let v = session_status(server, token, id).await?;
+        (v["status"] == "active").then_some(())
+    })
+    .await
+}
