@@ -25,6 +25,7 @@ pub mod access;
 pub mod api_token;
 pub mod claims;
 pub mod launch_token;
+pub mod node;
 pub mod password;
 pub mod secret;
 pub mod signer;
@@ -61,6 +62,9 @@ pub mod fuzzing {
         }
         let launch = LaunchSigner::new(&[0x42; 32]).unwrap_or_else(|_| unreachable!());
         assert!(launch.verify(text, 0).is_err());
+        let node = crate::node::NodeKey::new(&[0x42; 32]).unwrap_or_else(|_| unreachable!());
+        let mut seen = crate::node::NonceCache::default();
+        assert!(node.verify(text, "fuzz", 0, &mut seen).is_err());
         let token = signer.sign(data);
         if token.len() <= crate::signer::MAX_SIGNED_TOKEN_LEN {
             assert_eq!(signer.verify(&token).ok().as_deref(), Some(data));

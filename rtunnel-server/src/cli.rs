@@ -88,6 +88,24 @@ struct ServeArgs {
     /// Interval between heartbeats; a peer silent for three is dead.
     #[arg(long, env = "RTUNNEL_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration, global = true)]
     heartbeat_interval: Duration,
+    /// Redis shared by the nodes of a cluster (none: this node is alone).
+    #[arg(long, env = "RTUNNEL_REDIS_URL", global = true)]
+    redis_url: Option<String>,
+    /// This node's id in a cluster (default: kept in <data-dir>/node-id).
+    #[arg(long, env = "RTUNNEL_NODE_ID", global = true)]
+    node_id: Option<String>,
+    /// Internal address of the node channel, where other nodes reach this
+    /// one's tunnels (required with --redis-url; keep it off the internet).
+    #[arg(long, env = "RTUNNEL_NODE_LISTEN", global = true)]
+    node_listen: Option<SocketAddr>,
+    /// HOST:PORT other nodes dial for the node channel (default: the bound
+    /// --node-listen address).
+    #[arg(long, env = "RTUNNEL_NODE_ADVERTISE", global = true)]
+    node_advertise: Option<String>,
+    /// Cluster key file, the same on every node (default
+    /// <data-dir>/cluster.key, generated on first start).
+    #[arg(long, env = "RTUNNEL_CLUSTER_KEY_FILE", global = true)]
+    cluster_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -376,6 +394,11 @@ async fn serve(store_args: StoreArgs, args: ServeArgs, store: SqlStore) -> Resul
         tsplus_base_url: std::env::var("TSPLUS_BASE_URL")
             .ok()
             .filter(|v| !v.is_empty()),
+        node_id: args.node_id,
+        redis_url: args.redis_url,
+        node_listen: args.node_listen,
+        node_advertise: args.node_advertise,
+        cluster_key_file: args.cluster_key_file,
     };
     config.validate().map_err(Failure::usage)?;
     let server = Server::builder()

@@ -39,6 +39,18 @@ pub struct ServerConfig {
     pub pomerium_base_url: Option<String>,
     /// The launcher's fallback TSPlus URL (`TSPLUS_BASE_URL`).
     pub tsplus_base_url: Option<String>,
+    /// This node's id in a cluster (default: kept in `<data_dir>/node-id`).
+    pub node_id: Option<String>,
+    /// Redis shared by the nodes of a cluster; none for a node alone.
+    pub redis_url: Option<String>,
+    /// Where the node channel listens (required with `redis_url`).
+    pub node_listen: Option<SocketAddr>,
+    /// `host:port` other nodes dial to reach the node channel (default:
+    /// the bound `node_listen`).
+    pub node_advertise: Option<String>,
+    /// The cluster key file, the same on every node (default
+    /// `<data_dir>/cluster.key`).
+    pub cluster_key_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +72,11 @@ impl Default for ServerConfig {
             launch_key_file: None,
             pomerium_base_url: None,
             tsplus_base_url: None,
+            node_id: None,
+            redis_url: None,
+            node_listen: None,
+            node_advertise: None,
+            cluster_key_file: None,
         }
     }
 }
@@ -75,6 +92,12 @@ impl ServerConfig {
         }
         if self.heartbeat_interval < Duration::from_millis(100) {
             return Err("--heartbeat-interval must be at least 100ms".into());
+        }
+        if self.redis_url.is_some() && self.node_listen.is_none() {
+            return Err(
+                "--redis-url makes this node part of a cluster: set --node-listen too (the internal address other nodes reach it at)"
+                    .into(),
+            );
         }
         Ok(())
     }

@@ -21,7 +21,6 @@ use rtunnel_core::setup;
 use rtunnel_core::store::{AccessLog, AuditEvent, SessionStatus, User, now_millis};
 use rtunnel_core::ws::{MAX_WS_MESSAGE_BYTES, WsStream};
 use serde::Deserialize;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -29,7 +28,7 @@ use crate::api::auth::{Authenticated, authorize};
 use crate::api::extract::Query;
 use crate::api::parse_id;
 use crate::error::ApiError;
-use crate::registry::OpenError;
+use crate::registry::{OpenError, TunnelStream};
 use crate::revocation::Holder;
 use crate::state::AppState;
 
@@ -181,7 +180,7 @@ async fn serve_stream(ctx: Arc<ForwardCtx>, mut stream: YamuxStream) {
     let Some(header) = setup::accept_header(&mut stream, timeout).await else {
         return;
     };
-    let (mut upstream, _permit) = match open_upstream(&ctx, &header).await {
+    let mut upstream = match open_upstream(&ctx, &header).await {
         Ok(ok) => ok,
         Err(refusal) => {
             tracing::info!(user = %ctx.user.name, service = %header.service, "stream refused: {refusal:?}");
@@ -253,7 +252,7 @@ async fn serve_stream(ctx: Arc<ForwardCtx>, mut stream: YamuxStream) {
 async fn open_upstream(
     ctx: &ForwardCtx,
     header: &StreamHeader,
-) -> Result<(YamuxStream, OwnedSemaphorePermit), StreamReply> {
+) -> Result<TunnelStream, StreamReply> {
     if header.kind != StreamKind::Tcp {
         return Err(StreamReply::refused(
             "unsupported_kind",
@@ -273,7 +272,7 @@ async fn open_upstream(
     {
         return Err(StreamReply::refused(code, "access denied"));
     }
-    let tunnel = match state.registry.by_session(ctx.session_id) {
+    let tunnel = match state.cluster.route(ctx.session_id).await {
         Some(t) => t,
         None => return Err(no_tunnel(state, ctx.session_id).await),
     };
@@ -285,7 +284,7 @@ async fn open_upstream(
     }
     let timeout = state.config.handshake_timeout;
     tunnel
-        .open_stream(header, timeout)
+        .open_stream(&state.cluster, header, timeout)
         .await
         .map_err(|e| match e {
             // The agent's own refusal goes back to the operator unchanged.

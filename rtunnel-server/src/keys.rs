@@ -30,6 +30,16 @@ pub fn load_or_create_launch_signer(
     LaunchSigner::new(&key).map_err(|_| too_short(path))
 }
 
+/// Loads the cluster key from `path` (every node of a cluster holds the
+/// same), creating it like the signing key.
+pub fn load_or_create_cluster_key(
+    path: &Path,
+    production: bool,
+) -> Result<rtunnel_auth::node::NodeKey, ServerError> {
+    let key = load_or_create_key(path, production, "--cluster-key-file")?;
+    rtunnel_auth::node::NodeKey::new(&key).map_err(|_| too_short(path))
+}
+
 fn too_short(path: &Path) -> ServerError {
     ServerError::Config(format!(
         "the key in {} is too short (16 bytes at least)",

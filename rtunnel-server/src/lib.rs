@@ -24,6 +24,7 @@
 pub mod accept;
 pub mod api;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod console;
 pub mod enroll;

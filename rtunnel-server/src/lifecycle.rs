@@ -72,10 +72,21 @@ async fn step_and_store(
     if t.next == session.lifecycle() && t.actions.is_empty() {
         return Ok(t);
     }
+    // Losing a tunnel only ends the session's time on this node if this
+    // node still holds it: an agent that moved to another node meanwhile
+    // keeps its session active there.
+    let held_by = matches!(event, Event::TunnelLost { .. }).then(|| state.cluster.node_id());
     let stored = state
         .stores
         .sessions
-        .apply_lifecycle(session.id, session.status, &t.next, t.end_reason, now)
+        .apply_lifecycle(
+            session.id,
+            session.status,
+            held_by,
+            &t.next,
+            t.end_reason,
+            now,
+        )
         .await?;
     if !stored {
         return Err(ApplyError::Conflict);
@@ -103,14 +114,13 @@ async fn step_and_store(
     Ok(t)
 }
 
-/// Performs a transition's actions on the live tunnel, if there is one.
+/// Performs a transition's actions on the live tunnel, on whichever node
+/// holds it.
 pub async fn perform(state: &AppState, id: Uuid, actions: &[Action]) {
     for action in actions {
         match action {
             Action::CloseTunnel { code, reason } => {
-                if let Some(t) = state.registry.by_session(id) {
-                    t.close(*code, reason).await;
-                }
+                state.cluster.close_tunnel(id, *code, reason).await;
             }
             // The tunnel endpoint issues the new token in its welcome.
             Action::RotateReconnectToken => {}

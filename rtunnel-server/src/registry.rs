@@ -4,13 +4,17 @@
 //! credentials takes the session over, and the first is told why and closed.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
 use rtunnel_core::mux::{Mux, YamuxMux, YamuxStream};
 use rtunnel_core::proto::{CloseCode, Control, ServiceInfo, StreamHeader};
 use rtunnel_core::setup::{self, SetupError};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use uuid::Uuid;
 
@@ -34,6 +38,72 @@ pub enum OpenError {
     /// The agent did not answer the stream header in time.
     #[error("the agent did not answer in time")]
     Timeout,
+}
+
+/// A stream to a service behind an agent: a stream of a tunnel on this
+/// node (counted against the tunnel's stream limit while it lives), or a
+/// connection over the node channel to the node holding the tunnel (which
+/// counts it there).
+#[derive(Debug)]
+pub struct TunnelStream {
+    io: StreamIo,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+#[derive(Debug)]
+enum StreamIo {
+    Tunnel(YamuxStream),
+    Node(TokioIo<Upgraded>),
+}
+
+impl TunnelStream {
+    /// A stream over the node channel.
+    pub(crate) fn node(io: TokioIo<Upgraded>) -> Self {
+        TunnelStream {
+            io: StreamIo::Node(io),
+            _permit: None,
+        }
+    }
+}
+
+impl AsyncRead for TunnelStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match &mut self.get_mut().io {
+            StreamIo::Tunnel(s) => Pin::new(s).poll_read(cx, buf),
+            StreamIo::Node(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for TunnelStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match &mut self.get_mut().io {
+            StreamIo::Tunnel(s) => Pin::new(s).poll_write(cx, buf),
+            StreamIo::Node(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match &mut self.get_mut().io {
+            StreamIo::Tunnel(s) => Pin::new(s).poll_flush(cx),
+            StreamIo::Node(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match &mut self.get_mut().io {
+            StreamIo::Tunnel(s) => Pin::new(s).poll_shutdown(cx),
+            StreamIo::Node(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
 }
 
 /// One live tunnel.
@@ -60,13 +130,12 @@ impl LiveTunnel {
     }
 
     /// Opens a stream to the agent for `header` and waits (at most
-    /// `timeout`) for the agent to accept it. The permit counts the stream
-    /// against the tunnel's limit for as long as it is held.
+    /// `timeout`) for the agent to accept it.
     pub async fn open_stream(
         &self,
         header: &StreamHeader,
         timeout: Duration,
-    ) -> Result<(YamuxStream, OwnedSemaphorePermit), OpenError> {
+    ) -> Result<TunnelStream, OpenError> {
         // The limit refuses one stream and leaves the tunnel healthy.
         let permit = self
             .streams
@@ -79,7 +148,10 @@ impl LiveTunnel {
             .await
             .map_err(|e| OpenError::Unavailable(e.to_string()))?;
         match setup::request(&mut stream, header, timeout).await {
-            Ok(()) => Ok((stream, permit)),
+            Ok(()) => Ok(TunnelStream {
+                io: StreamIo::Tunnel(stream),
+                _permit: Some(permit),
+            }),
             Err(SetupError::Refused { code, reason }) => Err(OpenError::Refused { code, reason }),
             Err(SetupError::Failed(e)) => Err(OpenError::Unavailable(e.to_string())),
             Err(SetupError::Timeout(_)) => Err(OpenError::Timeout),

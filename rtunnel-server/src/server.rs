@@ -13,6 +13,11 @@ use rtunnel_core::token::TokenSigner;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use rtunnel_core::store::redis::{
+    DEFAULT_PREFIX, RedisConnection, RedisRateLimiter, RedisTicketStore,
+};
+
+use crate::cluster::{Cluster, Membership};
 use crate::config::ServerConfig;
 use crate::registry::Registry;
 use crate::state::{AppState, Stores};
@@ -103,12 +108,56 @@ impl ServerBuilder {
             .unwrap_or_else(|| self.config.data_dir.join("launch.key"));
         let launch_signer =
             crate::keys::load_or_create_launch_signer(&launch_key, self.config.production)?;
-        // Tunnels die with the process that held them: their sessions get a
-        // grace period for their agents to come back.
+        let node_id =
+            crate::cluster::resolve_node_id(self.config.node_id.as_deref(), &self.config.data_dir)
+                .map_err(ServerError::Config)?;
+        let registry = Arc::new(Registry::default());
+        let mut stores = stores;
+        let (cluster, node_listener) = match &self.config.redis_url {
+            None => (Cluster::single(node_id.clone(), registry.clone()), None),
+            Some(url) => {
+                let redis = RedisConnection::connect(url, DEFAULT_PREFIX).await?;
+                // Live state every node must agree on lives in Redis.
+                stores.tickets = Arc::new(RedisTicketStore::new(redis.clone()));
+                stores.limiter = Arc::new(RedisRateLimiter::new(redis.clone()));
+                let listen = self
+                    .config
+                    .node_listen
+                    .ok_or_else(|| ServerError::Config("--redis-url needs --node-listen".into()))?;
+                let listener = TcpListener::bind(listen).await.map_err(|e| {
+                    ServerError::Config(format!("cannot listen on --node-listen {listen}: {e}"))
+                })?;
+                let bound = listener.local_addr().unwrap_or(listen);
+                let address = crate::cluster::advertised_address(
+                    self.config.node_advertise.as_deref(),
+                    bound,
+                )
+                .map_err(ServerError::Config)?;
+                let key_path = self
+                    .config
+                    .cluster_key_file
+                    .clone()
+                    .unwrap_or_else(|| self.config.data_dir.join("cluster.key"));
+                let key =
+                    crate::keys::load_or_create_cluster_key(&key_path, self.config.production)?;
+                tracing::info!(node = %node_id, %address, "joining the cluster");
+                let membership = Membership {
+                    redis,
+                    address,
+                    key,
+                };
+                (
+                    Cluster::member(node_id.clone(), registry.clone(), membership),
+                    Some(listener),
+                )
+            }
+        };
+        // Tunnels die with the process that held them: this node's sessions
+        // get a grace period for their agents to come back.
         let grace_ms = self.config.grace_period.as_millis() as i64;
         let recovered = stores
             .sessions
-            .recover_unfinished(grace_ms, now_millis())
+            .recover_unfinished(&node_id, grace_ms, now_millis())
             .await?;
         if recovered > 0 {
             tracing::info!(
@@ -121,13 +170,15 @@ impl ServerBuilder {
                 self.config.data_dir.join("recordings"),
             ))
         });
-        let registry = Arc::new(Registry::default());
-        let proxy = crate::proxy::Proxy::new(registry.clone(), self.config.handshake_timeout);
+        let cluster = Arc::new(cluster);
+        let proxy = crate::proxy::Proxy::new(cluster.clone(), self.config.handshake_timeout);
         Ok(Server {
+            node_listener,
             state: Arc::new(AppState {
                 config: self.config,
                 stores,
                 registry,
+                cluster,
                 proxy,
                 shutdown: CancellationToken::new(),
                 signer,
@@ -157,6 +208,7 @@ impl ServerBuilder {
 #[derive(Debug)]
 pub struct Server {
     state: Arc<AppState>,
+    node_listener: Option<TcpListener>,
 }
 
 impl Server {
@@ -176,25 +228,40 @@ impl Server {
         crate::api::router(self.state.clone())
     }
 
+    /// The bound address of the node channel, in a cluster.
+    pub fn node_addr(&self) -> Option<std::net::SocketAddr> {
+        self.node_listener.as_ref()?.local_addr().ok()
+    }
+
     /// Serves on `listener` until `shutdown` resolves, then tells every agent
-    /// the server is restarting and waits briefly for tunnels to end.
+    /// the server is restarting and waits briefly for tunnels to end. In a
+    /// cluster the node channel is served too, on `--node-listen`.
     pub async fn serve<F>(self, listener: TcpListener, shutdown: F) -> std::io::Result<()>
     where
         F: Future<Output = ()> + Send + 'static,
     {
         let addr = listener.local_addr()?;
-        tracing::info!(%addr, "rtunnel-server listening");
+        tracing::info!(%addr, node = %self.state.cluster.node_id(), "rtunnel-server listening");
         let state = self.state.clone();
+        let router = self.router();
         tokio::spawn(crate::lifecycle::sweeper(state.clone()));
+        tokio::spawn(Cluster::run(state.clone()));
+        if let Some(node_listener) = self.node_listener {
+            let router = crate::cluster::channel::router(state.clone());
+            let head_timeout = state.config.handshake_timeout;
+            let stop = state.shutdown.clone();
+            tokio::spawn(async move {
+                let stopped = async move { stop.cancelled().await };
+                if let Err(e) =
+                    crate::accept::serve(node_listener, router, head_timeout, stopped, async {})
+                        .await
+                {
+                    tracing::error!(error = %e, "the node channel failed");
+                }
+            });
+        }
         let head_timeout = state.config.handshake_timeout;
-        crate::accept::serve(
-            listener,
-            self.router(),
-            head_timeout,
-            shutdown,
-            drain(&state),
-        )
-        .await
+        crate::accept::serve(listener, router, head_timeout, shutdown, drain(&state)).await
     }
 }
 
@@ -213,6 +280,7 @@ async fn drain(state: &AppState) {
     while !state.registry.is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    state.cluster.leave().await;
 }
 
 /// Path of the default SQLite database in a data directory.

@@ -66,6 +66,8 @@ pub struct AppState {
     pub stores: Stores,
     /// Live tunnels of this node.
     pub registry: Arc<Registry>,
+    /// This node's place among the others (alone without Redis).
+    pub cluster: Arc<crate::cluster::Cluster>,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
     /// Signs and verifies the server's tokens.

@@ -20,7 +20,6 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::response::Response;
 use futures::{SinkExt, StreamExt};
 use rtunnel_auth::access::Action;
-use rtunnel_core::mux::YamuxStream;
 use rtunnel_core::proto::{StreamHeader, StreamKind, TerminalOpen};
 use rtunnel_core::recording::{Cast, MAX_RECORDING_BYTES, RecordingInfo, RecordingSink};
 use rtunnel_core::store::{AccessLog, AuditEvent, SessionStatus, User, now_millis};
@@ -33,7 +32,7 @@ use crate::api::auth::authorize;
 use crate::api::extract::Query;
 use crate::api::parse_id;
 use crate::error::ApiError;
-use crate::registry::OpenError;
+use crate::registry::{OpenError, TunnelStream};
 use crate::revocation::Holder;
 use crate::state::AppState;
 
@@ -118,7 +117,7 @@ pub(crate) async fn terminal_endpoint(
     event.details = serde_json::json!({"cols": cols, "rows": rows});
     state.audit(event).await?;
 
-    let (upstream, permit) = open_pty(&state, session_id, &user, cols, rows).await?;
+    let upstream = open_pty(&state, session_id, &user, cols, rows).await?;
     let entry = AccessLog {
         id: Uuid::new_v4(),
         session_id,
@@ -170,7 +169,6 @@ pub(crate) async fn terminal_endpoint(
         unstarted.started();
         let recorder = Recorder::start(recording, cols, rows, &ctx).await;
         bridge(ctx, socket, upstream, recorder).await;
-        drop(permit);
     }))
 }
 
@@ -214,8 +212,8 @@ async fn open_pty(
     user: &User,
     cols: u16,
     rows: u16,
-) -> Result<(YamuxStream, tokio::sync::OwnedSemaphorePermit), ApiError> {
-    let tunnel = state.registry.by_session(session_id).ok_or_else(|| {
+) -> Result<TunnelStream, ApiError> {
+    let tunnel = state.cluster.route(session_id).await.ok_or_else(|| {
         conflict(
             "agent_unavailable",
             "the agent of this session is not connected",
@@ -235,7 +233,7 @@ async fn open_pty(
     });
     let timeout = state.config.handshake_timeout;
     tunnel
-        .open_stream(&header, timeout)
+        .open_stream(&state.cluster, &header, timeout)
         .await
         .map_err(|e| match e {
             OpenError::TooManyStreams => ApiError::new(
@@ -345,7 +343,7 @@ enum End {
     Cut(&'static str),
 }
 
-async fn bridge(ctx: TerminalCtx, socket: WebSocket, upstream: YamuxStream, recorder: Recorder) {
+async fn bridge(ctx: TerminalCtx, socket: WebSocket, upstream: TunnelStream, recorder: Recorder) {
     let opened = Instant::now();
     let (ws_tx, mut ws_rx) = socket.split();
     let ws_tx = Arc::new(Mutex::new(ws_tx));

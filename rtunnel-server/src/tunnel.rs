@@ -204,6 +204,9 @@ async fn run_tunnel(state: Arc<AppState>, system: System, peer: SocketAddr, sock
     // Only the last tunnel of a session ends it: a tunnel that was taken
     // over by the agent's new connection leaves the session alone.
     let session_lost = tunnel.as_ref().is_none_or(|t| state.registry.remove(t));
+    if let Some(t) = tunnel.as_ref().filter(|_| session_lost) {
+        state.cluster.detached(t).await;
+    }
     if session_lost {
         let grace_ms = state.config.grace_period.as_millis() as i64;
         lifecycle::apply(&state, session_id, Event::TunnelLost { grace_ms }).await;
@@ -242,15 +245,19 @@ async fn attach_session(
             }
         }
     }
-    if let Some(live) = state.registry.by_system(system.id) {
+    // The system's tunnel may be live here or on another node; either
+    // way the new connection takes its session over (the old tunnel is
+    // told `replaced` once the new one is live).
+    if let Some(live) = state.cluster.route_of_system(system.id).await {
+        let session_id = live.session_id();
         let mut event = AuditEvent::new("tunnel_taken_over");
         event.actor = Some(system.key.clone());
         event.system_id = Some(system.id);
-        event.session_id = Some(live.session_id);
+        event.session_id = Some(session_id);
         event.ip_address = Some(peer.ip().to_string());
         state.audit_best_effort(event).await;
-        tracing::info!(system = %system.name, session = %live.session_id, %peer, "a new agent connection takes over the live session");
-        return Ok(live.session_id);
+        tracing::info!(system = %system.name, session = %session_id, %peer, "a new agent connection takes over the live session");
+        return Ok(session_id);
     }
     let now = now_millis();
     let session = SessionRecord {
@@ -267,6 +274,7 @@ async fn attach_session(
         agent_addr: Some(peer.to_string()),
         agent_software: None,
         services: Vec::new(),
+        node_id: Some(state.cluster.node_id().to_owned()),
     };
     state.stores.sessions.create_session(&session).await?;
     Ok(session.id)
@@ -301,6 +309,7 @@ async fn try_resume(
         .apply_lifecycle(
             session.id,
             session.status,
+            None,
             &transition.next,
             None,
             now_millis(),
@@ -361,7 +370,13 @@ async fn serve_tunnel(
     state
         .stores
         .sessions
-        .activate_session(session_id, &services, &hello.software, now_millis())
+        .activate_session(
+            session_id,
+            &services,
+            &hello.software,
+            state.cluster.node_id(),
+            now_millis(),
+        )
         .await
         .map_err(|e| format!("cannot activate the session: {e}"))?;
     tracing::info!(
@@ -390,6 +405,7 @@ async fn serve_tunnel(
         )
         .await;
     }
+    state.cluster.attached(&tunnel).await;
     let end = tokio::select! {
         end = channel.run(control, heartbeat, |_| {}) => end,
         _ = mux.closed() => ControlEnd::Lost("tunnel connection closed".into()),

@@ -234,6 +234,7 @@ pub async fn sessions_move_through_their_states<S: FullStore + ?Sized>(s: &S) {
         agent_addr: Some("127.0.0.1:1".into()),
         agent_software: None,
         services: vec![],
+        node_id: Some("node-a".into()),
     };
     s.create_session(&rec).await.unwrap();
     let manifest = vec![ServiceInfo {
@@ -242,26 +243,47 @@ pub async fn sessions_move_through_their_states<S: FullStore + ?Sized>(s: &S) {
         target: Some("127.0.0.1:22".into()),
         tls: false,
     }];
-    s.activate_session(rec.id, &manifest, "agent/1", now)
+    s.activate_session(rec.id, &manifest, "agent/1", "node-b", now)
         .await
         .unwrap();
     let got = s.session(rec.id).await.unwrap().unwrap();
     assert_eq!(got.status, SessionStatus::Active);
     assert_eq!(got.services, manifest);
     assert_eq!(got.agent_software.as_deref(), Some("agent/1"));
+    assert_eq!(got.node_id.as_deref(), Some("node-b"));
     use crate::session::{Event, Lifecycle};
     let lost = got
         .lifecycle()
         .step(Event::TunnelLost { grace_ms: 500 }, now)
         .unwrap();
+    // A node that no longer holds the session cannot move it.
     assert!(
-        s.apply_lifecycle(rec.id, SessionStatus::Active, &lost.next, None, now)
-            .await
-            .unwrap()
+        !s.apply_lifecycle(
+            rec.id,
+            SessionStatus::Active,
+            Some("node-a"),
+            &lost.next,
+            None,
+            now
+        )
+        .await
+        .unwrap()
+    );
+    assert!(
+        s.apply_lifecycle(
+            rec.id,
+            SessionStatus::Active,
+            Some("node-b"),
+            &lost.next,
+            None,
+            now
+        )
+        .await
+        .unwrap()
     );
     // Compare and set: a stale view does not overwrite.
     assert!(
-        !s.apply_lifecycle(rec.id, SessionStatus::Active, &lost.next, None, now)
+        !s.apply_lifecycle(rec.id, SessionStatus::Active, None, &lost.next, None, now)
             .await
             .unwrap()
     );
@@ -273,6 +295,7 @@ pub async fn sessions_move_through_their_states<S: FullStore + ?Sized>(s: &S) {
     s.apply_lifecycle(
         rec.id,
         SessionStatus::GracePeriod,
+        None,
         &over.next,
         over.end_reason,
         now + 500,
@@ -285,9 +308,16 @@ pub async fn sessions_move_through_their_states<S: FullStore + ?Sized>(s: &S) {
         ..over.next
     };
     assert!(
-        !s.apply_lifecycle(rec.id, SessionStatus::Active, &closed, Some("again"), now)
-            .await
-            .unwrap()
+        !s.apply_lifecycle(
+            rec.id,
+            SessionStatus::Active,
+            None,
+            &closed,
+            Some("again"),
+            now
+        )
+        .await
+        .unwrap()
     );
     let got = s.session(rec.id).await.unwrap().unwrap();
     assert_eq!(got.status, SessionStatus::Expired);
@@ -297,7 +327,7 @@ pub async fn sessions_move_through_their_states<S: FullStore + ?Sized>(s: &S) {
     );
     assert_eq!(got.ended_at, Some(now + 500));
     assert!(
-        s.activate_session(rec.id, &manifest, "agent/1", now)
+        s.activate_session(rec.id, &manifest, "agent/1", "node-b", now)
             .await
             .is_err()
     );
@@ -314,7 +344,9 @@ pub async fn sessions_move_through_their_states<S: FullStore + ?Sized>(s: &S) {
     );
 }
 
-/// Conformance check `restart_recovery_puts_live_sessions_in_grace_and_expires_pending_ones`.
+/// Conformance check `restart_recovery_puts_live_sessions_in_grace_and_expires_pending_ones`:
+/// only the sessions of the node that restarted (or died), and those
+/// stored before nodes were recorded.
 pub async fn restart_recovery_puts_live_sessions_in_grace_and_expires_pending_ones<
     S: FullStore + ?Sized,
 >(
@@ -324,10 +356,13 @@ pub async fn restart_recovery_puts_live_sessions_in_grace_and_expires_pending_on
     s.create_system(&sys).await.unwrap();
     let now = now_millis();
     let mut ids = Vec::new();
-    for status in [
-        SessionStatus::Pending,
-        SessionStatus::Active,
-        SessionStatus::Closed,
+    for (status, node) in [
+        (SessionStatus::Pending, Some("node-a")),
+        (SessionStatus::Active, Some("node-a")),
+        (SessionStatus::Closed, Some("node-a")),
+        (SessionStatus::Active, None),
+        (SessionStatus::Active, Some("node-b")),
+        (SessionStatus::Pending, Some("node-b")),
     ] {
         let rec = SessionRecord {
             id: Uuid::new_v4(),
@@ -343,11 +378,18 @@ pub async fn restart_recovery_puts_live_sessions_in_grace_and_expires_pending_on
             agent_addr: None,
             agent_software: None,
             services: vec![],
+            node_id: node.map(str::to_owned),
         };
         s.create_session(&rec).await.unwrap();
         ids.push(rec.id);
     }
-    assert_eq!(s.recover_unfinished(60_000, now).await.unwrap(), 2);
+    let mut holding = s.nodes_holding_sessions().await.unwrap();
+    holding.sort();
+    assert_eq!(holding, ["node-a", "node-b"]);
+    assert_eq!(
+        s.recover_unfinished("node-a", 60_000, now).await.unwrap(),
+        3
+    );
     let get = |i: usize| {
         let id = ids[i];
         async move { s.session(id).await.unwrap().unwrap() }
@@ -358,6 +400,11 @@ pub async fn restart_recovery_puts_live_sessions_in_grace_and_expires_pending_on
     assert_eq!(active.grace_until, Some(now + 60_000));
     assert_eq!(active.reconnect_token_hash.as_deref(), Some("h"));
     assert_eq!(get(2).await.status, SessionStatus::Closed);
+    assert_eq!(get(3).await.status, SessionStatus::GracePeriod);
+    // Another node's sessions are left alone.
+    assert_eq!(get(4).await.status, SessionStatus::Active);
+    assert_eq!(get(5).await.status, SessionStatus::Pending);
+    assert_eq!(s.nodes_holding_sessions().await.unwrap(), ["node-b"]);
 }
 
 /// Conformance check `the_audit_log_filters_and_pages_newest_first`.

@@ -223,6 +223,8 @@ pub struct SessionRecord {
     pub agent_software: Option<String>,
     /// The manifest (empty until active).
     pub services: Vec<ServiceInfo>,
+    /// The server node holding (or that last held) its tunnel.
+    pub node_id: Option<String>,
 }
 
 /// A page request: `page` from 1, `page_size` from 1 to [`MAX_PAGE_SIZE`].
@@ -428,31 +430,43 @@ pub trait SessionStore: Send + Sync {
     async fn ping(&self) -> Result<(), StoreError>;
     /// Adds a session (normally `pending`).
     async fn create_session(&self, session: &SessionRecord) -> Result<(), StoreError>;
-    /// Stores the manifest and the agent's software string and makes a
-    /// pending session `active`.
+    /// Stores the manifest, the agent's software string and the node now
+    /// holding the tunnel, and makes an open session `active`.
     async fn activate_session(
         &self,
         id: Uuid,
         services: &[ServiceInfo],
         agent_software: &str,
+        node_id: &str,
         now: Millis,
     ) -> Result<(), StoreError>;
     /// Stores a transition of the state machine, if the session is still in
-    /// `from` (compare and set); returns whether it was stored. A final
-    /// status also records `now` as its end and `end_reason`.
+    /// `from` (compare and set) and, when `held_by` is given, still held by
+    /// that node; returns whether it was stored. A final status also
+    /// records `now` as its end and `end_reason`.
     async fn apply_lifecycle(
         &self,
         id: Uuid,
         from: SessionStatus,
+        held_by: Option<&str>,
         next: &crate::session::Lifecycle,
         end_reason: Option<&str>,
         now: Millis,
     ) -> Result<bool, StoreError>;
     /// Replaces the hash of a session's reconnect token.
     async fn set_reconnect_token(&self, id: Uuid, hash: &str) -> Result<(), StoreError>;
-    /// After a restart: sessions whose tunnels died with the previous process
-    /// go to `grace_period` until `now + grace_ms` (pending ones expire).
-    async fn recover_unfinished(&self, grace_ms: Millis, now: Millis) -> Result<u64, StoreError>;
+    /// After node `node_id` restarted or died: its sessions, whose tunnels
+    /// died with it, go to `grace_period` until `now + grace_ms` (pending
+    /// ones expire). Sessions stored before nodes were recorded count as
+    /// every node's.
+    async fn recover_unfinished(
+        &self,
+        node_id: &str,
+        grace_ms: Millis,
+        now: Millis,
+    ) -> Result<u64, StoreError>;
+    /// The nodes holding `pending` or `active` sessions.
+    async fn nodes_holding_sessions(&self) -> Result<Vec<String>, StoreError>;
     /// Sessions not final whose lifetime or grace period has run out.
     async fn due_sessions(&self, now: Millis, limit: u32)
     -> Result<Vec<SessionRecord>, StoreError>;

@@ -167,7 +167,7 @@ pub(super) async fn revoke(
     };
     if revoked {
         // What the grant let open is cut now, not at the next poll.
-        state.access.changed();
+        state.cluster.access_changed(&state).await;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found("grant_not_found", "no active grant"))

@@ -125,8 +125,9 @@ async fn proxy_url(
         .await
         .map_err(|e| ApiError::forbidden(e.code, messages::ACCESS_DENIED))?;
     let tunnel = state
-        .registry
-        .by_system(system_id)
+        .cluster
+        .route_of_system(system_id)
+        .await
         .filter(|t| t.service(service).is_some())
         .ok_or_else(|| {
             ApiError::new(
@@ -135,5 +136,5 @@ async fn proxy_url(
                 "the resource's system has no active support session offering this service",
             )
         })?;
-    Ok(crate::proxy::mint(state, user, None, tunnel.session_id, service)?.url)
+    Ok(crate::proxy::mint(state, user, None, tunnel.session_id(), service)?.url)
 }

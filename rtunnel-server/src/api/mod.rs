@@ -117,7 +117,22 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiEr
             "not ready: the database does not answer",
         ));
     }
-    Ok(Json(json!({"status": "ready", "database": "ok"})))
+    if let Err(e) = state.cluster.ping().await {
+        tracing::warn!(error = %e, "readiness: Redis does not answer");
+        return Err(ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "redis_unavailable",
+            "not ready: Redis does not answer",
+        ));
+    }
+    let redis = if state.cluster.is_shared() {
+        "ok"
+    } else {
+        "none"
+    };
+    Ok(Json(
+        json!({"status": "ready", "database": "ok", "redis": redis, "node": state.cluster.node_id()}),
+    ))
 }
 
 async fn not_found() -> ApiError {

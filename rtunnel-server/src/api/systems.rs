@@ -119,21 +119,27 @@ pub(super) async fn delete(
     state.audit(event).await?;
     cut_tunnel(&state, &system, "the system was deleted").await;
     state.stores.identity.delete_system(system.id).await?;
-    state.access.changed();
+    state.cluster.access_changed(&state).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Tells a live tunnel of `system` its credentials are gone and closes its
-/// session.
+/// Tells a live tunnel of `system`, on whichever node holds it, its
+/// credentials are gone and closes its session.
 async fn cut_tunnel(state: &AppState, system: &System, why: &str) {
-    if let Some(tunnel) = state.registry.by_system(system.id) {
-        tracing::info!(system = %system.name, session = %tunnel.session_id, "{why}: closing the tunnel");
-        tunnel
-            .close(rtunnel_core::proto::CloseCode::CredentialsRevoked, why)
+    if let Some(tunnel) = state.cluster.route_of_system(system.id).await {
+        let session_id = tunnel.session_id();
+        tracing::info!(system = %system.name, session = %session_id, "{why}: closing the tunnel");
+        state
+            .cluster
+            .close_tunnel(
+                session_id,
+                rtunnel_core::proto::CloseCode::CredentialsRevoked,
+                why,
+            )
             .await;
         crate::lifecycle::apply(
             state,
-            tunnel.session_id,
+            session_id,
             rtunnel_core::session::Event::OperatorClosed,
         )
         .await;
@@ -170,7 +176,7 @@ pub(super) async fn regenerate_secret(
         "an administrator replaced the system's secret",
     )
     .await;
-    state.access.changed();
+    state.cluster.access_changed(&state).await;
     Ok(Json(Enrolled {
         id: system.id,
         name: system.name,

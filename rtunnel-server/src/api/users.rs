@@ -203,7 +203,7 @@ pub(super) async fn update(
             disabled,
         )
         .await?;
-        state.access.changed();
+        state.cluster.access_changed(&state).await;
     }
     let user = load(&state, &id).await?;
     Ok(Json(view(&state, user).await?))

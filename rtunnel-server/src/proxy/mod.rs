@@ -32,8 +32,9 @@ use rtunnel_core::store::{AuditEvent, SessionRecord, SessionStatus, User, now_mi
 use rtunnel_core::token::TokenError;
 use uuid::Uuid;
 
+use crate::cluster::Cluster;
 use crate::error::ApiError;
-use crate::registry::{OpenError, Registry};
+use crate::registry::OpenError;
 use crate::revocation::Holder;
 use crate::state::AppState;
 use crate::terminal::TERMINAL_SERVICE;
@@ -53,10 +54,10 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// A proxy whose connections go through the tunnels of `registry`.
-    pub fn new(registry: Arc<Registry>, setup_timeout: Duration) -> Self {
+    /// A proxy whose connections go through the tunnels of `cluster`.
+    pub fn new(cluster: Arc<Cluster>, setup_timeout: Duration) -> Self {
         Proxy {
-            client: upstream::client(registry, setup_timeout),
+            client: upstream::client(cluster, setup_timeout),
             visits: Visits::default(),
         }
     }

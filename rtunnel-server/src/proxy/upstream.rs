@@ -1,4 +1,5 @@
-//! Connections to proxied services, through the tunnels of this node.
+//! Connections to proxied services, through the session's tunnel on this
+//! node or, over the node channel, on the node holding it.
 //!
 //! A connection to a service is one tunnel stream of kind `http`: the agent
 //! dials the service (over TLS for a `:tls` service) and relays bytes, and
@@ -18,12 +19,11 @@ use axum::http::Uri;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rtunnel_core::mux::YamuxStream;
 use rtunnel_core::proto::{StreamHeader, StreamKind};
-use tokio::sync::OwnedSemaphorePermit;
 use uuid::Uuid;
 
-use crate::registry::{OpenError, Registry};
+use crate::cluster::Cluster;
+use crate::registry::{OpenError, TunnelStream};
 
 /// Largest response head (status line and headers) read from a service.
 pub const MAX_RESPONSE_HEAD_BYTES: usize = 64 * 1024;
@@ -37,8 +37,9 @@ const POOL_MAX_IDLE: usize = 8;
 /// The HTTP client of the proxy.
 pub type ProxyClient = Client<TunnelConnector, Body>;
 
-/// A client whose connections are tunnel streams of `registry`.
-pub fn client(registry: Arc<Registry>, setup_timeout: Duration) -> ProxyClient {
+/// A client whose connections are tunnel streams, wherever in `cluster`
+/// the tunnel is.
+pub fn client(cluster: Arc<Cluster>, setup_timeout: Duration) -> ProxyClient {
     Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
@@ -46,7 +47,7 @@ pub fn client(registry: Arc<Registry>, setup_timeout: Duration) -> ProxyClient {
         .pool_max_idle_per_host(POOL_MAX_IDLE)
         .http1_max_buf_size(MAX_RESPONSE_HEAD_BYTES)
         .build(TunnelConnector {
-            registry,
+            cluster,
             setup_timeout,
         })
 }
@@ -76,7 +77,7 @@ pub enum ConnectError {
 /// Opens tunnel streams for hyper's client.
 #[derive(Clone)]
 pub struct TunnelConnector {
-    registry: Arc<Registry>,
+    cluster: Arc<Cluster>,
     setup_timeout: Duration,
 }
 
@@ -96,7 +97,7 @@ impl tower::Service<Uri> for TunnelConnector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let registry = self.registry.clone();
+        let cluster = self.cluster.clone();
         let timeout = self.setup_timeout;
         Box::pin(async move {
             let authority = uri.authority().ok_or(ConnectError::BadUri)?;
@@ -105,12 +106,11 @@ impl tower::Service<Uri> for TunnelConnector {
                 .rsplit_once("--")
                 .ok_or(ConnectError::BadUri)?;
             let session = Uuid::try_parse(session).map_err(|_| ConnectError::BadUri)?;
-            let tunnel = registry.by_session(session).ok_or(ConnectError::NoTunnel)?;
+            let tunnel = cluster.route(session).await.ok_or(ConnectError::NoTunnel)?;
             let header = StreamHeader::new(service, StreamKind::Http);
-            let (stream, permit) = tunnel.open_stream(&header, timeout).await?;
+            let stream = tunnel.open_stream(&cluster, &header, timeout).await?;
             Ok(TunnelConnection {
                 io: TokioIo::new(stream),
-                _permit: permit,
             })
         })
     }
@@ -120,8 +120,7 @@ impl tower::Service<Uri> for TunnelConnector {
 /// tunnel's stream limit while it lives (pooled or not).
 #[derive(Debug)]
 pub struct TunnelConnection {
-    io: TokioIo<YamuxStream>,
-    _permit: OwnedSemaphorePermit,
+    io: TokioIo<TunnelStream>,
 }
 
 impl Connection for TunnelConnection {

@@ -1,16 +1,23 @@
 //! Redis implementations of the live state several server nodes share
-//! (behind the `redis` feature): single-use tickets and the failure budgets
-//! of logins and tunnel authentications so far.
+//! (behind the `redis` feature): single-use tickets, the failure budgets
+//! of logins and tunnel authentications, the routing registry (which node
+//! is alive and holds which tunnel) and a pub/sub channel for commands to
+//! every node.
 //!
-//! Redis holds only what may be lost: a ticket lives 30 seconds. Every key
+//! Redis holds only what may be lost: a ticket lives 30 seconds, a route
+//! as long as its node keeps announcing it. Every key
 //! is under a prefix (`rtunnel:` by default), so one Redis can serve
 //! several deployments. Connections go through redis-rs's
 //! `ConnectionManager`, which reconnects by itself after Redis restarts.
 
+mod pubsub;
 mod ratelimit;
+mod routes;
 mod tickets;
 
+pub use pubsub::{Delivery, PUBSUB_PING_INTERVAL, RedisPubSub};
 pub use ratelimit::RedisRateLimiter;
+pub use routes::{NodeInfo, RedisRoutes, TunnelRoute};
 pub use tickets::RedisTicketStore;
 
 use super::StoreError;
@@ -21,6 +28,7 @@ pub const DEFAULT_PREFIX: &str = "rtunnel:";
 /// A connection to Redis shared by the Redis stores of one server.
 #[derive(Clone)]
 pub struct RedisConnection {
+    client: redis::Client,
     manager: redis::aio::ConnectionManager,
     prefix: String,
 }
@@ -47,6 +55,7 @@ impl RedisConnection {
             .await
             .map_err(backend)?;
         Ok(RedisConnection {
+            client,
             manager,
             prefix: prefix.to_owned(),
         })

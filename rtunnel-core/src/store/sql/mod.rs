@@ -210,6 +210,7 @@ fn session_from(row: &AnyRow) -> Result<SessionRecord, StoreError> {
         agent_addr: get(row, "agent_addr")?,
         agent_software: get(row, "agent_software")?,
         services,
+        node_id: get(row, "node_id")?,
     })
 }
 
@@ -514,8 +515,8 @@ impl SessionStore for SqlStore {
         let manifest = serde_json::to_string(&s.services).unwrap_or_else(|_| "[]".into());
         sqlx::query(
             "INSERT INTO sessions (id, system_id, status, created_at, activated_at, ended_at, end_reason, \
-             expires_at, agent_addr, agent_software, manifest, grace_until, reconnect_token_hash) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+             expires_at, agent_addr, agent_software, manifest, grace_until, reconnect_token_hash, node_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
         .bind(s.id.to_string())
         .bind(s.system_id.to_string())
@@ -530,6 +531,7 @@ impl SessionStore for SqlStore {
         .bind(manifest)
         .bind(s.grace_until)
         .bind(&s.reconnect_token_hash)
+        .bind(&s.node_id)
         .execute(&self.pool)
         .await
         .map_err(backend)?;
@@ -541,17 +543,20 @@ impl SessionStore for SqlStore {
         id: Uuid,
         services: &[ServiceInfo],
         agent_software: &str,
+        node_id: &str,
         now: Millis,
     ) -> Result<(), StoreError> {
         let manifest = serde_json::to_string(services).unwrap_or_else(|_| "[]".into());
         let done = sqlx::query(
             "UPDATE sessions SET status = 'active', manifest = $2, activated_at = COALESCE(activated_at, $3), \
-             agent_software = $4, grace_until = NULL WHERE id = $1 AND status IN ('pending', 'active', 'grace_period')",
+             agent_software = $4, node_id = $5, grace_until = NULL \
+             WHERE id = $1 AND status IN ('pending', 'active', 'grace_period')",
         )
         .bind(id.to_string())
         .bind(manifest)
         .bind(now)
         .bind(agent_software)
+        .bind(node_id)
         .execute(&self.pool)
         .await
         .map_err(backend)?;
@@ -565,6 +570,7 @@ impl SessionStore for SqlStore {
         &self,
         id: Uuid,
         from: SessionStatus,
+        held_by: Option<&str>,
         next: &crate::session::Lifecycle,
         end_reason: Option<&str>,
         now: Millis,
@@ -573,7 +579,7 @@ impl SessionStore for SqlStore {
         let done = sqlx::query(
             "UPDATE sessions SET status = $3, expires_at = $4, grace_until = $5, \
              ended_at = COALESCE($6, ended_at), end_reason = COALESCE($7, end_reason) \
-             WHERE id = $1 AND status = $2",
+             WHERE id = $1 AND status = $2 AND ($8 IS NULL OR node_id = $8)",
         )
         .bind(id.to_string())
         .bind(from.as_str())
@@ -582,6 +588,7 @@ impl SessionStore for SqlStore {
         .bind(next.grace_until)
         .bind(ended_at)
         .bind(end_reason)
+        .bind(held_by)
         .execute(&self.pool)
         .await
         .map_err(backend)?;
@@ -598,26 +605,45 @@ impl SessionStore for SqlStore {
         Ok(())
     }
 
-    async fn recover_unfinished(&self, grace_ms: Millis, now: Millis) -> Result<u64, StoreError> {
+    async fn recover_unfinished(
+        &self,
+        node_id: &str,
+        grace_ms: Millis,
+        now: Millis,
+    ) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
         let expired = sqlx::query(
             "UPDATE sessions SET status = 'expired', ended_at = $1, \
-             end_reason = 'server restarted before the manifest arrived' WHERE status = 'pending'",
+             end_reason = 'server restarted before the manifest arrived' \
+             WHERE status = 'pending' AND (node_id = $2 OR node_id IS NULL)",
         )
         .bind(now)
+        .bind(node_id)
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
         let graced = sqlx::query(
             "UPDATE sessions SET status = 'grace_period', grace_until = $1 \
-             WHERE status IN ('active', 'grace_period')",
+             WHERE status IN ('active', 'grace_period') AND (node_id = $2 OR node_id IS NULL)",
         )
         .bind(now.saturating_add(grace_ms))
+        .bind(node_id)
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
         tx.commit().await.map_err(backend)?;
         Ok(expired.rows_affected() + graced.rows_affected())
+    }
+
+    async fn nodes_holding_sessions(&self) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT node_id FROM sessions \
+             WHERE status IN ('pending', 'active') AND node_id IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(|r| get(r, "node_id")).collect()
     }
 
     async fn open_access(&self, e: &AccessLog) -> Result<(), StoreError> {

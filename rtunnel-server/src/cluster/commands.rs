@@ -1,0 +1,156 @@
+//! Commands to every node, over Redis pub/sub.
+//!
+//! The node that decides something acts on its own tunnels at once and
+//! publishes the command; every other node acts on its tunnels when it
+//! receives it. Pub/sub forgets what it said to a node that was not
+//! listening, so after (re)subscribing a node catches up: its open
+//! connections check access again and every tunnel it holds is checked
+//! against its session in the database.
+
+use rtunnel_core::proto::CloseCode;
+use rtunnel_core::store::redis::Delivery;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::Live;
+use crate::state::AppState;
+
+/// Longest command message read.
+const MAX_COMMAND_BYTES: usize = 16 * 1024;
+
+/// What one node tells the others.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Command {
+    /// Close the tunnel of a session, telling its agent why.
+    CloseTunnel {
+        /// The session.
+        session_id: Uuid,
+        /// The close code the agent sees.
+        code: CloseCode,
+        /// The reason the agent sees.
+        reason: String,
+    },
+    /// Access changed: open connections check theirs again.
+    AccessChanged,
+    /// A tunnel of this session (or system) became live on the sending
+    /// node: any other copy is stale.
+    TunnelAttached {
+        /// The session.
+        session_id: Uuid,
+        /// Its system.
+        system_id: Uuid,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Envelope {
+    from: String,
+    #[serde(flatten)]
+    command: Command,
+}
+
+pub(super) async fn publish(live: &Live, node_id: &str, command: Command) {
+    let envelope = Envelope {
+        from: node_id.to_owned(),
+        command,
+    };
+    let Ok(text) = serde_json::to_string(&envelope) else {
+        return;
+    };
+    if let Err(e) = live.pubsub.publish(&text).await {
+        // The other nodes still catch up: access every ACCESS_RECHECK,
+        // tunnels when they next subscribe.
+        tracing::warn!(error = %e, command = ?envelope.command, "cannot tell the other nodes");
+    }
+}
+
+/// Receives commands until the server shuts down.
+pub(super) async fn listen(state: &AppState, live: &Live) {
+    let (tx, mut rx) = mpsc::channel(256);
+    let subscription = live.pubsub.run(tx);
+    let handle = async {
+        while let Some(delivery) = rx.recv().await {
+            match delivery {
+                Delivery::Subscribed => catch_up(state).await,
+                Delivery::Message(text) => handle(state, &text).await,
+            }
+        }
+    };
+    tokio::join!(subscription, handle);
+}
+
+async fn handle(state: &AppState, text: &str) {
+    if text.len() > MAX_COMMAND_BYTES {
+        tracing::warn!(bytes = text.len(), "ignoring an oversized command");
+        return;
+    }
+    let envelope: Envelope = match serde_json::from_str(text) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring a command that does not parse");
+            return;
+        }
+    };
+    if envelope.from == state.cluster.node_id() {
+        return;
+    }
+    tracing::debug!(from = %envelope.from, command = ?envelope.command, "command from another node");
+    match envelope.command {
+        Command::CloseTunnel {
+            session_id,
+            code,
+            reason,
+        } => {
+            if let Some(t) = state.registry.by_session(session_id) {
+                t.close(code, &reason).await;
+            }
+        }
+        Command::AccessChanged => state.access.changed(),
+        Command::TunnelAttached {
+            session_id,
+            system_id,
+        } => {
+            for t in state.registry.all() {
+                if t.session_id == session_id || t.system_id == system_id {
+                    tracing::info!(session = %t.session_id, node = %envelope.from, "the agent is connected to another node now: closing the stale tunnel");
+                    t.close(
+                        CloseCode::Replaced,
+                        "the agent connected to another server node",
+                    )
+                    .await;
+                }
+            }
+        }
+    }
+}
+
+/// After (re)subscribing: whatever was missed meanwhile is found again.
+async fn catch_up(state: &AppState) {
+    state.access.changed();
+    for t in state.registry.all() {
+        match state.stores.sessions.session(t.session_id).await {
+            Ok(Some(s)) if s.status.is_final() => {
+                t.close(CloseCode::SessionClosed, "the session was closed")
+                    .await;
+            }
+            Ok(Some(s))
+                if s.node_id
+                    .as_deref()
+                    .is_some_and(|n| n != state.cluster.node_id()) =>
+            {
+                t.close(
+                    CloseCode::Replaced,
+                    "the agent connected to another server node",
+                )
+                .await;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                crate::state::log_store_error("checking a tunnel's session", &e);
+                return;
+            }
+        }
+    }
+}
