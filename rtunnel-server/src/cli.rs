@@ -91,6 +91,15 @@ struct ServeArgs {
     /// Redis shared by the nodes of a cluster (none: this node is alone).
     #[arg(long, env = "RTUNNEL_REDIS_URL", global = true)]
     redis_url: Option<String>,
+    /// Prefix of every Redis key and channel (deployments sharing one Redis
+    /// use different ones).
+    #[arg(
+        long,
+        env = "RTUNNEL_REDIS_PREFIX",
+        default_value = "rtunnel:",
+        global = true
+    )]
+    redis_prefix: String,
     /// This node's id in a cluster (default: kept in <data-dir>/node-id).
     #[arg(long, env = "RTUNNEL_NODE_ID", global = true)]
     node_id: Option<String>,
@@ -396,6 +405,7 @@ async fn serve(store_args: StoreArgs, args: ServeArgs, store: SqlStore) -> Resul
             .filter(|v| !v.is_empty()),
         node_id: args.node_id,
         redis_url: args.redis_url,
+        redis_prefix: args.redis_prefix,
         node_listen: args.node_listen,
         node_advertise: args.node_advertise,
         cluster_key_file: args.cluster_key_file,

@@ -43,6 +43,9 @@ pub struct ServerConfig {
     pub node_id: Option<String>,
     /// Redis shared by the nodes of a cluster; none for a node alone.
     pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel, so deployments can share one
+    /// Redis.
+    pub redis_prefix: String,
     /// Where the node channel listens (required with `redis_url`).
     pub node_listen: Option<SocketAddr>,
     /// `host:port` other nodes dial to reach the node channel (default:
@@ -74,6 +77,7 @@ impl Default for ServerConfig {
             tsplus_base_url: None,
             node_id: None,
             redis_url: None,
+            redis_prefix: rtunnel_core::store::redis::DEFAULT_PREFIX.into(),
             node_listen: None,
             node_advertise: None,
             cluster_key_file: None,

@@ -13,9 +13,7 @@ use rtunnel_core::token::TokenSigner;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use rtunnel_core::store::redis::{
-    DEFAULT_PREFIX, RedisConnection, RedisRateLimiter, RedisTicketStore,
-};
+use rtunnel_core::store::redis::{RedisConnection, RedisRateLimiter, RedisTicketStore};
 
 use crate::cluster::{Cluster, Membership};
 use crate::config::ServerConfig;
@@ -116,7 +114,7 @@ impl ServerBuilder {
         let (cluster, node_listener) = match &self.config.redis_url {
             None => (Cluster::single(node_id.clone(), registry.clone()), None),
             Some(url) => {
-                let redis = RedisConnection::connect(url, DEFAULT_PREFIX).await?;
+                let redis = RedisConnection::connect(url, &self.config.redis_prefix).await?;
                 // Live state every node must agree on lives in Redis.
                 stores.tickets = Arc::new(RedisTicketStore::new(redis.clone()));
                 stores.limiter = Arc::new(RedisRateLimiter::new(redis.clone()));

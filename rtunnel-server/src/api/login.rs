@@ -228,7 +228,7 @@ async fn replayed(state: &AppState, user: &User, login: &Login, ip: &str) -> Res
         .logins
         .revoke_login(login.id, "refresh_token_replayed", now_millis())
         .await?;
-    state.cluster.access_changed(&state).await;
+    state.cluster.access_changed(state).await;
     tracing::warn!(user = %user.name, login = %login.id, %ip, "refresh token replayed; login ended");
     let mut event = AuditEvent::new("refresh_token_replayed");
     event.actor = Some(user.name.clone());

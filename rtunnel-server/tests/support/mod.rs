@@ -798,3 +798,70 @@ pub async fn wait_session_active(server: &ServerProc, token: &str, id: &str) {
     })
     .await
 }
+
+/// The test Redis (`RTUNNEL_TEST_REDIS_URL`, started by `scripts/test.sh`).
+pub fn test_redis_url() -> String {
+    std::env::var("RTUNNEL_TEST_REDIS_URL")
+        .expect("RTUNNEL_TEST_REDIS_URL is not set: run ./scripts/test.sh")
+}
+
+/// The flags of cluster node `node` on Redis `redis_url` under `prefix`
+/// (one per test, so tests sharing a Redis never see each other's nodes).
+pub fn node_args(redis_url: &str, prefix: &str, node: &str) -> Vec<String> {
+    [
+        "--redis-url",
+        redis_url,
+        "--redis-prefix",
+        prefix,
+        "--node-id",
+        node,
+        "--node-listen",
+        "127.0.0.1:0",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// A Redis key prefix of its own.
+pub fn unique_prefix() -> String {
+    format!("test-{}:", unique())
+}
+
+/// A `redis-server` of a test's own, killed on drop (for tests that stop
+/// Redis under a running server without disturbing the others).
+pub struct OwnRedis {
+    child: Child,
+    pub port: u16,
+}
+
+impl OwnRedis {
+    /// Starts one on `port` and waits until it accepts connections.
+    pub async fn start(port: u16) -> OwnRedis {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/test-deps.sh installs it)");
+        wait_for("redis-server to accept connections", || async move {
+            TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(|_| ())
+        })
+        .await;
+        OwnRedis { child, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
