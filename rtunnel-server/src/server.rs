@@ -143,6 +143,7 @@ impl ServerBuilder {
                     redis,
                     address,
                     key,
+                    sessions: stores.sessions.clone(),
                 };
                 (
                     Cluster::member(node_id.clone(), registry.clone(), membership),

@@ -73,7 +73,10 @@ pub(super) async fn listen(state: &AppState, live: &Live) {
     let handle = async {
         while let Some(delivery) = rx.recv().await {
             match delivery {
-                Delivery::Subscribed => catch_up(state).await,
+                Delivery::Subscribed => {
+                    tracing::info!("listening to the other nodes' commands");
+                    catch_up(state).await;
+                }
                 Delivery::Message(text) => handle(state, &text).await,
             }
         }

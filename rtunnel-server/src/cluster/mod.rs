@@ -23,15 +23,18 @@ mod commands;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rtunnel_auth::node::{NodeKey, NonceCache};
 use rtunnel_core::proto::{CloseCode, ServiceInfo, StreamHeader};
-use rtunnel_core::store::StoreError;
 use rtunnel_core::store::now_millis;
 use rtunnel_core::store::redis::{
     NodeInfo, RedisConnection, RedisPubSub, RedisRoutes, TunnelRoute,
+};
+use rtunnel_core::store::{
+    Page, SessionFilter, SessionRecord, SessionStatus, SessionStore, StoreError,
 };
 use uuid::Uuid;
 
@@ -71,10 +74,18 @@ pub(crate) struct Live {
     address: String,
     key: NodeKey,
     nonces: Mutex<NonceCache>,
+    /// The durable record of which node holds each session, for routing
+    /// while Redis is away.
+    sessions: Arc<dyn SessionStore>,
+    /// The channel address of every node last seen announcing itself.
+    known_nodes: Mutex<HashMap<String, String>>,
+    /// Set when Redis failed, cleared when a heartbeat gets through:
+    /// meanwhile tunnels are found by the database without waiting on
+    /// Redis first.
+    redis_away: AtomicBool,
 }
 
 /// Settings of a node that shares a Redis with others.
-#[derive(Debug)]
 pub struct Membership {
     /// The shared Redis.
     pub redis: RedisConnection,
@@ -82,6 +93,18 @@ pub struct Membership {
     pub address: String,
     /// The cluster key every node holds.
     pub key: NodeKey,
+    /// The shared sessions (which node holds each), for routing while
+    /// Redis is away.
+    pub sessions: Arc<dyn SessionStore>,
+}
+
+impl std::fmt::Debug for Membership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Membership")
+            .field("redis", &self.redis)
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Cluster {
@@ -106,6 +129,9 @@ impl Cluster {
                 address: m.address,
                 key: m.key,
                 nonces: Mutex::new(NonceCache::default()),
+                sessions: m.sessions,
+                known_nodes: Mutex::new(HashMap::new()),
+                redis_away: AtomicBool::new(false),
             }),
         }
     }
@@ -129,14 +155,23 @@ impl Cluster {
     }
 
     /// Where the tunnel of a session is: on this node, or on another node
-    /// that announced it.
+    /// that announced it. While Redis is away the database says which node
+    /// holds the session and the node's last announced address is used.
     pub async fn route(&self, session_id: Uuid) -> Option<Route> {
         if let Some(t) = self.registry.by_session(session_id) {
             return Some(Route::Local(t));
         }
         let live = self.live.as_ref()?;
-        let found = live.routes.by_session(session_id).await;
-        self.remote(live, found).await
+        match self
+            .announced(live, || live.routes.by_session(session_id))
+            .await
+        {
+            Ok(route) => route,
+            Err(()) => {
+                let record = live.sessions.session(session_id).await;
+                self.recorded(live, record.map(|r| r.into_iter().next()))
+            }
+        }
     }
 
     /// Where the tunnel of a system is.
@@ -145,35 +180,93 @@ impl Cluster {
             return Some(Route::Local(t));
         }
         let live = self.live.as_ref()?;
-        let found = live.routes.by_system(system_id).await;
-        self.remote(live, found).await
+        match self
+            .announced(live, || live.routes.by_system(system_id))
+            .await
+        {
+            Ok(route) => route,
+            Err(()) => {
+                let filter = SessionFilter {
+                    status: Some(SessionStatus::Active),
+                    system_id: Some(system_id),
+                    ..SessionFilter::default()
+                };
+                let active = live
+                    .sessions
+                    .list_sessions(&filter, now_millis(), Page::default())
+                    .await;
+                self.recorded(live, active.map(|p| p.items.into_iter().next()))
+            }
+        }
     }
 
-    async fn remote(
+    /// The route Redis holds (`lookup`), on a node that is alive; `Err`
+    /// when Redis is away.
+    async fn announced<F, Fut>(&self, live: &Live, lookup: F) -> Result<Option<Route>, ()>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<TunnelRoute>, StoreError>>,
+    {
+        if live.redis_away.load(Ordering::Relaxed) {
+            return Err(());
+        }
+        let looked_up = async {
+            let route = match lookup().await? {
+                Some(route) if route.node_id != self.node_id => route,
+                // A route naming this node without a tunnel here is stale.
+                _ => return Ok(None),
+            };
+            Ok(live
+                .routes
+                .node(&route.node_id)
+                .await?
+                .map(|node| (route, node)))
+        };
+        match looked_up.await {
+            Ok(Some((route, node))) => {
+                live.remember_node(&node);
+                Ok(Some(Route::Remote(RemoteTunnel {
+                    route,
+                    address: node.address,
+                })))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => {
+                let e: StoreError = e;
+                tracing::warn!(error = %e, "Redis is away: finding tunnels by the database until it is back");
+                live.redis_away.store(true, Ordering::Relaxed);
+                Err(())
+            }
+        }
+    }
+
+    /// The route the database records for an active session, on a node
+    /// whose address is known (the node channel checks the rest: a node
+    /// without the tunnel answers `tunnel_not_here`).
+    fn recorded(
         &self,
         live: &Live,
-        found: Result<Option<TunnelRoute>, StoreError>,
+        found: Result<Option<SessionRecord>, StoreError>,
     ) -> Option<Route> {
-        let route = match found {
-            Ok(Some(route)) if route.node_id != self.node_id => route,
-            // A route naming this node without a tunnel here is stale.
+        let record = match found {
+            Ok(Some(r)) if r.status == SessionStatus::Active => r,
             Ok(_) => return None,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot look up where a tunnel is");
                 return None;
             }
         };
-        match live.routes.node(&route.node_id).await {
-            Ok(Some(node)) => Some(Route::Remote(RemoteTunnel {
-                route,
-                address: node.address,
-            })),
-            Ok(None) => None,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot look up a node");
-                None
-            }
-        }
+        let node_id = record.node_id.filter(|n| *n != self.node_id)?;
+        let address = live.known_node(&node_id)?;
+        Some(Route::Remote(RemoteTunnel {
+            route: TunnelRoute {
+                session_id: record.id,
+                system_id: record.system_id,
+                node_id,
+                services: record.services,
+            },
+            address,
+        }))
     }
 
     /// Tells the tunnel of a session, wherever it is, to close.
@@ -255,6 +348,23 @@ impl Cluster {
         {
             tracing::warn!(error = %e, "cannot withdraw this node; its entry expires by itself");
         }
+    }
+}
+
+impl Live {
+    fn remember_node(&self, node: &NodeInfo) {
+        let mut known = self.known_nodes.lock().unwrap_or_else(|e| e.into_inner());
+        known.insert(node.node_id.clone(), node.address.clone());
+    }
+
+    fn forget_node(&self, node_id: &str) {
+        let mut known = self.known_nodes.lock().unwrap_or_else(|e| e.into_inner());
+        known.remove(node_id);
+    }
+
+    fn known_node(&self, node_id: &str) -> Option<String> {
+        let known = self.known_nodes.lock().unwrap_or_else(|e| e.into_inner());
+        known.get(node_id).cloned()
     }
 }
 
@@ -340,6 +450,7 @@ async fn heartbeats(state: &AppState, live: &Live) {
             Ok(()) => live.routes.refresh(&routes, ENTRY_TTL).await,
             Err(e) => Err(e),
         };
+        live.redis_away.store(result.is_err(), Ordering::Relaxed);
         match result {
             Err(e) if !failing => {
                 failing = true;
@@ -377,8 +488,9 @@ async fn watch_nodes(state: &AppState, live: &Live) {
                 continue;
             }
             match live.routes.node(&node).await {
-                Ok(Some(_)) => {}
+                Ok(Some(info)) => live.remember_node(&info),
                 Ok(None) => {
+                    live.forget_node(&node);
                     let since = missing_since.get(&node).copied().unwrap_or(now);
                     if now.duration_since(since) >= ENTRY_TTL {
                         recover_node(state, &node).await;

@@ -25,6 +25,9 @@ use super::StoreError;
 /// The key prefix used unless told otherwise.
 pub const DEFAULT_PREFIX: &str = "rtunnel:";
 
+/// How long connecting to Redis, or one command, may take.
+pub const REDIS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A connection to Redis shared by the Redis stores of one server.
 #[derive(Clone)]
 pub struct RedisConnection {
@@ -47,9 +50,14 @@ impl RedisConnection {
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
         let client = redis::Client::open(url)
             .map_err(|e| StoreError::Backend(format!("bad Redis URL: {e}")))?;
+        // Fail fast while Redis is away (one quick retry, then the caller
+        // hears the error and decides: 503, fail open, or route by the
+        // database); the next command tries to reconnect again.
         let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
-            .set_response_timeout(Some(std::time::Duration::from_secs(5)));
+            .set_connection_timeout(Some(REDIS_TIMEOUT))
+            .set_response_timeout(Some(REDIS_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(std::time::Duration::from_millis(500));
         let manager = client
             .get_connection_manager_with_config(config)
             .await
