@@ -1,7 +1,9 @@
-//! The nginx configuration of docs/DEPLOYMENT.md, run as written in front of
-//! a real server (Debian's nginx, installed by `scripts/test-deps.sh`): an
-//! agent's tunnel, the API, and the subdomain proxy with its cookie, a
-//! streamed body and a WebSocket, all through nginx.
+//! The nginx configuration of docs/DEPLOYMENT.md, run as written (Debian's
+//! nginx, installed by `scripts/test-deps.sh`): in front of one real server,
+//! an agent's tunnel, the API, and the subdomain proxy with its cookie, a
+//! streamed body and a WebSocket; in front of two nodes on the PostgreSQL
+//! and Redis of `scripts/test.sh`, the same paths spread over both nodes
+//! and an agent failing over through nginx when its node dies.
 
 #![allow(clippy::unwrap_used)]
 
@@ -9,6 +11,7 @@ mod support;
 #[path = "support/webapp.rs"]
 mod webapp;
 
+use std::net::SocketAddr;
 use std::process::Command;
 
 use futures::{SinkExt, StreamExt};
@@ -16,14 +19,15 @@ use serde_json::{Value, json};
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
 
-/// nginx with the documented site, listening on `port`, sending to `upstream`.
-fn start_nginx(dir: &std::path::Path, port: u16, upstream: std::net::SocketAddr) -> Proc {
+/// nginx with the documented site, listening on `port`, sending to
+/// `upstreams`.
+fn start_nginx(dir: &std::path::Path, port: u16, upstreams: &[SocketAddr]) -> Proc {
     let doc =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/deploy/nginx-rtunnel.conf");
     let site = std::fs::read_to_string(doc)
         .unwrap()
         .replace("listen 80;", &format!("listen 127.0.0.1:{port};"))
-        .replace("server 127.0.0.1:8080;", &format!("server {upstream};"))
+        .replace("server 127.0.0.1:8080;", &servers(upstreams))
         .replace("support.example.com", "127.0.0.1")
         .replace("*.proxy.example.com", "*.localhost");
     let prefix = dir.join("nginx");
@@ -31,7 +35,8 @@ fn start_nginx(dir: &std::path::Path, port: u16, upstream: std::net::SocketAddr)
     std::fs::write(prefix.join("site.conf"), site).unwrap();
     let main = format!(
         "pid {p}/nginx.pid;\nerror_log {p}/logs/error.log;\nevents {{}}\nhttp {{\n\
-         access_log off;\nclient_body_temp_path {p}/body;\nproxy_temp_path {p}/proxy;\n\
+         log_format upstream '$upstream_addr $status $request_uri';\n\
+         access_log {p}/logs/access.log upstream;\nclient_body_temp_path {p}/body;\nproxy_temp_path {p}/proxy;\n\
          include {p}/site.conf;\n}}\n",
         p = prefix.display()
     );
@@ -45,45 +50,69 @@ fn start_nginx(dir: &std::path::Path, port: u16, upstream: std::net::SocketAddr)
     Proc::spawn("nginx", &mut cmd, dir.join("nginx.log"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_documented_nginx_site_carries_tunnel_api_and_proxy() {
-    let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let front = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let public = format!("--public-url=http://127.0.0.1:{port}");
-    let server = ServerProc::start(tmp.path(), &[&public]).await;
-    let _nginx = start_nginx(tmp.path(), port, server.addr);
+/// The `server` lines of the upstream block.
+fn servers(upstreams: &[SocketAddr]) -> String {
+    upstreams
+        .iter()
+        .map(|a| format!("server {a};"))
+        .collect::<Vec<_>>()
+        .join("\n    ")
+}
+
+async fn wait_listening(front: SocketAddr) {
     wait_for("nginx to listen", || async {
         tokio::net::TcpStream::connect(front).await.ok().map(|_| ())
     })
     .await;
+}
+
+/// The id of the active session of `system_id`, asked through `front`.
+async fn active_session_through(front: SocketAddr, token: &str, system_id: &str) -> String {
+    wait_for("an active session, through nginx", || async {
+        let path = format!("/api/v1/sessions?status=active&system_id={system_id}");
+        let (status, v) = api_call(front, "GET", &path, Some(token), None).await;
+        (status == 200)
+            .then(|| v["items"][0]["id"].as_str().map(str::to_owned))
+            .flatten()
+    })
+    .await
+}
+
+/// A proxy link for `service` of `session`, asked through `front`.
+async fn proxy_link(front: SocketAddr, token: &str, session: &str, service: &str) -> Value {
+    let path = format!("/api/v1/sessions/{session}/proxy-token");
+    let (status, v) = api_call(
+        front,
+        "POST",
+        &path,
+        Some(token),
+        Some(&json!({"service": service})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_nginx_site_carries_tunnel_api_and_proxy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let front = SocketAddr::from(([127, 0, 0, 1], port));
+    let public = format!("--public-url=http://127.0.0.1:{port}");
+    let server = ServerProc::start(tmp.path(), &[&public]).await;
+    let _nginx = start_nginx(tmp.path(), port, &[server.addr]);
+    wait_listening(front).await;
     let sys = enroll(&server, "behind-nginx");
     let token = user_with_token(&server, "root", "admin");
     let app = webapp::WebApp::start().await;
     // The agent dials nginx, not the server.
     let tunnel = format!("ws://{front}/api/v1/tunnel");
     let _agent = start_agent_at(&server, &tunnel, &sys, &format!("web={}", app.addr), &[]);
-    let session = wait_for("an active session, through nginx", || async {
-        let path = format!("/api/v1/sessions?status=active&system_id={}", sys.id);
-        let (status, v) = api_call(front, "GET", &path, Some(&token), None).await;
-        (status == 200)
-            .then(|| v["items"][0]["id"].as_str().map(str::to_owned))
-            .flatten()
-    })
-    .await;
+    let session = active_session_through(front, &token, &sys.id).await;
 
     // The subdomain proxy through nginx: link, cookie, redirect, a streamed
     // body, and a WebSocket.
-    let path = format!("/api/v1/sessions/{session}/proxy-token");
-    let (status, v) = api_call(
-        front,
-        "POST",
-        &path,
-        Some(&token),
-        Some(&json!({"service": "web"})),
-    )
-    .await;
-    assert_eq!(status, 200, "{v}");
+    let v = proxy_link(front, &token, &session, "web").await;
     let url = v["url"]
         .as_str()
         .unwrap()
@@ -117,4 +146,107 @@ async fn the_documented_nginx_site_carries_tunnel_api_and_proxy() {
     ws.send(Message::text("through nginx")).await.unwrap();
     let echoed = ws.next().await.unwrap().unwrap();
     assert_eq!(echoed.into_text().unwrap(), "through nginx");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_nginx_site_fronts_a_cluster_and_its_agents_fail_over_through_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    use_postgres(tmp.path()).await;
+    let port = free_port();
+    let front = SocketAddr::from(([127, 0, 0, 1], port));
+    let public = format!("--public-url=http://127.0.0.1:{port}");
+    let prefix = unique_prefix();
+    let mut nodes = Vec::new();
+    for id in ["node-a", "node-b"] {
+        let mut args = node_args(&test_redis_url(), &prefix, id);
+        args.push(public.clone());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        nodes.push(ServerProc::start(tmp.path(), &args).await);
+    }
+    let _nginx = start_nginx(tmp.path(), port, &[nodes[0].addr, nodes[1].addr]);
+    wait_listening(front).await;
+    let sys = enroll(&nodes[0], "clustered");
+    let token = user_with_token(&nodes[0], "root", "admin");
+    let echo = echo_service().await;
+    let app = webapp::WebApp::start().await;
+    // Agent and operators know nginx only; nginx spreads their requests
+    // over both nodes.
+    let tunnel = format!("ws://{front}/api/v1/tunnel");
+    let services = format!("echo={echo},web={}", app.addr);
+    let agent = start_agent_at(&nodes[0], &tunnel, &sys, &services, &[]);
+    let session = active_session_through(front, &token, &sys.id).await;
+    let base = format!("http://{front}");
+    let (_fwd, local) = start_forward_at(tmp.path(), &base, &token, &session, "echo").await;
+    assert_eq!(echo_through(local, b"one").await, b"one");
+    let v = proxy_link(front, &token, &session, "web").await;
+    let host = format!("web--{}.localhost", session.replace('-', ""));
+    let client = reqwest::Client::builder()
+        .cookie_store(true)
+        .no_proxy()
+        .resolve(&host, front)
+        .build()
+        .unwrap();
+    let url = v["url"]
+        .as_str()
+        .unwrap()
+        .replace("/?token=", "/headers?token=");
+    let resp = client.get(url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // Round robin: consecutive requests go to both nodes, whichever holds
+    // the tunnel, and all are answered.
+    for _ in 0..4 {
+        let resp = client
+            .get(format!("http://{host}:{port}/headers"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+
+    // (nginx logs a request once it is done, which may be just after the
+    // client has its answer.)
+    let access_log = tmp.path().join("nginx/logs/access.log");
+    wait_for("nginx to log proxied requests served by both nodes", || {
+        let log = std::fs::read_to_string(&access_log).unwrap_or_default();
+        let both = nodes
+            .iter()
+            .all(|n| log.contains(&format!("{} 200 /headers", n.addr)));
+        async move { both.then_some(()) }
+    })
+    .await;
+
+    // The node holding the tunnel dies; the agent reconnects to nginx,
+    // which sends it to the node left, and it resumes its session.
+    let (status, v) = api_call(
+        front,
+        "GET",
+        &format!("/api/v1/sessions/{session}"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let holder = match v["node_id"].as_str() {
+        Some("node-a") => 0,
+        Some("node-b") => 1,
+        other => panic!("the session names no node: {other:?} {v}"),
+    };
+    nodes[holder].proc.kill();
+    let left = &nodes[1 - holder];
+    wait_for("the agent to resume through nginx", || {
+        let log = agent.log_text();
+        async move { log.contains("resumed the session").then_some(()) }
+    })
+    .await;
+    wait_session_active(left, &token, &session).await;
+    let v = session_status(left, &token, &session).await.unwrap();
+    assert_eq!(v["node_id"], if holder == 0 { "node-b" } else { "node-a" });
+    let (_fwd, local) = start_forward_at(tmp.path(), &base, &token, &session, "echo").await;
+    assert_eq!(echo_through(local, b"after").await, b"after");
+    let resp = client
+        .get(format!("http://{host}:{port}/headers"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
 }

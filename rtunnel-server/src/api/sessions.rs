@@ -36,6 +36,7 @@ pub(super) struct SessionView {
     agent_addr: Option<String>,
     agent_software: Option<String>,
     services: Vec<ServiceInfo>,
+    node_id: Option<String>,
 }
 
 impl From<SessionRecord> for SessionView {
@@ -53,6 +54,7 @@ impl From<SessionRecord> for SessionView {
             agent_addr: s.agent_addr,
             agent_software: s.agent_software,
             services: s.services,
+            node_id: s.node_id,
         }
     }
 }

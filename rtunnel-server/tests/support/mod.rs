@@ -414,19 +414,25 @@ pub async fn start_forward(
     session: &str,
     service: &str,
 ) -> (Proc, SocketAddr) {
+    start_forward_at(&server.dir, &server.base_url(), token, session, service).await
+}
+
+/// Starts `rtunnel-agent forward --server BASE_URL` (a proxy in front of
+/// the server) on an OS-chosen local port, logging into `dir`.
+pub async fn start_forward_at(
+    dir: &Path,
+    base_url: &str,
+    token: &str,
+    session: &str,
+    service: &str,
+) -> (Proc, SocketAddr) {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let log = server.dir.join(format!("forward-{}.log", unique()));
+    let log = dir.join(format!("forward-{}.log", unique()));
     let mut cmd = Command::new(agent_bin());
-    cmd.args([
-        "forward",
-        "--server",
-        &server.base_url(),
-        "--session",
-        session,
-    ])
-    .args(["--service", service, "--listen", &listen])
-    .env("RTUNNEL_TOKEN", token);
+    cmd.args(["forward", "--server", base_url, "--session", session])
+        .args(["--service", service, "--listen", &listen])
+        .env("RTUNNEL_TOKEN", token);
     clear_proxy_env(&mut cmd);
     let proc = Proc::spawn("rtunnel-agent forward", &mut cmd, log);
     wait_for("the forward to listen", || {
