@@ -115,6 +115,11 @@ struct ServeArgs {
     /// <data-dir>/cluster.key, generated on first start).
     #[arg(long, env = "RTUNNEL_CLUSTER_KEY_FILE", global = true)]
     cluster_key_file: Option<PathBuf>,
+    /// Reverse proxies whose X-Forwarded-For is believed: addresses and
+    /// CIDR networks, comma-separated (default: none, the header is
+    /// ignored).
+    #[arg(long, env = "RTUNNEL_TRUSTED_PROXIES", default_value = "", value_parser = crate::forwarded::TrustedProxies::parse, global = true)]
+    trusted_proxies: crate::forwarded::TrustedProxies,
 }
 
 #[derive(Debug, Subcommand)]
@@ -409,6 +414,7 @@ async fn serve(store_args: StoreArgs, args: ServeArgs, store: SqlStore) -> Resul
         node_listen: args.node_listen,
         node_advertise: args.node_advertise,
         cluster_key_file: args.cluster_key_file,
+        trusted_proxies: args.trusted_proxies,
     };
     config.validate().map_err(Failure::usage)?;
     let server = Server::builder()

@@ -54,6 +54,9 @@ pub struct ServerConfig {
     /// The cluster key file, the same on every node (default
     /// `<data_dir>/cluster.key`).
     pub cluster_key_file: Option<PathBuf>,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (see
+    /// [`crate::forwarded`]).
+    pub trusted_proxies: crate::forwarded::TrustedProxies,
 }
 
 impl Default for ServerConfig {
@@ -81,6 +84,7 @@ impl Default for ServerConfig {
             node_listen: None,
             node_advertise: None,
             cluster_key_file: None,
+            trusted_proxies: crate::forwarded::TrustedProxies::default(),
         }
     }
 }

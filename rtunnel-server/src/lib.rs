@@ -30,6 +30,7 @@ pub mod console;
 pub mod enroll;
 pub mod error;
 mod forward;
+pub mod forwarded;
 pub mod keys;
 pub mod launcher;
 pub mod lifecycle;

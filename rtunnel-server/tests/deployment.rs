@@ -99,7 +99,9 @@ async fn the_documented_nginx_site_carries_tunnel_api_and_proxy() {
     let port = free_port();
     let front = SocketAddr::from(([127, 0, 0, 1], port));
     let public = format!("--public-url=http://127.0.0.1:{port}");
-    let server = ServerProc::start(tmp.path(), &[&public]).await;
+    // nginx connects from 127.0.0.1; clients below come from 127.0.0.2/3.
+    let trusted = "--trusted-proxies=127.0.0.1";
+    let server = ServerProc::start(tmp.path(), &[&public, trusted]).await;
     let _nginx = start_nginx(tmp.path(), port, &[server.addr]);
     wait_listening(front).await;
     let sys = enroll(&server, "behind-nginx");
@@ -142,6 +144,46 @@ async fn the_documented_nginx_site_carries_tunnel_api_and_proxy() {
     assert_eq!(big.bytes().await.unwrap().len(), 8 << 20);
 
     let token_value = v["token"].as_str().unwrap();
+
+    // The audit log names the client behind nginx (the server trusts
+    // nginx's X-Forwarded-For), not nginx, and not what a client claims.
+    let path = format!("/api/v1/sessions/{session}/proxy-token");
+    let body = json!({"service": "web"}).to_string();
+    let ask = |forged: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\
+             {forged}Content-Type: application/json\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let forged = "X-Forwarded-For: 6.6.6.6\r\n";
+    let from2 = "127.0.0.2".parse().unwrap();
+    let from3 = "127.0.0.3".parse().unwrap();
+    for (from, to, request) in [
+        (from2, front, ask("")),
+        (from2, front, ask(forged)),
+        (from3, server.addr, ask(forged)),
+    ] {
+        let (status, _, body) = http_raw_from(from, to, &request).await.unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    let seen: Vec<Option<String>> = audit_events(tmp.path(), "proxy_token_issued")
+        .await
+        .into_iter()
+        .map(|e| e.ip_address)
+        .collect();
+    for ip in ["127.0.0.2", "127.0.0.3"] {
+        assert!(seen.contains(&Some(ip.to_owned())), "{ip}: {seen:?}");
+    }
+    assert!(!seen.contains(&Some("6.6.6.6".to_owned())), "{seen:?}");
+    assert_eq!(
+        seen.iter()
+            .filter(|ip| ip.as_deref() == Some("127.0.0.2"))
+            .count(),
+        2,
+        "{seen:?}"
+    );
     let (mut ws, _) = proxy_websocket(front, &format!("{host}:{port}"), "/ws", token_value).await;
     ws.send(Message::text("through nginx")).await.unwrap();
     let echoed = ws.next().await.unwrap().unwrap();

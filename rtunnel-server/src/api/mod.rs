@@ -99,6 +99,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.clone(),
             crate::proxy::dispatch,
         ))
+        // Before anything reads the peer's address.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::forwarded::resolve_client,
+        ))
         .with_state(state)
 }
 
