@@ -1,6 +1,6 @@
 //! The Redis implementations of live state against a real Redis: the one
 //! `scripts/test.sh` starts (`RTUNNEL_TEST_REDIS_URL`), and for the restart
-//! test one this test starts and stops itself (`redis-server`).
+//! tests one each test starts and stops itself (`redis-server`).
 
 #![cfg(feature = "redis")]
 #![allow(clippy::unwrap_used)]
@@ -11,7 +11,10 @@ use std::time::Duration;
 use rtunnel_core::ratelimit::{RateLimiter, Rule};
 use rtunnel_core::store::conformance;
 use rtunnel_core::store::now_millis;
-use rtunnel_core::store::redis::{RedisConnection, RedisRateLimiter, RedisTicketStore};
+use rtunnel_core::store::redis::{
+    Delivery, NodeInfo, RedisConnection, RedisPubSub, RedisRateLimiter, RedisRoutes,
+    RedisTicketStore, TunnelRoute,
+};
 use rtunnel_core::ticket::{Ticket, TicketStore, ticket_key};
 use uuid::Uuid;
 
@@ -239,4 +242,160 @@ async fn the_ticket_store_works_again_by_itself_after_redis_restarts() {
             .unwrap(),
         None
     );
+}
+
+fn route(session_id: Uuid, system_id: Uuid, node: &str) -> TunnelRoute {
+    TunnelRoute {
+        session_id,
+        system_id,
+        node_id: node.to_owned(),
+        services: Vec::new(),
+    }
+}
+
+#[tokio::test]
+async fn routes_belong_to_the_node_that_put_them_last() {
+    let Some(url) = redis_url() else { return };
+    let routes = RedisRoutes::new(connect(&url).await);
+    let ttl = Duration::from_secs(10);
+    let (session, system) = (Uuid::new_v4(), Uuid::new_v4());
+    let on_a = route(session, system, "node-a");
+    routes.put(&on_a, ttl).await.unwrap();
+    assert_eq!(
+        routes.by_session(session).await.unwrap(),
+        Some(on_a.clone())
+    );
+    assert_eq!(routes.by_system(system).await.unwrap(), Some(on_a.clone()));
+
+    // The agent moves to node B: B's put replaces A's route, and A's next
+    // heartbeat (a stale tunnel it has not closed yet) does not take it back,
+    // nor does A removing its tunnel.
+    let on_b = route(session, system, "node-b");
+    routes.put(&on_b, ttl).await.unwrap();
+    routes
+        .refresh(std::slice::from_ref(&on_a), ttl)
+        .await
+        .unwrap();
+    routes.remove(&on_a).await.unwrap();
+    assert_eq!(
+        routes.by_session(session).await.unwrap(),
+        Some(on_b.clone())
+    );
+    assert_eq!(routes.by_system(system).await.unwrap(), Some(on_b.clone()));
+
+    // A refresh writes back a route Redis lost (a restart), and the holder's
+    // remove deletes it.
+    let lost = route(Uuid::new_v4(), Uuid::new_v4(), "node-b");
+    routes
+        .refresh(&[on_b.clone(), lost.clone()], ttl)
+        .await
+        .unwrap();
+    assert_eq!(
+        routes.by_session(lost.session_id).await.unwrap(),
+        Some(lost.clone())
+    );
+    routes.remove(&on_b).await.unwrap();
+    assert_eq!(routes.by_session(session).await.unwrap(), None);
+    assert_eq!(routes.by_system(system).await.unwrap(), None);
+
+    // Entries die with their time to live unless refreshed.
+    let node = NodeInfo {
+        node_id: "node-c".into(),
+        address: "10.0.1.13:7000".into(),
+    };
+    routes.announce_node(&node, ttl).await.unwrap();
+    assert_eq!(routes.node("node-c").await.unwrap(), Some(node.clone()));
+    let brief = route(Uuid::new_v4(), Uuid::new_v4(), "node-c");
+    routes
+        .put(&brief, Duration::from_millis(200))
+        .await
+        .unwrap();
+    routes
+        .announce_node(&node, Duration::from_millis(200))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(routes.by_session(brief.session_id).await.unwrap(), None);
+    assert_eq!(routes.node("node-c").await.unwrap(), None);
+    routes.announce_node(&node, ttl).await.unwrap();
+    routes.withdraw_node("node-c").await.unwrap();
+    assert_eq!(routes.node("node-c").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn the_refresh_of_many_routes_keeps_every_one() {
+    let Some(url) = redis_url() else { return };
+    let routes = RedisRoutes::new(connect(&url).await);
+    // More than one pipelined batch.
+    let many: Vec<TunnelRoute> = (0..600)
+        .map(|_| route(Uuid::new_v4(), Uuid::new_v4(), "node-a"))
+        .collect();
+    routes
+        .refresh(&many, Duration::from_secs(10))
+        .await
+        .unwrap();
+    for r in [&many[0], &many[255], &many[256], &many[599]] {
+        assert_eq!(
+            routes.by_session(r.session_id).await.unwrap().as_ref(),
+            Some(r)
+        );
+    }
+}
+
+/// The next delivery, within a few seconds.
+async fn next(rx: &mut tokio::sync::mpsc::Receiver<Delivery>) -> Delivery {
+    tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("nothing delivered")
+        .expect("the subscription ended")
+}
+
+#[tokio::test]
+async fn a_subscription_comes_back_by_itself_after_redis_restarts() {
+    if redis_url().is_none() {
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let redis = OwnRedis::start(port);
+    wait_until_up(redis.port).await;
+    let conn = RedisConnection::connect(&format!("redis://127.0.0.1:{port}"), "t:")
+        .await
+        .unwrap();
+    let channel = RedisPubSub::new(conn.clone(), "commands");
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let listener = RedisPubSub::new(conn, "commands");
+    let running = tokio::spawn(async move { listener.run(tx).await });
+    assert_eq!(next(&mut rx).await, Delivery::Subscribed);
+    assert_eq!(channel.publish("one").await.unwrap(), 1);
+    assert_eq!(next(&mut rx).await, Delivery::Message("one".into()));
+
+    drop(redis);
+    assert!(channel.publish("lost").await.is_err());
+    let _redis = OwnRedis::start(port);
+    wait_until_up(port).await;
+    // Subscribed again, and said so (what was sent meanwhile is gone).
+    assert_eq!(next(&mut rx).await, Delivery::Subscribed);
+    let mut delivered = 0;
+    for _ in 0..100 {
+        match channel.publish("two").await {
+            Ok(n) => {
+                delivered = n;
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert_eq!(delivered, 1);
+    assert_eq!(next(&mut rx).await, Delivery::Message("two".into()));
+    drop(rx);
+    // With nobody listening, the subscription ends.
+    channel.publish("nobody").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), running)
+        .await
+        .expect("the subscription outlived its receiver")
+        .unwrap();
 }
