@@ -183,21 +183,28 @@ async fn wait_until_up(port: u16) {
     panic!("redis-server on {port} did not start");
 }
 
-#[tokio::test]
-async fn the_ticket_store_works_again_by_itself_after_redis_restarts() {
-    if redis_url().is_none() {
-        return;
-    }
+/// A `redis-server` of the test's own on a free port, and a connection to it.
+async fn own_redis() -> (OwnRedis, RedisConnection) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let redis = OwnRedis::start(port);
-    wait_until_up(redis.port).await;
+    wait_until_up(port).await;
     let conn = RedisConnection::connect(&format!("redis://127.0.0.1:{port}"), "t:")
         .await
         .unwrap();
+    (redis, conn)
+}
+
+#[tokio::test]
+async fn the_ticket_store_works_again_by_itself_after_redis_restarts() {
+    if redis_url().is_none() {
+        return;
+    }
+    let (redis, conn) = own_redis().await;
+    let port = redis.port;
     let store = RedisTicketStore::new(conn.clone());
     store
         .put(ticket_key("before"), ticket(now_millis() + 30_000))
@@ -355,16 +362,8 @@ async fn a_subscription_comes_back_by_itself_after_redis_restarts() {
     if redis_url().is_none() {
         return;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let redis = OwnRedis::start(port);
-    wait_until_up(redis.port).await;
-    let conn = RedisConnection::connect(&format!("redis://127.0.0.1:{port}"), "t:")
-        .await
-        .unwrap();
+    let (redis, conn) = own_redis().await;
+    let port = redis.port;
     let channel = RedisPubSub::new(conn.clone(), "commands");
     let (tx, mut rx) = tokio::sync::mpsc::channel(16);
     let listener = RedisPubSub::new(conn, "commands");

@@ -78,6 +78,16 @@ async fn active_session_through(front: SocketAddr, token: &str, system_id: &str)
     .await
 }
 
+/// A client with cookies that finds `host` at `front`.
+fn browser(host: &str, front: SocketAddr) -> reqwest::Client {
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .no_proxy()
+        .resolve(host, front)
+        .build()
+        .unwrap()
+}
+
 /// A proxy link for `service` of `session`, asked through `front`.
 async fn proxy_link(front: SocketAddr, token: &str, session: &str, service: &str) -> Value {
     let path = format!("/api/v1/sessions/{session}/proxy-token");
@@ -121,12 +131,7 @@ async fn the_documented_nginx_site_carries_tunnel_api_and_proxy() {
         .replace("/?token=", "/headers?token=");
     let host = format!("web--{}.localhost", session.replace('-', ""));
     assert!(url.starts_with(&format!("http://{host}:{port}/")), "{url}");
-    let client = reqwest::Client::builder()
-        .cookie_store(true)
-        .no_proxy()
-        .resolve(&host, front)
-        .build()
-        .unwrap();
+    let client = browser(&host, front);
     let resp = client.get(&url).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.url().path(), "/headers");
@@ -222,12 +227,7 @@ async fn the_documented_nginx_site_fronts_a_cluster_and_its_agents_fail_over_thr
     assert_eq!(echo_through(local, b"one").await, b"one");
     let v = proxy_link(front, &token, &session, "web").await;
     let host = format!("web--{}.localhost", session.replace('-', ""));
-    let client = reqwest::Client::builder()
-        .cookie_store(true)
-        .no_proxy()
-        .resolve(&host, front)
-        .build()
-        .unwrap();
+    let client = browser(&host, front);
     let url = v["url"]
         .as_str()
         .unwrap()
@@ -259,15 +259,7 @@ async fn the_documented_nginx_site_fronts_a_cluster_and_its_agents_fail_over_thr
 
     // The node holding the tunnel dies; the agent reconnects to nginx,
     // which sends it to the node left, and it resumes its session.
-    let (status, v) = api_call(
-        front,
-        "GET",
-        &format!("/api/v1/sessions/{session}"),
-        Some(&token),
-        None,
-    )
-    .await;
-    assert_eq!(status, 200, "{v}");
+    let v = session_status(&nodes[0], &token, &session).await.unwrap();
     let holder = match v["node_id"].as_str() {
         Some("node-a") => 0,
         Some("node-b") => 1,

@@ -23,18 +23,6 @@ fn services(action: &str) {
     assert!(status.success(), "test-services.sh {action} failed");
 }
 
-/// Sends `data` on an open connection to the echo service and reads it back.
-async fn roundtrip(conn: &mut tokio::net::TcpStream, data: &[u8]) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    conn.write_all(data).await.unwrap();
-    let mut back = vec![0u8; data.len()];
-    tokio::time::timeout(WAIT, conn.read_exact(&mut back))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(back, data);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_going_away_and_back_is_ridden_out() {
     let tmp = tempfile::tempdir().unwrap();

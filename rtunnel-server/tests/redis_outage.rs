@@ -14,7 +14,6 @@ use std::time::Instant;
 
 use serde_json::Value;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// One node on `redis`.
 async fn node(dir: &std::path::Path, redis: &str, prefix: &str, id: &str) -> ServerProc {
@@ -42,17 +41,6 @@ async fn wait_subscribed(server: &ServerProc, n: usize) {
 
 async fn readyz(server: &ServerProc) -> (u16, Value) {
     api_call(server.addr, "GET", "/readyz", None, None).await
-}
-
-/// Sends `data` on an open connection to the echo service and reads it back.
-async fn roundtrip(conn: &mut tokio::net::TcpStream, data: &[u8]) {
-    conn.write_all(data).await.unwrap();
-    let mut back = vec![0u8; data.len()];
-    tokio::time::timeout(WAIT, conn.read_exact(&mut back))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(back, data);
 }
 
 async fn close_session(server: &ServerProc, token: &str, session: &str) {

@@ -443,6 +443,17 @@ pub async fn start_forward_at(
     (proc, listen.parse().unwrap())
 }
 
+/// Sends `data` on an open connection to an echo service and reads it back.
+pub async fn roundtrip(conn: &mut TcpStream, data: &[u8]) {
+    conn.write_all(data).await.unwrap();
+    let mut back = vec![0u8; data.len()];
+    tokio::time::timeout(WAIT, conn.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(back, data);
+}
+
 /// A port free right now (the forward binds it right after).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
