@@ -167,10 +167,7 @@ impl Cluster {
             .await
         {
             Ok(route) => route,
-            Err(()) => {
-                let record = live.sessions.session(session_id).await;
-                self.recorded(live, record.map(|r| r.into_iter().next()))
-            }
+            Err(()) => self.recorded(live, live.sessions.session(session_id).await),
         }
     }
 
@@ -210,7 +207,7 @@ impl Cluster {
         if live.redis_away.load(Ordering::Relaxed) {
             return Err(());
         }
-        let looked_up = async {
+        let looked_up: Result<Option<(TunnelRoute, NodeInfo)>, StoreError> = async {
             let route = match lookup().await? {
                 Some(route) if route.node_id != self.node_id => route,
                 // A route naming this node without a tunnel here is stale.
@@ -221,8 +218,9 @@ impl Cluster {
                 .node(&route.node_id)
                 .await?
                 .map(|node| (route, node)))
-        };
-        match looked_up.await {
+        }
+        .await;
+        match looked_up {
             Ok(Some((route, node))) => {
                 live.remember_node(&node);
                 Ok(Some(Route::Remote(RemoteTunnel {
@@ -232,7 +230,6 @@ impl Cluster {
             }
             Ok(None) => Ok(None),
             Err(e) => {
-                let e: StoreError = e;
                 tracing::warn!(error = %e, "Redis is away: finding tunnels by the database until it is back");
                 live.redis_away.store(true, Ordering::Relaxed);
                 Err(())
