@@ -1,8 +1,8 @@
 //! Several server nodes on one PostgreSQL and one Redis (both the real
 //! ones `scripts/test.sh` starts), as separate processes on loopback: an
 //! operator on one node reaches the agent connected to another through the
-//! node channel; a close or a revoke on any node takes effect where the
-//! tunnel or the connection lives; a node killed, its agents resume on
+//! node channel; a close, a revoke or a regenerated secret on any node takes
+//! effect where the tunnel or the connection lives; a node killed, its agents resume on
 //! another, and the nodes left put the dead node's other sessions in grace.
 
 #![allow(clippy::unwrap_used)]
@@ -143,6 +143,36 @@ async fn operators_on_any_node_reach_an_agent_on_another_and_closes_reach_it() {
     let took = started.elapsed();
     eprintln!("close on node C reached the agent on node A after {took:?}");
     assert!(took < Duration::from_secs(1), "close took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_regenerated_on_one_node_stops_the_agent_on_another() {
+    let tmp = tempfile::tempdir().unwrap();
+    use_postgres(tmp.path()).await;
+    let prefix = unique_prefix();
+    let a = node(tmp.path(), &prefix, "node-a").await;
+    let b = node(tmp.path(), &prefix, "node-b").await;
+    let sys = enroll(&a, "leaked");
+    let root = user_with_token(&a, "root", "admin");
+    let echo = echo_service().await;
+    let mut agent = start_agent(&a, &sys, &format!("echo={echo}"), &[]);
+    let session = active_session(&b, &root, &sys.id).await;
+
+    let started = Instant::now();
+    let path = format!("/api/v1/systems/{}/regenerate-secret", sys.id);
+    let (status, v) = api_call(b.addr, "POST", &path, Some(&root), None).await;
+    assert_eq!(status, 200, "{v}");
+    // The agent on node A is told its credentials are revoked, and stops.
+    let exit = agent.wait_exit().await;
+    eprintln!(
+        "a secret regenerated on node B stopped the agent on node A after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(exit.code(), Some(1));
+    let log = agent.log_text();
+    assert!(log.contains("revoked this system's credentials"), "{log}");
+    let v = session_status(&a, &root, &session).await.unwrap();
+    assert_eq!(v["status"], "closed", "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
