@@ -112,6 +112,9 @@ async fn redis_going_away_and_back_is_ridden_out_by_every_node() {
         !v["error"].as_str().unwrap().contains("redis"),
         "no internals: {v}"
     );
+    // The audit log does not claim a ticket was issued.
+    let issued = audit_events(tmp.path(), "terminal_ticket_issued").await;
+    assert_eq!(issued.len(), 1, "{issued:?}");
     // What lives in the database still answers.
     let v = session_status(&b, &root, &first_session).await.unwrap();
     assert_eq!(v["status"], "active", "{v}");

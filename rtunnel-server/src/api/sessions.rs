@@ -213,6 +213,18 @@ async fn open_session_for(
     peer: std::net::SocketAddr,
     details: serde_json::Value,
 ) -> Result<SessionRecord, ApiError> {
+    let session = usable_session(state, user, raw_id, action).await?;
+    audit_on(state, user, &session, event, peer, details).await?;
+    Ok(session)
+}
+
+/// A session that has not ended, on which `user` may do `action`.
+async fn usable_session(
+    state: &AppState,
+    user: &rtunnel_core::store::User,
+    raw_id: &str,
+    action: Action,
+) -> Result<SessionRecord, ApiError> {
     let session = readable(state, user, raw_id).await?;
     authorize(state, user, action, session.system_id).await?;
     if session.status.is_final() {
@@ -222,14 +234,25 @@ async fn open_session_for(
             format!("the session is {}", session.status.as_str()),
         ));
     }
+    Ok(session)
+}
+
+/// Stores `event` by `user` on `session` (503 if it cannot be).
+async fn audit_on(
+    state: &AppState,
+    user: &rtunnel_core::store::User,
+    session: &SessionRecord,
+    event: &str,
+    peer: std::net::SocketAddr,
+    details: serde_json::Value,
+) -> Result<(), ApiError> {
     let mut ev = AuditEvent::new(event);
     ev.actor = Some(user.name.clone());
     ev.system_id = Some(session.system_id);
     ev.session_id = Some(session.id);
     ev.ip_address = Some(peer.ip().to_string());
     ev.details = details;
-    state.audit(ev).await?;
-    Ok(session)
+    state.audit(ev).await
 }
 
 pub(super) async fn close(
@@ -356,18 +379,22 @@ pub(super) async fn terminal_ticket(
     Path(id): Path<String>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let session = open_session_for(
+    let session = usable_session(&state, &caller.user, &id, Action::Connect).await?;
+    let holder = crate::revocation::Holder::from(&caller);
+    // Issued first, so the audit log never says "issued" for a ticket the
+    // store refused; a ticket whose event cannot be stored is never handed
+    // out (and expires unused).
+    let ticket = crate::tickets::issue(&state, session.id, holder).await?;
+    let details = serde_json::json!({});
+    audit_on(
         &state,
         &caller.user,
-        &id,
-        Action::Connect,
+        &session,
         "terminal_ticket_issued",
         peer,
-        serde_json::json!({}),
+        details,
     )
     .await?;
-    let holder = crate::revocation::Holder::from(&caller);
-    let ticket = crate::tickets::issue(&state, session.id, holder).await?;
     Ok(Json(serde_json::json!({
         "ticket": ticket,
         "expires_in": rtunnel_core::ticket::TICKET_TTL.as_secs(),
