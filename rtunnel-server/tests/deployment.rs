@@ -88,6 +88,12 @@ fn browser(host: &str, front: SocketAddr) -> reqwest::Client {
         .unwrap()
 }
 
+/// The status of `GET /headers` on the proxied web app at `host`.
+async fn get_headers(client: &reqwest::Client, host: &str, port: u16) -> u16 {
+    let url = format!("http://{host}:{port}/headers");
+    client.get(url).send().await.unwrap().status().as_u16()
+}
+
 /// A proxy link for `service` of `session`, asked through `front`.
 async fn proxy_link(front: SocketAddr, token: &str, session: &str, service: &str) -> Value {
     let path = format!("/api/v1/sessions/{session}/proxy-token");
@@ -237,12 +243,7 @@ async fn the_documented_nginx_site_fronts_a_cluster_and_its_agents_fail_over_thr
     // Round robin: consecutive requests go to both nodes, whichever holds
     // the tunnel, and all are answered.
     for _ in 0..4 {
-        let resp = client
-            .get(format!("http://{host}:{port}/headers"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
+        assert_eq!(get_headers(&client, &host, port).await, 200);
     }
 
     // (nginx logs a request once it is done, which may be just after the
@@ -277,10 +278,5 @@ async fn the_documented_nginx_site_fronts_a_cluster_and_its_agents_fail_over_thr
     assert_eq!(v["node_id"], if holder == 0 { "node-b" } else { "node-a" });
     let (_fwd, local) = start_forward_at(tmp.path(), &base, &token, &session, "echo").await;
     assert_eq!(echo_through(local, b"after").await, b"after");
-    let resp = client
-        .get(format!("http://{host}:{port}/headers"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(get_headers(&client, &host, port).await, 200);
 }
