@@ -18,6 +18,9 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Sessions handled per sweep at most; the rest wait for the next one.
 pub const SWEEP_BATCH: u32 = 500;
 
+/// How many times an event is stepped again after losing a compare-and-set.
+const CONFLICT_RETRIES: u32 = 3;
+
 /// Why applying an event did not change the session.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -53,13 +56,22 @@ pub async fn apply(state: &AppState, id: Uuid, event: Event) -> Option<Transitio
 
 /// [`apply`], returning why nothing changed.
 pub async fn try_apply(state: &AppState, id: Uuid, event: Event) -> Result<Transition, ApplyError> {
-    let session = state
-        .stores
-        .sessions
-        .session(id)
-        .await?
-        .ok_or(ApplyError::NotFound)?;
-    step_and_store(state, &session, event).await
+    let mut retries = 0;
+    loop {
+        let session = state
+            .stores
+            .sessions
+            .session(id)
+            .await?
+            .ok_or(ApplyError::NotFound)?;
+        match step_and_store(state, &session, event).await {
+            // Another writer got there first (the tunnel's node put the
+            // session in grace while an operator on another node closed
+            // it, say): the event is stepped again from what it wrote.
+            Err(ApplyError::Conflict) if retries < CONFLICT_RETRIES => retries += 1,
+            done => return done,
+        }
+    }
 }
 
 async fn step_and_store(
