@@ -10,7 +10,9 @@ use base64::engine::general_purpose::STANDARD;
 use rtunnel_core::control::{ControlChannel, ControlEnd, HandshakeError, client_handshake};
 use rtunnel_core::frame::write_frame;
 use rtunnel_core::mux::{Mux, MuxConfig, YamuxMux, YamuxStream};
-use rtunnel_core::proto::{CloseCode, Control, Resume, ServiceInfo, StreamKind, StreamReply};
+use rtunnel_core::proto::{
+    CloseCode, Control, Resume, ServiceInfo, StreamHeader, StreamKind, StreamReply, TerminalOpen,
+};
 use rtunnel_core::relay::relay;
 use rtunnel_core::setup::{accept_header, refuse};
 use rtunnel_core::ws::{CLOSE_SESSION_CLOSED, WsStream};
@@ -479,14 +481,12 @@ async fn serve_stream(offer: Arc<Offer>, mut stream: YamuxStream) {
         return;
     };
     if header.kind == StreamKind::Terminal || header.service == TERMINAL_SERVICE {
-        let (Some(config), Some(open)) = (&offer.terminal, header.terminal.clone()) else {
-            let reply = if offer.terminal.is_none() {
-                StreamReply::refused("terminal_unavailable", "this agent offers no terminal")
-            } else {
-                StreamReply::refused("bad_stream_header", "a terminal needs its size")
-            };
-            refuse(&mut stream, reply).await;
-            return;
+        let (config, open) = match terminal_request(&offer, &header) {
+            Ok(ok) => ok,
+            Err(reply) => {
+                refuse(&mut stream, reply).await;
+                return;
+            }
         };
         if write_frame(&mut stream, &StreamReply::Ok).await.is_ok() {
             crate::terminal::serve(config, stream, open).await;
@@ -544,6 +544,38 @@ async fn serve_stream(offer: Arc<Offer>, mut stream: YamuxStream) {
     } else {
         bridge(stream, tcp, &spec.name).await;
     }
+}
+
+/// What a stream for the terminal asks for, if it may have it. A PTY opens
+/// only for a terminal stream to the terminal service, and the terminal
+/// service only ever carries terminal streams: a header that mixes them is
+/// refused, whoever built it.
+fn terminal_request<'a>(
+    offer: &'a Offer,
+    header: &StreamHeader,
+) -> Result<(&'a TerminalConfig, TerminalOpen), StreamReply> {
+    let Some(config) = &offer.terminal else {
+        return Err(StreamReply::refused(
+            "terminal_unavailable",
+            "this agent offers no terminal",
+        ));
+    };
+    if header.kind != StreamKind::Terminal || header.service != TERMINAL_SERVICE {
+        tracing::warn!(service = %header.service, kind = header.kind.as_str(), "refused a stream mixing the terminal with another kind");
+        return Err(StreamReply::refused(
+            "unsupported_kind",
+            format!(
+                "a {} stream cannot go to {:?}",
+                header.kind.as_str(),
+                header.service
+            ),
+        ));
+    }
+    let open = header
+        .terminal
+        .clone()
+        .ok_or_else(|| StreamReply::refused("bad_stream_header", "a terminal needs its size"))?;
+    Ok((config, open))
 }
 
 async fn bridge<T: AsyncRead + AsyncWrite + Unpin>(

@@ -145,13 +145,16 @@ impl Forwarder {
 
     /// Opens one stream to the service, ready to carry bytes.
     pub async fn open(&self) -> Result<YamuxStream, ForwardError> {
+        let header = StreamHeader::new(self.config.service.clone(), StreamKind::Tcp);
+        self.open_with(&header).await
+    }
+
+    /// Opens one stream with `header` as sent. The server takes only the
+    /// service name from it and refuses anything but a `tcp` stream to a
+    /// `tcp` service; this exists for tools and tests that check so.
+    pub async fn open_with(&self, header: &StreamHeader) -> Result<YamuxStream, ForwardError> {
         let mut stream = self.open_raw().await?;
-        let header = StreamHeader {
-            service: self.config.service.clone(),
-            kind: StreamKind::Tcp,
-            terminal: None,
-        };
-        match setup::request(&mut stream, &header, STREAM_REPLY_TIMEOUT).await {
+        match setup::request(&mut stream, header, STREAM_REPLY_TIMEOUT).await {
             Ok(()) => Ok(stream),
             Err(SetupError::Refused { code, reason }) => {
                 Err(ForwardError::Refused { code, reason })

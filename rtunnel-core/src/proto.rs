@@ -159,6 +159,29 @@ pub enum StreamKind {
     Terminal,
 }
 
+impl StreamKind {
+    /// The kind's name on the wire: `tcp`, `http`, `terminal`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamKind::Tcp => "tcp",
+            StreamKind::Http => "http",
+            StreamKind::Terminal => "terminal",
+        }
+    }
+
+    /// Whether a stream of this kind may go to a service of kind `service`:
+    /// a terminal stream only to the terminal, `tcp` and `http` streams only
+    /// to `tcp` services. Both ends check it, so no stream header can turn a
+    /// port forward into a shell.
+    pub fn fits(self, service: StreamKind) -> bool {
+        matches!(
+            (self, service),
+            (StreamKind::Terminal, StreamKind::Terminal)
+                | (StreamKind::Tcp | StreamKind::Http, StreamKind::Tcp)
+        )
+    }
+}
+
 /// The first frame on every non-control stream: which service it is for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamHeader {

@@ -276,15 +276,12 @@ async fn open_upstream(
         Some(t) => t,
         None => return Err(no_tunnel(state, ctx.session_id).await),
     };
-    if tunnel.service(&header.service).is_none() {
-        return Err(StreamReply::refused(
-            "unknown_service",
-            format!("the session has no service named {:?}", header.service),
-        ));
-    }
+    // The agent hears a header this server built, never the operator's:
+    // only the service name is taken from it, and the stream is `tcp`.
+    let header = StreamHeader::new(header.service.clone(), StreamKind::Tcp);
     let timeout = state.config.handshake_timeout;
     tunnel
-        .open_stream(&state.cluster, header, timeout)
+        .open_stream(&state.cluster, &header, timeout)
         .await
         .map_err(|e| match e {
             // The agent's own refusal goes back to the operator unchanged.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use rtunnel_core::mux::{Mux, YamuxMux, YamuxStream};
-use rtunnel_core::proto::{CloseCode, Control, ServiceInfo, StreamHeader};
+use rtunnel_core::proto::{CloseCode, Control, ServiceInfo, StreamHeader, StreamKind};
 use rtunnel_core::setup::{self, SetupError};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
@@ -106,6 +106,32 @@ impl AsyncWrite for TunnelStream {
     }
 }
 
+/// Checks a stream header against a manifest: the service exists, the
+/// stream's kind fits the service's, and only a terminal stream carries
+/// terminal settings.
+pub fn admit(services: &[ServiceInfo], header: &StreamHeader) -> Result<(), OpenError> {
+    let Some(service) = services.iter().find(|s| s.name == header.service) else {
+        return Err(OpenError::Refused {
+            code: "unknown_service".into(),
+            reason: format!("the session has no service named {:?}", header.service),
+        });
+    };
+    let kind_fits = header.kind.fits(service.kind)
+        && (header.terminal.is_some() == (header.kind == StreamKind::Terminal));
+    if !kind_fits {
+        return Err(OpenError::Refused {
+            code: "unsupported_kind".into(),
+            reason: format!(
+                "a {} stream cannot go to the {} service {:?}",
+                header.kind.as_str(),
+                service.kind.as_str(),
+                service.name
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// One live tunnel.
 #[derive(Debug)]
 pub struct LiveTunnel {
@@ -131,11 +157,16 @@ impl LiveTunnel {
 
     /// Opens a stream to the agent for `header` and waits (at most
     /// `timeout`) for the agent to accept it.
+    ///
+    /// The header must name a service of the manifest with a kind that
+    /// fits it (see [`admit`]); anything else is refused before the agent
+    /// hears of it.
     pub async fn open_stream(
         &self,
         header: &StreamHeader,
         timeout: Duration,
     ) -> Result<TunnelStream, OpenError> {
+        admit(&self.services, header)?;
         // The limit refuses one stream and leaves the tunnel healthy.
         let permit = self
             .streams

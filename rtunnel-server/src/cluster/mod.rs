@@ -417,6 +417,8 @@ impl Route {
         match self {
             Route::Local(t) => t.open_stream(header, timeout).await,
             Route::Remote(r) => {
+                // Checked here too, so a bad header costs no node round trip.
+                crate::registry::admit(&r.route.services, header)?;
                 let live = cluster
                     .live
                     .as_ref()
