@@ -8,6 +8,17 @@
 # installing needs root (CI runs as root) or sudo.
 set -euo pipefail
 
+# Two local users for the tests of the agent's privilege handling
+# (tests/terminal.rs): an agent running as a user of its own, and the
+# --terminal-user its shells run as. Made once; harmless to keep.
+if [ "$(id -u)" -eq 0 ]; then
+    for user in rtunnel-test-agent rtunnel-test-shell; do
+        id "$user" >/dev/null 2>&1 ||
+            useradd --system --user-group --create-home --home-dir "/var/lib/$user" \
+                --shell /bin/sh "$user"
+    done
+fi
+
 missing=()
 command -v tinyproxy >/dev/null 2>&1 || missing+=(tinyproxy)
 command -v asciinema >/dev/null 2>&1 || missing+=(asciinema)

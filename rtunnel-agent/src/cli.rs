@@ -72,9 +72,14 @@ struct RunArgs {
     /// streams are refused.
     #[arg(long, env = "RTUNNEL_NO_TERMINAL")]
     no_terminal: bool,
-    /// Shell for terminals (default: the login shell of the agent's user).
+    /// Shell for terminals (default: the login shell of the terminal user).
     #[arg(long, env = "RTUNNEL_SHELL")]
     shell: Option<PathBuf>,
+    /// Start terminals as this user (uid, groups, HOME and shell from the
+    /// user database); needs the agent to run as root. Default: the
+    /// agent's own user.
+    #[arg(long, env = "RTUNNEL_TERMINAL_USER")]
+    terminal_user: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -111,6 +116,9 @@ struct Failure {
 /// Parses the command line and runs it.
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before anything else: the shells this process starts must not read
+    // its secret or token from /proc.
+    let protected = crate::harden::protect_process();
     let filter = tracing_subscriber::EnvFilter::try_from_env("RTUNNEL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
@@ -118,6 +126,11 @@ pub async fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
+    if let Err(e) = protected {
+        tracing::warn!(
+            "cannot make the process non-dumpable, so a shell it starts could read its secret: {e}"
+        );
+    }
     let result = match cli.command {
         Some(Command::Run(args)) => run(args).await,
         Some(Command::Forward(args)) => forward(args).await,
@@ -147,7 +160,16 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         (Some(s), None) => s.clone(),
         (None, None) => String::new(),
     };
+    hide_credential(
+        args.secret.as_deref(),
+        "the secret",
+        "RTUNNEL_SECRET or --secret-file",
+    );
     let services = parse_services(&args.static_services).map_err(|e| usage(e.to_string()))?;
+    let terminal_user = match (&args.terminal_user, args.no_terminal) {
+        (Some(name), false) => Some(crate::terminal::TerminalUser::lookup(name).map_err(usage)?),
+        _ => None,
+    };
     let mut builder = Agent::builder()
         .services(services)
         .reconnect_delay(args.reconnect_delay)
@@ -156,6 +178,7 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         .terminal(
             (!args.no_terminal).then(|| crate::terminal::TerminalConfig {
                 shell: args.shell.clone(),
+                user: terminal_user,
             }),
         )
         .credentials(args.key.unwrap_or_default(), secret);
@@ -179,6 +202,22 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
     }
 }
 
+/// A credential given as a flag shows in `ps`: overwrite it in the
+/// process's command line (and environment), and say that it was seen
+/// meanwhile. `instead` names the better ways to pass it.
+fn hide_credential(value: Option<&str>, what: &str, instead: &str) {
+    let Some(value) = value else { return };
+    match crate::harden::scrub_from_process(value) {
+        Ok(scrubbed) if scrubbed.command_line == 0 => {}
+        Ok(_) => tracing::warn!(
+            "{what} was given on the command line: it is hidden from ps now, but was visible until this moment; use {instead}"
+        ),
+        Err(e) => tracing::warn!(
+            "{what} was given on the command line, where ps shows it, and cannot be hidden ({e}); use {instead}"
+        ),
+    }
+}
+
 /// The proxy for `target`: the flag, else the environment.
 fn resolve_proxy(flag: Option<&str>, target: &str) -> Result<Option<Proxy>, Failure> {
     let proxy = Proxy::resolve(flag, target, |name| std::env::var(name).ok())
@@ -190,6 +229,7 @@ fn resolve_proxy(flag: Option<&str>, target: &str) -> Result<Option<Proxy>, Fail
 }
 
 async fn forward(args: ForwardArgs) -> Result<(), Failure> {
+    hide_credential(Some(&args.token), "the token", "RTUNNEL_TOKEN");
     let proxy = resolve_proxy(args.proxy.as_deref(), &args.server)?;
     let config = ForwardConfig {
         server: args.server,

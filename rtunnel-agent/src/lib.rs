@@ -15,6 +15,7 @@ pub mod backoff;
 pub mod cli;
 pub mod dial;
 pub mod forward;
+pub mod harden;
 pub mod proxy;
 pub mod services;
 pub mod terminal;

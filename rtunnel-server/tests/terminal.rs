@@ -27,14 +27,23 @@ struct Setup {
 }
 
 async fn setup(agent_flags: &[&str]) -> Setup {
+    setup_with(|server, sys, services| {
+        let mut flags = vec!["--shell", "/bin/sh"];
+        flags.extend_from_slice(agent_flags);
+        start_agent(server, sys, services, &flags)
+    })
+    .await
+}
+
+/// A server, an enrolled system, an admin, and the agent `start` runs for
+/// it (given the services to offer), its session active.
+async fn setup_with(start: impl FnOnce(&ServerProc, &Enrolled, &str) -> Proc) -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let server = ServerProc::start(tmp.path(), &[]).await;
     let sys = enroll(&server, "customer-box");
     let admin = user_with_token(&server, "root", "admin");
     let echo = echo_service().await;
-    let mut flags = vec!["--shell", "/bin/sh"];
-    flags.extend_from_slice(agent_flags);
-    let agent = start_agent(&server, &sys, &format!("echo={echo}"), &flags);
+    let agent = start(&server, &sys, &format!("echo={echo}"));
     let session = active_session(&server, &admin, &sys.id).await;
     Setup {
         _tmp: tmp,
@@ -337,6 +346,179 @@ async fn an_agent_with_no_terminal_offers_none() {
 }
 
 /// The body of a chunked HTTP/1.1 response.
+/// The users `scripts/test-deps.sh` creates for these tests, or `None`
+/// (skipping) where the tests do not run as root and nobody asked for
+/// them. Under `./scripts/test.sh` (RTUNNEL_TEST_SERVICES=required) a
+/// missing user fails the test.
+fn test_users() -> Option<()> {
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    let required = std::env::var("RTUNNEL_TEST_SERVICES").as_deref() == Ok("required");
+    let exist = ["rtunnel-test-agent", "rtunnel-test-shell"]
+        .iter()
+        .all(|u| {
+            std::process::Command::new("id")
+                .arg(u)
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    match (root && exist, required) {
+        (true, _) => Some(()),
+        (false, true) => panic!(
+            "these tests run as root with the users scripts/test-deps.sh creates (rtunnel-test-agent, rtunnel-test-shell)"
+        ),
+        (false, false) => {
+            eprintln!("skipped: needs root and scripts/test-deps.sh's users");
+            None
+        }
+    }
+}
+
+/// A copy of the agent binary that any user may run (the build directory
+/// may sit under a home only root can enter).
+fn agent_copy_for_anyone(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let bin_dir = dir.join("bin");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    for d in [dir, bin_dir.as_path()] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let bin = bin_dir.join("rtunnel-agent");
+    std::fs::copy(agent_bin(), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}
+
+/// What the shell shows of the agent process: its user, home, whether it
+/// could read the agent's environment, and the agent's command line.
+async fn probe_agent_from_the_shell(s: &Setup, agent_pid: u32) -> String {
+    let mut ws = open_terminal(s, &s.admin, "").await;
+    type_line(
+        &mut ws,
+        &format!(
+            "echo \"user=$(id -un)\"; echo \"home=$HOME\"; cat /proc/{agent_pid}/environ; echo \"environ=$?\"; \
+             tr '\\0' ' ' < /proc/{agent_pid}/cmdline; echo; echo zz\"\"done"
+        ),
+    )
+    .await;
+    // The typed line echoes `zz""done`; only the shell prints `zzdone`.
+    read_until(&mut ws, "zzdone").await
+}
+
+/// Finding: a shell run as the agent's own user could read the system
+/// secret from /proc/<agent>/environ. The agent is non-dumpable now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shell_of_the_agent_s_own_user_cannot_read_its_secret() {
+    if test_users().is_none() {
+        return;
+    }
+    let bin_dir = tempfile::tempdir().unwrap();
+    let bin = agent_copy_for_anyone(bin_dir.path());
+    let s = setup_with(|server, sys, services| {
+        let mut cmd = std::process::Command::new("setpriv");
+        cmd.args([
+            "--reuid=rtunnel-test-agent",
+            "--regid=rtunnel-test-agent",
+            "--init-groups",
+            "--",
+        ])
+        .arg(&bin)
+        .args(["run", "--url", &server.tunnel_url(), "--key", &sys.key])
+        .args(["--static-services", services, "--shell", "/bin/sh"])
+        .env("RTUNNEL_SECRET", &sys.secret);
+        spawn_agent(server, &mut cmd)
+    })
+    .await;
+    let out = probe_agent_from_the_shell(&s, s._agent.child.id()).await;
+    assert!(out.contains("user=rtunnel-test-agent"), "{out}");
+    assert!(
+        out.contains("environ=1"),
+        "the shell read the agent's environment: {out}"
+    );
+    assert!(
+        !out.contains(&s.sys.secret),
+        "the shell saw the secret: {out}"
+    );
+}
+
+/// `--terminal-user`: an agent running as root starts shells as that user
+/// (its home, its groups), who cannot read the secret either, not even one
+/// passed as a flag: the agent overwrites it in its command line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminals_run_as_the_terminal_user_who_cannot_read_the_secret() {
+    if test_users().is_none() {
+        return;
+    }
+    let s = setup_with(|server, sys, services| {
+        let mut cmd = agent_command(&server.tunnel_url(), sys, services);
+        cmd.env_remove("RTUNNEL_SECRET").args([
+            "--secret",
+            &sys.secret,
+            "--terminal-user",
+            "rtunnel-test-shell",
+        ]);
+        spawn_agent(server, &mut cmd)
+    })
+    .await;
+    let pid = s._agent.child.id();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    assert!(cmdline.contains("--secret"), "{cmdline}");
+    assert!(
+        !cmdline.contains(&s.sys.secret),
+        "ps shows the secret: {cmdline}"
+    );
+    assert!(
+        s._agent.log_text().contains("hidden from ps now"),
+        "{}",
+        s._agent.log_text()
+    );
+
+    let home = std::process::Command::new("getent")
+        .args(["passwd", "rtunnel-test-shell"])
+        .output()
+        .unwrap();
+    let home = String::from_utf8_lossy(&home.stdout)
+        .split(':')
+        .nth(5)
+        .unwrap()
+        .to_owned();
+    let out = probe_agent_from_the_shell(&s, pid).await;
+    assert!(out.contains("user=rtunnel-test-shell"), "{out}");
+    assert!(out.contains(&format!("home={home}")), "{out}");
+    assert!(out.contains("environ=1"), "{out}");
+    assert!(
+        !out.contains(&s.sys.secret),
+        "the shell saw the secret: {out}"
+    );
+}
+
+/// A terminal user that does not exist stops the agent at start (exit 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_terminal_user_is_a_configuration_error() {
+    let out = std::process::Command::new(agent_bin())
+        .args([
+            "run",
+            "--url",
+            "ws://127.0.0.1:9/api/v1/tunnel",
+            "--key",
+            "k",
+        ])
+        .args(["--terminal-user", "no-such-user-rtunnel"])
+        .env("RTUNNEL_SECRET", "s")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--terminal-user no-such-user-rtunnel: no such user"),
+        "{err}"
+    );
+}
+
 fn dechunk(body: &str) -> String {
     let mut out = String::new();
     let mut rest = body;

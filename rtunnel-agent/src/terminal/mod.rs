@@ -1,11 +1,14 @@
 //! The built-in `terminal` service: a shell on a real PTY of the agent host.
 //!
-//! The shell is the login shell of the agent's user (or `--shell`), started
-//! as a login shell in the user's home with a clean environment: only
-//! `HOME`, `USER`, `LOGNAME`, `SHELL`, `PATH`, the locale, and
-//! `TERM=xterm-256color`, plus `RTUNNEL_OPERATOR` naming the operator so the
-//! customer can see who is there. Nothing else of the agent's environment
-//! (its `RTUNNEL_SECRET` above all) reaches the shell.
+//! The shell is the login shell of the agent's user, or of the terminal
+//! user (`--terminal-user`, see [`user`]), or `--shell`, started as a login
+//! shell in the user's home with a clean environment: only `HOME`, `USER`,
+//! `LOGNAME`, `SHELL`, `PATH`, the locale, and `TERM=xterm-256color`, plus
+//! `RTUNNEL_OPERATOR` naming the operator so the customer can see who is
+//! there. Nothing else of the agent's environment (its `RTUNNEL_SECRET`
+//! above all) reaches the shell.
+
+pub mod user;
 
 use std::path::{Path, PathBuf};
 
@@ -17,17 +20,25 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
 /// The name of the built-in service in the manifest.
 pub const TERMINAL_SERVICE: &str = "terminal";
 
+pub use user::TerminalUser;
+
 /// How terminals are started.
 #[derive(Debug, Clone, Default)]
 pub struct TerminalConfig {
-    /// The shell; default: the agent user's login shell.
+    /// The shell; default: the login shell of the terminal user, else of
+    /// the agent's user.
     pub shell: Option<PathBuf>,
+    /// The user shells run as; default: the agent's own user.
+    pub user: Option<TerminalUser>,
 }
 
 impl TerminalConfig {
     /// The shell to start.
     pub fn shell(&self) -> PathBuf {
-        self.shell.clone().unwrap_or_else(login_shell)
+        self.shell
+            .clone()
+            .or_else(|| self.user.as_ref().map(|u| u.shell.clone()))
+            .unwrap_or_else(login_shell)
     }
 }
 
@@ -55,13 +66,28 @@ fn current_uid() -> Option<String> {
     line.split_whitespace().nth(1).map(str::to_owned)
 }
 
-/// The environment of a terminal's shell.
-pub fn shell_env(shell: &Path, operator: &str) -> Vec<(String, String)> {
+/// The environment of a terminal's shell, run as `user` (default: the
+/// agent's own).
+pub fn shell_env(
+    shell: &Path,
+    operator: &str,
+    user: Option<&TerminalUser>,
+) -> Vec<(String, String)> {
     let mut env = Vec::new();
     let keep = |k: &str| std::env::var(k).ok().map(|v| (k.to_owned(), v));
-    for key in [
-        "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ",
-    ] {
+    match user {
+        Some(u) => {
+            env.push(("HOME".into(), u.home.display().to_string()));
+            env.push(("USER".into(), u.name.clone()));
+            env.push(("LOGNAME".into(), u.name.clone()));
+        }
+        None => {
+            for key in ["HOME", "USER", "LOGNAME"] {
+                env.extend(keep(key));
+            }
+        }
+    }
+    for key in ["LANG", "LC_ALL", "LC_CTYPE", "TZ"] {
         env.extend(keep(key));
     }
     let path = std::env::var("PATH")
@@ -79,7 +105,7 @@ pub fn shell_env(shell: &Path, operator: &str) -> Vec<(String, String)> {
 pub async fn serve(config: &TerminalConfig, stream: YamuxStream, open: TerminalOpen) {
     let shell = config.shell();
     let (mut reader, mut writer) = tokio::io::split(stream);
-    let spawned = spawn(&shell, &open);
+    let spawned = spawn(config, &shell, &open);
     let (pty, mut child) = match spawned {
         Ok(ok) => ok,
         Err(e) => {
@@ -130,29 +156,45 @@ pub async fn serve(config: &TerminalConfig, stream: YamuxStream, open: TerminalO
 }
 
 fn spawn(
+    config: &TerminalConfig,
     shell: &Path,
     open: &TerminalOpen,
 ) -> Result<(pty_process::Pty, tokio::process::Child), pty_process::Error> {
     let (pty, pts) = pty_process::open()?;
     pty.resize(pty_process::Size::new(open.rows, open.cols))?;
+    let user = config.user.as_ref();
+    if let Some(u) = user {
+        // The shell's own terminal belongs to it, as after login(1): tty,
+        // sudo and ssh reopen it by name.
+        rustix::fs::fchown(&pts, Some(rustix::fs::Uid::from_raw(u.uid)), None)
+            .map_err(std::io::Error::from)?;
+    }
     let name = shell
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "sh".into());
-    let home = std::env::var("HOME").unwrap_or_else(|_| "/".into());
-    let child = pty_process::Command::new(shell)
+    let home = match user {
+        Some(u) => u.home.clone(),
+        None => std::env::var_os("HOME").map_or_else(|| "/".into(), PathBuf::from),
+    };
+    let mut cmd = pty_process::Command::new(shell)
         // A leading dash makes it a login shell, as login(1) does.
         .arg0(format!("-{name}"))
         .env_clear()
-        .envs(shell_env(shell, &open.operator))
-        .current_dir(if Path::new(&home).is_dir() {
-            home
-        } else {
-            "/".into()
-        })
-        .kill_on_drop(true)
-        .spawn(pts)?;
+        .envs(shell_env(shell, &open.operator, user))
+        .current_dir(if enterable(&home) { home } else { "/".into() })
+        .kill_on_drop(true);
+    if let Some(u) = user {
+        cmd = u.apply(cmd);
+    }
+    let child = cmd.spawn(pts)?;
     Ok((pty, child))
+}
+
+/// Whether the shell can start in `dir`: it exists and this process may
+/// enter it (an agent started with `sudo -u` may carry a `HOME` it cannot).
+fn enterable(dir: &Path) -> bool {
+    dir.is_dir() && rustix::fs::access(dir, rustix::fs::Access::EXEC_OK).is_ok()
 }
 
 /// Shell output to the operator until the PTY ends (every process holding
@@ -192,7 +234,7 @@ mod tests {
     fn the_shell_environment_holds_no_agent_secret() {
         // set_var is unsafe in edition 2024: the end-to-end test checks a
         // real agent with RTUNNEL_SECRET set; this checks the list itself.
-        let env = shell_env(Path::new("/bin/bash"), "olga");
+        let env = shell_env(Path::new("/bin/bash"), "olga", None);
         assert!(
             env.iter()
                 .all(|(k, _)| !k.starts_with("RTUNNEL_") || k == "RTUNNEL_OPERATOR")
@@ -200,6 +242,27 @@ mod tests {
         assert!(env.contains(&("TERM".into(), "xterm-256color".into())));
         assert!(env.contains(&("RTUNNEL_OPERATOR".into(), "olga".into())));
         assert!(env.contains(&("SHELL".into(), "/bin/bash".into())));
+    }
+
+    #[test]
+    fn a_terminal_user_s_home_and_name_replace_the_agent_s() {
+        let ann = TerminalUser {
+            name: "ann".into(),
+            uid: 1001,
+            gid: 1001,
+            groups: vec![1001],
+            home: "/home/ann".into(),
+            shell: "/bin/zsh".into(),
+        };
+        let env = shell_env(Path::new("/bin/zsh"), "olga", Some(&ann));
+        assert!(env.contains(&("HOME".into(), "/home/ann".into())));
+        assert!(env.contains(&("USER".into(), "ann".into())));
+        assert!(env.contains(&("LOGNAME".into(), "ann".into())));
+        let config = TerminalConfig {
+            shell: None,
+            user: Some(ann),
+        };
+        assert_eq!(config.shell(), PathBuf::from("/bin/zsh"));
     }
 
     #[test]
