@@ -3,10 +3,14 @@
 //!
 //! Each key has a failure budget refilled continuously (the generic cell
 //! rate algorithm): [`Rule::burst`] failures may come at once, after that one
-//! more every [`Rule::interval`]. Only failures spend the budget, so a user
-//! who types the right password is never counted. The state is one
-//! timestamp per key ("theoretical arrival time"), which is what a shared
-//! implementation (Redis, for several nodes) stores too.
+//! more every [`Rule::interval`]. An attempt *reserves* one failure before
+//! the password is even checked ([`RateLimiter::reserve`], atomic), so
+//! parallel guesses cannot all slip past one check; a success gives it back
+//! ([`RateLimiter::refund`]), so a user who types the right password is
+//! never counted. The state is one timestamp per key ("theoretical arrival
+//! time"), which is what a shared implementation (Redis, for several nodes)
+//! stores too. Since only an allowed attempt moves it, a key is never locked
+//! for longer than one interval, however hard it is hammered.
 //!
 //! ```
 //! use std::time::Duration;
@@ -16,13 +20,14 @@
 //! let limiter = MemoryRateLimiter::new();
 //! let rule = Rule { burst: 2, interval: Duration::from_secs(60) };
 //! let now = 1_000_000;
-//! assert_eq!(limiter.check("addr:192.0.2.1", rule, now).await.unwrap(), None);
-//! limiter.fail("addr:192.0.2.1", rule, now).await.unwrap();
-//! limiter.fail("addr:192.0.2.1", rule, now).await.unwrap();
-//! // Two failures spent the budget: the next attempt waits one interval.
-//! let wait = limiter.check("addr:192.0.2.1", rule, now).await.unwrap();
+//! assert_eq!(limiter.reserve("addr:192.0.2.1", rule, now).await.unwrap(), None);
+//! assert_eq!(limiter.reserve("addr:192.0.2.1", rule, now).await.unwrap(), None);
+//! // Two attempts spent the budget: the next one waits one interval.
+//! let wait = limiter.reserve("addr:192.0.2.1", rule, now).await.unwrap();
 //! assert_eq!(wait, Some(Duration::from_secs(60)));
-//! assert_eq!(limiter.check("addr:192.0.2.1", rule, now + 60_000).await.unwrap(), None);
+//! // A success gives its reservation back.
+//! limiter.refund("addr:192.0.2.1", rule, now).await.unwrap();
+//! assert_eq!(limiter.reserve("addr:192.0.2.1", rule, now).await.unwrap(), None);
 //! # });
 //! ```
 
@@ -62,6 +67,22 @@ impl Rule {
             .max(now)
             .saturating_add(self.interval_ms())
     }
+
+    /// One reservation: the new arrival time when the budget allows one
+    /// more attempt now, else how long to wait (nothing spent).
+    pub fn reserve(self, tat: Option<Millis>, now: Millis) -> Result<Millis, Duration> {
+        match tat.and_then(|tat| self.wait(tat, now)) {
+            Some(wait) => Err(wait),
+            None => Ok(self.after_failure(tat, now)),
+        }
+    }
+
+    /// The arrival time after giving one reservation back; `None` when the
+    /// budget is whole again.
+    pub fn refund(self, tat: Option<Millis>, now: Millis) -> Option<Millis> {
+        let tat = tat?.saturating_sub(self.interval_ms());
+        (tat > now).then_some(tat)
+    }
 }
 
 /// Where failure budgets are kept: in process for one node, shared (Redis)
@@ -77,8 +98,17 @@ pub trait RateLimiter: Send + Sync {
         now: Millis,
     ) -> Result<Option<Duration>, StoreError>;
 
-    /// Spends one failure of `key`'s budget.
-    async fn fail(&self, key: &str, rule: Rule, now: Millis) -> Result<(), StoreError>;
+    /// Atomically spends one attempt of `key`'s budget if it allows one now
+    /// (`None`); otherwise answers how long to wait and spends nothing.
+    async fn reserve(
+        &self,
+        key: &str,
+        rule: Rule,
+        now: Millis,
+    ) -> Result<Option<Duration>, StoreError>;
+
+    /// Gives one reserved attempt back (the attempt succeeded).
+    async fn refund(&self, key: &str, rule: Rule, now: Millis) -> Result<(), StoreError>;
 
     /// Forgets `key` (after a success).
     async fn reset(&self, key: &str) -> Result<(), StoreError>;
@@ -136,8 +166,17 @@ impl RateLimiter for MemoryRateLimiter {
         Ok(self.lock().get(key).and_then(|tat| rule.wait(*tat, now)))
     }
 
-    async fn fail(&self, key: &str, rule: Rule, now: Millis) -> Result<(), StoreError> {
+    async fn reserve(
+        &self,
+        key: &str,
+        rule: Rule,
+        now: Millis,
+    ) -> Result<Option<Duration>, StoreError> {
         let mut keys = self.lock();
+        let tat = match rule.reserve(keys.get(key).copied(), now) {
+            Ok(tat) => tat,
+            Err(wait) => return Ok(Some(wait)),
+        };
         if !keys.contains_key(key) && keys.len() >= self.capacity {
             // A key whose arrival time has passed has its whole budget back:
             // forgetting it changes nothing.
@@ -151,8 +190,16 @@ impl RateLimiter for MemoryRateLimiter {
                 keys.remove(&oldest);
             }
         }
-        let tat = rule.after_failure(keys.get(key).copied(), now);
         keys.insert(key.to_owned(), tat);
+        Ok(None)
+    }
+
+    async fn refund(&self, key: &str, rule: Rule, now: Millis) -> Result<(), StoreError> {
+        let mut keys = self.lock();
+        match rule.refund(keys.get(key).copied(), now) {
+            Some(tat) => keys.insert(key.to_owned(), tat),
+            None => keys.remove(key),
+        };
         Ok(())
     }
 
@@ -182,13 +229,15 @@ mod tests {
     async fn the_key_table_stays_bounded() {
         let l = MemoryRateLimiter::with_capacity(100);
         for i in 0..1_000 {
-            l.fail(&format!("user:{i}"), RULE, 1_000 + i).await.unwrap();
+            l.reserve(&format!("user:{i}"), RULE, 1_000 + i)
+                .await
+                .unwrap();
         }
         assert_eq!(l.len(), 100);
         // The newest keys are the ones kept.
         assert!(l.check("user:999", RULE, 1_999).await.unwrap().is_none());
-        l.fail("user:999", RULE, 1_999).await.unwrap();
-        l.fail("user:999", RULE, 1_999).await.unwrap();
+        l.reserve("user:999", RULE, 1_999).await.unwrap();
+        l.reserve("user:999", RULE, 1_999).await.unwrap();
         assert!(l.check("user:999", RULE, 1_999).await.unwrap().is_some());
     }
 }

@@ -72,11 +72,15 @@ async fn failures_on_every_node_spend_one_budget() {
         interval: Duration::from_secs(60),
     };
     let now = now_millis();
-    // Five failures spread over three nodes, at the same moment.
-    let fails = (0..5).map(|i| nodes[i % 3].fail("login:mallory", rule, now));
-    for r in futures::future::join_all(fails).await {
-        r.unwrap();
-    }
+    // Twelve attempts spread over three nodes, at the same moment: exactly
+    // five get a reservation.
+    let fails = (0..12).map(|i| nodes[i % 3].reserve("login:mallory", rule, now));
+    let allowed = futures::future::join_all(fails)
+        .await
+        .into_iter()
+        .filter(|r| r.as_ref().unwrap().is_none())
+        .count();
+    assert_eq!(allowed, 5);
     for node in &nodes {
         let wait = node.check("login:mallory", rule, now).await.unwrap();
         assert_eq!(

@@ -120,6 +120,29 @@ struct ServeArgs {
     /// ignored).
     #[arg(long, env = "RTUNNEL_TRUSTED_PROXIES", default_value = "", value_parser = crate::forwarded::TrustedProxies::parse, global = true)]
     trusted_proxies: crate::forwarded::TrustedProxies,
+    /// How long audit events and closed access-log entries are kept
+    /// (pruned daily), or `never` to keep them forever.
+    #[arg(long, env = "RTUNNEL_AUDIT_RETENTION", default_value = "365d", value_parser = parse_retention, global = true)]
+    audit_retention: Retention,
+    /// How often refusals that are counted, not audited one by one, are
+    /// reported (log lines, aggregated audit events).
+    #[arg(long, env = "RTUNNEL_REFUSAL_REPORT_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration, global = true, hide = true)]
+    refusal_report_interval: Duration,
+}
+
+/// `--audit-retention`: a duration, or none.
+#[derive(Debug, Clone, Copy)]
+struct Retention(Option<Duration>);
+
+fn parse_retention(s: &str) -> Result<Retention, String> {
+    if s.eq_ignore_ascii_case("never") {
+        return Ok(Retention(None));
+    }
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (or `never`)"))?;
+    if d < Duration::from_secs(24 * 3600) {
+        return Err("must be at least 1d (or `never`)".into());
+    }
+    Ok(Retention(Some(d)))
 }
 
 #[derive(Debug, Subcommand)]
@@ -321,12 +344,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let user = find_user(&store, &name).await?;
             let hash = rtunnel_auth::password::hash_password(&read_password()?)
                 .map_err(|e| Failure::usage(e.to_string()))?;
-            store
-                .set_password_hash(user.id, Some(&hash))
-                .await
-                .map_err(|e| Failure::other(e.to_string()))?;
             audit_admin(&store, "user_password_set", None, json!({"name": name})).await?;
-            eprintln!("{name}: password set");
+            let ended = enroll::set_password(&store, &store, user.id, Some(&hash))
+                .await
+                .map_err(|e| Failure::other(e.to_string()))?
+                .unwrap_or(0);
+            eprintln!("{name}: password set; {ended} login(s) ended");
             Ok(())
         }
         Some(Command::User(UserCommand::Disable { name })) => {
@@ -415,6 +438,8 @@ async fn serve(store_args: StoreArgs, args: ServeArgs, store: SqlStore) -> Resul
         node_advertise: args.node_advertise,
         cluster_key_file: args.cluster_key_file,
         trusted_proxies: args.trusted_proxies,
+        audit_retention: args.audit_retention.0,
+        refusal_report_interval: args.refusal_report_interval,
     };
     config.validate().map_err(Failure::usage)?;
     let server = Server::builder()

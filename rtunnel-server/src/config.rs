@@ -57,6 +57,11 @@ pub struct ServerConfig {
     /// Reverse proxies whose `X-Forwarded-For` names the client (see
     /// [`crate::forwarded`]).
     pub trusted_proxies: crate::forwarded::TrustedProxies,
+    /// How long audit events and closed access-log entries are kept
+    /// (`--audit-retention`); `None` keeps them forever.
+    pub audit_retention: Option<Duration>,
+    /// How often counted refusals are reported (see [`crate::refusals`]).
+    pub refusal_report_interval: Duration,
 }
 
 impl Default for ServerConfig {
@@ -85,6 +90,8 @@ impl Default for ServerConfig {
             node_advertise: None,
             cluster_key_file: None,
             trusted_proxies: crate::forwarded::TrustedProxies::default(),
+            audit_retention: Some(crate::retention::DEFAULT_RETENTION),
+            refusal_report_interval: Duration::from_secs(60),
         }
     }
 }

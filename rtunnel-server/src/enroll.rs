@@ -101,6 +101,26 @@ pub async fn set_disabled(
     Ok(true)
 }
 
+/// Sets (or removes) a user's password and ends every login of theirs: a
+/// password reset is often done because the old one leaked, and a login
+/// opened with it must not live on. Returns how many logins ended. Callers
+/// tell open connections to check again (what a login opened is cut). API
+/// tokens are credentials of their own and stay (`token revoke`).
+pub async fn set_password(
+    identity: &dyn IdentityStore,
+    logins: &dyn LoginStore,
+    user_id: Uuid,
+    hash: Option<&str>,
+) -> Result<Option<u64>, StoreError> {
+    if !identity.set_password_hash(user_id, hash).await? {
+        return Ok(None);
+    }
+    let ended = logins
+        .revoke_user_logins(user_id, "password_changed", now_millis())
+        .await?;
+    Ok(Some(ended))
+}
+
 /// A new system row and what to show its enroller once.
 pub fn new_system(name: &str) -> (System, Enrolled) {
     let secret = generate_secret();

@@ -1,7 +1,10 @@
 //! The rate limits on failed logins and failed tunnel authentications.
 //!
-//! Three budgets are spent by each failure (see
-//! [`rtunnel_core::ratelimit`] for how a budget refills):
+//! Each attempt reserves one failure from three budgets before its password
+//! or secret is checked, atomically, so parallel guesses cannot all pass
+//! one check (see [`rtunnel_core::ratelimit`] for how a budget refills); a
+//! success gives the reservation back. Addresses are IPv4 addresses or IPv6
+//! /64 networks (one host usually holds a whole /64):
 //!
 //! | budget | burst | then one per | stops |
 //! | --- | --- | --- | --- |
@@ -11,10 +14,12 @@
 //!
 //! A success forgives the first budget. The last budget is the one an
 //! attacker elsewhere could use against a real user, so it is short (a
-//! two-second wait) and it does not apply at all to an address the user
-//! has logged in from in the last 30 days (for a system: the address of its
-//! last session's agent). A store that cannot answer lets attempts through
-//! (the password check still guards them) and logs why.
+//! two-second wait: refused attempts spend nothing, so however hard a name
+//! is hammered, its owner waits at most that) and it does not apply at all
+//! to an address the user has logged in from in the last 30 days (for a
+//! system: the address of its last session's agent). A store that cannot
+//! answer lets attempts through (the password check still guards them) and
+//! logs why.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -70,7 +75,7 @@ impl Scope {
 pub struct Attempt {
     scope: Scope,
     name: String,
-    addr: IpAddr,
+    addr: String,
 }
 
 impl Attempt {
@@ -81,7 +86,17 @@ impl Attempt {
             .take(MAX_NAME_IN_KEY)
             .collect::<String>()
             .to_lowercase();
-        Attempt { scope, name, addr }
+        Attempt {
+            scope,
+            name,
+            addr: budget_address(addr),
+        }
+    }
+
+    /// The address its budget is kept under: an IPv4 address, or the /64
+    /// network of an IPv6 address.
+    pub fn address(&self) -> &str {
+        &self.addr
     }
 
     fn keys(&self, known_address: bool) -> Vec<(String, Rule)> {
@@ -99,39 +114,76 @@ impl Attempt {
         keys
     }
 
-    /// 429 with `Retry-After` if any budget of this attempt is spent.
-    /// `known_address`: the name has succeeded from this address lately.
-    pub async fn check(&self, state: &AppState, known_address: bool) -> Result<(), ApiError> {
+    /// Reserves one failure from every budget of this attempt, before the
+    /// credentials are checked. 429 with `Retry-After` when a budget is
+    /// spent; what was reserved is then given back. `known_address`: the
+    /// name has succeeded from this address lately.
+    pub async fn reserve(
+        &self,
+        state: &AppState,
+        known_address: bool,
+    ) -> Result<Reservation, ApiError> {
         let now = now_millis();
-        let mut wait = None::<Duration>;
+        let limiter = &state.stores.limiter;
+        let mut reserved = Vec::new();
         for (key, rule) in self.keys(known_address) {
-            match state.stores.limiter.check(&key, rule, now).await {
-                Ok(w) => wait = wait.max(w),
+            match limiter.reserve(&key, rule, now).await {
+                Ok(None) => reserved.push((key, rule)),
+                Ok(Some(wait)) => {
+                    for (key, rule) in &reserved {
+                        if let Err(e) = limiter.refund(key, *rule, now).await {
+                            tracing::error!(error = %e, "rate limiter unavailable; reservation kept");
+                        }
+                    }
+                    return Err(ApiError::rate_limited(wait));
+                }
                 Err(e) => tracing::error!(error = %e, "rate limiter unavailable; not limiting"),
             }
         }
-        match wait {
-            Some(wait) => Err(ApiError::rate_limited(wait)),
-            None => Ok(()),
-        }
+        Ok(Reservation { reserved })
     }
+}
 
-    /// Spends one failure from every budget of this attempt.
-    pub async fn failed(&self, state: &AppState) {
+/// The failures an [`Attempt`] reserved: spent if it fails (drop it), given
+/// back if it succeeds.
+#[derive(Debug)]
+#[must_use = "a reservation is given back with `succeeded`, or kept by dropping it"]
+pub struct Reservation {
+    reserved: Vec<(String, Rule)>,
+}
+
+impl Reservation {
+    /// The attempt succeeded: this name's failures from this address are
+    /// forgiven, and the other budgets get their reservation back.
+    pub async fn succeeded(self, state: &AppState) {
         let now = now_millis();
-        for (key, rule) in self.keys(false) {
-            if let Err(e) = state.stores.limiter.fail(&key, rule, now).await {
-                tracing::error!(error = %e, "rate limiter unavailable; failure not counted");
+        let limiter = &state.stores.limiter;
+        for (i, (key, rule)) in self.reserved.iter().enumerate() {
+            let done = if i == 0 && key.contains(":pair:") {
+                limiter.reset(key).await
+            } else {
+                limiter.refund(key, *rule, now).await
+            };
+            if let Err(e) = done {
+                tracing::error!(error = %e, "rate limiter unavailable; success not recorded");
             }
         }
     }
+}
 
-    /// Forgives this name's failures from this address.
-    pub async fn succeeded(&self, state: &AppState) {
-        let (key, _) = &self.keys(true)[0];
-        if let Err(e) = state.stores.limiter.reset(key).await {
-            tracing::error!(error = %e, "rate limiter unavailable; success not recorded");
-        }
+/// The address a budget is kept under: IPv4 as it is (also when written as
+/// an IPv4-mapped IPv6 address), IPv6 as its /64 network.
+pub fn budget_address(addr: IpAddr) -> String {
+    match addr {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                let net = std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
+                format!("{net}/64")
+            }
+        },
     }
 }
 
@@ -159,5 +211,18 @@ mod tests {
         let t = Attempt::new(Scope::Tunnel, &"k".repeat(10_000), "::1".parse().unwrap());
         assert!(t.keys(false)[2].0.len() < 200);
         assert!(t.keys(false)[2].0.starts_with("tunnel:name:"));
+    }
+
+    #[test]
+    fn ipv6_addresses_share_the_budget_of_their_64() {
+        let a = |s: &str| budget_address(s.parse().unwrap());
+        assert_eq!(a("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64");
+        assert_eq!(a("2001:db8:1:2:ffff:1:2:3"), "2001:db8:1:2::/64");
+        assert_ne!(a("2001:db8:1:3::1"), "2001:db8:1:2::/64");
+        assert_eq!(a("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(a("192.0.2.7"), "192.0.2.7");
+        let one = Attempt::new(Scope::Login, "ann", "2001:db8::1".parse().unwrap());
+        let other = Attempt::new(Scope::Login, "ann", "2001:db8::ffff".parse().unwrap());
+        assert_eq!(one.keys(false), other.keys(false));
     }
 }

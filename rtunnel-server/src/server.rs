@@ -184,6 +184,8 @@ impl ServerBuilder {
                 launch_signer,
                 access: Default::default(),
                 recordings,
+                refusals: Default::default(),
+                password_checks: tokio::sync::Semaphore::new(crate::api::login::PASSWORD_CHECKS),
             }),
         })
     }
@@ -244,6 +246,8 @@ impl Server {
         let state = self.state.clone();
         let router = self.router();
         tokio::spawn(crate::lifecycle::sweeper(state.clone()));
+        tokio::spawn(crate::refusals::reporter(state.clone()));
+        tokio::spawn(crate::retention::pruner(state.clone()));
         tokio::spawn(Cluster::run(state.clone()));
         if let Some(node_listener) = self.node_listener {
             let router = crate::cluster::channel::router(state.clone());

@@ -80,6 +80,10 @@ pub struct AppState {
     pub recordings: Arc<dyn rtunnel_core::recording::RecordingStore>,
     /// The subdomain proxy's client and visits.
     pub proxy: crate::proxy::Proxy,
+    /// Refusals counted rather than audited one by one.
+    pub refusals: crate::refusals::Refusals,
+    /// Password checks that may run at once (argon2 on blocking threads).
+    pub password_checks: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for AppState {

@@ -2,7 +2,8 @@
 //!
 //! HTTP Basic `key:secret` authenticates the system (401 with the envelope
 //! and a `tunnel_auth_failed` audit event otherwise, never saying which half
-//! was wrong). The WebSocket then carries yamux; the agent opens the control
+//! was wrong; requests without credentials and attempts over their budget
+//! are counted instead, see [`crate::refusals`]). The WebSocket then carries yamux; the agent opens the control
 //! stream and says hello, presenting its reconnect token if it is coming
 //! back. A valid token within the grace period gets the same session back.
 //! A second agent with the system's credentials while the first is still
@@ -73,52 +74,54 @@ async fn authenticate_system(
     headers: &HeaderMap,
     peer: SocketAddr,
 ) -> Result<System, ApiError> {
-    let creds = basic_credentials(headers);
-    let (system, attempt) = match &creds {
-        Some((key, secret)) => {
-            let attempt = Attempt::new(Scope::Tunnel, key, peer.ip());
-            let known = state.stores.identity.system_by_key(key).await?;
-            let known_address = match &known {
-                Some(system) => last_agent_ip(state, system.id).await == Some(peer.ip()),
-                None => false,
-            };
-            if let Err(limited) = attempt.check(state, known_address).await {
-                audit_auth_failure(state, creds.as_ref(), peer, "rate_limited").await;
-                return Err(limited);
-            }
-            let system = match known {
-                Some(system) if verify_secret(secret, &system.secret_hash) => Some(system),
-                Some(_) => None,
-                None => {
-                    verify_against_nothing(secret);
-                    None
-                }
-            };
-            (system, Some(attempt))
+    let Some((key, secret)) = basic_credentials(headers) else {
+        // Anonymous noise: counted and logged in a summary, never audited
+        // one by one (see crate::refusals).
+        state.refusals.anonymous_tunnel();
+        return Err(invalid_credentials());
+    };
+    let attempt = Attempt::new(Scope::Tunnel, &key, peer.ip());
+    let known = state.stores.identity.system_by_key(&key).await?;
+    let known_address = match &known {
+        Some(system) => last_agent_ip(state, system.id).await == Some(peer.ip()),
+        None => false,
+    };
+    // The failure is reserved before the secret is checked and before any
+    // audit is written; a refused attempt is only counted.
+    let reservation = match attempt.reserve(state, known_address).await {
+        Ok(r) => r,
+        Err(limited) => {
+            let name: String = key.chars().take(64).collect();
+            state
+                .refusals
+                .throttled("tunnel_auth_failed", &name, attempt.address());
+            return Err(limited);
         }
-        None => (None, None),
+    };
+    let system = match known {
+        Some(system) if verify_secret(&secret, &system.secret_hash) => Some(system),
+        Some(_) => None,
+        None => {
+            verify_against_nothing(&secret);
+            None
+        }
     };
     if let Some(system) = system {
-        if let Some(attempt) = &attempt {
-            attempt.succeeded(state).await;
-        }
+        reservation.succeeded(state).await;
         return Ok(system);
     }
-    if let Some(attempt) = &attempt {
-        attempt.failed(state).await;
-    }
-    let reason = if creds.is_some() {
-        "invalid_credentials"
-    } else {
-        "missing_credentials"
-    };
-    audit_auth_failure(state, creds.as_ref(), peer, reason).await;
-    Err(ApiError::new(
+    drop(reservation);
+    audit_auth_failure(state, &key, peer, "invalid_credentials").await;
+    Err(invalid_credentials())
+}
+
+fn invalid_credentials() -> ApiError {
+    ApiError::new(
         axum::http::StatusCode::UNAUTHORIZED,
         "invalid_credentials",
         "invalid system key or secret",
     )
-    .with_challenge("Basic"))
+    .with_challenge("Basic")
 }
 
 /// The address of the agent of the system's newest session, if any.
@@ -146,14 +149,9 @@ async fn last_agent_ip(state: &AppState, system_id: Uuid) -> Option<std::net::Ip
         .ok()
 }
 
-async fn audit_auth_failure(
-    state: &AppState,
-    creds: Option<&(String, String)>,
-    peer: SocketAddr,
-    reason: &str,
-) {
+async fn audit_auth_failure(state: &AppState, key: &str, peer: SocketAddr, reason: &str) {
     let mut event = AuditEvent::new("tunnel_auth_failed");
-    event.actor = creds.map(|(key, _)| truncate(key, 64));
+    event.actor = Some(truncate(key, 64));
     event.ip_address = Some(peer.ip().to_string());
     event.details = serde_json::json!({ "reason": reason });
     state.audit_best_effort(event).await;

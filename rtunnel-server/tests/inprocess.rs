@@ -8,10 +8,13 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rtunnel_agent::terminal::TerminalConfig;
 use rtunnel_agent::{Agent, ForwardConfig, ForwardError, Forwarder, parse_services};
 use rtunnel_core::frame::{read_frame, write_frame};
 use rtunnel_core::mux::Mux;
-use rtunnel_core::proto::{MAX_STREAM_HEADER_BYTES, StreamHeader, StreamKind, StreamReply};
+use rtunnel_core::proto::{
+    MAX_STREAM_HEADER_BYTES, StreamHeader, StreamKind, StreamReply, TerminalOpen,
+};
 use rtunnel_core::store::sql::SqlStore;
 use rtunnel_core::store::{AuditEvent, AuditSink, Role, StoreError, User, now_millis};
 use rtunnel_server::{AppState, Server, ServerConfig, Stores, enroll};
@@ -55,10 +58,36 @@ async fn harness_with(audit_failing: Arc<AtomicBool>) -> Harness {
     harness_full(audit_failing, Duration::from_millis(100), 64).await
 }
 
+/// A harness whose agent also offers the built-in terminal.
+async fn harness_with_terminal() -> Harness {
+    build_harness(
+        Arc::new(AtomicBool::new(false)),
+        Duration::from_millis(100),
+        64,
+        true,
+    )
+    .await
+}
+
 async fn harness_full(
     audit_failing: Arc<AtomicBool>,
     reconnect_delay: Duration,
     max_streams_per_tunnel: usize,
+) -> Harness {
+    build_harness(
+        audit_failing,
+        reconnect_delay,
+        max_streams_per_tunnel,
+        false,
+    )
+    .await
+}
+
+async fn build_harness(
+    audit_failing: Arc<AtomicBool>,
+    reconnect_delay: Duration,
+    max_streams_per_tunnel: usize,
+    terminal: bool,
 ) -> Harness {
     let tmp = tempfile::tempdir().unwrap();
     let config = ServerConfig {
@@ -92,6 +121,10 @@ async fn harness_full(
         .credentials(enrolled.key.clone(), enrolled.secret.clone())
         .services(parse_services(&format!("echo={echo}")).unwrap())
         .reconnect_delay(reconnect_delay)
+        .terminal(terminal.then(|| TerminalConfig {
+            shell: Some("/bin/sh".into()),
+            user: None,
+        }))
         .build()
         .unwrap();
     tokio::spawn(async move { agent.run(std::future::pending()).await });
@@ -148,18 +181,18 @@ async fn ask_agent(
     service: &str,
     kind: StreamKind,
 ) -> (rtunnel_core::mux::YamuxStream, StreamReply) {
+    ask_agent_with(h, &StreamHeader::new(service, kind)).await
+}
+
+/// Opens a stream straight on the agent's tunnel with `header` as it is,
+/// as a hostile or broken server could.
+async fn ask_agent_with(
+    h: &Harness,
+    header: &StreamHeader,
+) -> (rtunnel_core::mux::YamuxStream, StreamReply) {
     let tunnel = h.state.registry.by_session(h.session).unwrap();
     let mut s = tunnel.mux.open().await.unwrap();
-    write_frame(
-        &mut s,
-        &StreamHeader {
-            service: service.into(),
-            kind,
-            terminal: None,
-        },
-    )
-    .await
-    .unwrap();
+    write_frame(&mut s, header).await.unwrap();
     let reply = read_frame::<StreamReply, _>(&mut s, MAX_STREAM_HEADER_BYTES)
         .await
         .unwrap();
@@ -190,6 +223,111 @@ async fn agent_refuses_unknown_services_with_a_reason_and_the_tunnel_stays_up() 
     s.read_to_end(&mut back).await.unwrap();
     assert_eq!(back, b"still here");
     assert_eq!(h.state.registry.len(), 1);
+}
+
+fn terminal_open(operator: &str) -> Option<TerminalOpen> {
+    Some(TerminalOpen {
+        cols: 80,
+        rows: 24,
+        operator: operator.into(),
+    })
+}
+
+fn refusal_code(r: Result<rtunnel_core::mux::YamuxStream, ForwardError>) -> String {
+    match r {
+        Err(ForwardError::Refused { code, .. }) => code,
+        Err(e) => panic!("not a refusal: {e}"),
+        Ok(_) => panic!("the stream was accepted"),
+    }
+}
+
+/// Finding: `forward` relayed the operator's header to the agent as sent,
+/// so a `tcp` header naming the terminal (with terminal settings and a
+/// forged operator) got an unrecorded, unaudited shell.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_never_opens_a_terminal_whatever_header_the_operator_sends() {
+    let h = harness_with_terminal().await;
+    let (_, token) = user(&h, "mallory", Role::Admin).await;
+    let fwd = Forwarder::connect(forward_config(&h, &token))
+        .await
+        .unwrap();
+    let hostile = [
+        StreamHeader {
+            service: "terminal".into(),
+            kind: StreamKind::Tcp,
+            terminal: terminal_open("anyone"),
+        },
+        StreamHeader::new("terminal", StreamKind::Tcp),
+        StreamHeader {
+            service: "terminal".into(),
+            kind: StreamKind::Terminal,
+            terminal: terminal_open("anyone"),
+        },
+        StreamHeader::new("terminal", StreamKind::Http),
+        StreamHeader {
+            service: "echo".into(),
+            kind: StreamKind::Terminal,
+            terminal: terminal_open("anyone"),
+        },
+    ];
+    for header in &hostile {
+        let code = refusal_code(fwd.open_with(header).await);
+        assert!(
+            code == "unsupported_kind" || code == "unknown_service",
+            "{header:?} answered {code}"
+        );
+    }
+    // Terminal settings on a good tcp header are not passed on: the echo
+    // service answers as always.
+    let header = StreamHeader {
+        service: "echo".into(),
+        kind: StreamKind::Tcp,
+        terminal: terminal_open("anyone"),
+    };
+    let mut s = fwd.open_with(&header).await.unwrap();
+    s.write_all(b"ping").await.unwrap();
+    let mut back = [0u8; 4];
+    s.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"ping");
+    assert!(audited(&h, "terminal_opened").await.items.is_empty());
+}
+
+/// The agent's own half: whatever a server sends, a PTY opens only for a
+/// terminal stream to the terminal service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_opens_a_pty_only_for_a_terminal_stream() {
+    let h = harness_with_terminal().await;
+    let mixed = [
+        StreamHeader {
+            service: "terminal".into(),
+            kind: StreamKind::Tcp,
+            terminal: terminal_open("anyone"),
+        },
+        StreamHeader {
+            service: "terminal".into(),
+            kind: StreamKind::Http,
+            terminal: terminal_open("anyone"),
+        },
+        StreamHeader {
+            service: "echo".into(),
+            kind: StreamKind::Terminal,
+            terminal: terminal_open("anyone"),
+        },
+    ];
+    for header in &mixed {
+        let (_s, reply) = ask_agent_with(&h, header).await;
+        assert!(
+            matches!(reply, StreamReply::Refused { ref code, .. } if code == "unsupported_kind"),
+            "{header:?} answered {reply:?}"
+        );
+    }
+    let good = StreamHeader {
+        service: "terminal".into(),
+        kind: StreamKind::Terminal,
+        terminal: terminal_open("olga"),
+    };
+    let (_s, reply) = ask_agent_with(&h, &good).await;
+    assert_eq!(reply, StreamReply::Ok);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -901,6 +1039,49 @@ async fn logging_out_or_disabling_the_user_cuts_open_forwards() {
         reasons.contains(&serde_json::json!("user_disabled")),
         "{reasons:?}"
     );
+}
+
+/// Finding: setting a password left existing logins alive (their refresh
+/// tokens kept rotating). It ends them now, and cuts what they opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setting_a_password_ends_the_user_s_logins_and_cuts_what_they_opened() {
+    let h = harness().await;
+    let (op, api_token) = user(&h, "lena", Role::Operator).await;
+    let (_, admin) = user(&h, "ann", Role::Admin).await;
+    let ids = &h.state.stores.identity;
+    ids.grant(op.id, h.system, None, now_millis())
+        .await
+        .unwrap();
+    let hash = rtunnel_auth::password::hash_password("lena's password").unwrap();
+    ids.set_password_hash(op.id, Some(&hash)).await.unwrap();
+    let login = r#"{"username":"lena","password":"lena's password"}"#;
+    let (status, v) = api(&h, "POST", "/api/v1/auth/login", "", Some(login)).await;
+    assert_eq!(status, 200, "{v}");
+    let access = v["access_token"].as_str().unwrap().to_owned();
+    let refresh = v["refresh_token"].as_str().unwrap().to_owned();
+    let (_fwd, mut by_login) = echoing_forward(&h, &access).await;
+    let (_fwd2, mut by_token) = echoing_forward(&h, &api_token).await;
+
+    let path = format!("/api/v1/users/{}", op.id);
+    let body = r#"{"password":"a brand new password"}"#;
+    let (status, v) = api(&h, "PATCH", &path, &admin, Some(body)).await;
+    assert_eq!(status, 200, "{v}");
+    let took = cut_within(&mut by_login).await;
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    let (status, v) = api(&h, "GET", "/api/v1/sessions", &access, None).await;
+    assert_eq!(status, 401, "{v}");
+    let body = serde_json::json!({ "refresh_token": refresh }).to_string();
+    let (status, v) = api(&h, "POST", "/api/v1/auth/refresh", "", Some(&body)).await;
+    assert_eq!(status, 401, "the old login still refreshes: {v}");
+    // An API token is a credential of its own: its forward carries on.
+    by_token.write_all(b"hi").await.unwrap();
+    let mut two = [0u8; 2];
+    by_token.read_exact(&mut two).await.unwrap();
+    assert_eq!(&two, b"hi");
+    // The new password logs in.
+    let login = r#"{"username":"lena","password":"a brand new password"}"#;
+    let (status, v) = api(&h, "POST", "/api/v1/auth/login", "", Some(login)).await;
+    assert_eq!(status, 200, "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,7 +19,8 @@ struct Setup {
 
 async fn setup() -> Setup {
     let tmp = tempfile::tempdir().unwrap();
-    let server = ServerProc::start(tmp.path(), &[]).await;
+    // Throttled attempts are reported once per interval: a short one here.
+    let server = ServerProc::start(tmp.path(), &["--refusal-report-interval", "1s"]).await;
     let admin = user_with_token(&server, "root", "admin");
     Setup {
         _tmp: tmp,
@@ -261,8 +262,66 @@ async fn failed_logins_are_limited_per_name_and_address_but_not_from_elsewhere()
         200
     );
 
-    let failed = audit_events(&s.server.dir, "login_failed").await;
-    assert!(failed.iter().any(|e| e.details["reason"] == "rate_limited"));
+    // Throttled attempts are not audited one by one: one event per name and
+    // address says how many there were.
+    let throttled = wait_for("the throttled logins to be reported", || async {
+        let failed = audit_events(&s.server.dir, "login_failed").await;
+        let limited: Vec<_> = failed
+            .into_iter()
+            .filter(|e| e.details["reason"] == "rate_limited")
+            .collect();
+        (limited.len() >= 3).then_some(limited)
+    })
+    .await;
+    let ann = throttled
+        .iter()
+        .find(|e| e.actor.as_deref() == Some("ann"))
+        .expect("ann's throttled attempt reported");
+    assert_eq!(ann.ip_address.as_deref(), Some("127.0.0.2"));
+    assert_eq!(ann.details["attempts"], 1, "{:?}", ann.details);
+}
+
+/// Finding: parallel guesses all passed the budget check before any of
+/// them was counted. The budget is reserved before the password is
+/// checked now: of 40 guesses at once, exactly the five of the budget are
+/// checked, the rest are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_guesses_get_no_more_tries_than_the_budget() {
+    let s = setup().await;
+    user_with_password(&s, "ann", "operator");
+    let guesses = (0..40).map(|_| login_from(&s, "127.0.0.7", "ann", "guess"));
+    let answers = futures::future::join_all(guesses).await;
+    let checked = answers.iter().filter(|a| a.status == 401).count();
+    let refused = answers.iter().filter(|a| a.status == 429).count();
+    assert_eq!(
+        (checked, refused),
+        (5, 35),
+        "{:?}",
+        answers.iter().map(|a| a.status).collect::<Vec<_>>()
+    );
+    // The refused ones are one audit event, with their count.
+    let event = wait_for("the throttled guesses to be reported", || async {
+        audit_events(&s.server.dir, "login_failed")
+            .await
+            .into_iter()
+            .find(|e| e.details["reason"] == "rate_limited")
+    })
+    .await;
+    assert_eq!(event.details["attempts"], 35, "{:?}", event.details);
+    let wrong = audit_events(&s.server.dir, "login_failed")
+        .await
+        .into_iter()
+        .filter(|e| e.details["reason"] == "wrong_password")
+        .count();
+    assert_eq!(wrong, 5);
+    // The server stays responsive while logins are checked: password
+    // hashing runs off the async runtime.
+    assert_eq!(
+        api_call(s.server.addr, "GET", "/healthz", None, None)
+            .await
+            .0,
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,12 +368,50 @@ async fn failed_tunnel_authentications_are_limited_but_the_real_agent_gets_in() 
     }
     assert_eq!(tunnel("127.0.5.1", sys.secret.clone()).await.0, 429);
     assert_eq!(tunnel("127.0.0.1", sys.secret.clone()).await.0, 400);
-    let refused = audit_events(&s.server.dir, "tunnel_auth_failed").await;
-    assert!(
-        refused
+    let refused = wait_for("the throttled attempts to be reported", || async {
+        let events = audit_events(&s.server.dir, "tunnel_auth_failed").await;
+        events
             .iter()
             .any(|e| e.details["reason"] == "rate_limited")
-    );
+            .then_some(events)
+    })
+    .await;
+    // Every wrong secret was audited, each throttled attempt only counted.
+    let wrong = refused
+        .iter()
+        .filter(|e| e.details["reason"] == "invalid_credentials")
+        .count();
+    assert_eq!(wrong, 30);
+}
+
+/// Finding: every request to the tunnel endpoint without credentials wrote
+/// an audit row, so an anonymous client could fill the disk, and the audit
+/// fails closed. Such requests are counted and logged in a summary now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_tunnel_requests_are_counted_not_audited() {
+    let s = setup().await;
+    let req = "GET /api/v1/tunnel HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    for _ in 0..200 {
+        let (status, _, _) = http_raw_from("127.0.0.1".parse().unwrap(), s.server.addr, req)
+            .await
+            .unwrap();
+        assert_eq!(status, 401);
+    }
+    let garbage = "GET /api/v1/tunnel HTTP/1.1\r\nHost: x\r\nAuthorization: Basic !!!\r\nConnection: close\r\n\r\n";
+    let (status, _, _) = http_raw_from("127.0.0.1".parse().unwrap(), s.server.addr, garbage)
+        .await
+        .unwrap();
+    assert_eq!(status, 401);
+    wait_for("the summary of anonymous requests in the log", || async {
+        s.server
+            .proc
+            .log_text()
+            .contains("requests=201")
+            .then_some(())
+    })
+    .await;
+    let rows = audit_events(&s.server.dir, "tunnel_auth_failed").await;
+    assert!(rows.is_empty(), "{rows:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -379,11 +476,21 @@ async fn admins_manage_users_and_disabling_one_ends_their_logins() {
     .await;
     assert_eq!(status, 200);
     assert_eq!(login(&s, "vera", PASSWORD).await.status, 401);
-    assert_eq!(login(&s, "vera", "a new password").await.status, 200);
+    let (access, refresh_token) = tokens(&login(&s, "vera", "a new password").await);
+
+    // A password set with the CLI ends the logins made with the old one.
+    admin_with_stdin(
+        &s.server.dir,
+        &["user", "passwd", "vera"],
+        "a third password\n",
+    );
+    assert_eq!(whoami_status(&s, &access).await, 401);
+    assert_eq!(refresh(&s, &refresh_token).await.0, 401);
+    assert_eq!(login(&s, "vera", "a third password").await.status, 200);
 
     // The CLI disables too.
     s.server.admin(&["user", "disable", "vera"]);
-    assert_eq!(login(&s, "vera", "a new password").await.status, 401);
+    assert_eq!(login(&s, "vera", "a third password").await.status, 401);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -504,6 +504,97 @@ pub async fn grants_expire_and_revoke<S: FullStore + ?Sized>(s: &S) {
     assert!(!s.revoke_resource(user.id, r.id, 152).await.unwrap());
 }
 
+/// Conformance check `old_audit_events_and_closed_access_logs_are_pruned`:
+/// retention deletes what is older than its cutoff, in batches, and leaves
+/// newer events and open access-log entries.
+pub async fn old_audit_events_and_closed_access_logs_are_pruned<S: FullStore + ?Sized>(s: &S) {
+    let sys = system("pruned");
+    s.create_system(&sys).await.unwrap();
+    let now = now_millis();
+    let cutoff = now - 1_000_000;
+    // More than one delete batch of old events, and a few new ones.
+    for i in 0..5_010 {
+        let mut ev = AuditEvent::new("old_event");
+        ev.at = cutoff - 1 - i;
+        s.record(&ev).await.unwrap();
+    }
+    for _ in 0..3 {
+        s.record(&AuditEvent::new("new_event")).await.unwrap();
+    }
+    let session = SessionRecord {
+        id: Uuid::new_v4(),
+        system_id: sys.id,
+        status: SessionStatus::Active,
+        created_at: cutoff - 10_000,
+        activated_at: Some(cutoff - 10_000),
+        ended_at: None,
+        end_reason: None,
+        expires_at: now + 1_000_000,
+        grace_until: None,
+        reconnect_token_hash: None,
+        agent_addr: None,
+        agent_software: None,
+        services: vec![],
+        node_id: None,
+    };
+    s.create_session(&session).await.unwrap();
+    let entry = |opened_at| super::AccessLog {
+        id: Uuid::new_v4(),
+        session_id: session.id,
+        kind: "forward".into(),
+        service: Some("ssh".into()),
+        actor: "ann".into(),
+        ip_address: None,
+        opened_at,
+        closed_at: None,
+        bytes_to_service: 0,
+        bytes_from_service: 0,
+        error: None,
+    };
+    let (old_closed, old_open, new_closed) =
+        (entry(cutoff - 5_000), entry(cutoff - 5_000), entry(now));
+    for e in [&old_closed, &old_open, &new_closed] {
+        s.open_access(e).await.unwrap();
+    }
+    s.close_access(old_closed.id, cutoff - 4_000, 1, 2, None)
+        .await
+        .unwrap();
+    s.close_access(new_closed.id, now, 1, 2, None)
+        .await
+        .unwrap();
+
+    assert_eq!(s.prune_audit(cutoff).await.unwrap(), 5_010);
+    assert_eq!(s.prune_access(cutoff).await.unwrap(), 1);
+    let all = s
+        .list_audit(
+            &AuditFilter::default(),
+            Page {
+                page: 1,
+                page_size: 100,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(all.total, 3);
+    assert!(all.items.iter().all(|e| e.event == "new_event"));
+    let left = s
+        .list_access(
+            session.id,
+            Page {
+                page: 1,
+                page_size: 10,
+            },
+        )
+        .await
+        .unwrap();
+    let mut ids: Vec<Uuid> = left.items.iter().map(|e| e.id).collect();
+    ids.sort();
+    let mut want = vec![old_open.id, new_closed.id];
+    want.sort();
+    assert_eq!(ids, want, "open entries stay, however old");
+    assert_eq!(s.prune_audit(cutoff).await.unwrap(), 0);
+}
+
 /// A ticket store: a ticket is taken once, only before it expires, and
 /// only by its key. (Checks of live state take the store alone.)
 pub async fn tickets_are_taken_once_and_only_before_they_expire<T>(store: &T)
@@ -556,30 +647,48 @@ where
     let t0 = 5_000_000;
     for _ in 0..3 {
         assert_eq!(l.check("k", RULE, t0).await.unwrap(), None);
-        l.fail("k", RULE, t0).await.unwrap();
+        assert_eq!(l.reserve("k", RULE, t0).await.unwrap(), None);
     }
     assert_eq!(
         l.check("k", RULE, t0).await.unwrap(),
         Some(Duration::from_secs(10))
     );
+    // A refused reservation spends nothing: hammering a spent budget does
+    // not lock it for longer than one interval.
+    for _ in 0..50 {
+        assert_eq!(
+            l.reserve("k", RULE, t0).await.unwrap(),
+            Some(Duration::from_secs(10))
+        );
+    }
     assert_eq!(
         l.check("k", RULE, t0 + 4_000).await.unwrap(),
         Some(Duration::from_secs(6))
     );
-    // One interval later one more failure is allowed, not three.
+    // One interval later one more attempt is allowed, not three.
     let t1 = t0 + 10_000;
-    assert_eq!(l.check("k", RULE, t1).await.unwrap(), None);
-    l.fail("k", RULE, t1).await.unwrap();
+    assert_eq!(l.reserve("k", RULE, t1).await.unwrap(), None);
+    assert!(l.reserve("k", RULE, t1).await.unwrap().is_some());
+    // A refund gives one back.
+    l.refund("k", RULE, t1).await.unwrap();
+    assert_eq!(l.reserve("k", RULE, t1).await.unwrap(), None);
     assert!(l.check("k", RULE, t1).await.unwrap().is_some());
     // After the whole budget refills, a full burst again.
     let t2 = t1 + 30_000;
     for _ in 0..3 {
-        assert_eq!(l.check("k", RULE, t2).await.unwrap(), None);
-        l.fail("k", RULE, t2).await.unwrap();
+        assert_eq!(l.reserve("k", RULE, t2).await.unwrap(), None);
     }
     assert!(l.check("k", RULE, t2).await.unwrap().is_some());
+    // Refunds never make more than a whole budget.
+    for _ in 0..10 {
+        l.refund("other", RULE, t2).await.unwrap();
+    }
+    for _ in 0..3 {
+        assert_eq!(l.reserve("other", RULE, t2).await.unwrap(), None);
+    }
+    assert!(l.reserve("other", RULE, t2).await.unwrap().is_some());
     // Other keys are untouched; reset forgives.
-    assert_eq!(l.check("other", RULE, t2).await.unwrap(), None);
+    assert_eq!(l.check("third", RULE, t2).await.unwrap(), None);
     l.reset("k").await.unwrap();
     assert_eq!(l.check("k", RULE, t2).await.unwrap(), None);
 }
@@ -591,7 +700,7 @@ where
 #[macro_export]
 macro_rules! store_conformance_tests {
     ($fresh:path) => {
-        $crate::store_conformance_tests!(@each $fresh; duplicate_names_conflict, users_are_listed_disabled_and_hold_a_password_hash, a_login_rotates_once_per_token_and_ends_for_good, deleting_a_system_takes_its_grants_along, grants_are_given_checked_and_revoked, sessions_move_through_their_states, restart_recovery_puts_live_sessions_in_grace_and_expires_pending_ones, the_audit_log_filters_and_pages_newest_first, resources_round_trip_and_names_are_unique, grants_expire_and_revoke);
+        $crate::store_conformance_tests!(@each $fresh; duplicate_names_conflict, users_are_listed_disabled_and_hold_a_password_hash, a_login_rotates_once_per_token_and_ends_for_good, deleting_a_system_takes_its_grants_along, grants_are_given_checked_and_revoked, sessions_move_through_their_states, restart_recovery_puts_live_sessions_in_grace_and_expires_pending_ones, the_audit_log_filters_and_pages_newest_first, resources_round_trip_and_names_are_unique, grants_expire_and_revoke, old_audit_events_and_closed_access_logs_are_pruned);
     };
     (@each $fresh:path; $($check:ident),*) => {
         $(

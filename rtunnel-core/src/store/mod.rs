@@ -481,7 +481,10 @@ pub trait SessionStore: Send + Sync {
         bytes_from_service: u64,
         error: Option<&str>,
     ) -> Result<(), StoreError>;
-    /// The access log of a session, newest first.
+    /// Retention: deletes the access-log entries closed before `before`;
+    /// answers how many. Open entries stay, however old.
+    async fn prune_access(&self, before: Millis) -> Result<u64, StoreError>;
+    /// One page of a session's access log, newest first.
     async fn list_access(
         &self,
         session_id: Uuid,
@@ -650,6 +653,9 @@ pub trait AuditReader: Send + Sync {
         filter: &AuditFilter,
         page: Page,
     ) -> Result<Paged<AuditEvent>, StoreError>;
+
+    /// Retention: deletes the events older than `before`; answers how many.
+    async fn prune_audit(&self, before: Millis) -> Result<u64, StoreError>;
 }
 
 /// Where audit events go. Access opens only after `record` succeeds.

@@ -95,22 +95,30 @@ pub(crate) async fn login(
             .unwrap_or(false),
         None => false,
     };
-    if let Err(limited) = attempt.check(&state, known_address).await {
-        audit_failure(&state, &body.username, user.as_ref(), &ip, "rate_limited").await;
-        return Err(limited);
-    }
+    // One failure is reserved before the password is checked, so parallel
+    // guesses cannot all pass one check; a refused attempt is counted and
+    // reported in aggregate, not audited one by one.
+    let reservation = match attempt.reserve(&state, known_address).await {
+        Ok(r) => r,
+        Err(limited) => {
+            let name = user
+                .as_ref()
+                .map_or(body.username.as_str(), |u| u.name.as_str());
+            state
+                .refusals
+                .throttled("login_failed", name, attempt.address());
+            return Err(limited);
+        }
+    };
     let hash = match &user {
         Some(u) => state.stores.identity.password_hash(u.id).await?,
         None => None,
     };
-    let password_ok = match &hash {
-        Some(hash) => verify_password(&body.password, hash),
-        None => verify_password_against_nothing(&body.password),
-    };
+    let password_ok = check_password(&state, body.password, hash.clone()).await?;
     let user = match user {
         Some(u) if password_ok && !u.disabled => u,
         other => {
-            attempt.failed(&state).await;
+            drop(reservation);
             let reason = match (&other, password_ok) {
                 (Some(u), true) if u.disabled => "user_disabled",
                 (Some(_), _) if hash.is_none() => "no_password",
@@ -121,7 +129,7 @@ pub(crate) async fn login(
             return Err(invalid_login());
         }
     };
-    attempt.succeeded(&state).await;
+    reservation.succeeded(&state).await;
 
     let now = now_millis();
     let family = Uuid::new_v4();
@@ -240,6 +248,41 @@ async fn replayed(state: &AppState, user: &User, login: &Login, ip: &str) -> Res
     });
     state.audit_best_effort(event).await;
     Ok(())
+}
+
+/// Password checks (argon2, tens of milliseconds of one core each) that run
+/// at once, on blocking threads: the async runtime keeps serving tunnels
+/// and the API while logins are checked.
+pub(crate) const PASSWORD_CHECKS: usize = 2;
+
+/// How long a login waits for a free password check before it is told the
+/// server is busy.
+const PASSWORD_CHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Checks `password` against `hash` (or burns the same time against none)
+/// on a blocking thread, at most [`PASSWORD_CHECKS`] at once.
+async fn check_password(
+    state: &AppState,
+    password: String,
+    hash: Option<String>,
+) -> Result<bool, ApiError> {
+    let busy = || {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "too many logins are being checked; try again in a moment",
+        )
+    };
+    let _slot = tokio::time::timeout(PASSWORD_CHECK_WAIT, state.password_checks.acquire())
+        .await
+        .map_err(|_| busy())?
+        .map_err(|_| busy())?;
+    tokio::task::spawn_blocking(move || match &hash {
+        Some(hash) => verify_password(&password, hash),
+        None => verify_password_against_nothing(&password),
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("password check failed: {e}")))
 }
 
 async fn audit_failure(

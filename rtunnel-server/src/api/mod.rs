@@ -5,7 +5,7 @@ pub mod auth;
 pub mod extract;
 mod grants;
 mod launch;
-mod login;
+pub(crate) mod login;
 mod recordings;
 mod resources;
 pub(crate) mod sessions;

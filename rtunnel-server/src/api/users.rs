@@ -153,7 +153,8 @@ pub(super) struct UpdateUser {
 }
 
 /// `PATCH /api/v1/users/{id}`: `disabled` (disabling ends the user's
-/// logins and cuts what they have open within a second) and `password`.
+/// logins and cuts what they have open within a second) and `password`
+/// (setting it ends the user's logins and cuts what they opened).
 pub(super) async fn update(
     State(state): State<Arc<AppState>>,
     CurrentUser(caller): CurrentUser,
@@ -182,11 +183,14 @@ pub(super) async fn update(
             json!({"user_id": user.id, "name": user.name}),
         );
         state.audit(event).await?;
-        state
-            .stores
-            .identity
-            .set_password_hash(user.id, Some(hash))
-            .await?;
+        enroll::set_password(
+            &*state.stores.identity,
+            &*state.stores.logins,
+            user.id,
+            Some(hash),
+        )
+        .await?;
+        state.cluster.access_changed(&state).await;
     }
     if let Some(disabled) = body.disabled.filter(|d| *d != user.disabled) {
         let name = if disabled {

@@ -11,17 +11,42 @@ use super::{RedisConnection, backend};
 use crate::ratelimit::{RateLimiter, Rule};
 use crate::store::{Millis, StoreError};
 
-/// `fail`: tat = max(stored or now, now) + interval, kept until it passes.
-/// KEYS[1] the budget; ARGV now, interval (ms).
-const FAIL: &str = r"
+/// `reserve`: when the stored arrival time leaves room (tat - now <=
+/// tolerance), tat = max(tat, now) + interval, kept until it passes, and 0
+/// is answered; otherwise the wait in ms, nothing changed ([`Rule::reserve`]).
+/// KEYS[1] the budget; ARGV now, interval, tolerance (ms).
+const RESERVE: &str = r"
 local now = tonumber(ARGV[1])
 local interval = tonumber(ARGV[2])
+local tolerance = tonumber(ARGV[3])
 local tat = tonumber(redis.call('GET', KEYS[1])) or now
 if tat < now then tat = now end
+local ahead = tat - now - tolerance
+if ahead > 0 then return ahead end
 tat = tat + interval
 redis.call('SET', KEYS[1], tat, 'PX', math.max(tat - now, 1))
-return tat
+return 0
 ";
+
+/// `refund`: tat - interval, deleted when that has passed ([`Rule::refund`]).
+/// KEYS[1] the budget; ARGV now, interval (ms).
+const REFUND: &str = r"
+local now = tonumber(ARGV[1])
+local interval = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if not tat then return 0 end
+tat = tat - interval
+if tat <= now then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], tat, 'PX', tat - now)
+end
+return 0
+";
+
+fn millis(d: Duration) -> i64 {
+    d.as_millis().min(i64::MAX as u128) as i64
+}
 
 /// [`RateLimiter`] on Redis.
 #[derive(Debug, Clone)]
@@ -53,15 +78,36 @@ impl RateLimiter for RedisRateLimiter {
         Ok(tat.and_then(|tat| rule.wait(tat, now)))
     }
 
-    async fn fail(&self, key: &str, rule: Rule, now: Millis) -> Result<(), StoreError> {
+    async fn reserve(
+        &self,
+        key: &str,
+        rule: Rule,
+        now: Millis,
+    ) -> Result<Option<Duration>, StoreError> {
         let mut conn = self.redis.manager.clone();
-        let interval = rule.interval.as_millis().min(i64::MAX as u128) as i64;
-        redis::cmd("EVAL")
-            .arg(FAIL)
+        let interval = millis(rule.interval);
+        let tolerance = interval.saturating_mul(i64::from(rule.burst.saturating_sub(1)));
+        let wait: i64 = redis::cmd("EVAL")
+            .arg(RESERVE)
             .arg(1)
             .arg(self.redis.key("rl", key))
             .arg(now)
             .arg(interval)
+            .arg(tolerance)
+            .query_async(&mut conn)
+            .await
+            .map_err(backend)?;
+        Ok((wait > 0).then(|| Duration::from_millis(wait as u64)))
+    }
+
+    async fn refund(&self, key: &str, rule: Rule, now: Millis) -> Result<(), StoreError> {
+        let mut conn = self.redis.manager.clone();
+        redis::cmd("EVAL")
+            .arg(REFUND)
+            .arg(1)
+            .arg(self.redis.key("rl", key))
+            .arg(now)
+            .arg(millis(rule.interval))
             .query_async::<i64>(&mut conn)
             .await
             .map(|_| ())

@@ -5,7 +5,9 @@ use sqlx::any::AnyRow;
 use uuid::Uuid;
 
 use super::{SqlStore, backend, get, get_uuid};
-use crate::store::{AuditEvent, AuditFilter, AuditReader, AuditSink, Page, Paged, StoreError};
+use crate::store::{
+    AuditEvent, AuditFilter, AuditReader, AuditSink, Millis, Page, Paged, StoreError,
+};
 
 fn event_from(row: &AnyRow) -> Result<AuditEvent, StoreError> {
     let opt_uuid = |col: &str| -> Result<Option<Uuid>, StoreError> {
@@ -93,6 +95,45 @@ impl AuditReader for SqlStore {
             page_size: page.page_size,
             total: total as u64,
         })
+    }
+
+    async fn prune_audit(&self, before: Millis) -> Result<u64, StoreError> {
+        self.prune_in_batches(
+            "DELETE FROM audit_events WHERE id IN \
+             (SELECT id FROM audit_events WHERE at < $1 LIMIT $2)",
+            before,
+        )
+        .await
+    }
+}
+
+/// Rows deleted by one statement of a prune: small enough that the writes
+/// of a busy server wait only briefly.
+const PRUNE_BATCH: i64 = 5_000;
+
+impl SqlStore {
+    /// Runs `sql` (binding `before` and the batch size) until it deletes
+    /// less than a whole batch; answers how many rows went.
+    pub(super) async fn prune_in_batches(
+        &self,
+        sql: &'static str,
+        before: Millis,
+    ) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let deleted = sqlx::query(sql)
+                .bind(before)
+                .bind(PRUNE_BATCH)
+                .execute(&self.pool)
+                .await
+                .map_err(backend)?
+                .rows_affected();
+            total += deleted;
+            if deleted < PRUNE_BATCH as u64 {
+                return Ok(total);
+            }
+            tokio::task::yield_now().await;
+        }
     }
 }
 

@@ -687,6 +687,15 @@ impl SessionStore for SqlStore {
         Ok(())
     }
 
+    async fn prune_access(&self, before: Millis) -> Result<u64, StoreError> {
+        self.prune_in_batches(
+            "DELETE FROM access_logs WHERE id IN \
+             (SELECT id FROM access_logs WHERE closed_at < $1 LIMIT $2)",
+            before,
+        )
+        .await
+    }
+
     async fn list_access(
         &self,
         session_id: Uuid,
