@@ -49,6 +49,10 @@ pub struct Claims {
     /// Refresh and access tokens: the login (refresh family) they belong to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fam: Option<Uuid>,
+    /// Proxy tokens minted with an API token: that token, so the proxy
+    /// stops working when it is revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tok: Option<Uuid>,
     /// Proxy tokens: the session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sid: Option<Uuid>,
@@ -67,6 +71,7 @@ impl Claims {
             exp: now.saturating_add(ttl.as_millis() as i64),
             jti: Uuid::new_v4(),
             fam: None,
+            tok: None,
             sid: None,
             svc: None,
         }

@@ -33,6 +33,10 @@ pub struct Ticket {
     /// The login (refresh family) the user asked under, if any: what is
     /// opened with the ticket ends when that login does.
     pub login: Option<Uuid>,
+    /// The API token the user asked with, if any: what is opened with the
+    /// ticket ends when that token is revoked or expires.
+    #[serde(default)]
+    pub token: Option<Uuid>,
     /// When it stops working.
     pub expires_at: Millis,
 }

@@ -44,6 +44,7 @@ fn ticket(expires_at: i64) -> Ticket {
         session_id: Uuid::new_v4(),
         user_id: Uuid::new_v4(),
         login: None,
+        token: None,
         expires_at,
     }
 }

@@ -206,6 +206,9 @@ enum UserCommand {
         /// Also create and print an API token.
         #[arg(long)]
         token: bool,
+        /// Lifetime of that token, such as 30d, or `never`.
+        #[arg(long, default_value = "90d", value_parser = parse_lifetime)]
+        ttl: Lifetime,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -234,13 +237,42 @@ enum TokenCommand {
     Create {
         /// User name.
         name: String,
-        /// Lifetime, such as 30d (default: no expiry).
-        #[arg(long, value_parser = humantime::parse_duration)]
-        ttl: Option<Duration>,
+        /// Lifetime, such as 30d, or `never`.
+        #[arg(long, default_value = "90d", value_parser = parse_lifetime)]
+        ttl: Lifetime,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
     },
+    /// List API tokens, newest first (never their secrets).
+    List {
+        /// Only this user's.
+        #[arg(long)]
+        user: Option<String>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke an API token: it is refused at once, and what was opened
+    /// with it is cut within a second.
+    Revoke {
+        /// The token's id (`token list`, or the part after `rtk_` up to
+        /// the dot).
+        id: Uuid,
+    },
+}
+
+/// A token's lifetime: a duration, or none.
+#[derive(Debug, Clone, Copy)]
+struct Lifetime(Option<Duration>);
+
+fn parse_lifetime(s: &str) -> Result<Lifetime, String> {
+    if s.eq_ignore_ascii_case("never") {
+        return Ok(Lifetime(None));
+    }
+    humantime::parse_duration(s)
+        .map(|d| Lifetime(Some(d)))
+        .map_err(|e| format!("{e} (or `never`)"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -333,11 +365,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             email,
             password_stdin,
             token,
+            ttl,
             json,
         })) => {
             let password = password_stdin.then(read_password).transpose()?;
             let (user, hash) = enroll::new_user(&name, role, email, password.as_deref())
                 .map_err(|e| Failure::usage(e.message))?;
+            let token = token.then_some(ttl.0);
             user_add(&store, user, hash, token, json).await
         }
         Some(Command::User(UserCommand::Passwd { name })) => {
@@ -360,8 +394,37 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Some(Command::Token(TokenCommand::Create { name, ttl, json })) => {
             let user = find_user(&store, &name).await?;
-            let token = create_token(&store, user.id, ttl).await?;
-            print_out(json, json!({"user": user.name, "token": token}), &token);
+            let (id, token) = create_token(&store, &user, ttl.0).await?;
+            print_out(
+                json,
+                json!({"id": id, "user": user.name, "token": token}),
+                &token,
+            );
+            Ok(())
+        }
+        Some(Command::Token(TokenCommand::List { user, json })) => {
+            token_list(&store, user.as_deref(), json).await
+        }
+        Some(Command::Token(TokenCommand::Revoke { id })) => {
+            let revoked = store
+                .revoke_api_token(id, now_millis())
+                .await
+                .map_err(|e| Failure::other(e.to_string()))?;
+            if !revoked {
+                let known = store
+                    .api_token(id)
+                    .await
+                    .map_err(|e| Failure::other(e.to_string()))?;
+                return match known {
+                    Some(_) => {
+                        eprintln!("token {id}: already revoked");
+                        Ok(())
+                    }
+                    None => Err(Failure::other(format!("no token with id {id}"))),
+                };
+            }
+            audit_admin(&store, "api_token_revoked", None, json!({"token_id": id})).await?;
+            eprintln!("token {id}: revoked");
             Ok(())
         }
         Some(Command::System(SystemCommand::Add { name, json })) => {
@@ -490,7 +553,7 @@ async fn user_add(
     store: &SqlStore,
     user: User,
     password_hash: Option<String>,
-    with_token: bool,
+    with_token: Option<Option<Duration>>,
     json: bool,
 ) -> Result<(), Failure> {
     let name = user.name.clone();
@@ -512,35 +575,118 @@ async fn user_add(
         json!({"name": name, "role": role}),
     )
     .await?;
-    let token = if with_token {
-        Some(create_token(store, user.id, None).await?)
-    } else {
-        None
+    let token = match with_token {
+        Some(ttl) => Some(create_token(store, &user, ttl).await?),
+        None => None,
     };
     let text = match &token {
-        Some(t) => t.clone(),
+        Some((_, t)) => t.clone(),
         None => format!("created user {name} ({})", role.as_str()),
     };
+    let (token_id, token) = token.unzip();
     print_out(
         json,
-        json!({"id": user.id, "name": name, "role": role, "token": token}),
+        json!({"id": user.id, "name": name, "role": role, "token": token, "token_id": token_id}),
         &text,
     );
     Ok(())
 }
 
+/// A new API token for `user`: its id and the token, shown once.
 async fn create_token(
     store: &SqlStore,
-    user_id: Uuid,
+    user: &User,
     ttl: Option<Duration>,
-) -> Result<String, Failure> {
-    let expires_at = ttl.map(|t| now_millis() + t.as_millis() as i64);
-    let (record, token) = enroll::new_api_token(user_id, expires_at);
+) -> Result<(Uuid, String), Failure> {
+    let expires_at = ttl.map(|t| now_millis().saturating_add(t.as_millis() as i64));
+    let (record, token) = enroll::new_api_token(user.id, expires_at);
     store
         .create_api_token(&record)
         .await
         .map_err(|e| Failure::other(format!("cannot store the token: {e}")))?;
-    Ok(token)
+    audit_admin(
+        store,
+        "api_token_created",
+        None,
+        json!({"token_id": record.id, "user": user.name, "expires_at": expires_at}),
+    )
+    .await?;
+    Ok((record.id, token))
+}
+
+/// `token list`: a table, or one JSON object with `items`.
+async fn token_list(store: &SqlStore, user: Option<&str>, json: bool) -> Result<(), Failure> {
+    let owner = match user {
+        Some(name) => Some(find_user(store, name).await?),
+        None => None,
+    };
+    let mut items = Vec::new();
+    let mut page = rtunnel_core::store::Page {
+        page: 1,
+        page_size: rtunnel_core::store::MAX_PAGE_SIZE,
+    };
+    loop {
+        let got = store
+            .list_api_tokens(owner.as_ref().map(|u| u.id), page)
+            .await
+            .map_err(|e| Failure::other(e.to_string()))?;
+        let done = got.items.len() < page.page_size as usize;
+        items.extend(got.items);
+        if done {
+            break;
+        }
+        page.page += 1;
+    }
+    let mut names = std::collections::HashMap::new();
+    for t in &items {
+        if let std::collections::hash_map::Entry::Vacant(slot) = names.entry(t.user_id) {
+            let name = store
+                .user_by_id(t.user_id)
+                .await
+                .map_err(|e| Failure::other(e.to_string()))?
+                .map_or_else(|| t.user_id.to_string(), |u| u.name);
+            slot.insert(name);
+        }
+    }
+    let now = now_millis();
+    let status = |t: &rtunnel_core::store::ApiTokenRecord| t.status(now);
+    let rows: Vec<_> = items
+        .iter()
+        .map(|t| {
+            json!({
+                "id": t.id,
+                "user": names[&t.user_id],
+                "user_id": t.user_id,
+                "created_at": rtunnel_core::store::rfc3339(t.created_at),
+                "expires_at": t.expires_at.map(rtunnel_core::store::rfc3339),
+                "revoked_at": t.revoked_at.map(rtunnel_core::store::rfc3339),
+                "status": status(t),
+            })
+        })
+        .collect();
+    let day = |ms: i64| {
+        rtunnel_core::store::rfc3339(ms)
+            .chars()
+            .take(19)
+            .collect::<String>()
+    };
+    let mut text = format!(
+        "{:<36}  {:<16}  {:<20}  {:<20}  STATUS",
+        "ID", "USER", "CREATED", "EXPIRES"
+    );
+    for t in &items {
+        text.push_str(&format!(
+            "\n{:<36}  {:<16}  {:<20}  {:<20}  {}",
+            t.id,
+            names[&t.user_id],
+            day(t.created_at),
+            t.expires_at.map_or_else(|| "never".to_owned(), day),
+            status(t)
+        ));
+    }
+    let total = rows.len();
+    print_out(json, json!({"items": rows, "total": total}), &text);
+    Ok(())
 }
 
 async fn find_user(store: &SqlStore, name: &str) -> Result<User, Failure> {

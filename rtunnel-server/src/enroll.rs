@@ -149,6 +149,7 @@ pub fn new_api_token(user_id: Uuid, expires_at: Option<Millis>) -> (ApiTokenReco
         secret_hash,
         created_at: now_millis(),
         expires_at,
+        revoked_at: None,
     };
     (record, token.to_string())
 }

@@ -55,6 +55,8 @@ pub struct Holder {
     pub user_id: Uuid,
     /// The login (refresh family), if opened with an access token.
     pub login: Option<Uuid>,
+    /// The API token, if opened with one.
+    pub token: Option<Uuid>,
 }
 
 impl From<&crate::api::auth::Authenticated> for Holder {
@@ -62,13 +64,15 @@ impl From<&crate::api::auth::Authenticated> for Holder {
         Holder {
             user_id: a.user.id,
             login: a.login(),
+            token: a.token(),
         }
     }
 }
 
 /// Whether `holder` may still connect to `system_id`: the user when yes,
 /// `Err` with the refusal code when not (`login_ended` when its login was
-/// logged out or revoked).
+/// logged out or revoked, `token_revoked` when its API token was revoked or
+/// expired).
 pub async fn may_connect(
     state: &AppState,
     holder: Holder,
@@ -84,6 +88,17 @@ pub async fn may_connect(
             .is_some_and(|l| l.is_live(now));
         if !live {
             return Ok(Err("login_ended"));
+        }
+    }
+    if let Some(token) = holder.token {
+        let live = state
+            .stores
+            .identity
+            .api_token(token)
+            .await?
+            .is_some_and(|t| t.user_id == holder.user_id && t.is_live(now));
+        if !live {
+            return Ok(Err("token_revoked"));
         }
     }
     let Some(user) = state.stores.identity.user_by_id(holder.user_id).await? else {

@@ -16,6 +16,7 @@ pub async fn issue(state: &AppState, session_id: Uuid, holder: Holder) -> Result
         session_id,
         user_id: holder.user_id,
         login: holder.login,
+        token: holder.token,
         expires_at: now_millis() + TICKET_TTL.as_millis() as i64,
     };
     state
@@ -53,5 +54,6 @@ pub async fn redeem(state: &AppState, ticket: &str, session_id: Uuid) -> Result<
     Ok(Holder {
         user_id: held.user_id,
         login: held.login,
+        token: held.token,
     })
 }

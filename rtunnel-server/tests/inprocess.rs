@@ -1084,6 +1084,82 @@ async fn setting_a_password_ends_the_user_s_logins_and_cuts_what_they_opened() {
     assert_eq!(status, 200, "{v}");
 }
 
+/// Finding: API tokens could not be revoked and never expired. Revoking
+/// one refuses it at once and cuts what was opened with it; users see and
+/// revoke only their own, admins everyone's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_api_token_is_refused_and_its_forwards_are_cut() {
+    let h = harness().await;
+    let (op, token) = user(&h, "tom", Role::Admin).await;
+    let (_, other) = user(&h, "ola", Role::Operator).await;
+    let (_fwd, mut open) = echoing_forward(&h, &token).await;
+
+    let (status, v) = api(&h, "GET", "/api/v1/tokens", &token, None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["total"], 2, "an admin sees everyone's: {v}");
+    let (status, v) = api(&h, "GET", "/api/v1/tokens", &other, None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["total"], 1, "{v}");
+    let path = format!("/api/v1/tokens?user_id={}", op.id);
+    let (status, v) = api(&h, "GET", &path, &other, None).await;
+    assert_eq!(status, 403, "{v}");
+    let (status, v) = api(&h, "GET", &path, &token, None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["total"], 1, "{v}");
+    assert_eq!(v["items"][0]["status"], "active", "{v}");
+    let id = v["items"][0]["id"].as_str().unwrap().to_owned();
+
+    // Someone else's token is not there for an operator.
+    let del = format!("/api/v1/tokens/{id}");
+    let (status, v) = api(&h, "DELETE", &del, &other, None).await;
+    assert_eq!(status, 404, "{v}");
+    assert_envelope(&v, "token_not_found");
+
+    let (status, v) = api(&h, "DELETE", &del, &token, None).await;
+    assert_eq!(status, 204, "{v}");
+    let took = cut_within(&mut open).await;
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    let (status, v) = api(&h, "GET", "/api/v1/sessions", &token, None).await;
+    assert_eq!(status, 401, "{v}");
+    let (_, v) = api(&h, "GET", &path, &other, None).await;
+    assert_eq!(v["code"], "forbidden");
+    let revoked = audited(&h, "api_token_revoked").await;
+    assert_eq!(revoked.items.len(), 1);
+    let cuts = audited(&h, "access_cut").await;
+    assert_eq!(cuts.items[0].details["reason"], "token_revoked");
+    assert!(
+        Forwarder::connect(forward_config(&h, &token))
+            .await
+            .is_err()
+    );
+    // The owner's list shows it revoked (an admin's view of another's).
+    let (_, admin) = user(&h, "ada", Role::Admin).await;
+    let (_, v) = api(&h, "GET", &path, &admin, None).await;
+    assert_eq!(v["items"][0]["status"], "revoked", "{v}");
+    // Revoking again changes nothing.
+    let (status, _) = api(&h, "DELETE", &del, &admin, None).await;
+    assert_eq!(status, 204);
+    assert_eq!(audited(&h, "api_token_revoked").await.items.len(), 1);
+}
+
+/// An API token that expires while its forward is open cuts the forward.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiring_api_token_cuts_its_forward() {
+    let h = harness().await;
+    let (ann, _) = user(&h, "ann", Role::Admin).await;
+    let (record, token) = enroll::new_api_token(ann.id, Some(now_millis() + 1_500));
+    h.state
+        .stores
+        .identity
+        .create_api_token(&record)
+        .await
+        .unwrap();
+    let (_fwd, mut open) = echoing_forward(&h, &token).await;
+    cut_within(&mut open).await;
+    let (status, _) = api(&h, "GET", "/api/v1/sessions", &token, None).await;
+    assert_eq!(status, 401);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closing_a_session_ends_the_open_streams_of_its_forwards() {
     let h = harness().await;

@@ -528,3 +528,76 @@ async fn deleting_a_system_stops_its_agent_and_cli_grants_expire() {
     assert_envelope(&v, "system_not_found");
     assert_eq!(audit_events(&s.server.dir, "system_deleted").await.len(), 1);
 }
+
+/// `token create` prints the token's id, tokens last 90 days unless told
+/// otherwise, `token list` shows them and `token revoke` ends one at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_creates_lists_and_revokes_api_tokens() {
+    let s = setup().await;
+    let out = s.server.admin(&[
+        "user", "add", "tia", "--role", "operator", "--token", "--json",
+    ]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let first_id = v["token_id"].as_str().unwrap().to_owned();
+    let first = v["token"].as_str().unwrap().to_owned();
+    let out = s.server.admin(&["token", "create", "tia", "--json"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let second = v["token"].as_str().unwrap().to_owned();
+    let second_id = v["id"].as_str().unwrap().to_owned();
+    s.server
+        .admin(&["token", "create", "tia", "--ttl", "never"]);
+
+    let out = s
+        .server
+        .admin(&["token", "list", "--user", "tia", "--json"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["total"], 3, "{v}");
+    let items = v["items"].as_array().unwrap();
+    let never = items.iter().filter(|t| t["expires_at"].is_null()).count();
+    assert_eq!(never, 1, "{v}");
+    let first_row = items.iter().find(|t| t["id"] == first_id.as_str()).unwrap();
+    let expires = first_row["expires_at"].as_str().unwrap();
+    let days =
+        (chrono_days(expires) - chrono_days(first_row["created_at"].as_str().unwrap())).round();
+    assert_eq!(days, 90.0, "{first_row}");
+    let table = s.server.admin(&["token", "list"]);
+    assert!(table.starts_with("ID"), "{table}");
+    assert!(
+        table.contains(&second_id) && table.contains("tia"),
+        "{table}"
+    );
+
+    assert_eq!(whoami_status(&s, &second).await, 200);
+    s.server.admin(&["token", "revoke", &second_id]);
+    assert_eq!(whoami_status(&s, &second).await, 401);
+    assert_eq!(whoami_status(&s, &first).await, 200);
+    let out = s
+        .server
+        .admin(&["token", "list", "--user", "tia", "--json"]);
+    assert!(out.contains("\"revoked\""), "{out}");
+    assert_eq!(
+        audit_events(&s.server.dir, "api_token_revoked").await.len(),
+        1
+    );
+}
+
+/// Days since the epoch of an RFC 3339 time `YYYY-MM-DDTHH:MM:SS...Z`.
+fn chrono_days(t: &str) -> f64 {
+    let date = &t[..10];
+    let mut parts = date.split('-').map(|p| p.parse::<i64>().unwrap());
+    let (y, m, d) = (
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+    );
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let hours: f64 = t[11..13].parse().unwrap();
+    days as f64 + hours / 24.0
+}

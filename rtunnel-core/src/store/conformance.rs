@@ -107,6 +107,58 @@ pub async fn users_are_listed_disabled_and_hold_a_password_hash<S: FullStore + ?
     assert!(!s.set_password_hash(Uuid::new_v4(), None).await.unwrap());
 }
 
+/// Conformance check `api_tokens_are_listed_and_revoked`: listed newest
+/// first, per user or all; revoked once; a revoked or expired one is not
+/// live.
+pub async fn api_tokens_are_listed_and_revoked<S: FullStore + ?Sized>(s: &S) {
+    let ann = user("ann", Role::Operator);
+    let bob = user("bob", Role::Admin);
+    s.create_user(&ann).await.unwrap();
+    s.create_user(&bob).await.unwrap();
+    let token = |user: &User, created_at, expires_at| super::ApiTokenRecord {
+        id: Uuid::new_v4(),
+        user_id: user.id,
+        secret_hash: "h".into(),
+        created_at,
+        expires_at,
+        revoked_at: None,
+    };
+    let old = token(&ann, 100, None);
+    let new = token(&ann, 200, Some(10_000));
+    let bobs = token(&bob, 150, None);
+    for t in [&old, &new, &bobs] {
+        s.create_api_token(t).await.unwrap();
+    }
+    let anns = s
+        .list_api_tokens(Some(ann.id), Page::default())
+        .await
+        .unwrap();
+    assert_eq!(anns.total, 2);
+    let ids: Vec<Uuid> = anns.items.iter().map(|t| t.id).collect();
+    assert_eq!(ids, [new.id, old.id]);
+    let all = s.list_api_tokens(None, Page::default()).await.unwrap();
+    assert_eq!(all.total, 3);
+    assert!(s.revoke_api_token(old.id, 500).await.unwrap());
+    assert!(
+        !s.revoke_api_token(old.id, 600).await.unwrap(),
+        "revoked once"
+    );
+    assert!(!s.revoke_api_token(Uuid::new_v4(), 600).await.unwrap());
+    let revoked = s.api_token(old.id).await.unwrap().unwrap();
+    assert_eq!(revoked.revoked_at, Some(500));
+    assert!(!revoked.is_live(501));
+    let new = s.api_token(new.id).await.unwrap().unwrap();
+    assert!(new.is_live(9_999));
+    assert!(!new.is_live(10_000));
+    assert!(
+        s.api_token(bobs.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .is_live(i64::MAX)
+    );
+}
+
 /// Conformance check `a_login_rotates_once_per_token_and_ends_for_good`.
 pub async fn a_login_rotates_once_per_token_and_ends_for_good<S: FullStore + ?Sized>(s: &S) {
     use crate::store::Login;
@@ -607,6 +659,7 @@ where
         session_id: Uuid::new_v4(),
         user_id: Uuid::new_v4(),
         login: Some(Uuid::new_v4()),
+        token: Some(Uuid::new_v4()),
         expires_at,
     };
     let t = ticket(now + 30_000);
@@ -700,7 +753,7 @@ where
 #[macro_export]
 macro_rules! store_conformance_tests {
     ($fresh:path) => {
-        $crate::store_conformance_tests!(@each $fresh; duplicate_names_conflict, users_are_listed_disabled_and_hold_a_password_hash, a_login_rotates_once_per_token_and_ends_for_good, deleting_a_system_takes_its_grants_along, grants_are_given_checked_and_revoked, sessions_move_through_their_states, restart_recovery_puts_live_sessions_in_grace_and_expires_pending_ones, the_audit_log_filters_and_pages_newest_first, resources_round_trip_and_names_are_unique, grants_expire_and_revoke, old_audit_events_and_closed_access_logs_are_pruned);
+        $crate::store_conformance_tests!(@each $fresh; duplicate_names_conflict, users_are_listed_disabled_and_hold_a_password_hash, a_login_rotates_once_per_token_and_ends_for_good, deleting_a_system_takes_its_grants_along, grants_are_given_checked_and_revoked, sessions_move_through_their_states, restart_recovery_puts_live_sessions_in_grace_and_expires_pending_ones, the_audit_log_filters_and_pages_newest_first, resources_round_trip_and_names_are_unique, grants_expire_and_revoke, api_tokens_are_listed_and_revoked, old_audit_events_and_closed_access_logs_are_pruned);
     };
     (@each $fresh:path; $($check:ident),*) => {
         $(

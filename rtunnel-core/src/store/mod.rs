@@ -116,6 +116,26 @@ pub struct ApiTokenRecord {
     pub created_at: Millis,
     /// Expiry, if any.
     pub expires_at: Option<Millis>,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<Millis>,
+}
+
+impl ApiTokenRecord {
+    /// Whether the token still works at `now`: not revoked, not expired.
+    pub fn is_live(&self, now: Millis) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|e| e > now)
+    }
+
+    /// `active`, `expired` or `revoked` at `now`.
+    pub fn status(&self, now: Millis) -> &'static str {
+        if self.revoked_at.is_some() {
+            "revoked"
+        } else if self.is_live(now) {
+            "active"
+        } else {
+            "expired"
+        }
+    }
 }
 
 /// An enrolled system.
@@ -313,6 +333,15 @@ pub trait IdentityStore: Send + Sync {
     async fn create_api_token(&self, token: &ApiTokenRecord) -> Result<(), StoreError>;
     /// Finds an API token by its public id.
     async fn api_token(&self, id: Uuid) -> Result<Option<ApiTokenRecord>, StoreError>;
+    /// API tokens, newest first: one user's, or everyone's.
+    async fn list_api_tokens(
+        &self,
+        user_id: Option<Uuid>,
+        page: Page,
+    ) -> Result<Paged<ApiTokenRecord>, StoreError>;
+    /// Revokes an API token at `now`; false if there is no such token or it
+    /// was revoked already.
+    async fn revoke_api_token(&self, id: Uuid, now: Millis) -> Result<bool, StoreError>;
     /// Adds a system; [`StoreError::Conflict`] if the name or key is taken.
     async fn create_system(&self, system: &System) -> Result<(), StoreError>;
     /// Finds a system by id.

@@ -47,6 +47,14 @@ impl Authenticated {
             Credential::ApiToken(_) => None,
         }
     }
+
+    /// The API token behind the request, if it came with one.
+    pub fn token(&self) -> Option<Uuid> {
+        match self.credential {
+            Credential::ApiToken(id) => Some(id),
+            Credential::Login(_) => None,
+        }
+    }
 }
 
 impl FromRequestParts<Arc<AppState>> for Authenticated {
@@ -136,7 +144,7 @@ pub async fn authenticate_token(state: &AppState, token: &str) -> Result<Authent
     if !verify_secret(&parsed.secret, &record.secret_hash) {
         return Err(invalid_token());
     }
-    if record.expires_at.is_some_and(|e| e <= now_millis()) {
+    if !record.is_live(now_millis()) {
         return Err(invalid_token());
     }
     let user = active_user(state, record.user_id).await?;

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::auth::{CurrentUser, authorize};
+use super::auth::{Authenticated, authorize};
 use crate::error::ApiError;
 use crate::launcher::{ConnectionType, Fallbacks, messages, session_url};
 use crate::state::AppState;
@@ -34,9 +34,11 @@ pub(super) struct LaunchRequest {
 pub(super) async fn launch(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    CurrentUser(user): CurrentUser,
+    caller: Authenticated,
     super::extract::Json(req): super::extract::Json<LaunchRequest>,
 ) -> Result<Json<Value>, ApiError> {
+    let holder = crate::revocation::Holder::from(&caller);
+    let user = caller.user;
     let kind = ConnectionType::parse(&req.connection_type).ok_or_else(|| {
         ApiError::bad_request("invalid_connection_type", messages::INVALID_CONNECTION_TYPE)
     })?;
@@ -64,7 +66,7 @@ pub(super) async fn launch(
     let connection_id = Uuid::new_v4();
     let url = match (&resource.system_id, &resource.service, kind) {
         (Some(system_id), Some(service), ConnectionType::Direct) => {
-            proxy_url(&state, &user, *system_id, service).await?
+            proxy_url(&state, &user, holder, *system_id, service).await?
         }
         _ => {
             let token = if kind.needs_token() {
@@ -118,6 +120,7 @@ fn session_token(state: &AppState, user: &User, resource: &Resource, cid: Uuid) 
 async fn proxy_url(
     state: &AppState,
     user: &User,
+    holder: crate::revocation::Holder,
     system_id: Uuid,
     service: &str,
 ) -> Result<String, ApiError> {
@@ -136,5 +139,6 @@ async fn proxy_url(
                 "the resource's system has no active support session offering this service",
             )
         })?;
-    Ok(crate::proxy::mint(state, user, None, tunnel.session_id(), service)?.url)
+    // Bound to the login or API token of the launch, like every proxy token.
+    Ok(crate::proxy::mint(state, holder, tunnel.session_id(), service)?.url)
 }

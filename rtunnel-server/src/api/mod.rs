@@ -10,6 +10,7 @@ mod recordings;
 mod resources;
 pub(crate) mod sessions;
 mod systems;
+mod tokens;
 mod users;
 
 use std::sync::Arc;
@@ -84,6 +85,8 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .delete(resources::delete),
         )
         .route("/api/v1/audit", get(audit::list))
+        .route("/api/v1/tokens", get(tokens::list))
+        .route("/api/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route(
             "/api/v1/grants",
             post(grants::create).delete(grants::revoke),

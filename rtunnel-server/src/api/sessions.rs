@@ -434,13 +434,8 @@ pub(super) async fn proxy_token(
         serde_json::json!({"service": body.service}),
     )
     .await?;
-    let grant = crate::proxy::mint(
-        &state,
-        &caller.user,
-        caller.login(),
-        session.id,
-        &body.service,
-    )?;
+    let holder = crate::revocation::Holder::from(&caller);
+    let grant = crate::proxy::mint(&state, holder, session.id, &body.service)?;
     Ok(Json(serde_json::json!({
         "url": grant.url,
         "token": grant.token,

@@ -78,14 +78,14 @@ pub struct ProxyGrant {
 /// `service` of `session_id`. The caller has checked access.
 pub fn mint(
     state: &AppState,
-    user: &User,
-    login: Option<Uuid>,
+    holder: Holder,
     session_id: Uuid,
     service: &str,
 ) -> Result<ProxyGrant, ApiError> {
     let ttl = state.config.proxy_token_ttl;
-    let mut claims = Claims::new(TokenKind::Proxy, user.id, now_millis(), ttl);
-    claims.fam = login;
+    let mut claims = Claims::new(TokenKind::Proxy, holder.user_id, now_millis(), ttl);
+    claims.fam = holder.login;
+    claims.tok = holder.token;
     claims.sid = Some(session_id);
     claims.svc = Some(service.to_owned());
     let token = claims.sign(&*state.signer);
@@ -169,6 +169,7 @@ async fn serve(
     let holder = Holder {
         user_id: claims.sub,
         login: claims.fam,
+        token: claims.tok,
     };
     let (session, user) = check_access(&state, &target, holder).await?;
     let visitor = Visitor {
@@ -349,6 +350,7 @@ async fn redeem(
     let holder = Holder {
         user_id: claims.sub,
         login: claims.fam,
+        token: claims.tok,
     };
     let (session, user) = check_access(state, target, holder).await?;
     let mut event = AuditEvent::new("proxy_opened");

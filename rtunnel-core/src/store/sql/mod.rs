@@ -355,13 +355,50 @@ impl IdentityStore for SqlStore {
         else {
             return Ok(None);
         };
-        Ok(Some(ApiTokenRecord {
-            id: get_uuid(&row, "id")?,
-            user_id: get_uuid(&row, "user_id")?,
-            secret_hash: get(&row, "secret_hash")?,
-            created_at: get(&row, "created_at")?,
-            expires_at: get(&row, "expires_at")?,
-        }))
+        token_from(&row).map(Some)
+    }
+
+    async fn list_api_tokens(
+        &self,
+        user_id: Option<Uuid>,
+        page: Page,
+    ) -> Result<Paged<ApiTokenRecord>, StoreError> {
+        let user = user_id.map(|u| u.to_string());
+        let rows = sqlx::query(
+            "SELECT * FROM api_tokens WHERE ($1 IS NULL OR user_id = $1) \
+             ORDER BY created_at DESC, id LIMIT $2 OFFSET $3",
+        )
+        .bind(&user)
+        .bind(i64::from(page.page_size))
+        .bind(page.offset())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        let total: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM api_tokens WHERE ($1 IS NULL OR user_id = $1)",
+        )
+        .bind(&user)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(Paged {
+            items: rows.iter().map(token_from).collect::<Result<_, _>>()?,
+            page: page.page,
+            page_size: page.page_size,
+            total: total as u64,
+        })
+    }
+
+    async fn revoke_api_token(&self, id: Uuid, now: Millis) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE api_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+        )
+        .bind(id.to_string())
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn create_system(&self, system: &System) -> Result<(), StoreError> {
@@ -499,6 +536,17 @@ impl IdentityStore for SqlStore {
         self.has_grant_in(&SYSTEM_GRANTS, user_id, system_id, now)
             .await
     }
+}
+
+fn token_from(row: &AnyRow) -> Result<ApiTokenRecord, StoreError> {
+    Ok(ApiTokenRecord {
+        id: get_uuid(row, "id")?,
+        user_id: get_uuid(row, "user_id")?,
+        secret_hash: get(row, "secret_hash")?,
+        created_at: get(row, "created_at")?,
+        expires_at: get(row, "expires_at")?,
+        revoked_at: get(row, "revoked_at")?,
+    })
 }
 
 #[async_trait]
