@@ -13,7 +13,7 @@ use rtunnel_core::store::conformance;
 use rtunnel_core::store::now_millis;
 use rtunnel_core::store::redis::{
     Delivery, NodeInfo, RedisConnection, RedisPubSub, RedisRateLimiter, RedisRoutes,
-    RedisTicketStore, TunnelRoute,
+    RedisTicketStore, Seal, TunnelRoute,
 };
 use rtunnel_core::ticket::{Ticket, TicketStore, ticket_key};
 use uuid::Uuid;
@@ -33,10 +33,17 @@ fn redis_url() -> Option<String> {
     }
 }
 
+/// The seal every "node" of these tests shares.
+fn seal() -> Seal {
+    Seal::new(b"the test cluster key, 32 bytes!!")
+}
+
 /// A connection with keys of its own, so tests do not see each other's.
 async fn connect(url: &str) -> RedisConnection {
     let prefix = format!("rtunnel-test-{}:", Uuid::new_v4().simple());
-    RedisConnection::connect(url, &prefix).await.unwrap()
+    RedisConnection::connect(url, &prefix, seal())
+        .await
+        .unwrap()
 }
 
 fn ticket(expires_at: i64) -> Ticket {
@@ -108,7 +115,7 @@ async fn three_nodes(url: &str, prefix: &str) -> Vec<RedisRateLimiter> {
     let mut nodes = Vec::new();
     for _ in 0..3 {
         nodes.push(RedisRateLimiter::new(
-            RedisConnection::connect(url, prefix).await.unwrap(),
+            RedisConnection::connect(url, prefix, seal()).await.unwrap(),
         ));
     }
     nodes
@@ -119,8 +126,16 @@ async fn a_ticket_is_taken_once_across_nodes_racing_for_it() {
     let Some(url) = redis_url() else { return };
     let prefix = format!("rtunnel-test-{}:", Uuid::new_v4().simple());
     // Two nodes: two connections on the same keys.
-    let a = RedisTicketStore::new(RedisConnection::connect(&url, &prefix).await.unwrap());
-    let b = RedisTicketStore::new(RedisConnection::connect(&url, &prefix).await.unwrap());
+    let a = RedisTicketStore::new(
+        RedisConnection::connect(&url, &prefix, seal())
+            .await
+            .unwrap(),
+    );
+    let b = RedisTicketStore::new(
+        RedisConnection::connect(&url, &prefix, seal())
+            .await
+            .unwrap(),
+    );
     for round in 0..50 {
         let key = ticket_key(&format!("race-{round}"));
         a.put(key.clone(), ticket(now_millis() + 30_000))
@@ -197,7 +212,7 @@ async fn own_redis() -> (OwnRedis, RedisConnection) {
         .port();
     let redis = OwnRedis::start(port);
     wait_until_up(port).await;
-    let conn = RedisConnection::connect(&format!("redis://127.0.0.1:{port}"), "t:")
+    let conn = RedisConnection::connect(&format!("redis://127.0.0.1:{port}"), "t:", seal())
         .await
         .unwrap();
     (redis, conn)
@@ -402,4 +417,115 @@ async fn a_subscription_comes_back_by_itself_after_redis_restarts() {
         .await
         .expect("the subscription outlived its receiver")
         .unwrap();
+}
+
+/// Raw access to the test Redis, as someone who can write to it has.
+async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Finding: a ticket written into Redis by hand opened a root terminal.
+/// What rtunnel reads back from Redis must be sealed with the cluster key
+/// and bound to its key.
+#[tokio::test]
+async fn tickets_routes_and_messages_not_sealed_by_the_cluster_are_ignored() {
+    let Some(url) = redis_url() else { return };
+    let prefix = format!("rtunnel-test-{}:", Uuid::new_v4().simple());
+    let conn = RedisConnection::connect(&url, &prefix, seal())
+        .await
+        .unwrap();
+    let mut raw = raw(&url).await;
+    let tickets = RedisTicketStore::new(conn.clone());
+
+    // A ticket written by hand, as JSON or sealed with another key.
+    let forged = serde_json::to_string(&ticket(now_millis() + 30_000)).unwrap();
+    let key = ticket_key("forged");
+    let full = format!("{prefix}ticket:{key}");
+    let other = Seal::new(b"somebody else's key, 32 bytes!!!");
+    for value in [forged.clone(), other.seal(&full, &forged)] {
+        redis::cmd("SET")
+            .arg(&full)
+            .arg(&value)
+            .query_async::<()>(&mut raw)
+            .await
+            .unwrap();
+        assert_eq!(tickets.take(&key, now_millis()).await.unwrap(), None);
+    }
+    // A real ticket moved to another key does not open either.
+    tickets
+        .put(ticket_key("real"), ticket(now_millis() + 30_000))
+        .await
+        .unwrap();
+    let real: String = redis::cmd("GET")
+        .arg(format!("{prefix}ticket:{}", ticket_key("real")))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    redis::cmd("SET")
+        .arg(&full)
+        .arg(&real)
+        .query_async::<()>(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(tickets.take(&key, now_millis()).await.unwrap(), None);
+    assert!(
+        tickets
+            .take(&ticket_key("real"), now_millis())
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    // A route and a node written by hand.
+    let routes = RedisRoutes::new(conn.clone());
+    let session = Uuid::new_v4();
+    let fake = route(session, Uuid::new_v4(), "evil-node");
+    redis::cmd("SET")
+        .arg(format!("{prefix}route:session:{session}"))
+        .arg(serde_json::to_string(&fake).unwrap())
+        .query_async::<()>(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(routes.by_session(session).await.unwrap(), None);
+    redis::cmd("SET")
+        .arg(format!("{prefix}node:evil-node"))
+        .arg(r#"{"node_id":"evil-node","address":"203.0.113.9:7000"}"#)
+        .query_async::<()>(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(routes.node("evil-node").await.unwrap(), None);
+    // The node's own route still refreshes over a forged one of its key.
+    let mine = route(session, fake.system_id, "node-a");
+    routes
+        .refresh(std::slice::from_ref(&mine), Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(routes.by_session(session).await.unwrap(), None);
+    routes.put(&mine, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(routes.by_session(session).await.unwrap(), Some(mine));
+
+    // A command published by hand is not delivered; a sealed one is.
+    let bus = RedisPubSub::new(conn.clone(), "commands");
+    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+    let runner = {
+        let bus = bus.clone();
+        tokio::spawn(async move { bus.run(tx).await })
+    };
+    assert!(matches!(rx.recv().await, Some(Delivery::Subscribed)));
+    redis::cmd("PUBLISH")
+        .arg(format!("{prefix}channel:commands"))
+        .arg(r#"{"close":"everything"}"#)
+        .query_async::<i64>(&mut raw)
+        .await
+        .unwrap();
+    bus.publish("sealed").await.unwrap();
+    match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+        Ok(Some(Delivery::Message(m))) => assert_eq!(m, "sealed"),
+        other => panic!("expected the sealed message first: {other:?}"),
+    }
+    runner.abort();
 }

@@ -31,13 +31,21 @@ pub fn load_or_create_launch_signer(
 }
 
 /// Loads the cluster key from `path` (every node of a cluster holds the
-/// same), creating it like the signing key.
+/// same), creating it like the signing key: the node channel's key, and
+/// the seal of what the nodes write to Redis.
 pub fn load_or_create_cluster_key(
     path: &Path,
     production: bool,
-) -> Result<rtunnel_auth::node::NodeKey, ServerError> {
+) -> Result<
+    (
+        rtunnel_auth::node::NodeKey,
+        rtunnel_core::store::redis::Seal,
+    ),
+    ServerError,
+> {
     let key = load_or_create_key(path, production, "--cluster-key-file")?;
-    rtunnel_auth::node::NodeKey::new(&key).map_err(|_| too_short(path))
+    let node = rtunnel_auth::node::NodeKey::new(&key).map_err(|_| too_short(path))?;
+    Ok((node, rtunnel_core::store::redis::Seal::new(&key)))
 }
 
 fn too_short(path: &Path) -> ServerError {

@@ -114,7 +114,14 @@ impl ServerBuilder {
         let (cluster, node_listener) = match &self.config.redis_url {
             None => (Cluster::single(node_id.clone(), registry.clone()), None),
             Some(url) => {
-                let redis = RedisConnection::connect(url, &self.config.redis_prefix).await?;
+                let key_path = self
+                    .config
+                    .cluster_key_file
+                    .clone()
+                    .unwrap_or_else(|| self.config.data_dir.join("cluster.key"));
+                let (key, seal) =
+                    crate::keys::load_or_create_cluster_key(&key_path, self.config.production)?;
+                let redis = RedisConnection::connect(url, &self.config.redis_prefix, seal).await?;
                 // Live state every node must agree on lives in Redis.
                 stores.tickets = Arc::new(RedisTicketStore::new(redis.clone()));
                 stores.limiter = Arc::new(RedisRateLimiter::new(redis.clone()));
@@ -131,13 +138,6 @@ impl ServerBuilder {
                     bound,
                 )
                 .map_err(ServerError::Config)?;
-                let key_path = self
-                    .config
-                    .cluster_key_file
-                    .clone()
-                    .unwrap_or_else(|| self.config.data_dir.join("cluster.key"));
-                let key =
-                    crate::keys::load_or_create_cluster_key(&key_path, self.config.production)?;
                 tracing::info!(node = %node_id, %address, "joining the cluster");
                 let membership = Membership {
                     redis,

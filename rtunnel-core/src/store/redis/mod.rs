@@ -4,6 +4,10 @@
 //! is alive and holds which tunnel) and a pub/sub channel for commands to
 //! every node.
 //!
+//! Every value and message is sealed with a key derived from the cluster
+//! key and checked when read back ([`Seal`]): a value someone else wrote
+//! into Redis is ignored.
+//!
 //! Redis holds only what may be lost: a ticket lives 30 seconds, a route
 //! as long as its node keeps announcing it. Every key
 //! is under a prefix (`rtunnel:` by default), so one Redis can serve
@@ -13,11 +17,13 @@
 mod pubsub;
 mod ratelimit;
 mod routes;
+mod seal;
 mod tickets;
 
 pub use pubsub::{Delivery, PUBSUB_PING_INTERVAL, RedisPubSub};
 pub use ratelimit::RedisRateLimiter;
 pub use routes::{NodeInfo, RedisRoutes, TunnelRoute};
+pub use seal::{MAX_MESSAGE_AGE_MS, Seal};
 pub use tickets::RedisTicketStore;
 
 use super::StoreError;
@@ -34,6 +40,7 @@ pub struct RedisConnection {
     client: redis::Client,
     manager: redis::aio::ConnectionManager,
     prefix: String,
+    seal: Seal,
 }
 
 impl std::fmt::Debug for RedisConnection {
@@ -46,8 +53,9 @@ impl std::fmt::Debug for RedisConnection {
 
 impl RedisConnection {
     /// Connects to `url` (`redis://[user:password@]host:port[/db]`, or
-    /// `rediss://` for TLS) with keys under `prefix`.
-    pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
+    /// `rediss://` for TLS) with keys under `prefix`, sealing what it writes
+    /// with `seal` (the same on every node).
+    pub async fn connect(url: &str, prefix: &str, seal: Seal) -> Result<Self, StoreError> {
         let client = redis::Client::open(url)
             .map_err(|e| StoreError::Backend(format!("bad Redis URL: {e}")))?;
         // Fail fast while Redis is away (one quick retry, then the caller
@@ -66,12 +74,28 @@ impl RedisConnection {
             client,
             manager,
             prefix: prefix.to_owned(),
+            seal,
         })
     }
 
     /// The full key of `name` in `kind` (`rtunnel:ticket:<name>`).
     fn key(&self, kind: &str, name: &str) -> String {
         format!("{}{kind}:{name}", self.prefix)
+    }
+
+    /// `payload` sealed for the full key `key`.
+    fn seal(&self, key: &str, payload: &str) -> String {
+        self.seal.seal(key, payload)
+    }
+
+    /// The payload of a value read from `key`, if it verifies; a value that
+    /// does not is logged and treated as absent.
+    fn open<'a>(&self, key: &str, value: &'a str) -> Option<&'a str> {
+        let opened = self.seal.open(key, value);
+        if opened.is_none() {
+            tracing::warn!(%key, "ignoring a value in Redis that is not sealed with the cluster key");
+        }
+        opened
     }
 
     /// Whether Redis answers.

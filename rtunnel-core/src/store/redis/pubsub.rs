@@ -50,9 +50,13 @@ impl RedisPubSub {
     /// Sends `message` to every subscriber; returns how many received it.
     pub async fn publish(&self, message: &str) -> Result<u64, StoreError> {
         let mut conn = self.redis.manager.clone();
+        let sealed =
+            self.redis
+                .seal
+                .seal_message(&self.channel, message, crate::store::now_millis());
         redis::cmd("PUBLISH")
             .arg(&self.channel)
-            .arg(message)
+            .arg(sealed)
             .query_async(&mut conn)
             .await
             .map_err(backend)
@@ -106,7 +110,12 @@ impl RedisPubSub {
                         tracing::warn!(channel = %self.channel, "ignoring a message that is not text");
                         continue;
                     };
-                    if out.send(Delivery::Message(payload)).await.is_err() {
+                    let now = crate::store::now_millis();
+                    let Some(message) = self.redis.seal.open_message(&self.channel, &payload, now) else {
+                        tracing::warn!(channel = %self.channel, "ignoring a message not sealed with the cluster key, or too old");
+                        continue;
+                    };
+                    if out.send(Delivery::Message(message.to_owned())).await.is_err() {
                         return Ok(());
                     }
                 }

@@ -40,11 +40,13 @@ pub struct NodeInfo {
 }
 
 /// Writes `ARGV[1]` unless the key holds another node's or session's route.
+/// Values are sealed (`<43-byte mac>.<json>`): the JSON starts at byte 45.
 /// KEYS[1]; ARGV route, node, session, ttl (ms).
 const KEEP: &str = r"
 local v = redis.call('GET', KEYS[1])
 if v then
-  local r = cjson.decode(v)
+  local ok, r = pcall(cjson.decode, string.sub(v, 45))
+  if not ok then r = {} end
   if r.node_id ~= ARGV[2] or r.session_id ~= ARGV[3] then return 0 end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4])
@@ -56,7 +58,8 @@ return 1
 const REMOVE: &str = r"
 local v = redis.call('GET', KEYS[1])
 if v then
-  local r = cjson.decode(v)
+  local ok, r = pcall(cjson.decode, string.sub(v, 45))
+  if not ok then return 0 end
   if r.node_id == ARGV[1] and r.session_id == ARGV[2] then return redis.call('DEL', KEYS[1]) end
 end
 return 0
@@ -80,9 +83,11 @@ impl RedisRoutes {
     /// Says `node` is alive for the next `ttl`.
     pub async fn announce_node(&self, node: &NodeInfo, ttl: Duration) -> Result<(), StoreError> {
         let mut conn = self.redis.manager.clone();
+        let key = self.redis.key("node", &node.node_id);
+        let value = self.redis.seal(&key, &to_json(node)?);
         redis::cmd("SET")
-            .arg(self.redis.key("node", &node.node_id))
-            .arg(to_json(node)?)
+            .arg(&key)
+            .arg(value)
             .arg("PX")
             .arg(millis(ttl))
             .query_async::<()>(&mut conn)
@@ -112,9 +117,10 @@ impl RedisRoutes {
         let mut conn = self.redis.manager.clone();
         let mut pipe = redis::pipe();
         for key in self.keys(route) {
+            let sealed = self.redis.seal(&key, &value);
             pipe.cmd("SET")
                 .arg(key)
-                .arg(&value)
+                .arg(sealed)
                 .arg("PX")
                 .arg(millis(ttl))
                 .ignore();
@@ -131,11 +137,12 @@ impl RedisRoutes {
             for route in batch {
                 let value = to_json(route)?;
                 for key in self.keys(route) {
+                    let sealed = self.redis.seal(&key, &value);
                     pipe.cmd("EVAL")
                         .arg(KEEP)
                         .arg(1)
                         .arg(key)
-                        .arg(&value)
+                        .arg(sealed)
                         .arg(&route.node_id)
                         .arg(route.session_id.to_string())
                         .arg(millis(ttl))
@@ -189,13 +196,15 @@ impl RedisRoutes {
     ) -> Result<Option<T>, StoreError> {
         let mut conn = self.redis.manager.clone();
         let value: Option<String> = redis::cmd("GET")
-            .arg(key)
+            .arg(&key)
             .query_async(&mut conn)
             .await
             .map_err(backend)?;
         value
+            .as_deref()
+            .and_then(|v| self.redis.open(&key, v))
             .map(|v| {
-                serde_json::from_str(&v)
+                serde_json::from_str(v)
                     .map_err(|e| StoreError::Backend(format!("an entry is not readable: {e}")))
             })
             .transpose()

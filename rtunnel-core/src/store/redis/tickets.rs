@@ -1,5 +1,6 @@
-//! Tickets in Redis: `SET key ticket PXAT expires_at`, taken with `GETDEL`,
-//! so a ticket is used once whichever node it is presented to.
+//! Tickets in Redis: `SET key sealed-ticket PXAT expires_at`, taken with
+//! `GETDEL`, so a ticket is used once whichever node it is presented to; a
+//! ticket not sealed with the cluster key is no ticket.
 
 use async_trait::async_trait;
 
@@ -26,9 +27,11 @@ impl TicketStore for RedisTicketStore {
         let value = serde_json::to_string(&ticket)
             .map_err(|e| StoreError::Backend(format!("ticket: {e}")))?;
         let mut conn = self.redis.manager.clone();
+        let key = self.redis.key("ticket", &key);
+        let value = self.redis.seal(&key, &value);
         // Redis forgets it at its expiry by itself; take checks it too.
         redis::cmd("SET")
-            .arg(self.redis.key("ticket", &key))
+            .arg(&key)
             .arg(value)
             .arg("PXAT")
             .arg(ticket.expires_at.max(1))
@@ -39,15 +42,19 @@ impl TicketStore for RedisTicketStore {
 
     async fn take(&self, key: &str, now: Millis) -> Result<Option<Ticket>, StoreError> {
         let mut conn = self.redis.manager.clone();
+        let key = self.redis.key("ticket", key);
         let value: Option<String> = redis::cmd("GETDEL")
-            .arg(self.redis.key("ticket", key))
+            .arg(&key)
             .query_async(&mut conn)
             .await
             .map_err(backend)?;
         let Some(value) = value else {
             return Ok(None);
         };
-        let ticket: Ticket = serde_json::from_str(&value)
+        let Some(value) = self.redis.open(&key, &value) else {
+            return Ok(None);
+        };
+        let ticket: Ticket = serde_json::from_str(value)
             .map_err(|e| StoreError::Backend(format!("a stored ticket is not readable: {e}")))?;
         Ok((ticket.expires_at > now).then_some(ticket))
     }
