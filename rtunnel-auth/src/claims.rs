@@ -29,8 +29,12 @@ pub enum TokenKind {
     Access,
     /// Gets a new access and refresh pair, once.
     Refresh,
-    /// Reaches one service of one session through the subdomain proxy.
+    /// A proxy link's token (`?token=`): redeemed once for a
+    /// [`TokenKind::ProxyCookie`].
     Proxy,
+    /// Held in the browser's proxy cookie once a link was redeemed: reaches
+    /// the same service of the same session, and is never a link itself.
+    ProxyCookie,
 }
 
 /// The claims of a signed token.
@@ -132,9 +136,15 @@ mod tests {
     fn each_kind_verifies_only_as_itself() {
         let s = signer();
         let user = Uuid::new_v4();
-        for typ in [TokenKind::Access, TokenKind::Refresh, TokenKind::Proxy] {
+        let kinds = [
+            TokenKind::Access,
+            TokenKind::Refresh,
+            TokenKind::Proxy,
+            TokenKind::ProxyCookie,
+        ];
+        for typ in kinds {
             let token = Claims::new(typ, user, 0, ACCESS_TTL).sign(&s);
-            for expected in [TokenKind::Access, TokenKind::Refresh, TokenKind::Proxy] {
+            for expected in kinds {
                 let got = Claims::verify(&s, &token, expected, 1);
                 if typ == expected {
                     assert_eq!(got.unwrap().sub, user);

@@ -93,18 +93,26 @@ impl Setup {
         client
     }
 
-    /// A WebSocket to `path` of `service` through the proxy, with the
-    /// cookie of `token`.
+    /// A WebSocket to `path` of `service` through the proxy, with `cookie`.
     async fn websocket(
         &self,
         service: &str,
         path: &str,
-        token: &str,
+        cookie: &str,
     ) -> (
         tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
         tokio_tungstenite::tungstenite::handshake::client::Response,
     ) {
-        proxy_websocket(self.server.addr, &self.host(service), path, token).await
+        proxy_websocket(self.server.addr, &self.host(service), path, cookie).await
+    }
+
+    /// A new link for `service` as `token`, redeemed: the cookie's
+    /// `name=value`.
+    async fn cookie(&self, token: &str, service: &str) -> String {
+        let (status, v) = self.mint(token, service).await;
+        assert_eq!(status, 200, "{v}");
+        let link = v["token"].as_str().unwrap();
+        redeem_proxy_link(self.server.addr, &self.host(service), link).await
     }
 
     fn url(&self, service: &str, path: &str) -> String {
@@ -151,10 +159,10 @@ async fn a_token_becomes_a_cookie_and_the_service_sees_a_clean_request() {
         [s.url("web", "/headers?a=1&b=%2F")]
     );
     let cookie = header_values(&resp, "set-cookie").join("\n");
-    assert!(
-        cookie.starts_with(&format!("rtunnel_proxy={token};")),
-        "{cookie}"
-    );
+    assert!(cookie.starts_with("rtunnel_proxy="), "{cookie}");
+    // The cookie is a credential of its own, not the link's token.
+    assert!(!cookie.contains(token), "{cookie}");
+    let pair = cookie.split(';').next().unwrap().to_owned();
     for attr in ["HttpOnly", "SameSite=Strict", "Path=/"] {
         assert!(cookie.contains(attr), "{attr}: {cookie}");
     }
@@ -169,7 +177,8 @@ async fn a_token_becomes_a_cookie_and_the_service_sees_a_clean_request() {
         .header("x-forwarded-for", "6.6.6.6")
         .header("x-forwarded-host", "evil.example")
         .header("forwarded", "for=6.6.6.6")
-        .header("cookie", format!("mine=1; rtunnel_proxy={token}"))
+        .header("cookie", format!("mine=1; {pair}; rtunnel_console=x"))
+        .header("authorization", format!("Bearer {}", s.admin))
         .send()
         .await
         .unwrap();
@@ -186,21 +195,89 @@ async fn a_token_becomes_a_cookie_and_the_service_sees_a_clean_request() {
     let cookies = h["cookie"].to_string();
     assert!(cookies.contains("mine=1"), "{seen}");
     assert!(
-        !cookies.contains("rtunnel_proxy") && !cookies.contains(token),
+        !cookies.contains("rtunnel_") && !cookies.contains(token),
         "{seen}"
+    );
+    // Nor an rtunnel credential in Authorization; the app's own passes.
+    assert!(h.get("authorization").is_none(), "{seen}");
+    let resp = client
+        .get(s.url("web", "/headers"))
+        .header("cookie", &pair)
+        .header("authorization", "Bearer the-apps-own")
+        .send()
+        .await
+        .unwrap();
+    let seen: Value = resp.json().await.unwrap();
+    assert_eq!(
+        seen["headers"]["authorization"],
+        json!(["Bearer the-apps-own"])
     );
 
     // An application's own `token` parameter reaches it, for a client that
     // holds the cookie.
     let resp = client
         .get(s.url("web", "/headers?token=the-apps-own"))
-        .header("cookie", format!("rtunnel_proxy={token}"))
+        .header("cookie", &pair)
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
     let seen: Value = resp.json().await.unwrap();
     assert_eq!(seen["uri"], "/headers?token=the-apps-own");
+
+    // The link works once: a second use without the cookie is told so (a
+    // page for a browser), with the cookie it just goes on; the link's
+    // token is no cookie either.
+    let fresh = s.client(false, &["web"]);
+    let resp = fresh
+        .get(&first)
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 410);
+    assert_eq!(header_values(&resp, "x-rtunnel-error"), ["proxy_link_used"]);
+    assert!(
+        resp.text()
+            .await
+            .unwrap()
+            .contains("This link was already used")
+    );
+    let resp = fresh.get(&first).send().await.unwrap();
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["code"], "proxy_link_used", "{v}");
+    let resp = fresh
+        .get(&first)
+        .header("cookie", &pair)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 302);
+    assert_eq!(
+        header_values(&resp, "location"),
+        [s.url("web", "/headers?a=1&b=%2F")]
+    );
+    assert!(header_values(&resp, "set-cookie").is_empty());
+    let resp = fresh
+        .get(s.url("web", "/headers"))
+        .header("cookie", format!("rtunnel_proxy={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+
+    // Junk and foreign values of the cookie before the real one do not
+    // keep it from working.
+    let junk = (0..40)
+        .map(|i| format!("rtunnel_proxy=junk{i}; rtunnel_proxy=; "))
+        .collect::<String>();
+    let resp = fresh
+        .get(s.url("web", "/headers"))
+        .header("cookie", format!("{junk}{pair}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
 
     // The token's use was audited before the cookie was handed out.
     let events = audit_events(&s.server.dir, "proxy_token_issued").await;
@@ -219,11 +296,10 @@ async fn the_applications_login_cookie_and_redirects_work_through_the_proxy() {
     // the proxy's cookie is dropped, its absolute redirect to its own
     // address comes back to the proxy host.
     let raw = s.client(false, &["web"]);
-    let (_, v) = s.mint(&s.admin, "web").await;
-    let token = v["token"].as_str().unwrap();
+    let cookie = s.cookie(&s.admin, "web").await;
     let resp = raw
         .get(s.url("web", "/login"))
-        .header("cookie", format!("rtunnel_proxy={token}"))
+        .header("cookie", &cookie)
         .send()
         .await
         .unwrap();
@@ -249,9 +325,8 @@ async fn the_applications_login_cookie_and_redirects_work_through_the_proxy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websockets_pass_through_the_proxy() {
     let s = Setup::start().await;
-    let (_, v) = s.mint(&s.admin, "web").await;
-    let token = v["token"].as_str().unwrap();
-    let (mut ws, resp) = s.websocket("web", "/ws", token).await;
+    let cookie = s.cookie(&s.admin, "web").await;
+    let (mut ws, resp) = s.websocket("web", "/ws", &cookie).await;
     assert_eq!(resp.status(), 101);
     assert_eq!(
         resp.headers()["referrer-policy"].to_str().unwrap(),
@@ -408,12 +483,11 @@ async fn exchange(tcp: &mut tokio::net::TcpStream, request: &str) -> (u16, Strin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_and_the_refusals_of_the_proxy() {
     let s = Setup::start().await;
-    let (_, v) = s.mint(&s.admin, "web").await;
-    let token = v["token"].as_str().unwrap().to_owned();
+    let pair = s.cookie(&s.admin, "web").await;
     let host = s.host("web");
     let get =
         |path: &str, extra: &str| format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n");
-    let cookie = format!("Cookie: rtunnel_proxy={token}\r\n");
+    let cookie = format!("Cookie: {pair}\r\n");
 
     // Keep-alive: three requests on one client connection, and the proxy
     // reuses its connection to the service.
@@ -439,8 +513,7 @@ async fn keep_alive_and_the_refusals_of_the_proxy() {
         ),
         (get("/?token=forged", ""), 401, "invalid_proxy_token"),
         (
-            get("/", &format!("Cookie: rtunnel_proxy={token}\r\n"))
-                .replace(&host, &s.host("secure")),
+            get("/", &cookie).replace(&host, &s.host("secure")),
             401,
             "invalid_proxy_token",
         ),
@@ -483,6 +556,8 @@ async fn keep_alive_and_the_refusals_of_the_proxy() {
     // The redirect after a token stays on this host, whatever the path
     // looks like (no open redirect through `//host` or `/\\host`).
     for path in ["//evil.example/x", "/\\evil.example/x"] {
+        let (_, v) = s.mint(&s.admin, "web").await;
+        let token = v["token"].as_str().unwrap();
         let mut tcp = tokio::net::TcpStream::connect(s.server.addr).await.unwrap();
         let request = get(&format!("{path}?token={token}"), "");
         let (status, head, _) = exchange(&mut tcp, &request).await;
@@ -592,9 +667,8 @@ async fn revoking_access_or_closing_the_session_cuts_what_is_open() {
 
     // Closing the session: the admin's open WebSocket ends, and the token
     // stops working.
-    let (_, v) = s.mint(&s.admin, "web").await;
-    let token = v["token"].as_str().unwrap().to_owned();
-    let (mut ws, _) = s.websocket("web", "/ws", &token).await;
+    let cookie = s.cookie(&s.admin, "web").await;
+    let (mut ws, _) = s.websocket("web", "/ws", &cookie).await;
     ws.send(Message::text("ping")).await.unwrap();
     assert_eq!(
         ws.next().await.unwrap().unwrap().into_text().unwrap(),
@@ -609,11 +683,76 @@ async fn revoking_access_or_closing_the_session_cuts_what_is_open() {
     let raw = s.client(false, &["web"]);
     let resp = raw
         .get(s.url("web", "/headers"))
-        .header("cookie", format!("rtunnel_proxy={token}"))
+        .header("cookie", &cookie)
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 410);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["code"], "session_ended");
+}
+
+/// With an https public URL (TLS ends at a reverse proxy in front), the
+/// cookie is `__Host-` prefixed and Secure, and answers carry HSTS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_https_the_cookie_is_host_prefixed_and_hsts_is_sent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(tmp.path(), &["--public-url", "https://127.0.0.1:8443"]).await;
+    let sys = enroll(&server, "customer-box");
+    let admin = user_with_token(&server, "root", "admin");
+    let app = WebApp::start().await;
+    let _agent = start_agent(&server, &sys, &format!("web={}", app.addr), &[]);
+    let session = active_session(&server, &admin, &sys.id).await;
+    let path = format!("/api/v1/sessions/{session}/proxy-token");
+    let (status, v) = api_call(
+        server.addr,
+        "POST",
+        &path,
+        Some(&admin),
+        Some(&json!({"service": "web"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let url = v["url"].as_str().unwrap();
+    let host = format!("web--{}.localhost:8443", session.replace('-', ""));
+    assert!(url.starts_with(&format!("https://{host}/?token=")), "{url}");
+    let token = v["token"].as_str().unwrap();
+    let request =
+        format!("GET /?token={token} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let (status, head, _) = http_raw_from("127.0.0.1".parse().unwrap(), server.addr, &request)
+        .await
+        .unwrap();
+    assert_eq!(status, 302, "{head}");
+    let cookie = header(&head, "set-cookie").unwrap();
+    assert!(cookie.starts_with("__Host-rtunnel_proxy="), "{cookie}");
+    for attr in ["; Secure", "; Path=/", "HttpOnly", "SameSite=Strict"] {
+        assert!(cookie.contains(attr), "{attr}: {cookie}");
+    }
+    assert_eq!(
+        header(&head, "strict-transport-security"),
+        Some("max-age=31536000")
+    );
+    assert_eq!(
+        header(&head, "location").unwrap(),
+        format!("https://{host}/")
+    );
+    let pair = cookie.split(';').next().unwrap();
+    let request = format!(
+        "GET /headers HTTP/1.1\r\nHost: {host}\r\nCookie: {pair}\r\nConnection: close\r\n\r\n"
+    );
+    let (status, head, body) = http_raw_from("127.0.0.1".parse().unwrap(), server.addr, &request)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{head}{body}");
+    assert!(header(&head, "strict-transport-security").is_some());
+    assert!(!body.contains("rtunnel_proxy"), "{body}");
+    // The plain-http name is not the cookie here.
+    let plain = pair.replace("__Host-", "");
+    let request = format!(
+        "GET /headers HTTP/1.1\r\nHost: {host}\r\nCookie: {plain}\r\nConnection: close\r\n\r\n"
+    );
+    let (status, _, _) = http_raw_from("127.0.0.1".parse().unwrap(), server.addr, &request)
+        .await
+        .unwrap();
+    assert_eq!(status, 401);
 }

@@ -140,5 +140,9 @@ async fn proxy_url(
             )
         })?;
     // Bound to the login or API token of the launch, like every proxy token.
-    Ok(crate::proxy::mint(state, holder, tunnel.session_id(), service)?.url)
+    Ok(
+        crate::proxy::mint(state, holder, tunnel.session_id(), service)
+            .await?
+            .url,
+    )
 }

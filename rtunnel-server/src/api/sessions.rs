@@ -435,7 +435,7 @@ pub(super) async fn proxy_token(
     )
     .await?;
     let holder = crate::revocation::Holder::from(&caller);
-    let grant = crate::proxy::mint(&state, holder, session.id, &body.service)?;
+    let grant = crate::proxy::mint(&state, holder, session.id, &body.service).await?;
     Ok(Json(serde_json::json!({
         "url": grant.url,
         "token": grant.token,

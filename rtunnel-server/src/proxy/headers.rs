@@ -3,16 +3,34 @@
 //! Pure functions over header maps, so every rule is unit-tested:
 //! hop-by-hop headers end at the proxy (RFC 9110 section 7.6.1), the
 //! service sees its own `Host` and the proxy's `X-Forwarded-*` (never the
-//! client's), the proxy's cookie never reaches the service, the service
-//! cannot set a cookie for other hosts or overwrite the proxy's, redirects
+//! client's), no rtunnel cookie (any named `rtunnel_*`, with or without a
+//! `__Host-`/`__Secure-` prefix) and no rtunnel credential in
+//! `Authorization` reaches the service, the service cannot set a cookie for
+//! other hosts or any rtunnel cookie, redirects
 //! to the service's own address come back to the proxy host, and every
 //! answer carries the security headers of the contract.
 
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::uri::Authority;
 
-/// The cookie holding a browser's proxy token.
+/// The cookie holding a browser's proxy credential on plain http.
 pub const COOKIE_NAME: &str = "rtunnel_proxy";
+
+/// The same on https: the `__Host-` prefix makes browsers refuse it unless
+/// it is `Secure`, for `Path=/` and without `Domain`, so no other host (a
+/// sibling proxy host, say) can set or shadow it.
+pub const SECURE_COOKIE_NAME: &str = "__Host-rtunnel_proxy";
+
+/// Whether a cookie is one of rtunnel's: never sent to a service, never set
+/// by one.
+pub fn is_rtunnel_cookie(name: &str) -> bool {
+    let lower = name.trim().to_ascii_lowercase();
+    let bare = lower
+        .strip_prefix("__host-")
+        .or_else(|| lower.strip_prefix("__secure-"))
+        .unwrap_or(&lower);
+    bare.starts_with("rtunnel_")
+}
 
 /// Headers that describe one connection, not the message (RFC 9110 7.6.1,
 /// plus the old `Keep-Alive` and `Proxy-Connection`).
@@ -102,12 +120,25 @@ pub fn to_upstream(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
     set(headers, "x-forwarded-for", &fwd.client_ip.to_string());
     set(headers, "x-forwarded-proto", fwd.scheme);
     set(headers, "x-forwarded-host", fwd.proxy_authority);
-    strip_proxy_cookie(headers);
+    strip_rtunnel_cookies(headers);
 }
 
-/// Removes the proxy's cookie from the `Cookie` headers (the service must
-/// never see a token that opens it).
-fn strip_proxy_cookie(headers: &mut HeaderMap) {
+/// Removes an `Authorization` header that holds an rtunnel credential (as
+/// `is_rtunnel` tells), so a service never sees a token that opens rtunnel.
+/// The service's own credentials pass.
+pub fn strip_rtunnel_authorization(headers: &mut HeaderMap, is_rtunnel: impl Fn(&str) -> bool) {
+    let ours = headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(&is_rtunnel));
+    if ours {
+        headers.remove(header::AUTHORIZATION);
+    }
+}
+
+/// Removes rtunnel's cookies from the `Cookie` headers (the service must
+/// never see a credential that opens rtunnel).
+fn strip_rtunnel_cookies(headers: &mut HeaderMap) {
     let kept: Vec<HeaderValue> = headers
         .get_all(header::COOKIE)
         .iter()
@@ -119,7 +150,7 @@ fn strip_proxy_cookie(headers: &mut HeaderMap) {
             let rest: Vec<&str> = text
                 .split(';')
                 .map(str::trim)
-                .filter(|pair| !pair.is_empty() && cookie_name(pair) != COOKIE_NAME)
+                .filter(|pair| !pair.is_empty() && !is_rtunnel_cookie(cookie_name(pair)))
                 .collect();
             (!rest.is_empty())
                 .then(|| HeaderValue::from_str(&rest.join("; ")).ok())
@@ -136,16 +167,18 @@ fn cookie_name(pair: &str) -> &str {
     pair.split_once('=').map_or(pair, |(n, _)| n).trim()
 }
 
-/// The values of the proxy's cookie in a request, in order.
-pub fn proxy_cookies(headers: &HeaderMap) -> Vec<&str> {
+/// The values of the cookie `name` in a request, in order, skipping pairs
+/// that are malformed or empty.
+pub fn proxy_cookies<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .filter(|(name, _)| name.trim() == COOKIE_NAME)
-        .map(|(_, value)| value.trim())
+        .filter(|(n, _)| n.trim() == name)
+        .map(|(_, value)| value.trim().trim_matches('"'))
+        .filter(|value| !value.is_empty())
         .collect()
 }
 
@@ -187,7 +220,7 @@ fn set_cookie_for_client(value: &HeaderValue) -> Option<HeaderValue> {
     };
     let mut parts = text.split(';');
     let pair = parts.next()?.trim();
-    if cookie_name(pair).eq_ignore_ascii_case(COOKIE_NAME) {
+    if is_rtunnel_cookie(cookie_name(pair)) {
         return None;
     }
     let mut out = pair.to_owned();
@@ -343,15 +376,40 @@ mod tests {
     }
 
     #[test]
-    fn the_proxy_cookie_never_reaches_the_service() {
+    fn no_rtunnel_cookie_reaches_the_service() {
         let mut h = map(&[
-            ("cookie", "a=1; rtunnel_proxy=TOKEN; b=2"),
-            ("cookie", "rtunnel_proxy=OTHER"),
+            (
+                "cookie",
+                "a=1; rtunnel_proxy=TOKEN; b=2; __Host-rtunnel_proxy=S; rtunnel_console=C",
+            ),
+            (
+                "cookie",
+                "rtunnel_proxy=OTHER; __Secure-RTUNNEL_x=1; rtunnelish=kept",
+            ),
         ]);
-        assert_eq!(proxy_cookies(&h), ["TOKEN", "OTHER"]);
+        assert_eq!(proxy_cookies(&h, COOKIE_NAME), ["TOKEN", "OTHER"]);
+        assert_eq!(proxy_cookies(&h, SECURE_COOKIE_NAME), ["S"]);
         to_upstream(&mut h, &fwd());
-        assert_eq!(all(&h, "cookie"), ["a=1; b=2"]);
-        assert!(proxy_cookies(&h).is_empty());
+        assert_eq!(all(&h, "cookie"), ["a=1; b=2", "rtunnelish=kept"]);
+        assert!(proxy_cookies(&h, COOKIE_NAME).is_empty());
+    }
+
+    #[test]
+    fn malformed_proxy_cookies_are_skipped_not_fatal() {
+        let junk = "rtunnel_proxy; rtunnel_proxy=; =x; rtunnel_proxy=\"\"; ".repeat(20);
+        let h = map(&[("cookie", &format!("{junk}rtunnel_proxy=REAL"))]);
+        assert_eq!(proxy_cookies(&h, COOKIE_NAME), ["REAL"]);
+    }
+
+    #[test]
+    fn rtunnel_credentials_in_authorization_are_removed_others_kept() {
+        let ours = |v: &str| v.starts_with("Bearer rtk_");
+        let mut h = map(&[("authorization", "Bearer rtk_abc.def")]);
+        strip_rtunnel_authorization(&mut h, ours);
+        assert!(h.get("authorization").is_none());
+        let mut h = map(&[("authorization", "Bearer the-apps-own")]);
+        strip_rtunnel_authorization(&mut h, ours);
+        assert_eq!(all(&h, "authorization"), ["Bearer the-apps-own"]);
     }
 
     #[test]
@@ -361,6 +419,8 @@ mod tests {
             ("set-cookie", "x=1;domain=.localhost;Secure"),
             ("set-cookie", "rtunnel_proxy=forged; Path=/"),
             ("set-cookie", "RTUNNEL_PROXY=forged"),
+            ("set-cookie", "__Host-rtunnel_proxy=forged; Secure; Path=/"),
+            ("set-cookie", "rtunnel_console=forged"),
         ]);
         to_client(&mut h, &fwd(), false);
         assert_eq!(

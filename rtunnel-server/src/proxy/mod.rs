@@ -3,10 +3,13 @@
 //!
 //! A request whose `Host` is `<service>--<session>.<proxy-domain>` (see
 //! [`host`]) comes here instead of the API. Its first visit carries a proxy
-//! token (`?token=`, minted by `POST /api/v1/sessions/{id}/proxy-token` or
-//! the launcher); the proxy checks it, stores `proxy_opened` in the audit
-//! log, sets the `rtunnel_proxy` cookie and redirects to the same URL
-//! without the token. Later requests carry the cookie: each one is checked
+//! link's token (`?token=`, minted by `POST /api/v1/sessions/{id}/proxy-token`
+//! or the launcher), which works once: the proxy checks it, takes it out of
+//! the ticket store, stores `proxy_opened` in the audit log, sets the
+//! `rtunnel_proxy` cookie (`__Host-rtunnel_proxy` on https) to a credential
+//! of its own (a [`TokenKind::ProxyCookie`], never a link) and redirects to
+//! the same URL without the token. A second use of the link gets a page
+//! saying so. Later requests carry the cookie: each one is checked
 //! (token, session, user, grant), counted into a [`visit`], and sent to the
 //! service through the tunnel ([`upstream`]) with its headers rewritten
 //! ([`headers`]). Bodies stream both ways with backpressure, and WebSocket
@@ -29,6 +32,7 @@ use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
 use rtunnel_auth::claims::{Claims, TokenKind};
 use rtunnel_core::store::{AuditEvent, SessionRecord, SessionStatus, User, now_millis};
+use rtunnel_core::ticket::Ticket;
 use rtunnel_core::token::TokenError;
 use uuid::Uuid;
 
@@ -38,7 +42,7 @@ use crate::registry::OpenError;
 use crate::revocation::Holder;
 use crate::state::AppState;
 use crate::terminal::TERMINAL_SERVICE;
-use headers::{COOKIE_NAME, Forwarding};
+use headers::{COOKIE_NAME, Forwarding, SECURE_COOKIE_NAME};
 use host::{ProxyHost, Routed};
 use upstream::{ConnectError, ProxyClient};
 use visit::{Direction, InFlight, Metered, VisitKey, Visitor, Visits};
@@ -74,9 +78,10 @@ pub struct ProxyGrant {
     pub expires_in: Duration,
 }
 
-/// Mints a proxy token for `user` (and the login it acts under) to reach
-/// `service` of `session_id`. The caller has checked access.
-pub fn mint(
+/// Mints a proxy link for `holder` (a user and the login or API token it
+/// acts under) to reach `service` of `session_id`, and records it as
+/// unused in the ticket store. The caller has checked access.
+pub async fn mint(
     state: &AppState,
     holder: Holder,
     session_id: Uuid,
@@ -89,6 +94,19 @@ pub fn mint(
     claims.sid = Some(session_id);
     claims.svc = Some(service.to_owned());
     let token = claims.sign(&*state.signer);
+    let unused = Ticket {
+        session_id,
+        user_id: holder.user_id,
+        login: holder.login,
+        token: holder.token,
+        expires_at: claims.exp,
+    };
+    state
+        .stores
+        .tickets
+        .put(link_key(&claims), unused)
+        .await
+        .map_err(|e| ApiError::unavailable("tickets_unavailable", e))?;
     let public = url::Url::parse(&state.config.public_url)
         .map_err(|e| ApiError::internal(format!("bad --public-url: {e}")))?;
     let port = public.port().map(|p| format!(":{p}")).unwrap_or_default();
@@ -104,6 +122,11 @@ pub fn mint(
     })
 }
 
+/// Where a link's "not used yet" mark is kept in the ticket store.
+fn link_key(claims: &Claims) -> String {
+    rtunnel_core::ticket::ticket_key(&format!("proxy-link:{}", claims.jti))
+}
+
 /// Whether `service` of a manifest can be reached through the proxy.
 pub fn proxiable(session: &SessionRecord, service: &str) -> bool {
     service != TERMINAL_SERVICE && session.services.iter().any(|s| s.name == service)
@@ -115,16 +138,30 @@ pub async fn dispatch(State(state): State<Arc<AppState>>, req: Request, next: Ne
     match host::route(req.headers(), req.uri(), &state.config.proxy_domain) {
         Routed::Api => next.run(req).await,
         Routed::Invalid(why) => ApiError::bad_request("invalid_host", why).into_response(),
-        Routed::Proxy(target) => match serve(state, target, req).await {
-            Ok(resp) => resp,
-            Err(e) => {
-                let mut resp = e.into_response();
-                resp.headers_mut()
-                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                headers::add_security_headers(resp.headers_mut());
-                resp
+        Routed::Proxy(target) => {
+            let https = public_scheme(&state) == "https";
+            let mut resp = match serve(state, target, req).await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    let mut resp = e.into_response();
+                    resp.headers_mut()
+                        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                    headers::add_security_headers(resp.headers_mut());
+                    resp
+                }
+            };
+            if https
+                && !resp
+                    .headers()
+                    .contains_key(header::STRICT_TRANSPORT_SECURITY)
+            {
+                resp.headers_mut().insert(
+                    header::STRICT_TRANSPORT_SECURITY,
+                    HeaderValue::from_static("max-age=31536000"),
+                );
             }
-        },
+            resp
+        }
     }
 }
 
@@ -137,10 +174,39 @@ fn public_scheme(state: &AppState) -> &'static str {
     }
 }
 
+/// The name of the proxy's cookie: `__Host-` prefixed on https.
+fn cookie_name(state: &AppState) -> &'static str {
+    if public_scheme(state) == "https" {
+        SECURE_COOKIE_NAME
+    } else {
+        COOKIE_NAME
+    }
+}
+
+/// Whether an `Authorization` value carries an rtunnel credential: an API
+/// token, a token this server signed, or a system's key in HTTP Basic.
+fn is_rtunnel_credential(state: &AppState, value: &str) -> bool {
+    let Some((scheme, credential)) = value.trim().split_once(' ') else {
+        return false;
+    };
+    let credential = credential.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return credential.starts_with(rtunnel_auth::api_token::PREFIX)
+            || state.signer.verify(credential).is_ok();
+    }
+    if scheme.eq_ignore_ascii_case("basic") {
+        use base64::Engine;
+        return base64::engine::general_purpose::STANDARD
+            .decode(credential)
+            .is_ok_and(|raw| raw.starts_with(b"sys_"));
+    }
+    false
+}
+
 async fn serve(
     state: Arc<AppState>,
     target: ProxyHost,
-    req: Request,
+    mut req: Request,
 ) -> Result<Response, ApiError> {
     let peer = req
         .extensions()
@@ -152,20 +218,36 @@ async fn serve(
     // for a client that already holds the cookie.
     let cookie = cookie_claims(&state, &target, req.headers());
     if let Some((token, rest)) = split_token(req.uri().query()) {
-        match verify(&state, &target, &token) {
+        match verify(&state, &target, &token, TokenKind::Proxy) {
             Ok(claims) => {
                 let path = req.uri().path().to_owned();
                 let to = (path.as_str(), rest.as_str());
-                return redeem(&state, &target, &token, claims, to, req.method(), peer).await;
+                let unused = state
+                    .stores
+                    .tickets
+                    .take(&link_key(&claims), now_millis())
+                    .await
+                    .map_err(|e| ApiError::unavailable("tickets_unavailable", e))?
+                    .is_some();
+                if unused {
+                    return redeem(&state, &target, claims, to, req.method(), peer).await;
+                }
+                // Used before: a browser that holds the cookie just goes on
+                // (the link clicked twice); anyone else is told.
+                if cookie.is_ok() {
+                    return redirect(&state, &target, to, req.method(), None);
+                }
+                return Ok(link_used(req.headers()));
             }
             Err(e) if cookie.is_err() => return Err(e),
             Err(_) => {}
         }
     }
-    if cookie.is_err() && needs_same_site_reload(req.headers()) {
+    if cookie.is_err() && needs_same_site_reload(&state, req.headers()) {
         return Ok(same_site_reload());
     }
     let claims = cookie?;
+    headers::strip_rtunnel_authorization(req.headers_mut(), |v| is_rtunnel_credential(&state, v));
     let holder = Holder {
         user_id: claims.sub,
         login: claims.fam,
@@ -208,18 +290,22 @@ fn split_token(query: Option<&str>) -> Option<(String, String)> {
     Some((token?, rest.join("&")))
 }
 
-fn verify(state: &AppState, target: &ProxyHost, token: &str) -> Result<Claims, ApiError> {
-    let claims =
-        Claims::verify(&*state.signer, token, TokenKind::Proxy, now_millis()).map_err(|e| {
-            let (code, message) = match e {
-                TokenError::Expired => (
-                    "proxy_token_expired",
-                    "this proxy link has expired; ask for a new one",
-                ),
-                _ => ("invalid_proxy_token", "this proxy token is not valid"),
-            };
-            ApiError::new(StatusCode::UNAUTHORIZED, code, message)
-        })?;
+fn verify(
+    state: &AppState,
+    target: &ProxyHost,
+    token: &str,
+    kind: TokenKind,
+) -> Result<Claims, ApiError> {
+    let claims = Claims::verify(&*state.signer, token, kind, now_millis()).map_err(|e| {
+        let (code, message) = match e {
+            TokenError::Expired => (
+                "proxy_token_expired",
+                "this proxy link has expired; ask for a new one",
+            ),
+            _ => ("invalid_proxy_token", "this proxy token is not valid"),
+        };
+        ApiError::new(StatusCode::UNAUTHORIZED, code, message)
+    })?;
     if claims.sid != Some(target.session_id) || claims.svc.as_deref() != Some(&target.service) {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -230,18 +316,50 @@ fn verify(state: &AppState, target: &ProxyHost, token: &str) -> Result<Claims, A
     Ok(claims)
 }
 
+/// The answer to a proxy link used a second time: a page for a browser,
+/// the envelope for anything else (410 `proxy_link_used` either way).
+fn link_used(request: &axum::http::HeaderMap) -> Response {
+    const MESSAGE: &str = "this proxy link was already used; ask rtunnel for a new one";
+    let wants_html = request
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"));
+    let mut resp = if wants_html {
+        const PAGE: &str = "<!doctype html><meta charset=\"utf-8\"><title>Link already used</title>\
+            <h1>This link was already used</h1>\
+            <p>A proxy link from rtunnel opens the service once, in the browser that opened it first. \
+            Ask rtunnel for a new link (or open the service from the console again).</p>";
+        let mut resp = (StatusCode::GONE, axum::response::Html(PAGE)).into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'"),
+        );
+        resp
+    } else {
+        ApiError::new(StatusCode::GONE, "proxy_link_used", MESSAGE).into_response()
+    };
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        "x-rtunnel-error",
+        HeaderValue::from_static("proxy_link_used"),
+    );
+    headers::add_security_headers(h);
+    resp
+}
+
 /// Whether a request lacks the proxy cookie only because the browser held
 /// it back: a top-level navigation started from another site (a link on
 /// the console, or the redirect after `?token=` when the link came from
 /// elsewhere) does not carry `SameSite=Strict` cookies.
-fn needs_same_site_reload(headers: &axum::http::HeaderMap) -> bool {
+fn needs_same_site_reload(state: &AppState, headers: &axum::http::HeaderMap) -> bool {
     let is = |name: &str, values: &[&str]| {
         headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| values.iter().any(|w| v.eq_ignore_ascii_case(w)))
     };
-    headers::proxy_cookies(headers).is_empty()
+    headers::proxy_cookies(headers, cookie_name(state)).is_empty()
         && is("sec-fetch-mode", &["navigate"])
         && is("sec-fetch-site", &["cross-site", "same-site"])
 }
@@ -263,16 +381,19 @@ fn same_site_reload() -> Response {
     resp
 }
 
-/// The claims of the request's proxy cookie.
+/// The claims of the request's proxy cookie. Every value of the cookie is
+/// tried (an application on this host can set cookies of that name too,
+/// but not valid ones): malformed or foreign values are skipped, not taken
+/// as the answer.
 fn cookie_claims(
     state: &AppState,
     target: &ProxyHost,
     headers: &axum::http::HeaderMap,
 ) -> Result<Claims, ApiError> {
-    let cookies = headers::proxy_cookies(headers);
+    let cookies = headers::proxy_cookies(headers, cookie_name(state));
     let mut last = None;
-    for value in cookies.iter().take(4) {
-        match verify(state, target, value) {
+    for value in cookies {
+        match verify(state, target, value, TokenKind::ProxyCookie) {
             Ok(claims) => return Ok(claims),
             Err(e) => last = Some(e),
         }
@@ -335,15 +456,15 @@ async fn check_access(
     Ok((session, user))
 }
 
-/// `?token=`: checks the token and the user's access, stores
-/// `proxy_opened`, sets the cookie and redirects to the same URL without
-/// the token (on this host: never anywhere else).
+/// `?token=` of a link not used before: checks the user's access, stores
+/// `proxy_opened`, sets the cookie (a credential of its own, for the rest of
+/// the link's life) and redirects to the same URL without the token (on
+/// this host: never anywhere else).
 async fn redeem(
     state: &AppState,
     target: &ProxyHost,
-    token: &str,
     claims: Claims,
-    (path, rest_of_query): (&str, &str),
+    to: (&str, &str),
     method: &Method,
     peer: SocketAddr,
 ) -> Result<Response, ApiError> {
@@ -360,19 +481,38 @@ async fn redeem(
     event.ip_address = Some(peer.ip().to_string());
     event.details = serde_json::json!({"service": target.service, "token_id": claims.jti});
     state.audit(event).await?;
-    let scheme = public_scheme(state);
+    let mut cookie = claims.clone();
+    cookie.typ = TokenKind::ProxyCookie;
+    cookie.jti = Uuid::new_v4();
+    let value = cookie.sign(&*state.signer);
     let max_age = (claims.exp - now_millis()).max(0) / 1000;
-    let secure = if scheme == "https" { "; Secure" } else { "" };
-    let cookie = format!(
-        "{COOKIE_NAME}={token}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}"
-    );
-    // Absolute, on the host just parsed: a path like `//evil.example` stays
-    // a path of this host.
+    let secure = if public_scheme(state) == "https" {
+        "; Secure"
+    } else {
+        ""
+    };
+    let name = cookie_name(state);
+    let set_cookie =
+        format!("{name}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}");
+    redirect(state, target, to, method, Some(&set_cookie))
+}
+
+/// A redirect to `path` and `rest_of_query` on the proxy host, optionally
+/// setting a cookie. Absolute, on the host just parsed: a path like
+/// `//evil.example` stays a path of this host.
+fn redirect(
+    state: &AppState,
+    target: &ProxyHost,
+    (path, rest_of_query): (&str, &str),
+    method: &Method,
+    set_cookie: Option<&str>,
+) -> Result<Response, ApiError> {
     let query = if rest_of_query.is_empty() {
         String::new()
     } else {
         format!("?{rest_of_query}")
     };
+    let scheme = public_scheme(state);
     let location = format!("{scheme}://{}{path}{query}", target.authority);
     let status = if matches!(*method, Method::GET | Method::HEAD) {
         StatusCode::FOUND
@@ -383,7 +523,9 @@ async fn redeem(
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(header::LOCATION, header_value(&location)?);
-    h.insert(header::SET_COOKIE, header_value(&cookie)?);
+    if let Some(cookie) = set_cookie {
+        h.insert(header::SET_COOKIE, header_value(cookie)?);
+    }
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers::add_security_headers(h);
     Ok(resp)

@@ -767,11 +767,27 @@ pub async fn api_call(
 /// A WebSocket to `path` on the proxy host `host` (with its port), opened
 /// on a TCP connection to `connect_to` (the server, or what fronts it),
 /// carrying the proxy cookie of `token`.
+/// Redeems a proxy link's token on `host` (sent to `connect_to`), as a
+/// browser's first visit does; returns the `name=value` of the cookie it
+/// set, for the requests that follow.
+pub async fn redeem_proxy_link(connect_to: SocketAddr, host: &str, token: &str) -> String {
+    let request =
+        format!("GET /?token={token} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let (status, head, body) = http_raw_from("127.0.0.1".parse().unwrap(), connect_to, &request)
+        .await
+        .unwrap();
+    assert_eq!(status, 302, "{head}{body}");
+    let set = header(&head, "set-cookie").unwrap();
+    set.split(';').next().unwrap().to_owned()
+}
+
+/// A WebSocket to `path` on the proxy host `host` (sent to `connect_to`),
+/// with `cookie` (`name=value`, from [`redeem_proxy_link`]).
 pub async fn proxy_websocket(
     connect_to: SocketAddr,
     host: &str,
     path: &str,
-    token: &str,
+    cookie: &str,
 ) -> (
     tokio_tungstenite::WebSocketStream<TcpStream>,
     tokio_tungstenite::tungstenite::handshake::client::Response,
@@ -780,7 +796,7 @@ pub async fn proxy_websocket(
     let request = tokio_tungstenite::tungstenite::http::Request::builder()
         .uri(format!("ws://{host}{path}"))
         .header("host", host)
-        .header("cookie", format!("rtunnel_proxy={token}"))
+        .header("cookie", cookie)
         .header("connection", "Upgrade")
         .header("upgrade", "websocket")
         .header("sec-websocket-version", "13")
