@@ -33,6 +33,11 @@ pub struct SessionToken {
     pub exp: i64,
     /// Issue time, Unix seconds.
     pub iat: i64,
+    /// The connection type launched (`guacamole`, `tsplus`, `rdp`, `ssh`),
+    /// so a gateway can refuse a token minted for another kind of launch.
+    /// Absent in tokens of older servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctype: Option<String>,
 }
 
 /// Signs and verifies session tokens with the launch key.
@@ -72,7 +77,7 @@ impl LaunchSigner {
     /// let signer = LaunchSigner::new(b"a launch key of 16+ bytes").unwrap();
     /// let payload = SessionToken {
     ///     sub: "user".into(), rid: "resource".into(), cid: "conn".into(),
-    ///     iat: 1_700_000_000, exp: 1_700_003_600,
+    ///     iat: 1_700_000_000, exp: 1_700_003_600, ctype: Some("ssh".into()),
     /// };
     /// let token = signer.sign(&payload);
     /// assert_eq!(token.matches('.').count(), 1);
@@ -120,6 +125,7 @@ mod tests {
             cid: "c1".into(),
             iat: 100,
             exp: 100 + SESSION_TOKEN_TTL.as_secs() as i64,
+            ctype: None,
         }
     }
 

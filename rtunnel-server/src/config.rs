@@ -114,6 +114,18 @@ impl ServerConfig {
                     .into(),
             );
         }
+        for (name, value) in [
+            ("POMERIUM_BASE_URL", &self.pomerium_base_url),
+            ("TSPLUS_BASE_URL", &self.tsplus_base_url),
+        ] {
+            if let Some(v) = value
+                && !crate::launcher::is_base_url(v)
+            {
+                return Err(format!(
+                    "{name} must be an http(s):// URL without query or fragment, not {v:?}"
+                ));
+            }
+        }
         Ok(())
     }
 }

@@ -13,6 +13,13 @@
 //!
 //! `pomerium_url` falls back to `POMERIUM_BASE_URL`, `tsplus_url` to
 //! `TSPLUS_BASE_URL`.
+//!
+//! No URL that is not `http(s)://` ever leaves: `external_url` must be one,
+//! base URLs (`pomerium_url`, `tsplus_url` and their fallbacks) must be one
+//! without a query or fragment, and a resource's `ip_address` must be a
+//! host name or an IP address. They are checked when a resource is written
+//! and again at every launch (a row written before these checks, or by hand,
+//! gives [`messages::NO_URL`], never its value).
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -122,6 +129,7 @@ pub fn session_url(
     let guacamole = |connection: String| {
         let base = meta(resource, "pomerium_url")
             .or(fallbacks.pomerium_base_url)
+            .filter(|b| is_base_url(b))
             .ok_or(messages::NO_URL)?;
         let encoded = encode_component(&STANDARD.encode(connection));
         Ok(format!(
@@ -130,10 +138,16 @@ pub fn session_url(
         ))
     };
     match kind {
-        ConnectionType::Direct => meta(resource, "external_url")
-            .or(resource.ip_address.as_deref().filter(|s| !s.is_empty()))
-            .map(str::to_owned)
-            .ok_or(messages::NO_URL),
+        ConnectionType::Direct => match meta(resource, "external_url") {
+            Some(url) if is_http_url(url) => Ok(url.to_owned()),
+            Some(_) => Err(messages::NO_URL),
+            None => resource
+                .ip_address
+                .as_deref()
+                .filter(|a| is_host(a))
+                .map(str::to_owned)
+                .ok_or(messages::NO_URL),
+        },
         ConnectionType::Guacamole => guacamole(
             meta(resource, "guacamole_connection_id")
                 .map(str::to_owned)
@@ -152,6 +166,7 @@ pub fn session_url(
         ConnectionType::Tsplus => {
             let base = meta(resource, "tsplus_url")
                 .or(fallbacks.tsplus_base_url)
+                .filter(|b| is_base_url(b))
                 .ok_or(messages::NO_URL)?;
             let tsplus_user = meta(resource, "tsplus_user")
                 .or(user.email.as_deref())
@@ -184,9 +199,13 @@ fn encode_component(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, KEEP).to_string()
 }
 
+/// Metadata keys holding base URLs, which the launcher extends: no query,
+/// no fragment.
+pub const BASE_URL_KEYS: [&str; 2] = ["pomerium_url", "tsplus_url"];
+
 /// Checks a resource's metadata: a JSON object whose launcher keys are
 /// strings, URL keys `http(s)://` URLs (a `javascript:` launch target must
-/// never reach a browser).
+/// never reach a browser), base URLs without query or fragment.
 pub fn validate_metadata(metadata: &serde_json::Value) -> Result<(), String> {
     let Some(map) = metadata.as_object() else {
         return Err("metadata must be a JSON object".into());
@@ -198,6 +217,11 @@ pub fn validate_metadata(metadata: &serde_json::Value) -> Result<(), String> {
                 if URL_KEYS.contains(&key) && !v.is_empty() && !is_http_url(v) {
                     return Err(format!("metadata.{key} must be an http(s):// URL"));
                 }
+                if BASE_URL_KEYS.contains(&key) && !v.is_empty() && !is_base_url(v) {
+                    return Err(format!(
+                        "metadata.{key} must be an http(s):// URL without query or fragment"
+                    ));
+                }
             }
             Some(_) => return Err(format!("metadata.{key} must be a string")),
         }
@@ -207,6 +231,44 @@ pub fn validate_metadata(metadata: &serde_json::Value) -> Result<(), String> {
 
 fn is_http_url(v: &str) -> bool {
     url::Url::parse(v).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
+}
+
+/// An `http(s)://` URL the launcher may extend with a path and a query.
+pub fn is_base_url(v: &str) -> bool {
+    is_http_url(v)
+        && url::Url::parse(v)
+            .is_ok_and(|u| u.query().is_none() && u.fragment().is_none() && !v.contains(['?', '#']))
+}
+
+/// Checks a resource's `ip_address`: a host name or an IP address.
+pub fn validate_host(v: &str) -> Result<(), String> {
+    if is_host(v) {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip_address must be a host name or an IP address, not {:?}",
+            v.chars().take(64).collect::<String>()
+        ))
+    }
+}
+
+/// A DNS host name (letters, digits, `-` and `_` in labels of 1 to 63,
+/// up to 253 in all) or an IPv4 or IPv6 address.
+fn is_host(v: &str) -> bool {
+    if v.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    let name = v.strip_suffix('.').unwrap_or(v);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 #[cfg(test)]
@@ -354,6 +416,72 @@ mod tests {
                 .unwrap()
                 .contains("user=alice&")
         );
+    }
+
+    #[test]
+    fn nothing_but_http_urls_and_hosts_leave_the_launcher() {
+        let u = user(None);
+        // A bad address written before the checks, or by hand.
+        for bad in ["javascript:alert(1)", "http://x/", "a b", "-x", "x..y", ""] {
+            let r = resource(json!({}), Some(bad));
+            assert_eq!(
+                session_url(&r, ConnectionType::Direct, &u, "t", &NONE),
+                Err(messages::NO_URL),
+                "{bad:?}"
+            );
+            if !bad.is_empty() {
+                assert!(validate_host(bad).is_err(), "{bad:?}");
+            }
+        }
+        for good in [
+            "10.0.1.50",
+            "::1",
+            "fe80::1",
+            "db1",
+            "db-1.corp.example",
+            "host_x.lan.",
+        ] {
+            assert!(validate_host(good).is_ok(), "{good:?}");
+            let r = resource(json!({}), Some(good));
+            assert_eq!(
+                session_url(&r, ConnectionType::Direct, &u, "t", &NONE).as_deref(),
+                Ok(good)
+            );
+        }
+        let r = resource(
+            json!({"external_url": "javascript:alert(1)"}),
+            Some("10.0.0.1"),
+        );
+        assert_eq!(
+            session_url(&r, ConnectionType::Direct, &u, "t", &NONE),
+            Err(messages::NO_URL)
+        );
+        // Base URLs with a query or fragment, or of another scheme.
+        for base in [
+            "https://p.example/?a=1",
+            "https://p.example/#x",
+            "javascript://p.example/",
+            "data:text/html,x",
+        ] {
+            let r = resource(json!({"pomerium_url": base, "tsplus_url": base}), None);
+            for kind in [ConnectionType::Guacamole, ConnectionType::Tsplus] {
+                assert_eq!(
+                    session_url(&r, kind, &u, "t", &NONE),
+                    Err(messages::NO_URL),
+                    "{base}"
+                );
+            }
+            assert!(
+                validate_metadata(&json!({"pomerium_url": base})).is_err(),
+                "{base}"
+            );
+        }
+        let env = Fallbacks {
+            pomerium_base_url: Some("https://pom.example/?x=1"),
+            tsplus_base_url: None,
+        };
+        let r = resource(json!({}), None);
+        assert!(session_url(&r, ConnectionType::Ssh, &u, "t", &env).is_err());
     }
 
     #[test]

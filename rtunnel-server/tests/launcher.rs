@@ -171,6 +171,8 @@ async fn every_connection_type_answers_its_url_with_a_signed_token_and_is_audite
     assert_eq!(token.rid, id);
     assert_eq!(token.cid, v["connectionId"].as_str().unwrap());
     assert_eq!(token.exp - token.iat, 3600);
+    // Gateways may check what kind of launch the token is for.
+    assert_eq!(token.ctype.as_deref(), Some("guacamole"));
 
     let (_, v) = launch(&s, Some(&op.token), &id, "rdp").await;
     let rdp = base64_of(&format!("rdp-{id}"));
@@ -317,6 +319,22 @@ async fn resources_are_checked_and_admin_only() {
         ),
         (
             json!({"name": "x", "metadata": [1]}),
+            400,
+            "invalid_resource",
+        ),
+        // `direct` falls back to the address: it must be a host or an IP.
+        (
+            json!({"name": "x", "ip_address": "javascript:alert(document.cookie)"}),
+            400,
+            "invalid_resource",
+        ),
+        (
+            json!({"name": "x", "ip_address": "https://evil.example/"}),
+            400,
+            "invalid_resource",
+        ),
+        (
+            json!({"name": "x", "metadata": {"pomerium_url": "https://p.example/?next=//evil"}}),
             400,
             "invalid_resource",
         ),

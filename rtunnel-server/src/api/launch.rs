@@ -70,7 +70,7 @@ pub(super) async fn launch(
         }
         _ => {
             let token = if kind.needs_token() {
-                session_token(&state, &user, &resource, connection_id)
+                session_token(&state, &user, &resource, connection_id, kind)
             } else {
                 String::new()
             };
@@ -104,7 +104,13 @@ pub(super) async fn launch(
     })))
 }
 
-fn session_token(state: &AppState, user: &User, resource: &Resource, cid: Uuid) -> String {
+fn session_token(
+    state: &AppState,
+    user: &User,
+    resource: &Resource,
+    cid: Uuid,
+    kind: ConnectionType,
+) -> String {
     let iat = now_millis() / 1000;
     state.launch_signer.sign(&SessionToken {
         sub: user.id.to_string(),
@@ -112,6 +118,7 @@ fn session_token(state: &AppState, user: &User, resource: &Resource, cid: Uuid) 
         cid: cid.to_string(),
         iat,
         exp: iat + SESSION_TOKEN_TTL.as_secs() as i64,
+        ctype: Some(kind.as_str().to_owned()),
     })
 }
 

@@ -83,8 +83,8 @@ impl ResourceBody {
                 "metadata is limited to {MAX_METADATA_BYTES} bytes"
             )));
         }
-        if self.ip_address.as_ref().is_some_and(|a| a.len() > 255) {
-            return Err(bad("ip_address is too long".into()));
+        if let Some(address) = self.ip_address.as_deref().filter(|a| !a.is_empty()) {
+            crate::launcher::validate_host(address).map_err(bad)?;
         }
         match (&self.system_id, &self.service) {
             (Some(system_id), Some(service)) => {
