@@ -8,9 +8,18 @@
 //! a graceful end: on shutdown, idle keep-alive connections close and
 //! requests in flight get a moment to finish.
 //!
+//! Connections are capped ([`ConnectionLimits`]): in all, and per client
+//! address (IPv4, or IPv6 /64; the trusted reverse proxies are exempt, they
+//! carry everyone's). A connection past a cap gets a short answer at once,
+//! 503 `server_busy` or 429 `too_many_connections` with the error
+//! envelope, and is closed: one client cannot hold every socket.
+//!
 //! [`ServerConfig::handshake_timeout`]: crate::ServerConfig::handshake_timeout
 
+use std::collections::HashMap;
 use std::convert::Infallible;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -18,7 +27,8 @@ use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
@@ -29,6 +39,115 @@ pub const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
 /// How long requests in flight may take to finish once shutdown starts.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
+/// How many connections the server holds at once.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    /// In all (`--max-connections`).
+    pub total: usize,
+    /// From one address, IPv4 or IPv6 /64 (`--max-connections-per-address`).
+    pub per_address: usize,
+    /// Addresses not capped one by one (the trusted reverse proxies).
+    pub exempt: crate::forwarded::TrustedProxies,
+}
+
+impl ConnectionLimits {
+    /// No caps (the node channel: only other nodes reach it).
+    pub fn none() -> Self {
+        ConnectionLimits {
+            total: usize::MAX,
+            per_address: usize::MAX,
+            exempt: Default::default(),
+        }
+    }
+}
+
+/// The connections held, in all and per address.
+#[derive(Debug, Default)]
+struct Held {
+    total: usize,
+    by_address: HashMap<String, usize>,
+}
+
+/// One held connection; released when dropped.
+struct Slot {
+    held: Arc<Mutex<Held>>,
+    address: Option<String>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.total -= 1;
+        if let Some(address) = &self.address
+            && let Some(n) = held.by_address.get_mut(address)
+        {
+            *n -= 1;
+            if *n == 0 {
+                held.by_address.remove(address);
+            }
+        }
+    }
+}
+
+/// Why a connection was turned away.
+enum Refused {
+    Total,
+    Address,
+}
+
+fn admit(held: &Arc<Mutex<Held>>, limits: &ConnectionLimits, ip: IpAddr) -> Result<Slot, Refused> {
+    let mut h = held.lock().unwrap_or_else(|p| p.into_inner());
+    if h.total >= limits.total {
+        return Err(Refused::Total);
+    }
+    let address = (!limits.exempt.contains(ip)).then(|| crate::ratelimit::budget_address(ip));
+    if let Some(address) = &address {
+        let n = h.by_address.get(address).copied().unwrap_or(0);
+        if n >= limits.per_address {
+            return Err(Refused::Address);
+        }
+        h.by_address.insert(address.clone(), n + 1);
+    }
+    h.total += 1;
+    Ok(Slot {
+        held: held.clone(),
+        address,
+    })
+}
+
+/// Answers a connection past a cap and closes it, within a second.
+async fn turn_away(mut tcp: TcpStream, why: Refused) {
+    let (status, code, message) = match why {
+        Refused::Total => (
+            "503 Service Unavailable",
+            "server_busy",
+            "the server holds as many connections as it may; try again shortly",
+        ),
+        Refused::Address => (
+            "429 Too Many Requests",
+            "too_many_connections",
+            "too many connections from your address; close some and try again",
+        ),
+    };
+    let body = serde_json::json!({
+        "success": false,
+        "error": message,
+        "code": code,
+        "trace_id": crate::error::new_trace_id(),
+    })
+    .to_string();
+    let answer = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Retry-After: 1\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = tcp.write_all(answer.as_bytes()).await;
+        let _ = tcp.shutdown().await;
+    })
+    .await;
+}
+
 /// Serves `router` on `listener` until `shutdown` resolves. Then the
 /// listener closes at once (nothing new lands on a process that is going
 /// away), `drain` runs while open connections still work (the server tells
@@ -37,9 +156,14 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     head_timeout: Duration,
+    limits: ConnectionLimits,
     shutdown: impl Future<Output = ()>,
     drain: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    let held = Arc::new(Mutex::new(Held::default()));
+    // Turned-away connections are logged in a summary, at most every 10 s.
+    let mut warned: Option<tokio::time::Instant> = None;
+    let mut refused = 0u64;
     let stopping = CancellationToken::new();
     let connections = TaskTracker::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -65,6 +189,23 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
+        let slot = match admit(&held, &limits, peer.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                refused += 1;
+                if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                    tracing::warn!(
+                        connections = refused,
+                        latest = %peer.ip(),
+                        "turned connections away: past --max-connections or --max-connections-per-address"
+                    );
+                    refused = 0;
+                    warned = Some(tokio::time::Instant::now());
+                }
+                connections.spawn(turn_away(tcp, why));
+                continue;
+            }
+        };
         let _ = tcp.set_nodelay(true);
         let service = router
             .clone()
@@ -78,6 +219,7 @@ pub async fn serve(
             .with_upgrades();
         let stopping = stopping.clone();
         connections.spawn(async move {
+            let _slot = slot;
             let mut conn = std::pin::pin!(conn);
             let ended = tokio::select! {
                 ended = conn.as_mut() => ended,

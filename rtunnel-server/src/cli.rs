@@ -120,6 +120,23 @@ struct ServeArgs {
     /// ignored).
     #[arg(long, env = "RTUNNEL_TRUSTED_PROXIES", default_value = "", value_parser = crate::forwarded::TrustedProxies::parse, global = true)]
     trusted_proxies: crate::forwarded::TrustedProxies,
+    /// Connections the server holds at once, in all; more are answered 503.
+    #[arg(
+        long,
+        env = "RTUNNEL_MAX_CONNECTIONS",
+        default_value_t = 16_384,
+        global = true
+    )]
+    max_connections: usize,
+    /// Connections held at once from one address (IPv4, or IPv6 /64; the
+    /// --trusted-proxies are exempt); more are answered 429.
+    #[arg(
+        long,
+        env = "RTUNNEL_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 512,
+        global = true
+    )]
+    max_connections_per_address: usize,
     /// How long audit events and closed access-log entries are kept
     /// (pruned daily), or `never` to keep them forever.
     #[arg(long, env = "RTUNNEL_AUDIT_RETENTION", default_value = "365d", value_parser = parse_retention, global = true)]
@@ -313,6 +330,9 @@ impl Failure {
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    // Whatever this process creates (database, WAL, keys, node id,
+    // recordings, directories) is its user's alone.
+    crate::keys::private_files();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
@@ -503,6 +523,8 @@ async fn serve(store_args: StoreArgs, args: ServeArgs, store: SqlStore) -> Resul
         trusted_proxies: args.trusted_proxies,
         audit_retention: args.audit_retention.0,
         refusal_report_interval: args.refusal_report_interval,
+        max_connections: args.max_connections,
+        max_connections_per_address: args.max_connections_per_address,
     };
     config.validate().map_err(Failure::usage)?;
     let server = Server::builder()

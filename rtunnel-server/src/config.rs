@@ -62,6 +62,11 @@ pub struct ServerConfig {
     pub audit_retention: Option<Duration>,
     /// How often counted refusals are reported (see [`crate::refusals`]).
     pub refusal_report_interval: Duration,
+    /// Connections held at once, in all (`--max-connections`).
+    pub max_connections: usize,
+    /// Connections held at once from one address, IPv4 or IPv6 /64
+    /// (`--max-connections-per-address`); trusted proxies are exempt.
+    pub max_connections_per_address: usize,
 }
 
 impl Default for ServerConfig {
@@ -92,6 +97,8 @@ impl Default for ServerConfig {
             trusted_proxies: crate::forwarded::TrustedProxies::default(),
             audit_retention: Some(crate::retention::DEFAULT_RETENTION),
             refusal_report_interval: Duration::from_secs(60),
+            max_connections: 16_384,
+            max_connections_per_address: 512,
         }
     }
 }
@@ -104,6 +111,11 @@ impl ServerConfig {
             return Err(format!(
                 "--max-streams-per-tunnel must be between 1 and {max}"
             ));
+        }
+        if self.max_connections == 0 || self.max_connections_per_address == 0 {
+            return Err(
+                "--max-connections and --max-connections-per-address must be at least 1".into(),
+            );
         }
         if self.heartbeat_interval < Duration::from_millis(100) {
             return Err("--heartbeat-interval must be at least 100ms".into());

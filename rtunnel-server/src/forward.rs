@@ -26,7 +26,6 @@ use uuid::Uuid;
 
 use crate::api::auth::{Authenticated, authorize};
 use crate::api::extract::Query;
-use crate::api::parse_id;
 use crate::error::ApiError;
 use crate::registry::{OpenError, TunnelStream};
 use crate::revocation::Holder;
@@ -50,8 +49,8 @@ pub(crate) async fn forward_endpoint(
 ) -> Result<Response, ApiError> {
     let holder = Holder::from(&caller);
     let user = caller.user;
-    let session_id = parse_id(&id, "session_not_found")?;
-    let session = crate::api::sessions::load(&state, session_id).await?;
+    let session = crate::api::sessions::readable(&state, &user, &id).await?;
+    let session_id = session.id;
     authorize(&state, &user, Action::Connect, session.system_id).await?;
     // In grace the agent is on its way back: the forward may open, and its
     // streams are told the agent is reconnecting until it is back.

@@ -55,11 +55,71 @@ fn too_short(path: &Path) -> ServerError {
     ))
 }
 
+/// Makes every file and directory this process creates from now on
+/// private to its user (umask 077): the database and its WAL, keys, the
+/// node id, recordings. The binaries call it first thing; an embedding
+/// service decides for itself.
+pub fn private_files() {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+}
+
+/// Creates the data directory (mode 0700) if it is missing; warns when an
+/// existing one is open to other users.
+pub fn ensure_data_dir(dir: &Path) -> Result<(), ServerError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| {
+                ServerError::Config(format!(
+                    "cannot create the data directory {}: {e}",
+                    dir.display()
+                ))
+            })?;
+        return Ok(());
+    }
+    if let Ok(meta) = std::fs::metadata(dir) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                dir = %dir.display(),
+                mode = format!("{mode:o}"),
+                "the data directory is open to other users; chmod 700 it (it holds the database and keys)"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a key file other users can read or write.
+fn check_key_file_mode(path: &Path) -> Result<(), ServerError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| ServerError::Config(format!("cannot read {}: {e}", path.display())))?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o007 != 0 {
+        return Err(ServerError::Config(format!(
+            "{} is open to every user (mode {mode:o}): run chmod 600 {} (or 640 for a group of its own)",
+            path.display(),
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Reads a hex key file; creates one of 32 random bytes if it is missing,
 /// except in production, where a missing key is an error naming `flag`.
+/// A key file other users can read is refused.
 fn load_or_create_key(path: &Path, production: bool, flag: &str) -> Result<Vec<u8>, ServerError> {
     let hex_key = match std::fs::read_to_string(path) {
-        Ok(s) => s.trim().to_owned(),
+        Ok(s) => {
+            check_key_file_mode(path)?;
+            s.trim().to_owned()
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !production => {
             let key = generate_hex(32);
             write_private(path, &key).map_err(|e| {
@@ -120,6 +180,19 @@ mod tests {
         }
         let b = load_or_create_signer(&path, false).unwrap();
         assert_eq!(b.verify(&a.sign(b"x")).unwrap(), b"x");
+    }
+
+    #[test]
+    fn a_key_file_open_to_every_user_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret.key");
+        load_or_create_signer(&path, false).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = load_or_create_signer(&path, false).unwrap_err().to_string();
+        assert!(e.contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(load_or_create_signer(&path, false).is_ok());
     }
 
     #[test]

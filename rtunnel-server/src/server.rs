@@ -81,6 +81,7 @@ impl ServerBuilder {
     /// returns a server ready to [`Server::serve`].
     pub async fn build(self) -> Result<Server, ServerError> {
         self.config.validate().map_err(ServerError::Config)?;
+        crate::keys::ensure_data_dir(&self.config.data_dir)?;
         let stores = match self.stores {
             Some(stores) => stores,
             None => Stores::sqlite(SqlStore::open(&self.config.data_dir.join("rtunnel.db")).await?),
@@ -255,16 +256,35 @@ impl Server {
             let stop = state.shutdown.clone();
             tokio::spawn(async move {
                 let stopped = async move { stop.cancelled().await };
-                if let Err(e) =
-                    crate::accept::serve(node_listener, router, head_timeout, stopped, async {})
-                        .await
+                if let Err(e) = crate::accept::serve(
+                    node_listener,
+                    router,
+                    head_timeout,
+                    crate::accept::ConnectionLimits::none(),
+                    stopped,
+                    async {},
+                )
+                .await
                 {
                     tracing::error!(error = %e, "the node channel failed");
                 }
             });
         }
         let head_timeout = state.config.handshake_timeout;
-        crate::accept::serve(listener, router, head_timeout, shutdown, drain(&state)).await
+        let limits = crate::accept::ConnectionLimits {
+            total: state.config.max_connections,
+            per_address: state.config.max_connections_per_address,
+            exempt: state.config.trusted_proxies.clone(),
+        };
+        crate::accept::serve(
+            listener,
+            router,
+            head_timeout,
+            limits,
+            shutdown,
+            drain(&state),
+        )
+        .await
     }
 }
 

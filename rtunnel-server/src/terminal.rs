@@ -94,6 +94,18 @@ pub(crate) async fn terminal_endpoint(
             "the login that asked for this ticket has ended",
         ));
     }
+    if let Some(token) = holder.token
+        && !state
+            .stores
+            .identity
+            .api_token(token)
+            .await?
+            .is_some_and(|t| t.is_live(now_millis()))
+    {
+        return Err(ApiError::unauthorized(
+            "the API token that asked for this ticket was revoked or has expired",
+        ));
+    }
     match session.status {
         SessionStatus::Active => {}
         SessionStatus::GracePeriod => {

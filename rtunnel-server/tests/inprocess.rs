@@ -333,17 +333,34 @@ async fn the_agent_opens_a_pty_only_for_a_terminal_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewers_and_operators_without_a_grant_cannot_forward() {
     let h = harness().await;
-    let (_, viewer) = user(&h, "vera", Role::Viewer).await;
+    let (vera, viewer) = user(&h, "vera", Role::Viewer).await;
     let (_, operator) = user(&h, "otto", Role::Operator).await;
-    for (token, code) in [(viewer, "forbidden"), (operator, "no_grant")] {
-        match Forwarder::connect(forward_config(&h, &token)).await {
-            Err(ForwardError::Dial(e)) => {
-                let text = e.to_string();
-                assert!(text.contains("403") && text.contains(code), "{text}");
+    // Without a grant the session is not there for them (404, as an
+    // unknown one); a viewer with a grant sees it but may not connect.
+    let refusal = |token: String| {
+        let config = forward_config(&h, &token);
+        async move {
+            match Forwarder::connect(config).await {
+                Err(ForwardError::Dial(e)) => e.to_string(),
+                other => panic!("expected a refusal, got {other:?}"),
             }
-            other => panic!("expected a refusal, got {other:?}"),
         }
+    };
+    for token in [viewer.clone(), operator] {
+        let text = refusal(token).await;
+        assert!(
+            text.contains("404") && text.contains("session_not_found"),
+            "{text}"
+        );
     }
+    h.state
+        .stores
+        .identity
+        .grant(vera.id, h.system, None, now_millis())
+        .await
+        .unwrap();
+    let text = refusal(viewer).await;
+    assert!(text.contains("403") && text.contains("forbidden"), "{text}");
     match Forwarder::connect(forward_config(&h, "rtk_00000000000000000000000000000000_x")).await {
         Err(ForwardError::Dial(e)) => assert!(e.to_string().contains("401"), "{e}"),
         other => panic!("expected 401, got {other:?}"),
@@ -559,10 +576,18 @@ async fn lists_paginate_and_every_error_answers_the_envelope() {
     let (status, v) = api(&h, "POST", "/api/v1/systems", &admin, Some(&big)).await;
     assert_eq!(status, 413, "{v}");
     assert_envelope(&v, "body_too_large");
+    // A session the caller may not see answers as an unknown one does.
     let session = format!("/api/v1/sessions/{}", h.session);
     let (status, v) = api(&h, "GET", &session, &viewer, None).await;
-    assert_eq!(status, 403);
-    assert_envelope(&v, "no_grant");
+    assert_eq!(status, 404);
+    assert_envelope(&v, "session_not_found");
+    for sub in ["services", "logs", "proxy-token", "terminal-ticket"] {
+        let path = format!("{session}/{sub}");
+        let method = if sub.contains('-') { "POST" } else { "GET" };
+        let body = (sub == "proxy-token").then_some(r#"{"service":"echo"}"#);
+        let (status, v) = api(&h, method, &path, &viewer, body).await;
+        assert_eq!(status, 404, "{path}: {v}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -856,12 +881,20 @@ async fn terminal_tickets_are_single_use_bound_to_session_and_role_checked() {
     let (_, viewer) = user(&h, "vic", Role::Viewer).await;
     let path = format!("/api/v1/sessions/{}/terminal-ticket", h.session);
 
-    // No grant yet: refused, and a viewer never gets one.
+    // No grant yet: the session is not there for her; a viewer never gets one.
     let (status, v) = api(&h, "POST", &path, &token, None).await;
-    assert_eq!(status, 403, "{v}");
-    assert_envelope(&v, "no_grant");
+    assert_eq!(status, 404, "{v}");
+    assert_envelope(&v, "session_not_found");
     let ids = &h.state.stores.identity;
     ids.grant(op.id, h.system, None, now_millis())
+        .await
+        .unwrap();
+    // A viewer without a grant does not see the session; with one, sees it
+    // but gets no ticket.
+    let (status, v) = api(&h, "POST", &path, &viewer, None).await;
+    assert_eq!(status, 404, "{v}");
+    let vic = ids.user_by_name("vic").await.unwrap().unwrap();
+    ids.grant(vic.id, h.system, None, now_millis())
         .await
         .unwrap();
     let (status, v) = api(&h, "POST", &path, &viewer, None).await;

@@ -355,3 +355,95 @@ async fn both_binaries_lift_their_soft_open_file_limit() {
         assert_eq!(lifted, hard, "{}", bin.display());
     }
 }
+
+/// Finding: a request body that never completes held its connection
+/// forever. The API waits for a body as long as for a head, then answers
+/// 408 `body_timeout` and closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_that_never_completes_is_answered_408_and_closed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(tmp.path(), &[]).await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(
+        b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+          Content-Length: 100\r\n\r\n{\"username\":",
+    )
+    .await
+    .unwrap();
+    let start = Instant::now();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(HANDSHAKE * 3, tcp.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the connection stayed open");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout"), "{answer}");
+    assert!(start.elapsed() >= HANDSHAKE - Duration::from_secs(1));
+}
+
+/// Finding: nothing capped the connections a client could hold. Past the
+/// per-address cap a connection is answered 429 at once and closed, past
+/// the global cap 503; other addresses are not held up by one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_capped_per_address_and_in_all() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(
+        tmp.path(),
+        &[
+            "--max-connections-per-address",
+            "3",
+            "--max-connections",
+            "5",
+        ],
+    )
+    .await;
+    let connect_from = |from: &str| {
+        let from: std::net::IpAddr = from.parse().unwrap();
+        let to = server.addr;
+        async move {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind((from, 0).into()).unwrap();
+            socket.connect(to).await.unwrap()
+        }
+    };
+    let answer_of = |mut s: TcpStream| async move {
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer))
+            .await
+            .expect("a refused connection is answered and closed at once")
+            .unwrap();
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    // Three idle connections from one address are held...
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(connect_from("127.0.0.7").await);
+    }
+    // (the server counts a connection once it accepted it)
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let fourth = answer_of(connect_from("127.0.0.7").await).await;
+    assert!(fourth.starts_with("HTTP/1.1 429"), "{fourth}");
+    assert!(fourth.contains("too_many_connections"), "{fourth}");
+    // ...another address still gets in, up to five in all.
+    held.push(connect_from("127.0.0.8").await);
+    held.push(connect_from("127.0.0.8").await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sixth = answer_of(connect_from("127.0.0.9").await).await;
+    assert!(sixth.starts_with("HTTP/1.1 503"), "{sixth}");
+    assert!(sixth.contains("server_busy"), "{sixth}");
+    // Closing one makes room again.
+    drop(held.pop());
+    let (status, _, _) = wait_for("a slot to free up", || async {
+        let request = "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        let answer = http_raw_from("127.0.0.9".parse().unwrap(), server.addr, request)
+            .await
+            .ok()?;
+        (answer.0 == 200).then_some(answer)
+    })
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        server.proc.log_text().contains("turned connections away"),
+        "{}",
+        server.proc.log_text()
+    );
+}

@@ -612,7 +612,12 @@ async fn keep_alive_and_the_refusals_of_the_proxy() {
     assert_eq!((status, v["code"].as_str()), (404, Some("unknown_service")));
     let (status, v) = s.mint(&s.admin, "terminal").await;
     assert_eq!((status, v["code"].as_str()), (404, Some("unknown_service")));
+    // A viewer without a grant does not see the session; with one, may
+    // not connect.
     let viewer = user_with_token(&s.server, "vera", "viewer");
+    let (status, _) = s.mint(&viewer, "web").await;
+    assert_eq!(status, 404);
+    s.server.admin(&["grant", "vera", "customer-box"]);
     let (status, _) = s.mint(&viewer, "web").await;
     assert_eq!(status, 403);
 }

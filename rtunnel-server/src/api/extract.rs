@@ -5,7 +5,10 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
+use std::sync::Arc;
+
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// Largest JSON request body accepted.
 pub const MAX_JSON_BODY_BYTES: usize = 64 * 1024;
@@ -26,15 +29,29 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
 }
 
 /// A JSON body, or 400 `invalid_body` (413 `body_too_large` past
-/// [`MAX_JSON_BODY_BYTES`], which the router enforces).
+/// [`MAX_JSON_BODY_BYTES`], which the router enforces; 408 `body_timeout`
+/// when the whole body has not arrived within the handshake timeout, so a
+/// body that never completes does not hold its connection).
 #[derive(Debug)]
 pub struct Json<T>(pub T);
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
+impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for Json<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(req, state).await {
+    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
+        let deadline = state.config.handshake_timeout;
+        let read = axum::Json::<T>::from_request(req, state);
+        let Ok(read) = tokio::time::timeout(deadline, read).await else {
+            return Err(ApiError::new(
+                axum::http::StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the request body did not arrive within {}",
+                    humantime::format_duration(deadline)
+                ),
+            ));
+        };
+        match read {
             Ok(j) => Ok(Json(j.0)),
             Err(e) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
                 Err(ApiError::new(

@@ -117,14 +117,21 @@ pub(super) async fn list(
     }))
 }
 
-/// Loads a session the user may read, or answers 404 / 403.
-async fn readable(
+/// Loads a session the user may read, or answers 404: a session of a
+/// system the caller holds no grant on is as absent as one that does not
+/// exist (its id tells nothing).
+pub(crate) async fn readable(
     state: &AppState,
     user: &rtunnel_core::store::User,
     raw_id: &str,
 ) -> Result<SessionRecord, ApiError> {
     let session = load(state, parse_id(raw_id, "session_not_found")?).await?;
-    authorize(state, user, Action::Read, session.system_id).await?;
+    if authorize(state, user, Action::Read, session.system_id)
+        .await
+        .is_err()
+    {
+        return Err(ApiError::not_found("session_not_found", "no such session"));
+    }
     Ok(session)
 }
 
