@@ -63,6 +63,7 @@ mod tests {
             service: "ssh".into(),
             kind: StreamKind::Tcp,
             terminal: None,
+            operator: None,
         };
         let sent = header.clone();
         let writer = tokio::spawn(async move { write_frame(&mut a, &sent).await });

@@ -192,6 +192,11 @@ pub struct StreamHeader {
     /// For a terminal: the size and who is asking.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terminal: Option<TerminalOpen>,
+    /// The operator the stream is for, as the server authenticated them
+    /// (never as the operator said): the agent can tell its customer who
+    /// came in, and the server counts each operator's streams.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<String>,
 }
 
 impl StreamHeader {
@@ -201,7 +206,14 @@ impl StreamHeader {
             service: service.into(),
             kind,
             terminal: None,
+            operator: None,
         }
+    }
+
+    /// The same header, for `operator`.
+    pub fn opened_by(mut self, operator: impl Into<String>) -> Self {
+        self.operator = Some(operator.into());
+        self
     }
 }
 
@@ -366,17 +378,22 @@ impl Validate for StreamHeader {
         validate_service_name(&self.service)?;
         if let Some(t) = &self.terminal {
             crate::terminal::check_size(t.cols, t.rows)?;
-            if t.operator.is_empty()
-                || t.operator.len() > MAX_OPERATOR_NAME
-                || t.operator.chars().any(char::is_control)
-            {
-                return Err(ProtoError::Malformed(format!(
-                    "operator name must be 1 to {MAX_OPERATOR_NAME} printable characters"
-                )));
-            }
+            validate_operator(&t.operator)?;
+        }
+        if let Some(operator) = &self.operator {
+            validate_operator(operator)?;
         }
         Ok(())
     }
+}
+
+fn validate_operator(name: &str) -> Result<(), ProtoError> {
+    if name.is_empty() || name.len() > MAX_OPERATOR_NAME || name.chars().any(char::is_control) {
+        return Err(ProtoError::Malformed(format!(
+            "operator name must be 1 to {MAX_OPERATOR_NAME} printable characters"
+        )));
+    }
+    Ok(())
 }
 
 impl Validate for StreamReply {
@@ -566,12 +583,14 @@ mod tests {
             service: "ssh".into(),
             kind: StreamKind::Tcp,
             terminal: None,
+            operator: None,
         });
         assert!(decode_stream_header(&good).unwrap().is_some());
         let bad = encode(&StreamHeader {
             service: "../etc".into(),
             kind: StreamKind::Tcp,
             terminal: None,
+            operator: None,
         });
         assert!(matches!(
             decode_stream_header(&bad),

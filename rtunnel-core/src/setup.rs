@@ -90,6 +90,7 @@ mod tests {
             service: service.into(),
             kind: StreamKind::Tcp,
             terminal: None,
+            operator: None,
         }
     }
 

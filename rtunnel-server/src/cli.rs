@@ -120,6 +120,10 @@ struct ServeArgs {
     /// ignored).
     #[arg(long, env = "RTUNNEL_TRUSTED_PROXIES", default_value = "", value_parser = crate::forwarded::TrustedProxies::parse, global = true)]
     trusted_proxies: crate::forwarded::TrustedProxies,
+    /// The most streams of one tunnel one operator may hold (default: half
+    /// of --max-streams-per-tunnel), so one cannot take them all.
+    #[arg(long, env = "RTUNNEL_MAX_STREAMS_PER_USER", global = true)]
+    max_streams_per_user: Option<usize>,
     /// Connections the server holds at once, in all; more are answered 503.
     #[arg(
         long,
@@ -523,6 +527,7 @@ async fn serve(store_args: StoreArgs, args: ServeArgs, store: SqlStore) -> Resul
         trusted_proxies: args.trusted_proxies,
         audit_retention: args.audit_retention.0,
         refusal_report_interval: args.refusal_report_interval,
+        max_streams_per_user: args.max_streams_per_user,
         max_connections: args.max_connections,
         max_connections_per_address: args.max_connections_per_address,
     };

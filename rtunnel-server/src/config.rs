@@ -62,6 +62,9 @@ pub struct ServerConfig {
     pub audit_retention: Option<Duration>,
     /// How often counted refusals are reported (see [`crate::refusals`]).
     pub refusal_report_interval: Duration,
+    /// The most streams of one tunnel one operator may hold
+    /// (`--max-streams-per-user`); `None`: half the tunnel's.
+    pub max_streams_per_user: Option<usize>,
     /// Connections held at once, in all (`--max-connections`).
     pub max_connections: usize,
     /// Connections held at once from one address, IPv4 or IPv6 /64
@@ -97,6 +100,7 @@ impl Default for ServerConfig {
             trusted_proxies: crate::forwarded::TrustedProxies::default(),
             audit_retention: Some(crate::retention::DEFAULT_RETENTION),
             refusal_report_interval: Duration::from_secs(60),
+            max_streams_per_user: None,
             max_connections: 16_384,
             max_connections_per_address: 512,
         }
@@ -104,6 +108,14 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
+    /// The most streams of one tunnel one operator may hold: the setting,
+    /// else half the tunnel's (at least one).
+    pub fn streams_per_user(&self) -> usize {
+        self.max_streams_per_user
+            .unwrap_or(self.max_streams_per_tunnel / 2)
+            .clamp(1, self.max_streams_per_tunnel.max(1))
+    }
+
     /// Checks the settings that have bounds; the message names the flag.
     pub fn validate(&self) -> Result<(), String> {
         let max = rtunnel_core::proto::MAX_OPEN_STREAMS;

@@ -277,7 +277,8 @@ async fn open_upstream(
     };
     // The agent hears a header this server built, never the operator's:
     // only the service name is taken from it, and the stream is `tcp`.
-    let header = StreamHeader::new(header.service.clone(), StreamKind::Tcp);
+    let header =
+        StreamHeader::new(header.service.clone(), StreamKind::Tcp).opened_by(&ctx.user.name);
     let timeout = state.config.handshake_timeout;
     tunnel
         .open_stream(&state.cluster, &header, timeout)
@@ -290,6 +291,13 @@ async fn open_upstream(
                 format!(
                     "this tunnel already carries {} streams (--max-streams-per-tunnel)",
                     state.config.max_streams_per_tunnel
+                ),
+            ),
+            OpenError::TooManyUserStreams => StreamReply::refused(
+                "user_stream_limit",
+                format!(
+                    "you hold {} of this tunnel's streams, as many as one operator may (--max-streams-per-user); close some",
+                    state.config.streams_per_user()
                 ),
             ),
             OpenError::Unavailable(e) => StreamReply::refused("agent_unavailable", e),

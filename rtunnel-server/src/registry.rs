@@ -24,6 +24,12 @@ pub enum OpenError {
     /// The tunnel carries `--max-streams-per-tunnel` streams already.
     #[error("this tunnel already carries as many streams as it may (--max-streams-per-tunnel)")]
     TooManyStreams,
+    /// The operator holds `--max-streams-per-user` of this tunnel's streams
+    /// already: the rest are for the others.
+    #[error(
+        "you hold as many of this tunnel's streams as one operator may (--max-streams-per-user); close some"
+    )]
+    TooManyUserStreams,
     /// The agent said no; its code and reason are passed on.
     #[error("the agent refused ({code}): {reason}")]
     Refused {
@@ -48,6 +54,26 @@ pub enum OpenError {
 pub struct TunnelStream {
     io: StreamIo,
     _permit: Option<OwnedSemaphorePermit>,
+    _share: Option<UserShare>,
+}
+
+/// One stream of an operator's share of a tunnel; given back when dropped.
+#[derive(Debug)]
+struct UserShare {
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    operator: String,
+}
+
+impl Drop for UserShare {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.operator) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.operator);
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -62,6 +88,7 @@ impl TunnelStream {
         TunnelStream {
             io: StreamIo::Node(io),
             _permit: None,
+            _share: None,
         }
     }
 }
@@ -147,6 +174,10 @@ pub struct LiveTunnel {
     pub control: mpsc::Sender<Control>,
     /// One permit per stream the tunnel may carry at once.
     pub streams: Arc<tokio::sync::Semaphore>,
+    /// Streams held per operator (by name), and how many one may hold.
+    pub shares: Arc<Mutex<HashMap<String, usize>>>,
+    /// The most streams of this tunnel one operator may hold.
+    pub max_streams_per_user: usize,
 }
 
 impl LiveTunnel {
@@ -167,6 +198,11 @@ impl LiveTunnel {
         timeout: Duration,
     ) -> Result<TunnelStream, OpenError> {
         admit(&self.services, header)?;
+        // An operator's share first: one operator cannot take every stream.
+        let share = match &header.operator {
+            Some(operator) => Some(self.take_share(operator)?),
+            None => None,
+        };
         // The limit refuses one stream and leaves the tunnel healthy.
         let permit = self
             .streams
@@ -182,11 +218,25 @@ impl LiveTunnel {
             Ok(()) => Ok(TunnelStream {
                 io: StreamIo::Tunnel(stream),
                 _permit: Some(permit),
+                _share: share,
             }),
             Err(SetupError::Refused { code, reason }) => Err(OpenError::Refused { code, reason }),
             Err(SetupError::Failed(e)) => Err(OpenError::Unavailable(e.to_string())),
             Err(SetupError::Timeout(_)) => Err(OpenError::Timeout),
         }
+    }
+
+    fn take_share(&self, operator: &str) -> Result<UserShare, OpenError> {
+        let mut shares = self.shares.lock().unwrap_or_else(|p| p.into_inner());
+        let held = shares.entry(operator.to_owned()).or_insert(0);
+        if *held >= self.max_streams_per_user {
+            return Err(OpenError::TooManyUserStreams);
+        }
+        *held += 1;
+        Ok(UserShare {
+            counts: self.shares.clone(),
+            operator: operator.to_owned(),
+        })
     }
 
     /// Tells the agent why, then closes the tunnel (a closed session also

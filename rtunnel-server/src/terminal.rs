@@ -237,7 +237,8 @@ async fn open_pty(
             "the agent of this session offers no terminal (--no-terminal)",
         ));
     }
-    let mut header = StreamHeader::new(TERMINAL_SERVICE, StreamKind::Terminal);
+    let mut header =
+        StreamHeader::new(TERMINAL_SERVICE, StreamKind::Terminal).opened_by(&user.name);
     header.terminal = Some(TerminalOpen {
         cols,
         rows,
@@ -252,6 +253,11 @@ async fn open_pty(
                 axum::http::StatusCode::SERVICE_UNAVAILABLE,
                 "too_many_streams",
                 "this tunnel carries as many streams as it may",
+            ),
+            e @ OpenError::TooManyUserStreams => ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "user_stream_limit",
+                e.to_string(),
             ),
             OpenError::Refused { code, reason } => ApiError::new(
                 axum::http::StatusCode::BAD_GATEWAY,

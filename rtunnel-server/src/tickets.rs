@@ -1,6 +1,7 @@
 //! Issuing and redeeming single-use tickets (see [`rtunnel_core::ticket`]).
 
 use rtunnel_auth::secret::generate_hex;
+use rtunnel_core::ratelimit::Rule;
 use rtunnel_core::store::now_millis;
 use rtunnel_core::ticket::{TICKET_LEN, TICKET_TTL, Ticket, ticket_key};
 use uuid::Uuid;
@@ -9,8 +10,43 @@ use crate::error::ApiError;
 use crate::revocation::Holder;
 use crate::state::AppState;
 
+/// How many tickets (terminal tickets and proxy links) one user may ask
+/// for: [`Rule::burst`](rtunnel_core::ratelimit::Rule) at once, then one
+/// more per interval, on every node together. The ticket store is shared:
+/// one user must not fill it for everyone.
+pub const TICKETS_PER_USER: Rule = Rule {
+    burst: 64,
+    interval: std::time::Duration::from_secs(1),
+};
+
+/// Spends one ticket of `user_id`'s budget, or answers 429
+/// `too_many_tickets` with `Retry-After`. A limiter that cannot answer lets
+/// the ticket through (and logs why).
+pub async fn spend_budget(state: &AppState, user_id: Uuid) -> Result<(), ApiError> {
+    let key = format!("tickets:user:{user_id}");
+    match state
+        .stores
+        .limiter
+        .reserve(&key, TICKETS_PER_USER, now_millis())
+        .await
+    {
+        Ok(None) => Ok(()),
+        Ok(Some(wait)) => Err(ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "too_many_tickets",
+            "you asked for too many terminal tickets or proxy links at once; try again in a moment",
+        )
+        .with_retry_after(wait.max(std::time::Duration::from_secs(1)))),
+        Err(e) => {
+            tracing::error!(error = %e, "rate limiter unavailable; ticket budget not checked");
+            Ok(())
+        }
+    }
+}
+
 /// A new ticket for `holder` on `session_id`, stored hashed.
 pub async fn issue(state: &AppState, session_id: Uuid, holder: Holder) -> Result<String, ApiError> {
+    spend_budget(state, holder.user_id).await?;
     let ticket = generate_hex(TICKET_LEN / 2);
     let held = Ticket {
         session_id,

@@ -394,6 +394,8 @@ async fn serve_tunnel(
         streams: Arc::new(tokio::sync::Semaphore::new(
             state.config.max_streams_per_tunnel,
         )),
+        shares: Default::default(),
+        max_streams_per_user: state.config.streams_per_user(),
     });
     for old in state.registry.insert(tunnel.clone()) {
         tracing::info!(system = %system.name, session = %old.session_id, "closing the replaced tunnel");

@@ -256,18 +256,21 @@ async fn forward_never_opens_a_terminal_whatever_header_the_operator_sends() {
             service: "terminal".into(),
             kind: StreamKind::Tcp,
             terminal: terminal_open("anyone"),
+            operator: None,
         },
         StreamHeader::new("terminal", StreamKind::Tcp),
         StreamHeader {
             service: "terminal".into(),
             kind: StreamKind::Terminal,
             terminal: terminal_open("anyone"),
+            operator: None,
         },
         StreamHeader::new("terminal", StreamKind::Http),
         StreamHeader {
             service: "echo".into(),
             kind: StreamKind::Terminal,
             terminal: terminal_open("anyone"),
+            operator: None,
         },
     ];
     for header in &hostile {
@@ -283,6 +286,7 @@ async fn forward_never_opens_a_terminal_whatever_header_the_operator_sends() {
         service: "echo".into(),
         kind: StreamKind::Tcp,
         terminal: terminal_open("anyone"),
+        operator: None,
     };
     let mut s = fwd.open_with(&header).await.unwrap();
     s.write_all(b"ping").await.unwrap();
@@ -302,16 +306,19 @@ async fn the_agent_opens_a_pty_only_for_a_terminal_stream() {
             service: "terminal".into(),
             kind: StreamKind::Tcp,
             terminal: terminal_open("anyone"),
+            operator: None,
         },
         StreamHeader {
             service: "terminal".into(),
             kind: StreamKind::Http,
             terminal: terminal_open("anyone"),
+            operator: None,
         },
         StreamHeader {
             service: "echo".into(),
             kind: StreamKind::Terminal,
             terminal: terminal_open("anyone"),
+            operator: None,
         },
     ];
     for header in &mixed {
@@ -325,6 +332,7 @@ async fn the_agent_opens_a_pty_only_for_a_terminal_stream() {
         service: "terminal".into(),
         kind: StreamKind::Terminal,
         terminal: terminal_open("olga"),
+        operator: None,
     };
     let (_s, reply) = ask_agent_with(&h, &good).await;
     assert_eq!(reply, StreamReply::Ok);
@@ -756,41 +764,82 @@ async fn streams_past_the_per_tunnel_limit_are_refused_while_the_others_carry_on
     let h = harness_full(
         Arc::new(AtomicBool::new(false)),
         Duration::from_millis(100),
-        2,
+        4,
     )
     .await;
-    let (_, token) = user(&h, "ann", Role::Admin).await;
-    let fwd = Forwarder::connect(forward_config(&h, &token))
-        .await
-        .unwrap();
-    let mut a = fwd.open().await.unwrap();
-    let mut b = fwd.open().await.unwrap();
-    match fwd.open().await {
-        Err(ForwardError::Refused { code, reason }) => {
-            assert_eq!(code, "too_many_streams");
-            assert!(reason.contains("2 streams"), "{reason}");
+    let forward_as = |name: &'static str| {
+        let h = &h;
+        async move {
+            let (_, token) = user(h, name, Role::Admin).await;
+            Forwarder::connect(forward_config(h, &token)).await.unwrap()
         }
-        other => panic!("expected too_many_streams, got {other:?}"),
-    }
+    };
+    let refusal = |r: Result<rtunnel_core::mux::YamuxStream, ForwardError>| match r {
+        Err(ForwardError::Refused { code, reason }) => (code, reason),
+        Err(e) => panic!("not a refusal: {e}"),
+        Ok(_) => panic!("a stream past the limit was opened"),
+    };
+    // One operator holds at most half the tunnel's streams...
+    let ann = forward_as("ann").await;
+    let mut a = ann.open().await.unwrap();
+    let mut b = ann.open().await.unwrap();
+    let (code, reason) = refusal(ann.open().await);
+    assert_eq!(code, "user_stream_limit", "{reason}");
+    assert!(reason.contains("2 of this tunnel's streams"), "{reason}");
+    // ...so another still gets the rest, until the tunnel is full.
+    let bob = forward_as("bob").await;
+    let _c = bob.open().await.unwrap();
+    let _d = bob.open().await.unwrap();
+    let carl = forward_as("carl").await;
+    let (code, reason) = refusal(carl.open().await);
+    assert_eq!(code, "too_many_streams");
+    assert!(reason.contains("4 streams"), "{reason}");
     for s in [&mut a, &mut b] {
         s.write_all(b"ok").await.unwrap();
         let mut got = [0u8; 2];
         s.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"ok");
     }
-    // Closing one frees its place.
+    // Closing one frees its place, for its operator.
     a.shutdown().await.unwrap();
     let mut rest = Vec::new();
     a.read_to_end(&mut rest).await.unwrap();
     let mut c = wait_for("a free stream", || {
-        let fwd = fwd.clone();
-        async move { fwd.open().await.ok() }
+        let ann = ann.clone();
+        async move { ann.open().await.ok() }
     })
     .await;
     c.write_all(b"c").await.unwrap();
     let mut got = [0u8; 1];
     c.read_exact(&mut got).await.unwrap();
     assert_eq!(h.state.registry.len(), 1);
+}
+
+/// Finding: one operator could fill the shared ticket store for everyone.
+/// Tickets and proxy links come out of a per-user budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_user_cannot_take_every_ticket() {
+    let h = harness().await;
+    let (_, ann) = user(&h, "ann", Role::Admin).await;
+    let (_, bob) = user(&h, "bob", Role::Admin).await;
+    let path = format!("/api/v1/sessions/{}/terminal-ticket", h.session);
+    let links = format!("/api/v1/sessions/{}/proxy-token", h.session);
+    for i in 0..64 {
+        // Tickets and links spend the same budget.
+        let (status, v) = if i % 2 == 0 {
+            api(&h, "POST", &path, &ann, None).await
+        } else {
+            api(&h, "POST", &links, &ann, Some(r#"{"service":"echo"}"#)).await
+        };
+        assert_eq!(status, 200, "{i}: {v}");
+    }
+    let (status, v) = api(&h, "POST", &path, &ann, None).await;
+    assert_eq!(status, 429, "{v}");
+    assert_envelope(&v, "too_many_tickets");
+    let (status, v) = api(&h, "POST", &links, &ann, Some(r#"{"service":"echo"}"#)).await;
+    assert_eq!(status, 429, "{v}");
+    let (status, v) = api(&h, "POST", &path, &bob, None).await;
+    assert_eq!(status, 200, "another user is not held up: {v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -184,6 +184,7 @@ async fn open_endpoint(
 fn open_refusal(e: OpenError) -> Response {
     let (status, code) = match &e {
         OpenError::TooManyStreams => (StatusCode::SERVICE_UNAVAILABLE, "too_many_streams"),
+        OpenError::TooManyUserStreams => (StatusCode::TOO_MANY_REQUESTS, "user_stream_limit"),
         OpenError::Refused { .. } => (StatusCode::BAD_GATEWAY, "agent_refused"),
         OpenError::Unavailable(_) => (StatusCode::BAD_GATEWAY, "agent_unavailable"),
         OpenError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "agent_timeout"),
@@ -276,6 +277,7 @@ async fn open_once(
     };
     Err(match (refusal.code.as_str(), refusal.agent_code) {
         ("too_many_streams", _) => OpenError::TooManyStreams,
+        ("user_stream_limit", _) => OpenError::TooManyUserStreams,
         ("agent_timeout", _) => OpenError::Timeout,
         ("agent_refused", Some(code)) => OpenError::Refused {
             code,

@@ -87,6 +87,7 @@ pub async fn mint(
     session_id: Uuid,
     service: &str,
 ) -> Result<ProxyGrant, ApiError> {
+    crate::tickets::spend_budget(state, holder.user_id).await?;
     let ttl = state.config.proxy_token_ttl;
     let mut claims = Claims::new(TokenKind::Proxy, holder.user_id, now_millis(), ttl);
     claims.fam = holder.login;
@@ -254,6 +255,7 @@ async fn serve(
         token: claims.tok,
     };
     let (session, user) = check_access(&state, &target, holder).await?;
+    let operator = user.name.clone();
     let visitor = Visitor {
         name: user.name,
         system_id: session.system_id,
@@ -265,7 +267,19 @@ async fn serve(
         service: target.service.clone(),
     };
     let in_flight = Visits::enter(&state, key, &visitor).await?;
-    forward(&state, &target, &session, req, peer, in_flight).await
+    let to = Upstream {
+        target: &target,
+        session: &session,
+        operator: &operator,
+    };
+    forward(&state, to, req, peer, in_flight).await
+}
+
+/// Where a proxied request goes, and for whom.
+struct Upstream<'a> {
+    target: &'a ProxyHost,
+    session: &'a SessionRecord,
+    operator: &'a str,
 }
 
 /// The `token` parameter of a query, and the query without it (raw pieces
@@ -538,8 +552,11 @@ fn header_value(s: &str) -> Result<HeaderValue, ApiError> {
 /// Sends the request to the service and streams the answer back.
 async fn forward(
     state: &Arc<AppState>,
-    target: &ProxyHost,
-    session: &SessionRecord,
+    Upstream {
+        target,
+        session,
+        operator,
+    }: Upstream<'_>,
     mut req: Request,
     peer: SocketAddr,
     in_flight: InFlight,
@@ -562,8 +579,8 @@ async fn forward(
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_owned();
-    let uri =
-        upstream::upstream_uri(&target.service, target.session_id, &path).ok_or_else(|| {
+    let uri = upstream::upstream_uri(&target.service, target.session_id, operator, &path)
+        .ok_or_else(|| {
             ApiError::bad_request(
                 "invalid_request_target",
                 "the request target cannot be forwarded",
@@ -647,6 +664,12 @@ fn upstream_error(e: &hyper_util::client::legacy::Error) -> ApiError {
             "the agent is reconnecting; try again in a moment",
         )
         .with_retry_after(RECONNECT_RETRY),
+        Some(ConnectError::Open(e @ OpenError::TooManyUserStreams)) => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "user_stream_limit",
+            e.to_string(),
+        )
+        .with_retry_after(Duration::from_secs(1)),
         Some(ConnectError::Open(OpenError::TooManyStreams)) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "too_many_streams",

@@ -53,11 +53,28 @@ pub fn client(cluster: Arc<Cluster>, setup_timeout: Duration) -> ProxyClient {
 }
 
 /// The URI the client is asked for: its authority names the tunnel stream
-/// to open (and keys the pool), the rest is the request target.
-pub fn upstream_uri(service: &str, session_id: Uuid, path_and_query: &str) -> Option<Uri> {
-    format!("http://{service}--{}{path_and_query}", session_id.simple())
-        .parse()
-        .ok()
+/// to open and the operator it is for (hex in the user part), and keys the
+/// pool, so a connection to a service is never shared between operators;
+/// the rest is the request target.
+pub fn upstream_uri(
+    service: &str,
+    session_id: Uuid,
+    operator: &str,
+    path_and_query: &str,
+) -> Option<Uri> {
+    format!(
+        "http://{}@{service}--{}{path_and_query}",
+        hex::encode(operator),
+        session_id.simple()
+    )
+    .parse()
+    .ok()
+}
+
+/// The operator of an upstream URI's authority.
+fn operator_of(authority: &axum::http::uri::Authority) -> Option<String> {
+    let (user, _) = authority.as_str().split_once('@')?;
+    String::from_utf8(hex::decode(user).ok()?).ok()
 }
 
 /// Why no connection to the service could be made.
@@ -106,8 +123,9 @@ impl tower::Service<Uri> for TunnelConnector {
                 .rsplit_once("--")
                 .ok_or(ConnectError::BadUri)?;
             let session = Uuid::try_parse(session).map_err(|_| ConnectError::BadUri)?;
+            let operator = operator_of(authority).ok_or(ConnectError::BadUri)?;
             let tunnel = cluster.route(session).await.ok_or(ConnectError::NoTunnel)?;
-            let header = StreamHeader::new(service, StreamKind::Http);
+            let header = StreamHeader::new(service, StreamKind::Http).opened_by(operator);
             let stream = tunnel.open_stream(&cluster, &header, timeout).await?;
             Ok(TunnelConnection {
                 io: TokioIo::new(stream),
