@@ -189,3 +189,39 @@ mod tests {
         );
     }
 }
+
+/// The property the `terminal_frames` fuzz target checks, shared with the
+/// corpus replay test so both run the same code. Not part of the API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// Reading never panics nor takes more than a message's limit; every
+    /// message read is within bounds and writes back to bytes that read as
+    /// the same message.
+    pub fn check_terminal_frames(data: &[u8]) {
+        futures::executor::block_on(async {
+            let mut r = data;
+            let mut read = 0usize;
+            while let Ok(Some(msg)) = read_msg(&mut r).await {
+                read += 1;
+                assert!(read <= data.len(), "more messages than bytes");
+                match &msg {
+                    TermMsg::Data(bytes) => assert!(bytes.len() <= MAX_TERMINAL_MESSAGE),
+                    TermMsg::Resize { cols, rows } => assert!(check_size(*cols, *rows).is_ok()),
+                    TermMsg::Exit { .. } => {}
+                }
+                let mut again = Vec::new();
+                write_msg(&mut again, &msg)
+                    .await
+                    .unwrap_or_else(|e| panic!("a message read cannot be written: {e}"));
+                let mut back = &again[..];
+                assert_eq!(
+                    read_msg(&mut back).await.ok().flatten().as_ref(),
+                    Some(&msg)
+                );
+                assert!(back.is_empty());
+            }
+        });
+    }
+}

@@ -19,3 +19,20 @@ fn proto_frames_corpus_replays_cleanly() {
         dir.display()
     );
 }
+
+#[test]
+fn terminal_frames_corpus_replays_cleanly() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/terminal_frames");
+    let mut count = 0;
+    for entry in std::fs::read_dir(&dir).expect("the fuzz corpus is committed") {
+        let path = entry.expect("readable corpus entry").path();
+        let data = std::fs::read(&path).expect("readable corpus file");
+        rtunnel_core::terminal::fuzzing::check_terminal_frames(&data);
+        count += 1;
+    }
+    assert!(
+        count >= 10,
+        "only {count} corpus files in {}",
+        dir.display()
+    );
+}

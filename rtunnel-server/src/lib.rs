@@ -46,6 +46,8 @@ pub mod terminal;
 pub mod tickets;
 mod tunnel;
 
+pub mod fuzzing;
+
 pub use config::ServerConfig;
 pub use server::{Server, ServerBuilder, ServerError};
 pub use state::{AppState, Stores};
