@@ -207,12 +207,18 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
 /// meanwhile. `instead` names the better ways to pass it.
 fn hide_credential(value: Option<&str>, what: &str, instead: &str) {
     let Some(value) = value else { return };
-    match crate::harden::scrub_from_process(value) {
-        Ok(scrubbed) if scrubbed.command_line == 0 => {}
-        Ok(_) => tracing::warn!(
+    let scrubbed = crate::harden::scrub_from_process(value);
+    // Whatever the scrub did, the command line as it reads now decides.
+    let visible = std::env::args_os().any(|a| a.to_string_lossy().contains(value));
+    match (scrubbed, visible) {
+        (Ok(s), false) if s.command_line > 0 => tracing::warn!(
             "{what} was given on the command line: it is hidden from ps now, but was visible until this moment; use {instead}"
         ),
-        Err(e) => tracing::warn!(
+        (_, false) => {}
+        (Ok(_), true) => tracing::warn!(
+            "{what} was given on the command line, where ps shows it (too short to hide safely); use {instead}"
+        ),
+        (Err(e), true) => tracing::warn!(
             "{what} was given on the command line, where ps shows it, and cannot be hidden ({e}); use {instead}"
         ),
     }

@@ -68,6 +68,19 @@ struct Held {
     by_address: HashMap<String, usize>,
 }
 
+/// A connection's place under the caps, in its requests' extensions: a
+/// handler that upgrades the connection (a WebSocket) keeps a clone for as
+/// long as the upgraded connection lives, so it stays counted after hyper
+/// has let go of it.
+#[derive(Clone)]
+pub struct HeldConnection(#[allow(dead_code)] Arc<Slot>);
+
+impl std::fmt::Debug for HeldConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HeldConnection")
+    }
+}
+
 /// One held connection; released when dropped.
 struct Slot {
     held: Arc<Mutex<Held>>,
@@ -207,10 +220,13 @@ pub async fn serve(
             }
         };
         let _ = tcp.set_nodelay(true);
+        let held = HeldConnection(Arc::new(slot));
+        let for_requests = held.clone();
         let service = router
             .clone()
             .map_request(move |mut req: axum::http::Request<Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(peer));
+                req.extensions_mut().insert(for_requests.clone());
                 req
             })
             .map_err(|e: Infallible| match e {});
@@ -219,7 +235,7 @@ pub async fn serve(
             .with_upgrades();
         let stopping = stopping.clone();
         connections.spawn(async move {
-            let _slot = slot;
+            let _held = held;
             let mut conn = std::pin::pin!(conn);
             let ended = tokio::select! {
                 ended = conn.as_mut() => ended,

@@ -45,6 +45,7 @@ pub(crate) async fn forward_endpoint(
     Path(id): Path<String>,
     Query(q): Query<ForwardQuery>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    held: Option<axum::Extension<crate::accept::HeldConnection>>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let holder = Holder::from(&caller);
@@ -90,6 +91,8 @@ pub(crate) async fn forward_endpoint(
         .max_message_size(MAX_WS_MESSAGE_BYTES)
         .max_frame_size(MAX_WS_MESSAGE_BYTES)
         .on_upgrade(move |socket| async move {
+            // The connection stays counted under the caps while it lives.
+            let _held = held;
             let ctx = Arc::new(ForwardCtx {
                 state,
                 user,

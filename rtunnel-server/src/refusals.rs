@@ -4,12 +4,16 @@
 //! nobody may write to it at will. A request to the tunnel endpoint without
 //! credentials is anonymous noise (scanners, health checks of the wrong
 //! port): it is counted and logged in a summary, never audited. An attempt
-//! refused because its failure budget is spent is counted per name and
-//! address, and one audit event per name and address says how many there
-//! were in each [`ServerConfig::refusal_report_interval`]
-//! (`tunnel_auth_failed` / `login_failed` with `reason: "rate_limited"` and
-//! `attempts`). What is audited one by one is bounded by the budgets
-//! (see [`crate::ratelimit`]), which are spent before the audit is written.
+//! refused because its failure budget is spent is counted per address (the
+//! names it tried are the attacker's to choose, so they do not make rows of
+//! their own: their number and a few of them go in the event), and one audit
+//! event per address says how many there were in each
+//! [`ServerConfig::refusal_report_interval`] (`tunnel_auth_failed` /
+//! `login_failed` with `reason: "rate_limited"`, `attempts`, `names`,
+//! `sample_names`). At most [`MAX_THROTTLED_ADDRESSES`] addresses get an event
+//! of their own per interval; the rest share one `auth_throttled` event. What
+//! is audited one by one is bounded by the budgets (see [`crate::ratelimit`]),
+//! which are spent before the audit is written.
 //!
 //! [`ServerConfig::refusal_report_interval`]: crate::config::ServerConfig::refusal_report_interval
 
@@ -21,9 +25,15 @@ use rtunnel_core::store::AuditEvent;
 
 use crate::state::AppState;
 
-/// Most names and addresses counted in one interval; past it, throttled
-/// attempts are counted in one line for all the rest.
-pub const MAX_THROTTLED_KEYS: usize = 10_000;
+/// Most addresses (per event) reported one by one per interval; past it,
+/// throttled attempts are counted in one event for all the rest.
+pub const MAX_THROTTLED_ADDRESSES: usize = 100;
+
+/// Names kept as samples in one address's event.
+const SAMPLE_NAMES: usize = 3;
+
+/// Distinct names counted per address (past it, the count says "at least").
+const MAX_COUNTED_NAMES: usize = 1_000;
 
 /// The counts since the server started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -37,15 +47,21 @@ pub struct RefusalCounts {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Throttled {
     event: &'static str,
-    name: String,
     addr: String,
+}
+
+/// What one address tried in one interval.
+#[derive(Debug, Default)]
+struct Tried {
+    attempts: u64,
+    names: std::collections::HashSet<String>,
 }
 
 #[derive(Debug, Default)]
 struct Pending {
     anonymous_tunnel: u64,
-    throttled: HashMap<Throttled, u64>,
-    /// Throttled attempts past [`MAX_THROTTLED_KEYS`].
+    throttled: HashMap<Throttled, Tried>,
+    /// Throttled attempts past [`MAX_THROTTLED_ADDRESSES`].
     overflow: u64,
 }
 
@@ -75,17 +91,18 @@ impl Refusals {
         self.throttled.fetch_add(1, Ordering::Relaxed);
         let key = Throttled {
             event,
-            name: name.chars().take(64).collect(),
             addr: addr.to_owned(),
         };
         let mut pending = self.lock();
-        let room = pending.throttled.len() < MAX_THROTTLED_KEYS;
-        match pending.throttled.get_mut(&key) {
-            Some(n) => *n += 1,
-            None if room => {
-                pending.throttled.insert(key, 1);
-            }
-            None => pending.overflow += 1,
+        let room = pending.throttled.len() < MAX_THROTTLED_ADDRESSES;
+        if !room && !pending.throttled.contains_key(&key) {
+            pending.overflow += 1;
+            return;
+        }
+        let tried = pending.throttled.entry(key).or_default();
+        tried.attempts += 1;
+        if tried.names.len() < MAX_COUNTED_NAMES {
+            tried.names.insert(name.chars().take(64).collect());
         }
     }
 
@@ -113,24 +130,30 @@ impl Refusals {
             tracing::warn!(
                 attempts = pending.overflow,
                 window_secs = window,
-                "refused more throttled attempts, from too many names and addresses to list"
+                "refused more throttled attempts, from too many addresses to list"
             );
             let mut event = AuditEvent::new("auth_throttled");
             event.details = serde_json::json!({
                 "reason": "rate_limited",
                 "attempts": pending.overflow,
                 "window_secs": window,
-                "note": "from more names and addresses than are listed one by one",
+                "note": "from more addresses than are listed one by one",
             });
             state.audit_best_effort(event).await;
         }
-        for (key, attempts) in pending.throttled {
+        for (key, tried) in pending.throttled {
+            let mut samples: Vec<String> = tried.names.iter().cloned().collect();
+            samples.sort();
+            samples.truncate(SAMPLE_NAMES);
             let mut event = AuditEvent::new(key.event);
-            event.actor = Some(key.name);
+            // One name tried: it is the actor; several: none is.
+            event.actor = (tried.names.len() == 1).then(|| samples[0].clone());
             event.ip_address = Some(key.addr);
             event.details = serde_json::json!({
                 "reason": "rate_limited",
-                "attempts": attempts,
+                "attempts": tried.attempts,
+                "names": tried.names.len(),
+                "sample_names": samples,
                 "window_secs": window,
             });
             state.audit_best_effort(event).await;
@@ -162,35 +185,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn throttled_attempts_are_counted_per_name_and_address_and_bounded() {
+    fn throttled_attempts_are_counted_per_address_whatever_the_names() {
         let r = Refusals::default();
-        for _ in 0..1_000 {
+        for i in 0..1_000 {
             r.throttled("login_failed", "ann", "192.0.2.1");
+            // Random names from one address make no rows of their own.
+            r.throttled("login_failed", &format!("guess{i}"), "192.0.2.2");
         }
-        r.throttled("login_failed", "bob", "192.0.2.1");
+        r.throttled("login_failed", "one-more", "192.0.2.2");
         r.anonymous_tunnel();
         {
             let p = r.lock();
             assert_eq!(p.throttled.len(), 2);
-            let ann = Throttled {
+            let one = Throttled {
                 event: "login_failed",
-                name: "ann".into(),
                 addr: "192.0.2.1".into(),
             };
-            assert_eq!(p.throttled[&ann], 1_000);
+            assert_eq!(p.throttled[&one].attempts, 1_000);
+            assert_eq!(p.throttled[&one].names.len(), 1);
+            let many = Throttled {
+                event: "login_failed",
+                addr: "192.0.2.2".into(),
+            };
+            assert_eq!(p.throttled[&many].attempts, 1_001);
+            assert_eq!(p.throttled[&many].names.len(), MAX_COUNTED_NAMES);
         }
-        for i in 0..MAX_THROTTLED_KEYS + 5 {
-            r.throttled("login_failed", &format!("u{i}"), "192.0.2.1");
+        for i in 0..MAX_THROTTLED_ADDRESSES + 5 {
+            r.throttled("login_failed", "x", &format!("198.51.100.{i}"));
         }
         let p = r.lock();
-        assert_eq!(p.throttled.len(), MAX_THROTTLED_KEYS);
+        assert_eq!(p.throttled.len(), MAX_THROTTLED_ADDRESSES);
         assert_eq!(p.overflow, 7);
         drop(p);
         assert_eq!(
             r.counts(),
             RefusalCounts {
                 anonymous_tunnel: 1,
-                throttled: 1_001 + MAX_THROTTLED_KEYS as u64 + 5,
+                throttled: 2_001 + MAX_THROTTLED_ADDRESSES as u64 + 5,
             }
         );
     }

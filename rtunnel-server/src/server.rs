@@ -186,7 +186,9 @@ impl ServerBuilder {
                 access: Default::default(),
                 recordings,
                 refusals: Default::default(),
-                password_checks: tokio::sync::Semaphore::new(crate::api::login::PASSWORD_CHECKS),
+                password_checks: Arc::new(tokio::sync::Semaphore::new(
+                    crate::api::login::PASSWORD_CHECKS,
+                )),
             }),
         })
     }

@@ -83,7 +83,7 @@ pub struct AppState {
     /// Refusals counted rather than audited one by one.
     pub refusals: crate::refusals::Refusals,
     /// Password checks that may run at once (argon2 on blocking threads).
-    pub password_checks: tokio::sync::Semaphore,
+    pub password_checks: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for AppState {

@@ -63,6 +63,7 @@ pub(crate) async fn terminal_endpoint(
     Path(id): Path<String>,
     Query(q): Query<TerminalQuery>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    held: Option<axum::Extension<crate::accept::HeldConnection>>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let session_id = parse_id(&id, "session_not_found")?;
@@ -100,7 +101,7 @@ pub(crate) async fn terminal_endpoint(
             .identity
             .api_token(token)
             .await?
-            .is_some_and(|t| t.is_live(now_millis()))
+            .is_some_and(|t| t.user_id == holder.user_id && t.is_live(now_millis()))
     {
         return Err(ApiError::unauthorized(
             "the API token that asked for this ticket was revoked or has expired",
@@ -178,6 +179,7 @@ pub(crate) async fn terminal_endpoint(
         recording_id: info.id,
     };
     Ok(ws.on_upgrade(move |socket| async move {
+        let _held = held;
         unstarted.started();
         let recorder = Recorder::start(recording, cols, rows, &ctx).await;
         bridge(ctx, socket, upstream, recorder).await;

@@ -13,10 +13,12 @@ use crate::state::AppState;
 /// How many tickets (terminal tickets and proxy links) one user may ask
 /// for: [`Rule::burst`](rtunnel_core::ratelimit::Rule) at once, then one
 /// more per interval, on every node together. The ticket store is shared:
-/// one user must not fill it for everyone.
+/// one user must not fill it for everyone (a proxy link lasts an hour, so
+/// one user holds at most 64 + 360 of them, and it takes hundreds of users
+/// to fill an in-process store's 100,000).
 pub const TICKETS_PER_USER: Rule = Rule {
     burst: 64,
-    interval: std::time::Duration::from_secs(1),
+    interval: std::time::Duration::from_secs(10),
 };
 
 /// Spends one ticket of `user_id`'s budget, or answers 429

@@ -46,6 +46,7 @@ pub(crate) const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_s
 pub(crate) async fn tunnel_endpoint(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    held: Option<axum::Extension<crate::accept::HeldConnection>>,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
@@ -65,6 +66,7 @@ pub(crate) async fn tunnel_endpoint(
         .max_message_size(MAX_WS_MESSAGE_BYTES)
         .max_frame_size(MAX_WS_MESSAGE_BYTES)
         .on_upgrade(move |socket| async move {
+            let _held = held;
             run_tunnel(state, system, peer, socket).await;
         }))
 }

@@ -447,3 +447,55 @@ async fn connections_are_capped_per_address_and_in_all() {
         server.proc.log_text()
     );
 }
+
+/// A WebSocket stays counted under the caps for as long as it lives (hyper
+/// lets go of an upgraded connection; the server does not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_websockets_count_against_the_per_address_cap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(tmp.path(), &["--max-connections-per-address", "3"]).await;
+    let sys = enroll(&server, "capped");
+    let admin = user_with_token(&server, "root", "admin");
+    let echo = echo_service().await;
+    let _agent = start_agent(&server, &sys, &format!("echo={echo}"), &[]);
+    let session = active_session(&server, &admin, &sys.id).await;
+    let from: std::net::IpAddr = "127.0.0.7".parse().unwrap();
+    let connect = || async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((from, 0).into()).unwrap();
+        socket.connect(server.addr).await.unwrap()
+    };
+    let mut sockets = Vec::new();
+    for _ in 0..3 {
+        let request = tokio_tungstenite::tungstenite::http::Request::builder()
+            .uri(format!(
+                "ws://{}/api/v1/sessions/{session}/forward",
+                server.addr
+            ))
+            .header("host", server.addr.to_string())
+            .header("authorization", format!("Bearer {admin}"))
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header(
+                "sec-websocket-key",
+                tokio_tungstenite::tungstenite::handshake::client::generate_key(),
+            )
+            .body(())
+            .unwrap();
+        let (ws, resp) = tokio_tungstenite::client_async(request, connect().await)
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 101);
+        sockets.push(ws);
+    }
+    let mut fourth = connect().await;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), fourth.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    drop(sockets);
+}

@@ -314,6 +314,41 @@ async fn parallel_guesses_get_no_more_tries_than_the_budget() {
         .filter(|e| e.details["reason"] == "wrong_password")
         .count();
     assert_eq!(wrong, 5);
+    // Names of the attacker's choosing make no audit rows of their own: the
+    // address's budget checks 25 more (audited one by one, unknown_user),
+    // the rest are counted into the address's events.
+    let s = &s;
+    let names = (0..60).map(|i| {
+        let name = format!("random-{i}");
+        async move { login_from(s, "127.0.0.7", &name, "guess").await.status }
+    });
+    let statuses = futures::future::join_all(names).await;
+    assert_eq!(statuses.iter().filter(|&&st| st == 401).count(), 25);
+    let limited = wait_for("every throttled attempt to be reported", || async {
+        let events: Vec<_> = audit_events(&s.server.dir, "login_failed")
+            .await
+            .into_iter()
+            .filter(|e| e.details["reason"] == "rate_limited")
+            .collect();
+        let attempts: u64 = events
+            .iter()
+            .map(|e| e.details["attempts"].as_u64().unwrap())
+            .sum();
+        (attempts == 70).then_some(events)
+    })
+    .await;
+    assert!(limited.len() <= 3, "{limited:?}");
+    assert!(
+        limited
+            .iter()
+            .all(|e| e.ip_address.as_deref() == Some("127.0.0.7"))
+    );
+    let unknown = audit_events(&s.server.dir, "login_failed")
+        .await
+        .into_iter()
+        .filter(|e| e.details["reason"] == "unknown_user")
+        .count();
+    assert_eq!(unknown, 25);
     // The server stays responsive while logins are checked: password
     // hashing runs off the async runtime.
     assert_eq!(

@@ -129,9 +129,10 @@ async fn a_terminal_has_the_asked_size_resizes_and_reports_the_exit_code() {
     read_until(&mut ws, "40 120").await;
 
     // The shell's environment: the operator is named, no agent secret.
-    type_line(&mut ws, "echo TERM=$TERM; env | grep -c '^RTUNNEL_' ; echo \"op=$RTUNNEL_OPERATOR\"; echo \"secret=[$RTUNNEL_SECRET]\"").await;
-    let out = read_until(&mut ws, "secret=[").await;
-    let out = out + &read_until(&mut ws, "]").await;
+    type_line(&mut ws, "echo TERM=$TERM; env | grep -c '^RTUNNEL_' ; echo \"op=$RTUNNEL_OPERATOR\"; echo \"secret=[$RTUNNEL_SECRET]\"; echo zz\"\"end").await;
+    // The typed line echoes `zz""end`; only the shell prints `zzend`, after
+    // everything else (one read, whatever the output's chunks).
+    let out = read_until(&mut ws, "zzend").await;
     assert!(out.contains("TERM=xterm-256color"), "{out}");
     assert!(out.contains("op=root"), "{out}");
     assert!(

@@ -147,6 +147,7 @@ async fn proxy_url(
             )
         })?;
     // Bound to the login or API token of the launch, like every proxy token.
+    crate::tickets::spend_budget(state, holder.user_id).await?;
     Ok(
         crate::proxy::mint(state, holder, tunnel.session_id(), service)
             .await?

@@ -273,13 +273,19 @@ async fn check_password(
             "too many logins are being checked; try again in a moment",
         )
     };
-    let _slot = tokio::time::timeout(PASSWORD_CHECK_WAIT, state.password_checks.acquire())
+    let checks = state.password_checks.clone();
+    let slot = tokio::time::timeout(PASSWORD_CHECK_WAIT, checks.acquire_owned())
         .await
         .map_err(|_| busy())?
         .map_err(|_| busy())?;
-    tokio::task::spawn_blocking(move || match &hash {
-        Some(hash) => verify_password(&password, hash),
-        None => verify_password_against_nothing(&password),
+    // The slot goes with the check: a client that hangs up does not free it
+    // while its hash still runs.
+    tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        match &hash {
+            Some(hash) => verify_password(&password, hash),
+            None => verify_password_against_nothing(&password),
+        }
     })
     .await
     .map_err(|e| ApiError::internal(format!("password check failed: {e}")))

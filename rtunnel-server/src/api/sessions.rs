@@ -431,6 +431,8 @@ pub(super) async fn proxy_token(
             format!("the session has no service named {:?}", body.service),
         ));
     }
+    // The budget first: a refused request writes no audit row.
+    crate::tickets::spend_budget(&state, caller.user.id).await?;
     let session = open_session_for(
         &state,
         &caller.user,

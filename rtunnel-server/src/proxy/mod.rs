@@ -80,14 +80,14 @@ pub struct ProxyGrant {
 
 /// Mints a proxy link for `holder` (a user and the login or API token it
 /// acts under) to reach `service` of `session_id`, and records it as
-/// unused in the ticket store. The caller has checked access.
+/// unused in the ticket store. The caller has checked access and spent the
+/// user's ticket budget ([`crate::tickets::spend_budget`]).
 pub async fn mint(
     state: &AppState,
     holder: Holder,
     session_id: Uuid,
     service: &str,
 ) -> Result<ProxyGrant, ApiError> {
-    crate::tickets::spend_budget(state, holder.user_id).await?;
     let ttl = state.config.proxy_token_ttl;
     let mut claims = Claims::new(TokenKind::Proxy, holder.user_id, now_millis(), ttl);
     claims.fam = holder.login;
@@ -223,15 +223,23 @@ async fn serve(
             Ok(claims) => {
                 let path = req.uri().path().to_owned();
                 let to = (path.as_str(), rest.as_str());
+                let key = link_key(&claims);
                 let unused = state
                     .stores
                     .tickets
-                    .take(&link_key(&claims), now_millis())
+                    .take(&key, now_millis())
                     .await
-                    .map_err(|e| ApiError::unavailable("tickets_unavailable", e))?
-                    .is_some();
-                if unused {
-                    return redeem(&state, &target, claims, to, req.method(), peer).await;
+                    .map_err(|e| ApiError::unavailable("tickets_unavailable", e))?;
+                if let Some(mark) = unused {
+                    let redeemed = redeem(&state, &target, claims, to, req.method(), peer).await;
+                    if redeemed.is_err() {
+                        // Not used after all (no access yet, the agent away,
+                        // the audit log down): the link works once it can.
+                        if let Err(e) = state.stores.tickets.put(key, mark).await {
+                            tracing::warn!(error = %e, "cannot give a proxy link back");
+                        }
+                    }
+                    return redeemed;
                 }
                 // Used before: a browser that holds the cookie just goes on
                 // (the link clicked twice); anyone else is told.
@@ -588,6 +596,10 @@ async fn forward(
         })?;
     let wants_upgrade = headers::upgrade_protocol(req.headers()).is_some();
     let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
+    let held = req
+        .extensions()
+        .get::<crate::accept::HeldConnection>()
+        .cloned();
     let (mut parts, body) = req.into_parts();
     headers::to_upstream(&mut parts.headers, &fwd);
     parts.uri = uri;
@@ -617,7 +629,11 @@ async fn forward(
             ));
         };
         let service_upgrade = hyper::upgrade::on(&mut resp);
-        tokio::spawn(relay_upgraded(client_upgrade, service_upgrade, in_flight));
+        tokio::spawn(async move {
+            // The upgraded connection stays counted under the caps.
+            let _held = held;
+            relay_upgraded(client_upgrade, service_upgrade, in_flight).await;
+        });
         let (parts, _) = resp.into_parts();
         return Ok(Response::from_parts(parts, Body::empty()));
     }
