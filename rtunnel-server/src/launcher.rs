@@ -229,8 +229,13 @@ pub fn validate_metadata(metadata: &serde_json::Value) -> Result<(), String> {
     Ok(())
 }
 
+/// An absolute `http://` or `https://` URL with a host, written out in full:
+/// the URL parser forgives `https:host` and `https:./host`, browsers do
+/// too, but what leaves the launcher is given as it was written.
 fn is_http_url(v: &str) -> bool {
-    url::Url::parse(v).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
+    let lower = v.get(..8).unwrap_or(v).to_ascii_lowercase();
+    (lower.starts_with("http://") || lower.starts_with("https://"))
+        && url::Url::parse(v).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
 }
 
 /// An `http(s)://` URL the launcher may extend with a path and a query.
@@ -447,6 +452,20 @@ mod tests {
                 session_url(&r, ConnectionType::Direct, &u, "t", &NONE).as_deref(),
                 Ok(good)
             );
+        }
+        // Found by the launcher_urls fuzzer: the URL parser takes these.
+        for sloppy in [
+            "https:./app.example.com",
+            "https:app.example.com",
+            "http:/x.example",
+        ] {
+            let r = resource(json!({"external_url": sloppy}), None);
+            assert_eq!(
+                session_url(&r, ConnectionType::Direct, &u, "t", &NONE),
+                Err(messages::NO_URL),
+                "{sloppy}"
+            );
+            assert!(validate_metadata(&json!({"external_url": sloppy})).is_err());
         }
         let r = resource(
             json!({"external_url": "javascript:alert(1)"}),

@@ -198,17 +198,17 @@ impl LiveTunnel {
         timeout: Duration,
     ) -> Result<TunnelStream, OpenError> {
         admit(&self.services, header)?;
-        // An operator's share first: one operator cannot take every stream.
-        let share = match &header.operator {
-            Some(operator) => Some(self.take_share(operator)?),
-            None => None,
-        };
         // The limit refuses one stream and leaves the tunnel healthy.
         let permit = self
             .streams
             .clone()
             .try_acquire_owned()
             .map_err(|_| OpenError::TooManyStreams)?;
+        // Then the operator's share: one operator cannot take every stream.
+        let share = match &header.operator {
+            Some(operator) => Some(self.take_share(operator)?),
+            None => None,
+        };
         let mut stream = self
             .mux
             .open()

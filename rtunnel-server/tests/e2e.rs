@@ -57,8 +57,15 @@ async fn sixty_four_mib_of_random_bytes_come_back_byte_exact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_concurrent_connections_through_one_forward_come_back_exact() {
-    // 100 at once is past the default of 64 streams per tunnel.
-    let s = setup_with(&["--max-streams-per-tunnel", "128"]).await;
+    // 100 at once is past the default of 64 streams per tunnel, and of
+    // half of them for one operator.
+    let s = setup_with(&[
+        "--max-streams-per-tunnel",
+        "128",
+        "--max-streams-per-user",
+        "128",
+    ])
+    .await;
     let (fwd, local) = start_forward(&s.server, &s.token, &s.session, "echo").await;
     let mut tasks = Vec::new();
     for i in 0..100usize {
