@@ -179,7 +179,8 @@ pub fn check_launcher_urls(data: &[u8]) {
             !url.chars().any(|c| c.is_whitespace() || c.is_control()),
             "{url:?}"
         );
-        let http = url.starts_with("http://") || url.starts_with("https://");
+        let scheme = url.get(..8).unwrap_or(&url).to_ascii_lowercase();
+        let http = scheme.starts_with("http://") || scheme.starts_with("https://");
         let is_address = kind == ConnectionType::Direct
             && ip.as_deref() == Some(url.as_str())
             && validate_host(&url).is_ok();

@@ -234,7 +234,10 @@ pub fn validate_metadata(metadata: &serde_json::Value) -> Result<(), String> {
 /// too, but what leaves the launcher is given as it was written.
 fn is_http_url(v: &str) -> bool {
     let lower = v.get(..8).unwrap_or(v).to_ascii_lowercase();
-    (lower.starts_with("http://") || lower.starts_with("https://"))
+    // The parser drops or escapes whitespace and control characters; the
+    // string handed on would still hold them.
+    !v.chars().any(|c| c.is_whitespace() || c.is_control())
+        && (lower.starts_with("http://") || lower.starts_with("https://"))
         && url::Url::parse(v).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
 }
 
@@ -458,6 +461,9 @@ mod tests {
             "https:./app.example.com",
             "https:app.example.com",
             "http:/x.example",
+            "https://app.example.com/\0x",
+            "https://app.example.com/a b",
+            "https://app.exa\tmple.com/",
         ] {
             let r = resource(json!({"external_url": sloppy}), None);
             assert_eq!(
