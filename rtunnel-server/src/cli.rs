@@ -277,8 +277,8 @@ enum TokenCommand {
     /// Revoke an API token: it is refused at once, and what was opened
     /// with it is cut within a second.
     Revoke {
-        /// The token's id (`token list`, or the part after `rtk_` up to
-        /// the dot).
+        /// The token's id (`token list`, or the 32 hex digits after `rtk_`
+        /// in the token itself).
         id: Uuid,
     },
 }
