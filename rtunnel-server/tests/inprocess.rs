@@ -1071,11 +1071,18 @@ async fn a_revoked_grant_cuts_an_open_forward_within_a_second() {
     assert!(logs.items.iter().all(|l| l.closed_at.is_some()));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn logging_out_or_disabling_the_user_cuts_open_forwards() {
-    let h = harness().await;
-    let (op, api_token) = user(&h, "lena", Role::Operator).await;
-    let (_, admin) = user(&h, "ann", Role::Admin).await;
+/// An operator with a grant, an API token and a password login.
+struct LoggedIn {
+    user: User,
+    api_token: String,
+    access: String,
+    refresh: String,
+}
+
+/// Operator "lena": granted the harness's system, logged in with her
+/// password.
+async fn granted_operator_logged_in(h: &Harness) -> LoggedIn {
+    let (op, api_token) = user(h, "lena", Role::Operator).await;
     let ids = &h.state.stores.identity;
     ids.grant(op.id, h.system, None, now_millis())
         .await
@@ -1083,9 +1090,22 @@ async fn logging_out_or_disabling_the_user_cuts_open_forwards() {
     let hash = rtunnel_auth::password::hash_password("lena's password").unwrap();
     ids.set_password_hash(op.id, Some(&hash)).await.unwrap();
     let login = r#"{"username":"lena","password":"lena's password"}"#;
-    let (status, v) = api(&h, "POST", "/api/v1/auth/login", "", Some(login)).await;
+    let (status, v) = api(h, "POST", "/api/v1/auth/login", "", Some(login)).await;
     assert_eq!(status, 200, "{v}");
-    let access = v["access_token"].as_str().unwrap().to_owned();
+    LoggedIn {
+        user: op,
+        api_token,
+        access: v["access_token"].as_str().unwrap().to_owned(),
+        refresh: v["refresh_token"].as_str().unwrap().to_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logging_out_or_disabling_the_user_cuts_open_forwards() {
+    let h = harness().await;
+    let lena = granted_operator_logged_in(&h).await;
+    let (op, api_token, access) = (lena.user, lena.api_token, lena.access);
+    let (_, admin) = user(&h, "ann", Role::Admin).await;
 
     // A forward opened with the login's access token ends with the login;
     // one opened with an API token stays.
@@ -1128,19 +1148,10 @@ async fn logging_out_or_disabling_the_user_cuts_open_forwards() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn setting_a_password_ends_the_user_s_logins_and_cuts_what_they_opened() {
     let h = harness().await;
-    let (op, api_token) = user(&h, "lena", Role::Operator).await;
+    let lena = granted_operator_logged_in(&h).await;
+    let (op, api_token, access) = (lena.user, lena.api_token, lena.access);
     let (_, admin) = user(&h, "ann", Role::Admin).await;
-    let ids = &h.state.stores.identity;
-    ids.grant(op.id, h.system, None, now_millis())
-        .await
-        .unwrap();
-    let hash = rtunnel_auth::password::hash_password("lena's password").unwrap();
-    ids.set_password_hash(op.id, Some(&hash)).await.unwrap();
-    let login = r#"{"username":"lena","password":"lena's password"}"#;
-    let (status, v) = api(&h, "POST", "/api/v1/auth/login", "", Some(login)).await;
-    assert_eq!(status, 200, "{v}");
-    let access = v["access_token"].as_str().unwrap().to_owned();
-    let refresh = v["refresh_token"].as_str().unwrap().to_owned();
+    let refresh = lena.refresh;
     let (_fwd, mut by_login) = echoing_forward(&h, &access).await;
     let (_fwd2, mut by_token) = echoing_forward(&h, &api_token).await;
 

@@ -467,22 +467,12 @@ async fn open_websockets_count_against_the_per_address_cap() {
     };
     let mut sockets = Vec::new();
     for _ in 0..3 {
-        let request = tokio_tungstenite::tungstenite::http::Request::builder()
-            .uri(format!(
-                "ws://{}/api/v1/sessions/{session}/forward",
-                server.addr
-            ))
-            .header("host", server.addr.to_string())
-            .header("authorization", format!("Bearer {admin}"))
-            .header("connection", "Upgrade")
-            .header("upgrade", "websocket")
-            .header("sec-websocket-version", "13")
-            .header(
-                "sec-websocket-key",
-                tokio_tungstenite::tungstenite::handshake::client::generate_key(),
-            )
-            .body(())
-            .unwrap();
+        let bearer = format!("Bearer {admin}");
+        let request = websocket_request(
+            &format!("ws://{}/api/v1/sessions/{session}/forward", server.addr),
+            &server.addr.to_string(),
+            &[("authorization", &bearer)],
+        );
         let (ws, resp) = tokio_tungstenite::client_async(request, connect().await)
             .await
             .unwrap();

@@ -793,20 +793,30 @@ pub async fn proxy_websocket(
     tokio_tungstenite::tungstenite::handshake::client::Response,
 ) {
     let tcp = TcpStream::connect(connect_to).await.unwrap();
-    let request = tokio_tungstenite::tungstenite::http::Request::builder()
-        .uri(format!("ws://{host}{path}"))
+    let request = websocket_request(&format!("ws://{host}{path}"), host, &[("cookie", cookie)]);
+    tokio_tungstenite::client_async(request, tcp).await.unwrap()
+}
+
+/// A WebSocket upgrade request for `uri` with `Host: host` and `headers`.
+pub fn websocket_request(
+    uri: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+) -> tokio_tungstenite::tungstenite::http::Request<()> {
+    let mut request = tokio_tungstenite::tungstenite::http::Request::builder()
+        .uri(uri)
         .header("host", host)
-        .header("cookie", cookie)
         .header("connection", "Upgrade")
         .header("upgrade", "websocket")
         .header("sec-websocket-version", "13")
         .header(
             "sec-websocket-key",
             tokio_tungstenite::tungstenite::handshake::client::generate_key(),
-        )
-        .body(())
-        .unwrap();
-    tokio_tungstenite::client_async(request, tcp).await.unwrap()
+        );
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.body(()).unwrap()
 }
 
 /// A session as the API shows it (`None` unless 200).
