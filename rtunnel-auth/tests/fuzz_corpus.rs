@@ -4,13 +4,11 @@ use std::path::Path;
 
 #[test]
 fn tokens_corpus_replays_cleanly() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/tokens");
-    let mut count = 0;
-    for entry in std::fs::read_dir(&dir).expect("the fuzz corpus is committed") {
-        let path = entry.expect("readable corpus entry").path();
-        let data = std::fs::read(&path).expect("readable corpus file");
-        rtunnel_auth::fuzzing::check_tokens(&data);
-        count += 1;
-    }
-    assert!(count >= 5, "only {count} corpus files in {}", dir.display());
+    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    rtunnel_core::proto::fuzzing::replay_corpus(
+        root,
+        "tokens",
+        5,
+        rtunnel_auth::fuzzing::check_tokens,
+    );
 }

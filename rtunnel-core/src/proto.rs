@@ -625,6 +625,25 @@ mod tests {
 pub mod fuzzing {
     use super::*;
 
+    /// Runs `check` on every file of the committed corpus of `target`
+    /// (`fuzz/corpus/<target>` from the workspace's root `root`), as the
+    /// replay tests of every crate do; panics on fewer than `min` files.
+    pub fn replay_corpus(root: &std::path::Path, target: &str, min: usize, check: fn(&[u8])) {
+        let dir = root.join("fuzz/corpus").join(target);
+        let mut count = 0;
+        for entry in std::fs::read_dir(&dir).expect("the fuzz corpus is committed") {
+            let path = entry.expect("readable corpus entry").path();
+            let data = std::fs::read(&path).expect("readable corpus file");
+            check(&data);
+            count += 1;
+        }
+        assert!(
+            count >= min,
+            "only {count} corpus files in {}",
+            dir.display()
+        );
+    }
+
     /// Decoders never panic, never accept more than their limit, and what
     /// they accept re-encodes to a frame that decodes to the same message.
     pub fn check_frames(data: &[u8]) {
