@@ -43,8 +43,22 @@ async fn setup_with(start: impl FnOnce(&ServerProc, &Enrolled, &str) -> Proc) ->
     let sys = enroll(&server, "customer-box");
     let admin = user_with_token(&server, "root", "admin");
     let echo = echo_service().await;
-    let agent = start(&server, &sys, &format!("echo={echo}"));
-    let session = active_session(&server, &admin, &sys.id).await;
+    let mut agent = start(&server, &sys, &format!("echo={echo}"));
+    // Past the usual wait, say why: the agent's and the server's logs.
+    let waited = tokio::spawn({
+        let (addr, admin, system) = (server.addr, admin.clone(), sys.id.clone());
+        async move { active_session_at(addr, &admin, &system).await }
+    })
+    .await;
+    let session = match waited {
+        Ok(session) => session,
+        Err(e) => panic!(
+            "{e}\nagent running: {}\n--- agent log ---\n{}\n--- server log ---\n{}",
+            agent.is_running(),
+            agent.log_text(),
+            server.proc.log_text()
+        ),
+    };
     Setup {
         _tmp: tmp,
         server,

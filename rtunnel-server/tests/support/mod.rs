@@ -469,9 +469,14 @@ fn unique() -> String {
 
 /// Waits until the system has an active session and returns its id.
 pub async fn active_session(server: &ServerProc, token: &str, system_id: &str) -> String {
+    active_session_at(server.addr, token, system_id).await
+}
+
+/// [`active_session`] of the server at `addr`.
+pub async fn active_session_at(addr: SocketAddr, token: &str, system_id: &str) -> String {
     wait_for("an active session", || async {
         let (status, body) = http_get(
-            server.addr,
+            addr,
             &format!("/api/v1/sessions?status=active&system_id={system_id}"),
             Some(token),
         )
