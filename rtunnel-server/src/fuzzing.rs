@@ -78,6 +78,7 @@ pub fn check_proxy_headers(data: &[u8]) {
     }
     let fwd = Forwarding {
         upstream_host: "127.0.0.1:8081",
+        upstream_scheme: "http",
         proxy_authority: "web--0123456789abcdef0123456789abcdef.localhost:8080",
         scheme: "https",
         client_ip: [10, 0, 0, 7].into(),
@@ -92,6 +93,15 @@ pub fn check_proxy_headers(data: &[u8]) {
                 let name = pair.split_once('=').map_or(pair, |(n, _)| n);
                 assert!(!is_rtunnel_cookie(name), "{text}");
             }
+        }
+    }
+    // The proxy's own origin never reaches the service as such.
+    for origin in up.get_all(header::ORIGIN) {
+        if let Ok(o) = origin.to_str() {
+            assert!(
+                !o.eq_ignore_ascii_case(&format!("https://{}", fwd.proxy_authority)),
+                "{o}"
+            );
         }
     }
     for auth in up.get_all(header::AUTHORIZATION) {

@@ -213,6 +213,35 @@ async fn a_token_becomes_a_cookie_and_the_service_sees_a_clean_request() {
         json!(["Bearer the-apps-own"])
     );
 
+    // The proxy's own Origin and Referer reach the app as its own origin
+    // (consistent with the Host it gets); a foreign Origin stays foreign.
+    let own = format!("http://{}", s.host("web"));
+    let resp = client
+        .get(s.url("web", "/headers"))
+        .header("cookie", &pair)
+        .header("origin", &own)
+        .header("referer", format!("{own}/page?x=1"))
+        .send()
+        .await
+        .unwrap();
+    let seen: Value = resp.json().await.unwrap();
+    let app_origin = format!("http://{}", s.app.addr);
+    assert_eq!(seen["headers"]["origin"], json!([app_origin]), "{seen}");
+    assert_eq!(
+        seen["headers"]["referer"],
+        json!([format!("{app_origin}/page?x=1")]),
+        "{seen}"
+    );
+    let resp = client
+        .get(s.url("web", "/headers"))
+        .header("cookie", &pair)
+        .header("origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
+    let seen: Value = resp.json().await.unwrap();
+    assert_eq!(seen["headers"]["origin"], json!(["http://evil.example"]));
+
     // An application's own `token` parameter reaches it, for a client that
     // holds the cookie.
     let resp = client

@@ -62,6 +62,8 @@ const CLIENT_FORWARDING: [&str; 7] = [
 pub struct Forwarding<'a> {
     /// The `Host` the service expects (its `host:port`).
     pub upstream_host: &'a str,
+    /// `http`, or `https` for a service the agent reaches over TLS.
+    pub upstream_scheme: &'a str,
     /// The proxy host the client used, with its port.
     pub proxy_authority: &'a str,
     /// `http` or `https`, as the client sees the proxy.
@@ -121,6 +123,55 @@ pub fn to_upstream(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
     set(headers, "x-forwarded-proto", fwd.scheme);
     set(headers, "x-forwarded-host", fwd.proxy_authority);
     strip_rtunnel_cookies(headers);
+    rewrite_own_origin(headers, fwd);
+}
+
+/// `Origin` and `Referer` naming the proxy host name the service's own
+/// origin instead, so a service that checks same-origin (WebSockets, its
+/// API) sees a request consistent with the `Host` it receives. A foreign
+/// origin stays as it is: the service's own CSRF checks still see it.
+fn rewrite_own_origin(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
+    let public = origin(fwd.scheme, fwd.proxy_authority);
+    let upstream = origin(fwd.upstream_scheme, fwd.upstream_host);
+    let rewrite = |value: &str| -> Option<String> {
+        let (scheme, rest) = value.split_once("://")?;
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(end);
+        (origin(scheme, authority) == public).then(|| format!("{upstream}{tail}"))
+    };
+    for name in [header::ORIGIN, header::REFERER] {
+        let values: Vec<HeaderValue> = headers.get_all(&name).iter().cloned().collect();
+        if values.is_empty() {
+            continue;
+        }
+        headers.remove(&name);
+        for v in values {
+            let changed = v
+                .to_str()
+                .ok()
+                .and_then(rewrite)
+                .and_then(|s| HeaderValue::from_str(&s).ok());
+            headers.append(&name, changed.unwrap_or(v));
+        }
+    }
+}
+
+/// `scheme://host[:port]` lower-cased, without the scheme's default port,
+/// as browsers write an `Origin`.
+fn origin(scheme: &str, authority: &str) -> String {
+    let scheme = scheme.to_ascii_lowercase();
+    let authority = authority.to_ascii_lowercase();
+    let default = match scheme.as_str() {
+        "https" => ":443",
+        "http" => ":80",
+        _ => "",
+    };
+    let authority = if !default.is_empty() && authority.ends_with(default) {
+        &authority[..authority.len() - default.len()]
+    } else {
+        &authority
+    };
+    format!("{scheme}://{authority}")
 }
 
 /// Removes an `Authorization` header that holds an rtunnel credential (as
@@ -288,9 +339,53 @@ mod tests {
     fn fwd() -> Forwarding<'static> {
         Forwarding {
             upstream_host: "127.0.0.1:8081",
+            upstream_scheme: "http",
             proxy_authority: "web--0123456789abcdef0123456789abcdef.localhost:8080",
             scheme: "http",
             client_ip: [10, 0, 0, 7].into(),
+        }
+    }
+
+    #[test]
+    fn the_proxys_own_origin_becomes_the_services_a_foreign_one_stays() {
+        let own = "http://web--0123456789abcdef0123456789abcdef.localhost:8080";
+        let mut h = map(&[
+            ("origin", own),
+            ("referer", &format!("{own}/app/page?x=1#f")),
+        ]);
+        to_upstream(&mut h, &fwd());
+        assert_eq!(all(&h, "origin"), ["http://127.0.0.1:8081"]);
+        assert_eq!(all(&h, "referer"), ["http://127.0.0.1:8081/app/page?x=1#f"]);
+        // Case and the default port do not hide the proxy's origin.
+        let mut h = map(&[(
+            "origin",
+            "HTTP://WEB--0123456789ABCDEF0123456789ABCDEF.localhost:8080",
+        )]);
+        to_upstream(&mut h, &fwd());
+        assert_eq!(all(&h, "origin"), ["http://127.0.0.1:8081"]);
+        let mut tls = fwd();
+        tls.upstream_scheme = "https";
+        tls.upstream_host = "10.0.0.5:443";
+        tls.scheme = "https";
+        tls.proxy_authority = "web--0123456789abcdef0123456789abcdef.proxy.example.com";
+        let mut h = map(&[(
+            "origin",
+            "https://web--0123456789abcdef0123456789abcdef.proxy.example.com:443",
+        )]);
+        to_upstream(&mut h, &tls);
+        assert_eq!(all(&h, "origin"), ["https://10.0.0.5"]);
+        // Foreign origins, other schemes, sibling proxy hosts, `null`: as they are.
+        for foreign in [
+            "http://evil.example",
+            "https://web--0123456789abcdef0123456789abcdef.localhost:8080",
+            "http://other--0123456789abcdef0123456789abcdef.localhost:8080",
+            "http://web--0123456789abcdef0123456789abcdef.localhost:8080.evil.example",
+            "null",
+        ] {
+            let mut h = map(&[("origin", foreign), ("referer", foreign)]);
+            to_upstream(&mut h, &fwd());
+            assert_eq!(all(&h, "origin"), [foreign]);
+            assert_eq!(all(&h, "referer"), [foreign]);
         }
     }
 

@@ -569,15 +569,19 @@ async fn forward(
     peer: SocketAddr,
     in_flight: InFlight,
 ) -> Result<Response, ApiError> {
-    let upstream_host = session
-        .services
-        .iter()
-        .find(|s| s.name == target.service)
+    let service = session.services.iter().find(|s| s.name == target.service);
+    let upstream_host = service
         .and_then(|s| s.target.clone())
         .unwrap_or_else(|| "localhost".to_owned());
+    let upstream_scheme = if service.is_some_and(|s| s.tls) {
+        "https"
+    } else {
+        "http"
+    };
     let scheme = public_scheme(state);
     let fwd = Forwarding {
         upstream_host: &upstream_host,
+        upstream_scheme,
         proxy_authority: &target.authority,
         scheme,
         client_ip: peer.ip(),
