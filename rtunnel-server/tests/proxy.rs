@@ -371,6 +371,27 @@ async fn websockets_pass_through_the_proxy() {
     let echoed = ws.next().await.unwrap().unwrap();
     assert_eq!(echoed.into_data().as_ref(), &blob[..]);
     ws.close(None).await.unwrap();
+
+    // A subprotocol the client offers reaches the service, and the one the
+    // service picks comes back.
+    let tcp = tokio::net::TcpStream::connect(s.server.addr).await.unwrap();
+    let host = s.host("web");
+    let request = websocket_request(
+        &format!("ws://{host}/ws"),
+        &host,
+        &[
+            ("cookie", &cookie),
+            ("sec-websocket-protocol", "chat.v2, echo.v1"),
+        ],
+    );
+    let (mut ws, resp) = tokio_tungstenite::client_async(request, tcp).await.unwrap();
+    assert_eq!(
+        resp.headers()["sec-websocket-protocol"].to_str().unwrap(),
+        "echo.v1"
+    );
+    ws.send(Message::text("with a subprotocol")).await.unwrap();
+    let echoed = ws.next().await.unwrap().unwrap();
+    assert_eq!(echoed.into_text().unwrap(), "with a subprotocol");
 }
 
 /// Peak resident memory of a process (`VmHWM`), in KiB.

@@ -321,10 +321,19 @@ pub fn add_security_headers(headers: &mut HeaderMap) {
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static("frame-ancestors 'self'"),
     );
-    headers.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
+    // The service's own policy is kept, ours comes last: browsers apply the
+    // last policy they understand, so `no-referrer` holds.
+    let ours_last = headers
+        .get_all(header::REFERRER_POLICY)
+        .iter()
+        .next_back()
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"no-referrer"));
+    if !ours_last {
+        headers.append(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        );
+    }
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -561,7 +570,18 @@ mod tests {
             all(&h, "content-security-policy"),
             ["default-src 'self'", "frame-ancestors 'self'"]
         );
-        assert_eq!(all(&h, "referrer-policy"), ["no-referrer"]);
+        // The service's own headers are kept; ours decide where both speak.
+        assert_eq!(all(&h, "referrer-policy"), ["unsafe-url", "no-referrer"]);
         assert_eq!(all(&h, "x-content-type-options"), ["nosniff"]);
+        let mut h = map(&[
+            ("strict-transport-security", "max-age=600"),
+            ("x-frame-options", "DENY"),
+            ("permissions-policy", "camera=()"),
+        ]);
+        to_client(&mut h, &fwd(), false);
+        assert_eq!(all(&h, "strict-transport-security"), ["max-age=600"]);
+        assert_eq!(all(&h, "x-frame-options"), ["DENY"]);
+        assert_eq!(all(&h, "permissions-policy"), ["camera=()"]);
+        assert_eq!(all(&h, "referrer-policy"), ["no-referrer"]);
     }
 }

@@ -243,19 +243,22 @@ async fn upload(req: Request) -> Response {
     .into_response()
 }
 
-/// WebSocket echo: text and binary messages come back as they were.
+/// WebSocket echo: text and binary messages come back as they were. It
+/// speaks the subprotocol `echo.v1` when a client offers it.
 async fn ws(upgrade: WebSocketUpgrade) -> Response {
-    upgrade.on_upgrade(|mut socket| async move {
-        while let Some(Ok(msg)) = socket.recv().await {
-            let reply = match msg {
-                Message::Text(t) => Message::Text(t),
-                Message::Binary(b) => Message::Binary(b),
-                Message::Close(_) => break,
-                _ => continue,
-            };
-            if socket.send(reply).await.is_err() {
-                break;
+    upgrade
+        .protocols(["echo.v1"])
+        .on_upgrade(|mut socket| async move {
+            while let Some(Ok(msg)) = socket.recv().await {
+                let reply = match msg {
+                    Message::Text(t) => Message::Text(t),
+                    Message::Binary(b) => Message::Binary(b),
+                    Message::Close(_) => break,
+                    _ => continue,
+                };
+                if socket.send(reply).await.is_err() {
+                    break;
+                }
             }
-        }
-    })
+        })
 }
