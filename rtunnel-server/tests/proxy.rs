@@ -351,6 +351,24 @@ async fn the_applications_login_cookie_and_redirects_work_through_the_proxy() {
     assert_eq!(resp.url().as_str(), s.url("web", "/headers?from=redirect"));
 }
 
+/// Server-sent events reach the browser as they are sent: the service sends
+/// one event and then nothing, without ending the response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_sent_events_arrive_as_they_are_sent() {
+    let s = Setup::start().await;
+    let client = s.signed_in(&s.admin, "web").await;
+    let resp = client.get(s.url("web", "/events")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header_values(&resp, "content-type"), ["text/event-stream"]);
+    let mut body = resp.bytes_stream();
+    let first = tokio::time::timeout(WAIT, body.next())
+        .await
+        .expect("the first event was held back")
+        .unwrap()
+        .unwrap();
+    assert_eq!(&first[..], b"event: hello\ndata: first\n\n");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websockets_pass_through_the_proxy() {
     let s = Setup::start().await;

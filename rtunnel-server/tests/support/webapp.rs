@@ -63,6 +63,7 @@ impl WebApp {
             .route("/redirect", get(redirect))
             .route("/big", get(big))
             .route("/drip", get(drip))
+            .route("/events", get(events))
             .route("/upload", post(upload))
             .route("/ws", get(ws))
             .with_state(app);
@@ -222,6 +223,23 @@ async fn drip() -> Response {
         ))
     });
     Body::from_stream(stream).into_response()
+}
+
+/// Server-sent events: one event at once, then nothing more, ever. A proxy
+/// that buffers holds the event back; one that streams hands it on.
+async fn events() -> Response {
+    let first = futures::stream::once(async {
+        Ok::<_, std::io::Error>(Bytes::from_static(b"event: hello\ndata: first\n\n"))
+    });
+    let stream = first.chain(futures::stream::pending());
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response()
 }
 
 /// Reads the request body as it streams in; answers its size and SHA-256.
