@@ -401,6 +401,7 @@ impl Agent {
                 kind: StreamKind::Terminal,
                 target: None,
                 tls: false,
+                host_header: Default::default(),
             });
         }
         let manifest = Control::Manifest { services };

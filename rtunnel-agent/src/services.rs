@@ -1,8 +1,12 @@
-//! The services an agent offers: `name=host:port[:tls]` entries.
+//! The services an agent offers: `name=host:port[:tls][:host=NAME]`
+//! entries. `:host=NAME` makes the subdomain proxy send `Host: NAME` (an
+//! application behind a reverse proxy that routes by name), `:host=public`
+//! the public proxy host (an application configured with its external
+//! name); by default it sends the service's own `host:port`.
 
 use std::fmt;
 
-use rtunnel_core::proto::{self, ServiceInfo, StreamKind};
+use rtunnel_core::proto::{self, HostHeader, ServiceInfo, StreamKind};
 
 /// One service the agent can reach.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +19,8 @@ pub struct ServiceSpec {
     pub port: u16,
     /// Whether to speak TLS to the target.
     pub tls: bool,
+    /// The `Host` the subdomain proxy sends it.
+    pub host_header: HostHeader,
 }
 
 impl ServiceSpec {
@@ -25,6 +31,7 @@ impl ServiceSpec {
             kind: StreamKind::Tcp,
             target: Some(self.target()),
             tls: self.tls,
+            host_header: self.host_header.clone(),
         }
     }
 
@@ -50,7 +57,8 @@ impl fmt::Display for ServiceListError {
 
 impl std::error::Error for ServiceListError {}
 
-/// Parses `name=host:port[:tls],...` (IPv6 hosts in brackets).
+/// Parses `name=host:port[:tls][:host=NAME|:host=public],...` (IPv6 hosts
+/// in brackets).
 pub fn parse_services(list: &str) -> Result<Vec<ServiceSpec>, ServiceListError> {
     let mut out: Vec<ServiceSpec> = Vec::new();
     for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
@@ -76,7 +84,7 @@ pub fn parse_services(list: &str) -> Result<Vec<ServiceSpec>, ServiceListError> 
 fn parse_one(entry: &str) -> Result<ServiceSpec, ServiceListError> {
     let bad = |why: &str| {
         ServiceListError(format!(
-            "bad service {entry:?}: {why} (expected name=host:port[:tls])"
+            "bad service {entry:?}: {why} (expected name=host:port[:tls][:host=NAME|:host=public])"
         ))
     };
     let (name, target) = entry.split_once('=').ok_or_else(|| bad("no '='"))?;
@@ -86,6 +94,14 @@ fn parse_one(entry: &str) -> Result<ServiceSpec, ServiceListError> {
             "the name terminal is reserved for the built-in terminal",
         ));
     }
+    let (target, host_header) = match target.split_once(":host=") {
+        Some((t, "public")) => (t, HostHeader::Public),
+        Some((t, name)) => {
+            proto::validate_host_header(name).map_err(|_| bad("bad host= name"))?;
+            (t, HostHeader::Fixed(name.to_owned()))
+        }
+        None => (target, HostHeader::Target),
+    };
     let (target, tls) = match target.strip_suffix(":tls") {
         Some(t) => (t, true),
         None => (target, false),
@@ -111,6 +127,7 @@ fn parse_one(entry: &str) -> Result<ServiceSpec, ServiceListError> {
         host: host.to_owned(),
         port,
         tls,
+        host_header,
     })
 }
 
@@ -129,6 +146,25 @@ mod tests {
         assert_eq!(s[2].host, "::1");
         assert_eq!(s[2].target(), "[::1]:5432");
         assert!(parse_services("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_service_may_name_the_host_the_proxy_sends() {
+        let s = parse_services(
+            "a=10.0.0.5:443:tls:host=cockpit.lan,b=10.0.0.5:80:host=app.lan:8080,c=[::1]:80:host=public,d=h:1",
+        )
+        .unwrap();
+        assert_eq!(s[0].host_header, HostHeader::Fixed("cockpit.lan".into()));
+        assert!(s[0].tls);
+        assert_eq!(s[0].port, 443);
+        assert_eq!(s[1].host_header, HostHeader::Fixed("app.lan:8080".into()));
+        assert_eq!(s[2].host_header, HostHeader::Public);
+        assert_eq!(s[2].target(), "[::1]:80");
+        assert_eq!(s[3].host_header, HostHeader::Target);
+        assert_eq!(s[0].info().host_header, s[0].host_header);
+        for bad in ["a=h:1:host=", "a=h:1:host=a b", "a=h:1:host=x/y"] {
+            assert!(parse_services(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

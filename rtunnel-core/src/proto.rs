@@ -145,6 +145,49 @@ pub struct ServiceInfo {
     /// Whether the agent reaches the target over TLS.
     #[serde(default)]
     pub tls: bool,
+    /// The `Host` the subdomain proxy sends the service.
+    #[serde(default, skip_serializing_if = "HostHeader::is_target")]
+    pub host_header: HostHeader,
+}
+
+/// Which `Host` an HTTP service behind the agent expects.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", content = "name", rename_all = "snake_case")]
+pub enum HostHeader {
+    /// Its own address, the `host:port` the agent dials (the default).
+    #[default]
+    Target,
+    /// A fixed name: an application behind a reverse proxy on the
+    /// customer's side that routes by `Host` (Traefik, nginx).
+    Fixed(String),
+    /// The public proxy host the browser used: an application configured
+    /// with its external name.
+    Public,
+}
+
+impl HostHeader {
+    /// Whether this is the default.
+    pub fn is_target(&self) -> bool {
+        *self == HostHeader::Target
+    }
+}
+
+/// Checks a fixed `Host` name: a host name or address, optionally with a
+/// port, at most 255 bytes.
+pub fn validate_host_header(name: &str) -> Result<(), ProtoError> {
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && name.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(ProtoError::InvalidManifest(format!(
+            "host name {:?} is not a host[:port]",
+            name.chars().take(64).collect::<String>()
+        )))
+    }
 }
 
 /// What a stream carries.
@@ -438,6 +481,9 @@ pub fn validate_manifest(services: &[ServiceInfo]) -> Result<(), ProtoError> {
                 s.name
             )));
         }
+        if let HostHeader::Fixed(name) = &s.host_header {
+            validate_host_header(name)?;
+        }
         if !seen.insert(s.name.as_str()) {
             return Err(ProtoError::InvalidManifest(format!(
                 "service {} is listed twice",
@@ -468,6 +514,7 @@ mod tests {
             kind: StreamKind::Tcp,
             target: Some("127.0.0.1:22".into()),
             tls: false,
+            host_header: Default::default(),
         }
     }
 

@@ -33,7 +33,11 @@ impl Setup {
         let admin = user_with_token(&server, "root", "admin");
         let app = WebApp::start().await;
         let tls_app = WebApp::start_tls().await;
-        let services = format!("web={},secure={}:tls", app.addr, tls_app.addr);
+        let services = format!(
+            "web={a},secure={}:tls,vhost={a}:host=app.customer.lan,public={a}:host=public",
+            tls_app.addr,
+            a = app.addr
+        );
         let agent = start_agent(&server, &sys, &services, &[]);
         let session = active_session(&server, &admin, &sys.id).await;
         Setup {
@@ -349,6 +353,80 @@ async fn the_applications_login_cookie_and_redirects_work_through_the_proxy() {
     // A relative redirect passes as it is.
     let resp = client.get(s.url("web", "/redirect")).send().await.unwrap();
     assert_eq!(resp.url().as_str(), s.url("web", "/headers?from=redirect"));
+}
+
+/// A service gets the Host it is routed by: a fixed name (behind the
+/// customer's name-routing reverse proxy) or the public proxy host (an
+/// application that knows its external name); Origin and redirects follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_gets_the_host_it_is_routed_by() {
+    let s = Setup::start().await;
+    let raw = s.client(false, &["vhost", "public"]);
+
+    let cookie = s.cookie(&s.admin, "vhost").await;
+    let own = format!("http://{}", s.host("vhost"));
+    let resp = raw
+        .get(s.url("vhost", "/headers"))
+        .header("cookie", &cookie)
+        .header("origin", &own)
+        .send()
+        .await
+        .unwrap();
+    let seen: Value = resp.json().await.unwrap();
+    assert_eq!(
+        seen["headers"]["host"],
+        json!(["app.customer.lan"]),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["headers"]["origin"],
+        json!(["http://app.customer.lan"]),
+        "{seen}"
+    );
+    let resp = raw
+        .get(s.url("vhost", "/self-redirect"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 302);
+    assert_eq!(header_values(&resp, "location"), [s.url("vhost", "/me")]);
+
+    let cookie = s.cookie(&s.admin, "public").await;
+    let own = format!("http://{}", s.host("public"));
+    let resp = raw
+        .get(s.url("public", "/headers"))
+        .header("cookie", &cookie)
+        .header("origin", &own)
+        .send()
+        .await
+        .unwrap();
+    let seen: Value = resp.json().await.unwrap();
+    assert_eq!(seen["headers"]["host"], json!([s.host("public")]), "{seen}");
+    assert_eq!(seen["headers"]["origin"], json!([own]), "{seen}");
+    let resp = raw
+        .get(s.url("public", "/self-redirect"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header_values(&resp, "location"), [s.url("public", "/me")]);
+
+    // The manifest says how each is reached.
+    let path = format!("/api/v1/sessions/{}/services", s.session);
+    let (_, v) = api_call(s.server.addr, "GET", &path, Some(&s.admin), None).await;
+    let vhost = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "vhost")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        vhost["host_header"],
+        json!({"mode": "fixed", "name": "app.customer.lan"}),
+        "{v}"
+    );
 }
 
 /// Server-sent events reach the browser as they are sent: the service sends

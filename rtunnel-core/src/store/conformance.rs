@@ -294,6 +294,7 @@ pub async fn sessions_move_through_their_states<S: FullStore + ?Sized>(s: &S) {
         kind: StreamKind::Tcp,
         target: Some("127.0.0.1:22".into()),
         tls: false,
+        host_header: Default::default(),
     }];
     s.activate_session(rec.id, &manifest, "agent/1", "node-b", now)
         .await

@@ -31,6 +31,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
 use rtunnel_auth::claims::{Claims, TokenKind};
+use rtunnel_core::proto::HostHeader;
 use rtunnel_core::store::{AuditEvent, SessionRecord, SessionStatus, User, now_millis};
 use rtunnel_core::ticket::Ticket;
 use rtunnel_core::token::TokenError;
@@ -570,15 +571,25 @@ async fn forward(
     in_flight: InFlight,
 ) -> Result<Response, ApiError> {
     let service = session.services.iter().find(|s| s.name == target.service);
-    let upstream_host = service
-        .and_then(|s| s.target.clone())
-        .unwrap_or_else(|| "localhost".to_owned());
-    let upstream_scheme = if service.is_some_and(|s| s.tls) {
+    let scheme = public_scheme(state);
+    let own_scheme = if service.is_some_and(|s| s.tls) {
         "https"
     } else {
         "http"
     };
-    let scheme = public_scheme(state);
+    // The Host the service gets, and the origin it calls its own: its
+    // address, a fixed name, or the public proxy host (whose origin is then
+    // the public one, left as it is).
+    let (upstream_host, upstream_scheme) = match service.map(|s| &s.host_header) {
+        Some(HostHeader::Fixed(name)) => (name.clone(), own_scheme),
+        Some(HostHeader::Public) => (target.authority.clone(), scheme),
+        _ => (
+            service
+                .and_then(|s| s.target.clone())
+                .unwrap_or_else(|| "localhost".to_owned()),
+            own_scheme,
+        ),
+    };
     let fwd = Forwarding {
         upstream_host: &upstream_host,
         upstream_scheme,

@@ -64,6 +64,7 @@ impl WebApp {
             .route("/big", get(big))
             .route("/drip", get(drip))
             .route("/events", get(events))
+            .route("/self-redirect", get(self_redirect))
             .route("/upload", post(upload))
             .route("/ws", get(ws))
             .with_state(app);
@@ -223,6 +224,20 @@ async fn drip() -> Response {
         ))
     });
     Body::from_stream(stream).into_response()
+}
+
+/// A redirect to `/me` on the host the request named (as applications
+/// behind a name-routing reverse proxy, or with an external name, do).
+async fn self_redirect(State(app): State<App>, headers: HeaderMap) -> Response {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("missing-host");
+    Response::builder()
+        .status(StatusCode::FOUND)
+        .header(header::LOCATION, format!("{}://{host}/me", app.scheme))
+        .body(Body::empty())
+        .unwrap()
 }
 
 /// Server-sent events: one event at once, then nothing more, ever. A proxy
