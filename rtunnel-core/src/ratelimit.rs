@@ -49,15 +49,22 @@ pub struct Rule {
 }
 
 impl Rule {
-    fn interval_ms(self) -> i64 {
+    /// The interval in milliseconds.
+    pub fn interval_ms(self) -> i64 {
         self.interval.as_millis().min(i64::MAX as u128) as i64
+    }
+
+    /// How far ahead of now the arrival time may be while an attempt is
+    /// still allowed: the burst's worth of intervals, less one.
+    pub fn tolerance_ms(self) -> i64 {
+        self.interval_ms()
+            .saturating_mul(i64::from(self.burst.saturating_sub(1)))
     }
 
     /// The wait before the next attempt of a key whose arrival time is
     /// `tat`, or `None` when it may go now.
     pub fn wait(self, tat: Millis, now: Millis) -> Option<Duration> {
-        let tolerance = self.interval_ms() * i64::from(self.burst.saturating_sub(1));
-        let ahead = tat.saturating_sub(now).saturating_sub(tolerance);
+        let ahead = tat.saturating_sub(now).saturating_sub(self.tolerance_ms());
         (ahead > 0).then(|| Duration::from_millis(ahead as u64))
     }
 

@@ -363,54 +363,36 @@ async fn a_service_gets_the_host_it_is_routed_by() {
     let s = Setup::start().await;
     let raw = s.client(false, &["vhost", "public"]);
 
-    let cookie = s.cookie(&s.admin, "vhost").await;
-    let own = format!("http://{}", s.host("vhost"));
-    let resp = raw
-        .get(s.url("vhost", "/headers"))
-        .header("cookie", &cookie)
-        .header("origin", &own)
-        .send()
-        .await
-        .unwrap();
-    let seen: Value = resp.json().await.unwrap();
-    assert_eq!(
-        seen["headers"]["host"],
-        json!(["app.customer.lan"]),
-        "{seen}"
-    );
-    assert_eq!(
-        seen["headers"]["origin"],
-        json!(["http://app.customer.lan"]),
-        "{seen}"
-    );
-    let resp = raw
-        .get(s.url("vhost", "/self-redirect"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 302);
-    assert_eq!(header_values(&resp, "location"), [s.url("vhost", "/me")]);
-
-    let cookie = s.cookie(&s.admin, "public").await;
-    let own = format!("http://{}", s.host("public"));
-    let resp = raw
-        .get(s.url("public", "/headers"))
-        .header("cookie", &cookie)
-        .header("origin", &own)
-        .send()
-        .await
-        .unwrap();
-    let seen: Value = resp.json().await.unwrap();
-    assert_eq!(seen["headers"]["host"], json!([s.host("public")]), "{seen}");
-    assert_eq!(seen["headers"]["origin"], json!([own]), "{seen}");
-    let resp = raw
-        .get(s.url("public", "/self-redirect"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(header_values(&resp, "location"), [s.url("public", "/me")]);
+    // (service, the Host it gets, the Origin it gets for its proxy origin)
+    let public_host = s.host("public");
+    let public_origin = format!("http://{public_host}");
+    let modes = [
+        ("vhost", "app.customer.lan", "http://app.customer.lan"),
+        ("public", public_host.as_str(), public_origin.as_str()),
+    ];
+    for (service, want_host, want_origin) in modes {
+        let cookie = s.cookie(&s.admin, service).await;
+        let own = format!("http://{}", s.host(service));
+        let resp = raw
+            .get(s.url(service, "/headers"))
+            .header("cookie", &cookie)
+            .header("origin", &own)
+            .send()
+            .await
+            .unwrap();
+        let seen: Value = resp.json().await.unwrap();
+        assert_eq!(seen["headers"]["host"], json!([want_host]), "{seen}");
+        assert_eq!(seen["headers"]["origin"], json!([want_origin]), "{seen}");
+        // A redirect to the host the service got comes back to the proxy.
+        let resp = raw
+            .get(s.url(service, "/self-redirect"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 302, "{service}");
+        assert_eq!(header_values(&resp, "location"), [s.url(service, "/me")]);
+    }
 
     // The manifest says how each is reached.
     let path = format!("/api/v1/sessions/{}/services", s.session);

@@ -44,10 +44,6 @@ end
 return 0
 ";
 
-fn millis(d: Duration) -> i64 {
-    d.as_millis().min(i64::MAX as u128) as i64
-}
-
 /// [`RateLimiter`] on Redis.
 #[derive(Debug, Clone)]
 pub struct RedisRateLimiter {
@@ -85,8 +81,7 @@ impl RateLimiter for RedisRateLimiter {
         now: Millis,
     ) -> Result<Option<Duration>, StoreError> {
         let mut conn = self.redis.manager.clone();
-        let interval = millis(rule.interval);
-        let tolerance = interval.saturating_mul(i64::from(rule.burst.saturating_sub(1)));
+        let (interval, tolerance) = (rule.interval_ms(), rule.tolerance_ms());
         let wait: i64 = redis::cmd("EVAL")
             .arg(RESERVE)
             .arg(1)
@@ -107,7 +102,7 @@ impl RateLimiter for RedisRateLimiter {
             .arg(1)
             .arg(self.redis.key("rl", key))
             .arg(now)
-            .arg(millis(rule.interval))
+            .arg(rule.interval_ms())
             .query_async::<i64>(&mut conn)
             .await
             .map(|_| ())
