@@ -3,8 +3,11 @@
 # tinyproxy (the HTTP CONNECT proxy agents dial through), asciinema (plays
 # the terminal recordings back), chromium (the browser the terminal page
 # is tested in, headless), PostgreSQL and Redis (started for the tests by
-# scripts/test-services.sh, on free ports), and nginx (the documented
-# front end, run by tests/deployment.rs). Debian packages;
+# scripts/test-services.sh, on free ports), nginx (the documented
+# front end, run by tests/deployment.rs, and a customer's name-routing
+# proxy in tests/apps.rs), and Cockpit and Jupyter Notebook (the real web
+# applications tests/apps.rs drives through the subdomain proxy). Debian
+# packages;
 # installing needs root (CI runs as root) or sudo.
 set -euo pipefail
 
@@ -26,6 +29,11 @@ command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+[ -x /usr/lib/cockpit/cockpit-ws ] || missing+=(cockpit-ws)
+[ -d /usr/share/cockpit/systemd ] || missing+=(cockpit-system)
+command -v cockpit-bridge >/dev/null 2>&1 || missing+=(cockpit-bridge)
+command -v jupyter-notebook >/dev/null 2>&1 || missing+=(jupyter-notebook)
+/usr/bin/python3 -c 'import ipykernel' >/dev/null 2>&1 || missing+=(python3-ipykernel)
 
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
@@ -39,6 +47,6 @@ export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq >/dev/null
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # Tests start their own instances on free ports; stop any the packages started.
-for service in tinyproxy redis-server postgresql nginx; do
+for service in tinyproxy redis-server postgresql nginx cockpit.socket; do
     $sudo systemctl stop "$service" >/dev/null 2>&1 || $sudo service "$service" stop >/dev/null 2>&1 || true
 done

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+pub mod chromium;
+
 /// Generous: CI machines are small and busy.
 pub const WAIT: Duration = Duration::from_secs(30);
 
