@@ -527,7 +527,8 @@ async fn serve_stream(offer: Arc<Offer>, mut stream: YamuxStream) {
     };
     let _ = tcp.set_nodelay(true);
     if spec.tls {
-        let name = match rustls::pki_types::ServerName::try_from(spec.host.clone()) {
+        let name = match rustls::pki_types::ServerName::try_from(spec.tls_server_name().to_owned())
+        {
             Ok(n) => n,
             Err(e) => {
                 refuse_dial(&mut stream, &spec.name, &target, &e.to_string()).await;

@@ -52,7 +52,10 @@ struct RunArgs {
     /// File holding the system secret.
     #[arg(long, env = "RTUNNEL_SECRET_FILE")]
     secret_file: Option<PathBuf>,
-    /// Services: name=host:port[:tls],...
+    /// Services: name=host:port[:tls][:host=NAME|:host=public],...
+    /// (`:tls` dials the service over TLS; `:host=` picks the `Host` the
+    /// subdomain proxy sends: a virtual host name, also asked for in the
+    /// TLS handshake, or the public proxy host).
     #[arg(long, env = "RTUNNEL_STATIC_SERVICES", default_value = "")]
     static_services: String,
     /// First reconnect delay; doubles with jitter.

@@ -35,6 +35,17 @@ impl ServiceSpec {
         }
     }
 
+    /// The name a `:tls` service is asked for in the TLS handshake (SNI):
+    /// the virtual host of `:host=NAME` without its port, so a reverse
+    /// proxy on the customer's side picks the right certificate and
+    /// application; otherwise the host dialed.
+    pub fn tls_server_name(&self) -> &str {
+        match &self.host_header {
+            HostHeader::Fixed(name) => strip_port(name),
+            HostHeader::Target | HostHeader::Public => &self.host,
+        }
+    }
+
     /// `host:port` (IPv6 hosts in brackets).
     pub fn target(&self) -> String {
         if self.host.contains(':') {
@@ -42,6 +53,17 @@ impl ServiceSpec {
         } else {
             format!("{}:{}", self.host, self.port)
         }
+    }
+}
+
+/// `host` of `host[:port]`, and `::1` of `[::1][:port]`.
+fn strip_port(name: &str) -> &str {
+    if let Some(rest) = name.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match name.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => name,
     }
 }
 
@@ -162,6 +184,13 @@ mod tests {
         assert_eq!(s[2].target(), "[::1]:80");
         assert_eq!(s[3].host_header, HostHeader::Target);
         assert_eq!(s[0].info().host_header, s[0].host_header);
+        // The TLS handshake asks for the virtual host, without its port.
+        assert_eq!(s[0].tls_server_name(), "cockpit.lan");
+        assert_eq!(s[1].tls_server_name(), "app.lan");
+        assert_eq!(s[2].tls_server_name(), "::1");
+        assert_eq!(s[3].tls_server_name(), "h");
+        let v6 = parse_services("e=10.0.0.5:443:tls:host=[fd00::5]:8443").unwrap();
+        assert_eq!(v6[0].tls_server_name(), "fd00::5");
         for bad in ["a=h:1:host=", "a=h:1:host=a b", "a=h:1:host=x/y"] {
             assert!(parse_services(bad).is_err(), "{bad}");
         }

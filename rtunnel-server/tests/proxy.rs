@@ -34,8 +34,9 @@ impl Setup {
         let app = WebApp::start().await;
         let tls_app = WebApp::start_tls().await;
         let services = format!(
-            "web={a},secure={}:tls,vhost={a}:host=app.customer.lan,public={a}:host=public",
-            tls_app.addr,
+            "web={a},secure={t}:tls,vhost={a}:host=app.customer.lan,public={a}:host=public,\
+             securevhost={t}:tls:host=app.customer.lan:8443",
+            t = tls_app.addr,
             a = app.addr
         );
         let agent = start_agent(&server, &sys, &services, &[]);
@@ -573,6 +574,8 @@ async fn a_tls_service_is_reached_over_tls() {
     let seen: Value = resp.json().await.unwrap();
     assert_eq!(seen["scheme"], "https", "{seen}");
     assert_eq!(seen["headers"]["host"], json!([s.tls_app.addr.to_string()]));
+    // Dialed by address: no name in the handshake.
+    assert_eq!(seen["sni"], Value::Null, "{seen}");
     assert!(
         s.tls_app
             .connections
@@ -583,6 +586,19 @@ async fn a_tls_service_is_reached_over_tls() {
     let resp = client.get(s.url("secure", "/login")).send().await.unwrap();
     assert_eq!(resp.url().as_str(), s.url("secure", "/me"));
     assert!(resp.text().await.unwrap().starts_with("logged in"));
+
+    // A virtual host over TLS: the handshake asks for its name (a
+    // customer's reverse proxy picks certificate and application by it),
+    // and the request carries it as `Host`.
+    let client = s.signed_in(&s.admin, "securevhost").await;
+    let resp = client
+        .get(s.url("securevhost", "/headers"))
+        .send()
+        .await
+        .unwrap();
+    let seen: Value = resp.json().await.unwrap();
+    assert_eq!(seen["sni"], "app.customer.lan", "{seen}");
+    assert_eq!(seen["headers"]["host"], json!(["app.customer.lan:8443"]));
 }
 
 /// One raw HTTP/1.1 exchange on an open connection: the status line and

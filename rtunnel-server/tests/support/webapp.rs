@@ -80,17 +80,20 @@ impl WebApp {
                 let router = router.clone();
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let service = hyper_util::service::TowerToHyperService::new(router);
                     let builder = hyper::server::conn::http1::Builder::new();
                     match acceptor {
                         Some(acceptor) => {
                             let Ok(stream) = acceptor.accept(tcp).await else {
                                 return;
                             };
+                            let sni = stream.get_ref().1.server_name().map(str::to_owned);
+                            let router = router.layer(axum::Extension(TlsServerName(sni)));
+                            let service = hyper_util::service::TowerToHyperService::new(router);
                             let io = hyper_util::rt::TokioIo::new(stream);
                             let _ = builder.serve_connection(io, service).with_upgrades().await;
                         }
                         None => {
+                            let service = hyper_util::service::TowerToHyperService::new(router);
                             let io = hyper_util::rt::TokioIo::new(tcp);
                             let _ = builder.serve_connection(io, service).with_upgrades().await;
                         }
@@ -101,6 +104,10 @@ impl WebApp {
         WebApp { addr, connections }
     }
 }
+
+/// The name a TLS client asked for (SNI), if it asked.
+#[derive(Clone)]
+struct TlsServerName(Option<String>);
 
 fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
     use rustls::pki_types::pem::PemObject;
@@ -119,8 +126,13 @@ fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
 }
 
 /// Echoes the request line and headers as JSON (header names lower-case,
-/// values of repeated headers in order).
+/// values of repeated headers in order), and over TLS the name the client
+/// asked for (`sni`).
 async fn headers(State(app): State<App>, req: Request) -> Response {
+    let sni = req
+        .extensions()
+        .get::<TlsServerName>()
+        .and_then(|n| n.0.clone());
     let mut map = serde_json::Map::new();
     for (name, value) in req.headers() {
         let entry = map
@@ -138,6 +150,7 @@ async fn headers(State(app): State<App>, req: Request) -> Response {
         "method": req.method().as_str(),
         "uri": req.uri().to_string(),
         "scheme": app.scheme,
+        "sni": sni,
         "headers": map,
     }))
     .into_response()
