@@ -11,7 +11,8 @@ use rtunnel_core::control::{ControlChannel, ControlEnd, HandshakeError, client_h
 use rtunnel_core::frame::write_frame;
 use rtunnel_core::mux::{Mux, MuxConfig, YamuxMux, YamuxStream};
 use rtunnel_core::proto::{
-    CloseCode, Control, Resume, ServiceInfo, StreamHeader, StreamKind, StreamReply, TerminalOpen,
+    CloseCode, Control, RefusalCode, Resume, ServiceInfo, StreamHeader, StreamKind, StreamReply,
+    TerminalOpen,
 };
 use rtunnel_core::relay::relay;
 use rtunnel_core::setup::{accept_header, refuse};
@@ -501,7 +502,7 @@ async fn serve_stream(offer: Arc<Offer>, mut stream: YamuxStream) {
         refuse(
             &mut stream,
             StreamReply::refused(
-                "unknown_service",
+                RefusalCode::UnknownService,
                 format!("this agent has no service named {:?}", header.service),
             ),
         )
@@ -558,14 +559,14 @@ fn terminal_request<'a>(
 ) -> Result<(&'a TerminalConfig, TerminalOpen), StreamReply> {
     let Some(config) = &offer.terminal else {
         return Err(StreamReply::refused(
-            "terminal_unavailable",
+            RefusalCode::TerminalUnavailable,
             "this agent offers no terminal",
         ));
     };
     if header.kind != StreamKind::Terminal || header.service != TERMINAL_SERVICE {
         tracing::warn!(service = %header.service, kind = header.kind.as_str(), "refused a stream mixing the terminal with another kind");
         return Err(StreamReply::refused(
-            "unsupported_kind",
+            RefusalCode::UnsupportedKind,
             format!(
                 "a {} stream cannot go to {:?}",
                 header.kind.as_str(),
@@ -573,10 +574,9 @@ fn terminal_request<'a>(
             ),
         ));
     }
-    let open = header
-        .terminal
-        .clone()
-        .ok_or_else(|| StreamReply::refused("bad_stream_header", "a terminal needs its size"))?;
+    let open = header.terminal.clone().ok_or_else(|| {
+        StreamReply::refused(RefusalCode::BadStreamHeader, "a terminal needs its size")
+    })?;
     Ok((config, open))
 }
 
@@ -602,7 +602,7 @@ async fn refuse_dial(stream: &mut YamuxStream, name: &str, target: &str, why: &s
     refuse(
         stream,
         StreamReply::refused(
-            "dial_failed",
+            RefusalCode::ServiceUnreachable,
             format!("cannot reach {name} at {target}: {why}"),
         ),
     )

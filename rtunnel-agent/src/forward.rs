@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use rtunnel_core::control::{ControlChannel, client_handshake};
 use rtunnel_core::mux::{Mux, MuxConfig, YamuxMux, YamuxStream};
-use rtunnel_core::proto::{self, StreamHeader, StreamKind};
+use rtunnel_core::proto::{self, Refusal, StreamHeader, StreamKind};
 use rtunnel_core::relay::relay;
 use rtunnel_core::setup::{self, SetupError};
 use rtunnel_core::ws::WsStream;
@@ -68,14 +68,17 @@ pub enum ForwardError {
     /// The protocol handshake failed.
     #[error("handshake failed: {0}")]
     Handshake(String),
-    /// A stream could not be opened.
-    #[error("the server refused the connection ({code}): {reason}")]
-    Refused {
-        /// Stable code.
-        code: String,
-        /// Why.
-        reason: String,
-    },
+    /// The server (or the agent behind it) refused the stream, with its
+    /// stable code.
+    #[error("the server refused the connection ({}): {}", .0.code, .0.reason)]
+    Refused(Refusal),
+    /// The stream failed before the server answered, or the tunnel to the
+    /// server is gone.
+    #[error("the stream to the server failed: {0}")]
+    Stream(String),
+    /// The server did not answer the stream in time.
+    #[error("the server did not answer in time")]
+    Timeout,
     /// The local listener failed.
     #[error("local listener: {0}")]
     Listen(std::io::Error),
@@ -156,17 +159,9 @@ impl Forwarder {
         let mut stream = self.open_raw().await?;
         match setup::request(&mut stream, header, STREAM_REPLY_TIMEOUT).await {
             Ok(()) => Ok(stream),
-            Err(SetupError::Refused { code, reason }) => {
-                Err(ForwardError::Refused { code, reason })
-            }
-            Err(SetupError::Failed(e)) => Err(ForwardError::Refused {
-                code: "stream_failed".into(),
-                reason: e.to_string(),
-            }),
-            Err(SetupError::Timeout(_)) => Err(ForwardError::Refused {
-                code: "timeout".into(),
-                reason: "the server did not answer in time".into(),
-            }),
+            Err(SetupError::Refused(refusal)) => Err(ForwardError::Refused(refusal)),
+            Err(SetupError::Failed(e)) => Err(ForwardError::Stream(e.to_string())),
+            Err(SetupError::Timeout(_)) => Err(ForwardError::Timeout),
         }
     }
 
@@ -196,10 +191,9 @@ impl Forwarder {
             Err(_) => {
                 self.drop_conn(&mux).await;
                 let mux = self.current().await?;
-                mux.open().await.map_err(|e| ForwardError::Refused {
-                    code: "tunnel_closed".into(),
-                    reason: e.to_string(),
-                })
+                mux.open()
+                    .await
+                    .map_err(|e| ForwardError::Stream(e.to_string()))
             }
         }
     }

@@ -274,30 +274,140 @@ pub struct TerminalOpen {
 /// Longest operator name in a [`TerminalOpen`].
 pub const MAX_OPERATOR_NAME: usize = 128;
 
-/// The accepting side's answer to a [`StreamHeader`].
+/// Why a stream was refused: one stable code, the same in the stream reply
+/// on the wire, in the HTTP API's error envelope and in the logs, wherever
+/// the refusal was made (the agent, this node, the node holding the tunnel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RefusalCode {
+    /// The header broke a rule.
+    BadStreamHeader,
+    /// The service is not in the manifest.
+    UnknownService,
+    /// The stream's kind does not fit the service.
+    UnsupportedKind,
+    /// The agent offers no terminal.
+    TerminalUnavailable,
+    /// The agent could not reach the service (refused, timed out, TLS).
+    #[serde(alias = "dial_failed")]
+    ServiceUnreachable,
+    /// The user's role does not allow it.
+    Forbidden,
+    /// The user holds no grant on the system.
+    NoGrant,
+    /// The user is disabled.
+    UserDisabled,
+    /// The API token the stream was opened with is revoked or expired.
+    TokenRevoked,
+    /// The login the stream was opened with ended.
+    LoginEnded,
+    /// The tunnel carries as many streams as it may.
+    TooManyStreams,
+    /// The operator holds as many of the tunnel's streams as one may.
+    UserStreamLimit,
+    /// The session is in its grace period: the agent is on its way back.
+    AgentReconnecting,
+    /// The session is closed or expired.
+    SessionEnded,
+    /// The agent is not connected, or its tunnel failed.
+    AgentUnavailable,
+    /// The agent did not answer in time.
+    AgentTimeout,
+    /// The server could not decide or record (its store is away).
+    Unavailable,
+    /// A code this build does not know (sent by a newer peer).
+    #[serde(other)]
+    Other,
+}
+
+impl RefusalCode {
+    /// The code as written on the wire, such as `unknown_service`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalCode::BadStreamHeader => "bad_stream_header",
+            RefusalCode::UnknownService => "unknown_service",
+            RefusalCode::UnsupportedKind => "unsupported_kind",
+            RefusalCode::TerminalUnavailable => "terminal_unavailable",
+            RefusalCode::ServiceUnreachable => "service_unreachable",
+            RefusalCode::Forbidden => "forbidden",
+            RefusalCode::NoGrant => "no_grant",
+            RefusalCode::UserDisabled => "user_disabled",
+            RefusalCode::TokenRevoked => "token_revoked",
+            RefusalCode::LoginEnded => "login_ended",
+            RefusalCode::TooManyStreams => "too_many_streams",
+            RefusalCode::UserStreamLimit => "user_stream_limit",
+            RefusalCode::AgentReconnecting => "agent_reconnecting",
+            RefusalCode::SessionEnded => "session_ended",
+            RefusalCode::AgentUnavailable => "agent_unavailable",
+            RefusalCode::AgentTimeout => "agent_timeout",
+            RefusalCode::Unavailable => "unavailable",
+            RefusalCode::Other => "other",
+        }
+    }
+
+    /// The code of an access decision's denial (`forbidden`, `no_grant`,
+    /// `user_disabled`, `token_revoked`, `login_ended`); `None` for any
+    /// other text.
+    pub fn of_denial(code: &str) -> Option<RefusalCode> {
+        Some(match code {
+            "forbidden" => RefusalCode::Forbidden,
+            "no_grant" => RefusalCode::NoGrant,
+            "user_disabled" => RefusalCode::UserDisabled,
+            "token_revoked" => RefusalCode::TokenRevoked,
+            "login_ended" => RefusalCode::LoginEnded,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for RefusalCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refused stream: its stable code and a human readable reason (at most
+/// [`MAX_REASON_BYTES`]). Displays as the reason, for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{reason}")]
+pub struct Refusal {
+    /// Stable code.
+    pub code: RefusalCode,
+    /// Human readable detail.
+    pub reason: String,
+}
+
+impl Refusal {
+    /// A refusal with `code` and `reason` (cut to [`MAX_REASON_BYTES`]).
+    pub fn new(code: RefusalCode, reason: impl Into<String>) -> Self {
+        let mut reason = reason.into();
+        truncate_utf8(&mut reason, MAX_REASON_BYTES);
+        Refusal { code, reason }
+    }
+}
+
+/// The accepting side's answer to a [`StreamHeader`]: `{"status":"ok"}`,
+/// or `{"status":"refused","code","reason"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum StreamReply {
     /// The target is connected; payload may flow.
     Ok,
     /// The stream is refused; it will be closed after this frame.
-    Refused {
-        /// Stable snake_case code, such as `unknown_service`.
-        code: String,
-        /// Human readable detail.
-        reason: String,
-    },
+    Refused(Refusal),
 }
 
 impl StreamReply {
     /// A refusal with a stable `code` and a human readable `reason`.
-    pub fn refused(code: &str, reason: impl Into<String>) -> Self {
-        let mut reason = reason.into();
-        truncate_utf8(&mut reason, MAX_REASON_BYTES);
-        StreamReply::Refused {
-            code: code.to_owned(),
-            reason,
-        }
+    pub fn refused(code: RefusalCode, reason: impl Into<String>) -> Self {
+        StreamReply::Refused(Refusal::new(code, reason))
+    }
+}
+
+impl From<Refusal> for StreamReply {
+    fn from(r: Refusal) -> Self {
+        StreamReply::Refused(r)
     }
 }
 
@@ -658,11 +768,68 @@ mod tests {
 
     #[test]
     fn refusal_reasons_are_bounded() {
-        let r = StreamReply::refused("x", "é".repeat(1000));
-        let StreamReply::Refused { reason, .. } = r else {
+        let r = StreamReply::refused(RefusalCode::Other, "é".repeat(1000));
+        let StreamReply::Refused(Refusal { reason, .. }) = r else {
             panic!("not refused")
         };
         assert!(reason.len() <= MAX_REASON_BYTES);
+    }
+
+    #[test]
+    fn a_refusal_on_the_wire_is_a_status_a_code_and_a_reason() {
+        let reply = StreamReply::refused(RefusalCode::UnknownService, "no db");
+        let json = serde_json::to_value(&reply).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"status": "refused", "code": "unknown_service", "reason": "no db"})
+        );
+        let back: StreamReply = serde_json::from_value(json).unwrap();
+        assert_eq!(back, reply);
+        assert_eq!(
+            serde_json::to_value(StreamReply::Ok).unwrap(),
+            serde_json::json!({"status": "ok"})
+        );
+        // A newer peer's code is kept as a refusal; an older agent's
+        // `dial_failed` is today's `service_unreachable`.
+        let newer: Refusal =
+            serde_json::from_str(r#"{"code":"consent_pending","reason":"wait"}"#).unwrap();
+        assert_eq!(newer.code, RefusalCode::Other);
+        let older: Refusal =
+            serde_json::from_str(r#"{"code":"dial_failed","reason":"refused"}"#).unwrap();
+        assert_eq!(older.code, RefusalCode::ServiceUnreachable);
+    }
+
+    #[test]
+    fn every_refusal_code_is_written_as_its_name() {
+        use RefusalCode::*;
+        for code in [
+            BadStreamHeader,
+            UnknownService,
+            UnsupportedKind,
+            TerminalUnavailable,
+            ServiceUnreachable,
+            Forbidden,
+            NoGrant,
+            UserDisabled,
+            TokenRevoked,
+            LoginEnded,
+            TooManyStreams,
+            UserStreamLimit,
+            AgentReconnecting,
+            SessionEnded,
+            AgentUnavailable,
+            AgentTimeout,
+            Unavailable,
+            Other,
+        ] {
+            assert_eq!(
+                serde_json::to_value(code).unwrap(),
+                serde_json::json!(code.as_str())
+            );
+            if let Some(denial) = RefusalCode::of_denial(code.as_str()) {
+                assert_eq!(denial, code);
+            }
+        }
     }
 }
 

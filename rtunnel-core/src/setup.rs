@@ -7,19 +7,14 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::frame::{FrameError, read_frame, write_frame};
-use crate::proto::{MAX_STREAM_HEADER_BYTES, StreamHeader, StreamReply};
+use crate::proto::{MAX_STREAM_HEADER_BYTES, Refusal, RefusalCode, StreamHeader, StreamReply};
 
 /// Why the opener's setup failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
     /// The other side refused the stream.
-    #[error("refused ({code}): {reason}")]
-    Refused {
-        /// Stable code.
-        code: String,
-        /// Why.
-        reason: String,
-    },
+    #[error("refused ({}): {}", .0.code, .0.reason)]
+    Refused(Refusal),
     /// The stream failed before a reply arrived.
     #[error("stream failed: {0}")]
     Failed(#[from] FrameError),
@@ -43,7 +38,7 @@ where
     };
     match tokio::time::timeout(timeout, exchange).await {
         Ok(Ok(StreamReply::Ok)) => Ok(()),
-        Ok(Ok(StreamReply::Refused { code, reason })) => Err(SetupError::Refused { code, reason }),
+        Ok(Ok(StreamReply::Refused(refusal))) => Err(SetupError::Refused(refusal)),
         Ok(Err(e)) => Err(SetupError::Failed(e)),
         Err(_) => Err(SetupError::Timeout(timeout)),
     }
@@ -65,7 +60,7 @@ where
         Ok(Err(FrameError::Proto(e))) => {
             refuse(
                 stream,
-                StreamReply::refused("bad_stream_header", e.to_string()),
+                StreamReply::refused(RefusalCode::BadStreamHeader, e.to_string()),
             )
             .await;
             None
@@ -101,7 +96,7 @@ mod tests {
             let h = accept_header(&mut b, Duration::from_secs(5)).await.unwrap();
             refuse(
                 &mut b,
-                StreamReply::refused("unknown_service", format!("no {}", h.service)),
+                StreamReply::refused(RefusalCode::UnknownService, format!("no {}", h.service)),
             )
             .await;
         });
@@ -109,7 +104,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            matches!(err, SetupError::Refused { ref code, ref reason } if code == "unknown_service" && reason == "no db")
+            matches!(err, SetupError::Refused(ref r) if r.code == RefusalCode::UnknownService && r.reason == "no db")
         );
         acceptor.await.unwrap();
 
@@ -133,7 +128,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            matches!(err, SetupError::Refused { ref code, .. } if code == "bad_stream_header"),
+            matches!(err, SetupError::Refused(ref r) if r.code == RefusalCode::BadStreamHeader),
             "{err:?}"
         );
         assert!(acceptor.await.unwrap().is_none());

@@ -8,6 +8,7 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use rtunnel_core::proto::{Refusal, RefusalCode};
 use rtunnel_core::store::StoreError;
 
 /// An error answered to an API caller.
@@ -117,6 +118,47 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(m) => ApiError::not_found("not_found", m),
             StoreError::Backend(m) => ApiError::unavailable("database_unavailable", m),
         }
+    }
+}
+
+/// The HTTP status a refused stream is answered with.
+pub fn refusal_status(code: RefusalCode) -> StatusCode {
+    match code {
+        RefusalCode::BadStreamHeader | RefusalCode::UnsupportedKind => StatusCode::BAD_REQUEST,
+        RefusalCode::UnknownService => StatusCode::NOT_FOUND,
+        RefusalCode::TerminalUnavailable => StatusCode::CONFLICT,
+        RefusalCode::Forbidden
+        | RefusalCode::NoGrant
+        | RefusalCode::UserDisabled
+        | RefusalCode::TokenRevoked
+        | RefusalCode::LoginEnded => StatusCode::FORBIDDEN,
+        RefusalCode::UserStreamLimit => StatusCode::TOO_MANY_REQUESTS,
+        RefusalCode::TooManyStreams | RefusalCode::AgentReconnecting | RefusalCode::Unavailable => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        RefusalCode::SessionEnded => StatusCode::GONE,
+        RefusalCode::AgentTimeout => StatusCode::GATEWAY_TIMEOUT,
+        RefusalCode::ServiceUnreachable | RefusalCode::AgentUnavailable | RefusalCode::Other => {
+            StatusCode::BAD_GATEWAY
+        }
+        _ => StatusCode::BAD_GATEWAY,
+    }
+}
+
+/// A refused stream, for an API caller: the refusal's code and reason,
+/// with `Retry-After` where waiting helps.
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        let retry = match r.code {
+            RefusalCode::TooManyStreams | RefusalCode::UserStreamLimit => {
+                Some(std::time::Duration::from_secs(1))
+            }
+            RefusalCode::AgentReconnecting => Some(crate::streams::RECONNECT_RETRY),
+            _ => None,
+        };
+        let mut e = ApiError::new(refusal_status(r.code), r.code.as_str(), r.reason);
+        e.retry_after = retry;
+        e
     }
 }
 

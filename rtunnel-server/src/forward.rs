@@ -15,7 +15,7 @@ use rtunnel_auth::access::Action;
 use rtunnel_core::control::{ControlChannel, send_welcome, server_handshake};
 use rtunnel_core::frame::write_frame;
 use rtunnel_core::mux::{Mux, YamuxMux, YamuxStream};
-use rtunnel_core::proto::{StreamHeader, StreamKind, StreamReply};
+use rtunnel_core::proto::{Refusal, RefusalCode, StreamHeader, StreamKind, StreamReply};
 use rtunnel_core::relay::relay_until;
 use rtunnel_core::setup;
 use rtunnel_core::store::{AccessLog, AuditEvent, SessionStatus, User, now_millis};
@@ -27,7 +27,7 @@ use uuid::Uuid;
 use crate::api::auth::{Authenticated, authorize};
 use crate::api::extract::Query;
 use crate::error::ApiError;
-use crate::registry::{OpenError, TunnelStream};
+use crate::registry::TunnelStream;
 use crate::revocation::Holder;
 use crate::state::AppState;
 
@@ -185,8 +185,13 @@ async fn serve_stream(ctx: Arc<ForwardCtx>, mut stream: YamuxStream) {
     let mut upstream = match open_upstream(&ctx, &header).await {
         Ok(ok) => ok,
         Err(refusal) => {
-            tracing::info!(user = %ctx.user.name, service = %header.service, "stream refused: {refusal:?}");
-            setup::refuse(&mut stream, refusal).await;
+            tracing::info!(
+                user = %ctx.user.name,
+                service = %header.service,
+                code = %refusal.code,
+                "stream refused: {refusal}"
+            );
+            setup::refuse(&mut stream, refusal.into()).await;
             return;
         }
     };
@@ -207,7 +212,10 @@ async fn serve_stream(ctx: Arc<ForwardCtx>, mut stream: YamuxStream) {
     let sessions = &ctx.state.stores.sessions;
     if let Err(e) = sessions.open_access(&entry).await {
         tracing::error!(error = %e, "cannot write the access log");
-        let reply = StreamReply::refused("unavailable", "the access log could not be written");
+        let reply = StreamReply::refused(
+            RefusalCode::Unavailable,
+            "the access log could not be written",
+        );
         setup::refuse(&mut stream, reply).await;
         return;
     }
@@ -251,79 +259,32 @@ async fn serve_stream(ctx: Arc<ForwardCtx>, mut stream: YamuxStream) {
 }
 
 /// Checks access again, opens a stream to the agent and gets its answer.
-async fn open_upstream(
-    ctx: &ForwardCtx,
-    header: &StreamHeader,
-) -> Result<TunnelStream, StreamReply> {
+async fn open_upstream(ctx: &ForwardCtx, header: &StreamHeader) -> Result<TunnelStream, Refusal> {
     if header.kind != StreamKind::Tcp {
-        return Err(StreamReply::refused(
-            "unsupported_kind",
+        return Err(Refusal::new(
+            RefusalCode::UnsupportedKind,
             "forward carries tcp streams only",
         ));
     }
     // Access is decided for every stream: a revoked grant or disabled user
     // stops new connections at once.
     let state = &ctx.state;
-    let unavailable = |e: rtunnel_core::store::StoreError| {
-        tracing::error!(error = %e, "access check failed");
-        StreamReply::refused("unavailable", "the access check could not be made")
-    };
-    if let Err(code) = crate::revocation::may_connect(state, ctx.holder, ctx.system_id)
+    let decision = crate::revocation::may_connect(state, ctx.holder, ctx.system_id)
         .await
-        .map_err(unavailable)?
-    {
-        return Err(StreamReply::refused(code, "access denied"));
+        .map_err(|e| {
+            tracing::error!(error = %e, "access check failed");
+            Refusal::new(
+                RefusalCode::Unavailable,
+                "the access check could not be made",
+            )
+        })?;
+    if let Err(code) = decision {
+        let code = RefusalCode::of_denial(code).unwrap_or(RefusalCode::Forbidden);
+        return Err(Refusal::new(code, "access denied"));
     }
-    let tunnel = match state.cluster.route(ctx.session_id).await {
-        Some(t) => t,
-        None => return Err(no_tunnel(state, ctx.session_id).await),
-    };
     // The agent hears a header this server built, never the operator's:
     // only the service name is taken from it, and the stream is `tcp`.
     let header =
         StreamHeader::new(header.service.clone(), StreamKind::Tcp).opened_by(&ctx.user.name);
-    let timeout = state.config.handshake_timeout;
-    tunnel
-        .open_stream(&state.cluster, &header, timeout)
-        .await
-        .map_err(|e| match e {
-            // The agent's own refusal goes back to the operator unchanged.
-            OpenError::Refused { code, reason } => StreamReply::Refused { code, reason },
-            OpenError::TooManyStreams => StreamReply::refused(
-                "too_many_streams",
-                format!(
-                    "this tunnel already carries {} streams (--max-streams-per-tunnel)",
-                    state.config.max_streams_per_tunnel
-                ),
-            ),
-            OpenError::TooManyUserStreams => StreamReply::refused(
-                "user_stream_limit",
-                format!(
-                    "you hold {} of this tunnel's streams, as many as one operator may (--max-streams-per-user); close some",
-                    state.config.streams_per_user()
-                ),
-            ),
-            OpenError::Unavailable(e) => StreamReply::refused("agent_unavailable", e),
-            OpenError::Timeout => {
-                StreamReply::refused("agent_timeout", "the agent did not answer in time")
-            }
-        })
-}
-
-/// Why a session has no live tunnel, as a refusal for the operator.
-async fn no_tunnel(state: &AppState, session_id: Uuid) -> StreamReply {
-    match state.stores.sessions.session(session_id).await {
-        Ok(Some(s)) if s.status == SessionStatus::GracePeriod => StreamReply::refused(
-            "agent_reconnecting",
-            "the agent is reconnecting; try again in a moment",
-        ),
-        Ok(Some(s)) if s.status.is_final() => StreamReply::refused(
-            "session_ended",
-            format!("the session is {}", s.status.as_str()),
-        ),
-        _ => StreamReply::refused(
-            "agent_unavailable",
-            "the agent of this session is not connected",
-        ),
-    }
+    state.streams.open(ctx.session_id, &header).await
 }

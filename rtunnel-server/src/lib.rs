@@ -42,6 +42,7 @@ pub mod retention;
 pub mod revocation;
 pub mod server;
 pub mod state;
+pub mod streams;
 pub mod terminal;
 pub mod tickets;
 mod tunnel;

@@ -12,39 +12,13 @@ use std::time::Duration;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use rtunnel_core::mux::{Mux, YamuxMux, YamuxStream};
-use rtunnel_core::proto::{CloseCode, Control, ServiceInfo, StreamHeader, StreamKind};
+use rtunnel_core::proto::{
+    CloseCode, Control, Refusal, RefusalCode, ServiceInfo, StreamHeader, StreamKind,
+};
 use rtunnel_core::setup::{self, SetupError};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use uuid::Uuid;
-
-/// Why a stream to the agent could not be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum OpenError {
-    /// The tunnel carries `--max-streams-per-tunnel` streams already.
-    #[error("this tunnel already carries as many streams as it may (--max-streams-per-tunnel)")]
-    TooManyStreams,
-    /// The operator holds `--max-streams-per-user` of this tunnel's streams
-    /// already: the rest are for the others.
-    #[error(
-        "you hold as many of this tunnel's streams as one operator may (--max-streams-per-user); close some"
-    )]
-    TooManyUserStreams,
-    /// The agent said no; its code and reason are passed on.
-    #[error("the agent refused ({code}): {reason}")]
-    Refused {
-        /// The agent's stable code.
-        code: String,
-        /// The agent's reason.
-        reason: String,
-    },
-    /// The tunnel failed while opening the stream.
-    #[error("the agent is unavailable: {0}")]
-    Unavailable(String),
-    /// The agent did not answer the stream header in time.
-    #[error("the agent did not answer in time")]
-    Timeout,
-}
 
 /// A stream to a service behind an agent: a stream of a tunnel on this
 /// node (counted against the tunnel's stream limit while it lives), or a
@@ -136,25 +110,31 @@ impl AsyncWrite for TunnelStream {
 /// Checks a stream header against a manifest: the service exists, the
 /// stream's kind fits the service's, and only a terminal stream carries
 /// terminal settings.
-pub fn admit(services: &[ServiceInfo], header: &StreamHeader) -> Result<(), OpenError> {
+pub fn admit(services: &[ServiceInfo], header: &StreamHeader) -> Result<(), Refusal> {
     let Some(service) = services.iter().find(|s| s.name == header.service) else {
-        return Err(OpenError::Refused {
-            code: "unknown_service".into(),
-            reason: format!("the session has no service named {:?}", header.service),
-        });
+        if header.kind == StreamKind::Terminal {
+            return Err(Refusal::new(
+                RefusalCode::TerminalUnavailable,
+                "the agent of this session offers no terminal (--no-terminal)",
+            ));
+        }
+        return Err(Refusal::new(
+            RefusalCode::UnknownService,
+            format!("the session has no service named {:?}", header.service),
+        ));
     };
     let kind_fits = header.kind.fits(service.kind)
         && (header.terminal.is_some() == (header.kind == StreamKind::Terminal));
     if !kind_fits {
-        return Err(OpenError::Refused {
-            code: "unsupported_kind".into(),
-            reason: format!(
+        return Err(Refusal::new(
+            RefusalCode::UnsupportedKind,
+            format!(
                 "a {} stream cannot go to the {} service {:?}",
                 header.kind.as_str(),
                 service.kind.as_str(),
                 service.name
             ),
-        });
+        ));
     }
     Ok(())
 }
@@ -174,6 +154,8 @@ pub struct LiveTunnel {
     pub control: mpsc::Sender<Control>,
     /// One permit per stream the tunnel may carry at once.
     pub streams: Arc<tokio::sync::Semaphore>,
+    /// How many permits `streams` started with.
+    pub max_streams: usize,
     /// Streams held per operator (by name), and how many one may hold.
     pub shares: Arc<Mutex<HashMap<String, usize>>>,
     /// The most streams of this tunnel one operator may hold.
@@ -196,41 +178,58 @@ impl LiveTunnel {
         &self,
         header: &StreamHeader,
         timeout: Duration,
-    ) -> Result<TunnelStream, OpenError> {
+    ) -> Result<TunnelStream, Refusal> {
         admit(&self.services, header)?;
         // The limit refuses one stream and leaves the tunnel healthy.
-        let permit = self
-            .streams
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| OpenError::TooManyStreams)?;
+        let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
+            Refusal::new(
+                RefusalCode::TooManyStreams,
+                format!(
+                    "this tunnel already carries {} streams (--max-streams-per-tunnel); try again shortly",
+                    self.max_streams
+                ),
+            )
+        })?;
         // Then the operator's share: one operator cannot take every stream.
         let share = match &header.operator {
             Some(operator) => Some(self.take_share(operator)?),
             None => None,
         };
-        let mut stream = self
-            .mux
-            .open()
-            .await
-            .map_err(|e| OpenError::Unavailable(e.to_string()))?;
+        let mut stream = self.mux.open().await.map_err(|e| {
+            Refusal::new(
+                RefusalCode::AgentUnavailable,
+                format!("the tunnel to the agent failed: {e}"),
+            )
+        })?;
         match setup::request(&mut stream, header, timeout).await {
             Ok(()) => Ok(TunnelStream {
                 io: StreamIo::Tunnel(stream),
                 _permit: Some(permit),
                 _share: share,
             }),
-            Err(SetupError::Refused { code, reason }) => Err(OpenError::Refused { code, reason }),
-            Err(SetupError::Failed(e)) => Err(OpenError::Unavailable(e.to_string())),
-            Err(SetupError::Timeout(_)) => Err(OpenError::Timeout),
+            // The agent's own refusal goes on unchanged.
+            Err(SetupError::Refused(refusal)) => Err(refusal),
+            Err(SetupError::Failed(e)) => Err(Refusal::new(
+                RefusalCode::AgentUnavailable,
+                format!("the tunnel to the agent failed: {e}"),
+            )),
+            Err(SetupError::Timeout(_)) => Err(Refusal::new(
+                RefusalCode::AgentTimeout,
+                "the agent did not answer in time",
+            )),
         }
     }
 
-    fn take_share(&self, operator: &str) -> Result<UserShare, OpenError> {
+    fn take_share(&self, operator: &str) -> Result<UserShare, Refusal> {
         let mut shares = self.shares.lock().unwrap_or_else(|p| p.into_inner());
         let held = shares.entry(operator.to_owned()).or_insert(0);
         if *held >= self.max_streams_per_user {
-            return Err(OpenError::TooManyUserStreams);
+            return Err(Refusal::new(
+                RefusalCode::UserStreamLimit,
+                format!(
+                    "you hold {held} of this tunnel's streams, as many as one operator may (--max-streams-per-user); close some"
+                ),
+            ));
         }
         *held += 1;
         Ok(UserShare {

@@ -171,7 +171,12 @@ impl ServerBuilder {
             ))
         });
         let cluster = Arc::new(cluster);
-        let proxy = crate::proxy::Proxy::new(cluster.clone(), self.config.handshake_timeout);
+        let streams = crate::streams::Streams::new(
+            cluster.clone(),
+            stores.sessions.clone(),
+            self.config.handshake_timeout,
+        );
+        let proxy = crate::proxy::Proxy::new(streams.clone());
         Ok(Server {
             node_listener,
             state: Arc::new(AppState {
@@ -179,6 +184,7 @@ impl ServerBuilder {
                 stores,
                 registry,
                 cluster,
+                streams,
                 proxy,
                 shutdown: CancellationToken::new(),
                 signer,

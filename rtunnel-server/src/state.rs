@@ -68,6 +68,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// This node's place among the others (alone without Redis).
     pub cluster: Arc<crate::cluster::Cluster>,
+    /// Opens streams to agents, wherever their tunnels are.
+    pub streams: crate::streams::Streams,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
     /// Signs and verifies the server's tokens.

@@ -32,7 +32,7 @@ use crate::api::auth::authorize;
 use crate::api::extract::Query;
 use crate::api::parse_id;
 use crate::error::ApiError;
-use crate::registry::{OpenError, TunnelStream};
+use crate::registry::TunnelStream;
 use crate::revocation::Holder;
 use crate::state::AppState;
 
@@ -227,18 +227,6 @@ async fn open_pty(
     cols: u16,
     rows: u16,
 ) -> Result<TunnelStream, ApiError> {
-    let tunnel = state.cluster.route(session_id).await.ok_or_else(|| {
-        conflict(
-            "agent_unavailable",
-            "the agent of this session is not connected",
-        )
-    })?;
-    if tunnel.service(TERMINAL_SERVICE).is_none() {
-        return Err(conflict(
-            "terminal_unavailable",
-            "the agent of this session offers no terminal (--no-terminal)",
-        ));
-    }
     let mut header =
         StreamHeader::new(TERMINAL_SERVICE, StreamKind::Terminal).opened_by(&user.name);
     header.terminal = Some(TerminalOpen {
@@ -246,28 +234,7 @@ async fn open_pty(
         rows,
         operator: user.name.clone(),
     });
-    let timeout = state.config.handshake_timeout;
-    tunnel
-        .open_stream(&state.cluster, &header, timeout)
-        .await
-        .map_err(|e| match e {
-            OpenError::TooManyStreams => ApiError::new(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                "too_many_streams",
-                "this tunnel carries as many streams as it may",
-            ),
-            e @ OpenError::TooManyUserStreams => ApiError::new(
-                axum::http::StatusCode::TOO_MANY_REQUESTS,
-                "user_stream_limit",
-                e.to_string(),
-            ),
-            OpenError::Refused { code, reason } => ApiError::new(
-                axum::http::StatusCode::BAD_GATEWAY,
-                "agent_refused",
-                format!("the agent refused the terminal ({code}): {reason}"),
-            ),
-            e => ApiError::unavailable("agent_unavailable", e),
-        })
+    Ok(state.streams.open(session_id, &header).await?)
 }
 
 struct TerminalCtx {

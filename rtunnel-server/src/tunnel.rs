@@ -396,6 +396,7 @@ async fn serve_tunnel(
         streams: Arc::new(tokio::sync::Semaphore::new(
             state.config.max_streams_per_tunnel,
         )),
+        max_streams: state.config.max_streams_per_tunnel,
         shares: Default::default(),
         max_streams_per_user: state.config.streams_per_user(),
     });

@@ -72,7 +72,14 @@ async fn operators_on_any_node_reach_an_agent_on_another_and_closes_reach_it() {
     let echo = echo_service().await;
     let web = http_service().await;
     // The agent knows node A only.
-    let agent = start_agent(&a, &sys, &format!("echo={echo},web={web}"), &[]);
+    // `gone` names a port nobody listens on: the agent refuses its streams.
+    let gone = free_port();
+    let agent = start_agent(
+        &a,
+        &sys,
+        &format!("echo={echo},web={web},gone=127.0.0.1:{gone}"),
+        &[],
+    );
     // Every node answers for the session: the database is shared.
     let session = active_session(&b, &root, &sys.id).await;
 
@@ -103,6 +110,35 @@ async fn operators_on_any_node_reach_an_agent_on_another_and_closes_reach_it() {
     let resp = client.get(url).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert!(resp.text().await.unwrap().contains("<html"));
+
+    // The agent's refusal crosses the node channel typed and unchanged:
+    // its code and its reason reach the browser on node C.
+    let (status, v) = api_call(
+        c.addr,
+        "POST",
+        &format!("/api/v1/sessions/{session}/proxy-token"),
+        Some(&olga),
+        Some(&json!({"service": "gone"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let url = v["url"].as_str().unwrap();
+    let host = url.split("//").nth(1).unwrap().split(':').next().unwrap();
+    let client = reqwest::Client::builder()
+        .cookie_store(true)
+        .no_proxy()
+        .resolve(host, c.addr)
+        .build()
+        .unwrap();
+    let resp = client.get(url).send().await.unwrap();
+    assert_eq!(resp.status(), 502);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["code"], "service_unreachable", "{v}");
+    let reason = v["error"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!("cannot reach gone at 127.0.0.1:{gone}")),
+        "{reason}"
+    );
 
     // A revoke on node B cuts olga's open connection through node C.
     let (_fwd_c, local_c) = start_forward(&c, &olga, &session, "echo").await;

@@ -13,7 +13,8 @@ use rtunnel_agent::{Agent, ForwardConfig, ForwardError, Forwarder, parse_service
 use rtunnel_core::frame::{read_frame, write_frame};
 use rtunnel_core::mux::Mux;
 use rtunnel_core::proto::{
-    MAX_STREAM_HEADER_BYTES, StreamHeader, StreamKind, StreamReply, TerminalOpen,
+    MAX_STREAM_HEADER_BYTES, Refusal, RefusalCode, StreamHeader, StreamKind, StreamReply,
+    TerminalOpen,
 };
 use rtunnel_core::store::sql::SqlStore;
 use rtunnel_core::store::{AuditEvent, AuditSink, Role, StoreError, User, now_millis};
@@ -204,15 +205,15 @@ async fn agent_refuses_unknown_services_with_a_reason_and_the_tunnel_stays_up() 
     let h = harness().await;
     let (_s, reply) = ask_agent(&h, "not-in-manifest", StreamKind::Tcp).await;
     match reply {
-        StreamReply::Refused { code, reason } => {
-            assert_eq!(code, "unknown_service");
+        StreamReply::Refused(Refusal { code, reason }) => {
+            assert_eq!(code, RefusalCode::UnknownService);
             assert!(reason.contains("not-in-manifest"), "{reason}");
         }
         StreamReply::Ok => panic!("the agent dialed something outside its manifest"),
     }
     let (_s, reply) = ask_agent(&h, "echo", StreamKind::Terminal).await;
     assert!(
-        matches!(reply, StreamReply::Refused { ref code, .. } if code == "terminal_unavailable")
+        matches!(reply, StreamReply::Refused(ref r) if r.code == RefusalCode::TerminalUnavailable)
     );
     // The same tunnel still carries a good stream.
     let (mut s, reply) = ask_agent(&h, "echo", StreamKind::Tcp).await;
@@ -233,9 +234,9 @@ fn terminal_open(operator: &str) -> Option<TerminalOpen> {
     })
 }
 
-fn refusal_code(r: Result<rtunnel_core::mux::YamuxStream, ForwardError>) -> String {
+fn refusal_code(r: Result<rtunnel_core::mux::YamuxStream, ForwardError>) -> &'static str {
     match r {
-        Err(ForwardError::Refused { code, .. }) => code,
+        Err(ForwardError::Refused(refusal)) => refusal.code.as_str(),
         Err(e) => panic!("not a refusal: {e}"),
         Ok(_) => panic!("the stream was accepted"),
     }
@@ -324,7 +325,7 @@ async fn the_agent_opens_a_pty_only_for_a_terminal_stream() {
     for header in &mixed {
         let (_s, reply) = ask_agent_with(&h, header).await;
         assert!(
-            matches!(reply, StreamReply::Refused { ref code, .. } if code == "unsupported_kind"),
+            matches!(reply, StreamReply::Refused(ref r) if r.code == RefusalCode::UnsupportedKind),
             "{header:?} answered {reply:?}"
         );
     }
@@ -386,7 +387,7 @@ async fn a_revoked_grant_stops_new_streams_on_an_open_forward() {
     let (fwd, _s) = echoing_forward(&h, &token).await;
     ids.revoke(op.id, h.system, now_millis()).await.unwrap();
     match fwd.open().await {
-        Err(ForwardError::Refused { code, .. }) => assert_eq!(code, "no_grant"),
+        Err(ForwardError::Refused(r)) => assert_eq!(r.code, RefusalCode::NoGrant),
         other => panic!("expected no_grant, got {other:?}"),
     }
 }
@@ -618,8 +619,8 @@ async fn during_grace_new_streams_hear_the_agent_is_reconnecting_then_work_when_
     })
     .await;
     match fwd.open().await {
-        Err(ForwardError::Refused { code, reason }) => {
-            assert_eq!(code, "agent_reconnecting");
+        Err(ForwardError::Refused(Refusal { code, reason })) => {
+            assert_eq!(code, RefusalCode::AgentReconnecting);
             assert!(reason.contains("reconnecting"), "{reason}");
         }
         other => panic!("expected agent_reconnecting, got {other:?}"),
@@ -775,7 +776,7 @@ async fn streams_past_the_per_tunnel_limit_are_refused_while_the_others_carry_on
         }
     };
     let refusal = |r: Result<rtunnel_core::mux::YamuxStream, ForwardError>| match r {
-        Err(ForwardError::Refused { code, reason }) => (code, reason),
+        Err(ForwardError::Refused(Refusal { code, reason })) => (code.as_str(), reason),
         Err(e) => panic!("not a refusal: {e}"),
         Ok(_) => panic!("a stream past the limit was opened"),
     };

@@ -11,8 +11,9 @@
 //! (counted against the tunnel's limit like any other) and answers
 //! `101 Switching Protocols`; from then on the connection carries the
 //! stream's bytes both ways, one TCP connection per stream. A refusal is an
-//! HTTP status with `{"code", "message"}` (and the agent's own code and
-//! reason when it refused), which the operator's node passes on as if the
+//! HTTP status with `{"code", "message"}`; when the stream itself was
+//! refused (by the agent, or the holder's limits) it carries that
+//! [`Refusal`] too, which the operator's node passes on unchanged, as if the
 //! tunnel were its own.
 
 use std::sync::Arc;
@@ -25,13 +26,13 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use hyper_util::rt::TokioIo;
-use rtunnel_core::proto::StreamHeader;
+use rtunnel_core::proto::{Refusal, RefusalCode, StreamHeader};
 use rtunnel_core::store::now_millis;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{Live, RemoteTunnel};
-use crate::registry::{OpenError, TunnelStream};
+use crate::registry::TunnelStream;
 use crate::state::AppState;
 
 /// The protocol named in `Upgrade`.
@@ -51,20 +52,34 @@ fn subject(session_id: Uuid, stream: &str) -> String {
     format!("POST /v1/sessions/{session_id}/streams\n{stream}")
 }
 
-/// A refusal on the node channel.
+/// A refusal on the node channel: the holder's own (`node_auth_failed`,
+/// `tunnel_not_here`, ...), or `stream_refused` with the stream's
+/// [`Refusal`], for the opener to pass on as it is.
 #[derive(Debug, Serialize, Deserialize)]
-struct Refusal {
+struct NodeRefusal {
     code: String,
     message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    agent_code: Option<String>,
+    refusal: Option<Refusal>,
 }
 
 fn refuse(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    let body = Refusal {
+    let body = NodeRefusal {
         code: code.to_owned(),
         message: message.into(),
-        agent_code: None,
+        refusal: None,
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+/// The stream was refused: its refusal, under the status an API caller
+/// would get for it.
+fn stream_refused(refusal: Refusal) -> Response {
+    let status = crate::error::refusal_status(refusal.code);
+    let body = NodeRefusal {
+        code: "stream_refused".to_owned(),
+        message: refusal.reason.clone(),
+        refusal: Some(refusal),
     };
     (status, axum::Json(body)).into_response()
 }
@@ -159,7 +174,7 @@ async fn open_endpoint(
     let timeout = state.config.handshake_timeout;
     let upstream = match tunnel.open_stream(&stream_header, timeout).await {
         Ok(s) => s,
-        Err(e) => return open_refusal(e),
+        Err(refusal) => return stream_refused(refusal),
     };
     tracing::debug!(%session_id, service = %stream_header.service, node = %from, "node channel: stream opened for another node");
     tokio::spawn(async move {
@@ -181,32 +196,6 @@ async fn open_endpoint(
     res
 }
 
-fn open_refusal(e: OpenError) -> Response {
-    let (status, code) = match &e {
-        OpenError::TooManyStreams => (StatusCode::SERVICE_UNAVAILABLE, "too_many_streams"),
-        OpenError::TooManyUserStreams => (StatusCode::TOO_MANY_REQUESTS, "user_stream_limit"),
-        OpenError::Refused { .. } => (StatusCode::BAD_GATEWAY, "agent_refused"),
-        OpenError::Unavailable(_) => (StatusCode::BAD_GATEWAY, "agent_unavailable"),
-        OpenError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "agent_timeout"),
-    };
-    let body = match e {
-        OpenError::Refused {
-            code: agent,
-            reason,
-        } => Refusal {
-            code: code.into(),
-            message: reason,
-            agent_code: Some(agent),
-        },
-        other => Refusal {
-            code: code.into(),
-            message: other.to_string(),
-            agent_code: None,
-        },
-    };
-    (status, axum::Json(body)).into_response()
-}
-
 /// Opens a stream on a tunnel held by another node.
 pub(super) async fn open(
     live: &Live,
@@ -214,7 +203,7 @@ pub(super) async fn open(
     remote: &RemoteTunnel,
     header: &StreamHeader,
     timeout: Duration,
-) -> Result<TunnelStream, OpenError> {
+) -> Result<TunnelStream, Refusal> {
     // The holder spends up to `timeout` on the agent; this side adds the
     // connection to the holder.
     tokio::time::timeout(
@@ -222,7 +211,12 @@ pub(super) async fn open(
         open_once(live, node_id, remote, header),
     )
     .await
-    .map_err(|_| OpenError::Timeout)?
+    .map_err(|_| {
+        Refusal::new(
+            RefusalCode::AgentTimeout,
+            format!("node {} did not answer in time", remote.node_id()),
+        )
+    })?
 }
 
 async fn open_once(
@@ -230,9 +224,14 @@ async fn open_once(
     node_id: &str,
     remote: &RemoteTunnel,
     header: &StreamHeader,
-) -> Result<TunnelStream, OpenError> {
+) -> Result<TunnelStream, Refusal> {
     let holder = remote.node_id();
-    let unavailable = |what: String| OpenError::Unavailable(format!("node {holder}: {what}"));
+    let unavailable = |what: String| {
+        Refusal::new(
+            RefusalCode::AgentUnavailable,
+            format!("node {holder}: {what}"),
+        )
+    };
     let session_id = remote.route.session_id;
     let stream = serde_json::to_string(header).map_err(|e| unavailable(e.to_string()))?;
     let authorization = live
@@ -272,17 +271,13 @@ async fn open_once(
     let body = axum::body::to_bytes(Body::new(response.into_body()), MAX_REFUSAL_BYTES)
         .await
         .unwrap_or_default();
-    let Ok(refusal) = serde_json::from_slice::<Refusal>(&body) else {
-        return Err(unavailable(format!("answered {status}")));
-    };
-    Err(match (refusal.code.as_str(), refusal.agent_code) {
-        ("too_many_streams", _) => OpenError::TooManyStreams,
-        ("user_stream_limit", _) => OpenError::TooManyUserStreams,
-        ("agent_timeout", _) => OpenError::Timeout,
-        ("agent_refused", Some(code)) => OpenError::Refused {
-            code,
-            reason: refusal.message,
-        },
-        (code, _) => unavailable(format!("{code}: {}", refusal.message)),
-    })
+    match serde_json::from_slice::<NodeRefusal>(&body) {
+        // The stream's own refusal, unchanged.
+        Ok(NodeRefusal {
+            refusal: Some(refusal),
+            ..
+        }) => Err(refusal),
+        Ok(node) => Err(unavailable(format!("{}: {}", node.code, node.message))),
+        Err(_) => Err(unavailable(format!("answered {status}"))),
+    }
 }

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rtunnel_auth::node::{NodeKey, NonceCache};
-use rtunnel_core::proto::{CloseCode, ServiceInfo, StreamHeader};
+use rtunnel_core::proto::{CloseCode, Refusal, RefusalCode, ServiceInfo, StreamHeader};
 use rtunnel_core::store::now_millis;
 use rtunnel_core::store::redis::{
     NodeInfo, RedisConnection, RedisPubSub, RedisRoutes, TunnelRoute,
@@ -40,7 +40,7 @@ use uuid::Uuid;
 
 pub use commands::Command;
 
-use crate::registry::{LiveTunnel, OpenError, Registry, TunnelStream};
+use crate::registry::{LiveTunnel, Registry, TunnelStream};
 use crate::state::AppState;
 
 /// How often a node announces itself and its tunnels.
@@ -413,16 +413,18 @@ impl Route {
         cluster: &Cluster,
         header: &StreamHeader,
         timeout: Duration,
-    ) -> Result<TunnelStream, OpenError> {
+    ) -> Result<TunnelStream, Refusal> {
         match self {
             Route::Local(t) => t.open_stream(header, timeout).await,
             Route::Remote(r) => {
                 // Checked here too, so a bad header costs no node round trip.
                 crate::registry::admit(&r.route.services, header)?;
-                let live = cluster
-                    .live
-                    .as_ref()
-                    .ok_or_else(|| OpenError::Unavailable("not in a cluster".into()))?;
+                let live = cluster.live.as_ref().ok_or_else(|| {
+                    Refusal::new(
+                        RefusalCode::AgentUnavailable,
+                        "this node is not in a cluster",
+                    )
+                })?;
                 channel::open(live, &cluster.node_id, r, header, timeout).await
             }
         }

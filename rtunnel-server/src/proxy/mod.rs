@@ -37,9 +37,7 @@ use rtunnel_core::ticket::Ticket;
 use rtunnel_core::token::TokenError;
 use uuid::Uuid;
 
-use crate::cluster::Cluster;
 use crate::error::ApiError;
-use crate::registry::OpenError;
 use crate::revocation::Holder;
 use crate::state::AppState;
 use crate::terminal::TERMINAL_SERVICE;
@@ -48,8 +46,7 @@ use host::{ProxyHost, Routed};
 use upstream::{ConnectError, ProxyClient};
 use visit::{Direction, InFlight, Metered, VisitKey, Visitor, Visits};
 
-/// How long a browser waits before retrying while an agent reconnects.
-const RECONNECT_RETRY: Duration = Duration::from_secs(5);
+use crate::streams::RECONNECT_RETRY;
 
 /// The proxy's shared parts.
 #[derive(Debug)]
@@ -59,10 +56,10 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// A proxy whose connections go through the tunnels of `cluster`.
-    pub fn new(cluster: Arc<Cluster>, setup_timeout: Duration) -> Self {
+    /// A proxy whose connections are streams opened by `streams`.
+    pub fn new(streams: crate::streams::Streams) -> Self {
         Proxy {
-            client: upstream::client(cluster, setup_timeout),
+            client: upstream::client(streams),
             visits: Visits::default(),
         }
     }
@@ -689,34 +686,7 @@ async fn relay_upgraded(
 /// A failed request to a service, for the client.
 fn upstream_error(e: &hyper_util::client::legacy::Error) -> ApiError {
     match upstream::connect_error(e) {
-        Some(ConnectError::NoTunnel) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "agent_reconnecting",
-            "the agent is reconnecting; try again in a moment",
-        )
-        .with_retry_after(RECONNECT_RETRY),
-        Some(ConnectError::Open(e @ OpenError::TooManyUserStreams)) => ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "user_stream_limit",
-            e.to_string(),
-        )
-        .with_retry_after(Duration::from_secs(1)),
-        Some(ConnectError::Open(OpenError::TooManyStreams)) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_streams",
-            "the tunnel carries as many streams as it may; try again shortly",
-        )
-        .with_retry_after(Duration::from_secs(1)),
-        Some(ConnectError::Open(OpenError::Refused { code, reason })) => ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "service_unreachable",
-            format!("the agent cannot reach the service ({code}): {reason}"),
-        ),
-        Some(ConnectError::Open(OpenError::Timeout)) => ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "agent_timeout",
-            "the agent did not answer in time",
-        ),
+        Some(ConnectError::Refused(refusal)) => ApiError::from(refusal.clone()),
         Some(other) => ApiError::new(
             StatusCode::BAD_GATEWAY,
             "agent_unavailable",

@@ -10,7 +10,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -19,11 +18,11 @@ use axum::http::Uri;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rtunnel_core::proto::{StreamHeader, StreamKind};
+use rtunnel_core::proto::{Refusal, StreamHeader, StreamKind};
 use uuid::Uuid;
 
-use crate::cluster::Cluster;
-use crate::registry::{OpenError, TunnelStream};
+use crate::registry::TunnelStream;
+use crate::streams::Streams;
 
 /// Largest response head (status line and headers) read from a service.
 pub const MAX_RESPONSE_HEAD_BYTES: usize = 64 * 1024;
@@ -37,19 +36,15 @@ const POOL_MAX_IDLE: usize = 8;
 /// The HTTP client of the proxy.
 pub type ProxyClient = Client<TunnelConnector, Body>;
 
-/// A client whose connections are tunnel streams, wherever in `cluster`
-/// the tunnel is.
-pub fn client(cluster: Arc<Cluster>, setup_timeout: Duration) -> ProxyClient {
+/// A client whose connections are tunnel streams opened by `streams`.
+pub fn client(streams: Streams) -> ProxyClient {
     Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(POOL_IDLE)
         .pool_max_idle_per_host(POOL_MAX_IDLE)
         .http1_max_buf_size(MAX_RESPONSE_HEAD_BYTES)
-        .build(TunnelConnector {
-            cluster,
-            setup_timeout,
-        })
+        .build(TunnelConnector { streams })
 }
 
 /// The URI the client is asked for: its authority names the tunnel stream
@@ -80,12 +75,9 @@ fn operator_of(authority: &axum::http::uri::Authority) -> Option<String> {
 /// Why no connection to the service could be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    /// The session has no tunnel on this node (any more).
-    #[error("the agent of this session is not connected")]
-    NoTunnel,
-    /// The stream could not be opened.
+    /// The stream was refused.
     #[error(transparent)]
-    Open(#[from] OpenError),
+    Refused(#[from] Refusal),
     /// Not a URI this connector made.
     #[error("not a proxy upstream URI")]
     BadUri,
@@ -94,8 +86,7 @@ pub enum ConnectError {
 /// Opens tunnel streams for hyper's client.
 #[derive(Clone)]
 pub struct TunnelConnector {
-    cluster: Arc<Cluster>,
-    setup_timeout: Duration,
+    streams: Streams,
 }
 
 impl std::fmt::Debug for TunnelConnector {
@@ -114,8 +105,7 @@ impl tower::Service<Uri> for TunnelConnector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let cluster = self.cluster.clone();
-        let timeout = self.setup_timeout;
+        let streams = self.streams.clone();
         Box::pin(async move {
             let authority = uri.authority().ok_or(ConnectError::BadUri)?;
             let (service, session) = authority
@@ -124,9 +114,8 @@ impl tower::Service<Uri> for TunnelConnector {
                 .ok_or(ConnectError::BadUri)?;
             let session = Uuid::try_parse(session).map_err(|_| ConnectError::BadUri)?;
             let operator = operator_of(authority).ok_or(ConnectError::BadUri)?;
-            let tunnel = cluster.route(session).await.ok_or(ConnectError::NoTunnel)?;
             let header = StreamHeader::new(service, StreamKind::Http).opened_by(operator);
-            let stream = tunnel.open_stream(&cluster, &header, timeout).await?;
+            let stream = streams.open(session, &header).await?;
             Ok(TunnelConnection {
                 io: TokioIo::new(stream),
             })
