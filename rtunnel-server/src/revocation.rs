@@ -1,49 +1,110 @@
-//! Cutting what is already open when access goes.
+//! Access, decided once and watched.
 //!
-//! Access is decided when something opens (a forward, each of its streams);
-//! this module makes the decision hold for as long as it stays open. Every
-//! open forward connection watches its user's right to connect to its
-//! system: it checks again whenever this node changes access (a grant
-//! revoked through the API: [`AccessWatch::changed`]) and at least every
-//! [`ACCESS_RECHECK`] (changes made elsewhere: the admin CLI, another node),
-//! and is cut as soon as the answer is no. A store that cannot answer cuts
-//! nothing: open connections keep flowing while the database is away.
+//! Access is decided when something opens (a forward and each of its
+//! streams, a proxied request, a terminal); this module makes the decision
+//! hold for as long as it stays open, without asking the database again
+//! for every connection. One [`AccessWatch`] per node says when access may
+//! have changed:
+//!
+//! - at once for changes made through this node's API ([`AccessWatch::changed`]);
+//! - through the cluster's `access_changed` command for the other nodes'
+//!   (in a cluster);
+//! - within [`ACCESS_POLL`] for anything else (the admin CLI, an embedder,
+//!   a node that could not publish): every change that can take access
+//!   away moves the database's access epoch on ([`IdentityStore::access_epoch`]),
+//!   which one task per node reads ([`epoch_watcher`]).
+//!
+//! A yes is cached per holder and system until the watch moves or its own
+//! end (a grant's, token's or login's expiry) comes; a no is not cached. Every
+//! open connection waits on the watch ([`connect_lost`]) and is cut as soon
+//! as the answer is no. A store that cannot answer cuts nothing: open
+//! connections keep flowing while the database is away.
+//!
+//! [`IdentityStore::access_epoch`]: rtunnel_core::store::IdentityStore::access_epoch
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use rtunnel_auth::access::{self, Action};
-use rtunnel_core::store::{StoreError, User, now_millis};
+use rtunnel_core::store::{Millis, Role, StoreError, User, now_millis};
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::state::AppState;
 
-/// Longest time a change made outside this node's API goes unnoticed.
-pub const ACCESS_RECHECK: Duration = Duration::from_millis(500);
+/// Longest time a change written elsewhere (the admin CLI, another
+/// machine) goes unnoticed: how often a node reads the access epoch.
+pub const ACCESS_POLL: Duration = Duration::from_millis(500);
 
-/// Tells open connections that access may have changed.
+/// How long to wait before asking a store that failed again.
+const STORE_RETRY: Duration = Duration::from_secs(1);
+
+/// Most decisions cached; the cache starts over when full.
+const MAX_CACHED: usize = 16_384;
+
+/// Says when access may have changed, and keeps the decisions taken since.
 #[derive(Debug)]
 pub struct AccessWatch {
     epoch: watch::Sender<u64>,
+    cache: Mutex<HashMap<(Holder, Uuid), Cached>>,
+}
+
+#[derive(Debug, Clone)]
+struct Cached {
+    epoch: u64,
+    access: Access,
 }
 
 impl Default for AccessWatch {
     fn default() -> Self {
         AccessWatch {
             epoch: watch::channel(0).0,
+            cache: Mutex::new(HashMap::new()),
         }
     }
 }
 
 impl AccessWatch {
     /// Access changed (a grant revoked, a user disabled, a secret replaced):
-    /// every open connection checks again now.
+    /// decisions are taken again, and every open connection checks now.
     pub fn changed(&self) {
+        self.lock().clear();
         self.epoch.send_modify(|e| *e = e.wrapping_add(1));
     }
 
     fn subscribe(&self) -> watch::Receiver<u64> {
         self.epoch.subscribe()
+    }
+
+    fn current(&self) -> u64 {
+        *self.epoch.borrow()
+    }
+
+    fn cached(&self, key: &(Holder, Uuid), now: Millis) -> Option<Access> {
+        let epoch = self.current();
+        let cache = self.lock();
+        let hit = cache.get(key)?;
+        let fresh = hit.epoch == epoch && hit.access.until.is_none_or(|until| now < until);
+        fresh.then(|| hit.access.clone())
+    }
+
+    /// Keeps a yes. A no is not kept: access given (a grant, a user
+    /// enabled) moves no epoch, and a no is the rare path.
+    fn remember(&self, key: (Holder, Uuid), epoch: u64, access: Access) {
+        let mut cache = self.lock();
+        // A change that came in while deciding makes this decision stale.
+        if self.current() != epoch {
+            return;
+        }
+        if cache.len() >= MAX_CACHED {
+            cache.clear();
+        }
+        cache.insert(key, Cached { epoch, access });
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(Holder, Uuid), Cached>> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -69,6 +130,16 @@ impl From<&crate::api::auth::Authenticated> for Holder {
     }
 }
 
+/// A yes: the user, and until when it holds unless something changes (the
+/// first of its grant's, token's and login's ends).
+#[derive(Debug, Clone)]
+pub struct Access {
+    /// The user, as the decision saw them.
+    pub user: User,
+    /// When the decision must be taken again.
+    pub until: Option<Millis>,
+}
+
 /// Whether `holder` may still connect to `system_id`: the user when yes,
 /// `Err` with the refusal code when not (`login_ended` when its login was
 /// logged out or revoked, `token_revoked` when its API token was revoked or
@@ -78,60 +149,141 @@ pub async fn may_connect(
     holder: Holder,
     system_id: Uuid,
 ) -> Result<Result<User, &'static str>, StoreError> {
+    Ok(decide(state, holder, system_id).await?.map(|a| a.user))
+}
+
+/// The decision for `holder` on `system_id`: from the cache while nothing
+/// changed, else from the stores.
+pub async fn decide(
+    state: &AppState,
+    holder: Holder,
+    system_id: Uuid,
+) -> Result<Result<Access, &'static str>, StoreError> {
     let now = now_millis();
+    let key = (holder, system_id);
+    if let Some(access) = state.access.cached(&key, now) {
+        return Ok(Ok(access));
+    }
+    let epoch = state.access.current();
+    let decision = decide_now(state, holder, system_id, now).await?;
+    if let Ok(access) = &decision {
+        state.access.remember(key, epoch, access.clone());
+    }
+    Ok(decision)
+}
+
+async fn decide_now(
+    state: &AppState,
+    holder: Holder,
+    system_id: Uuid,
+    now: Millis,
+) -> Result<Result<Access, &'static str>, StoreError> {
+    let mut until: Option<Millis> = None;
+    let mut ends = |at: Millis| until = Some(until.map_or(at, |u| u.min(at)));
     if let Some(login) = holder.login {
-        let live = state
-            .stores
-            .logins
-            .login(login)
-            .await?
-            .is_some_and(|l| l.is_live(now));
-        if !live {
-            return Ok(Err("login_ended"));
+        match state.stores.logins.login(login).await? {
+            Some(l) if l.is_live(now) => ends(l.expires_at),
+            _ => return Ok(Err("login_ended")),
         }
     }
     if let Some(token) = holder.token {
-        let live = state
-            .stores
-            .identity
-            .api_token(token)
-            .await?
-            .is_some_and(|t| t.user_id == holder.user_id && t.is_live(now));
-        if !live {
-            return Ok(Err("token_revoked"));
+        match state.stores.identity.api_token(token).await? {
+            Some(t) if t.user_id == holder.user_id && t.is_live(now) => {
+                if let Some(at) = t.expires_at {
+                    ends(at);
+                }
+            }
+            _ => return Ok(Err("token_revoked")),
         }
     }
     let Some(user) = state.stores.identity.user_by_id(holder.user_id).await? else {
         return Ok(Err("forbidden"));
     };
-    let has_grant = state
-        .stores
-        .identity
-        .has_grant(user.id, system_id, now)
-        .await?;
-    let decision = access::decide(&user, Action::Connect, has_grant);
+    // An admin's access does not hang on grants.
+    let grant = if user.role == Role::Admin {
+        None
+    } else {
+        state
+            .stores
+            .identity
+            .grant_until(user.id, system_id, now)
+            .await?
+    };
+    if let Some(Some(at)) = grant {
+        ends(at);
+    }
+    let decision = access::decide(&user, Action::Connect, grant.is_some());
     Ok(if decision.allowed() {
-        Ok(user)
+        Ok(Access { user, until })
     } else {
         Err(decision.code())
     })
 }
 
 /// Resolves when `holder` loses the right to connect to `system_id`,
-/// with the refusal code.
+/// with the refusal code. Waits on the node's [`AccessWatch`] and on the
+/// decision's own end; asks the stores only then.
 pub async fn connect_lost(state: &AppState, holder: Holder, system_id: Uuid) -> &'static str {
     let mut changes = state.access.subscribe();
     loop {
-        tokio::select! {
-            _ = changes.changed() => {}
-            _ = tokio::time::sleep(ACCESS_RECHECK) => {}
-        }
-        match may_connect(state, holder, system_id).await {
-            Ok(Ok(_)) => {}
+        changes.borrow_and_update();
+        let wait = match decide(state, holder, system_id).await {
+            Ok(Ok(access)) => access.until.map(|until| {
+                Duration::from_millis(until.saturating_sub(now_millis()).max(0) as u64)
+            }),
             Ok(Err(code)) => return code,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot check access again; leaving open connections open")
+                tracing::warn!(error = %e, "cannot check access again; leaving open connections open");
+                Some(STORE_RETRY)
             }
+        };
+        match wait {
+            Some(wait) => {
+                tokio::select! {
+                    _ = changes.changed() => {}
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+            None => {
+                if changes.changed().await.is_err() {
+                    // The watch is gone with the server.
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+    }
+}
+
+/// Reads the database's access epoch every [`ACCESS_POLL`] and tells this
+/// node's [`AccessWatch`] when it moved: how changes written elsewhere (the
+/// admin CLI, another node that could not publish) reach open connections.
+pub async fn epoch_watcher(state: std::sync::Arc<AppState>) {
+    let mut last: Option<i64> = None;
+    let mut failing = false;
+    let mut ticker = tokio::time::interval(ACCESS_POLL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = state.shutdown.cancelled() => return,
+        }
+        match state.stores.identity.access_epoch().await {
+            Ok(epoch) => {
+                if failing {
+                    failing = false;
+                    tracing::info!("reading the access epoch again");
+                }
+                if last.is_some_and(|l| l != epoch) {
+                    tracing::debug!(epoch, "access changed in the database");
+                    state.access.changed();
+                }
+                last = Some(epoch);
+            }
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "cannot read the access epoch; retrying");
+            }
+            Err(_) => {}
         }
     }
 }

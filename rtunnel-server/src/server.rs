@@ -257,6 +257,7 @@ impl Server {
         tokio::spawn(crate::lifecycle::sweeper(state.clone()));
         tokio::spawn(crate::refusals::reporter(state.clone()));
         tokio::spawn(crate::retention::pruner(state.clone()));
+        tokio::spawn(crate::revocation::epoch_watcher(state.clone()));
         tokio::spawn(Cluster::run(state.clone()));
         if let Some(node_listener) = self.node_listener {
             let router = crate::cluster::channel::router(state.clone());

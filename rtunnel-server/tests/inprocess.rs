@@ -17,9 +17,12 @@ use rtunnel_core::proto::{
     TerminalOpen,
 };
 use rtunnel_core::store::sql::SqlStore;
-use rtunnel_core::store::{AuditEvent, AuditSink, Role, StoreError, User, now_millis};
+use rtunnel_core::store::{
+    ApiTokenRecord, AuditEvent, AuditSink, IdentityStore, Millis, Page, Paged, Role, StoreError,
+    System, User, now_millis,
+};
 use rtunnel_server::{AppState, Server, ServerConfig, Stores, enroll};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use support::{echo_service, wait_for};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
@@ -51,6 +54,126 @@ impl AuditSink for SwitchableAudit {
     }
 }
 
+/// An identity store that counts the reads an access decision makes
+/// (users, tokens, grants): how often open connections ask the database.
+struct CountingIdentity {
+    inner: Arc<dyn IdentityStore>,
+    reads: Arc<AtomicUsize>,
+}
+
+impl CountingIdentity {
+    fn read(&self) {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[async_trait::async_trait]
+impl IdentityStore for CountingIdentity {
+    async fn create_user(&self, user: &User) -> Result<(), StoreError> {
+        self.inner.create_user(user).await
+    }
+    async fn user_by_name(&self, name: &str) -> Result<Option<User>, StoreError> {
+        self.inner.user_by_name(name).await
+    }
+    async fn user_by_id(&self, id: Uuid) -> Result<Option<User>, StoreError> {
+        self.read();
+        self.inner.user_by_id(id).await
+    }
+    async fn list_users(&self, page: Page) -> Result<Paged<User>, StoreError> {
+        self.inner.list_users(page).await
+    }
+    async fn set_user_disabled(&self, id: Uuid, disabled: bool) -> Result<bool, StoreError> {
+        self.inner.set_user_disabled(id, disabled).await
+    }
+    async fn set_password_hash(&self, id: Uuid, hash: Option<&str>) -> Result<bool, StoreError> {
+        self.inner.set_password_hash(id, hash).await
+    }
+    async fn password_hash(&self, id: Uuid) -> Result<Option<String>, StoreError> {
+        self.inner.password_hash(id).await
+    }
+    async fn create_api_token(&self, token: &ApiTokenRecord) -> Result<(), StoreError> {
+        self.inner.create_api_token(token).await
+    }
+    async fn api_token(&self, id: Uuid) -> Result<Option<ApiTokenRecord>, StoreError> {
+        self.read();
+        self.inner.api_token(id).await
+    }
+    async fn list_api_tokens(
+        &self,
+        user_id: Option<Uuid>,
+        page: Page,
+    ) -> Result<Paged<ApiTokenRecord>, StoreError> {
+        self.inner.list_api_tokens(user_id, page).await
+    }
+    async fn revoke_api_token(&self, id: Uuid, now: Millis) -> Result<bool, StoreError> {
+        self.inner.revoke_api_token(id, now).await
+    }
+    async fn create_system(&self, system: &System) -> Result<(), StoreError> {
+        self.inner.create_system(system).await
+    }
+    async fn system(&self, id: Uuid) -> Result<Option<System>, StoreError> {
+        self.inner.system(id).await
+    }
+    async fn system_by_name(&self, name: &str) -> Result<Option<System>, StoreError> {
+        self.inner.system_by_name(name).await
+    }
+    async fn set_system_secret(&self, id: Uuid, secret_hash: &str) -> Result<bool, StoreError> {
+        self.inner.set_system_secret(id, secret_hash).await
+    }
+    async fn system_by_key(&self, key: &str) -> Result<Option<System>, StoreError> {
+        self.inner.system_by_key(key).await
+    }
+    async fn delete_system(&self, id: Uuid) -> Result<bool, StoreError> {
+        self.inner.delete_system(id).await
+    }
+    async fn list_systems(
+        &self,
+        granted_to: Option<Uuid>,
+        now: Millis,
+        page: Page,
+    ) -> Result<Paged<System>, StoreError> {
+        self.inner.list_systems(granted_to, now, page).await
+    }
+    async fn grant(
+        &self,
+        user_id: Uuid,
+        system_id: Uuid,
+        expires_at: Option<Millis>,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        self.inner.grant(user_id, system_id, expires_at, now).await
+    }
+    async fn revoke(
+        &self,
+        user_id: Uuid,
+        system_id: Uuid,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        self.inner.revoke(user_id, system_id, now).await
+    }
+    async fn has_grant(
+        &self,
+        user_id: Uuid,
+        system_id: Uuid,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        self.read();
+        self.inner.has_grant(user_id, system_id, now).await
+    }
+    async fn grant_until(
+        &self,
+        user_id: Uuid,
+        system_id: Uuid,
+        now: Millis,
+    ) -> Result<Option<Option<Millis>>, StoreError> {
+        self.read();
+        self.inner.grant_until(user_id, system_id, now).await
+    }
+    async fn access_epoch(&self) -> Result<i64, StoreError> {
+        self.inner.access_epoch().await
+    }
+}
+
 async fn harness() -> Harness {
     harness_with(Arc::new(AtomicBool::new(false))).await
 }
@@ -66,6 +189,7 @@ async fn harness_with_terminal() -> Harness {
         Duration::from_millis(100),
         64,
         true,
+        None,
     )
     .await
 }
@@ -80,6 +204,7 @@ async fn harness_full(
         reconnect_delay,
         max_streams_per_tunnel,
         false,
+        None,
     )
     .await
 }
@@ -89,6 +214,7 @@ async fn build_harness(
     reconnect_delay: Duration,
     max_streams_per_tunnel: usize,
     terminal: bool,
+    identity_reads: Option<Arc<AtomicUsize>>,
 ) -> Harness {
     let tmp = tempfile::tempdir().unwrap();
     let config = ServerConfig {
@@ -104,6 +230,12 @@ async fn build_harness(
         inner: stores.audit.clone(),
         failing: audit_failing,
     });
+    if let Some(reads) = identity_reads {
+        stores.identity = Arc::new(CountingIdentity {
+            inner: stores.identity.clone(),
+            reads,
+        });
+    }
     let server = Server::builder()
         .config(config)
         .stores(stores)
@@ -376,20 +508,96 @@ async fn viewers_and_operators_without_a_grant_cannot_forward() {
     }
 }
 
+/// A grant revoked in the database by someone else (the admin CLI,
+/// another machine), without telling this server: new streams are refused
+/// and the open one is cut once the node reads the access epoch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_revoked_grant_stops_new_streams_on_an_open_forward() {
+async fn a_grant_revoked_elsewhere_stops_new_streams_and_cuts_open_ones() {
     let h = harness().await;
     let (op, token) = user(&h, "olga", Role::Operator).await;
     let ids = &h.state.stores.identity;
     ids.grant(op.id, h.system, None, now_millis())
         .await
         .unwrap();
-    let (fwd, _s) = echoing_forward(&h, &token).await;
+    let (fwd, mut open) = echoing_forward(&h, &token).await;
     ids.revoke(op.id, h.system, now_millis()).await.unwrap();
+    let mut buf = [0u8; 1];
+    let cut = tokio::time::timeout(support::WAIT, open.read(&mut buf))
+        .await
+        .expect("the open stream was not cut");
+    assert!(matches!(cut, Ok(0) | Err(_)), "{cut:?}");
+    // The cut took the forward's connection along: dialing again, olga
+    // no longer sees the session at all.
     match fwd.open().await {
         Err(ForwardError::Refused(r)) => assert_eq!(r.code, RefusalCode::NoGrant),
-        other => panic!("expected no_grant, got {other:?}"),
+        Err(ForwardError::Dial(e)) => assert!(e.to_string().contains("404"), "{e}"),
+        other => panic!("expected a refusal, got {other:?}"),
     }
+}
+
+/// A grant with an end: the open forward is cut when it comes, with nothing
+/// else changing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiring_grant_cuts_the_open_forward_when_it_ends() {
+    let h = harness().await;
+    let (op, token) = user(&h, "olga", Role::Operator).await;
+    let ends = now_millis() + 1_500;
+    h.state
+        .stores
+        .identity
+        .grant(op.id, h.system, Some(ends), now_millis())
+        .await
+        .unwrap();
+    let (_fwd, mut open) = echoing_forward(&h, &token).await;
+    cut_within(&mut open).await;
+    assert!(now_millis() >= ends, "cut before the grant ended");
+    let cuts = audited(&h, "access_cut").await;
+    assert_eq!(cuts.items[0].details["reason"], "no_grant");
+}
+
+/// Access is decided once per holder and system and then watched: open
+/// connections and new streams do not ask the database again until
+/// something changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_forwards_do_not_poll_the_database_for_access() {
+    let reads = Arc::new(AtomicUsize::new(0));
+    let h = build_harness(
+        Arc::new(AtomicBool::new(false)),
+        Duration::from_millis(100),
+        64,
+        false,
+        Some(reads.clone()),
+    )
+    .await;
+    let (op, token) = user(&h, "olga", Role::Operator).await;
+    h.state
+        .stores
+        .identity
+        .grant(op.id, h.system, None, now_millis())
+        .await
+        .unwrap();
+    let (fwd, _open) = echoing_forward(&h, &token).await;
+    let after_open = reads.load(Ordering::SeqCst);
+    // Twenty more streams, and a quiet while with all of them open.
+    let mut streams = Vec::new();
+    for _ in 0..20 {
+        let mut s = fwd.open().await.unwrap();
+        s.write_all(b"ok").await.unwrap();
+        let mut two = [0u8; 2];
+        s.read_exact(&mut two).await.unwrap();
+        streams.push(s);
+    }
+    tokio::time::sleep(rtunnel_server::revocation::ACCESS_POLL * 4).await;
+    assert_eq!(
+        reads.load(Ordering::SeqCst),
+        after_open,
+        "access was read again with nothing changed"
+    );
+    // A change made through the server is heard at once: one new decision.
+    h.state.access.changed();
+    let s = fwd.open().await.unwrap();
+    drop(s);
+    assert!(reads.load(Ordering::SeqCst) > after_open);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1040,7 +1248,7 @@ async fn a_revoked_grant_cuts_an_open_forward_within_a_second() {
     let by_api = cut_within(&mut s).await;
 
     // Revoked behind the server's back (the admin CLI, another node): cut
-    // by the periodic check.
+    // once the node reads the database's access epoch.
     ids.grant(op.id, h.system, None, now_millis())
         .await
         .unwrap();

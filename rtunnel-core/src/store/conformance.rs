@@ -267,6 +267,72 @@ pub async fn grants_are_given_checked_and_revoked<S: FullStore + ?Sized>(s: &S) 
     assert!(!s.has_grant(u.id, a.id, now).await.unwrap());
 }
 
+/// Conformance check `every_change_that_takes_access_moves_the_epoch`:
+/// what a server watches to hear of changes made elsewhere.
+pub async fn every_change_that_takes_access_moves_the_epoch<S: FullStore + ?Sized>(s: &S) {
+    let u = user("watched", Role::Operator);
+    let a = system("watched-box");
+    s.create_user(&u).await.unwrap();
+    s.create_system(&a).await.unwrap();
+    let now = now_millis();
+    let mut last = s.access_epoch().await.unwrap();
+    // Giving access moves nothing.
+    assert!(s.grant(u.id, a.id, Some(now + 60_000), now).await.unwrap());
+    assert_eq!(s.access_epoch().await.unwrap(), last);
+    // The grant's end is known, so a server can cut at that moment.
+    assert_eq!(
+        s.grant_until(u.id, a.id, now).await.unwrap(),
+        Some(Some(now + 60_000))
+    );
+    let token = super::ApiTokenRecord {
+        id: Uuid::new_v4(),
+        user_id: u.id,
+        secret_hash: "h".into(),
+        created_at: now,
+        expires_at: None,
+        revoked_at: None,
+    };
+    s.create_api_token(&token).await.unwrap();
+    let login = crate::store::Login {
+        id: Uuid::new_v4(),
+        user_id: u.id,
+        current_jti: Uuid::new_v4(),
+        created_at: now,
+        last_used_at: now,
+        expires_at: now + 60_000,
+        revoked_at: None,
+        revoked_reason: None,
+        ip_address: None,
+    };
+    s.create_login(&login).await.unwrap();
+    assert_eq!(s.access_epoch().await.unwrap(), last);
+    let mut moved = |what: &str, epoch: i64| {
+        assert!(epoch > last, "{what} did not move the access epoch");
+        last = epoch;
+    };
+    assert!(s.revoke(u.id, a.id, now).await.unwrap());
+    moved("a revoked grant", s.access_epoch().await.unwrap());
+    assert_eq!(s.grant_until(u.id, a.id, now).await.unwrap(), None);
+    assert!(s.revoke_api_token(token.id, now).await.unwrap());
+    moved("a revoked token", s.access_epoch().await.unwrap());
+    assert!(s.revoke_login(login.id, "test", now).await.unwrap());
+    moved("an ended login", s.access_epoch().await.unwrap());
+    assert!(s.set_user_disabled(u.id, true).await.unwrap());
+    moved("a disabled user", s.access_epoch().await.unwrap());
+    assert!(s.set_system_secret(a.id, "h2").await.unwrap());
+    moved("a new secret", s.access_epoch().await.unwrap());
+    assert!(s.delete_system(a.id).await.unwrap());
+    moved("a deleted system", s.access_epoch().await.unwrap());
+    // A change that changed nothing moves nothing.
+    assert!(!s.revoke(u.id, a.id, now).await.unwrap());
+    assert_eq!(s.access_epoch().await.unwrap(), last);
+    // A grant without an end.
+    let b = system("forever-box");
+    s.create_system(&b).await.unwrap();
+    assert!(s.grant(u.id, b.id, None, now).await.unwrap());
+    assert_eq!(s.grant_until(u.id, b.id, now).await.unwrap(), Some(None));
+}
+
 /// Conformance check `sessions_move_through_their_states`.
 pub async fn sessions_move_through_their_states<S: FullStore + ?Sized>(s: &S) {
     let sys = system("gamma");
@@ -754,7 +820,7 @@ where
 #[macro_export]
 macro_rules! store_conformance_tests {
     ($fresh:path) => {
-        $crate::store_conformance_tests!(@each $fresh; duplicate_names_conflict, users_are_listed_disabled_and_hold_a_password_hash, a_login_rotates_once_per_token_and_ends_for_good, deleting_a_system_takes_its_grants_along, grants_are_given_checked_and_revoked, sessions_move_through_their_states, restart_recovery_puts_live_sessions_in_grace_and_expires_pending_ones, the_audit_log_filters_and_pages_newest_first, resources_round_trip_and_names_are_unique, grants_expire_and_revoke, api_tokens_are_listed_and_revoked, old_audit_events_and_closed_access_logs_are_pruned);
+        $crate::store_conformance_tests!(@each $fresh; duplicate_names_conflict, users_are_listed_disabled_and_hold_a_password_hash, a_login_rotates_once_per_token_and_ends_for_good, deleting_a_system_takes_its_grants_along, grants_are_given_checked_and_revoked, sessions_move_through_their_states, restart_recovery_puts_live_sessions_in_grace_and_expires_pending_ones, the_audit_log_filters_and_pages_newest_first, resources_round_trip_and_names_are_unique, grants_expire_and_revoke, api_tokens_are_listed_and_revoked, old_audit_events_and_closed_access_logs_are_pruned, every_change_that_takes_access_moves_the_epoch);
     };
     (@each $fresh:path; $($check:ident),*) => {
         $(

@@ -381,6 +381,19 @@ pub trait IdentityStore: Send + Sync {
         system_id: Uuid,
         now: Millis,
     ) -> Result<bool, StoreError>;
+    /// When the user's active grant on the system ends: `None` without an
+    /// active, unexpired grant, `Some(None)` for one that does not expire.
+    async fn grant_until(
+        &self,
+        user_id: Uuid,
+        system_id: Uuid,
+        now: Millis,
+    ) -> Result<Option<Option<Millis>>, StoreError>;
+    /// A number that moves on with every change that can take access away
+    /// (a grant revoked, a user disabled, a token or login ended, a system
+    /// deleted or given a new secret), whoever made it: a server watches it
+    /// to hear of changes written by the admin CLI or another node.
+    async fn access_epoch(&self) -> Result<i64, StoreError>;
 }
 
 /// One login: the family of refresh tokens that started with one

@@ -60,7 +60,8 @@ pub(super) async fn publish(live: &Live, node_id: &str, command: Command) {
         return;
     };
     if let Err(e) = live.pubsub.publish(&text).await {
-        // The other nodes still catch up: access every ACCESS_RECHECK,
+        // The other nodes still catch up: access through the database's
+        // access epoch (within ACCESS_POLL),
         // tunnels when they next subscribe.
         tracing::warn!(error = %e, command = ?envelope.command, "cannot tell the other nodes");
     }

@@ -8,15 +8,17 @@ use crate::store::{Millis, StoreError};
 
 /// The statements of one grant table; `?1` user, `?2` target.
 pub(super) struct GrantTable {
-    has: &'static str,
+    /// The expiry of the active grant (a row, `NULL` for none), if any.
+    until: &'static str,
     insert: &'static str,
     revoke: &'static str,
 }
 
 /// Grants of users on systems.
 pub(super) const SYSTEM_GRANTS: GrantTable = GrantTable {
-    has: "SELECT CAST(1 AS BIGINT) FROM grants WHERE user_id = $1 AND system_id = $2 AND revoked_at IS NULL \
-          AND (expires_at IS NULL OR expires_at > $3) LIMIT 1",
+    until: "SELECT expires_at FROM grants WHERE user_id = $1 AND system_id = $2 AND revoked_at IS NULL \
+            AND (expires_at IS NULL OR expires_at > $3) \
+            ORDER BY expires_at IS NULL DESC, expires_at DESC LIMIT 1",
     insert: "INSERT INTO grants (id, user_id, system_id, created_at, expires_at) \
              VALUES ($3, $1, $2, $4, $5)",
     revoke: "UPDATE grants SET revoked_at = $3 \
@@ -25,8 +27,9 @@ pub(super) const SYSTEM_GRANTS: GrantTable = GrantTable {
 
 /// Grants of users on launcher resources.
 pub(super) const RESOURCE_GRANTS: GrantTable = GrantTable {
-    has: "SELECT CAST(1 AS BIGINT) FROM resource_grants WHERE user_id = $1 AND resource_id = $2 \
-          AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $3) LIMIT 1",
+    until: "SELECT expires_at FROM resource_grants WHERE user_id = $1 AND resource_id = $2 \
+            AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $3) \
+            ORDER BY expires_at IS NULL DESC, expires_at DESC LIMIT 1",
     insert: "INSERT INTO resource_grants (id, user_id, resource_id, created_at, expires_at) \
              VALUES ($3, $1, $2, $4, $5)",
     revoke: "UPDATE resource_grants SET revoked_at = $3 \
@@ -42,14 +45,28 @@ impl SqlStore {
         target: Uuid,
         now: Millis,
     ) -> Result<bool, StoreError> {
-        let found: Option<i64> = sqlx::query_scalar(table.has)
+        Ok(self
+            .grant_until_in(table, user, target, now)
+            .await?
+            .is_some())
+    }
+
+    /// When `user`'s active grant on `target` ends: `None` without one,
+    /// `Some(None)` for one that does not expire.
+    pub(super) async fn grant_until_in(
+        &self,
+        table: &GrantTable,
+        user: Uuid,
+        target: Uuid,
+        now: Millis,
+    ) -> Result<Option<Option<Millis>>, StoreError> {
+        sqlx::query_scalar::<_, Option<i64>>(table.until)
             .bind(user.to_string())
             .bind(target.to_string())
             .bind(now)
             .fetch_optional(&self.pool)
             .await
-            .map_err(backend)?;
-        Ok(found.is_some())
+            .map_err(backend)
     }
 
     /// Adds a grant unless an active one exists; true if added.
@@ -84,13 +101,10 @@ impl SqlStore {
         target: Uuid,
         now: Millis,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(table.revoke)
+        let revoke = sqlx::query(table.revoke)
             .bind(user.to_string())
             .bind(target.to_string())
-            .bind(now)
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
-        Ok(done.rows_affected() > 0)
+            .bind(now);
+        Ok(self.taking_access(revoke).await? > 0)
     }
 }

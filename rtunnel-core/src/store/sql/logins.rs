@@ -97,17 +97,14 @@ impl LoginStore for SqlStore {
     }
 
     async fn revoke_login(&self, id: Uuid, reason: &str, now: Millis) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+        let change = sqlx::query(
             "UPDATE logins SET revoked_at = $2, revoked_reason = $3 \
              WHERE id = $1 AND revoked_at IS NULL",
         )
         .bind(id.to_string())
         .bind(now)
-        .bind(reason)
-        .execute(&self.pool)
-        .await
-        .map_err(backend)?;
-        Ok(done.rows_affected() == 1)
+        .bind(reason);
+        Ok(self.taking_access(change).await? == 1)
     }
 
     async fn revoke_user_logins(
@@ -116,16 +113,13 @@ impl LoginStore for SqlStore {
         reason: &str,
         now: Millis,
     ) -> Result<u64, StoreError> {
-        let done = sqlx::query(
+        let change = sqlx::query(
             "UPDATE logins SET revoked_at = $2, revoked_reason = $3 \
              WHERE user_id = $1 AND revoked_at IS NULL",
         )
         .bind(user_id.to_string())
         .bind(now)
-        .bind(reason)
-        .execute(&self.pool)
-        .await
-        .map_err(backend)?;
-        Ok(done.rows_affected())
+        .bind(reason);
+        self.taking_access(change).await
     }
 }

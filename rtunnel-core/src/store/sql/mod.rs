@@ -122,6 +122,29 @@ impl SqlStore {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+
+    /// Runs `change`, which may take access away, and when it changed
+    /// anything moves the access epoch on, in one transaction; the rows it
+    /// changed.
+    async fn taking_access<'q>(
+        &self,
+        change: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let changed = change
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?
+            .rows_affected();
+        if changed > 0 {
+            sqlx::query("UPDATE access_epoch SET epoch = epoch + 1 WHERE id = 1")
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(changed)
+    }
 }
 
 /// `url` without its password, for messages.
@@ -302,13 +325,10 @@ impl IdentityStore for SqlStore {
     }
 
     async fn set_user_disabled(&self, id: Uuid, disabled: bool) -> Result<bool, StoreError> {
-        let done = sqlx::query("UPDATE users SET disabled = $1 WHERE id = $2")
+        let change = sqlx::query("UPDATE users SET disabled = $1 WHERE id = $2")
             .bind(disabled)
-            .bind(id.to_string())
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
-        Ok(done.rows_affected() == 1)
+            .bind(id.to_string());
+        Ok(self.taking_access(change).await? == 1)
     }
 
     async fn set_password_hash(&self, id: Uuid, hash: Option<&str>) -> Result<bool, StoreError> {
@@ -390,15 +410,12 @@ impl IdentityStore for SqlStore {
     }
 
     async fn revoke_api_token(&self, id: Uuid, now: Millis) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+        let change = sqlx::query(
             "UPDATE api_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
         )
         .bind(id.to_string())
-        .bind(now)
-        .execute(&self.pool)
-        .await
-        .map_err(backend)?;
-        Ok(done.rows_affected() > 0)
+        .bind(now);
+        Ok(self.taking_access(change).await? > 0)
     }
 
     async fn create_system(&self, system: &System) -> Result<(), StoreError> {
@@ -437,13 +454,10 @@ impl IdentityStore for SqlStore {
     }
 
     async fn set_system_secret(&self, id: Uuid, secret_hash: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("UPDATE systems SET secret_hash = $2 WHERE id = $1")
+        let change = sqlx::query("UPDATE systems SET secret_hash = $2 WHERE id = $1")
             .bind(id.to_string())
-            .bind(secret_hash)
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
-        Ok(done.rows_affected() > 0)
+            .bind(secret_hash);
+        Ok(self.taking_access(change).await? > 0)
     }
 
     async fn system_by_key(&self, key: &str) -> Result<Option<System>, StoreError> {
@@ -459,12 +473,8 @@ impl IdentityStore for SqlStore {
     async fn delete_system(&self, id: Uuid) -> Result<bool, StoreError> {
         // Sessions, their access logs and grants go with it (ON DELETE
         // CASCADE); resources tied to it are untied (ON DELETE SET NULL).
-        let done = sqlx::query("DELETE FROM systems WHERE id = $1")
-            .bind(id.to_string())
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
-        Ok(done.rows_affected() == 1)
+        let change = sqlx::query("DELETE FROM systems WHERE id = $1").bind(id.to_string());
+        Ok(self.taking_access(change).await? == 1)
     }
 
     async fn list_systems(
@@ -535,6 +545,23 @@ impl IdentityStore for SqlStore {
     ) -> Result<bool, StoreError> {
         self.has_grant_in(&SYSTEM_GRANTS, user_id, system_id, now)
             .await
+    }
+
+    async fn grant_until(
+        &self,
+        user_id: Uuid,
+        system_id: Uuid,
+        now: Millis,
+    ) -> Result<Option<Option<Millis>>, StoreError> {
+        self.grant_until_in(&SYSTEM_GRANTS, user_id, system_id, now)
+            .await
+    }
+
+    async fn access_epoch(&self) -> Result<i64, StoreError> {
+        sqlx::query_scalar("SELECT epoch FROM access_epoch WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)
     }
 }
 
