@@ -66,6 +66,11 @@ struct ServeArgs {
         global = true
     )]
     proxy_domain: String,
+    /// Serve every route under this path (such as /support), for a reverse
+    /// proxy that maps a path to rtunnel; agents then dial
+    /// ws://HOST/support/api/v1/tunnel.
+    #[arg(long, env = "RTUNNEL_PATH_PREFIX", default_value = "", global = true)]
+    path_prefix: String,
     /// Signing key file (default <data-dir>/secret.key, generated on first start).
     #[arg(long, env = "RTUNNEL_SECRET_KEY_FILE", global = true)]
     secret_key_file: Option<PathBuf>,
@@ -502,6 +507,7 @@ async fn serve(store_args: StoreArgs, args: ServeArgs, store: SqlStore) -> Resul
         data_dir: store_args.data_dir,
         public_url: args.public_url.unwrap_or_else(|| format!("http://{bound}")),
         proxy_domain: args.proxy_domain,
+        path_prefix: args.path_prefix,
         proxy_token_ttl: args.proxy_token_ttl,
         session_ttl: args.session_ttl,
         grace_period: args.grace_period,

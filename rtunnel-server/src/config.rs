@@ -16,6 +16,12 @@ pub struct ServerConfig {
     pub public_url: String,
     /// Domain under which the subdomain proxy answers.
     pub proxy_domain: String,
+    /// Path every route is served under (`--path-prefix`, such as
+    /// `/support`; empty for none): agents then dial
+    /// `ws://host/support/api/v1/tunnel`, `forward` takes
+    /// `--server http://host/support`. Proxy hosts are served at their root
+    /// whatever it is.
+    pub path_prefix: String,
     /// How long a proxy token (and the browser cookie holding it) lasts.
     pub proxy_token_ttl: Duration,
     /// How long a session lives before it is closed.
@@ -80,6 +86,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("./rtunnel-data"),
             public_url: format!("http://{listen}"),
             proxy_domain: "localhost".into(),
+            path_prefix: String::new(),
             proxy_token_ttl: rtunnel_auth::claims::PROXY_TTL,
             session_ttl: Duration::from_secs(24 * 3600),
             grace_period: Duration::from_secs(60),
@@ -132,6 +139,12 @@ impl ServerConfig {
         if self.heartbeat_interval < Duration::from_millis(100) {
             return Err("--heartbeat-interval must be at least 100ms".into());
         }
+        if !is_path_prefix(&self.path_prefix) {
+            return Err(format!(
+                "--path-prefix must be empty or a path like /support (letters, digits, '-', '_', '.', '/'; no trailing '/'), not {:?}",
+                self.path_prefix
+            ));
+        }
         if self.redis_url.is_some() && self.node_listen.is_none() {
             return Err(
                 "--redis-url makes this node part of a cluster: set --node-listen too (the internal address other nodes reach it at)"
@@ -151,5 +164,49 @@ impl ServerConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// Whether `prefix` is empty or `/segment[/segment...]` of URL-safe
+/// characters, without a trailing slash.
+pub fn is_path_prefix(prefix: &str) -> bool {
+    if prefix.is_empty() {
+        return true;
+    }
+    let Some(rest) = prefix.strip_prefix('/') else {
+        return false;
+    };
+    prefix.len() <= 128
+        && rest.split('/').all(|segment| {
+            !segment.is_empty()
+                && segment != "."
+                && segment != ".."
+                && segment
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_prefixes_are_plain_paths() {
+        for good in ["", "/support", "/a/b-c_d.e"] {
+            assert!(is_path_prefix(good), "{good}");
+        }
+        for bad in [
+            "support",
+            "/",
+            "/support/",
+            "//x",
+            "/a/../b",
+            "/a b",
+            "/a?b",
+            "/%2e",
+        ] {
+            assert!(!is_path_prefix(bad), "{bad}");
+        }
     }
 }

@@ -50,5 +50,7 @@ mod tunnel;
 pub mod fuzzing;
 
 pub use config::ServerConfig;
-pub use server::{Server, ServerBuilder, ServerError};
+pub use server::{
+    Background, Parts, Server, ServerBuilder, ServerControl, ServerError, ServerHandle,
+};
 pub use state::{AppState, Stores};

@@ -202,6 +202,15 @@ impl ServerBuilder {
 
 /// A ready server.
 ///
+/// Run it one of three ways:
+///
+/// - [`Server::serve`]: on a listener until a shutdown future resolves
+///   (what `rtunnel-server serve` does);
+/// - [`Server::start`]: on a listener in the background, stopped through the
+///   returned [`ServerHandle`] (or when it is dropped);
+/// - [`Server::into_parts`]: as routes for an axum app of your own, plus the
+///   background work to spawn.
+///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// use rtunnel_server::{Server, ServerConfig};
@@ -232,8 +241,10 @@ impl Server {
         &self.state
     }
 
-    /// The HTTP routes, for embedding in another axum app. Serve them with
-    /// `into_make_service_with_connect_info::<SocketAddr>()`.
+    /// The HTTP routes as the server serves them (JSON fallbacks, the
+    /// subdomain proxy, the configured path prefix). Serve them with
+    /// `into_make_service_with_connect_info::<SocketAddr>()`; without the
+    /// background work ([`Server::into_parts`]) sessions never expire.
     pub fn router(&self) -> Router {
         crate::api::router(self.state.clone())
     }
@@ -241,6 +252,57 @@ impl Server {
     /// The bound address of the node channel, in a cluster.
     pub fn node_addr(&self) -> Option<std::net::SocketAddr> {
         self.node_listener.as_ref()?.local_addr().ok()
+    }
+
+    /// The server as parts for an app of your own: routes to nest or
+    /// merge, the layers to put around the whole app, and the background
+    /// work, which must run for the server to work.
+    ///
+    /// ```no_run
+    /// # async fn run(server: rtunnel_server::Server) -> std::io::Result<()> {
+    /// use axum::{Router, routing::get};
+    ///
+    /// let rtunnel_server::Parts { router, background, control } = server.into_parts();
+    /// let app = Router::new()
+    ///     .route("/", get(|| async { "my app" }))
+    ///     .nest("/support", router)
+    ///     .fallback(|| async { "not here" });
+    /// let app = control.layer(app);
+    /// tokio::spawn(background);
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:8090").await?;
+    /// axum::serve(
+    ///     listener,
+    ///     app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    /// )
+    /// .with_graceful_shutdown(async move {
+    ///     let _ = tokio::signal::ctrl_c().await;
+    ///     control.shutdown().await;
+    /// })
+    /// .await
+    /// # }
+    /// ```
+    pub fn into_parts(self) -> Parts {
+        Parts {
+            router: crate::api::routes(self.state.clone()),
+            background: Background::start(self.state.clone(), self.node_listener),
+            control: ServerControl { state: self.state },
+        }
+    }
+
+    /// Serves on `listener` in the background; the handle stops it.
+    pub fn start(self, listener: TcpListener) -> std::io::Result<ServerHandle> {
+        let addr = listener.local_addr()?;
+        let state = self.state.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(self.serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        Ok(ServerHandle {
+            addr,
+            state,
+            stop: Some(stop),
+            task: Some(task),
+        })
     }
 
     /// Serves on `listener` until `shutdown` resolves, then tells every agent
@@ -251,19 +313,109 @@ impl Server {
         F: Future<Output = ()> + Send + 'static,
     {
         let addr = listener.local_addr()?;
-        tracing::info!(%addr, node = %self.state.cluster.node_id(), "rtunnel-server listening");
-        let state = self.state.clone();
         let router = self.router();
-        tokio::spawn(crate::lifecycle::sweeper(state.clone()));
-        tokio::spawn(crate::refusals::reporter(state.clone()));
-        tokio::spawn(crate::retention::pruner(state.clone()));
-        tokio::spawn(crate::revocation::epoch_watcher(state.clone()));
-        tokio::spawn(Cluster::run(state.clone()));
-        if let Some(node_listener) = self.node_listener {
+        let prefix = self.state.config.path_prefix.clone();
+        tracing::info!(%addr, node = %self.state.cluster.node_id(), path_prefix = %prefix, "rtunnel-server listening");
+        let state = self.state.clone();
+        let background = Background::start(state.clone(), self.node_listener);
+        let head_timeout = state.config.handshake_timeout;
+        let limits = crate::accept::ConnectionLimits {
+            total: state.config.max_connections,
+            per_address: state.config.max_connections_per_address,
+            exempt: state.config.trusted_proxies.clone(),
+        };
+        let served = crate::accept::serve(
+            listener,
+            router,
+            head_timeout,
+            limits,
+            shutdown,
+            drain(&state),
+        )
+        .await;
+        // The drain cancelled the shutdown token: the background ends.
+        background.await;
+        served
+    }
+}
+
+/// The server as parts of an app of your own ([`Server::into_parts`]).
+#[derive(Debug)]
+pub struct Parts {
+    /// Every route (health, tunnel, API, console), with no fallback: nest
+    /// it under a prefix (`Router::nest("/support", ...)`) or merge it.
+    pub router: Router,
+    /// Session expiry and grace periods, retention, the access epoch,
+    /// refusal reports, the cluster and its node channel: spawn it. It ends
+    /// after [`ServerControl::shutdown`]; dropping it stops that work.
+    pub background: Background,
+    /// Layers for the app, the state, and shutdown.
+    pub control: ServerControl,
+}
+
+/// What an app embedding the server holds on to ([`Parts::control`]).
+#[derive(Clone)]
+pub struct ServerControl {
+    state: Arc<AppState>,
+}
+
+impl std::fmt::Debug for ServerControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerControl").finish_non_exhaustive()
+    }
+}
+
+impl ServerControl {
+    /// Puts the server's outer layers around `app`, your whole router: a
+    /// request for a proxy host goes to the subdomain proxy before `app`
+    /// sees it, and the client's address is taken from a trusted reverse
+    /// proxy's headers. Serve the result with
+    /// `into_make_service_with_connect_info::<SocketAddr>()`.
+    pub fn layer(&self, app: Router) -> Router {
+        crate::api::outer_layers(app, self.state.clone())
+    }
+
+    /// The shared state (stores, live tunnels, configuration).
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// Tells every agent the server is restarting, waits briefly for their
+    /// tunnels to end, and ends the forwards, terminals and background work
+    /// (so a graceful shutdown of the app's listener can complete).
+    pub async fn shutdown(&self) {
+        drain(&self.state).await;
+    }
+}
+
+/// The server's background work, as one future: it owns the tasks, which
+/// stop when it is dropped, and resolves once they all ended (after
+/// shutdown).
+pub struct Background {
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl std::fmt::Debug for Background {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Background")
+            .field("tasks", &self.tasks.len())
+            .finish()
+    }
+}
+
+impl Background {
+    fn start(state: Arc<AppState>, node_listener: Option<TcpListener>) -> Self {
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(crate::lifecycle::sweeper(state.clone()));
+        tasks.spawn(crate::refusals::reporter(state.clone()));
+        tasks.spawn(crate::retention::pruner(state.clone()));
+        tasks.spawn(crate::revocation::epoch_watcher(state.clone()));
+        tasks.spawn(Cluster::run(state.clone()));
+        if let Some(node_listener) = node_listener {
             let router = crate::cluster::channel::router(state.clone());
             let head_timeout = state.config.handshake_timeout;
             let stop = state.shutdown.clone();
-            tokio::spawn(async move {
+            tasks.spawn(async move {
                 let stopped = async move { stop.cancelled().await };
                 if let Err(e) = crate::accept::serve(
                     node_listener,
@@ -279,21 +431,72 @@ impl Server {
                 }
             });
         }
-        let head_timeout = state.config.handshake_timeout;
-        let limits = crate::accept::ConnectionLimits {
-            total: state.config.max_connections,
-            per_address: state.config.max_connections_per_address,
-            exempt: state.config.trusted_proxies.clone(),
-        };
-        crate::accept::serve(
-            listener,
-            router,
-            head_timeout,
-            limits,
-            shutdown,
-            drain(&state),
-        )
-        .await
+        Background { tasks }
+    }
+}
+
+impl Future for Background {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        loop {
+            match self.tasks.poll_join_next(cx) {
+                std::task::Poll::Ready(Some(Err(e))) if e.is_panic() => {
+                    tracing::error!(error = %e, "a background task of the server panicked");
+                }
+                std::task::Poll::Ready(Some(_)) => {}
+                std::task::Poll::Ready(None) => return std::task::Poll::Ready(()),
+                std::task::Poll::Pending => return std::task::Poll::Pending,
+            }
+        }
+    }
+}
+
+/// A server running in the background ([`Server::start`]). Dropping it
+/// stops the server at once; [`ServerHandle::shutdown`] stops it gracefully.
+#[derive(Debug)]
+pub struct ServerHandle {
+    addr: std::net::SocketAddr,
+    state: Arc<AppState>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl ServerHandle {
+    /// Where it listens.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// The shared state (stores, live tunnels, configuration).
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// Tells every agent the server is restarting, waits for the drain and
+    /// the background work to end.
+    pub async fn shutdown(mut self) -> std::io::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => task
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string()))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.state.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
     }
 }
 

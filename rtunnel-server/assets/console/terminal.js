@@ -6,8 +6,13 @@
 // The page is opened as /console/terminal?session=ID#ticket=T (a ticket from
 // POST /api/v1/sessions/{id}/terminal-ticket; in the fragment it never
 // reaches a server log). Without a ticket it asks for a login and gets one.
+//
+// Every path is taken relative to where the page is served, so the console
+// works under a path prefix (`--path-prefix`, or an app embedding rtunnel
+// under `/support`): /support/console/terminal calls /support/api/v1/...
 "use strict";
 (function () {
+  const base = location.pathname.replace(/\/console\/terminal\/?$/, "");
   const params = new URLSearchParams(location.search);
   const hash = new URLSearchParams(location.hash.slice(1));
   const session = params.get("session") || "";
@@ -45,7 +50,7 @@
   state.term = term;
 
   async function api(path, token, body) {
-    const resp = await fetch(path, {
+    const resp = await fetch(base + path, {
       method: "POST",
       headers: Object.assign(
         { "Content-Type": "application/json" },
@@ -93,7 +98,7 @@
     fit.fit();
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     const url =
-      scheme + "://" + location.host + "/api/v1/sessions/" + encodeURIComponent(session) +
+      scheme + "://" + location.host + base + "/api/v1/sessions/" + encodeURIComponent(session) +
       "/terminal?ticket=" + encodeURIComponent(ticket) + "&cols=" + term.cols + "&rows=" + term.rows;
     setStatus("connecting", "connecting");
     const ws = new WebSocket(url);

@@ -28,7 +28,40 @@ use crate::{forward, terminal, tunnel};
 use rtunnel_core::store::{MAX_PAGE_SIZE, Page};
 
 /// Every route of the server.
+/// The whole router as the server serves it: [`routes`] with the JSON
+/// fallbacks, under the configured path prefix, inside [`outer_layers`].
 pub fn router(state: Arc<AppState>) -> Router {
+    let routes = routes(state.clone())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed);
+    let app = match state.config.path_prefix.as_str() {
+        "" => routes,
+        prefix => Router::new().nest(prefix, routes).fallback(not_found),
+    };
+    outer_layers(app, state)
+}
+
+/// The server's outer layers around `app` (the whole router of whoever
+/// serves it): a request for a proxy host goes to the subdomain proxy and
+/// never reaches `app`; the client's address is resolved (from a trusted
+/// reverse proxy's headers) before anything reads it.
+pub fn outer_layers(app: Router, state: Arc<AppState>) -> Router {
+    app
+        // Outermost: a proxy host never reaches the API routes.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::proxy::dispatch,
+        ))
+        // Before anything reads the peer's address.
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            crate::forwarded::resolve_client,
+        ))
+}
+
+/// Every route (health, tunnel, API, console) with its state and body
+/// limit, and no fallback: it can be nested under any prefix or merged.
+pub fn routes(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -92,20 +125,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(grants::create).delete(grants::revoke),
         )
         .merge(crate::console::routes())
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(
             extract::MAX_JSON_BODY_BYTES,
-        ))
-        // Outermost: a proxy host never reaches the API routes.
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::proxy::dispatch,
-        ))
-        // Before anything reads the peer's address.
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::forwarded::resolve_client,
         ))
         .with_state(state)
 }
