@@ -20,8 +20,12 @@ use rtunnel_core::ws::{CLOSE_SESSION_CLOSED, WsStream};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use tokio::sync::watch;
+use uuid::Uuid;
+
 use crate::backoff::Backoff;
 use crate::dial::{DialError, DialOptions, dial};
+use crate::handler::{HandlerService, ServiceStream, StreamHandler};
 use crate::proxy::Proxy;
 use crate::services::ServiceSpec;
 use crate::terminal::{TERMINAL_SERVICE, TerminalConfig};
@@ -62,6 +66,8 @@ pub struct AgentConfig {
     pub tls_insecure: bool,
     /// The built-in terminal, if offered.
     pub terminal: Option<TerminalConfig>,
+    /// Services served in this process ([`AgentBuilder::handler`]).
+    handlers: Vec<HandlerService>,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -75,6 +81,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("max_reconnect_delay", &self.max_reconnect_delay)
             .field("tls_insecure", &self.tls_insecure)
             .field("terminal", &self.terminal)
+            .field("handlers", &self.handlers)
             .finish()
     }
 }
@@ -115,9 +122,20 @@ pub struct AgentBuilder {
     tls_insecure: bool,
     proxy: Option<Proxy>,
     terminal: Option<TerminalConfig>,
+    handlers: Vec<HandlerService>,
 }
 
 impl AgentBuilder {
+    /// Offers a service served in this process: every stream an operator
+    /// opens to `name` (a forward, the subdomain proxy) goes to `handler`.
+    pub fn handler(mut self, name: impl Into<String>, handler: impl StreamHandler) -> Self {
+        self.handlers.push(HandlerService {
+            name: name.into(),
+            handler: Arc::new(handler),
+        });
+        self
+    }
+
     /// Offers the built-in `terminal` service (a shell on a PTY); off
     /// unless set (the `rtunnel-agent` binary turns it on unless
     /// `--no-terminal`).
@@ -209,10 +227,25 @@ impl AgentBuilder {
         if key.contains(':') {
             return Err(AgentError::Config("the key cannot contain ':'".into()));
         }
-        if self.services.iter().any(|s| s.name == TERMINAL_SERVICE) {
+        let names: Vec<&str> = self
+            .services
+            .iter()
+            .map(|s| s.name.as_str())
+            .chain(self.handlers.iter().map(|h| h.name.as_str()))
+            .collect();
+        if names.contains(&TERMINAL_SERVICE) {
             return Err(AgentError::Config(format!(
                 "the service name {TERMINAL_SERVICE:?} is reserved for the built-in terminal"
             )));
+        }
+        for (i, name) in names.iter().enumerate() {
+            rtunnel_core::proto::validate_service_name(name)
+                .map_err(|e| AgentError::Config(e.to_string()))?;
+            if names[..i].contains(name) {
+                return Err(AgentError::Config(format!(
+                    "the service name {name:?} is offered twice"
+                )));
+            }
         }
         let reconnect_delay = self.reconnect_delay.unwrap_or(Duration::from_secs(5));
         let max_reconnect_delay = self.max_reconnect_delay.unwrap_or(Duration::from_secs(300));
@@ -231,7 +264,9 @@ impl AgentBuilder {
                 max_reconnect_delay,
                 tls_insecure: self.tls_insecure,
                 terminal: self.terminal,
+                handlers: self.handlers,
             }),
+            status: Arc::new(watch::channel(AgentStatus::Connecting).0),
         })
     }
 }
@@ -253,6 +288,77 @@ impl AgentBuilder {
 #[derive(Debug, Clone)]
 pub struct Agent {
     config: Arc<AgentConfig>,
+    status: Arc<watch::Sender<AgentStatus>>,
+}
+
+/// Where an agent is ([`Agent::status`], [`AgentHandle::status`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AgentStatus {
+    /// Dialing a server.
+    Connecting,
+    /// Connected, serving its session.
+    Active {
+        /// The support session.
+        session_id: Uuid,
+    },
+    /// The tunnel failed or was lost: dialing again after `retry_in`.
+    Reconnecting {
+        /// How long until the next attempt.
+        retry_in: Duration,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Stopped for good: the session was closed, the credentials were
+    /// replaced or revoked, or the agent was shut down.
+    Closed {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// An agent running in the background ([`Agent::spawn`]). Dropping it
+/// stops the agent.
+#[derive(Debug)]
+pub struct AgentHandle {
+    status: watch::Receiver<AgentStatus>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<AgentExit, AgentError>>>,
+}
+
+impl AgentHandle {
+    /// Its status, as it changes.
+    pub fn status(&self) -> watch::Receiver<AgentStatus> {
+        self.status.clone()
+    }
+
+    /// Stops the agent (closing its tunnel) and returns how its run ended.
+    pub async fn shutdown(mut self) -> Result<AgentExit, AgentError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.wait().await
+    }
+
+    /// Waits for the agent to stop: on its own (a closed session, revoked
+    /// credentials) or after [`AgentHandle::shutdown`]. Cancel-safe: the
+    /// agent keeps running if this future is dropped.
+    pub async fn wait(&mut self) -> Result<AgentExit, AgentError> {
+        let Some(task) = self.task.as_mut() else {
+            return Ok(AgentExit::Shutdown);
+        };
+        let ended = task.await;
+        self.task = None;
+        ended.unwrap_or_else(|e| Err(AgentError::Config(format!("the agent task failed: {e}"))))
+    }
+}
+
+impl Drop for AgentHandle {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
 }
 
 enum Outcome {
@@ -281,9 +387,49 @@ impl Agent {
         &self.config
     }
 
+    /// Its status, as it changes.
+    pub fn status(&self) -> watch::Receiver<AgentStatus> {
+        self.status.subscribe()
+    }
+
+    /// Runs the agent in the background (see [`Agent::run`]).
+    pub fn spawn(self) -> AgentHandle {
+        let status = self.status();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            self.run(async move {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        AgentHandle {
+            status,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    fn set_status(&self, status: AgentStatus) {
+        self.status.send_replace(status);
+    }
+
     /// Connects and serves until the session is closed by an operator or
     /// `shutdown` resolves, reconnecting after every failure.
     pub async fn run<F: Future<Output = ()>>(&self, shutdown: F) -> Result<AgentExit, AgentError> {
+        let ended = self.run_until(shutdown).await;
+        let reason = match &ended {
+            Ok(AgentExit::SessionClosed(reason)) => format!("session closed: {reason}"),
+            Ok(AgentExit::Shutdown) => "shut down".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        self.set_status(AgentStatus::Closed { reason });
+        ended
+    }
+
+    async fn run_until<F: Future<Output = ()>>(
+        &self,
+        shutdown: F,
+    ) -> Result<AgentExit, AgentError> {
         let cfg = &self.config;
         let mut backoff = Backoff::new(cfg.reconnect_delay, cfg.max_reconnect_delay);
         let mut shutdown = std::pin::pin!(shutdown);
@@ -295,6 +441,7 @@ impl Agent {
         let mut at = 0;
         loop {
             let endpoint = &cfg.endpoints[at % cfg.endpoints.len()];
+            self.set_status(AgentStatus::Connecting);
             let outcome = tokio::select! {
                 o = self.connect_and_serve(endpoint, &mut resume) => o,
                 _ = &mut shutdown => return Ok(AgentExit::Shutdown),
@@ -308,7 +455,7 @@ impl Agent {
                 let next = &cfg.endpoints[at].url;
                 tracing::info!("next attempt goes to {next}");
             }
-            let delay = match outcome {
+            let (delay, reason) = match outcome {
                 Outcome::Closed(reason) => {
                     tracing::info!("session over: {reason}; not reconnecting");
                     return Ok(AgentExit::SessionClosed(reason));
@@ -323,13 +470,13 @@ impl Agent {
                         .min(Duration::from_secs(1))
                         .mul_f64(rand::random::<f64>());
                     tracing::info!("server is restarting; reconnecting in {d:?}");
-                    d
+                    (d, "the server is restarting".to_owned())
                 }
                 Outcome::Lost(reason) => {
                     backoff.reset();
                     let d = backoff.next_delay();
                     tracing::warn!("tunnel lost: {reason}; reconnecting in {d:?}");
-                    d
+                    (d, reason)
                 }
                 Outcome::Failed(reason, hint, at_least) => {
                     let d = backoff.next_delay().max(at_least.unwrap_or_default());
@@ -338,9 +485,13 @@ impl Agent {
                     } else {
                         tracing::warn!("{reason}; retrying in {d:?}");
                     }
-                    d
+                    (d, reason)
                 }
             };
+            self.set_status(AgentStatus::Reconnecting {
+                retry_in: delay,
+                reason,
+            });
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = &mut shutdown => return Ok(AgentExit::Shutdown),
@@ -396,6 +547,13 @@ impl Agent {
             None => {}
         }
         let mut services: Vec<_> = cfg.services.iter().map(ServiceSpec::info).collect();
+        services.extend(cfg.handlers.iter().map(|h| ServiceInfo {
+            name: h.name.clone(),
+            kind: StreamKind::Tcp,
+            target: None,
+            tls: false,
+            host_header: Default::default(),
+        }));
         if cfg.terminal.is_some() {
             services.push(ServiceInfo {
                 name: TERMINAL_SERVICE.into(),
@@ -411,11 +569,13 @@ impl Agent {
         }
         tracing::info!(
             session = %session_id,
-            services = cfg.services.len(),
+            services = cfg.services.len() + cfg.handlers.len(),
             "connected to {url}"
         );
+        self.set_status(AgentStatus::Active { session_id });
         let offer = Arc::new(Offer {
             services: cfg.services.clone(),
+            handlers: cfg.handlers.clone(),
             terminal: cfg.terminal.clone(),
             tls: crate::tls::client_config(true),
         });
@@ -473,6 +633,7 @@ fn describe_dial(url: &str, e: &DialError) -> String {
 /// What an agent serves on its tunnel.
 struct Offer {
     services: Vec<ServiceSpec>,
+    handlers: Vec<HandlerService>,
     terminal: Option<TerminalConfig>,
     tls: Arc<rustls::ClientConfig>,
 }
@@ -492,6 +653,24 @@ async fn serve_stream(offer: Arc<Offer>, mut stream: YamuxStream) {
         };
         if write_frame(&mut stream, &StreamReply::Ok).await.is_ok() {
             crate::terminal::serve(config, stream, open).await;
+        }
+        return;
+    }
+    if let Some(h) = offer.handlers.iter().find(|h| h.name == header.service) {
+        if header.kind != StreamKind::Tcp && header.kind != StreamKind::Http {
+            refuse(
+                &mut stream,
+                StreamReply::refused(
+                    RefusalCode::UnsupportedKind,
+                    format!("{:?} carries tcp and http streams only", h.name),
+                ),
+            )
+            .await;
+            return;
+        }
+        if write_frame(&mut stream, &StreamReply::Ok).await.is_ok() {
+            let stream = ServiceStream::new(stream, header.operator, h.name.clone());
+            h.handler.serve(stream).await;
         }
         return;
     }
@@ -607,4 +786,71 @@ async fn refuse_dial(stream: &mut YamuxStream, name: &str, target: &str, why: &s
         ),
     )
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn builder() -> AgentBuilder {
+        Agent::builder()
+            .url("ws://127.0.0.1:1/api/v1/tunnel")
+            .credentials("sys_key", "secret")
+    }
+
+    async fn nothing(_: ServiceStream) {}
+
+    #[test]
+    fn in_process_services_share_the_manifest_rules() {
+        let ssh = crate::parse_services("ssh=127.0.0.1:22").unwrap();
+        assert!(
+            builder()
+                .services(ssh.clone())
+                .handler("echo", nothing)
+                .build()
+                .is_ok()
+        );
+        for (agent, why) in [
+            (
+                builder().services(ssh).handler("ssh", nothing),
+                "offered twice",
+            ),
+            (builder().handler("terminal", nothing), "reserved"),
+            (
+                builder().handler("Not A Name", nothing),
+                "invalid service name",
+            ),
+        ] {
+            let e = agent.build().unwrap_err().to_string();
+            assert!(e.contains(why), "{e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_spawned_agent_reports_its_status_until_shut_down() {
+        let agent = builder()
+            .reconnect_delay(Duration::from_millis(10))
+            .build()
+            .unwrap();
+        let handle = agent.spawn();
+        let mut status = handle.status();
+        // Nothing listens on port 1: the agent keeps reconnecting.
+        let reconnecting = status
+            .wait_for(|s| matches!(s, AgentStatus::Reconnecting { .. }))
+            .await
+            .unwrap()
+            .clone();
+        let AgentStatus::Reconnecting { reason, .. } = reconnecting else {
+            unreachable!()
+        };
+        assert!(reason.contains("127.0.0.1:1"), "{reason}");
+        assert_eq!(handle.shutdown().await.unwrap(), AgentExit::Shutdown);
+        assert_eq!(
+            *status.borrow(),
+            AgentStatus::Closed {
+                reason: "shut down".into()
+            }
+        );
+    }
 }

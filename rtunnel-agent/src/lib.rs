@@ -15,13 +15,17 @@ pub mod backoff;
 pub mod cli;
 pub mod dial;
 pub mod forward;
+pub mod handler;
 pub mod harden;
 pub mod proxy;
 pub mod services;
 pub mod terminal;
 mod tls;
 
-pub use agent::{Agent, AgentBuilder, AgentConfig, AgentError, AgentExit, Endpoint};
+pub use agent::{
+    Agent, AgentBuilder, AgentConfig, AgentError, AgentExit, AgentHandle, AgentStatus, Endpoint,
+};
 pub use forward::{ForwardConfig, ForwardError, Forwarder};
+pub use handler::{ServiceStream, StreamHandler};
 pub use proxy::{Proxy, ProxyError, ProxyUrlError};
 pub use services::{ServiceSpec, parse_services};

@@ -207,3 +207,66 @@ async fn the_server_serves_under_a_path_prefix() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--path-prefix"), "{stderr}");
 }
+
+/// Both examples together: the agent embedded in a service of its own
+/// (an in-process `echo`, no TCP port) connects to the embedding app
+/// through its prefix, reports its status, and a real `forward` reaches
+/// the in-process service, which learns who the operator is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_agent_serves_an_in_process_service_through_the_prefix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let embed = Embed::start(tmp.path());
+    let addr = embed.addr;
+    wait_for("the example to listen", || async {
+        tokio::net::TcpStream::connect(addr).await.ok().map(|_| ())
+    })
+    .await;
+    let token = embed.first["token"].as_str().unwrap().to_owned();
+    let system = &embed.first["system"];
+    let agent_bin = server_bin()
+        .with_file_name("examples")
+        .join(format!("embed-agent{}", std::env::consts::EXE_SUFFIX));
+    assert!(agent_bin.exists(), "{} is missing", agent_bin.display());
+    let out = tmp.path().join("agent.out");
+    let log = tmp.path().join("agent.log");
+    let child = Command::new(agent_bin)
+        .env("EMBED_URL", format!("ws://{addr}/support/api/v1/tunnel"))
+        .env("EMBED_KEY", system["key"].as_str().unwrap())
+        .env("EMBED_SECRET", system["secret"].as_str().unwrap())
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let _agent = Proc {
+        child,
+        log,
+        name: "embedded agent",
+    };
+    let printed = || std::fs::read_to_string(&out).unwrap_or_default();
+    let session = wait_for("the embedded agent to be active", || {
+        let text = printed();
+        async move {
+            let line = text.lines().find(|l| l.starts_with("status: active"))?;
+            line.split("session=").nth(1).map(str::to_owned)
+        }
+    })
+    .await;
+    assert!(printed().starts_with("status: connecting"), "{}", printed());
+
+    let (_fwd, local) = start_forward_at(
+        tmp.path(),
+        &format!("http://{addr}/support"),
+        &token,
+        &session,
+        "echo",
+    )
+    .await;
+    let data = random_bytes(64 * 1024);
+    assert!(echo_through(local, &data).await == data);
+    wait_for("the handler to name the operator", || {
+        let text = printed();
+        async move { text.contains("echo: a stream from admin").then_some(()) }
+    })
+    .await;
+}
