@@ -25,6 +25,7 @@ pub mod access;
 pub mod api_token;
 pub mod claims;
 pub mod launch_token;
+pub mod mesh;
 pub mod node;
 pub mod password;
 pub mod secret;

@@ -50,17 +50,6 @@ pub struct ConnectionLimits {
     pub exempt: crate::forwarded::TrustedProxies,
 }
 
-impl ConnectionLimits {
-    /// No caps (the node channel: only other nodes reach it).
-    pub fn none() -> Self {
-        ConnectionLimits {
-            total: usize::MAX,
-            per_address: usize::MAX,
-            exempt: Default::default(),
-        }
-    }
-}
-
 /// The connections held, in all and per address.
 #[derive(Debug, Default)]
 struct Held {

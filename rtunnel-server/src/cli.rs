@@ -108,11 +108,11 @@ struct ServeArgs {
     /// This node's id in a cluster (default: kept in <data-dir>/node-id).
     #[arg(long, env = "RTUNNEL_NODE_ID", global = true)]
     node_id: Option<String>,
-    /// Internal address of the node channel, where other nodes reach this
+    /// Internal address of the node mesh, where other nodes reach this
     /// one's tunnels (required with --redis-url; keep it off the internet).
     #[arg(long, env = "RTUNNEL_NODE_LISTEN", global = true)]
     node_listen: Option<SocketAddr>,
-    /// HOST:PORT other nodes dial for the node channel (default: the bound
+    /// HOST:PORT other nodes dial for the node mesh (default: the bound
     /// --node-listen address).
     #[arg(long, env = "RTUNNEL_NODE_ADVERTISE", global = true)]
     node_advertise: Option<String>,

@@ -52,9 +52,9 @@ pub struct ServerConfig {
     /// Prefix of every Redis key and channel, so deployments can share one
     /// Redis.
     pub redis_prefix: String,
-    /// Where the node channel listens (required with `redis_url`).
+    /// Where the node mesh listens (required with `redis_url`).
     pub node_listen: Option<SocketAddr>,
-    /// `host:port` other nodes dial to reach the node channel (default:
+    /// `host:port` other nodes dial to reach the node mesh (default:
     /// the bound `node_listen`).
     pub node_advertise: Option<String>,
     /// The cluster key file, the same on every node (default

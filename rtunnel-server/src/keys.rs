@@ -31,7 +31,7 @@ pub fn load_or_create_launch_signer(
 }
 
 /// Loads the cluster key from `path` (every node of a cluster holds the
-/// same), creating it like the signing key: the node channel's key, and
+/// same), creating it like the signing key: the node mesh's key, and
 /// the seal of what the nodes write to Redis.
 pub fn load_or_create_cluster_key(
     path: &Path,
@@ -39,13 +39,16 @@ pub fn load_or_create_cluster_key(
 ) -> Result<
     (
         rtunnel_auth::node::NodeKey,
+        rtunnel_auth::mesh::MeshIdentity,
         rtunnel_core::store::redis::Seal,
     ),
     ServerError,
 > {
     let key = load_or_create_key(path, production, "--cluster-key-file")?;
     let node = rtunnel_auth::node::NodeKey::new(&key).map_err(|_| too_short(path))?;
-    Ok((node, rtunnel_core::store::redis::Seal::new(&key)))
+    let identity = rtunnel_auth::mesh::MeshIdentity::from_cluster_key(&key)
+        .map_err(|e| ServerError::Config(e.to_string()))?;
+    Ok((node, identity, rtunnel_core::store::redis::Seal::new(&key)))
 }
 
 fn too_short(path: &Path) -> ServerError {

@@ -9,8 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
 use rtunnel_core::mux::{Mux, YamuxMux, YamuxStream};
 use rtunnel_core::proto::{
     CloseCode, Control, Refusal, RefusalCode, ServiceInfo, StreamHeader, StreamKind,
@@ -22,7 +20,7 @@ use uuid::Uuid;
 
 /// A stream to a service behind an agent: a stream of a tunnel on this
 /// node (counted against the tunnel's stream limit while it lives), or a
-/// connection over the node channel to the node holding the tunnel (which
+/// connection over the node mesh to the node holding the tunnel (which
 /// counts it there).
 #[derive(Debug)]
 pub struct TunnelStream {
@@ -53,12 +51,12 @@ impl Drop for UserShare {
 #[derive(Debug)]
 enum StreamIo {
     Tunnel(YamuxStream),
-    Node(TokioIo<Upgraded>),
+    Node(YamuxStream),
 }
 
 impl TunnelStream {
-    /// A stream over the node channel.
-    pub(crate) fn node(io: TokioIo<Upgraded>) -> Self {
+    /// A stream over the node mesh.
+    pub(crate) fn node(io: YamuxStream) -> Self {
         TunnelStream {
             io: StreamIo::Node(io),
             _permit: None,

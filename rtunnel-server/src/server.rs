@@ -120,7 +120,7 @@ impl ServerBuilder {
                     .cluster_key_file
                     .clone()
                     .unwrap_or_else(|| self.config.data_dir.join("cluster.key"));
-                let (key, seal) =
+                let (key, identity, seal) =
                     crate::keys::load_or_create_cluster_key(&key_path, self.config.production)?;
                 let redis = RedisConnection::connect(url, &self.config.redis_prefix, seal).await?;
                 // Live state every node must agree on lives in Redis.
@@ -144,10 +144,12 @@ impl ServerBuilder {
                     redis,
                     address,
                     key,
+                    identity,
                     sessions: stores.sessions.clone(),
                 };
                 (
-                    Cluster::member(node_id.clone(), registry.clone(), membership),
+                    Cluster::member(node_id.clone(), registry.clone(), membership)
+                        .map_err(ServerError::Config)?,
                     Some(listener),
                 )
             }
@@ -249,7 +251,7 @@ impl Server {
         crate::api::router(self.state.clone())
     }
 
-    /// The bound address of the node channel, in a cluster.
+    /// The bound address of the node mesh, in a cluster.
     pub fn node_addr(&self) -> Option<std::net::SocketAddr> {
         self.node_listener.as_ref()?.local_addr().ok()
     }
@@ -307,7 +309,7 @@ impl Server {
 
     /// Serves on `listener` until `shutdown` resolves, then tells every agent
     /// the server is restarting and waits briefly for tunnels to end. In a
-    /// cluster the node channel is served too, on `--node-listen`.
+    /// cluster the node mesh is served too, on `--node-listen`.
     pub async fn serve<F>(self, listener: TcpListener, shutdown: F) -> std::io::Result<()>
     where
         F: Future<Output = ()> + Send + 'static,
@@ -346,7 +348,7 @@ pub struct Parts {
     /// it under a prefix (`Router::nest("/support", ...)`) or merge it.
     pub router: Router,
     /// Session expiry and grace periods, retention, the access epoch,
-    /// refusal reports, the cluster and its node channel: spawn it. It ends
+    /// refusal reports, the cluster and its node mesh: spawn it. It ends
     /// after [`ServerControl::shutdown`]; dropping it stops that work.
     pub background: Background,
     /// Layers for the app, the state, and shutdown.
@@ -412,24 +414,7 @@ impl Background {
         tasks.spawn(crate::revocation::epoch_watcher(state.clone()));
         tasks.spawn(Cluster::run(state.clone()));
         if let Some(node_listener) = node_listener {
-            let router = crate::cluster::channel::router(state.clone());
-            let head_timeout = state.config.handshake_timeout;
-            let stop = state.shutdown.clone();
-            tasks.spawn(async move {
-                let stopped = async move { stop.cancelled().await };
-                if let Err(e) = crate::accept::serve(
-                    node_listener,
-                    router,
-                    head_timeout,
-                    crate::accept::ConnectionLimits::none(),
-                    stopped,
-                    async {},
-                )
-                .await
-                {
-                    tracing::error!(error = %e, "the node channel failed");
-                }
-            });
+            tasks.spawn(crate::cluster::mesh::serve(state.clone(), node_listener));
         }
         Background { tasks }
     }

@@ -1,7 +1,7 @@
 //! Several server nodes on one PostgreSQL and one Redis (both the real
 //! ones `scripts/test.sh` starts), as separate processes on loopback: an
 //! operator on one node reaches the agent connected to another through the
-//! node channel; a close, a revoke or a regenerated secret on any node takes
+//! node mesh (TLS, encrypted, only for the cluster's nodes); a close, a revoke or a regenerated secret on any node takes
 //! effect where the tunnel or the connection lives; a node killed, its agents resume on
 //! another, and the nodes left put the dead node's other sessions in grace.
 
@@ -14,6 +14,57 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A TCP proxy that keeps a copy of every byte it carries, both ways.
+struct RecordingProxy {
+    addr: std::net::SocketAddr,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl RecordingProxy {
+    async fn start(upstream: std::net::SocketAddr) -> RecordingProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((down, _)) = listener.accept().await {
+                let Ok(up) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (dr, dw) = down.into_split();
+                let (ur, uw) = up.into_split();
+                tokio::spawn(copy_recording(dr, uw, record.clone()));
+                tokio::spawn(copy_recording(ur, dw, record.clone()));
+            }
+        });
+        RecordingProxy { addr, seen }
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+async fn copy_recording(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                seen.lock().unwrap().extend_from_slice(&buf[..n]);
+                if to.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to.shutdown().await;
+}
 
 /// One node of a test cluster.
 async fn node(dir: &std::path::Path, prefix: &str, id: &str) -> ServerProc {
@@ -266,14 +317,10 @@ async fn a_killed_node_s_agents_resume_elsewhere_and_its_other_sessions_wait_in_
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_node_channel_refuses_requests_not_signed_with_the_cluster_key() {
-    let tmp = tempfile::tempdir().unwrap();
-    use_postgres(tmp.path()).await;
-    let prefix = unique_prefix();
-    let a = node(tmp.path(), &prefix, "node-a").await;
-    let channel: std::net::SocketAddr = wait_for("the node channel's address", || {
-        let log = a.proc.log_text();
+/// The mesh address a node announced.
+async fn mesh_address(server: &ServerProc) -> std::net::SocketAddr {
+    wait_for("the node's mesh address", || {
+        let log = server.proc.log_text();
         async move {
             let line = log.lines().find(|l| l.contains("joining the cluster"))?;
             line.split("address=")
@@ -284,51 +331,155 @@ async fn the_node_channel_refuses_requests_not_signed_with_the_cluster_key() {
                 .ok()
         }
     })
-    .await;
-    let session = uuid::Uuid::new_v4();
-    let stream = serde_json::to_string(&rtunnel_core::proto::StreamHeader::new(
-        "echo",
-        rtunnel_core::proto::StreamKind::Tcp,
-    ))
-    .unwrap();
-    let subject = format!("POST /v1/sessions/{session}/streams\n{stream}");
-    let request = |auth: &str| {
-        format!(
-            "POST /v1/sessions/{session}/streams HTTP/1.1\r\nHost: {channel}\r\n\
-             Connection: upgrade, close\r\nUpgrade: rtunnel-stream\r\nAuthorization: {auth}\r\n\
-             X-Rtunnel-Stream: {stream}\r\nContent-Length: 0\r\n\r\n"
-        )
-    };
-    let now = rtunnel_core::store::now_millis();
-    let forged_key = rtunnel_auth::node::NodeKey::new(&[9; 32]).unwrap();
-    for auth in [
-        String::new(),
-        "Bearer x".to_owned(),
-        forged_key.authorize("node-x", &subject, now),
-    ] {
-        let (status, body) = http_raw(channel, &request(&auth)).await.unwrap();
-        assert_eq!(status, 401, "{body}");
-        assert!(body.contains("node_auth_failed"), "{body}");
-    }
-    // Signed with the cluster key: heard (this node holds no such tunnel),
-    // once; the same request again is a replay.
+    .await
+}
+
+/// TLS to a node's mesh address with the identity of `cluster_key`.
+async fn mesh_tls(
+    addr: std::net::SocketAddr,
+    cluster_key: &[u8],
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let identity = rtunnel_auth::mesh::MeshIdentity::from_cluster_key(cluster_key).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(identity.client_config().unwrap());
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from(rtunnel_auth::mesh::SERVER_NAME).unwrap();
+    let mut tls = connector.connect(name, tcp).await?;
+    // TLS 1.3 reports a refused client certificate on the first read.
+    tls.write_all(b"").await?;
+    Ok(tls)
+}
+
+/// Sends a hello; the node's answer.
+async fn hello(
+    tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    hello: &serde_json::Value,
+) -> Result<rtunnel_core::proto::StreamReply, String> {
+    rtunnel_core::frame::write_frame(tls, hello)
+        .await
+        .map_err(|e| e.to_string())?;
+    rtunnel_core::frame::read_frame(tls, 4096)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_mesh_admits_only_nodes_of_the_cluster_each_to_itself() {
+    use rtunnel_core::proto::{RefusalCode, StreamReply};
+    let tmp = tempfile::tempdir().unwrap();
+    use_postgres(tmp.path()).await;
+    let prefix = unique_prefix();
+    let a = node(tmp.path(), &prefix, "node-a").await;
+    let mesh = mesh_address(&a).await;
     let key = std::fs::read_to_string(tmp.path().join("data/cluster.key")).unwrap();
-    let key = rtunnel_auth::node::NodeKey::new(&hex::decode(key.trim()).unwrap()).unwrap();
-    let signed = request(&key.authorize("node-x", &subject, now));
-    let (status, body) = http_raw(channel, &signed).await.unwrap();
-    assert_eq!(status, 404, "{body}");
-    assert!(body.contains("tunnel_not_here"), "{body}");
-    let (status, body) = http_raw(channel, &signed).await.unwrap();
-    assert_eq!(status, 401, "{body}");
-    assert!(body.contains("replayed"), "{body}");
-    // The public listener has no such endpoint.
-    let (status, _) = api_call(
-        a.addr,
-        "POST",
-        &format!("/v1/sessions/{session}/streams"),
-        None,
-        None,
+    let key = hex::decode(key.trim()).unwrap();
+    let node_key = rtunnel_auth::node::NodeKey::new(&key).unwrap();
+    let signed = |to: &str| {
+        json!({
+            "from": "node-x",
+            "to": to,
+            "authorization": node_key.authorize(
+                "node-x",
+                &format!("rtunnel mesh hello to {to}"),
+                rtunnel_core::store::now_millis(),
+            ),
+        })
+    };
+
+    // Plain HTTP gets no answer: the mesh speaks TLS only.
+    let plain = http_raw(
+        mesh,
+        "POST /v1/sessions/x/streams HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
     )
     .await;
+    assert!(
+        plain.as_ref().map_or(true, |(status, _)| *status == 0),
+        "{plain:?}"
+    );
+    // A node with another cluster key does not get through TLS.
+    let mut stranger = mesh_tls(mesh, &[9; 32]).await.ok();
+    if let Some(tls) = stranger.as_mut() {
+        let answer = hello(tls, &signed("node-a")).await;
+        assert!(answer.is_err(), "a stranger got {answer:?}");
+    }
+
+    // The cluster's identity, a hello meant for another node: refused.
+    let mut tls = mesh_tls(mesh, &key).await.unwrap();
+    match hello(&mut tls, &signed("node-z")).await.unwrap() {
+        StreamReply::Refused(r) => {
+            assert_eq!(r.code, RefusalCode::Forbidden);
+            assert!(r.reason.contains("this is node node-a"), "{}", r.reason);
+        }
+        StreamReply::Ok => panic!("a hello for node-z was accepted by node-a"),
+    }
+    // A hello for node-a: admitted, once; the same hello again is a replay.
+    let good = signed("node-a");
+    let mut tls = mesh_tls(mesh, &key).await.unwrap();
+    assert_eq!(hello(&mut tls, &good).await.unwrap(), StreamReply::Ok);
+    let mut again = mesh_tls(mesh, &key).await.unwrap();
+    match hello(&mut again, &good).await.unwrap() {
+        StreamReply::Refused(r) => assert!(r.reason.contains("replayed"), "{}", r.reason),
+        StreamReply::Ok => panic!("a replayed hello was accepted"),
+    }
+    // On the admitted connection, a stream for a session node-a does not
+    // hold is refused, typed.
+    let mux = rtunnel_core::mux::YamuxMux::client(tls, &Default::default());
+    let mut stream = rtunnel_core::mux::Mux::open(&mux).await.unwrap();
+    let request = json!({
+        "session_id": uuid::Uuid::new_v4(),
+        "header": {"service": "echo", "kind": "tcp"},
+    });
+    rtunnel_core::frame::write_frame(&mut stream, &request)
+        .await
+        .unwrap();
+    match rtunnel_core::frame::read_frame::<StreamReply, _>(&mut stream, 4096)
+        .await
+        .unwrap()
+    {
+        StreamReply::Refused(r) => {
+            assert_eq!(r.code, RefusalCode::AgentUnavailable);
+            assert!(r.reason.contains("holds no tunnel"), "{}", r.reason);
+        }
+        StreamReply::Ok => panic!("a stream to no tunnel was opened"),
+    }
+    // The public listener has no such endpoint.
+    let (status, _) = api_call(a.addr, "POST", "/v1/sessions/x/streams", None, None).await;
     assert_eq!(status, 404);
+}
+
+/// What crosses between nodes is encrypted: a forward through node B to
+/// the agent on node A, with node A's mesh address behind a proxy that
+/// records every byte, carries data that never shows up in the recording.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_an_operator_sends_crosses_the_node_network_in_the_clear() {
+    let tmp = tempfile::tempdir().unwrap();
+    use_postgres(tmp.path()).await;
+    let prefix = unique_prefix();
+    // Node A listens on a port of its own and announces the recorder's.
+    let listen = free_port();
+    let recorder = RecordingProxy::start(([127, 0, 0, 1], listen).into()).await;
+    let mut args = node_args(&test_redis_url(), &prefix, "node-a");
+    let at = args.iter().position(|a| a == "--node-listen").unwrap();
+    args[at + 1] = format!("127.0.0.1:{listen}");
+    args.extend(["--node-advertise".to_owned(), recorder.addr.to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let a = ServerProc::start(tmp.path(), &args).await;
+    let b = node(tmp.path(), &prefix, "node-b").await;
+    let sys = enroll(&a, "far-box");
+    let root = user_with_token(&a, "root", "admin");
+    let echo = echo_service().await;
+    let _agent = start_agent(&a, &sys, &format!("echo={echo}"), &[]);
+    let session = active_session(&b, &root, &sys.id).await;
+    let (_fwd, local) = start_forward(&b, &root, &session, "echo").await;
+    let marker = b"OPERATOR-KEYSTROKES-rtunnel-mesh-0123456789".repeat(64);
+    assert!(echo_through(local, &marker).await == marker);
+    let seen = recorder.bytes();
+    assert!(
+        seen.len() > marker.len(),
+        "the stream did not cross the recorder"
+    );
+    let needle = &marker[..43];
+    assert!(
+        !seen.windows(needle.len()).any(|w| w == needle),
+        "operator data crossed the node network in the clear"
+    );
 }

@@ -3,14 +3,14 @@
 //! Every node keeps its own agents' tunnels ([`Registry`]). With a Redis
 //! (`--redis-url`) the nodes also share:
 //! - **where tunnels are**: each node announces itself (its id and the
-//!   address of its node channel) and the route of each of its tunnels,
+//!   address of its node mesh) and the route of each of its tunnels,
 //!   again every [`HEARTBEAT`], each entry living [`ENTRY_TTL`];
 //! - **commands** over pub/sub ([`Command`]): close a session's tunnel,
 //!   access changed (check open connections again), a tunnel attached
 //!   elsewhere (close the stale copy here);
-//! - **a node channel** ([`channel`]): an operator on node B reaches the
-//!   agent on node A through a stream B opens on A's internal listener,
-//!   authenticated with the cluster key;
+//! - **the node mesh** ([`mesh`]): an operator on node B reaches the agent
+//!   on node A through a stream on the one TLS connection between B and
+//!   A's internal listener, both authenticated with the cluster key;
 //! - **dead nodes**: sessions still marked active on a node that stopped
 //!   announcing itself for [`ENTRY_TTL`] are put in their grace period by
 //!   the nodes that remain, so their agents can resume elsewhere.
@@ -18,8 +18,8 @@
 //! Without Redis the node is alone: routes are the local registry and
 //! commands act locally.
 
-pub mod channel;
 mod commands;
+pub mod mesh;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rtunnel_auth::node::{NodeKey, NonceCache};
+use rtunnel_auth::node::NodeKey;
 use rtunnel_core::proto::{CloseCode, Refusal, RefusalCode, ServiceInfo, StreamHeader};
 use rtunnel_core::store::now_millis;
 use rtunnel_core::store::redis::{
@@ -72,8 +72,8 @@ pub(crate) struct Live {
     pubsub: RedisPubSub,
     /// `host:port` of this node's channel, as the others dial it.
     address: String,
-    key: NodeKey,
-    nonces: Mutex<NonceCache>,
+    /// This node's end of the node mesh.
+    mesh: mesh::Mesh,
     /// The durable record of which node holds each session, for routing
     /// while Redis is away.
     sessions: Arc<dyn SessionStore>,
@@ -93,6 +93,8 @@ pub struct Membership {
     pub address: String,
     /// The cluster key every node holds.
     pub key: NodeKey,
+    /// The TLS identity derived from it, for the node mesh.
+    pub identity: rtunnel_auth::mesh::MeshIdentity,
     /// The shared sessions (which node holds each), for routing while
     /// Redis is away.
     pub sessions: Arc<dyn SessionStore>,
@@ -118,8 +120,9 @@ impl Cluster {
     }
 
     /// A node of a cluster.
-    pub fn member(node_id: String, registry: Arc<Registry>, m: Membership) -> Self {
-        Cluster {
+    pub fn member(node_id: String, registry: Arc<Registry>, m: Membership) -> Result<Self, String> {
+        let mesh = mesh::Mesh::new(node_id.clone(), m.key, &m.identity)?;
+        Ok(Cluster {
             node_id,
             registry,
             live: Some(Live {
@@ -127,13 +130,12 @@ impl Cluster {
                 pubsub: RedisPubSub::new(m.redis.clone(), "commands"),
                 redis: m.redis,
                 address: m.address,
-                key: m.key,
-                nonces: Mutex::new(NonceCache::default()),
+                mesh,
                 sessions: m.sessions,
                 known_nodes: Mutex::new(HashMap::new()),
                 redis_away: AtomicBool::new(false),
             }),
-        }
+        })
     }
 
     /// This node's id.
@@ -238,7 +240,7 @@ impl Cluster {
     }
 
     /// The route the database records for an active session, on a node
-    /// whose address is known (the node channel checks the rest: a node
+    /// whose address is known (the node mesh checks the rest: a node
     /// without the tunnel answers `tunnel_not_here`).
     fn recorded(
         &self,
@@ -425,7 +427,7 @@ impl Route {
                         "this node is not in a cluster",
                     )
                 })?;
-                channel::open(live, &cluster.node_id, r, header, timeout).await
+                live.mesh.open(r, header, timeout).await
             }
         }
     }

@@ -1,5 +1,5 @@
 //! Connections to proxied services, through the session's tunnel on this
-//! node or, over the node channel, on the node holding it.
+//! node or, over the node mesh, on the node holding it.
 //!
 //! A connection to a service is one tunnel stream of kind `http`: the agent
 //! dials the service (over TLS for a `:tls` service) and relays bytes, and
