@@ -26,7 +26,7 @@ use uuid::Uuid;
 use crate::backoff::Backoff;
 use crate::dial::{DialError, DialOptions, dial};
 use crate::handler::{HandlerService, ServiceStream, StreamHandler};
-use crate::proxy::Proxy;
+use crate::http_proxy::Proxy;
 use crate::services::ServiceSpec;
 use crate::terminal::{TERMINAL_SERVICE, TerminalConfig};
 

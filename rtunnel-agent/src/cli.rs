@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::agent::{Agent, AgentError, AgentExit, Endpoint};
 use crate::forward::{ForwardConfig, ForwardError, Forwarder};
-use crate::proxy::Proxy;
+use crate::http_proxy::Proxy;
 use crate::services::parse_services;
 
 /// `rtunnel-agent`: connects this system to an rtunnel server, or forwards a

@@ -7,7 +7,7 @@ use std::time::Duration;
 use rtunnel_core::ws::MAX_WS_MESSAGE_BYTES;
 use tokio::net::TcpStream;
 
-use crate::proxy::{Proxy, ProxyError, target_host_port};
+use crate::http_proxy::{Proxy, ProxyError, target_host_port};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;

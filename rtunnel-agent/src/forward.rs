@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use crate::agent::SOFTWARE;
 use crate::dial::{DialError, DialOptions, dial};
-use crate::proxy::Proxy;
+use crate::http_proxy::Proxy;
 
 /// How long the server has to answer a new stream.
 pub const STREAM_REPLY_TIMEOUT: Duration = Duration::from_secs(15);

@@ -17,7 +17,7 @@ pub mod dial;
 pub mod forward;
 pub mod handler;
 pub mod harden;
-pub mod proxy;
+pub mod http_proxy;
 pub mod services;
 pub mod terminal;
 mod tls;
@@ -27,5 +27,5 @@ pub use agent::{
 };
 pub use forward::{ForwardConfig, ForwardError, Forwarder};
 pub use handler::{ServiceStream, StreamHandler};
-pub use proxy::{Proxy, ProxyError, ProxyUrlError};
+pub use http_proxy::{Proxy, ProxyError, ProxyUrlError};
 pub use services::{ServiceSpec, parse_services};

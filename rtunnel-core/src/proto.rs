@@ -385,6 +385,33 @@ impl Refusal {
         truncate_utf8(&mut reason, MAX_REASON_BYTES);
         Refusal { code, reason }
     }
+
+    /// A refusal as received from a peer, made safe to log and show: the
+    /// reason cut to [`MAX_REASON_BYTES`], control characters (terminal
+    /// escapes, newlines) replaced by spaces.
+    pub fn from_peer(self) -> Self {
+        let reason: String = self
+            .reason
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        Refusal::new(self.code, reason)
+    }
+
+    /// Whether an agent may refuse a stream with this code: what is about
+    /// its services and its terminal. The server's own codes (access,
+    /// limits, sessions) never come from an agent.
+    pub fn is_agent_code(code: RefusalCode) -> bool {
+        matches!(
+            code,
+            RefusalCode::BadStreamHeader
+                | RefusalCode::UnknownService
+                | RefusalCode::UnsupportedKind
+                | RefusalCode::TerminalUnavailable
+                | RefusalCode::ServiceUnreachable
+                | RefusalCode::Other
+        )
+    }
 }
 
 /// The accepting side's answer to a [`StreamHeader`]: `{"status":"ok"}`,
@@ -797,6 +824,24 @@ mod tests {
         let older: Refusal =
             serde_json::from_str(r#"{"code":"dial_failed","reason":"refused"}"#).unwrap();
         assert_eq!(older.code, RefusalCode::ServiceUnreachable);
+    }
+
+    #[test]
+    fn a_peers_refusal_is_cleaned_before_anyone_sees_it() {
+        let hostile = Refusal {
+            code: RefusalCode::ServiceUnreachable,
+            reason: format!("\u{1b}]0;owned\u{7}line\nbreak{}", "x".repeat(2000)),
+        };
+        let clean = hostile.from_peer();
+        assert!(
+            !clean.reason.chars().any(char::is_control),
+            "{:?}",
+            clean.reason
+        );
+        assert!(clean.reason.len() <= MAX_REASON_BYTES);
+        assert!(clean.reason.contains("line break"));
+        assert!(Refusal::is_agent_code(RefusalCode::ServiceUnreachable));
+        assert!(!Refusal::is_agent_code(RefusalCode::LoginEnded));
     }
 
     #[test]

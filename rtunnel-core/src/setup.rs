@@ -38,7 +38,7 @@ where
     };
     match tokio::time::timeout(timeout, exchange).await {
         Ok(Ok(StreamReply::Ok)) => Ok(()),
-        Ok(Ok(StreamReply::Refused(refusal))) => Err(SetupError::Refused(refusal)),
+        Ok(Ok(StreamReply::Refused(refusal))) => Err(SetupError::Refused(refusal.from_peer())),
         Ok(Err(e)) => Err(SetupError::Failed(e)),
         Err(_) => Err(SetupError::Timeout(timeout)),
     }

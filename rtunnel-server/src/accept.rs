@@ -47,7 +47,7 @@ pub struct ConnectionLimits {
     /// From one address, IPv4 or IPv6 /64 (`--max-connections-per-address`).
     pub per_address: usize,
     /// Addresses not capped one by one (the trusted reverse proxies).
-    pub exempt: crate::forwarded::TrustedProxies,
+    pub exempt: crate::client_addr::TrustedProxies,
 }
 
 /// The connections held, in all and per address.

@@ -123,8 +123,8 @@ struct ServeArgs {
     /// Reverse proxies whose X-Forwarded-For is believed: addresses and
     /// CIDR networks, comma-separated (default: none, the header is
     /// ignored).
-    #[arg(long, env = "RTUNNEL_TRUSTED_PROXIES", default_value = "", value_parser = crate::forwarded::TrustedProxies::parse, global = true)]
-    trusted_proxies: crate::forwarded::TrustedProxies,
+    #[arg(long, env = "RTUNNEL_TRUSTED_PROXIES", default_value = "", value_parser = crate::client_addr::TrustedProxies::parse, global = true)]
+    trusted_proxies: crate::client_addr::TrustedProxies,
     /// The most streams of one tunnel one operator may hold (default: half
     /// of --max-streams-per-tunnel), so one cannot take them all.
     #[arg(long, env = "RTUNNEL_MAX_STREAMS_PER_USER", global = true)]
@@ -513,7 +513,6 @@ async fn serve(store_args: StoreArgs, args: ServeArgs, store: SqlStore) -> Resul
         grace_period: args.grace_period,
         max_streams_per_tunnel: args.max_streams_per_tunnel,
         heartbeat_interval: args.heartbeat_interval,
-        handshake_timeout: rtunnel_core::control::HANDSHAKE_TIMEOUT,
         secret_key_file: args.secret_key_file,
         production: std::env::var("RTUNNEL_ENV").is_ok_and(|v| v == "production"),
         launch_key_file: args.launch_key_file,
@@ -536,6 +535,7 @@ async fn serve(store_args: StoreArgs, args: ServeArgs, store: SqlStore) -> Resul
         max_streams_per_user: args.max_streams_per_user,
         max_connections: args.max_connections,
         max_connections_per_address: args.max_connections_per_address,
+        ..ServerConfig::default()
     };
     config.validate().map_err(Failure::usage)?;
     let server = Server::builder()

@@ -32,8 +32,17 @@ pub struct ServerConfig {
     pub max_streams_per_tunnel: usize,
     /// Interval between heartbeats on tunnels and forwards.
     pub heartbeat_interval: Duration,
-    /// How long a new socket has to complete the protocol handshake.
+    /// How long a new tunnel or forward has to complete the protocol
+    /// handshake (hello, welcome, an agent's manifest).
     pub handshake_timeout: Duration,
+    /// How long one stream has to be set up: an operator's stream header
+    /// to arrive, an agent (or the node holding its tunnel) to answer one.
+    pub stream_setup_timeout: Duration,
+    /// How long a client has to send an HTTP request's head.
+    pub request_head_timeout: Duration,
+    /// How long a client has to send a JSON request body (408
+    /// `body_timeout` after that).
+    pub body_timeout: Duration,
     /// The signing key file (default `<data_dir>/secret.key`).
     pub secret_key_file: Option<PathBuf>,
     /// Production deployments refuse to invent a missing secret key.
@@ -61,8 +70,8 @@ pub struct ServerConfig {
     /// `<data_dir>/cluster.key`).
     pub cluster_key_file: Option<PathBuf>,
     /// Reverse proxies whose `X-Forwarded-For` names the client (see
-    /// [`crate::forwarded`]).
-    pub trusted_proxies: crate::forwarded::TrustedProxies,
+    /// [`crate::client_addr`]).
+    pub trusted_proxies: crate::client_addr::TrustedProxies,
     /// How long audit events and closed access-log entries are kept
     /// (`--audit-retention`); `None` keeps them forever.
     pub audit_retention: Option<Duration>,
@@ -93,6 +102,9 @@ impl Default for ServerConfig {
             max_streams_per_tunnel: 64,
             heartbeat_interval: rtunnel_core::control::DEFAULT_HEARTBEAT_INTERVAL,
             handshake_timeout: rtunnel_core::control::HANDSHAKE_TIMEOUT,
+            stream_setup_timeout: Duration::from_secs(10),
+            request_head_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
             secret_key_file: None,
             production: false,
             launch_key_file: None,
@@ -104,7 +116,7 @@ impl Default for ServerConfig {
             node_listen: None,
             node_advertise: None,
             cluster_key_file: None,
-            trusted_proxies: crate::forwarded::TrustedProxies::default(),
+            trusted_proxies: crate::client_addr::TrustedProxies::default(),
             audit_retention: Some(crate::retention::DEFAULT_RETENTION),
             refusal_report_interval: Duration::from_secs(60),
             max_streams_per_user: None,

@@ -178,7 +178,7 @@ async fn watch_access(ctx: Arc<ForwardCtx>) {
 
 /// One operator connection: check, connect through the agent, relay.
 async fn serve_stream(ctx: Arc<ForwardCtx>, mut stream: YamuxStream) {
-    let timeout = ctx.state.config.handshake_timeout;
+    let timeout = ctx.state.config.stream_setup_timeout;
     let Some(header) = setup::accept_header(&mut stream, timeout).await else {
         return;
     };

@@ -24,13 +24,13 @@
 pub mod accept;
 pub mod api;
 pub mod cli;
+pub mod client_addr;
 pub mod cluster;
 pub mod config;
 pub mod console;
 pub mod enroll;
 pub mod error;
 mod forward;
-pub mod forwarded;
 pub mod keys;
 pub mod launcher;
 pub mod lifecycle;

@@ -194,9 +194,10 @@ impl LiveTunnel {
             None => None,
         };
         let mut stream = self.mux.open().await.map_err(|e| {
+            tracing::warn!(session = %self.session_id, error = %e, "cannot open a stream on the tunnel");
             Refusal::new(
                 RefusalCode::AgentUnavailable,
-                format!("the tunnel to the agent failed: {e}"),
+                "the tunnel to the agent failed; try again shortly",
             )
         })?;
         match setup::request(&mut stream, header, timeout).await {
@@ -205,12 +206,23 @@ impl LiveTunnel {
                 _permit: Some(permit),
                 _share: share,
             }),
-            // The agent's own refusal goes on unchanged.
-            Err(SetupError::Refused(refusal)) => Err(refusal),
-            Err(SetupError::Failed(e)) => Err(Refusal::new(
-                RefusalCode::AgentUnavailable,
-                format!("the tunnel to the agent failed: {e}"),
-            )),
+            // The agent's own refusal goes on as it is, but an agent
+            // cannot speak for the server: a code about access, limits or
+            // sessions from it becomes `other`.
+            Err(SetupError::Refused(refusal)) if Refusal::is_agent_code(refusal.code) => {
+                Err(refusal)
+            }
+            Err(SetupError::Refused(refusal)) => {
+                tracing::warn!(session = %self.session_id, code = %refusal.code, "the agent refused a stream with a server's code");
+                Err(Refusal::new(RefusalCode::Other, refusal.reason))
+            }
+            Err(SetupError::Failed(e)) => {
+                tracing::warn!(session = %self.session_id, error = %e, "a stream to the agent failed during setup");
+                Err(Refusal::new(
+                    RefusalCode::AgentUnavailable,
+                    "the tunnel to the agent failed; try again shortly",
+                ))
+            }
             Err(SetupError::Timeout(_)) => Err(Refusal::new(
                 RefusalCode::AgentTimeout,
                 "the agent did not answer in time",
@@ -345,4 +357,76 @@ pub fn describe(t: &LiveTunnel) -> String {
         "streams {} opened, bytes {} in / {} out",
         c.streams_opened, c.bytes_in, c.bytes_out
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use rtunnel_core::mux::MuxConfig;
+    use rtunnel_core::proto::StreamReply;
+
+    /// A tunnel over an in-memory pipe to an "agent" that answers every
+    /// stream with `reply`.
+    fn tunnel_to_agent_answering(reply: StreamReply) -> LiveTunnel {
+        let (near, far) = tokio::io::duplex(64 * 1024);
+        let mux = Arc::new(YamuxMux::client(near, &MuxConfig::default()));
+        let agent = YamuxMux::server(far, &MuxConfig::default());
+        tokio::spawn(async move {
+            while let Some(mut stream) = agent.accept().await {
+                let reply = reply.clone();
+                tokio::spawn(async move {
+                    let _ = setup::accept_header(&mut stream, Duration::from_secs(5)).await;
+                    setup::refuse(&mut stream, reply).await;
+                });
+            }
+        });
+        LiveTunnel {
+            session_id: Uuid::new_v4(),
+            system_id: Uuid::new_v4(),
+            mux,
+            services: vec![ServiceInfo {
+                name: "web".into(),
+                kind: StreamKind::Tcp,
+                target: Some("127.0.0.1:80".into()),
+                tls: false,
+                host_header: Default::default(),
+            }],
+            control: mpsc::channel(1).0,
+            streams: Arc::new(tokio::sync::Semaphore::new(4)),
+            max_streams: 4,
+            shares: Default::default(),
+            max_streams_per_user: 2,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_agent_cannot_refuse_with_the_servers_codes() {
+        let header = StreamHeader::new("web", StreamKind::Http).opened_by("olga");
+        // Its own codes pass as they are...
+        let tunnel = tunnel_to_agent_answering(StreamReply::refused(
+            RefusalCode::ServiceUnreachable,
+            "cannot reach web",
+        ));
+        let refusal = tunnel
+            .open_stream(&header, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert_eq!(refusal.code, RefusalCode::ServiceUnreachable);
+        // ...a server's code (which would log the operator out, or look
+        // like the session ended) does not.
+        for forged in [
+            RefusalCode::LoginEnded,
+            RefusalCode::SessionEnded,
+            RefusalCode::NoGrant,
+        ] {
+            let tunnel = tunnel_to_agent_answering(StreamReply::refused(forged, "trust me"));
+            let refusal = tunnel
+                .open_stream(&header, Duration::from_secs(5))
+                .await
+                .unwrap_err();
+            assert_eq!(refusal.code, RefusalCode::Other, "{forged}");
+            assert_eq!(refusal.reason, "trust me");
+        }
+    }
 }

@@ -176,7 +176,7 @@ impl ServerBuilder {
         let streams = crate::streams::Streams::new(
             cluster.clone(),
             stores.sessions.clone(),
-            self.config.handshake_timeout,
+            self.config.stream_setup_timeout,
         );
         let proxy = crate::proxy::Proxy::new(streams.clone());
         Ok(Server {
@@ -320,7 +320,7 @@ impl Server {
         tracing::info!(%addr, node = %self.state.cluster.node_id(), path_prefix = %prefix, "rtunnel-server listening");
         let state = self.state.clone();
         let background = Background::start(state.clone(), self.node_listener);
-        let head_timeout = state.config.handshake_timeout;
+        let head_timeout = state.config.request_head_timeout;
         let limits = crate::accept::ConnectionLimits {
             total: state.config.max_connections,
             per_address: state.config.max_connections_per_address,

@@ -420,27 +420,36 @@ async fn the_node_mesh_admits_only_nodes_of_the_cluster_each_to_itself() {
         StreamReply::Refused(r) => assert!(r.reason.contains("replayed"), "{}", r.reason),
         StreamReply::Ok => panic!("a replayed hello was accepted"),
     }
-    // On the admitted connection, a stream for a session node-a does not
-    // hold is refused, typed.
+    // On the admitted connection: a stream that does not name its
+    // operator is refused, and one for a session node-a does not hold too,
+    // typed.
     let mux = rtunnel_core::mux::YamuxMux::client(tls, &Default::default());
-    let mut stream = rtunnel_core::mux::Mux::open(&mux).await.unwrap();
-    let request = json!({
-        "session_id": uuid::Uuid::new_v4(),
-        "header": {"service": "echo", "kind": "tcp"},
-    });
-    rtunnel_core::frame::write_frame(&mut stream, &request)
-        .await
-        .unwrap();
-    match rtunnel_core::frame::read_frame::<StreamReply, _>(&mut stream, 4096)
-        .await
-        .unwrap()
-    {
-        StreamReply::Refused(r) => {
-            assert_eq!(r.code, RefusalCode::AgentUnavailable);
-            assert!(r.reason.contains("holds no tunnel"), "{}", r.reason);
+    let ask = |header: serde_json::Value| {
+        let request = json!({"session_id": uuid::Uuid::new_v4(), "header": header});
+        let mux = &mux;
+        async move {
+            let mut stream = rtunnel_core::mux::Mux::open(mux).await.unwrap();
+            rtunnel_core::frame::write_frame(&mut stream, &request)
+                .await
+                .unwrap();
+            match rtunnel_core::frame::read_frame::<StreamReply, _>(&mut stream, 4096)
+                .await
+                .unwrap()
+            {
+                StreamReply::Refused(r) => r,
+                StreamReply::Ok => panic!("a stream to no tunnel was opened"),
+            }
         }
-        StreamReply::Ok => panic!("a stream to no tunnel was opened"),
-    }
+    };
+    let r = ask(json!({"service": "echo", "kind": "tcp"})).await;
+    assert_eq!(r.code, RefusalCode::BadStreamHeader, "{}", r.reason);
+    let r = ask(json!({"service": "echo", "kind": "tcp", "operator": "olga"})).await;
+    assert_eq!(r.code, RefusalCode::AgentUnavailable, "{}", r.reason);
+    assert!(
+        r.reason.contains("not connected to the node"),
+        "{}",
+        r.reason
+    );
     // The public listener has no such endpoint.
     let (status, _) = api_call(a.addr, "POST", "/v1/sessions/x/streams", None, None).await;
     assert_eq!(status, 404);

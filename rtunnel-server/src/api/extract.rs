@@ -39,7 +39,7 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for Json<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
-        let deadline = state.config.handshake_timeout;
+        let deadline = state.config.body_timeout;
         let read = axum::Json::<T>::from_request(req, state);
         let Ok(read) = tokio::time::timeout(deadline, read).await else {
             return Err(ApiError::new(

@@ -55,7 +55,7 @@ pub fn outer_layers(app: Router, state: Arc<AppState>) -> Router {
         // Before anything reads the peer's address.
         .layer(axum::middleware::from_fn_with_state(
             state,
-            crate::forwarded::resolve_client,
+            crate::client_addr::resolve_client,
         ))
 }
 

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::Live;
+use super::Shared;
 use crate::state::AppState;
 
 /// Longest command message read.
@@ -51,7 +51,7 @@ struct Envelope {
     command: Command,
 }
 
-pub(super) async fn publish(live: &Live, node_id: &str, command: Command) {
+pub(super) async fn publish(live: &Shared, node_id: &str, command: Command) {
     let envelope = Envelope {
         from: node_id.to_owned(),
         command,
@@ -68,7 +68,7 @@ pub(super) async fn publish(live: &Live, node_id: &str, command: Command) {
 }
 
 /// Receives commands until the server shuts down.
-pub(super) async fn listen(state: &AppState, live: &Live) {
+pub(super) async fn listen(state: &AppState, live: &Shared) {
     let (tx, mut rx) = mpsc::channel(256);
     let subscription = live.pubsub.run(tx);
     let handle = async {

@@ -27,7 +27,7 @@ use std::time::Duration;
 use rtunnel_auth::mesh::MeshIdentity;
 use rtunnel_auth::node::{NodeKey, NonceCache};
 use rtunnel_core::frame::{read_frame, write_frame};
-use rtunnel_core::mux::{Mux, MuxConfig, YamuxMux, YamuxStream};
+use rtunnel_core::mux::{Mux, MuxConfig, MuxError, YamuxMux, YamuxStream};
 use rtunnel_core::proto::{ProtoError, Refusal, RefusalCode, StreamHeader, StreamReply, Validate};
 use rtunnel_core::store::now_millis;
 use serde::{Deserialize, Serialize};
@@ -42,8 +42,19 @@ use crate::state::AppState;
 /// Longest hello or stream request accepted.
 const MAX_FRAME_BYTES: usize = 2 * 1024;
 
-/// How long a dialed node has to complete TLS and the hello.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection has to complete TLS and the hello.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// After a failed dial, opens to that node fail at once for this long.
+const REDIAL_AFTER: Duration = Duration::from_secs(1);
+
+/// Connections from other nodes in TLS or the hello at once; more wait.
+const MAX_HANDSHAKES: usize = 32;
+
+/// A connection silent this long is probed (TCP keepalive), and given up
+/// after a few unanswered probes: a peer that vanished is noticed in
+/// about half a minute, on both ends.
+const KEEPALIVE: Duration = Duration::from_secs(10);
 
 /// The first frame on a mesh connection, from the dialing node.
 #[derive(Debug, Serialize, Deserialize)]
@@ -88,8 +99,17 @@ pub(crate) struct Mesh {
     nonces: Mutex<NonceCache>,
     connector: TlsConnector,
     acceptor: TlsAcceptor,
-    /// One slot per peer: its connection and the address it was dialed at.
-    peers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Peer>>>>>,
+    /// One slot per peer.
+    peers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
+    /// Connections from other nodes still in TLS or the hello.
+    handshakes: Arc<tokio::sync::Semaphore>,
+}
+
+/// A peer's connection, or why the last dial failed.
+#[derive(Default)]
+struct Slot {
+    peer: Option<Peer>,
+    failed: Option<(std::time::Instant, String)>,
 }
 
 struct Peer {
@@ -110,11 +130,13 @@ impl Mesh {
             connector: TlsConnector::from(identity.client_config().map_err(|e| e.to_string())?),
             acceptor: TlsAcceptor::from(identity.server_config().map_err(|e| e.to_string())?),
             peers: Mutex::new(HashMap::new()),
+            handshakes: Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES)),
         })
     }
 
-    /// Opens a stream on a tunnel held by another node, within `timeout`
-    /// (plus the time to reach the node).
+    /// Opens a stream on a tunnel held by another node: reaching the node,
+    /// a stream on the connection, and the holder's answer all within
+    /// `timeout` and a second.
     pub(crate) async fn open(
         &self,
         remote: &RemoteTunnel,
@@ -122,10 +144,38 @@ impl Mesh {
         timeout: Duration,
     ) -> Result<TunnelStream, Refusal> {
         let holder = remote.node_id();
+        match tokio::time::timeout(
+            timeout + Duration::from_secs(1),
+            self.open_within(remote, header),
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(
+                    node = holder,
+                    "no answer from the node holding the tunnel in time"
+                );
+                Err(Refusal::new(
+                    RefusalCode::AgentTimeout,
+                    "the node holding this session's tunnel did not answer in time",
+                ))
+            }
+        }
+    }
+
+    async fn open_within(
+        &self,
+        remote: &RemoteTunnel,
+        header: &StreamHeader,
+    ) -> Result<TunnelStream, Refusal> {
+        let holder = remote.node_id();
+        // Operators see that the holder is away; the log says why.
         let unavailable = |what: String| {
+            tracing::warn!(node = holder, address = %remote.address, "mesh: {what}");
             Refusal::new(
                 RefusalCode::AgentUnavailable,
-                format!("node {holder}: {what}"),
+                "the node holding this session's tunnel cannot be reached; try again shortly",
             )
         };
         let request = NodeStream {
@@ -140,8 +190,8 @@ impl Mesh {
                 .map_err(unavailable)?;
             let mut stream = match mux.open().await {
                 Ok(s) => s,
-                Err(e) if attempt == 0 => {
-                    tracing::debug!(node = holder, error = %e, "mesh connection gone; dialing again");
+                Err(MuxError::Closed) if attempt == 0 => {
+                    tracing::debug!(node = holder, "mesh connection gone; dialing again");
                     self.forget(holder, &mux);
                     continue;
                 }
@@ -151,51 +201,66 @@ impl Mesh {
                 write_frame(&mut stream, &request).await?;
                 read_frame::<StreamReply, _>(&mut stream, MAX_FRAME_BYTES).await
             };
-            return match tokio::time::timeout(timeout + Duration::from_secs(1), exchange).await {
-                Ok(Ok(StreamReply::Ok)) => Ok(TunnelStream::node(stream)),
-                // The stream's own refusal, unchanged.
-                Ok(Ok(StreamReply::Refused(refusal))) => Err(refusal),
-                Ok(Err(e)) => Err(unavailable(e.to_string())),
-                Err(_) => Err(Refusal::new(
-                    RefusalCode::AgentTimeout,
-                    format!("node {holder} did not answer in time"),
-                )),
+            return match exchange.await {
+                Ok(StreamReply::Ok) => Ok(TunnelStream::node(stream)),
+                // The stream's own refusal, unchanged (cleaned of what a
+                // log or a terminal should not get).
+                Ok(StreamReply::Refused(refusal)) => Err(refusal.from_peer()),
+                Err(e) => Err(unavailable(e.to_string())),
             };
         }
-        Err(unavailable("cannot reach it".into()))
+        Err(unavailable("the connection closed twice".into()))
     }
 
     /// The live connection to `node`, dialed at `address` if there is none.
+    /// Opens waiting on one dial share it; a dial that failed is not tried
+    /// again for [`REDIAL_AFTER`].
     async fn connection(&self, node: &str, address: &str) -> Result<Arc<YamuxMux>, String> {
         let slot = {
             let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
             peers.entry(node.to_owned()).or_default().clone()
         };
-        let mut peer = slot.lock().await;
-        if let Some(p) = peer.as_ref()
+        let mut slot = slot.lock().await;
+        if let Some(p) = slot.peer.as_ref()
             && p.address == address
             && !p.mux.is_closed()
         {
             return Ok(p.mux.clone());
         }
-        let mux = Arc::new(
-            tokio::time::timeout(HANDSHAKE_TIMEOUT, self.dial(node, address))
-                .await
-                .map_err(|_| format!("no answer from {address} within {HANDSHAKE_TIMEOUT:?}"))??,
-        );
-        tracing::info!(node, %address, "mesh connection up");
-        *peer = Some(Peer {
-            address: address.to_owned(),
-            mux: mux.clone(),
-        });
-        Ok(mux)
+        if let Some((when, why)) = &slot.failed
+            && when.elapsed() < REDIAL_AFTER
+        {
+            return Err(why.clone());
+        }
+        let dialed = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.dial(node, address)).await {
+            Ok(result) => result,
+            Err(_) => Err(format!(
+                "no answer from {address} within {HANDSHAKE_TIMEOUT:?}"
+            )),
+        };
+        match dialed {
+            Ok(mux) => {
+                let mux = Arc::new(mux);
+                tracing::info!(node, %address, "mesh connection up");
+                slot.peer = Some(Peer {
+                    address: address.to_owned(),
+                    mux: mux.clone(),
+                });
+                slot.failed = None;
+                Ok(mux)
+            }
+            Err(why) => {
+                slot.failed = Some((std::time::Instant::now(), why.clone()));
+                Err(why)
+            }
+        }
     }
 
     async fn dial(&self, node: &str, address: &str) -> Result<YamuxMux, String> {
         let tcp = TcpStream::connect(address)
             .await
             .map_err(|e| format!("cannot connect to {address}: {e}"))?;
-        let _ = tcp.set_nodelay(true);
+        tune(&tcp);
         let name = rustls::pki_types::ServerName::try_from(rtunnel_auth::mesh::SERVER_NAME)
             .map_err(|e| e.to_string())?;
         let mut tls =
@@ -225,10 +290,10 @@ impl Mesh {
             peers.get(node).cloned()
         };
         if let Some(slot) = slot
-            && let Ok(mut peer) = slot.try_lock()
-            && peer.as_ref().is_some_and(|p| Arc::ptr_eq(&p.mux, mux))
+            && let Ok(mut slot) = slot.try_lock()
+            && slot.peer.as_ref().is_some_and(|p| Arc::ptr_eq(&p.mux, mux))
         {
-            *peer = None;
+            slot.peer = None;
         }
     }
 
@@ -291,7 +356,11 @@ async fn connection(state: Arc<AppState>, tcp: TcpStream, peer: std::net::Socket
         return;
     };
     let mesh = &live.mesh;
-    let _ = tcp.set_nodelay(true);
+    tune(&tcp);
+    // A flood of connections waits here, holding nothing but its socket.
+    let Ok(permit) = mesh.handshakes.clone().acquire_owned().await else {
+        return;
+    };
     let handshake = async {
         let mut tls = mesh
             .acceptor
@@ -315,7 +384,9 @@ async fn connection(state: Arc<AppState>, tcp: TcpStream, peer: std::net::Socket
             }
         }
     };
-    let (tls, from) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+    let handshook = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await;
+    drop(permit);
+    let (tls, from) = match handshook {
         Ok(Ok(ok)) => ok,
         Ok(Err(why)) => {
             tracing::warn!(%peer, "mesh: refused a connection: {why}");
@@ -337,7 +408,7 @@ async fn connection(state: Arc<AppState>, tcp: TcpStream, peer: std::net::Socket
 /// One stream another node opened: open it on the agent's tunnel here,
 /// answer, relay.
 async fn serve_stream(state: Arc<AppState>, from: String, mut stream: YamuxStream) {
-    let timeout = state.config.handshake_timeout;
+    let timeout = state.config.stream_setup_timeout;
     let request = match tokio::time::timeout(
         timeout,
         read_frame::<NodeStream, _>(&mut stream, MAX_FRAME_BYTES),
@@ -352,13 +423,20 @@ async fn serve_stream(state: Arc<AppState>, from: String, mut stream: YamuxStrea
         }
         Err(_) => return,
     };
+    // The operator's node names the operator it authenticated: the
+    // operator's share of the tunnel is counted here.
+    if request.header.operator.is_none() {
+        let refusal = Refusal::new(
+            RefusalCode::BadStreamHeader,
+            "a stream from another node names its operator",
+        );
+        let _ = write_frame(&mut stream, &StreamReply::Refused(refusal)).await;
+        return;
+    }
     let Some(tunnel) = state.registry.by_session(request.session_id) else {
         let refusal = Refusal::new(
             RefusalCode::AgentUnavailable,
-            format!(
-                "node {} holds no tunnel of that session",
-                state.cluster.node_id()
-            ),
+            "the agent of this session is not connected to the node it was routed to; try again shortly",
         );
         let _ = write_frame(&mut stream, &StreamReply::Refused(refusal)).await;
         return;
@@ -382,4 +460,18 @@ async fn serve_stream(state: Arc<AppState>, from: String, mut stream: YamuxStrea
         from_service = outcome.b_to_a,
         "mesh stream closed"
     );
+}
+
+/// No Nagle delay, and keepalive probes so a peer that vanished (a
+/// firewall dropping the connection, a machine gone) is noticed.
+fn tune(tcp: &TcpStream) {
+    let _ = tcp.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE)
+        .with_interval(KEEPALIVE);
+    #[cfg(any(target_os = "linux", target_os = "macos"))]
+    let keepalive = keepalive.with_retries(3);
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive) {
+        tracing::debug!(error = %e, "mesh: cannot set TCP keepalive");
+    }
 }

@@ -53,7 +53,7 @@ pub const ENTRY_TTL: Duration = Duration::from_secs(10);
 pub struct Cluster {
     node_id: String,
     registry: Arc<Registry>,
-    live: Option<Live>,
+    live: Option<Shared>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -66,7 +66,7 @@ impl std::fmt::Debug for Cluster {
 }
 
 /// What a node shares with the others.
-pub(crate) struct Live {
+pub(crate) struct Shared {
     redis: RedisConnection,
     routes: RedisRoutes,
     pubsub: RedisPubSub,
@@ -125,7 +125,7 @@ impl Cluster {
         Ok(Cluster {
             node_id,
             registry,
-            live: Some(Live {
+            live: Some(Shared {
                 routes: RedisRoutes::new(m.redis.clone()),
                 pubsub: RedisPubSub::new(m.redis.clone(), "commands"),
                 redis: m.redis,
@@ -201,7 +201,7 @@ impl Cluster {
 
     /// The route Redis holds (`lookup`), on a node that is alive; `Err`
     /// when Redis is away.
-    async fn announced<F, Fut>(&self, live: &Live, lookup: F) -> Result<Option<Route>, ()>
+    async fn announced<F, Fut>(&self, live: &Shared, lookup: F) -> Result<Option<Route>, ()>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<TunnelRoute>, StoreError>>,
@@ -244,7 +244,7 @@ impl Cluster {
     /// without the tunnel answers `tunnel_not_here`).
     fn recorded(
         &self,
-        live: &Live,
+        live: &Shared,
         found: Result<Option<SessionRecord>, StoreError>,
     ) -> Option<Route> {
         let record = match found {
@@ -350,7 +350,7 @@ impl Cluster {
     }
 }
 
-impl Live {
+impl Shared {
     fn remember_node(&self, node: &NodeInfo) {
         let mut known = self.known_nodes.lock().unwrap_or_else(|e| e.into_inner());
         known.insert(node.node_id.clone(), node.address.clone());
@@ -434,7 +434,7 @@ impl Route {
 }
 
 /// Announces this node and its tunnels every [`HEARTBEAT`].
-async fn heartbeats(state: &AppState, live: &Live) {
+async fn heartbeats(state: &AppState, live: &Shared) {
     let me = NodeInfo {
         node_id: state.cluster.node_id.clone(),
         address: live.address.clone(),
@@ -472,7 +472,7 @@ async fn heartbeats(state: &AppState, live: &Live) {
 /// grace period. A node must be missing for [`ENTRY_TTL`] as seen from
 /// here, so a Redis that restarted (and forgot every node until their next
 /// heartbeat) kills nobody.
-async fn watch_nodes(state: &AppState, live: &Live) {
+async fn watch_nodes(state: &AppState, live: &Shared) {
     let mut missing_since: HashMap<String, tokio::time::Instant> = HashMap::new();
     let mut ticker = tokio::time::interval(HEARTBEAT);
     loop {

@@ -252,7 +252,7 @@ async fn read_connect_answer(stream: &mut TcpStream) -> Result<(u16, String), St
 /// and its subdomains), addresses, or either with `:port`.
 ///
 /// ```
-/// use rtunnel_agent::proxy::no_proxy_matches;
+/// use rtunnel_agent::http_proxy::no_proxy_matches;
 ///
 /// assert!(no_proxy_matches("localhost, .corp.example", "gw.corp.example", 443));
 /// assert!(no_proxy_matches("corp.example:443", "corp.example", 443));
