@@ -126,13 +126,14 @@ pub(crate) async fn readable(
     raw_id: &str,
 ) -> Result<SessionRecord, ApiError> {
     let session = load(state, parse_id(raw_id, "session_not_found")?).await?;
-    if authorize(state, user, Action::Read, session.system_id)
-        .await
-        .is_err()
-    {
-        return Err(ApiError::not_found("session_not_found", "no such session"));
+    match authorize(state, user, Action::Read, session.system_id).await {
+        Ok(()) => Ok(session),
+        Err(e) if e.status == axum::http::StatusCode::FORBIDDEN => {
+            Err(ApiError::not_found("session_not_found", "no such session"))
+        }
+        // A store that cannot answer is a 503, not a missing session.
+        Err(e) => Err(e),
     }
-    Ok(session)
 }
 
 pub(super) async fn show(

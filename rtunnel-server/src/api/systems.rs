@@ -74,8 +74,15 @@ pub(super) async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<SystemView>, ApiError> {
     let system = load(&state, &id).await?;
-    authorize(&state, &user, Action::Read, system.id).await?;
-    Ok(Json(system.into()))
+    // A system the caller holds no grant on is as absent as one that does
+    // not exist, as its sessions are.
+    match authorize(&state, &user, Action::Read, system.id).await {
+        Ok(()) => Ok(Json(system.into())),
+        Err(e) if e.status == StatusCode::FORBIDDEN => {
+            Err(ApiError::not_found("system_not_found", "no such system"))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 #[derive(Debug, Deserialize)]

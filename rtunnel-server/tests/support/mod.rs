@@ -456,13 +456,19 @@ pub async fn roundtrip(conn: &mut TcpStream, data: &[u8]) {
     assert_eq!(back, data);
 }
 
-/// A port free right now (the forward binds it right after).
+/// A port free right now, for a program that binds it right after (a
+/// forward, nginx, an application). Taken below the kernel's ephemeral
+/// range (32768 and up on Linux), so no socket bound to port 0 meanwhile,
+/// such as another test's server, can take it first.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use rand::Rng as _;
+    let mut rng = rand::rng();
+    loop {
+        let port = rng.random_range(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 fn unique() -> String {
