@@ -19,6 +19,9 @@ export RTUNNEL_TEST_SERVICES=required
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# What an embedder builds: the server library on SQLite alone (no
+# PostgreSQL driver, no command line).
+cargo check -p rtunnel-server --lib --no-default-features --features sqlite --locked
 # The end-to-end tests run the real binaries; `cargo test` alone builds
 # only the test harness of each main.rs, so build the executables first.
 cargo build --workspace --bins --locked

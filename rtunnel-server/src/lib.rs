@@ -23,6 +23,7 @@
 
 pub mod accept;
 pub mod api;
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod client_addr;
 pub mod cluster;
@@ -48,6 +49,9 @@ pub mod tickets;
 mod tunnel;
 
 pub mod fuzzing;
+
+#[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+compile_error!("rtunnel-server needs a database: enable `sqlite`, `postgres` or both");
 
 pub use config::ServerConfig;
 pub use server::{

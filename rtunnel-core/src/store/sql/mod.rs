@@ -79,6 +79,21 @@ impl SqlStore {
                 redact(url)
             )));
         };
+        let built = match backend {
+            Backend::Sqlite => cfg!(feature = "sqlite"),
+            Backend::Postgres => cfg!(feature = "postgres"),
+        };
+        if !built {
+            return Err(StoreError::Backend(format!(
+                "{} is not in this build (rtunnel-core's `{}` feature)",
+                redact(url),
+                if backend == Backend::Sqlite {
+                    "sqlite"
+                } else {
+                    "postgres"
+                }
+            )));
+        }
         let url = match backend {
             Backend::Sqlite if !url.contains('?') => format!("{url}?mode=rwc"),
             _ => url.to_owned(),
