@@ -1,0 +1,207 @@
+#!/usr/bin/env bash
+# rtunnel's operator path side by side with rathole and with raw loopback,
+# in one run on this machine: real clients (iperf3 for throughput,
+# redis-benchmark for request rates) against real servers, through
+#   raw       the client straight to the service;
+#   rathole   rathole's server and client (0.5, plain TCP transport);
+#   rtunnel   `rtunnel-agent forward` -> rtunnel-server -> rtunnel-agent,
+#             three release processes, authenticated and audited.
+# Prints a table and rtunnel's ratio to rathole. A benchmark, not a test:
+# CI does not run it. Needs iperf3, redis-server and redis-benchmark
+# (installed from Debian if missing) and rathole (built once with
+# `cargo install` into $RTUNNEL_BENCH_CACHE, ~/.cache/rtunnel-bench by
+# default). Settings: BENCH_SECONDS (iperf3 run length, default 5),
+# BENCH_REQUESTS (redis requests per run, default 100000).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+cache=${RTUNNEL_BENCH_CACHE:-$HOME/.cache/rtunnel-bench}
+seconds=${BENCH_SECONDS:-5}
+requests=${BENCH_REQUESTS:-100000}
+mkdir -p "$cache"
+
+need=()
+command -v iperf3 >/dev/null 2>&1 || need+=(iperf3)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v redis-benchmark >/dev/null 2>&1 || need+=(redis-tools)
+if [ ${#need[@]} -gt 0 ]; then
+    sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    echo "bench: installing ${need[*]}" >&2
+    $sudo apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+rathole="$cache/rathole/bin/rathole"
+if [ ! -x "$rathole" ]; then
+    echo "bench: building rathole 0.5.0 into $cache/rathole (once)" >&2
+    # Not --locked: its lock file pins a `time` that no longer builds.
+    cargo install rathole --version 0.5.0 --no-default-features \
+        --features server,client --root "$cache/rathole" >&2
+fi
+echo "bench: building rtunnel (release)" >&2
+cargo build --release --locked -p rtunnel-server -p rtunnel-agent --bins >&2
+server_bin="$root/target/release/rtunnel-server"
+agent_bin="$root/target/release/rtunnel-agent"
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Ports below the kernel's ephemeral range, free right now.
+port() {
+    python3 - <<'EOF'
+import random, socket
+while True:
+    p = random.randint(20000, 31999)
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+        s.close()
+        print(p)
+        break
+    except OSError:
+        s.close()
+EOF
+}
+wait_port() {
+    for _ in $(seq 200); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.05
+    done
+    echo "bench: nothing listens on $1" >&2
+    return 1
+}
+
+# The services.
+iperf_port=$(port)
+redis_port=$(port)
+iperf3 -s -p "$iperf_port" >"$work/iperf3.log" 2>&1 &
+pids+=($!)
+redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
+    >"$work/redis.log" 2>&1 &
+pids+=($!)
+wait_port "$iperf_port"
+wait_port "$redis_port"
+
+# rathole: one server, one client, both services.
+rathole_port=$(port)
+rh_iperf=$(port)
+rh_redis=$(port)
+cat >"$work/rathole-server.toml" <<EOF
+[server]
+bind_addr = "127.0.0.1:$rathole_port"
+[server.services.iperf]
+token = "bench"
+bind_addr = "127.0.0.1:$rh_iperf"
+[server.services.redis]
+token = "bench"
+bind_addr = "127.0.0.1:$rh_redis"
+EOF
+cat >"$work/rathole-client.toml" <<EOF
+[client]
+remote_addr = "127.0.0.1:$rathole_port"
+[client.services.iperf]
+token = "bench"
+local_addr = "127.0.0.1:$iperf_port"
+[client.services.redis]
+token = "bench"
+local_addr = "127.0.0.1:$redis_port"
+EOF
+"$rathole" --server "$work/rathole-server.toml" >"$work/rathole-server.log" 2>&1 &
+pids+=($!)
+wait_port "$rathole_port"
+"$rathole" --client "$work/rathole-client.toml" >"$work/rathole-client.log" 2>&1 &
+pids+=($!)
+wait_port "$rh_iperf"
+wait_port "$rh_redis"
+
+# rtunnel: server, agent, and one forward per service.
+rt_port=$(port)
+data="$work/rtunnel"
+admin() { "$server_bin" --data-dir "$data" "$@"; }
+"$server_bin" serve --data-dir "$data" --listen "127.0.0.1:$rt_port" \
+    --max-streams-per-tunnel 1024 --max-streams-per-user 1024 \
+    >"$work/rtunnel-server.log" 2>&1 &
+pids+=($!)
+wait_port "$rt_port"
+token=$(admin user add bench --role admin --token --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+system=$(admin system add bench-box --json)
+key=$(echo "$system" | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
+secret=$(echo "$system" | python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
+system_id=$(echo "$system" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+RTUNNEL_SECRET="$secret" "$agent_bin" run --url "ws://127.0.0.1:$rt_port/api/v1/tunnel" \
+    --key "$key" --no-terminal \
+    --static-services "iperf=127.0.0.1:$iperf_port,redis=127.0.0.1:$redis_port" \
+    >"$work/rtunnel-agent.log" 2>&1 &
+pids+=($!)
+session=""
+for _ in $(seq 200); do
+    session=$(curl -sf -H "Authorization: Bearer $token" \
+        "http://127.0.0.1:$rt_port/api/v1/sessions?status=active&system_id=$system_id" |
+        python3 -c 'import json,sys; items=json.load(sys.stdin)["items"]; print(items[0]["id"] if items else "")' || true)
+    [ -n "$session" ] && break
+    sleep 0.05
+done
+[ -n "$session" ] || { echo "bench: the agent did not connect" >&2; cat "$work"/rtunnel-*.log >&2; exit 1; }
+rt_iperf=$(port)
+rt_redis=$(port)
+for pair in "iperf:$rt_iperf" "redis:$rt_redis"; do
+    RTUNNEL_TOKEN="$token" "$agent_bin" forward --server "http://127.0.0.1:$rt_port" \
+        --session "$session" --service "${pair%%:*}" --listen "127.0.0.1:${pair##*:}" \
+        >"$work/rtunnel-forward-${pair%%:*}.log" 2>&1 &
+    pids+=($!)
+    wait_port "${pair##*:}"
+done
+
+# The measurements.
+iperf() { # PORT STREAMS -> Gbit/s
+    iperf3 -c 127.0.0.1 -p "$1" -P "$2" -t "$seconds" -J |
+        python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 1e9))'
+}
+redis_ping() { # PORT CLIENTS KEEPALIVE -> "requests/s p50-latency-ms"
+    redis-benchmark -h 127.0.0.1 -p "$1" -c "$2" -k "$3" -n "$requests" -t ping --csv 2>/dev/null |
+        python3 -c 'import csv,sys
+rows = [r for r in csv.reader(sys.stdin) if r and r[0] == "PING_MBULK"]
+print("%.0f %s" % (float(rows[0][1]), rows[0][4]))'
+}
+
+declare -A result
+paths=(raw rathole rtunnel)
+declare -A iperf_at=([raw]=$iperf_port [rathole]=$rh_iperf [rtunnel]=$rt_iperf)
+declare -A redis_at=([raw]=$redis_port [rathole]=$rh_redis [rtunnel]=$rt_redis)
+for p in "${paths[@]}"; do
+    echo "bench: $p" >&2
+    result[$p,tput1]=$(iperf "${iperf_at[$p]}" 1)
+    result[$p,tput8]=$(iperf "${iperf_at[$p]}" 8)
+    read -r "result[$p,ping1]" _ <<<"$(redis_ping "${redis_at[$p]}" 1 1)"
+    read -r "result[$p,ping50]" _ <<<"$(redis_ping "${redis_at[$p]}" 50 1)"
+    read -r "result[$p,new10]" "result[$p,new10p50]" <<<"$(redis_ping "${redis_at[$p]}" 10 0)"
+done
+
+python3 - "$(nproc)" <<EOF
+import sys
+rows = [
+    ("one stream throughput (Gbit/s)", "tput1"),
+    ("8 parallel streams (Gbit/s)", "tput8"),
+    ("PING rate, 1 client (req/s)", "ping1"),
+    ("PING rate, 50 clients (req/s)", "ping50"),
+    ("new connection + PING, 10 clients (req/s)", "new10"),
+    ("  p50 latency of that (ms)", "new10p50"),
+]
+r = {
+$(for p in "${paths[@]}"; do for k in tput1 tput8 ping1 ping50 new10 new10p50; do echo "    ('$p', '$k'): ${result[$p,$k]},"; done; done)
+}
+print(f"| measure ({sys.argv[1]} cores) | raw loopback | rathole 0.5 | rtunnel forward | rtunnel / rathole |")
+print("| --- | --- | --- | --- | --- |")
+for label, key in rows:
+    raw, rh, rt = r[("raw", key)], r[("rathole", key)], r[("rtunnel", key)]
+    lower_is_better = key.endswith("p50")
+    ratio = (rh / rt) if lower_is_better else (rt / rh)
+    print(f"| {label} | {raw:g} | {rh:g} | {rt:g} | {ratio:.2f}x |")
+EOF
