@@ -13,10 +13,13 @@
 # loopback (a throwaway cluster with fsync off), Redis saves nothing.
 set -euo pipefail
 
+# A port nothing listens on, below the kernel's ephemeral range (32768 and
+# up): a port in that range can be held by an outgoing connection, which
+# no connect probe sees, and the server then fails to bind it.
 free_port() {
     local port
     while :; do
-        port=$(shuf -i 20000-60999 -n 1)
+        port=$(shuf -i 20000-32000 -n 1)
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
             echo "$port"
             return
@@ -50,7 +53,6 @@ start() {
     # In the cluster's own configuration, so a plain `pg-start` restarts it
     # the same way (tests stop and start it to see rtunnel ride it out).
     as_pg sh -c "cat >> '$dir/pg/data/postgresql.conf'" <<CONF
-port = $pg_port
 listen_addresses = '127.0.0.1'
 unix_socket_directories = '$dir/pg'
 fsync = off
@@ -58,16 +60,44 @@ synchronous_commit = off
 full_page_writes = off
 max_connections = 300
 CONF
-    pg_start "$dir"
-    redis_port=$(free_port)
-    redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
-        --dir "$dir" --daemonize yes --pidfile "$dir/redis.pid" --logfile "$dir/redis.log"
-    for _ in $(seq 1 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$redis_port") 2>/dev/null; then
+    # The port goes in the cluster's own configuration (`port =`, the last
+    # one wins), so a plain `pg-start` restarts it the same way. A port
+    # taken meanwhile is replaced, a few times; then the log says why.
+    local started=""
+    for _ in 1 2 3 4 5; do
+        pg_port=$(free_port)
+        as_pg sh -c "echo 'port = $pg_port' >> '$dir/pg/data/postgresql.conf'"
+        if pg_start "$dir" 2>/dev/null; then
+            started=yes
             break
         fi
-        sleep 0.1
     done
+    if [ -z "$started" ]; then
+        echo "test services: PostgreSQL did not start; its log:" >&2
+        cat "$dir/pg/server.log" >&2
+        stop "$dir"
+        exit 1
+    fi
+    started=""
+    for _ in 1 2 3 4 5; do
+        redis_port=$(free_port)
+        redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
+            --dir "$dir" --daemonize yes --pidfile "$dir/redis.pid" --logfile "$dir/redis.log"
+        for _ in $(seq 1 50); do
+            if (exec 3<>"/dev/tcp/127.0.0.1/$redis_port") 2>/dev/null; then
+                started=yes
+                break 2
+            fi
+            sleep 0.1
+        done
+        [ -f "$dir/redis.pid" ] && kill "$(cat "$dir/redis.pid")" 2>/dev/null || true
+    done
+    if [ -z "$started" ]; then
+        echo "test services: Redis did not start; its log:" >&2
+        cat "$dir/redis.log" >&2
+        stop "$dir"
+        exit 1
+    fi
     echo "export RTUNNEL_TEST_SERVICES_DIR='$dir'"
     echo "export RTUNNEL_TEST_POSTGRES_URL='postgres://rtunnel@127.0.0.1:$pg_port/postgres'"
     echo "export RTUNNEL_TEST_REDIS_URL='redis://127.0.0.1:$redis_port'"

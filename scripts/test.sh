@@ -12,8 +12,11 @@ cd "$(dirname "$0")/.."
 
 # A real PostgreSQL and Redis on free ports for the tests that need them,
 # stopped however this script ends.
-eval "$(./scripts/test-services.sh start)"
-trap './scripts/test-services.sh stop "$RTUNNEL_TEST_SERVICES_DIR"' EXIT
+# (Taken apart so a service that does not start stops the run here, with
+# its log, instead of every test that needs it failing later.)
+services=$(./scripts/test-services.sh start)
+eval "$services"
+trap './scripts/test-services.sh stop "${RTUNNEL_TEST_SERVICES_DIR:-}"' EXIT
 # Tests needing them fail, rather than skip, when they are missing.
 export RTUNNEL_TEST_SERVICES=required
 
