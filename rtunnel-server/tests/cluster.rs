@@ -94,6 +94,34 @@ async fn user_id(server: &ServerProc, admin_token: &str, name: &str) -> String {
         .to_owned()
 }
 
+/// Mints a proxy link to `service` on `node` as `token` and follows it
+/// (cookies kept); the service's answer.
+async fn follow_proxy_link(
+    node: &ServerProc,
+    token: &str,
+    session: &str,
+    service: &str,
+) -> reqwest::Response {
+    let (status, v) = api_call(
+        node.addr,
+        "POST",
+        &format!("/api/v1/sessions/{session}/proxy-token"),
+        Some(token),
+        Some(&json!({ "service": service })),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let url = v["url"].as_str().unwrap();
+    let host = url.split("//").nth(1).unwrap().split(':').next().unwrap();
+    let client = reqwest::Client::builder()
+        .cookie_store(true)
+        .no_proxy()
+        .resolve(host, node.addr)
+        .build()
+        .unwrap();
+    client.get(url).send().await.unwrap()
+}
+
 /// Waits until the connection is closed by the far end; returns how long
 /// that took.
 async fn closed_within(conn: &mut tokio::net::TcpStream) -> Duration {
@@ -135,53 +163,19 @@ async fn operators_on_any_node_reach_an_agent_on_another_and_closes_reach_it() {
     let session = active_session(&b, &root, &sys.id).await;
 
     // A forward through node B: its streams are opened on node A's tunnel
-    // over the node channel.
+    // over the node mesh.
     let (_fwd_b, local_b) = start_forward(&b, &olga, &session, "echo").await;
     let data = random_bytes(1 << 20);
     assert!(echo_through(local_b, &data).await == data);
 
     // The subdomain proxy of node C, to the web service behind node A.
-    let (status, v) = api_call(
-        c.addr,
-        "POST",
-        &format!("/api/v1/sessions/{session}/proxy-token"),
-        Some(&olga),
-        Some(&json!({"service": "web"})),
-    )
-    .await;
-    assert_eq!(status, 200, "{v}");
-    let url = v["url"].as_str().unwrap();
-    let host = url.split("//").nth(1).unwrap().split(':').next().unwrap();
-    let client = reqwest::Client::builder()
-        .cookie_store(true)
-        .no_proxy()
-        .resolve(host, c.addr)
-        .build()
-        .unwrap();
-    let resp = client.get(url).send().await.unwrap();
+    let resp = follow_proxy_link(&c, &olga, &session, "web").await;
     assert_eq!(resp.status(), 200);
     assert!(resp.text().await.unwrap().contains("<html"));
 
-    // The agent's refusal crosses the node channel typed and unchanged:
+    // The agent's refusal crosses the node mesh typed and unchanged:
     // its code and its reason reach the browser on node C.
-    let (status, v) = api_call(
-        c.addr,
-        "POST",
-        &format!("/api/v1/sessions/{session}/proxy-token"),
-        Some(&olga),
-        Some(&json!({"service": "gone"})),
-    )
-    .await;
-    assert_eq!(status, 200, "{v}");
-    let url = v["url"].as_str().unwrap();
-    let host = url.split("//").nth(1).unwrap().split(':').next().unwrap();
-    let client = reqwest::Client::builder()
-        .cookie_store(true)
-        .no_proxy()
-        .resolve(host, c.addr)
-        .build()
-        .unwrap();
-    let resp = client.get(url).send().await.unwrap();
+    let resp = follow_proxy_link(&c, &olga, &session, "gone").await;
     assert_eq!(resp.status(), 502);
     let v: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(v["code"], "service_unreachable", "{v}");
