@@ -25,8 +25,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # What an embedder builds: the server library on SQLite alone (no
 # PostgreSQL driver, no command line).
 cargo check -p rtunnel-server --lib --no-default-features --features sqlite --locked
-# The end-to-end tests run the real binaries; `cargo test` alone builds
-# only the test harness of each main.rs, so build the executables first.
-cargo build --workspace --bins --locked
+# The end-to-end tests run the real binaries and examples; `cargo test`
+# alone builds only the test harness of each main.rs and hash-named
+# examples, so build the executables first.
+cargo build --workspace --bins --examples --locked
 cargo test --workspace --all-targets --locked
 cargo test --workspace --doc --locked

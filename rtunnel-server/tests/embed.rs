@@ -15,15 +15,16 @@ use std::process::{Command, Stdio};
 use serde_json::Value;
 use support::*;
 
-/// The example's binary: `cargo test --all-targets` (the test command)
-/// builds it next to the server's.
+/// The example's binary, next to the server's: the test command builds it
+/// (`cargo build --examples`; `cargo test` alone builds examples under
+/// hashed names only).
 fn example_bin() -> PathBuf {
     let p = server_bin()
         .with_file_name("examples")
         .join(format!("embed{}", std::env::consts::EXE_SUFFIX));
     assert!(
         p.exists(),
-        "{} is missing: build it first (`cargo build -p rtunnel-server --example embed`; ./scripts/test.sh builds every target)",
+        "{} is missing: build it first (`cargo build --workspace --examples`, as ./scripts/test.sh does)",
         p.display()
     );
     p
