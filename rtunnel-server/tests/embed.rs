@@ -38,7 +38,8 @@ struct Embed {
 }
 
 impl Embed {
-    fn start(dir: &std::path::Path) -> Embed {
+    /// Starts the example and waits until it listens.
+    async fn start(dir: &std::path::Path) -> Embed {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let log = dir.join("embed.log");
         let mut child = Command::new(example_bin())
@@ -57,6 +58,10 @@ impl Embed {
             .unwrap();
         let first: Value = serde_json::from_str(&line)
             .unwrap_or_else(|e| panic!("the first line is not JSON ({e}): {line:?}"));
+        wait_for("the example to listen", || async {
+            tokio::net::TcpStream::connect(addr).await.ok().map(|_| ())
+        })
+        .await;
         Embed {
             proc: Proc {
                 child,
@@ -69,15 +74,26 @@ impl Embed {
     }
 }
 
+/// A real `forward` given the prefixed server URL, to `echo` of `session`,
+/// with `bytes` echoed through it.
+async fn echo_through_the_prefix(
+    dir: &std::path::Path,
+    addr: SocketAddr,
+    token: &str,
+    session: &str,
+    bytes: usize,
+) {
+    let base = format!("http://{addr}/support");
+    let (_fwd, local) = start_forward_at(dir, &base, token, session, "echo").await;
+    let data = random_bytes(bytes);
+    assert!(echo_through(local, &data).await == data);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_embedding_example_carries_a_forward_through_its_prefix() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut embed = Embed::start(tmp.path());
+    let mut embed = Embed::start(tmp.path()).await;
     let addr = embed.addr;
-    wait_for("the example to listen", || async {
-        tokio::net::TcpStream::connect(addr).await.ok().map(|_| ())
-    })
-    .await;
     let token = embed.first["token"].as_str().unwrap().to_owned();
     let sys = Enrolled {
         id: embed.first["system"]["id"].as_str().unwrap().into(),
@@ -135,16 +151,7 @@ async fn the_embedding_example_carries_a_forward_through_its_prefix() {
     .await;
 
     // A real forward given the prefixed server URL.
-    let (_fwd, local) = start_forward_at(
-        tmp.path(),
-        &format!("http://{addr}/support"),
-        &token,
-        &session,
-        "echo",
-    )
-    .await;
-    let data = random_bytes(256 * 1024);
-    assert!(echo_through(local, &data).await == data);
+    echo_through_the_prefix(tmp.path(), addr, &token, &session, 256 * 1024).await;
 
     // The app's own audit sink saw the forward open.
     wait_for("the example's audit sink to print", || {
@@ -216,12 +223,8 @@ async fn the_server_serves_under_a_path_prefix() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_embedded_agent_serves_an_in_process_service_through_the_prefix() {
     let tmp = tempfile::tempdir().unwrap();
-    let embed = Embed::start(tmp.path());
+    let embed = Embed::start(tmp.path()).await;
     let addr = embed.addr;
-    wait_for("the example to listen", || async {
-        tokio::net::TcpStream::connect(addr).await.ok().map(|_| ())
-    })
-    .await;
     let token = embed.first["token"].as_str().unwrap().to_owned();
     let system = &embed.first["system"];
     let agent_bin = server_bin()
@@ -255,16 +258,7 @@ async fn the_embedded_agent_serves_an_in_process_service_through_the_prefix() {
     .await;
     assert!(printed().starts_with("status: connecting"), "{}", printed());
 
-    let (_fwd, local) = start_forward_at(
-        tmp.path(),
-        &format!("http://{addr}/support"),
-        &token,
-        &session,
-        "echo",
-    )
-    .await;
-    let data = random_bytes(64 * 1024);
-    assert!(echo_through(local, &data).await == data);
+    echo_through_the_prefix(tmp.path(), addr, &token, &session, 64 * 1024).await;
     wait_for("the handler to name the operator", || {
         let text = printed();
         async move { text.contains("echo: a stream from admin").then_some(()) }
