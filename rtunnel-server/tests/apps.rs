@@ -471,18 +471,13 @@ async fn applications_routed_by_name_behind_one_address_work_through_the_proxy()
 /// (404) to any other name: a typical customer-side reverse proxy,
 /// WebSockets included.
 fn customer_nginx(dir: &Path, front: SocketAddr, sites: &[(&str, SocketAddr)]) -> Proc {
-    let prefix = dir.join("customer-nginx");
-    std::fs::create_dir_all(prefix.join("logs")).unwrap();
-    let mut conf = format!(
-        "pid {p}/nginx.pid;\nerror_log {p}/logs/error.log;\nevents {{}}\nhttp {{\n\
-         access_log {p}/logs/access.log;\n\
-         client_body_temp_path {p}/body;\nproxy_temp_path {p}/proxy;\n\
+    let mut http = format!(
+        "access_log {{prefix}}/logs/access.log;\n\
          map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}\n\
-         server {{ listen {front} default_server; return 404; }}\n",
-        p = prefix.display()
+         server {{ listen {front} default_server; return 404; }}\n"
     );
     for (name, upstream) in sites {
-        conf.push_str(&format!(
+        http.push_str(&format!(
             "server {{\n  listen {front};\n  server_name {name};\n  location / {{\n\
              \x20   proxy_pass http://{upstream};\n    proxy_http_version 1.1;\n\
              \x20   proxy_set_header Host $host;\n\
@@ -491,13 +486,5 @@ fn customer_nginx(dir: &Path, front: SocketAddr, sites: &[(&str, SocketAddr)]) -
              \x20   proxy_buffering off;\n    proxy_read_timeout 1h;\n  }}\n}}\n"
         ));
     }
-    conf.push_str("}\n");
-    std::fs::write(prefix.join("nginx.conf"), conf).unwrap();
-    let mut cmd = Command::new("nginx");
-    cmd.arg("-p")
-        .arg(&prefix)
-        .arg("-c")
-        .arg(prefix.join("nginx.conf"))
-        .args(["-g", "daemon off;"]);
-    Proc::spawn("customer-nginx", &mut cmd, dir.join("customer-nginx.log"))
+    nginx(dir, "customer-nginx", &http)
 }

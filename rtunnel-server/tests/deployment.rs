@@ -12,7 +12,6 @@ mod support;
 mod webapp;
 
 use std::net::SocketAddr;
-use std::process::Command;
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -34,23 +33,9 @@ fn start_nginx(dir: &std::path::Path, port: u16, upstreams: &[SocketAddr]) -> Pr
             "/var/log/nginx/rtunnel-access.log",
             &dir.join("nginx/logs/access.log").display().to_string(),
         );
-    let prefix = dir.join("nginx");
-    std::fs::create_dir_all(prefix.join("logs")).unwrap();
-    std::fs::write(prefix.join("site.conf"), site).unwrap();
-    let main = format!(
-        "pid {p}/nginx.pid;\nerror_log {p}/logs/error.log;\nevents {{}}\nhttp {{\n\
-         client_body_temp_path {p}/body;\nproxy_temp_path {p}/proxy;\n\
-         include {p}/site.conf;\n}}\n",
-        p = prefix.display()
-    );
-    std::fs::write(prefix.join("nginx.conf"), main).unwrap();
-    let mut cmd = Command::new("nginx");
-    cmd.arg("-p")
-        .arg(&prefix)
-        .arg("-c")
-        .arg(prefix.join("nginx.conf"))
-        .args(["-g", "daemon off;"]);
-    Proc::spawn("nginx", &mut cmd, dir.join("nginx.log"))
+    std::fs::create_dir_all(dir.join("nginx")).unwrap();
+    std::fs::write(dir.join("nginx/site.conf"), site).unwrap();
+    nginx(dir, "nginx", "include {prefix}/site.conf;")
 }
 
 /// The `server` lines of the upstream block.

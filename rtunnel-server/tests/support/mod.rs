@@ -921,3 +921,25 @@ impl Drop for OwnRedis {
         let _ = self.child.wait();
     }
 }
+
+/// nginx run from `dir/name`, as a foreground process: its own pid file,
+/// logs and temporary files there, and `http` (the inside of the `http`
+/// block, which may use `{prefix}` for that directory) as its sites.
+pub fn nginx(dir: &Path, name: &'static str, http: &str) -> Proc {
+    let prefix = dir.join(name);
+    std::fs::create_dir_all(prefix.join("logs")).unwrap();
+    let p = prefix.display().to_string();
+    let conf = format!(
+        "pid {p}/nginx.pid;\nerror_log {p}/logs/error.log;\nevents {{}}\nhttp {{\n\
+         client_body_temp_path {p}/body;\nproxy_temp_path {p}/proxy;\n{}\n}}\n",
+        http.replace("{prefix}", &p)
+    );
+    std::fs::write(prefix.join("nginx.conf"), conf).unwrap();
+    let mut cmd = Command::new("nginx");
+    cmd.arg("-p")
+        .arg(&prefix)
+        .arg("-c")
+        .arg(prefix.join("nginx.conf"))
+        .args(["-g", "daemon off;"]);
+    Proc::spawn(name, &mut cmd, dir.join(format!("{name}.log")))
+}
