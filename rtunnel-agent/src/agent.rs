@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use rtunnel_core::control::{ControlChannel, ControlEnd, HandshakeError, client_handshake};
+use rtunnel_core::control::HandshakeError;
 use rtunnel_core::frame::write_frame;
-use rtunnel_core::mux::{Mux, MuxConfig, YamuxMux, YamuxStream};
+use rtunnel_core::link::{self, LinkEnd};
+use rtunnel_core::mux::{MuxConfig, MuxStream, YamuxMux, shared};
 use rtunnel_core::proto::{
     CloseCode, Control, RefusalCode, Resume, ServiceInfo, StreamHeader, StreamKind, StreamReply,
     TerminalOpen,
@@ -518,9 +519,9 @@ impl Agent {
         };
         let ws = WsStream::new(ws);
         let ws_close = ws.close_handle();
-        let mux = Arc::new(YamuxMux::client(ws, &MuxConfig::default()));
+        let mux = shared(YamuxMux::client(ws, &MuxConfig::default()));
         let previous = resume.as_ref().map(|r| r.session_id);
-        let welcome = match client_handshake(&*mux, SOFTWARE, resume.clone()).await {
+        let dialed = match link::dial(mux, SOFTWARE, resume.clone()).await {
             Ok(ok) => ok,
             Err(HandshakeError::Refused {
                 code: CloseCode::SessionClosed,
@@ -532,9 +533,9 @@ impl Agent {
                 return Outcome::Failed(format!("handshake with {url} failed: {e}"), None, None);
             }
         };
-        let (mut control, session_id, heartbeat) =
-            (welcome.stream, welcome.session_id, welcome.heartbeat);
-        *resume = welcome
+        let (link, mut driver) = (dialed.link, dialed.driver);
+        let session_id = link.session_id();
+        *resume = dialed
             .reconnect_token
             .map(|token| Resume { session_id, token });
         match previous {
@@ -564,7 +565,7 @@ impl Agent {
             });
         }
         let manifest = Control::Manifest { services };
-        if let Err(e) = write_frame(&mut control, &manifest).await {
+        if let Err(e) = write_frame(driver.control_mut(), &manifest).await {
             return Outcome::Failed(format!("sending the manifest failed: {e}"), None, None);
         }
         tracing::info!(
@@ -579,49 +580,40 @@ impl Agent {
             terminal: cfg.terminal.clone(),
             tls: crate::tls::client_config(true),
         });
-        let accept_loop = {
-            let mux = mux.clone();
-            async move {
-                while let Some(stream) = mux.accept().await {
-                    tokio::spawn(serve_stream(offer.clone(), stream));
-                }
-            }
-        };
-        let end = tokio::select! {
-            end = ControlChannel::new().run(control, heartbeat, |msg| {
-                tracing::debug!("control message ignored: {msg:?}");
-            }) => end,
-            _ = accept_loop => ControlEnd::Lost("tunnel connection closed".into()),
-        };
-        mux.close();
+        let end = driver
+            .run(move |stream| {
+                tokio::spawn(serve_stream(offer.clone(), stream));
+            })
+            .await;
+        link.shutdown();
         if ws_close.received() == Some(CLOSE_SESSION_CLOSED) {
             return Outcome::Closed("the server closed the connection with code 4000".into());
         }
         match end {
-            ControlEnd::PeerClosed {
+            LinkEnd::PeerClosed {
                 code: CloseCode::SessionClosed,
                 reason,
             } => Outcome::Closed(reason),
-            ControlEnd::PeerClosed {
+            LinkEnd::PeerClosed {
                 code: CloseCode::ServerRestarting,
                 ..
             } => Outcome::Restarting,
-            ControlEnd::PeerClosed {
+            LinkEnd::PeerClosed {
                 code: CloseCode::Replaced,
                 reason,
             } => Outcome::Replaced(reason),
-            ControlEnd::PeerClosed {
+            LinkEnd::PeerClosed {
                 code: CloseCode::CredentialsRevoked,
                 reason,
             } => Outcome::Revoked(reason),
-            ControlEnd::PeerClosed { code, reason } => {
+            LinkEnd::PeerClosed { code, reason } => {
                 Outcome::Lost(format!("server closed the tunnel ({code:?}): {reason}"))
             }
-            ControlEnd::HeartbeatTimeout(d) => {
+            LinkEnd::HeartbeatTimeout(d) => {
                 Outcome::Lost(format!("no heartbeat from the server for {d:?}"))
             }
-            ControlEnd::LocalClose(code) => Outcome::Lost(format!("closed locally ({code:?})")),
-            ControlEnd::Lost(why) => Outcome::Lost(why),
+            LinkEnd::LocalClose(code) => Outcome::Lost(format!("closed locally ({code:?})")),
+            LinkEnd::Lost(why) => Outcome::Lost(why),
         }
     }
 }
@@ -639,7 +631,7 @@ struct Offer {
 }
 
 /// Serves one stream opened by the server: dial the named service and relay.
-async fn serve_stream(offer: Arc<Offer>, mut stream: YamuxStream) {
+async fn serve_stream(offer: Arc<Offer>, mut stream: MuxStream) {
     let Some(header) = accept_header(&mut stream, STREAM_SETUP_TIMEOUT).await else {
         return;
     };
@@ -760,7 +752,7 @@ fn terminal_request<'a>(
 }
 
 async fn bridge<T: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: YamuxStream,
+    mut stream: MuxStream,
     mut target: T,
     name: &str,
 ) {
@@ -776,7 +768,7 @@ async fn bridge<T: AsyncRead + AsyncWrite + Unpin>(
     );
 }
 
-async fn refuse_dial(stream: &mut YamuxStream, name: &str, target: &str, why: &str) {
+async fn refuse_dial(stream: &mut MuxStream, name: &str, target: &str, why: &str) {
     tracing::warn!(service = name, %target, "cannot reach the service: {why}");
     refuse(
         stream,

@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rtunnel_core::control::{ControlChannel, client_handshake};
-use rtunnel_core::mux::{Mux, MuxConfig, YamuxMux, YamuxStream};
+use rtunnel_core::link::{self, Link};
+use rtunnel_core::mux::{MuxConfig, MuxStream, YamuxMux, shared};
 use rtunnel_core::proto::{self, Refusal, StreamHeader, StreamKind};
 use rtunnel_core::relay::relay;
 use rtunnel_core::setup::{self, SetupError};
@@ -88,7 +88,7 @@ pub enum ForwardError {
 pub struct Forwarder {
     config: ForwardConfig,
     ws_url: String,
-    conn: Mutex<Option<Arc<YamuxMux>>>,
+    conn: Mutex<Option<Link>>,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -147,7 +147,7 @@ impl Forwarder {
     }
 
     /// Opens one stream to the service, ready to carry bytes.
-    pub async fn open(&self) -> Result<YamuxStream, ForwardError> {
+    pub async fn open(&self) -> Result<MuxStream, ForwardError> {
         let header = StreamHeader::new(self.config.service.clone(), StreamKind::Tcp);
         self.open_with(&header).await
     }
@@ -155,7 +155,7 @@ impl Forwarder {
     /// Opens one stream with `header` as sent. The server takes only the
     /// service name from it and refuses anything but a `tcp` stream to a
     /// `tcp` service; this exists for tools and tests that check so.
-    pub async fn open_with(&self, header: &StreamHeader) -> Result<YamuxStream, ForwardError> {
+    pub async fn open_with(&self, header: &StreamHeader) -> Result<MuxStream, ForwardError> {
         let mut stream = self.open_raw().await?;
         match setup::request(&mut stream, header, STREAM_REPLY_TIMEOUT).await {
             Ok(()) => Ok(stream),
@@ -183,32 +183,32 @@ impl Forwarder {
         );
     }
 
-    /// A yamux stream on the live connection, dialing a new one if needed.
-    async fn open_raw(&self) -> Result<YamuxStream, ForwardError> {
-        let mux = self.current().await?;
-        match mux.open().await {
+    /// A stream on the live connection, dialing a new one if needed.
+    async fn open_raw(&self) -> Result<MuxStream, ForwardError> {
+        let link = self.current().await?;
+        match link.open().await {
             Ok(s) => Ok(s),
             Err(_) => {
-                self.drop_conn(&mux).await;
-                let mux = self.current().await?;
-                mux.open()
+                self.drop_conn(&link).await;
+                let link = self.current().await?;
+                link.open()
                     .await
                     .map_err(|e| ForwardError::Stream(e.to_string()))
             }
         }
     }
 
-    async fn drop_conn(&self, dead: &Arc<YamuxMux>) {
+    async fn drop_conn(&self, dead: &Link) {
         let mut conn = self.conn.lock().await;
-        if conn.as_ref().is_some_and(|c| Arc::ptr_eq(c, dead)) {
+        if conn.as_ref().is_some_and(|c| c.same_connection(dead)) {
             *conn = None;
         }
     }
 
-    async fn current(&self) -> Result<Arc<YamuxMux>, ForwardError> {
+    async fn current(&self) -> Result<Link, ForwardError> {
         let mut conn = self.conn.lock().await;
-        if let Some(mux) = conn.as_ref().filter(|m| !m.is_closed()) {
-            return Ok(mux.clone());
+        if let Some(link) = conn.as_ref().filter(|l| !l.is_closed()) {
+            return Ok(link.clone());
         }
         let auth = format!("Bearer {}", self.config.token);
         let options = DialOptions {
@@ -216,19 +216,19 @@ impl Forwarder {
             proxy: self.config.proxy.clone(),
         };
         let ws = dial(&self.ws_url, &auth, &options).await?;
-        let mux = Arc::new(YamuxMux::client(WsStream::new(ws), &MuxConfig::default()));
-        let welcome = client_handshake(&*mux, SOFTWARE, None)
+        let mux = shared(YamuxMux::client(WsStream::new(ws), &MuxConfig::default()));
+        let dialed = link::dial(mux, SOFTWARE, None)
             .await
             .map_err(|e| ForwardError::Handshake(e.to_string()))?;
-        let watched = mux.clone();
+        let link = dialed.link;
+        let watched = link.clone();
         tokio::spawn(async move {
-            let end = ControlChannel::new()
-                .run(welcome.stream, welcome.heartbeat, |_| {})
-                .await;
+            // The server opens no streams to a forward: any it tries are reset.
+            let end = dialed.driver.run(drop).await;
             tracing::info!("connection to the server ended: {end:?}");
-            watched.close();
+            watched.shutdown();
         });
-        *conn = Some(mux.clone());
-        Ok(mux)
+        *conn = Some(link.clone());
+        Ok(link)
     }
 }

@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use rtunnel_core::mux::YamuxStream;
+use rtunnel_core::mux::MuxStream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// A boxed future a handler returns.
@@ -73,13 +73,13 @@ impl std::fmt::Debug for HandlerService {
 /// write what goes back; dropping it closes the stream.
 #[derive(Debug)]
 pub struct ServiceStream {
-    io: YamuxStream,
+    io: MuxStream,
     operator: Option<String>,
     service: String,
 }
 
 impl ServiceStream {
-    pub(crate) fn new(io: YamuxStream, operator: Option<String>, service: String) -> Self {
+    pub(crate) fn new(io: MuxStream, operator: Option<String>, service: String) -> Self {
         ServiceStream {
             io,
             operator,

@@ -86,7 +86,7 @@ pub struct Welcome<S> {
 
 /// Dialing side: opens the control stream, sends `Hello` (asking to resume a
 /// session if `resume` is given), waits for `Welcome`.
-pub async fn client_handshake<M: Mux>(
+pub async fn client_handshake<M: Mux + ?Sized>(
     mux: &M,
     software: &str,
     resume: Option<Resume>,
@@ -131,7 +131,7 @@ pub async fn client_handshake<M: Mux>(
 ///
 /// On a version mismatch the peer is told why with a `Close` before the
 /// error is returned. The caller answers with [`send_welcome`].
-pub async fn server_handshake<M: Mux>(
+pub async fn server_handshake<M: Mux + ?Sized>(
     mux: &M,
     wait: Duration,
 ) -> Result<(M::Stream, Hello), HandshakeError> {

@@ -6,8 +6,12 @@
 //! - [`proto`]: the versioned wire protocol, pure code over bytes with hard
 //!   size limits; [`frame`] reads and writes its frames on async streams.
 //! - [`ws`]: a WebSocket message stream as a byte stream.
-//! - [`mux`]: the [`Mux`](mux::Mux) trait and its yamux implementation.
+//! - [`mux`]: the [`Mux`](mux::Mux) trait, its yamux implementation and an
+//!   in-memory one.
 //! - [`control`]: the handshake and heartbeats on the control stream.
+//! - [`link`]: a connection after its handshake, as a
+//!   [`Link`](link::Link) handle and a [`LinkDriver`](link::LinkDriver):
+//!   what the server and the agent hold for every tunnel and forward.
 //! - [`relay`]: bidirectional copy with byte counts.
 //! - [`session`]: the support-session state machine (pure).
 //! - [`setup`]: the header and reply that open every stream.
@@ -44,6 +48,7 @@
 
 pub mod control;
 pub mod frame;
+pub mod link;
 pub mod mux;
 pub mod proto;
 pub mod ratelimit;

@@ -12,9 +12,9 @@ use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, State};
 use axum::response::Response;
 use rtunnel_auth::access::Action;
-use rtunnel_core::control::{ControlChannel, send_welcome, server_handshake};
 use rtunnel_core::frame::write_frame;
-use rtunnel_core::mux::{Mux, YamuxMux, YamuxStream};
+use rtunnel_core::link;
+use rtunnel_core::mux::{MuxStream, YamuxMux, shared};
 use rtunnel_core::proto::{Refusal, RefusalCode, StreamHeader, StreamKind, StreamReply};
 use rtunnel_core::relay::relay_until;
 use rtunnel_core::setup;
@@ -120,8 +120,8 @@ struct ForwardCtx {
 
 async fn run_forward(ctx: Arc<ForwardCtx>, socket: WebSocket) {
     let state = &ctx.state;
-    let mux = YamuxMux::server(WsStream::new(socket), &state.mux_config());
-    let (mut control, _hello) = match server_handshake(&mux, state.config.handshake_timeout).await {
+    let mux = shared(YamuxMux::server(WsStream::new(socket), &state.mux_config()));
+    let incoming = match link::accept(mux, state.config.handshake_timeout).await {
         Ok(ok) => ok,
         Err(e) => {
             tracing::info!(user = %ctx.user.name, session = %ctx.session_id, "forward handshake failed: {e}");
@@ -129,34 +129,23 @@ async fn run_forward(ctx: Arc<ForwardCtx>, socket: WebSocket) {
         }
     };
     let heartbeat = state.config.heartbeat_interval;
-    if send_welcome(&mut control, ctx.session_id, heartbeat, None)
-        .await
-        .is_err()
-    {
+    let Ok((link, driver)) = incoming.welcome(ctx.session_id, heartbeat, None).await else {
         return;
-    }
-    let mut control_task = tokio::spawn(ControlChannel::new().run(control, heartbeat, |_| {}));
+    };
     let watcher = tokio::spawn(watch_access(ctx.clone()));
-    loop {
-        tokio::select! {
-            _ = ctx.cut.cancelled() => break,
-            stream = mux.accept() => match stream {
-                Some(stream) => {
-                    tokio::spawn(serve_stream(ctx.clone(), stream));
-                }
-                None => break,
-            },
-            end = &mut control_task => {
-                tracing::debug!(user = %ctx.user.name, "forward control ended: {end:?}");
-                break;
-            }
-            _ = state.shutdown.cancelled() => break,
+    let streams = ctx.clone();
+    tokio::select! {
+        end = driver.run(move |stream| {
+            tokio::spawn(serve_stream(streams.clone(), stream));
+        }) => {
+            tracing::debug!(user = %ctx.user.name, "forward link ended: {end:?}");
         }
+        _ = ctx.cut.cancelled() => {}
+        _ = state.shutdown.cancelled() => {}
     }
-    control_task.abort();
     watcher.abort();
     // Closing the connection ends every stream relayed over it.
-    mux.close();
+    link.shutdown();
     tracing::info!(user = %ctx.user.name, session = %ctx.session_id, peer = %ctx.peer, "forward connection ended");
 }
 
@@ -177,7 +166,7 @@ async fn watch_access(ctx: Arc<ForwardCtx>) {
 }
 
 /// One operator connection: check, connect through the agent, relay.
-async fn serve_stream(ctx: Arc<ForwardCtx>, mut stream: YamuxStream) {
+async fn serve_stream(ctx: Arc<ForwardCtx>, mut stream: MuxStream) {
     let timeout = ctx.state.config.stream_setup_timeout;
     let Some(header) = setup::accept_header(&mut stream, timeout).await else {
         return;

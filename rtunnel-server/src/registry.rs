@@ -9,13 +9,12 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use rtunnel_core::mux::{Mux, YamuxMux, YamuxStream};
-use rtunnel_core::proto::{
-    CloseCode, Control, Refusal, RefusalCode, ServiceInfo, StreamHeader, StreamKind,
-};
+use rtunnel_core::link::Link;
+use rtunnel_core::mux::MuxStream;
+use rtunnel_core::proto::{CloseCode, Refusal, RefusalCode, ServiceInfo, StreamHeader, StreamKind};
 use rtunnel_core::setup::{self, SetupError};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::OwnedSemaphorePermit;
 use uuid::Uuid;
 
 /// A stream to a service behind an agent: a stream of a tunnel on this
@@ -24,7 +23,7 @@ use uuid::Uuid;
 /// counts it there).
 #[derive(Debug)]
 pub struct TunnelStream {
-    io: StreamIo,
+    io: MuxStream,
     _permit: Option<OwnedSemaphorePermit>,
     _share: Option<UserShare>,
 }
@@ -48,17 +47,11 @@ impl Drop for UserShare {
     }
 }
 
-#[derive(Debug)]
-enum StreamIo {
-    Tunnel(YamuxStream),
-    Node(YamuxStream),
-}
-
 impl TunnelStream {
     /// A stream over the node mesh.
-    pub(crate) fn node(io: YamuxStream) -> Self {
+    pub(crate) fn node(io: MuxStream) -> Self {
         TunnelStream {
-            io: StreamIo::Node(io),
+            io,
             _permit: None,
             _share: None,
         }
@@ -71,10 +64,7 @@ impl AsyncRead for TunnelStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        match &mut self.get_mut().io {
-            StreamIo::Tunnel(s) => Pin::new(s).poll_read(cx, buf),
-            StreamIo::Node(s) => Pin::new(s).poll_read(cx, buf),
-        }
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
     }
 }
 
@@ -84,24 +74,15 @@ impl AsyncWrite for TunnelStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        match &mut self.get_mut().io {
-            StreamIo::Tunnel(s) => Pin::new(s).poll_write(cx, buf),
-            StreamIo::Node(s) => Pin::new(s).poll_write(cx, buf),
-        }
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match &mut self.get_mut().io {
-            StreamIo::Tunnel(s) => Pin::new(s).poll_flush(cx),
-            StreamIo::Node(s) => Pin::new(s).poll_flush(cx),
-        }
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match &mut self.get_mut().io {
-            StreamIo::Tunnel(s) => Pin::new(s).poll_shutdown(cx),
-            StreamIo::Node(s) => Pin::new(s).poll_shutdown(cx),
-        }
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 
@@ -144,12 +125,10 @@ pub struct LiveTunnel {
     pub session_id: Uuid,
     /// Its system.
     pub system_id: Uuid,
-    /// The multiplexed connection to the agent.
-    pub mux: Arc<YamuxMux>,
+    /// The link to the agent.
+    pub link: Link,
     /// The agent's manifest.
     pub services: Vec<ServiceInfo>,
-    /// Messages to the agent's control stream.
-    pub control: mpsc::Sender<Control>,
     /// One permit per stream the tunnel may carry at once.
     pub streams: Arc<tokio::sync::Semaphore>,
     /// How many permits `streams` started with.
@@ -193,7 +172,7 @@ impl LiveTunnel {
             Some(operator) => Some(self.take_share(operator)?),
             None => None,
         };
-        let mut stream = self.mux.open().await.map_err(|e| {
+        let mut stream = self.link.open().await.map_err(|e| {
             tracing::warn!(session = %self.session_id, error = %e, "cannot open a stream on the tunnel");
             Refusal::new(
                 RefusalCode::AgentUnavailable,
@@ -202,7 +181,7 @@ impl LiveTunnel {
         })?;
         match setup::request(&mut stream, header, timeout).await {
             Ok(()) => Ok(TunnelStream {
-                io: StreamIo::Tunnel(stream),
+                io: stream,
                 _permit: Some(permit),
                 _share: share,
             }),
@@ -251,19 +230,13 @@ impl LiveTunnel {
     /// Tells the agent why, then closes the tunnel (a closed session also
     /// ends the WebSocket with close code 4000, see the tunnel endpoint).
     pub async fn close(&self, code: CloseCode, reason: &str) {
-        let msg = Control::Close {
-            code,
-            reason: reason.to_owned(),
-        };
-        // The control task sends the close and ends; the tunnel task then
-        // lets it reach the agent and closes the connection. If the control
-        // task is gone, the tunnel is already ending that way: closing the
+        // The driver sends the close and ends; the tunnel task then lets
+        // it reach the agent and closes the connection. If the driver is
+        // gone, the tunnel is already ending that way: closing the
         // connection here could drop a close message still on its way (a
         // system deleted sends `credentials_revoked`, then its session's
         // close lands here).
-        if self.control.send(msg).await.is_err() {
-            tracing::debug!(session = %self.session_id, "tunnel already closing");
-        }
+        self.link.close(code, reason).await;
     }
 }
 
@@ -352,7 +325,7 @@ impl Registry {
 
 /// Counters of a live tunnel, for logs.
 pub fn describe(t: &LiveTunnel) -> String {
-    let c = t.mux.counters();
+    let c = t.link.counters();
     format!(
         "streams {} opened, bytes {} in / {} out",
         c.streams_opened, c.bytes_in, c.bytes_out
@@ -363,28 +336,40 @@ pub fn describe(t: &LiveTunnel) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use rtunnel_core::mux::MuxConfig;
+    use rtunnel_core::link;
+    use rtunnel_core::mux::{memory::MemoryMux, shared};
     use rtunnel_core::proto::StreamReply;
 
-    /// A tunnel over an in-memory pipe to an "agent" that answers every
+    /// A tunnel over an in-memory link to an "agent" that answers every
     /// stream with `reply`.
-    fn tunnel_to_agent_answering(reply: StreamReply) -> LiveTunnel {
-        let (near, far) = tokio::io::duplex(64 * 1024);
-        let mux = Arc::new(YamuxMux::client(near, &MuxConfig::default()));
-        let agent = YamuxMux::server(far, &MuxConfig::default());
+    async fn tunnel_to_agent_answering(reply: StreamReply) -> LiveTunnel {
+        let (near, far) = MemoryMux::pair();
         tokio::spawn(async move {
-            while let Some(mut stream) = agent.accept().await {
-                let reply = reply.clone();
-                tokio::spawn(async move {
-                    let _ = setup::accept_header(&mut stream, Duration::from_secs(5)).await;
-                    setup::refuse(&mut stream, reply).await;
-                });
-            }
+            let dialed = link::dial(shared(far), "agent/test", None).await.unwrap();
+            let end = dialed
+                .driver
+                .run(move |mut stream| {
+                    let reply = reply.clone();
+                    tokio::spawn(async move {
+                        let _ = setup::accept_header(&mut stream, Duration::from_secs(5)).await;
+                        setup::refuse(&mut stream, reply).await;
+                    });
+                })
+                .await;
+            drop((dialed.link, end));
         });
+        let incoming = link::accept(shared(near), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let (link, driver) = incoming
+            .welcome(Uuid::new_v4(), Duration::from_secs(15), None)
+            .await
+            .unwrap();
+        tokio::spawn(driver.run(drop));
         LiveTunnel {
-            session_id: Uuid::new_v4(),
+            session_id: link.session_id(),
             system_id: Uuid::new_v4(),
-            mux,
+            link,
             services: vec![ServiceInfo {
                 name: "web".into(),
                 kind: StreamKind::Tcp,
@@ -392,7 +377,6 @@ mod tests {
                 tls: false,
                 host_header: Default::default(),
             }],
-            control: mpsc::channel(1).0,
             streams: Arc::new(tokio::sync::Semaphore::new(4)),
             max_streams: 4,
             shares: Default::default(),
@@ -407,7 +391,8 @@ mod tests {
         let tunnel = tunnel_to_agent_answering(StreamReply::refused(
             RefusalCode::ServiceUnreachable,
             "cannot reach web",
-        ));
+        ))
+        .await;
         let refusal = tunnel
             .open_stream(&header, Duration::from_secs(5))
             .await
@@ -420,7 +405,7 @@ mod tests {
             RefusalCode::SessionEnded,
             RefusalCode::NoGrant,
         ] {
-            let tunnel = tunnel_to_agent_answering(StreamReply::refused(forged, "trust me"));
+            let tunnel = tunnel_to_agent_answering(StreamReply::refused(forged, "trust me")).await;
             let refusal = tunnel
                 .open_stream(&header, Duration::from_secs(5))
                 .await

@@ -21,10 +21,11 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use rtunnel_auth::secret::{generate_secret, hash_secret, verify_against_nothing, verify_secret};
-use rtunnel_core::control::{ControlChannel, ControlEnd, Hello, send_welcome, server_handshake};
+use rtunnel_core::control::Hello;
 use rtunnel_core::frame::read_frame;
-use rtunnel_core::mux::{Mux, YamuxMux};
-use rtunnel_core::proto::{CloseCode, Control, MAX_CONTROL_FRAME_BYTES, Resume};
+use rtunnel_core::link::{self, Incoming, LinkEnd};
+use rtunnel_core::mux::{MuxStream, YamuxMux, shared};
+use rtunnel_core::proto::{CloseCode, Control, MAX_CONTROL_FRAME_BYTES, Resume, ServiceInfo};
 use rtunnel_core::session::Event;
 use rtunnel_core::store::{
     AuditEvent, Page, SessionFilter, SessionRecord, SessionStatus, System, now_millis,
@@ -166,33 +167,24 @@ fn truncate(s: &str, max: usize) -> String {
 async fn run_tunnel(state: Arc<AppState>, system: System, peer: SocketAddr, socket: WebSocket) {
     let ws = WsStream::new(socket);
     let ws_close = ws.close_handle();
-    let mux = Arc::new(YamuxMux::server(ws, &state.mux_config()));
-    let (control, hello) = match server_handshake(&*mux, state.config.handshake_timeout).await {
+    let mux = shared(YamuxMux::server(ws, &state.mux_config()));
+    let incoming = match link::accept(mux, state.config.handshake_timeout).await {
         Ok(ok) => ok,
         Err(e) => {
             tracing::warn!(system = %system.name, %peer, "tunnel handshake failed: {e}");
-            mux.close();
             return;
         }
     };
-    let session_id = match attach_session(&state, &system, &hello, peer).await {
+    let session_id = match attach_session(&state, &system, incoming.hello(), peer).await {
         Ok(id) => id,
         Err(e) => {
             tracing::error!(system = %system.name, "cannot attach a session: {e}");
-            mux.close();
+            incoming.shutdown();
             return;
         }
     };
-    let (reason, tunnel) = match serve_tunnel(
-        &state,
-        &system,
-        session_id,
-        &hello,
-        control,
-        mux.clone(),
-        ws_close,
-    )
-    .await
+    // Every path out of `serve_tunnel` drops or shuts down the link.
+    let (reason, tunnel) = match serve_tunnel(&state, &system, session_id, incoming, ws_close).await
     {
         Ok(ok) => ok,
         Err(reason) => {
@@ -200,7 +192,6 @@ async fn run_tunnel(state: Arc<AppState>, system: System, peer: SocketAddr, sock
             (reason, None)
         }
     };
-    mux.close();
     // Only the last tunnel of a session ends it: a tunnel that was taken
     // over by the agent's new connection leaves the session alone.
     let session_lost = tunnel.as_ref().is_none_or(|t| state.registry.remove(t));
@@ -323,57 +314,40 @@ async fn try_resume(
 }
 
 /// Runs one tunnel; returns why it ended and the registered tunnel (Err when
-/// it never became active).
+/// it never became active). The connection is closed when it returns.
 async fn serve_tunnel(
     state: &Arc<AppState>,
     system: &System,
     session_id: Uuid,
-    hello: &Hello,
-    mut control: rtunnel_core::mux::YamuxStream,
-    mux: Arc<YamuxMux>,
+    incoming: Incoming,
     ws_close: rtunnel_core::ws::CloseHandle,
 ) -> Result<(String, Option<Arc<LiveTunnel>>), String> {
     let timeout = state.config.handshake_timeout;
     let heartbeat = state.config.heartbeat_interval;
+    let software = incoming.hello().software.clone();
     let token = generate_secret();
-    state
+    if let Err(e) = state
         .stores
         .sessions
         .set_reconnect_token(session_id, &hash_secret(&token))
         .await
-        .map_err(|e| format!("cannot store the reconnect token: {e}"))?;
-    send_welcome(&mut control, session_id, heartbeat, Some(token))
+    {
+        incoming.shutdown();
+        return Err(format!("cannot store the reconnect token: {e}"));
+    }
+    // From here on, dropping `link` and `driver` ends the connection.
+    let (link, mut driver) = incoming
+        .welcome(session_id, heartbeat, Some(token))
         .await
         .map_err(|e| format!("handshake failed: {e}"))?;
-    let services = match tokio::time::timeout(
-        timeout,
-        read_frame::<Control, _>(&mut control, MAX_CONTROL_FRAME_BYTES),
-    )
-    .await
-    {
-        Ok(Ok(Control::Manifest { services })) => services,
-        Ok(Ok(other)) => return Err(format!("expected a manifest, got {other:?}")),
-        Ok(Err(e)) => {
-            let reason = format!("bad manifest: {e}");
-            let _ = rtunnel_core::frame::write_frame(
-                &mut control,
-                &Control::Close {
-                    code: CloseCode::ProtocolError,
-                    reason: reason.clone(),
-                },
-            )
-            .await;
-            return Err(reason);
-        }
-        Err(_) => return Err(format!("no manifest within {timeout:?}")),
-    };
+    let services = read_manifest(driver.control_mut(), timeout).await?;
     state
         .stores
         .sessions
         .activate_session(
             session_id,
             &services,
-            &hello.software,
+            &software,
             state.cluster.node_id(),
             now_millis(),
         )
@@ -382,17 +356,15 @@ async fn serve_tunnel(
     tracing::info!(
         system = %system.name,
         %session_id,
-        agent = %hello.software,
+        agent = %software,
         services = services.len(),
         "tunnel active"
     );
-    let channel = ControlChannel::new();
     let tunnel = Arc::new(LiveTunnel {
         session_id,
         system_id: system.id,
-        mux: mux.clone(),
+        link: link.clone(),
         services,
-        control: channel.outbox.clone(),
         streams: Arc::new(tokio::sync::Semaphore::new(
             state.config.max_streams_per_tunnel,
         )),
@@ -409,27 +381,48 @@ async fn serve_tunnel(
         .await;
     }
     state.cluster.attached(&tunnel).await;
-    let end = tokio::select! {
-        end = channel.run(control, heartbeat, |_| {}) => end,
-        _ = mux.closed() => ControlEnd::Lost("tunnel connection closed".into()),
-    };
-    if let ControlEnd::LocalClose(code) = end {
+    // The agent opens no streams to the server: any it tries are reset.
+    let end = driver.run(drop).await;
+    if let LinkEnd::LocalClose(code) = end {
         // Let the close message reach the agent: it hangs up when it reads it.
-        let _ = tokio::time::timeout(CLOSE_LINGER, mux.closed()).await;
+        let _ = tokio::time::timeout(CLOSE_LINGER, link.closed()).await;
         if code == CloseCode::SessionClosed {
             // If it did not, the WebSocket itself says it: close code 4000,
             // sent instead of yamux's goodbye, which the agent would stop at.
             ws_close.set_code(CLOSE_SESSION_CLOSED, "session closed");
         }
     }
+    link.shutdown();
     let reason = match end {
-        ControlEnd::PeerClosed { code, reason } => {
+        LinkEnd::PeerClosed { code, reason } => {
             format!("agent closed the tunnel ({code:?}): {reason}")
         }
-        ControlEnd::LocalClose(code) => format!("closed by the server ({code:?})"),
-        ControlEnd::HeartbeatTimeout(d) => format!("no heartbeat from the agent for {d:?}"),
-        ControlEnd::Lost(why) => format!("tunnel lost: {why}"),
+        LinkEnd::LocalClose(code) => format!("closed by the server ({code:?})"),
+        LinkEnd::HeartbeatTimeout(d) => format!("no heartbeat from the agent for {d:?}"),
+        LinkEnd::Lost(why) => format!("tunnel lost: {why}"),
     };
     tracing::info!(system = %system.name, %session_id, "tunnel ended: {reason}; {}", describe(&tunnel));
     Ok((reason, Some(tunnel)))
+}
+
+/// The agent's manifest, the first message after the welcome.
+async fn read_manifest(
+    control: &mut MuxStream,
+    timeout: std::time::Duration,
+) -> Result<Vec<ServiceInfo>, String> {
+    match tokio::time::timeout(
+        timeout,
+        read_frame::<Control, _>(control, MAX_CONTROL_FRAME_BYTES),
+    )
+    .await
+    {
+        Ok(Ok(Control::Manifest { services })) => Ok(services),
+        Ok(Ok(other)) => Err(format!("expected a manifest, got {other:?}")),
+        Ok(Err(e)) => {
+            let reason = format!("bad manifest: {e}");
+            link::send_close(control, CloseCode::ProtocolError, &reason).await;
+            Err(reason)
+        }
+        Err(_) => Err(format!("no manifest within {timeout:?}")),
+    }
 }

@@ -11,7 +11,6 @@ use std::time::Duration;
 use rtunnel_agent::terminal::TerminalConfig;
 use rtunnel_agent::{Agent, ForwardConfig, ForwardError, Forwarder, parse_services};
 use rtunnel_core::frame::{read_frame, write_frame};
-use rtunnel_core::mux::Mux;
 use rtunnel_core::proto::{
     MAX_STREAM_HEADER_BYTES, Refusal, RefusalCode, StreamHeader, StreamKind, StreamReply,
     TerminalOpen,
@@ -313,7 +312,7 @@ async fn ask_agent(
     h: &Harness,
     service: &str,
     kind: StreamKind,
-) -> (rtunnel_core::mux::YamuxStream, StreamReply) {
+) -> (rtunnel_core::mux::MuxStream, StreamReply) {
     ask_agent_with(h, &StreamHeader::new(service, kind)).await
 }
 
@@ -322,9 +321,9 @@ async fn ask_agent(
 async fn ask_agent_with(
     h: &Harness,
     header: &StreamHeader,
-) -> (rtunnel_core::mux::YamuxStream, StreamReply) {
+) -> (rtunnel_core::mux::MuxStream, StreamReply) {
     let tunnel = h.state.registry.by_session(h.session).unwrap();
-    let mut s = tunnel.mux.open().await.unwrap();
+    let mut s = tunnel.link.open().await.unwrap();
     write_frame(&mut s, header).await.unwrap();
     let reply = read_frame::<StreamReply, _>(&mut s, MAX_STREAM_HEADER_BYTES)
         .await
@@ -366,7 +365,7 @@ fn terminal_open(operator: &str) -> Option<TerminalOpen> {
     })
 }
 
-fn refusal_code(r: Result<rtunnel_core::mux::YamuxStream, ForwardError>) -> &'static str {
+fn refusal_code(r: Result<rtunnel_core::mux::MuxStream, ForwardError>) -> &'static str {
     match r {
         Err(ForwardError::Refused(refusal)) => refusal.code.as_str(),
         Err(e) => panic!("not a refusal: {e}"),
@@ -827,7 +826,12 @@ async fn during_grace_new_streams_hear_the_agent_is_reconnecting_then_work_when_
         .await
         .unwrap();
     // Cut the tunnel under the agent.
-    h.state.registry.by_session(h.session).unwrap().mux.close();
+    h.state
+        .registry
+        .by_session(h.session)
+        .unwrap()
+        .link
+        .shutdown();
     wait_for("the session to enter grace", || {
         let state = h.state.clone();
         let id = h.session;
@@ -994,7 +998,7 @@ async fn streams_past_the_per_tunnel_limit_are_refused_while_the_others_carry_on
             Forwarder::connect(forward_config(h, &token)).await.unwrap()
         }
     };
-    let refusal = |r: Result<rtunnel_core::mux::YamuxStream, ForwardError>| match r {
+    let refusal = |r: Result<rtunnel_core::mux::MuxStream, ForwardError>| match r {
         Err(ForwardError::Refused(Refusal { code, reason })) => (code.as_str(), reason),
         Err(e) => panic!("not a refusal: {e}"),
         Ok(_) => panic!("a stream past the limit was opened"),
@@ -1218,7 +1222,7 @@ async fn audited(h: &Harness, event: &str) -> rtunnel_core::store::Paged<AuditEv
 async fn echoing_forward(
     h: &Harness,
     token: &str,
-) -> (Arc<Forwarder>, rtunnel_core::mux::YamuxStream) {
+) -> (Arc<Forwarder>, rtunnel_core::mux::MuxStream) {
     let fwd = Forwarder::connect(forward_config(h, token)).await.unwrap();
     let mut s = fwd.open().await.unwrap();
     s.write_all(b"ok").await.unwrap();
@@ -1229,7 +1233,7 @@ async fn echoing_forward(
 }
 
 /// Waits for an open stream to be cut: reads until EOF or an error.
-async fn cut_within(s: &mut rtunnel_core::mux::YamuxStream) -> Duration {
+async fn cut_within(s: &mut rtunnel_core::mux::MuxStream) -> Duration {
     let start = std::time::Instant::now();
     let mut buf = [0u8; 64];
     loop {

@@ -12,7 +12,7 @@ pub mod user;
 
 use std::path::{Path, PathBuf};
 
-use rtunnel_core::mux::YamuxStream;
+use rtunnel_core::mux::MuxStream;
 use rtunnel_core::proto::TerminalOpen;
 use rtunnel_core::terminal::{MAX_TERMINAL_MESSAGE, TermMsg, read_msg, write_msg};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
@@ -102,7 +102,7 @@ pub fn shell_env(
 /// Serves one terminal stream (its `ok` already sent): runs the shell until
 /// it exits (its code is sent back) or the stream ends (the shell is
 /// killed).
-pub async fn serve(config: &TerminalConfig, stream: YamuxStream, open: TerminalOpen) {
+pub async fn serve(config: &TerminalConfig, stream: MuxStream, open: TerminalOpen) {
     let shell = config.shell();
     let (mut reader, mut writer) = tokio::io::split(stream);
     let spawned = spawn(config, &shell, &open);
@@ -199,7 +199,7 @@ fn enterable(dir: &Path) -> bool {
 
 /// Shell output to the operator until the PTY ends (every process holding
 /// it has exited: reading then fails with EIO).
-async fn copy_output(pty: &mut pty_process::OwnedReadPty, writer: &mut WriteHalf<YamuxStream>) {
+async fn copy_output(pty: &mut pty_process::OwnedReadPty, writer: &mut WriteHalf<MuxStream>) {
     let mut buf = vec![0u8; MAX_TERMINAL_MESSAGE.min(16 * 1024)];
     loop {
         match pty.read(&mut buf).await {

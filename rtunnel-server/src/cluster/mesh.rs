@@ -27,7 +27,7 @@ use std::time::Duration;
 use rtunnel_auth::mesh::MeshIdentity;
 use rtunnel_auth::node::{NodeKey, NonceCache};
 use rtunnel_core::frame::{read_frame, write_frame};
-use rtunnel_core::mux::{Mux, MuxConfig, MuxError, YamuxMux, YamuxStream};
+use rtunnel_core::mux::{MuxConfig, MuxError, MuxStream, SharedMux, YamuxMux, shared};
 use rtunnel_core::proto::{ProtoError, Refusal, RefusalCode, StreamHeader, StreamReply, Validate};
 use rtunnel_core::store::now_millis;
 use serde::{Deserialize, Serialize};
@@ -114,7 +114,7 @@ struct Slot {
 
 struct Peer {
     address: String,
-    mux: Arc<YamuxMux>,
+    mux: SharedMux,
 }
 
 impl Mesh {
@@ -215,7 +215,7 @@ impl Mesh {
     /// The live connection to `node`, dialed at `address` if there is none.
     /// Opens waiting on one dial share it; a dial that failed is not tried
     /// again for [`REDIAL_AFTER`].
-    async fn connection(&self, node: &str, address: &str) -> Result<Arc<YamuxMux>, String> {
+    async fn connection(&self, node: &str, address: &str) -> Result<SharedMux, String> {
         let slot = {
             let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
             peers.entry(node.to_owned()).or_default().clone()
@@ -240,7 +240,7 @@ impl Mesh {
         };
         match dialed {
             Ok(mux) => {
-                let mux = Arc::new(mux);
+                let mux = shared(mux);
                 tracing::info!(node, %address, "mesh connection up");
                 slot.peer = Some(Peer {
                     address: address.to_owned(),
@@ -284,7 +284,7 @@ impl Mesh {
         }
     }
 
-    fn forget(&self, node: &str, mux: &Arc<YamuxMux>) {
+    fn forget(&self, node: &str, mux: &SharedMux) {
         let slot = {
             let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
             peers.get(node).cloned()
@@ -398,7 +398,7 @@ async fn connection(state: Arc<AppState>, tcp: TcpStream, peer: std::net::Socket
         }
     };
     tracing::info!(node = %from, %peer, "mesh connection accepted");
-    let mux = YamuxMux::server(tls, &MuxConfig::default());
+    let mux = shared(YamuxMux::server(tls, &MuxConfig::default()));
     while let Some(stream) = mux.accept().await {
         tokio::spawn(serve_stream(state.clone(), from.clone(), stream));
     }
@@ -407,7 +407,7 @@ async fn connection(state: Arc<AppState>, tcp: TcpStream, peer: std::net::Socket
 
 /// One stream another node opened: open it on the agent's tunnel here,
 /// answer, relay.
-async fn serve_stream(state: Arc<AppState>, from: String, mut stream: YamuxStream) {
+async fn serve_stream(state: Arc<AppState>, from: String, mut stream: MuxStream) {
     let timeout = state.config.stream_setup_timeout;
     let request = match tokio::time::timeout(
         timeout,

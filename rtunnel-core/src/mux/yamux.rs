@@ -1,4 +1,4 @@
-//! Stream multiplexing: the [`Mux`] trait and its yamux implementation.
+//! The yamux implementation of [`Mux`].
 //!
 //! yamux only moves bytes while its connection is polled, so [`YamuxMux`]
 //! gives the connection to one driver task that polls inbound streams, opens
@@ -25,11 +25,11 @@ use std::task::{Context, Poll};
 
 use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{Mutex, Semaphore, mpsc, oneshot};
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
 
-pub use crate::proto::MAX_OPEN_STREAMS;
+use super::{MAX_OPEN_STREAMS, Mux, MuxConfig, MuxCounters, MuxError, Muxed};
 
 /// Inbound streams waiting for `accept` beyond this many are refused (reset).
 pub const MAX_PENDING_INBOUND: usize = 256;
@@ -38,83 +38,6 @@ pub const MAX_PENDING_INBOUND: usize = 256;
 /// room for the peer's [`MAX_OPEN_STREAMS`], ours, and streams closed but
 /// not yet reaped on either side.
 pub const YAMUX_MAX_STREAMS: usize = 4 * MAX_OPEN_STREAMS;
-
-/// Errors of a multiplexed connection.
-#[derive(Debug, thiserror::Error)]
-pub enum MuxError {
-    /// The connection is closed; no stream can be opened.
-    #[error("tunnel connection closed")]
-    Closed,
-    /// The multiplexer's own stream limit is reached.
-    #[error("too many streams on this connection")]
-    TooManyStreams,
-    /// yamux reported an error.
-    #[error("multiplexer error: {0}")]
-    Yamux(String),
-}
-
-/// Counters of a multiplexed connection.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct MuxCounters {
-    /// Streams opened by this side.
-    pub streams_opened: u64,
-    /// Streams the peer opened and this side accepted.
-    pub streams_accepted: u64,
-    /// Streams the peer opened that were refused because nobody accepted them.
-    pub streams_refused: u64,
-    /// Bytes read from the underlying connection.
-    pub bytes_in: u64,
-    /// Bytes written to the underlying connection.
-    pub bytes_out: u64,
-}
-
-/// A multiplexed connection: many ordered byte streams over one.
-#[async_trait]
-pub trait Mux: Send + Sync + 'static {
-    /// One stream of the connection.
-    type Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static;
-
-    /// Opens a new stream to the peer.
-    async fn open(&self) -> Result<Self::Stream, MuxError>;
-
-    /// Waits for the next stream opened by the peer; `None` once closed.
-    async fn accept(&self) -> Option<Self::Stream>;
-
-    /// Starts closing the connection; open streams end with an error.
-    fn close(&self);
-
-    /// Resolves once the connection has ended, for whatever reason.
-    async fn closed(&self);
-
-    /// Current counters.
-    fn counters(&self) -> MuxCounters;
-}
-
-/// Settings of a yamux connection.
-#[derive(Debug, Clone)]
-pub struct MuxConfig {
-    /// Bytes of receive window the connection's streams may grow into,
-    /// together, beyond the 256 KiB each one starts with. A fast stream on
-    /// a long link needs a window near the link's bandwidth-delay product
-    /// to go at full speed; this caps what unread data can hold in memory.
-    pub window_budget: usize,
-    /// Largest data frame payload; larger writes are split.
-    pub split_send_size: usize,
-}
-
-/// The default [`MuxConfig::window_budget`]: 4 MiB, so one stream's window
-/// can double from 256 KiB past 4 MiB (about 340 Mbit/s at 100 ms), while a
-/// stalled reader holds at most that much unread data in memory.
-pub const DEFAULT_WINDOW_BUDGET: usize = 4 * 1024 * 1024;
-
-impl Default for MuxConfig {
-    fn default() -> Self {
-        MuxConfig {
-            window_budget: DEFAULT_WINDOW_BUDGET,
-            split_send_size: 64 * 1024,
-        }
-    }
-}
 
 impl MuxConfig {
     fn to_yamux(&self) -> yamux::Config {
@@ -132,97 +55,7 @@ impl MuxConfig {
 
 /// A stream of a [`YamuxMux`], with tokio's IO traits. One opened by this
 /// side holds one of the connection's [`MAX_OPEN_STREAMS`] until dropped.
-///
-/// When the connection ends, a read or write waiting on the stream fails
-/// with `ConnectionAborted` (yamux's graceful close does not wake the
-/// streams of the side that closed, so a relay would otherwise wait for
-/// its other end forever).
-pub struct YamuxStream {
-    inner: Compat<yamux::Stream>,
-    _slot: Option<OwnedSemaphorePermit>,
-    connection_ended: Pin<Box<WaitForCancellationFutureOwned>>,
-}
-
-impl YamuxStream {
-    fn new(
-        stream: yamux::Stream,
-        slot: Option<OwnedSemaphorePermit>,
-        done: &CancellationToken,
-    ) -> Self {
-        YamuxStream {
-            inner: stream.compat(),
-            _slot: slot,
-            connection_ended: Box::pin(done.clone().cancelled_owned()),
-        }
-    }
-
-    /// After the inner stream answered `Pending`: an error if the
-    /// connection has ended (the waker is registered either way).
-    fn poll_ended(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
-        self.connection_ended.as_mut().poll(cx).is_ready().then(|| {
-            io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "the multiplexed connection ended",
-            )
-        })
-    }
-}
-
-impl std::fmt::Debug for YamuxStream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("YamuxStream")
-            .field(self.inner.get_ref())
-            .finish()
-    }
-}
-
-impl AsyncRead for YamuxStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match Pin::new(&mut self.inner).poll_read(cx, buf) {
-            Poll::Pending => self
-                .poll_ended(cx)
-                .map_or(Poll::Pending, |e| Poll::Ready(Err(e))),
-            ready => ready,
-        }
-    }
-}
-
-impl AsyncWrite for YamuxStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.inner).poll_write(cx, buf) {
-            Poll::Pending => self
-                .poll_ended(cx)
-                .map_or(Poll::Pending, |e| Poll::Ready(Err(e))),
-            ready => ready,
-        }
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match Pin::new(&mut self.inner).poll_flush(cx) {
-            Poll::Pending => self
-                .poll_ended(cx)
-                .map_or(Poll::Pending, |e| Poll::Ready(Err(e))),
-            ready => ready,
-        }
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match Pin::new(&mut self.inner).poll_shutdown(cx) {
-            Poll::Pending => self
-                .poll_ended(cx)
-                .map_or(Poll::Pending, |e| Poll::Ready(Err(e))),
-            ready => ready,
-        }
-    }
-}
+pub type YamuxStream = Muxed<Compat<yamux::Stream>>;
 
 enum Command {
     Open(oneshot::Sender<Result<yamux::Stream, MuxError>>),
@@ -256,11 +89,6 @@ impl std::fmt::Debug for YamuxMux {
 }
 
 impl YamuxMux {
-    /// Whether the connection has ended or is closing.
-    pub fn is_closed(&self) -> bool {
-        self.done.is_cancelled() || self.shutdown.is_cancelled()
-    }
-
     /// Runs yamux as the dialing side (the side that opens the control stream).
     pub fn client<T>(io: T, config: &MuxConfig) -> Self
     where
@@ -333,16 +161,20 @@ impl Mux for YamuxMux {
             .await
             .map_err(|_| MuxError::Closed)?;
         let stream = rx.await.map_err(|_| MuxError::Closed)??;
-        Ok(YamuxStream::new(stream, Some(slot), &self.done))
+        Ok(Muxed::new(stream.compat(), Some(slot), &self.done))
     }
 
     async fn accept(&self) -> Option<YamuxStream> {
         let stream = self.inbound.lock().await.recv().await?;
-        Some(YamuxStream::new(stream, None, &self.done))
+        Some(Muxed::new(stream.compat(), None, &self.done))
     }
 
     fn close(&self) {
         self.shutdown.cancel();
+    }
+
+    fn is_closed(&self) -> bool {
+        self.done.is_cancelled() || self.shutdown.is_cancelled()
     }
 
     async fn closed(&self) {
