@@ -22,9 +22,9 @@ export RTUNNEL_TEST_SERVICES=required
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-# What an embedder builds: the server library on SQLite alone (no
+# What an embedder builds: the server library on SQLite alone (no Redis, no
 # PostgreSQL driver, no command line).
-cargo check -p rtunnel-server --lib --no-default-features --features sqlite --locked
+cargo clippy -p rtunnel-server --lib --no-default-features --features sqlite --locked -- -D warnings
 # The end-to-end tests run the real binaries and examples; `cargo test`
 # alone builds only the test harness of each main.rs and hash-named
 # examples, so build the executables first.

@@ -5,6 +5,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The default [`Config::redis_prefix`].
+pub const DEFAULT_REDIS_PREFIX: &str = "rtunnel:";
+
+/// Why `redis_url` is refused by a server built without the `redis` feature.
+pub(crate) const NO_REDIS: &str =
+    "--redis-url: this server was built without the `redis` feature, so it cannot join a cluster";
+
 /// Everything the server needs to run.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -112,7 +119,7 @@ impl Default for ServerConfig {
             tsplus_base_url: None,
             node_id: None,
             redis_url: None,
-            redis_prefix: rtunnel_core::store::redis::DEFAULT_PREFIX.into(),
+            redis_prefix: DEFAULT_REDIS_PREFIX.into(),
             node_listen: None,
             node_advertise: None,
             cluster_key_file: None,
@@ -156,6 +163,9 @@ impl ServerConfig {
                 "--path-prefix must be empty or a path like /support (letters, digits, '-', '_', '.', '/'; no trailing '/'), not {:?}",
                 self.path_prefix
             ));
+        }
+        if cfg!(not(feature = "redis")) && self.redis_url.is_some() {
+            return Err(NO_REDIS.into());
         }
         if self.redis_url.is_some() && self.node_listen.is_none() {
             return Err(

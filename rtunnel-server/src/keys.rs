@@ -30,6 +30,7 @@ pub fn load_or_create_launch_signer(
     LaunchSigner::new(&key).map_err(|_| too_short(path))
 }
 
+#[cfg(feature = "redis")]
 /// Loads the cluster key from `path` (every node of a cluster holds the
 /// same), creating it like the signing key: the node mesh's key, and
 /// the seal of what the nodes write to Redis.

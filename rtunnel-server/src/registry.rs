@@ -49,6 +49,7 @@ impl Drop for UserShare {
 
 impl TunnelStream {
     /// A stream over the node mesh.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn node(io: MuxStream) -> Self {
         TunnelStream {
             io,

@@ -13,9 +13,7 @@ use rtunnel_core::token::TokenSigner;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use rtunnel_core::store::redis::{RedisConnection, RedisRateLimiter, RedisTicketStore};
-
-use crate::cluster::{Cluster, Membership};
+use crate::cluster::Cluster;
 use crate::config::ServerConfig;
 use crate::registry::Registry;
 use crate::state::{AppState, Stores};
@@ -77,6 +75,62 @@ impl ServerBuilder {
         self
     }
 
+    /// Connects to the cluster's Redis and opens the node mesh listener;
+    /// tickets and rate limits move to Redis, where every node sees them.
+    #[cfg(feature = "redis")]
+    async fn join_cluster(
+        config: &ServerConfig,
+        url: &str,
+        node_id: &str,
+        registry: &Arc<Registry>,
+        stores: &mut Stores,
+    ) -> Result<(Cluster, TcpListener), ServerError> {
+        use rtunnel_core::store::redis::{RedisConnection, RedisRateLimiter, RedisTicketStore};
+        let key_path = config
+            .cluster_key_file
+            .clone()
+            .unwrap_or_else(|| config.data_dir.join("cluster.key"));
+        let (key, identity, seal) =
+            crate::keys::load_or_create_cluster_key(&key_path, config.production)?;
+        let redis = RedisConnection::connect(url, &config.redis_prefix, seal).await?;
+        // Live state every node must agree on lives in Redis.
+        stores.tickets = Arc::new(RedisTicketStore::new(redis.clone()));
+        stores.limiter = Arc::new(RedisRateLimiter::new(redis.clone()));
+        let listen = config
+            .node_listen
+            .ok_or_else(|| ServerError::Config("--redis-url needs --node-listen".into()))?;
+        let listener = TcpListener::bind(listen).await.map_err(|e| {
+            ServerError::Config(format!("cannot listen on --node-listen {listen}: {e}"))
+        })?;
+        let bound = listener.local_addr().unwrap_or(listen);
+        let address = crate::cluster::advertised_address(config.node_advertise.as_deref(), bound)
+            .map_err(ServerError::Config)?;
+        tracing::info!(node = %node_id, %address, "joining the cluster");
+        let membership = crate::cluster::Membership {
+            redis,
+            address,
+            key,
+            identity,
+            sessions: stores.sessions.clone(),
+        };
+        let cluster = Cluster::member(node_id.to_owned(), registry.clone(), membership)
+            .map_err(ServerError::Config)?;
+        Ok((cluster, listener))
+    }
+
+    /// Without the `redis` feature there is no cluster to join
+    /// ([`Config::validate`] refuses `redis_url` first).
+    #[cfg(not(feature = "redis"))]
+    async fn join_cluster(
+        _: &ServerConfig,
+        _: &str,
+        _: &str,
+        _: &Arc<Registry>,
+        _: &mut Stores,
+    ) -> Result<(Cluster, TcpListener), ServerError> {
+        Err(ServerError::Config(crate::config::NO_REDIS.into()))
+    }
+
     /// Opens the stores, ends sessions a previous process left open, and
     /// returns a server ready to [`Server::serve`].
     pub async fn build(self) -> Result<Server, ServerError> {
@@ -115,43 +169,9 @@ impl ServerBuilder {
         let (cluster, node_listener) = match &self.config.redis_url {
             None => (Cluster::single(node_id.clone(), registry.clone()), None),
             Some(url) => {
-                let key_path = self
-                    .config
-                    .cluster_key_file
-                    .clone()
-                    .unwrap_or_else(|| self.config.data_dir.join("cluster.key"));
-                let (key, identity, seal) =
-                    crate::keys::load_or_create_cluster_key(&key_path, self.config.production)?;
-                let redis = RedisConnection::connect(url, &self.config.redis_prefix, seal).await?;
-                // Live state every node must agree on lives in Redis.
-                stores.tickets = Arc::new(RedisTicketStore::new(redis.clone()));
-                stores.limiter = Arc::new(RedisRateLimiter::new(redis.clone()));
-                let listen = self
-                    .config
-                    .node_listen
-                    .ok_or_else(|| ServerError::Config("--redis-url needs --node-listen".into()))?;
-                let listener = TcpListener::bind(listen).await.map_err(|e| {
-                    ServerError::Config(format!("cannot listen on --node-listen {listen}: {e}"))
-                })?;
-                let bound = listener.local_addr().unwrap_or(listen);
-                let address = crate::cluster::advertised_address(
-                    self.config.node_advertise.as_deref(),
-                    bound,
-                )
-                .map_err(ServerError::Config)?;
-                tracing::info!(node = %node_id, %address, "joining the cluster");
-                let membership = Membership {
-                    redis,
-                    address,
-                    key,
-                    identity,
-                    sessions: stores.sessions.clone(),
-                };
-                (
-                    Cluster::member(node_id.clone(), registry.clone(), membership)
-                        .map_err(ServerError::Config)?,
-                    Some(listener),
-                )
+                let (cluster, listener) =
+                    Self::join_cluster(&self.config, url, &node_id, &registry, &mut stores).await?;
+                (cluster, Some(listener))
             }
         };
         // Tunnels die with the process that held them: this node's sessions
@@ -413,9 +433,12 @@ impl Background {
         tasks.spawn(crate::retention::pruner(state.clone()));
         tasks.spawn(crate::revocation::epoch_watcher(state.clone()));
         tasks.spawn(Cluster::run(state.clone()));
+        #[cfg(feature = "redis")]
         if let Some(node_listener) = node_listener {
             tasks.spawn(crate::cluster::mesh::serve(state.clone(), node_listener));
         }
+        #[cfg(not(feature = "redis"))]
+        drop(node_listener);
         Background { tasks }
     }
 }

@@ -9,6 +9,7 @@
 pub mod conformance;
 #[cfg(feature = "redis")]
 pub mod redis;
+pub mod routes;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub mod sql;
 

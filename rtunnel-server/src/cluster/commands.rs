@@ -7,17 +7,11 @@
 //! connections check access again and every tunnel it holds is checked
 //! against its session in the database.
 
+#[cfg(feature = "redis")]
+pub(super) use over_redis::{listen, publish};
 use rtunnel_core::proto::CloseCode;
-use rtunnel_core::store::redis::Delivery;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 use uuid::Uuid;
-
-use super::Shared;
-use crate::state::AppState;
-
-/// Longest command message read.
-const MAX_COMMAND_BYTES: usize = 16 * 1024;
 
 /// What one node tells the others.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,116 +38,132 @@ pub enum Command {
     },
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct Envelope {
-    from: String,
-    #[serde(flatten)]
-    command: Command,
-}
+/// Publishing and receiving commands (feature `redis`).
+#[cfg(feature = "redis")]
+mod over_redis {
+    use rtunnel_core::proto::CloseCode;
+    use rtunnel_core::store::redis::Delivery;
+    use serde::{Deserialize, Serialize};
+    use tokio::sync::mpsc;
 
-pub(super) async fn publish(live: &Shared, node_id: &str, command: Command) {
-    let envelope = Envelope {
-        from: node_id.to_owned(),
-        command,
-    };
-    let Ok(text) = serde_json::to_string(&envelope) else {
-        return;
-    };
-    if let Err(e) = live.pubsub.publish(&text).await {
-        // The other nodes still catch up: access through the database's
-        // access epoch (within ACCESS_POLL),
-        // tunnels when they next subscribe.
-        tracing::warn!(error = %e, command = ?envelope.command, "cannot tell the other nodes");
+    use super::Command;
+    use crate::cluster::Shared;
+    use crate::state::AppState;
+
+    /// Longest command message read.
+    const MAX_COMMAND_BYTES: usize = 16 * 1024;
+
+    #[derive(Debug, Serialize, Deserialize)]
+    struct Envelope {
+        from: String,
+        #[serde(flatten)]
+        command: Command,
     }
-}
 
-/// Receives commands until the server shuts down.
-pub(super) async fn listen(state: &AppState, live: &Shared) {
-    let (tx, mut rx) = mpsc::channel(256);
-    let subscription = live.pubsub.run(tx);
-    let handle = async {
-        while let Some(delivery) = rx.recv().await {
-            match delivery {
-                Delivery::Subscribed => {
-                    tracing::info!("listening to the other nodes' commands");
-                    catch_up(state).await;
-                }
-                Delivery::Message(text) => handle(state, &text).await,
-            }
+    pub(crate) async fn publish(live: &Shared, node_id: &str, command: Command) {
+        let envelope = Envelope {
+            from: node_id.to_owned(),
+            command,
+        };
+        let Ok(text) = serde_json::to_string(&envelope) else {
+            return;
+        };
+        if let Err(e) = live.pubsub.publish(&text).await {
+            // The other nodes still catch up: access through the database's
+            // access epoch (within ACCESS_POLL),
+            // tunnels when they next subscribe.
+            tracing::warn!(error = %e, command = ?envelope.command, "cannot tell the other nodes");
         }
-    };
-    tokio::join!(subscription, handle);
-}
-
-async fn handle(state: &AppState, text: &str) {
-    if text.len() > MAX_COMMAND_BYTES {
-        tracing::warn!(bytes = text.len(), "ignoring an oversized command");
-        return;
     }
-    let envelope: Envelope = match serde_json::from_str(text) {
-        Ok(e) => e,
-        Err(e) => {
-            tracing::warn!(error = %e, "ignoring a command that does not parse");
+
+    /// Receives commands until the server shuts down.
+    pub(crate) async fn listen(state: &AppState, live: &Shared) {
+        let (tx, mut rx) = mpsc::channel(256);
+        let subscription = live.pubsub.run(tx);
+        let handle = async {
+            while let Some(delivery) = rx.recv().await {
+                match delivery {
+                    Delivery::Subscribed => {
+                        tracing::info!("listening to the other nodes' commands");
+                        catch_up(state).await;
+                    }
+                    Delivery::Message(text) => handle(state, &text).await,
+                }
+            }
+        };
+        tokio::join!(subscription, handle);
+    }
+
+    async fn handle(state: &AppState, text: &str) {
+        if text.len() > MAX_COMMAND_BYTES {
+            tracing::warn!(bytes = text.len(), "ignoring an oversized command");
             return;
         }
-    };
-    if envelope.from == state.cluster.node_id() {
-        return;
-    }
-    tracing::debug!(from = %envelope.from, command = ?envelope.command, "command from another node");
-    match envelope.command {
-        Command::CloseTunnel {
-            session_id,
-            code,
-            reason,
-        } => {
-            if let Some(t) = state.registry.by_session(session_id) {
-                t.close(code, &reason).await;
+        let envelope: Envelope = match serde_json::from_str(text) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring a command that does not parse");
+                return;
+            }
+        };
+        if envelope.from == state.cluster.node_id() {
+            return;
+        }
+        tracing::debug!(from = %envelope.from, command = ?envelope.command, "command from another node");
+        match envelope.command {
+            Command::CloseTunnel {
+                session_id,
+                code,
+                reason,
+            } => {
+                if let Some(t) = state.registry.by_session(session_id) {
+                    t.close(code, &reason).await;
+                }
+            }
+            Command::AccessChanged => state.access.changed(),
+            Command::TunnelAttached {
+                session_id,
+                system_id,
+            } => {
+                for t in state.registry.all() {
+                    if t.session_id == session_id || t.system_id == system_id {
+                        tracing::info!(session = %t.session_id, node = %envelope.from, "the agent is connected to another node now: closing the stale tunnel");
+                        t.close(
+                            CloseCode::Replaced,
+                            "the agent connected to another server node",
+                        )
+                        .await;
+                    }
+                }
             }
         }
-        Command::AccessChanged => state.access.changed(),
-        Command::TunnelAttached {
-            session_id,
-            system_id,
-        } => {
-            for t in state.registry.all() {
-                if t.session_id == session_id || t.system_id == system_id {
-                    tracing::info!(session = %t.session_id, node = %envelope.from, "the agent is connected to another node now: closing the stale tunnel");
+    }
+
+    /// After (re)subscribing: whatever was missed meanwhile is found again.
+    async fn catch_up(state: &AppState) {
+        state.access.changed();
+        for t in state.registry.all() {
+            match state.stores.sessions.session(t.session_id).await {
+                Ok(Some(s)) if s.status.is_final() => {
+                    t.close(CloseCode::SessionClosed, "the session was closed")
+                        .await;
+                }
+                Ok(Some(s))
+                    if s.node_id
+                        .as_deref()
+                        .is_some_and(|n| n != state.cluster.node_id()) =>
+                {
                     t.close(
                         CloseCode::Replaced,
                         "the agent connected to another server node",
                     )
                     .await;
                 }
-            }
-        }
-    }
-}
-
-/// After (re)subscribing: whatever was missed meanwhile is found again.
-async fn catch_up(state: &AppState) {
-    state.access.changed();
-    for t in state.registry.all() {
-        match state.stores.sessions.session(t.session_id).await {
-            Ok(Some(s)) if s.status.is_final() => {
-                t.close(CloseCode::SessionClosed, "the session was closed")
-                    .await;
-            }
-            Ok(Some(s))
-                if s.node_id
-                    .as_deref()
-                    .is_some_and(|n| n != state.cluster.node_id()) =>
-            {
-                t.close(
-                    CloseCode::Replaced,
-                    "the agent connected to another server node",
-                )
-                .await;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                crate::state::log_store_error("checking a tunnel's session", &e);
-                return;
+                Ok(_) => {}
+                Err(e) => {
+                    crate::state::log_store_error("checking a tunnel's session", &e);
+                    return;
+                }
             }
         }
     }

@@ -78,6 +78,14 @@ impl Chromium {
 
     /// One DevTools command; its result.
     pub async fn call(&mut self, method: &str, params: Value) -> Value {
+        match self.try_call(method, params).await {
+            Ok(result) => result,
+            Err(error) => panic!("{method}: {error}"),
+        }
+    }
+
+    /// Sends one DevTools command; its result, or the error it answered.
+    async fn try_call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
         let id = self.next_id;
         self.next_id += 1;
         let msg = json!({"id": id, "method": method, "params": params});
@@ -94,8 +102,10 @@ impl Chromium {
             let Ok(text) = msg.to_text() else { continue };
             let v: Value = serde_json::from_str(text).unwrap();
             if v["id"] == id {
-                assert!(v.get("error").is_none(), "{method}: {v}");
-                return v["result"].clone();
+                return match v.get("error") {
+                    Some(error) => Err(error.clone()),
+                    None => Ok(v["result"].clone()),
+                };
             }
         }
     }
@@ -122,10 +132,15 @@ impl Chromium {
     ) -> Value {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let v = self.eval(expr).await;
-            if ok(&v) {
-                return v;
-            }
+            let params = json!({"expression": expr, "returnByValue": true, "awaitPromise": true});
+            // While the page navigates, an evaluation fails ("Inspected
+            // target navigated or closed"): that is "not yet", like a value
+            // `ok` refuses.
+            let v = match self.try_call("Runtime.evaluate", params).await {
+                Ok(r) if ok(&r["result"]["value"]) => return r["result"]["value"].clone(),
+                Ok(r) => r["result"]["value"].clone(),
+                Err(error) => error,
+            };
             if tokio::time::Instant::now() >= deadline {
                 let page = self
                     .eval("location.href + '\\n' + (document.body ? document.body.innerText : '')")

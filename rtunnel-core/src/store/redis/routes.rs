@@ -10,34 +10,12 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use uuid::Uuid;
 
 use super::{RedisConnection, backend};
-use crate::proto::ServiceInfo;
 use crate::store::StoreError;
-
-/// Where a session's tunnel lives.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TunnelRoute {
-    /// The support session.
-    pub session_id: Uuid,
-    /// Its system.
-    pub system_id: Uuid,
-    /// The node holding the tunnel.
-    pub node_id: String,
-    /// The agent's manifest.
-    pub services: Vec<ServiceInfo>,
-}
-
-/// A live node and where the others reach it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeInfo {
-    /// The node's id.
-    pub node_id: String,
-    /// `host:port` of its internal node channel.
-    pub address: String,
-}
+pub use crate::store::routes::{NodeInfo, TunnelRoute};
 
 /// Writes `ARGV[1]` unless the key holds another node's or session's route.
 /// Values are sealed (`<43-byte mac>.<json>`): the JSON starts at byte 45.

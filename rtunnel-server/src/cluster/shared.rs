@@ -1,0 +1,357 @@
+//! A node that shares a Redis with others (feature `redis`): the routes
+//! of every node's tunnels, commands over pub/sub, the node mesh, and the
+//! watch on nodes that stop announcing themselves.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rtunnel_auth::node::NodeKey;
+use rtunnel_core::proto::{Refusal, StreamHeader};
+use rtunnel_core::store::now_millis;
+use rtunnel_core::store::redis::{
+    NodeInfo, RedisConnection, RedisPubSub, RedisRoutes, TunnelRoute,
+};
+use rtunnel_core::store::{
+    Page, SessionFilter, SessionRecord, SessionStatus, SessionStore, StoreError,
+};
+use uuid::Uuid;
+
+use super::{Cluster, Command, ENTRY_TTL, HEARTBEAT, RemoteTunnel, Route, commands, mesh};
+use crate::registry::{Registry, TunnelStream};
+use crate::state::AppState;
+
+/// What a node shares with the others.
+pub(crate) struct Shared {
+    /// This node's id.
+    node_id: String,
+    redis: RedisConnection,
+    routes: RedisRoutes,
+    pub(super) pubsub: RedisPubSub,
+    /// `host:port` of this node's channel, as the others dial it.
+    address: String,
+    /// This node's end of the node mesh.
+    pub(super) mesh: mesh::Mesh,
+    /// The durable record of which node holds each session, for routing
+    /// while Redis is away.
+    sessions: Arc<dyn SessionStore>,
+    /// The channel address of every node last seen announcing itself.
+    known_nodes: Mutex<HashMap<String, String>>,
+    /// Set when Redis failed, cleared when a heartbeat gets through:
+    /// meanwhile tunnels are found by the database without waiting on
+    /// Redis first.
+    redis_away: AtomicBool,
+}
+
+/// Settings of a node that shares a Redis with others.
+pub struct Membership {
+    /// The shared Redis.
+    pub redis: RedisConnection,
+    /// `host:port` the other nodes reach this node's channel at.
+    pub address: String,
+    /// The cluster key every node holds.
+    pub key: NodeKey,
+    /// The TLS identity derived from it, for the node mesh.
+    pub identity: rtunnel_auth::mesh::MeshIdentity,
+    /// The shared sessions (which node holds each), for routing while
+    /// Redis is away.
+    pub sessions: Arc<dyn SessionStore>,
+}
+
+impl std::fmt::Debug for Membership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Membership")
+            .field("redis", &self.redis)
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// A node of a cluster.
+    pub fn member(node_id: String, registry: Arc<Registry>, m: Membership) -> Result<Self, String> {
+        let mesh = mesh::Mesh::new(node_id.clone(), m.key, &m.identity)?;
+        Ok(Cluster {
+            node_id: node_id.clone(),
+            registry,
+            live: Some(Shared {
+                node_id,
+                routes: RedisRoutes::new(m.redis.clone()),
+                pubsub: RedisPubSub::new(m.redis.clone(), "commands"),
+                redis: m.redis,
+                address: m.address,
+                mesh,
+                sessions: m.sessions,
+                known_nodes: Mutex::new(HashMap::new()),
+                redis_away: AtomicBool::new(false),
+            }),
+        })
+    }
+}
+
+impl Shared {
+    /// Whether Redis answers.
+    pub(super) async fn ping(&self) -> Result<(), StoreError> {
+        self.redis.ping().await
+    }
+
+    /// Where another node's tunnel of a session is: the node that
+    /// announced it, or, while Redis is away, the node the database says
+    /// holds the session, at its last announced address.
+    pub(super) async fn route(&self, session_id: Uuid) -> Option<Route> {
+        match self.announced(|| self.routes.by_session(session_id)).await {
+            Ok(route) => route,
+            Err(()) => self.recorded(self.sessions.session(session_id).await),
+        }
+    }
+
+    /// Where another node's tunnel of a system is.
+    pub(super) async fn route_of_system(&self, system_id: Uuid) -> Option<Route> {
+        match self.announced(|| self.routes.by_system(system_id)).await {
+            Ok(route) => route,
+            Err(()) => {
+                let filter = SessionFilter {
+                    status: Some(SessionStatus::Active),
+                    system_id: Some(system_id),
+                    ..SessionFilter::default()
+                };
+                let active = self
+                    .sessions
+                    .list_sessions(&filter, now_millis(), Page::default())
+                    .await;
+                self.recorded(active.map(|p| p.items.into_iter().next()))
+            }
+        }
+    }
+
+    /// The route Redis holds (`lookup`), on a node that is alive; `Err`
+    /// when Redis is away.
+    async fn announced<F, Fut>(&self, lookup: F) -> Result<Option<Route>, ()>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<TunnelRoute>, StoreError>>,
+    {
+        if self.redis_away.load(Ordering::Relaxed) {
+            return Err(());
+        }
+        let looked_up: Result<Option<(TunnelRoute, NodeInfo)>, StoreError> = async {
+            let route = match lookup().await? {
+                Some(route) if route.node_id != self.node_id => route,
+                // A route naming this node without a tunnel here is stale.
+                _ => return Ok(None),
+            };
+            Ok(self
+                .routes
+                .node(&route.node_id)
+                .await?
+                .map(|node| (route, node)))
+        }
+        .await;
+        match looked_up {
+            Ok(Some((route, node))) => {
+                self.remember_node(&node);
+                Ok(Some(Route::Remote(RemoteTunnel {
+                    route,
+                    address: node.address,
+                })))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => {
+                tracing::warn!(error = %e, "Redis is away: finding tunnels by the database until it is back");
+                self.redis_away.store(true, Ordering::Relaxed);
+                Err(())
+            }
+        }
+    }
+
+    /// The route the database records for an active session, on a node
+    /// whose address is known (the node mesh checks the rest: a node
+    /// without the tunnel answers `tunnel_not_here`).
+    fn recorded(&self, found: Result<Option<SessionRecord>, StoreError>) -> Option<Route> {
+        let record = match found {
+            Ok(Some(r)) if r.status == SessionStatus::Active => r,
+            Ok(_) => return None,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look up where a tunnel is");
+                return None;
+            }
+        };
+        let node_id = record.node_id.filter(|n| *n != self.node_id)?;
+        let address = self.known_node(&node_id)?;
+        Some(Route::Remote(RemoteTunnel {
+            route: TunnelRoute {
+                session_id: record.id,
+                system_id: record.system_id,
+                node_id,
+                services: record.services,
+            },
+            address,
+        }))
+    }
+
+    /// Announces a tunnel of this node.
+    pub(super) async fn attached(&self, route: &TunnelRoute) {
+        if let Err(e) = self.routes.put(route, ENTRY_TTL).await {
+            tracing::warn!(session = %route.session_id, error = %e, "cannot announce a tunnel; the next heartbeat tries again");
+        }
+    }
+
+    /// Withdraws a tunnel of this node.
+    pub(super) async fn detached(&self, route: &TunnelRoute) {
+        if let Err(e) = self.routes.remove(route).await {
+            tracing::warn!(session = %route.session_id, error = %e, "cannot withdraw a tunnel's route; it expires by itself");
+        }
+    }
+
+    /// Tells the other nodes.
+    pub(super) async fn publish(&self, command: Command) {
+        commands::publish(self, &self.node_id, command).await;
+    }
+
+    /// Opens a stream through the node holding `remote`.
+    pub(super) async fn open(
+        &self,
+        remote: &RemoteTunnel,
+        header: &StreamHeader,
+        timeout: Duration,
+    ) -> Result<TunnelStream, Refusal> {
+        self.mesh.open(remote, header, timeout).await
+    }
+
+    /// Announcements, commands and dead nodes, until the server shuts down.
+    pub(super) async fn run(&self, state: &AppState) {
+        tokio::select! {
+            _ = heartbeats(state, self) => {}
+            _ = commands::listen(state, self) => {}
+            _ = watch_nodes(state, self) => {}
+        }
+    }
+
+    /// Says this node is gone.
+    pub(super) async fn leave(&self) {
+        if let Err(e) = self.routes.withdraw_node(&self.node_id).await {
+            tracing::warn!(error = %e, "cannot withdraw this node; its entry expires by itself");
+        }
+    }
+
+    fn remember_node(&self, node: &NodeInfo) {
+        let mut known = self.known_nodes.lock().unwrap_or_else(|e| e.into_inner());
+        known.insert(node.node_id.clone(), node.address.clone());
+    }
+
+    fn forget_node(&self, node_id: &str) {
+        let mut known = self.known_nodes.lock().unwrap_or_else(|e| e.into_inner());
+        known.remove(node_id);
+    }
+
+    fn known_node(&self, node_id: &str) -> Option<String> {
+        let known = self.known_nodes.lock().unwrap_or_else(|e| e.into_inner());
+        known.get(node_id).cloned()
+    }
+}
+
+/// Announces this node and its tunnels every [`HEARTBEAT`].
+async fn heartbeats(state: &AppState, live: &Shared) {
+    let me = NodeInfo {
+        node_id: state.cluster.node_id.clone(),
+        address: live.address.clone(),
+    };
+    let mut failing = false;
+    let mut ticker = tokio::time::interval(HEARTBEAT);
+    loop {
+        ticker.tick().await;
+        let routes: Vec<TunnelRoute> = state
+            .registry
+            .all()
+            .iter()
+            .map(|t| state.cluster.route_of(t))
+            .collect();
+        let result = match live.routes.announce_node(&me, ENTRY_TTL).await {
+            Ok(()) => live.routes.refresh(&routes, ENTRY_TTL).await,
+            Err(e) => Err(e),
+        };
+        live.redis_away.store(result.is_err(), Ordering::Relaxed);
+        match result {
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "cannot announce this node and its tunnels; retrying every heartbeat");
+            }
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!(tunnels = routes.len(), "announcing this node again");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Puts the sessions of nodes that stopped announcing themselves in their
+/// grace period. A node must be missing for [`ENTRY_TTL`] as seen from
+/// here, so a Redis that restarted (and forgot every node until their next
+/// heartbeat) kills nobody.
+async fn watch_nodes(state: &AppState, live: &Shared) {
+    let mut missing_since: HashMap<String, tokio::time::Instant> = HashMap::new();
+    let mut ticker = tokio::time::interval(HEARTBEAT);
+    loop {
+        ticker.tick().await;
+        let holding = match state.stores.sessions.nodes_holding_sessions().await {
+            Ok(nodes) => nodes,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot list the nodes holding sessions");
+                continue;
+            }
+        };
+        let now = tokio::time::Instant::now();
+        let mut still_missing = HashMap::new();
+        for node in holding {
+            if node == state.cluster.node_id {
+                continue;
+            }
+            match live.routes.node(&node).await {
+                Ok(Some(info)) => live.remember_node(&info),
+                Ok(None) => {
+                    live.forget_node(&node);
+                    let since = missing_since.get(&node).copied().unwrap_or(now);
+                    if now.duration_since(since) >= ENTRY_TTL {
+                        recover_node(state, &node).await;
+                    } else {
+                        still_missing.insert(node, since);
+                    }
+                }
+                Err(e) => {
+                    // Nothing is known while Redis is away: start over.
+                    tracing::debug!(error = %e, "cannot check the other nodes");
+                    still_missing.clear();
+                    break;
+                }
+            }
+        }
+        missing_since = still_missing;
+    }
+}
+
+async fn recover_node(state: &AppState, node: &str) {
+    let grace_ms = state.config.grace_period.as_millis() as i64;
+    match state
+        .stores
+        .sessions
+        .recover_unfinished(node, grace_ms, now_millis())
+        .await
+    {
+        Ok(n) => {
+            tracing::warn!(
+                node,
+                sessions = n,
+                "a node stopped announcing itself: its sessions wait for their agents"
+            );
+            let mut event = rtunnel_core::store::AuditEvent::new("node_lost");
+            event.actor = Some("system".into());
+            event.details =
+                serde_json::json!({"node": node, "sessions": n, "seen_by": state.cluster.node_id});
+            state.audit_best_effort(event).await;
+        }
+        Err(e) => crate::state::log_store_error("recovering a lost node's sessions", &e),
+    }
+}
