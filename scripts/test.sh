@@ -31,3 +31,6 @@ cargo clippy -p rtunnel-server --lib --no-default-features --features sqlite --l
 cargo build --workspace --bins --examples --locked
 cargo test --workspace --all-targets --locked
 cargo test --workspace --doc --locked
+# Rustdoc on the public API: no broken or private links.
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked \
+    -p rtunnel-core -p rtunnel-auth -p rtunnel-server -p rtunnel-agent

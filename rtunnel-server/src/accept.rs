@@ -34,14 +34,14 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 /// Largest request head (request line and headers) the server reads.
-pub const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
 
 /// How long requests in flight may take to finish once shutdown starts.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// How many connections the server holds at once.
 #[derive(Debug, Clone)]
-pub struct ConnectionLimits {
+pub(crate) struct ConnectionLimits {
     /// In all (`--max-connections`).
     pub total: usize,
     /// From one address, IPv4 or IPv6 /64 (`--max-connections-per-address`).
@@ -62,7 +62,7 @@ struct Held {
 /// long as the upgraded connection lives, so it stays counted after hyper
 /// has let go of it.
 #[derive(Clone)]
-pub struct HeldConnection(#[allow(dead_code)] Arc<Slot>);
+pub(crate) struct HeldConnection(#[allow(dead_code)] Arc<Slot>);
 
 impl std::fmt::Debug for HeldConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -154,7 +154,7 @@ async fn turn_away(mut tcp: TcpStream, why: Refused) {
 /// listener closes at once (nothing new lands on a process that is going
 /// away), `drain` runs while open connections still work (the server tells
 /// its agents to go), and connections get [`SHUTDOWN_GRACE`] to finish.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     head_timeout: Duration,

@@ -19,7 +19,7 @@ use axum::response::Response;
 use crate::state::AppState;
 
 /// Most `X-Forwarded-For` entries read; a longer list is cut on the left.
-pub const MAX_FORWARDED_HOPS: usize = 32;
+pub(crate) const MAX_FORWARDED_HOPS: usize = 32;
 
 /// Addresses and networks whose `X-Forwarded-For` is believed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

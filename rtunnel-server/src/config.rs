@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// The default [`Config::redis_prefix`].
+/// The default [`ServerConfig::redis_prefix`].
 pub const DEFAULT_REDIS_PREFIX: &str = "rtunnel:";
 
 /// Why `redis_url` is refused by a server built without the `redis` feature.
@@ -77,12 +77,12 @@ pub struct ServerConfig {
     /// `<data_dir>/cluster.key`).
     pub cluster_key_file: Option<PathBuf>,
     /// Reverse proxies whose `X-Forwarded-For` names the client (see
-    /// [`crate::client_addr`]).
+    /// the operations guide).
     pub trusted_proxies: crate::client_addr::TrustedProxies,
     /// How long audit events and closed access-log entries are kept
     /// (`--audit-retention`); `None` keeps them forever.
     pub audit_retention: Option<Duration>,
-    /// How often counted refusals are reported (see [`crate::refusals`]).
+    /// How often counted refusals are reported (counted per kind and reported in aggregate).
     pub refusal_report_interval: Duration,
     /// The most streams of one tunnel one operator may hold
     /// (`--max-streams-per-user`); `None`: half the tunnel's.
@@ -191,7 +191,7 @@ impl ServerConfig {
 
 /// Whether `prefix` is empty or `/segment[/segment...]` of URL-safe
 /// characters, without a trailing slash.
-pub fn is_path_prefix(prefix: &str) -> bool {
+pub(crate) fn is_path_prefix(prefix: &str) -> bool {
     if prefix.is_empty() {
         return true;
     }

@@ -70,7 +70,7 @@ const ASSETS: [Asset; 5] = [
 ];
 
 /// The console's routes (no state: the pages talk to the API themselves).
-pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
+pub(crate) fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/console/terminal", get(terminal_page))
         .route("/console/assets/{name}", get(asset))

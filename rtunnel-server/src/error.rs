@@ -122,7 +122,7 @@ impl From<StoreError> for ApiError {
 }
 
 /// The HTTP status a refused stream is answered with.
-pub fn refusal_status(code: RefusalCode) -> StatusCode {
+pub(crate) fn refusal_status(code: RefusalCode) -> StatusCode {
     match code {
         RefusalCode::BadStreamHeader | RefusalCode::UnsupportedKind => StatusCode::BAD_REQUEST,
         RefusalCode::UnknownService => StatusCode::NOT_FOUND,
@@ -163,7 +163,7 @@ impl From<Refusal> for ApiError {
 }
 
 /// A short random id tying a response to its log line.
-pub fn new_trace_id() -> String {
+pub(crate) fn new_trace_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..16].to_owned()
 }
 

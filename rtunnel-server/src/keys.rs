@@ -11,18 +11,21 @@ use rtunnel_auth::secret::generate_hex;
 use crate::server::ServerError;
 
 /// Key id of a key loaded from a file.
-pub const FILE_KID: &str = "k1";
+pub(crate) const FILE_KID: &str = "k1";
 
 /// Loads the signing key from `path`, creating it (0600) if it is missing
 /// and this is not production.
-pub fn load_or_create_signer(path: &Path, production: bool) -> Result<HmacSigner, ServerError> {
+pub(crate) fn load_or_create_signer(
+    path: &Path,
+    production: bool,
+) -> Result<HmacSigner, ServerError> {
     let key = load_or_create_key(path, production, "--secret-key-file")?;
     HmacSigner::new(FILE_KID, &key).map_err(|_| too_short(path))
 }
 
 /// Loads the session launcher's key from `path` (the key external gateways
 /// verify session tokens with), creating it like the signing key.
-pub fn load_or_create_launch_signer(
+pub(crate) fn load_or_create_launch_signer(
     path: &Path,
     production: bool,
 ) -> Result<LaunchSigner, ServerError> {
@@ -34,7 +37,7 @@ pub fn load_or_create_launch_signer(
 /// Loads the cluster key from `path` (every node of a cluster holds the
 /// same), creating it like the signing key: the node mesh's key, and
 /// the seal of what the nodes write to Redis.
-pub fn load_or_create_cluster_key(
+pub(crate) fn load_or_create_cluster_key(
     path: &Path,
     production: bool,
 ) -> Result<
@@ -63,13 +66,14 @@ fn too_short(path: &Path) -> ServerError {
 /// private to its user (umask 077): the database and its WAL, keys, the
 /// node id, recordings. The binaries call it first thing; an embedding
 /// service decides for itself.
-pub fn private_files() {
+#[cfg(feature = "cli")]
+pub(crate) fn private_files() {
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
 }
 
 /// Creates the data directory (mode 0700) if it is missing; warns when an
 /// existing one is open to other users.
-pub fn ensure_data_dir(dir: &Path) -> Result<(), ServerError> {
+pub(crate) fn ensure_data_dir(dir: &Path) -> Result<(), ServerError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     if !dir.exists() {
         std::fs::DirBuilder::new()

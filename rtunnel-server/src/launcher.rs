@@ -26,20 +26,20 @@ use base64::engine::general_purpose::STANDARD;
 use rtunnel_core::store::{Resource, User};
 
 /// The error messages of the launcher contract.
-pub mod messages {
+pub(crate) mod messages {
     /// No or an unusable `Authorization` header.
-    pub const MISSING_AUTHORIZATION: &str = "Missing authorization header";
+    pub(crate) const MISSING_AUTHORIZATION: &str = "Missing authorization header";
     /// No active grant, or the role cannot launch.
-    pub const ACCESS_DENIED: &str = "Access denied to this resource";
+    pub(crate) const ACCESS_DENIED: &str = "Access denied to this resource";
     /// Not one of the five types.
-    pub const INVALID_CONNECTION_TYPE: &str = "Invalid connection type";
+    pub(crate) const INVALID_CONNECTION_TYPE: &str = "Invalid connection type";
     /// Neither metadata nor environment gives a URL.
-    pub const NO_URL: &str = "No URL configured for this resource";
+    pub(crate) const NO_URL: &str = "No URL configured for this resource";
 }
 
 /// How a session is launched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConnectionType {
+pub(crate) enum ConnectionType {
     /// Apache Guacamole behind Pomerium.
     Guacamole,
     /// The TSPlus HTML5 gateway.
@@ -55,7 +55,7 @@ pub enum ConnectionType {
 
 impl ConnectionType {
     /// Parses the request's `connectionType`.
-    pub fn parse(s: &str) -> Option<ConnectionType> {
+    pub(crate) fn parse(s: &str) -> Option<ConnectionType> {
         Some(match s {
             "guacamole" => ConnectionType::Guacamole,
             "tsplus" => ConnectionType::Tsplus,
@@ -67,7 +67,7 @@ impl ConnectionType {
     }
 
     /// The name used in requests and audit events.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ConnectionType::Guacamole => "guacamole",
             ConnectionType::Tsplus => "tsplus",
@@ -78,14 +78,14 @@ impl ConnectionType {
     }
 
     /// Whether the URL carries a session token.
-    pub fn needs_token(self) -> bool {
+    pub(crate) fn needs_token(self) -> bool {
         self != ConnectionType::Direct
     }
 }
 
 /// The environment fallbacks.
 #[derive(Debug, Clone, Default)]
-pub struct Fallbacks<'a> {
+pub(crate) struct Fallbacks<'a> {
     /// `POMERIUM_BASE_URL`.
     pub pomerium_base_url: Option<&'a str>,
     /// `TSPLUS_BASE_URL`.
@@ -93,10 +93,10 @@ pub struct Fallbacks<'a> {
 }
 
 /// Metadata keys holding URLs: only `http(s)://` is accepted for them.
-pub const URL_KEYS: [&str; 3] = ["external_url", "pomerium_url", "tsplus_url"];
+pub(crate) const URL_KEYS: [&str; 3] = ["external_url", "pomerium_url", "tsplus_url"];
 
 /// Every metadata key the launcher reads.
-pub const METADATA_KEYS: [&str; 8] = [
+pub(crate) const METADATA_KEYS: [&str; 8] = [
     "external_url",
     "pomerium_url",
     "guacamole_connection_id",
@@ -118,7 +118,7 @@ fn meta<'a>(resource: &'a Resource, key: &str) -> Option<&'a str> {
 /// The session URL for `resource` launched as `kind` by `user`, with the
 /// signed session `token` (unused for `direct`). `Err` carries
 /// [`messages::NO_URL`].
-pub fn session_url(
+pub(crate) fn session_url(
     resource: &Resource,
     kind: ConnectionType,
     user: &User,
@@ -201,12 +201,12 @@ fn encode_component(s: &str) -> String {
 
 /// Metadata keys holding base URLs, which the launcher extends: no query,
 /// no fragment.
-pub const BASE_URL_KEYS: [&str; 2] = ["pomerium_url", "tsplus_url"];
+pub(crate) const BASE_URL_KEYS: [&str; 2] = ["pomerium_url", "tsplus_url"];
 
 /// Checks a resource's metadata: a JSON object whose launcher keys are
 /// strings, URL keys `http(s)://` URLs (a `javascript:` launch target must
 /// never reach a browser), base URLs without query or fragment.
-pub fn validate_metadata(metadata: &serde_json::Value) -> Result<(), String> {
+pub(crate) fn validate_metadata(metadata: &serde_json::Value) -> Result<(), String> {
     let Some(map) = metadata.as_object() else {
         return Err("metadata must be a JSON object".into());
     };
@@ -242,14 +242,14 @@ fn is_http_url(v: &str) -> bool {
 }
 
 /// An `http(s)://` URL the launcher may extend with a path and a query.
-pub fn is_base_url(v: &str) -> bool {
+pub(crate) fn is_base_url(v: &str) -> bool {
     is_http_url(v)
         && url::Url::parse(v)
             .is_ok_and(|u| u.query().is_none() && u.fragment().is_none() && !v.contains(['?', '#']))
 }
 
 /// Checks a resource's `ip_address`: a host name or an IP address.
-pub fn validate_host(v: &str) -> Result<(), String> {
+pub(crate) fn validate_host(v: &str) -> Result<(), String> {
     if is_host(v) {
         Ok(())
     } else {

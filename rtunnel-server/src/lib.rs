@@ -5,6 +5,15 @@
 //! binary is a thin `main` over [`cli::main`]; services embed it with
 //! [`Server::builder`].
 //!
+//! The modules are private; what an embedder uses is re-exported here:
+//! the [`Server`] and its [`ServerBuilder`], [`ServerConfig`], [`Stores`],
+//! the running forms ([`ServerHandle`], [`Parts`] with its [`Background`]
+//! and [`ServerControl`]), the shared [`AppState`] with the live tunnels
+//! ([`Registry`], [`LiveTunnel`]) and the node's [`Cluster`] (with its
+//! [`Route`]s), [`ApiError`] (the JSON error envelope), and [`enroll`]
+//! (creating systems, users and API tokens). [`cli`] is the shipped
+//! binary's command line (feature `cli`).
+//!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use rtunnel_core::store::sql::SqlStore;
@@ -21,40 +30,49 @@
 //! # Ok(()) }
 //! ```
 
-pub mod accept;
-pub mod api;
+mod accept;
+mod api;
 #[cfg(feature = "cli")]
 pub mod cli;
-pub mod client_addr;
-pub mod cluster;
-pub mod config;
-pub mod console;
+mod client_addr;
+mod cluster;
+mod config;
+mod console;
 pub mod enroll;
-pub mod error;
+mod error;
 mod forward;
-pub mod keys;
-pub mod launcher;
-pub mod lifecycle;
-pub mod proxy;
-pub mod ratelimit;
-pub mod refusals;
-pub mod registry;
-pub mod retention;
-pub mod revocation;
-pub mod server;
-pub mod state;
-pub mod streams;
-pub mod terminal;
-pub mod tickets;
+mod keys;
+mod launcher;
+mod lifecycle;
+mod proxy;
+mod ratelimit;
+mod refusals;
+mod registry;
+mod retention;
+mod revocation;
+mod server;
+mod state;
+mod streams;
+mod terminal;
+mod tickets;
 mod tunnel;
 
+#[doc(hidden)]
 pub mod fuzzing;
 
 #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
 compile_error!("rtunnel-server needs a database: enable `sqlite`, `postgres` or both");
 
-pub use config::ServerConfig;
+pub use client_addr::TrustedProxies;
+#[cfg(feature = "redis")]
+pub use cluster::Membership;
+pub use cluster::{Cluster, ENTRY_TTL, HEARTBEAT, RemoteTunnel, Route};
+pub use config::{DEFAULT_REDIS_PREFIX, ServerConfig};
+pub use error::ApiError;
+pub use registry::{LiveTunnel, Registry, TunnelStream};
+pub use revocation::{ACCESS_POLL, AccessWatch, Holder};
 pub use server::{
     Background, Parts, Server, ServerBuilder, ServerControl, ServerError, ServerHandle,
 };
 pub use state::{AppState, Stores};
+pub use tickets::redeem as redeem_ticket;

@@ -13,17 +13,17 @@ use uuid::Uuid;
 use crate::state::{AppState, log_store_error};
 
 /// How often the sweeper looks for sessions whose deadline has passed.
-pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Sessions handled per sweep at most; the rest wait for the next one.
-pub const SWEEP_BATCH: u32 = 500;
+pub(crate) const SWEEP_BATCH: u32 = 500;
 
 /// How many times an event is stepped again after losing a compare-and-set.
 const CONFLICT_RETRIES: u32 = 3;
 
 /// Why applying an event did not change the session.
 #[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
+pub(crate) enum ApplyError {
     /// No such session.
     #[error("no such session")]
     NotFound,
@@ -40,7 +40,7 @@ pub enum ApplyError {
 
 /// Applies `event` to a session now: loads, steps, stores (compare and set),
 /// performs the actions and audits the end of a session. Logs refusals.
-pub async fn apply(state: &AppState, id: Uuid, event: Event) -> Option<Transition> {
+pub(crate) async fn apply(state: &AppState, id: Uuid, event: Event) -> Option<Transition> {
     match try_apply(state, id, event).await {
         Ok(t) => Some(t),
         Err(ApplyError::Store(e)) => {
@@ -55,7 +55,11 @@ pub async fn apply(state: &AppState, id: Uuid, event: Event) -> Option<Transitio
 }
 
 /// [`apply`], returning why nothing changed.
-pub async fn try_apply(state: &AppState, id: Uuid, event: Event) -> Result<Transition, ApplyError> {
+pub(crate) async fn try_apply(
+    state: &AppState,
+    id: Uuid,
+    event: Event,
+) -> Result<Transition, ApplyError> {
     let mut retries = 0;
     loop {
         let session = state
@@ -128,7 +132,7 @@ async fn step_and_store(
 
 /// Performs a transition's actions on the live tunnel, on whichever node
 /// holds it.
-pub async fn perform(state: &AppState, id: Uuid, actions: &[Action]) {
+pub(crate) async fn perform(state: &AppState, id: Uuid, actions: &[Action]) {
     for action in actions {
         match action {
             Action::CloseTunnel { code, reason } => {
@@ -142,7 +146,7 @@ pub async fn perform(state: &AppState, id: Uuid, actions: &[Action]) {
 
 /// Delivers [`Event::Tick`] to every session whose deadline has passed,
 /// every [`SWEEP_INTERVAL`], until the server shuts down.
-pub async fn sweeper(state: Arc<AppState>) {
+pub(crate) async fn sweeper(state: Arc<AppState>) {
     let mut ticker = tokio::time::interval(SWEEP_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

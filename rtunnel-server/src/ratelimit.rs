@@ -31,30 +31,30 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 /// Failures of one name from one address.
-pub const PER_NAME_AND_ADDRESS: Rule = Rule {
+pub(crate) const PER_NAME_AND_ADDRESS: Rule = Rule {
     burst: 5,
     interval: Duration::from_secs(60),
 };
 /// Failures from one address, whatever the name.
-pub const PER_ADDRESS: Rule = Rule {
+pub(crate) const PER_ADDRESS: Rule = Rule {
     burst: 30,
     interval: Duration::from_secs(10),
 };
 /// Failures of one name, whatever the address.
-pub const PER_NAME: Rule = Rule {
+pub(crate) const PER_NAME: Rule = Rule {
     burst: 30,
     interval: Duration::from_secs(2),
 };
 
 /// How long a successful login marks its address as the user's own.
-pub const KNOWN_ADDRESS_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
+pub(crate) const KNOWN_ADDRESS_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Longest name used in a key; longer ones are cut (they fail anyway).
 const MAX_NAME_IN_KEY: usize = 128;
 
 /// What is being authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
+pub(crate) enum Scope {
     /// `POST /api/v1/auth/login`: the name is a user name.
     Login,
     /// The tunnel endpoint: the name is a system key.
@@ -72,7 +72,7 @@ impl Scope {
 
 /// One authentication attempt, as the limiter sees it.
 #[derive(Debug, Clone)]
-pub struct Attempt {
+pub(crate) struct Attempt {
     scope: Scope,
     name: String,
     addr: String,
@@ -80,7 +80,7 @@ pub struct Attempt {
 
 impl Attempt {
     /// An attempt for `name` from `addr`.
-    pub fn new(scope: Scope, name: &str, addr: IpAddr) -> Self {
+    pub(crate) fn new(scope: Scope, name: &str, addr: IpAddr) -> Self {
         let name: String = name
             .chars()
             .take(MAX_NAME_IN_KEY)
@@ -95,7 +95,7 @@ impl Attempt {
 
     /// The address its budget is kept under: an IPv4 address, or the /64
     /// network of an IPv6 address.
-    pub fn address(&self) -> &str {
+    pub(crate) fn address(&self) -> &str {
         &self.addr
     }
 
@@ -118,7 +118,7 @@ impl Attempt {
     /// credentials are checked. 429 with `Retry-After` when a budget is
     /// spent; what was reserved is then given back. `known_address`: the
     /// name has succeeded from this address lately.
-    pub async fn reserve(
+    pub(crate) async fn reserve(
         &self,
         state: &AppState,
         known_address: bool,
@@ -148,14 +148,14 @@ impl Attempt {
 /// back if it succeeds.
 #[derive(Debug)]
 #[must_use = "a reservation is given back with `succeeded`, or kept by dropping it"]
-pub struct Reservation {
+pub(crate) struct Reservation {
     reserved: Vec<(String, Rule)>,
 }
 
 impl Reservation {
     /// The attempt succeeded: this name's failures from this address are
     /// forgiven, and the other budgets get their reservation back.
-    pub async fn succeeded(self, state: &AppState) {
+    pub(crate) async fn succeeded(self, state: &AppState) {
         let now = now_millis();
         let limiter = &state.stores.limiter;
         for (i, (key, rule)) in self.reserved.iter().enumerate() {
@@ -173,7 +173,7 @@ impl Reservation {
 
 /// The address a budget is kept under: IPv4 as it is (also when written as
 /// an IPv4-mapped IPv6 address), IPv6 as its /64 network.
-pub fn budget_address(addr: IpAddr) -> String {
+pub(crate) fn budget_address(addr: IpAddr) -> String {
     match addr {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

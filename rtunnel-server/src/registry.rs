@@ -90,7 +90,7 @@ impl AsyncWrite for TunnelStream {
 /// Checks a stream header against a manifest: the service exists, the
 /// stream's kind fits the service's, and only a terminal stream carries
 /// terminal settings.
-pub fn admit(services: &[ServiceInfo], header: &StreamHeader) -> Result<(), Refusal> {
+pub(crate) fn admit(services: &[ServiceInfo], header: &StreamHeader) -> Result<(), Refusal> {
     let Some(service) = services.iter().find(|s| s.name == header.service) else {
         if header.kind == StreamKind::Terminal {
             return Err(Refusal::new(
@@ -150,7 +150,7 @@ impl LiveTunnel {
     /// `timeout`) for the agent to accept it.
     ///
     /// The header must name a service of the manifest with a kind that
-    /// fits it (see [`admit`]); anything else is refused before the agent
+    /// fits it; anything else is refused before the agent
     /// hears of it.
     pub async fn open_stream(
         &self,
@@ -325,7 +325,7 @@ impl Registry {
 }
 
 /// Counters of a live tunnel, for logs.
-pub fn describe(t: &LiveTunnel) -> String {
+pub(crate) fn describe(t: &LiveTunnel) -> String {
     let c = t.link.counters();
     format!(
         "streams {} opened, bytes {} in / {} out",

@@ -13,14 +13,14 @@ use rtunnel_core::store::{StoreError, now_millis};
 use crate::state::AppState;
 
 /// The default retention: a year.
-pub const DEFAULT_RETENTION: Duration = Duration::from_secs(365 * 24 * 3600);
+pub(crate) const DEFAULT_RETENTION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// How often the logs are pruned.
-pub const PRUNE_EVERY: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const PRUNE_EVERY: Duration = Duration::from_secs(24 * 3600);
 
 /// What one prune deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Pruned {
+pub(crate) struct Pruned {
     /// Audit events.
     pub audit_events: u64,
     /// Closed access-log entries.
@@ -28,7 +28,7 @@ pub struct Pruned {
 }
 
 /// Deletes what is older than `retention`.
-pub async fn prune(state: &AppState, retention: Duration) -> Result<Pruned, StoreError> {
+pub(crate) async fn prune(state: &AppState, retention: Duration) -> Result<Pruned, StoreError> {
     let age = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
     let before = now_millis().saturating_sub(age);
     Ok(Pruned {
@@ -39,7 +39,7 @@ pub async fn prune(state: &AppState, retention: Duration) -> Result<Pruned, Stor
 
 /// Prunes at start and every [`PRUNE_EVERY`] until shutdown; nothing when
 /// the retention is off.
-pub async fn pruner(state: Arc<AppState>) {
+pub(crate) async fn pruner(state: Arc<AppState>) {
     let Some(retention) = state.config.audit_retention else {
         return;
     };

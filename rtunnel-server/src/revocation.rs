@@ -133,7 +133,7 @@ impl From<&crate::api::auth::Authenticated> for Holder {
 /// A yes: the user, and until when it holds unless something changes (the
 /// first of its grant's, token's and login's ends).
 #[derive(Debug, Clone)]
-pub struct Access {
+pub(crate) struct Access {
     /// The user, as the decision saw them.
     pub user: User,
     /// When the decision must be taken again.
@@ -144,7 +144,7 @@ pub struct Access {
 /// `Err` with the refusal code when not (`login_ended` when its login was
 /// logged out or revoked, `token_revoked` when its API token was revoked or
 /// expired).
-pub async fn may_connect(
+pub(crate) async fn may_connect(
     state: &AppState,
     holder: Holder,
     system_id: Uuid,
@@ -154,7 +154,7 @@ pub async fn may_connect(
 
 /// The decision for `holder` on `system_id`: from the cache while nothing
 /// changed, else from the stores.
-pub async fn decide(
+pub(crate) async fn decide(
     state: &AppState,
     holder: Holder,
     system_id: Uuid,
@@ -223,7 +223,11 @@ async fn decide_now(
 /// Resolves when `holder` loses the right to connect to `system_id`,
 /// with the refusal code. Waits on the node's [`AccessWatch`] and on the
 /// decision's own end; asks the stores only then.
-pub async fn connect_lost(state: &AppState, holder: Holder, system_id: Uuid) -> &'static str {
+pub(crate) async fn connect_lost(
+    state: &AppState,
+    holder: Holder,
+    system_id: Uuid,
+) -> &'static str {
     let mut changes = state.access.subscribe();
     loop {
         changes.borrow_and_update();
@@ -257,7 +261,7 @@ pub async fn connect_lost(state: &AppState, holder: Holder, system_id: Uuid) -> 
 /// Reads the database's access epoch every [`ACCESS_POLL`] and tells this
 /// node's [`AccessWatch`] when it moved: how changes written elsewhere (the
 /// admin CLI, another node that could not publish) reach open connections.
-pub async fn epoch_watcher(state: std::sync::Arc<AppState>) {
+pub(crate) async fn epoch_watcher(state: std::sync::Arc<AppState>) {
     let mut last: Option<i64> = None;
     let mut failing = false;
     let mut ticker = tokio::time::interval(ACCESS_POLL);

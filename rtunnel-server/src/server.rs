@@ -19,7 +19,7 @@ use crate::registry::Registry;
 use crate::state::{AppState, Stores};
 
 /// How long shutdown waits for agents to be told and tunnels to end.
-pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(3);
+pub(crate) const SHUTDOWN_DRAIN: Duration = Duration::from_secs(3);
 
 /// Why a server could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +138,9 @@ impl ServerBuilder {
         crate::keys::ensure_data_dir(&self.config.data_dir)?;
         let stores = match self.stores {
             Some(stores) => stores,
-            None => Stores::sqlite(SqlStore::open(&self.config.data_dir.join("rtunnel.db")).await?),
+            None => {
+                Stores::sqlite(SqlStore::open(&default_database_path(&self.config.data_dir)).await?)
+            }
         };
         let signer = match self.signer {
             Some(s) => s,
@@ -527,6 +529,6 @@ async fn drain(state: &AppState) {
 }
 
 /// Path of the default SQLite database in a data directory.
-pub fn default_database_path(data_dir: &std::path::Path) -> PathBuf {
+pub(crate) fn default_database_path(data_dir: &std::path::Path) -> PathBuf {
     data_dir.join("rtunnel.db")
 }

@@ -69,23 +69,23 @@ pub struct AppState {
     /// This node's place among the others (alone without Redis).
     pub cluster: Arc<crate::cluster::Cluster>,
     /// Opens streams to agents, wherever their tunnels are.
-    pub streams: crate::streams::Streams,
+    pub(crate) streams: crate::streams::Streams,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
     /// Signs and verifies the server's tokens.
     pub signer: Arc<dyn rtunnel_core::token::TokenSigner>,
     /// Signs the session launcher's tokens.
-    pub launch_signer: rtunnel_auth::launch_token::LaunchSigner,
+    pub(crate) launch_signer: rtunnel_auth::launch_token::LaunchSigner,
     /// Tells open connections to check their access again.
     pub access: crate::revocation::AccessWatch,
     /// Terminal recordings.
     pub recordings: Arc<dyn rtunnel_core::recording::RecordingStore>,
     /// The subdomain proxy's client and visits.
-    pub proxy: crate::proxy::Proxy,
+    pub(crate) proxy: crate::proxy::Proxy,
     /// Refusals counted rather than audited one by one.
-    pub refusals: crate::refusals::Refusals,
+    pub(crate) refusals: crate::refusals::Refusals,
     /// Password checks that may run at once (argon2 on blocking threads).
-    pub password_checks: Arc<tokio::sync::Semaphore>,
+    pub(crate) password_checks: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -122,6 +122,6 @@ impl AppState {
 }
 
 /// Logs a store failure that has no caller to answer.
-pub fn log_store_error(what: &str, e: &StoreError) {
+pub(crate) fn log_store_error(what: &str, e: &StoreError) {
     tracing::error!(error = %e, "{what} failed");
 }

@@ -21,11 +21,11 @@ use crate::cluster::Cluster;
 use crate::registry::TunnelStream;
 
 /// How long a client is told to wait for an agent on its way back.
-pub const RECONNECT_RETRY: Duration = Duration::from_secs(5);
+pub(crate) const RECONNECT_RETRY: Duration = Duration::from_secs(5);
 
 /// Opens streams to agents, wherever their tunnels are.
 #[derive(Clone)]
-pub struct Streams {
+pub(crate) struct Streams {
     cluster: Arc<Cluster>,
     sessions: Arc<dyn SessionStore>,
     setup_timeout: Duration,
@@ -42,7 +42,7 @@ impl std::fmt::Debug for Streams {
 impl Streams {
     /// Streams through `cluster`'s tunnels; `sessions` says why a session
     /// has none; an agent gets `setup_timeout` to answer each stream.
-    pub fn new(
+    pub(crate) fn new(
         cluster: Arc<Cluster>,
         sessions: Arc<dyn SessionStore>,
         setup_timeout: Duration,
@@ -61,7 +61,7 @@ impl Streams {
     /// operator it authenticated); it must name a service of the agent's
     /// manifest with a kind that fits, or it is refused before the agent
     /// hears of it.
-    pub async fn open(
+    pub(crate) async fn open(
         &self,
         session_id: Uuid,
         header: &StreamHeader,

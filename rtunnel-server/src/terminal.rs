@@ -37,7 +37,7 @@ use crate::revocation::Holder;
 use crate::state::AppState;
 
 /// Name of the built-in terminal service in an agent's manifest.
-pub const TERMINAL_SERVICE: &str = "terminal";
+pub(crate) const TERMINAL_SERVICE: &str = "terminal";
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct TerminalQuery {

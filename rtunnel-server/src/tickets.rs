@@ -16,7 +16,7 @@ use crate::state::AppState;
 /// one user must not fill it for everyone (a proxy link lasts an hour, so
 /// one user holds at most 64 + 360 of them, and it takes hundreds of users
 /// to fill an in-process store's 100,000).
-pub const TICKETS_PER_USER: Rule = Rule {
+pub(crate) const TICKETS_PER_USER: Rule = Rule {
     burst: 64,
     interval: std::time::Duration::from_secs(10),
 };
@@ -24,7 +24,7 @@ pub const TICKETS_PER_USER: Rule = Rule {
 /// Spends one ticket of `user_id`'s budget, or answers 429
 /// `too_many_tickets` with `Retry-After`. A limiter that cannot answer lets
 /// the ticket through (and logs why).
-pub async fn spend_budget(state: &AppState, user_id: Uuid) -> Result<(), ApiError> {
+pub(crate) async fn spend_budget(state: &AppState, user_id: Uuid) -> Result<(), ApiError> {
     let key = format!("tickets:user:{user_id}");
     match state
         .stores
@@ -47,7 +47,11 @@ pub async fn spend_budget(state: &AppState, user_id: Uuid) -> Result<(), ApiErro
 }
 
 /// A new ticket for `holder` on `session_id`, stored hashed.
-pub async fn issue(state: &AppState, session_id: Uuid, holder: Holder) -> Result<String, ApiError> {
+pub(crate) async fn issue(
+    state: &AppState,
+    session_id: Uuid,
+    holder: Holder,
+) -> Result<String, ApiError> {
     spend_budget(state, holder.user_id).await?;
     let ticket = generate_hex(TICKET_LEN / 2);
     let held = Ticket {

@@ -597,7 +597,7 @@ async fn open_forwards_do_not_poll_the_database_for_access() {
         s.read_exact(&mut two).await.unwrap();
         streams.push(s);
     }
-    tokio::time::sleep(rtunnel_server::revocation::ACCESS_POLL * 4).await;
+    tokio::time::sleep(rtunnel_server::ACCESS_POLL * 4).await;
     assert_eq!(
         reads.load(Ordering::SeqCst),
         after_open,
@@ -1181,22 +1181,22 @@ async fn terminal_tickets_are_single_use_bound_to_session_and_role_checked() {
 
     // Bound to its session: presenting it for another one spends it.
     let other = Uuid::new_v4();
-    let wrong = rtunnel_server::tickets::redeem(&h.state, &ticket, other).await;
+    let wrong = rtunnel_server::redeem_ticket(&h.state, &ticket, other).await;
     assert_eq!(wrong.unwrap_err().code, "invalid_ticket");
     let (_, v) = api(&h, "POST", &path, &token, None).await;
     let ticket = v["ticket"].as_str().unwrap().to_owned();
-    let holder = rtunnel_server::tickets::redeem(&h.state, &ticket, h.session)
+    let holder = rtunnel_server::redeem_ticket(&h.state, &ticket, h.session)
         .await
         .unwrap();
     assert_eq!(holder.user_id, op.id);
     assert_eq!(holder.login, None, "an API token is no login");
-    let again = rtunnel_server::tickets::redeem(&h.state, &ticket, h.session).await;
+    let again = rtunnel_server::redeem_ticket(&h.state, &ticket, h.session).await;
     assert_eq!(
         again.unwrap_err().code,
         "invalid_ticket",
         "a ticket works once"
     );
-    let forged = rtunnel_server::tickets::redeem(&h.state, &"0".repeat(64), h.session).await;
+    let forged = rtunnel_server::redeem_ticket(&h.state, &"0".repeat(64), h.session).await;
     assert_eq!(forged.unwrap_err().code, "invalid_ticket");
 
     let issued = audited(&h, "terminal_ticket_issued").await;

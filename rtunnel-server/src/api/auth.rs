@@ -18,7 +18,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 /// Longest `Authorization` header looked at.
-pub const MAX_AUTHORIZATION_LEN: usize = 1024;
+pub(crate) const MAX_AUTHORIZATION_LEN: usize = 1024;
 
 /// How a request proved who it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +78,7 @@ impl FromRequestParts<Arc<AppState>> for Authenticated {
 
 /// The authenticated user of a request.
 #[derive(Debug, Clone)]
-pub struct CurrentUser(pub User);
+pub(crate) struct CurrentUser(pub User);
 
 impl FromRequestParts<Arc<AppState>> for CurrentUser {
     type Rejection = ApiError;
@@ -111,7 +111,10 @@ fn invalid_token() -> ApiError {
 /// Resolves a bearer token (an API token or an access token) to its user.
 /// Unknown, wrong, expired tokens, ended logins and disabled users all get
 /// the same 401.
-pub async fn authenticate_bearer(state: &AppState, token: &str) -> Result<Authenticated, ApiError> {
+pub(crate) async fn authenticate_bearer(
+    state: &AppState,
+    token: &str,
+) -> Result<Authenticated, ApiError> {
     if token.starts_with(rtunnel_auth::api_token::PREFIX) {
         return authenticate_token(state, token).await;
     }
@@ -135,7 +138,10 @@ pub async fn authenticate_bearer(state: &AppState, token: &str) -> Result<Authen
 }
 
 /// Resolves an API token to its user.
-pub async fn authenticate_token(state: &AppState, token: &str) -> Result<Authenticated, ApiError> {
+pub(crate) async fn authenticate_token(
+    state: &AppState,
+    token: &str,
+) -> Result<Authenticated, ApiError> {
     let parsed = ApiToken::parse(token).ok_or_else(invalid_token)?;
     let Some(record) = state.stores.identity.api_token(parsed.id).await? else {
         verify_against_nothing(&parsed.secret);
@@ -163,7 +169,7 @@ async fn active_user(state: &AppState, id: Uuid) -> Result<User, ApiError> {
 }
 
 /// Asks the access decision whether `user` may do `action` on `system_id`.
-pub async fn authorize(
+pub(crate) async fn authorize(
     state: &AppState,
     user: &User,
     action: Action,
@@ -192,7 +198,7 @@ pub async fn authorize(
 }
 
 /// Refuses anyone but an admin.
-pub fn require_admin(user: &User) -> Result<(), ApiError> {
+pub(crate) fn require_admin(user: &User) -> Result<(), ApiError> {
     let decision = access::decide(user, Action::Administer, false);
     if decision.allowed() {
         Ok(())
@@ -205,7 +211,7 @@ pub fn require_admin(user: &User) -> Result<(), ApiError> {
 }
 
 /// `(key, secret)` from an HTTP Basic header, if well formed.
-pub fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+pub(crate) fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     if value.len() > MAX_AUTHORIZATION_LEN {
         return None;

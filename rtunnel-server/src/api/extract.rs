@@ -11,11 +11,11 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 /// Largest JSON request body accepted.
-pub const MAX_JSON_BODY_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_JSON_BODY_BYTES: usize = 64 * 1024;
 
 /// A query string, or 400 `invalid_query`.
 #[derive(Debug)]
-pub struct Query<T>(pub T);
+pub(crate) struct Query<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
     type Rejection = ApiError;
@@ -33,7 +33,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
 /// when the whole body has not arrived within the handshake timeout, so a
 /// body that never completes does not hold its connection).
 #[derive(Debug)]
-pub struct Json<T>(pub T);
+pub(crate) struct Json<T>(pub T);
 
 impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for Json<T> {
     type Rejection = ApiError;

@@ -1,8 +1,8 @@
 //! The HTTP surface: routes, and the read-only operator API.
 
 mod audit;
-pub mod auth;
-pub mod extract;
+pub(crate) mod auth;
+pub(crate) mod extract;
 mod grants;
 mod launch;
 pub(crate) mod login;
@@ -30,7 +30,7 @@ use rtunnel_core::store::{MAX_PAGE_SIZE, Page};
 /// Every route of the server.
 /// The whole router as the server serves it: [`routes`] with the JSON
 /// fallbacks, under the configured path prefix, inside [`outer_layers`].
-pub fn router(state: Arc<AppState>) -> Router {
+pub(crate) fn router(state: Arc<AppState>) -> Router {
     let routes = routes(state.clone())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
@@ -45,7 +45,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// serves it): a request for a proxy host goes to the subdomain proxy and
 /// never reaches `app`; the client's address is resolved (from a trusted
 /// reverse proxy's headers) before anything reads it.
-pub fn outer_layers(app: Router, state: Arc<AppState>) -> Router {
+pub(crate) fn outer_layers(app: Router, state: Arc<AppState>) -> Router {
     app
         // Outermost: a proxy host never reaches the API routes.
         .layer(axum::middleware::from_fn_with_state(
@@ -61,7 +61,7 @@ pub fn outer_layers(app: Router, state: Arc<AppState>) -> Router {
 
 /// Every route (health, tunnel, API, console) with its state and body
 /// limit, and no fallback: it can be nested under any prefix or merged.
-pub fn routes(state: Arc<AppState>) -> Router {
+pub(crate) fn routes(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -178,20 +178,20 @@ async fn method_not_allowed() -> ApiError {
 
 /// `page` and `page_size` of a list request.
 #[derive(Debug, Deserialize)]
-pub struct PageQuery {
+pub(crate) struct PageQuery {
     page: Option<u32>,
     page_size: Option<u32>,
 }
 
 impl PageQuery {
     /// Checks the bounds of the contract.
-    pub fn page(&self) -> Result<Page, ApiError> {
+    pub(crate) fn page(&self) -> Result<Page, ApiError> {
         check_page(self.page, self.page_size)
     }
 }
 
 /// Checks `page` (from 1) and `page_size` (1 to 500, default 50).
-pub fn check_page(page: Option<u32>, page_size: Option<u32>) -> Result<Page, ApiError> {
+pub(crate) fn check_page(page: Option<u32>, page_size: Option<u32>) -> Result<Page, ApiError> {
     let page = page.unwrap_or(1);
     let page_size = page_size.unwrap_or(50);
     if page == 0 || page_size == 0 || page_size > MAX_PAGE_SIZE {
@@ -204,6 +204,6 @@ pub fn check_page(page: Option<u32>, page_size: Option<u32>) -> Result<Page, Api
 }
 
 /// Parses a path id, answering 404 for anything that is not a UUID.
-pub fn parse_id(raw: &str, what: &'static str) -> Result<uuid::Uuid, ApiError> {
+pub(crate) fn parse_id(raw: &str, what: &'static str) -> Result<uuid::Uuid, ApiError> {
     uuid::Uuid::parse_str(raw).map_err(|_| ApiError::not_found(what, "no such id"))
 }

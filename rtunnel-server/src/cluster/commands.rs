@@ -16,7 +16,7 @@ use uuid::Uuid;
 /// What one node tells the others.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
-pub enum Command {
+pub(crate) enum Command {
     /// Close the tunnel of a session, telling its agent why.
     CloseTunnel {
         /// The session.

@@ -58,7 +58,7 @@ const KEEPALIVE: Duration = Duration::from_secs(10);
 
 /// The first frame on a mesh connection, from the dialing node.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct MeshHello {
+pub(crate) struct MeshHello {
     /// The dialing node.
     pub from: String,
     /// The node it means to reach.
@@ -74,7 +74,7 @@ impl Validate for MeshHello {
 }
 
 /// What a hello signs besides the node, time and nonce: the node reached.
-pub fn hello_subject(to: &str) -> String {
+pub(crate) fn hello_subject(to: &str) -> String {
     format!("rtunnel mesh hello to {to}")
 }
 

@@ -23,11 +23,10 @@
 mod alone;
 mod commands;
 #[cfg(feature = "redis")]
-pub mod mesh;
+pub(crate) mod mesh;
 #[cfg(feature = "redis")]
 mod shared;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,7 +37,7 @@ use uuid::Uuid;
 
 #[cfg(not(feature = "redis"))]
 use alone::Shared;
-pub use commands::Command;
+pub(crate) use commands::Command;
 #[cfg(feature = "redis")]
 pub use shared::Membership;
 #[cfg(feature = "redis")]
@@ -259,7 +258,7 @@ impl Route {
 }
 
 /// A valid node id: 1 to 64 of `[A-Za-z0-9._-]`.
-pub fn valid_node_id(id: &str) -> bool {
+pub(crate) fn valid_node_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= rtunnel_auth::node::MAX_NODE_ID_LEN
         && id.bytes().all(rtunnel_auth::node::is_node_id_byte)
@@ -267,7 +266,7 @@ pub fn valid_node_id(id: &str) -> bool {
 
 /// This node's id: `configured`, or the one kept in `<data-dir>/node-id`
 /// (created on first start), so it stays the same across restarts.
-pub fn resolve_node_id(
+pub(crate) fn resolve_node_id(
     configured: Option<&str>,
     data_dir: &std::path::Path,
 ) -> Result<String, String> {
@@ -297,7 +296,11 @@ pub fn resolve_node_id(
 
 /// The address other nodes dial: `advertise`, or the bound address of the
 /// node listener when it names one host.
-pub fn advertised_address(advertise: Option<&str>, bound: SocketAddr) -> Result<String, String> {
+#[cfg(feature = "redis")]
+pub(crate) fn advertised_address(
+    advertise: Option<&str>,
+    bound: std::net::SocketAddr,
+) -> Result<String, String> {
     match advertise {
         Some(a) if !a.is_empty() => Ok(a.to_owned()),
         _ if bound.ip().is_unspecified() => Err(format!(

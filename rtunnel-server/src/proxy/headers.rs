@@ -14,16 +14,16 @@ use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::uri::Authority;
 
 /// The cookie holding a browser's proxy credential on plain http.
-pub const COOKIE_NAME: &str = "rtunnel_proxy";
+pub(crate) const COOKIE_NAME: &str = "rtunnel_proxy";
 
 /// The same on https: the `__Host-` prefix makes browsers refuse it unless
 /// it is `Secure`, for `Path=/` and without `Domain`, so no other host (a
 /// sibling proxy host, say) can set or shadow it.
-pub const SECURE_COOKIE_NAME: &str = "__Host-rtunnel_proxy";
+pub(crate) const SECURE_COOKIE_NAME: &str = "__Host-rtunnel_proxy";
 
 /// Whether a cookie is one of rtunnel's: never sent to a service, never set
 /// by one.
-pub fn is_rtunnel_cookie(name: &str) -> bool {
+pub(crate) fn is_rtunnel_cookie(name: &str) -> bool {
     let lower = name.trim().to_ascii_lowercase();
     let bare = lower
         .strip_prefix("__host-")
@@ -59,7 +59,7 @@ const CLIENT_FORWARDING: [&str; 7] = [
 
 /// What the proxy says about a request to the service.
 #[derive(Debug, Clone)]
-pub struct Forwarding<'a> {
+pub(crate) struct Forwarding<'a> {
     /// The `Host` the service expects (its `host:port`).
     pub upstream_host: &'a str,
     /// `http`, or `https` for a service the agent reaches over TLS.
@@ -74,7 +74,7 @@ pub struct Forwarding<'a> {
 
 /// The protocol a request asks to switch to (`Upgrade`, with `Connection:
 /// upgrade`), if any.
-pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+pub(crate) fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
     let asks = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -103,7 +103,7 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Rewrites a client's request headers for the service.
-pub fn to_upstream(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
+pub(crate) fn to_upstream(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
     let upgrade = upgrade_protocol(headers);
     remove_hop_by_hop(headers);
     if let Some(protocol) = upgrade {
@@ -177,7 +177,10 @@ fn origin(scheme: &str, authority: &str) -> String {
 /// Removes an `Authorization` header that holds an rtunnel credential (as
 /// `is_rtunnel` tells), so a service never sees a token that opens rtunnel.
 /// The service's own credentials pass.
-pub fn strip_rtunnel_authorization(headers: &mut HeaderMap, is_rtunnel: impl Fn(&str) -> bool) {
+pub(crate) fn strip_rtunnel_authorization(
+    headers: &mut HeaderMap,
+    is_rtunnel: impl Fn(&str) -> bool,
+) {
     let ours = headers
         .get_all(header::AUTHORIZATION)
         .iter()
@@ -220,7 +223,7 @@ fn cookie_name(pair: &str) -> &str {
 
 /// The values of the cookie `name` in a request, in order, skipping pairs
 /// that are malformed or empty.
-pub fn proxy_cookies<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
+pub(crate) fn proxy_cookies<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -235,7 +238,7 @@ pub fn proxy_cookies<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
 
 /// Rewrites the service's response headers for the client. `switching`
 /// keeps `Connection` and `Upgrade` of a `101 Switching Protocols`.
-pub fn to_client(headers: &mut HeaderMap, fwd: &Forwarding<'_>, switching: bool) {
+pub(crate) fn to_client(headers: &mut HeaderMap, fwd: &Forwarding<'_>, switching: bool) {
     let upgrade = switching
         .then(|| headers.get(header::UPGRADE).cloned())
         .flatten();
@@ -315,7 +318,7 @@ fn location_for_client(location: &str, fwd: &Forwarding<'_>) -> Option<String> {
 }
 
 /// The headers every answer from a proxy host carries.
-pub fn add_security_headers(headers: &mut HeaderMap) {
+pub(crate) fn add_security_headers(headers: &mut HeaderMap) {
     // A second policy is enforced on top of the service's own one.
     headers.append(
         header::CONTENT_SECURITY_POLICY,

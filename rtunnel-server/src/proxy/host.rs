@@ -9,11 +9,11 @@ use axum::http::{HeaderMap, Uri, header};
 use uuid::Uuid;
 
 /// Longest `Host` value looked at (DNS names are at most 253 characters).
-pub const MAX_HOST_LEN: usize = 260;
+pub(crate) const MAX_HOST_LEN: usize = 260;
 
 /// A request's proxy target, from a well-formed proxy host.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProxyHost {
+pub(crate) struct ProxyHost {
     /// The service of the session's manifest.
     pub service: String,
     /// The support session.
@@ -25,7 +25,7 @@ pub struct ProxyHost {
 
 /// What the `Host` of a request says.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Routed {
+pub(crate) enum Routed {
     /// A proxy host: the request goes to the proxy.
     Proxy(ProxyHost),
     /// Any other host: the request goes to the API.
@@ -36,7 +36,7 @@ pub enum Routed {
 }
 
 /// Routes a request by its `Host`.
-pub fn route(headers: &HeaderMap, uri: &Uri, proxy_domain: &str) -> Routed {
+pub(crate) fn route(headers: &HeaderMap, uri: &Uri, proxy_domain: &str) -> Routed {
     let mut hosts = headers.get_all(header::HOST).iter();
     let host = match (hosts.next(), hosts.next()) {
         (Some(h), None) => match h.to_str() {
@@ -64,7 +64,7 @@ pub fn route(headers: &HeaderMap, uri: &Uri, proxy_domain: &str) -> Routed {
 /// host. Strict: one label before the domain, `<service>--<32 lower-case
 /// hex>`, an optional decimal port, nothing else (no trailing dot, no user
 /// info, no percent-encoding).
-pub fn parse(host: &str, proxy_domain: &str) -> Option<ProxyHost> {
+pub(crate) fn parse(host: &str, proxy_domain: &str) -> Option<ProxyHost> {
     let authority = host.to_ascii_lowercase();
     let (name, port) = match authority.rsplit_once(':') {
         Some((name, port)) => (name, Some(port)),

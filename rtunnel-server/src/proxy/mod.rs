@@ -15,10 +15,10 @@
 //! ([`headers`]). Bodies stream both ways with backpressure, and WebSocket
 //! upgrades become a relayed connection.
 
-pub mod headers;
-pub mod host;
-pub mod upstream;
-pub mod visit;
+pub(crate) mod headers;
+pub(crate) mod host;
+pub(crate) mod upstream;
+pub(crate) mod visit;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,14 +50,14 @@ use crate::streams::RECONNECT_RETRY;
 
 /// The proxy's shared parts.
 #[derive(Debug)]
-pub struct Proxy {
+pub(crate) struct Proxy {
     client: ProxyClient,
     visits: Visits,
 }
 
 impl Proxy {
     /// A proxy whose connections are streams opened by `streams`.
-    pub fn new(streams: crate::streams::Streams) -> Self {
+    pub(crate) fn new(streams: crate::streams::Streams) -> Self {
         Proxy {
             client: upstream::client(streams),
             visits: Visits::default(),
@@ -67,7 +67,7 @@ impl Proxy {
 
 /// A freshly minted proxy token and the URL that opens it.
 #[derive(Debug, Clone)]
-pub struct ProxyGrant {
+pub(crate) struct ProxyGrant {
     /// `<scheme>://<service>--<session>.<proxy-domain>[:port]/?token=<token>`.
     pub url: String,
     /// The token.
@@ -80,7 +80,7 @@ pub struct ProxyGrant {
 /// acts under) to reach `service` of `session_id`, and records it as
 /// unused in the ticket store. The caller has checked access and spent the
 /// user's ticket budget ([`crate::tickets::spend_budget`]).
-pub async fn mint(
+pub(crate) async fn mint(
     state: &AppState,
     holder: Holder,
     session_id: Uuid,
@@ -127,13 +127,17 @@ fn link_key(claims: &Claims) -> String {
 }
 
 /// Whether `service` of a manifest can be reached through the proxy.
-pub fn proxiable(session: &SessionRecord, service: &str) -> bool {
+pub(crate) fn proxiable(session: &SessionRecord, service: &str) -> bool {
     service != TERMINAL_SERVICE && session.services.iter().any(|s| s.name == service)
 }
 
 /// Middleware in front of every route: requests for a proxy host go to the
 /// proxy, others on to the API.
-pub async fn dispatch(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+pub(crate) async fn dispatch(
+    State(state): State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> Response {
     match host::route(req.headers(), req.uri(), &state.config.proxy_domain) {
         Routed::Api => next.run(req).await,
         Routed::Invalid(why) => ApiError::bad_request("invalid_host", why).into_response(),

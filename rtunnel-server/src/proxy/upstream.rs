@@ -25,19 +25,19 @@ use crate::registry::TunnelStream;
 use crate::streams::Streams;
 
 /// Largest response head (status line and headers) read from a service.
-pub const MAX_RESPONSE_HEAD_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_RESPONSE_HEAD_BYTES: usize = 64 * 1024;
 
 /// How long an idle pooled connection to a service is kept.
-pub const POOL_IDLE: Duration = Duration::from_secs(30);
+pub(crate) const POOL_IDLE: Duration = Duration::from_secs(30);
 
 /// Idle connections kept per session and service.
 const POOL_MAX_IDLE: usize = 8;
 
 /// The HTTP client of the proxy.
-pub type ProxyClient = Client<TunnelConnector, Body>;
+pub(crate) type ProxyClient = Client<TunnelConnector, Body>;
 
 /// A client whose connections are tunnel streams opened by `streams`.
-pub fn client(streams: Streams) -> ProxyClient {
+pub(crate) fn client(streams: Streams) -> ProxyClient {
     Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
@@ -51,7 +51,7 @@ pub fn client(streams: Streams) -> ProxyClient {
 /// to open and the operator it is for (hex in the user part), and keys the
 /// pool, so a connection to a service is never shared between operators;
 /// the rest is the request target.
-pub fn upstream_uri(
+pub(crate) fn upstream_uri(
     service: &str,
     session_id: Uuid,
     operator: &str,
@@ -74,7 +74,7 @@ fn operator_of(authority: &axum::http::uri::Authority) -> Option<String> {
 
 /// Why no connection to the service could be made.
 #[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
+pub(crate) enum ConnectError {
     /// The stream was refused.
     #[error(transparent)]
     Refused(#[from] Refusal),
@@ -85,7 +85,7 @@ pub enum ConnectError {
 
 /// Opens tunnel streams for hyper's client.
 #[derive(Clone)]
-pub struct TunnelConnector {
+pub(crate) struct TunnelConnector {
     streams: Streams,
 }
 
@@ -126,7 +126,7 @@ impl tower::Service<Uri> for TunnelConnector {
 /// One connection to a service: a tunnel stream, counted against the
 /// tunnel's stream limit while it lives (pooled or not).
 #[derive(Debug)]
-pub struct TunnelConnection {
+pub(crate) struct TunnelConnection {
     io: TokioIo<TunnelStream>,
 }
 
@@ -165,7 +165,7 @@ impl hyper::rt::Write for TunnelConnection {
 }
 
 /// The connector's error behind a client error, if that is what failed.
-pub fn connect_error(e: &hyper_util::client::legacy::Error) -> Option<&ConnectError> {
+pub(crate) fn connect_error(e: &hyper_util::client::legacy::Error) -> Option<&ConnectError> {
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         if let Some(c) = s.downcast_ref::<ConnectError>() {

@@ -32,14 +32,14 @@ use crate::revocation::Holder;
 use crate::state::AppState;
 
 /// A visit with nothing in flight for this long is over.
-pub const VISIT_IDLE: Duration = Duration::from_secs(60);
+pub(crate) const VISIT_IDLE: Duration = Duration::from_secs(60);
 
 /// How often a visit looks at whether it is idle.
 const IDLE_TICK: Duration = Duration::from_secs(5);
 
 /// What a visit is of.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct VisitKey {
+pub(crate) struct VisitKey {
     /// Who, and with which login.
     pub holder: Holder,
     /// The session.
@@ -50,7 +50,7 @@ pub struct VisitKey {
 
 /// One open visit.
 #[derive(Debug)]
-pub struct Visit {
+pub(crate) struct Visit {
     entry_id: Uuid,
     to_service: AtomicU64,
     from_service: AtomicU64,
@@ -61,17 +61,17 @@ pub struct Visit {
 
 impl Visit {
     /// Cancelled when the visit's access is gone.
-    pub fn cut(&self) -> &CancellationToken {
+    pub(crate) fn cut(&self) -> &CancellationToken {
         &self.cut
     }
 
     /// Counts bytes sent to the service.
-    pub fn sent(&self, n: u64) {
+    pub(crate) fn sent(&self, n: u64) {
         self.to_service.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Counts bytes received from the service.
-    pub fn received(&self, n: u64) {
+    pub(crate) fn received(&self, n: u64) {
         self.from_service.fetch_add(n, Ordering::Relaxed);
     }
 }
@@ -79,11 +79,11 @@ impl Visit {
 /// Keeps a visit open while a request (or an upgraded connection) is in
 /// flight.
 #[derive(Debug)]
-pub struct InFlight(Arc<Visit>);
+pub(crate) struct InFlight(Arc<Visit>);
 
 impl InFlight {
     /// The visit.
-    pub fn visit(&self) -> &Arc<Visit> {
+    pub(crate) fn visit(&self) -> &Arc<Visit> {
         &self.0
     }
 }
@@ -97,13 +97,13 @@ impl Drop for InFlight {
 
 /// The open visits of this node.
 #[derive(Debug, Default)]
-pub struct Visits {
+pub(crate) struct Visits {
     open: Mutex<HashMap<VisitKey, Arc<Visit>>>,
 }
 
 /// Who is visiting, for the access log and the audit log.
 #[derive(Debug, Clone)]
-pub struct Visitor {
+pub(crate) struct Visitor {
     /// The user's name.
     pub name: String,
     /// The system of the session.
@@ -115,7 +115,7 @@ pub struct Visitor {
 impl Visits {
     /// Joins the open visit of `key` or opens one (its access-log entry is
     /// stored first: 503 and nothing opens if it cannot be).
-    pub async fn enter(
+    pub(crate) async fn enter(
         state: &Arc<AppState>,
         key: VisitKey,
         visitor: &Visitor,
@@ -234,7 +234,7 @@ fn remove(open: &mut HashMap<VisitKey, Arc<Visit>>, key: &VisitKey, visit: &Arc<
 
 /// Which way a metered body flows.
 #[derive(Debug, Clone, Copy)]
-pub enum Direction {
+pub(crate) enum Direction {
     /// A request body, to the service.
     ToService,
     /// A response body, from the service.
@@ -243,7 +243,7 @@ pub enum Direction {
 
 /// A body that counts its bytes into a visit, keeps the visit in flight
 /// until it ends, and fails the moment the visit is cut.
-pub struct Metered<B> {
+pub(crate) struct Metered<B> {
     inner: B,
     direction: Direction,
     in_flight: Option<InFlight>,
@@ -262,7 +262,7 @@ impl<B> std::fmt::Debug for Metered<B> {
 impl<B> Metered<B> {
     /// Meters `inner` into `visit`; `in_flight`, if given, is released when
     /// the body ends or is dropped.
-    pub fn new(
+    pub(crate) fn new(
         inner: B,
         direction: Direction,
         visit: Arc<Visit>,
@@ -281,7 +281,7 @@ impl<B> Metered<B> {
 /// The error a cut body ends with.
 #[derive(Debug, thiserror::Error)]
 #[error("access to this service was revoked")]
-pub struct Cut;
+pub(crate) struct Cut;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
