@@ -94,7 +94,7 @@ async fn rig() -> Rig {
     let (system, enrolled) = enroll::new_system("bench");
     state.stores.identity.create_system(&system).await.unwrap();
     let admin = User {
-        id: uuid::Uuid::new_v4(),
+        id: rtunnel_core::ids::UserId::new(),
         name: "bench".into(),
         role: Role::Admin,
         disabled: false,

@@ -9,6 +9,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use rtunnel_core::control::HandshakeError;
 use rtunnel_core::frame::write_frame;
+use rtunnel_core::ids::SessionId;
 use rtunnel_core::link::{self, LinkEnd};
 use rtunnel_core::mux::{MuxConfig, MuxStream, YamuxMux, shared};
 use rtunnel_core::proto::{
@@ -22,7 +23,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use tokio::sync::watch;
-use uuid::Uuid;
 
 use crate::backoff::Backoff;
 use crate::dial::{DialError, DialOptions, dial};
@@ -301,7 +301,7 @@ pub enum AgentStatus {
     /// Connected, serving its session.
     Active {
         /// The support session.
-        session_id: Uuid,
+        session_id: SessionId,
     },
     /// The tunnel failed or was lost: dialing again after `retry_in`.
     Reconnecting {

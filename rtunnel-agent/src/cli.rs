@@ -4,13 +4,13 @@
 //! closed on purpose, 2 for bad flags or configuration, 1 for any other
 //! failure, always with one clear line on stderr.
 
+use rtunnel_core::ids::SessionId;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use uuid::Uuid;
 
 use crate::agent::{Agent, AgentError, AgentExit, Endpoint};
 use crate::forward::{ForwardConfig, ForwardError, Forwarder};
@@ -95,7 +95,7 @@ struct ForwardArgs {
     token: String,
     /// Support session id.
     #[arg(long)]
-    session: Uuid,
+    session: SessionId,
     /// Service name.
     #[arg(long)]
     service: String,

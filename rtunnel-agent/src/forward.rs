@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rtunnel_core::ids::SessionId;
 use rtunnel_core::link::{self, Link};
 use rtunnel_core::mux::{MuxConfig, MuxStream, YamuxMux, shared};
 use rtunnel_core::proto::{self, Refusal, StreamHeader, StreamKind};
@@ -18,7 +19,6 @@ use rtunnel_core::setup::{self, SetupError};
 use rtunnel_core::ws::WsStream;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
-use uuid::Uuid;
 
 use crate::agent::SOFTWARE;
 use crate::dial::{DialError, DialOptions, dial};
@@ -35,7 +35,7 @@ pub struct ForwardConfig {
     /// An API token.
     pub token: String,
     /// The support session.
-    pub session: Uuid,
+    pub session: SessionId,
     /// The service to reach.
     pub service: String,
     /// Accept any certificate from an `https://` server.

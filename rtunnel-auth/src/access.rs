@@ -70,7 +70,7 @@ mod tests {
 
     fn user(role: Role, disabled: bool) -> User {
         User {
-            id: uuid::Uuid::new_v4(),
+            id: rtunnel_core::ids::UserId::new(),
             name: "u".into(),
             role,
             disabled,

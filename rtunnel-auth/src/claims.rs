@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use rtunnel_core::ids::{SessionId, UserId};
 use rtunnel_core::token::{TokenError, TokenSigner};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -43,7 +44,7 @@ pub struct Claims {
     /// Kind.
     pub typ: TokenKind,
     /// The user.
-    pub sub: Uuid,
+    pub sub: UserId,
     /// Issued at, Unix milliseconds.
     pub iat: i64,
     /// Expires at, Unix milliseconds.
@@ -59,7 +60,7 @@ pub struct Claims {
     pub tok: Option<Uuid>,
     /// Proxy tokens: the session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sid: Option<Uuid>,
+    pub sid: Option<SessionId>,
     /// Proxy tokens: the service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub svc: Option<String>,
@@ -67,7 +68,7 @@ pub struct Claims {
 
 impl Claims {
     /// New claims of `typ` for `sub`, valid for `ttl` from `now` (ms).
-    pub fn new(typ: TokenKind, sub: Uuid, now: i64, ttl: Duration) -> Claims {
+    pub fn new(typ: TokenKind, sub: UserId, now: i64, ttl: Duration) -> Claims {
         Claims {
             typ,
             sub,
@@ -99,7 +100,7 @@ impl Claims {
     /// use rtunnel_core::token::TokenError;
     ///
     /// let signer = HmacSigner::new("k1", &[9u8; 32]).unwrap();
-    /// let user = uuid::Uuid::new_v4();
+    /// let user = rtunnel_core::ids::UserId::new();
     /// let token = Claims::new(TokenKind::Access, user, 1_000, Duration::from_secs(60)).sign(&signer);
     /// assert_eq!(Claims::verify(&signer, &token, TokenKind::Access, 2_000).unwrap().sub, user);
     /// assert_eq!(Claims::verify(&signer, &token, TokenKind::Refresh, 2_000), Err(TokenError::WrongKind));
@@ -135,7 +136,7 @@ mod tests {
     #[test]
     fn each_kind_verifies_only_as_itself() {
         let s = signer();
-        let user = Uuid::new_v4();
+        let user = UserId::new();
         let kinds = [
             TokenKind::Access,
             TokenKind::Refresh,
@@ -160,7 +161,7 @@ mod tests {
         let s = signer();
         let c = Claims::new(
             TokenKind::Access,
-            Uuid::new_v4(),
+            UserId::new(),
             1000,
             Duration::from_millis(10),
         );
@@ -175,7 +176,7 @@ mod tests {
     #[test]
     fn forged_tampered_and_foreign_tokens_are_refused() {
         let s = signer();
-        let c = Claims::new(TokenKind::Access, Uuid::new_v4(), 0, ACCESS_TTL);
+        let c = Claims::new(TokenKind::Access, UserId::new(), 0, ACCESS_TTL);
         let token = c.sign(&s);
         // Another key with the same id.
         let other = HmacSigner::new("k1", &[6u8; 32]).unwrap();

@@ -77,7 +77,7 @@ pub struct Welcome<S> {
     /// The control stream, for [`ControlChannel::run`].
     pub stream: S,
     /// The session this connection belongs to.
-    pub session_id: uuid::Uuid,
+    pub session_id: crate::ids::SessionId,
     /// How often to send heartbeats.
     pub heartbeat: Duration,
     /// For a tunnel: the token that resumes the session next time.
@@ -176,7 +176,7 @@ pub async fn server_handshake<M: Mux + ?Sized>(
 /// Accepting side: answers a good `Hello`.
 pub async fn send_welcome<S: AsyncWrite + Unpin>(
     stream: &mut S,
-    session_id: uuid::Uuid,
+    session_id: crate::ids::SessionId,
     heartbeat: Duration,
     reconnect_token: Option<String>,
 ) -> Result<(), FrameError> {
@@ -320,7 +320,7 @@ mod tests {
     #[tokio::test]
     async fn handshake_succeeds_with_matching_versions() {
         let (client, server) = pair();
-        let id = uuid::Uuid::new_v4();
+        let id = crate::ids::SessionId::new();
         let srv = tokio::spawn(async move {
             let (mut stream, hello) = server_handshake(&server, HANDSHAKE_TIMEOUT).await.unwrap();
             assert_eq!(hello.software, "test/1");

@@ -48,6 +48,7 @@
 
 pub mod control;
 pub mod frame;
+pub mod ids;
 pub mod link;
 pub mod mux;
 pub mod proto;

@@ -21,7 +21,7 @@
 //! let (near, far) = MemoryMux::pair();
 //! let server = tokio::spawn(async move {
 //!     let incoming = link::accept(shared(far), Duration::from_secs(5)).await.unwrap();
-//!     let session = uuid::Uuid::new_v4();
+//!     let session = rtunnel_core::ids::SessionId::new();
 //!     let (link, driver) = incoming
 //!         .welcome(session, Duration::from_secs(15), None)
 //!         .await
@@ -54,13 +54,13 @@
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use uuid::Uuid;
 
 use crate::control::{
     ControlChannel, ControlEnd, HandshakeError, Hello, client_handshake, send_welcome,
     server_handshake,
 };
 use crate::frame::{FrameError, write_frame};
+use crate::ids::SessionId;
 use crate::mux::{MuxCounters, MuxError, MuxStream, SharedMux};
 use crate::proto::{CloseCode, Control, Resume};
 
@@ -74,7 +74,7 @@ pub type LinkEnd = ControlEnd;
 pub struct Link {
     mux: SharedMux,
     outbox: mpsc::Sender<Control>,
-    session_id: Uuid,
+    session_id: SessionId,
 }
 
 impl std::fmt::Debug for Link {
@@ -88,7 +88,7 @@ impl std::fmt::Debug for Link {
 
 impl Link {
     /// The session the handshake named.
-    pub fn session_id(&self) -> Uuid {
+    pub fn session_id(&self) -> SessionId {
         self.session_id
     }
 
@@ -306,7 +306,7 @@ impl Incoming {
     /// Answers `Welcome` for `session_id`; the link runs from here.
     pub async fn welcome(
         mut self,
-        session_id: Uuid,
+        session_id: SessionId,
         heartbeat: Duration,
         reconnect_token: Option<String>,
     ) -> Result<(Link, LinkDriver), FrameError> {
@@ -363,7 +363,7 @@ mod tests {
     /// Handshake, a stream each way, a control message, and `Close`
     /// arriving as the peer's end, over one transport.
     async fn a_link_carries_streams_messages_and_close((near, far): (SharedMux, SharedMux)) {
-        let session = Uuid::new_v4();
+        let session = SessionId::new();
         let server = tokio::spawn(async move {
             let incoming = accept(far, Duration::from_secs(5)).await.unwrap();
             assert_eq!(incoming.hello().software, "test/1");
@@ -443,7 +443,7 @@ mod tests {
         let server = tokio::spawn(async move {
             let incoming = accept(far, Duration::from_secs(5)).await.unwrap();
             let (link, driver) = incoming
-                .welcome(Uuid::new_v4(), Duration::from_secs(60), None)
+                .welcome(SessionId::new(), Duration::from_secs(60), None)
                 .await
                 .unwrap();
             let end = driver.run(drop).await;

@@ -65,7 +65,7 @@ pub enum Control {
         /// Protocol version of the sender.
         version: u16,
         /// The support session this tunnel belongs to (nil for a forward).
-        session_id: uuid::Uuid,
+        session_id: crate::ids::SessionId,
         /// How often each side sends a heartbeat, in milliseconds.
         heartbeat_interval_ms: u64,
         /// For a tunnel: the single-use token that resumes this session
@@ -96,7 +96,7 @@ pub enum Control {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resume {
     /// The session it had.
-    pub session_id: uuid::Uuid,
+    pub session_id: crate::ids::SessionId,
     /// The reconnect token from that session's last welcome.
     pub token: String,
 }
@@ -667,13 +667,13 @@ mod tests {
                 version: PROTOCOL_VERSION,
                 software: "rtunnel-agent/0.1.0".into(),
                 resume: Some(Resume {
-                    session_id: uuid::Uuid::new_v4(),
+                    session_id: crate::ids::SessionId::new(),
                     token: "t".into(),
                 }),
             },
             Control::Welcome {
                 version: 1,
-                session_id: uuid::Uuid::new_v4(),
+                session_id: crate::ids::SessionId::new(),
                 heartbeat_interval_ms: 15_000,
                 reconnect_token: Some("r".into()),
             },

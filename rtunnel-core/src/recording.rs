@@ -37,7 +37,7 @@ pub struct RecordingInfo {
     /// Id.
     pub id: Uuid,
     /// The session it was made in.
-    pub session_id: Uuid,
+    pub session_id: crate::ids::SessionId,
     /// The operator.
     pub actor: String,
     /// When the terminal opened.
@@ -65,7 +65,10 @@ pub trait RecordingStore: Send + Sync {
     /// Starts a recording.
     async fn create(&self, info: &RecordingInfo) -> Result<Box<dyn RecordingSink>, StoreError>;
     /// The recordings of a session, oldest first.
-    async fn list(&self, session_id: Uuid) -> Result<Vec<RecordingInfo>, StoreError>;
+    async fn list(
+        &self,
+        session_id: crate::ids::SessionId,
+    ) -> Result<Vec<RecordingInfo>, StoreError>;
     /// A recording and a reader of its asciicast text.
     async fn open(
         &self,
@@ -168,7 +171,7 @@ impl FileRecordingStore {
         FileRecordingStore { dir: dir.into() }
     }
 
-    fn paths(&self, session: Uuid, id: Uuid) -> (PathBuf, PathBuf) {
+    fn paths(&self, session: crate::ids::SessionId, id: Uuid) -> (PathBuf, PathBuf) {
         let dir = self.dir.join(session.to_string());
         (
             dir.join(format!("{id}.cast")),
@@ -254,7 +257,10 @@ impl RecordingStore for FileRecordingStore {
         }))
     }
 
-    async fn list(&self, session_id: Uuid) -> Result<Vec<RecordingInfo>, StoreError> {
+    async fn list(
+        &self,
+        session_id: crate::ids::SessionId,
+    ) -> Result<Vec<RecordingInfo>, StoreError> {
         let dir = self.dir.join(session_id.to_string());
         let mut entries = match tokio::fs::read_dir(&dir).await {
             Ok(d) => d,
@@ -296,7 +302,7 @@ mod tests {
     async fn recordings_are_written_listed_and_read_back() {
         let dir = tempfile::tempdir().unwrap();
         let store = FileRecordingStore::new(dir.path().join("recordings"));
-        let session = Uuid::new_v4();
+        let session = crate::ids::SessionId::new();
         assert!(store.list(session).await.unwrap().is_empty());
         let info = RecordingInfo {
             id: Uuid::new_v4(),

@@ -27,9 +27,9 @@ pub const TICKET_LEN: usize = 64;
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Ticket {
     /// The session it opens something on.
-    pub session_id: Uuid,
+    pub session_id: crate::ids::SessionId,
     /// The user it was issued to.
-    pub user_id: Uuid,
+    pub user_id: crate::ids::UserId,
     /// The login (refresh family) the user asked under, if any: what is
     /// opened with the ticket ends when that login does.
     pub login: Option<Uuid>,

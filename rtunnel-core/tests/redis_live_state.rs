@@ -8,6 +8,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use rtunnel_core::ids::{SessionId, SystemId};
 use rtunnel_core::ratelimit::{RateLimiter, Rule};
 use rtunnel_core::store::conformance;
 use rtunnel_core::store::now_millis;
@@ -48,8 +49,8 @@ async fn connect(url: &str) -> RedisConnection {
 
 fn ticket(expires_at: i64) -> Ticket {
     Ticket {
-        session_id: Uuid::new_v4(),
-        user_id: Uuid::new_v4(),
+        session_id: Uuid::new_v4().into(),
+        user_id: Uuid::new_v4().into(),
         login: None,
         token: None,
         expires_at,
@@ -271,7 +272,7 @@ async fn the_ticket_store_works_again_by_itself_after_redis_restarts() {
     );
 }
 
-fn route(session_id: Uuid, system_id: Uuid, node: &str) -> TunnelRoute {
+fn route(session_id: SessionId, system_id: SystemId, node: &str) -> TunnelRoute {
     TunnelRoute {
         session_id,
         system_id,
@@ -285,7 +286,7 @@ async fn routes_belong_to_the_node_that_put_them_last() {
     let Some(url) = redis_url() else { return };
     let routes = RedisRoutes::new(connect(&url).await);
     let ttl = Duration::from_secs(10);
-    let (session, system) = (Uuid::new_v4(), Uuid::new_v4());
+    let (session, system) = (SessionId::new(), SystemId::new());
     let on_a = route(session, system, "node-a");
     routes.put(&on_a, ttl).await.unwrap();
     assert_eq!(
@@ -312,7 +313,7 @@ async fn routes_belong_to_the_node_that_put_them_last() {
 
     // A refresh writes back a route Redis lost (a restart), and the holder's
     // remove deletes it.
-    let lost = route(Uuid::new_v4(), Uuid::new_v4(), "node-b");
+    let lost = route(SessionId::new(), SystemId::new(), "node-b");
     routes
         .refresh(&[on_b.clone(), lost.clone()], ttl)
         .await
@@ -332,7 +333,7 @@ async fn routes_belong_to_the_node_that_put_them_last() {
     };
     routes.announce_node(&node, ttl).await.unwrap();
     assert_eq!(routes.node("node-c").await.unwrap(), Some(node.clone()));
-    let brief = route(Uuid::new_v4(), Uuid::new_v4(), "node-c");
+    let brief = route(SessionId::new(), SystemId::new(), "node-c");
     routes
         .put(&brief, Duration::from_millis(200))
         .await
@@ -355,7 +356,7 @@ async fn the_refresh_of_many_routes_keeps_every_one() {
     let routes = RedisRoutes::new(connect(&url).await);
     // More than one pipelined batch.
     let many: Vec<TunnelRoute> = (0..600)
-        .map(|_| route(Uuid::new_v4(), Uuid::new_v4(), "node-a"))
+        .map(|_| route(SessionId::new(), SystemId::new(), "node-a"))
         .collect();
     routes
         .refresh(&many, Duration::from_secs(10))
@@ -482,8 +483,8 @@ async fn tickets_routes_and_messages_not_sealed_by_the_cluster_are_ignored() {
 
     // A route and a node written by hand.
     let routes = RedisRoutes::new(conn.clone());
-    let session = Uuid::new_v4();
-    let fake = route(session, Uuid::new_v4(), "evil-node");
+    let session = SessionId::new();
+    let fake = route(session, SystemId::new(), "evil-node");
     redis::cmd("SET")
         .arg(format!("{prefix}route:session:{session}"))
         .arg(serde_json::to_string(&fake).unwrap())

@@ -9,8 +9,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use rtunnel_core::ids::SystemId;
 use rtunnel_core::store::sql::SqlStore;
-use rtunnel_core::store::{IdentityStore, Role, User, now_millis};
+use rtunnel_core::store::{AuditKind, IdentityStore, Role, User, now_millis};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -407,7 +408,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let user = find_user(&store, &name).await?;
             let hash = rtunnel_auth::password::hash_password(&read_password()?)
                 .map_err(|e| Failure::usage(e.to_string()))?;
-            audit_admin(&store, "user_password_set", None, json!({"name": name})).await?;
+            audit_admin(
+                &store,
+                AuditKind::UserPasswordSet,
+                None,
+                json!({"name": name}),
+            )
+            .await?;
             let ended = enroll::set_password(&store, &store, user.id, Some(&hash))
                 .await
                 .map_err(|e| Failure::other(e.to_string()))?
@@ -452,7 +459,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     None => Err(Failure::other(format!("no token with id {id}"))),
                 };
             }
-            audit_admin(&store, "api_token_revoked", None, json!({"token_id": id})).await?;
+            audit_admin(
+                &store,
+                AuditKind::ApiTokenRevoked,
+                None,
+                json!({"token_id": id}),
+            )
+            .await?;
             eprintln!("token {id}: revoked");
             Ok(())
         }
@@ -465,7 +478,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .map_err(|e| Failure::other(format!("cannot create system {name:?}: {e}")))?;
             audit_admin(
                 &store,
-                "system_created",
+                AuditKind::SystemCreated,
                 Some(system.id),
                 json!({"name": name}),
             )
@@ -573,9 +586,9 @@ async fn set_user_disabled(store: &SqlStore, name: &str, disabled: bool) -> Resu
         .await
         .map_err(|e| Failure::other(e.to_string()))?;
     let event = if disabled {
-        "user_disabled"
+        AuditKind::UserDisabled
     } else {
-        "user_enabled"
+        AuditKind::UserEnabled
     };
     audit_admin(store, event, None, json!({"name": name})).await?;
     eprintln!("{name}: {}", if disabled { "disabled" } else { "enabled" });
@@ -603,7 +616,7 @@ async fn user_add(
     }
     audit_admin(
         store,
-        "user_created",
+        AuditKind::UserCreated,
         None,
         json!({"name": name, "role": role}),
     )
@@ -639,7 +652,7 @@ async fn create_token(
         .map_err(|e| Failure::other(format!("cannot store the token: {e}")))?;
     audit_admin(
         store,
-        "api_token_created",
+        AuditKind::ApiTokenCreated,
         None,
         json!({"token_id": record.id, "user": user.name, "expires_at": expires_at}),
     )
@@ -757,17 +770,21 @@ async fn grant_or_revoke(
         (r.id, r.name, None)
     } else {
         let found = match by_id {
-            Some(id) => store.system(id).await,
+            Some(id) => store.system(id.into()).await,
             None => store.system_by_name(target).await,
         };
         let s = found.map_err(other)?.ok_or_else(missing)?;
-        (s.id, s.name, Some(s.id))
+        (s.id.as_uuid(), s.name, Some(s.id))
     };
     let now = now_millis();
     let expires_at = grant.flatten().map(|d| now + d.as_millis() as i64);
     let changed = match (give, resource) {
-        (true, false) => store.grant(user.id, target_id, expires_at, now).await,
-        (false, false) => store.revoke(user.id, target_id, now).await,
+        (true, false) => {
+            store
+                .grant(user.id, target_id.into(), expires_at, now)
+                .await
+        }
+        (false, false) => store.revoke(user.id, target_id.into(), now).await,
         (true, true) => {
             store
                 .grant_resource(user.id, target_id, expires_at, now)
@@ -777,9 +794,9 @@ async fn grant_or_revoke(
     }
     .map_err(other)?;
     let event = if give {
-        "grant_created"
+        AuditKind::GrantCreated
     } else {
-        "grant_revoked"
+        AuditKind::GrantRevoked
     };
     let mut details = json!({"user": user.name});
     if resource {
@@ -802,8 +819,8 @@ async fn grant_or_revoke(
 
 async fn audit_admin(
     store: &SqlStore,
-    event: &str,
-    system_id: Option<Uuid>,
+    event: AuditKind,
+    system_id: Option<SystemId>,
     details: serde_json::Value,
 ) -> Result<(), Failure> {
     use rtunnel_core::store::AuditSink;

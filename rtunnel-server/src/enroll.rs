@@ -3,11 +3,11 @@
 
 use rtunnel_auth::api_token::ApiToken;
 use rtunnel_auth::secret::{generate_hex, generate_secret, hash_secret};
+use rtunnel_core::ids::{SystemId, UserId};
 use rtunnel_core::store::{
     ApiTokenRecord, IdentityStore, LoginStore, Millis, Role, StoreError, System, User, now_millis,
 };
 use serde::Serialize;
-use uuid::Uuid;
 
 use crate::error::ApiError;
 
@@ -18,7 +18,7 @@ pub const MAX_NAME_LEN: usize = 128;
 #[derive(Debug, Serialize)]
 pub struct Enrolled {
     /// System id.
-    pub id: Uuid,
+    pub id: SystemId,
     /// Name.
     pub name: String,
     /// Public key for the agent.
@@ -72,7 +72,7 @@ pub fn new_user(
         .transpose()
         .map_err(|e| ApiError::bad_request("invalid_password", e.to_string()))?;
     let user = User {
-        id: Uuid::new_v4(),
+        id: UserId::new(),
         name: name.to_owned(),
         role,
         disabled: false,
@@ -87,7 +87,7 @@ pub fn new_user(
 pub async fn set_disabled(
     identity: &dyn IdentityStore,
     logins: &dyn LoginStore,
-    user_id: Uuid,
+    user_id: UserId,
     disabled: bool,
 ) -> Result<bool, StoreError> {
     if !identity.set_user_disabled(user_id, disabled).await? {
@@ -109,7 +109,7 @@ pub async fn set_disabled(
 pub async fn set_password(
     identity: &dyn IdentityStore,
     logins: &dyn LoginStore,
-    user_id: Uuid,
+    user_id: UserId,
     hash: Option<&str>,
 ) -> Result<Option<u64>, StoreError> {
     if !identity.set_password_hash(user_id, hash).await? {
@@ -125,7 +125,7 @@ pub async fn set_password(
 pub fn new_system(name: &str) -> (System, Enrolled) {
     let secret = generate_secret();
     let system = System {
-        id: Uuid::new_v4(),
+        id: SystemId::new(),
         name: name.to_owned(),
         key: format!("sys_{}", generate_hex(12)),
         secret_hash: hash_secret(&secret),
@@ -141,7 +141,7 @@ pub fn new_system(name: &str) -> (System, Enrolled) {
 }
 
 /// A new API token for a user, the row to store and the string to show once.
-pub fn new_api_token(user_id: Uuid, expires_at: Option<Millis>) -> (ApiTokenRecord, String) {
+pub fn new_api_token(user_id: UserId, expires_at: Option<Millis>) -> (ApiTokenRecord, String) {
     let (token, secret_hash) = ApiToken::generate();
     let record = ApiTokenRecord {
         id: token.id,

@@ -13,12 +13,15 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::response::Response;
 use rtunnel_auth::access::Action;
 use rtunnel_core::frame::write_frame;
+use rtunnel_core::ids::{SessionId, SystemId};
 use rtunnel_core::link;
 use rtunnel_core::mux::{MuxStream, YamuxMux, shared};
 use rtunnel_core::proto::{Refusal, RefusalCode, StreamHeader, StreamKind, StreamReply};
 use rtunnel_core::relay::relay_until;
 use rtunnel_core::setup;
-use rtunnel_core::store::{AccessLog, AuditEvent, SessionStatus, User, now_millis};
+use rtunnel_core::store::{
+    AccessKind, AccessLog, AuditEvent, AuditKind, SessionStatus, User, now_millis,
+};
 use rtunnel_core::ws::{MAX_WS_MESSAGE_BYTES, WsStream};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -79,7 +82,7 @@ pub(crate) async fn forward_endpoint(
             "this endpoint only accepts WebSocket upgrades",
         )
     })?;
-    let mut event = AuditEvent::new("forward_opened");
+    let mut event = AuditEvent::new(AuditKind::ForwardOpened);
     event.actor = Some(user.name.clone());
     event.system_id = Some(session.system_id);
     event.session_id = Some(session_id);
@@ -110,8 +113,8 @@ struct ForwardCtx {
     state: Arc<AppState>,
     user: User,
     holder: Holder,
-    session_id: Uuid,
-    system_id: Uuid,
+    session_id: SessionId,
+    system_id: SystemId,
     peer: SocketAddr,
     /// Cancelled when the user loses access: the connection and its
     /// streams are cut.
@@ -155,12 +158,12 @@ async fn watch_access(ctx: Arc<ForwardCtx>) {
     let state = &ctx.state;
     let code = crate::revocation::connect_lost(state, ctx.holder, ctx.system_id).await;
     tracing::info!(user = %ctx.user.name, session = %ctx.session_id, "access gone ({code}): cutting the forward");
-    let mut event = AuditEvent::new("access_cut");
+    let mut event = AuditEvent::new(AuditKind::AccessCut);
     event.actor = Some(ctx.user.name.clone());
     event.system_id = Some(ctx.system_id);
     event.session_id = Some(ctx.session_id);
     event.ip_address = Some(ctx.peer.ip().to_string());
-    event.details = serde_json::json!({"kind": "forward", "reason": code});
+    event.details = serde_json::json!({"kind": AccessKind::Forward, "reason": code});
     state.audit_best_effort(event).await;
     ctx.cut.cancel();
 }
@@ -188,7 +191,7 @@ async fn serve_stream(ctx: Arc<ForwardCtx>, mut stream: MuxStream) {
     let entry = AccessLog {
         id: Uuid::new_v4(),
         session_id: ctx.session_id,
-        kind: "forward".into(),
+        kind: AccessKind::Forward,
         service: Some(header.service.clone()),
         actor: ctx.user.name.clone(),
         ip_address: Some(ctx.peer.ip().to_string()),

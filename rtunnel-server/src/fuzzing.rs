@@ -164,7 +164,7 @@ pub fn check_launcher_urls(data: &[u8]) {
         updated_at: 0,
     };
     let user = rtunnel_core::store::User {
-        id: uuid::Uuid::nil(),
+        id: Default::default(),
         name: "u".into(),
         role: rtunnel_core::store::Role::Operator,
         disabled: false,

@@ -301,7 +301,7 @@ mod tests {
 
     fn user(email: Option<&str>) -> User {
         User {
-            id: Uuid::new_v4(),
+            id: rtunnel_core::ids::UserId::new(),
             name: "alice".into(),
             role: Role::Operator,
             disabled: false,

@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use rtunnel_core::ids::SessionId;
 use rtunnel_core::session::{Action, Event, Transition, TransitionError};
-use rtunnel_core::store::{AuditEvent, SessionRecord, now_millis};
-use uuid::Uuid;
+use rtunnel_core::store::{AuditEvent, AuditKind, SessionRecord, now_millis};
 
 use crate::state::{AppState, log_store_error};
 
@@ -40,7 +40,7 @@ pub(crate) enum ApplyError {
 
 /// Applies `event` to a session now: loads, steps, stores (compare and set),
 /// performs the actions and audits the end of a session. Logs refusals.
-pub(crate) async fn apply(state: &AppState, id: Uuid, event: Event) -> Option<Transition> {
+pub(crate) async fn apply(state: &AppState, id: SessionId, event: Event) -> Option<Transition> {
     match try_apply(state, id, event).await {
         Ok(t) => Some(t),
         Err(ApplyError::Store(e)) => {
@@ -57,7 +57,7 @@ pub(crate) async fn apply(state: &AppState, id: Uuid, event: Event) -> Option<Tr
 /// [`apply`], returning why nothing changed.
 pub(crate) async fn try_apply(
     state: &AppState,
-    id: Uuid,
+    id: SessionId,
     event: Event,
 ) -> Result<Transition, ApplyError> {
     let mut retries = 0;
@@ -119,7 +119,11 @@ async fn step_and_store(
     // An operator's close is audited by the API, with the operator's name,
     // before it happens; endings the server decides are audited here.
     if t.next.status.is_final() && event != Event::OperatorClosed {
-        let mut ev = AuditEvent::new(&format!("session_{}", t.next.status.as_str()));
+        let kind = match t.next.status {
+            rtunnel_core::store::SessionStatus::Expired => AuditKind::SessionExpired,
+            _ => AuditKind::SessionClosed,
+        };
+        let mut ev = AuditEvent::new(kind);
         ev.actor = Some("system".into());
         ev.system_id = Some(session.system_id);
         ev.session_id = Some(session.id);
@@ -132,7 +136,7 @@ async fn step_and_store(
 
 /// Performs a transition's actions on the live tunnel, on whichever node
 /// holds it.
-pub(crate) async fn perform(state: &AppState, id: Uuid, actions: &[Action]) {
+pub(crate) async fn perform(state: &AppState, id: SessionId, actions: &[Action]) {
     for action in actions {
         match action {
             Action::CloseTunnel { code, reason } => {

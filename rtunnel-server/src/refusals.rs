@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use rtunnel_core::store::AuditEvent;
+use rtunnel_core::store::{AuditEvent, AuditKind};
 
 use crate::state::AppState;
 
@@ -36,7 +36,7 @@ const MAX_COUNTED_NAMES: usize = 1_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Throttled {
-    event: &'static str,
+    event: AuditKind,
     addr: String,
 }
 
@@ -74,7 +74,7 @@ impl Refusals {
 
     /// An attempt for `name` from `addr` was refused by its budget;
     /// `event` is the audit event it will be reported as.
-    pub(crate) fn throttled(&self, event: &'static str, name: &str, addr: &str) {
+    pub(crate) fn throttled(&self, event: AuditKind, name: &str, addr: &str) {
         let key = Throttled {
             event,
             addr: addr.to_owned(),
@@ -110,7 +110,7 @@ impl Refusals {
                 window_secs = window,
                 "refused more throttled attempts, from too many addresses to list"
             );
-            let mut event = AuditEvent::new("auth_throttled");
+            let mut event = AuditEvent::new(AuditKind::AuthThrottled);
             event.details = serde_json::json!({
                 "reason": "rate_limited",
                 "attempts": pending.overflow,
@@ -166,30 +166,30 @@ mod tests {
     fn throttled_attempts_are_counted_per_address_whatever_the_names() {
         let r = Refusals::default();
         for i in 0..1_000 {
-            r.throttled("login_failed", "ann", "192.0.2.1");
+            r.throttled(AuditKind::LoginFailed, "ann", "192.0.2.1");
             // Random names from one address make no rows of their own.
-            r.throttled("login_failed", &format!("guess{i}"), "192.0.2.2");
+            r.throttled(AuditKind::LoginFailed, &format!("guess{i}"), "192.0.2.2");
         }
-        r.throttled("login_failed", "one-more", "192.0.2.2");
+        r.throttled(AuditKind::LoginFailed, "one-more", "192.0.2.2");
         r.anonymous_tunnel();
         {
             let p = r.lock();
             assert_eq!(p.throttled.len(), 2);
             let one = Throttled {
-                event: "login_failed",
+                event: AuditKind::LoginFailed,
                 addr: "192.0.2.1".into(),
             };
             assert_eq!(p.throttled[&one].attempts, 1_000);
             assert_eq!(p.throttled[&one].names.len(), 1);
             let many = Throttled {
-                event: "login_failed",
+                event: AuditKind::LoginFailed,
                 addr: "192.0.2.2".into(),
             };
             assert_eq!(p.throttled[&many].attempts, 1_001);
             assert_eq!(p.throttled[&many].names.len(), MAX_COUNTED_NAMES);
         }
         for i in 0..MAX_THROTTLED_ADDRESSES + 5 {
-            r.throttled("login_failed", "x", &format!("198.51.100.{i}"));
+            r.throttled(AuditKind::LoginFailed, "x", &format!("198.51.100.{i}"));
         }
         let p = r.lock();
         assert_eq!(p.throttled.len(), MAX_THROTTLED_ADDRESSES);

@@ -9,13 +9,13 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use rtunnel_core::ids::{SessionId, SystemId};
 use rtunnel_core::link::Link;
 use rtunnel_core::mux::MuxStream;
 use rtunnel_core::proto::{CloseCode, Refusal, RefusalCode, ServiceInfo, StreamHeader, StreamKind};
 use rtunnel_core::setup::{self, SetupError};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::OwnedSemaphorePermit;
-use uuid::Uuid;
 
 /// A stream to a service behind an agent: a stream of a tunnel on this
 /// node (counted against the tunnel's stream limit while it lives), or a
@@ -123,9 +123,9 @@ pub(crate) fn admit(services: &[ServiceInfo], header: &StreamHeader) -> Result<(
 #[derive(Debug)]
 pub struct LiveTunnel {
     /// Its support session.
-    pub session_id: Uuid,
+    pub session_id: SessionId,
     /// Its system.
-    pub system_id: Uuid,
+    pub system_id: SystemId,
     /// The link to the agent.
     pub link: Link,
     /// The agent's manifest.
@@ -249,8 +249,8 @@ pub struct Registry {
 
 #[derive(Debug, Default)]
 struct Maps {
-    by_session: HashMap<Uuid, Arc<LiveTunnel>>,
-    by_system: HashMap<Uuid, Uuid>,
+    by_session: HashMap<SessionId, Arc<LiveTunnel>>,
+    by_system: HashMap<SystemId, SessionId>,
 }
 
 impl Registry {
@@ -292,12 +292,12 @@ impl Registry {
     }
 
     /// The live tunnel of a session.
-    pub fn by_session(&self, session_id: Uuid) -> Option<Arc<LiveTunnel>> {
+    pub fn by_session(&self, session_id: SessionId) -> Option<Arc<LiveTunnel>> {
         self.lock().by_session.get(&session_id).cloned()
     }
 
     /// The live tunnel of a system.
-    pub fn by_system(&self, system_id: Uuid) -> Option<Arc<LiveTunnel>> {
+    pub fn by_system(&self, system_id: SystemId) -> Option<Arc<LiveTunnel>> {
         let maps = self.lock();
         let session_id = maps.by_system.get(&system_id)?;
         maps.by_session.get(session_id).cloned()
@@ -363,13 +363,13 @@ mod tests {
             .await
             .unwrap();
         let (link, driver) = incoming
-            .welcome(Uuid::new_v4(), Duration::from_secs(15), None)
+            .welcome(SessionId::new(), Duration::from_secs(15), None)
             .await
             .unwrap();
         tokio::spawn(driver.run(drop));
         LiveTunnel {
             session_id: link.session_id(),
-            system_id: Uuid::new_v4(),
+            system_id: SystemId::new(),
             link,
             services: vec![ServiceInfo {
                 name: "web".into(),

@@ -27,6 +27,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use rtunnel_auth::access::{self, Action};
+use rtunnel_core::ids::{SystemId, UserId};
 use rtunnel_core::store::{Millis, Role, StoreError, User, now_millis};
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -47,7 +48,7 @@ const MAX_CACHED: usize = 16_384;
 #[derive(Debug)]
 pub struct AccessWatch {
     epoch: watch::Sender<u64>,
-    cache: Mutex<HashMap<(Holder, Uuid), Cached>>,
+    cache: Mutex<HashMap<(Holder, SystemId), Cached>>,
 }
 
 #[derive(Debug, Clone)]
@@ -81,7 +82,7 @@ impl AccessWatch {
         *self.epoch.borrow()
     }
 
-    fn cached(&self, key: &(Holder, Uuid), now: Millis) -> Option<Access> {
+    fn cached(&self, key: &(Holder, SystemId), now: Millis) -> Option<Access> {
         let epoch = self.current();
         let cache = self.lock();
         let hit = cache.get(key)?;
@@ -91,7 +92,7 @@ impl AccessWatch {
 
     /// Keeps a yes. A no is not kept: access given (a grant, a user
     /// enabled) moves no epoch, and a no is the rare path.
-    fn remember(&self, key: (Holder, Uuid), epoch: u64, access: Access) {
+    fn remember(&self, key: (Holder, SystemId), epoch: u64, access: Access) {
         let mut cache = self.lock();
         // A change that came in while deciding makes this decision stale.
         if self.current() != epoch {
@@ -103,7 +104,7 @@ impl AccessWatch {
         cache.insert(key, Cached { epoch, access });
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(Holder, Uuid), Cached>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(Holder, SystemId), Cached>> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -113,7 +114,7 @@ impl AccessWatch {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Holder {
     /// The user.
-    pub user_id: Uuid,
+    pub user_id: UserId,
     /// The login (refresh family), if opened with an access token.
     pub login: Option<Uuid>,
     /// The API token, if opened with one.
@@ -147,7 +148,7 @@ pub(crate) struct Access {
 pub(crate) async fn may_connect(
     state: &AppState,
     holder: Holder,
-    system_id: Uuid,
+    system_id: SystemId,
 ) -> Result<Result<User, &'static str>, StoreError> {
     Ok(decide(state, holder, system_id).await?.map(|a| a.user))
 }
@@ -157,7 +158,7 @@ pub(crate) async fn may_connect(
 pub(crate) async fn decide(
     state: &AppState,
     holder: Holder,
-    system_id: Uuid,
+    system_id: SystemId,
 ) -> Result<Result<Access, &'static str>, StoreError> {
     let now = now_millis();
     let key = (holder, system_id);
@@ -175,7 +176,7 @@ pub(crate) async fn decide(
 async fn decide_now(
     state: &AppState,
     holder: Holder,
-    system_id: Uuid,
+    system_id: SystemId,
     now: Millis,
 ) -> Result<Result<Access, &'static str>, StoreError> {
     let mut until: Option<Millis> = None;
@@ -226,7 +227,7 @@ async fn decide_now(
 pub(crate) async fn connect_lost(
     state: &AppState,
     holder: Holder,
-    system_id: Uuid,
+    system_id: SystemId,
 ) -> &'static str {
     let mut changes = state.access.subscribe();
     loop {

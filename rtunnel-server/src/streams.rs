@@ -13,9 +13,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use rtunnel_core::ids::SessionId;
 use rtunnel_core::proto::{Refusal, RefusalCode, StreamHeader};
 use rtunnel_core::store::{SessionStatus, SessionStore};
-use uuid::Uuid;
 
 use crate::cluster::Cluster;
 use crate::registry::TunnelStream;
@@ -63,7 +63,7 @@ impl Streams {
     /// hears of it.
     pub(crate) async fn open(
         &self,
-        session_id: Uuid,
+        session_id: SessionId,
         header: &StreamHeader,
     ) -> Result<TunnelStream, Refusal> {
         match self.cluster.route(session_id).await {
@@ -77,7 +77,7 @@ impl Streams {
     }
 
     /// Why a session has no live tunnel.
-    async fn no_tunnel(&self, session_id: Uuid) -> Refusal {
+    async fn no_tunnel(&self, session_id: SessionId) -> Refusal {
         match self.sessions.session(session_id).await {
             Ok(Some(s)) if s.status.is_final() => Refusal::new(
                 RefusalCode::SessionEnded,

@@ -20,9 +20,12 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::response::Response;
 use futures::{SinkExt, StreamExt};
 use rtunnel_auth::access::Action;
+use rtunnel_core::ids::{SessionId, SystemId};
 use rtunnel_core::proto::{StreamHeader, StreamKind, TerminalOpen};
 use rtunnel_core::recording::{Cast, MAX_RECORDING_BYTES, RecordingInfo, RecordingSink};
-use rtunnel_core::store::{AccessLog, AuditEvent, SessionStatus, User, now_millis};
+use rtunnel_core::store::{
+    AccessKind, AccessLog, AuditEvent, AuditKind, SessionStatus, User, now_millis,
+};
 use rtunnel_core::terminal::{TermMsg, check_size, read_msg, write_msg};
 use serde::Deserialize;
 use tokio::sync::Mutex;
@@ -122,7 +125,7 @@ pub(crate) async fn terminal_endpoint(
             ));
         }
     }
-    let mut event = AuditEvent::new("terminal_opened");
+    let mut event = AuditEvent::new(AuditKind::TerminalOpened);
     event.actor = Some(user.name.clone());
     event.system_id = Some(session.system_id);
     event.session_id = Some(session_id);
@@ -134,7 +137,7 @@ pub(crate) async fn terminal_endpoint(
     let entry = AccessLog {
         id: Uuid::new_v4(),
         session_id,
-        kind: "terminal".into(),
+        kind: AccessKind::Terminal,
         service: Some(TERMINAL_SERVICE.into()),
         actor: user.name.clone(),
         ip_address: Some(peer.ip().to_string()),
@@ -222,7 +225,7 @@ impl Drop for Unstarted {
 /// Asks the session's agent for a PTY.
 async fn open_pty(
     state: &AppState,
-    session_id: Uuid,
+    session_id: SessionId,
     user: &User,
     cols: u16,
     rows: u16,
@@ -241,8 +244,8 @@ struct TerminalCtx {
     state: Arc<AppState>,
     holder: Holder,
     user: User,
-    system_id: Uuid,
-    session_id: Uuid,
+    system_id: SystemId,
+    session_id: SessionId,
     entry_id: Uuid,
     recording_id: Uuid,
 }
@@ -441,7 +444,7 @@ async fn bridge(ctx: TerminalCtx, socket: WebSocket, upstream: TunnelStream, rec
     {
         tracing::error!(error = %e, "cannot complete the access log entry");
     }
-    let mut event = AuditEvent::new("terminal_closed");
+    let mut event = AuditEvent::new(AuditKind::TerminalClosed);
     event.actor = Some(ctx.user.name.clone());
     event.system_id = Some(ctx.system_id);
     event.session_id = Some(ctx.session_id);

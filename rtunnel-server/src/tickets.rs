@@ -1,10 +1,10 @@
 //! Issuing and redeeming single-use tickets (see [`rtunnel_core::ticket`]).
 
 use rtunnel_auth::secret::generate_hex;
+use rtunnel_core::ids::{SessionId, UserId};
 use rtunnel_core::ratelimit::Rule;
 use rtunnel_core::store::now_millis;
 use rtunnel_core::ticket::{TICKET_LEN, TICKET_TTL, Ticket, ticket_key};
-use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::revocation::Holder;
@@ -24,7 +24,7 @@ pub(crate) const TICKETS_PER_USER: Rule = Rule {
 /// Spends one ticket of `user_id`'s budget, or answers 429
 /// `too_many_tickets` with `Retry-After`. A limiter that cannot answer lets
 /// the ticket through (and logs why).
-pub(crate) async fn spend_budget(state: &AppState, user_id: Uuid) -> Result<(), ApiError> {
+pub(crate) async fn spend_budget(state: &AppState, user_id: UserId) -> Result<(), ApiError> {
     let key = format!("tickets:user:{user_id}");
     match state
         .stores
@@ -49,7 +49,7 @@ pub(crate) async fn spend_budget(state: &AppState, user_id: Uuid) -> Result<(), 
 /// A new ticket for `holder` on `session_id`, stored hashed.
 pub(crate) async fn issue(
     state: &AppState,
-    session_id: Uuid,
+    session_id: SessionId,
     holder: Holder,
 ) -> Result<String, ApiError> {
     spend_budget(state, holder.user_id).await?;
@@ -72,7 +72,11 @@ pub(crate) async fn issue(
 
 /// Uses up `ticket` for `session_id`: answers who it was issued to, or 401 `invalid_ticket` if it is unknown, used, expired, or for another
 /// session (it is spent either way).
-pub async fn redeem(state: &AppState, ticket: &str, session_id: Uuid) -> Result<Holder, ApiError> {
+pub async fn redeem(
+    state: &AppState,
+    ticket: &str,
+    session_id: SessionId,
+) -> Result<Holder, ApiError> {
     let invalid = || {
         ApiError::new(
             axum::http::StatusCode::UNAUTHORIZED,

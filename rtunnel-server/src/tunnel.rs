@@ -23,15 +23,15 @@ use axum::response::Response;
 use rtunnel_auth::secret::{generate_secret, hash_secret, verify_against_nothing, verify_secret};
 use rtunnel_core::control::Hello;
 use rtunnel_core::frame::read_frame;
+use rtunnel_core::ids::{SessionId, SystemId};
 use rtunnel_core::link::{self, Incoming, LinkEnd};
 use rtunnel_core::mux::{MuxStream, YamuxMux, shared};
 use rtunnel_core::proto::{CloseCode, Control, MAX_CONTROL_FRAME_BYTES, Resume, ServiceInfo};
 use rtunnel_core::session::Event;
 use rtunnel_core::store::{
-    AuditEvent, Page, SessionFilter, SessionRecord, SessionStatus, System, now_millis,
+    AuditEvent, AuditKind, Page, SessionFilter, SessionRecord, SessionStatus, System, now_millis,
 };
 use rtunnel_core::ws::{CLOSE_SESSION_CLOSED, MAX_WS_MESSAGE_BYTES, WsStream};
-use uuid::Uuid;
 
 use crate::api::auth::basic_credentials;
 use crate::error::ApiError;
@@ -58,7 +58,7 @@ pub(crate) async fn tunnel_endpoint(
             "this endpoint only accepts WebSocket upgrades",
         )
     })?;
-    let mut event = AuditEvent::new("tunnel_connected");
+    let mut event = AuditEvent::new(AuditKind::TunnelConnected);
     event.actor = Some(system.key.clone());
     event.system_id = Some(system.id);
     event.ip_address = Some(peer.ip().to_string());
@@ -97,7 +97,7 @@ async fn authenticate_system(
             let name: String = key.chars().take(64).collect();
             state
                 .refusals
-                .throttled("tunnel_auth_failed", &name, attempt.address());
+                .throttled(AuditKind::TunnelAuthFailed, &name, attempt.address());
             return Err(limited);
         }
     };
@@ -128,7 +128,7 @@ fn invalid_credentials() -> ApiError {
 }
 
 /// The address of the agent of the system's newest session, if any.
-async fn last_agent_ip(state: &AppState, system_id: Uuid) -> Option<std::net::IpAddr> {
+async fn last_agent_ip(state: &AppState, system_id: SystemId) -> Option<std::net::IpAddr> {
     let filter = SessionFilter {
         system_id: Some(system_id),
         ..SessionFilter::default()
@@ -153,7 +153,7 @@ async fn last_agent_ip(state: &AppState, system_id: Uuid) -> Option<std::net::Ip
 }
 
 async fn audit_auth_failure(state: &AppState, key: &str, peer: SocketAddr, reason: &str) {
-    let mut event = AuditEvent::new("tunnel_auth_failed");
+    let mut event = AuditEvent::new(AuditKind::TunnelAuthFailed);
     event.actor = Some(truncate(key, 64));
     event.ip_address = Some(peer.ip().to_string());
     event.details = serde_json::json!({ "reason": reason });
@@ -202,7 +202,7 @@ async fn run_tunnel(state: Arc<AppState>, system: System, peer: SocketAddr, sock
         let grace_ms = state.config.grace_period.as_millis() as i64;
         lifecycle::apply(&state, session_id, Event::TunnelLost { grace_ms }).await;
     }
-    let mut event = AuditEvent::new("tunnel_disconnected");
+    let mut event = AuditEvent::new(AuditKind::TunnelDisconnected);
     event.actor = Some(system.key.clone());
     event.system_id = Some(system.id);
     event.session_id = Some(session_id);
@@ -218,11 +218,11 @@ async fn attach_session(
     system: &System,
     hello: &Hello,
     peer: SocketAddr,
-) -> Result<Uuid, rtunnel_core::store::StoreError> {
+) -> Result<SessionId, rtunnel_core::store::StoreError> {
     if let Some(resume) = &hello.resume {
         match try_resume(state, system, resume).await? {
             Ok(()) => {
-                let mut event = AuditEvent::new("session_resumed");
+                let mut event = AuditEvent::new(AuditKind::SessionResumed);
                 event.actor = Some(system.key.clone());
                 event.system_id = Some(system.id);
                 event.session_id = Some(resume.session_id);
@@ -241,7 +241,7 @@ async fn attach_session(
     // told `replaced` once the new one is live).
     if let Some(live) = state.cluster.route_of_system(system.id).await {
         let session_id = live.session_id();
-        let mut event = AuditEvent::new("tunnel_taken_over");
+        let mut event = AuditEvent::new(AuditKind::TunnelTakenOver);
         event.actor = Some(system.key.clone());
         event.system_id = Some(system.id);
         event.session_id = Some(session_id);
@@ -252,7 +252,7 @@ async fn attach_session(
     }
     let now = now_millis();
     let session = SessionRecord {
-        id: Uuid::new_v4(),
+        id: SessionId::new(),
         system_id: system.id,
         status: SessionStatus::Pending,
         created_at: now,
@@ -318,7 +318,7 @@ async fn try_resume(
 async fn serve_tunnel(
     state: &Arc<AppState>,
     system: &System,
-    session_id: Uuid,
+    session_id: SessionId,
     incoming: Incoming,
     ws_close: rtunnel_core::ws::CloseHandle,
 ) -> Result<(String, Option<Arc<LiveTunnel>>), String> {

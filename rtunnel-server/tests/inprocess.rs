@@ -11,6 +11,7 @@ use std::time::Duration;
 use rtunnel_agent::terminal::TerminalConfig;
 use rtunnel_agent::{Agent, ForwardConfig, ForwardError, Forwarder, parse_services};
 use rtunnel_core::frame::{read_frame, write_frame};
+use rtunnel_core::ids::{SessionId, SystemId, UserId};
 use rtunnel_core::proto::{
     MAX_STREAM_HEADER_BYTES, Refusal, RefusalCode, StreamHeader, StreamKind, StreamReply,
     TerminalOpen,
@@ -30,8 +31,8 @@ struct Harness {
     _tmp: tempfile::TempDir,
     state: Arc<AppState>,
     base: String,
-    session: Uuid,
-    system: Uuid,
+    session: SessionId,
+    system: SystemId,
     key: String,
     secret: String,
 }
@@ -74,20 +75,20 @@ impl IdentityStore for CountingIdentity {
     async fn user_by_name(&self, name: &str) -> Result<Option<User>, StoreError> {
         self.inner.user_by_name(name).await
     }
-    async fn user_by_id(&self, id: Uuid) -> Result<Option<User>, StoreError> {
+    async fn user_by_id(&self, id: UserId) -> Result<Option<User>, StoreError> {
         self.read();
         self.inner.user_by_id(id).await
     }
     async fn list_users(&self, page: Page) -> Result<Paged<User>, StoreError> {
         self.inner.list_users(page).await
     }
-    async fn set_user_disabled(&self, id: Uuid, disabled: bool) -> Result<bool, StoreError> {
+    async fn set_user_disabled(&self, id: UserId, disabled: bool) -> Result<bool, StoreError> {
         self.inner.set_user_disabled(id, disabled).await
     }
-    async fn set_password_hash(&self, id: Uuid, hash: Option<&str>) -> Result<bool, StoreError> {
+    async fn set_password_hash(&self, id: UserId, hash: Option<&str>) -> Result<bool, StoreError> {
         self.inner.set_password_hash(id, hash).await
     }
-    async fn password_hash(&self, id: Uuid) -> Result<Option<String>, StoreError> {
+    async fn password_hash(&self, id: UserId) -> Result<Option<String>, StoreError> {
         self.inner.password_hash(id).await
     }
     async fn create_api_token(&self, token: &ApiTokenRecord) -> Result<(), StoreError> {
@@ -99,7 +100,7 @@ impl IdentityStore for CountingIdentity {
     }
     async fn list_api_tokens(
         &self,
-        user_id: Option<Uuid>,
+        user_id: Option<UserId>,
         page: Page,
     ) -> Result<Paged<ApiTokenRecord>, StoreError> {
         self.inner.list_api_tokens(user_id, page).await
@@ -110,24 +111,24 @@ impl IdentityStore for CountingIdentity {
     async fn create_system(&self, system: &System) -> Result<(), StoreError> {
         self.inner.create_system(system).await
     }
-    async fn system(&self, id: Uuid) -> Result<Option<System>, StoreError> {
+    async fn system(&self, id: SystemId) -> Result<Option<System>, StoreError> {
         self.inner.system(id).await
     }
     async fn system_by_name(&self, name: &str) -> Result<Option<System>, StoreError> {
         self.inner.system_by_name(name).await
     }
-    async fn set_system_secret(&self, id: Uuid, secret_hash: &str) -> Result<bool, StoreError> {
+    async fn set_system_secret(&self, id: SystemId, secret_hash: &str) -> Result<bool, StoreError> {
         self.inner.set_system_secret(id, secret_hash).await
     }
     async fn system_by_key(&self, key: &str) -> Result<Option<System>, StoreError> {
         self.inner.system_by_key(key).await
     }
-    async fn delete_system(&self, id: Uuid) -> Result<bool, StoreError> {
+    async fn delete_system(&self, id: SystemId) -> Result<bool, StoreError> {
         self.inner.delete_system(id).await
     }
     async fn list_systems(
         &self,
-        granted_to: Option<Uuid>,
+        granted_to: Option<UserId>,
         now: Millis,
         page: Page,
     ) -> Result<Paged<System>, StoreError> {
@@ -135,8 +136,8 @@ impl IdentityStore for CountingIdentity {
     }
     async fn grant(
         &self,
-        user_id: Uuid,
-        system_id: Uuid,
+        user_id: UserId,
+        system_id: SystemId,
         expires_at: Option<Millis>,
         now: Millis,
     ) -> Result<bool, StoreError> {
@@ -144,16 +145,16 @@ impl IdentityStore for CountingIdentity {
     }
     async fn revoke(
         &self,
-        user_id: Uuid,
-        system_id: Uuid,
+        user_id: UserId,
+        system_id: SystemId,
         now: Millis,
     ) -> Result<bool, StoreError> {
         self.inner.revoke(user_id, system_id, now).await
     }
     async fn has_grant(
         &self,
-        user_id: Uuid,
-        system_id: Uuid,
+        user_id: UserId,
+        system_id: SystemId,
         now: Millis,
     ) -> Result<bool, StoreError> {
         self.read();
@@ -161,8 +162,8 @@ impl IdentityStore for CountingIdentity {
     }
     async fn grant_until(
         &self,
-        user_id: Uuid,
-        system_id: Uuid,
+        user_id: UserId,
+        system_id: SystemId,
         now: Millis,
     ) -> Result<Option<Option<Millis>>, StoreError> {
         self.read();
@@ -278,7 +279,7 @@ async fn build_harness(
 
 async fn user(h: &Harness, name: &str, role: Role) -> (User, String) {
     let user = User {
-        id: Uuid::new_v4(),
+        id: UserId::new(),
         name: name.into(),
         role,
         disabled: false,
@@ -1180,7 +1181,7 @@ async fn terminal_tickets_are_single_use_bound_to_session_and_role_checked() {
     assert_eq!(ticket.len(), 64);
 
     // Bound to its session: presenting it for another one spends it.
-    let other = Uuid::new_v4();
+    let other = SessionId::new();
     let wrong = rtunnel_server::redeem_ticket(&h.state, &ticket, other).await;
     assert_eq!(wrong.unwrap_err().code, "invalid_ticket");
     let (_, v) = api(&h, "POST", &path, &token, None).await;

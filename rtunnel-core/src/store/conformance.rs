@@ -20,10 +20,11 @@
 use uuid::Uuid;
 
 use super::{
-    AuditEvent, AuditFilter, AuditReader, AuditSink, IdentityStore, LoginStore, Page, Resource,
-    ResourceStore, Role, SessionFilter, SessionRecord, SessionStatus, SessionStore, StoreError,
-    System, User, now_millis,
+    AuditEvent, AuditFilter, AuditKind, AuditReader, AuditSink, IdentityStore, LoginStore, Page,
+    Resource, ResourceStore, Role, SessionFilter, SessionRecord, SessionStatus, SessionStore,
+    StoreError, System, User, now_millis,
 };
+use crate::ids::UserId;
 use crate::proto::{ServiceInfo, StreamKind};
 
 /// Every store trait at once: what the server runs on.
@@ -40,7 +41,7 @@ impl<T> FullStore for T where
 /// A user to store.
 pub fn user(name: &str, role: Role) -> User {
     User {
-        id: Uuid::new_v4(),
+        id: Uuid::new_v4().into(),
         name: name.into(),
         role,
         disabled: false,
@@ -52,7 +53,7 @@ pub fn user(name: &str, role: Role) -> User {
 /// A system to store.
 pub fn system(name: &str) -> System {
     System {
-        id: Uuid::new_v4(),
+        id: Uuid::new_v4().into(),
         name: name.into(),
         key: format!("key-{name}"),
         secret_hash: "h".into(),
@@ -103,8 +104,8 @@ pub async fn users_are_listed_disabled_and_hold_a_password_hash<S: FullStore + ?
     );
     assert!(s.set_user_disabled(b.id, true).await.unwrap());
     assert!(s.user_by_id(b.id).await.unwrap().unwrap().disabled);
-    assert!(!s.set_user_disabled(Uuid::new_v4(), true).await.unwrap());
-    assert!(!s.set_password_hash(Uuid::new_v4(), None).await.unwrap());
+    assert!(!s.set_user_disabled(UserId::new(), true).await.unwrap());
+    assert!(!s.set_password_hash(UserId::new(), None).await.unwrap());
 }
 
 /// Conformance check `api_tokens_are_listed_and_revoked`: listed newest
@@ -339,7 +340,7 @@ pub async fn sessions_move_through_their_states<S: FullStore + ?Sized>(s: &S) {
     s.create_system(&sys).await.unwrap();
     let now = now_millis();
     let rec = SessionRecord {
-        id: Uuid::new_v4(),
+        id: Uuid::new_v4().into(),
         system_id: sys.id,
         status: SessionStatus::Pending,
         created_at: now,
@@ -474,7 +475,7 @@ pub async fn restart_recovery_puts_live_sessions_in_grace_and_expires_pending_on
         (SessionStatus::Pending, Some("node-b")),
     ] {
         let rec = SessionRecord {
-            id: Uuid::new_v4(),
+            id: Uuid::new_v4().into(),
             system_id: sys.id,
             status,
             created_at: now,
@@ -520,10 +521,15 @@ pub async fn restart_recovery_puts_live_sessions_in_grace_and_expires_pending_on
 pub async fn the_audit_log_filters_and_pages_newest_first<S: FullStore + ?Sized>(s: &S) {
     let session = Uuid::new_v4();
     for i in 0..10 {
-        let mut e = AuditEvent::new(if i % 2 == 0 { "even" } else { "odd" });
+        let kind = if i % 2 == 0 {
+            AuditKind::Login
+        } else {
+            AuditKind::Logout
+        };
+        let mut e = AuditEvent::new(kind);
         e.at = 1000 + i;
         if i < 4 {
-            e.session_id = Some(session);
+            e.session_id = Some(session.into());
         }
         s.record(&e).await.unwrap();
     }
@@ -543,12 +549,12 @@ pub async fn the_audit_log_filters_and_pages_newest_first<S: FullStore + ?Sized>
         [1009, 1008, 1007]
     );
     let odd = AuditFilter {
-        event: Some("odd".into()),
+        event: Some(AuditKind::Logout.as_str().into()),
         ..Default::default()
     };
     assert_eq!(s.list_audit(&odd, Page::default()).await.unwrap().total, 5);
     let of_session = AuditFilter {
-        session_id: Some(session),
+        session_id: Some(session.into()),
         ..Default::default()
     };
     assert_eq!(
@@ -597,7 +603,7 @@ pub async fn resources_round_trip_and_names_are_unique<S: FullStore + ?Sized>(s:
 /// Conformance check `grants_expire_and_revoke`.
 pub async fn grants_expire_and_revoke<S: FullStore + ?Sized>(s: &S) {
     let user = User {
-        id: Uuid::new_v4(),
+        id: Uuid::new_v4().into(),
         name: "op".into(),
         role: Role::Operator,
         disabled: false,
@@ -633,15 +639,15 @@ pub async fn old_audit_events_and_closed_access_logs_are_pruned<S: FullStore + ?
     let cutoff = now - 1_000_000;
     // More than one delete batch of old events, and a few new ones.
     for i in 0..5_010 {
-        let mut ev = AuditEvent::new("old_event");
+        let mut ev = AuditEvent::new(AuditKind::Login);
         ev.at = cutoff - 1 - i;
         s.record(&ev).await.unwrap();
     }
     for _ in 0..3 {
-        s.record(&AuditEvent::new("new_event")).await.unwrap();
+        s.record(&AuditEvent::new(AuditKind::Logout)).await.unwrap();
     }
     let session = SessionRecord {
-        id: Uuid::new_v4(),
+        id: Uuid::new_v4().into(),
         system_id: sys.id,
         status: SessionStatus::Active,
         created_at: cutoff - 10_000,
@@ -660,7 +666,7 @@ pub async fn old_audit_events_and_closed_access_logs_are_pruned<S: FullStore + ?
     let entry = |opened_at| super::AccessLog {
         id: Uuid::new_v4(),
         session_id: session.id,
-        kind: "forward".into(),
+        kind: crate::store::AccessKind::Forward,
         service: Some("ssh".into()),
         actor: "ann".into(),
         ip_address: None,
@@ -695,7 +701,11 @@ pub async fn old_audit_events_and_closed_access_logs_are_pruned<S: FullStore + ?
         .await
         .unwrap();
     assert_eq!(all.total, 3);
-    assert!(all.items.iter().all(|e| e.event == "new_event"));
+    assert!(
+        all.items
+            .iter()
+            .all(|e| e.event == AuditKind::Logout.as_str())
+    );
     let left = s
         .list_access(
             session.id,
@@ -723,8 +733,8 @@ where
     use crate::ticket::{Ticket, ticket_key};
     let now = now_millis();
     let ticket = |expires_at| Ticket {
-        session_id: Uuid::new_v4(),
-        user_id: Uuid::new_v4(),
+        session_id: Uuid::new_v4().into(),
+        user_id: Uuid::new_v4().into(),
         login: Some(Uuid::new_v4()),
         token: Some(Uuid::new_v4()),
         expires_at,

@@ -7,6 +7,7 @@
 //! [`conformance`] holds the checks every implementation must pass.
 
 pub mod conformance;
+mod kinds;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod routes;
@@ -16,6 +17,9 @@ pub mod sql;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+pub use crate::ids::{SessionId, SystemId, UserId};
+pub use kinds::{AccessKind, AuditKind};
 
 use crate::proto::ServiceInfo;
 
@@ -91,7 +95,7 @@ impl std::str::FromStr for Role {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct User {
     /// Id.
-    pub id: Uuid,
+    pub id: UserId,
     /// Unique login name.
     pub name: String,
     /// Role.
@@ -110,7 +114,7 @@ pub struct ApiTokenRecord {
     /// The public id half of the token.
     pub id: Uuid,
     /// Owner.
-    pub user_id: Uuid,
+    pub user_id: UserId,
     /// Hash of the secret half.
     pub secret_hash: String,
     /// Creation time.
@@ -143,7 +147,7 @@ impl ApiTokenRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct System {
     /// Id.
-    pub id: Uuid,
+    pub id: SystemId,
     /// Unique display name.
     pub name: String,
     /// Public key the agent authenticates with.
@@ -218,9 +222,9 @@ impl std::str::FromStr for SessionStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SessionRecord {
     /// Id.
-    pub id: Uuid,
+    pub id: SessionId,
     /// The system whose agent holds the tunnel.
-    pub system_id: Uuid,
+    pub system_id: SystemId,
     /// State.
     pub status: SessionStatus,
     /// When the agent authenticated.
@@ -305,9 +309,9 @@ pub struct SessionFilter {
     /// Only this status.
     pub status: Option<SessionStatus>,
     /// Only this system.
-    pub system_id: Option<Uuid>,
+    pub system_id: Option<SystemId>,
     /// Only systems this user holds an active grant on (for non-admins).
-    pub granted_to: Option<Uuid>,
+    pub granted_to: Option<UserId>,
     /// Order.
     pub sort: SessionSort,
 }
@@ -320,16 +324,16 @@ pub trait IdentityStore: Send + Sync {
     /// Finds a user by name.
     async fn user_by_name(&self, name: &str) -> Result<Option<User>, StoreError>;
     /// Finds a user by id.
-    async fn user_by_id(&self, id: Uuid) -> Result<Option<User>, StoreError>;
+    async fn user_by_id(&self, id: UserId) -> Result<Option<User>, StoreError>;
     /// Lists users by name.
     async fn list_users(&self, page: Page) -> Result<Paged<User>, StoreError>;
     /// Disables or enables a user; false if there is no such user.
-    async fn set_user_disabled(&self, id: Uuid, disabled: bool) -> Result<bool, StoreError>;
+    async fn set_user_disabled(&self, id: UserId, disabled: bool) -> Result<bool, StoreError>;
     /// Sets (or with `None` removes) a user's password hash (PHC string);
     /// false if there is no such user.
-    async fn set_password_hash(&self, id: Uuid, hash: Option<&str>) -> Result<bool, StoreError>;
+    async fn set_password_hash(&self, id: UserId, hash: Option<&str>) -> Result<bool, StoreError>;
     /// A user's password hash, if the user has a password.
-    async fn password_hash(&self, id: Uuid) -> Result<Option<String>, StoreError>;
+    async fn password_hash(&self, id: UserId) -> Result<Option<String>, StoreError>;
     /// Stores an API token.
     async fn create_api_token(&self, token: &ApiTokenRecord) -> Result<(), StoreError>;
     /// Finds an API token by its public id.
@@ -337,7 +341,7 @@ pub trait IdentityStore: Send + Sync {
     /// API tokens, newest first: one user's, or everyone's.
     async fn list_api_tokens(
         &self,
-        user_id: Option<Uuid>,
+        user_id: Option<UserId>,
         page: Page,
     ) -> Result<Paged<ApiTokenRecord>, StoreError>;
     /// Revokes an API token at `now`; false if there is no such token or it
@@ -346,20 +350,20 @@ pub trait IdentityStore: Send + Sync {
     /// Adds a system; [`StoreError::Conflict`] if the name or key is taken.
     async fn create_system(&self, system: &System) -> Result<(), StoreError>;
     /// Finds a system by id.
-    async fn system(&self, id: Uuid) -> Result<Option<System>, StoreError>;
+    async fn system(&self, id: SystemId) -> Result<Option<System>, StoreError>;
     /// Finds a system by name.
     async fn system_by_name(&self, name: &str) -> Result<Option<System>, StoreError>;
     /// Replaces a system's secret hash; false if there is no such system.
-    async fn set_system_secret(&self, id: Uuid, secret_hash: &str) -> Result<bool, StoreError>;
+    async fn set_system_secret(&self, id: SystemId, secret_hash: &str) -> Result<bool, StoreError>;
     /// Finds a system by its public key.
     async fn system_by_key(&self, key: &str) -> Result<Option<System>, StoreError>;
     /// Deletes a system with its sessions, access logs and grants; false
     /// if there is no such system. Audit events stay.
-    async fn delete_system(&self, id: Uuid) -> Result<bool, StoreError>;
+    async fn delete_system(&self, id: SystemId) -> Result<bool, StoreError>;
     /// Lists systems, all or those granted to a user, by name.
     async fn list_systems(
         &self,
-        granted_to: Option<Uuid>,
+        granted_to: Option<UserId>,
         now: Millis,
         page: Page,
     ) -> Result<Paged<System>, StoreError>;
@@ -367,27 +371,31 @@ pub trait IdentityStore: Send + Sync {
     /// returns false if an active grant already exists.
     async fn grant(
         &self,
-        user_id: Uuid,
-        system_id: Uuid,
+        user_id: UserId,
+        system_id: SystemId,
         expires_at: Option<Millis>,
         now: Millis,
     ) -> Result<bool, StoreError>;
     /// Takes it away; returns false if there was no active grant.
-    async fn revoke(&self, user_id: Uuid, system_id: Uuid, now: Millis)
-    -> Result<bool, StoreError>;
+    async fn revoke(
+        &self,
+        user_id: UserId,
+        system_id: SystemId,
+        now: Millis,
+    ) -> Result<bool, StoreError>;
     /// Whether the user holds an active, unexpired grant on the system.
     async fn has_grant(
         &self,
-        user_id: Uuid,
-        system_id: Uuid,
+        user_id: UserId,
+        system_id: SystemId,
         now: Millis,
     ) -> Result<bool, StoreError>;
     /// When the user's active grant on the system ends: `None` without an
     /// active, unexpired grant, `Some(None)` for one that does not expire.
     async fn grant_until(
         &self,
-        user_id: Uuid,
-        system_id: Uuid,
+        user_id: UserId,
+        system_id: SystemId,
         now: Millis,
     ) -> Result<Option<Option<Millis>>, StoreError>;
     /// A number that moves on with every change that can take access away
@@ -406,7 +414,7 @@ pub struct Login {
     /// Id of the family (the `fam` claim of its tokens).
     pub id: Uuid,
     /// Who logged in.
-    pub user_id: Uuid,
+    pub user_id: UserId,
     /// The `jti` of the one refresh token that may still be used.
     pub current_jti: Uuid,
     /// When the login happened.
@@ -451,7 +459,7 @@ pub trait LoginStore: Send + Sync {
     /// (so failures of others elsewhere need not slow this address down).
     async fn has_login_from(
         &self,
-        user_id: Uuid,
+        user_id: UserId,
         ip_address: &str,
         since: Millis,
     ) -> Result<bool, StoreError>;
@@ -460,7 +468,7 @@ pub trait LoginStore: Send + Sync {
     /// Ends every live login of a user; returns how many.
     async fn revoke_user_logins(
         &self,
-        user_id: Uuid,
+        user_id: UserId,
         reason: &str,
         now: Millis,
     ) -> Result<u64, StoreError>;
@@ -477,7 +485,7 @@ pub trait SessionStore: Send + Sync {
     /// holding the tunnel, and makes an open session `active`.
     async fn activate_session(
         &self,
-        id: Uuid,
+        id: SessionId,
         services: &[ServiceInfo],
         agent_software: &str,
         node_id: &str,
@@ -489,7 +497,7 @@ pub trait SessionStore: Send + Sync {
     /// records `now` as its end and `end_reason`.
     async fn apply_lifecycle(
         &self,
-        id: Uuid,
+        id: SessionId,
         from: SessionStatus,
         held_by: Option<&str>,
         next: &crate::session::Lifecycle,
@@ -497,7 +505,7 @@ pub trait SessionStore: Send + Sync {
         now: Millis,
     ) -> Result<bool, StoreError>;
     /// Replaces the hash of a session's reconnect token.
-    async fn set_reconnect_token(&self, id: Uuid, hash: &str) -> Result<(), StoreError>;
+    async fn set_reconnect_token(&self, id: SessionId, hash: &str) -> Result<(), StoreError>;
     /// After node `node_id` restarted or died: its sessions, whose tunnels
     /// died with it, go to `grace_period` until `now + grace_ms` (pending
     /// ones expire). Sessions stored before nodes were recorded count as
@@ -530,11 +538,11 @@ pub trait SessionStore: Send + Sync {
     /// One page of a session's access log, newest first.
     async fn list_access(
         &self,
-        session_id: Uuid,
+        session_id: SessionId,
         page: Page,
     ) -> Result<Paged<AccessLog>, StoreError>;
     /// Finds a session.
-    async fn session(&self, id: Uuid) -> Result<Option<SessionRecord>, StoreError>;
+    async fn session(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError>;
     /// Lists sessions.
     async fn list_sessions(
         &self,
@@ -550,9 +558,9 @@ pub struct AccessLog {
     /// Id.
     pub id: Uuid,
     /// The session.
-    pub session_id: Uuid,
-    /// What kind of access: `forward` (later `terminal`, `proxy`).
-    pub kind: String,
+    pub session_id: SessionId,
+    /// What kind of access.
+    pub kind: AccessKind,
     /// The service reached.
     pub service: Option<String>,
     /// Who: the user's name.
@@ -583,9 +591,9 @@ pub struct AuditEvent {
     /// Who: a user name, a system key, or `system`.
     pub actor: Option<String>,
     /// The system concerned.
-    pub system_id: Option<Uuid>,
+    pub system_id: Option<SystemId>,
     /// The session concerned.
-    pub session_id: Option<Uuid>,
+    pub session_id: Option<SessionId>,
     /// The address the request came from.
     pub ip_address: Option<String>,
     /// Anything else, as JSON.
@@ -594,11 +602,11 @@ pub struct AuditEvent {
 
 impl AuditEvent {
     /// A new event happening now with empty details.
-    pub fn new(event: &str) -> Self {
+    pub fn new(kind: AuditKind) -> Self {
         AuditEvent {
             id: Uuid::new_v4(),
             at: now_millis(),
-            event: event.to_owned(),
+            event: kind.as_str().to_owned(),
             actor: None,
             system_id: None,
             session_id: None,
@@ -625,7 +633,7 @@ pub struct Resource {
     /// `tsplus_url`, `tsplus_user`, `target_host`), a JSON object.
     pub metadata: serde_json::Value,
     /// The system whose service this resource is, if any.
-    pub system_id: Option<Uuid>,
+    pub system_id: Option<SystemId>,
     /// That service's name.
     pub service: Option<String>,
     /// Creation time.
@@ -653,7 +661,7 @@ pub trait ResourceStore: Send + Sync {
     /// false if an active grant already exists.
     async fn grant_resource(
         &self,
-        user_id: Uuid,
+        user_id: UserId,
         resource_id: Uuid,
         expires_at: Option<Millis>,
         now: Millis,
@@ -661,14 +669,14 @@ pub trait ResourceStore: Send + Sync {
     /// Takes it away; false if there was no active grant.
     async fn revoke_resource(
         &self,
-        user_id: Uuid,
+        user_id: UserId,
         resource_id: Uuid,
         now: Millis,
     ) -> Result<bool, StoreError>;
     /// Whether the user holds an active, unexpired grant on the resource.
     async fn has_resource_grant(
         &self,
-        user_id: Uuid,
+        user_id: UserId,
         resource_id: Uuid,
         now: Millis,
     ) -> Result<bool, StoreError>;
@@ -680,7 +688,7 @@ pub struct AuditFilter {
     /// Only this kind (`session_launched`, ...).
     pub event: Option<String>,
     /// Only events of this session.
-    pub session_id: Option<Uuid>,
+    pub session_id: Option<SessionId>,
     /// Only events at or after this time.
     pub since: Option<Millis>,
     /// Only events before this time.

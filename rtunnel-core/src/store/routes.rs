@@ -4,8 +4,8 @@
 //! registry that keeps them is [`redis::RedisRoutes`](super::redis) (feature
 //! `redis`).
 
+use crate::ids::{SessionId, SystemId};
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use crate::proto::ServiceInfo;
 
@@ -13,9 +13,9 @@ use crate::proto::ServiceInfo;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TunnelRoute {
     /// The support session.
-    pub session_id: Uuid,
+    pub session_id: SessionId,
     /// Its system.
-    pub system_id: Uuid,
+    pub system_id: SystemId,
     /// The node holding the tunnel.
     pub node_id: String,
     /// The agent's manifest.

@@ -7,6 +7,7 @@ use std::time::UNIX_EPOCH;
 
 use axum::Json;
 use axum::extract::State;
+use rtunnel_core::ids::{SessionId, SystemId};
 use rtunnel_core::store::{AuditEvent, AuditFilter, Millis, Paged, rfc3339};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -22,7 +23,7 @@ use crate::state::AppState;
 #[serde(deny_unknown_fields)]
 pub(super) struct AuditQuery {
     event: Option<String>,
-    session_id: Option<Uuid>,
+    session_id: Option<SessionId>,
     since: Option<String>,
     until: Option<String>,
     page: Option<u32>,
@@ -36,8 +37,8 @@ pub(super) struct AuditView {
     at: String,
     event: String,
     actor: Option<String>,
-    system_id: Option<Uuid>,
-    session_id: Option<Uuid>,
+    system_id: Option<SystemId>,
+    session_id: Option<SessionId>,
     ip_address: Option<String>,
     details: serde_json::Value,
 }

@@ -10,6 +10,7 @@ use rtunnel_auth::access::{self, Action};
 use rtunnel_auth::api_token::ApiToken;
 use rtunnel_auth::claims::{Claims, TokenKind};
 use rtunnel_auth::secret::{verify_against_nothing, verify_secret};
+use rtunnel_core::ids::{SystemId, UserId};
 use rtunnel_core::store::{User, now_millis};
 use std::sync::Arc;
 use uuid::Uuid;
@@ -161,7 +162,7 @@ pub(crate) async fn authenticate_token(
 }
 
 /// The user with this id, if it exists and is not disabled.
-async fn active_user(state: &AppState, id: Uuid) -> Result<User, ApiError> {
+async fn active_user(state: &AppState, id: UserId) -> Result<User, ApiError> {
     match state.stores.identity.user_by_id(id).await? {
         Some(user) if !user.disabled => Ok(user),
         _ => Err(invalid_token()),
@@ -173,7 +174,7 @@ pub(crate) async fn authorize(
     state: &AppState,
     user: &User,
     action: Action,
-    system_id: Uuid,
+    system_id: SystemId,
 ) -> Result<(), ApiError> {
     let has_grant = match user.role {
         rtunnel_core::store::Role::Admin => false,

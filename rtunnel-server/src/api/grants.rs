@@ -8,7 +8,8 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
-use rtunnel_core::store::{AuditEvent, now_millis, rfc3339};
+use rtunnel_core::ids::{SystemId, UserId};
+use rtunnel_core::store::{AuditEvent, AuditKind, now_millis, rfc3339};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -25,9 +26,9 @@ pub(super) const MAX_GRANT_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct GrantBody {
-    user_id: Uuid,
+    user_id: UserId,
     #[serde(default)]
-    system_id: Option<Uuid>,
+    system_id: Option<SystemId>,
     #[serde(default)]
     resource_id: Option<Uuid>,
     #[serde(default)]
@@ -35,7 +36,7 @@ pub(super) struct GrantBody {
 }
 
 enum Target {
-    System(Uuid),
+    System(SystemId),
     Resource(Uuid),
 }
 
@@ -88,7 +89,7 @@ impl GrantBody {
     }
 }
 
-fn event(name: &str, admin: &str, peer: SocketAddr, body: &GrantBody) -> AuditEvent {
+fn event(name: AuditKind, admin: &str, peer: SocketAddr, body: &GrantBody) -> AuditEvent {
     let mut e = AuditEvent::new(name);
     e.actor = Some(admin.to_owned());
     e.system_id = body.system_id;
@@ -107,7 +108,7 @@ pub(super) async fn create(
     let target = body.check(&state).await?;
     let now = now_millis();
     let expires_at = body.expires_at(now)?;
-    let mut e = event("grant_created", &admin.name, peer, &body);
+    let mut e = event(AuditKind::GrantCreated, &admin.name, peer, &body);
     e.details["expires_at"] = json!(expires_at.map(rfc3339));
     state.audit(e).await?;
     let created = match target {
@@ -152,7 +153,7 @@ pub(super) async fn revoke(
     require_admin(&admin)?;
     let target = body.check(&state).await?;
     state
-        .audit(event("grant_revoked", &admin.name, peer, &body))
+        .audit(event(AuditKind::GrantRevoked, &admin.name, peer, &body))
         .await?;
     let now = now_millis();
     let revoked = match target {

@@ -13,7 +13,8 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use rtunnel_auth::access::{self, Action};
 use rtunnel_auth::launch_token::{SESSION_TOKEN_TTL, SessionToken};
-use rtunnel_core::store::{AuditEvent, Resource, Role, User, now_millis};
+use rtunnel_core::ids::SystemId;
+use rtunnel_core::store::{AuditEvent, AuditKind, Resource, Role, User, now_millis};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -84,7 +85,7 @@ pub(super) async fn launch(
     };
 
     // The launch is on record before its URL leaves.
-    let mut event = AuditEvent::new("session_launched");
+    let mut event = AuditEvent::new(AuditKind::SessionLaunched);
     event.actor = Some(user.name.clone());
     event.system_id = resource.system_id;
     event.ip_address = Some(peer.ip().to_string());
@@ -128,7 +129,7 @@ async fn proxy_url(
     state: &AppState,
     user: &User,
     holder: crate::revocation::Holder,
-    system_id: Uuid,
+    system_id: SystemId,
     service: &str,
 ) -> Result<String, ApiError> {
     authorize(state, user, Action::Connect, system_id)

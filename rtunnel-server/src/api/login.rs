@@ -14,7 +14,8 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use rtunnel_auth::claims::{ACCESS_TTL, Claims, REFRESH_TTL, TokenKind};
 use rtunnel_auth::password::{verify_password, verify_password_against_nothing};
-use rtunnel_core::store::{AuditEvent, Login, User, now_millis};
+use rtunnel_core::ids::UserId;
+use rtunnel_core::store::{AuditEvent, AuditKind, Login, User, now_millis};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
@@ -106,7 +107,7 @@ pub(crate) async fn login(
                 .map_or(body.username.as_str(), |u| u.name.as_str());
             state
                 .refusals
-                .throttled("login_failed", name, attempt.address());
+                .throttled(AuditKind::LoginFailed, name, attempt.address());
             return Err(limited);
         }
     };
@@ -145,7 +146,7 @@ pub(crate) async fn login(
         revoked_reason: None,
         ip_address: Some(ip.clone()),
     };
-    let mut event = AuditEvent::new("login");
+    let mut event = AuditEvent::new(AuditKind::Login);
     event.actor = Some(user.name.clone());
     event.ip_address = Some(ip);
     event.details = json!({"login_id": login.id});
@@ -184,7 +185,7 @@ pub(crate) async fn refresh(
         return Err(invalid_refresh());
     }
     let next = refresh_claims(user.id, family, now);
-    let mut event = AuditEvent::new("token_refreshed");
+    let mut event = AuditEvent::new(AuditKind::TokenRefreshed);
     event.actor = Some(user.name.clone());
     event.ip_address = Some(ip.clone());
     event.details = json!({"login_id": family});
@@ -215,7 +216,7 @@ pub(crate) async fn logout(
             "this request used an API token, not a login; there is nothing to log out",
         ));
     };
-    let mut event = AuditEvent::new("logout");
+    let mut event = AuditEvent::new(AuditKind::Logout);
     event.actor = Some(caller.user.name.clone());
     event.ip_address = Some(peer.ip().to_string());
     event.details = json!({"login_id": login});
@@ -238,7 +239,7 @@ async fn replayed(state: &AppState, user: &User, login: &Login, ip: &str) -> Res
         .await?;
     state.cluster.access_changed(state).await;
     tracing::warn!(user = %user.name, login = %login.id, %ip, "refresh token replayed; login ended");
-    let mut event = AuditEvent::new("refresh_token_replayed");
+    let mut event = AuditEvent::new(AuditKind::RefreshTokenReplayed);
     event.actor = Some(user.name.clone());
     event.ip_address = Some(ip.to_owned());
     event.details = json!({
@@ -298,7 +299,7 @@ async fn audit_failure(
     ip: &str,
     reason: &str,
 ) {
-    let mut event = AuditEvent::new("login_failed");
+    let mut event = AuditEvent::new(AuditKind::LoginFailed);
     event.actor = Some(match user {
         Some(u) => u.name.clone(),
         None => username.chars().take(64).collect(),
@@ -309,7 +310,7 @@ async fn audit_failure(
 }
 
 /// Claims of a new refresh token of family `family`.
-fn refresh_claims(user: Uuid, family: Uuid, now: i64) -> Claims {
+fn refresh_claims(user: UserId, family: Uuid, now: i64) -> Claims {
     let mut claims = Claims::new(TokenKind::Refresh, user, now, REFRESH_TTL);
     claims.fam = Some(family);
     claims

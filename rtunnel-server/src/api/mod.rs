@@ -204,6 +204,10 @@ pub(crate) fn check_page(page: Option<u32>, page_size: Option<u32>) -> Result<Pa
 }
 
 /// Parses a path id, answering 404 for anything that is not a UUID.
-pub(crate) fn parse_id(raw: &str, what: &'static str) -> Result<uuid::Uuid, ApiError> {
-    uuid::Uuid::parse_str(raw).map_err(|_| ApiError::not_found(what, "no such id"))
+/// An id from a path (a [`uuid::Uuid`] or one of the typed ids); 404 `what`
+/// when it is not a UUID.
+pub(crate) fn parse_id<T: From<uuid::Uuid>>(raw: &str, what: &'static str) -> Result<T, ApiError> {
+    uuid::Uuid::parse_str(raw)
+        .map(T::from)
+        .map_err(|_| ApiError::not_found(what, "no such id"))
 }

@@ -8,6 +8,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use rtunnel_core::ids::SessionId;
 use rtunnel_core::store::rfc3339;
 use serde::Serialize;
 use uuid::Uuid;
@@ -21,7 +22,7 @@ use crate::state::AppState;
 #[derive(Debug, Serialize)]
 pub(super) struct RecordingView {
     id: Uuid,
-    session_id: Uuid,
+    session_id: SessionId,
     actor: String,
     started_at: String,
     ended_at: Option<String>,

@@ -5,8 +5,11 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::StatusCode;
+use rtunnel_core::ids::SystemId;
 use rtunnel_core::proto::validate_service_name;
-use rtunnel_core::store::{AuditEvent, Paged, Resource, StoreError, now_millis, rfc3339};
+use rtunnel_core::store::{
+    AuditEvent, AuditKind, Paged, Resource, StoreError, now_millis, rfc3339,
+};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use uuid::Uuid;
@@ -28,7 +31,7 @@ pub(super) struct ResourceView {
     name: String,
     ip_address: Option<String>,
     metadata: serde_json::Value,
-    system_id: Option<Uuid>,
+    system_id: Option<SystemId>,
     service: Option<String>,
     created_at: String,
     updated_at: String,
@@ -59,7 +62,7 @@ pub(super) struct ResourceBody {
     #[serde(default)]
     metadata: Option<serde_json::Value>,
     #[serde(default)]
-    system_id: Option<Uuid>,
+    system_id: Option<SystemId>,
     #[serde(default)]
     service: Option<String>,
 }
@@ -122,7 +125,7 @@ fn conflict(e: StoreError) -> ApiError {
 
 async fn audit(
     state: &AppState,
-    event: &str,
+    event: AuditKind,
     actor: &str,
     peer: SocketAddr,
     r: &Resource,
@@ -192,7 +195,7 @@ pub(super) async fn create(
         .create_resource(&r)
         .await
         .map_err(conflict)?;
-    if let Err(e) = audit(&state, "resource_created", &user.name, peer, &r).await {
+    if let Err(e) = audit(&state, AuditKind::ResourceCreated, &user.name, peer, &r).await {
         let _ = state.stores.resources.delete_resource(r.id).await;
         return Err(e);
     }
@@ -218,7 +221,7 @@ pub(super) async fn update(
     {
         return Err(not_found());
     }
-    if let Err(e) = audit(&state, "resource_updated", &user.name, peer, &r).await {
+    if let Err(e) = audit(&state, AuditKind::ResourceUpdated, &user.name, peer, &r).await {
         let _ = state.stores.resources.update_resource(&old).await;
         return Err(e);
     }
@@ -233,7 +236,7 @@ pub(super) async fn delete(
 ) -> Result<StatusCode, ApiError> {
     require_admin(&user)?;
     let r = load(&state, &id).await?;
-    audit(&state, "resource_deleted", &user.name, peer, &r).await?;
+    audit(&state, AuditKind::ResourceDeleted, &user.name, peer, &r).await?;
     state.stores.resources.delete_resource(r.id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -5,9 +5,11 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{ConnectInfo, Path, State};
 use rtunnel_auth::access::Action;
+use rtunnel_core::ids::{SessionId, SystemId};
 use rtunnel_core::proto::ServiceInfo;
 use rtunnel_core::store::{
-    Paged, Role, SessionFilter, SessionRecord, SessionSort, SessionStatus, now_millis, rfc3339,
+    AuditKind, Paged, Role, SessionFilter, SessionRecord, SessionSort, SessionStatus, now_millis,
+    rfc3339,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -24,8 +26,8 @@ use rtunnel_core::store::AuditEvent;
 /// A session as the API shows it.
 #[derive(Debug, Serialize)]
 pub(super) struct SessionView {
-    id: Uuid,
-    system_id: Uuid,
+    id: SessionId,
+    system_id: SystemId,
     status: SessionStatus,
     created_at: String,
     activated_at: Option<String>,
@@ -85,7 +87,7 @@ pub(super) async fn list(
     let system_id = q
         .system_id
         .as_deref()
-        .map(Uuid::parse_str)
+        .map(str::parse::<SystemId>)
         .transpose()
         .map_err(|_| ApiError::bad_request("invalid_system_id", "system_id is not a UUID"))?;
     let sort = match q.sort.as_deref() {
@@ -194,7 +196,7 @@ async fn manageable(
     state: &AppState,
     user: &rtunnel_core::store::User,
     raw_id: &str,
-    event: &str,
+    event: AuditKind,
     peer: std::net::SocketAddr,
     details: serde_json::Value,
 ) -> Result<SessionRecord, ApiError> {
@@ -217,7 +219,7 @@ async fn open_session_for(
     user: &rtunnel_core::store::User,
     raw_id: &str,
     action: Action,
-    event: &str,
+    event: AuditKind,
     peer: std::net::SocketAddr,
     details: serde_json::Value,
 ) -> Result<SessionRecord, ApiError> {
@@ -250,7 +252,7 @@ async fn audit_on(
     state: &AppState,
     user: &rtunnel_core::store::User,
     session: &SessionRecord,
-    event: &str,
+    event: AuditKind,
     peer: std::net::SocketAddr,
     details: serde_json::Value,
 ) -> Result<(), ApiError> {
@@ -273,7 +275,7 @@ pub(super) async fn close(
         &state,
         &user,
         &id,
-        "session_closed",
+        AuditKind::SessionClosed,
         peer,
         serde_json::json!({}),
     )
@@ -307,7 +309,15 @@ pub(super) async fn extend(
         ));
     }
     let details = serde_json::json!({"hours": body.hours});
-    let session = manageable(&state, &user, &id, "session_extended", peer, details).await?;
+    let session = manageable(
+        &state,
+        &user,
+        &id,
+        AuditKind::SessionExtended,
+        peer,
+        details,
+    )
+    .await?;
     let by_ms = body.hours * 3_600_000;
     lifecycle::try_apply(&state, session.id, Event::Extended { by_ms })
         .await
@@ -315,12 +325,12 @@ pub(super) async fn extend(
     Ok(Json(reload(&state, session.id).await?))
 }
 
-async fn reload(state: &AppState, id: Uuid) -> Result<SessionView, ApiError> {
+async fn reload(state: &AppState, id: SessionId) -> Result<SessionView, ApiError> {
     Ok(load(state, id).await?.into())
 }
 
 /// A session by id, or 404 `session_not_found`.
-pub(crate) async fn load(state: &AppState, id: Uuid) -> Result<SessionRecord, ApiError> {
+pub(crate) async fn load(state: &AppState, id: SessionId) -> Result<SessionRecord, ApiError> {
     state
         .stores
         .sessions
@@ -350,7 +360,7 @@ pub(super) async fn logs(
 #[derive(Debug, Serialize)]
 pub(super) struct AccessLogView {
     id: Uuid,
-    kind: String,
+    kind: rtunnel_core::store::AccessKind,
     service: Option<String>,
     user: String,
     ip_address: Option<String>,
@@ -398,7 +408,7 @@ pub(super) async fn terminal_ticket(
         &state,
         &caller.user,
         &session,
-        "terminal_ticket_issued",
+        AuditKind::TerminalTicketIssued,
         peer,
         details,
     )
@@ -439,7 +449,7 @@ pub(super) async fn proxy_token(
         &caller.user,
         &id,
         Action::Connect,
-        "proxy_token_issued",
+        AuditKind::ProxyTokenIssued,
         peer,
         serde_json::json!({"service": body.service}),
     )

@@ -6,9 +6,9 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use rtunnel_auth::access::Action;
-use rtunnel_core::store::{AuditEvent, Paged, Role, System, now_millis, rfc3339};
+use rtunnel_core::ids::SystemId;
+use rtunnel_core::store::{AuditEvent, AuditKind, Paged, Role, System, now_millis, rfc3339};
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use super::auth::{CurrentUser, authorize, require_admin};
 use super::extract::Query;
@@ -20,7 +20,7 @@ use crate::state::AppState;
 /// A system as the API shows it.
 #[derive(Debug, Serialize)]
 pub(super) struct SystemView {
-    id: Uuid,
+    id: SystemId,
     name: String,
     key: String,
     created_at: String,
@@ -98,7 +98,7 @@ pub(super) async fn create(
     require_admin(&user)?;
     enroll::validate_name(&body.name)?;
     let (system, enrolled) = enroll::new_system(&body.name);
-    let mut event = AuditEvent::new("system_created");
+    let mut event = AuditEvent::new(AuditKind::SystemCreated);
     event.actor = Some(user.name.clone());
     event.system_id = Some(system.id);
     event.details = serde_json::json!({"name": system.name});
@@ -118,7 +118,7 @@ pub(super) async fn delete(
 ) -> Result<StatusCode, ApiError> {
     require_admin(&user)?;
     let system = load(&state, &id).await?;
-    let mut event = AuditEvent::new("system_deleted");
+    let mut event = AuditEvent::new(AuditKind::SystemDeleted);
     event.actor = Some(user.name.clone());
     event.system_id = Some(system.id);
     event.ip_address = Some(peer.ip().to_string());
@@ -166,7 +166,7 @@ pub(super) async fn regenerate_secret(
     require_admin(&user)?;
     let system = load(&state, &id).await?;
     let secret = rtunnel_auth::secret::generate_secret();
-    let mut event = AuditEvent::new("system_secret_regenerated");
+    let mut event = AuditEvent::new(AuditKind::SystemSecretRegenerated);
     event.actor = Some(user.name.clone());
     event.system_id = Some(system.id);
     event.ip_address = Some(peer.ip().to_string());

@@ -9,7 +9,10 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::StatusCode;
-use rtunnel_core::store::{ApiTokenRecord, AuditEvent, Paged, Role, now_millis, rfc3339};
+use rtunnel_core::ids::UserId;
+use rtunnel_core::store::{
+    ApiTokenRecord, AuditEvent, AuditKind, Paged, Role, now_millis, rfc3339,
+};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -23,7 +26,7 @@ use crate::state::AppState;
 #[derive(Debug, Serialize)]
 pub(crate) struct TokenView {
     id: Uuid,
-    user_id: Uuid,
+    user_id: UserId,
     created_at: String,
     expires_at: Option<String>,
     revoked_at: Option<String>,
@@ -47,7 +50,7 @@ impl TokenView {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ListQuery {
-    user_id: Option<Uuid>,
+    user_id: Option<UserId>,
     page: Option<u32>,
     page_size: Option<u32>,
 }
@@ -108,7 +111,7 @@ pub(super) async fn revoke(
     if token.revoked_at.is_some() {
         return Ok(StatusCode::NO_CONTENT);
     }
-    let mut event = AuditEvent::new("api_token_revoked");
+    let mut event = AuditEvent::new(AuditKind::ApiTokenRevoked);
     event.actor = Some(caller.user.name.clone());
     event.ip_address = Some(peer.ip().to_string());
     event.details = serde_json::json!({"token_id": token.id, "user_id": token.user_id});

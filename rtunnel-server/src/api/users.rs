@@ -7,10 +7,10 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::StatusCode;
-use rtunnel_core::store::{AuditEvent, Paged, Role, User, rfc3339};
+use rtunnel_core::ids::UserId;
+use rtunnel_core::store::{AuditEvent, AuditKind, Paged, Role, User, rfc3339};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use uuid::Uuid;
 
 use super::auth::{CurrentUser, require_admin};
 use super::extract::{Json as JsonBody, Query};
@@ -22,7 +22,7 @@ use crate::state::AppState;
 /// A user as the API shows it (never the password hash).
 #[derive(Debug, Serialize)]
 pub(super) struct UserView {
-    id: Uuid,
+    id: UserId,
     name: String,
     role: Role,
     email: Option<String>,
@@ -78,7 +78,7 @@ pub(super) async fn list(
 fn admin_event(
     caller: &User,
     peer: SocketAddr,
-    name: &str,
+    name: AuditKind,
     details: serde_json::Value,
 ) -> AuditEvent {
     let mut event = AuditEvent::new(name);
@@ -129,7 +129,7 @@ pub(super) async fn create(
         enroll::new_user(&body.name, body.role, body.email, body.password.as_deref())?;
     let details = json!({"user_id": user.id, "name": user.name, "role": user.role});
     state
-        .audit(admin_event(&caller, peer, "user_created", details))
+        .audit(admin_event(&caller, peer, AuditKind::UserCreated, details))
         .await?;
     state.stores.identity.create_user(&user).await?;
     if let Some(hash) = &hash {
@@ -176,10 +176,10 @@ pub(super) async fn update(
         .map(rtunnel_auth::password::hash_password)
         .transpose()
         .map_err(|e| ApiError::bad_request("invalid_password", e.to_string()))?;
-    let audit = |name: &str, details| admin_event(&caller, peer, name, details);
+    let audit = |name: AuditKind, details| admin_event(&caller, peer, name, details);
     if let Some(hash) = &hash {
         let event = audit(
-            "user_password_set",
+            AuditKind::UserPasswordSet,
             json!({"user_id": user.id, "name": user.name}),
         );
         state.audit(event).await?;
@@ -194,9 +194,9 @@ pub(super) async fn update(
     }
     if let Some(disabled) = body.disabled.filter(|d| *d != user.disabled) {
         let name = if disabled {
-            "user_disabled"
+            AuditKind::UserDisabled
         } else {
-            "user_enabled"
+            AuditKind::UserEnabled
         };
         let event = audit(name, json!({"user_id": user.id, "name": user.name}));
         state.audit(event).await?;

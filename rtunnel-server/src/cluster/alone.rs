@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
+use rtunnel_core::ids::{SessionId, SystemId};
 use rtunnel_core::proto::{Refusal, StreamHeader};
 use rtunnel_core::store::StoreError;
 use rtunnel_core::store::routes::TunnelRoute;
-use uuid::Uuid;
 
 use super::{Command, RemoteTunnel, Route};
 use crate::registry::TunnelStream;
@@ -21,11 +21,11 @@ impl Shared {
         match *self {}
     }
 
-    pub(super) async fn route(&self, _: Uuid) -> Option<Route> {
+    pub(super) async fn route(&self, _: SessionId) -> Option<Route> {
         match *self {}
     }
 
-    pub(super) async fn route_of_system(&self, _: Uuid) -> Option<Route> {
+    pub(super) async fn route_of_system(&self, _: SystemId) -> Option<Route> {
         match *self {}
     }
 

@@ -9,9 +9,9 @@
 
 #[cfg(feature = "redis")]
 pub(super) use over_redis::{listen, publish};
+use rtunnel_core::ids::{SessionId, SystemId};
 use rtunnel_core::proto::CloseCode;
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 /// What one node tells the others.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,7 +20,7 @@ pub(crate) enum Command {
     /// Close the tunnel of a session, telling its agent why.
     CloseTunnel {
         /// The session.
-        session_id: Uuid,
+        session_id: SessionId,
         /// The close code the agent sees.
         code: CloseCode,
         /// The reason the agent sees.
@@ -32,9 +32,9 @@ pub(crate) enum Command {
     /// node: any other copy is stale.
     TunnelAttached {
         /// The session.
-        session_id: Uuid,
+        session_id: SessionId,
         /// Its system.
-        system_id: Uuid,
+        system_id: SystemId,
     },
 }
 

@@ -27,13 +27,13 @@ use std::time::Duration;
 use rtunnel_auth::mesh::MeshIdentity;
 use rtunnel_auth::node::{NodeKey, NonceCache};
 use rtunnel_core::frame::{read_frame, write_frame};
+use rtunnel_core::ids::SessionId;
 use rtunnel_core::mux::{MuxConfig, MuxError, MuxStream, SharedMux, YamuxMux, shared};
 use rtunnel_core::proto::{ProtoError, Refusal, RefusalCode, StreamHeader, StreamReply, Validate};
 use rtunnel_core::store::now_millis;
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
-use uuid::Uuid;
 
 use super::RemoteTunnel;
 use crate::registry::TunnelStream;
@@ -81,7 +81,7 @@ pub(crate) fn hello_subject(to: &str) -> String {
 /// The first frame of a stream on a mesh connection.
 #[derive(Debug, Serialize, Deserialize)]
 struct NodeStream {
-    session_id: Uuid,
+    session_id: SessionId,
     header: StreamHeader,
 }
 

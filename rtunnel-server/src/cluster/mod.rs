@@ -30,10 +30,10 @@ mod shared;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rtunnel_core::ids::{SessionId, SystemId};
 use rtunnel_core::proto::{CloseCode, Refusal, ServiceInfo, StreamHeader};
 use rtunnel_core::store::StoreError;
 use rtunnel_core::store::routes::TunnelRoute;
-use uuid::Uuid;
 
 #[cfg(not(feature = "redis"))]
 use alone::Shared;
@@ -99,7 +99,7 @@ impl Cluster {
     /// Where the tunnel of a session is: on this node, or on another node
     /// that announced it. While Redis is away the database says which node
     /// holds the session and the node's last announced address is used.
-    pub async fn route(&self, session_id: Uuid) -> Option<Route> {
+    pub async fn route(&self, session_id: SessionId) -> Option<Route> {
         if let Some(t) = self.registry.by_session(session_id) {
             return Some(Route::Local(t));
         }
@@ -107,7 +107,7 @@ impl Cluster {
     }
 
     /// Where the tunnel of a system is.
-    pub async fn route_of_system(&self, system_id: Uuid) -> Option<Route> {
+    pub async fn route_of_system(&self, system_id: SystemId) -> Option<Route> {
         if let Some(t) = self.registry.by_system(system_id) {
             return Some(Route::Local(t));
         }
@@ -115,7 +115,7 @@ impl Cluster {
     }
 
     /// Tells the tunnel of a session, wherever it is, to close.
-    pub async fn close_tunnel(&self, session_id: Uuid, code: CloseCode, reason: &str) {
+    pub async fn close_tunnel(&self, session_id: SessionId, code: CloseCode, reason: &str) {
         if let Some(t) = self.registry.by_session(session_id) {
             t.close(code, reason).await;
             return;
@@ -216,7 +216,7 @@ impl RemoteTunnel {
 
 impl Route {
     /// The session.
-    pub fn session_id(&self) -> Uuid {
+    pub fn session_id(&self) -> SessionId {
         match self {
             Route::Local(t) => t.session_id,
             Route::Remote(r) => r.route.session_id,

@@ -9,15 +9,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rtunnel_auth::node::NodeKey;
+use rtunnel_core::ids::{SessionId, SystemId};
 use rtunnel_core::proto::{Refusal, StreamHeader};
 use rtunnel_core::store::now_millis;
 use rtunnel_core::store::redis::{
     NodeInfo, RedisConnection, RedisPubSub, RedisRoutes, TunnelRoute,
 };
 use rtunnel_core::store::{
-    Page, SessionFilter, SessionRecord, SessionStatus, SessionStore, StoreError,
+    AuditKind, Page, SessionFilter, SessionRecord, SessionStatus, SessionStore, StoreError,
 };
-use uuid::Uuid;
 
 use super::{Cluster, Command, ENTRY_TTL, HEARTBEAT, RemoteTunnel, Route, commands, mesh};
 use crate::registry::{Registry, TunnelStream};
@@ -100,7 +100,7 @@ impl Shared {
     /// Where another node's tunnel of a session is: the node that
     /// announced it, or, while Redis is away, the node the database says
     /// holds the session, at its last announced address.
-    pub(super) async fn route(&self, session_id: Uuid) -> Option<Route> {
+    pub(super) async fn route(&self, session_id: SessionId) -> Option<Route> {
         match self.announced(|| self.routes.by_session(session_id)).await {
             Ok(route) => route,
             Err(()) => self.recorded(self.sessions.session(session_id).await),
@@ -108,7 +108,7 @@ impl Shared {
     }
 
     /// Where another node's tunnel of a system is.
-    pub(super) async fn route_of_system(&self, system_id: Uuid) -> Option<Route> {
+    pub(super) async fn route_of_system(&self, system_id: SystemId) -> Option<Route> {
         match self.announced(|| self.routes.by_system(system_id)).await {
             Ok(route) => route,
             Err(()) => {
@@ -346,7 +346,7 @@ async fn recover_node(state: &AppState, node: &str) {
                 sessions = n,
                 "a node stopped announcing itself: its sessions wait for their agents"
             );
-            let mut event = rtunnel_core::store::AuditEvent::new("node_lost");
+            let mut event = rtunnel_core::store::AuditEvent::new(AuditKind::NodeLost);
             event.actor = Some("system".into());
             event.details =
                 serde_json::json!({"node": node, "sessions": n, "seen_by": state.cluster.node_id});

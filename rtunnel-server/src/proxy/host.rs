@@ -6,7 +6,7 @@
 //! `Forwarded` and the like come from the client and are never believed.
 
 use axum::http::{HeaderMap, Uri, header};
-use uuid::Uuid;
+use rtunnel_core::ids::SessionId;
 
 /// Longest `Host` value looked at (DNS names are at most 253 characters).
 pub(crate) const MAX_HOST_LEN: usize = 260;
@@ -17,7 +17,7 @@ pub(crate) struct ProxyHost {
     /// The service of the session's manifest.
     pub service: String,
     /// The support session.
-    pub session_id: Uuid,
+    pub session_id: SessionId,
     /// The host as the client wrote it, lower-cased, with its port if any:
     /// what redirects back to the proxy use.
     pub authority: String,
@@ -89,7 +89,7 @@ pub(crate) fn parse(host: &str, proxy_domain: &str) -> Option<ProxyHost> {
         return None;
     }
     rtunnel_core::proto::validate_service_name(service).ok()?;
-    let session_id = Uuid::try_parse(session).ok()?;
+    let session_id: SessionId = session.parse().ok()?;
     Some(ProxyHost {
         service: service.to_owned(),
         session_id,
@@ -117,7 +117,7 @@ mod tests {
     fn a_proxy_host_names_service_and_session() {
         let p = parse(&format!("web--{SID}.localhost:8080"), "localhost").unwrap();
         assert_eq!(p.service, "web");
-        assert_eq!(p.session_id.simple().to_string(), SID);
+        assert_eq!(p.session_id.as_uuid().simple().to_string(), SID);
         assert_eq!(p.authority, format!("web--{SID}.localhost:8080"));
         // Case does not matter in host names; a service may hold "--".
         let p = parse(

@@ -31,8 +31,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
 use rtunnel_auth::claims::{Claims, TokenKind};
+use rtunnel_core::ids::SessionId;
 use rtunnel_core::proto::HostHeader;
-use rtunnel_core::store::{AuditEvent, SessionRecord, SessionStatus, User, now_millis};
+use rtunnel_core::store::{AuditEvent, AuditKind, SessionRecord, SessionStatus, User, now_millis};
 use rtunnel_core::ticket::Ticket;
 use rtunnel_core::token::TokenError;
 use uuid::Uuid;
@@ -83,7 +84,7 @@ pub(crate) struct ProxyGrant {
 pub(crate) async fn mint(
     state: &AppState,
     holder: Holder,
-    session_id: Uuid,
+    session_id: SessionId,
     service: &str,
 ) -> Result<ProxyGrant, ApiError> {
     let ttl = state.config.proxy_token_ttl;
@@ -113,7 +114,7 @@ pub(crate) async fn mint(
         url: format!(
             "{}://{service}--{}.{}{port}/?token={token}",
             public.scheme(),
-            session_id.simple(),
+            session_id.as_uuid().simple(),
             state.config.proxy_domain
         ),
         token,
@@ -498,7 +499,7 @@ async fn redeem(
         token: claims.tok,
     };
     let (session, user) = check_access(state, target, holder).await?;
-    let mut event = AuditEvent::new("proxy_opened");
+    let mut event = AuditEvent::new(AuditKind::ProxyOpened);
     event.actor = Some(user.name.clone());
     event.system_id = Some(session.system_id);
     event.session_id = Some(session.id);

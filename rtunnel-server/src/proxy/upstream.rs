@@ -18,8 +18,8 @@ use axum::http::Uri;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rtunnel_core::ids::SessionId;
 use rtunnel_core::proto::{Refusal, StreamHeader, StreamKind};
-use uuid::Uuid;
 
 use crate::registry::TunnelStream;
 use crate::streams::Streams;
@@ -53,14 +53,14 @@ pub(crate) fn client(streams: Streams) -> ProxyClient {
 /// the rest is the request target.
 pub(crate) fn upstream_uri(
     service: &str,
-    session_id: Uuid,
+    session_id: SessionId,
     operator: &str,
     path_and_query: &str,
 ) -> Option<Uri> {
     format!(
         "http://{}@{service}--{}{path_and_query}",
         hex::encode(operator),
-        session_id.simple()
+        session_id.as_uuid().simple()
     )
     .parse()
     .ok()
@@ -112,7 +112,7 @@ impl tower::Service<Uri> for TunnelConnector {
                 .host()
                 .rsplit_once("--")
                 .ok_or(ConnectError::BadUri)?;
-            let session = Uuid::try_parse(session).map_err(|_| ConnectError::BadUri)?;
+            let session: SessionId = session.parse().map_err(|_| ConnectError::BadUri)?;
             let operator = operator_of(authority).ok_or(ConnectError::BadUri)?;
             let header = StreamHeader::new(service, StreamKind::Http).opened_by(operator);
             let stream = streams.open(session, &header).await?;

@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use rtunnel_core::store::{AccessLog, AuditEvent, now_millis};
+use rtunnel_core::ids::{SessionId, SystemId};
+use rtunnel_core::store::{AccessKind, AccessLog, AuditEvent, AuditKind, now_millis};
 use tokio::sync::Mutex;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use uuid::Uuid;
@@ -43,7 +44,7 @@ pub(crate) struct VisitKey {
     /// Who, and with which login.
     pub holder: Holder,
     /// The session.
-    pub session_id: Uuid,
+    pub session_id: SessionId,
     /// The service.
     pub service: String,
 }
@@ -107,7 +108,7 @@ pub(crate) struct Visitor {
     /// The user's name.
     pub name: String,
     /// The system of the session.
-    pub system_id: Uuid,
+    pub system_id: SystemId,
     /// The client's address.
     pub peer: SocketAddr,
 }
@@ -131,7 +132,7 @@ impl Visits {
         let entry = AccessLog {
             id: Uuid::new_v4(),
             session_id: key.session_id,
-            kind: "http".into(),
+            kind: AccessKind::Http,
             service: Some(key.service.clone()),
             actor: visitor.name.clone(),
             ip_address: Some(visitor.peer.ip().to_string()),
@@ -171,12 +172,12 @@ async fn watch(state: Arc<AppState>, key: VisitKey, visitor: Visitor, visit: Arc
             code = &mut lost => {
                 tracing::info!(user = %visitor.name, session = %key.session_id, service = %key.service, "access gone ({code}): cutting the proxy visit");
                 visit.cut.cancel();
-                let mut event = AuditEvent::new("access_cut");
+                let mut event = AuditEvent::new(AuditKind::AccessCut);
                 event.actor = Some(visitor.name.clone());
                 event.system_id = Some(visitor.system_id);
                 event.session_id = Some(key.session_id);
                 event.ip_address = Some(visitor.peer.ip().to_string());
-                event.details = serde_json::json!({"kind": "http", "service": key.service, "reason": code});
+                event.details = serde_json::json!({"kind": AccessKind::Http, "service": key.service, "reason": code});
                 state.audit_best_effort(event).await;
                 break Some("access revoked");
             }

@@ -10,8 +10,8 @@
 
 use std::time::Duration;
 
+use crate::ids::{SessionId, SystemId};
 use serde::Serialize;
-use uuid::Uuid;
 
 use super::{RedisConnection, backend};
 use crate::store::StoreError;
@@ -149,13 +149,16 @@ impl RedisRoutes {
     }
 
     /// The route of a session's tunnel.
-    pub async fn by_session(&self, session_id: Uuid) -> Result<Option<TunnelRoute>, StoreError> {
+    pub async fn by_session(
+        &self,
+        session_id: SessionId,
+    ) -> Result<Option<TunnelRoute>, StoreError> {
         self.get_json(self.redis.key("route:session", &session_id.to_string()))
             .await
     }
 
     /// The route of a system's tunnel.
-    pub async fn by_system(&self, system_id: Uuid) -> Result<Option<TunnelRoute>, StoreError> {
+    pub async fn by_system(&self, system_id: SystemId) -> Result<Option<TunnelRoute>, StoreError> {
         self.get_json(self.redis.key("route:system", &system_id.to_string()))
             .await
     }

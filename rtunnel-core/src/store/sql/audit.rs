@@ -20,8 +20,8 @@ fn event_from(row: &AnyRow) -> Result<AuditEvent, StoreError> {
         at: get(row, "at")?,
         event: get(row, "event")?,
         actor: get(row, "actor")?,
-        system_id: opt_uuid("system_id")?,
-        session_id: opt_uuid("session_id")?,
+        system_id: opt_uuid("system_id")?.map(Into::into),
+        session_id: opt_uuid("session_id")?.map(Into::into),
         ip_address: get(row, "ip_address")?,
         details: serde_json::from_str(&details).unwrap_or_default(),
     })

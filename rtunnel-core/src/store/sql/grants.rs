@@ -3,6 +3,8 @@
 
 use uuid::Uuid;
 
+use crate::ids::UserId;
+
 use super::{SqlStore, backend};
 use crate::store::{Millis, StoreError};
 
@@ -41,7 +43,7 @@ impl SqlStore {
     pub(super) async fn has_grant_in(
         &self,
         table: &GrantTable,
-        user: Uuid,
+        user: UserId,
         target: Uuid,
         now: Millis,
     ) -> Result<bool, StoreError> {
@@ -56,7 +58,7 @@ impl SqlStore {
     pub(super) async fn grant_until_in(
         &self,
         table: &GrantTable,
-        user: Uuid,
+        user: UserId,
         target: Uuid,
         now: Millis,
     ) -> Result<Option<Option<Millis>>, StoreError> {
@@ -73,7 +75,7 @@ impl SqlStore {
     pub(super) async fn grant_in(
         &self,
         table: &GrantTable,
-        user: Uuid,
+        user: UserId,
         target: Uuid,
         expires_at: Option<Millis>,
         now: Millis,
@@ -97,7 +99,7 @@ impl SqlStore {
     pub(super) async fn revoke_in(
         &self,
         table: &GrantTable,
-        user: Uuid,
+        user: UserId,
         target: Uuid,
         now: Millis,
     ) -> Result<bool, StoreError> {

@@ -4,6 +4,8 @@ use async_trait::async_trait;
 use sqlx::any::AnyRow;
 use uuid::Uuid;
 
+use crate::ids::UserId;
+
 use super::{SqlStore, backend, get, get_uuid};
 use crate::store::{Login, LoginStore, Millis, StoreError};
 
@@ -80,7 +82,7 @@ impl LoginStore for SqlStore {
 
     async fn has_login_from(
         &self,
-        user_id: Uuid,
+        user_id: UserId,
         ip_address: &str,
         since: Millis,
     ) -> Result<bool, StoreError> {
@@ -109,7 +111,7 @@ impl LoginStore for SqlStore {
 
     async fn revoke_user_logins(
         &self,
-        user_id: Uuid,
+        user_id: UserId,
         reason: &str,
         now: Millis,
     ) -> Result<u64, StoreError> {

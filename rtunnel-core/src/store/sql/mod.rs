@@ -18,6 +18,8 @@ use sqlx::Row;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use uuid::Uuid;
 
+use crate::ids::{SessionId, SystemId, UserId};
+
 use super::{
     AccessLog, ApiTokenRecord, IdentityStore, Millis, Page, Paged, SessionFilter, SessionRecord,
     SessionSort, SessionStatus, SessionStore, StoreError, System, User,
@@ -190,9 +192,12 @@ where
     row.try_get(col).map_err(backend)
 }
 
-fn get_uuid(row: &AnyRow, col: &str) -> Result<Uuid, StoreError> {
+/// A UUID column, as a [`Uuid`] or one of the typed ids.
+fn get_uuid<T: From<Uuid>>(row: &AnyRow, col: &str) -> Result<T, StoreError> {
     let s: String = get(row, col)?;
-    Uuid::parse_str(&s).map_err(|e| StoreError::Backend(format!("bad uuid in {col}: {e}")))
+    Uuid::parse_str(&s)
+        .map(T::from)
+        .map_err(|e| StoreError::Backend(format!("bad uuid in {col}: {e}")))
 }
 
 fn parse_enum<T: FromStr<Err = String>>(row: &AnyRow, col: &str) -> Result<T, StoreError> {
@@ -258,7 +263,7 @@ fn access_from(row: &AnyRow) -> Result<AccessLog, StoreError> {
     Ok(AccessLog {
         id: get_uuid(row, "id")?,
         session_id: get_uuid(row, "session_id")?,
-        kind: get(row, "kind")?,
+        kind: parse_enum(row, "kind")?,
         service: get(row, "service")?,
         actor: get(row, "actor")?,
         ip_address: get(row, "ip_address")?,
@@ -302,7 +307,7 @@ impl IdentityStore for SqlStore {
         .transpose()
     }
 
-    async fn user_by_id(&self, id: Uuid) -> Result<Option<User>, StoreError> {
+    async fn user_by_id(&self, id: UserId) -> Result<Option<User>, StoreError> {
         sqlx::query(concat!(
             "SELECT ",
             user_columns!(),
@@ -339,14 +344,14 @@ impl IdentityStore for SqlStore {
         })
     }
 
-    async fn set_user_disabled(&self, id: Uuid, disabled: bool) -> Result<bool, StoreError> {
+    async fn set_user_disabled(&self, id: UserId, disabled: bool) -> Result<bool, StoreError> {
         let change = sqlx::query("UPDATE users SET disabled = $1 WHERE id = $2")
             .bind(disabled)
             .bind(id.to_string());
         Ok(self.taking_access(change).await? == 1)
     }
 
-    async fn set_password_hash(&self, id: Uuid, hash: Option<&str>) -> Result<bool, StoreError> {
+    async fn set_password_hash(&self, id: UserId, hash: Option<&str>) -> Result<bool, StoreError> {
         let done = sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
             .bind(hash)
             .bind(id.to_string())
@@ -356,7 +361,7 @@ impl IdentityStore for SqlStore {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn password_hash(&self, id: Uuid) -> Result<Option<String>, StoreError> {
+    async fn password_hash(&self, id: UserId) -> Result<Option<String>, StoreError> {
         let hash: Option<Option<String>> =
             sqlx::query_scalar("SELECT password_hash FROM users WHERE id = $1")
                 .bind(id.to_string())
@@ -395,7 +400,7 @@ impl IdentityStore for SqlStore {
 
     async fn list_api_tokens(
         &self,
-        user_id: Option<Uuid>,
+        user_id: Option<UserId>,
         page: Page,
     ) -> Result<Paged<ApiTokenRecord>, StoreError> {
         let user = user_id.map(|u| u.to_string());
@@ -448,7 +453,7 @@ impl IdentityStore for SqlStore {
         Ok(())
     }
 
-    async fn system(&self, id: Uuid) -> Result<Option<System>, StoreError> {
+    async fn system(&self, id: SystemId) -> Result<Option<System>, StoreError> {
         sqlx::query("SELECT * FROM systems WHERE id = $1")
             .bind(id.to_string())
             .fetch_optional(&self.pool)
@@ -468,7 +473,7 @@ impl IdentityStore for SqlStore {
             .transpose()
     }
 
-    async fn set_system_secret(&self, id: Uuid, secret_hash: &str) -> Result<bool, StoreError> {
+    async fn set_system_secret(&self, id: SystemId, secret_hash: &str) -> Result<bool, StoreError> {
         let change = sqlx::query("UPDATE systems SET secret_hash = $2 WHERE id = $1")
             .bind(id.to_string())
             .bind(secret_hash);
@@ -485,7 +490,7 @@ impl IdentityStore for SqlStore {
             .transpose()
     }
 
-    async fn delete_system(&self, id: Uuid) -> Result<bool, StoreError> {
+    async fn delete_system(&self, id: SystemId) -> Result<bool, StoreError> {
         // Sessions, their access logs and grants go with it (ON DELETE
         // CASCADE); resources tied to it are untied (ON DELETE SET NULL).
         let change = sqlx::query("DELETE FROM systems WHERE id = $1").bind(id.to_string());
@@ -494,7 +499,7 @@ impl IdentityStore for SqlStore {
 
     async fn list_systems(
         &self,
-        granted_to: Option<Uuid>,
+        granted_to: Option<UserId>,
         now: Millis,
         page: Page,
     ) -> Result<Paged<System>, StoreError> {
@@ -533,42 +538,48 @@ impl IdentityStore for SqlStore {
 
     async fn grant(
         &self,
-        user_id: Uuid,
-        system_id: Uuid,
+        user_id: UserId,
+        system_id: SystemId,
         expires_at: Option<Millis>,
         now: Millis,
     ) -> Result<bool, StoreError> {
-        self.grant_in(&SYSTEM_GRANTS, user_id, system_id, expires_at, now)
-            .await
+        self.grant_in(
+            &SYSTEM_GRANTS,
+            user_id,
+            system_id.as_uuid(),
+            expires_at,
+            now,
+        )
+        .await
     }
 
     async fn revoke(
         &self,
-        user_id: Uuid,
-        system_id: Uuid,
+        user_id: UserId,
+        system_id: SystemId,
         now: Millis,
     ) -> Result<bool, StoreError> {
-        self.revoke_in(&SYSTEM_GRANTS, user_id, system_id, now)
+        self.revoke_in(&SYSTEM_GRANTS, user_id, system_id.as_uuid(), now)
             .await
     }
 
     async fn has_grant(
         &self,
-        user_id: Uuid,
-        system_id: Uuid,
+        user_id: UserId,
+        system_id: SystemId,
         now: Millis,
     ) -> Result<bool, StoreError> {
-        self.has_grant_in(&SYSTEM_GRANTS, user_id, system_id, now)
+        self.has_grant_in(&SYSTEM_GRANTS, user_id, system_id.as_uuid(), now)
             .await
     }
 
     async fn grant_until(
         &self,
-        user_id: Uuid,
-        system_id: Uuid,
+        user_id: UserId,
+        system_id: SystemId,
         now: Millis,
     ) -> Result<Option<Option<Millis>>, StoreError> {
-        self.grant_until_in(&SYSTEM_GRANTS, user_id, system_id, now)
+        self.grant_until_in(&SYSTEM_GRANTS, user_id, system_id.as_uuid(), now)
             .await
     }
 
@@ -630,7 +641,7 @@ impl SessionStore for SqlStore {
 
     async fn activate_session(
         &self,
-        id: Uuid,
+        id: SessionId,
         services: &[ServiceInfo],
         agent_software: &str,
         node_id: &str,
@@ -658,7 +669,7 @@ impl SessionStore for SqlStore {
 
     async fn apply_lifecycle(
         &self,
-        id: Uuid,
+        id: SessionId,
         from: SessionStatus,
         held_by: Option<&str>,
         next: &crate::session::Lifecycle,
@@ -685,7 +696,7 @@ impl SessionStore for SqlStore {
         Ok(done.rows_affected() > 0)
     }
 
-    async fn set_reconnect_token(&self, id: Uuid, hash: &str) -> Result<(), StoreError> {
+    async fn set_reconnect_token(&self, id: SessionId, hash: &str) -> Result<(), StoreError> {
         sqlx::query("UPDATE sessions SET reconnect_token_hash = $2 WHERE id = $1")
             .bind(id.to_string())
             .bind(hash)
@@ -743,7 +754,7 @@ impl SessionStore for SqlStore {
         )
         .bind(e.id.to_string())
         .bind(e.session_id.to_string())
-        .bind(&e.kind)
+        .bind(e.kind.as_str())
         .bind(&e.service)
         .bind(&e.actor)
         .bind(&e.ip_address)
@@ -788,7 +799,7 @@ impl SessionStore for SqlStore {
 
     async fn list_access(
         &self,
-        session_id: Uuid,
+        session_id: SessionId,
         page: Page,
     ) -> Result<Paged<AccessLog>, StoreError> {
         let rows = sqlx::query(
@@ -836,7 +847,7 @@ impl SessionStore for SqlStore {
         rows.iter().map(session_from).collect()
     }
 
-    async fn session(&self, id: Uuid) -> Result<Option<SessionRecord>, StoreError> {
+    async fn session(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError> {
         sqlx::query("SELECT * FROM sessions WHERE id = $1")
             .bind(id.to_string())
             .fetch_optional(&self.pool)

@@ -4,6 +4,8 @@ use async_trait::async_trait;
 use sqlx::any::AnyRow;
 use uuid::Uuid;
 
+use crate::ids::{SystemId, UserId};
+
 use super::grants::RESOURCE_GRANTS;
 use super::{SqlStore, backend, get, get_uuid};
 use crate::store::{Millis, Page, Paged, Resource, ResourceStore, StoreError};
@@ -18,7 +20,7 @@ fn resource_from(row: &AnyRow) -> Result<Resource, StoreError> {
         metadata: serde_json::from_str(&metadata)
             .map_err(|e| StoreError::Backend(format!("bad resource metadata: {e}")))?,
         system_id: system_id
-            .map(|s| Uuid::parse_str(&s))
+            .map(|s| Uuid::parse_str(&s).map(SystemId::from))
             .transpose()
             .map_err(|e| StoreError::Backend(format!("bad uuid in system_id: {e}")))?,
         service: get(row, "service")?,
@@ -122,7 +124,7 @@ impl ResourceStore for SqlStore {
 
     async fn grant_resource(
         &self,
-        user_id: Uuid,
+        user_id: UserId,
         resource_id: Uuid,
         expires_at: Option<Millis>,
         now: Millis,
@@ -133,7 +135,7 @@ impl ResourceStore for SqlStore {
 
     async fn revoke_resource(
         &self,
-        user_id: Uuid,
+        user_id: UserId,
         resource_id: Uuid,
         now: Millis,
     ) -> Result<bool, StoreError> {
@@ -143,7 +145,7 @@ impl ResourceStore for SqlStore {
 
     async fn has_resource_grant(
         &self,
-        user_id: Uuid,
+        user_id: UserId,
         resource_id: Uuid,
         now: Millis,
     ) -> Result<bool, StoreError> {
