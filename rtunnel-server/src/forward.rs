@@ -88,7 +88,7 @@ pub(crate) async fn forward_endpoint(
     event.session_id = Some(session_id);
     event.ip_address = Some(peer.ip().to_string());
     event.details = serde_json::json!({"service": q.service});
-    state.audit(event).await?;
+    state.audit.record(event).await?;
     let system_id = session.system_id;
     Ok(ws
         .max_message_size(MAX_WS_MESSAGE_BYTES)
@@ -164,7 +164,7 @@ async fn watch_access(ctx: Arc<ForwardCtx>) {
     event.session_id = Some(ctx.session_id);
     event.ip_address = Some(ctx.peer.ip().to_string());
     event.details = serde_json::json!({"kind": AccessKind::Forward, "reason": code});
-    state.audit_best_effort(event).await;
+    state.audit.best_effort(event).await;
     ctx.cut.cancel();
 }
 

@@ -128,7 +128,7 @@ async fn step_and_store(
         ev.system_id = Some(session.system_id);
         ev.session_id = Some(session.id);
         ev.details = serde_json::json!({"reason": t.end_reason});
-        state.audit_best_effort(ev).await;
+        state.audit.best_effort(ev).await;
     }
     perform(state, session.id, &t.actions).await;
     Ok(t)

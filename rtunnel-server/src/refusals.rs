@@ -117,7 +117,7 @@ impl Refusals {
                 "window_secs": window,
                 "note": "from more addresses than are listed one by one",
             });
-            state.audit_best_effort(event).await;
+            state.audit.best_effort(event).await;
         }
         for (key, tried) in pending.throttled {
             let mut samples: Vec<String> = tried.names.iter().cloned().collect();
@@ -134,7 +134,7 @@ impl Refusals {
                 "sample_names": samples,
                 "window_secs": window,
             });
-            state.audit_best_effort(event).await;
+            state.audit.best_effort(event).await;
         }
     }
 }

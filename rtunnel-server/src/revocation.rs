@@ -23,7 +23,7 @@
 //! [`IdentityStore::access_epoch`]: rtunnel_core::store::IdentityStore::access_epoch
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rtunnel_auth::access::{self, Action};
@@ -45,10 +45,11 @@ const STORE_RETRY: Duration = Duration::from_secs(1);
 const MAX_CACHED: usize = 16_384;
 
 /// Says when access may have changed, and keeps the decisions taken since.
-#[derive(Debug)]
+/// Clones share one watch.
+#[derive(Debug, Clone)]
 pub struct AccessWatch {
     epoch: watch::Sender<u64>,
-    cache: Mutex<HashMap<(Holder, SystemId), Cached>>,
+    cache: Arc<Mutex<HashMap<(Holder, SystemId), Cached>>>,
 }
 
 #[derive(Debug, Clone)]
@@ -61,7 +62,7 @@ impl Default for AccessWatch {
     fn default() -> Self {
         AccessWatch {
             epoch: watch::channel(0).0,
-            cache: Mutex::new(HashMap::new()),
+            cache: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 }

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cluster::Cluster;
 use crate::config::ServerConfig;
 use crate::registry::Registry;
+use crate::revocation::AccessWatch;
 use crate::state::{AppState, Stores};
 
 /// How long shutdown waits for agents to be told and tunnels to end.
@@ -83,6 +84,7 @@ impl ServerBuilder {
         url: &str,
         node_id: &str,
         registry: &Arc<Registry>,
+        access: &AccessWatch,
         stores: &mut Stores,
     ) -> Result<(Cluster, TcpListener), ServerError> {
         use rtunnel_core::store::redis::{RedisConnection, RedisRateLimiter, RedisTicketStore};
@@ -113,8 +115,13 @@ impl ServerBuilder {
             identity,
             sessions: stores.sessions.clone(),
         };
-        let cluster = Cluster::member(node_id.to_owned(), registry.clone(), membership)
-            .map_err(ServerError::Config)?;
+        let cluster = Cluster::member(
+            node_id.to_owned(),
+            registry.clone(),
+            access.clone(),
+            membership,
+        )
+        .map_err(ServerError::Config)?;
         Ok((cluster, listener))
     }
 
@@ -126,6 +133,7 @@ impl ServerBuilder {
         _: &str,
         _: &str,
         _: &Arc<Registry>,
+        _: &AccessWatch,
         _: &mut Stores,
     ) -> Result<(Cluster, TcpListener), ServerError> {
         Err(ServerError::Config(crate::config::NO_REDIS.into()))
@@ -167,12 +175,23 @@ impl ServerBuilder {
             crate::cluster::resolve_node_id(self.config.node_id.as_deref(), &self.config.data_dir)
                 .map_err(ServerError::Config)?;
         let registry = Arc::new(Registry::default());
+        let access = AccessWatch::default();
         let mut stores = stores;
         let (cluster, node_listener) = match &self.config.redis_url {
-            None => (Cluster::single(node_id.clone(), registry.clone()), None),
+            None => (
+                Cluster::single(node_id.clone(), registry.clone(), access.clone()),
+                None,
+            ),
             Some(url) => {
-                let (cluster, listener) =
-                    Self::join_cluster(&self.config, url, &node_id, &registry, &mut stores).await?;
+                let (cluster, listener) = Self::join_cluster(
+                    &self.config,
+                    url,
+                    &node_id,
+                    &registry,
+                    &access,
+                    &mut stores,
+                )
+                .await?;
                 (cluster, Some(listener))
             }
         };
@@ -205,6 +224,7 @@ impl ServerBuilder {
             node_listener,
             state: Arc::new(AppState {
                 config: self.config,
+                audit: crate::state::Audit::new(stores.audit.clone()),
                 stores,
                 registry,
                 cluster,
@@ -213,7 +233,7 @@ impl ServerBuilder {
                 shutdown: CancellationToken::new(),
                 signer,
                 launch_signer,
-                access: Default::default(),
+                access,
                 recordings,
                 refusals: Default::default(),
                 password_checks: Arc::new(tokio::sync::Semaphore::new(

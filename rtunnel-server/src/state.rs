@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use axum::extract::FromRef;
 use rtunnel_core::mux::MuxConfig;
 use rtunnel_core::ratelimit::{MemoryRateLimiter, RateLimiter};
 use rtunnel_core::store::{
@@ -64,6 +65,8 @@ pub struct AppState {
     pub config: ServerConfig,
     /// Durable state.
     pub stores: Stores,
+    /// The audit log as the server writes it.
+    pub audit: Audit,
     /// Live tunnels of this node.
     pub registry: Arc<Registry>,
     /// This node's place among the others (alone without Redis).
@@ -102,22 +105,59 @@ impl AppState {
     pub fn mux_config(&self) -> MuxConfig {
         MuxConfig::default()
     }
+}
 
-    /// Stores an audit event; access must not open if this fails.
-    pub async fn audit(&self, event: AuditEvent) -> Result<(), ApiError> {
-        self.stores
-            .audit
+/// The audit log as the server writes it. Clones share the sink.
+#[derive(Clone)]
+pub struct Audit {
+    sink: Arc<dyn AuditSink>,
+}
+
+impl std::fmt::Debug for Audit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Audit").finish_non_exhaustive()
+    }
+}
+
+impl Audit {
+    /// Writes to `sink`.
+    pub fn new(sink: Arc<dyn AuditSink>) -> Self {
+        Audit { sink }
+    }
+
+    /// Stores an event before what it records happens: access must not
+    /// open if this fails (503 `audit_unavailable`).
+    pub async fn record(&self, event: AuditEvent) -> Result<(), ApiError> {
+        self.sink
             .record(&event)
             .await
             .map_err(|e| ApiError::unavailable("audit_unavailable", e))
     }
 
-    /// Stores an audit event where nothing waits on it (the event is about
-    /// something that already happened); failures are logged.
-    pub async fn audit_best_effort(&self, event: AuditEvent) {
-        if let Err(e) = self.stores.audit.record(&event).await {
+    /// Stores an event where nothing waits on it (it records something
+    /// that already happened); a failure is logged.
+    pub async fn best_effort(&self, event: AuditEvent) {
+        if let Err(e) = self.sink.record(&event).await {
             log_store_error("audit", &e);
         }
+    }
+}
+
+impl FromRef<Arc<AppState>> for Audit {
+    fn from_ref(state: &Arc<AppState>) -> Self {
+        state.audit.clone()
+    }
+}
+
+impl FromRef<Arc<AppState>> for crate::revocation::AccessWatch {
+    fn from_ref(state: &Arc<AppState>) -> Self {
+        state.access.clone()
+    }
+}
+
+impl FromRef<Arc<AppState>> for Stores {
+    fn from_ref(state: &Arc<AppState>) -> Self {
+        state.stores.clone()
     }
 }
 

@@ -131,7 +131,7 @@ pub(crate) async fn terminal_endpoint(
     event.session_id = Some(session_id);
     event.ip_address = Some(peer.ip().to_string());
     event.details = serde_json::json!({"cols": cols, "rows": rows});
-    state.audit(event).await?;
+    state.audit.record(event).await?;
 
     let upstream = open_pty(&state, session_id, &user, cols, rows).await?;
     let entry = AccessLog {
@@ -460,7 +460,7 @@ async fn bridge(ctx: TerminalCtx, socket: WebSocket, upstream: TunnelStream, rec
         "bytes_in": to,
         "bytes_out": from,
     });
-    state.audit_best_effort(event).await;
+    state.audit.best_effort(event).await;
     tracing::info!(
         user = %ctx.user.name,
         session = %ctx.session_id,

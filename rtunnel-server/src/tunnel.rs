@@ -62,7 +62,7 @@ pub(crate) async fn tunnel_endpoint(
     event.actor = Some(system.key.clone());
     event.system_id = Some(system.id);
     event.ip_address = Some(peer.ip().to_string());
-    state.audit(event).await?;
+    state.audit.record(event).await?;
     Ok(ws
         .max_message_size(MAX_WS_MESSAGE_BYTES)
         .max_frame_size(MAX_WS_MESSAGE_BYTES)
@@ -157,7 +157,7 @@ async fn audit_auth_failure(state: &AppState, key: &str, peer: SocketAddr, reaso
     event.actor = Some(truncate(key, 64));
     event.ip_address = Some(peer.ip().to_string());
     event.details = serde_json::json!({ "reason": reason });
-    state.audit_best_effort(event).await;
+    state.audit.best_effort(event).await;
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -208,7 +208,7 @@ async fn run_tunnel(state: Arc<AppState>, system: System, peer: SocketAddr, sock
     event.session_id = Some(session_id);
     event.ip_address = Some(peer.ip().to_string());
     event.details = serde_json::json!({"reason": reason});
-    state.audit_best_effort(event).await;
+    state.audit.best_effort(event).await;
 }
 
 /// The session this tunnel carries: the one the agent resumes, if its
@@ -227,7 +227,7 @@ async fn attach_session(
                 event.system_id = Some(system.id);
                 event.session_id = Some(resume.session_id);
                 event.ip_address = Some(peer.ip().to_string());
-                state.audit_best_effort(event).await;
+                state.audit.best_effort(event).await;
                 tracing::info!(system = %system.name, session = %resume.session_id, "agent resumed its session");
                 return Ok(resume.session_id);
             }
@@ -246,7 +246,7 @@ async fn attach_session(
         event.system_id = Some(system.id);
         event.session_id = Some(session_id);
         event.ip_address = Some(peer.ip().to_string());
-        state.audit_best_effort(event).await;
+        state.audit.best_effort(event).await;
         tracing::info!(system = %system.name, session = %session_id, %peer, "a new agent connection takes over the live session");
         return Ok(session_id);
     }

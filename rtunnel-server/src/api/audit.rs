@@ -2,7 +2,6 @@
 //! `event`, `session_id`, and a time window `since` (inclusive) to `until`
 //! (exclusive), each an RFC 3339 time (`2026-11-22T10:00:00Z`).
 
-use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use axum::Json;
@@ -16,7 +15,7 @@ use super::auth::{CurrentUser, require_admin};
 use super::check_page;
 use super::extract::Query;
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::state::Stores;
 
 /// The query string.
 #[derive(Debug, Deserialize)]
@@ -77,7 +76,7 @@ fn parse_time(name: &str, value: Option<&str>) -> Result<Option<Millis>, ApiErro
 }
 
 pub(super) async fn list(
-    State(state): State<Arc<AppState>>,
+    State(stores): State<Stores>,
     CurrentUser(user): CurrentUser,
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<Paged<AuditView>>, ApiError> {
@@ -92,7 +91,7 @@ pub(super) async fn list(
         since: parse_time("since", q.since.as_deref())?,
         until: parse_time("until", q.until.as_deref())?,
     };
-    let events = state.stores.audit_reader.list_audit(&filter, page).await?;
+    let events = stores.audit_reader.list_audit(&filter, page).await?;
     Ok(Json(Paged {
         items: events.items.into_iter().map(AuditView::from).collect(),
         page: events.page,

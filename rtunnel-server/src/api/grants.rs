@@ -110,7 +110,7 @@ pub(super) async fn create(
     let expires_at = body.expires_at(now)?;
     let mut e = event(AuditKind::GrantCreated, &admin.name, peer, &body);
     e.details["expires_at"] = json!(expires_at.map(rfc3339));
-    state.audit(e).await?;
+    state.audit.record(e).await?;
     let created = match target {
         Target::System(id) => {
             state
@@ -153,7 +153,8 @@ pub(super) async fn revoke(
     require_admin(&admin)?;
     let target = body.check(&state).await?;
     state
-        .audit(event(AuditKind::GrantRevoked, &admin.name, peer, &body))
+        .audit
+        .record(event(AuditKind::GrantRevoked, &admin.name, peer, &body))
         .await?;
     let now = now_millis();
     let revoked = match target {
@@ -168,7 +169,7 @@ pub(super) async fn revoke(
     };
     if revoked {
         // What the grant let open is cut now, not at the next poll.
-        state.cluster.access_changed(&state).await;
+        state.cluster.access_changed().await;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found("grant_not_found", "no active grant"))

@@ -97,7 +97,7 @@ pub(super) async fn launch(
         "connection_id": connection_id,
         "ip_address": peer.ip().to_string(),
     });
-    state.audit(event).await?;
+    state.audit.record(event).await?;
     Ok(Json(json!({
         "success": true,
         "sessionUrl": url,

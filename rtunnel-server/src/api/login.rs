@@ -150,7 +150,7 @@ pub(crate) async fn login(
     event.actor = Some(user.name.clone());
     event.ip_address = Some(ip);
     event.details = json!({"login_id": login.id});
-    state.audit(event).await?;
+    state.audit.record(event).await?;
     state.stores.logins.create_login(&login).await?;
     Ok(Json(pair(&state, &user, refresh, now)))
 }
@@ -189,7 +189,7 @@ pub(crate) async fn refresh(
     event.actor = Some(user.name.clone());
     event.ip_address = Some(ip.clone());
     event.details = json!({"login_id": family});
-    state.audit(event).await?;
+    state.audit.record(event).await?;
     let rotated = state
         .stores
         .logins
@@ -220,13 +220,13 @@ pub(crate) async fn logout(
     event.actor = Some(caller.user.name.clone());
     event.ip_address = Some(peer.ip().to_string());
     event.details = json!({"login_id": login});
-    state.audit(event).await?;
+    state.audit.record(event).await?;
     state
         .stores
         .logins
         .revoke_login(login, "logout", now_millis())
         .await?;
-    state.cluster.access_changed(&state).await;
+    state.cluster.access_changed().await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -237,7 +237,7 @@ async fn replayed(state: &AppState, user: &User, login: &Login, ip: &str) -> Res
         .logins
         .revoke_login(login.id, "refresh_token_replayed", now_millis())
         .await?;
-    state.cluster.access_changed(state).await;
+    state.cluster.access_changed().await;
     tracing::warn!(user = %user.name, login = %login.id, %ip, "refresh token replayed; login ended");
     let mut event = AuditEvent::new(AuditKind::RefreshTokenReplayed);
     event.actor = Some(user.name.clone());
@@ -247,7 +247,7 @@ async fn replayed(state: &AppState, user: &User, login: &Login, ip: &str) -> Res
         "login_ip_address": login.ip_address,
         "family_revoked": ended,
     });
-    state.audit_best_effort(event).await;
+    state.audit.best_effort(event).await;
     Ok(())
 }
 
@@ -306,7 +306,7 @@ async fn audit_failure(
     });
     event.ip_address = Some(ip.to_owned());
     event.details = json!({"reason": reason});
-    state.audit_best_effort(event).await;
+    state.audit.best_effort(event).await;
 }
 
 /// Claims of a new refresh token of family `family`.

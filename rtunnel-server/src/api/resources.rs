@@ -134,7 +134,7 @@ async fn audit(
     e.actor = Some(actor.to_owned());
     e.ip_address = Some(peer.ip().to_string());
     e.details = serde_json::json!({"resource_id": r.id, "resource_name": r.name});
-    state.audit(e).await
+    state.audit.record(e).await
 }
 
 fn not_found() -> ApiError {

@@ -262,7 +262,7 @@ async fn audit_on(
     ev.session_id = Some(session.id);
     ev.ip_address = Some(peer.ip().to_string());
     ev.details = details;
-    state.audit(ev).await
+    state.audit.record(ev).await
 }
 
 pub(super) async fn close(

@@ -102,7 +102,7 @@ pub(super) async fn create(
     event.actor = Some(user.name.clone());
     event.system_id = Some(system.id);
     event.details = serde_json::json!({"name": system.name});
-    state.audit(event).await?;
+    state.audit.record(event).await?;
     state.stores.identity.create_system(&system).await?;
     Ok((StatusCode::CREATED, Json(enrolled)))
 }
@@ -123,10 +123,10 @@ pub(super) async fn delete(
     event.system_id = Some(system.id);
     event.ip_address = Some(peer.ip().to_string());
     event.details = serde_json::json!({"name": system.name, "key": system.key});
-    state.audit(event).await?;
+    state.audit.record(event).await?;
     cut_tunnel(&state, &system, "the system was deleted").await;
     state.stores.identity.delete_system(system.id).await?;
-    state.cluster.access_changed(&state).await;
+    state.cluster.access_changed().await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -171,7 +171,7 @@ pub(super) async fn regenerate_secret(
     event.system_id = Some(system.id);
     event.ip_address = Some(peer.ip().to_string());
     event.details = serde_json::json!({"name": system.name});
-    state.audit(event).await?;
+    state.audit.record(event).await?;
     state
         .stores
         .identity
@@ -183,7 +183,7 @@ pub(super) async fn regenerate_secret(
         "an administrator replaced the system's secret",
     )
     .await;
-    state.cluster.access_changed(&state).await;
+    state.cluster.access_changed().await;
     Ok(Json(Enrolled {
         id: system.id,
         name: system.name,

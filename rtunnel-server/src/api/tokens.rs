@@ -20,7 +20,7 @@ use super::auth::Authenticated;
 use super::extract::Query;
 use super::{check_page, parse_id};
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::state::{AppState, Stores};
 
 /// An API token as the API shows it (never its secret).
 #[derive(Debug, Serialize)]
@@ -58,7 +58,7 @@ pub(super) struct ListQuery {
 /// `GET /api/v1/tokens`: the caller's tokens; an admin's `user_id` picks
 /// another user's, and without it an admin sees everyone's.
 pub(super) async fn list(
-    State(state): State<Arc<AppState>>,
+    State(stores): State<Stores>,
     caller: Authenticated,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Paged<TokenView>>, ApiError> {
@@ -74,7 +74,7 @@ pub(super) async fn list(
         }
         (false, _) => Some(caller.user.id),
     };
-    let tokens = state.stores.identity.list_api_tokens(user, page).await?;
+    let tokens = stores.identity.list_api_tokens(user, page).await?;
     let now = now_millis();
     Ok(Json(Paged {
         items: tokens
@@ -115,13 +115,13 @@ pub(super) async fn revoke(
     event.actor = Some(caller.user.name.clone());
     event.ip_address = Some(peer.ip().to_string());
     event.details = serde_json::json!({"token_id": token.id, "user_id": token.user_id});
-    state.audit(event).await?;
+    state.audit.record(event).await?;
     state
         .stores
         .identity
         .revoke_api_token(id, now_millis())
         .await?;
     // What was opened with it checks again now, here and on every node.
-    state.cluster.access_changed(&state).await;
+    state.cluster.access_changed().await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -129,7 +129,8 @@ pub(super) async fn create(
         enroll::new_user(&body.name, body.role, body.email, body.password.as_deref())?;
     let details = json!({"user_id": user.id, "name": user.name, "role": user.role});
     state
-        .audit(admin_event(&caller, peer, AuditKind::UserCreated, details))
+        .audit
+        .record(admin_event(&caller, peer, AuditKind::UserCreated, details))
         .await?;
     state.stores.identity.create_user(&user).await?;
     if let Some(hash) = &hash {
@@ -182,7 +183,7 @@ pub(super) async fn update(
             AuditKind::UserPasswordSet,
             json!({"user_id": user.id, "name": user.name}),
         );
-        state.audit(event).await?;
+        state.audit.record(event).await?;
         enroll::set_password(
             &*state.stores.identity,
             &*state.stores.logins,
@@ -190,7 +191,7 @@ pub(super) async fn update(
             Some(hash),
         )
         .await?;
-        state.cluster.access_changed(&state).await;
+        state.cluster.access_changed().await;
     }
     if let Some(disabled) = body.disabled.filter(|d| *d != user.disabled) {
         let name = if disabled {
@@ -199,7 +200,7 @@ pub(super) async fn update(
             AuditKind::UserEnabled
         };
         let event = audit(name, json!({"user_id": user.id, "name": user.name}));
-        state.audit(event).await?;
+        state.audit.record(event).await?;
         enroll::set_disabled(
             &*state.stores.identity,
             &*state.stores.logins,
@@ -207,7 +208,7 @@ pub(super) async fn update(
             disabled,
         )
         .await?;
-        state.cluster.access_changed(&state).await;
+        state.cluster.access_changed().await;
     }
     let user = load(&state, &id).await?;
     Ok(Json(view(&state, user).await?))

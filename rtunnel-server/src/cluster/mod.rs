@@ -44,6 +44,7 @@ pub use shared::Membership;
 use shared::Shared;
 
 use crate::registry::{LiveTunnel, Registry, TunnelStream};
+use crate::revocation::AccessWatch;
 use crate::state::AppState;
 
 /// How often a node announces itself and its tunnels.
@@ -56,6 +57,8 @@ pub const ENTRY_TTL: Duration = Duration::from_secs(10);
 pub struct Cluster {
     node_id: String,
     registry: Arc<Registry>,
+    /// This node's access watch: a change here is told to the others.
+    access: AccessWatch,
     live: Option<Shared>,
 }
 
@@ -70,10 +73,11 @@ impl std::fmt::Debug for Cluster {
 
 impl Cluster {
     /// A node alone.
-    pub fn single(node_id: String, registry: Arc<Registry>) -> Self {
+    pub fn single(node_id: String, registry: Arc<Registry>, access: AccessWatch) -> Self {
         Cluster {
             node_id,
             registry,
+            access,
             live: None,
         }
     }
@@ -130,8 +134,8 @@ impl Cluster {
 
     /// Access changed (a grant revoked, a user disabled, a login ended):
     /// open connections on every node check again now.
-    pub async fn access_changed(&self, state: &AppState) {
-        state.access.changed();
+    pub async fn access_changed(&self) {
+        self.access.changed();
         self.publish(Command::AccessChanged).await;
     }
 

@@ -21,6 +21,7 @@ use rtunnel_core::store::{
 
 use super::{Cluster, Command, ENTRY_TTL, HEARTBEAT, RemoteTunnel, Route, commands, mesh};
 use crate::registry::{Registry, TunnelStream};
+use crate::revocation::AccessWatch;
 use crate::state::AppState;
 
 /// What a node shares with the others.
@@ -71,11 +72,17 @@ impl std::fmt::Debug for Membership {
 
 impl Cluster {
     /// A node of a cluster.
-    pub fn member(node_id: String, registry: Arc<Registry>, m: Membership) -> Result<Self, String> {
+    pub fn member(
+        node_id: String,
+        registry: Arc<Registry>,
+        access: AccessWatch,
+        m: Membership,
+    ) -> Result<Self, String> {
         let mesh = mesh::Mesh::new(node_id.clone(), m.key, &m.identity)?;
         Ok(Cluster {
             node_id: node_id.clone(),
             registry,
+            access,
             live: Some(Shared {
                 node_id,
                 routes: RedisRoutes::new(m.redis.clone()),
@@ -350,7 +357,7 @@ async fn recover_node(state: &AppState, node: &str) {
             event.actor = Some("system".into());
             event.details =
                 serde_json::json!({"node": node, "sessions": n, "seen_by": state.cluster.node_id});
-            state.audit_best_effort(event).await;
+            state.audit.best_effort(event).await;
         }
         Err(e) => crate::state::log_store_error("recovering a lost node's sessions", &e),
     }

@@ -505,7 +505,7 @@ async fn redeem(
     event.session_id = Some(session.id);
     event.ip_address = Some(peer.ip().to_string());
     event.details = serde_json::json!({"service": target.service, "token_id": claims.jti});
-    state.audit(event).await?;
+    state.audit.record(event).await?;
     let mut cookie = claims.clone();
     cookie.typ = TokenKind::ProxyCookie;
     cookie.jti = Uuid::new_v4();

@@ -178,7 +178,7 @@ async fn watch(state: Arc<AppState>, key: VisitKey, visitor: Visitor, visit: Arc
                 event.session_id = Some(key.session_id);
                 event.ip_address = Some(visitor.peer.ip().to_string());
                 event.details = serde_json::json!({"kind": AccessKind::Http, "service": key.service, "reason": code});
-                state.audit_best_effort(event).await;
+                state.audit.best_effort(event).await;
                 break Some("access revoked");
             }
             _ = tokio::time::sleep(IDLE_TICK) => {
