@@ -97,7 +97,8 @@ pub async fn dial(url: &str, authorization: &str, options: &DialOptions) -> Resu
     );
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_WS_MESSAGE_BYTES))
-        .max_frame_size(Some(MAX_WS_MESSAGE_BYTES));
+        .max_frame_size(Some(MAX_WS_MESSAGE_BYTES))
+        .read_buffer_size(rtunnel_core::ws::WS_READ_BUFFER_BYTES);
     let connector = if url.starts_with("wss://") {
         Connector::Rustls(crate::tls::client_config(options.tls_insecure))
     } else {

@@ -23,6 +23,14 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// before a flush.
 pub const MAX_WRITE_BUFFER_BYTES: usize = 256 * 1024;
 
+/// The read buffer of a tunnel's WebSocket, either end: what an idle
+/// connection holds. tungstenite's default (128 KiB) was most of what an
+/// idle tunnel cost the server (171 KiB each at 1,000 agents; 53 KiB with
+/// this, measured with `swarm`); a larger frame still grows the buffer to
+/// fit it, so throughput is the same (iperf3 through `forward`, both
+/// directions, within the noise).
+pub const WS_READ_BUFFER_BYTES: usize = 16 * 1024;
+
 /// Largest WebSocket message either end accepts on a tunnel. Leaves room
 /// for [`MAX_WRITE_BUFFER_BYTES`] plus any yamux frame.
 pub const MAX_WS_MESSAGE_BYTES: usize = 2 * 1024 * 1024;

@@ -93,6 +93,7 @@ pub(crate) async fn forward_endpoint(
     Ok(ws
         .max_message_size(MAX_WS_MESSAGE_BYTES)
         .max_frame_size(MAX_WS_MESSAGE_BYTES)
+        .read_buffer_size(rtunnel_core::ws::WS_READ_BUFFER_BYTES)
         .on_upgrade(move |socket| async move {
             // The connection stays counted under the caps while it lives.
             let _held = held;

@@ -31,7 +31,9 @@ use rtunnel_core::session::Event;
 use rtunnel_core::store::{
     AuditEvent, AuditKind, Page, SessionFilter, SessionRecord, SessionStatus, System, now_millis,
 };
-use rtunnel_core::ws::{CLOSE_SESSION_CLOSED, MAX_WS_MESSAGE_BYTES, WsStream};
+use rtunnel_core::ws::{
+    CLOSE_SESSION_CLOSED, MAX_WS_MESSAGE_BYTES, WS_READ_BUFFER_BYTES, WsStream,
+};
 
 use crate::api::auth::basic_credentials;
 use crate::error::ApiError;
@@ -66,6 +68,7 @@ pub(crate) async fn tunnel_endpoint(
     Ok(ws
         .max_message_size(MAX_WS_MESSAGE_BYTES)
         .max_frame_size(MAX_WS_MESSAGE_BYTES)
+        .read_buffer_size(WS_READ_BUFFER_BYTES)
         .on_upgrade(move |socket| async move {
             let _held = held;
             run_tunnel(state, system, peer, socket).await;
