@@ -147,6 +147,15 @@ struct ServeArgs {
         global = true
     )]
     max_connections_per_address: usize,
+    /// Tunnels set up at once; agents beyond wait up to 2 s, then are told
+    /// to come back later (503 server_busy with a spread Retry-After).
+    #[arg(
+        long,
+        env = "RTUNNEL_MAX_TUNNEL_SETUPS",
+        default_value_t = 64,
+        global = true
+    )]
+    max_tunnel_setups: usize,
     /// How long audit events and closed access-log entries are kept
     /// (pruned daily), or `never` to keep them forever.
     #[arg(long, env = "RTUNNEL_AUDIT_RETENTION", default_value = "365d", value_parser = parse_retention, global = true)]
@@ -548,6 +557,7 @@ async fn serve(store_args: StoreArgs, args: ServeArgs, store: SqlStore) -> Resul
         max_streams_per_user: args.max_streams_per_user,
         max_connections: args.max_connections,
         max_connections_per_address: args.max_connections_per_address,
+        max_tunnel_setups: args.max_tunnel_setups,
         ..ServerConfig::default()
     };
     config.validate().map_err(Failure::usage)?;

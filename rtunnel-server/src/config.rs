@@ -92,6 +92,11 @@ pub struct ServerConfig {
     /// Connections held at once from one address, IPv4 or IPv6 /64
     /// (`--max-connections-per-address`); trusted proxies are exempt.
     pub max_connections_per_address: usize,
+    /// Tunnels set up at once (`--max-tunnel-setups`): the agents beyond
+    /// wait briefly, then are told to come back later (503 `server_busy`
+    /// with a spread `Retry-After`), so a herd of agents coming back after
+    /// a restart is taken in at the pace the database keeps.
+    pub max_tunnel_setups: usize,
 }
 
 impl Default for ServerConfig {
@@ -129,6 +134,7 @@ impl Default for ServerConfig {
             max_streams_per_user: None,
             max_connections: 16_384,
             max_connections_per_address: 512,
+            max_tunnel_setups: 64,
         }
     }
 }
@@ -149,6 +155,9 @@ impl ServerConfig {
             return Err(format!(
                 "--max-streams-per-tunnel must be between 1 and {max}"
             ));
+        }
+        if self.max_tunnel_setups == 0 {
+            return Err("--max-tunnel-setups must be at least 1".into());
         }
         if self.max_connections == 0 || self.max_connections_per_address == 0 {
             return Err(

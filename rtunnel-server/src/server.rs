@@ -220,6 +220,7 @@ impl ServerBuilder {
             self.config.stream_setup_timeout,
         );
         let proxy = crate::proxy::Proxy::new(streams.clone());
+        let max_tunnel_setups = self.config.max_tunnel_setups;
         Ok(Server {
             node_listener,
             state: Arc::new(AppState {
@@ -236,6 +237,7 @@ impl ServerBuilder {
                 access,
                 recordings,
                 refusals: Default::default(),
+                tunnel_setups: Arc::new(tokio::sync::Semaphore::new(max_tunnel_setups)),
                 password_checks: Arc::new(tokio::sync::Semaphore::new(
                     crate::api::login::PASSWORD_CHECKS,
                 )),

@@ -87,6 +87,9 @@ pub struct AppState {
     pub(crate) proxy: crate::proxy::Proxy,
     /// Refusals counted rather than audited one by one.
     pub(crate) refusals: crate::refusals::Refusals,
+    /// Tunnels being set up (handshake to active), at most
+    /// `max_tunnel_setups`.
+    pub(crate) tunnel_setups: Arc<tokio::sync::Semaphore>,
     /// Password checks that may run at once (argon2 on blocking threads).
     pub(crate) password_checks: Arc<tokio::sync::Semaphore>,
 }

@@ -15,6 +15,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
@@ -35,12 +36,23 @@ use rtunnel_core::ws::{
     CLOSE_SESSION_CLOSED, MAX_WS_MESSAGE_BYTES, WS_READ_BUFFER_BYTES, WsStream,
 };
 
+use tokio::sync::OwnedSemaphorePermit;
+
 use crate::api::auth::basic_credentials;
 use crate::error::ApiError;
 use crate::lifecycle;
 use crate::ratelimit::{Attempt, Scope};
 use crate::registry::{LiveTunnel, describe};
 use crate::state::AppState;
+
+/// How long a tunnel request waits for a setup slot
+/// ([`ServerConfig::max_tunnel_setups`](crate::ServerConfig)) before it is
+/// told to come back later.
+const SETUP_QUEUE_WAIT: Duration = Duration::from_secs(2);
+
+/// The `Retry-After` of a busy answer is drawn from this range (seconds),
+/// so the agents told to wait do not come back together.
+const BUSY_RETRY_SECS: std::ops::RangeInclusive<u64> = 2..=20;
 
 /// After telling an agent to go, how long to wait for it to hang up.
 pub(crate) const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
@@ -53,6 +65,9 @@ pub(crate) async fn tunnel_endpoint(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    // Taken before anything touches the database, held until the tunnel
+    // is active (or failed).
+    let setup = setup_slot(&state).await?;
     let system = authenticate_system(&state, &headers, peer).await?;
     let ws = ws.map_err(|_| {
         ApiError::bad_request(
@@ -71,8 +86,26 @@ pub(crate) async fn tunnel_endpoint(
         .read_buffer_size(WS_READ_BUFFER_BYTES)
         .on_upgrade(move |socket| async move {
             let _held = held;
-            run_tunnel(state, system, peer, socket).await;
+            run_tunnel(state, system, peer, socket, setup).await;
         }))
+}
+
+/// A slot to set up one tunnel; 503 `server_busy` with a spread
+/// `Retry-After` when none comes free in [`SETUP_QUEUE_WAIT`].
+async fn setup_slot(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
+    let slots = state.tunnel_setups.clone();
+    match tokio::time::timeout(SETUP_QUEUE_WAIT, slots.acquire_owned()).await {
+        Ok(Ok(slot)) => Ok(slot),
+        _ => {
+            let wait = Duration::from_secs(rand::random_range(BUSY_RETRY_SECS));
+            Err(ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "server_busy",
+                "the server is setting up many tunnels at once; try again after Retry-After",
+            )
+            .with_retry_after(wait))
+        }
+    }
 }
 
 async fn authenticate_system(
@@ -167,7 +200,13 @@ fn truncate(s: &str, max: usize) -> String {
     s.chars().take(max).collect()
 }
 
-async fn run_tunnel(state: Arc<AppState>, system: System, peer: SocketAddr, socket: WebSocket) {
+async fn run_tunnel(
+    state: Arc<AppState>,
+    system: System,
+    peer: SocketAddr,
+    socket: WebSocket,
+    setup: OwnedSemaphorePermit,
+) {
     let ws = WsStream::new(socket);
     let ws_close = ws.close_handle();
     let mux = shared(YamuxMux::server(ws, &state.mux_config()));
@@ -187,7 +226,10 @@ async fn run_tunnel(state: Arc<AppState>, system: System, peer: SocketAddr, sock
         }
     };
     // Every path out of `serve_tunnel` drops or shuts down the link.
-    let (reason, tunnel) = match serve_tunnel(&state, &system, session_id, incoming, ws_close).await
+    let (reason, tunnel) = match serve_tunnel(
+        &state, &system, session_id, incoming, ws_close, setup,
+    )
+    .await
     {
         Ok(ok) => ok,
         Err(reason) => {
@@ -324,6 +366,7 @@ async fn serve_tunnel(
     session_id: SessionId,
     incoming: Incoming,
     ws_close: rtunnel_core::ws::CloseHandle,
+    setup: OwnedSemaphorePermit,
 ) -> Result<(String, Option<Arc<LiveTunnel>>), String> {
     let timeout = state.config.handshake_timeout;
     let heartbeat = state.config.heartbeat_interval;
@@ -384,6 +427,8 @@ async fn serve_tunnel(
         .await;
     }
     state.cluster.attached(&tunnel).await;
+    // Set up: the slot goes to the next agent.
+    drop(setup);
     // The agent opens no streams to the server: any it tries are reset.
     let end = driver.run(drop).await;
     if let LinkEnd::LocalClose(code) = end {

@@ -1490,3 +1490,51 @@ async fn closing_a_session_ends_the_open_streams_of_its_forwards() {
     let took = cut_within(&mut s).await;
     assert!(took < Duration::from_secs(10), "{took:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnel_setups_past_the_limit_are_told_to_come_back_later() {
+    let h = harness().await;
+    // Raw connections that never say hello stay in setup, each holding one
+    // of the server's setup slots (the harness's own agent is active and
+    // holds none).
+    let slots = h.state.config.max_tunnel_setups;
+    let mut held = Vec::new();
+    for _ in 0..slots {
+        held.push(dial_tunnel(&h).await);
+    }
+    use base64::Engine;
+    let url = format!("ws{}/api/v1/tunnel", h.base.trim_start_matches("http"));
+    let auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", h.key, h.secret))
+    );
+    let refused = rtunnel_agent::dial::dial(&url, &auth, &Default::default())
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    match &refused {
+        rtunnel_agent::dial::DialError::Refused {
+            status,
+            code,
+            retry_after,
+            ..
+        } => {
+            assert_eq!(*status, 503);
+            assert_eq!(code, "server_busy");
+            let wait = retry_after.expect("a Retry-After").as_secs();
+            assert!((2..=20).contains(&wait), "Retry-After {wait}");
+        }
+        other => panic!("{other}"),
+    }
+    // Slots come free as the stuck connections go: the next one is let in.
+    drop(held);
+    wait_for("a setup slot to come free", || {
+        let (url, auth) = (url.clone(), auth.clone());
+        async move {
+            rtunnel_agent::dial::dial(&url, &auth, &Default::default())
+                .await
+                .ok()
+        }
+    })
+    .await;
+}
