@@ -375,6 +375,8 @@ enum Outcome {
     Lost(String),
     /// The tunnel never came up.
     Failed(String, Option<&'static str>, Option<Duration>),
+    /// The server is busy and said when to come back.
+    Busy(String, Duration),
 }
 
 impl Agent {
@@ -449,7 +451,7 @@ impl Agent {
             };
             if matches!(
                 outcome,
-                Outcome::Restarting | Outcome::Lost(_) | Outcome::Failed(..)
+                Outcome::Restarting | Outcome::Lost(_) | Outcome::Failed(..) | Outcome::Busy(..)
             ) && cfg.endpoints.len() > 1
             {
                 at = (at + 1) % cfg.endpoints.len();
@@ -478,6 +480,12 @@ impl Agent {
                     let d = backoff.next_delay();
                     tracing::warn!("tunnel lost: {reason}; reconnecting in {d:?}");
                     (d, reason)
+                }
+                Outcome::Busy(reason, wait) => {
+                    // The wait the server asked for, as it is: the backoff
+                    // neither grows nor adds to it.
+                    tracing::info!("{reason}; coming back in {wait:?} as the server asked");
+                    (wait, reason)
                 }
                 Outcome::Failed(reason, hint, at_least) => {
                     let d = backoff.next_delay().max(at_least.unwrap_or_default());
@@ -514,6 +522,9 @@ impl Agent {
         let ws = match dial(url, &auth, &options).await {
             Ok(ws) => ws,
             Err(e) => {
+                if let Some(wait) = e.busy_wait() {
+                    return Outcome::Busy(describe_dial(url, &e), wait);
+                }
                 return Outcome::Failed(describe_dial(url, &e), e.config_hint(), e.retry_after());
             }
         };

@@ -58,6 +58,21 @@ pub struct DialOptions {
 }
 
 impl DialError {
+    /// The server is too busy to take the tunnel now and said when to come
+    /// back (503 with `Retry-After`): that wait, which replaces the
+    /// backoff (the server spreads its answers; growing the backoff on top
+    /// would only make the agents of a restart come back later).
+    pub fn busy_wait(&self) -> Option<Duration> {
+        match self {
+            DialError::Refused {
+                status: 503,
+                retry_after,
+                ..
+            } => *retry_after,
+            _ => None,
+        }
+    }
+
     /// How long the server asked us to wait before trying again.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {

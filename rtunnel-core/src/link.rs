@@ -107,14 +107,17 @@ impl Link {
     /// [`ControlEnd::LocalClose`] once the message is out. The connection
     /// itself stays up until [`Self::shutdown`] or the peer hangs up, so
     /// the message can arrive.
+    ///
+    /// Never waits: a peer that stopped reading fills the outbox, and then
+    /// the connection is ended at once instead.
     pub async fn close(&self, code: CloseCode, reason: &str) {
-        let _ = self
-            .outbox
-            .send(Control::Close {
-                code,
-                reason: reason.to_owned(),
-            })
-            .await;
+        let close = Control::Close {
+            code,
+            reason: reason.to_owned(),
+        };
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.outbox.try_send(close) {
+            self.mux.close();
+        }
     }
 
     /// Ends the connection now; every stream on it fails.
@@ -453,6 +456,36 @@ mod tests {
         dialed.link.shutdown();
         let (_link, end) = server.await.unwrap();
         assert!(matches!(end, ControlEnd::Lost(_)), "{end:?}");
+    }
+
+    #[tokio::test]
+    async fn closing_a_link_whose_peer_stopped_reading_ends_it_at_once() {
+        let (near, far) = memory();
+        let server = tokio::spawn(async move {
+            let incoming = accept(far, Duration::from_secs(5)).await.unwrap();
+            incoming
+                .welcome(SessionId::new(), Duration::from_secs(60), None)
+                .await
+                .unwrap()
+        });
+        let dialed = dial(near, "test/1", None).await.unwrap();
+        let (_server_link, _server_driver) = server.await.unwrap();
+        // The dialer's driver never runs: nothing drains its outbox.
+        let link = dialed.link;
+        while link
+            .outbox
+            .try_send(Control::Manifest {
+                services: Vec::new(),
+            })
+            .is_ok()
+        {}
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            link.close(CloseCode::Shutdown, "bye"),
+        )
+        .await
+        .expect("close waited on a full outbox");
+        assert!(link.is_closed());
     }
 
     #[tokio::test]

@@ -74,5 +74,5 @@ pub use revocation::{ACCESS_POLL, AccessWatch, Holder};
 pub use server::{
     Background, Parts, Server, ServerBuilder, ServerControl, ServerError, ServerHandle,
 };
-pub use state::{AppState, Stores};
+pub use state::{AppState, Audit, Stores};
 pub use tickets::redeem as redeem_ticket;

@@ -237,7 +237,7 @@ impl ServerBuilder {
                 access,
                 recordings,
                 refusals: Default::default(),
-                tunnel_setups: Arc::new(tokio::sync::Semaphore::new(max_tunnel_setups)),
+                tunnel_setups: crate::tunnel::Setups::new(max_tunnel_setups),
                 password_checks: Arc::new(tokio::sync::Semaphore::new(
                     crate::api::login::PASSWORD_CHECKS,
                 )),

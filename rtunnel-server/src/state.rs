@@ -89,7 +89,7 @@ pub struct AppState {
     pub(crate) refusals: crate::refusals::Refusals,
     /// Tunnels being set up (handshake to active), at most
     /// `max_tunnel_setups`.
-    pub(crate) tunnel_setups: Arc<tokio::sync::Semaphore>,
+    pub(crate) tunnel_setups: crate::tunnel::Setups,
     /// Password checks that may run at once (argon2 on blocking threads).
     pub(crate) password_checks: Arc<tokio::sync::Semaphore>,
 }

@@ -36,7 +36,10 @@ use rtunnel_core::ws::{
     CLOSE_SESSION_CLOSED, MAX_WS_MESSAGE_BYTES, WS_READ_BUFFER_BYTES, WsStream,
 };
 
+use std::collections::HashMap;
+
 use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
 
 use crate::api::auth::basic_credentials;
 use crate::error::ApiError;
@@ -65,9 +68,6 @@ pub(crate) async fn tunnel_endpoint(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    // Taken before anything touches the database, held until the tunnel
-    // is active (or failed).
-    let setup = setup_slot(&state).await?;
     let system = authenticate_system(&state, &headers, peer).await?;
     let ws = ws.map_err(|_| {
         ApiError::bad_request(
@@ -75,6 +75,9 @@ pub(crate) async fn tunnel_endpoint(
             "this endpoint only accepts WebSocket upgrades",
         )
     })?;
+    // Held until the tunnel is active (or failed): one per system, and at
+    // most --max-tunnel-setups in all.
+    let setup = state.tunnel_setups.admit(system.id).await?;
     let mut event = AuditEvent::new(AuditKind::TunnelConnected);
     event.actor = Some(system.key.clone());
     event.system_id = Some(system.id);
@@ -90,21 +93,99 @@ pub(crate) async fn tunnel_endpoint(
         }))
 }
 
-/// A slot to set up one tunnel; 503 `server_busy` with a spread
-/// `Retry-After` when none comes free in [`SETUP_QUEUE_WAIT`].
-async fn setup_slot(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
-    let slots = state.tunnel_setups.clone();
-    match tokio::time::timeout(SETUP_QUEUE_WAIT, slots.acquire_owned()).await {
-        Ok(Ok(slot)) => Ok(slot),
-        _ => {
-            let wait = Duration::from_secs(rand::random_range(BUSY_RETRY_SECS));
-            Err(ApiError::new(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                "server_busy",
-                "the server is setting up many tunnels at once; try again after Retry-After",
-            )
-            .with_retry_after(wait))
+/// Tunnels being set up, from the authenticated request to the active
+/// tunnel: at most `max_tunnel_setups` in all, and one per system. A new
+/// connection of a system that is being set up takes the setup over (the
+/// older one is abandoned, as a live tunnel is taken over by the agent's
+/// new connection), so one system's credentials never hold more than one
+/// slot, however many handshakes they leave hanging.
+#[derive(Debug)]
+pub(crate) struct Setups {
+    slots: Arc<tokio::sync::Semaphore>,
+    systems: Arc<std::sync::Mutex<HashMap<SystemId, (u64, CancellationToken)>>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+/// One tunnel's setup; the slot and the system's turn are given back when
+/// dropped.
+#[derive(Debug)]
+pub(crate) struct Setup {
+    _slot: OwnedSemaphorePermit,
+    turn: Turn,
+}
+
+impl Setup {
+    /// Resolves when a newer connection of the system took the setup over.
+    pub(crate) async fn superseded(&self) {
+        self.turn.superseded.cancelled().await;
+    }
+}
+
+/// A system's turn to be set up; given back when dropped (unless a newer
+/// connection took it over).
+#[derive(Debug)]
+struct Turn {
+    system: SystemId,
+    generation: u64,
+    superseded: CancellationToken,
+    systems: Arc<std::sync::Mutex<HashMap<SystemId, (u64, CancellationToken)>>>,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let mut systems = self.systems.lock().unwrap_or_else(|p| p.into_inner());
+        if systems
+            .get(&self.system)
+            .is_some_and(|(g, _)| *g == self.generation)
+        {
+            systems.remove(&self.system);
         }
+    }
+}
+
+impl Setups {
+    pub(crate) fn new(max: usize) -> Self {
+        Setups {
+            slots: Arc::new(tokio::sync::Semaphore::new(max)),
+            systems: Default::default(),
+            next: Default::default(),
+        }
+    }
+
+    /// A setup for `system`, taking over one in progress for it; 503
+    /// `server_busy` with a spread `Retry-After` when no slot comes free in
+    /// [`SETUP_QUEUE_WAIT`].
+    pub(crate) async fn admit(&self, system: SystemId) -> Result<Setup, ApiError> {
+        let generation = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let superseded = CancellationToken::new();
+        {
+            let mut systems = self.systems.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((_, older)) = systems.insert(system, (generation, superseded.clone())) {
+                older.cancel();
+            }
+        }
+        // Given back if the wait below fails or is cancelled.
+        let turn = Turn {
+            system,
+            generation,
+            superseded,
+            systems: self.systems.clone(),
+        };
+        let slot = match tokio::time::timeout(SETUP_QUEUE_WAIT, self.slots.clone().acquire_owned())
+            .await
+        {
+            Ok(Ok(slot)) => slot,
+            _ => {
+                let wait = Duration::from_secs(rand::random_range(BUSY_RETRY_SECS));
+                return Err(ApiError::new(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "server_busy",
+                    "the server is setting up many tunnels at once; try again after Retry-After",
+                )
+                .with_retry_after(wait));
+            }
+        };
+        Ok(Setup { _slot: slot, turn })
     }
 }
 
@@ -205,15 +286,21 @@ async fn run_tunnel(
     system: System,
     peer: SocketAddr,
     socket: WebSocket,
-    setup: OwnedSemaphorePermit,
+    setup: Setup,
 ) {
     let ws = WsStream::new(socket);
     let ws_close = ws.close_handle();
     let mux = shared(YamuxMux::server(ws, &state.mux_config()));
-    let incoming = match link::accept(mux, state.config.handshake_timeout).await {
-        Ok(ok) => ok,
-        Err(e) => {
-            tracing::warn!(system = %system.name, %peer, "tunnel handshake failed: {e}");
+    let incoming = tokio::select! {
+        incoming = link::accept(mux, state.config.handshake_timeout) => match incoming {
+            Ok(ok) => ok,
+            Err(e) => {
+                tracing::warn!(system = %system.name, %peer, "tunnel handshake failed: {e}");
+                return;
+            }
+        },
+        _ = setup.superseded() => {
+            tracing::info!(system = %system.name, %peer, "a newer connection of the system took the setup over");
             return;
         }
     };
@@ -366,7 +453,7 @@ async fn serve_tunnel(
     session_id: SessionId,
     incoming: Incoming,
     ws_close: rtunnel_core::ws::CloseHandle,
-    setup: OwnedSemaphorePermit,
+    setup: Setup,
 ) -> Result<(String, Option<Arc<LiveTunnel>>), String> {
     let timeout = state.config.handshake_timeout;
     let heartbeat = state.config.heartbeat_interval;
@@ -386,7 +473,12 @@ async fn serve_tunnel(
         .welcome(session_id, heartbeat, Some(token))
         .await
         .map_err(|e| format!("handshake failed: {e}"))?;
-    let services = read_manifest(driver.control_mut(), timeout).await?;
+    let services = tokio::select! {
+        services = read_manifest(driver.control_mut(), timeout) => services?,
+        _ = setup.superseded() => {
+            return Err("a newer connection of the system took the setup over".into());
+        }
+    };
     state
         .stores
         .sessions
@@ -418,7 +510,11 @@ async fn serve_tunnel(
         shares: Default::default(),
         max_streams_per_user: state.config.streams_per_user(),
     });
-    for old in state.registry.insert(tunnel.clone()) {
+    let replaced = state.registry.insert(tunnel.clone());
+    // Set up: the slot goes to the next agent, before anything below that
+    // waits on another tunnel or on Redis.
+    drop(setup);
+    for old in replaced {
         tracing::info!(system = %system.name, session = %old.session_id, "closing the replaced tunnel");
         old.close(
             CloseCode::Replaced,
@@ -427,8 +523,6 @@ async fn serve_tunnel(
         .await;
     }
     state.cluster.attached(&tunnel).await;
-    // Set up: the slot goes to the next agent.
-    drop(setup);
     // The agent opens no streams to the server: any it tries are reset.
     let end = driver.run(drop).await;
     if let LinkEnd::LocalClose(code) = end {

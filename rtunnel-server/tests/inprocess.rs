@@ -1494,20 +1494,46 @@ async fn closing_a_session_ends_the_open_streams_of_its_forwards() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tunnel_setups_past_the_limit_are_told_to_come_back_later() {
     let h = harness().await;
-    // Raw connections that never say hello stay in setup, each holding one
-    // of the server's setup slots (the harness's own agent is active and
-    // holds none).
-    let slots = h.state.config.max_tunnel_setups;
-    let mut held = Vec::new();
-    for _ in 0..slots {
-        held.push(dial_tunnel(&h).await);
-    }
     use base64::Engine;
     let url = format!("ws{}/api/v1/tunnel", h.base.trim_start_matches("http"));
-    let auth = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", h.key, h.secret))
-    );
+    let basic = |key: &str, secret: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{key}:{secret}"))
+        )
+    };
+    let auth = basic(&h.key, &h.secret);
+    // Raw connections that never say hello stay in setup, each holding one
+    // of the server's setup slots (the harness's own agent is active and
+    // holds none). One system holds one slot however many it opens: a
+    // newer connection takes its setup over.
+    let (system, enrolled) = enroll::new_system("staller");
+    h.state
+        .stores
+        .identity
+        .create_system(&system)
+        .await
+        .unwrap();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let auth = basic(&enrolled.key, &enrolled.secret);
+        let dialed = rtunnel_agent::dial::dial(&url, &auth, &Default::default()).await;
+        held.push(dialed.unwrap());
+    }
+    // Were the older setups still holding slots, the last of the systems
+    // below would be refused.
+    for i in 1..h.state.config.max_tunnel_setups {
+        let (system, enrolled) = enroll::new_system(&format!("staller-{i}"));
+        h.state
+            .stores
+            .identity
+            .create_system(&system)
+            .await
+            .unwrap();
+        let auth = basic(&enrolled.key, &enrolled.secret);
+        let dialed = rtunnel_agent::dial::dial(&url, &auth, &Default::default()).await;
+        held.push(dialed.unwrap());
+    }
     let refused = rtunnel_agent::dial::dial(&url, &auth, &Default::default())
         .await
         .map(|_| ())
@@ -1526,6 +1552,32 @@ async fn tunnel_setups_past_the_limit_are_told_to_come_back_later() {
         }
         other => panic!("{other}"),
     }
+    // A real agent waits exactly what the server asked: with a first
+    // reconnect delay of a minute, a backoff on top would wait 30 s or more.
+    let agent = rtunnel_agent::agent::Agent::builder()
+        .url(url.clone())
+        .credentials(h.key.clone(), h.secret.clone())
+        .terminal(None)
+        .reconnect_delay(Duration::from_secs(60))
+        .build()
+        .unwrap()
+        .spawn();
+    let mut status = agent.status();
+    let retry_in = wait_for("the agent to be told to come back later", || {
+        let now = status.borrow_and_update().clone();
+        async move {
+            match now {
+                rtunnel_agent::agent::AgentStatus::Reconnecting { retry_in, .. } => Some(retry_in),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    assert!(
+        (2..=20).contains(&retry_in.as_secs()),
+        "the agent waits {retry_in:?}"
+    );
+    agent.shutdown().await.unwrap();
     // Slots come free as the stuck connections go: the next one is let in.
     drop(held);
     wait_for("a setup slot to come free", || {

@@ -71,6 +71,9 @@ pub struct MuxCounters {
 }
 
 /// A multiplexed connection: many ordered byte streams over one.
+///
+/// Dropping the last handle must end the connection, as [`close`](Self::close)
+/// does: a [`Link`](crate::link::Link) relies on it on its error paths.
 #[async_trait]
 pub trait Mux: Send + Sync + 'static {
     /// One stream of the connection.
