@@ -1507,32 +1507,32 @@ async fn tunnel_setups_past_the_limit_are_told_to_come_back_later() {
     // of the server's setup slots (the harness's own agent is active and
     // holds none). One system holds one slot however many it opens: a
     // newer connection takes its setup over.
-    let (system, enrolled) = enroll::new_system("staller");
-    h.state
-        .stores
-        .identity
-        .create_system(&system)
-        .await
-        .unwrap();
+    // A system enrolled for the test and its `Authorization`.
+    let enrolled = |name: String| {
+        let (state, basic) = (h.state.clone(), &basic);
+        async move {
+            let (system, enrolled) = enroll::new_system(&name);
+            state.stores.identity.create_system(&system).await.unwrap();
+            basic(&enrolled.key, &enrolled.secret)
+        }
+    };
+    let stall = |auth: String| {
+        let url = url.clone();
+        async move {
+            rtunnel_agent::dial::dial(&url, &auth, &Default::default())
+                .await
+                .unwrap()
+        }
+    };
+    let staller = enrolled("staller".into()).await;
     let mut held = Vec::new();
     for _ in 0..3 {
-        let auth = basic(&enrolled.key, &enrolled.secret);
-        let dialed = rtunnel_agent::dial::dial(&url, &auth, &Default::default()).await;
-        held.push(dialed.unwrap());
+        held.push(stall(staller.clone()).await);
     }
     // Were the older setups still holding slots, the last of the systems
     // below would be refused.
     for i in 1..h.state.config.max_tunnel_setups {
-        let (system, enrolled) = enroll::new_system(&format!("staller-{i}"));
-        h.state
-            .stores
-            .identity
-            .create_system(&system)
-            .await
-            .unwrap();
-        let auth = basic(&enrolled.key, &enrolled.secret);
-        let dialed = rtunnel_agent::dial::dial(&url, &auth, &Default::default()).await;
-        held.push(dialed.unwrap());
+        held.push(stall(enrolled(format!("staller-{i}")).await).await);
     }
     let refused = rtunnel_agent::dial::dial(&url, &auth, &Default::default())
         .await
