@@ -30,7 +30,7 @@ use rtunnel_core::mux::{MuxStream, YamuxMux, shared};
 use rtunnel_core::proto::{CloseCode, Control, MAX_CONTROL_FRAME_BYTES, Resume, ServiceInfo};
 use rtunnel_core::session::Event;
 use rtunnel_core::store::{
-    AuditEvent, AuditKind, Page, SessionFilter, SessionRecord, SessionStatus, System, now_millis,
+    AuditEvent, AuditKind, SessionRecord, SessionStatus, System, now_millis,
 };
 use rtunnel_core::ws::{
     CLOSE_SESSION_CLOSED, MAX_WS_MESSAGE_BYTES, WS_READ_BUFFER_BYTES, WsStream,
@@ -246,23 +246,12 @@ fn invalid_credentials() -> ApiError {
 
 /// The address of the agent of the system's newest session, if any.
 async fn last_agent_ip(state: &AppState, system_id: SystemId) -> Option<std::net::IpAddr> {
-    let filter = SessionFilter {
-        system_id: Some(system_id),
-        ..SessionFilter::default()
-    };
-    let page = Page {
-        page: 1,
-        page_size: 1,
-    };
-    let newest = state
+    let addr = state
         .stores
         .sessions
-        .list_sessions(&filter, now_millis(), page)
+        .last_agent_addr(system_id)
         .await
-        .ok()?
-        .items
-        .pop()?;
-    let addr = newest.agent_addr?;
+        .ok()??;
     addr.parse::<SocketAddr>()
         .map(|a| a.ip())
         .or_else(|_| addr.parse())

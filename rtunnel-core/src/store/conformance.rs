@@ -334,6 +334,45 @@ pub async fn every_change_that_takes_access_moves_the_epoch<S: FullStore + ?Size
     assert_eq!(s.grant_until(u.id, b.id, now).await.unwrap(), Some(None));
 }
 
+/// Conformance check `the_last_agent_address_is_the_newest_sessions`.
+pub async fn the_last_agent_address_is_the_newest_sessions<S: FullStore + ?Sized>(s: &S) {
+    let sys = system("delta");
+    s.create_system(&sys).await.unwrap();
+    assert_eq!(s.last_agent_addr(sys.id).await.unwrap(), None);
+    let now = now_millis();
+    for (i, addr) in [Some("192.0.2.1:1000"), Some("192.0.2.2:2000"), None]
+        .into_iter()
+        .enumerate()
+    {
+        let rec = SessionRecord {
+            id: Uuid::new_v4().into(),
+            system_id: sys.id,
+            status: SessionStatus::Pending,
+            created_at: now + i as i64,
+            activated_at: None,
+            ended_at: None,
+            end_reason: None,
+            expires_at: now + 100_000,
+            grace_until: None,
+            reconnect_token_hash: None,
+            agent_addr: addr.map(str::to_owned),
+            agent_software: None,
+            services: vec![],
+            node_id: None,
+        };
+        s.create_session(&rec).await.unwrap();
+        assert_eq!(
+            s.last_agent_addr(sys.id).await.unwrap().as_deref(),
+            addr,
+            "after session {i}"
+        );
+    }
+    // Another system's sessions are not this one's.
+    let other = system("epsilon");
+    s.create_system(&other).await.unwrap();
+    assert_eq!(s.last_agent_addr(other.id).await.unwrap(), None);
+}
+
 /// Conformance check `sessions_move_through_their_states`.
 pub async fn sessions_move_through_their_states<S: FullStore + ?Sized>(s: &S) {
     let sys = system("gamma");
@@ -830,7 +869,7 @@ where
 #[macro_export]
 macro_rules! store_conformance_tests {
     ($fresh:path) => {
-        $crate::store_conformance_tests!(@each $fresh; duplicate_names_conflict, users_are_listed_disabled_and_hold_a_password_hash, a_login_rotates_once_per_token_and_ends_for_good, deleting_a_system_takes_its_grants_along, grants_are_given_checked_and_revoked, sessions_move_through_their_states, restart_recovery_puts_live_sessions_in_grace_and_expires_pending_ones, the_audit_log_filters_and_pages_newest_first, resources_round_trip_and_names_are_unique, grants_expire_and_revoke, api_tokens_are_listed_and_revoked, old_audit_events_and_closed_access_logs_are_pruned, every_change_that_takes_access_moves_the_epoch);
+        $crate::store_conformance_tests!(@each $fresh; duplicate_names_conflict, users_are_listed_disabled_and_hold_a_password_hash, a_login_rotates_once_per_token_and_ends_for_good, deleting_a_system_takes_its_grants_along, grants_are_given_checked_and_revoked, the_last_agent_address_is_the_newest_sessions, sessions_move_through_their_states, restart_recovery_puts_live_sessions_in_grace_and_expires_pending_ones, the_audit_log_filters_and_pages_newest_first, resources_round_trip_and_names_are_unique, grants_expire_and_revoke, api_tokens_are_listed_and_revoked, old_audit_events_and_closed_access_logs_are_pruned, every_change_that_takes_access_moves_the_epoch);
     };
     (@each $fresh:path; $($check:ident),*) => {
         $(

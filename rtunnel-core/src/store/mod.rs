@@ -543,6 +543,21 @@ pub trait SessionStore: Send + Sync {
     ) -> Result<Paged<AccessLog>, StoreError>;
     /// Finds a session.
     async fn session(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError>;
+    /// The address the agent of `system`'s newest session connected from,
+    /// if any: asked on every tunnel authentication, so stores answer it
+    /// from an index rather than by listing sessions.
+    async fn last_agent_addr(&self, system: SystemId) -> Result<Option<String>, StoreError> {
+        let filter = SessionFilter {
+            system_id: Some(system),
+            ..SessionFilter::default()
+        };
+        let page = Page {
+            page: 1,
+            page_size: 1,
+        };
+        let newest = self.list_sessions(&filter, now_millis(), page).await?;
+        Ok(newest.items.into_iter().next().and_then(|s| s.agent_addr))
+    }
     /// Lists sessions.
     async fn list_sessions(
         &self,

@@ -857,6 +857,20 @@ impl SessionStore for SqlStore {
             .transpose()
     }
 
+    async fn last_agent_addr(&self, system: SystemId) -> Result<Option<String>, StoreError> {
+        // The (system_id, created_at) index answers this; the generic list
+        // query's optional filters cannot use it.
+        let addr: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT agent_addr FROM sessions WHERE system_id = $1 \
+             ORDER BY created_at DESC LIMIT 1",
+        )
+        .bind(system.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(addr.flatten())
+    }
+
     async fn list_sessions(
         &self,
         filter: &SessionFilter,
