@@ -771,36 +771,34 @@ async fn grant_or_revoke(
         let what = if resource { "resource" } else { "system" };
         Failure::other(format!("no {what} named {target:?}"))
     };
-    let (target_id, target_name, system_id) = if resource {
+    /// What the grant is on: the two kinds of id stay apart.
+    #[derive(Clone, Copy)]
+    enum Target {
+        System(SystemId),
+        Resource(Uuid),
+    }
+    let (target, target_name) = if resource {
         let found = match by_id {
             Some(id) => store.resource(id).await,
             None => store.resource_by_name(target).await,
         };
         let r = found.map_err(other)?.ok_or_else(missing)?;
-        (r.id, r.name, None)
+        (Target::Resource(r.id), r.name)
     } else {
         let found = match by_id {
-            Some(id) => store.system(id.into()).await,
+            Some(id) => store.system(SystemId::from(id)).await,
             None => store.system_by_name(target).await,
         };
         let s = found.map_err(other)?.ok_or_else(missing)?;
-        (s.id.as_uuid(), s.name, Some(s.id))
+        (Target::System(s.id), s.name)
     };
     let now = now_millis();
     let expires_at = grant.flatten().map(|d| now + d.as_millis() as i64);
-    let changed = match (give, resource) {
-        (true, false) => {
-            store
-                .grant(user.id, target_id.into(), expires_at, now)
-                .await
-        }
-        (false, false) => store.revoke(user.id, target_id.into(), now).await,
-        (true, true) => {
-            store
-                .grant_resource(user.id, target_id, expires_at, now)
-                .await
-        }
-        (false, true) => store.revoke_resource(user.id, target_id, now).await,
+    let changed = match (give, target) {
+        (true, Target::System(id)) => store.grant(user.id, id, expires_at, now).await,
+        (false, Target::System(id)) => store.revoke(user.id, id, now).await,
+        (true, Target::Resource(id)) => store.grant_resource(user.id, id, expires_at, now).await,
+        (false, Target::Resource(id)) => store.revoke_resource(user.id, id, now).await,
     }
     .map_err(other)?;
     let event = if give {
@@ -809,10 +807,14 @@ async fn grant_or_revoke(
         AuditKind::GrantRevoked
     };
     let mut details = json!({"user": user.name});
-    if resource {
-        details["resource_id"] = json!(target_id);
-        details["resource_name"] = json!(target_name);
-    }
+    let system_id = match target {
+        Target::System(id) => Some(id),
+        Target::Resource(id) => {
+            details["resource_id"] = json!(id);
+            details["resource_name"] = json!(target_name);
+            None
+        }
+    };
     if let Some(at) = expires_at {
         details["expires_at"] = json!(rtunnel_core::store::rfc3339(at));
     }
