@@ -120,7 +120,7 @@ async fn rig() -> Rig {
         .unwrap();
     tokio::spawn(async move { agent.run(std::future::pending()).await });
     let session = loop {
-        if let Some(t) = state.registry.all().first() {
+        if let Some(t) = state.tunnels.registry.all().first() {
             break t.session_id;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, FromRef, Path, State};
 use axum::response::Response;
 use rtunnel_auth::access::Action;
 use rtunnel_core::frame::write_frame;
@@ -53,9 +53,10 @@ pub(crate) async fn forward_endpoint(
 ) -> Result<Response, ApiError> {
     let holder = Holder::from(&caller);
     let user = caller.user;
-    let session = crate::api::sessions::readable(&state, &user, &id).await?;
+    let sessions = crate::api::sessions::SessionsApi::from_ref(&state);
+    let session = crate::api::sessions::readable(&sessions, &user, &id).await?;
     let session_id = session.id;
-    authorize(&state, &user, Action::Connect, session.system_id).await?;
+    authorize(&state.access, &user, Action::Connect, session.system_id).await?;
     // In grace the agent is on its way back: the forward may open, and its
     // streams are told the agent is reconnecting until it is back.
     if !matches!(
@@ -157,7 +158,7 @@ async fn run_forward(ctx: Arc<ForwardCtx>, socket: WebSocket) {
 /// `access_cut`.
 async fn watch_access(ctx: Arc<ForwardCtx>) {
     let state = &ctx.state;
-    let code = crate::revocation::connect_lost(state, ctx.holder, ctx.system_id).await;
+    let code = state.access.connect_lost(ctx.holder, ctx.system_id).await;
     tracing::info!(user = %ctx.user.name, session = %ctx.session_id, "access gone ({code}): cutting the forward");
     let mut event = AuditEvent::new(AuditKind::AccessCut);
     event.actor = Some(ctx.user.name.clone());
@@ -262,7 +263,9 @@ async fn open_upstream(ctx: &ForwardCtx, header: &StreamHeader) -> Result<Tunnel
     // Access is decided for every stream: a revoked grant or disabled user
     // stops new connections at once.
     let state = &ctx.state;
-    let decision = crate::revocation::may_connect(state, ctx.holder, ctx.system_id)
+    let decision = state
+        .access
+        .may_connect(ctx.holder, ctx.system_id)
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "access check failed");
@@ -279,5 +282,5 @@ async fn open_upstream(ctx: &ForwardCtx, header: &StreamHeader) -> Result<Tunnel
     // only the service name is taken from it, and the stream is `tcp`.
     let header =
         StreamHeader::new(header.service.clone(), StreamKind::Tcp).opened_by(&ctx.user.name);
-    state.streams.open(ctx.session_id, &header).await
+    state.tunnels.streams.open(ctx.session_id, &header).await
 }

@@ -50,6 +50,7 @@ mod refusals;
 mod registry;
 mod retention;
 mod revocation;
+mod routing;
 mod server;
 mod state;
 mod streams;
@@ -69,10 +70,12 @@ pub use cluster::Membership;
 pub use cluster::{Cluster, ENTRY_TTL, HEARTBEAT, RemoteTunnel, Route};
 pub use config::{DEFAULT_REDIS_PREFIX, ServerConfig};
 pub use error::ApiError;
+pub use lifecycle::{ApplyError, Lifecycle};
 pub use registry::{LiveTunnel, Registry, TunnelStream};
-pub use revocation::{ACCESS_POLL, AccessWatch, Holder};
+pub use revocation::{ACCESS_POLL, Access, AccessWatch, Holder};
+pub use routing::Tunnels;
 pub use server::{
     Background, Parts, Server, ServerBuilder, ServerControl, ServerError, ServerHandle,
 };
 pub use state::{AppState, Audit, Stores};
-pub use tickets::redeem as redeem_ticket;
+pub use tickets::Tickets;

@@ -12,11 +12,11 @@
 //! - within [`ACCESS_POLL`] for anything else (the admin CLI, an embedder,
 //!   a node that could not publish): every change that can take access
 //!   away moves the database's access epoch on ([`IdentityStore::access_epoch`]),
-//!   which one task per node reads ([`epoch_watcher`]).
+//!   which one task per node reads ([`Access::watch_epoch`]).
 //!
 //! A yes is cached per holder and system until the watch moves or its own
 //! end (a grant's, token's or login's expiry) comes; a no is not cached. Every
-//! open connection waits on the watch ([`connect_lost`]) and is cut as soon
+//! open connection waits on the watch ([`Access::connect_lost`]) and is cut as soon
 //! as the answer is no. A store that cannot answer cuts nothing: open
 //! connections keep flowing while the database is away.
 //!
@@ -28,11 +28,11 @@ use std::time::Duration;
 
 use rtunnel_auth::access::{self, Action};
 use rtunnel_core::ids::{SystemId, UserId};
-use rtunnel_core::store::{Millis, Role, StoreError, User, now_millis};
+use rtunnel_core::store::{IdentityStore, LoginStore, Millis, Role, StoreError, User, now_millis};
+use rtunnel_core::token::TokenSigner;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-
-use crate::state::AppState;
 
 /// Longest time a change written elsewhere (the admin CLI, another
 /// machine) goes unnoticed: how often a node reads the access epoch.
@@ -55,7 +55,7 @@ pub struct AccessWatch {
 #[derive(Debug, Clone)]
 struct Cached {
     epoch: u64,
-    access: Access,
+    access: Granted,
 }
 
 impl Default for AccessWatch {
@@ -83,7 +83,7 @@ impl AccessWatch {
         *self.epoch.borrow()
     }
 
-    fn cached(&self, key: &(Holder, SystemId), now: Millis) -> Option<Access> {
+    fn cached(&self, key: &(Holder, SystemId), now: Millis) -> Option<Granted> {
         let epoch = self.current();
         let cache = self.lock();
         let hit = cache.get(key)?;
@@ -93,7 +93,7 @@ impl AccessWatch {
 
     /// Keeps a yes. A no is not kept: access given (a grant, a user
     /// enabled) moves no epoch, and a no is the rare path.
-    fn remember(&self, key: (Holder, SystemId), epoch: u64, access: Access) {
+    fn remember(&self, key: (Holder, SystemId), epoch: u64, access: Granted) {
         let mut cache = self.lock();
         // A change that came in while deciding makes this decision stale.
         if self.current() != epoch {
@@ -135,161 +135,195 @@ impl From<&crate::api::auth::Authenticated> for Holder {
 /// A yes: the user, and until when it holds unless something changes (the
 /// first of its grant's, token's and login's ends).
 #[derive(Debug, Clone)]
-pub(crate) struct Access {
+pub(crate) struct Granted {
     /// The user, as the decision saw them.
     pub user: User,
     /// When the decision must be taken again.
     pub until: Option<Millis>,
 }
 
-/// Whether `holder` may still connect to `system_id`: the user when yes,
-/// `Err` with the refusal code when not (`login_ended` when its login was
-/// logged out or revoked, `token_revoked` when its API token was revoked or
-/// expired).
-pub(crate) async fn may_connect(
-    state: &AppState,
-    holder: Holder,
-    system_id: SystemId,
-) -> Result<Result<User, &'static str>, StoreError> {
-    Ok(decide(state, holder, system_id).await?.map(|a| a.user))
+/// Access control as a service: who a bearer token is (see
+/// `api::auth`), what they may do, decisions kept while nothing changes,
+/// and the watch that cuts open connections when something does. Clones
+/// share everything.
+#[derive(Clone)]
+pub struct Access {
+    watch: AccessWatch,
+    pub(crate) identity: Arc<dyn IdentityStore>,
+    pub(crate) logins: Arc<dyn LoginStore>,
+    pub(crate) signer: Arc<dyn TokenSigner>,
 }
 
-/// The decision for `holder` on `system_id`: from the cache while nothing
-/// changed, else from the stores.
-pub(crate) async fn decide(
-    state: &AppState,
-    holder: Holder,
-    system_id: SystemId,
-) -> Result<Result<Access, &'static str>, StoreError> {
-    let now = now_millis();
-    let key = (holder, system_id);
-    if let Some(access) = state.access.cached(&key, now) {
-        return Ok(Ok(access));
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access").finish_non_exhaustive()
     }
-    let epoch = state.access.current();
-    let decision = decide_now(state, holder, system_id, now).await?;
-    if let Ok(access) = &decision {
-        state.access.remember(key, epoch, access.clone());
-    }
-    Ok(decision)
 }
 
-async fn decide_now(
-    state: &AppState,
-    holder: Holder,
-    system_id: SystemId,
-    now: Millis,
-) -> Result<Result<Access, &'static str>, StoreError> {
-    let mut until: Option<Millis> = None;
-    let mut ends = |at: Millis| until = Some(until.map_or(at, |u| u.min(at)));
-    if let Some(login) = holder.login {
-        match state.stores.logins.login(login).await? {
-            Some(l) if l.is_live(now) => ends(l.expires_at),
-            _ => return Ok(Err("login_ended")),
+impl Access {
+    /// Decisions from `identity` and `logins`, tokens checked with
+    /// `signer`, open connections told by `watch`.
+    pub fn new(
+        watch: AccessWatch,
+        identity: Arc<dyn IdentityStore>,
+        logins: Arc<dyn LoginStore>,
+        signer: Arc<dyn TokenSigner>,
+    ) -> Self {
+        Access {
+            watch,
+            identity,
+            logins,
+            signer,
         }
     }
-    if let Some(token) = holder.token {
-        match state.stores.identity.api_token(token).await? {
-            Some(t) if t.user_id == holder.user_id && t.is_live(now) => {
-                if let Some(at) = t.expires_at {
-                    ends(at);
+
+    /// The watch open connections wait on.
+    pub fn watch(&self) -> &AccessWatch {
+        &self.watch
+    }
+
+    /// Whether `holder` may still connect to `system_id`: the user when yes,
+    /// `Err` with the refusal code when not (`login_ended` when its login was
+    /// logged out or revoked, `token_revoked` when its API token was revoked or
+    /// expired).
+    pub(crate) async fn may_connect(
+        &self,
+        holder: Holder,
+        system_id: SystemId,
+    ) -> Result<Result<User, &'static str>, StoreError> {
+        Ok(self.decide(holder, system_id).await?.map(|a| a.user))
+    }
+
+    /// The decision for `holder` on `system_id`: from the cache while nothing
+    /// changed, else from the stores.
+    pub(crate) async fn decide(
+        &self,
+        holder: Holder,
+        system_id: SystemId,
+    ) -> Result<Result<Granted, &'static str>, StoreError> {
+        let now = now_millis();
+        let key = (holder, system_id);
+        if let Some(access) = self.watch.cached(&key, now) {
+            return Ok(Ok(access));
+        }
+        let epoch = self.watch.current();
+        let decision = self.decide_now(holder, system_id, now).await?;
+        if let Ok(access) = &decision {
+            self.watch.remember(key, epoch, access.clone());
+        }
+        Ok(decision)
+    }
+
+    async fn decide_now(
+        &self,
+        holder: Holder,
+        system_id: SystemId,
+        now: Millis,
+    ) -> Result<Result<Granted, &'static str>, StoreError> {
+        let mut until: Option<Millis> = None;
+        let mut ends = |at: Millis| until = Some(until.map_or(at, |u| u.min(at)));
+        if let Some(login) = holder.login {
+            match self.logins.login(login).await? {
+                Some(l) if l.is_live(now) => ends(l.expires_at),
+                _ => return Ok(Err("login_ended")),
+            }
+        }
+        if let Some(token) = holder.token {
+            match self.identity.api_token(token).await? {
+                Some(t) if t.user_id == holder.user_id && t.is_live(now) => {
+                    if let Some(at) = t.expires_at {
+                        ends(at);
+                    }
                 }
+                _ => return Ok(Err("token_revoked")),
             }
-            _ => return Ok(Err("token_revoked")),
         }
-    }
-    let Some(user) = state.stores.identity.user_by_id(holder.user_id).await? else {
-        return Ok(Err("forbidden"));
-    };
-    // An admin's access does not hang on grants.
-    let grant = if user.role == Role::Admin {
-        None
-    } else {
-        state
-            .stores
-            .identity
-            .grant_until(user.id, system_id, now)
-            .await?
-    };
-    if let Some(Some(at)) = grant {
-        ends(at);
-    }
-    let decision = access::decide(&user, Action::Connect, grant.is_some());
-    Ok(if decision.allowed() {
-        Ok(Access { user, until })
-    } else {
-        Err(decision.code())
-    })
-}
-
-/// Resolves when `holder` loses the right to connect to `system_id`,
-/// with the refusal code. Waits on the node's [`AccessWatch`] and on the
-/// decision's own end; asks the stores only then.
-pub(crate) async fn connect_lost(
-    state: &AppState,
-    holder: Holder,
-    system_id: SystemId,
-) -> &'static str {
-    let mut changes = state.access.subscribe();
-    loop {
-        changes.borrow_and_update();
-        let wait = match decide(state, holder, system_id).await {
-            Ok(Ok(access)) => access.until.map(|until| {
-                Duration::from_millis(until.saturating_sub(now_millis()).max(0) as u64)
-            }),
-            Ok(Err(code)) => return code,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot check access again; leaving open connections open");
-                Some(STORE_RETRY)
-            }
+        let Some(user) = self.identity.user_by_id(holder.user_id).await? else {
+            return Ok(Err("forbidden"));
         };
-        match wait {
-            Some(wait) => {
-                tokio::select! {
-                    _ = changes.changed() => {}
-                    _ = tokio::time::sleep(wait) => {}
+        // An admin's access does not hang on grants.
+        let grant = if user.role == Role::Admin {
+            None
+        } else {
+            self.identity.grant_until(user.id, system_id, now).await?
+        };
+        if let Some(Some(at)) = grant {
+            ends(at);
+        }
+        let decision = access::decide(&user, Action::Connect, grant.is_some());
+        Ok(if decision.allowed() {
+            Ok(Granted { user, until })
+        } else {
+            Err(decision.code())
+        })
+    }
+
+    /// Resolves when `holder` loses the right to connect to `system_id`,
+    /// with the refusal code. Waits on the node's [`AccessWatch`] and on the
+    /// decision's own end; asks the stores only then.
+    pub(crate) async fn connect_lost(&self, holder: Holder, system_id: SystemId) -> &'static str {
+        let mut changes = self.watch.subscribe();
+        loop {
+            changes.borrow_and_update();
+            let wait = match self.decide(holder, system_id).await {
+                Ok(Ok(access)) => access.until.map(|until| {
+                    Duration::from_millis(until.saturating_sub(now_millis()).max(0) as u64)
+                }),
+                Ok(Err(code)) => return code,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot check access again; leaving open connections open");
+                    Some(STORE_RETRY)
                 }
-            }
-            None => {
-                if changes.changed().await.is_err() {
-                    // The watch is gone with the server.
-                    std::future::pending::<()>().await;
+            };
+            match wait {
+                Some(wait) => {
+                    tokio::select! {
+                        _ = changes.changed() => {}
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+                None => {
+                    if changes.changed().await.is_err() {
+                        // The watch is gone with the server.
+                        std::future::pending::<()>().await;
+                    }
                 }
             }
         }
     }
-}
 
-/// Reads the database's access epoch every [`ACCESS_POLL`] and tells this
-/// node's [`AccessWatch`] when it moved: how changes written elsewhere (the
-/// admin CLI, another node that could not publish) reach open connections.
-pub(crate) async fn epoch_watcher(state: std::sync::Arc<AppState>) {
-    let mut last: Option<i64> = None;
-    let mut failing = false;
-    let mut ticker = tokio::time::interval(ACCESS_POLL);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = state.shutdown.cancelled() => return,
-        }
-        match state.stores.identity.access_epoch().await {
-            Ok(epoch) => {
-                if failing {
-                    failing = false;
-                    tracing::info!("reading the access epoch again");
-                }
-                if last.is_some_and(|l| l != epoch) {
-                    tracing::debug!(epoch, "access changed in the database");
-                    state.access.changed();
-                }
-                last = Some(epoch);
+    /// Reads the database's access epoch every [`ACCESS_POLL`] and tells this
+    /// node's [`AccessWatch`] when it moved, until `shutdown`: how changes
+    /// written elsewhere (the admin CLI, another node that could not publish)
+    /// reach open connections.
+    pub(crate) async fn watch_epoch(self, shutdown: CancellationToken) {
+        let mut last: Option<i64> = None;
+        let mut failing = false;
+        let mut ticker = tokio::time::interval(ACCESS_POLL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = shutdown.cancelled() => return,
             }
-            Err(e) if !failing => {
-                failing = true;
-                tracing::warn!(error = %e, "cannot read the access epoch; retrying");
+            match self.identity.access_epoch().await {
+                Ok(epoch) => {
+                    if failing {
+                        failing = false;
+                        tracing::info!("reading the access epoch again");
+                    }
+                    if last.is_some_and(|l| l != epoch) {
+                        tracing::debug!(epoch, "access changed in the database");
+                        self.watch.changed();
+                    }
+                    last = Some(epoch);
+                }
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %e, "cannot read the access epoch; retrying");
+                }
+                Err(_) => {}
             }
-            Err(_) => {}
         }
     }
 }

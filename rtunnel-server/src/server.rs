@@ -221,15 +221,34 @@ impl ServerBuilder {
         );
         let proxy = crate::proxy::Proxy::new(streams.clone());
         let max_tunnel_setups = self.config.max_tunnel_setups;
+        let audit = crate::state::Audit::new(stores.audit.clone());
+        let lifecycle = crate::lifecycle::Lifecycle::new(
+            stores.sessions.clone(),
+            audit.clone(),
+            cluster.clone(),
+        );
+        let tickets = crate::tickets::Tickets::new(stores.tickets.clone(), stores.limiter.clone());
+        let access = crate::revocation::Access::new(
+            access,
+            stores.identity.clone(),
+            stores.logins.clone(),
+            signer.clone(),
+        );
+        let tunnels = crate::routing::Tunnels::new(
+            registry,
+            cluster,
+            streams,
+            crate::tunnel::Setups::new(max_tunnel_setups),
+        );
         Ok(Server {
             node_listener,
             state: Arc::new(AppState {
                 config: self.config,
-                audit: crate::state::Audit::new(stores.audit.clone()),
+                audit,
+                lifecycle,
+                tickets,
                 stores,
-                registry,
-                cluster,
-                streams,
+                tunnels,
                 proxy,
                 shutdown: CancellationToken::new(),
                 signer,
@@ -237,7 +256,6 @@ impl ServerBuilder {
                 access,
                 recordings,
                 refusals: Default::default(),
-                tunnel_setups: crate::tunnel::Setups::new(max_tunnel_setups),
                 password_checks: Arc::new(tokio::sync::Semaphore::new(
                     crate::api::login::PASSWORD_CHECKS,
                 )),
@@ -361,7 +379,7 @@ impl Server {
         let addr = listener.local_addr()?;
         let router = self.router();
         let prefix = self.state.config.path_prefix.clone();
-        tracing::info!(%addr, node = %self.state.cluster.node_id(), path_prefix = %prefix, "rtunnel-server listening");
+        tracing::info!(%addr, node = %self.state.tunnels.cluster.node_id(), path_prefix = %prefix, "rtunnel-server listening");
         let state = self.state.clone();
         let background = Background::start(state.clone(), self.node_listener);
         let head_timeout = state.config.request_head_timeout;
@@ -452,10 +470,10 @@ impl std::fmt::Debug for Background {
 impl Background {
     fn start(state: Arc<AppState>, node_listener: Option<TcpListener>) -> Self {
         let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(crate::lifecycle::sweeper(state.clone()));
+        tasks.spawn(state.lifecycle.clone().sweep(state.shutdown.clone()));
         tasks.spawn(crate::refusals::reporter(state.clone()));
         tasks.spawn(crate::retention::pruner(state.clone()));
-        tasks.spawn(crate::revocation::epoch_watcher(state.clone()));
+        tasks.spawn(state.access.clone().watch_epoch(state.shutdown.clone()));
         tasks.spawn(Cluster::run(state.clone()));
         #[cfg(feature = "redis")]
         if let Some(node_listener) = node_listener {
@@ -533,7 +551,7 @@ impl Drop for ServerHandle {
 }
 
 async fn drain(state: &AppState) {
-    let tunnels = state.registry.all();
+    let tunnels = state.tunnels.registry.all();
     tracing::info!(
         tunnels = tunnels.len(),
         "shutting down: telling agents to reconnect"
@@ -544,10 +562,10 @@ async fn drain(state: &AppState) {
     }
     state.shutdown.cancel();
     let deadline = tokio::time::Instant::now() + SHUTDOWN_DRAIN;
-    while !state.registry.is_empty() && tokio::time::Instant::now() < deadline {
+    while !state.tunnels.registry.is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    state.cluster.leave().await;
+    state.tunnels.cluster.leave().await;
 }
 
 /// Path of the default SQLite database in a data directory.

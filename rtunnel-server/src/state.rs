@@ -13,7 +13,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerConfig;
 use crate::error::ApiError;
-use crate::registry::Registry;
 
 /// The stores a server runs on.
 #[derive(Clone)]
@@ -67,12 +66,8 @@ pub struct AppState {
     pub stores: Stores,
     /// The audit log as the server writes it.
     pub audit: Audit,
-    /// Live tunnels of this node.
-    pub registry: Arc<Registry>,
-    /// This node's place among the others (alone without Redis).
-    pub cluster: Arc<crate::cluster::Cluster>,
-    /// Opens streams to agents, wherever their tunnels are.
-    pub(crate) streams: crate::streams::Streams,
+    /// Tunnels here and routes to the other nodes'.
+    pub tunnels: crate::routing::Tunnels,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
     /// Signs and verifies the server's tokens.
@@ -80,25 +75,26 @@ pub struct AppState {
     /// Signs the session launcher's tokens.
     pub(crate) launch_signer: rtunnel_auth::launch_token::LaunchSigner,
     /// Tells open connections to check their access again.
-    pub access: crate::revocation::AccessWatch,
+    pub access: crate::revocation::Access,
     /// Terminal recordings.
     pub recordings: Arc<dyn rtunnel_core::recording::RecordingStore>,
     /// The subdomain proxy's client and visits.
     pub(crate) proxy: crate::proxy::Proxy,
     /// Refusals counted rather than audited one by one.
     pub(crate) refusals: crate::refusals::Refusals,
-    /// Tunnels being set up (handshake to active), at most
-    /// `max_tunnel_setups`.
-    pub(crate) tunnel_setups: crate::tunnel::Setups,
     /// Password checks that may run at once (argon2 on blocking threads).
     pub(crate) password_checks: Arc<tokio::sync::Semaphore>,
+    /// Support sessions through their lifecycle, and the sweeper.
+    pub lifecycle: crate::lifecycle::Lifecycle,
+    /// Single-use tickets.
+    pub tickets: crate::tickets::Tickets,
 }
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppState")
             .field("config", &self.config)
-            .field("tunnels", &self.registry.len())
+            .field("tunnels", &self.tunnels)
             .finish_non_exhaustive()
     }
 }
@@ -154,7 +150,31 @@ impl FromRef<Arc<AppState>> for Audit {
 
 impl FromRef<Arc<AppState>> for crate::revocation::AccessWatch {
     fn from_ref(state: &Arc<AppState>) -> Self {
+        state.access.watch().clone()
+    }
+}
+
+impl FromRef<Arc<AppState>> for crate::revocation::Access {
+    fn from_ref(state: &Arc<AppState>) -> Self {
         state.access.clone()
+    }
+}
+
+impl FromRef<Arc<AppState>> for crate::lifecycle::Lifecycle {
+    fn from_ref(state: &Arc<AppState>) -> Self {
+        state.lifecycle.clone()
+    }
+}
+
+impl FromRef<Arc<AppState>> for crate::tickets::Tickets {
+    fn from_ref(state: &Arc<AppState>) -> Self {
+        state.tickets.clone()
+    }
+}
+
+impl FromRef<Arc<AppState>> for crate::routing::Tunnels {
+    fn from_ref(state: &Arc<AppState>) -> Self {
+        state.tunnels.clone()
     }
 }
 

@@ -63,6 +63,7 @@ fn conflict(code: &'static str, message: impl Into<String>) -> ApiError {
 /// Axum handler of the terminal endpoint.
 pub(crate) async fn terminal_endpoint(
     State(state): State<Arc<AppState>>,
+    State(sessions): State<crate::api::sessions::SessionsApi>,
     Path(id): Path<String>,
     Query(q): Query<TerminalQuery>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -79,13 +80,13 @@ pub(crate) async fn terminal_endpoint(
     })?;
     let (cols, rows) = (q.cols.unwrap_or(80), q.rows.unwrap_or(24));
     check_size(cols, rows).map_err(|e| ApiError::bad_request("invalid_size", e.to_string()))?;
-    let holder = crate::tickets::redeem(&state, &q.ticket, session_id).await?;
+    let holder = state.tickets.redeem(&q.ticket, session_id).await?;
     let user = match state.stores.identity.user_by_id(holder.user_id).await? {
         Some(u) if !u.disabled => u,
         _ => return Err(ApiError::unauthorized("the ticket's user is gone")),
     };
-    let session = crate::api::sessions::load(&state, session_id).await?;
-    authorize(&state, &user, Action::Connect, session.system_id).await?;
+    let session = crate::api::sessions::load(&sessions, session_id).await?;
+    authorize(&state.access, &user, Action::Connect, session.system_id).await?;
     if let Some(login) = holder.login
         && !state
             .stores
@@ -237,7 +238,7 @@ async fn open_pty(
         rows,
         operator: user.name.clone(),
     });
-    Ok(state.streams.open(session_id, &header).await?)
+    Ok(state.tunnels.streams.open(session_id, &header).await?)
 }
 
 struct TerminalCtx {
@@ -404,7 +405,7 @@ async fn bridge(ctx: TerminalCtx, socket: WebSocket, upstream: TunnelStream, rec
     let end = tokio::select! {
         end = output => end,
         end = input => end,
-        code = crate::revocation::connect_lost(state, ctx.holder, ctx.system_id) => End::Cut(code),
+        code = state.access.connect_lost(ctx.holder, ctx.system_id) => End::Cut(code),
     };
     // Closing our half tells the agent to end the shell if it still runs.
     let _ = tokio::io::AsyncWriteExt::shutdown(&mut *up_w.lock().await).await;

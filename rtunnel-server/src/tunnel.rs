@@ -43,7 +43,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::auth::basic_credentials;
 use crate::error::ApiError;
-use crate::lifecycle;
 use crate::ratelimit::{Attempt, Scope};
 use crate::registry::{LiveTunnel, describe};
 use crate::state::AppState;
@@ -77,7 +76,7 @@ pub(crate) async fn tunnel_endpoint(
     })?;
     // Held until the tunnel is active (or failed): one per system, and at
     // most --max-tunnel-setups in all.
-    let setup = state.tunnel_setups.admit(system.id).await?;
+    let setup = state.tunnels.setups.admit(system.id).await?;
     let mut event = AuditEvent::new(AuditKind::TunnelConnected);
     event.actor = Some(system.key.clone());
     event.system_id = Some(system.id);
@@ -98,12 +97,13 @@ pub(crate) async fn tunnel_endpoint(
 /// connection of a system that is being set up takes the setup over (the
 /// older one is abandoned, as a live tunnel is taken over by the agent's
 /// new connection), so one system's credentials never hold more than one
-/// slot, however many handshakes they leave hanging.
-#[derive(Debug)]
+/// slot, however many handshakes they leave hanging. Clones share the
+/// slots.
+#[derive(Debug, Clone)]
 pub(crate) struct Setups {
     slots: Arc<tokio::sync::Semaphore>,
     systems: Arc<std::sync::Mutex<HashMap<SystemId, (u64, CancellationToken)>>>,
-    next: std::sync::atomic::AtomicU64,
+    next: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// One tunnel's setup; the slot and the system's turn are given back when
@@ -315,13 +315,18 @@ async fn run_tunnel(
     };
     // Only the last tunnel of a session ends it: a tunnel that was taken
     // over by the agent's new connection leaves the session alone.
-    let session_lost = tunnel.as_ref().is_none_or(|t| state.registry.remove(t));
+    let session_lost = tunnel
+        .as_ref()
+        .is_none_or(|t| state.tunnels.registry.remove(t));
     if let Some(t) = tunnel.as_ref().filter(|_| session_lost) {
-        state.cluster.detached(t).await;
+        state.tunnels.cluster.detached(t).await;
     }
     if session_lost {
         let grace_ms = state.config.grace_period.as_millis() as i64;
-        lifecycle::apply(&state, session_id, Event::TunnelLost { grace_ms }).await;
+        state
+            .lifecycle
+            .apply(session_id, Event::TunnelLost { grace_ms })
+            .await;
     }
     let mut event = AuditEvent::new(AuditKind::TunnelDisconnected);
     event.actor = Some(system.key.clone());
@@ -360,7 +365,7 @@ async fn attach_session(
     // The system's tunnel may be live here or on another node; either
     // way the new connection takes its session over (the old tunnel is
     // told `replaced` once the new one is live).
-    if let Some(live) = state.cluster.route_of_system(system.id).await {
+    if let Some(live) = state.tunnels.cluster.route_of_system(system.id).await {
         let session_id = live.session_id();
         let mut event = AuditEvent::new(AuditKind::TunnelTakenOver);
         event.actor = Some(system.key.clone());
@@ -386,7 +391,7 @@ async fn attach_session(
         agent_addr: Some(peer.to_string()),
         agent_software: None,
         services: Vec::new(),
-        node_id: Some(state.cluster.node_id().to_owned()),
+        node_id: Some(state.tunnels.cluster.node_id().to_owned()),
     };
     state.stores.sessions.create_session(&session).await?;
     Ok(session.id)
@@ -430,7 +435,10 @@ async fn try_resume(
     {
         return Ok(Err("the session changed meanwhile".into()));
     }
-    lifecycle::perform(state, session.id, &transition.actions).await;
+    state
+        .lifecycle
+        .perform(session.id, &transition.actions)
+        .await;
     Ok(Ok(()))
 }
 
@@ -475,7 +483,7 @@ async fn serve_tunnel(
             session_id,
             &services,
             &software,
-            state.cluster.node_id(),
+            state.tunnels.cluster.node_id(),
             now_millis(),
         )
         .await
@@ -499,7 +507,7 @@ async fn serve_tunnel(
         shares: Default::default(),
         max_streams_per_user: state.config.streams_per_user(),
     });
-    let replaced = state.registry.insert(tunnel.clone());
+    let replaced = state.tunnels.registry.insert(tunnel.clone());
     // Set up: the slot goes to the next agent, before anything below that
     // waits on another tunnel or on Redis.
     drop(setup);
@@ -511,7 +519,7 @@ async fn serve_tunnel(
         )
         .await;
     }
-    state.cluster.attached(&tunnel).await;
+    state.tunnels.cluster.attached(&tunnel).await;
     // The agent opens no streams to the server: any it tries are reset.
     let end = driver.run(drop).await;
     if let LinkEnd::LocalClose(code) = end {

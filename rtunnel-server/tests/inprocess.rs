@@ -263,7 +263,7 @@ async fn build_harness(
     tokio::spawn(async move { agent.run(std::future::pending()).await });
     let session = wait_for("the tunnel", || {
         let state = state.clone();
-        async move { state.registry.all().first().map(|t| t.session_id) }
+        async move { state.tunnels.registry.all().first().map(|t| t.session_id) }
     })
     .await;
     Harness {
@@ -323,7 +323,7 @@ async fn ask_agent_with(
     h: &Harness,
     header: &StreamHeader,
 ) -> (rtunnel_core::mux::MuxStream, StreamReply) {
-    let tunnel = h.state.registry.by_session(h.session).unwrap();
+    let tunnel = h.state.tunnels.registry.by_session(h.session).unwrap();
     let mut s = tunnel.link.open().await.unwrap();
     write_frame(&mut s, header).await.unwrap();
     let reply = read_frame::<StreamReply, _>(&mut s, MAX_STREAM_HEADER_BYTES)
@@ -355,7 +355,7 @@ async fn agent_refuses_unknown_services_with_a_reason_and_the_tunnel_stays_up() 
     let mut back = Vec::new();
     s.read_to_end(&mut back).await.unwrap();
     assert_eq!(back, b"still here");
-    assert_eq!(h.state.registry.len(), 1);
+    assert_eq!(h.state.tunnels.registry.len(), 1);
 }
 
 fn terminal_open(operator: &str) -> Option<TerminalOpen> {
@@ -605,7 +605,7 @@ async fn open_forwards_do_not_poll_the_database_for_access() {
         "access was read again with nothing changed"
     );
     // A change made through the server is heard at once: one new decision.
-    h.state.access.changed();
+    h.state.access.watch().changed();
     let s = fwd.open().await.unwrap();
     drop(s);
     assert!(reads.load(Ordering::SeqCst) > after_open);
@@ -828,6 +828,7 @@ async fn during_grace_new_streams_hear_the_agent_is_reconnecting_then_work_when_
         .unwrap();
     // Cut the tunnel under the agent.
     h.state
+        .tunnels
         .registry
         .by_session(h.session)
         .unwrap()
@@ -856,7 +857,7 @@ async fn during_grace_new_streams_hear_the_agent_is_reconnecting_then_work_when_
     wait_for("the agent to resume its session", || {
         let state = h.state.clone();
         let id = h.session;
-        async move { state.registry.by_session(id).map(|_| ()) }
+        async move { state.tunnels.registry.by_session(id).map(|_| ()) }
     })
     .await;
     for f in [&fwd, &fwd2] {
@@ -962,7 +963,7 @@ async fn closing_a_session_sends_websocket_close_code_4000() {
     let session = w.session_id;
     wait_for("the hand-driven session to be active", || {
         let state = h.state.clone();
-        async move { state.registry.by_session(session).map(|_| ()) }
+        async move { state.tunnels.registry.by_session(session).map(|_| ()) }
     })
     .await;
     let (status, v) = api(
@@ -1037,7 +1038,7 @@ async fn streams_past_the_per_tunnel_limit_are_refused_while_the_others_carry_on
     c.write_all(b"c").await.unwrap();
     let mut got = [0u8; 1];
     c.read_exact(&mut got).await.unwrap();
-    assert_eq!(h.state.registry.len(), 1);
+    assert_eq!(h.state.tunnels.registry.len(), 1);
 }
 
 /// Finding: one operator could fill the shared ticket store for everyone.
@@ -1182,22 +1183,20 @@ async fn terminal_tickets_are_single_use_bound_to_session_and_role_checked() {
 
     // Bound to its session: presenting it for another one spends it.
     let other = SessionId::new();
-    let wrong = rtunnel_server::redeem_ticket(&h.state, &ticket, other).await;
+    let wrong = h.state.tickets.redeem(&ticket, other).await;
     assert_eq!(wrong.unwrap_err().code, "invalid_ticket");
     let (_, v) = api(&h, "POST", &path, &token, None).await;
     let ticket = v["ticket"].as_str().unwrap().to_owned();
-    let holder = rtunnel_server::redeem_ticket(&h.state, &ticket, h.session)
-        .await
-        .unwrap();
+    let holder = h.state.tickets.redeem(&ticket, h.session).await.unwrap();
     assert_eq!(holder.user_id, op.id);
     assert_eq!(holder.login, None, "an API token is no login");
-    let again = rtunnel_server::redeem_ticket(&h.state, &ticket, h.session).await;
+    let again = h.state.tickets.redeem(&ticket, h.session).await;
     assert_eq!(
         again.unwrap_err().code,
         "invalid_ticket",
         "a ticket works once"
     );
-    let forged = rtunnel_server::redeem_ticket(&h.state, &"0".repeat(64), h.session).await;
+    let forged = h.state.tickets.redeem(&"0".repeat(64), h.session).await;
     assert_eq!(forged.unwrap_err().code, "invalid_ticket");
 
     let issued = audited(&h, "terminal_ticket_issued").await;
@@ -1489,6 +1488,33 @@ async fn closing_a_session_ends_the_open_streams_of_its_forwards() {
     assert!(status == 200 || status == 204, "{status} {v}");
     let took = cut_within(&mut s).await;
     assert!(took < Duration::from_secs(10), "{took:?}");
+}
+
+/// An embedder holds the services, not the HTTP API: ending a session
+/// through `Lifecycle` stores the ending, cuts the operator's open streams,
+/// and a second close is refused by the state machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedder_ends_a_session_through_the_lifecycle_service() {
+    let h = harness().await;
+    let (_, admin) = user(&h, "ann", Role::Admin).await;
+    let (_fwd, mut s) = echoing_forward(&h, &admin).await;
+    let lifecycle: rtunnel_server::Lifecycle = h.state.lifecycle.clone();
+    let t = lifecycle
+        .try_apply(h.session, rtunnel_core::session::Event::OperatorClosed)
+        .await
+        .expect("an active session closes");
+    assert_eq!(t.next.status, rtunnel_core::store::SessionStatus::Closed);
+    let took = cut_within(&mut s).await;
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let stored = h.state.stores.sessions.session(h.session).await.unwrap();
+    assert_eq!(stored.unwrap().status, rtunnel_core::store::SessionStatus::Closed);
+    let again = lifecycle
+        .try_apply(h.session, rtunnel_core::session::Event::OperatorClosed)
+        .await;
+    assert!(
+        matches!(again, Err(rtunnel_server::ApplyError::Refused(_))),
+        "{again:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,7 @@
 //! Who is calling: Bearer API tokens or access tokens for users, HTTP Basic
 //! for agents.
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use base64::Engine;
@@ -12,11 +12,10 @@ use rtunnel_auth::claims::{Claims, TokenKind};
 use rtunnel_auth::secret::{verify_against_nothing, verify_secret};
 use rtunnel_core::ids::{SystemId, UserId};
 use rtunnel_core::store::{User, now_millis};
-use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::revocation::Access;
 
 /// Longest `Authorization` header looked at.
 pub(crate) const MAX_AUTHORIZATION_LEN: usize = 1024;
@@ -58,13 +57,14 @@ impl Authenticated {
     }
 }
 
-impl FromRequestParts<Arc<AppState>> for Authenticated {
+impl<S> FromRequestParts<S> for Authenticated
+where
+    S: Send + Sync,
+    Access: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &Arc<AppState>,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         if !parts.headers.contains_key(header::AUTHORIZATION) {
             // The launcher contract's words, for every endpoint.
             let mut e = ApiError::unauthorized(crate::launcher::messages::MISSING_AUTHORIZATION);
@@ -73,7 +73,7 @@ impl FromRequestParts<Arc<AppState>> for Authenticated {
         }
         let token = bearer(&parts.headers)
             .ok_or_else(|| ApiError::unauthorized("malformed bearer token"))?;
-        authenticate_bearer(state, token).await
+        authenticate_bearer(&Access::from_ref(state), token).await
     }
 }
 
@@ -81,13 +81,14 @@ impl FromRequestParts<Arc<AppState>> for Authenticated {
 #[derive(Debug, Clone)]
 pub(crate) struct CurrentUser(pub User);
 
-impl FromRequestParts<Arc<AppState>> for CurrentUser {
+impl<S> FromRequestParts<S> for CurrentUser
+where
+    S: Send + Sync,
+    Access: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &Arc<AppState>,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         Authenticated::from_request_parts(parts, state)
             .await
             .map(|a| CurrentUser(a.user))
@@ -113,17 +114,16 @@ fn invalid_token() -> ApiError {
 /// Unknown, wrong, expired tokens, ended logins and disabled users all get
 /// the same 401.
 pub(crate) async fn authenticate_bearer(
-    state: &AppState,
+    access: &Access,
     token: &str,
 ) -> Result<Authenticated, ApiError> {
     if token.starts_with(rtunnel_auth::api_token::PREFIX) {
-        return authenticate_token(state, token).await;
+        return authenticate_token(access, token).await;
     }
-    let claims = Claims::verify(&*state.signer, token, TokenKind::Access, now_millis())
+    let claims = Claims::verify(&*access.signer, token, TokenKind::Access, now_millis())
         .map_err(|_| invalid_token())?;
     let login = claims.fam.ok_or_else(invalid_token)?;
-    let live = state
-        .stores
+    let live = access
         .logins
         .login(login)
         .await?
@@ -131,7 +131,7 @@ pub(crate) async fn authenticate_bearer(
     if !live {
         return Err(invalid_token());
     }
-    let user = active_user(state, claims.sub).await?;
+    let user = active_user(access, claims.sub).await?;
     Ok(Authenticated {
         user,
         credential: Credential::Login(login),
@@ -140,11 +140,11 @@ pub(crate) async fn authenticate_bearer(
 
 /// Resolves an API token to its user.
 pub(crate) async fn authenticate_token(
-    state: &AppState,
+    access: &Access,
     token: &str,
 ) -> Result<Authenticated, ApiError> {
     let parsed = ApiToken::parse(token).ok_or_else(invalid_token)?;
-    let Some(record) = state.stores.identity.api_token(parsed.id).await? else {
+    let Some(record) = access.identity.api_token(parsed.id).await? else {
         verify_against_nothing(&parsed.secret);
         return Err(invalid_token());
     };
@@ -154,7 +154,7 @@ pub(crate) async fn authenticate_token(
     if !record.is_live(now_millis()) {
         return Err(invalid_token());
     }
-    let user = active_user(state, record.user_id).await?;
+    let user = active_user(access, record.user_id).await?;
     Ok(Authenticated {
         user,
         credential: Credential::ApiToken(record.id),
@@ -162,8 +162,8 @@ pub(crate) async fn authenticate_token(
 }
 
 /// The user with this id, if it exists and is not disabled.
-async fn active_user(state: &AppState, id: UserId) -> Result<User, ApiError> {
-    match state.stores.identity.user_by_id(id).await? {
+async fn active_user(access: &Access, id: UserId) -> Result<User, ApiError> {
+    match access.identity.user_by_id(id).await? {
         Some(user) if !user.disabled => Ok(user),
         _ => Err(invalid_token()),
     }
@@ -171,7 +171,7 @@ async fn active_user(state: &AppState, id: UserId) -> Result<User, ApiError> {
 
 /// Asks the access decision whether `user` may do `action` on `system_id`.
 pub(crate) async fn authorize(
-    state: &AppState,
+    access: &Access,
     user: &User,
     action: Action,
     system_id: SystemId,
@@ -179,8 +179,7 @@ pub(crate) async fn authorize(
     let has_grant = match user.role {
         rtunnel_core::store::Role::Admin => false,
         _ => {
-            state
-                .stores
+            access
                 .identity
                 .has_grant(user.id, system_id, now_millis())
                 .await?

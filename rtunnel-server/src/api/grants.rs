@@ -2,7 +2,6 @@
 //! which resource (admin only).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -16,7 +15,9 @@ use uuid::Uuid;
 
 use super::auth::{CurrentUser, require_admin};
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::routing::Tunnels;
+use crate::state::Audit;
+use crate::state::Stores;
 
 /// Longest grant.
 pub(super) const MAX_GRANT_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
@@ -41,26 +42,20 @@ enum Target {
 }
 
 impl GrantBody {
-    async fn check(&self, state: &AppState) -> Result<Target, ApiError> {
+    async fn check(&self, stores: &Stores) -> Result<Target, ApiError> {
         let bad = |m: &str| ApiError::bad_request("invalid_grant", m.to_owned());
-        if state
-            .stores
-            .identity
-            .user_by_id(self.user_id)
-            .await?
-            .is_none()
-        {
+        if stores.identity.user_by_id(self.user_id).await?.is_none() {
             return Err(ApiError::not_found("user_not_found", "no such user"));
         }
         match (self.system_id, self.resource_id) {
             (Some(id), None) => {
-                if state.stores.identity.system(id).await?.is_none() {
+                if stores.identity.system(id).await?.is_none() {
                     return Err(ApiError::not_found("system_not_found", "no such system"));
                 }
                 Ok(Target::System(id))
             }
             (None, Some(id)) => {
-                if state.stores.resources.resource(id).await?.is_none() {
+                if stores.resources.resource(id).await?.is_none() {
                     return Err(ApiError::not_found(
                         "resource_not_found",
                         "no such resource",
@@ -99,29 +94,28 @@ fn event(name: AuditKind, admin: &str, peer: SocketAddr, body: &GrantBody) -> Au
 }
 
 pub(super) async fn create(
-    State(state): State<Arc<AppState>>,
+    State(stores): State<Stores>,
+    State(audit): State<Audit>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     CurrentUser(admin): CurrentUser,
     super::extract::Json(body): super::extract::Json<GrantBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     require_admin(&admin)?;
-    let target = body.check(&state).await?;
+    let target = body.check(&stores).await?;
     let now = now_millis();
     let expires_at = body.expires_at(now)?;
     let mut e = event(AuditKind::GrantCreated, &admin.name, peer, &body);
     e.details["expires_at"] = json!(expires_at.map(rfc3339));
-    state.audit.record(e).await?;
+    audit.record(e).await?;
     let created = match target {
         Target::System(id) => {
-            state
-                .stores
+            stores
                 .identity
                 .grant(body.user_id, id, expires_at, now)
                 .await?
         }
         Target::Resource(id) => {
-            state
-                .stores
+            stores
                 .resources
                 .grant_resource(body.user_id, id, expires_at, now)
                 .await?
@@ -145,23 +139,23 @@ pub(super) async fn create(
 }
 
 pub(super) async fn revoke(
-    State(state): State<Arc<AppState>>,
+    State(stores): State<Stores>,
+    State(audit): State<Audit>,
+    State(tunnels): State<Tunnels>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     CurrentUser(admin): CurrentUser,
     super::extract::Json(body): super::extract::Json<GrantBody>,
 ) -> Result<StatusCode, ApiError> {
     require_admin(&admin)?;
-    let target = body.check(&state).await?;
-    state
-        .audit
+    let target = body.check(&stores).await?;
+    audit
         .record(event(AuditKind::GrantRevoked, &admin.name, peer, &body))
         .await?;
     let now = now_millis();
     let revoked = match target {
-        Target::System(id) => state.stores.identity.revoke(body.user_id, id, now).await?,
+        Target::System(id) => stores.identity.revoke(body.user_id, id, now).await?,
         Target::Resource(id) => {
-            state
-                .stores
+            stores
                 .resources
                 .revoke_resource(body.user_id, id, now)
                 .await?
@@ -169,7 +163,7 @@ pub(super) async fn revoke(
     };
     if revoked {
         // What the grant let open is cut now, not at the next poll.
-        state.cluster.access_changed().await;
+        tunnels.cluster.access_changed().await;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found("grant_not_found", "no active grant"))

@@ -132,10 +132,11 @@ async fn proxy_url(
     system_id: SystemId,
     service: &str,
 ) -> Result<String, ApiError> {
-    authorize(state, user, Action::Connect, system_id)
+    authorize(&state.access, user, Action::Connect, system_id)
         .await
         .map_err(|e| ApiError::forbidden(e.code, messages::ACCESS_DENIED))?;
     let tunnel = state
+        .tunnels
         .cluster
         .route_of_system(system_id)
         .await
@@ -148,7 +149,7 @@ async fn proxy_url(
             )
         })?;
     // Bound to the login or API token of the launch, like every proxy token.
-    crate::tickets::spend_budget(state, holder.user_id).await?;
+    state.tickets.spend_budget(holder.user_id).await?;
     Ok(
         crate::proxy::mint(state, holder, tunnel.session_id(), service)
             .await?

@@ -24,7 +24,8 @@ use super::auth::Authenticated;
 use super::extract::Json as JsonBody;
 use crate::error::ApiError;
 use crate::ratelimit::{Attempt, KNOWN_ADDRESS_FOR, Scope};
-use crate::state::AppState;
+use crate::routing::Tunnels;
+use crate::state::{AppState, Audit, Stores};
 
 /// Longest user name looked up.
 const MAX_USERNAME_LEN: usize = 128;
@@ -206,7 +207,9 @@ pub(crate) async fn refresh(
 
 /// `POST /api/v1/auth/logout`: ends the login of the access token used.
 pub(crate) async fn logout(
-    State(state): State<Arc<AppState>>,
+    State(stores): State<Stores>,
+    State(audit): State<Audit>,
+    State(tunnels): State<Tunnels>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     caller: Authenticated,
 ) -> Result<StatusCode, ApiError> {
@@ -220,13 +223,12 @@ pub(crate) async fn logout(
     event.actor = Some(caller.user.name.clone());
     event.ip_address = Some(peer.ip().to_string());
     event.details = json!({"login_id": login});
-    state.audit.record(event).await?;
-    state
-        .stores
+    audit.record(event).await?;
+    stores
         .logins
         .revoke_login(login, "logout", now_millis())
         .await?;
-    state.cluster.access_changed().await;
+    tunnels.cluster.access_changed().await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -237,7 +239,7 @@ async fn replayed(state: &AppState, user: &User, login: &Login, ip: &str) -> Res
         .logins
         .revoke_login(login.id, "refresh_token_replayed", now_millis())
         .await?;
-    state.cluster.access_changed().await;
+    state.tunnels.cluster.access_changed().await;
     tracing::warn!(user = %user.name, login = %login.id, %ip, "refresh token replayed; login ended");
     let mut event = AuditEvent::new(AuditKind::RefreshTokenReplayed);
     event.actor = Some(user.name.clone());

@@ -23,7 +23,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::routing::Tunnels;
+use crate::state::{AppState, Stores};
 use crate::{forward, terminal, tunnel};
 use rtunnel_core::store::{MAX_PAGE_SIZE, Page};
 
@@ -137,8 +138,11 @@ async fn healthz() -> Json<Value> {
 
 /// Ready when the database answers; otherwise 503 `database_unavailable`
 /// (tunnels and open connections keep flowing meanwhile).
-async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
-    if let Err(e) = state.stores.sessions.ping().await {
+async fn readyz(
+    State(stores): State<Stores>,
+    State(tunnels): State<Tunnels>,
+) -> Result<Json<Value>, ApiError> {
+    if let Err(e) = stores.sessions.ping().await {
         tracing::warn!(error = %e, "readiness: the database does not answer");
         return Err(ApiError::new(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -146,7 +150,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiEr
             "not ready: the database does not answer",
         ));
     }
-    if let Err(e) = state.cluster.ping().await {
+    if let Err(e) = tunnels.cluster.ping().await {
         tracing::warn!(error = %e, "readiness: Redis does not answer");
         return Err(ApiError::new(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -154,13 +158,13 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiEr
             "not ready: Redis does not answer",
         ));
     }
-    let redis = if state.cluster.is_shared() {
+    let redis = if tunnels.cluster.is_shared() {
         "ok"
     } else {
         "none"
     };
     Ok(Json(
-        json!({"status": "ready", "database": "ok", "redis": redis, "node": state.cluster.node_id()}),
+        json!({"status": "ready", "database": "ok", "redis": redis, "node": tunnels.cluster.node_id()}),
     ))
 }
 

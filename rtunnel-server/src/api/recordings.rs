@@ -17,6 +17,7 @@ use super::auth::{CurrentUser, require_admin};
 use super::parse_id;
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::state::Stores;
 
 /// A recording as the API lists it.
 #[derive(Debug, Serialize)]
@@ -33,12 +34,13 @@ pub(super) struct RecordingView {
 
 pub(super) async fn list(
     State(state): State<Arc<AppState>>,
+    State(stores): State<Stores>,
     CurrentUser(user): CurrentUser,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     require_admin(&user)?;
     let session_id = parse_id(&id, "session_not_found")?;
-    if state.stores.sessions.session(session_id).await?.is_none() {
+    if stores.sessions.session(session_id).await?.is_none() {
         return Err(ApiError::not_found("session_not_found", "no such session"));
     }
     let found = state

@@ -1,7 +1,5 @@
 //! `/api/v1/resources`: the launcher's resources (admin only).
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::StatusCode;
@@ -19,7 +17,8 @@ use super::extract::Query;
 use super::{PageQuery, parse_id};
 use crate::error::ApiError;
 use crate::launcher::validate_metadata;
-use crate::state::AppState;
+use crate::state::Audit;
+use crate::state::Stores;
 
 /// Largest metadata object, serialized.
 pub(super) const MAX_METADATA_BYTES: usize = 16 * 1024;
@@ -71,7 +70,7 @@ impl ResourceBody {
     /// Checks the fields; the system, if named, must exist.
     async fn into_resource(
         self,
-        state: &AppState,
+        stores: &Stores,
         id: Uuid,
         created_at: i64,
     ) -> Result<Resource, ApiError> {
@@ -92,7 +91,7 @@ impl ResourceBody {
         match (&self.system_id, &self.service) {
             (Some(system_id), Some(service)) => {
                 validate_service_name(service).map_err(|e| bad(e.to_string()))?;
-                if state.stores.identity.system(*system_id).await?.is_none() {
+                if stores.identity.system(*system_id).await?.is_none() {
                     return Err(bad(format!("no system {system_id}")));
                 }
             }
@@ -123,8 +122,8 @@ fn conflict(e: StoreError) -> ApiError {
     }
 }
 
-async fn audit(
-    state: &AppState,
+async fn audited(
+    audit: &Audit,
     event: AuditKind,
     actor: &str,
     peer: SocketAddr,
@@ -134,7 +133,7 @@ async fn audit(
     e.actor = Some(actor.to_owned());
     e.ip_address = Some(peer.ip().to_string());
     e.details = serde_json::json!({"resource_id": r.id, "resource_name": r.name});
-    state.audit.record(e).await
+    audit.record(e).await
 }
 
 fn not_found() -> ApiError {
@@ -142,23 +141,18 @@ fn not_found() -> ApiError {
 }
 
 /// The resource named by a path id, or 404.
-async fn load(state: &AppState, raw_id: &str) -> Result<Resource, ApiError> {
+async fn load(stores: &Stores, raw_id: &str) -> Result<Resource, ApiError> {
     let id = parse_id(raw_id, "resource_not_found")?;
-    state
-        .stores
-        .resources
-        .resource(id)
-        .await?
-        .ok_or_else(not_found)
+    stores.resources.resource(id).await?.ok_or_else(not_found)
 }
 
 pub(super) async fn list(
-    State(state): State<Arc<AppState>>,
+    State(stores): State<Stores>,
     CurrentUser(user): CurrentUser,
     Query(q): Query<PageQuery>,
 ) -> Result<Json<Paged<ResourceView>>, ApiError> {
     require_admin(&user)?;
-    let page = state.stores.resources.list_resources(q.page()?).await?;
+    let page = stores.resources.list_resources(q.page()?).await?;
     Ok(Json(Paged {
         items: page.items.into_iter().map(ResourceView::from).collect(),
         page: page.page,
@@ -168,52 +162,52 @@ pub(super) async fn list(
 }
 
 pub(super) async fn show(
-    State(state): State<Arc<AppState>>,
+    State(stores): State<Stores>,
     CurrentUser(user): CurrentUser,
     Path(id): Path<String>,
 ) -> Result<Json<ResourceView>, ApiError> {
     require_admin(&user)?;
-    let r = load(&state, &id).await?;
+    let r = load(&stores, &id).await?;
     Ok(Json(r.into()))
 }
 
 pub(super) async fn create(
-    State(state): State<Arc<AppState>>,
+    State(stores): State<Stores>,
+    State(audit): State<Audit>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     CurrentUser(user): CurrentUser,
     super::extract::Json(body): super::extract::Json<ResourceBody>,
 ) -> Result<(StatusCode, Json<ResourceView>), ApiError> {
     require_admin(&user)?;
     let r = body
-        .into_resource(&state, Uuid::new_v4(), now_millis())
+        .into_resource(&stores, Uuid::new_v4(), now_millis())
         .await?;
     // Written first so a refused write (a taken name) is not audited as
     // done; undone if the audit event cannot be stored.
-    state
-        .stores
+    stores
         .resources
         .create_resource(&r)
         .await
         .map_err(conflict)?;
-    if let Err(e) = audit(&state, AuditKind::ResourceCreated, &user.name, peer, &r).await {
-        let _ = state.stores.resources.delete_resource(r.id).await;
+    if let Err(e) = audited(&audit, AuditKind::ResourceCreated, &user.name, peer, &r).await {
+        let _ = stores.resources.delete_resource(r.id).await;
         return Err(e);
     }
     Ok((StatusCode::CREATED, Json(r.into())))
 }
 
 pub(super) async fn update(
-    State(state): State<Arc<AppState>>,
+    State(stores): State<Stores>,
+    State(audit): State<Audit>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     CurrentUser(user): CurrentUser,
     Path(id): Path<String>,
     super::extract::Json(body): super::extract::Json<ResourceBody>,
 ) -> Result<Json<ResourceView>, ApiError> {
     require_admin(&user)?;
-    let old = load(&state, &id).await?;
-    let r = body.into_resource(&state, old.id, old.created_at).await?;
-    if !state
-        .stores
+    let old = load(&stores, &id).await?;
+    let r = body.into_resource(&stores, old.id, old.created_at).await?;
+    if !stores
         .resources
         .update_resource(&r)
         .await
@@ -221,22 +215,23 @@ pub(super) async fn update(
     {
         return Err(not_found());
     }
-    if let Err(e) = audit(&state, AuditKind::ResourceUpdated, &user.name, peer, &r).await {
-        let _ = state.stores.resources.update_resource(&old).await;
+    if let Err(e) = audited(&audit, AuditKind::ResourceUpdated, &user.name, peer, &r).await {
+        let _ = stores.resources.update_resource(&old).await;
         return Err(e);
     }
     Ok(Json(r.into()))
 }
 
 pub(super) async fn delete(
-    State(state): State<Arc<AppState>>,
+    State(stores): State<Stores>,
+    State(audit): State<Audit>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     CurrentUser(user): CurrentUser,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     require_admin(&user)?;
-    let r = load(&state, &id).await?;
-    audit(&state, AuditKind::ResourceDeleted, &user.name, peer, &r).await?;
-    state.stores.resources.delete_resource(r.id).await?;
+    let r = load(&stores, &id).await?;
+    audited(&audit, AuditKind::ResourceDeleted, &user.name, peer, &r).await?;
+    stores.resources.delete_resource(r.id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

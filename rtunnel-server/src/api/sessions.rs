@@ -3,13 +3,13 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, FromRef, Path, State};
 use rtunnel_auth::access::Action;
 use rtunnel_core::ids::{SessionId, SystemId};
 use rtunnel_core::proto::ServiceInfo;
 use rtunnel_core::store::{
-    AuditKind, Paged, Role, SessionFilter, SessionRecord, SessionSort, SessionStatus, now_millis,
-    rfc3339,
+    AuditKind, Paged, Role, SessionFilter, SessionRecord, SessionSort, SessionStatus, SessionStore,
+    now_millis, rfc3339,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -18,10 +18,32 @@ use super::auth::{Authenticated, CurrentUser, authorize};
 use super::extract::Query;
 use super::{PageQuery, parse_id};
 use crate::error::ApiError;
-use crate::lifecycle::{self, ApplyError};
-use crate::state::AppState;
+use crate::lifecycle::ApplyError;
+use crate::lifecycle::Lifecycle;
+use crate::revocation::Access;
+use crate::state::{AppState, Audit};
+use crate::tickets::Tickets;
 use rtunnel_core::session::{Event, TransitionError};
 use rtunnel_core::store::AuditEvent;
+
+/// What the session routes share: the sessions, the access decision, the
+/// audit log.
+#[derive(Clone)]
+pub(crate) struct SessionsApi {
+    sessions: Arc<dyn SessionStore>,
+    access: Access,
+    audit: Audit,
+}
+
+impl FromRef<Arc<AppState>> for SessionsApi {
+    fn from_ref(state: &Arc<AppState>) -> Self {
+        SessionsApi {
+            sessions: state.stores.sessions.clone(),
+            access: state.access.clone(),
+            audit: state.audit.clone(),
+        }
+    }
+}
 
 /// A session as the API shows it.
 #[derive(Debug, Serialize)]
@@ -73,7 +95,7 @@ pub(super) struct ListQuery {
 }
 
 pub(super) async fn list(
-    State(state): State<Arc<AppState>>,
+    State(api): State<SessionsApi>,
     CurrentUser(user): CurrentUser,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Paged<SessionView>>, ApiError> {
@@ -106,8 +128,7 @@ pub(super) async fn list(
         granted_to: (user.role != Role::Admin).then_some(user.id),
         sort,
     };
-    let sessions = state
-        .stores
+    let sessions = api
         .sessions
         .list_sessions(&filter, now_millis(), page)
         .await?;
@@ -123,12 +144,12 @@ pub(super) async fn list(
 /// system the caller holds no grant on is as absent as one that does not
 /// exist (its id tells nothing).
 pub(crate) async fn readable(
-    state: &AppState,
+    api: &SessionsApi,
     user: &rtunnel_core::store::User,
     raw_id: &str,
 ) -> Result<SessionRecord, ApiError> {
-    let session = load(state, parse_id(raw_id, "session_not_found")?).await?;
-    match authorize(state, user, Action::Read, session.system_id).await {
+    let session = load(api, parse_id(raw_id, "session_not_found")?).await?;
+    match authorize(&api.access, user, Action::Read, session.system_id).await {
         Ok(()) => Ok(session),
         Err(e) if e.status == axum::http::StatusCode::FORBIDDEN => {
             Err(ApiError::not_found("session_not_found", "no such session"))
@@ -139,21 +160,21 @@ pub(crate) async fn readable(
 }
 
 pub(super) async fn show(
-    State(state): State<Arc<AppState>>,
+    State(api): State<SessionsApi>,
     CurrentUser(user): CurrentUser,
     Path(id): Path<String>,
 ) -> Result<Json<SessionView>, ApiError> {
-    Ok(Json(readable(&state, &user, &id).await?.into()))
+    Ok(Json(readable(&api, &user, &id).await?.into()))
 }
 
 pub(super) async fn services(
-    State(state): State<Arc<AppState>>,
+    State(api): State<SessionsApi>,
     CurrentUser(user): CurrentUser,
     Path(id): Path<String>,
     Query(q): Query<PageQuery>,
 ) -> Result<Json<Paged<ServiceInfo>>, ApiError> {
     let page = q.page()?;
-    let session = readable(&state, &user, &id).await?;
+    let session = readable(&api, &user, &id).await?;
     let total = session.services.len() as u64;
     let items = session
         .services
@@ -193,7 +214,7 @@ fn lifecycle_error(e: ApplyError) -> ApiError {
 /// Loads a session the user may manage (close, extend) and audits the action
 /// before it happens.
 async fn manageable(
-    state: &AppState,
+    api: &SessionsApi,
     user: &rtunnel_core::store::User,
     raw_id: &str,
     event: AuditKind,
@@ -201,7 +222,7 @@ async fn manageable(
     details: serde_json::Value,
 ) -> Result<SessionRecord, ApiError> {
     open_session_for(
-        state,
+        api,
         user,
         raw_id,
         Action::ManageSession,
@@ -215,7 +236,7 @@ async fn manageable(
 /// A session that has not ended, on which `user` may do `action`, with
 /// `event` stored in the audit log (503 and nothing done if it cannot be).
 async fn open_session_for(
-    state: &AppState,
+    api: &SessionsApi,
     user: &rtunnel_core::store::User,
     raw_id: &str,
     action: Action,
@@ -223,20 +244,20 @@ async fn open_session_for(
     peer: std::net::SocketAddr,
     details: serde_json::Value,
 ) -> Result<SessionRecord, ApiError> {
-    let session = usable_session(state, user, raw_id, action).await?;
-    audit_on(state, user, &session, event, peer, details).await?;
+    let session = usable_session(api, user, raw_id, action).await?;
+    audit_on(api, user, &session, event, peer, details).await?;
     Ok(session)
 }
 
 /// A session that has not ended, on which `user` may do `action`.
 async fn usable_session(
-    state: &AppState,
+    api: &SessionsApi,
     user: &rtunnel_core::store::User,
     raw_id: &str,
     action: Action,
 ) -> Result<SessionRecord, ApiError> {
-    let session = readable(state, user, raw_id).await?;
-    authorize(state, user, action, session.system_id).await?;
+    let session = readable(api, user, raw_id).await?;
+    authorize(&api.access, user, action, session.system_id).await?;
     if session.status.is_final() {
         return Err(ApiError::new(
             axum::http::StatusCode::CONFLICT,
@@ -249,7 +270,7 @@ async fn usable_session(
 
 /// Stores `event` by `user` on `session` (503 if it cannot be).
 async fn audit_on(
-    state: &AppState,
+    api: &SessionsApi,
     user: &rtunnel_core::store::User,
     session: &SessionRecord,
     event: AuditKind,
@@ -262,17 +283,18 @@ async fn audit_on(
     ev.session_id = Some(session.id);
     ev.ip_address = Some(peer.ip().to_string());
     ev.details = details;
-    state.audit.record(ev).await
+    api.audit.record(ev).await
 }
 
 pub(super) async fn close(
-    State(state): State<Arc<AppState>>,
+    State(api): State<SessionsApi>,
+    State(lifecycle): State<Lifecycle>,
     CurrentUser(user): CurrentUser,
     Path(id): Path<String>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
 ) -> Result<Json<SessionView>, ApiError> {
     let session = manageable(
-        &state,
+        &api,
         &user,
         &id,
         AuditKind::SessionClosed,
@@ -280,11 +302,12 @@ pub(super) async fn close(
         serde_json::json!({}),
     )
     .await?;
-    lifecycle::try_apply(&state, session.id, Event::OperatorClosed)
+    lifecycle
+        .try_apply(session.id, Event::OperatorClosed)
         .await
         .map_err(lifecycle_error)?;
     tracing::info!(user = %user.name, session = %session.id, "session closed by an operator");
-    Ok(Json(reload(&state, session.id).await?))
+    Ok(Json(reload(&api, session.id).await?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -296,7 +319,8 @@ pub(super) struct ExtendBody {
 pub(crate) const MAX_EXTEND_HOURS: i64 = 24 * 30;
 
 pub(super) async fn extend(
-    State(state): State<Arc<AppState>>,
+    State(api): State<SessionsApi>,
+    State(lifecycle): State<Lifecycle>,
     CurrentUser(user): CurrentUser,
     Path(id): Path<String>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
@@ -309,45 +333,36 @@ pub(super) async fn extend(
         ));
     }
     let details = serde_json::json!({"hours": body.hours});
-    let session = manageable(
-        &state,
-        &user,
-        &id,
-        AuditKind::SessionExtended,
-        peer,
-        details,
-    )
-    .await?;
+    let session = manageable(&api, &user, &id, AuditKind::SessionExtended, peer, details).await?;
     let by_ms = body.hours * 3_600_000;
-    lifecycle::try_apply(&state, session.id, Event::Extended { by_ms })
+    lifecycle
+        .try_apply(session.id, Event::Extended { by_ms })
         .await
         .map_err(lifecycle_error)?;
-    Ok(Json(reload(&state, session.id).await?))
+    Ok(Json(reload(&api, session.id).await?))
 }
 
-async fn reload(state: &AppState, id: SessionId) -> Result<SessionView, ApiError> {
-    Ok(load(state, id).await?.into())
+async fn reload(api: &SessionsApi, id: SessionId) -> Result<SessionView, ApiError> {
+    Ok(load(api, id).await?.into())
 }
 
 /// A session by id, or 404 `session_not_found`.
-pub(crate) async fn load(state: &AppState, id: SessionId) -> Result<SessionRecord, ApiError> {
-    state
-        .stores
-        .sessions
+pub(crate) async fn load(api: &SessionsApi, id: SessionId) -> Result<SessionRecord, ApiError> {
+    api.sessions
         .session(id)
         .await?
         .ok_or_else(|| ApiError::not_found("session_not_found", "no such session"))
 }
 
 pub(super) async fn logs(
-    State(state): State<Arc<AppState>>,
+    State(api): State<SessionsApi>,
     CurrentUser(user): CurrentUser,
     Path(id): Path<String>,
     Query(q): Query<PageQuery>,
 ) -> Result<Json<Paged<AccessLogView>>, ApiError> {
     let page = q.page()?;
-    let session = readable(&state, &user, &id).await?;
-    let logs = state.stores.sessions.list_access(session.id, page).await?;
+    let session = readable(&api, &user, &id).await?;
+    let logs = api.sessions.list_access(session.id, page).await?;
     Ok(Json(Paged {
         items: logs.items.into_iter().map(AccessLogView::from).collect(),
         page: logs.page,
@@ -392,20 +407,21 @@ impl From<rtunnel_core::store::AccessLog> for AccessLogView {
 /// the browser terminal's WebSocket, good for 30 s, bound to the session and
 /// the caller.
 pub(super) async fn terminal_ticket(
-    State(state): State<Arc<AppState>>,
+    State(api): State<SessionsApi>,
+    State(tickets): State<Tickets>,
     caller: Authenticated,
     Path(id): Path<String>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let session = usable_session(&state, &caller.user, &id, Action::Connect).await?;
+    let session = usable_session(&api, &caller.user, &id, Action::Connect).await?;
     let holder = crate::revocation::Holder::from(&caller);
     // Issued first, so the audit log never says "issued" for a ticket the
     // store refused; a ticket whose event cannot be stored is never handed
     // out (and expires unused).
-    let ticket = crate::tickets::issue(&state, session.id, holder).await?;
+    let ticket = tickets.issue(session.id, holder).await?;
     let details = serde_json::json!({});
     audit_on(
-        &state,
+        &api,
         &caller.user,
         &session,
         AuditKind::TerminalTicketIssued,
@@ -428,6 +444,7 @@ pub(super) struct ProxyTokenRequest {
 /// `POST /api/v1/sessions/{id}/proxy-token`: a proxy token and URL for one
 /// service of the session, bound to the caller (and their login).
 pub(super) async fn proxy_token(
+    State(api): State<SessionsApi>,
     State(state): State<Arc<AppState>>,
     caller: Authenticated,
     Path(id): Path<String>,
@@ -435,7 +452,7 @@ pub(super) async fn proxy_token(
     super::extract::Json(body): super::extract::Json<ProxyTokenRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     // The service is checked before anything is audited.
-    let session = readable(&state, &caller.user, &id).await?;
+    let session = readable(&api, &caller.user, &id).await?;
     if !crate::proxy::proxiable(&session, &body.service) {
         return Err(ApiError::not_found(
             "unknown_service",
@@ -443,9 +460,9 @@ pub(super) async fn proxy_token(
         ));
     }
     // The budget first: a refused request writes no audit row.
-    crate::tickets::spend_budget(&state, caller.user.id).await?;
+    state.tickets.spend_budget(caller.user.id).await?;
     let session = open_session_for(
-        &state,
+        &api,
         &caller.user,
         &id,
         Action::Connect,

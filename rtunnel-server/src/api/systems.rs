@@ -1,7 +1,5 @@
 //! `/api/v1/systems`.
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -15,7 +13,11 @@ use super::extract::Query;
 use super::{PageQuery, parse_id};
 use crate::enroll::{self, Enrolled};
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::lifecycle::Lifecycle;
+use crate::revocation::Access;
+use crate::routing::Tunnels;
+use crate::state::Audit;
+use crate::state::Stores;
 
 /// A system as the API shows it.
 #[derive(Debug, Serialize)]
@@ -38,14 +40,13 @@ impl From<System> for SystemView {
 }
 
 pub(super) async fn list(
-    State(state): State<Arc<AppState>>,
+    State(stores): State<Stores>,
     CurrentUser(user): CurrentUser,
     Query(q): Query<PageQuery>,
 ) -> Result<Json<Paged<SystemView>>, ApiError> {
     let page = q.page()?;
     let granted_to = (user.role != Role::Admin).then_some(user.id);
-    let systems = state
-        .stores
+    let systems = stores
         .identity
         .list_systems(granted_to, now_millis(), page)
         .await?;
@@ -58,10 +59,9 @@ pub(super) async fn list(
 }
 
 /// The system named by a path id, or 404.
-async fn load(state: &AppState, raw_id: &str) -> Result<System, ApiError> {
+async fn load(stores: &Stores, raw_id: &str) -> Result<System, ApiError> {
     let id = parse_id(raw_id, "system_not_found")?;
-    state
-        .stores
+    stores
         .identity
         .system(id)
         .await?
@@ -69,14 +69,15 @@ async fn load(state: &AppState, raw_id: &str) -> Result<System, ApiError> {
 }
 
 pub(super) async fn show(
-    State(state): State<Arc<AppState>>,
+    State(stores): State<Stores>,
+    State(access): State<Access>,
     CurrentUser(user): CurrentUser,
     Path(id): Path<String>,
 ) -> Result<Json<SystemView>, ApiError> {
-    let system = load(&state, &id).await?;
+    let system = load(&stores, &id).await?;
     // A system the caller holds no grant on is as absent as one that does
     // not exist, as its sessions are.
-    match authorize(&state, &user, Action::Read, system.id).await {
+    match authorize(&access, &user, Action::Read, system.id).await {
         Ok(()) => Ok(Json(system.into())),
         Err(e) if e.status == StatusCode::FORBIDDEN => {
             Err(ApiError::not_found("system_not_found", "no such system"))
@@ -91,7 +92,8 @@ pub(super) struct CreateSystem {
 }
 
 pub(super) async fn create(
-    State(state): State<Arc<AppState>>,
+    State(stores): State<Stores>,
+    State(audit): State<Audit>,
     CurrentUser(user): CurrentUser,
     super::extract::Json(body): super::extract::Json<CreateSystem>,
 ) -> Result<(StatusCode, Json<Enrolled>), ApiError> {
@@ -102,8 +104,8 @@ pub(super) async fn create(
     event.actor = Some(user.name.clone());
     event.system_id = Some(system.id);
     event.details = serde_json::json!({"name": system.name});
-    state.audit.record(event).await?;
-    state.stores.identity.create_system(&system).await?;
+    audit.record(event).await?;
+    stores.identity.create_system(&system).await?;
     Ok((StatusCode::CREATED, Json(enrolled)))
 }
 
@@ -111,46 +113,28 @@ pub(super) async fn create(
 /// access logs and grants go; its audit events stay. A live tunnel is told
 /// `credentials_revoked` first, so its agent stops instead of retrying.
 pub(super) async fn delete(
-    State(state): State<Arc<AppState>>,
+    State(stores): State<Stores>,
+    State(audit): State<Audit>,
+    State(tunnels): State<Tunnels>,
+    State(lifecycle): State<Lifecycle>,
     CurrentUser(user): CurrentUser,
     Path(id): Path<String>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
 ) -> Result<StatusCode, ApiError> {
     require_admin(&user)?;
-    let system = load(&state, &id).await?;
+    let system = load(&stores, &id).await?;
     let mut event = AuditEvent::new(AuditKind::SystemDeleted);
     event.actor = Some(user.name.clone());
     event.system_id = Some(system.id);
     event.ip_address = Some(peer.ip().to_string());
     event.details = serde_json::json!({"name": system.name, "key": system.key});
-    state.audit.record(event).await?;
-    cut_tunnel(&state, &system, "the system was deleted").await;
-    state.stores.identity.delete_system(system.id).await?;
-    state.cluster.access_changed().await;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-/// Tells a live tunnel of `system`, on whichever node holds it, its
-/// credentials are gone and closes its session.
-async fn cut_tunnel(state: &AppState, system: &System, why: &str) {
-    if let Some(tunnel) = state.cluster.route_of_system(system.id).await {
-        let session_id = tunnel.session_id();
-        tracing::info!(system = %system.name, session = %session_id, "{why}: closing the tunnel");
-        state
-            .cluster
-            .close_tunnel(
-                session_id,
-                rtunnel_core::proto::CloseCode::CredentialsRevoked,
-                why,
-            )
-            .await;
-        crate::lifecycle::apply(
-            state,
-            session_id,
-            rtunnel_core::session::Event::OperatorClosed,
-        )
+    audit.record(event).await?;
+    lifecycle
+        .cut_system(system.id, "the system was deleted")
         .await;
-    }
+    stores.identity.delete_system(system.id).await?;
+    tunnels.cluster.access_changed().await;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// `POST /api/v1/systems/{id}/regenerate-secret` (admin): a new secret,
@@ -158,32 +142,31 @@ async fn cut_tunnel(state: &AppState, system: &System, why: &str) {
 /// `credentials_revoked` (its agent stops until given the new secret) and
 /// its session is closed.
 pub(super) async fn regenerate_secret(
-    State(state): State<Arc<AppState>>,
+    State(stores): State<Stores>,
+    State(audit): State<Audit>,
+    State(tunnels): State<Tunnels>,
+    State(lifecycle): State<Lifecycle>,
     CurrentUser(user): CurrentUser,
     Path(id): Path<String>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
 ) -> Result<Json<Enrolled>, ApiError> {
     require_admin(&user)?;
-    let system = load(&state, &id).await?;
+    let system = load(&stores, &id).await?;
     let secret = rtunnel_auth::secret::generate_secret();
     let mut event = AuditEvent::new(AuditKind::SystemSecretRegenerated);
     event.actor = Some(user.name.clone());
     event.system_id = Some(system.id);
     event.ip_address = Some(peer.ip().to_string());
     event.details = serde_json::json!({"name": system.name});
-    state.audit.record(event).await?;
-    state
-        .stores
+    audit.record(event).await?;
+    stores
         .identity
         .set_system_secret(system.id, &rtunnel_auth::secret::hash_secret(&secret))
         .await?;
-    cut_tunnel(
-        &state,
-        &system,
-        "an administrator replaced the system's secret",
-    )
-    .await;
-    state.cluster.access_changed().await;
+    lifecycle
+        .cut_system(system.id, "an administrator replaced the system's secret")
+        .await;
+    tunnels.cluster.access_changed().await;
     Ok(Json(Enrolled {
         id: system.id,
         name: system.name,

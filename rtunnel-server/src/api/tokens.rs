@@ -4,7 +4,6 @@
 //! proxy cookies) is cut within a second, on every node.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{ConnectInfo, Path, State};
@@ -20,7 +19,9 @@ use super::auth::Authenticated;
 use super::extract::Query;
 use super::{check_page, parse_id};
 use crate::error::ApiError;
-use crate::state::{AppState, Stores};
+use crate::routing::Tunnels;
+use crate::state::Audit;
+use crate::state::Stores;
 
 /// An API token as the API shows it (never its secret).
 #[derive(Debug, Serialize)]
@@ -92,19 +93,16 @@ pub(super) async fn list(
 /// token, for an admin). 204; 404 `token_not_found` for a token the caller
 /// may not see; revoking twice answers 204 again.
 pub(super) async fn revoke(
-    State(state): State<Arc<AppState>>,
+    State(stores): State<Stores>,
+    State(audit): State<Audit>,
+    State(tunnels): State<Tunnels>,
     caller: Authenticated,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = parse_id(&id, "token_not_found")?;
     let not_found = || ApiError::not_found("token_not_found", "no such token");
-    let token = state
-        .stores
-        .identity
-        .api_token(id)
-        .await?
-        .ok_or_else(not_found)?;
+    let token = stores.identity.api_token(id).await?.ok_or_else(not_found)?;
     if token.user_id != caller.user.id && caller.user.role != Role::Admin {
         return Err(not_found());
     }
@@ -115,13 +113,9 @@ pub(super) async fn revoke(
     event.actor = Some(caller.user.name.clone());
     event.ip_address = Some(peer.ip().to_string());
     event.details = serde_json::json!({"token_id": token.id, "user_id": token.user_id});
-    state.audit.record(event).await?;
-    state
-        .stores
-        .identity
-        .revoke_api_token(id, now_millis())
-        .await?;
+    audit.record(event).await?;
+    stores.identity.revoke_api_token(id, now_millis()).await?;
     // What was opened with it checks again now, here and on every node.
-    state.cluster.access_changed().await;
+    tunnels.cluster.access_changed().await;
     Ok(StatusCode::NO_CONTENT)
 }

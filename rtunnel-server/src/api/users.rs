@@ -2,7 +2,6 @@
 //! enable or set a password.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{ConnectInfo, Path, State};
@@ -17,7 +16,9 @@ use super::extract::{Json as JsonBody, Query};
 use super::{PageQuery, parse_id};
 use crate::enroll;
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::routing::Tunnels;
+use crate::state::Audit;
+use crate::state::Stores;
 
 /// A user as the API shows it (never the password hash).
 #[derive(Debug, Serialize)]
@@ -45,26 +46,21 @@ impl UserView {
     }
 }
 
-async fn view(state: &AppState, user: User) -> Result<UserView, ApiError> {
-    let has_password = state
-        .stores
-        .identity
-        .password_hash(user.id)
-        .await?
-        .is_some();
+async fn view(stores: &Stores, user: User) -> Result<UserView, ApiError> {
+    let has_password = stores.identity.password_hash(user.id).await?.is_some();
     Ok(UserView::new(user, has_password))
 }
 
 pub(super) async fn list(
-    State(state): State<Arc<AppState>>,
+    State(stores): State<Stores>,
     CurrentUser(caller): CurrentUser,
     Query(q): Query<PageQuery>,
 ) -> Result<Json<Paged<UserView>>, ApiError> {
     require_admin(&caller)?;
-    let users = state.stores.identity.list_users(q.page()?).await?;
+    let users = stores.identity.list_users(q.page()?).await?;
     let mut items = Vec::with_capacity(users.items.len());
     for u in users.items {
-        items.push(view(&state, u).await?);
+        items.push(view(&stores, u).await?);
     }
     Ok(Json(Paged {
         items,
@@ -89,10 +85,9 @@ fn admin_event(
 }
 
 /// The user named by a path id, or 404.
-async fn load(state: &AppState, raw_id: &str) -> Result<User, ApiError> {
+async fn load(stores: &Stores, raw_id: &str) -> Result<User, ApiError> {
     let id = parse_id(raw_id, "user_not_found")?;
-    state
-        .stores
+    stores
         .identity
         .user_by_id(id)
         .await?
@@ -100,13 +95,13 @@ async fn load(state: &AppState, raw_id: &str) -> Result<User, ApiError> {
 }
 
 pub(super) async fn show(
-    State(state): State<Arc<AppState>>,
+    State(stores): State<Stores>,
     CurrentUser(caller): CurrentUser,
     Path(id): Path<String>,
 ) -> Result<Json<UserView>, ApiError> {
     require_admin(&caller)?;
-    let user = load(&state, &id).await?;
-    Ok(Json(view(&state, user).await?))
+    let user = load(&stores, &id).await?;
+    Ok(Json(view(&stores, user).await?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,7 +114,8 @@ pub(super) struct CreateUser {
 }
 
 pub(super) async fn create(
-    State(state): State<Arc<AppState>>,
+    State(stores): State<Stores>,
+    State(audit): State<Audit>,
     CurrentUser(caller): CurrentUser,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     JsonBody(body): JsonBody<CreateUser>,
@@ -128,14 +124,12 @@ pub(super) async fn create(
     let (user, hash) =
         enroll::new_user(&body.name, body.role, body.email, body.password.as_deref())?;
     let details = json!({"user_id": user.id, "name": user.name, "role": user.role});
-    state
-        .audit
+    audit
         .record(admin_event(&caller, peer, AuditKind::UserCreated, details))
         .await?;
-    state.stores.identity.create_user(&user).await?;
+    stores.identity.create_user(&user).await?;
     if let Some(hash) = &hash {
-        state
-            .stores
+        stores
             .identity
             .set_password_hash(user.id, Some(hash))
             .await?;
@@ -157,14 +151,16 @@ pub(super) struct UpdateUser {
 /// logins and cuts what they have open within a second) and `password`
 /// (setting it ends the user's logins and cuts what they opened).
 pub(super) async fn update(
-    State(state): State<Arc<AppState>>,
+    State(stores): State<Stores>,
+    State(audit): State<Audit>,
+    State(tunnels): State<Tunnels>,
     CurrentUser(caller): CurrentUser,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<UpdateUser>,
 ) -> Result<Json<UserView>, ApiError> {
     require_admin(&caller)?;
-    let user = load(&state, &id).await?;
+    let user = load(&stores, &id).await?;
     if body.disabled == Some(true) && user.id == caller.id {
         return Err(ApiError::bad_request(
             "cannot_disable_self",
@@ -177,21 +173,15 @@ pub(super) async fn update(
         .map(rtunnel_auth::password::hash_password)
         .transpose()
         .map_err(|e| ApiError::bad_request("invalid_password", e.to_string()))?;
-    let audit = |name: AuditKind, details| admin_event(&caller, peer, name, details);
+    let event_of = |name: AuditKind, details| admin_event(&caller, peer, name, details);
     if let Some(hash) = &hash {
-        let event = audit(
+        let event = event_of(
             AuditKind::UserPasswordSet,
             json!({"user_id": user.id, "name": user.name}),
         );
-        state.audit.record(event).await?;
-        enroll::set_password(
-            &*state.stores.identity,
-            &*state.stores.logins,
-            user.id,
-            Some(hash),
-        )
-        .await?;
-        state.cluster.access_changed().await;
+        audit.record(event).await?;
+        enroll::set_password(&*stores.identity, &*stores.logins, user.id, Some(hash)).await?;
+        tunnels.cluster.access_changed().await;
     }
     if let Some(disabled) = body.disabled.filter(|d| *d != user.disabled) {
         let name = if disabled {
@@ -199,17 +189,11 @@ pub(super) async fn update(
         } else {
             AuditKind::UserEnabled
         };
-        let event = audit(name, json!({"user_id": user.id, "name": user.name}));
-        state.audit.record(event).await?;
-        enroll::set_disabled(
-            &*state.stores.identity,
-            &*state.stores.logins,
-            user.id,
-            disabled,
-        )
-        .await?;
-        state.cluster.access_changed().await;
+        let event = event_of(name, json!({"user_id": user.id, "name": user.name}));
+        audit.record(event).await?;
+        enroll::set_disabled(&*stores.identity, &*stores.logins, user.id, disabled).await?;
+        tunnels.cluster.access_changed().await;
     }
-    let user = load(&state, &id).await?;
-    Ok(Json(view(&state, user).await?))
+    let user = load(&stores, &id).await?;
+    Ok(Json(view(&stores, user).await?))
 }

@@ -106,7 +106,7 @@ mod over_redis {
                 return;
             }
         };
-        if envelope.from == state.cluster.node_id() {
+        if envelope.from == state.tunnels.cluster.node_id() {
             return;
         }
         tracing::debug!(from = %envelope.from, command = ?envelope.command, "command from another node");
@@ -116,16 +116,16 @@ mod over_redis {
                 code,
                 reason,
             } => {
-                if let Some(t) = state.registry.by_session(session_id) {
+                if let Some(t) = state.tunnels.registry.by_session(session_id) {
                     t.close(code, &reason).await;
                 }
             }
-            Command::AccessChanged => state.access.changed(),
+            Command::AccessChanged => state.access.watch().changed(),
             Command::TunnelAttached {
                 session_id,
                 system_id,
             } => {
-                for t in state.registry.all() {
+                for t in state.tunnels.registry.all() {
                     if t.session_id == session_id || t.system_id == system_id {
                         tracing::info!(session = %t.session_id, node = %envelope.from, "the agent is connected to another node now: closing the stale tunnel");
                         t.close(
@@ -141,8 +141,8 @@ mod over_redis {
 
     /// After (re)subscribing: whatever was missed meanwhile is found again.
     async fn catch_up(state: &AppState) {
-        state.access.changed();
-        for t in state.registry.all() {
+        state.access.watch().changed();
+        for t in state.tunnels.registry.all() {
             match state.stores.sessions.session(t.session_id).await {
                 Ok(Some(s)) if s.status.is_final() => {
                     t.close(CloseCode::SessionClosed, "the session was closed")
@@ -151,7 +151,7 @@ mod over_redis {
                 Ok(Some(s))
                     if s.node_id
                         .as_deref()
-                        .is_some_and(|n| n != state.cluster.node_id()) =>
+                        .is_some_and(|n| n != state.tunnels.cluster.node_id()) =>
                 {
                     t.close(
                         CloseCode::Replaced,

@@ -352,7 +352,7 @@ pub(crate) async fn serve(state: Arc<AppState>, listener: TcpListener) {
 
 /// One node's connection to this one: TLS, the hello, then its streams.
 async fn connection(state: Arc<AppState>, tcp: TcpStream, peer: std::net::SocketAddr) {
-    let Some(live) = &state.cluster.live else {
+    let Some(live) = &state.tunnels.cluster.live else {
         return;
     };
     let mesh = &live.mesh;
@@ -433,7 +433,7 @@ async fn serve_stream(state: Arc<AppState>, from: String, mut stream: MuxStream)
         let _ = write_frame(&mut stream, &StreamReply::Refused(refusal)).await;
         return;
     }
-    let Some(tunnel) = state.registry.by_session(request.session_id) else {
+    let Some(tunnel) = state.tunnels.registry.by_session(request.session_id) else {
         let refusal = Refusal::new(
             RefusalCode::AgentUnavailable,
             "the agent of this session is not connected to the node it was routed to; try again shortly",

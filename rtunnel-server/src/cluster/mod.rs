@@ -176,7 +176,7 @@ impl Cluster {
     /// Runs the node's part of the cluster (announcements, commands, dead
     /// nodes) until the server shuts down. Nothing to do for a node alone.
     pub async fn run(state: Arc<AppState>) {
-        let Some(live) = &state.cluster.live else {
+        let Some(live) = &state.tunnels.cluster.live else {
             return;
         };
         tokio::select! {

@@ -262,7 +262,7 @@ impl Shared {
 /// Announces this node and its tunnels every [`HEARTBEAT`].
 async fn heartbeats(state: &AppState, live: &Shared) {
     let me = NodeInfo {
-        node_id: state.cluster.node_id.clone(),
+        node_id: state.tunnels.cluster.node_id.clone(),
         address: live.address.clone(),
     };
     let mut failing = false;
@@ -270,10 +270,11 @@ async fn heartbeats(state: &AppState, live: &Shared) {
     loop {
         ticker.tick().await;
         let routes: Vec<TunnelRoute> = state
+            .tunnels
             .registry
             .all()
             .iter()
-            .map(|t| state.cluster.route_of(t))
+            .map(|t| state.tunnels.cluster.route_of(t))
             .collect();
         let result = match live.routes.announce_node(&me, ENTRY_TTL).await {
             Ok(()) => live.routes.refresh(&routes, ENTRY_TTL).await,
@@ -313,7 +314,7 @@ async fn watch_nodes(state: &AppState, live: &Shared) {
         let now = tokio::time::Instant::now();
         let mut still_missing = HashMap::new();
         for node in holding {
-            if node == state.cluster.node_id {
+            if node == state.tunnels.cluster.node_id {
                 continue;
             }
             match live.routes.node(&node).await {
@@ -355,8 +356,7 @@ async fn recover_node(state: &AppState, node: &str) {
             );
             let mut event = rtunnel_core::store::AuditEvent::new(AuditKind::NodeLost);
             event.actor = Some("system".into());
-            event.details =
-                serde_json::json!({"node": node, "sessions": n, "seen_by": state.cluster.node_id});
+            event.details = serde_json::json!({"node": node, "sessions": n, "seen_by": state.tunnels.cluster.node_id});
             state.audit.best_effort(event).await;
         }
         Err(e) => crate::state::log_store_error("recovering a lost node's sessions", &e),

@@ -463,7 +463,7 @@ async fn check_access(
             ));
         }
     }
-    let user = match crate::revocation::may_connect(state, holder, session.system_id).await? {
+    let user = match state.access.may_connect(holder, session.system_id).await? {
         Ok(user) => user,
         Err(code) => {
             return Err(ApiError::forbidden(

@@ -165,7 +165,7 @@ impl Visits {
 
 /// Ends the visit when it idles, and cuts it when access goes.
 async fn watch(state: Arc<AppState>, key: VisitKey, visitor: Visitor, visit: Arc<Visit>) {
-    let lost = crate::revocation::connect_lost(&state, key.holder, visitor.system_id);
+    let lost = state.access.connect_lost(key.holder, visitor.system_id);
     let mut lost = std::pin::pin!(lost);
     let error = loop {
         tokio::select! {
