@@ -1507,7 +1507,10 @@ async fn an_embedder_ends_a_session_through_the_lifecycle_service() {
     let took = cut_within(&mut s).await;
     assert!(took < Duration::from_secs(10), "{took:?}");
     let stored = h.state.stores.sessions.session(h.session).await.unwrap();
-    assert_eq!(stored.unwrap().status, rtunnel_core::store::SessionStatus::Closed);
+    assert_eq!(
+        stored.unwrap().status,
+        rtunnel_core::store::SessionStatus::Closed
+    );
     let again = lifecycle
         .try_apply(h.session, rtunnel_core::session::Event::OperatorClosed)
         .await;
