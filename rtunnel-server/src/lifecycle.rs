@@ -13,6 +13,7 @@ use rtunnel_core::store::{AuditEvent, AuditKind, SessionRecord, SessionStore, no
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::Cluster;
+use crate::events::Change;
 use crate::state::{Audit, log_store_error};
 
 /// How often the sweeper looks for sessions whose deadline has passed.
@@ -148,6 +149,13 @@ impl Lifecycle {
         if !stored {
             return Err(ApplyError::Conflict);
         }
+        self.cluster
+            .announce(Change::Session {
+                id: session.id,
+                system_id: session.system_id,
+                status: t.next.status,
+            })
+            .await;
         if t.next.status != session.status {
             tracing::info!(
                 session = %session.id,

@@ -75,7 +75,7 @@ impl AccessWatch {
         self.epoch.send_modify(|e| *e = e.wrapping_add(1));
     }
 
-    fn subscribe(&self) -> watch::Receiver<u64> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
         self.epoch.subscribe()
     }
 

@@ -178,6 +178,12 @@ impl FromRef<Arc<AppState>> for crate::routing::Tunnels {
     }
 }
 
+impl FromRef<Arc<AppState>> for crate::events::Events {
+    fn from_ref(state: &Arc<AppState>) -> Self {
+        state.tunnels.cluster.events().clone()
+    }
+}
+
 impl FromRef<Arc<AppState>> for Stores {
     fn from_ref(state: &Arc<AppState>) -> Self {
         state.stores.clone()

@@ -43,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::auth::basic_credentials;
 use crate::error::ApiError;
+use crate::events::Change;
 use crate::ratelimit::{Attempt, Scope};
 use crate::registry::{LiveTunnel, describe};
 use crate::state::AppState;
@@ -394,6 +395,15 @@ async fn attach_session(
         node_id: Some(state.tunnels.cluster.node_id().to_owned()),
     };
     state.stores.sessions.create_session(&session).await?;
+    state
+        .tunnels
+        .cluster
+        .announce(Change::Session {
+            id: session.id,
+            system_id: system.id,
+            status: SessionStatus::Pending,
+        })
+        .await;
     Ok(session.id)
 }
 
@@ -435,6 +445,15 @@ async fn try_resume(
     {
         return Ok(Err("the session changed meanwhile".into()));
     }
+    state
+        .tunnels
+        .cluster
+        .announce(Change::Session {
+            id: session.id,
+            system_id: session.system_id,
+            status: transition.next.status,
+        })
+        .await;
     state
         .lifecycle
         .perform(session.id, &transition.actions)
@@ -488,6 +507,15 @@ async fn serve_tunnel(
         )
         .await
         .map_err(|e| format!("cannot activate the session: {e}"))?;
+    state
+        .tunnels
+        .cluster
+        .announce(Change::Session {
+            id: session_id,
+            system_id: system.id,
+            status: SessionStatus::Active,
+        })
+        .await;
     tracing::info!(
         system = %system.name,
         %session_id,

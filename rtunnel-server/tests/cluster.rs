@@ -205,6 +205,15 @@ async fn operators_on_any_node_reach_an_agent_on_another_and_closes_reach_it() {
     eprintln!("revoke on node B cut the connection through node C after {cut:?}");
     assert!(cut < Duration::from_secs(1), "revoke took {cut:?}");
 
+    // A console on node B follows the session live.
+    let mut events = reqwest::Client::new()
+        .get(format!("http://{}/api/v1/events", b.addr))
+        .bearer_auth(&root)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
+
     // A close on node C reaches the tunnel on node A: the agent is told.
     let started = Instant::now();
     let (status, v) = api_call(
@@ -224,6 +233,20 @@ async fn operators_on_any_node_reach_an_agent_on_another_and_closes_reach_it() {
     let took = started.elapsed();
     eprintln!("close on node C reached the agent on node A after {took:?}");
     assert!(took < Duration::from_secs(1), "close took {took:?}");
+    // ...and the console on node B hears of it.
+    let closed = format!(
+        r#""id":"{session}","system_id":"{}","status":"closed""#,
+        sys.id
+    );
+    let mut seen = String::new();
+    while !seen.contains(&closed) {
+        let chunk = tokio::time::timeout(Duration::from_secs(20), events.chunk())
+            .await
+            .expect("node B streams the close made on node C")
+            .unwrap()
+            .expect("the event stream stays open");
+        seen.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

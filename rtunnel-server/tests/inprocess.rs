@@ -1619,3 +1619,138 @@ async fn tunnel_setups_past_the_limit_are_told_to_come_back_later() {
     })
     .await;
 }
+
+/// A client of `GET /api/v1/events`.
+struct EventStream {
+    resp: reqwest::Response,
+    buf: String,
+}
+
+impl EventStream {
+    async fn open(h: &Harness, token: &str) -> Self {
+        let resp = reqwest::Client::new()
+            .get(format!("{}/api/v1/events", h.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            resp.headers()["content-type"].to_str().unwrap(),
+            "text/event-stream"
+        );
+        EventStream {
+            resp,
+            buf: String::new(),
+        }
+    }
+
+    /// The next event (name, data), skipping comments; `None` when the
+    /// stream ended; panics when nothing comes within 20 s.
+    async fn next(&mut self) -> Option<(String, serde_json::Value)> {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let (mut name, mut data) = (String::new(), String::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        name = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim());
+                    }
+                }
+                if name.is_empty() {
+                    continue; // a keep-alive comment
+                }
+                let data = serde_json::from_str(&data).unwrap_or(serde_json::Value::String(data));
+                return Some((name, data));
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(20), self.resp.chunk())
+                .await
+                .expect("an event within 20 s")
+                .ok()??;
+            self.buf.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+
+    /// The next event about `session`.
+    async fn next_about(&mut self, session: SessionId) -> serde_json::Value {
+        loop {
+            let (name, data) = self.next().await.expect("the stream stays open");
+            if name == "session" && data["id"] == session.to_string() {
+                return data;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_tells_each_caller_the_changes_it_may_see() {
+    let h = harness().await;
+    let (_, admin) = user(&h, "ann", Role::Admin).await;
+    let (_, viewer) = user(&h, "vic", Role::Viewer).await;
+    let mut admin_events = EventStream::open(&h, &admin).await;
+    let mut viewer_events = EventStream::open(&h, &viewer).await;
+
+    // A system the viewer holds no grant on: the admin hears of it, the
+    // viewer does not.
+    let (status, v) = api(
+        &h,
+        "POST",
+        "/api/v1/systems",
+        &admin,
+        Some(r#"{"name":"box-two"}"#),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let (name, data) = admin_events.next().await.unwrap();
+    assert_eq!(name, "system");
+    assert_eq!(data["change"], "created");
+    assert_eq!(data["id"], v["id"]);
+
+    // Granted the harness's system, the viewer hears its session close;
+    // the admin too.
+    let vic = h
+        .state
+        .stores
+        .identity
+        .user_by_name("vic")
+        .await
+        .unwrap()
+        .unwrap();
+    h.state
+        .stores
+        .identity
+        .grant(vic.id, h.system, None, now_millis())
+        .await
+        .unwrap();
+    let path = format!("/api/v1/sessions/{}", h.session);
+    let (status, v) = api(&h, "DELETE", &path, &admin, None).await;
+    assert_eq!(status, 200, "{v}");
+    // The viewer's first event is that one: box-two never reached it.
+    let (name, seen) = viewer_events.next().await.unwrap();
+    assert_eq!(name, "session", "{seen}");
+    assert_eq!(seen["id"], h.session.to_string());
+    assert_eq!(seen["status"], "closed");
+    assert_eq!(seen["system_id"], h.system.to_string());
+    assert_eq!(admin_events.next_about(h.session).await["status"], "closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_ends_with_its_login_and_refuses_strangers() {
+    let h = harness().await;
+    let lena = granted_operator_logged_in(&h).await;
+    let mut events = EventStream::open(&h, &lena.access).await;
+    let (status, v) = api(&h, "POST", "/api/v1/auth/logout", &lena.access, None).await;
+    assert_eq!(status, 204, "{v}");
+    assert!(events.next().await.is_none(), "the stream ends at logout");
+
+    let resp = reqwest::Client::new()
+        .get(format!("{}/api/v1/events", h.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_envelope(&v, "missing_authorization");
+}

@@ -119,6 +119,7 @@ pub(crate) fn routes(state: Arc<AppState>) -> Router {
                 .delete(resources::delete),
         )
         .route("/api/v1/audit", get(audit::list))
+        .route("/api/v1/events", get(crate::events::stream))
         .route("/api/v1/tokens", get(tokens::list))
         .route("/api/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route(

@@ -13,6 +13,7 @@ use super::extract::Query;
 use super::{PageQuery, parse_id};
 use crate::enroll::{self, Enrolled};
 use crate::error::ApiError;
+use crate::events::{Change, SystemChange};
 use crate::lifecycle::Lifecycle;
 use crate::revocation::Access;
 use crate::routing::Tunnels;
@@ -94,6 +95,7 @@ pub(super) struct CreateSystem {
 pub(super) async fn create(
     State(stores): State<Stores>,
     State(audit): State<Audit>,
+    State(tunnels): State<Tunnels>,
     CurrentUser(user): CurrentUser,
     super::extract::Json(body): super::extract::Json<CreateSystem>,
 ) -> Result<(StatusCode, Json<Enrolled>), ApiError> {
@@ -106,7 +108,16 @@ pub(super) async fn create(
     event.details = serde_json::json!({"name": system.name});
     audit.record(event).await?;
     stores.identity.create_system(&system).await?;
+    announce(&tunnels, system.id, SystemChange::Created).await;
     Ok((StatusCode::CREATED, Json(enrolled)))
+}
+
+/// Tells the console streams that a system changed.
+async fn announce(tunnels: &Tunnels, id: rtunnel_core::ids::SystemId, change: SystemChange) {
+    tunnels
+        .cluster
+        .announce(Change::System { id, change })
+        .await;
 }
 
 /// `DELETE /api/v1/systems/{id}` (admin): the system, its sessions,
@@ -134,6 +145,7 @@ pub(super) async fn delete(
         .await;
     stores.identity.delete_system(system.id).await?;
     tunnels.cluster.access_changed().await;
+    announce(&tunnels, system.id, SystemChange::Deleted).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -167,6 +179,7 @@ pub(super) async fn regenerate_secret(
         .cut_system(system.id, "an administrator replaced the system's secret")
         .await;
     tunnels.cluster.access_changed().await;
+    announce(&tunnels, system.id, SystemChange::Updated).await;
     Ok(Json(Enrolled {
         id: system.id,
         name: system.name,

@@ -36,6 +36,11 @@ pub(crate) enum Command {
         /// Its system.
         system_id: SystemId,
     },
+    /// Something subscribers to live changes hear of.
+    Changed {
+        /// What changed.
+        change: crate::events::Change,
+    },
 }
 
 /// Publishing and receiving commands (feature `redis`).
@@ -121,6 +126,7 @@ mod over_redis {
                 }
             }
             Command::AccessChanged => state.access.watch().changed(),
+            Command::Changed { change } => state.tunnels.cluster.events().local(change),
             Command::TunnelAttached {
                 session_id,
                 system_id,

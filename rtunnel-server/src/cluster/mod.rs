@@ -43,6 +43,7 @@ pub use shared::Membership;
 #[cfg(feature = "redis")]
 use shared::Shared;
 
+use crate::events::{Change, Events};
 use crate::registry::{LiveTunnel, Registry, TunnelStream};
 use crate::revocation::AccessWatch;
 use crate::state::AppState;
@@ -59,6 +60,8 @@ pub struct Cluster {
     registry: Arc<Registry>,
     /// This node's access watch: a change here is told to the others.
     access: AccessWatch,
+    /// This node's subscribers to live changes.
+    events: Events,
     live: Option<Shared>,
 }
 
@@ -78,6 +81,7 @@ impl Cluster {
             node_id,
             registry,
             access,
+            events: Events::default(),
             live: None,
         }
     }
@@ -137,6 +141,17 @@ impl Cluster {
     pub async fn access_changed(&self) {
         self.access.changed();
         self.publish(Command::AccessChanged).await;
+    }
+
+    /// The subscribers to live changes on this node.
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
+
+    /// Tells every subscriber, on every node, that something changed.
+    pub async fn announce(&self, change: Change) {
+        self.events.local(change.clone());
+        self.publish(Command::Changed { change }).await;
     }
 
     /// A tunnel became live on this node: the others learn where it is

@@ -83,6 +83,7 @@ impl Cluster {
             node_id: node_id.clone(),
             registry,
             access,
+            events: Default::default(),
             live: Some(Shared {
                 node_id,
                 routes: RedisRoutes::new(m.redis.clone()),

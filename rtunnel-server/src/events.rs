@@ -1,0 +1,227 @@
+//! Live changes: what `GET /api/v1/events` streams to consoles.
+//!
+//! Every change to a session (created, active, in grace, extended, ended)
+//! or to a system (created, its secret replaced, deleted) is announced once,
+//! by the node that made it, through [`Cluster::announce`]: subscribers on
+//! this node hear it at once, the other nodes through the cluster's command
+//! channel. A change says *what* changed, not how it looks now: a console
+//! reloads the session or system through the API, which decides access again.
+//!
+//! The stream sends each subscriber only changes of systems it may read (an
+//! admin everything, others what they hold a grant on; decisions cached
+//! until access changes), ends when its credential does (logout, revoked
+//! token, disabled user), answers a subscriber too slow to keep up with one
+//! `resync` event (reload everything) instead of holding changes for it,
+//! and sends a comment every 15 s so proxies keep it open.
+//!
+//! [`Cluster::announce`]: crate::Cluster::announce
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::Stream;
+use rtunnel_auth::access::Action;
+use rtunnel_core::ids::{SessionId, SystemId};
+use rtunnel_core::store::{Role, SessionStatus, User};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::api::auth::{Authenticated, authenticate_bearer, authorize};
+use crate::error::ApiError;
+use crate::revocation::Access;
+
+/// Changes held for subscribers that have not read them yet; one that
+/// falls further behind is told to resync.
+const BACKLOG: usize = 1024;
+
+/// How long a subscriber's "may not see this system" is kept.
+const NO_KEPT_FOR: Duration = Duration::from_secs(10);
+
+/// How often an idle stream sends a comment.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// What changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Change {
+    /// A session was created or changed (status, deadlines, services).
+    Session {
+        /// The session.
+        id: SessionId,
+        /// Its system.
+        system_id: SystemId,
+        /// Its status now.
+        status: SessionStatus,
+    },
+    /// A system was created, changed or deleted.
+    System {
+        /// The system.
+        id: SystemId,
+        /// How.
+        change: SystemChange,
+    },
+}
+
+impl Change {
+    /// The system the change concerns: who may read that system may hear it.
+    pub fn system_id(&self) -> SystemId {
+        match self {
+            Change::Session { system_id, .. } => *system_id,
+            Change::System { id, .. } => *id,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Change::Session { .. } => "session",
+            Change::System { .. } => "system",
+        }
+    }
+}
+
+/// How a system changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SystemChange {
+    /// Enrolled.
+    Created,
+    /// Its name or secret changed.
+    Updated,
+    /// Deleted.
+    Deleted,
+}
+
+/// This node's subscribers. Clones share them.
+#[derive(Debug, Clone)]
+pub struct Events {
+    tx: broadcast::Sender<Change>,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Events {
+            tx: broadcast::channel(BACKLOG).0,
+        }
+    }
+}
+
+impl Events {
+    /// Hears every change announced from now on (on any node, in a
+    /// cluster).
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.tx.subscribe()
+    }
+
+    /// Tells this node's subscribers (no one listening is fine).
+    pub(crate) fn local(&self, change: Change) {
+        let _ = self.tx.send(change);
+    }
+}
+
+/// `GET /api/v1/events`: the changes the caller may see, as server-sent
+/// events (`event: session` / `system`, `data:` the change as JSON;
+/// `event: resync` when the caller fell behind).
+pub(crate) async fn stream(
+    State(access): State<Access>,
+    State(events): State<Events>,
+    headers: HeaderMap,
+    caller: Authenticated,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    // The stream checks its credential again when access changes: the
+    // same bearer the request was authenticated with.
+    let bearer = crate::api::auth::bearer(&headers)
+        .map(str::to_owned)
+        .ok_or_else(|| ApiError::unauthorized("malformed bearer token"))?;
+    let changes = events.subscribe();
+    let watch = access.watch().subscribe();
+    tracing::debug!(user = %caller.user.name, "event stream opened");
+    let viewer = Viewer {
+        access,
+        bearer,
+        user: caller.user,
+        visible: HashMap::new(),
+        watch,
+        changes,
+    };
+    let stream = futures::stream::unfold(viewer, |mut v| async move {
+        let event = v.next().await?;
+        Some((Ok(event), v))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+}
+
+/// One subscriber: who it is, and what it may see.
+struct Viewer {
+    access: Access,
+    bearer: String,
+    user: User,
+    /// Decisions per system: a yes kept until access changes, a no for
+    /// [`NO_KEPT_FOR`] (a grant given moves no access epoch).
+    visible: HashMap<SystemId, Option<Instant>>,
+    watch: tokio::sync::watch::Receiver<u64>,
+    changes: broadcast::Receiver<Change>,
+}
+
+impl Viewer {
+    /// The next event to send; `None` ends the stream.
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            tokio::select! {
+                changed = self.watch.changed() => {
+                    changed.ok()?;
+                    self.visible.clear();
+                    // Logged out, token revoked, user disabled or demoted:
+                    // the stream ends (or sees what the new role may).
+                    match authenticate_bearer(&self.access, &self.bearer).await {
+                        Ok(a) => self.user = a.user,
+                        Err(e) if e.status.is_server_error() => {}
+                        Err(_) => {
+                            tracing::debug!(user = %self.user.name, "event stream ended: its credential ended");
+                            return None;
+                        }
+                    }
+                }
+                change = self.changes.recv() => match change {
+                    Ok(change) => {
+                        if self.may_see(change.system_id()).await {
+                            return Event::default().event(change.name()).json_data(&change).ok();
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        return Some(Event::default().event("resync").data(missed.to_string()));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+            }
+        }
+    }
+
+    async fn may_see(&mut self, system_id: SystemId) -> bool {
+        if self.user.role == Role::Admin {
+            return true;
+        }
+        match self.visible.get(&system_id) {
+            Some(None) => return true,
+            Some(Some(since)) if since.elapsed() < NO_KEPT_FOR => return false,
+            _ => {}
+        }
+        // A store that cannot answer hides the change (it is not kept: the
+        // next one asks again).
+        match authorize(&self.access, &self.user, Action::Read, system_id).await {
+            Ok(()) => {
+                self.visible.insert(system_id, None);
+                true
+            }
+            Err(e) if e.status == axum::http::StatusCode::FORBIDDEN => {
+                self.visible.insert(system_id, Some(Instant::now()));
+                false
+            }
+            Err(_) => false,
+        }
+    }
+}
