@@ -51,6 +51,17 @@ pub fn verify_secret(candidate: &str, stored_hash: &str) -> bool {
     computed.as_bytes().ct_eq(stored_hash.as_bytes()).into()
 }
 
+/// Whether `a` and `b` are equal, in time that depends only on their
+/// lengths (for values a client echoes back, such as a CSRF token).
+///
+/// ```
+/// assert!(rtunnel_auth::secret::constant_time_eq(b"abc", b"abc"));
+/// assert!(!rtunnel_auth::secret::constant_time_eq(b"abc", b"abd"));
+/// ```
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.ct_eq(b).into()
+}
+
 /// Burns the same work as [`verify_secret`] when there is nothing to compare
 /// against (an unknown key), so timing does not tell which half was wrong.
 pub fn verify_against_nothing(candidate: &str) -> bool {

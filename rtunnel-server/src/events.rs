@@ -21,16 +21,15 @@ use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use rtunnel_auth::access::Action;
 use rtunnel_core::ids::{SessionId, SystemId};
-use rtunnel_core::store::{Role, SessionStatus, User};
+use rtunnel_core::store::{Role, SessionStatus};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use crate::api::auth::{Authenticated, authenticate_bearer, authorize};
+use crate::api::auth::{Authenticated, authorize, reauthenticate};
 use crate::error::ApiError;
 use crate::revocation::Access;
 
@@ -129,21 +128,14 @@ impl Events {
 pub(crate) async fn stream(
     State(access): State<Access>,
     State(events): State<Events>,
-    headers: HeaderMap,
     caller: Authenticated,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    // The stream checks its credential again when access changes: the
-    // same bearer the request was authenticated with.
-    let bearer = crate::api::auth::bearer(&headers)
-        .map(str::to_owned)
-        .ok_or_else(|| ApiError::unauthorized("malformed bearer token"))?;
     let changes = events.subscribe();
     let watch = access.watch().subscribe();
     tracing::debug!(user = %caller.user.name, "event stream opened");
     let viewer = Viewer {
         access,
-        bearer,
-        user: caller.user,
+        caller,
         visible: HashMap::new(),
         watch,
         changes,
@@ -158,8 +150,8 @@ pub(crate) async fn stream(
 /// One subscriber: who it is, and what it may see.
 struct Viewer {
     access: Access,
-    bearer: String,
-    user: User,
+    /// Checked again whenever access changes.
+    caller: Authenticated,
     /// Decisions per system: a yes kept until access changes, a no for
     /// [`NO_KEPT_FOR`] (a grant given moves no access epoch).
     visible: HashMap<SystemId, Option<Instant>>,
@@ -177,13 +169,14 @@ impl Viewer {
                     self.visible.clear();
                     // Logged out, token revoked, user disabled or demoted:
                     // the stream ends (or sees what the new role may).
-                    match authenticate_bearer(&self.access, &self.bearer).await {
-                        Ok(a) => self.user = a.user,
-                        Err(e) if e.status.is_server_error() => {}
-                        Err(_) => {
-                            tracing::debug!(user = %self.user.name, "event stream ended: its credential ended");
+                    match reauthenticate(&self.access, &self.caller).await {
+                        Ok(Some(user)) => self.caller.user = user,
+                        Ok(None) => {
+                            tracing::debug!(user = %self.caller.user.name, "event stream ended: its credential ended");
                             return None;
                         }
+                        // A store that cannot answer ends nothing.
+                        Err(_) => {}
                     }
                 }
                 change = self.changes.recv() => match change {
@@ -202,7 +195,7 @@ impl Viewer {
     }
 
     async fn may_see(&mut self, system_id: SystemId) -> bool {
-        if self.user.role == Role::Admin {
+        if self.caller.user.role == Role::Admin {
             return true;
         }
         match self.visible.get(&system_id) {
@@ -212,7 +205,7 @@ impl Viewer {
         }
         // A store that cannot answer hides the change (it is not kept: the
         // next one asks again).
-        match authorize(&self.access, &self.user, Action::Read, system_id).await {
+        match authorize(&self.access, &self.caller.user, Action::Read, system_id).await {
             Ok(()) => {
                 self.visible.insert(system_id, None);
                 true

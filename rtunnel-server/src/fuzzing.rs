@@ -83,7 +83,7 @@ pub fn check_proxy_headers(data: &[u8]) {
         scheme: "https",
         client_ip: [10, 0, 0, 7].into(),
     };
-    let _ = headers::proxy_cookies(&map, headers::COOKIE_NAME);
+    let _ = headers::request_cookies(&map, headers::COOKIE_NAME);
     let mut up = map.clone();
     headers::to_upstream(&mut up, &fwd);
     headers::strip_rtunnel_authorization(&mut up, |v| v.contains("rtk_"));

@@ -184,6 +184,12 @@ impl FromRef<Arc<AppState>> for crate::events::Events {
     }
 }
 
+impl FromRef<Arc<AppState>> for ServerConfig {
+    fn from_ref(state: &Arc<AppState>) -> Self {
+        state.config.clone()
+    }
+}
+
 impl FromRef<Arc<AppState>> for Stores {
     fn from_ref(state: &Arc<AppState>) -> Self {
         state.stores.clone()

@@ -1754,3 +1754,188 @@ async fn the_event_stream_ends_with_its_login_and_refuses_strangers() {
     let v: serde_json::Value = resp.json().await.unwrap();
     assert_envelope(&v, "missing_authorization");
 }
+
+/// A browser's cookie jar, by hand: what the server set, sent back.
+#[derive(Default)]
+struct Jar(std::collections::BTreeMap<String, String>);
+
+impl Jar {
+    fn take(&mut self, resp: &reqwest::Response) -> Vec<String> {
+        let set: Vec<String> = resp
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect();
+        for c in &set {
+            let (pair, _) = c.split_once(';').unwrap_or((c, ""));
+            let (name, value) = pair.split_once('=').unwrap();
+            if value.is_empty() {
+                self.0.remove(name);
+            } else {
+                self.0.insert(name.to_owned(), value.to_owned());
+            }
+        }
+        set
+    }
+
+    fn header(&self) -> String {
+        self.0
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    fn csrf(&self) -> String {
+        self.0["rtunnel_csrf"].clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_signs_in_with_strict_cookies_and_csrf_protection() {
+    let h = harness().await;
+    let (ann, _) = user(&h, "ann", Role::Admin).await;
+    let hash = rtunnel_auth::password::hash_password("ann's password").unwrap();
+    h.state
+        .stores
+        .identity
+        .set_password_hash(ann.id, Some(&hash))
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let url = |p: &str| format!("{}{p}", h.base);
+    let mut jar = Jar::default();
+
+    // Sign in: the tokens go into cookies, never into the answer.
+    let resp = http
+        .post(url("/api/v1/auth/login"))
+        .json(&serde_json::json!({"username": "ann", "password": "ann's password", "cookie": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let set = jar.take(&resp);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert!(body.get("access_token").is_none(), "{body}");
+    assert_eq!(body["user"]["name"], "ann");
+    assert_eq!(set.len(), 3, "{set:?}");
+    for c in &set {
+        assert!(c.contains("SameSite=Strict"), "{c}");
+        assert!(!c.contains("Domain"), "{c}");
+    }
+    assert!(
+        set.iter()
+            .any(|c| c.starts_with("rtunnel_access=") && c.contains("HttpOnly"))
+    );
+    assert!(set.iter().any(|c| c.starts_with("rtunnel_refresh=")
+        && c.contains("HttpOnly")
+        && c.contains("Path=/api/v1/auth/")));
+
+    // Reading needs the cookie only.
+    let me = http
+        .get(url("/api/v1/auth/me"))
+        .header("cookie", jar.header())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
+    assert_eq!(
+        me.json::<serde_json::Value>().await.unwrap()["role"],
+        "admin"
+    );
+
+    // A change without the CSRF header, or from another site, is refused.
+    let create = |csrf: Option<String>, origin: &str| {
+        let mut req = http
+            .post(url("/api/v1/systems"))
+            .header("cookie", jar.header())
+            .header("origin", origin)
+            .json(&serde_json::json!({"name": format!("box-{}", rand_suffix())}));
+        if let Some(csrf) = csrf {
+            req = req.header("x-csrf-token", csrf);
+        }
+        req.send()
+    };
+    let here = h.base.clone();
+    let resp = create(None, &here).await.unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_envelope(&resp.json().await.unwrap(), "csrf_token_mismatch");
+    let resp = create(Some(jar.csrf()), "http://evil.example")
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_envelope(&resp.json().await.unwrap(), "cross_site_request");
+    let resp = create(Some(jar.csrf()), &here).await.unwrap();
+    assert_eq!(resp.status(), 201);
+
+    // An event stream opened from another site is refused.
+    let resp = http
+        .get(url("/api/v1/events"))
+        .header("cookie", jar.header())
+        .header("origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+
+    // Refresh rotates the cookies; the old refresh cookie replayed ends the
+    // login, and with it the new access cookie.
+    let old = jar.header();
+    let resp = http
+        .post(url("/api/v1/auth/refresh"))
+        .header("cookie", jar.header())
+        .header("x-csrf-token", jar.csrf())
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(jar.take(&resp).len(), 3);
+    assert_ne!(jar.header(), old);
+    let stale_csrf = old
+        .split("; ")
+        .find_map(|p| p.strip_prefix("rtunnel_csrf="))
+        .unwrap()
+        .to_owned();
+    let replay = http
+        .post(url("/api/v1/auth/refresh"))
+        .header("cookie", old)
+        .header("x-csrf-token", stale_csrf)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 401);
+    let me = http
+        .get(url("/api/v1/auth/me"))
+        .header("cookie", jar.header())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 401, "the replay ended the whole login");
+
+    // A fresh sign-in, then sign out: the cookies are cleared.
+    let mut jar = Jar::default();
+    let resp = http
+        .post(url("/api/v1/auth/login"))
+        .json(&serde_json::json!({"username": "ann", "password": "ann's password", "cookie": true}))
+        .send()
+        .await
+        .unwrap();
+    jar.take(&resp);
+    let out = http
+        .post(url("/api/v1/auth/logout"))
+        .header("cookie", jar.header())
+        .header("x-csrf-token", jar.csrf())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 204);
+    jar.take(&out);
+    assert!(jar.0.is_empty(), "{:?}", jar.0);
+}
+
+fn rand_suffix() -> String {
+    Uuid::new_v4().simple().to_string()[..8].to_owned()
+}

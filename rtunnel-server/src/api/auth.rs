@@ -37,6 +37,8 @@ pub struct Authenticated {
     pub user: User,
     /// With what.
     pub credential: Credential,
+    /// Whether it came in the console's cookie (see `api::browser`).
+    pub(crate) browser: bool,
 }
 
 impl Authenticated {
@@ -65,6 +67,19 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if !parts.headers.contains_key(header::AUTHORIZATION)
+            && let Some(token) =
+                super::browser::cookie(&parts.headers, super::browser::ACCESS_COOKIE)
+        {
+            super::browser::check_browser_request(parts)?;
+            // The cookie holds an access token, never an API token.
+            if token.starts_with(rtunnel_auth::api_token::PREFIX) {
+                return Err(invalid_token());
+            }
+            let mut caller = authenticate_bearer(&Access::from_ref(state), token).await?;
+            caller.browser = true;
+            return Ok(caller);
+        }
         if !parts.headers.contains_key(header::AUTHORIZATION) {
             // The launcher contract's words, for every endpoint.
             let mut e = ApiError::unauthorized(crate::launcher::messages::MISSING_AUTHORIZATION);
@@ -95,7 +110,7 @@ where
     }
 }
 
-pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     if value.len() > MAX_AUTHORIZATION_LEN {
         return None;
@@ -135,6 +150,7 @@ pub(crate) async fn authenticate_bearer(
     Ok(Authenticated {
         user,
         credential: Credential::Login(login),
+        browser: false,
     })
 }
 
@@ -158,7 +174,38 @@ pub(crate) async fn authenticate_token(
     Ok(Authenticated {
         user,
         credential: Credential::ApiToken(record.id),
+        browser: false,
     })
+}
+
+/// The caller again, as it stands now: `None` once its login ended, its
+/// API token was revoked or expired, or its user was disabled or deleted
+/// (for what stays open after authenticating, such as an event stream).
+pub(crate) async fn reauthenticate(
+    access: &Access,
+    caller: &Authenticated,
+) -> Result<Option<User>, ApiError> {
+    let now = now_millis();
+    let live = match caller.credential {
+        Credential::Login(id) => access
+            .logins
+            .login(id)
+            .await?
+            .is_some_and(|l| l.user_id == caller.user.id && l.is_live(now)),
+        Credential::ApiToken(id) => access
+            .identity
+            .api_token(id)
+            .await?
+            .is_some_and(|t| t.user_id == caller.user.id && t.is_live(now)),
+    };
+    if !live {
+        return Ok(None);
+    }
+    match active_user(access, caller.user.id).await {
+        Ok(user) => Ok(Some(user)),
+        Err(e) if e.status == axum::http::StatusCode::UNAUTHORIZED => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// The user with this id, if it exists and is not disabled.

@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{ConnectInfo, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use rtunnel_auth::claims::{ACCESS_TTL, Claims, REFRESH_TTL, TokenKind};
 use rtunnel_auth::password::{verify_password, verify_password_against_nothing};
 use rtunnel_core::ids::UserId;
@@ -21,7 +22,9 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::auth::Authenticated;
+use super::browser;
 use super::extract::Json as JsonBody;
+use crate::config::ServerConfig;
 use crate::error::ApiError;
 use crate::ratelimit::{Attempt, KNOWN_ADDRESS_FOR, Scope};
 use crate::routing::Tunnels;
@@ -36,13 +39,19 @@ const MAX_USERNAME_LEN: usize = 128;
 pub(crate) struct LoginRequest {
     username: String,
     password: String,
+    /// The console's sign-in: the tokens go into cookies, not the answer
+    /// (see `api::browser`).
+    #[serde(default)]
+    cookie: bool,
 }
 
 /// Body of a refresh.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RefreshRequest {
-    refresh_token: String,
+    /// Without it, the console's refresh cookie is used (and rotated).
+    #[serde(default)]
+    refresh_token: Option<String>,
 }
 
 /// A new token pair.
@@ -76,7 +85,7 @@ pub(crate) async fn login(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     JsonBody(body): JsonBody<LoginRequest>,
-) -> Result<Json<TokenPair>, ApiError> {
+) -> Result<Response, ApiError> {
     let ip = peer.ip().to_string();
     let attempt = Attempt::new(Scope::Login, &body.username, peer.ip());
     let user = if body.username.len() <= MAX_USERNAME_LEN {
@@ -153,17 +162,37 @@ pub(crate) async fn login(
     event.details = json!({"login_id": login.id});
     state.audit.record(event).await?;
     state.stores.logins.create_login(&login).await?;
-    Ok(Json(pair(&state, &user, refresh, now)))
+    Ok(answer(
+        &state,
+        &user,
+        pair(&state, &user, refresh, now),
+        body.cookie,
+    ))
 }
 
 /// `POST /api/v1/auth/refresh`.
 pub(crate) async fn refresh(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: Method,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<RefreshRequest>,
-) -> Result<Json<TokenPair>, ApiError> {
+) -> Result<Response, ApiError> {
     let now = now_millis();
-    let presented = Claims::verify(&*state.signer, &body.refresh_token, TokenKind::Refresh, now)
+    let (presented, cookie) = match &body.refresh_token {
+        Some(token) => (token.as_str(), false),
+        None => {
+            let token = browser::cookie(&headers, browser::REFRESH_COOKIE).ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_body",
+                    "refresh_token is missing (and there is no console sign-in to refresh)",
+                )
+            })?;
+            browser::check_browser(&method, &headers)?;
+            (token, true)
+        }
+    };
+    let presented = Claims::verify(&*state.signer, presented, TokenKind::Refresh, now)
         .map_err(|_| invalid_refresh())?;
     let family = presented.fam.ok_or_else(invalid_refresh)?;
     let login = state
@@ -202,7 +231,62 @@ pub(crate) async fn refresh(
         replayed(&state, &user, &login, &ip).await?;
         return Err(invalid_refresh());
     }
-    Ok(Json(pair(&state, &user, next, now)))
+    Ok(answer(
+        &state,
+        &user,
+        pair(&state, &user, next, now),
+        cookie,
+    ))
+}
+
+/// The answer to a login or a refresh: the pair itself, or, for the
+/// console, the pair in cookies and who signed in.
+fn answer(state: &AppState, user: &User, pair: TokenPair, cookie: bool) -> Response {
+    if !cookie {
+        return Json(pair).into_response();
+    }
+    let scope = browser::CookieScope::of(&state.config);
+    let mut resp = Json(json!({
+        "expires_in": pair.expires_in,
+        "user": Me::from(user),
+    }))
+    .into_response();
+    for c in scope.login(
+        &pair.access_token,
+        pair.expires_in,
+        &pair.refresh_token,
+        REFRESH_TTL.as_secs(),
+    ) {
+        resp.headers_mut().append(header::SET_COOKIE, c);
+    }
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// Who the caller is, as `GET /api/v1/auth/me` answers.
+#[derive(Debug, Serialize)]
+pub(crate) struct Me {
+    id: UserId,
+    name: String,
+    role: rtunnel_core::store::Role,
+    email: Option<String>,
+}
+
+impl From<&User> for Me {
+    fn from(u: &User) -> Self {
+        Me {
+            id: u.id,
+            name: u.name.clone(),
+            role: u.role,
+            email: u.email.clone(),
+        }
+    }
+}
+
+/// `GET /api/v1/auth/me`: the caller (the console asks at start).
+pub(crate) async fn me(caller: Authenticated) -> Json<Me> {
+    Json(Me::from(&caller.user))
 }
 
 /// `POST /api/v1/auth/logout`: ends the login of the access token used.
@@ -210,9 +294,10 @@ pub(crate) async fn logout(
     State(stores): State<Stores>,
     State(audit): State<Audit>,
     State(tunnels): State<Tunnels>,
+    State(config): State<ServerConfig>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     caller: Authenticated,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Response, ApiError> {
     let Some(login) = caller.login() else {
         return Err(ApiError::bad_request(
             "not_a_login",
@@ -229,7 +314,13 @@ pub(crate) async fn logout(
         .revoke_login(login, "logout", now_millis())
         .await?;
     tunnels.cluster.access_changed().await;
-    Ok(StatusCode::NO_CONTENT)
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    if caller.browser {
+        for c in browser::CookieScope::of(&config).cleared() {
+            resp.headers_mut().append(header::SET_COOKIE, c);
+        }
+    }
+    Ok(resp)
 }
 
 /// Ends a family whose dead refresh token came back, and audits it.

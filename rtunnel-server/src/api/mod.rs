@@ -2,6 +2,7 @@
 
 mod audit;
 pub(crate) mod auth;
+pub(crate) mod browser;
 pub(crate) mod extract;
 mod grants;
 mod launch;
@@ -70,6 +71,7 @@ pub(crate) fn routes(state: Arc<AppState>) -> Router {
         .route("/api/v1/auth/login", post(login::login))
         .route("/api/v1/auth/refresh", post(login::refresh))
         .route("/api/v1/auth/logout", post(login::logout))
+        .route("/api/v1/auth/me", get(login::me))
         .route("/api/v1/systems", get(systems::list).post(systems::create))
         .route(
             "/api/v1/systems/{id}",

@@ -223,7 +223,7 @@ fn cookie_name(pair: &str) -> &str {
 
 /// The values of the cookie `name` in a request, in order, skipping pairs
 /// that are malformed or empty.
-pub(crate) fn proxy_cookies<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
+pub(crate) fn request_cookies<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -494,18 +494,18 @@ mod tests {
                 "rtunnel_proxy=OTHER; __Secure-RTUNNEL_x=1; rtunnelish=kept",
             ),
         ]);
-        assert_eq!(proxy_cookies(&h, COOKIE_NAME), ["TOKEN", "OTHER"]);
-        assert_eq!(proxy_cookies(&h, SECURE_COOKIE_NAME), ["S"]);
+        assert_eq!(request_cookies(&h, COOKIE_NAME), ["TOKEN", "OTHER"]);
+        assert_eq!(request_cookies(&h, SECURE_COOKIE_NAME), ["S"]);
         to_upstream(&mut h, &fwd());
         assert_eq!(all(&h, "cookie"), ["a=1; b=2", "rtunnelish=kept"]);
-        assert!(proxy_cookies(&h, COOKIE_NAME).is_empty());
+        assert!(request_cookies(&h, COOKIE_NAME).is_empty());
     }
 
     #[test]
     fn malformed_proxy_cookies_are_skipped_not_fatal() {
         let junk = "rtunnel_proxy; rtunnel_proxy=; =x; rtunnel_proxy=\"\"; ".repeat(20);
         let h = map(&[("cookie", &format!("{junk}rtunnel_proxy=REAL"))]);
-        assert_eq!(proxy_cookies(&h, COOKIE_NAME), ["REAL"]);
+        assert_eq!(request_cookies(&h, COOKIE_NAME), ["REAL"]);
     }
 
     #[test]

@@ -384,7 +384,7 @@ fn needs_same_site_reload(state: &AppState, headers: &axum::http::HeaderMap) -> 
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| values.iter().any(|w| v.eq_ignore_ascii_case(w)))
     };
-    headers::proxy_cookies(headers, cookie_name(state)).is_empty()
+    headers::request_cookies(headers, cookie_name(state)).is_empty()
         && is("sec-fetch-mode", &["navigate"])
         && is("sec-fetch-site", &["cross-site", "same-site"])
 }
@@ -415,7 +415,7 @@ fn cookie_claims(
     target: &ProxyHost,
     headers: &axum::http::HeaderMap,
 ) -> Result<Claims, ApiError> {
-    let cookies = headers::proxy_cookies(headers, cookie_name(state));
+    let cookies = headers::request_cookies(headers, cookie_name(state));
     let mut last = None;
     for value in cookies {
         match verify(state, target, value, TokenKind::ProxyCookie) {
