@@ -85,6 +85,9 @@ impl IdentityStore for CountingIdentity {
     async fn set_user_disabled(&self, id: UserId, disabled: bool) -> Result<bool, StoreError> {
         self.inner.set_user_disabled(id, disabled).await
     }
+    async fn set_user_role(&self, id: UserId, role: Role) -> Result<bool, StoreError> {
+        self.inner.set_user_role(id, role).await
+    }
     async fn set_password_hash(&self, id: UserId, hash: Option<&str>) -> Result<bool, StoreError> {
         self.inner.set_password_hash(id, hash).await
     }
@@ -119,6 +122,18 @@ impl IdentityStore for CountingIdentity {
     }
     async fn set_system_secret(&self, id: SystemId, secret_hash: &str) -> Result<bool, StoreError> {
         self.inner.set_system_secret(id, secret_hash).await
+    }
+    async fn rename_system(&self, id: SystemId, name: &str) -> Result<bool, StoreError> {
+        self.inner.rename_system(id, name).await
+    }
+    async fn list_grants(
+        &self,
+        user_id: Option<UserId>,
+        system_id: Option<SystemId>,
+        now: Millis,
+        page: Page,
+    ) -> Result<Paged<rtunnel_core::store::GrantRecord>, StoreError> {
+        self.inner.list_grants(user_id, system_id, now, page).await
     }
     async fn system_by_key(&self, key: &str) -> Result<Option<System>, StoreError> {
         self.inner.system_by_key(key).await

@@ -80,6 +80,20 @@ pub async fn duplicate_names_conflict<S: FullStore + ?Sized>(s: &S) {
     s.create_user(&user("bob", Role::Operator)).await.unwrap();
     let err = s.create_user(&user("bob", Role::Viewer)).await.unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    // A system renamed to a taken name conflicts; to a free one, it moves.
+    let a = system("alpha-box");
+    let b = system("beta-box");
+    s.create_system(&a).await.unwrap();
+    s.create_system(&b).await.unwrap();
+    let err = s.rename_system(b.id, "alpha-box").await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert!(s.rename_system(b.id, "gamma-box").await.unwrap());
+    assert_eq!(s.system(b.id).await.unwrap().unwrap().name, "gamma-box");
+    assert!(
+        !s.rename_system(crate::ids::SystemId::new(), "delta-box")
+            .await
+            .unwrap()
+    );
 }
 
 /// Conformance check `users_are_listed_disabled_and_hold_a_password_hash`.
@@ -318,6 +332,12 @@ pub async fn every_change_that_takes_access_moves_the_epoch<S: FullStore + ?Size
     moved("a revoked token", s.access_epoch().await.unwrap());
     assert!(s.revoke_login(login.id, "test", now).await.unwrap());
     moved("an ended login", s.access_epoch().await.unwrap());
+    assert!(s.set_user_role(u.id, Role::Viewer).await.unwrap());
+    moved("a role changed", s.access_epoch().await.unwrap());
+    assert_eq!(
+        s.user_by_id(u.id).await.unwrap().unwrap().role,
+        Role::Viewer
+    );
     assert!(s.set_user_disabled(u.id, true).await.unwrap());
     moved("a disabled user", s.access_epoch().await.unwrap());
     assert!(s.set_system_secret(a.id, "h2").await.unwrap());
@@ -332,6 +352,69 @@ pub async fn every_change_that_takes_access_moves_the_epoch<S: FullStore + ?Size
     s.create_system(&b).await.unwrap();
     assert!(s.grant(u.id, b.id, None, now).await.unwrap());
     assert_eq!(s.grant_until(u.id, b.id, now).await.unwrap(), Some(None));
+}
+
+/// Conformance check `active_grants_are_listed_and_filtered`.
+pub async fn active_grants_are_listed_and_filtered<S: FullStore + ?Sized>(s: &S) {
+    let (u, v) = (user("gina", Role::Operator), user("hal", Role::Viewer));
+    let (a, b) = (system("listed-a"), system("listed-b"));
+    for x in [&u, &v] {
+        s.create_user(x).await.unwrap();
+    }
+    for x in [&a, &b] {
+        s.create_system(x).await.unwrap();
+    }
+    let now = now_millis();
+    assert!(s.grant(u.id, a.id, Some(now + 60_000), now).await.unwrap());
+    assert!(s.grant(u.id, b.id, None, now + 1).await.unwrap());
+    assert!(s.grant(v.id, a.id, None, now + 2).await.unwrap());
+    // Expired and revoked grants are not listed.
+    let c = system("listed-c");
+    s.create_system(&c).await.unwrap();
+    assert!(s.grant(v.id, c.id, Some(now + 10), now).await.unwrap());
+    assert!(s.grant(u.id, c.id, None, now).await.unwrap());
+    assert!(s.revoke(u.id, c.id, now).await.unwrap());
+    let later = now + 1_000;
+    let all = s
+        .list_grants(None, None, later, Page::default())
+        .await
+        .unwrap();
+    assert_eq!(all.total, 3);
+    let order: Vec<_> = all.items.iter().map(|g| (g.user_id, g.system_id)).collect();
+    assert_eq!(
+        order,
+        [(v.id, a.id), (u.id, b.id), (u.id, a.id)],
+        "newest first"
+    );
+    assert_eq!(all.items[2].expires_at, Some(now + 60_000));
+    let gina = s
+        .list_grants(Some(u.id), None, later, Page::default())
+        .await
+        .unwrap();
+    assert_eq!(gina.total, 2);
+    let on_a = s
+        .list_grants(None, Some(a.id), later, Page::default())
+        .await
+        .unwrap();
+    assert_eq!(on_a.total, 2);
+    let one = s
+        .list_grants(Some(v.id), Some(a.id), later, Page::default())
+        .await
+        .unwrap();
+    assert_eq!(one.items.len(), 1);
+    let page = s
+        .list_grants(
+            None,
+            None,
+            later,
+            Page {
+                page: 2,
+                page_size: 2,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((page.items.len(), page.total), (1, 3));
 }
 
 /// Conformance check `the_last_agent_address_is_the_newest_sessions`.
@@ -366,11 +449,17 @@ pub async fn the_last_agent_address_is_the_newest_sessions<S: FullStore + ?Sized
             addr,
             "after session {i}"
         );
+        assert_eq!(
+            s.latest_session(sys.id).await.unwrap().map(|l| l.id),
+            Some(rec.id),
+            "after session {i}"
+        );
     }
     // Another system's sessions are not this one's.
     let other = system("epsilon");
     s.create_system(&other).await.unwrap();
     assert_eq!(s.last_agent_addr(other.id).await.unwrap(), None);
+    assert!(s.latest_session(other.id).await.unwrap().is_none());
 }
 
 /// Conformance check `sessions_move_through_their_states`.
@@ -869,7 +958,7 @@ where
 #[macro_export]
 macro_rules! store_conformance_tests {
     ($fresh:path) => {
-        $crate::store_conformance_tests!(@each $fresh; duplicate_names_conflict, users_are_listed_disabled_and_hold_a_password_hash, a_login_rotates_once_per_token_and_ends_for_good, deleting_a_system_takes_its_grants_along, grants_are_given_checked_and_revoked, the_last_agent_address_is_the_newest_sessions, sessions_move_through_their_states, restart_recovery_puts_live_sessions_in_grace_and_expires_pending_ones, the_audit_log_filters_and_pages_newest_first, resources_round_trip_and_names_are_unique, grants_expire_and_revoke, api_tokens_are_listed_and_revoked, old_audit_events_and_closed_access_logs_are_pruned, every_change_that_takes_access_moves_the_epoch);
+        $crate::store_conformance_tests!(@each $fresh; duplicate_names_conflict, users_are_listed_disabled_and_hold_a_password_hash, a_login_rotates_once_per_token_and_ends_for_good, deleting_a_system_takes_its_grants_along, grants_are_given_checked_and_revoked, the_last_agent_address_is_the_newest_sessions, sessions_move_through_their_states, restart_recovery_puts_live_sessions_in_grace_and_expires_pending_ones, the_audit_log_filters_and_pages_newest_first, resources_round_trip_and_names_are_unique, grants_expire_and_revoke, api_tokens_are_listed_and_revoked, old_audit_events_and_closed_access_logs_are_pruned, every_change_that_takes_access_moves_the_epoch, active_grants_are_listed_and_filtered);
     };
     (@each $fresh:path; $($check:ident),*) => {
         $(

@@ -108,6 +108,21 @@ pub struct User {
     pub email: Option<String>,
 }
 
+/// An active grant of a user on a system, as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GrantRecord {
+    /// Id.
+    pub id: Uuid,
+    /// Who holds it.
+    pub user_id: UserId,
+    /// On what.
+    pub system_id: SystemId,
+    /// When it was given.
+    pub created_at: Millis,
+    /// When it ends by itself, if it does.
+    pub expires_at: Option<Millis>,
+}
+
 /// An API token as stored: the secret half only as a hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiTokenRecord {
@@ -329,6 +344,9 @@ pub trait IdentityStore: Send + Sync {
     async fn list_users(&self, page: Page) -> Result<Paged<User>, StoreError>;
     /// Disables or enables a user; false if there is no such user.
     async fn set_user_disabled(&self, id: UserId, disabled: bool) -> Result<bool, StoreError>;
+    /// Gives a user another role (moves the access epoch: a role can take
+    /// access away); false if there is no such user.
+    async fn set_user_role(&self, id: UserId, role: Role) -> Result<bool, StoreError>;
     /// Sets (or with `None` removes) a user's password hash (PHC string);
     /// false if there is no such user.
     async fn set_password_hash(&self, id: UserId, hash: Option<&str>) -> Result<bool, StoreError>;
@@ -353,6 +371,9 @@ pub trait IdentityStore: Send + Sync {
     async fn system(&self, id: SystemId) -> Result<Option<System>, StoreError>;
     /// Finds a system by name.
     async fn system_by_name(&self, name: &str) -> Result<Option<System>, StoreError>;
+    /// Renames a system ([`StoreError::Conflict`] if the name is taken);
+    /// false if there is no such system.
+    async fn rename_system(&self, id: SystemId, name: &str) -> Result<bool, StoreError>;
     /// Replaces a system's secret hash; false if there is no such system.
     async fn set_system_secret(&self, id: SystemId, secret_hash: &str) -> Result<bool, StoreError>;
     /// Finds a system by its public key.
@@ -383,6 +404,15 @@ pub trait IdentityStore: Send + Sync {
         system_id: SystemId,
         now: Millis,
     ) -> Result<bool, StoreError>;
+    /// Active, unexpired grants on systems at `now`, newest first: one
+    /// user's or everyone's, on one system or all.
+    async fn list_grants(
+        &self,
+        user_id: Option<UserId>,
+        system_id: Option<SystemId>,
+        now: Millis,
+        page: Page,
+    ) -> Result<Paged<GrantRecord>, StoreError>;
     /// Whether the user holds an active, unexpired grant on the system.
     async fn has_grant(
         &self,
@@ -547,6 +577,15 @@ pub trait SessionStore: Send + Sync {
     /// if any: asked on every tunnel authentication, so stores answer it
     /// from an index rather than by listing sessions.
     async fn last_agent_addr(&self, system: SystemId) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .latest_session(system)
+            .await?
+            .and_then(|s| s.agent_addr))
+    }
+    /// `system`'s newest session, whatever its status: asked on every
+    /// tunnel authentication and for every system a list shows, so stores
+    /// answer it from an index rather than by listing sessions.
+    async fn latest_session(&self, system: SystemId) -> Result<Option<SessionRecord>, StoreError> {
         let filter = SessionFilter {
             system_id: Some(system),
             ..SessionFilter::default()
@@ -556,7 +595,7 @@ pub trait SessionStore: Send + Sync {
             page_size: 1,
         };
         let newest = self.list_sessions(&filter, now_millis(), page).await?;
-        Ok(newest.items.into_iter().next().and_then(|s| s.agent_addr))
+        Ok(newest.items.into_iter().next())
     }
     /// Lists sessions.
     async fn list_sessions(

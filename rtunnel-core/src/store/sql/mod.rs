@@ -21,8 +21,8 @@ use uuid::Uuid;
 use crate::ids::{SessionId, SystemId, UserId};
 
 use super::{
-    AccessLog, ApiTokenRecord, IdentityStore, Millis, Page, Paged, SessionFilter, SessionRecord,
-    SessionSort, SessionStatus, SessionStore, StoreError, System, User,
+    AccessLog, ApiTokenRecord, GrantRecord, IdentityStore, Millis, Page, Paged, SessionFilter,
+    SessionRecord, SessionSort, SessionStatus, SessionStore, StoreError, System, User,
 };
 use crate::proto::ServiceInfo;
 
@@ -351,6 +351,13 @@ impl IdentityStore for SqlStore {
         Ok(self.taking_access(change).await? == 1)
     }
 
+    async fn set_user_role(&self, id: UserId, role: super::Role) -> Result<bool, StoreError> {
+        let change = sqlx::query("UPDATE users SET role = $1 WHERE id = $2")
+            .bind(role.as_str())
+            .bind(id.to_string());
+        Ok(self.taking_access(change).await? == 1)
+    }
+
     async fn set_password_hash(&self, id: UserId, hash: Option<&str>) -> Result<bool, StoreError> {
         let done = sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
             .bind(hash)
@@ -429,6 +436,66 @@ impl IdentityStore for SqlStore {
         })
     }
 
+    async fn list_grants(
+        &self,
+        user_id: Option<UserId>,
+        system_id: Option<SystemId>,
+        now: Millis,
+        page: Page,
+    ) -> Result<Paged<GrantRecord>, StoreError> {
+        // $1 now, $2 user (NULL: all), $3 system (NULL: all).
+        macro_rules! active_grants {
+            ($select:literal, $tail:literal) => {
+                concat!(
+                    $select,
+                    " FROM grants WHERE revoked_at IS NULL \
+                     AND (expires_at IS NULL OR expires_at > $1) \
+                     AND ($2 IS NULL OR user_id = $2) AND ($3 IS NULL OR system_id = $3)",
+                    $tail
+                )
+            };
+        }
+        let user = user_id.map(|u| u.to_string());
+        let system = system_id.map(|s| s.to_string());
+        let rows = sqlx::query(active_grants!(
+            "SELECT id, user_id, system_id, created_at, expires_at",
+            " ORDER BY created_at DESC, id LIMIT $4 OFFSET $5"
+        ))
+        .bind(now)
+        .bind(&user)
+        .bind(&system)
+        .bind(i64::from(page.page_size))
+        .bind(page.offset())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        let total: i64 = sqlx::query_scalar(active_grants!("SELECT COUNT(*)", ""))
+            .bind(now)
+            .bind(&user)
+            .bind(&system)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
+        let items = rows
+            .iter()
+            .map(|r| {
+                Ok(GrantRecord {
+                    id: get_uuid(r, "id")?,
+                    user_id: get_uuid(r, "user_id")?,
+                    system_id: get_uuid(r, "system_id")?,
+                    created_at: get(r, "created_at")?,
+                    expires_at: get(r, "expires_at")?,
+                })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok(Paged {
+            items,
+            page: page.page,
+            page_size: page.page_size,
+            total: total as u64,
+        })
+    }
+
     async fn revoke_api_token(&self, id: Uuid, now: Millis) -> Result<bool, StoreError> {
         let change = sqlx::query(
             "UPDATE api_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
@@ -471,6 +538,16 @@ impl IdentityStore for SqlStore {
             .map_err(backend)?
             .map(|r| system_from(&r))
             .transpose()
+    }
+
+    async fn rename_system(&self, id: SystemId, name: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE systems SET name = $2 WHERE id = $1")
+            .bind(id.to_string())
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn set_system_secret(&self, id: SystemId, secret_hash: &str) -> Result<bool, StoreError> {
@@ -857,18 +934,16 @@ impl SessionStore for SqlStore {
             .transpose()
     }
 
-    async fn last_agent_addr(&self, system: SystemId) -> Result<Option<String>, StoreError> {
+    async fn latest_session(&self, system: SystemId) -> Result<Option<SessionRecord>, StoreError> {
         // The (system_id, created_at) index answers this; the generic list
         // query's optional filters cannot use it.
-        let addr: Option<Option<String>> = sqlx::query_scalar(
-            "SELECT agent_addr FROM sessions WHERE system_id = $1 \
-             ORDER BY created_at DESC LIMIT 1",
-        )
-        .bind(system.to_string())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(backend)?;
-        Ok(addr.flatten())
+        sqlx::query("SELECT * FROM sessions WHERE system_id = $1 ORDER BY created_at DESC LIMIT 1")
+            .bind(system.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?
+            .map(|r| session_from(&r))
+            .transpose()
     }
 
     async fn list_sessions(
