@@ -1954,3 +1954,138 @@ async fn the_console_signs_in_with_strict_cookies_and_csrf_protection() {
 fn rand_suffix() -> String {
     Uuid::new_v4().simple().to_string()[..8].to_owned()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systems_users_grants_and_tokens_can_be_managed_through_the_api() {
+    let h = harness().await;
+    let (_, admin) = user(&h, "ann", Role::Admin).await;
+    let (op, op_token) = user(&h, "olaf", Role::Operator).await;
+
+    // The harness's system is online, with its session and agent version.
+    let (status, v) = api(&h, "GET", "/api/v1/systems", &admin, None).await;
+    assert_eq!(status, 200, "{v}");
+    let sys = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == h.system.to_string())
+        .unwrap()
+        .clone();
+    assert_eq!(sys["online"], true, "{sys}");
+    assert_eq!(sys["session"]["id"], h.session.to_string(), "{sys}");
+    assert_eq!(sys["session"]["status"], "active");
+    assert!(
+        sys["agent_software"]
+            .as_str()
+            .unwrap()
+            .starts_with("rtunnel-agent/")
+    );
+
+    // A taken name is a clear 409, not a database message, and not audited.
+    let name = sys["name"].as_str().unwrap();
+    let body = format!(r#"{{"name":"{name}"}}"#);
+    let (status, v) = api(&h, "POST", "/api/v1/systems", &admin, Some(&body)).await;
+    assert_eq!(status, 409, "{v}");
+    assert_envelope(&v, "name_taken");
+    let (status, v) = api(
+        &h,
+        "POST",
+        "/api/v1/users",
+        &admin,
+        Some(r#"{"name":"olaf","role":"viewer"}"#),
+    )
+    .await;
+    assert_eq!(status, 409, "{v}");
+    assert_envelope(&v, "name_taken");
+
+    // Rename: audited, and a second system cannot take the name.
+    let path = format!("/api/v1/systems/{}", h.system);
+    let (status, v) = api(
+        &h,
+        "PATCH",
+        &path,
+        &admin,
+        Some(r#"{"name":"renamed-box"}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["name"], "renamed-box");
+    assert_eq!(audited(&h, "system_renamed").await.total, 1);
+    let (status, v) = api(&h, "PATCH", &path, &op_token, Some(r#"{"name":"mine"}"#)).await;
+    assert_eq!(status, 403, "{v}");
+
+    // Grants are listed, filtered by user.
+    let body = format!(
+        r#"{{"user_id":"{}","system_id":"{}","expires_in":"8h"}}"#,
+        op.id, h.system
+    );
+    let (status, v) = api(&h, "POST", "/api/v1/grants", &admin, Some(&body)).await;
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = api(
+        &h,
+        "GET",
+        &format!("/api/v1/grants?user_id={}", op.id),
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["total"], 1, "{v}");
+    assert_eq!(v["items"][0]["system_id"], h.system.to_string());
+    assert!(v["items"][0]["expires_at"].is_string());
+    let (status, _) = api(&h, "GET", "/api/v1/grants", &op_token, None).await;
+    assert_eq!(status, 403);
+
+    // A role change is audited; an admin cannot demote themself.
+    let path = format!("/api/v1/users/{}", op.id);
+    let (status, v) = api(&h, "PATCH", &path, &admin, Some(r#"{"role":"viewer"}"#)).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["role"], "viewer");
+    assert_eq!(audited(&h, "user_role_changed").await.total, 1);
+    let ann = h
+        .state
+        .stores
+        .identity
+        .user_by_name("ann")
+        .await
+        .unwrap()
+        .unwrap();
+    let (status, v) = api(
+        &h,
+        "PATCH",
+        &format!("/api/v1/users/{}", ann.id),
+        &admin,
+        Some(r#"{"role":"operator"}"#),
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    assert_envelope(&v, "cannot_demote_self");
+
+    // A new token is shown once and works; only admins make others' tokens.
+    let (status, v) = api(
+        &h,
+        "POST",
+        "/api/v1/tokens",
+        &op_token,
+        Some(r#"{"expires_in":"1h"}"#),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let fresh = v["token"].as_str().unwrap().to_owned();
+    assert_eq!(v["status"], "active");
+    let (status, me) = api(&h, "GET", "/api/v1/auth/me", &fresh, None).await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(me["name"], "olaf");
+    let body = format!(r#"{{"user_id":"{}"}}"#, ann.id);
+    let (status, v) = api(&h, "POST", "/api/v1/tokens", &op_token, Some(&body)).await;
+    assert_eq!(status, 403, "{v}");
+    let (status, v) = api(&h, "GET", "/api/v1/tokens", &op_token, None).await;
+    assert_eq!(status, 200);
+    assert!(
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t.get("token").is_none())
+    );
+}

@@ -97,6 +97,8 @@ kinds!(
         SystemCreated = "system_created",
         /// A system was deleted.
         SystemDeleted = "system_deleted",
+        /// A system was renamed.
+        SystemRenamed = "system_renamed",
         /// A system's secret was replaced.
         SystemSecretRegenerated = "system_secret_regenerated",
         /// A browser terminal ended.
@@ -123,6 +125,8 @@ kinds!(
         UserEnabled = "user_enabled",
         /// A user's password was set.
         UserPasswordSet = "user_password_set",
+        /// A user was given another role.
+        UserRoleChanged = "user_role_changed",
     }
 );
 

@@ -1,4 +1,4 @@
-//! `POST/DELETE /api/v1/grants`: who may reach which system, or launch
+//! `GET/POST/DELETE /api/v1/grants`: who may reach which system, or launch
 //! which resource (admin only).
 
 use std::net::SocketAddr;
@@ -8,8 +8,8 @@ use axum::Json;
 use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use rtunnel_core::ids::{SystemId, UserId};
-use rtunnel_core::store::{AuditEvent, AuditKind, now_millis, rfc3339};
-use serde::Deserialize;
+use rtunnel_core::store::{AuditEvent, AuditKind, Paged, now_millis, rfc3339};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -91,6 +91,56 @@ fn event(name: AuditKind, admin: &str, peer: SocketAddr, body: &GrantBody) -> Au
     e.ip_address = Some(peer.ip().to_string());
     e.details = json!({"user_id": body.user_id, "resource_id": body.resource_id});
     e
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListQuery {
+    user_id: Option<UserId>,
+    system_id: Option<SystemId>,
+    page: Option<u32>,
+    page_size: Option<u32>,
+}
+
+/// An active grant on a system, as the API shows it.
+#[derive(Debug, Serialize)]
+pub(super) struct GrantView {
+    id: Uuid,
+    user_id: UserId,
+    system_id: SystemId,
+    created_at: String,
+    expires_at: Option<String>,
+}
+
+/// `GET /api/v1/grants` (admin): active grants on systems, newest first;
+/// `user_id` and `system_id` narrow them.
+pub(super) async fn list(
+    State(stores): State<Stores>,
+    CurrentUser(admin): CurrentUser,
+    super::extract::Query(q): super::extract::Query<ListQuery>,
+) -> Result<Json<Paged<GrantView>>, ApiError> {
+    require_admin(&admin)?;
+    let page = super::check_page(q.page, q.page_size)?;
+    let grants = stores
+        .identity
+        .list_grants(q.user_id, q.system_id, now_millis(), page)
+        .await?;
+    Ok(Json(Paged {
+        items: grants
+            .items
+            .into_iter()
+            .map(|g| GrantView {
+                id: g.id,
+                user_id: g.user_id,
+                system_id: g.system_id,
+                created_at: rfc3339(g.created_at),
+                expires_at: g.expires_at.map(rfc3339),
+            })
+            .collect(),
+        page: grants.page,
+        page_size: grants.page_size,
+        total: grants.total,
+    }))
 }
 
 pub(super) async fn create(

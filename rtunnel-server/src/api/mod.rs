@@ -75,7 +75,9 @@ pub(crate) fn routes(state: Arc<AppState>) -> Router {
         .route("/api/v1/systems", get(systems::list).post(systems::create))
         .route(
             "/api/v1/systems/{id}",
-            get(systems::show).delete(systems::delete),
+            get(systems::show)
+                .patch(systems::rename)
+                .delete(systems::delete),
         )
         .route("/api/v1/users", get(users::list).post(users::create))
         .route("/api/v1/users/{id}", get(users::show).patch(users::update))
@@ -122,11 +124,13 @@ pub(crate) fn routes(state: Arc<AppState>) -> Router {
         )
         .route("/api/v1/audit", get(audit::list))
         .route("/api/v1/events", get(crate::events::stream))
-        .route("/api/v1/tokens", get(tokens::list))
+        .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/api/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route(
             "/api/v1/grants",
-            post(grants::create).delete(grants::revoke),
+            get(grants::list)
+                .post(grants::create)
+                .delete(grants::revoke),
         )
         .merge(crate::console::routes())
         .layer(axum::extract::DefaultBodyLimit::max(

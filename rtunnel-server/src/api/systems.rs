@@ -4,8 +4,10 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use rtunnel_auth::access::Action;
-use rtunnel_core::ids::SystemId;
-use rtunnel_core::store::{AuditEvent, AuditKind, Paged, Role, System, now_millis, rfc3339};
+use rtunnel_core::ids::{SessionId, SystemId};
+use rtunnel_core::store::{
+    AuditEvent, AuditKind, Paged, Role, SessionStatus, System, now_millis, rfc3339,
+};
 use serde::{Deserialize, Serialize};
 
 use super::auth::{CurrentUser, authorize, require_admin};
@@ -20,23 +22,53 @@ use crate::routing::Tunnels;
 use crate::state::Audit;
 use crate::state::Stores;
 
-/// A system as the API shows it.
+/// A system as the API shows it, with what its newest session says.
 #[derive(Debug, Serialize)]
 pub(super) struct SystemView {
     id: SystemId,
     name: String,
     key: String,
     created_at: String,
+    /// Whether its agent is connected now (its newest session is active).
+    online: bool,
+    /// Its newest session, unless that one ended.
+    session: Option<CurrentSession>,
+    /// The agent software that connected last (`rtunnel-agent/0.1.0`).
+    agent_software: Option<String>,
+    /// When its agent last connected.
+    last_seen_at: Option<String>,
 }
 
-impl From<System> for SystemView {
-    fn from(s: System) -> Self {
-        SystemView {
+/// A system's session that has not ended.
+#[derive(Debug, Serialize)]
+pub(super) struct CurrentSession {
+    id: SessionId,
+    status: SessionStatus,
+}
+
+impl SystemView {
+    /// `s` with its newest session, as the store has it.
+    async fn of(stores: &Stores, s: System) -> Result<Self, ApiError> {
+        let latest = stores.sessions.latest_session(s.id).await?;
+        let online = latest
+            .as_ref()
+            .is_some_and(|l| l.status == SessionStatus::Active);
+        Ok(SystemView {
             id: s.id,
             name: s.name,
             key: s.key,
             created_at: rfc3339(s.created_at),
-        }
+            online,
+            session: latest
+                .as_ref()
+                .filter(|l| !l.status.is_final())
+                .map(|l| CurrentSession {
+                    id: l.id,
+                    status: l.status,
+                }),
+            agent_software: latest.as_ref().and_then(|l| l.agent_software.clone()),
+            last_seen_at: latest.and_then(|l| l.activated_at).map(rfc3339),
+        })
     }
 }
 
@@ -51,8 +83,12 @@ pub(super) async fn list(
         .identity
         .list_systems(granted_to, now_millis(), page)
         .await?;
+    let mut items = Vec::with_capacity(systems.items.len());
+    for system in systems.items {
+        items.push(SystemView::of(&stores, system).await?);
+    }
     Ok(Json(Paged {
-        items: systems.items.into_iter().map(SystemView::from).collect(),
+        items,
         page: systems.page,
         page_size: systems.page_size,
         total: systems.total,
@@ -79,7 +115,7 @@ pub(super) async fn show(
     // A system the caller holds no grant on is as absent as one that does
     // not exist, as its sessions are.
     match authorize(&access, &user, Action::Read, system.id).await {
-        Ok(()) => Ok(Json(system.into())),
+        Ok(()) => Ok(Json(SystemView::of(&stores, system).await?)),
         Err(e) if e.status == StatusCode::FORBIDDEN => {
             Err(ApiError::not_found("system_not_found", "no such system"))
         }
@@ -101,15 +137,74 @@ pub(super) async fn create(
 ) -> Result<(StatusCode, Json<Enrolled>), ApiError> {
     require_admin(&user)?;
     enroll::validate_name(&body.name)?;
+    // Checked first so a taken name is not audited as created; the store
+    // still refuses a race.
+    if stores.identity.system_by_name(&body.name).await?.is_some() {
+        return Err(name_taken());
+    }
     let (system, enrolled) = enroll::new_system(&body.name);
     let mut event = AuditEvent::new(AuditKind::SystemCreated);
     event.actor = Some(user.name.clone());
     event.system_id = Some(system.id);
     event.details = serde_json::json!({"name": system.name});
     audit.record(event).await?;
-    stores.identity.create_system(&system).await?;
+    match stores.identity.create_system(&system).await {
+        Ok(()) => {}
+        Err(rtunnel_core::store::StoreError::Conflict(_)) => return Err(name_taken()),
+        Err(e) => return Err(e.into()),
+    }
     announce(&tunnels, system.id, SystemChange::Created).await;
     Ok((StatusCode::CREATED, Json(enrolled)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RenameSystem {
+    name: String,
+}
+
+/// `PATCH /api/v1/systems/{id}` (admin) `{"name"}`: renames a system; its
+/// key, secret and sessions stay. 409 `name_taken` if another system has
+/// the name.
+pub(super) async fn rename(
+    State(stores): State<Stores>,
+    State(audit): State<Audit>,
+    State(tunnels): State<Tunnels>,
+    CurrentUser(user): CurrentUser,
+    Path(id): Path<String>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    super::extract::Json(body): super::extract::Json<RenameSystem>,
+) -> Result<Json<SystemView>, ApiError> {
+    require_admin(&user)?;
+    enroll::validate_name(&body.name)?;
+    let system = load(&stores, &id).await?;
+    if system.name != body.name {
+        if stores.identity.system_by_name(&body.name).await?.is_some() {
+            return Err(name_taken());
+        }
+        let mut event = AuditEvent::new(AuditKind::SystemRenamed);
+        event.actor = Some(user.name.clone());
+        event.system_id = Some(system.id);
+        event.ip_address = Some(peer.ip().to_string());
+        event.details = serde_json::json!({"from": system.name, "to": body.name});
+        audit.record(event).await?;
+        match stores.identity.rename_system(system.id, &body.name).await {
+            Ok(_) => {}
+            Err(rtunnel_core::store::StoreError::Conflict(_)) => return Err(name_taken()),
+            Err(e) => return Err(e.into()),
+        }
+        announce(&tunnels, system.id, SystemChange::Updated).await;
+    }
+    let system = load(&stores, &id).await?;
+    Ok(Json(SystemView::of(&stores, system).await?))
+}
+
+fn name_taken() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "name_taken",
+        "another system has this name",
+    )
 }
 
 /// Tells the console streams that a system changed.

@@ -89,6 +89,77 @@ pub(super) async fn list(
     }))
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateToken {
+    /// Whose (an admin may name another user; default the caller).
+    user_id: Option<UserId>,
+    /// How long it lasts (`30d`, `8h`; default: until revoked).
+    expires_in: Option<String>,
+}
+
+/// Longest lifetime asked for a new token.
+const MAX_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(3 * 366 * 24 * 3600);
+
+/// `POST /api/v1/tokens` `{"user_id"?, "expires_in"?}`: a new API token,
+/// shown once (`token`); an admin may make one for another user. Audited
+/// as `api_token_created` before it exists.
+pub(super) async fn create(
+    State(stores): State<Stores>,
+    State(audit): State<Audit>,
+    caller: Authenticated,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    super::extract::Json(body): super::extract::Json<CreateToken>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let owner = match body.user_id {
+        Some(id) if id != caller.user.id => {
+            if caller.user.role != Role::Admin {
+                return Err(ApiError::forbidden(
+                    "forbidden",
+                    "only admins make tokens for other users",
+                ));
+            }
+            stores
+                .identity
+                .user_by_id(id)
+                .await?
+                .ok_or_else(|| ApiError::not_found("user_not_found", "no such user"))?
+        }
+        _ => caller.user.clone(),
+    };
+    let now = now_millis();
+    let expires_at = match body.expires_in.as_deref() {
+        None => None,
+        Some(text) => {
+            let ttl = humantime::parse_duration(text)
+                .ok()
+                .filter(|d| !d.is_zero() && *d <= MAX_TOKEN_TTL)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_expires_in",
+                        "expires_in is a duration like 8h or 30d, at most 3 years",
+                    )
+                })?;
+            Some(now + ttl.as_millis() as i64)
+        }
+    };
+    let (record, token) = crate::enroll::new_api_token(owner.id, expires_at);
+    let mut event = AuditEvent::new(AuditKind::ApiTokenCreated);
+    event.actor = Some(caller.user.name.clone());
+    event.ip_address = Some(peer.ip().to_string());
+    event.details = serde_json::json!({
+        "token_id": record.id,
+        "user": owner.name,
+        "expires_at": expires_at.map(rfc3339),
+    });
+    audit.record(event).await?;
+    stores.identity.create_api_token(&record).await?;
+    let mut view = serde_json::to_value(TokenView::new(&record, now))
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    view["token"] = serde_json::Value::String(token);
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
 /// `DELETE /api/v1/tokens/{id}`: revokes a token of the caller's (any
 /// token, for an admin). 204; 404 `token_not_found` for a token the caller
 /// may not see; revoking twice answers 204 again.

@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::StatusCode;
 use rtunnel_core::ids::UserId;
-use rtunnel_core::store::{AuditEvent, AuditKind, Paged, Role, User, rfc3339};
+use rtunnel_core::store::{AuditEvent, AuditKind, Paged, Role, StoreError, User, rfc3339};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -123,11 +123,20 @@ pub(super) async fn create(
     require_admin(&caller)?;
     let (user, hash) =
         enroll::new_user(&body.name, body.role, body.email, body.password.as_deref())?;
+    // Checked first so a taken name is not audited as created; the store
+    // still refuses a race.
+    if stores.identity.user_by_name(&user.name).await?.is_some() {
+        return Err(name_taken());
+    }
     let details = json!({"user_id": user.id, "name": user.name, "role": user.role});
     audit
         .record(admin_event(&caller, peer, AuditKind::UserCreated, details))
         .await?;
-    stores.identity.create_user(&user).await?;
+    match stores.identity.create_user(&user).await {
+        Ok(()) => {}
+        Err(StoreError::Conflict(_)) => return Err(name_taken()),
+        Err(e) => return Err(e.into()),
+    }
     if let Some(hash) = &hash {
         stores
             .identity
@@ -145,9 +154,19 @@ pub(super) async fn create(
 pub(super) struct UpdateUser {
     disabled: Option<bool>,
     password: Option<String>,
+    role: Option<Role>,
 }
 
-/// `PATCH /api/v1/users/{id}`: `disabled` (disabling ends the user's
+fn name_taken() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "name_taken",
+        "another user has this name",
+    )
+}
+
+/// `PATCH /api/v1/users/{id}`: `role` (a lesser role cuts what it no
+/// longer allows within a second), `disabled` (disabling ends the user's
 /// logins and cuts what they have open within a second) and `password`
 /// (setting it ends the user's logins and cuts what they opened).
 pub(super) async fn update(
@@ -167,6 +186,12 @@ pub(super) async fn update(
             "an administrator cannot disable their own user",
         ));
     }
+    if body.role.is_some_and(|r| r != Role::Admin) && user.id == caller.id {
+        return Err(ApiError::bad_request(
+            "cannot_demote_self",
+            "an administrator cannot take their own admin role away",
+        ));
+    }
     let hash = body
         .password
         .as_deref()
@@ -181,6 +206,15 @@ pub(super) async fn update(
         );
         audit.record(event).await?;
         enroll::set_password(&*stores.identity, &*stores.logins, user.id, Some(hash)).await?;
+        tunnels.cluster.access_changed().await;
+    }
+    if let Some(role) = body.role.filter(|r| *r != user.role) {
+        let event = event_of(
+            AuditKind::UserRoleChanged,
+            json!({"user_id": user.id, "name": user.name, "from": user.role, "to": role}),
+        );
+        audit.record(event).await?;
+        stores.identity.set_user_role(user.id, role).await?;
         tunnels.cluster.access_changed().await;
     }
     if let Some(disabled) = body.disabled.filter(|d| *d != user.disabled) {
