@@ -1,11 +1,15 @@
-//! The operator console pages the server serves itself: for now the
-//! browser terminal, `/console/terminal?session=ID`.
+//! The operator console the server serves itself: the console at
+//! `/console/` (a single page over the public API: sessions, systems,
+//! terminals in tabs, recordings, API tokens, and for admins users, grants,
+//! launcher resources and the audit log) and the stand-alone browser
+//! terminal, `/console/terminal?session=ID`.
 //!
-//! Everything the page needs is built into the binary: its own script and
-//! style, and xterm.js with its fit addon, vendored from the npm registry by
-//! `scripts/vendor-xterm.sh` (versions and checksums in
-//! `assets/vendor/VERSIONS`). Nothing is loaded from elsewhere, and the
-//! page's Content-Security-Policy says so.
+//! Everything the pages need is built into the binary: their own scripts
+//! and styles, xterm.js with its fit addon and asciinema-player, vendored
+//! from the npm registry by `scripts/vendor-console.sh` (versions, licenses
+//! and checksums in `assets/vendor/VERSIONS`). Nothing is loaded from
+//! elsewhere, no script is inline, and the pages' Content-Security-Policy
+//! says so.
 
 use axum::Router;
 use axum::extract::Path;
@@ -22,7 +26,15 @@ const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' 
      connect-src 'self'; img-src 'self' data:; font-src 'self'; base-uri 'none'; \
      form-action 'self'; frame-ancestors 'none'";
 
+/// The console's policy: the terminal page's, plus WebAssembly for
+/// asciinema-player's terminal emulator (`'wasm-unsafe-eval'` compiles
+/// WebAssembly; it allows no JavaScript `eval`).
+const CONSOLE_CSP: &str = "default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; \
+     style-src 'self' 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; \
+     font-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
 const TERMINAL_HTML: &str = include_str!("../assets/console/terminal.html");
+const CONSOLE_HTML: &str = include_str!("../assets/console/index.html");
 
 /// One built-in file.
 struct Asset {
@@ -36,7 +48,31 @@ struct Asset {
 const JS: &str = "text/javascript; charset=utf-8";
 const CSS: &str = "text/css; charset=utf-8";
 
-const ASSETS: [Asset; 5] = [
+const ASSETS: [Asset; 9] = [
+    Asset {
+        name: "app.js",
+        body: include_bytes!("../assets/console/app.js"),
+        content_type: JS,
+        vendored: false,
+    },
+    Asset {
+        name: "app.css",
+        body: include_bytes!("../assets/console/app.css"),
+        content_type: CSS,
+        vendored: false,
+    },
+    Asset {
+        name: "asciinema-player.js",
+        body: include_bytes!("../assets/vendor/asciinema-player.js"),
+        content_type: JS,
+        vendored: true,
+    },
+    Asset {
+        name: "asciinema-player.css",
+        body: include_bytes!("../assets/vendor/asciinema-player.css"),
+        content_type: CSS,
+        vendored: true,
+    },
     Asset {
         name: "terminal.js",
         body: include_bytes!("../assets/console/terminal.js"),
@@ -72,6 +108,8 @@ const ASSETS: [Asset; 5] = [
 /// The console's routes (no state: the pages talk to the API themselves).
 pub(crate) fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
+        .route("/console", get(to_console))
+        .route("/console/", get(console_page))
         .route("/console/terminal", get(terminal_page))
         .route("/console/assets/{name}", get(asset))
 }
@@ -89,12 +127,29 @@ fn with_common_headers(mut resp: Response) -> Response {
     resp
 }
 
+/// `/console` is the console's directory: its relative paths need the
+/// slash.
+async fn to_console() -> Response {
+    let mut resp = axum::http::StatusCode::PERMANENT_REDIRECT.into_response();
+    resp.headers_mut()
+        .insert(header::LOCATION, HeaderValue::from_static("console/"));
+    resp
+}
+
+async fn console_page() -> Response {
+    page(CONSOLE_HTML, CONSOLE_CSP)
+}
+
 async fn terminal_page() -> Response {
-    let mut resp = with_common_headers(axum::response::Html(TERMINAL_HTML).into_response());
+    page(TERMINAL_HTML, PAGE_CSP)
+}
+
+fn page(html: &'static str, csp: &'static str) -> Response {
+    let mut resp = with_common_headers(axum::response::Html(html).into_response());
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(PAGE_CSP),
+        HeaderValue::from_static(csp),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
