@@ -133,6 +133,7 @@ pub enum CloseCode {
 
 /// One entry of a manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ServiceInfo {
     /// Service name, see [`validate_service_name`].
     pub name: String,
@@ -153,6 +154,7 @@ pub struct ServiceInfo {
 /// Which `Host` an HTTP service behind the agent expects.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "mode", content = "name", rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum HostHeader {
     /// Its own address, the `host:port` the agent dials (the default).
     #[default]
@@ -193,6 +195,7 @@ pub fn validate_host_header(name: &str) -> Result<(), ProtoError> {
 /// What a stream carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum StreamKind {
     /// Raw TCP bytes.
     Tcp,

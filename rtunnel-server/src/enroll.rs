@@ -16,6 +16,7 @@ pub const MAX_NAME_LEN: usize = 128;
 
 /// A freshly enrolled system, with the only copy of its secret.
 #[derive(Debug, Serialize)]
+#[derive(utoipa::ToSchema)]
 pub struct Enrolled {
     /// System id.
     pub id: SystemId,

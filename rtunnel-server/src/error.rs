@@ -167,6 +167,19 @@ pub(crate) fn new_trace_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..16].to_owned()
 }
 
+/// The error envelope every refusal answers with.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct ErrorBody {
+    /// Always `false`.
+    success: bool,
+    /// What went wrong, for a person.
+    error: String,
+    /// What went wrong, for a program: a stable `snake_case` code.
+    code: &'static str,
+    /// Finds the server's log line of this answer.
+    trace_id: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let trace_id = new_trace_id();
@@ -187,12 +200,12 @@ impl IntoResponse for ApiError {
                 "request refused"
             );
         }
-        let body = serde_json::json!({
-            "success": false,
-            "error": self.message,
-            "code": self.code,
-            "trace_id": trace_id,
-        });
+        let body = ErrorBody {
+            success: false,
+            error: self.message,
+            code: self.code,
+            trace_id,
+        };
         let mut resp = (self.status, Json(body)).into_response();
         if let Some(challenge) = self.challenge {
             let value = if challenge == "Basic" {

@@ -46,6 +46,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// What changed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[derive(utoipa::ToSchema)]
 #[non_exhaustive]
 pub enum Change {
     /// A session was created or changed (status, deadlines, services).
@@ -86,6 +87,7 @@ impl Change {
 /// How a system changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[derive(utoipa::ToSchema)]
 pub enum SystemChange {
     /// Enrolled.
     Created,
@@ -125,6 +127,12 @@ impl Events {
 /// `GET /api/v1/events`: the changes the caller may see, as server-sent
 /// events (`event: session` / `system`, `data:` the change as JSON;
 /// `event: resync` when the caller fell behind).
+#[utoipa::path(
+    get,
+    path = "/api/v1/events",
+    tag = "events",
+    responses((status = 200, description = "Server-sent events: `session` and `system` with the change as JSON, `resync`", content_type = "text/event-stream", body = Change), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
+)]
 pub(crate) async fn stream(
     State(access): State<Access>,
     State(events): State<Events>,

@@ -35,6 +35,8 @@ use crate::revocation::Holder;
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize)]
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ForwardQuery {
     /// Optional: the service the client means to use, checked up front so a
     /// typo fails at connect time rather than on the first connection.
@@ -42,6 +44,13 @@ pub(crate) struct ForwardQuery {
 }
 
 /// Axum handler of the forward endpoint.
+#[utoipa::path(
+    get,
+    path = "/api/v1/sessions/{id}/forward",
+    tag = "sessions",
+    params(("id" = String, Path, description = "session id"), ForwardQuery),
+    responses((status = 101, description = "The forward's WebSocket (yamux inside), for `rtunnel-agent forward`"), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
+)]
 pub(crate) async fn forward_endpoint(
     State(state): State<Arc<AppState>>,
     caller: Authenticated,

@@ -43,6 +43,8 @@ use crate::state::AppState;
 pub(crate) const TERMINAL_SERVICE: &str = "terminal";
 
 #[derive(Debug, Deserialize)]
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct TerminalQuery {
     ticket: String,
     cols: Option<u16>,
@@ -61,6 +63,13 @@ fn conflict(code: &'static str, message: impl Into<String>) -> ApiError {
 }
 
 /// Axum handler of the terminal endpoint.
+#[utoipa::path(
+    get,
+    path = "/api/v1/sessions/{id}/terminal",
+    tag = "sessions",
+    params(("id" = String, Path, description = "session id"), TerminalQuery),
+    responses((status = 101, description = "The browser terminal's WebSocket"), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
+)]
 pub(crate) async fn terminal_endpoint(
     State(state): State<Arc<AppState>>,
     State(sessions): State<crate::api::sessions::SessionsApi>,

@@ -61,6 +61,12 @@ const BUSY_RETRY_SECS: std::ops::RangeInclusive<u64> = 2..=20;
 pub(crate) const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Axum handler of the tunnel endpoint.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tunnel",
+    tag = "agents",
+    responses((status = 101, description = "The tunnel's WebSocket (yamux inside); HTTP Basic `key:secret` of the system"), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
+)]
 pub(crate) async fn tunnel_endpoint(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

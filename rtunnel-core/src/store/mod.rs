@@ -57,6 +57,7 @@ pub enum StoreError {
 /// A user's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Role {
     /// Reaches everything and administers.
     Admin,
@@ -177,6 +178,7 @@ pub struct System {
 /// State of a support session (see the contract's Words).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum SessionStatus {
     /// Authenticated, no manifest yet.
     Pending,
@@ -297,6 +299,7 @@ impl Page {
 
 /// One page of a list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Paged<T> {
     /// The items of this page.
     pub items: Vec<T>,

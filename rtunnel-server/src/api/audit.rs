@@ -20,6 +20,8 @@ use crate::state::Stores;
 /// The query string.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct AuditQuery {
     event: Option<String>,
     session_id: Option<SessionId>,
@@ -31,6 +33,7 @@ pub(super) struct AuditQuery {
 
 /// An event as the API shows it.
 #[derive(Debug, Serialize)]
+#[derive(utoipa::ToSchema)]
 pub(super) struct AuditView {
     id: Uuid,
     at: String,
@@ -75,6 +78,13 @@ fn parse_time(name: &str, value: Option<&str>) -> Result<Option<Millis>, ApiErro
     Ok(Some(i64::try_from(ms).map_err(|_| bad())?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit",
+    tag = "audit",
+    params(AuditQuery),
+    responses((status = 200, description = "Audit events, newest first", body = Paged<AuditView>), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
+)]
 pub(super) async fn list(
     State(stores): State<Stores>,
     CurrentUser(user): CurrentUser,

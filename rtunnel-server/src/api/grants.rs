@@ -26,6 +26,7 @@ pub(super) const MAX_GRANT_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
 /// resource; `expires_in` (`8h`, `30d`) only when granting.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 pub(super) struct GrantBody {
     user_id: UserId,
     #[serde(default)]
@@ -95,6 +96,8 @@ fn event(name: AuditKind, admin: &str, peer: SocketAddr, body: &GrantBody) -> Au
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ListQuery {
     user_id: Option<UserId>,
     system_id: Option<SystemId>,
@@ -104,6 +107,7 @@ pub(super) struct ListQuery {
 
 /// An active grant on a system, as the API shows it.
 #[derive(Debug, Serialize)]
+#[derive(utoipa::ToSchema)]
 pub(super) struct GrantView {
     id: Uuid,
     user_id: UserId,
@@ -114,6 +118,13 @@ pub(super) struct GrantView {
 
 /// `GET /api/v1/grants` (admin): active grants on systems, newest first;
 /// `user_id` and `system_id` narrow them.
+#[utoipa::path(
+    get,
+    path = "/api/v1/grants",
+    tag = "grants",
+    params(ListQuery),
+    responses((status = 200, description = "Active grants on systems", body = Paged<GrantView>), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
+)]
 pub(super) async fn list(
     State(stores): State<Stores>,
     CurrentUser(admin): CurrentUser,
@@ -143,6 +154,13 @@ pub(super) async fn list(
     }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/grants",
+    tag = "grants",
+    request_body = GrantBody,
+    responses((status = 201, description = "Given (200 when an active grant already existed)", body = serde_json::Value), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
+)]
 pub(super) async fn create(
     State(stores): State<Stores>,
     State(audit): State<Audit>,
@@ -188,6 +206,13 @@ pub(super) async fn create(
     ))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/grants",
+    tag = "grants",
+    request_body = GrantBody,
+    responses((status = 204, description = "Revoked"), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
+)]
 pub(super) async fn revoke(
     State(stores): State<Stores>,
     State(audit): State<Audit>,

@@ -27,11 +27,19 @@ use crate::state::AppState;
 /// The request, as the contract names its fields.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[derive(utoipa::ToSchema)]
 pub(super) struct LaunchRequest {
     resource_id: String,
     connection_type: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/launch",
+    tag = "launcher",
+    request_body = LaunchRequest,
+    responses((status = 200, description = "`{success, sessionUrl, connectionId}`", body = serde_json::Value), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
+)]
 pub(super) async fn launch(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

@@ -36,6 +36,7 @@ const MAX_USERNAME_LEN: usize = 128;
 /// Body of a login.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 pub(crate) struct LoginRequest {
     username: String,
     password: String,
@@ -48,6 +49,7 @@ pub(crate) struct LoginRequest {
 /// Body of a refresh.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 pub(crate) struct RefreshRequest {
     /// Without it, the console's refresh cookie is used (and rotated).
     #[serde(default)]
@@ -56,6 +58,7 @@ pub(crate) struct RefreshRequest {
 
 /// A new token pair.
 #[derive(Debug, Serialize)]
+#[derive(utoipa::ToSchema)]
 pub(crate) struct TokenPair {
     access_token: String,
     refresh_token: String,
@@ -81,6 +84,13 @@ fn invalid_refresh() -> ApiError {
 }
 
 /// `POST /api/v1/auth/login`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/login",
+    tag = "auth",
+    request_body = LoginRequest,
+    responses((status = 200, description = "A token pair (with `cookie: true`: cookies and `{expires_in, user}`)", body = TokenPair), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
+)]
 pub(crate) async fn login(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -171,6 +181,13 @@ pub(crate) async fn login(
 }
 
 /// `POST /api/v1/auth/refresh`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/refresh",
+    tag = "auth",
+    request_body = RefreshRequest,
+    responses((status = 200, description = "A new pair; the presented refresh token is dead", body = TokenPair), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
+)]
 pub(crate) async fn refresh(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -266,6 +283,7 @@ fn answer(state: &AppState, user: &User, pair: TokenPair, cookie: bool) -> Respo
 
 /// Who the caller is, as `GET /api/v1/auth/me` answers.
 #[derive(Debug, Serialize)]
+#[derive(utoipa::ToSchema)]
 pub(crate) struct Me {
     id: UserId,
     name: String,
@@ -285,11 +303,23 @@ impl From<&User> for Me {
 }
 
 /// `GET /api/v1/auth/me`: the caller (the console asks at start).
+#[utoipa::path(
+    get,
+    path = "/api/v1/auth/me",
+    tag = "auth",
+    responses((status = 200, description = "The caller", body = Me), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
+)]
 pub(crate) async fn me(caller: Authenticated) -> Json<Me> {
     Json(Me::from(&caller.user))
 }
 
 /// `POST /api/v1/auth/logout`: ends the login of the access token used.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/logout",
+    tag = "auth",
+    responses((status = 204, description = "The login ended"), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
+)]
 pub(crate) async fn logout(
     State(stores): State<Stores>,
     State(audit): State<Audit>,

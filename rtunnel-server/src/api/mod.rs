@@ -7,6 +7,7 @@ pub(crate) mod extract;
 mod grants;
 mod launch;
 pub(crate) mod login;
+mod openapi;
 mod recordings;
 mod resources;
 pub(crate) mod sessions;
@@ -67,6 +68,7 @@ pub(crate) fn routes(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/api/v1/openapi.json", get(openapi::openapi_json))
         .route("/api/v1/tunnel", get(tunnel::tunnel_endpoint))
         .route("/api/v1/auth/login", post(login::login))
         .route("/api/v1/auth/refresh", post(login::refresh))
@@ -139,12 +141,24 @@ pub(crate) fn routes(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    responses((status = 200, description = "The process answers", body = serde_json::Value), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
+)]
 async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
 /// Ready when the database answers; otherwise 503 `database_unavailable`
 /// (tunnels and open connections keep flowing meanwhile).
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    responses((status = 200, description = "The database (and Redis, in a cluster) answer", body = serde_json::Value), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
+)]
 async fn readyz(
     State(stores): State<Stores>,
     State(tunnels): State<Tunnels>,
@@ -189,6 +203,8 @@ async fn method_not_allowed() -> ApiError {
 
 /// `page` and `page_size` of a list request.
 #[derive(Debug, Deserialize)]
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct PageQuery {
     page: Option<u32>,
     page_size: Option<u32>,

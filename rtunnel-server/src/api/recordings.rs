@@ -9,6 +9,7 @@ use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use rtunnel_core::ids::SessionId;
+use rtunnel_core::store::Paged;
 use rtunnel_core::store::rfc3339;
 use serde::Serialize;
 use uuid::Uuid;
@@ -21,6 +22,7 @@ use crate::state::Stores;
 
 /// A recording as the API lists it.
 #[derive(Debug, Serialize)]
+#[derive(utoipa::ToSchema)]
 pub(super) struct RecordingView {
     id: Uuid,
     session_id: SessionId,
@@ -32,12 +34,19 @@ pub(super) struct RecordingView {
     url: String,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/sessions/{id}/recordings",
+    tag = "recordings",
+    params(("id" = String, Path, description = "session id")),
+    responses((status = 200, description = "The session's terminal recordings", body = Paged<RecordingView>), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
+)]
 pub(super) async fn list(
     State(state): State<Arc<AppState>>,
     State(stores): State<Stores>,
     CurrentUser(user): CurrentUser,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Paged<RecordingView>>, ApiError> {
     require_admin(&user)?;
     let session_id = parse_id(&id, "session_not_found")?;
     if stores.sessions.session(session_id).await?.is_none() {
@@ -62,14 +71,21 @@ pub(super) async fn list(
         })
         .collect();
     let total = items.len();
-    Ok(Json(serde_json::json!({
-        "items": items,
-        "page": 1,
-        "page_size": total.max(1),
-        "total": total,
-    })))
+    Ok(Json(Paged {
+        items,
+        page: 1,
+        page_size: total.max(1) as u32,
+        total: total as u64,
+    }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/recordings/{id}",
+    tag = "recordings",
+    params(("id" = String, Path, description = "recording id")),
+    responses((status = 200, description = "The recording (asciicast v2)", content_type = "application/x-asciicast", body = String), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
+)]
 pub(super) async fn download(
     State(state): State<Arc<AppState>>,
     CurrentUser(user): CurrentUser,

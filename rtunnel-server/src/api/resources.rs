@@ -25,6 +25,7 @@ pub(super) const MAX_METADATA_BYTES: usize = 16 * 1024;
 
 /// A resource as the API shows it.
 #[derive(Debug, Serialize)]
+#[derive(utoipa::ToSchema)]
 pub(super) struct ResourceView {
     id: Uuid,
     name: String,
@@ -54,6 +55,7 @@ impl From<Resource> for ResourceView {
 /// The body of POST and PUT.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 pub(super) struct ResourceBody {
     name: String,
     #[serde(default)]
@@ -146,6 +148,13 @@ async fn load(stores: &Stores, raw_id: &str) -> Result<Resource, ApiError> {
     stores.resources.resource(id).await?.ok_or_else(not_found)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/resources",
+    tag = "launcher",
+    params(super::PageQuery),
+    responses((status = 200, description = "Launcher resources", body = Paged<ResourceView>), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
+)]
 pub(super) async fn list(
     State(stores): State<Stores>,
     CurrentUser(user): CurrentUser,
@@ -161,6 +170,13 @@ pub(super) async fn list(
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/resources/{id}",
+    tag = "launcher",
+    params(("id" = String, Path, description = "resource id")),
+    responses((status = 200, description = "The resource", body = ResourceView), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
+)]
 pub(super) async fn show(
     State(stores): State<Stores>,
     CurrentUser(user): CurrentUser,
@@ -171,6 +187,13 @@ pub(super) async fn show(
     Ok(Json(r.into()))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/resources",
+    tag = "launcher",
+    request_body = ResourceBody,
+    responses((status = 201, description = "Created", body = ResourceView), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
+)]
 pub(super) async fn create(
     State(stores): State<Stores>,
     State(audit): State<Audit>,
@@ -196,6 +219,14 @@ pub(super) async fn create(
     Ok((StatusCode::CREATED, Json(r.into())))
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/v1/resources/{id}",
+    tag = "launcher",
+    params(("id" = String, Path, description = "resource id")),
+    request_body = ResourceBody,
+    responses((status = 200, description = "Replaced", body = ResourceView), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
+)]
 pub(super) async fn update(
     State(stores): State<Stores>,
     State(audit): State<Audit>,
@@ -222,6 +253,13 @@ pub(super) async fn update(
     Ok(Json(r.into()))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/resources/{id}",
+    tag = "launcher",
+    params(("id" = String, Path, description = "resource id")),
+    responses((status = 204, description = "Deleted"), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
+)]
 pub(super) async fn delete(
     State(stores): State<Stores>,
     State(audit): State<Audit>,

@@ -47,6 +47,7 @@ impl FromRef<Arc<AppState>> for SessionsApi {
 
 /// A session as the API shows it.
 #[derive(Debug, Serialize)]
+#[derive(utoipa::ToSchema)]
 pub(super) struct SessionView {
     id: SessionId,
     system_id: SystemId,
@@ -84,6 +85,8 @@ impl From<SessionRecord> for SessionView {
 }
 
 #[derive(Debug, Deserialize)]
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ListQuery {
     status: Option<String>,
     system_id: Option<String>,
@@ -94,6 +97,13 @@ pub(super) struct ListQuery {
     page_size: Option<u32>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/sessions",
+    tag = "sessions",
+    params(ListQuery),
+    responses((status = 200, description = "Sessions the caller may see", body = Paged<SessionView>), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
+)]
 pub(super) async fn list(
     State(api): State<SessionsApi>,
     CurrentUser(user): CurrentUser,
@@ -159,6 +169,13 @@ pub(crate) async fn readable(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/sessions/{id}",
+    tag = "sessions",
+    params(("id" = String, Path, description = "session id")),
+    responses((status = 200, description = "The session", body = SessionView), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
+)]
 pub(super) async fn show(
     State(api): State<SessionsApi>,
     CurrentUser(user): CurrentUser,
@@ -167,6 +184,13 @@ pub(super) async fn show(
     Ok(Json(readable(&api, &user, &id).await?.into()))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/sessions/{id}/services",
+    tag = "sessions",
+    params(("id" = String, Path, description = "session id"), super::PageQuery),
+    responses((status = 200, description = "The agent's services", body = Paged<ServiceInfo>), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
+)]
 pub(super) async fn services(
     State(api): State<SessionsApi>,
     CurrentUser(user): CurrentUser,
@@ -286,6 +310,13 @@ async fn audit_on(
     api.audit.record(ev).await
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/sessions/{id}",
+    tag = "sessions",
+    params(("id" = String, Path, description = "session id")),
+    responses((status = 200, description = "Closed", body = SessionView), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
+)]
 pub(super) async fn close(
     State(api): State<SessionsApi>,
     State(lifecycle): State<Lifecycle>,
@@ -311,6 +342,7 @@ pub(super) async fn close(
 }
 
 #[derive(Debug, Deserialize)]
+#[derive(utoipa::ToSchema)]
 pub(super) struct ExtendBody {
     hours: i64,
 }
@@ -318,6 +350,14 @@ pub(super) struct ExtendBody {
 /// Longest single extension.
 pub(crate) const MAX_EXTEND_HOURS: i64 = 24 * 30;
 
+#[utoipa::path(
+    patch,
+    path = "/api/v1/sessions/{id}/extend",
+    tag = "sessions",
+    params(("id" = String, Path, description = "session id")),
+    request_body = ExtendBody,
+    responses((status = 200, description = "Extended", body = SessionView), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
+)]
 pub(super) async fn extend(
     State(api): State<SessionsApi>,
     State(lifecycle): State<Lifecycle>,
@@ -354,6 +394,13 @@ pub(crate) async fn load(api: &SessionsApi, id: SessionId) -> Result<SessionReco
         .ok_or_else(|| ApiError::not_found("session_not_found", "no such session"))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/sessions/{id}/logs",
+    tag = "sessions",
+    params(("id" = String, Path, description = "session id"), super::PageQuery),
+    responses((status = 200, description = "The access log, newest first", body = Paged<AccessLogView>), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
+)]
 pub(super) async fn logs(
     State(api): State<SessionsApi>,
     CurrentUser(user): CurrentUser,
@@ -373,6 +420,7 @@ pub(super) async fn logs(
 
 /// An access-log entry as the API shows it.
 #[derive(Debug, Serialize)]
+#[derive(utoipa::ToSchema)]
 pub(super) struct AccessLogView {
     id: Uuid,
     kind: rtunnel_core::store::AccessKind,
@@ -406,6 +454,13 @@ impl From<rtunnel_core::store::AccessLog> for AccessLogView {
 /// `POST /api/v1/sessions/{id}/terminal-ticket`: a single-use ticket for
 /// the browser terminal's WebSocket, good for 30 s, bound to the session and
 /// the caller.
+#[utoipa::path(
+    post,
+    path = "/api/v1/sessions/{id}/terminal-ticket",
+    tag = "sessions",
+    params(("id" = String, Path, description = "session id")),
+    responses((status = 200, description = "`{ticket, expires_in}`: single use, 30 s", body = serde_json::Value), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
+)]
 pub(super) async fn terminal_ticket(
     State(api): State<SessionsApi>,
     State(tickets): State<Tickets>,
@@ -437,12 +492,21 @@ pub(super) async fn terminal_ticket(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 pub(super) struct ProxyTokenRequest {
     service: String,
 }
 
 /// `POST /api/v1/sessions/{id}/proxy-token`: a proxy token and URL for one
 /// service of the session, bound to the caller (and their login).
+#[utoipa::path(
+    post,
+    path = "/api/v1/sessions/{id}/proxy-token",
+    tag = "sessions",
+    params(("id" = String, Path, description = "session id")),
+    request_body = ProxyTokenRequest,
+    responses((status = 200, description = "`{url, token, expires_in}` for the subdomain proxy", body = serde_json::Value), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
+)]
 pub(super) async fn proxy_token(
     State(api): State<SessionsApi>,
     State(state): State<Arc<AppState>>,

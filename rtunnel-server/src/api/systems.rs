@@ -24,6 +24,7 @@ use crate::state::Stores;
 
 /// A system as the API shows it, with what its newest session says.
 #[derive(Debug, Serialize)]
+#[derive(utoipa::ToSchema)]
 pub(super) struct SystemView {
     id: SystemId,
     name: String,
@@ -41,6 +42,7 @@ pub(super) struct SystemView {
 
 /// A system's session that has not ended.
 #[derive(Debug, Serialize)]
+#[derive(utoipa::ToSchema)]
 pub(super) struct CurrentSession {
     id: SessionId,
     status: SessionStatus,
@@ -72,6 +74,13 @@ impl SystemView {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/systems",
+    tag = "systems",
+    params(super::PageQuery),
+    responses((status = 200, description = "Systems the caller may see", body = Paged<SystemView>), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
+)]
 pub(super) async fn list(
     State(stores): State<Stores>,
     CurrentUser(user): CurrentUser,
@@ -105,6 +114,13 @@ async fn load(stores: &Stores, raw_id: &str) -> Result<System, ApiError> {
         .ok_or_else(|| ApiError::not_found("system_not_found", "no such system"))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/systems/{id}",
+    tag = "systems",
+    params(("id" = String, Path, description = "system id")),
+    responses((status = 200, description = "The system", body = SystemView), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
+)]
 pub(super) async fn show(
     State(stores): State<Stores>,
     State(access): State<Access>,
@@ -124,10 +140,18 @@ pub(super) async fn show(
 }
 
 #[derive(Debug, Deserialize)]
+#[derive(utoipa::ToSchema)]
 pub(super) struct CreateSystem {
     name: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/systems",
+    tag = "systems",
+    request_body = CreateSystem,
+    responses((status = 201, description = "Enrolled; the secret is shown only here", body = crate::enroll::Enrolled), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
+)]
 pub(super) async fn create(
     State(stores): State<Stores>,
     State(audit): State<Audit>,
@@ -159,6 +183,7 @@ pub(super) async fn create(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 pub(super) struct RenameSystem {
     name: String,
 }
@@ -166,6 +191,14 @@ pub(super) struct RenameSystem {
 /// `PATCH /api/v1/systems/{id}` (admin) `{"name"}`: renames a system; its
 /// key, secret and sessions stay. 409 `name_taken` if another system has
 /// the name.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/systems/{id}",
+    tag = "systems",
+    params(("id" = String, Path, description = "system id")),
+    request_body = RenameSystem,
+    responses((status = 200, description = "Renamed", body = SystemView), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
+)]
 pub(super) async fn rename(
     State(stores): State<Stores>,
     State(audit): State<Audit>,
@@ -218,6 +251,13 @@ async fn announce(tunnels: &Tunnels, id: rtunnel_core::ids::SystemId, change: Sy
 /// `DELETE /api/v1/systems/{id}` (admin): the system, its sessions,
 /// access logs and grants go; its audit events stay. A live tunnel is told
 /// `credentials_revoked` first, so its agent stops instead of retrying.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/systems/{id}",
+    tag = "systems",
+    params(("id" = String, Path, description = "system id")),
+    responses((status = 204, description = "Deleted"), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
+)]
 pub(super) async fn delete(
     State(stores): State<Stores>,
     State(audit): State<Audit>,
@@ -248,6 +288,13 @@ pub(super) async fn delete(
 /// answered once. The old one stops working at once: a live tunnel is told
 /// `credentials_revoked` (its agent stops until given the new secret) and
 /// its session is closed.
+#[utoipa::path(
+    post,
+    path = "/api/v1/systems/{id}/regenerate-secret",
+    tag = "systems",
+    params(("id" = String, Path, description = "system id")),
+    responses((status = 200, description = "The new secret, shown only here", body = crate::enroll::Enrolled), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
+)]
 pub(super) async fn regenerate_secret(
     State(stores): State<Stores>,
     State(audit): State<Audit>,

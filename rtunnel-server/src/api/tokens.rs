@@ -25,6 +25,7 @@ use crate::state::Stores;
 
 /// An API token as the API shows it (never its secret).
 #[derive(Debug, Serialize)]
+#[derive(utoipa::ToSchema)]
 pub(crate) struct TokenView {
     id: Uuid,
     user_id: UserId,
@@ -50,6 +51,8 @@ impl TokenView {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ListQuery {
     user_id: Option<UserId>,
     page: Option<u32>,
@@ -58,6 +61,13 @@ pub(super) struct ListQuery {
 
 /// `GET /api/v1/tokens`: the caller's tokens; an admin's `user_id` picks
 /// another user's, and without it an admin sees everyone's.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tokens",
+    tag = "tokens",
+    params(ListQuery),
+    responses((status = 200, description = "API tokens (never their secrets)", body = Paged<TokenView>), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
+)]
 pub(super) async fn list(
     State(stores): State<Stores>,
     caller: Authenticated,
@@ -91,6 +101,7 @@ pub(super) async fn list(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 pub(super) struct CreateToken {
     /// Whose (an admin may name another user; default the caller).
     user_id: Option<UserId>,
@@ -104,6 +115,13 @@ const MAX_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(3 * 36
 /// `POST /api/v1/tokens` `{"user_id"?, "expires_in"?}`: a new API token,
 /// shown once (`token`); an admin may make one for another user. Audited
 /// as `api_token_created` before it exists.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tokens",
+    tag = "tokens",
+    request_body = CreateToken,
+    responses((status = 201, description = "The token, with `token` shown only here", body = serde_json::Value), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
+)]
 pub(super) async fn create(
     State(stores): State<Stores>,
     State(audit): State<Audit>,
@@ -163,6 +181,13 @@ pub(super) async fn create(
 /// `DELETE /api/v1/tokens/{id}`: revokes a token of the caller's (any
 /// token, for an admin). 204; 404 `token_not_found` for a token the caller
 /// may not see; revoking twice answers 204 again.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tokens/{id}",
+    tag = "tokens",
+    params(("id" = String, Path, description = "token id")),
+    responses((status = 204, description = "Revoked"), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
+)]
 pub(super) async fn revoke(
     State(stores): State<Stores>,
     State(audit): State<Audit>,

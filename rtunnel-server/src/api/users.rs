@@ -22,6 +22,7 @@ use crate::state::Stores;
 
 /// A user as the API shows it (never the password hash).
 #[derive(Debug, Serialize)]
+#[derive(utoipa::ToSchema)]
 pub(super) struct UserView {
     id: UserId,
     name: String,
@@ -51,6 +52,13 @@ async fn view(stores: &Stores, user: User) -> Result<UserView, ApiError> {
     Ok(UserView::new(user, has_password))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/users",
+    tag = "users",
+    params(super::PageQuery),
+    responses((status = 200, description = "Users", body = Paged<UserView>), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
+)]
 pub(super) async fn list(
     State(stores): State<Stores>,
     CurrentUser(caller): CurrentUser,
@@ -94,6 +102,13 @@ async fn load(stores: &Stores, raw_id: &str) -> Result<User, ApiError> {
         .ok_or_else(|| ApiError::not_found("user_not_found", "no such user"))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/users/{id}",
+    tag = "users",
+    params(("id" = String, Path, description = "user id")),
+    responses((status = 200, description = "The user", body = UserView), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
+)]
 pub(super) async fn show(
     State(stores): State<Stores>,
     CurrentUser(caller): CurrentUser,
@@ -106,6 +121,7 @@ pub(super) async fn show(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 pub(super) struct CreateUser {
     name: String,
     role: Role,
@@ -113,6 +129,13 @@ pub(super) struct CreateUser {
     password: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/users",
+    tag = "users",
+    request_body = CreateUser,
+    responses((status = 201, description = "Created", body = UserView), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
+)]
 pub(super) async fn create(
     State(stores): State<Stores>,
     State(audit): State<Audit>,
@@ -151,6 +174,7 @@ pub(super) async fn create(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 pub(super) struct UpdateUser {
     disabled: Option<bool>,
     password: Option<String>,
@@ -169,6 +193,14 @@ fn name_taken() -> ApiError {
 /// longer allows within a second), `disabled` (disabling ends the user's
 /// logins and cuts what they have open within a second) and `password`
 /// (setting it ends the user's logins and cuts what they opened).
+#[utoipa::path(
+    patch,
+    path = "/api/v1/users/{id}",
+    tag = "users",
+    params(("id" = String, Path, description = "user id")),
+    request_body = UpdateUser,
+    responses((status = 200, description = "Changed", body = UserView), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
+)]
 pub(super) async fn update(
     State(stores): State<Stores>,
     State(audit): State<Audit>,
