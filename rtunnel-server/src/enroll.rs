@@ -15,8 +15,7 @@ use crate::error::ApiError;
 pub const MAX_NAME_LEN: usize = 128;
 
 /// A freshly enrolled system, with the only copy of its secret.
-#[derive(Debug, Serialize)]
-#[derive(utoipa::ToSchema)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Enrolled {
     /// System id.
     pub id: SystemId,

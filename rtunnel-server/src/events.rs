@@ -9,22 +9,26 @@
 //!
 //! The stream sends each subscriber only changes of systems it may read (an
 //! admin everything, others what they hold a grant on; decisions cached
-//! until access changes), ends when its credential does (logout, revoked
-//! token, disabled user), answers a subscriber too slow to keep up with one
-//! `resync` event (reload everything) instead of holding changes for it,
-//! and sends a comment every 15 s so proxies keep it open.
+//! until access changes, a yes for 30 s at most since a grant may end by
+//! itself), ends when its credential does (logout, revoked or expired
+//! token, disabled user; checked when access changes and every minute),
+//! answers a subscriber too slow to keep up with one `resync` event (reload
+//! everything) instead of holding changes for it, and sends a comment
+//! every 15 s so proxies keep it open. One user holds at most
+//! [`MAX_STREAMS_PER_USER`] streams per node.
 //!
 //! [`Cluster::announce`]: crate::Cluster::announce
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use rtunnel_auth::access::Action;
-use rtunnel_core::ids::{SessionId, SystemId};
+use rtunnel_core::ids::{SessionId, SystemId, UserId};
 use rtunnel_core::store::{Role, SessionStatus};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
@@ -39,6 +43,17 @@ const BACKLOG: usize = 1024;
 
 /// How long a subscriber's "may not see this system" is kept.
 const NO_KEPT_FOR: Duration = Duration::from_secs(10);
+
+/// How long a "may see" is kept: a grant that ends by itself moves no
+/// access epoch, so a yes is asked again after this long.
+const YES_KEPT_FOR: Duration = Duration::from_secs(30);
+
+/// How often an open stream checks its credential even when nothing moved
+/// (a login or token that expires by itself moves no epoch either).
+const RECHECK: Duration = Duration::from_secs(60);
+
+/// Event streams one user may hold open at once (on one node).
+pub(crate) const MAX_STREAMS_PER_USER: usize = 8;
 
 /// How often an idle stream sends a comment.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -101,12 +116,33 @@ pub enum SystemChange {
 #[derive(Debug, Clone)]
 pub struct Events {
     tx: broadcast::Sender<Change>,
+    /// Open streams per user.
+    open: Arc<Mutex<HashMap<UserId, usize>>>,
 }
 
 impl Default for Events {
     fn default() -> Self {
         Events {
             tx: broadcast::channel(BACKLOG).0,
+            open: Default::default(),
+        }
+    }
+}
+
+/// One user's open stream, counted until dropped.
+struct Slot {
+    user: UserId,
+    open: Arc<Mutex<HashMap<UserId, usize>>>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.user);
+            }
         }
     }
 }
@@ -121,6 +157,26 @@ impl Events {
     /// Tells this node's subscribers (no one listening is fine).
     pub(crate) fn local(&self, change: Change) {
         let _ = self.tx.send(change);
+    }
+
+    /// A stream for `user`, or 429 `too_many_event_streams`.
+    fn slot(&self, user: UserId) -> Result<Slot, ApiError> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(user).or_default();
+        if *n >= MAX_STREAMS_PER_USER {
+            return Err(ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "too_many_event_streams",
+                format!(
+                    "at most {MAX_STREAMS_PER_USER} event streams per user; close a console tab"
+                ),
+            ));
+        }
+        *n += 1;
+        Ok(Slot {
+            user,
+            open: self.open.clone(),
+        })
     }
 }
 
@@ -138,10 +194,15 @@ pub(crate) async fn stream(
     State(events): State<Events>,
     caller: Authenticated,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let slot = events.slot(caller.user.id)?;
     let changes = events.subscribe();
     let watch = access.watch().subscribe();
     tracing::debug!(user = %caller.user.name, "event stream opened");
+    let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let viewer = Viewer {
+        _slot: slot,
+        recheck,
         access,
         caller,
         visible: HashMap::new(),
@@ -157,12 +218,16 @@ pub(crate) async fn stream(
 
 /// One subscriber: who it is, and what it may see.
 struct Viewer {
+    _slot: Slot,
+    /// When to check the credential again unasked.
+    recheck: tokio::time::Interval,
     access: Access,
     /// Checked again whenever access changes.
     caller: Authenticated,
-    /// Decisions per system: a yes kept until access changes, a no for
-    /// [`NO_KEPT_FOR`] (a grant given moves no access epoch).
-    visible: HashMap<SystemId, Option<Instant>>,
+    /// Decisions per system, and when each was taken: a yes kept for
+    /// [`YES_KEPT_FOR`] or until access changes, a no for [`NO_KEPT_FOR`]
+    /// (a grant given moves no access epoch).
+    visible: HashMap<SystemId, (bool, Instant)>,
     watch: tokio::sync::watch::Receiver<u64>,
     changes: broadcast::Receiver<Change>,
 }
@@ -175,30 +240,45 @@ impl Viewer {
                 changed = self.watch.changed() => {
                     changed.ok()?;
                     self.visible.clear();
-                    // Logged out, token revoked, user disabled or demoted:
-                    // the stream ends (or sees what the new role may).
-                    match reauthenticate(&self.access, &self.caller).await {
-                        Ok(Some(user)) => self.caller.user = user,
-                        Ok(None) => {
-                            tracing::debug!(user = %self.caller.user.name, "event stream ended: its credential ended");
-                            return None;
-                        }
-                        // A store that cannot answer ends nothing.
-                        Err(_) => {}
+                    if !self.still_valid().await {
+                        return None;
                     }
                 }
+                _ = self.recheck.tick() => {
+                    if !self.still_valid().await {
+                        return None;
+                    }
+                }
+
                 change = self.changes.recv() => match change {
                     Ok(change) => {
                         if self.may_see(change.system_id()).await {
                             return Event::default().event(change.name()).json_data(&change).ok();
                         }
                     }
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        return Some(Event::default().event("resync").data(missed.to_string()));
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        return Some(Event::default().event("resync").data("{}"));
                     }
                     Err(broadcast::error::RecvError::Closed) => return None,
                 },
             }
+        }
+    }
+
+    /// Whether the stream's credential still holds (logged out, token
+    /// revoked or expired, user disabled: no); a new role is taken on.
+    async fn still_valid(&mut self) -> bool {
+        match reauthenticate(&self.access, &self.caller).await {
+            Ok(Some(user)) => {
+                self.caller.user = user;
+                true
+            }
+            Ok(None) => {
+                tracing::debug!(user = %self.caller.user.name, "event stream ended: its credential ended");
+                false
+            }
+            // A store that cannot answer ends nothing.
+            Err(_) => true,
         }
     }
 
@@ -207,19 +287,19 @@ impl Viewer {
             return true;
         }
         match self.visible.get(&system_id) {
-            Some(None) => return true,
-            Some(Some(since)) if since.elapsed() < NO_KEPT_FOR => return false,
+            Some((true, at)) if at.elapsed() < YES_KEPT_FOR => return true,
+            Some((false, at)) if at.elapsed() < NO_KEPT_FOR => return false,
             _ => {}
         }
         // A store that cannot answer hides the change (it is not kept: the
         // next one asks again).
         match authorize(&self.access, &self.caller.user, Action::Read, system_id).await {
             Ok(()) => {
-                self.visible.insert(system_id, None);
+                self.visible.insert(system_id, (true, Instant::now()));
                 true
             }
             Err(e) if e.status == axum::http::StatusCode::FORBIDDEN => {
-                self.visible.insert(system_id, Some(Instant::now()));
+                self.visible.insert(system_id, (false, Instant::now()));
                 false
             }
             Err(_) => false,

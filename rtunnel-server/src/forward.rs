@@ -34,8 +34,7 @@ use crate::registry::TunnelStream;
 use crate::revocation::Holder;
 use crate::state::AppState;
 
-#[derive(Debug, Deserialize)]
-#[derive(utoipa::IntoParams)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct ForwardQuery {
     /// Optional: the service the client means to use, checked up front so a
@@ -60,6 +59,14 @@ pub(crate) async fn forward_endpoint(
     held: Option<axum::Extension<crate::accept::HeldConnection>>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    // Only `rtunnel-agent forward` comes here, with a bearer token: a
+    // browser's cookie never opens a forward.
+    if caller.browser {
+        return Err(ApiError::forbidden(
+            "bearer_required",
+            "the forward endpoint takes a bearer token (rtunnel-agent forward), not the console's sign-in",
+        ));
+    }
     let holder = Holder::from(&caller);
     let user = caller.user;
     let sessions = crate::api::sessions::SessionsApi::from_ref(&state);

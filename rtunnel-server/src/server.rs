@@ -243,6 +243,7 @@ impl ServerBuilder {
         Ok(Server {
             node_listener,
             state: Arc::new(AppState {
+                browser: crate::api::browser::BrowserPolicy::of(&self.config),
                 config: self.config,
                 audit,
                 lifecycle,

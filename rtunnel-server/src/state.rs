@@ -88,6 +88,8 @@ pub struct AppState {
     pub lifecycle: crate::lifecycle::Lifecycle,
     /// Single-use tickets.
     pub tickets: crate::tickets::Tickets,
+    /// The console's cookies and the requests that may use them.
+    pub(crate) browser: crate::api::browser::BrowserPolicy,
 }
 
 impl std::fmt::Debug for AppState {
@@ -184,9 +186,9 @@ impl FromRef<Arc<AppState>> for crate::events::Events {
     }
 }
 
-impl FromRef<Arc<AppState>> for ServerConfig {
+impl FromRef<Arc<AppState>> for crate::api::browser::BrowserPolicy {
     fn from_ref(state: &Arc<AppState>) -> Self {
-        state.config.clone()
+        state.browser.clone()
     }
 }
 

@@ -42,8 +42,7 @@ use crate::state::AppState;
 /// Name of the built-in terminal service in an agent's manifest.
 pub(crate) const TERMINAL_SERVICE: &str = "terminal";
 
-#[derive(Debug, Deserialize)]
-#[derive(utoipa::IntoParams)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct TerminalQuery {
     ticket: String,

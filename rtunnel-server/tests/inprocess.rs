@@ -1752,6 +1752,35 @@ async fn the_event_stream_tells_each_caller_the_changes_it_may_see() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_user_holds_a_bounded_number_of_event_streams() {
+    let h = harness().await;
+    let (_, viewer) = user(&h, "vic", Role::Viewer).await;
+    let mut open = Vec::new();
+    for _ in 0..8 {
+        open.push(EventStream::open(&h, &viewer).await);
+    }
+    let (status, v) = api(&h, "GET", "/api/v1/events", &viewer, None).await;
+    assert_eq!(status, 429, "{v}");
+    assert_envelope(&v, "too_many_event_streams");
+    // A closed one gives its place back.
+    drop(open.pop());
+    let base = h.base.clone();
+    wait_for("a stream's place to come back", || {
+        let (base, viewer) = (base.clone(), viewer.clone());
+        async move {
+            let resp = reqwest::Client::new()
+                .get(format!("{base}/api/v1/events"))
+                .bearer_auth(&viewer)
+                .send()
+                .await
+                .ok()?;
+            (resp.status() == 200).then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_event_stream_ends_with_its_login_and_refuses_strangers() {
     let h = harness().await;
     let lena = granted_operator_logged_in(&h).await;
@@ -1893,6 +1922,21 @@ async fn the_console_signs_in_with_strict_cookies_and_csrf_protection() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 403);
+
+    // The forward endpoint takes no cookie, even from this very site.
+    let resp = http
+        .get(url(&format!("/api/v1/sessions/{}/forward", h.session)))
+        .header("cookie", jar.header())
+        .header("origin", here.as_str())
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_envelope(&resp.json().await.unwrap(), "bearer_required");
 
     // Refresh rotates the cookies; the old refresh cookie replayed ends the
     // login, and with it the new access cookie.
@@ -2061,12 +2105,27 @@ async fn systems_users_grants_and_tokens_can_be_managed_through_the_api() {
     assert_eq!(status, 400, "{v}");
     assert_envelope(&v, "cannot_demote_self");
 
-    // A new token is shown once and works; only admins make others' tokens.
+    // A new token is made from a sign-in, shown once, and works; an API
+    // token does not mint tokens; only admins make others' tokens.
+    let (status, v) = api(&h, "POST", "/api/v1/tokens", &op_token, Some("{}")).await;
+    assert_eq!(status, 403, "{v}");
+    assert_envelope(&v, "login_required");
+    let hash = rtunnel_auth::password::hash_password("olaf's password").unwrap();
+    h.state
+        .stores
+        .identity
+        .set_password_hash(op.id, Some(&hash))
+        .await
+        .unwrap();
+    let login = r#"{"username":"olaf","password":"olaf's password"}"#;
+    let (status, v) = api(&h, "POST", "/api/v1/auth/login", "", Some(login)).await;
+    assert_eq!(status, 200, "{v}");
+    let olaf = v["access_token"].as_str().unwrap().to_owned();
     let (status, v) = api(
         &h,
         "POST",
         "/api/v1/tokens",
-        &op_token,
+        &olaf,
         Some(r#"{"expires_in":"1h"}"#),
     )
     .await;
@@ -2077,7 +2136,7 @@ async fn systems_users_grants_and_tokens_can_be_managed_through_the_api() {
     assert_eq!(status, 200, "{me}");
     assert_eq!(me["name"], "olaf");
     let body = format!(r#"{{"user_id":"{}"}}"#, ann.id);
-    let (status, v) = api(&h, "POST", "/api/v1/tokens", &op_token, Some(&body)).await;
+    let (status, v) = api(&h, "POST", "/api/v1/tokens", &olaf, Some(&body)).await;
     assert_eq!(status, 403, "{v}");
     let (status, v) = api(&h, "GET", "/api/v1/tokens", &op_token, None).await;
     assert_eq!(status, 200);

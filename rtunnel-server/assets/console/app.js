@@ -170,20 +170,30 @@
   }
 
   function csrf() {
-    const m = document.cookie.match(/(?:^|;\s*)rtunnel_csrf=([^;]*)/);
+    const m = document.cookie.match(/(?:^|;\s*)(?:__Host-)?rtunnel_csrf=([^;]*)/);
     return m ? m[1] : "";
   }
 
+  // One refresh at a time, across every tab of the console: a refresh
+  // token is single use, and two tabs presenting it together would look
+  // like a stolen copy (the server then ends the login). A tab that waited
+  // for another's refresh finds its cookies renewed and does not refresh.
   let refreshing = null;
   function refresh() {
     if (!refreshing) {
-      refreshing = fetch(base + "/api/v1/auth/refresh", {
-        method: "POST",
-        headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf() },
-        body: "{}",
-        credentials: "same-origin",
-      })
-        .then((r) => r.ok)
+      const once = async () => {
+        const me = await fetch(base + "/api/v1/auth/me", { credentials: "same-origin" }).catch(() => null);
+        if (me && me.ok) return true;
+        const r = await fetch(base + "/api/v1/auth/refresh", {
+          method: "POST",
+          headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf() },
+          body: "{}",
+          credentials: "same-origin",
+        }).catch(() => null);
+        return !!(r && r.ok);
+      };
+      const locked = navigator.locks ? navigator.locks.request("rtunnel-console-refresh", once) : once();
+      refreshing = Promise.resolve(locked)
         .catch(() => false)
         .finally(() => setTimeout(() => (refreshing = null), 0));
     }
@@ -1161,7 +1171,9 @@
                           { class: "card" },
                           h("h2", { text: "Launch URL for " + r.name }),
                           code(l.sessionUrl),
-                          h("p", {}, h("a", { href: l.sessionUrl, target: "_blank", rel: "noopener", text: "Open it in a new tab" }))
+                          /^https?:\/\//i.test(l.sessionUrl)
+                            ? h("p", {}, h("a", { href: l.sessionUrl, target: "_blank", rel: "noopener", text: "Open it in a new tab" }))
+                            : ""
                         )
                       );
                     } catch (e) {

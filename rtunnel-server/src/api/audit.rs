@@ -32,8 +32,7 @@ pub(super) struct AuditQuery {
 }
 
 /// An event as the API shows it.
-#[derive(Debug, Serialize)]
-#[derive(utoipa::ToSchema)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(super) struct AuditView {
     id: Uuid,
     at: String,

@@ -14,6 +14,7 @@ use rtunnel_core::ids::{SystemId, UserId};
 use rtunnel_core::store::{User, now_millis};
 use uuid::Uuid;
 
+use super::browser::BrowserPolicy;
 use crate::error::ApiError;
 use crate::revocation::Access;
 
@@ -63,22 +64,23 @@ impl<S> FromRequestParts<S> for Authenticated
 where
     S: Send + Sync,
     Access: FromRef<S>,
+    BrowserPolicy: FromRef<S>,
 {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        if !parts.headers.contains_key(header::AUTHORIZATION)
-            && let Some(token) =
-                super::browser::cookie(&parts.headers, super::browser::ACCESS_COOKIE)
-        {
-            super::browser::check_browser_request(parts)?;
-            // The cookie holds an access token, never an API token.
-            if token.starts_with(rtunnel_auth::api_token::PREFIX) {
-                return Err(invalid_token());
+        if !parts.headers.contains_key(header::AUTHORIZATION) {
+            let browser = BrowserPolicy::from_ref(state);
+            if let Some(token) = browser.access_token(&parts.headers) {
+                browser.check(&parts.method, &parts.headers)?;
+                // The cookie holds an access token, never an API token.
+                if token.starts_with(rtunnel_auth::api_token::PREFIX) {
+                    return Err(invalid_token());
+                }
+                let mut caller = authenticate_bearer(&Access::from_ref(state), token).await?;
+                caller.browser = true;
+                return Ok(caller);
             }
-            let mut caller = authenticate_bearer(&Access::from_ref(state), token).await?;
-            caller.browser = true;
-            return Ok(caller);
         }
         if !parts.headers.contains_key(header::AUTHORIZATION) {
             // The launcher contract's words, for every endpoint.
@@ -100,6 +102,7 @@ impl<S> FromRequestParts<S> for CurrentUser
 where
     S: Send + Sync,
     Access: FromRef<S>,
+    BrowserPolicy: FromRef<S>,
 {
     type Rejection = ApiError;
 

@@ -106,8 +106,7 @@ pub(super) struct ListQuery {
 }
 
 /// An active grant on a system, as the API shows it.
-#[derive(Debug, Serialize)]
-#[derive(utoipa::ToSchema)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(super) struct GrantView {
     id: Uuid,
     user_id: UserId,

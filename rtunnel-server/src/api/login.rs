@@ -22,9 +22,8 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::auth::Authenticated;
-use super::browser;
+use super::browser::BrowserPolicy;
 use super::extract::Json as JsonBody;
-use crate::config::ServerConfig;
 use crate::error::ApiError;
 use crate::ratelimit::{Attempt, KNOWN_ADDRESS_FOR, Scope};
 use crate::routing::Tunnels;
@@ -57,8 +56,7 @@ pub(crate) struct RefreshRequest {
 }
 
 /// A new token pair.
-#[derive(Debug, Serialize)]
-#[derive(utoipa::ToSchema)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct TokenPair {
     access_token: String,
     refresh_token: String,
@@ -199,13 +197,13 @@ pub(crate) async fn refresh(
     let (presented, cookie) = match &body.refresh_token {
         Some(token) => (token.as_str(), false),
         None => {
-            let token = browser::cookie(&headers, browser::REFRESH_COOKIE).ok_or_else(|| {
+            let token = state.browser.refresh_token(&headers).ok_or_else(|| {
                 ApiError::bad_request(
                     "invalid_body",
                     "refresh_token is missing (and there is no console sign-in to refresh)",
                 )
             })?;
-            browser::check_browser(&method, &headers)?;
+            state.browser.check(&method, &headers)?;
             (token, true)
         }
     };
@@ -262,7 +260,7 @@ fn answer(state: &AppState, user: &User, pair: TokenPair, cookie: bool) -> Respo
     if !cookie {
         return Json(pair).into_response();
     }
-    let scope = browser::CookieScope::of(&state.config);
+    let scope = &state.browser;
     let mut resp = Json(json!({
         "expires_in": pair.expires_in,
         "user": Me::from(user),
@@ -282,8 +280,7 @@ fn answer(state: &AppState, user: &User, pair: TokenPair, cookie: bool) -> Respo
 }
 
 /// Who the caller is, as `GET /api/v1/auth/me` answers.
-#[derive(Debug, Serialize)]
-#[derive(utoipa::ToSchema)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct Me {
     id: UserId,
     name: String,
@@ -324,7 +321,7 @@ pub(crate) async fn logout(
     State(stores): State<Stores>,
     State(audit): State<Audit>,
     State(tunnels): State<Tunnels>,
-    State(config): State<ServerConfig>,
+    State(browser): State<BrowserPolicy>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     caller: Authenticated,
 ) -> Result<Response, ApiError> {
@@ -346,7 +343,7 @@ pub(crate) async fn logout(
     tunnels.cluster.access_changed().await;
     let mut resp = StatusCode::NO_CONTENT.into_response();
     if caller.browser {
-        for c in browser::CookieScope::of(&config).cleared() {
+        for c in browser.cleared() {
             resp.headers_mut().append(header::SET_COOKIE, c);
         }
     }

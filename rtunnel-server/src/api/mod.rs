@@ -202,8 +202,7 @@ async fn method_not_allowed() -> ApiError {
 }
 
 /// `page` and `page_size` of a list request.
-#[derive(Debug, Deserialize)]
-#[derive(utoipa::IntoParams)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct PageQuery {
     page: Option<u32>,

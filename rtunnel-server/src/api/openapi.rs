@@ -100,8 +100,9 @@ impl utoipa::Modify for Credentials {
         components.add_security_scheme(
             "console_cookie",
             SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
-                super::browser::ACCESS_COOKIE,
-                "The console's sign-in; changes also need the X-CSRF-Token header",
+                "rtunnel_access",
+                "The console's sign-in (`__Host-rtunnel_access` over HTTPS); changes also \
+                 need the X-CSRF-Token header",
             ))),
         );
         components.add_security_scheme(
@@ -179,9 +180,15 @@ mod tests {
     fn every_route_is_in_the_document_and_nothing_else() {
         let routed = routed();
         let documented = documented();
-        assert!(routed.len() > 40, "the route table was not read: {routed:?}");
+        assert!(
+            routed.len() > 40,
+            "the route table was not read: {routed:?}"
+        );
         let missing: Vec<_> = routed.difference(&documented).collect();
-        assert!(missing.is_empty(), "routes missing from the OpenAPI document: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "routes missing from the OpenAPI document: {missing:?}"
+        );
         let extra: Vec<_> = documented.difference(&routed).collect();
         assert!(extra.is_empty(), "documented but not routed: {extra:?}");
     }
@@ -189,9 +196,20 @@ mod tests {
     #[test]
     fn the_document_is_openapi_3_1_with_its_schemas() {
         let doc: serde_json::Value = serde_json::from_str(super::document()).unwrap();
-        assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{}", doc["openapi"]);
+        assert!(
+            doc["openapi"].as_str().unwrap().starts_with("3.1"),
+            "{}",
+            doc["openapi"]
+        );
         let schemas = doc["components"]["schemas"].as_object().unwrap();
-        for name in ["SessionView", "SystemView", "ErrorBody", "Change", "ServiceInfo", "Enrolled"] {
+        for name in [
+            "SessionView",
+            "SystemView",
+            "ErrorBody",
+            "Change",
+            "ServiceInfo",
+            "Enrolled",
+        ] {
             assert!(schemas.contains_key(name), "no schema {name}");
         }
         let sessions = &doc["paths"]["/api/v1/sessions"]["get"];
@@ -202,7 +220,10 @@ mod tests {
             .map(|p| p["name"].as_str().unwrap())
             .collect();
         for p in ["status", "system_id", "sort", "page", "page_size"] {
-            assert!(params.contains(&p), "GET /api/v1/sessions lacks {p}: {params:?}");
+            assert!(
+                params.contains(&p),
+                "GET /api/v1/sessions lacks {p}: {params:?}"
+            );
         }
         assert!(doc["components"]["securitySchemes"]["console_cookie"].is_object());
     }

@@ -21,8 +21,7 @@ use crate::state::AppState;
 use crate::state::Stores;
 
 /// A recording as the API lists it.
-#[derive(Debug, Serialize)]
-#[derive(utoipa::ToSchema)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(super) struct RecordingView {
     id: Uuid,
     session_id: SessionId,

@@ -24,8 +24,7 @@ use crate::state::Stores;
 pub(super) const MAX_METADATA_BYTES: usize = 16 * 1024;
 
 /// A resource as the API shows it.
-#[derive(Debug, Serialize)]
-#[derive(utoipa::ToSchema)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(super) struct ResourceView {
     id: Uuid,
     name: String,

@@ -46,8 +46,7 @@ impl FromRef<Arc<AppState>> for SessionsApi {
 }
 
 /// A session as the API shows it.
-#[derive(Debug, Serialize)]
-#[derive(utoipa::ToSchema)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(super) struct SessionView {
     id: SessionId,
     system_id: SystemId,
@@ -84,8 +83,7 @@ impl From<SessionRecord> for SessionView {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[derive(utoipa::IntoParams)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(super) struct ListQuery {
     status: Option<String>,
@@ -341,8 +339,7 @@ pub(super) async fn close(
     Ok(Json(reload(&api, session.id).await?))
 }
 
-#[derive(Debug, Deserialize)]
-#[derive(utoipa::ToSchema)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(super) struct ExtendBody {
     hours: i64,
 }
@@ -419,8 +416,7 @@ pub(super) async fn logs(
 }
 
 /// An access-log entry as the API shows it.
-#[derive(Debug, Serialize)]
-#[derive(utoipa::ToSchema)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(super) struct AccessLogView {
     id: Uuid,
     kind: rtunnel_core::store::AccessKind,

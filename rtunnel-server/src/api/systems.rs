@@ -23,8 +23,7 @@ use crate::state::Audit;
 use crate::state::Stores;
 
 /// A system as the API shows it, with what its newest session says.
-#[derive(Debug, Serialize)]
-#[derive(utoipa::ToSchema)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(super) struct SystemView {
     id: SystemId,
     name: String,
@@ -41,8 +40,7 @@ pub(super) struct SystemView {
 }
 
 /// A system's session that has not ended.
-#[derive(Debug, Serialize)]
-#[derive(utoipa::ToSchema)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(super) struct CurrentSession {
     id: SessionId,
     status: SessionStatus,
@@ -139,8 +137,7 @@ pub(super) async fn show(
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[derive(utoipa::ToSchema)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(super) struct CreateSystem {
     name: String,
 }

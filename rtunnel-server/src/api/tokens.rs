@@ -24,8 +24,7 @@ use crate::state::Audit;
 use crate::state::Stores;
 
 /// An API token as the API shows it (never its secret).
-#[derive(Debug, Serialize)]
-#[derive(utoipa::ToSchema)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct TokenView {
     id: Uuid,
     user_id: UserId,
@@ -129,6 +128,14 @@ pub(super) async fn create(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     super::extract::Json(body): super::extract::Json<CreateToken>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    // A token cannot outlive the credential that made it: an API token
+    // does not mint API tokens (a leaked one would otherwise become many).
+    if caller.token().is_some() {
+        return Err(ApiError::forbidden(
+            "login_required",
+            "API tokens are made from a signed-in session (the console, or an access token), not with another API token",
+        ));
+    }
     let owner = match body.user_id {
         Some(id) if id != caller.user.id => {
             if caller.user.role != Role::Admin {
@@ -137,11 +144,18 @@ pub(super) async fn create(
                     "only admins make tokens for other users",
                 ));
             }
-            stores
+            let user = stores
                 .identity
                 .user_by_id(id)
                 .await?
-                .ok_or_else(|| ApiError::not_found("user_not_found", "no such user"))?
+                .ok_or_else(|| ApiError::not_found("user_not_found", "no such user"))?;
+            if user.disabled {
+                return Err(ApiError::bad_request(
+                    "user_disabled",
+                    "this user is disabled; enable them first",
+                ));
+            }
+            user
         }
         _ => caller.user.clone(),
     };

@@ -21,8 +21,7 @@ use crate::state::Audit;
 use crate::state::Stores;
 
 /// A user as the API shows it (never the password hash).
-#[derive(Debug, Serialize)]
-#[derive(utoipa::ToSchema)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(super) struct UserView {
     id: UserId,
     name: String,
