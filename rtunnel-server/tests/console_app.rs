@@ -255,6 +255,44 @@ async fn an_admin_signs_in_opens_a_terminal_plays_it_back_and_manages_grants() {
     let (_, v) = api_call(s.server.addr, "GET", "/api/v1/grants", Some(&s.admin), None).await;
     assert_eq!(v["total"], 0, "{v}");
 
+    // A password set in the users page's dialog works at once.
+    browser.navigate(&format!("{base}/console/#/users")).await;
+    wait_for_element(
+        &mut browser,
+        "otto's row",
+        "tr[data-user='otto'] .row-actions button",
+    )
+    .await;
+    browser
+        .click("tr[data-user='otto'] .row-actions button:last-child")
+        .await;
+    wait_for_element(
+        &mut browser,
+        "the password dialog",
+        "dialog[open] input[name=password]",
+    )
+    .await;
+    shot(&mut browser, "set-password").await;
+    browser.type_text("otto's new password").await;
+    browser.press_enter().await;
+    browser
+        .wait_eval(
+            "the dialog to close",
+            "document.querySelectorAll('dialog').length",
+            |v| v == 0,
+        )
+        .await;
+    let login = json!({"username": "otto", "password": "otto's new password"});
+    let (status, v) = api_call(
+        s.server.addr,
+        "POST",
+        "/api/v1/auth/login",
+        None,
+        Some(&login),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+
     // The other admin pages render without an error.
     for page in ["systems", "users", "tokens", "resources", "audit"] {
         browser.navigate(&format!("{base}/console/#/{page}")).await;

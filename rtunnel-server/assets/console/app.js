@@ -123,6 +123,47 @@
     return h("label", {}, label, " ", input);
   }
 
+  // Asks for values in a modal dialog; resolves to the form's data, or
+  // null when cancelled. `action` runs on submit; its error keeps the
+  // dialog open with the message.
+  function ask(title, inputs, label, action) {
+    return new Promise((resolve) => {
+      const err = h("p", { class: "error", role: "alert" });
+      const cancel = h("button", { type: "button", text: "Cancel" });
+      const f = h(
+        "form",
+        { method: "dialog" },
+        h("h2", { text: title }),
+        inputs.map(([l, input]) => field(l, input)),
+        h("div", { class: "dialog-buttons" }, cancel, h("button", { type: "submit", class: "primary", text: label })),
+        err
+      );
+      const d = h("dialog", { "aria-label": title }, f);
+      document.body.append(d);
+      const done = (value) => {
+        d.close();
+        d.remove();
+        resolve(value);
+      };
+      cancel.addEventListener("click", () => done(null));
+      d.addEventListener("cancel", () => done(null));
+      f.addEventListener("submit", async (ev) => {
+        ev.preventDefault();
+        err.textContent = "";
+        const data = new FormData(f);
+        try {
+          await action(data);
+          done(data);
+        } catch (e) {
+          err.textContent = e.message;
+        }
+      });
+      d.showModal();
+      const first = f.querySelector("input, select");
+      if (first) first.focus();
+    });
+  }
+
   // A value shown once (a secret, a token), with a copy button.
   function secretBox(title, pairs) {
     return h(
@@ -259,6 +300,7 @@
     header.hidden = false;
     document.getElementById("who").textContent = me.name + " (" + me.role + ")";
     for (const a of header.querySelectorAll("[data-admin]")) a.hidden = me.role !== "admin";
+    header.querySelector("[data-nav=terminals]").hidden = me.role === "viewer";
     startEvents();
     if (!location.hash || location.hash === "#" || location.hash === "#/") {
       location.replace("#/sessions");
@@ -838,14 +880,11 @@
           type: "button",
           text: "Rename",
           onclick: async () => {
-            const name = prompt("New name for " + s.name, s.name);
-            if (!name || name === s.name) return;
-            try {
-              await api("PATCH", "/api/v1/systems/" + s.id, { name });
-              await load();
-            } catch (e) {
-              shown.replaceChildren(errorBox(e));
-            }
+            const input = h("input", { name: "name", required: true, value: s.name });
+            const done = await ask("Rename " + s.name, [["New name", input]], "Rename", (data) =>
+              api("PATCH", "/api/v1/systems/" + s.id, { name: data.get("name") })
+            );
+            if (done) await load();
           },
         }),
         h("button", {
@@ -1021,14 +1060,16 @@
                   type: "button",
                   text: "Set password",
                   onclick: async () => {
-                    const password = prompt("New password for " + u.name + " (their sign-ins end)");
-                    if (!password) return;
-                    try {
-                      await api("PATCH", "/api/v1/users/" + u.id, { password });
+                    const input = h("input", { name: "password", type: "password", required: true, autocomplete: "new-password" });
+                    const done = await ask(
+                      "New password for " + u.name + " (their sign-ins end)",
+                      [["Password", input]],
+                      "Set password",
+                      (data) => api("PATCH", "/api/v1/users/" + u.id, { password: data.get("password") })
+                    );
+                    if (done) {
                       say("Password set for " + u.name + ".");
                       await load();
-                    } catch (e) {
-                      shown.replaceChildren(errorBox(e));
                     }
                   },
                 })
