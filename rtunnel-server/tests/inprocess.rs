@@ -2148,3 +2148,58 @@ async fn systems_users_grants_and_tokens_can_be_managed_through_the_api() {
             .all(|t| t.get("token").is_none())
     );
 }
+
+/// `curl -d` (form content type, as the README's examples send) and a body
+/// without a content type are read as JSON when the request carries a
+/// bearer token; a cross-site form (no Authorization) and other types are
+/// refused with 415.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_bodies_are_read_whatever_curl_declares_but_forms_cannot_sign_in() {
+    let h = harness().await;
+    let (_, admin) = user(&h, "ann", Role::Admin).await;
+    let http = reqwest::Client::new();
+    let post = |path: &str, ctype: Option<&str>, auth: bool, body: &str| {
+        let mut req = http.post(format!("{}{path}", h.base)).body(body.to_owned());
+        if let Some(t) = ctype {
+            req = req.header("content-type", t);
+        }
+        if auth {
+            req = req.bearer_auth(&admin);
+        }
+        req.send()
+    };
+    let proxy = format!("/api/v1/sessions/{}/proxy-token", h.session);
+    let body = r#"{"service":"echo"}"#;
+    for ctype in [
+        None,
+        Some("application/x-www-form-urlencoded"),
+        Some("application/json; charset=utf-8"),
+    ] {
+        let resp = post(&proxy, ctype, true, body).await.unwrap();
+        assert_eq!(resp.status(), 200, "{ctype:?}");
+    }
+    let resp = post(&proxy, Some("text/plain"), true, body).await.unwrap();
+    assert_eq!(resp.status(), 415);
+    assert_envelope(&resp.json().await.unwrap(), "unsupported_media_type");
+    let login = r#"{"username":"ann","password":"x","cookie":true}"#;
+    let resp = post(
+        "/api/v1/auth/login",
+        Some("application/x-www-form-urlencoded"),
+        false,
+        login,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        resp.status(),
+        415,
+        "a form from another site cannot sign anyone in"
+    );
+    // A body of the wrong shape says what is wrong.
+    let resp = post(&proxy, None, true, r#"{"servce":"echo"}"#)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 422);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert!(v["error"].as_str().unwrap().contains("servce"), "{v}");
+}
