@@ -371,7 +371,27 @@ fn init_logging() {
         .try_init();
 }
 
-async fn open_store(args: &StoreArgs) -> Result<SqlStore, Failure> {
+/// Opens the database. Only `serve` and `migrate` may create it: an admin
+/// command pointed at the wrong data directory would otherwise make a new,
+/// empty database there and print keys no server knows.
+async fn open_store(args: &StoreArgs, may_create: bool) -> Result<SqlStore, Failure> {
+    if !may_create {
+        let file = match args.database_url.as_deref() {
+            None => Some(crate::server::default_database_path(&args.data_dir)),
+            Some(url) => url
+                .strip_prefix("sqlite://")
+                .or_else(|| url.strip_prefix("sqlite:"))
+                .map(|rest| PathBuf::from(rest.split('?').next().unwrap_or(rest))),
+        };
+        if let Some(file) = file.filter(|f| !f.exists()) {
+            return Err(Failure::usage(&format!(
+                "there is no database at {}: admin commands work on the database a server \
+                 created; pass the --data-dir (or RTUNNEL_DATA_DIR) the server uses, or \
+                 create it with `rtunnel-server serve` or `rtunnel-server migrate`",
+                file.display()
+            )));
+        }
+    }
     let result = match &args.database_url {
         Some(url)
             if ["sqlite:", "postgres://", "postgresql://"]
@@ -391,7 +411,11 @@ async fn open_store(args: &StoreArgs) -> Result<SqlStore, Failure> {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let store = open_store(&cli.store).await?;
+    let may_create = matches!(
+        cli.command,
+        None | Some(Command::Serve) | Some(Command::Migrate)
+    );
+    let store = open_store(&cli.store, may_create).await?;
     match cli.command {
         None | Some(Command::Serve) => serve(cli.store, cli.serve, store).await,
         Some(Command::Migrate) => {

@@ -52,3 +52,43 @@ async fn the_data_directory_and_its_files_are_private() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("chmod 600"), "{err}");
 }
+
+/// An admin command pointed at a directory without a database refuses,
+/// naming the path, instead of creating an empty database whose keys no
+/// server knows; `migrate` creates it, after which the command works.
+#[test]
+fn admin_commands_refuse_a_data_directory_without_a_database() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("elsewhere");
+    let run = |args: &[&str]| {
+        std::process::Command::new(server_bin())
+            .arg("--data-dir")
+            .arg(&data)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["system", "add", "box"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("there is no database at"), "{err}");
+    assert!(
+        err.contains(&data.join("rtunnel.db").display().to_string())
+            || err.contains(&data.display().to_string()),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty(), "no key printed");
+    assert!(!data.join("rtunnel.db").exists(), "nothing created");
+    let out = run(&["migrate"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&["system", "add", "box"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
