@@ -122,8 +122,17 @@ pub async fn main() -> ExitCode {
     // Before anything else: the shells this process starts must not read
     // its secret or token from /proc.
     let protected = crate::harden::protect_process();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RTUNNEL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let spec = std::env::var("RTUNNEL_LOG").unwrap_or_else(|_| "info".into());
+    let filter = match rtunnel_core::log_filter::check(&spec).and_then(|()| {
+        tracing_subscriber::EnvFilter::try_new(&spec)
+            .map_err(|e| format!("invalid RTUNNEL_LOG={spec:?}: {e}"))
+    }) {
+        Ok(filter) => filter,
+        Err(e) => {
+            eprintln!("rtunnel-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

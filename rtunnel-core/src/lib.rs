@@ -50,6 +50,7 @@ pub mod control;
 pub mod frame;
 pub mod ids;
 pub mod link;
+pub mod log_filter;
 pub mod mux;
 pub mod proto;
 pub mod ratelimit;

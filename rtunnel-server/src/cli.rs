@@ -348,7 +348,10 @@ impl Failure {
 /// Parses the command line and runs it.
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    if let Err(e) = init_logging() {
+        eprintln!("rtunnel-server: {e}");
+        return ExitCode::from(2);
+    }
     // Whatever this process creates (database, WAL, keys, node id,
     // recordings, directories) is its user's alone.
     crate::keys::private_files();
@@ -361,14 +364,19 @@ pub async fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RTUNNEL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Logs to stderr, filtered by `RTUNNEL_LOG` (`info` without it); a filter
+/// that names no known level is refused.
+fn init_logging() -> Result<(), String> {
+    let spec = std::env::var("RTUNNEL_LOG").unwrap_or_else(|_| "info".into());
+    rtunnel_core::log_filter::check(&spec)?;
+    let filter = tracing_subscriber::EnvFilter::try_new(&spec)
+        .map_err(|e| format!("invalid RTUNNEL_LOG={spec:?}: {e}"))?;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
+    Ok(())
 }
 
 /// Opens the database. Only `serve` and `migrate` may create it: an admin

@@ -78,3 +78,51 @@ async fn a_5xx_keeps_its_internals_in_the_log_under_its_trace_id() {
     let (status, v) = create("after").await;
     assert_eq!(status, 201, "{v}");
 }
+
+/// A misspelled log level is refused by both binaries, saying what a filter
+/// looks like, instead of silently logging nothing.
+#[test]
+fn a_misspelled_log_level_is_an_error_not_silence() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (bin, args) in [
+        (
+            server_bin(),
+            vec!["--data-dir", tmp.path().to_str().unwrap(), "migrate"],
+        ),
+        (
+            agent_bin(),
+            vec![
+                "run",
+                "--url",
+                "ws://127.0.0.1:9/api/v1/tunnel",
+                "--key",
+                "k",
+            ],
+        ),
+    ] {
+        let out = std::process::Command::new(&bin)
+            .args(&args)
+            .env("RTUNNEL_LOG", "inof")
+            .env("RTUNNEL_SECRET", "s")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bin:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("unknown log level \"inof\""), "{bin:?}: {err}");
+        assert!(
+            err.contains("error, warn, info, debug, trace, off"),
+            "{err}"
+        );
+    }
+    // A correct one still works.
+    let out = std::process::Command::new(server_bin())
+        .args(["--data-dir", tmp.path().to_str().unwrap(), "migrate"])
+        .env("RTUNNEL_LOG", "warn,rtunnel_server=debug")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
