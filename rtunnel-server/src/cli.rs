@@ -392,7 +392,7 @@ async fn open_store(args: &StoreArgs, may_create: bool) -> Result<SqlStore, Fail
                 .map(|rest| PathBuf::from(rest.split('?').next().unwrap_or(rest))),
         };
         if let Some(file) = file.filter(|f| !f.exists()) {
-            return Err(Failure::usage(&format!(
+            return Err(Failure::usage(format!(
                 "there is no database at {}: admin commands work on the database a server \
                  created; pass the --data-dir (or RTUNNEL_DATA_DIR) the server uses, or \
                  create it with `rtunnel-server serve` or `rtunnel-server migrate`",
