@@ -42,6 +42,39 @@ pub(crate) struct ForwardQuery {
     service: Option<String>,
 }
 
+/// Whether `service` can be forwarded: it must be one of the session's, and
+/// not the terminal (a PTY speaks its own framing, not a TCP byte stream).
+/// The refusal lists what can be forwarded.
+fn check_forwardable(
+    services: &[rtunnel_core::proto::ServiceInfo],
+    service: &str,
+) -> Result<(), ApiError> {
+    let forwardable: Vec<&str> = services
+        .iter()
+        .filter(|s| s.kind != StreamKind::Terminal)
+        .map(|s| s.name.as_str())
+        .collect();
+    let list = if forwardable.is_empty() {
+        "it has none that can be forwarded".to_owned()
+    } else {
+        format!("it has {}", forwardable.join(", "))
+    };
+    match services.iter().find(|s| s.name == service) {
+        None => Err(ApiError::not_found(
+            "unknown_service",
+            format!("the session has no service named {service:?}; {list}"),
+        )),
+        Some(s) if s.kind == StreamKind::Terminal => Err(ApiError::bad_request(
+            "unsupported_kind",
+            format!(
+                "{service:?} is the agent's terminal, which is opened in the console (or its \
+                 terminal page), not through forward; {list}"
+            ),
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
 /// Axum handler of the forward endpoint.
 #[utoipa::path(
     get,
@@ -85,13 +118,8 @@ pub(crate) async fn forward_endpoint(
             format!("the session is {}", session.status.as_str()),
         ));
     }
-    if let Some(service) = &q.service
-        && !session.services.iter().any(|s| &s.name == service)
-    {
-        return Err(ApiError::not_found(
-            "unknown_service",
-            format!("the session has no service named {service:?}"),
-        ));
+    if let Some(service) = &q.service {
+        check_forwardable(&session.services, service)?;
     }
     let ws = ws.map_err(|_| {
         ApiError::bad_request(

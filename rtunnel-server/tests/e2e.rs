@@ -146,31 +146,41 @@ async fn session_api_shows_the_active_session_and_its_manifest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forward_to_an_unknown_service_fails_with_one_clear_line() {
     let s = setup().await;
-    let out = tokio::task::spawn_blocking({
+    let forward = |service: &'static str| {
         let base = s.server.base_url();
         let token = s.token.clone();
         let session = s.session.clone();
-        move || {
+        tokio::task::spawn_blocking(move || {
             std::process::Command::new(agent_bin())
                 .args(["forward", "--server", &base, "--session", &session])
                 .args([
                     "--service",
-                    "nope",
+                    service,
                     "--listen",
                     &format!("127.0.0.1:{}", free_port()),
                 ])
                 .env("RTUNNEL_TOKEN", token)
                 .output()
                 .unwrap()
-        }
-    })
-    .await
-    .unwrap();
+        })
+    };
+    let out = forward("nope").await.unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let last = stderr.lines().last().unwrap_or_default();
     assert!(
         last.contains("unknown_service") && last.contains("nope"),
+        "{stderr}"
+    );
+    // It says which services there are (the terminal is not forwarded).
+    assert!(last.contains("it has echo, web"), "{stderr}");
+    // The terminal is refused at start, not on every connection.
+    let out = forward("terminal").await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("unsupported_kind") && last.contains("opened in the console"),
         "{stderr}"
     );
     // The tunnel is untouched.
