@@ -139,11 +139,26 @@ fn parse_one(entry: &str) -> Result<ServiceSpec, ServiceListError> {
     if host.is_empty() || host.contains(char::is_whitespace) {
         return Err(bad("empty host"));
     }
+    // A word where the port goes is an option spelled wrong (`:https`,
+    // `:ssl`), or the port is missing: say which.
+    if !port.is_empty() && !port.bytes().all(|b| b.is_ascii_digit()) {
+        let hint = match port.to_ascii_lowercase().as_str() {
+            "https" | "ssl" | "tls" | "secure" => {
+                "the options after the port are :tls and :host=NAME; for HTTPS write \
+                 :tls after the port (web=127.0.0.1:443:tls)"
+                    .to_owned()
+            }
+            other => format!(
+                "{other:?} is not a port; the options after the port are :tls and :host=NAME"
+            ),
+        };
+        return Err(bad(&hint));
+    }
     let port: u16 = port
         .parse()
         .ok()
         .filter(|p| *p != 0)
-        .ok_or_else(|| bad("port must be 1-65535"))?;
+        .ok_or_else(|| bad("the port must be a number from 1 to 65535"))?;
     Ok(ServiceSpec {
         name: name.to_owned(),
         host: host.to_owned(),
@@ -194,6 +209,22 @@ mod tests {
         for bad in ["a=h:1:host=", "a=h:1:host=a b", "a=h:1:host=x/y"] {
             assert!(parse_services(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn an_option_spelled_wrong_is_named_not_taken_for_a_port() {
+        let e = parse_services("web=127.0.0.1:443:https")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("write :tls after the port"), "{e}");
+        let e = parse_services("web=127.0.0.1:443:secret")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"secret\" is not a port"), "{e}");
+        let e = parse_services("web=127.0.0.1:70000")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("from 1 to 65535"), "{e}");
     }
 
     #[test]
