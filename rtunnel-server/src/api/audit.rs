@@ -66,15 +66,48 @@ fn parse_time(name: &str, value: Option<&str>) -> Result<Option<Millis>, ApiErro
     let bad = || {
         ApiError::bad_request(
             "invalid_query",
-            format!("{name} must be an RFC 3339 time such as 2026-11-22T10:00:00Z"),
+            format!(
+                "{name} must be an RFC 3339 time such as 2026-11-22T10:00:00Z or \
+                 2026-11-22T11:00:00+01:00"
+            ),
         )
     };
     if value.len() > 64 {
         return Err(bad());
     }
-    let t = humantime::parse_rfc3339_weak(value).map_err(|_| bad())?;
+    let (utc, offset_s) = split_offset(value).ok_or_else(bad)?;
+    let t = humantime::parse_rfc3339_weak(&utc).map_err(|_| bad())?;
     let ms = t.duration_since(UNIX_EPOCH).map_err(|_| bad())?.as_millis();
-    Ok(Some(i64::try_from(ms).map_err(|_| bad())?))
+    let ms = i64::try_from(ms).map_err(|_| bad())?;
+    Ok(Some(ms - offset_s * 1000))
+}
+
+/// An RFC 3339 time as UTC text, and its offset from UTC in seconds:
+/// `2026-11-22T11:00:00+01:00` is `2026-11-22T11:00:00Z` and 3600. In a
+/// query string an unescaped `+` arrives as a space; it is read as `+`.
+fn split_offset(value: &str) -> Option<(String, i64)> {
+    let b = value.as_bytes();
+    let n = b.len();
+    let has_offset = n > 6
+        && matches!(b[n - 6], b'+' | b'-' | b' ')
+        && b[n - 3] == b':'
+        && [n - 5, n - 4, n - 2, n - 1]
+            .iter()
+            .all(|&i| b[i].is_ascii_digit())
+        && value[..n - 6].contains(['T', 't']);
+    if !has_offset {
+        return Some((value.to_owned(), 0));
+    }
+    let hours: i64 = value[n - 5..n - 3].parse().ok()?;
+    let minutes: i64 = value[n - 2..].parse().ok()?;
+    if hours > 23 || minutes > 59 {
+        return None;
+    }
+    let sign = if b[n - 6] == b'-' { -1 } else { 1 };
+    Some((
+        format!("{}Z", &value[..n - 6]),
+        sign * (hours * 3600 + minutes * 60),
+    ))
 }
 
 #[utoipa::path(
@@ -107,4 +140,37 @@ pub(super) async fn list(
         page_size: events.page_size,
         total: events.total,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_with_an_offset_are_the_same_instant_as_in_utc() {
+        let utc = parse_time("since", Some("2026-11-22T10:00:00Z"))
+            .unwrap()
+            .unwrap();
+        for same in [
+            "2026-11-22T11:00:00+01:00",
+            "2026-11-22T11:00:00 01:00",
+            "2026-11-22T05:30:00-04:30",
+            "2026-11-22T10:00:00+00:00",
+            "2026-11-22T10:00:00",
+        ] {
+            assert_eq!(
+                parse_time("since", Some(same)).unwrap(),
+                Some(utc),
+                "{same}"
+            );
+        }
+        for bad in [
+            "2026-11-22T10:00:00+25:00",
+            "yesterday",
+            "2026-11-22T10:00:00+1:00",
+        ] {
+            let e = parse_time("since", Some(bad)).unwrap_err();
+            assert_eq!(e.code, "invalid_query", "{bad}");
+        }
+    }
 }
