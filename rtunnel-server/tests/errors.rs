@@ -126,3 +126,33 @@ fn a_misspelled_log_level_is_an_error_not_silence() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A PostgreSQL that refuses connections is named as such, not as "pool
+/// timed out".
+#[test]
+fn a_database_that_refuses_connections_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = format!(
+        "postgres://rtunnel:secret@127.0.0.1:{}/rtunnel",
+        free_port()
+    );
+    let out = std::process::Command::new(server_bin())
+        .args([
+            "--data-dir",
+            tmp.path().to_str().unwrap(),
+            "--database-url",
+            &url,
+            "migrate",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot connect to the database at postgres://rtunnel:***@127.0.0.1:"),
+        "{err}"
+    );
+    assert!(err.to_lowercase().contains("refused"), "{err}");
+    assert!(!err.contains("secret"), "the password stays out: {err}");
+    assert!(!err.contains("pool timed out"), "{err}");
+}

@@ -122,6 +122,11 @@ impl SqlStore {
                 })
             });
         }
+        if backend == Backend::Postgres {
+            // The pool hides why it cannot connect ("pool timed out"): one
+            // connection first says it (refused, unknown host, password).
+            probe(&url, Duration::from_secs(10)).await?;
+        }
         let pool = options.connect(&url).await.map_err(self::backend)?;
         MIGRATOR
             .run(&pool)
@@ -165,6 +170,25 @@ impl SqlStore {
 }
 
 /// `url` without its password, for messages.
+/// Connects once to `url` and closes again, or says why it cannot.
+async fn probe(url: &str, within: Duration) -> Result<(), StoreError> {
+    use sqlx::Connection;
+    let cannot = |why: String| {
+        StoreError::Backend(format!(
+            "cannot connect to the database at {}: {why}",
+            redact(url)
+        ))
+    };
+    match tokio::time::timeout(within, sqlx::AnyConnection::connect(url)).await {
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+            Ok(())
+        }
+        Ok(Err(e)) => Err(cannot(e.to_string())),
+        Err(_) => Err(cannot(format!("no answer within {}s", within.as_secs()))),
+    }
+}
+
 fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
