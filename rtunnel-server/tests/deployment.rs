@@ -285,3 +285,87 @@ async fn the_documented_nginx_site_fronts_a_cluster_and_its_agents_fail_over_thr
     assert_eq!(echo_through(local, b"after").await, b"after");
     assert_eq!(get_headers(&client, &host, port).await, 200);
 }
+
+/// The systemd unit of docs/DEPLOYMENT.md: systemd reads it without a
+/// warning, and the server starts the way systemd would start it (its
+/// `Environment=`, its credentials in `%d`, production mode), which needs
+/// every key the unit provisions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_systemd_unit_is_valid_and_its_server_starts() {
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/DEPLOYMENT.md"),
+    )
+    .unwrap();
+    let unit = doc
+        .split_once("```ini\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .map(|(unit, _)| unit.to_owned())
+        .expect("a unit in docs/DEPLOYMENT.md");
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = server_bin();
+    let unit = unit.replace("/usr/local/bin/rtunnel-server", bin.to_str().unwrap());
+
+    // systemd reads it without a warning (where systemd-analyze exists).
+    std::fs::write(tmp.path().join("rtunnel.service"), &unit).unwrap();
+    if let Ok(out) = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(tmp.path().join("rtunnel.service"))
+        .output()
+    {
+        let warnings = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && warnings.trim().is_empty(),
+            "{warnings}"
+        );
+    }
+
+    // Start it as systemd would: credentials in %d, the state directory.
+    let creds = tmp.path().join("credentials");
+    std::fs::create_dir(&creds).unwrap();
+    let state = tmp.path().join("state");
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut exec = String::new();
+    for line in unit.lines() {
+        if let Some(v) = line.strip_prefix("Environment=") {
+            let (k, v) = v.split_once('=').unwrap();
+            env.push((k.to_owned(), v.replace("%d", creds.to_str().unwrap())));
+        } else if let Some(v) = line.strip_prefix("LoadCredential=") {
+            // As systemd hands credentials over: read-only, to the service.
+            use std::os::unix::fs::PermissionsExt;
+            let (name, _) = v.split_once(':').unwrap();
+            let file = creds.join(name);
+            std::fs::write(&file, rtunnel_auth::secret::generate_hex(32)).unwrap();
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o400)).unwrap();
+        } else if let Some(v) = line.strip_prefix("ExecStart=") {
+            exec = v.to_owned();
+        }
+    }
+    assert!(
+        env.iter()
+            .any(|(k, v)| k == "RTUNNEL_ENV" && v == "production")
+    );
+    let port = free_port();
+    let args: Vec<String> = exec
+        .split_whitespace()
+        .skip(1)
+        .map(|a| a.replace("/var/lib/rtunnel", state.to_str().unwrap()))
+        .map(|a| a.replace("127.0.0.1:8080", &format!("127.0.0.1:{port}")))
+        .collect();
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.args(&args).envs(env);
+    let mut server = Proc::spawn("rtunnel-server", &mut cmd, tmp.path().join("server.log"));
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    wait_for("the unit's server to answer", || {
+        let running = server.is_running();
+        let log = server.log_text();
+        async move {
+            assert!(running, "the server of the documented unit exited: {log}");
+            let (status, _) = http_get(addr, "/healthz", None).await.ok()?;
+            (status == 200).then_some(())
+        }
+    })
+    .await;
+    // It made no key of its own: production takes the provisioned ones.
+    assert!(!state.join("secret.key").exists());
+    assert!(!state.join("launch.key").exists());
+}
