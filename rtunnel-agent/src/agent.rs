@@ -472,28 +472,42 @@ impl Agent {
                         .reconnect_delay
                         .min(Duration::from_secs(1))
                         .mul_f64(rand::random::<f64>());
-                    tracing::info!("server is restarting; reconnecting in {d:?}");
+                    tracing::info!("server is restarting; reconnecting in {}", rounded(d));
                     (d, "the server is restarting".to_owned())
                 }
                 Outcome::Lost(reason) => {
                     backoff.reset();
                     let d = backoff.next_delay();
-                    tracing::warn!("tunnel lost: {reason}; reconnecting in {d:?}");
+                    tracing::warn!("tunnel lost: {reason}; reconnecting in {}", rounded(d));
                     (d, reason)
                 }
                 Outcome::Busy(reason, wait) => {
                     // The wait the server asked for, as it is: the backoff
                     // neither grows nor adds to it.
-                    tracing::info!("{reason}; coming back in {wait:?} as the server asked");
+                    tracing::info!(
+                        "{reason}; coming back in {} as the server asked",
+                        rounded(wait)
+                    );
                     (wait, reason)
                 }
                 Outcome::Failed(reason, hint, at_least) => {
-                    let d = backoff.next_delay().max(at_least.unwrap_or_default());
-                    if let Some(hint) = hint {
-                        tracing::error!("{reason}; {hint}; retrying in {d:?}");
-                    } else {
-                        tracing::warn!("{reason}; retrying in {d:?}");
-                    }
+                    let d = match hint {
+                        // Waiting does not heal a wrong setting: no quick
+                        // retries, straight to the longest delay.
+                        Some(hint) => {
+                            let d = backoff.max_delay();
+                            tracing::error!(
+                                "{reason}; {hint}; trying again in {} (this will not heal by itself)",
+                                rounded(d)
+                            );
+                            d
+                        }
+                        None => {
+                            let d = backoff.next_delay().max(at_least.unwrap_or_default());
+                            tracing::warn!("{reason}; retrying in {}", rounded(d));
+                            d
+                        }
+                    };
                     (d, reason)
                 }
             };
@@ -539,6 +553,13 @@ impl Agent {
                 reason,
             }) => {
                 return Outcome::Closed(reason);
+            }
+            Err(e @ HandshakeError::VersionMismatch { .. }) => {
+                return Outcome::Failed(
+                    format!("handshake with {url} failed: {e}"),
+                    Some("install the rtunnel-agent that goes with this server's version"),
+                    None,
+                );
             }
             Err(e) => {
                 return Outcome::Failed(format!("handshake with {url} failed: {e}"), None, None);
@@ -617,16 +638,27 @@ impl Agent {
                 code: CloseCode::CredentialsRevoked,
                 reason,
             } => Outcome::Revoked(reason),
-            LinkEnd::PeerClosed { code, reason } => {
-                Outcome::Lost(format!("server closed the tunnel ({code:?}): {reason}"))
-            }
+            LinkEnd::PeerClosed { code, reason } => Outcome::Lost(if reason.is_empty() {
+                format!("the server closed the tunnel: {code}")
+            } else {
+                format!("the server closed the tunnel: {code} ({reason})")
+            }),
             LinkEnd::HeartbeatTimeout(d) => {
-                Outcome::Lost(format!("no heartbeat from the server for {d:?}"))
+                Outcome::Lost(format!("no heartbeat from the server for {}", rounded(d)))
             }
-            LinkEnd::LocalClose(code) => Outcome::Lost(format!("closed locally ({code:?})")),
+            LinkEnd::LocalClose(code) => Outcome::Lost(format!("closed here: {code}")),
             LinkEnd::Lost(why) => Outcome::Lost(why),
         }
     }
+}
+
+/// A delay as people read it: whole seconds (`4s`, `2m 30s`), or
+/// milliseconds under a second.
+pub(crate) fn rounded(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        return format!("{}ms", d.as_millis());
+    }
+    humantime::format_duration(Duration::from_secs(d.as_secs_f64().round() as u64)).to_string()
 }
 
 fn describe_dial(url: &str, e: &DialError) -> String {

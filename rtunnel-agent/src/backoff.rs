@@ -43,6 +43,13 @@ impl Backoff {
         self.next_with(rand::random::<f64>())
     }
 
+    /// The longest delay, for failures that waiting does not heal; later
+    /// delays stay there.
+    pub fn max_delay(&mut self) -> Duration {
+        self.attempt = 31;
+        self.max
+    }
+
     /// Back to the base delay (after a connection that worked).
     pub fn reset(&mut self) {
         self.attempt = 0;

@@ -88,14 +88,48 @@ impl DialError {
             DialError::Refused {
                 status: 401 | 403, ..
             } => Some("check the key and secret"),
+            DialError::Refused { status: 404, .. } => Some(
+                "there is no tunnel endpoint at this URL: --url ends in /api/v1/tunnel \
+                 (after the server's path prefix, if it has one)",
+            ),
+            DialError::Refused {
+                status: 400 | 405 | 426,
+                ..
+            } => Some(
+                "this is not rtunnel's tunnel endpoint, or a proxy in between drops WebSocket \
+                 upgrades: check --url",
+            ),
             // Proxies answer 407, some (tinyproxy) 401.
             DialError::Proxy(ProxyError::Refused {
                 status: 401 | 403 | 407,
                 ..
             }) => Some("check the proxy's user and password"),
+            DialError::Connect(why) if speaks_no_tls(why) => Some(
+                "the server does not speak TLS on this port: use ws:// here, or the port where \
+                 TLS is served",
+            ),
+            DialError::Connect(why) if expects_tls(why) => {
+                Some("the server answered in TLS: use wss:// for this port")
+            }
+            DialError::BadUrl(_) => Some("check --url (ws://HOST:PORT/api/v1/tunnel or wss://...)"),
             _ => None,
         }
     }
+}
+
+/// Whether a connect error says the server answered TLS with plain text.
+fn speaks_no_tls(why: &str) -> bool {
+    let why = why.to_ascii_lowercase();
+    why.contains("invalidcontenttype")
+        || why.contains("corrupt message")
+        || why.contains("received corrupt")
+        || why.contains("not a tls")
+}
+
+/// Whether a connect error says the server spoke TLS to a plain request.
+fn expects_tls(why: &str) -> bool {
+    let why = why.to_ascii_lowercase();
+    why.contains("invalid http version") || why.contains("httparse")
 }
 
 /// Connects to `url` with the given `Authorization` header.

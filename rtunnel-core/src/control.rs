@@ -39,7 +39,7 @@ pub enum HandshakeError {
         theirs: u16,
     },
     /// The peer refused the tunnel with a reason.
-    #[error("the peer closed the tunnel ({code:?}): {reason}")]
+    #[error("the peer closed the tunnel: {code} ({reason})")]
     Refused {
         /// The peer's close code.
         code: CloseCode,

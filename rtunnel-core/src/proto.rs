@@ -131,6 +131,21 @@ pub enum CloseCode {
     CredentialsRevoked,
 }
 
+impl std::fmt::Display for CloseCode {
+    /// What a person reads in a log: `the server is restarting`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CloseCode::VersionMismatch => "the protocol versions differ",
+            CloseCode::ProtocolError => "a protocol error",
+            CloseCode::SessionClosed => "the session was closed",
+            CloseCode::ServerRestarting => "the server is restarting",
+            CloseCode::Replaced => "another connection took over",
+            CloseCode::Shutdown => "shutting down",
+            CloseCode::CredentialsRevoked => "the credentials were revoked",
+        })
+    }
+}
+
 /// One entry of a manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

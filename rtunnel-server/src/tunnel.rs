@@ -568,9 +568,9 @@ async fn serve_tunnel(
     link.shutdown();
     let reason = match end {
         LinkEnd::PeerClosed { code, reason } => {
-            format!("agent closed the tunnel ({code:?}): {reason}")
+            format!("the agent closed the tunnel: {code} ({reason})")
         }
-        LinkEnd::LocalClose(code) => format!("closed by the server ({code:?})"),
+        LinkEnd::LocalClose(code) => format!("closed by the server: {code}"),
         LinkEnd::HeartbeatTimeout(d) => format!("no heartbeat from the agent for {d:?}"),
         LinkEnd::Lost(why) => format!("tunnel lost: {why}"),
     };

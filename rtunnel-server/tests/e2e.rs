@@ -658,3 +658,56 @@ async fn closing_the_session_of_a_frozen_agent_ends_the_operators_idle_connectio
     let read = ended.expect("the operator's connection stayed open after the session closed");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
 }
+
+/// Settings that waiting cannot fix (a wrong path, TLS to a plain port, a
+/// wrong secret) are named with what to do, and the agent goes straight to
+/// its longest delay instead of retrying quickly; delays read rounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_says_what_is_wrong_when_waiting_cannot_fix_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(tmp.path(), &[]).await;
+    let sys = enroll(&server, "misconfigured");
+    let base = server.base_url();
+    let wss = base.replace("http://", "wss://");
+    let cases = [
+        (
+            format!("{}/api/v1/tunel", base.replace("http", "ws")),
+            None,
+            "there is no tunnel endpoint at this URL",
+        ),
+        (
+            format!("{wss}/api/v1/tunnel"),
+            None,
+            "does not speak TLS on this port: use ws://",
+        ),
+        (
+            server.tunnel_url(),
+            Some("not-the-secret"),
+            "check the key and secret",
+        ),
+    ];
+    for (url, secret, hint) in cases {
+        let mut cmd = agent_command(&url, &sys, "echo=127.0.0.1:9");
+        cmd.args([
+            "--reconnect-delay",
+            "200ms",
+            "--max-reconnect-delay",
+            "1m 30s",
+        ]);
+        if let Some(secret) = secret {
+            cmd.env("RTUNNEL_SECRET", secret);
+        }
+        let mut agent = spawn_agent(&server, &mut cmd);
+        let line = wait_for(&format!("the agent to say {hint:?}"), || {
+            let log = agent.log_text();
+            let hint = hint.to_owned();
+            async move { log.lines().find(|l| l.contains(&hint)).map(str::to_owned) }
+        })
+        .await;
+        assert!(
+            line.contains("trying again in 1m 30s (this will not heal by itself)"),
+            "{line}"
+        );
+        agent.kill();
+    }
+}
