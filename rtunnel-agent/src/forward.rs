@@ -225,7 +225,7 @@ impl Forwarder {
         tokio::spawn(async move {
             // The server opens no streams to a forward: any it tries are reset.
             let end = dialed.driver.run(drop).await;
-            tracing::info!("connection to the server ended: {end:?}");
+            tracing::info!("connection to the server ended: {end}");
             watched.shutdown();
         });
         *conn = Some(link.clone());

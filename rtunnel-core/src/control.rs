@@ -39,7 +39,7 @@ pub enum HandshakeError {
         theirs: u16,
     },
     /// The peer refused the tunnel with a reason.
-    #[error("the peer closed the tunnel: {code} ({reason})")]
+    #[error("the peer closed the tunnel: {code}{}", if reason.is_empty() { String::new() } else { format!(" ({reason})") })]
     Refused {
         /// The peer's close code.
         code: CloseCode,
@@ -208,6 +208,24 @@ pub enum ControlEnd {
     HeartbeatTimeout(Duration),
     /// The control stream ended or failed.
     Lost(String),
+}
+
+impl std::fmt::Display for ControlEnd {
+    /// How the channel ended, for a log line: `the peer closed it: the
+    /// server is restarting`, `no heartbeat for 30s`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ControlEnd::PeerClosed { code, reason } if reason.is_empty() => {
+                write!(f, "the peer closed it: {code}")
+            }
+            ControlEnd::PeerClosed { code, reason } => {
+                write!(f, "the peer closed it: {code} ({reason})")
+            }
+            ControlEnd::LocalClose(code) => write!(f, "closed here: {code}"),
+            ControlEnd::HeartbeatTimeout(d) => write!(f, "no heartbeat for {}s", d.as_secs()),
+            ControlEnd::Lost(why) => write!(f, "lost: {why}"),
+        }
+    }
 }
 
 /// A running control stream after the handshake.

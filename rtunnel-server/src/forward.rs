@@ -187,7 +187,7 @@ async fn run_forward(ctx: Arc<ForwardCtx>, socket: WebSocket) {
         end = driver.run(move |stream| {
             tokio::spawn(serve_stream(streams.clone(), stream));
         }) => {
-            tracing::debug!(user = %ctx.user.name, "forward link ended: {end:?}");
+            tracing::debug!(user = %ctx.user.name, "forward link ended: {end}");
         }
         _ = ctx.cut.cancelled() => {}
         _ = state.shutdown.cancelled() => {}

@@ -157,13 +157,21 @@ impl Lifecycle {
             })
             .await;
         if t.next.status != session.status {
-            tracing::info!(
-                session = %session.id,
-                from = %session.status,
-                to = %t.next.status,
-                reason = t.end_reason.unwrap_or(""),
-                "session state changed"
-            );
+            match t.end_reason {
+                Some(reason) => tracing::info!(
+                    session = %session.id,
+                    from = %session.status,
+                    to = %t.next.status,
+                    reason,
+                    "session state changed"
+                ),
+                None => tracing::info!(
+                    session = %session.id,
+                    from = %session.status,
+                    to = %t.next.status,
+                    "session state changed"
+                ),
+            }
         }
         // An operator's close is audited by the API, with the operator's
         // name, before it happens; endings the server decides are audited

@@ -316,7 +316,7 @@ async fn run_tunnel(
     {
         Ok(ok) => ok,
         Err(reason) => {
-            tracing::warn!(system = %system.name, %session_id, %peer, "tunnel refused: {reason}");
+            tracing::warn!(system = %system.name, session = %session_id, %peer, "tunnel refused: {reason}");
             (reason, None)
         }
     };
@@ -524,7 +524,7 @@ async fn serve_tunnel(
         .await;
     tracing::info!(
         system = %system.name,
-        %session_id,
+        session = %session_id,
         agent = %software,
         services = services.len(),
         "tunnel active"
@@ -567,14 +567,20 @@ async fn serve_tunnel(
     }
     link.shutdown();
     let reason = match end {
+        LinkEnd::PeerClosed { code, reason } if reason.is_empty() => {
+            format!("the agent closed the tunnel: {code}")
+        }
         LinkEnd::PeerClosed { code, reason } => {
             format!("the agent closed the tunnel: {code} ({reason})")
         }
         LinkEnd::LocalClose(code) => format!("closed by the server: {code}"),
-        LinkEnd::HeartbeatTimeout(d) => format!("no heartbeat from the agent for {d:?}"),
+        LinkEnd::HeartbeatTimeout(d) => format!(
+            "no heartbeat from the agent for {}",
+            humantime::format_duration(std::time::Duration::from_secs(d.as_secs()))
+        ),
         LinkEnd::Lost(why) => format!("tunnel lost: {why}"),
     };
-    tracing::info!(system = %system.name, %session_id, "tunnel ended: {reason}; {}", describe(&tunnel));
+    tracing::info!(system = %system.name, session = %session_id, "tunnel ended: {reason}; {}", describe(&tunnel));
     Ok((reason, Some(tunnel)))
 }
 

@@ -698,7 +698,7 @@ fn upstream_error(e: &hyper_util::client::legacy::Error) -> ApiError {
             other.to_string(),
         ),
         None => {
-            tracing::info!("proxied request failed: {e:?}");
+            tracing::info!("proxied request failed: {e}");
             ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "upstream_failed",
