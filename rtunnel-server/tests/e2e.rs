@@ -711,3 +711,68 @@ async fn an_agent_says_what_is_wrong_when_waiting_cannot_fix_it() {
         agent.kill();
     }
 }
+
+/// The admin CLI shows what is there, for people and for scripts: users,
+/// systems with their agent's state and current session, active grants;
+/// and renames a system while its agent stays connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_cli_lists_users_systems_and_grants_and_renames_a_system() {
+    let s = setup().await;
+    let json = |args: &[&str]| -> serde_json::Value {
+        serde_json::from_str(&s.server.admin(args)).unwrap()
+    };
+
+    let v = json(&["system", "list", "--json"]);
+    let sys = &v["items"][0];
+    assert_eq!(v["total"], 1, "{v}");
+    assert_eq!(sys["name"], "customer-box");
+    assert_eq!(sys["online"], true, "{v}");
+    assert_eq!(sys["session"]["id"], s.session.as_str());
+    assert_eq!(sys["session"]["status"], "active");
+    assert!(
+        sys["agent_software"]
+            .as_str()
+            .unwrap()
+            .starts_with("rtunnel-agent/")
+    );
+    let table = s.server.admin(&["system", "list"]);
+    assert!(
+        table.starts_with("NAME") && table.contains("customer-box") && table.contains(&s.session),
+        "{table}"
+    );
+
+    s.server
+        .admin(&["user", "add", "olga", "--role", "operator"]);
+    s.server
+        .admin(&["grant", "olga", "customer-box", "--expires-in", "8h"]);
+    let v = json(&["grants", "--json"]);
+    assert_eq!(v["total"], 1, "{v}");
+    assert_eq!(v["items"][0]["user"], "olga");
+    assert_eq!(v["items"][0]["system"], "customer-box");
+    assert!(v["items"][0]["expires_at"].is_string(), "{v}");
+    assert_eq!(json(&["grants", "--user", "alice", "--json"])["total"], 0);
+
+    let v = json(&["user", "list", "--json"]);
+    let names: Vec<_> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["alice", "olga"]);
+    assert_eq!(v["items"][1]["role"], "operator");
+
+    s.server
+        .admin(&["system", "rename", "customer-box", "front-desk"]);
+    let v = json(&["system", "list", "--json"]);
+    assert_eq!(v["items"][0]["name"], "front-desk");
+    assert_eq!(
+        v["items"][0]["session"]["id"],
+        s.session.as_str(),
+        "the agent stays on its session"
+    );
+    assert_eq!(
+        json(&["grants", "--json"])["items"][0]["system"],
+        "front-desk"
+    );
+}

@@ -15,6 +15,8 @@ use rtunnel_core::store::{AuditKind, IdentityStore, Role, User, now_millis};
 use serde_json::json;
 use uuid::Uuid;
 
+mod lists;
+
 use crate::config::ServerConfig;
 use crate::enroll;
 use crate::server::Server;
@@ -211,6 +213,18 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration)]
         expires_in: Option<Duration>,
     },
+    /// List the active grants on systems.
+    Grants {
+        /// Only this user's.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only on this system.
+        #[arg(long)]
+        system: Option<String>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Take an operator's access to a system (or resource) away.
     Revoke {
         /// User name.
@@ -253,6 +267,12 @@ enum UserCommand {
     Passwd {
         /// User name.
         name: String,
+    },
+    /// List users.
+    List {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Disable a user: their logins end and open connections are cut
     /// within a second.
@@ -320,6 +340,19 @@ enum SystemCommand {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
+    },
+    /// List systems: whether each agent is connected, its current session.
+    List {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rename a system (its key, secret and sessions stay).
+    Rename {
+        /// Its name now.
+        name: String,
+        /// Its new name.
+        new_name: String,
     },
 }
 
@@ -462,6 +495,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .unwrap_or(0);
             eprintln!("{name}: password set; {ended} login(s) ended");
             Ok(())
+        }
+        Some(Command::User(UserCommand::List { json })) => lists::users(&store, json).await,
+        Some(Command::System(SystemCommand::List { json })) => lists::systems(&store, json).await,
+        Some(Command::System(SystemCommand::Rename { name, new_name })) => {
+            lists::rename_system(&store, &name, &new_name).await
+        }
+        Some(Command::Grants { user, system, json }) => {
+            lists::grants(&store, user.as_deref(), system.as_deref(), json).await
         }
         Some(Command::User(UserCommand::Disable { name })) => {
             set_user_disabled(&store, &name, true).await
