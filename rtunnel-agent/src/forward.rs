@@ -156,12 +156,31 @@ impl Forwarder {
     /// service name from it and refuses anything but a `tcp` stream to a
     /// `tcp` service; this exists for tools and tests that check so.
     pub async fn open_with(&self, header: &StreamHeader) -> Result<MuxStream, ForwardError> {
-        let mut stream = self.open_raw().await?;
-        match setup::request(&mut stream, header, STREAM_REPLY_TIMEOUT).await {
-            Ok(()) => Ok(stream),
-            Err(SetupError::Refused(refusal)) => Err(ForwardError::Refused(refusal)),
-            Err(SetupError::Failed(e)) => Err(ForwardError::Stream(e.to_string())),
-            Err(SetupError::Timeout(_)) => Err(ForwardError::Timeout),
+        let mut retried = false;
+        loop {
+            let link = self.current().await?;
+            let failed = match link.open().await {
+                Ok(mut stream) => {
+                    match setup::request(&mut stream, header, STREAM_REPLY_TIMEOUT).await {
+                        Ok(()) => return Ok(stream),
+                        Err(SetupError::Refused(refusal)) => {
+                            return Err(ForwardError::Refused(refusal));
+                        }
+                        Err(SetupError::Timeout(_)) => return Err(ForwardError::Timeout),
+                        Err(SetupError::Failed(e)) => e.to_string(),
+                    }
+                }
+                Err(e) => e.to_string(),
+            };
+            // The connection died under the request: a server that
+            // restarted before this side noticed. Once more, on a new
+            // connection.
+            self.drop_conn(&link).await;
+            if retried {
+                return Err(ForwardError::Stream(failed));
+            }
+            tracing::debug!("the connection to the server failed ({failed}); dialing again");
+            retried = true;
         }
     }
 
@@ -181,21 +200,6 @@ impl Forwarder {
             received = outcome.b_to_a,
             "connection closed"
         );
-    }
-
-    /// A stream on the live connection, dialing a new one if needed.
-    async fn open_raw(&self) -> Result<MuxStream, ForwardError> {
-        let link = self.current().await?;
-        match link.open().await {
-            Ok(s) => Ok(s),
-            Err(_) => {
-                self.drop_conn(&link).await;
-                let link = self.current().await?;
-                link.open()
-                    .await
-                    .map_err(|e| ForwardError::Stream(e.to_string()))
-            }
-        }
     }
 
     async fn drop_conn(&self, dead: &Link) {
