@@ -603,7 +603,17 @@ async fn open_forwards_do_not_poll_the_database_for_access() {
         .await
         .unwrap();
     let (fwd, _open) = echoing_forward(&h, &token).await;
-    let after_open = reads.load(Ordering::SeqCst);
+    // The opening's own decisions (the first stream's, and its watcher's,
+    // which may race it and both miss the cache) settle first.
+    let mut after_open = reads.load(Ordering::SeqCst);
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = reads.load(Ordering::SeqCst);
+        if now == after_open {
+            break;
+        }
+        after_open = now;
+    }
     // Twenty more streams, and a quiet while with all of them open.
     let mut streams = Vec::new();
     for _ in 0..20 {
