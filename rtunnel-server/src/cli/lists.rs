@@ -11,7 +11,7 @@ use serde_json::json;
 use super::{Failure, audit_admin, find_user, print_out};
 
 /// Every page of a paged list.
-async fn all<T, F, Fut>(mut fetch: F) -> Result<Vec<T>, Failure>
+pub(super) async fn all<T, F, Fut>(mut fetch: F) -> Result<Vec<T>, Failure>
 where
     F: FnMut(Page) -> Fut,
     Fut: std::future::Future<
@@ -36,7 +36,8 @@ where
     }
 }
 
-fn day(ms: i64) -> String {
+/// A time to the second, for tables.
+pub(super) fn day(ms: i64) -> String {
     rfc3339(ms).chars().take(19).collect()
 }
 

@@ -749,23 +749,7 @@ async fn token_list(store: &SqlStore, user: Option<&str>, json: bool) -> Result<
         Some(name) => Some(find_user(store, name).await?),
         None => None,
     };
-    let mut items = Vec::new();
-    let mut page = rtunnel_core::store::Page {
-        page: 1,
-        page_size: rtunnel_core::store::MAX_PAGE_SIZE,
-    };
-    loop {
-        let got = store
-            .list_api_tokens(owner.as_ref().map(|u| u.id), page)
-            .await
-            .map_err(|e| Failure::other(e.to_string()))?;
-        let done = got.items.len() < page.page_size as usize;
-        items.extend(got.items);
-        if done {
-            break;
-        }
-        page.page += 1;
-    }
+    let items = lists::all(|p| store.list_api_tokens(owner.as_ref().map(|u| u.id), p)).await?;
     let mut names = std::collections::HashMap::new();
     for t in &items {
         if let std::collections::hash_map::Entry::Vacant(slot) = names.entry(t.user_id) {
@@ -793,12 +777,7 @@ async fn token_list(store: &SqlStore, user: Option<&str>, json: bool) -> Result<
             })
         })
         .collect();
-    let day = |ms: i64| {
-        rtunnel_core::store::rfc3339(ms)
-            .chars()
-            .take(19)
-            .collect::<String>()
-    };
+    let day = lists::day;
     let mut text = format!(
         "{:<36}  {:<16}  {:<20}  {:<20}  STATUS",
         "ID", "USER", "CREATED", "EXPIRES"
