@@ -434,6 +434,15 @@ impl Agent {
         shutdown: F,
     ) -> Result<AgentExit, AgentError> {
         let cfg = &self.config;
+        for endpoint in &cfg.endpoints {
+            if plain_beyond_loopback(&endpoint.url) {
+                tracing::warn!(
+                    "{} is not encrypted and not on this machine: the system's secret and \
+                     everything the operators do cross the network in the clear; use wss://",
+                    endpoint.url
+                );
+            }
+        }
         let mut backoff = Backoff::new(cfg.reconnect_delay, cfg.max_reconnect_delay);
         let mut shutdown = std::pin::pin!(shutdown);
         // The session and reconnect token of the last welcome, presented at
@@ -652,6 +661,22 @@ impl Agent {
     }
 }
 
+/// Whether `url` is a `ws://` URL to a host other than this machine.
+fn plain_beyond_loopback(url: &str) -> bool {
+    if !url.starts_with("ws://") {
+        return false;
+    }
+    let Some((host, _)) = crate::http_proxy::target_host_port(url) else {
+        return false;
+    };
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    !loopback
+}
+
 /// A delay as people read it: whole seconds (`4s`, `2m 30s`), or
 /// milliseconds under a second.
 pub(crate) fn rounded(d: Duration) -> String {
@@ -827,6 +852,24 @@ async fn refuse_dial(stream: &mut MuxStream, name: &str, target: &str, why: &str
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn plain_urls_off_this_machine_are_flagged() {
+        for url in [
+            "ws://support.example.com/api/v1/tunnel",
+            "ws://10.0.0.5:8080/api/v1/tunnel",
+        ] {
+            assert!(plain_beyond_loopback(url), "{url}");
+        }
+        for url in [
+            "wss://support.example.com/api/v1/tunnel",
+            "ws://127.0.0.1:8080/api/v1/tunnel",
+            "ws://localhost:8080/api/v1/tunnel",
+            "ws://[::1]:8080/api/v1/tunnel",
+        ] {
+            assert!(!plain_beyond_loopback(url), "{url}");
+        }
+    }
 
     fn builder() -> AgentBuilder {
         Agent::builder()
