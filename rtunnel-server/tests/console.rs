@@ -5,47 +5,18 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "support/console_setup.rs"]
+mod console_setup;
 mod support;
 #[path = "support/webapp.rs"]
 mod webapp;
 
 use std::path::Path;
 
+use console_setup::setup;
 use serde_json::{Value, json};
 use support::chromium::Chromium;
 use support::*;
-
-struct Setup {
-    tmp: tempfile::TempDir,
-    server: ServerProc,
-    admin: String,
-    session: String,
-    _app: webapp::WebApp,
-    _agent: Proc,
-}
-
-async fn setup() -> Setup {
-    let tmp = tempfile::tempdir().unwrap();
-    let server = ServerProc::start(tmp.path(), &[]).await;
-    let sys = enroll(&server, "customer-box");
-    let admin = user_with_token(&server, "root", "admin");
-    let app = webapp::WebApp::start().await;
-    let agent = start_agent(
-        &server,
-        &sys,
-        &format!("web={}", app.addr),
-        &["--shell", "/bin/sh"],
-    );
-    let session = active_session(&server, &admin, &sys.id).await;
-    Setup {
-        tmp,
-        server,
-        admin,
-        session,
-        _app: app,
-        _agent: agent,
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typing_echo_hello_in_the_browser_terminal_shows_hello() {

@@ -7,48 +7,16 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "support/console_setup.rs"]
+mod console_setup;
 mod support;
 #[path = "support/webapp.rs"]
 mod webapp;
 
+use console_setup::{Setup, setup};
 use serde_json::{Value, json};
 use support::chromium::Chromium;
 use support::*;
-
-struct Setup {
-    tmp: tempfile::TempDir,
-    server: ServerProc,
-    admin: String,
-    sys: Enrolled,
-    session: String,
-    _app: webapp::WebApp,
-    _agent: Proc,
-}
-
-async fn setup() -> Setup {
-    let tmp = tempfile::tempdir().unwrap();
-    let server = ServerProc::start(tmp.path(), &[]).await;
-    let sys = enroll(&server, "customer-box");
-    let admin = user_with_token(&server, "root", "admin");
-    user_with_password(&server, "ada", "admin", "ada's password");
-    let app = webapp::WebApp::start().await;
-    let agent = start_agent(
-        &server,
-        &sys,
-        &format!("web={}", app.addr),
-        &["--shell", "/bin/sh"],
-    );
-    let session = active_session(&server, &admin, &sys.id).await;
-    Setup {
-        tmp,
-        server,
-        admin,
-        sys,
-        session,
-        _app: app,
-        _agent: agent,
-    }
-}
 
 /// Saves what the page shows when `RTUNNEL_SCREENSHOTS` names a folder.
 async fn shot(browser: &mut Chromium, name: &str) {
@@ -116,6 +84,7 @@ fn session_row(session: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_signs_in_opens_a_terminal_plays_it_back_and_manages_grants() {
     let s = setup().await;
+    user_with_password(&s.server, "ada", "admin", "ada's password");
     let base = s.server.base_url();
     let mut browser = Chromium::start(s.tmp.path()).await;
     window(&mut browser, 1280, 800).await;
@@ -310,12 +279,12 @@ async fn an_admin_signs_in_opens_a_terminal_plays_it_back_and_manages_grants() {
         .await;
     wait_for_element(&mut browser, "the session on a phone", "tr[data-service]").await;
     shot(&mut browser, "session-narrow").await;
-    let _ = &s.sys;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_sees_no_write_buttons_and_a_second_browser_sees_a_close_live() {
     let s = setup().await;
+    user_with_password(&s.server, "ada", "admin", "ada's password");
     let base = s.server.base_url();
     user_with_password(&s.server, "vera", "viewer", "vera's password");
     s.server.admin(&["grant", "vera", "customer-box"]);
