@@ -11,7 +11,9 @@
 # (installed from Debian if missing) and rathole (built once with
 # `cargo install` into $RTUNNEL_BENCH_CACHE, ~/.cache/rtunnel-bench by
 # default). Settings: BENCH_SECONDS (iperf3 run length, default 5),
-# BENCH_REQUESTS (redis requests per run, default 100000).
+# BENCH_REQUESTS (redis requests per run, default 100000), BENCH_PATHS
+# (which paths to measure, default "raw rathole rtunnel"; the ratio column
+# needs rathole and rtunnel).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -115,9 +117,11 @@ local_addr = "127.0.0.1:$redis_port"
 EOF
 "$rathole" --server "$work/rathole-server.toml" >"$work/rathole-server.log" 2>&1 &
 pids+=($!)
+rathole_pids=($!)
 wait_port "$rathole_port"
 "$rathole" --client "$work/rathole-client.toml" >"$work/rathole-client.log" 2>&1 &
 pids+=($!)
+rathole_pids+=($!)
 wait_port "$rh_iperf"
 wait_port "$rh_redis"
 
@@ -129,6 +133,7 @@ admin() { "$server_bin" --data-dir "$data" "$@"; }
     --max-streams-per-tunnel 1024 --max-streams-per-user 1024 \
     >"$work/rtunnel-server.log" 2>&1 &
 pids+=($!)
+rtunnel_pids=($!)
 wait_port "$rt_port"
 token=$(admin user add bench --role admin --token --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
 system=$(admin system add bench-box --json)
@@ -140,6 +145,7 @@ RTUNNEL_SECRET="$secret" "$agent_bin" run --url "ws://127.0.0.1:$rt_port/api/v1/
     --static-services "iperf=127.0.0.1:$iperf_port,redis=127.0.0.1:$redis_port" \
     >"$work/rtunnel-agent.log" 2>&1 &
 pids+=($!)
+rtunnel_pids+=($!)
 session=""
 for _ in $(seq 200); do
     session=$(curl -sf -H "Authorization: Bearer $token" \
@@ -156,6 +162,7 @@ for pair in "iperf:$rt_iperf" "redis:$rt_redis"; do
         --session "$session" --service "${pair%%:*}" --listen "127.0.0.1:${pair##*:}" \
         >"$work/rtunnel-forward-${pair%%:*}.log" 2>&1 &
     pids+=($!)
+    [ "${pair%%:*}" = redis ] && rtunnel_pids+=($!)
     wait_port "${pair##*:}"
 done
 
@@ -171,8 +178,20 @@ rows = [r for r in csv.reader(sys.stdin) if r and r[0] == "PING_MBULK"]
 print("%.0f %s" % (float(rows[0][1]), rows[0][4]))'
 }
 
+cpu_ticks() { # PID... -> user+system clock ticks of those processes
+    local total=0 pid
+    for pid in "$@"; do
+        total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+    done
+    echo "$total"
+}
+per_request_us() { # TICKS-BEFORE TICKS-AFTER -> CPU microseconds per request
+    python3 -c "print('%.0f' % (($2 - $1) * 1e6 / $(getconf CLK_TCK) / $requests))"
+}
+
 declare -A result
-paths=(raw rathole rtunnel)
+declare -A cpu_of=([raw]="" [rathole]="${rathole_pids[*]}" [rtunnel]="${rtunnel_pids[*]}")
+read -r -a paths <<<"${BENCH_PATHS:-raw rathole rtunnel}"
 declare -A iperf_at=([raw]=$iperf_port [rathole]=$rh_iperf [rtunnel]=$rt_iperf)
 declare -A redis_at=([raw]=$redis_port [rathole]=$rh_redis [rtunnel]=$rt_redis)
 for p in "${paths[@]}"; do
@@ -180,8 +199,15 @@ for p in "${paths[@]}"; do
     result[$p,tput1]=$(iperf "${iperf_at[$p]}" 1)
     result[$p,tput8]=$(iperf "${iperf_at[$p]}" 8)
     read -r "result[$p,ping1]" _ <<<"$(redis_ping "${redis_at[$p]}" 1 1)"
+    # shellcheck disable=SC2086 # a list of pids
+    before=$(cpu_ticks ${cpu_of[$p]})
     read -r "result[$p,ping50]" _ <<<"$(redis_ping "${redis_at[$p]}" 50 1)"
+    # shellcheck disable=SC2086
+    after=$(cpu_ticks ${cpu_of[$p]})
+    result[$p,ping50cpu]=$(per_request_us "$before" "$after")
     read -r "result[$p,new10]" "result[$p,new10p50]" <<<"$(redis_ping "${redis_at[$p]}" 10 0)"
+    # shellcheck disable=SC2086
+    result[$p,new10cpu]=$(per_request_us "$after" "$(cpu_ticks ${cpu_of[$p]})")
 done
 
 python3 - "$(nproc)" <<EOF
@@ -191,17 +217,25 @@ rows = [
     ("8 parallel streams (Gbit/s)", "tput8"),
     ("PING rate, 1 client (req/s)", "ping1"),
     ("PING rate, 50 clients (req/s)", "ping50"),
+    ("  CPU of the path's processes per request (us)", "ping50cpu"),
     ("new connection + PING, 10 clients (req/s)", "new10"),
     ("  p50 latency of that (ms)", "new10p50"),
+    ("  CPU of the path's processes per request (us)", "new10cpu"),
 ]
 r = {
-$(for p in "${paths[@]}"; do for k in tput1 tput8 ping1 ping50 new10 new10p50; do echo "    ('$p', '$k'): ${result[$p,$k]},"; done; done)
+$(for p in "${paths[@]}"; do for k in tput1 tput8 ping1 ping50 ping50cpu new10 new10p50 new10cpu; do echo "    ('$p', '$k'): ${result[$p,$k]},"; done; done)
 }
-print(f"| measure ({sys.argv[1]} cores) | raw loopback | rathole 0.5 | rtunnel forward | rtunnel / rathole |")
-print("| --- | --- | --- | --- | --- |")
+names = {"raw": "raw loopback", "rathole": "rathole 0.5", "rtunnel": "rtunnel forward"}
+paths = [p for p in names if any(k[0] == p for k in r)]
+ratio = "rathole" in paths and "rtunnel" in paths
+head = [f"measure ({sys.argv[1]} cores)"] + [names[p] for p in paths] + (["rtunnel / rathole"] if ratio else [])
+print("| " + " | ".join(head) + " |")
+print("|" + " --- |" * len(head))
 for label, key in rows:
-    raw, rh, rt = r[("raw", key)], r[("rathole", key)], r[("rtunnel", key)]
-    lower_is_better = key.endswith("p50")
-    ratio = (rh / rt) if lower_is_better else (rt / rh)
-    print(f"| {label} | {raw:g} | {rh:g} | {rt:g} | {ratio:.2f}x |")
+    cells = [label] + [f"{r[(p, key)]:g}" for p in paths]
+    if ratio:
+        rh, rt = r[("rathole", key)], r[("rtunnel", key)]
+        lower_is_better = key.endswith("p50") or key.endswith("cpu")
+        cells.append(f"{(rh / rt) if lower_is_better else (rt / rh):.2f}x")
+    print("| " + " | ".join(cells) + " |")
 EOF

@@ -247,8 +247,8 @@ async fn serve_stream(ctx: Arc<ForwardCtx>, mut stream: MuxStream) {
         bytes_from_service: 0,
         error: None,
     };
-    let sessions = &ctx.state.stores.sessions;
-    if let Err(e) = sessions.open_access(&entry).await {
+    let access_log = &ctx.state.access_log;
+    if let Err(e) = access_log.open(&entry).await {
         tracing::error!(error = %e, "cannot write the access log");
         let reply = StreamReply::refused(
             RefusalCode::Unavailable,
@@ -258,9 +258,7 @@ async fn serve_stream(ctx: Arc<ForwardCtx>, mut stream: MuxStream) {
         return;
     }
     if write_frame(&mut stream, &StreamReply::Ok).await.is_err() {
-        let _ = sessions
-            .close_access(entry.id, now_millis(), 0, 0, Some("operator went away"))
-            .await;
+        access_log.close(entry.id, 0, 0, Some("operator went away".into()));
         return;
     }
     let opened = std::time::Instant::now();
@@ -272,18 +270,7 @@ async fn serve_stream(ctx: Arc<ForwardCtx>, mut stream: MuxStream) {
     } else {
         outcome.result.as_ref().err().map(ToString::to_string)
     };
-    if let Err(e) = sessions
-        .close_access(
-            entry.id,
-            now_millis(),
-            outcome.a_to_b,
-            outcome.b_to_a,
-            error.as_deref(),
-        )
-        .await
-    {
-        tracing::error!(error = %e, "cannot complete the access log entry");
-    }
+    access_log.close(entry.id, outcome.a_to_b, outcome.b_to_a, error.clone());
     tracing::info!(
         user = %ctx.user.name,
         session = %ctx.session_id,

@@ -31,6 +31,7 @@
 //! ```
 
 mod accept;
+mod access_log;
 mod api;
 #[cfg(feature = "cli")]
 pub mod cli;
@@ -65,6 +66,7 @@ pub mod fuzzing;
 #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
 compile_error!("rtunnel-server needs a database: enable `sqlite`, `postgres` or both");
 
+pub use access_log::AccessLogWriter;
 pub use client_addr::TrustedProxies;
 #[cfg(feature = "redis")]
 pub use cluster::Membership;

@@ -227,6 +227,7 @@ impl ServerBuilder {
             audit.clone(),
             cluster.clone(),
         );
+        let access_log = crate::access_log::AccessLogWriter::new(stores.sessions.clone());
         let tickets = crate::tickets::Tickets::new(stores.tickets.clone(), stores.limiter.clone());
         let access = crate::revocation::Access::new(
             access,
@@ -248,6 +249,7 @@ impl ServerBuilder {
                 audit,
                 lifecycle,
                 tickets,
+                access_log,
                 stores,
                 tunnels,
                 proxy,
@@ -400,6 +402,8 @@ impl Server {
         .await;
         // The drain cancelled the shutdown token: the background ends.
         background.await;
+        // Connections that ended during the drain queued their closes.
+        flush_access_log(&state).await;
         served
     }
 }
@@ -567,6 +571,17 @@ async fn drain(state: &AppState) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     state.tunnels.cluster.leave().await;
+    flush_access_log(state).await;
+}
+
+/// Writes out the access-log closes still queued, waiting a bounded time.
+async fn flush_access_log(state: &AppState) {
+    if tokio::time::timeout(SHUTDOWN_DRAIN, state.access_log.flush())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutting down with access-log closes not yet written");
+    }
 }
 
 /// Path of the default SQLite database in a data directory.

@@ -88,6 +88,8 @@ pub struct AppState {
     pub lifecycle: crate::lifecycle::Lifecycle,
     /// Single-use tickets.
     pub tickets: crate::tickets::Tickets,
+    /// The access log: entries written before bytes flow, closes batched.
+    pub access_log: crate::access_log::AccessLogWriter,
     /// The console's cookies and the requests that may use them.
     pub(crate) browser: crate::api::browser::BrowserPolicy,
 }

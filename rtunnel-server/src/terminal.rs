@@ -156,7 +156,7 @@ pub(crate) async fn terminal_endpoint(
         bytes_from_service: 0,
         error: None,
     };
-    state.stores.sessions.open_access(&entry).await?;
+    state.access_log.open(&entry).await?;
     // From here until the bridge runs, the client may vanish (hyper drops
     // this future, or the upgrade fails): the entry must not stay open.
     let unstarted = Unstarted {
@@ -216,18 +216,8 @@ impl Drop for Unstarted {
         let Some(id) = self.entry_id.take() else {
             return;
         };
-        let state = self.state.clone();
-        tokio::spawn(async move {
-            let why = Some("the browser left before the terminal opened");
-            if let Err(e) = state
-                .stores
-                .sessions
-                .close_access(id, now_millis(), 0, 0, why)
-                .await
-            {
-                tracing::error!(error = %e, "cannot complete the access log entry");
-            }
-        });
+        let why = "the browser left before the terminal opened";
+        self.state.access_log.close(id, 0, 0, Some(why.into()));
     }
 }
 
@@ -445,14 +435,9 @@ async fn bridge(ctx: TerminalCtx, socket: WebSocket, upstream: TunnelStream, rec
         to_agent.load(Ordering::Relaxed),
         from_agent.load(Ordering::Relaxed),
     );
-    if let Err(e) = state
-        .stores
-        .sessions
-        .close_access(ctx.entry_id, now_millis(), to, from, error.as_deref())
-        .await
-    {
-        tracing::error!(error = %e, "cannot complete the access log entry");
-    }
+    state
+        .access_log
+        .close(ctx.entry_id, to, from, error.clone());
     let mut event = AuditEvent::new(AuditKind::TerminalClosed);
     event.actor = Some(ctx.user.name.clone());
     event.system_id = Some(ctx.system_id);

@@ -20,9 +20,9 @@
 use uuid::Uuid;
 
 use super::{
-    AuditEvent, AuditFilter, AuditKind, AuditReader, AuditSink, IdentityStore, LoginStore, Page,
-    Resource, ResourceStore, Role, SessionFilter, SessionRecord, SessionStatus, SessionStore,
-    StoreError, System, User, now_millis,
+    AccessClose, AccessKind, AccessLog, AuditEvent, AuditFilter, AuditKind, AuditReader, AuditSink,
+    IdentityStore, LoginStore, Page, Resource, ResourceStore, Role, SessionFilter, SessionRecord,
+    SessionStatus, SessionStore, StoreError, System, User, now_millis,
 };
 use crate::ids::UserId;
 use crate::proto::{ServiceInfo, StreamKind};
@@ -951,6 +951,97 @@ where
     assert_eq!(l.check("k", RULE, t2).await.unwrap(), None);
 }
 
+/// Conformance check `access_closes_are_written_together`: a batch of
+/// opens and one of closes (more than one statement's worth) lands on the right entries,
+/// with and without an error, and skips ids that have no entry.
+pub async fn access_closes_are_written_together<S: FullStore + ?Sized>(s: &S) {
+    let sys = system("delta");
+    s.create_system(&sys).await.unwrap();
+    let now = now_millis();
+    let rec = SessionRecord {
+        id: Uuid::new_v4().into(),
+        system_id: sys.id,
+        status: SessionStatus::Pending,
+        created_at: now,
+        activated_at: None,
+        ended_at: None,
+        end_reason: None,
+        expires_at: now + 60_000,
+        grace_until: None,
+        reconnect_token_hash: None,
+        agent_addr: None,
+        agent_software: None,
+        services: vec![],
+        node_id: None,
+    };
+    s.create_session(&rec).await.unwrap();
+    let mut entries = Vec::new();
+    for i in 0..250_i64 {
+        let e = AccessLog {
+            id: Uuid::new_v4(),
+            session_id: rec.id,
+            kind: AccessKind::Forward,
+            service: Some("ssh".into()),
+            actor: "alice".into(),
+            ip_address: None,
+            opened_at: now + i,
+            closed_at: None,
+            bytes_to_service: 0,
+            bytes_from_service: 0,
+            error: None,
+        };
+        entries.push(e);
+    }
+    // More than one statement's worth together, and some one by one.
+    s.open_accesses(&entries[..200]).await.unwrap();
+    s.open_accesses(&[]).await.unwrap();
+    for e in &entries[200..] {
+        s.open_access(e).await.unwrap();
+    }
+    // Every entry but the last closes; one close names no entry.
+    let mut closes: Vec<AccessClose> = entries[..249]
+        .iter()
+        .enumerate()
+        .map(|(i, e)| AccessClose {
+            id: e.id,
+            closed_at: e.opened_at + 10,
+            bytes_to_service: i as u64,
+            bytes_from_service: u64::MAX,
+            error: (i % 2 == 1).then(|| format!("failed {i}")),
+        })
+        .collect();
+    closes.push(AccessClose {
+        id: Uuid::new_v4(),
+        closed_at: now,
+        bytes_to_service: 1,
+        bytes_from_service: 1,
+        error: None,
+    });
+    s.close_accesses(&closes).await.unwrap();
+    s.close_accesses(&[]).await.unwrap();
+    let page = Page {
+        page: 1,
+        page_size: 500,
+    };
+    let got = s.list_access(rec.id, page).await.unwrap();
+    assert_eq!(got.items.len(), 250);
+    for e in &got.items {
+        let i = entries.iter().position(|x| x.id == e.id).unwrap();
+        if i == 249 {
+            assert_eq!(e.closed_at, None, "the entry no close named stays open");
+            continue;
+        }
+        assert_eq!(e.closed_at, Some(entries[i].opened_at + 10));
+        assert_eq!(e.bytes_to_service, i as u64);
+        assert_eq!(
+            e.bytes_from_service,
+            i64::MAX as u64,
+            "clamped to the column"
+        );
+        assert_eq!(e.error, (i % 2 == 1).then(|| format!("failed {i}")));
+    }
+}
+
 /// One `#[tokio::test]` per conformance check, each on a fresh store from
 /// `$fresh`: an async function answering `Some((guard, store))`, where the
 /// guard keeps the store's backing alive (a temporary directory, a
@@ -958,7 +1049,7 @@ where
 #[macro_export]
 macro_rules! store_conformance_tests {
     ($fresh:path) => {
-        $crate::store_conformance_tests!(@each $fresh; duplicate_names_conflict, users_are_listed_disabled_and_hold_a_password_hash, a_login_rotates_once_per_token_and_ends_for_good, deleting_a_system_takes_its_grants_along, grants_are_given_checked_and_revoked, the_last_agent_address_is_the_newest_sessions, sessions_move_through_their_states, restart_recovery_puts_live_sessions_in_grace_and_expires_pending_ones, the_audit_log_filters_and_pages_newest_first, resources_round_trip_and_names_are_unique, grants_expire_and_revoke, api_tokens_are_listed_and_revoked, old_audit_events_and_closed_access_logs_are_pruned, every_change_that_takes_access_moves_the_epoch, active_grants_are_listed_and_filtered);
+        $crate::store_conformance_tests!(@each $fresh; duplicate_names_conflict, users_are_listed_disabled_and_hold_a_password_hash, a_login_rotates_once_per_token_and_ends_for_good, deleting_a_system_takes_its_grants_along, grants_are_given_checked_and_revoked, the_last_agent_address_is_the_newest_sessions, sessions_move_through_their_states, restart_recovery_puts_live_sessions_in_grace_and_expires_pending_ones, the_audit_log_filters_and_pages_newest_first, resources_round_trip_and_names_are_unique, grants_expire_and_revoke, api_tokens_are_listed_and_revoked, old_audit_events_and_closed_access_logs_are_pruned, every_change_that_takes_access_moves_the_epoch, active_grants_are_listed_and_filtered, access_closes_are_written_together);
     };
     (@each $fresh:path; $($check:ident),*) => {
         $(

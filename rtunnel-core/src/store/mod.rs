@@ -41,7 +41,7 @@ pub fn rfc3339(ms: Millis) -> String {
 }
 
 /// Errors of a store.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// A row with the same unique value exists.
     #[error("already exists: {0}")]
@@ -565,6 +565,31 @@ pub trait SessionStore: Send + Sync {
         bytes_from_service: u64,
         error: Option<&str>,
     ) -> Result<(), StoreError>;
+    /// Records several accesses as they open, in as few statements as the
+    /// store can (the server batches the opens that arrive together). The
+    /// default writes them one by one.
+    async fn open_accesses(&self, entries: &[AccessLog]) -> Result<(), StoreError> {
+        for e in entries {
+            self.open_access(e).await?;
+        }
+        Ok(())
+    }
+    /// Records how several accesses ended, in as few statements as the
+    /// store can (the server batches the closes of busy sessions). An id
+    /// with no entry is skipped. The default closes them one by one.
+    async fn close_accesses(&self, closes: &[AccessClose]) -> Result<(), StoreError> {
+        for c in closes {
+            self.close_access(
+                c.id,
+                c.closed_at,
+                c.bytes_to_service,
+                c.bytes_from_service,
+                c.error.as_deref(),
+            )
+            .await?;
+        }
+        Ok(())
+    }
     /// Retention: deletes the access-log entries closed before `before`;
     /// answers how many. Open entries stay, however old.
     async fn prune_access(&self, before: Millis) -> Result<u64, StoreError>;
@@ -628,6 +653,21 @@ pub struct AccessLog {
     pub opened_at: Millis,
     /// When it closed (none while open).
     pub closed_at: Option<Millis>,
+    /// Bytes from the operator to the service.
+    pub bytes_to_service: u64,
+    /// Bytes from the service to the operator.
+    pub bytes_from_service: u64,
+    /// How it failed, if it did.
+    pub error: Option<String>,
+}
+
+/// How one access ended ([`SessionStore::close_accesses`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessClose {
+    /// The entry's id ([`AccessLog::id`]).
+    pub id: Uuid,
+    /// When it closed.
+    pub closed_at: Millis,
     /// Bytes from the operator to the service.
     pub bytes_to_service: u64,
     /// Bytes from the service to the operator.

@@ -33,6 +33,7 @@ pub(crate) struct SessionsApi {
     sessions: Arc<dyn SessionStore>,
     access: Access,
     audit: Audit,
+    access_log: crate::access_log::AccessLogWriter,
 }
 
 impl FromRef<Arc<AppState>> for SessionsApi {
@@ -41,6 +42,7 @@ impl FromRef<Arc<AppState>> for SessionsApi {
             sessions: state.stores.sessions.clone(),
             access: state.access.clone(),
             audit: state.audit.clone(),
+            access_log: state.access_log.clone(),
         }
     }
 }
@@ -406,6 +408,9 @@ pub(super) async fn logs(
 ) -> Result<Json<Paged<AccessLogView>>, ApiError> {
     let page = q.page()?;
     let session = readable(&api, &user, &id).await?;
+    // This node's closes still queued are written first: a connection that
+    // ended before the request shows as closed.
+    api.access_log.flush().await;
     let logs = api.sessions.list_access(session.id, page).await?;
     Ok(Json(Paged {
         items: logs.items.into_iter().map(AccessLogView::from).collect(),

@@ -143,9 +143,8 @@ impl Visits {
             error: None,
         };
         state
-            .stores
-            .sessions
-            .open_access(&entry)
+            .access_log
+            .open(&entry)
             .await
             .map_err(|e| ApiError::unavailable("access_log_unavailable", e))?;
         let visit = Arc::new(Visit {
@@ -208,14 +207,8 @@ async fn watch(state: Arc<AppState>, key: VisitKey, visitor: Visitor, visit: Arc
     remove(&mut *state.proxy.visits.open.lock().await, &key, &visit);
     let to = visit.to_service.load(Ordering::Relaxed);
     let from = visit.from_service.load(Ordering::Relaxed);
-    if let Err(e) = state
-        .stores
-        .sessions
-        .close_access(visit.entry_id, now_millis(), to, from, error)
-        .await
-    {
-        tracing::error!(error = %e, "cannot complete the access log entry");
-    }
+    let why = error.map(str::to_owned);
+    state.access_log.close(visit.entry_id, to, from, why);
     tracing::info!(
         user = %visitor.name,
         session = %key.session_id,

@@ -21,8 +21,9 @@ use uuid::Uuid;
 use crate::ids::{SessionId, SystemId, UserId};
 
 use super::{
-    AccessLog, ApiTokenRecord, GrantRecord, IdentityStore, Millis, Page, Paged, SessionFilter,
-    SessionRecord, SessionSort, SessionStatus, SessionStore, StoreError, System, User,
+    AccessClose, AccessLog, ApiTokenRecord, GrantRecord, IdentityStore, Millis, Page, Paged,
+    SessionFilter, SessionRecord, SessionSort, SessionStatus, SessionStore, StoreError, System,
+    User,
 };
 use crate::proto::ServiceInfo;
 
@@ -32,6 +33,12 @@ mod logins;
 mod resources;
 
 use grants::SYSTEM_GRANTS;
+
+/// Access-log entries written by one statement (seven parameters each).
+const ENTRIES_PER_STATEMENT: usize = 100;
+/// Access-log closes written by one statement (five parameters each, well
+/// under SQLite's and PostgreSQL's limits).
+const CLOSES_PER_STATEMENT: usize = 100;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sql");
 
@@ -886,6 +893,74 @@ impl SessionStore for SqlStore {
         .execute(&self.pool)
         .await
         .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn open_accesses(&self, entries: &[AccessLog]) -> Result<(), StoreError> {
+        for chunk in entries.chunks(ENTRIES_PER_STATEMENT) {
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let p: Vec<String> = (1..=7).map(|k| format!("${}", i * 7 + k)).collect();
+                    format!("({})", p.join(", "))
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO access_logs (id, session_id, kind, service, actor, ip_address, opened_at) \
+                 VALUES {}",
+                rows.join(", ")
+            );
+            // Built from this constant text and numbered placeholders only.
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for e in chunk {
+                query = query
+                    .bind(e.id.to_string())
+                    .bind(e.session_id.to_string())
+                    .bind(e.kind.as_str())
+                    .bind(e.service.clone())
+                    .bind(e.actor.clone())
+                    .bind(e.ip_address.clone())
+                    .bind(e.opened_at);
+            }
+            query.execute(&self.pool).await.map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    async fn close_accesses(&self, closes: &[AccessClose]) -> Result<(), StoreError> {
+        // One statement per chunk: `UPDATE ... FROM (VALUES ...)` (SQLite
+        // 3.33 and PostgreSQL both name the columns column1..column5).
+        for chunk in closes.chunks(CLOSES_PER_STATEMENT) {
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let n = i * 5;
+                    format!(
+                        "(${}, ${}, ${}, ${}, ${})",
+                        n + 1,
+                        n + 2,
+                        n + 3,
+                        n + 4,
+                        n + 5
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "UPDATE access_logs SET closed_at = v.column2, bytes_to_service = v.column3, \
+                 bytes_from_service = v.column4, error = v.column5 \
+                 FROM (VALUES {}) AS v WHERE access_logs.id = v.column1",
+                rows.join(", ")
+            );
+            // Built from this constant text and numbered placeholders only.
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for c in chunk {
+                query = query
+                    .bind(c.id.to_string())
+                    .bind(c.closed_at)
+                    .bind(i64::try_from(c.bytes_to_service).unwrap_or(i64::MAX))
+                    .bind(i64::try_from(c.bytes_from_service).unwrap_or(i64::MAX))
+                    .bind(c.error.clone());
+            }
+            query.execute(&self.pool).await.map_err(backend)?;
+        }
         Ok(())
     }
 
