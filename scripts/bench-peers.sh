@@ -13,7 +13,10 @@
 # default). Settings: BENCH_SECONDS (iperf3 run length, default 5),
 # BENCH_REQUESTS (redis requests per run, default 100000), BENCH_PATHS
 # (which paths to measure, default "raw rathole rtunnel"; the ratio column
-# needs rathole and rtunnel).
+# needs rathole and rtunnel). BENCH_NODES=2 runs rtunnel as a two-node
+# cluster (a Redis of its own, one data directory) and adds the path
+# "cross": `forward` on node B, the agent's tunnel on node A, the stream
+# carried over the node mesh; its ratio to the local path is printed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -126,12 +129,27 @@ wait_port "$rh_iperf"
 wait_port "$rh_redis"
 
 # rtunnel: server, agent, and one forward per service.
+nodes=${BENCH_NODES:-1}
 rt_port=$(port)
 data="$work/rtunnel"
 admin() { "$server_bin" --data-dir "$data" "$@"; }
-"$server_bin" serve --data-dir "$data" --listen "127.0.0.1:$rt_port" \
-    --max-streams-per-tunnel 1024 --max-streams-per-user 1024 \
-    >"$work/rtunnel-server.log" 2>&1 &
+node_args=()
+if [ "$nodes" = 2 ]; then
+    cluster_redis=$(port)
+    redis-server --port "$cluster_redis" --bind 127.0.0.1 --save "" --appendonly no \
+        >"$work/cluster-redis.log" 2>&1 &
+    pids+=($!)
+    wait_port "$cluster_redis"
+    node_args=(--redis-url "redis://127.0.0.1:$cluster_redis")
+fi
+rt_serve() { # PORT NODE-ID LOG
+    local cluster=()
+    [ "$nodes" = 2 ] && cluster=("${node_args[@]}" --node-id "$2" --node-listen "127.0.0.1:$(port)")
+    "$server_bin" serve --data-dir "$data" --listen "127.0.0.1:$1" \
+        --max-streams-per-tunnel 1024 --max-streams-per-user 1024 "${cluster[@]}" \
+        >"$3" 2>&1 &
+}
+rt_serve "$rt_port" node-a "$work/rtunnel-server.log"
 pids+=($!)
 rtunnel_pids=($!)
 wait_port "$rt_port"
@@ -155,16 +173,33 @@ for _ in $(seq 200); do
     sleep 0.05
 done
 [ -n "$session" ] || { echo "bench: the agent did not connect" >&2; cat "$work"/rtunnel-*.log >&2; exit 1; }
+forwards() { # SERVER-PORT LOG-SUFFIX IPERF-PORT REDIS-PORT; sets forward_pid (redis)
+    local pair
+    for pair in "iperf:$3" "redis:$4"; do
+        RTUNNEL_TOKEN="$token" "$agent_bin" forward --server "http://127.0.0.1:$1" \
+            --session "$session" --service "${pair%%:*}" --listen "127.0.0.1:${pair##*:}" \
+            >"$work/rtunnel-forward-${pair%%:*}$2.log" 2>&1 &
+        pids+=($!)
+        [ "${pair%%:*}" = redis ] && forward_pid=$!
+        wait_port "${pair##*:}"
+    done
+}
 rt_iperf=$(port)
 rt_redis=$(port)
-for pair in "iperf:$rt_iperf" "redis:$rt_redis"; do
-    RTUNNEL_TOKEN="$token" "$agent_bin" forward --server "http://127.0.0.1:$rt_port" \
-        --session "$session" --service "${pair%%:*}" --listen "127.0.0.1:${pair##*:}" \
-        >"$work/rtunnel-forward-${pair%%:*}.log" 2>&1 &
+forwards "$rt_port" "" "$rt_iperf" "$rt_redis"
+cross_pids=("${rtunnel_pids[@]}")
+rtunnel_pids+=("$forward_pid")
+if [ "$nodes" = 2 ]; then
+    rt_port_b=$(port)
+    rt_serve "$rt_port_b" node-b "$work/rtunnel-server-b.log"
     pids+=($!)
-    [ "${pair%%:*}" = redis ] && rtunnel_pids+=($!)
-    wait_port "${pair##*:}"
-done
+    cross_pids+=($!)
+    wait_port "$rt_port_b"
+    cross_iperf=$(port)
+    cross_redis=$(port)
+    forwards "$rt_port_b" "-b" "$cross_iperf" "$cross_redis"
+    cross_pids+=("$forward_pid")
+fi
 
 # The measurements.
 iperf() { # PORT STREAMS -> Gbit/s
@@ -191,9 +226,16 @@ per_request_us() { # TICKS-BEFORE TICKS-AFTER -> CPU microseconds per request
 
 declare -A result
 declare -A cpu_of=([raw]="" [rathole]="${rathole_pids[*]}" [rtunnel]="${rtunnel_pids[*]}")
-read -r -a paths <<<"${BENCH_PATHS:-raw rathole rtunnel}"
 declare -A iperf_at=([raw]=$iperf_port [rathole]=$rh_iperf [rtunnel]=$rt_iperf)
 declare -A redis_at=([raw]=$redis_port [rathole]=$rh_redis [rtunnel]=$rt_redis)
+default_paths="raw rathole rtunnel"
+if [ "$nodes" = 2 ]; then
+    default_paths="$default_paths cross"
+    cpu_of[cross]="${cross_pids[*]}"
+    iperf_at[cross]=$cross_iperf
+    redis_at[cross]=$cross_redis
+fi
+read -r -a paths <<<"${BENCH_PATHS:-$default_paths}"
 for p in "${paths[@]}"; do
     echo "bench: $p" >&2
     result[$p,tput1]=$(iperf "${iperf_at[$p]}" 1)
@@ -225,10 +267,12 @@ rows = [
 r = {
 $(for p in "${paths[@]}"; do for k in tput1 tput8 ping1 ping50 ping50cpu new10 new10p50 new10cpu; do echo "    ('$p', '$k'): ${result[$p,$k]},"; done; done)
 }
-names = {"raw": "raw loopback", "rathole": "rathole 0.5", "rtunnel": "rtunnel forward"}
+names = {"raw": "raw loopback", "rathole": "rathole 0.5", "rtunnel": "rtunnel forward",
+         "cross": "rtunnel via another node"}
 paths = [p for p in names if any(k[0] == p for k in r)]
 ratio = "rathole" in paths and "rtunnel" in paths
-head = [f"measure ({sys.argv[1]} cores)"] + [names[p] for p in paths] + (["rtunnel / rathole"] if ratio else [])
+cross = "cross" in paths and "rtunnel" in paths
+head = [f"measure ({sys.argv[1]} cores)"] + [names[p] for p in paths] + (["rtunnel / rathole"] if ratio else []) + (["other node / local"] if cross else [])
 print("| " + " | ".join(head) + " |")
 print("|" + " --- |" * len(head))
 for label, key in rows:
@@ -237,5 +281,9 @@ for label, key in rows:
         rh, rt = r[("rathole", key)], r[("rtunnel", key)]
         lower_is_better = key.endswith("p50") or key.endswith("cpu")
         cells.append(f"{(rh / rt) if lower_is_better else (rt / rh):.2f}x")
+    if cross:
+        local, far = r[("rtunnel", key)], r[("cross", key)]
+        lower_is_better = key.endswith("p50") or key.endswith("cpu")
+        cells.append(f"{(local / far) if lower_is_better else (far / local):.2f}x")
     print("| " + " | ".join(cells) + " |")
 EOF
