@@ -22,6 +22,15 @@ use crate::services::parse_services;
 #[derive(Debug, Parser)]
 #[command(name = "rtunnel-agent", version, about, long_about = None, args_conflicts_with_subcommands = true)]
 pub struct Cli {
+    /// Log lines as `text` or `json` (one object per line); the level is
+    /// RTUNNEL_LOG's (default info).
+    #[arg(
+        long,
+        env = "RTUNNEL_LOG_FORMAT",
+        default_value = "text",
+        global = true
+    )]
+    log_format: rtunnel_core::logging::LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
@@ -122,22 +131,10 @@ pub async fn main() -> ExitCode {
     // Before anything else: the shells this process starts must not read
     // its secret or token from /proc.
     let protected = crate::harden::protect_process();
-    let spec = std::env::var("RTUNNEL_LOG").unwrap_or_else(|_| "info".into());
-    let filter = match rtunnel_core::log_filter::check(&spec).and_then(|()| {
-        tracing_subscriber::EnvFilter::try_new(&spec)
-            .map_err(|e| format!("invalid RTUNNEL_LOG={spec:?}: {e}"))
-    }) {
-        Ok(filter) => filter,
-        Err(e) => {
-            eprintln!("rtunnel-agent: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init();
+    if let Err(e) = rtunnel_core::logging::init(cli.log_format) {
+        eprintln!("rtunnel-agent: {e}");
+        return ExitCode::from(2);
+    }
     if let Err(e) = protected {
         tracing::warn!(
             "cannot make the process non-dumpable, so a shell it starts could read its secret: {e}"
@@ -204,6 +201,18 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         builder = builder.endpoint(Endpoint { url, proxy });
     }
     let agent = builder.build().map_err(|e| usage(e.to_string()))?;
+    let config = agent.config();
+    let urls: Vec<&str> = config.endpoints.iter().map(|e| e.url.as_str()).collect();
+    let services: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        urls = %urls.join(","),
+        proxy = ?config.endpoints.first().and_then(|e| e.proxy.as_ref()),
+        key = %config.key,
+        services = %services.join(","),
+        terminal = config.terminal.is_some(),
+        "rtunnel-agent starting"
+    );
     match agent.run(rtunnel_core::signal::terminated()).await {
         Ok(AgentExit::SessionClosed(_)) | Ok(AgentExit::Shutdown) => Ok(()),
         Err(AgentError::Config(m)) => Err(usage(m)),

@@ -51,10 +51,13 @@ pub mod frame;
 pub mod ids;
 pub mod link;
 pub mod log_filter;
+#[cfg(feature = "logging")]
+pub mod logging;
 pub mod mux;
 pub mod proto;
 pub mod ratelimit;
 pub mod recording;
+pub mod redact;
 pub mod relay;
 pub mod session;
 pub mod setup;

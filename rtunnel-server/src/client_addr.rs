@@ -53,6 +53,16 @@ impl TrustedProxies {
         Ok(TrustedProxies { networks })
     }
 
+    /// The list as `--trusted-proxies` takes it (`10.0.0.0/8,127.0.0.1/32`).
+    pub fn to_list(&self) -> String {
+        let items: Vec<String> = self
+            .networks
+            .iter()
+            .map(|(addr, len)| format!("{addr}/{len}"))
+            .collect();
+        items.join(",")
+    }
+
     /// Whether nobody is trusted.
     pub fn is_empty(&self) -> bool {
         self.networks.is_empty()

@@ -12,8 +12,9 @@ pub const DEFAULT_REDIS_PREFIX: &str = "rtunnel:";
 pub(crate) const NO_REDIS: &str =
     "--redis-url: this server was built without the `redis` feature, so it cannot join a cluster";
 
-/// Everything the server needs to run.
-#[derive(Debug, Clone)]
+/// Everything the server needs to run. Its `Debug` is
+/// [`ServerConfig::summary`]: secrets in URLs are hidden.
+#[derive(Clone)]
 pub struct ServerConfig {
     /// Address to listen on.
     pub listen: SocketAddr,
@@ -97,6 +98,66 @@ pub struct ServerConfig {
     /// with a spread `Retry-After`), so a herd of agents coming back after
     /// a restart is taken in at the pace the database keeps.
     pub max_tunnel_setups: usize,
+}
+
+impl ServerConfig {
+    /// The effective configuration as the server logs it at start: every
+    /// setting, with the password of the Redis URL hidden (key files are
+    /// named, never read).
+    pub fn summary(&self) -> serde_json::Value {
+        let secs = flag_duration;
+        serde_json::json!({
+            "listen": self.listen.to_string(),
+            "public_url": self.public_url,
+            "data_dir": self.data_dir.display().to_string(),
+            "proxy_domain": self.proxy_domain,
+            "path_prefix": self.path_prefix,
+            "production": self.production,
+            "session_ttl": secs(self.session_ttl),
+            "grace_period": secs(self.grace_period),
+            "proxy_token_ttl": secs(self.proxy_token_ttl),
+            "heartbeat_interval": secs(self.heartbeat_interval),
+            "max_streams_per_tunnel": self.max_streams_per_tunnel,
+            "max_streams_per_user": self.max_streams_per_user,
+            "max_connections": self.max_connections,
+            "max_connections_per_address": self.max_connections_per_address,
+            "max_tunnel_setups": self.max_tunnel_setups,
+            "trusted_proxies": self.trusted_proxies.to_list(),
+            "audit_retention": self.audit_retention.map_or_else(|| "never".to_owned(), secs),
+            "secret_key_file": self.secret_key_file.as_ref().map(|p| p.display().to_string()),
+            "launch_key_file": self.launch_key_file.as_ref().map(|p| p.display().to_string()),
+            "redis_url": self.redis_url.as_deref().map(rtunnel_core::redact::url),
+            "redis_prefix": self.redis_prefix,
+            "node_id": self.node_id,
+            "node_listen": self.node_listen.map(|a| a.to_string()),
+            "node_advertise": self.node_advertise,
+            "pomerium_base_url": self.pomerium_base_url,
+            "tsplus_base_url": self.tsplus_base_url,
+        })
+    }
+}
+
+/// A duration as the flags take it, in its largest whole unit: `365d`,
+/// `1h`, `90s`, `250ms`.
+fn flag_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
+        if ms >= size && ms.is_multiple_of(size) {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ServerConfig {}", self.summary())
+    }
 }
 
 impl Default for ServerConfig {
@@ -221,6 +282,27 @@ pub(crate) fn is_path_prefix(prefix: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_summary_and_debug_hide_the_redis_password() {
+        let config = ServerConfig {
+            redis_url: Some("redis://:hunter2@10.0.0.5:6379/0".into()),
+            trusted_proxies: crate::client_addr::TrustedProxies::parse("10.0.0.0/8, 127.0.0.1")
+                .unwrap(),
+            ..ServerConfig::default()
+        };
+        let summary = config.summary();
+        assert_eq!(summary["redis_url"], "redis://:***@10.0.0.5:6379/0");
+        assert_eq!(summary["trusted_proxies"], "10.0.0.0/8,127.0.0.1/32");
+        assert_eq!(summary["session_ttl"], "1d");
+        assert_eq!(summary["audit_retention"], "365d");
+        assert_eq!(summary["heartbeat_interval"], "15s");
+        assert_eq!(flag_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(flag_duration(Duration::from_secs(90)), "90s");
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("10.0.0.5"), "{debug}");
+    }
 
     #[test]
     fn path_prefixes_are_plain_paths() {

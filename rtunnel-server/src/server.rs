@@ -382,7 +382,7 @@ impl Server {
         let addr = listener.local_addr()?;
         let router = self.router();
         let prefix = self.state.config.path_prefix.clone();
-        tracing::info!(%addr, node = %self.state.tunnels.cluster.node_id(), path_prefix = %prefix, "rtunnel-server listening");
+        tracing::info!(%addr, node = %self.state.tunnels.cluster.node_id(), path_prefix = %prefix, version = env!("CARGO_PKG_VERSION"), "rtunnel-server listening");
         let state = self.state.clone();
         let background = Background::start(state.clone(), self.node_listener);
         let head_timeout = state.config.request_head_timeout;

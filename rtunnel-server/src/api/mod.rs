@@ -185,7 +185,7 @@ async fn readyz(
         "none"
     };
     Ok(Json(
-        json!({"status": "ready", "database": "ok", "redis": redis, "node": tunnels.cluster.node_id()}),
+        json!({"status": "ready", "database": "ok", "redis": redis, "node": tunnels.cluster.node_id(), "version": env!("CARGO_PKG_VERSION")}),
     ))
 }
 

@@ -25,6 +25,15 @@ use crate::server::Server;
 #[derive(Debug, Parser)]
 #[command(name = "rtunnel-server", version, about, long_about = None)]
 pub struct Cli {
+    /// Log lines as `text` or `json` (one object per line); the level is
+    /// RTUNNEL_LOG's (default info).
+    #[arg(
+        long,
+        env = "RTUNNEL_LOG_FORMAT",
+        default_value = "text",
+        global = true
+    )]
+    log_format: rtunnel_core::logging::LogFormat,
     #[command(flatten)]
     store: StoreArgs,
     #[command(flatten)]
@@ -381,7 +390,7 @@ impl Failure {
 /// Parses the command line and runs it.
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = init_logging() {
+    if let Err(e) = rtunnel_core::logging::init(cli.log_format) {
         eprintln!("rtunnel-server: {e}");
         return ExitCode::from(2);
     }
@@ -395,21 +404,6 @@ pub async fn main() -> ExitCode {
             ExitCode::from(f.code)
         }
     }
-}
-
-/// Logs to stderr, filtered by `RTUNNEL_LOG` (`info` without it); a filter
-/// that names no known level is refused.
-fn init_logging() -> Result<(), String> {
-    let spec = std::env::var("RTUNNEL_LOG").unwrap_or_else(|_| "info".into());
-    rtunnel_core::log_filter::check(&spec)?;
-    let filter = tracing_subscriber::EnvFilter::try_new(&spec)
-        .map_err(|e| format!("invalid RTUNNEL_LOG={spec:?}: {e}"))?;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init();
-    Ok(())
 }
 
 /// Opens the database. Only `serve` and `migrate` may create it: an admin
@@ -634,6 +628,20 @@ async fn serve(store_args: StoreArgs, args: ServeArgs, store: SqlStore) -> Resul
         ..ServerConfig::default()
     };
     config.validate().map_err(Failure::usage)?;
+    let database = store_args.database_url.as_deref().map_or_else(
+        || {
+            crate::server::default_database_path(&config.data_dir)
+                .display()
+                .to_string()
+        },
+        rtunnel_core::redact::url,
+    );
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        database,
+        config = %config.summary(),
+        "rtunnel-server starting"
+    );
     let server = Server::builder()
         .config(config)
         .stores(crate::state::Stores::sqlite(store))

@@ -161,6 +161,11 @@ impl ServerProc {
                 let line = text
                     .lines()
                     .find(|l| l.contains("rtunnel-server listening"))?;
+                // Text (`addr=...`) or JSON (`--log-format json`).
+                if line.starts_with('{') {
+                    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+                    return v["fields"]["addr"].as_str()?.parse().ok();
+                }
                 let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
                 addr.parse().ok()
             }
