@@ -198,6 +198,13 @@ enum Command {
     Serve,
     /// Apply database migrations and exit.
     Migrate,
+    /// Write a consistent copy of the SQLite database to PATH (a new file)
+    /// while the server runs. Restore: stop the server, put the copy in
+    /// place of <data-dir>/rtunnel.db, start it. Keep the key files too.
+    Backup {
+        /// The new file.
+        path: PathBuf,
+    },
     /// Manage users.
     #[command(subcommand)]
     User(UserCommand),
@@ -457,6 +464,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             eprintln!("rtunnel-server: database is up to date");
             Ok(())
         }
+        Some(Command::Backup { path }) => backup(&cli.store, &store, &path).await,
         Some(Command::User(UserCommand::Add {
             name,
             role,
@@ -655,6 +663,35 @@ async fn serve(store_args: StoreArgs, args: ServeArgs, store: SqlStore) -> Resul
         .serve(listener, rtunnel_core::signal::terminated())
         .await
         .map_err(|e| Failure::other(format!("server failed: {e}")))
+}
+
+/// `backup PATH`: the copy, then what else a restore needs.
+async fn backup(args: &StoreArgs, store: &SqlStore, path: &std::path::Path) -> Result<(), Failure> {
+    store.backup_to(path).await.map_err(|e| match e {
+        rtunnel_core::store::StoreError::Conflict(m) => Failure::usage(m),
+        other => Failure::other(format!("backup failed: {other}")),
+    })?;
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    println!("{}", path.display());
+    let keys: Vec<String> = ["secret.key", "launch.key", "cluster.key"]
+        .iter()
+        .map(|k| args.data_dir.join(k))
+        .filter(|k| k.exists())
+        .map(|k| k.display().to_string())
+        .collect();
+    eprintln!(
+        "rtunnel-server: wrote a consistent copy of the database ({size} bytes) to {}. \
+         It holds every user, system, grant, session and the audit log, with password and \
+         secret hashes: keep it as private as the data directory. Keep the key files with it \
+         (not in the copy): {}",
+        path.display(),
+        if keys.is_empty() {
+            "none found in the data directory".to_owned()
+        } else {
+            keys.join(", ")
+        }
+    );
+    Ok(())
 }
 
 /// The first line of standard input, without its line ending.

@@ -85,7 +85,7 @@ impl SqlStore {
         } else {
             return Err(StoreError::Backend(format!(
                 "unsupported database URL {:?}: use sqlite://PATH or postgres://...",
-                redact(url)
+                crate::redact::url(url)
             )));
         };
         let built = match backend {
@@ -95,7 +95,7 @@ impl SqlStore {
         if !built {
             return Err(StoreError::Backend(format!(
                 "{} is not in this build (rtunnel-core's `{}` feature)",
-                redact(url),
+                crate::redact::url(url),
                 if backend == Backend::Sqlite {
                     "sqlite"
                 } else {
@@ -147,6 +147,33 @@ impl SqlStore {
         self.backend
     }
 
+    /// Writes a consistent copy of an SQLite database to `to` (a new file),
+    /// while servers keep using it: SQLite's `VACUUM INTO`, one read
+    /// transaction, so the copy is the database at one moment, compacted.
+    /// PostgreSQL is backed up with its own tools (`pg_dump`): refused.
+    pub async fn backup_to(&self, to: &Path) -> Result<(), StoreError> {
+        if self.backend != Backend::Sqlite {
+            return Err(StoreError::Backend(
+                "a PostgreSQL database is backed up with pg_dump (see docs/OPERATIONS.md)".into(),
+            ));
+        }
+        if to.exists() {
+            return Err(StoreError::Conflict(format!(
+                "{} exists: a backup is written to a new file",
+                to.display()
+            )));
+        }
+        let path = to
+            .to_str()
+            .ok_or_else(|| StoreError::Backend(format!("not a UTF-8 path: {}", to.display())))?;
+        sqlx::query("VACUUM INTO $1")
+            .bind(path)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| StoreError::Backend(format!("cannot write {}: {e}", to.display())))?;
+        Ok(())
+    }
+
     /// Closes the pool, waiting for connections to finish.
     pub async fn close(&self) {
         self.pool.close().await;
@@ -183,7 +210,7 @@ async fn probe(url: &str, within: Duration) -> Result<(), StoreError> {
     let cannot = |why: String| {
         StoreError::Backend(format!(
             "cannot connect to the database at {}: {why}",
-            redact(url)
+            crate::redact::url(url)
         ))
     };
     match tokio::time::timeout(within, sqlx::AnyConnection::connect(url)).await {
@@ -193,17 +220,6 @@ async fn probe(url: &str, within: Duration) -> Result<(), StoreError> {
         }
         Ok(Err(e)) => Err(cannot(e.to_string())),
         Err(_) => Err(cannot(format!("no answer within {}s", within.as_secs()))),
-    }
-}
-
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_owned(),
     }
 }
 
