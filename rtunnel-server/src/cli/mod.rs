@@ -672,7 +672,7 @@ async fn backup(args: &StoreArgs, store: &SqlStore, path: &std::path::Path) -> R
         other => Failure::other(format!("backup failed: {other}")),
     })?;
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    println!("{}", path.display());
+    print_out(false, serde_json::Value::Null, &path.display().to_string());
     let keys: Vec<String> = ["secret.key", "launch.key", "cluster.key"]
         .iter()
         .map(|k| args.data_dir.join(k))
