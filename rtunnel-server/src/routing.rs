@@ -3,7 +3,13 @@
 //! a service behind any of them ([`Streams`]), and how many tunnels may be
 //! setting up at once ([`Setups`]).
 
+use std::collections::HashSet;
 use std::sync::Arc;
+
+use rtunnel_core::proto::CloseCode;
+use rtunnel_core::store::IdentityStore;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::cluster::Cluster;
 use crate::registry::Registry;
@@ -35,6 +41,43 @@ impl std::fmt::Debug for Tunnels {
 }
 
 impl Tunnels {
+    /// Ends the tunnels of this node whose system no longer exists, each
+    /// time access changes (`changes`, the [`crate::AccessWatch`]), until
+    /// `shutdown`. A system deleted through the API has its tunnel closed
+    /// at once; one deleted by another process (`rtunnel-server system
+    /// remove`, another node) is noticed here within the access poll.
+    pub(crate) async fn cut_deleted_systems(
+        self,
+        identity: Arc<dyn IdentityStore>,
+        mut changes: watch::Receiver<u64>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return },
+                _ = shutdown.cancelled() => return,
+            }
+            let live = self.registry.all();
+            if live.is_empty() {
+                continue;
+            }
+            let ids: Vec<_> = live.iter().map(|t| t.system_id).collect();
+            let existing: HashSet<_> = match identity.existing_systems(&ids).await {
+                Ok(found) => found.into_iter().collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot check whether the systems of live tunnels still exist");
+                    continue;
+                }
+            };
+            for tunnel in live.iter().filter(|t| !existing.contains(&t.system_id)) {
+                tracing::info!(system_id = %tunnel.system_id, session = %tunnel.session_id, "the system was deleted: closing its tunnel");
+                tunnel
+                    .close(CloseCode::CredentialsRevoked, "the system was deleted")
+                    .await;
+            }
+        }
+    }
+
     /// The service over `registry` and `cluster`.
     pub(crate) fn new(
         registry: Arc<Registry>,

@@ -479,6 +479,11 @@ impl Background {
         tasks.spawn(crate::refusals::reporter(state.clone()));
         tasks.spawn(crate::retention::pruner(state.clone()));
         tasks.spawn(state.access.clone().watch_epoch(state.shutdown.clone()));
+        tasks.spawn(state.tunnels.clone().cut_deleted_systems(
+            state.stores.identity.clone(),
+            state.access.watch().subscribe(),
+            state.shutdown.clone(),
+        ));
         tasks.spawn(Cluster::run(state.clone()));
         #[cfg(feature = "redis")]
         if let Some(node_listener) = node_listener {

@@ -1042,6 +1042,45 @@ pub async fn access_closes_are_written_together<S: FullStore + ?Sized>(s: &S) {
     }
 }
 
+/// Conformance check `deleted_users_and_systems_are_gone_with_what_hangs_on_them`.
+pub async fn deleted_users_and_systems_are_gone_with_what_hangs_on_them<S: FullStore + ?Sized>(
+    s: &S,
+) {
+    let (kept, gone) = (system("kept"), system("gone"));
+    s.create_system(&kept).await.unwrap();
+    s.create_system(&gone).await.unwrap();
+    let stranger: crate::ids::SystemId = Uuid::new_v4().into();
+    let mut found = s
+        .existing_systems(&[kept.id, gone.id, stranger])
+        .await
+        .unwrap();
+    found.sort_by_key(|id| id.to_string());
+    let mut want = vec![kept.id, gone.id];
+    want.sort_by_key(|id| id.to_string());
+    assert_eq!(found, want);
+    assert!(s.existing_systems(&[]).await.unwrap().is_empty());
+    assert!(s.delete_system(gone.id).await.unwrap());
+    assert_eq!(
+        s.existing_systems(&[kept.id, gone.id]).await.unwrap(),
+        vec![kept.id]
+    );
+
+    let bob = user("bob", Role::Operator);
+    s.create_user(&bob).await.unwrap();
+    s.grant(bob.id, kept.id, None, now_millis()).await.unwrap();
+    let epoch = s.access_epoch().await.unwrap();
+    assert!(s.delete_user(bob.id).await.unwrap());
+    assert!(
+        s.access_epoch().await.unwrap() > epoch,
+        "deleting a user moves the epoch"
+    );
+    assert!(s.user_by_name("bob").await.unwrap().is_none());
+    assert!(!s.has_grant(bob.id, kept.id, now_millis()).await.unwrap());
+    assert!(!s.delete_user(bob.id).await.unwrap(), "gone already");
+    // The name is free again.
+    s.create_user(&user("bob", Role::Viewer)).await.unwrap();
+}
+
 /// One `#[tokio::test]` per conformance check, each on a fresh store from
 /// `$fresh`: an async function answering `Some((guard, store))`, where the
 /// guard keeps the store's backing alive (a temporary directory, a
@@ -1049,7 +1088,7 @@ pub async fn access_closes_are_written_together<S: FullStore + ?Sized>(s: &S) {
 #[macro_export]
 macro_rules! store_conformance_tests {
     ($fresh:path) => {
-        $crate::store_conformance_tests!(@each $fresh; duplicate_names_conflict, users_are_listed_disabled_and_hold_a_password_hash, a_login_rotates_once_per_token_and_ends_for_good, deleting_a_system_takes_its_grants_along, grants_are_given_checked_and_revoked, the_last_agent_address_is_the_newest_sessions, sessions_move_through_their_states, restart_recovery_puts_live_sessions_in_grace_and_expires_pending_ones, the_audit_log_filters_and_pages_newest_first, resources_round_trip_and_names_are_unique, grants_expire_and_revoke, api_tokens_are_listed_and_revoked, old_audit_events_and_closed_access_logs_are_pruned, every_change_that_takes_access_moves_the_epoch, active_grants_are_listed_and_filtered, access_closes_are_written_together);
+        $crate::store_conformance_tests!(@each $fresh; duplicate_names_conflict, users_are_listed_disabled_and_hold_a_password_hash, a_login_rotates_once_per_token_and_ends_for_good, deleting_a_system_takes_its_grants_along, grants_are_given_checked_and_revoked, the_last_agent_address_is_the_newest_sessions, sessions_move_through_their_states, restart_recovery_puts_live_sessions_in_grace_and_expires_pending_ones, the_audit_log_filters_and_pages_newest_first, resources_round_trip_and_names_are_unique, grants_expire_and_revoke, api_tokens_are_listed_and_revoked, old_audit_events_and_closed_access_logs_are_pruned, every_change_that_takes_access_moves_the_epoch, active_grants_are_listed_and_filtered, access_closes_are_written_together, deleted_users_and_systems_are_gone_with_what_hangs_on_them);
     };
     (@each $fresh:path; $($check:ident),*) => {
         $(

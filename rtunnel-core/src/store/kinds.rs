@@ -120,6 +120,8 @@ kinds!(
         TunnelTakenOver = "tunnel_taken_over",
         /// A user was created.
         UserCreated = "user_created",
+        /// A user was deleted (with their grants, API tokens and logins).
+        UserDeleted = "user_deleted",
         /// A user was disabled.
         UserDisabled = "user_disabled",
         /// A user was enabled again.

@@ -347,6 +347,10 @@ pub trait IdentityStore: Send + Sync {
     async fn list_users(&self, page: Page) -> Result<Paged<User>, StoreError>;
     /// Disables or enables a user; false if there is no such user.
     async fn set_user_disabled(&self, id: UserId, disabled: bool) -> Result<bool, StoreError>;
+    /// Deletes a user with their grants, API tokens and logins (moves the
+    /// access epoch: what they opened is cut); false if there is no such
+    /// user. Audit events, which name users, stay.
+    async fn delete_user(&self, id: UserId) -> Result<bool, StoreError>;
     /// Gives a user another role (moves the access epoch: a role can take
     /// access away); false if there is no such user.
     async fn set_user_role(&self, id: UserId, role: Role) -> Result<bool, StoreError>;
@@ -384,6 +388,18 @@ pub trait IdentityStore: Send + Sync {
     /// Deletes a system with its sessions, access logs and grants; false
     /// if there is no such system. Audit events stay.
     async fn delete_system(&self, id: SystemId) -> Result<bool, StoreError>;
+    /// Which of `ids` name a system that exists (a server asks it of its
+    /// live tunnels when access changes: a system deleted by another
+    /// process loses its tunnel). The default asks one by one.
+    async fn existing_systems(&self, ids: &[SystemId]) -> Result<Vec<SystemId>, StoreError> {
+        let mut found = Vec::new();
+        for id in ids {
+            if self.system(*id).await?.is_some() {
+                found.push(*id);
+            }
+        }
+        Ok(found)
+    }
     /// Lists systems, all or those granted to a user, by name.
     async fn list_systems(
         &self,

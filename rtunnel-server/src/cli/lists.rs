@@ -208,7 +208,10 @@ pub(super) async fn rename_system(store: &SqlStore, name: &str, new: &str) -> Re
     Ok(())
 }
 
-async fn find_system(store: &SqlStore, name: &str) -> Result<rtunnel_core::store::System, Failure> {
+pub(super) async fn find_system(
+    store: &SqlStore,
+    name: &str,
+) -> Result<rtunnel_core::store::System, Failure> {
     store
         .system_by_name(name)
         .await

@@ -16,6 +16,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 mod lists;
+mod remove;
 
 use crate::config::ServerConfig;
 use crate::enroll;
@@ -301,6 +302,12 @@ enum UserCommand {
         /// User name.
         name: String,
     },
+    /// Delete a user with their grants, API tokens and logins (what they
+    /// opened is cut within a second); the audit log keeps their name.
+    Remove {
+        /// User name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -362,6 +369,12 @@ enum SystemCommand {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
+    },
+    /// Delete a system with its sessions, access logs and grants; its
+    /// tunnel is closed within a second and its agent refused from then on.
+    Remove {
+        /// Its name.
+        name: String,
     },
     /// Rename a system (its key, secret and sessions stay).
     Rename {
@@ -499,6 +512,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Some(Command::User(UserCommand::List { json })) => lists::users(&store, json).await,
+        Some(Command::User(UserCommand::Remove { name })) => remove::user(&store, &name).await,
+        Some(Command::System(SystemCommand::Remove { name })) => {
+            remove::system(&store, &name).await
+        }
         Some(Command::System(SystemCommand::List { json })) => lists::systems(&store, json).await,
         Some(Command::System(SystemCommand::Rename { name, new_name })) => {
             lists::rename_system(&store, &name, &new_name).await
@@ -695,17 +712,51 @@ async fn backup(args: &StoreArgs, store: &SqlStore, path: &std::path::Path) -> R
 }
 
 /// The first line of standard input, without its line ending.
+/// On a terminal, asks for it twice without echoing it.
 fn read_password() -> Result<String, Failure> {
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        let first = prompt_quietly("Password: ")?;
+        let again = prompt_quietly("Again: ")?;
+        if first != again {
+            return Err(Failure::usage("the two passwords differ; nothing changed"));
+        }
+        return non_empty(first);
+    }
+    non_empty(read_line()?)
+}
+
+fn non_empty(password: String) -> Result<String, Failure> {
+    if password.is_empty() {
+        return Err(Failure::usage("no password on standard input"));
+    }
+    Ok(password)
+}
+
+fn read_line() -> Result<String, Failure> {
     let mut line = String::new();
     std::io::stdin()
         .read_line(&mut line)
         .map_err(|e| Failure::other(format!("cannot read the password from stdin: {e}")))?;
     let password = line.strip_suffix('\n').unwrap_or(&line);
     let password = password.strip_suffix('\r').unwrap_or(password);
-    if password.is_empty() {
-        return Err(Failure::usage("no password on standard input"));
-    }
     Ok(password.to_owned())
+}
+
+/// Shows `prompt` on stderr and reads a line from the terminal with its
+/// echo off (restored after, also when reading fails).
+fn prompt_quietly(prompt: &str) -> Result<String, Failure> {
+    use rustix::termios::{LocalModes, OptionalActions, tcgetattr, tcsetattr};
+    let stdin = std::io::stdin();
+    let cannot = |e: rustix::io::Errno| Failure::other(format!("cannot turn the echo off: {e}"));
+    let saved = tcgetattr(&stdin).map_err(cannot)?;
+    let mut quiet = saved.clone();
+    quiet.local_modes.remove(LocalModes::ECHO);
+    quiet.local_modes.insert(LocalModes::ECHONL);
+    tcsetattr(&stdin, OptionalActions::Flush, &quiet).map_err(cannot)?;
+    eprint!("{prompt}");
+    let line = read_line();
+    let _ = tcsetattr(&stdin, OptionalActions::Now, &saved);
+    line
 }
 
 async fn set_user_disabled(store: &SqlStore, name: &str, disabled: bool) -> Result<(), Failure> {

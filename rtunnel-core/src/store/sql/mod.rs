@@ -398,6 +398,11 @@ impl IdentityStore for SqlStore {
         Ok(self.taking_access(change).await? == 1)
     }
 
+    async fn delete_user(&self, id: UserId) -> Result<bool, StoreError> {
+        let change = sqlx::query("DELETE FROM users WHERE id = $1").bind(id.to_string());
+        Ok(self.taking_access(change).await? == 1)
+    }
+
     async fn set_user_role(&self, id: UserId, role: super::Role) -> Result<bool, StoreError> {
         let change = sqlx::query("UPDATE users SET role = $1 WHERE id = $2")
             .bind(role.as_str())
@@ -619,6 +624,28 @@ impl IdentityStore for SqlStore {
         // CASCADE); resources tied to it are untied (ON DELETE SET NULL).
         let change = sqlx::query("DELETE FROM systems WHERE id = $1").bind(id.to_string());
         Ok(self.taking_access(change).await? == 1)
+    }
+
+    async fn existing_systems(&self, ids: &[SystemId]) -> Result<Vec<SystemId>, StoreError> {
+        let mut found = Vec::new();
+        for chunk in ids.chunks(ENTRIES_PER_STATEMENT) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!("SELECT id FROM systems WHERE id IN ({})", marks.join(", "));
+            // Built from this constant text and numbered placeholders only.
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(id.to_string());
+            }
+            for row in query.fetch_all(&self.pool).await.map_err(backend)? {
+                let id: String = get(&row, "id")?;
+                found.push(
+                    id.parse::<Uuid>()
+                        .map_err(|e| StoreError::Backend(format!("bad system id {id:?}: {e}")))?
+                        .into(),
+                );
+            }
+        }
+        Ok(found)
     }
 
     async fn list_systems(

@@ -1,0 +1,208 @@
+//! Admin commands next to a running server: `system remove` closes the
+//! removed system's tunnel and its agent stops; `user remove` refuses the
+//! removed user's token and keeps the last admin; a password typed on a
+//! terminal is asked twice and never echoed.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use support::*;
+
+fn admin_command(server: &ServerProc, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(server_bin())
+        .arg("--data-dir")
+        .arg(server.dir.join("data"))
+        .args(database_args(&server.dir))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_system_removed_from_the_cli_loses_its_running_tunnel() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(tmp.path(), &[]).await;
+    let root = user_with_token(&server, "root", "admin");
+    let sys = enroll(&server, "old-box");
+    let kept = enroll(&server, "kept-box");
+    let mut agent = start_agent(&server, &sys, "web=127.0.0.1:9", &["--no-terminal"]);
+    let other = start_agent(&server, &kept, "web=127.0.0.1:9", &["--no-terminal"]);
+    for a in [&agent, &other] {
+        wait_for("the agent's session", || {
+            let text = a.log_text();
+            async move { text.contains("connected to ws:").then_some(()) }
+        })
+        .await;
+    }
+
+    let out = admin_command(&server, &["system", "remove", "old-box"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Another process deleted it: the running server notices and closes
+    // the tunnel; the agent is told its credentials are gone and stops.
+    let status = agent.wait_exit().await;
+    assert!(!status.success());
+    let log = agent.log_text();
+    assert!(log.contains("the system was deleted"), "{log}");
+    assert!(
+        server
+            .proc
+            .log_text()
+            .contains("the system was deleted: closing its tunnel"),
+        "{}",
+        server.proc.log_text()
+    );
+    // The other system's tunnel is untouched.
+    let (status, systems) =
+        api_call(server.addr, "GET", "/api/v1/systems", Some(&root), None).await;
+    assert_eq!(status, 200);
+    let items = systems["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{systems}");
+    assert_eq!(items[0]["name"], "kept-box");
+    assert_eq!(items[0]["online"], true, "{systems}");
+    let (_, audit) = api_call(
+        server.addr,
+        "GET",
+        "/api/v1/audit?event=system_deleted",
+        Some(&root),
+        None,
+    )
+    .await;
+    assert_eq!(audit["items"][0]["actor"], "cli", "{audit}");
+    assert_eq!(audit["items"][0]["details"]["name"], "old-box", "{audit}");
+
+    // Unknown names are an error, not silence.
+    let out = admin_command(&server, &["system", "remove", "old-box"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no system named"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_removed_from_the_cli_is_refused_and_the_last_admin_stays() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(tmp.path(), &[]).await;
+    let root = user_with_token(&server, "root", "admin");
+    let bob = user_with_token(&server, "bob", "operator");
+    let sys = enroll(&server, "box");
+    server.admin(&["grant", "bob", "box"]);
+    let (status, _) = api_call(server.addr, "GET", "/api/v1/systems", Some(&bob), None).await;
+    assert_eq!(status, 200);
+
+    let out = admin_command(&server, &["user", "remove", "root"]);
+    assert_eq!(out.status.code(), Some(2), "the last admin is kept");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("last enabled admin"));
+
+    let out = admin_command(&server, &["user", "remove", "bob"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, v) = api_call(server.addr, "GET", "/api/v1/systems", Some(&bob), None).await;
+    assert_eq!(status, 401, "{v}");
+    let (_, users) = api_call(server.addr, "GET", "/api/v1/users", Some(&root), None).await;
+    let names: Vec<&str> = users["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["root"]);
+    let (_, grants) = api_call(server.addr, "GET", "/api/v1/grants", Some(&root), None).await;
+    assert_eq!(grants["total"], 0, "{grants}");
+    let (_, audit) = api_call(
+        server.addr,
+        "GET",
+        "/api/v1/audit?event=user_deleted",
+        Some(&root),
+        None,
+    )
+    .await;
+    assert_eq!(audit["items"][0]["details"]["name"], "bob", "{audit}");
+    let _ = sys;
+}
+
+/// Runs `args` on a terminal of its own, answering each prompt in turn;
+/// returns the exit code and everything the terminal showed.
+async fn on_a_terminal(dir: &std::path::Path, args: &[&str], answers: &[&str]) -> (i32, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut pty, pts) = pty_process::open().unwrap();
+    let mut child = pty_process::Command::new(server_bin())
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(database_args(dir))
+        .args(args)
+        .spawn(pts)
+        .unwrap();
+    let mut shown = String::new();
+    let mut buf = [0u8; 1024];
+    for (i, answer) in answers.iter().enumerate() {
+        let prompt = if i == 0 { "Password: " } else { "Again: " };
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !shown.contains(prompt) {
+            let n = tokio::time::timeout_at(deadline, pty.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("no {prompt:?} prompt; shown: {shown:?}"))
+                .unwrap();
+            shown.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        pty.write_all(format!("{answer}\n").as_bytes())
+            .await
+            .unwrap();
+        shown = shown.replacen(prompt, "<asked>", 1);
+    }
+    let status = child.wait().await.unwrap();
+    // The rest of what it showed (the pty reads EIO once it is gone).
+    while let Ok(Ok(n)) =
+        tokio::time::timeout(std::time::Duration::from_secs(2), pty.read(&mut buf)).await
+    {
+        if n == 0 {
+            break;
+        }
+        shown.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    (status.code().unwrap_or(-1), shown)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_typed_on_a_terminal_is_asked_twice_and_not_echoed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(tmp.path(), &[]).await;
+    server.admin(&["user", "add", "carol", "--role", "operator"]);
+
+    let (code, shown) = on_a_terminal(
+        tmp.path(),
+        &["user", "passwd", "carol"],
+        &["typed-secret-1", "typed-secret-2"],
+    )
+    .await;
+    assert_eq!(code, 2, "{shown}");
+    assert!(shown.contains("differ"), "{shown}");
+
+    let (code, shown) = on_a_terminal(
+        tmp.path(),
+        &["user", "passwd", "carol"],
+        &["typed-secret-1", "typed-secret-1"],
+    )
+    .await;
+    assert_eq!(code, 0, "{shown}");
+    assert!(
+        !shown.contains("typed-secret"),
+        "the password was echoed: {shown:?}"
+    );
+    assert!(shown.contains("password set"), "{shown}");
+    let (status, v) = api_call(
+        server.addr,
+        "POST",
+        "/api/v1/auth/login",
+        None,
+        Some(&serde_json::json!({"username": "carol", "password": "typed-secret-1"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+}
