@@ -85,6 +85,12 @@ impl IdentityStore for CountingIdentity {
     async fn set_user_disabled(&self, id: UserId, disabled: bool) -> Result<bool, StoreError> {
         self.inner.set_user_disabled(id, disabled).await
     }
+    async fn delete_user(&self, id: UserId) -> Result<bool, StoreError> {
+        self.inner.delete_user(id).await
+    }
+    async fn existing_systems(&self, ids: &[SystemId]) -> Result<Vec<SystemId>, StoreError> {
+        self.inner.existing_systems(ids).await
+    }
     async fn set_user_role(&self, id: UserId, role: Role) -> Result<bool, StoreError> {
         self.inner.set_user_role(id, role).await
     }
