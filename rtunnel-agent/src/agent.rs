@@ -500,6 +500,7 @@ impl Agent {
                     (wait, reason)
                 }
                 Outcome::Failed(reason, hint, at_least) => {
+                    crate::metrics::global().connect_failed();
                     let d = match hint {
                         // Waiting does not heal a wrong setting: no quick
                         // retries, straight to the longest delay.
@@ -532,6 +533,7 @@ impl Agent {
     }
 
     async fn connect_and_serve(&self, endpoint: &Endpoint, resume: &mut Option<Resume>) -> Outcome {
+        let started = std::time::Instant::now();
         let cfg = &self.config;
         let url = &endpoint.url;
         let auth = format!(
@@ -614,6 +616,7 @@ impl Agent {
             services = cfg.services.len() + cfg.handlers.len(),
             "connected to {url}"
         );
+        crate::metrics::global().connected(started.elapsed());
         self.set_status(AgentStatus::Active { session_id });
         let offer = Arc::new(Offer {
             services: cfg.services.clone(),
@@ -626,6 +629,7 @@ impl Agent {
                 tokio::spawn(serve_stream(offer.clone(), stream));
             })
             .await;
+        crate::metrics::global().disconnected();
         link.shutdown();
         if ws_close.received() == Some(CLOSE_SESSION_CLOSED) {
             return Outcome::Closed("the server closed the connection with code 4000".into());
@@ -707,18 +711,19 @@ async fn serve_stream(offer: Arc<Offer>, mut stream: MuxStream) {
         let (config, open) = match terminal_request(&offer, &header) {
             Ok(ok) => ok,
             Err(reply) => {
-                refuse(&mut stream, reply).await;
+                refused(&mut stream, reply).await;
                 return;
             }
         };
         if write_frame(&mut stream, &StreamReply::Ok).await.is_ok() {
+            crate::metrics::global().stream_opened(TERMINAL_SERVICE, None);
             crate::terminal::serve(config, stream, open).await;
         }
         return;
     }
     if let Some(h) = offer.handlers.iter().find(|h| h.name == header.service) {
         if header.kind != StreamKind::Tcp && header.kind != StreamKind::Http {
-            refuse(
+            refused(
                 &mut stream,
                 StreamReply::refused(
                     RefusalCode::UnsupportedKind,
@@ -729,6 +734,7 @@ async fn serve_stream(offer: Arc<Offer>, mut stream: MuxStream) {
             return;
         }
         if write_frame(&mut stream, &StreamReply::Ok).await.is_ok() {
+            crate::metrics::global().stream_opened(&h.name, None);
             let stream = ServiceStream::new(stream, header.operator, h.name.clone());
             h.handler.serve(stream).await;
         }
@@ -738,7 +744,7 @@ async fn serve_stream(offer: Arc<Offer>, mut stream: MuxStream) {
     // Only what the manifest lists is ever dialed.
     let Some(spec) = offer.services.iter().find(|s| s.name == header.service) else {
         tracing::warn!(service = %header.service, "refused a stream for an unknown service");
-        refuse(
+        refused(
             &mut stream,
             StreamReply::refused(
                 RefusalCode::UnknownService,
@@ -749,6 +755,7 @@ async fn serve_stream(offer: Arc<Offer>, mut stream: MuxStream) {
         return;
     };
     let target = spec.target();
+    let dialing = std::time::Instant::now();
     let tcp = match tokio::time::timeout(
         STREAM_SETUP_TIMEOUT,
         TcpStream::connect((spec.host.as_str(), spec.port)),
@@ -777,14 +784,14 @@ async fn serve_stream(offer: Arc<Offer>, mut stream: MuxStream) {
         };
         let connector = tokio_rustls::TlsConnector::from(tls);
         match tokio::time::timeout(STREAM_SETUP_TIMEOUT, connector.connect(name, tcp)).await {
-            Ok(Ok(tls_stream)) => bridge(stream, tls_stream, &spec.name).await,
+            Ok(Ok(tls_stream)) => bridge(stream, tls_stream, &spec.name, dialing).await,
             Ok(Err(e)) => refuse_dial(&mut stream, &spec.name, &target, &format!("TLS: {e}")).await,
             Err(_) => {
                 refuse_dial(&mut stream, &spec.name, &target, "TLS handshake timed out").await
             }
         }
     } else {
-        bridge(stream, tcp, &spec.name).await;
+        bridge(stream, tcp, &spec.name, dialing).await;
     }
 }
 
@@ -823,11 +830,15 @@ async fn bridge<T: AsyncRead + AsyncWrite + Unpin>(
     mut stream: MuxStream,
     mut target: T,
     name: &str,
+    dialing: std::time::Instant,
 ) {
+    let metrics = crate::metrics::global();
+    metrics.stream_opened(name, Some(dialing.elapsed()));
     if write_frame(&mut stream, &StreamReply::Ok).await.is_err() {
         return;
     }
     let outcome = relay(&mut stream, &mut target).await;
+    metrics.relayed(outcome.a_to_b, outcome.b_to_a);
     tracing::debug!(
         service = name,
         to_service = outcome.a_to_b,
@@ -836,9 +847,17 @@ async fn bridge<T: AsyncRead + AsyncWrite + Unpin>(
     );
 }
 
+/// Refuses a stream, counted by its code.
+async fn refused(stream: &mut MuxStream, reply: StreamReply) {
+    if let StreamReply::Refused(r) = &reply {
+        crate::metrics::global().stream_refused(r.code.as_str());
+    }
+    refuse(stream, reply).await;
+}
+
 async fn refuse_dial(stream: &mut MuxStream, name: &str, target: &str, why: &str) {
     tracing::warn!(service = name, %target, "cannot reach the service: {why}");
-    refuse(
+    refused(
         stream,
         StreamReply::refused(
             RefusalCode::ServiceUnreachable,

@@ -76,6 +76,10 @@ struct RunArgs {
     /// Accept a self-signed certificate from a wss:// server.
     #[arg(long, env = "RTUNNEL_TLS_INSECURE")]
     tls_insecure: bool,
+    /// Serve Prometheus metrics at GET /metrics on this address (no login:
+    /// keep it on this machine or an internal network). Default: off.
+    #[arg(long, env = "RTUNNEL_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// HTTP proxy to dial out through with CONNECT: http://[user:pass@]host:port
     /// (default: HTTPS_PROXY or HTTP_PROXY, honoring NO_PROXY).
     #[arg(long, env = "RTUNNEL_PROXY", hide_env_values = true)]
@@ -201,6 +205,19 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         builder = builder.endpoint(Endpoint { url, proxy });
     }
     let agent = builder.build().map_err(|e| usage(e.to_string()))?;
+    if let Some(addr) = args.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| usage(format!("--metrics-listen: cannot listen on {addr}: {e}")))?;
+        if let Ok(bound) = listener.local_addr() {
+            tracing::info!(addr = %bound, "metrics at GET /metrics");
+        }
+        tokio::spawn(rtunnel_core::metrics::serve(
+            listener,
+            || async { crate::metrics::global().render() },
+            std::future::pending::<()>(),
+        ));
+    }
     let config = agent.config();
     let urls: Vec<&str> = config.endpoints.iter().map(|e| e.url.as_str()).collect();
     let services: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();

@@ -18,6 +18,7 @@ pub mod forward;
 pub mod handler;
 pub mod harden;
 pub mod http_proxy;
+pub mod metrics;
 pub mod services;
 pub mod terminal;
 mod tls;

@@ -53,6 +53,8 @@ pub mod link;
 pub mod log_filter;
 #[cfg(feature = "logging")]
 pub mod logging;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod mux;
 pub mod proto;
 pub mod ratelimit;

@@ -98,6 +98,7 @@ impl AccessLogWriter {
         bytes_from_service: u64,
         error: Option<String>,
     ) {
+        crate::metrics::global().relayed(bytes_to_service, bytes_from_service);
         let close = AccessClose {
             id,
             closed_at: now_millis(),

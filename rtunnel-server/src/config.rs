@@ -98,6 +98,10 @@ pub struct ServerConfig {
     /// with a spread `Retry-After`), so a herd of agents coming back after
     /// a restart is taken in at the pace the database keeps.
     pub max_tunnel_setups: usize,
+    /// Where Prometheus metrics are served (`--metrics-listen`; `GET
+    /// /metrics` on a listener of its own, none by default). Keep it on an
+    /// internal address: it needs no login.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl ServerConfig {
@@ -133,6 +137,7 @@ impl ServerConfig {
             "node_advertise": self.node_advertise,
             "pomerium_base_url": self.pomerium_base_url,
             "tsplus_base_url": self.tsplus_base_url,
+            "metrics_listen": self.metrics_listen.map(|a| a.to_string()),
         })
     }
 }
@@ -196,6 +201,7 @@ impl Default for ServerConfig {
             max_connections: 16_384,
             max_connections_per_address: 512,
             max_tunnel_setups: 64,
+            metrics_listen: None,
         }
     }
 }

@@ -116,7 +116,10 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             StoreError::NotFound(m) => ApiError::not_found("not_found", m),
-            StoreError::Backend(m) => ApiError::unavailable("database_unavailable", m),
+            StoreError::Backend(m) => {
+                crate::metrics::global().store_error();
+                ApiError::unavailable("database_unavailable", m)
+            }
         }
     }
 }

@@ -307,6 +307,7 @@ async fn open_upstream(ctx: &ForwardCtx, header: &StreamHeader) -> Result<Tunnel
         })?;
     if let Err(code) = decision {
         let code = RefusalCode::of_denial(code).unwrap_or(RefusalCode::Forbidden);
+        crate::metrics::global().stream_refused(code.as_str());
         return Err(Refusal::new(code, "access denied"));
     }
     // The agent hears a header this server built, never the operator's:

@@ -46,6 +46,7 @@ mod forward;
 mod keys;
 mod launcher;
 mod lifecycle;
+pub mod metrics;
 mod proxy;
 mod ratelimit;
 mod refusals;

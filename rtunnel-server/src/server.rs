@@ -195,6 +195,12 @@ impl ServerBuilder {
                 (cluster, Some(listener))
             }
         };
+        let metrics_listener = match self.config.metrics_listen {
+            None => None,
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                ServerError::Config(format!("--metrics-listen: cannot listen on {addr}: {e}"))
+            })?),
+        };
         // Tunnels die with the process that held them: this node's sessions
         // get a grace period for their agents to come back.
         let grace_ms = self.config.grace_period.as_millis() as i64;
@@ -243,6 +249,7 @@ impl ServerBuilder {
         );
         Ok(Server {
             node_listener,
+            metrics_listener,
             state: Arc::new(AppState {
                 browser: crate::api::browser::BrowserPolicy::of(&self.config),
                 config: self.config,
@@ -295,6 +302,7 @@ impl ServerBuilder {
 pub struct Server {
     state: Arc<AppState>,
     node_listener: Option<TcpListener>,
+    metrics_listener: Option<TcpListener>,
 }
 
 impl Server {
@@ -351,7 +359,11 @@ impl Server {
     pub fn into_parts(self) -> Parts {
         Parts {
             router: crate::api::routes(self.state.clone()),
-            background: Background::start(self.state.clone(), self.node_listener),
+            background: Background::start(
+                self.state.clone(),
+                self.node_listener,
+                self.metrics_listener,
+            ),
             control: ServerControl { state: self.state },
         }
     }
@@ -384,7 +396,8 @@ impl Server {
         let prefix = self.state.config.path_prefix.clone();
         tracing::info!(%addr, node = %self.state.tunnels.cluster.node_id(), path_prefix = %prefix, version = env!("CARGO_PKG_VERSION"), "rtunnel-server listening");
         let state = self.state.clone();
-        let background = Background::start(state.clone(), self.node_listener);
+        let background =
+            Background::start(state.clone(), self.node_listener, self.metrics_listener);
         let head_timeout = state.config.request_head_timeout;
         let limits = crate::accept::ConnectionLimits {
             total: state.config.max_connections,
@@ -473,7 +486,11 @@ impl std::fmt::Debug for Background {
 }
 
 impl Background {
-    fn start(state: Arc<AppState>, node_listener: Option<TcpListener>) -> Self {
+    fn start(
+        state: Arc<AppState>,
+        node_listener: Option<TcpListener>,
+        metrics_listener: Option<TcpListener>,
+    ) -> Self {
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(state.lifecycle.clone().sweep(state.shutdown.clone()));
         tasks.spawn(crate::refusals::reporter(state.clone()));
@@ -485,6 +502,21 @@ impl Background {
             state.shutdown.clone(),
         ));
         tasks.spawn(Cluster::run(state.clone()));
+        if let Some(listener) = metrics_listener {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "metrics at GET /metrics");
+            }
+            let scraped = state.clone();
+            let shutdown = state.shutdown.clone();
+            tasks.spawn(rtunnel_core::metrics::serve(
+                listener,
+                move || {
+                    let state = scraped.clone();
+                    async move { crate::metrics::global().render(&state).await }
+                },
+                shutdown.cancelled_owned(),
+            ));
+        }
         #[cfg(feature = "redis")]
         if let Some(node_listener) = node_listener {
             tasks.spawn(crate::cluster::mesh::serve(state.clone(), node_listener));

@@ -202,5 +202,6 @@ impl FromRef<Arc<AppState>> for Stores {
 
 /// Logs a store failure that has no caller to answer.
 pub(crate) fn log_store_error(what: &str, e: &StoreError) {
+    crate::metrics::global().store_error();
     tracing::error!(error = %e, "{what} failed");
 }

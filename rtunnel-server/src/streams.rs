@@ -66,14 +66,21 @@ impl Streams {
         session_id: SessionId,
         header: &StreamHeader,
     ) -> Result<TunnelStream, Refusal> {
-        match self.cluster.route(session_id).await {
+        let started = std::time::Instant::now();
+        let opened = match self.cluster.route(session_id).await {
             Some(route) => {
                 route
                     .open_stream(&self.cluster, header, self.setup_timeout)
                     .await
             }
             None => Err(self.no_tunnel(session_id).await),
+        };
+        let metrics = crate::metrics::global();
+        match &opened {
+            Ok(_) => metrics.stream_opened(header.kind.as_str(), started.elapsed()),
+            Err(refusal) => metrics.stream_refused(refusal.code.as_str()),
         }
+        opened
     }
 
     /// Why a session has no live tunnel.

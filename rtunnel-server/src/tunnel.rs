@@ -266,6 +266,7 @@ async fn last_agent_ip(state: &AppState, system_id: SystemId) -> Option<std::net
 }
 
 async fn audit_auth_failure(state: &AppState, key: &str, peer: SocketAddr, reason: &str) {
+    crate::metrics::global().auth_failed("tunnel");
     let mut event = AuditEvent::new(AuditKind::TunnelAuthFailed);
     event.actor = Some(truncate(key, 64));
     event.ip_address = Some(peer.ip().to_string());
@@ -284,6 +285,7 @@ async fn run_tunnel(
     socket: WebSocket,
     setup: Setup,
 ) {
+    let started = std::time::Instant::now();
     let ws = WsStream::new(socket);
     let ws_close = ws.close_handle();
     let mux = shared(YamuxMux::server(ws, &state.mux_config()));
@@ -310,7 +312,7 @@ async fn run_tunnel(
     };
     // Every path out of `serve_tunnel` drops or shuts down the link.
     let (reason, tunnel) = match serve_tunnel(
-        &state, &system, session_id, incoming, ws_close, setup,
+        &state, &system, session_id, incoming, ws_close, setup, started,
     )
     .await
     {
@@ -476,6 +478,7 @@ async fn serve_tunnel(
     incoming: Incoming,
     ws_close: rtunnel_core::ws::CloseHandle,
     setup: Setup,
+    started: std::time::Instant,
 ) -> Result<(String, Option<Arc<LiveTunnel>>), String> {
     let timeout = state.config.handshake_timeout;
     let heartbeat = state.config.heartbeat_interval;
@@ -529,6 +532,7 @@ async fn serve_tunnel(
         services = services.len(),
         "tunnel active"
     );
+    crate::metrics::global().handshake(started.elapsed());
     let tunnel = Arc::new(LiveTunnel {
         session_id,
         system_id: system.id,

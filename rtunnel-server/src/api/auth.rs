@@ -125,6 +125,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 fn invalid_token() -> ApiError {
+    crate::metrics::global().auth_failed("token");
     ApiError::unauthorized("invalid or expired token")
 }
 

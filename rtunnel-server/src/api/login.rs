@@ -419,6 +419,7 @@ async fn audit_failure(
     ip: &str,
     reason: &str,
 ) {
+    crate::metrics::global().auth_failed("login");
     let mut event = AuditEvent::new(AuditKind::LoginFailed);
     event.actor = Some(match user {
         Some(u) => u.name.clone(),

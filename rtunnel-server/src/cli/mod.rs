@@ -168,6 +168,10 @@ struct ServeArgs {
         global = true
     )]
     max_tunnel_setups: usize,
+    /// Serve Prometheus metrics at GET /metrics on this address (a listener
+    /// of its own, no login: keep it internal). Default: off.
+    #[arg(long, env = "RTUNNEL_METRICS_LISTEN", global = true)]
+    metrics_listen: Option<SocketAddr>,
     /// How long audit events and closed access-log entries are kept
     /// (pruned daily), or `never` to keep them forever.
     #[arg(long, env = "RTUNNEL_AUDIT_RETENTION", default_value = "365d", value_parser = parse_retention, global = true)]
@@ -650,6 +654,7 @@ async fn serve(store_args: StoreArgs, args: ServeArgs, store: SqlStore) -> Resul
         max_connections: args.max_connections,
         max_connections_per_address: args.max_connections_per_address,
         max_tunnel_setups: args.max_tunnel_setups,
+        metrics_listen: args.metrics_listen,
         ..ServerConfig::default()
     };
     config.validate().map_err(Failure::usage)?;

@@ -167,6 +167,7 @@ impl Shared {
             }
             Ok(None) => Ok(None),
             Err(e) => {
+                crate::metrics::global().redis_error();
                 tracing::warn!(error = %e, "Redis is away: finding tunnels by the database until it is back");
                 self.redis_away.store(true, Ordering::Relaxed);
                 Err(())
@@ -182,6 +183,7 @@ impl Shared {
             Ok(Some(r)) if r.status == SessionStatus::Active => r,
             Ok(_) => return None,
             Err(e) => {
+                crate::metrics::global().redis_error();
                 tracing::warn!(error = %e, "cannot look up where a tunnel is");
                 return None;
             }
@@ -202,6 +204,7 @@ impl Shared {
     /// Announces a tunnel of this node.
     pub(super) async fn attached(&self, route: &TunnelRoute) {
         if let Err(e) = self.routes.put(route, ENTRY_TTL).await {
+            crate::metrics::global().redis_error();
             tracing::warn!(session = %route.session_id, error = %e, "cannot announce a tunnel; the next heartbeat tries again");
         }
     }
@@ -209,6 +212,7 @@ impl Shared {
     /// Withdraws a tunnel of this node.
     pub(super) async fn detached(&self, route: &TunnelRoute) {
         if let Err(e) = self.routes.remove(route).await {
+            crate::metrics::global().redis_error();
             tracing::warn!(session = %route.session_id, error = %e, "cannot withdraw a tunnel's route; it expires by itself");
         }
     }
@@ -240,6 +244,7 @@ impl Shared {
     /// Says this node is gone.
     pub(super) async fn leave(&self) {
         if let Err(e) = self.routes.withdraw_node(&self.node_id).await {
+            crate::metrics::global().redis_error();
             tracing::warn!(error = %e, "cannot withdraw this node; its entry expires by itself");
         }
     }
@@ -285,6 +290,7 @@ async fn heartbeats(state: &AppState, live: &Shared) {
         match result {
             Err(e) if !failing => {
                 failing = true;
+                crate::metrics::global().redis_error();
                 tracing::warn!(error = %e, "cannot announce this node and its tunnels; retrying every heartbeat");
             }
             Ok(()) if failing => {
@@ -350,6 +356,7 @@ async fn recover_node(state: &AppState, node: &str) {
         .await
     {
         Ok(n) => {
+            crate::metrics::global().redis_error();
             tracing::warn!(
                 node,
                 sessions = n,
