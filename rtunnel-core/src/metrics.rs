@@ -5,7 +5,9 @@
 //! The endpoint speaks just enough HTTP/1.1 for a scraper: `GET /metrics`
 //! answers the OpenMetrics text, anything else 404; a request head is
 //! read within [`HEAD_TIMEOUT`] and [`MAX_HEAD_BYTES`], one request per
-//! connection.
+//! connection, at most [`MAX_CONNECTIONS`] at once (more are closed at
+//! once), each answered within [`ANSWER_TIMEOUT`]. Whoever can reach the
+//! port can scrape it, but cannot hold more than that.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,6 +21,10 @@ use tokio::net::{TcpListener, TcpStream};
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest request head read.
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;
+/// Connections served at once; more are closed as they arrive.
+pub const MAX_CONNECTIONS: usize = 8;
+/// The longest rendering and writing one answer may take.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Buckets of a latency histogram, in seconds: 1 ms to about 16 s.
 pub fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -34,6 +40,7 @@ where
     S: Future<Output = ()>,
 {
     let render = Arc::new(render);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
         let (socket, _) = tokio::select! {
@@ -47,11 +54,16 @@ where
             },
             _ = &mut shutdown => return,
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!("metrics: too many connections; closing one");
+            continue;
+        };
         let render = render.clone();
         tokio::spawn(async move {
             if let Err(e) = answer(socket, move || render()).await {
                 tracing::debug!(error = %e, "metrics: a scrape failed");
             }
+            drop(slot);
         });
     }
 }
@@ -64,7 +76,7 @@ where
     let mut head = Vec::with_capacity(1024);
     let read = tokio::time::timeout(HEAD_TIMEOUT, async {
         let mut buf = [0u8; 1024];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        loop {
             if head.len() >= MAX_HEAD_BYTES {
                 return Err(std::io::Error::other("request head too large"));
             }
@@ -74,9 +86,14 @@ where
                     "closed before the request head ended",
                 ));
             }
+            // Only the new bytes (and the three before them) can complete
+            // the blank line.
+            let from = head.len().saturating_sub(3);
             head.extend_from_slice(&buf[..n]);
+            if head[from..].windows(4).any(|w| w == b"\r\n\r\n") {
+                return Ok(());
+            }
         }
-        Ok(())
     })
     .await;
     match read {
@@ -89,24 +106,30 @@ where
     let mut parts = line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = path.split('?').next().unwrap_or(path);
-    let (status, kind, body) = match (method, path) {
-        ("GET", "/metrics") => (
-            "200 OK",
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            render().await,
-        ),
-        _ => (
-            "404 Not Found",
-            "text/plain; charset=utf-8",
-            "metrics are at GET /metrics\n".to_owned(),
-        ),
-    };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    socket.write_all(response.as_bytes()).await?;
-    socket.shutdown().await
+    let scrape = method == "GET" && path == "/metrics";
+    let answered = tokio::time::timeout(ANSWER_TIMEOUT, async {
+        let (status, kind, body) = if scrape {
+            (
+                "200 OK",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                render().await,
+            )
+        } else {
+            (
+                "404 Not Found",
+                "text/plain; charset=utf-8",
+                "metrics are at GET /metrics\n".to_owned(),
+            )
+        };
+        let response = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        socket.write_all(response.as_bytes()).await?;
+        socket.shutdown().await
+    })
+    .await;
+    answered.unwrap_or_else(|_| Err(std::io::Error::other("the answer took too long")))
 }
 
 /// Encodes `registry` as OpenMetrics text.
@@ -157,6 +180,21 @@ mod tests {
         let mut out = Vec::new();
         let _ = s.read_to_end(&mut out).await;
         assert!(out.is_empty());
+        // Connections that send nothing hold a slot each until their head
+        // times out; past the cap, new ones are closed at once.
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut late = TcpStream::connect(addr).await.unwrap();
+        let mut byte = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(2), late.read(&mut byte))
+            .await
+            .expect("closed at once, not held")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "the connection past the cap is closed");
+        drop(idle);
         stop.cancel();
         task.await.unwrap();
     }

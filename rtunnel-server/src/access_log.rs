@@ -27,11 +27,17 @@ use rtunnel_core::store::{AccessClose, AccessLog, SessionStore, StoreError, now_
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
-/// How often a failed batch of closes is tried before its closes are given
-/// up (logged as errors).
-const CLOSE_ATTEMPTS: u32 = 3;
-/// The wait between those attempts.
+/// The first wait before a batch of closes that failed is written again;
+/// it doubles up to [`MAX_RETRY_DELAY`], and the closes are kept until
+/// they are written (a database away for a while loses none).
 const RETRY_DELAY: Duration = Duration::from_millis(200);
+/// The longest wait between attempts at writing closes.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+/// Closes kept while the database is away; past it the oldest are given up
+/// (logged), so an outage cannot grow the queue without bound.
+const MAX_QUEUED_CLOSES: usize = 100_000;
+/// Why a connection's entry is closed by the writer itself.
+const CLIENT_LEFT: &str = "the client left before the access opened";
 
 /// Writes the access log: opens in groups, closes in batches. Cheap to
 /// clone.
@@ -42,7 +48,8 @@ pub struct AccessLogWriter {
 
 struct Inner {
     sessions: Arc<dyn SessionStore>,
-    queue: Mutex<Queue>,
+    opens: Mutex<Opens>,
+    closes: Mutex<Closes>,
     /// How many closes have been written (or given up) since the start, in
     /// the order they were queued: a flush waits for its number.
     written: watch::Sender<u64>,
@@ -51,12 +58,18 @@ struct Inner {
 type Opened = oneshot::Sender<Result<(), StoreError>>;
 
 #[derive(Default)]
-struct Queue {
-    opens: Vec<(AccessLog, Opened)>,
-    closes: Vec<AccessClose>,
+struct Opens {
+    queue: Vec<(AccessLog, Opened)>,
+    /// A writer of opens is running (it takes whatever is queued).
+    writing: bool,
+}
+
+#[derive(Default)]
+struct Closes {
+    queue: Vec<AccessClose>,
     /// How many closes have been queued since the start.
     queued: u64,
-    /// A writer task is running (it takes whatever is queued).
+    /// A writer of closes is running.
     writing: bool,
 }
 
@@ -68,13 +81,52 @@ impl std::fmt::Debug for AccessLogWriter {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Clears a writer's flag if its task panics (it clears it itself when it
+/// ends normally), so the next entry starts a new writer instead of
+/// waiting for one that is gone.
+struct Writing<'a, T> {
+    state: &'a Mutex<T>,
+    flag: fn(&mut T) -> &mut bool,
+}
+
+impl<T> Drop for Writing<'_, T> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            *(self.flag)(&mut lock(self.state)) = false;
+        }
+    }
+}
+
+/// An open waiting for its batch: if the caller goes away after the batch
+/// was written but before it saw the answer, the entry is closed here.
+struct Waiting {
+    answer: Option<oneshot::Receiver<Result<(), StoreError>>>,
+    id: Uuid,
+    writer: AccessLogWriter,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Some(mut answer) = self.answer.take()
+            && let Ok(Ok(())) = answer.try_recv()
+        {
+            self.writer.close(self.id, 0, 0, Some(CLIENT_LEFT.into()));
+        }
+    }
+}
+
 impl AccessLogWriter {
     /// A writer on `sessions`.
     pub fn new(sessions: Arc<dyn SessionStore>) -> Self {
         AccessLogWriter {
             inner: Arc::new(Inner {
                 sessions,
-                queue: Mutex::new(Queue::default()),
+                opens: Mutex::new(Opens::default()),
+                closes: Mutex::new(Closes::default()),
                 written: watch::Sender::new(0),
             }),
         }
@@ -83,9 +135,27 @@ impl AccessLogWriter {
     /// Writes a new entry; when this returns `Ok` it is durable.
     pub async fn open(&self, entry: &AccessLog) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.push(|queue| queue.opens.push((entry.clone(), tx)));
-        rx.await
-            .unwrap_or_else(|_| Err(StoreError::Backend("the access-log writer stopped".into())))
+        let start = {
+            let mut opens = lock(&self.inner.opens);
+            opens.queue.push((entry.clone(), tx));
+            !std::mem::replace(&mut opens.writing, true)
+        };
+        if start {
+            tokio::spawn(self.clone().write_opens());
+        }
+        let mut waiting = Waiting {
+            answer: Some(rx),
+            id: entry.id,
+            writer: self.clone(),
+        };
+        let stopped = || StoreError::Backend("the access-log writer stopped".into());
+        let result = match waiting.answer.as_mut() {
+            Some(answer) => answer.await.unwrap_or_else(|_| Err(stopped())),
+            None => Err(stopped()),
+        };
+        // Answered: nothing left for the guard to do.
+        waiting.answer = None;
+        result
     }
 
     /// Queues how the access `id` ended (now, with these byte counts and
@@ -106,110 +176,114 @@ impl AccessLogWriter {
             bytes_from_service,
             error,
         };
-        self.push(|queue| {
-            queue.closes.push(close);
-            queue.queued += 1;
-        });
+        let start = {
+            let mut closes = lock(&self.inner.closes);
+            closes.queue.push(close);
+            closes.queued += 1;
+            !std::mem::replace(&mut closes.writing, true)
+        };
+        if start {
+            tokio::spawn(self.clone().write_closes());
+        }
     }
 
     /// Waits until every close queued before the call is written (or
     /// given up); closes queued meanwhile do not hold it up.
     pub async fn flush(&self) {
-        let target = self.lock().queued;
+        let target = lock(&self.inner.closes).queued;
         let mut written = self.inner.written.subscribe();
         // The sender lives in `self`: waiting cannot fail.
         let _ = written.wait_for(|n| *n >= target).await;
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
-        self.inner.queue.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Queues, and starts the writer unless it runs.
-    fn push(&self, add: impl FnOnce(&mut Queue)) {
-        let start = {
-            let mut queue = self.lock();
-            add(&mut queue);
-            !std::mem::replace(&mut queue.writing, true)
+    /// The writer of opens: takes the queue, writes it, answers, until
+    /// nothing is left.
+    async fn write_opens(self) {
+        let _writing = Writing {
+            state: &self.inner.opens,
+            flag: |o: &mut Opens| &mut o.writing,
         };
-        if start {
-            tokio::spawn(self.clone().write_queued());
-        }
-    }
-
-    /// The writer: takes the queue, writes it, until nothing is left.
-    async fn write_queued(self) {
         loop {
-            let (opens, closes) = {
-                let mut queue = self.lock();
-                if queue.opens.is_empty() && queue.closes.is_empty() {
-                    queue.writing = false;
+            let batch = std::mem::take(&mut lock(&self.inner.opens).queue);
+            if batch.is_empty() {
+                // Checked and cleared under one lock: an entry queued after
+                // this finds the flag down and starts a writer.
+                let mut opens = lock(&self.inner.opens);
+                if opens.queue.is_empty() {
+                    opens.writing = false;
                     return;
                 }
-                (
-                    std::mem::take(&mut queue.opens),
-                    std::mem::take(&mut queue.closes),
-                )
-            };
-            if !opens.is_empty() {
-                self.write_opens(opens).await;
+                continue;
             }
-            if !closes.is_empty() {
-                self.write_closes(&closes).await;
-                self.inner
-                    .written
-                    .send_modify(|n| *n += closes.len() as u64);
-            }
+            self.write_batch_of_opens(batch).await;
         }
     }
 
-    async fn write_opens(&self, opens: Vec<(AccessLog, Opened)>) {
-        let (entries, waiters): (Vec<AccessLog>, Vec<Opened>) = opens.into_iter().unzip();
+    async fn write_batch_of_opens(&self, batch: Vec<(AccessLog, Opened)>) {
+        let (entries, waiters): (Vec<AccessLog>, Vec<Opened>) = batch.into_iter().unzip();
         let sessions = &self.inner.sessions;
-        match sessions.open_accesses(&entries).await {
-            Ok(()) => {
-                for (entry, w) in entries.iter().zip(waiters) {
-                    if w.send(Ok(())).is_err() {
-                        // Its connection went while it was written: no one
-                        // will close it, so it is closed here.
-                        let why = "the client left before the access opened";
-                        self.close(entry.id, 0, 0, Some(why.into()));
-                    }
-                }
-            }
-            Err(e) if entries.len() == 1 => {
-                for w in waiters {
-                    let _ = w.send(Err(e.clone()));
-                }
-            }
-            // One entry may be what failed the batch: each on its own.
+        let results: Vec<Result<(), StoreError>> = match sessions.open_accesses(&entries).await {
+            Ok(()) => vec![Ok(()); entries.len()],
+            Err(e) if entries.len() == 1 => vec![Err(e)],
+            // The database is away: every entry fails alike, at once.
+            Err(e) if sessions.ping().await.is_err() => vec![Err(e); entries.len()],
+            // One entry may be what failed the batch (its session deleted
+            // meanwhile): each on its own. The batch wrote none of them.
             Err(_) => {
-                for (entry, w) in entries.iter().zip(waiters) {
-                    let written = sessions.open_access(entry).await;
-                    let ok = written.is_ok();
-                    if w.send(written).is_err() && ok {
-                        let why = "the client left before the access opened";
-                        self.close(entry.id, 0, 0, Some(why.into()));
-                    }
+                let mut each = Vec::with_capacity(entries.len());
+                for entry in &entries {
+                    each.push(sessions.open_access(entry).await);
                 }
+                each
+            }
+        };
+        for ((entry, waiter), result) in entries.iter().zip(waiters).zip(results) {
+            let ok = result.is_ok();
+            if waiter.send(result).is_err() && ok {
+                // Its connection went while it was written: no one will
+                // close it, so it is closed here.
+                self.close(entry.id, 0, 0, Some(CLIENT_LEFT.into()));
             }
         }
     }
 
-    async fn write_closes(&self, batch: &[AccessClose]) {
-        let mut attempt = 1;
+    /// The writer of closes: writes what has queued; a batch that fails is
+    /// kept and tried again, with what queued meanwhile, after a growing
+    /// wait.
+    async fn write_closes(self) {
+        let _writing = Writing {
+            state: &self.inner.closes,
+            flag: |c: &mut Closes| &mut c.writing,
+        };
+        let mut pending: Vec<AccessClose> = Vec::new();
+        let mut delay = RETRY_DELAY;
         loop {
-            match self.inner.sessions.close_accesses(batch).await {
-                Ok(()) => return,
-                Err(e) if attempt < CLOSE_ATTEMPTS => {
-                    tracing::warn!(error = %e, closes = batch.len(), attempt, "cannot complete access log entries; trying again");
-                    attempt += 1;
-                    tokio::time::sleep(RETRY_DELAY).await;
+            {
+                let mut closes = lock(&self.inner.closes);
+                pending.append(&mut closes.queue);
+                if pending.is_empty() {
+                    closes.writing = false;
+                    return;
+                }
+            }
+            match self.inner.sessions.close_accesses(&pending).await {
+                Ok(()) => {
+                    let n = pending.len() as u64;
+                    pending.clear();
+                    self.inner.written.send_modify(|w| *w += n);
+                    delay = RETRY_DELAY;
                 }
                 Err(e) => {
-                    let ids: Vec<String> = batch.iter().map(|c| c.id.to_string()).collect();
-                    tracing::error!(error = %e, closes = batch.len(), entries = %ids.join(","), "cannot complete access log entries; they stay open");
-                    return;
+                    tracing::warn!(error = %e, closes = pending.len(), "cannot complete access log entries; trying again in {}s", delay.as_secs_f32());
+                    if pending.len() > MAX_QUEUED_CLOSES {
+                        let excess = pending.len() - MAX_QUEUED_CLOSES;
+                        let dropped: Vec<String> =
+                            pending.drain(..excess).map(|c| c.id.to_string()).collect();
+                        tracing::error!(closes = excess, entries = %dropped.join(","), "too many access log closes waiting for the database; these entries stay open");
+                        self.inner.written.send_modify(|w| *w += excess as u64);
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(MAX_RETRY_DELAY);
                 }
             }
         }
@@ -311,7 +385,7 @@ mod tests {
             assert_eq!(e.bytes_from_service, 7);
         }
         assert_eq!(*writer.inner.written.borrow(), 50);
-        assert!(!writer.inner.queue.lock().unwrap().writing);
+        assert!(!writer.inner.closes.lock().unwrap().writing);
     }
 
     #[tokio::test]
@@ -381,6 +455,38 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         panic!("the entry was never closed");
+    }
+
+    #[tokio::test]
+    async fn closes_that_fail_are_kept_and_written_when_the_database_is_back() {
+        let (dir, store, template) = store().await;
+        let writer = AccessLogWriter::new(store.clone());
+        writer.open(&template).await.unwrap();
+        // A real fault: the table goes away under the writer, then back.
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let side = sqlx::sqlite::SqlitePool::connect(&url).await.unwrap();
+        sqlx::query("ALTER TABLE access_logs RENAME TO access_logs_away")
+            .execute(&side)
+            .await
+            .unwrap();
+        writer.close(template.id, 5, 6, None);
+        // Its first attempts fail (and are logged); it is kept.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(*writer.inner.written.borrow(), 0, "not written yet");
+        sqlx::query("ALTER TABLE access_logs_away RENAME TO access_logs")
+            .execute(&side)
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(20), writer.flush())
+            .await
+            .expect("written once the table is back");
+        let page = rtunnel_core::store::Page {
+            page: 1,
+            page_size: 10,
+        };
+        let got = store.list_access(template.session_id, page).await.unwrap();
+        assert_eq!(got.items[0].bytes_to_service, 5);
+        assert!(got.items[0].closed_at.is_some());
     }
 
     #[tokio::test]

@@ -112,7 +112,7 @@ impl ServerConfig {
         let secs = flag_duration;
         serde_json::json!({
             "listen": self.listen.to_string(),
-            "public_url": self.public_url,
+            "public_url": rtunnel_core::redact::url(&self.public_url),
             "data_dir": self.data_dir.display().to_string(),
             "proxy_domain": self.proxy_domain,
             "path_prefix": self.path_prefix,
@@ -135,8 +135,8 @@ impl ServerConfig {
             "node_id": self.node_id,
             "node_listen": self.node_listen.map(|a| a.to_string()),
             "node_advertise": self.node_advertise,
-            "pomerium_base_url": self.pomerium_base_url,
-            "tsplus_base_url": self.tsplus_base_url,
+            "pomerium_base_url": self.pomerium_base_url.as_deref().map(rtunnel_core::redact::url),
+            "tsplus_base_url": self.tsplus_base_url.as_deref().map(rtunnel_core::redact::url),
             "metrics_listen": self.metrics_listen.map(|a| a.to_string()),
         })
     }

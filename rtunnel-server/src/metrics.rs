@@ -53,6 +53,9 @@ struct State {
     state: String,
 }
 
+/// Scrapes within this long of the last count reuse its session counts.
+const COUNT_SESSIONS_EVERY: Duration = Duration::from_secs(1);
+
 /// The server's metrics. Cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
@@ -70,6 +73,10 @@ struct Inner {
     handshake: Histogram,
     stream_open: Histogram,
     store_errors: Counter,
+    /// When the sessions were last counted: scrapes within a second of it
+    /// reuse the counts (the database is not asked more than once a
+    /// second, however often the port is scraped).
+    counted_at: tokio::sync::Mutex<Option<std::time::Instant>>,
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     redis_errors: Counter,
 }
@@ -158,6 +165,7 @@ impl Metrics {
                 stream_open,
                 store_errors,
                 redis_errors,
+                counted_at: tokio::sync::Mutex::new(None),
             }),
         }
     }
@@ -218,6 +226,11 @@ impl Metrics {
     /// One scrape: the gauges read from `state`, then every metric.
     pub(crate) async fn render(&self, state: &AppState) -> String {
         self.inner.tunnels.set(state.tunnels.registry.len() as i64);
+        let mut counted_at = self.inner.counted_at.lock().await;
+        if counted_at.is_some_and(|at| at.elapsed() < COUNT_SESSIONS_EVERY) {
+            return rtunnel_core::metrics::encode(&self.inner.registry);
+        }
+        *counted_at = Some(std::time::Instant::now());
         for status in [
             SessionStatus::Pending,
             SessionStatus::Active,

@@ -16,6 +16,9 @@ use crate::registry::Registry;
 use crate::streams::Streams;
 use crate::tunnel::Setups;
 
+/// The wait before checking again for deleted systems after a failed check.
+const CHECK_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The tunnels of this node and the way to everyone else's. Clones share
 /// everything.
 #[derive(Clone)]
@@ -52,11 +55,15 @@ impl Tunnels {
         mut changes: watch::Receiver<u64>,
         shutdown: CancellationToken,
     ) {
+        // Checked again after a failed check, until one succeeds.
+        let mut retry = false;
         loop {
             tokio::select! {
                 changed = changes.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep(CHECK_RETRY), if retry => {}
                 _ = shutdown.cancelled() => return,
             }
+            retry = false;
             let live = self.registry.all();
             if live.is_empty() {
                 continue;
@@ -65,7 +72,8 @@ impl Tunnels {
             let existing: HashSet<_> = match identity.existing_systems(&ids).await {
                 Ok(found) => found.into_iter().collect(),
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot check whether the systems of live tunnels still exist");
+                    tracing::warn!(error = %e, "cannot check whether the systems of live tunnels still exist; trying again shortly");
+                    retry = true;
                     continue;
                 }
             };

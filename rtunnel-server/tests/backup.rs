@@ -53,6 +53,19 @@ async fn a_backup_taken_while_serving_restores_everything() {
     assert_eq!(again.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&again.stderr).contains("exists"));
     assert_eq!(std::fs::read(&copy).unwrap(), before);
+    // Nor is a symlink followed, even one pointing nowhere yet.
+    let link = tmp.path().join("link.db");
+    let target = tmp.path().join("elsewhere.db");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let through = std::process::Command::new(server_bin())
+        .arg("--data-dir")
+        .arg(tmp.path().join("data"))
+        .arg("backup")
+        .arg(&link)
+        .output()
+        .unwrap();
+    assert_eq!(through.status.code(), Some(2));
+    assert!(!target.exists(), "nothing written through the link");
 
     // Restore on a new machine: the copy and the key files in a data
     // directory of their own.

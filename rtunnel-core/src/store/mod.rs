@@ -582,8 +582,9 @@ pub trait SessionStore: Send + Sync {
         error: Option<&str>,
     ) -> Result<(), StoreError>;
     /// Records several accesses as they open, in as few statements as the
-    /// store can (the server batches the opens that arrive together). The
-    /// default writes them one by one.
+    /// store can (the server batches the opens that arrive together): all
+    /// of them or, on an error, none. The default writes them one by one
+    /// (override it where that promise needs a transaction).
     async fn open_accesses(&self, entries: &[AccessLog]) -> Result<(), StoreError> {
         for e in entries {
             self.open_access(e).await?;

@@ -356,7 +356,6 @@ async fn recover_node(state: &AppState, node: &str) {
         .await
     {
         Ok(n) => {
-            crate::metrics::global().redis_error();
             tracing::warn!(
                 node,
                 sessions = n,

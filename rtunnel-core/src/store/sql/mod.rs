@@ -157,20 +157,44 @@ impl SqlStore {
                 "a PostgreSQL database is backed up with pg_dump (see docs/OPERATIONS.md)".into(),
             ));
         }
-        if to.exists() {
-            return Err(StoreError::Conflict(format!(
-                "{} exists: a backup is written to a new file",
-                to.display()
-            )));
-        }
         let path = to
             .to_str()
             .ok_or_else(|| StoreError::Backend(format!("not a UTF-8 path: {}", to.display())))?;
-        sqlx::query("VACUUM INTO $1")
+        // SQLite reads `file:` names as URIs (`file:x?mode=memory` would
+        // "succeed" and write nothing).
+        if path.starts_with("file:") {
+            return Err(StoreError::Conflict(format!(
+                "{path}: name the file by its path, not a file: URI"
+            )));
+        }
+        // Created here, new and private, so nothing already there (a file,
+        // a symlink, dangling or not) is written through; SQLite then fills
+        // the empty file.
+        let mut create = std::fs::OpenOptions::new();
+        create.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut create, 0o600);
+        create.open(to).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => StoreError::Conflict(format!(
+                "{} exists: a backup is written to a new file",
+                to.display()
+            )),
+            _ => StoreError::Backend(format!("cannot create {}: {e}", to.display())),
+        })?;
+        let written = sqlx::query("VACUUM INTO $1")
             .bind(path)
             .execute(&self.pool)
             .await
-            .map_err(|e| StoreError::Backend(format!("cannot write {}: {e}", to.display())))?;
+            .map_err(|e| StoreError::Backend(format!("cannot write {}: {e}", to.display())));
+        let size = std::fs::metadata(to).map(|m| m.len()).unwrap_or(0);
+        if written.is_err() || size == 0 {
+            let _ = std::fs::remove_file(to);
+            written?;
+            return Err(StoreError::Backend(format!(
+                "{} was left empty",
+                to.display()
+            )));
+        }
         Ok(())
     }
 
@@ -940,6 +964,9 @@ impl SessionStore for SqlStore {
     }
 
     async fn open_accesses(&self, entries: &[AccessLog]) -> Result<(), StoreError> {
+        // One transaction: all of them or none (a failed batch is written
+        // again entry by entry, which must not meet half of it).
+        let mut tx = self.pool.begin().await.map_err(backend)?;
         for chunk in entries.chunks(ENTRIES_PER_STATEMENT) {
             let rows: Vec<String> = (0..chunk.len())
                 .map(|i| {
@@ -964,9 +991,9 @@ impl SessionStore for SqlStore {
                     .bind(e.ip_address.clone())
                     .bind(e.opened_at);
             }
-            query.execute(&self.pool).await.map_err(backend)?;
+            query.execute(&mut *tx).await.map_err(backend)?;
         }
-        Ok(())
+        tx.commit().await.map_err(backend)
     }
 
     async fn close_accesses(&self, closes: &[AccessClose]) -> Result<(), StoreError> {
