@@ -69,6 +69,8 @@ pub struct AgentConfig {
     pub terminal: Option<TerminalConfig>,
     /// Services served in this process ([`AgentBuilder::handler`]).
     handlers: Vec<HandlerService>,
+    /// Where the session is kept across restarts (`--state-dir`).
+    pub state: Option<crate::state::StateFile>,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -83,6 +85,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("tls_insecure", &self.tls_insecure)
             .field("terminal", &self.terminal)
             .field("handlers", &self.handlers)
+            .field("state", &self.state)
             .finish()
     }
 }
@@ -124,9 +127,17 @@ pub struct AgentBuilder {
     proxy: Option<Proxy>,
     terminal: Option<TerminalConfig>,
     handlers: Vec<HandlerService>,
+    state_dir: Option<std::path::PathBuf>,
 }
 
 impl AgentBuilder {
+    /// Keeps the session and its reconnect token in `dir` (`--state-dir`),
+    /// so an agent restarted within the grace period resumes its session.
+    pub fn state_dir(mut self, dir: Option<std::path::PathBuf>) -> Self {
+        self.state_dir = dir;
+        self
+    }
+
     /// Offers a service served in this process: every stream an operator
     /// opens to `name` (a forward, the subdomain proxy) goes to `handler`.
     pub fn handler(mut self, name: impl Into<String>, handler: impl StreamHandler) -> Self {
@@ -248,6 +259,13 @@ impl AgentBuilder {
                 )));
             }
         }
+        let state =
+            match &self.state_dir {
+                None => None,
+                Some(dir) => Some(crate::state::StateFile::in_dir(dir).map_err(|e| {
+                    AgentError::Config(format!("--state-dir {}: {e}", dir.display()))
+                })?),
+            };
         let reconnect_delay = self.reconnect_delay.unwrap_or(Duration::from_secs(5));
         let max_reconnect_delay = self.max_reconnect_delay.unwrap_or(Duration::from_secs(300));
         if reconnect_delay < Duration::from_millis(10) {
@@ -266,6 +284,7 @@ impl AgentBuilder {
                 tls_insecure: self.tls_insecure,
                 terminal: self.terminal,
                 handlers: self.handlers,
+                state,
             }),
             status: Arc::new(watch::channel(AgentStatus::Connecting).0),
         })
@@ -447,7 +466,11 @@ impl Agent {
         let mut shutdown = std::pin::pin!(shutdown);
         // The session and reconnect token of the last welcome, presented at
         // the next connection to get the same session back.
-        let mut resume: Option<Resume> = None;
+        // Kept across restarts with `--state-dir`.
+        let mut resume: Option<Resume> = cfg.state.as_ref().and_then(|s| s.load());
+        if let (Some(r), Some(state)) = (&resume, &cfg.state) {
+            tracing::info!(session = %r.session_id, path = %state.path().display(), "resuming the session kept in the state file");
+        }
         // The endpoint dialed next: kept while it works, the next one after
         // a failure, a lost tunnel or a restarting server.
         let mut at = 0;
@@ -466,6 +489,14 @@ impl Agent {
                 at = (at + 1) % cfg.endpoints.len();
                 let next = &cfg.endpoints[at].url;
                 tracing::info!("next attempt goes to {next}");
+            }
+            if matches!(
+                outcome,
+                Outcome::Closed(_) | Outcome::Replaced(_) | Outcome::Revoked(_)
+            ) && let Some(state) = &cfg.state
+            {
+                // Over for good: a restart starts afresh.
+                state.clear();
             }
             let (delay, reason) = match outcome {
                 Outcome::Closed(reason) => {
@@ -581,6 +612,12 @@ impl Agent {
         *resume = dialed
             .reconnect_token
             .map(|token| Resume { session_id, token });
+        if let Some(state) = &cfg.state {
+            match resume.as_ref() {
+                Some(r) => state.save(r),
+                None => state.clear(),
+            }
+        }
         match previous {
             Some(old) if old == session_id => {
                 tracing::info!(session = %session_id, "resumed the session")

@@ -80,6 +80,10 @@ struct RunArgs {
     /// keep it on this machine or an internal network). Default: off.
     #[arg(long, env = "RTUNNEL_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Keep the session and its reconnect token here (created 0700), so a
+    /// restarted agent resumes its session within the grace period.
+    #[arg(long, env = "RTUNNEL_STATE_DIR")]
+    state_dir: Option<std::path::PathBuf>,
     /// HTTP proxy to dial out through with CONNECT: http://[user:pass@]host:port
     /// (default: HTTPS_PROXY or HTTP_PROXY, honoring NO_PROXY).
     #[arg(long, env = "RTUNNEL_PROXY", hide_env_values = true)]
@@ -188,6 +192,7 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         .reconnect_delay(args.reconnect_delay)
         .max_reconnect_delay(args.max_reconnect_delay)
         .tls_insecure(args.tls_insecure)
+        .state_dir(args.state_dir.clone())
         .terminal(
             (!args.no_terminal).then(|| crate::terminal::TerminalConfig {
                 shell: args.shell.clone(),
@@ -231,7 +236,19 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         "rtunnel-agent starting"
     );
     match agent.run(rtunnel_core::signal::terminated()).await {
-        Ok(AgentExit::SessionClosed(_)) | Ok(AgentExit::Shutdown) => Ok(()),
+        Ok(AgentExit::SessionClosed(_)) => Ok(()),
+        Ok(AgentExit::Shutdown) => {
+            if args.state_dir.is_some() {
+                tracing::info!(
+                    "stopped; the session waits for this agent during the server's grace period, and a restart with the same --state-dir resumes it"
+                );
+            } else {
+                tracing::info!(
+                    "stopped; the session waits during the server's grace period (a restart starts a new session; --state-dir keeps it)"
+                );
+            }
+            Ok(())
+        }
         Err(AgentError::Config(m)) => Err(usage(m)),
         Err(e) => Err(Failure {
             code: 1,

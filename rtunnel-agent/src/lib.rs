@@ -20,6 +20,7 @@ pub mod harden;
 pub mod http_proxy;
 pub mod metrics;
 pub mod services;
+pub mod state;
 pub mod terminal;
 mod tls;
 

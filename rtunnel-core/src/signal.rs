@@ -17,7 +17,7 @@ pub async fn terminated() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+        _ = ctrl_c => tracing::info!("interrupted (SIGINT): stopping"),
+        _ = term => tracing::info!("asked to stop (SIGTERM): stopping"),
     }
 }
