@@ -293,7 +293,7 @@ impl AccessLogWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rtunnel_core::store::{AccessKind, SessionRecord, SessionStatus, System};
+    use rtunnel_core::store::AccessKind;
 
     async fn store() -> (
         tempfile::TempDir,
@@ -308,31 +308,11 @@ mod tests {
                 .unwrap(),
         );
         use rtunnel_core::store::IdentityStore;
-        let sys = System {
-            id: Uuid::new_v4().into(),
-            name: "box".into(),
-            key: "k".into(),
-            secret_hash: "h".into(),
-            created_at: now_millis(),
-        };
+        use rtunnel_core::store::conformance::{pending_session, system};
+        let sys = system("box");
         store.create_system(&sys).await.unwrap();
         let now = now_millis();
-        let session = SessionRecord {
-            id: Uuid::new_v4().into(),
-            system_id: sys.id,
-            status: SessionStatus::Pending,
-            created_at: now,
-            activated_at: None,
-            ended_at: None,
-            end_reason: None,
-            expires_at: now + 60_000,
-            grace_until: None,
-            reconnect_token_hash: None,
-            agent_addr: None,
-            agent_software: None,
-            services: vec![],
-            node_id: None,
-        };
+        let session = pending_session(sys.id);
         store.create_session(&session).await.unwrap();
         let entry = AccessLog {
             id: Uuid::new_v4(),

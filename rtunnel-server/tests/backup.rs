@@ -10,6 +10,17 @@ use std::os::unix::fs::PermissionsExt;
 
 use support::*;
 
+/// `rtunnel-server backup PATH` on the data directory of `dir`.
+fn backup(dir: &std::path::Path, path: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(server_bin())
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("backup")
+        .arg(path)
+        .output()
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_taken_while_serving_restores_everything() {
     let tmp = tempfile::tempdir().unwrap();
@@ -25,13 +36,7 @@ async fn a_backup_taken_while_serving_restores_everything() {
 
     // While the server runs and writes (the agent's session, its audit).
     let copy = tmp.path().join("rtunnel-backup.db");
-    let out = std::process::Command::new(server_bin())
-        .arg("--data-dir")
-        .arg(tmp.path().join("data"))
-        .arg("backup")
-        .arg(&copy)
-        .output()
-        .unwrap();
+    let out = backup(tmp.path(), &copy);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(
@@ -43,13 +48,7 @@ async fn a_backup_taken_while_serving_restores_everything() {
 
     // A second backup to the same file is refused, the copy untouched.
     let before = std::fs::read(&copy).unwrap();
-    let again = std::process::Command::new(server_bin())
-        .arg("--data-dir")
-        .arg(tmp.path().join("data"))
-        .arg("backup")
-        .arg(&copy)
-        .output()
-        .unwrap();
+    let again = backup(tmp.path(), &copy);
     assert_eq!(again.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&again.stderr).contains("exists"));
     assert_eq!(std::fs::read(&copy).unwrap(), before);
@@ -57,13 +56,7 @@ async fn a_backup_taken_while_serving_restores_everything() {
     let link = tmp.path().join("link.db");
     let target = tmp.path().join("elsewhere.db");
     std::os::unix::fs::symlink(&target, &link).unwrap();
-    let through = std::process::Command::new(server_bin())
-        .arg("--data-dir")
-        .arg(tmp.path().join("data"))
-        .arg("backup")
-        .arg(&link)
-        .output()
-        .unwrap();
+    let through = backup(tmp.path(), &link);
     assert_eq!(through.status.code(), Some(2));
     assert!(!target.exists(), "nothing written through the link");
 

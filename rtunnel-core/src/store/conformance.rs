@@ -61,6 +61,27 @@ pub fn system(name: &str) -> System {
     }
 }
 
+/// A `pending` session of `system` to store, created now, living a minute.
+pub fn pending_session(system: crate::ids::SystemId) -> SessionRecord {
+    let now = now_millis();
+    SessionRecord {
+        id: Uuid::new_v4().into(),
+        system_id: system,
+        status: SessionStatus::Pending,
+        created_at: now,
+        activated_at: None,
+        ended_at: None,
+        end_reason: None,
+        expires_at: now + 60_000,
+        grace_until: None,
+        reconnect_token_hash: None,
+        agent_addr: None,
+        agent_software: None,
+        services: vec![],
+        node_id: None,
+    }
+}
+
 /// A launcher resource to store.
 pub fn resource(name: &str) -> Resource {
     Resource {
@@ -958,22 +979,7 @@ pub async fn access_closes_are_written_together<S: FullStore + ?Sized>(s: &S) {
     let sys = system("delta");
     s.create_system(&sys).await.unwrap();
     let now = now_millis();
-    let rec = SessionRecord {
-        id: Uuid::new_v4().into(),
-        system_id: sys.id,
-        status: SessionStatus::Pending,
-        created_at: now,
-        activated_at: None,
-        ended_at: None,
-        end_reason: None,
-        expires_at: now + 60_000,
-        grace_until: None,
-        reconnect_token_hash: None,
-        agent_addr: None,
-        agent_software: None,
-        services: vec![],
-        node_id: None,
-    };
+    let rec = pending_session(sys.id);
     s.create_session(&rec).await.unwrap();
     let mut entries = Vec::new();
     for i in 0..250_i64 {
