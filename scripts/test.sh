@@ -10,6 +10,16 @@ cd "$(dirname "$0")/.."
 # from Debian's packages if missing.
 ./scripts/test-deps.sh
 
+# The compiler's incremental caches grow with every edit and are never
+# pruned: on a long-lived checkout they filled a disk (58 GB), and then
+# nothing runs. Past 20 GB they are dropped (the next build is slower,
+# nothing else changes).
+incremental=target/debug/incremental
+if [ -d "$incremental" ] && [ "$(du -sk "$incremental" | cut -f1)" -gt $((20 * 1024 * 1024)) ]; then
+    echo "test: $incremental is over 20 GB; removing it" >&2
+    rm -rf "$incremental"
+fi
+
 # A real PostgreSQL and Redis on free ports for the tests that need them,
 # stopped however this script ends.
 # (Taken apart so a service that does not start stops the run here, with
