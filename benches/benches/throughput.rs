@@ -130,7 +130,7 @@ async fn rig() -> Rig {
         let fwd = Forwarder::connect(ForwardConfig {
             server: format!("http://{addr}"),
             token: token.clone(),
-            session,
+            target: session.into(),
             service: service.into(),
             tls_insecure: false,
             proxy: None,

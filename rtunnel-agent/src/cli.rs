@@ -13,7 +13,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::agent::{Agent, AgentError, AgentExit, Endpoint};
-use crate::forward::{ForwardConfig, ForwardError, Forwarder};
+use crate::forward::{ForwardConfig, ForwardError, ForwardTarget, Forwarder};
 use crate::http_proxy::Proxy;
 use crate::services::parse_services;
 
@@ -111,8 +111,12 @@ struct ForwardArgs {
     #[arg(long, env = "RTUNNEL_TOKEN", hide_env_values = true)]
     token: String,
     /// Support session id.
+    #[arg(long, required_unless_present = "system", conflicts_with = "system")]
+    session: Option<SessionId>,
+    /// Or a system's name (or id): its current session, found again at
+    /// each reconnection, so the forward follows the system to a new one.
     #[arg(long)]
-    session: SessionId,
+    system: Option<String>,
     /// Service name.
     #[arg(long)]
     service: String,
@@ -295,7 +299,11 @@ async fn forward(args: ForwardArgs) -> Result<(), Failure> {
     let config = ForwardConfig {
         server: args.server,
         token: args.token,
-        session: args.session,
+        target: match (args.session, args.system) {
+            (Some(id), _) => ForwardTarget::Session(id),
+            (None, Some(name)) => ForwardTarget::System(name),
+            (None, None) => return Err(usage("--session or --system is required")),
+        },
         service: args.service,
         tls_insecure: args.tls_insecure,
         proxy,
@@ -316,10 +324,10 @@ async fn forward(args: ForwardArgs) -> Result<(), Failure> {
             },
         })?;
     tracing::info!(
-        "forwarding {} to service {} of session {}",
+        "forwarding {} to service {} of {}",
         args.listen,
         config.service,
-        config.session
+        config.target
     );
     fwd.serve(listener, rtunnel_core::signal::terminated())
         .await

@@ -27,6 +27,32 @@ use crate::http_proxy::Proxy;
 /// How long the server has to answer a new stream.
 pub const STREAM_REPLY_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// What a forward reaches: one session, or whatever session a system has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForwardTarget {
+    /// This support session.
+    Session(SessionId),
+    /// The current session of the system with this name or id (`forward
+    /// --system`): found by the server at each connection, so the forward
+    /// follows the system to a new session.
+    System(String),
+}
+
+impl From<SessionId> for ForwardTarget {
+    fn from(id: SessionId) -> Self {
+        ForwardTarget::Session(id)
+    }
+}
+
+impl std::fmt::Display for ForwardTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ForwardTarget::Session(id) => write!(f, "session {id}"),
+            ForwardTarget::System(name) => write!(f, "the current session of {name}"),
+        }
+    }
+}
+
 /// Settings of a forward.
 #[derive(Clone)]
 pub struct ForwardConfig {
@@ -34,8 +60,8 @@ pub struct ForwardConfig {
     pub server: String,
     /// An API token.
     pub token: String,
-    /// The support session.
-    pub session: SessionId,
+    /// The support session, or the system whose session it is.
+    pub target: ForwardTarget,
     /// The service to reach.
     pub service: String,
     /// Accept any certificate from an `https://` server.
@@ -49,7 +75,7 @@ impl std::fmt::Debug for ForwardConfig {
         f.debug_struct("ForwardConfig")
             .field("server", &self.server)
             .field("token", &"<redacted>")
-            .field("session", &self.session)
+            .field("target", &self.target)
             .field("proxy", &self.proxy)
             .field("service", &self.service)
             .finish()
@@ -116,10 +142,19 @@ impl Forwarder {
                 config.server
             )));
         };
-        let ws_url = format!(
-            "{ws_base}/api/v1/sessions/{}/forward?service={}",
-            config.session, config.service
-        );
+        let ws_url = match &config.target {
+            ForwardTarget::Session(id) => format!(
+                "{ws_base}/api/v1/sessions/{id}/forward?service={}",
+                config.service
+            ),
+            ForwardTarget::System(name) => {
+                let name: String = url::form_urlencoded::byte_serialize(name.as_bytes()).collect();
+                format!(
+                    "{ws_base}/api/v1/systems/{name}/forward?service={}",
+                    config.service
+                )
+            }
+        };
         let fwd = Arc::new(Forwarder {
             config,
             ws_url,

@@ -27,7 +27,7 @@ mod tls;
 pub use agent::{
     Agent, AgentBuilder, AgentConfig, AgentError, AgentExit, AgentHandle, AgentStatus, Endpoint,
 };
-pub use forward::{ForwardConfig, ForwardError, Forwarder};
+pub use forward::{ForwardConfig, ForwardError, ForwardTarget, Forwarder};
 pub use handler::{ServiceStream, StreamHandler};
 pub use http_proxy::{Proxy, ProxyError, ProxyUrlError};
 pub use services::{ServiceSpec, parse_services};

@@ -94,6 +94,71 @@ pub(crate) async fn forward_endpoint(
 ) -> Result<Response, ApiError> {
     // Only `rtunnel-agent forward` comes here, with a bearer token: a
     // browser's cookie never opens a forward.
+    open_forward(state, caller, &id, q, peer, held, ws).await
+}
+
+/// Axum handler of the forward endpoint by system: the system's current
+/// session (active, or in its grace period), so `rtunnel-agent forward
+/// --system NAME` needs no session id and follows the system to a new
+/// session when it reconnects.
+#[utoipa::path(
+    get,
+    path = "/api/v1/systems/{id}/forward",
+    tag = "systems",
+    params(("id" = String, Path, description = "system id or name"), ForwardQuery),
+    responses((status = 101, description = "The forward's WebSocket to the system's current session"), (status = "default", description = "Refused or failed: the error envelope (`system_not_found`, `no_active_session`, ...)", body = crate::error::ErrorBody))
+)]
+pub(crate) async fn system_forward_endpoint(
+    State(state): State<Arc<AppState>>,
+    caller: Authenticated,
+    Path(id): Path<String>,
+    Query(q): Query<ForwardQuery>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    held: Option<axum::Extension<crate::accept::HeldConnection>>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let identity = &state.stores.identity;
+    let system = match id.parse::<Uuid>() {
+        Ok(uuid) => identity.system(uuid.into()).await?,
+        Err(_) => identity.system_by_name(&id).await?,
+    };
+    let hidden = || ApiError::not_found("system_not_found", format!("no system {id:?}"));
+    let system = system.ok_or_else(hidden)?;
+    // Someone who may not see the system learns nothing of it.
+    match authorize(&state.access, &caller.user, Action::Read, system.id).await {
+        Ok(()) => {}
+        Err(e) if e.status == axum::http::StatusCode::FORBIDDEN => return Err(hidden()),
+        Err(e) => return Err(e),
+    }
+    let current = state
+        .stores
+        .sessions
+        .latest_session(system.id)
+        .await?
+        .filter(|s| matches!(s.status, SessionStatus::Active | SessionStatus::GracePeriod))
+        .ok_or_else(|| {
+            ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                "no_active_session",
+                format!(
+                    "{} has no active session: its agent is not connected",
+                    system.name
+                ),
+            )
+        })?;
+    open_forward(state, caller, &current.id.to_string(), q, peer, held, ws).await
+}
+
+/// Opens a forward to the session `id` for `caller`.
+async fn open_forward(
+    state: Arc<AppState>,
+    caller: Authenticated,
+    id: &str,
+    q: ForwardQuery,
+    peer: SocketAddr,
+    held: Option<axum::Extension<crate::accept::HeldConnection>>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
     if caller.browser {
         return Err(ApiError::forbidden(
             "bearer_required",
@@ -103,7 +168,7 @@ pub(crate) async fn forward_endpoint(
     let holder = Holder::from(&caller);
     let user = caller.user;
     let sessions = crate::api::sessions::SessionsApi::from_ref(&state);
-    let session = crate::api::sessions::readable(&sessions, &user, &id).await?;
+    let session = crate::api::sessions::readable(&sessions, &user, id).await?;
     let session_id = session.id;
     authorize(&state.access, &user, Action::Connect, session.system_id).await?;
     // In grace the agent is on its way back: the forward may open, and its

@@ -1,7 +1,8 @@
 //! An agent restarted within the grace period gets its session back from
 //! its state file (`--state-dir`): stopped with SIGTERM, the session waits
 //! in its grace period; started again, the same session is active, so the
-//! operators' forwards and links that name it keep working.
+//! operators' forwards and links that name it keep working. Without it the
+//! session is new, and `forward --system NAME` finds it by itself.
 
 #![allow(clippy::unwrap_used)]
 
@@ -72,4 +73,31 @@ async fn a_restarted_agent_resumes_its_session_from_its_state_file() {
     .await;
     let newer = active_session(&server, &token, &sys.id).await;
     assert_ne!(newer, session);
+
+    // `forward --system` finds the system's current session by itself.
+    let (_by_name, local) = start_forward_to_system(&server, &token, "restarted", "echo").await;
+    assert_eq!(echo_through(local, b"by name").await, b"by name");
+    for (system, code) in [
+        ("no-such-box", "no system"),
+        ("idle-box", "no active session"),
+    ] {
+        if system == "idle-box" {
+            enroll(&server, system);
+        }
+        let out = std::process::Command::new(agent_bin())
+            .args([
+                "forward",
+                "--server",
+                &server.base_url(),
+                "--system",
+                system,
+            ])
+            .args(["--service", "echo", "--listen", "127.0.0.1:0"])
+            .env("RTUNNEL_TOKEN", &token)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(code), "{system}: {err}");
+    }
 }

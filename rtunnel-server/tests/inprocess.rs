@@ -322,7 +322,7 @@ fn forward_config(h: &Harness, token: &str) -> ForwardConfig {
     ForwardConfig {
         server: h.base.clone(),
         token: token.into(),
-        session: h.session,
+        target: h.session.into(),
         service: "echo".into(),
         tls_insecure: false,
         proxy: None,

@@ -100,6 +100,10 @@ pub(crate) fn routes(state: Arc<AppState>) -> Router {
             get(forward::forward_endpoint),
         )
         .route(
+            "/api/v1/systems/{id}/forward",
+            get(forward::system_forward_endpoint),
+        )
+        .route(
             "/api/v1/sessions/{id}/terminal-ticket",
             post(sessions::terminal_ticket),
         )

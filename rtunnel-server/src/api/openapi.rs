@@ -47,6 +47,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
         super::sessions::logs,
         super::sessions::services,
         crate::forward::forward_endpoint,
+        crate::forward::system_forward_endpoint,
         super::sessions::terminal_ticket,
         crate::terminal::terminal_endpoint,
         super::sessions::proxy_token,

@@ -433,11 +433,34 @@ pub async fn start_forward_at(
     session: &str,
     service: &str,
 ) -> (Proc, SocketAddr) {
+    spawn_forward(dir, base_url, token, ["--session", session], service).await
+}
+
+/// Starts `rtunnel-agent forward --system NAME`: the system's current
+/// session, whatever it is.
+pub async fn start_forward_to_system(
+    server: &ServerProc,
+    token: &str,
+    system: &str,
+    service: &str,
+) -> (Proc, SocketAddr) {
+    let base = server.base_url();
+    spawn_forward(&server.dir, &base, token, ["--system", system], service).await
+}
+
+async fn spawn_forward(
+    dir: &Path,
+    base_url: &str,
+    token: &str,
+    target: [&str; 2],
+    service: &str,
+) -> (Proc, SocketAddr) {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let log = dir.join(format!("forward-{}.log", unique()));
     let mut cmd = Command::new(agent_bin());
-    cmd.args(["forward", "--server", base_url, "--session", session])
+    cmd.args(["forward", "--server", base_url])
+        .args(target)
         .args(["--service", service, "--listen", &listen])
         .env("RTUNNEL_TOKEN", token);
     clear_proxy_env(&mut cmd);
