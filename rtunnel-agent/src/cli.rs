@@ -43,6 +43,14 @@ enum Command {
     Run(RunArgs),
     /// Forward a local port to a service of a support session.
     Forward(ForwardArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish,
+    /// powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Man,
 }
 
 #[derive(Debug, Args)]
@@ -140,6 +148,30 @@ struct Failure {
 /// Parses the command line and runs it.
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Generated from the command line itself.
+    match &cli.command {
+        Some(Command::Completions { shell }) => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(
+                *shell,
+                &mut command,
+                "rtunnel-agent",
+                &mut std::io::stdout(),
+            );
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Man) => {
+            let man = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
+            return match man.render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("rtunnel-agent: cannot write the man page: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        _ => {}
+    }
     // Before anything else: the shells this process starts must not read
     // its secret or token from /proc.
     let protected = crate::harden::protect_process();
@@ -155,6 +187,8 @@ pub async fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Run(args)) => run(args).await,
         Some(Command::Forward(args)) => forward(args).await,
+        // Answered above, before anything started.
+        Some(Command::Completions { .. } | Command::Man) => Ok(()),
         None => run(cli.run).await,
     };
     match result {

@@ -203,6 +203,16 @@ enum Command {
     Serve,
     /// Apply database migrations and exit.
     Migrate,
+    /// Print a shell completion script (bash, zsh, fish, elvish,
+    /// powershell), such as `rtunnel-server completions bash >
+    /// /etc/bash_completion.d/rtunnel-server`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), such as `rtunnel-server man >
+    /// /usr/share/man/man1/rtunnel-server.1`.
+    Man,
     /// Write a consistent copy of the SQLite database to PATH (a new file)
     /// while the server runs. Restore: stop the server, put the copy in
     /// place of <data-dir>/rtunnel.db, start it. Keep the key files too.
@@ -414,6 +424,30 @@ impl Failure {
 /// Parses the command line and runs it.
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Generated from the command line itself: no logging, no database.
+    match &cli.command {
+        Some(Command::Completions { shell }) => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(
+                *shell,
+                &mut command,
+                "rtunnel-server",
+                &mut std::io::stdout(),
+            );
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Man) => {
+            let man = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
+            return match man.render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("rtunnel-server: cannot write the man page: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        _ => {}
+    }
     if let Err(e) = rtunnel_core::logging::init(cli.log_format) {
         eprintln!("rtunnel-server: {e}");
         return ExitCode::from(2);
@@ -481,6 +515,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             eprintln!("rtunnel-server: database is up to date");
             Ok(())
         }
+        // Answered by `main` before the database is opened.
+        Some(Command::Completions { .. } | Command::Man) => Ok(()),
         Some(Command::Backup { path }) => backup(&cli.store, &store, &path).await,
         Some(Command::User(UserCommand::Add {
             name,
