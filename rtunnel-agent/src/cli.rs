@@ -149,27 +149,15 @@ struct Failure {
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
     // Generated from the command line itself.
+    use rtunnel_core::cli_docs::{Doc, print};
     match &cli.command {
         Some(Command::Completions { shell }) => {
-            let mut command = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(
-                *shell,
-                &mut command,
-                "rtunnel-agent",
-                &mut std::io::stdout(),
+            return print(
+                <Cli as clap::CommandFactory>::command(),
+                Doc::Completions(*shell),
             );
-            return ExitCode::SUCCESS;
         }
-        Some(Command::Man) => {
-            let man = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
-            return match man.render(&mut std::io::stdout()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("rtunnel-agent: cannot write the man page: {e}");
-                    ExitCode::from(1)
-                }
-            };
-        }
+        Some(Command::Man) => return print(<Cli as clap::CommandFactory>::command(), Doc::Man),
         _ => {}
     }
     // Before anything else: the shells this process starts must not read

@@ -46,6 +46,8 @@
 //! # }
 //! ```
 
+#[cfg(feature = "cli-docs")]
+pub mod cli_docs;
 pub mod control;
 pub mod frame;
 pub mod ids;

@@ -425,27 +425,15 @@ impl Failure {
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
     // Generated from the command line itself: no logging, no database.
+    use rtunnel_core::cli_docs::{Doc, print};
     match &cli.command {
         Some(Command::Completions { shell }) => {
-            let mut command = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(
-                *shell,
-                &mut command,
-                "rtunnel-server",
-                &mut std::io::stdout(),
+            return print(
+                <Cli as clap::CommandFactory>::command(),
+                Doc::Completions(*shell),
             );
-            return ExitCode::SUCCESS;
         }
-        Some(Command::Man) => {
-            let man = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
-            return match man.render(&mut std::io::stdout()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("rtunnel-server: cannot write the man page: {e}");
-                    ExitCode::from(1)
-                }
-            };
-        }
+        Some(Command::Man) => return print(<Cli as clap::CommandFactory>::command(), Doc::Man),
         _ => {}
     }
     if let Err(e) = rtunnel_core::logging::init(cli.log_format) {
