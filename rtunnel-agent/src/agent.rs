@@ -239,26 +239,7 @@ impl AgentBuilder {
         if key.contains(':') {
             return Err(AgentError::Config("the key cannot contain ':'".into()));
         }
-        let names: Vec<&str> = self
-            .services
-            .iter()
-            .map(|s| s.name.as_str())
-            .chain(self.handlers.iter().map(|h| h.name.as_str()))
-            .collect();
-        if names.contains(&TERMINAL_SERVICE) {
-            return Err(AgentError::Config(format!(
-                "the service name {TERMINAL_SERVICE:?} is reserved for the built-in terminal"
-            )));
-        }
-        for (i, name) in names.iter().enumerate() {
-            rtunnel_core::proto::validate_service_name(name)
-                .map_err(|e| AgentError::Config(e.to_string()))?;
-            if names[..i].contains(name) {
-                return Err(AgentError::Config(format!(
-                    "the service name {name:?} is offered twice"
-                )));
-            }
-        }
+        check_names(&self.services, &self.handlers)?;
         let state =
             match &self.state_dir {
                 None => None,
@@ -273,7 +254,9 @@ impl AgentBuilder {
                 "--reconnect-delay must be at least 10ms".into(),
             ));
         }
+        let offered = Arc::new(watch::channel(Arc::new(self.services.clone())).0);
         Ok(Agent {
+            offered,
             config: Arc::new(AgentConfig {
                 endpoints,
                 key,
@@ -289,6 +272,38 @@ impl AgentBuilder {
             status: Arc::new(watch::channel(AgentStatus::Connecting).0),
         })
     }
+}
+
+/// Checks the names of what an agent offers: valid, not `terminal`, and
+/// each once.
+fn check_names(services: &[ServiceSpec], handlers: &[HandlerService]) -> Result<(), AgentError> {
+    let names: Vec<&str> = services
+        .iter()
+        .map(|s| s.name.as_str())
+        .chain(handlers.iter().map(|h| h.name.as_str()))
+        .collect();
+    if names.contains(&TERMINAL_SERVICE) {
+        return Err(AgentError::Config(format!(
+            "the service name {TERMINAL_SERVICE:?} is reserved for the built-in terminal"
+        )));
+    }
+    for (i, name) in names.iter().enumerate() {
+        rtunnel_core::proto::validate_service_name(name)
+            .map_err(|e| AgentError::Config(e.to_string()))?;
+        if names[..i].contains(name) {
+            return Err(AgentError::Config(format!(
+                "the service name {name:?} is offered twice"
+            )));
+        }
+    }
+    if names.len() + 1 > rtunnel_core::proto::MAX_MANIFEST_SERVICES {
+        return Err(AgentError::Config(format!(
+            "{} services offered, at most {} allowed",
+            names.len(),
+            rtunnel_core::proto::MAX_MANIFEST_SERVICES - 1
+        )));
+    }
+    Ok(())
 }
 
 /// A configured agent; [`Agent::run`] keeps it connected.
@@ -309,6 +324,8 @@ impl AgentBuilder {
 pub struct Agent {
     config: Arc<AgentConfig>,
     status: Arc<watch::Sender<AgentStatus>>,
+    /// The services offered now (`config.services` at first).
+    offered: Arc<watch::Sender<Arc<Vec<ServiceSpec>>>>,
 }
 
 /// Where an agent is ([`Agent::status`], [`AgentHandle::status`]).
@@ -412,6 +429,28 @@ impl Agent {
     /// Its status, as it changes.
     pub fn status(&self) -> watch::Receiver<AgentStatus> {
         self.status.subscribe()
+    }
+
+    /// The services offered now (besides in-process handlers and the
+    /// terminal).
+    pub fn services(&self) -> Arc<Vec<ServiceSpec>> {
+        self.offered.borrow().clone()
+    }
+
+    /// Offers `services` instead of the current ones, without
+    /// reconnecting: a connected agent sends the server its new manifest
+    /// (a server applies at most one change a second). Streams already
+    /// open stay open; new ones see the new list. Returns whether anything
+    /// changed; the same checks as [`AgentBuilder::build`] apply.
+    pub fn set_services(&self, services: Vec<ServiceSpec>) -> Result<bool, AgentError> {
+        check_names(&services, &self.config.handlers)?;
+        Ok(self.offered.send_if_modified(|now| {
+            if **now == services {
+                return false;
+            }
+            *now = Arc::new(services);
+            true
+        }))
     }
 
     /// Runs the agent in the background (see [`Agent::run`]).
@@ -627,45 +666,42 @@ impl Agent {
             }
             None => {}
         }
-        let mut services: Vec<_> = cfg.services.iter().map(ServiceSpec::info).collect();
-        services.extend(cfg.handlers.iter().map(|h| ServiceInfo {
-            name: h.name.clone(),
-            kind: StreamKind::Tcp,
-            target: None,
-            tls: false,
-            host_header: Default::default(),
-        }));
-        if cfg.terminal.is_some() {
-            services.push(ServiceInfo {
-                name: TERMINAL_SERVICE.into(),
-                kind: StreamKind::Terminal,
-                target: None,
-                tls: false,
-                host_header: Default::default(),
-            });
-        }
-        let manifest = Control::Manifest { services };
-        if let Err(e) = write_frame(driver.control_mut(), &manifest).await {
+        let mut offered = self.offered.subscribe();
+        let current = offered.borrow_and_update().clone();
+        if let Err(e) = write_frame(driver.control_mut(), &self.manifest(&current)).await {
             return Outcome::Failed(format!("sending the manifest failed: {e}"), None, None);
         }
         tracing::info!(
             session = %session_id,
-            services = cfg.services.len() + cfg.handlers.len(),
+            services = current.len() + cfg.handlers.len(),
             "connected to {url}"
         );
         crate::metrics::global().connected(started.elapsed());
         self.set_status(AgentStatus::Active { session_id });
         let offer = Arc::new(Offer {
-            services: cfg.services.clone(),
+            services: offered.clone(),
             handlers: cfg.handlers.clone(),
             terminal: cfg.terminal.clone(),
             tls: crate::tls::client_config(true),
         });
-        let end = driver
-            .run(move |stream| {
+        // A new service list goes to the server as a new manifest.
+        let updates = async {
+            while offered.changed().await.is_ok() {
+                let now = offered.borrow_and_update().clone();
+                let names: Vec<&str> = now.iter().map(|s| s.name.as_str()).collect();
+                tracing::info!(session = %session_id, services = %names.join(","), "offering a new list of services");
+                if !link.send(self.manifest(&now)).await {
+                    break;
+                }
+            }
+            std::future::pending::<()>().await;
+        };
+        let end = tokio::select! {
+            end = driver.run(move |stream| {
                 tokio::spawn(serve_stream(offer.clone(), stream));
-            })
-            .await;
+            }) => end,
+            _ = updates => unreachable!("pending"),
+        };
         crate::metrics::global().disconnected();
         link.shutdown();
         if ws_close.received() == Some(CLOSE_SESSION_CLOSED) {
@@ -702,6 +738,31 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// The manifest for `services`, the handlers and the terminal.
+    fn manifest(&self, services: &[ServiceSpec]) -> Control {
+        let cfg = &self.config;
+        let mut list: Vec<_> = services.iter().map(ServiceSpec::info).collect();
+        list.extend(cfg.handlers.iter().map(|h| ServiceInfo {
+            name: h.name.clone(),
+            kind: StreamKind::Tcp,
+            target: None,
+            tls: false,
+            host_header: Default::default(),
+        }));
+        if cfg.terminal.is_some() {
+            list.push(ServiceInfo {
+                name: TERMINAL_SERVICE.into(),
+                kind: StreamKind::Terminal,
+                target: None,
+                tls: false,
+                host_header: Default::default(),
+            });
+        }
+        Control::Manifest { services: list }
+    }
+}
+
 /// Whether `url` is a `ws://` URL to a host other than this machine.
 fn plain_beyond_loopback(url: &str) -> bool {
     if !url.starts_with("ws://") {
@@ -733,7 +794,7 @@ fn describe_dial(url: &str, e: &DialError) -> String {
 
 /// What an agent serves on its tunnel.
 struct Offer {
-    services: Vec<ServiceSpec>,
+    services: watch::Receiver<Arc<Vec<ServiceSpec>>>,
     handlers: Vec<HandlerService>,
     terminal: Option<TerminalConfig>,
     tls: Arc<rustls::ClientConfig>,
@@ -779,20 +840,50 @@ async fn serve_stream(offer: Arc<Offer>, mut stream: MuxStream) {
     }
     let tls = offer.tls.clone();
     // Only what the manifest lists is ever dialed.
-    let Some(spec) = offer.services.iter().find(|s| s.name == header.service) else {
+    let services = offer.services.borrow().clone();
+    let Some(spec) = services.iter().find(|s| s.name == header.service) else {
         tracing::warn!(service = %header.service, "refused a stream for an unknown service");
+        let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
         refused(
             &mut stream,
             StreamReply::refused(
                 RefusalCode::UnknownService,
-                format!("this agent has no service named {:?}", header.service),
+                format!(
+                    "this agent has no service named {:?}; it has {}",
+                    header.service,
+                    if names.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        names.join(", ")
+                    }
+                ),
             ),
         )
         .await;
         return;
     };
-    let target = spec.target();
     let dialing = std::time::Instant::now();
+    match dial_service(spec, tls).await {
+        Ok(ServiceConn::Plain(tcp)) => bridge(stream, tcp, &spec.name, dialing).await,
+        Ok(ServiceConn::Tls(tls)) => bridge(stream, tls, &spec.name, dialing).await,
+        Err(why) => refuse_dial(&mut stream, &spec.name, &spec.target(), &why).await,
+    }
+}
+
+/// A connection to a service.
+pub(crate) enum ServiceConn {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS over TCP (`:tls`).
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// Dials a service (and does its TLS handshake), each step within
+/// [`STREAM_SETUP_TIMEOUT`]; the error says which step failed and why.
+pub(crate) async fn dial_service(
+    spec: &ServiceSpec,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<ServiceConn, String> {
     let tcp = match tokio::time::timeout(
         STREAM_SETUP_TIMEOUT,
         TcpStream::connect((spec.host.as_str(), spec.port)),
@@ -800,35 +891,20 @@ async fn serve_stream(offer: Arc<Offer>, mut stream: MuxStream) {
     .await
     {
         Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => {
-            refuse_dial(&mut stream, &spec.name, &target, &e.to_string()).await;
-            return;
-        }
-        Err(_) => {
-            refuse_dial(&mut stream, &spec.name, &target, "timed out").await;
-            return;
-        }
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(_) => return Err("timed out".into()),
     };
     let _ = tcp.set_nodelay(true);
-    if spec.tls {
-        let name = match rustls::pki_types::ServerName::try_from(spec.tls_server_name().to_owned())
-        {
-            Ok(n) => n,
-            Err(e) => {
-                refuse_dial(&mut stream, &spec.name, &target, &e.to_string()).await;
-                return;
-            }
-        };
-        let connector = tokio_rustls::TlsConnector::from(tls);
-        match tokio::time::timeout(STREAM_SETUP_TIMEOUT, connector.connect(name, tcp)).await {
-            Ok(Ok(tls_stream)) => bridge(stream, tls_stream, &spec.name, dialing).await,
-            Ok(Err(e)) => refuse_dial(&mut stream, &spec.name, &target, &format!("TLS: {e}")).await,
-            Err(_) => {
-                refuse_dial(&mut stream, &spec.name, &target, "TLS handshake timed out").await
-            }
-        }
-    } else {
-        bridge(stream, tcp, &spec.name, dialing).await;
+    if !spec.tls {
+        return Ok(ServiceConn::Plain(tcp));
+    }
+    let name = rustls::pki_types::ServerName::try_from(spec.tls_server_name().to_owned())
+        .map_err(|e| e.to_string())?;
+    let connector = tokio_rustls::TlsConnector::from(tls);
+    match tokio::time::timeout(STREAM_SETUP_TIMEOUT, connector.connect(name, tcp)).await {
+        Ok(Ok(stream)) => Ok(ServiceConn::Tls(Box::new(stream))),
+        Ok(Err(e)) => Err(format!("TLS: {e}")),
+        Err(_) => Err("TLS handshake timed out".into()),
     }
 }
 

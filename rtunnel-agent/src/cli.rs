@@ -13,9 +13,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::agent::{Agent, AgentError, AgentExit, Endpoint};
+use crate::config::FileServices;
 use crate::forward::{ForwardConfig, ForwardError, ForwardTarget, Forwarder};
 use crate::http_proxy::Proxy;
-use crate::services::parse_services;
+use crate::services::{ServiceSpec, parse_services};
+use rtunnel_core::cli_config::{self, ConfigFile};
 
 /// `rtunnel-agent`: connects this system to an rtunnel server, or forwards a
 /// local port to a service of a support session.
@@ -41,6 +43,10 @@ pub struct Cli {
 enum Command {
     /// Connect this system to the server (the default).
     Run(RunArgs),
+    /// Check the settings without connecting for real: the server's URL,
+    /// TLS, proxy and credentials, and that each service answers. Exits 1
+    /// with one line per failure.
+    Check(RunArgs),
     /// Forward a local port to a service of a support session.
     Forward(ForwardArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish,
@@ -54,7 +60,18 @@ enum Command {
 }
 
 #[derive(Debug, Args)]
-struct RunArgs {
+pub(crate) struct RunArgs {
+    /// Settings file (TOML): the long flags' names as keys, services as
+    /// [services.NAME] tables (target, tls, host) and `exclude` (names
+    /// never offered, `*` matching anything). Flags and environment
+    /// variables win over it.
+    #[arg(short = 'c', long, env = "RTUNNEL_CONFIG")]
+    config: Option<PathBuf>,
+    /// How often the --config file is read again for its services (as on
+    /// SIGHUP); a changed list is offered without reconnecting. `0s`: only
+    /// on SIGHUP.
+    #[arg(long, env = "RTUNNEL_DISCOVERY_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
+    discovery_interval: Duration,
     /// Tunnel URL: ws(s)://HOST[:PORT]/api/v1/tunnel. Several (comma
     /// separated, or the flag repeated) for the nodes of a cluster: the
     /// agent fails over between them in order.
@@ -140,14 +157,66 @@ struct ForwardArgs {
     proxy: Option<String>,
 }
 
-struct Failure {
-    code: u8,
-    message: String,
+pub(crate) struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+/// The settings file, as read at start.
+pub(crate) struct Loaded {
+    path: PathBuf,
+    first: ConfigFile,
+    services: FileServices,
+}
+
+/// The command line, with `--config FILE` (of `run` and `check`) filling
+/// what flags and environment variables left. Bad flags end the process
+/// as clap does.
+fn parse_command_line() -> Result<(Cli, Option<Loaded>), Failure> {
+    use clap::{CommandFactory, FromArgMatches};
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let first = Cli::command().get_matches_from(&argv);
+    let mut command = Cli::command();
+    command.build();
+    let scope = match first.subcommand_name() {
+        None => Some(command.clone()),
+        Some(name @ ("run" | "check")) => command.find_subcommand(name).cloned(),
+        Some(_) => None,
+    };
+    let given = cli_config::chain(&first);
+    let (Some(scope), Some(path)) = (scope, cli_config::path_in(&given, "config")) else {
+        let cli = Cli::from_arg_matches(&first).map_err(|e| usage(e.to_string()))?;
+        return Ok((cli, None));
+    };
+    let mut file = ConfigFile::load(&path).map_err(|e| usage(e.to_string()))?;
+    let services = FileServices::take(&mut file).map_err(|e| usage(e.to_string()))?;
+    let flags = file
+        .flags(&scope, &given)
+        .map_err(|e| usage(e.to_string()))?;
+    argv.extend(flags.into_iter().map(Into::into));
+    let matches = Cli::command()
+        .try_get_matches_from(&argv)
+        .map_err(|e| usage(file.error(cli_config::describe(&e)).to_string()))?;
+    let cli = Cli::from_arg_matches(&matches).map_err(|e| usage(e.to_string()))?;
+    Ok((
+        cli,
+        Some(Loaded {
+            path,
+            first: file,
+            services,
+        }),
+    ))
 }
 
 /// Parses the command line and runs it.
 pub async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let (cli, loaded) = match parse_command_line() {
+        Ok(parsed) => parsed,
+        Err(f) => {
+            eprintln!("rtunnel-agent: {}", f.message);
+            return ExitCode::from(f.code);
+        }
+    };
     // Generated from the command line itself.
     use rtunnel_core::cli_docs::{Doc, print};
     match &cli.command {
@@ -172,12 +241,22 @@ pub async fn main() -> ExitCode {
             "cannot make the process non-dumpable, so a shell it starts could read its secret: {e}"
         );
     }
+    if let Some(loaded) = &loaded
+        && loaded.first.table().contains_key("secret")
+        && cli_config::readable_by_others(&loaded.path)
+    {
+        tracing::warn!(
+            "{} holds the secret and every user of this machine can read it: chmod 600 it",
+            loaded.path.display()
+        );
+    }
     let result = match cli.command {
-        Some(Command::Run(args)) => run(args).await,
+        Some(Command::Run(args)) => run(args, loaded).await,
+        Some(Command::Check(args)) => crate::check::check(args, loaded).await,
         Some(Command::Forward(args)) => forward(args).await,
         // Answered above, before anything started.
         Some(Command::Completions { .. } | Command::Man) => Ok(()),
-        None => run(cli.run).await,
+        None => run(cli.run, loaded).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -188,14 +267,15 @@ pub async fn main() -> ExitCode {
     }
 }
 
-fn usage(message: impl Into<String>) -> Failure {
+pub(crate) fn usage(message: impl Into<String>) -> Failure {
     Failure {
         code: 2,
         message: message.into(),
     }
 }
 
-async fn run(args: RunArgs) -> Result<(), Failure> {
+/// Builds the agent from the flags and the settings file.
+pub(crate) fn build(args: &RunArgs, loaded: Option<&Loaded>) -> Result<Agent, Failure> {
     let secret = match (&args.secret, &args.secret_file) {
         (_, Some(path)) => std::fs::read_to_string(path)
             .map(|s| s.trim().to_owned())
@@ -208,8 +288,15 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         "the secret",
         "RTUNNEL_SECRET or --secret-file",
     );
-    let services = parse_services(&args.static_services).map_err(|e| usage(e.to_string()))?;
-    let terminal_user = match (&args.terminal_user, args.no_terminal) {
+    let flag_services = parse_services(&args.static_services).map_err(|e| usage(e.to_string()))?;
+    let (services, no_terminal) = match loaded {
+        Some(l) => (
+            l.services.offered(&flag_services),
+            args.no_terminal || l.services.excludes(crate::terminal::TERMINAL_SERVICE),
+        ),
+        None => (flag_services, args.no_terminal),
+    };
+    let terminal_user = match (&args.terminal_user, no_terminal) {
         (Some(name), false) => Some(crate::terminal::TerminalUser::lookup(name).map_err(usage)?),
         _ => None,
     };
@@ -219,23 +306,25 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         .max_reconnect_delay(args.max_reconnect_delay)
         .tls_insecure(args.tls_insecure)
         .state_dir(args.state_dir.clone())
-        .terminal(
-            (!args.no_terminal).then(|| crate::terminal::TerminalConfig {
-                shell: args.shell.clone(),
-                user: terminal_user,
-            }),
-        )
-        .credentials(args.key.unwrap_or_default(), secret);
+        .terminal((!no_terminal).then(|| crate::terminal::TerminalConfig {
+            shell: args.shell.clone(),
+            user: terminal_user,
+        }))
+        .credentials(args.key.clone().unwrap_or_default(), secret);
     for url in args
         .url
-        .into_iter()
+        .iter()
         .map(|u| u.trim().to_owned())
         .filter(|u| !u.is_empty())
     {
         let proxy = resolve_proxy(args.proxy.as_deref(), &url)?;
         builder = builder.endpoint(Endpoint { url, proxy });
     }
-    let agent = builder.build().map_err(|e| usage(e.to_string()))?;
+    builder.build().map_err(|e| usage(e.to_string()))
+}
+
+async fn run(args: RunArgs, loaded: Option<Loaded>) -> Result<(), Failure> {
+    let agent = build(&args, loaded.as_ref())?;
     if let Some(addr) = args.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -254,6 +343,7 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
     let services: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
+        config_file = ?loaded.as_ref().map(|l| &l.path),
         urls = %urls.join(","),
         proxy = ?config.endpoints.first().and_then(|e| e.proxy.as_ref()),
         key = %config.key,
@@ -261,7 +351,13 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         terminal = config.terminal.is_some(),
         "rtunnel-agent starting"
     );
-    match agent.run(rtunnel_core::signal::terminated()).await {
+    let flag_services = parse_services(&args.static_services).map_err(|e| usage(e.to_string()))?;
+    let rereads = rereads(&agent, loaded, flag_services, args.discovery_interval);
+    let ended = tokio::select! {
+        ended = agent.run(rtunnel_core::signal::terminated()) => ended,
+        _ = rereads => unreachable!("never ends"),
+    };
+    match ended {
         Ok(AgentExit::SessionClosed(_)) => Ok(()),
         Ok(AgentExit::Shutdown) => {
             if args.state_dir.is_some() {
@@ -280,6 +376,63 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
             code: 1,
             message: e.to_string(),
         }),
+    }
+}
+
+/// Reads the settings file again on SIGHUP and every `interval` (unless
+/// zero), offering its services when they changed. Never returns.
+async fn rereads(
+    agent: &Agent,
+    loaded: Option<Loaded>,
+    flag_services: Vec<ServiceSpec>,
+    interval: Duration,
+) {
+    let mut hangups = rtunnel_core::signal::hangups();
+    let Some(loaded) = loaded else {
+        loop {
+            hangups.recv().await;
+            tracing::info!("SIGHUP: there is no --config file to read again");
+        }
+    };
+    let mut ticks = (!interval.is_zero()).then(|| {
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    let mut warned: Vec<String> = Vec::new();
+    loop {
+        let why = tokio::select! {
+            _ = hangups.recv() => "SIGHUP",
+            _ = async { match &mut ticks { Some(t) => { t.tick().await; } None => std::future::pending().await } } => "--discovery-interval",
+        };
+        let (services, changed) = match crate::config::reread(&loaded.path, &loaded.first) {
+            Ok(ok) => ok,
+            Err(e) => {
+                tracing::warn!("{why}: {e}; keeping the services offered now");
+                continue;
+            }
+        };
+        if !changed.is_empty() && changed != warned {
+            tracing::warn!(
+                "{why}: {} changed in {}; only services and exclude are read again, the rest takes effect at restart",
+                changed.join(", "),
+                loaded.path.display()
+            );
+        }
+        warned = changed;
+        let offered = services.offered(&flag_services);
+        let count = offered.len();
+        match agent.set_services(offered) {
+            Ok(true) => tracing::info!(
+                "{why}: {} read again, {count} services offered",
+                loaded.path.display()
+            ),
+            Ok(false) => tracing::debug!("{why}: services unchanged"),
+            Err(e) => tracing::warn!(
+                "{why}: {}: {e}; keeping the services offered now",
+                loaded.path.display()
+            ),
+        }
     }
 }
 

@@ -12,7 +12,9 @@
 
 pub mod agent;
 pub mod backoff;
+mod check;
 pub mod cli;
+mod config;
 pub mod dial;
 pub mod forward;
 pub mod handler;

@@ -128,44 +128,47 @@ fn parse_one(entry: &str) -> Result<ServiceSpec, ServiceListError> {
         Some(t) => (t, true),
         None => (target, false),
     };
+    let (host, port) = parse_target(target).map_err(|why| bad(&why))?;
+    Ok(ServiceSpec {
+        name: name.to_owned(),
+        host,
+        port,
+        tls,
+        host_header,
+    })
+}
+
+/// `host:port` or `[v6]:port`, with the reason when it is not one.
+pub(crate) fn parse_target(target: &str) -> Result<(String, u16), String> {
     let (host, port) = if let Some(rest) = target.strip_prefix('[') {
-        let (host, port) = rest
-            .split_once("]:")
-            .ok_or_else(|| bad("bad IPv6 address"))?;
-        (host, port)
+        rest.split_once("]:")
+            .ok_or_else(|| "bad IPv6 address".to_owned())?
     } else {
-        target.rsplit_once(':').ok_or_else(|| bad("no port"))?
+        target
+            .rsplit_once(':')
+            .ok_or_else(|| "no port".to_owned())?
     };
     if host.is_empty() || host.contains(char::is_whitespace) {
-        return Err(bad("empty host"));
+        return Err("empty host".into());
     }
     // A word where the port goes is an option spelled wrong (`:https`,
     // `:ssl`), or the port is missing: say which.
     if !port.is_empty() && !port.bytes().all(|b| b.is_ascii_digit()) {
-        let hint = match port.to_ascii_lowercase().as_str() {
-            "https" | "ssl" | "tls" | "secure" => {
-                "the options after the port are :tls and :host=NAME; for HTTPS write \
-                 :tls after the port (web=127.0.0.1:443:tls)"
-                    .to_owned()
-            }
+        return Err(match port.to_ascii_lowercase().as_str() {
+            "https" | "ssl" | "tls" | "secure" => "the options after the port are :tls and \
+                 :host=NAME; for HTTPS write :tls after the port (web=127.0.0.1:443:tls)"
+                .to_owned(),
             other => format!(
                 "{other:?} is not a port; the options after the port are :tls and :host=NAME"
             ),
-        };
-        return Err(bad(&hint));
+        });
     }
     let port: u16 = port
         .parse()
         .ok()
         .filter(|p| *p != 0)
-        .ok_or_else(|| bad("the port must be a number from 1 to 65535"))?;
-    Ok(ServiceSpec {
-        name: name.to_owned(),
-        host: host.to_owned(),
-        port,
-        tls,
-        host_header,
-    })
+        .ok_or_else(|| "the port must be a number from 1 to 65535".to_owned())?;
+    Ok((host.to_owned(), port))
 }
 
 #[cfg(test)]

@@ -46,6 +46,8 @@
 //! # }
 //! ```
 
+#[cfg(feature = "cli-config")]
+pub mod cli_config;
 #[cfg(feature = "cli-docs")]
 pub mod cli_docs;
 pub mod control;

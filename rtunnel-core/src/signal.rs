@@ -21,3 +21,32 @@ pub async fn terminated() {
         _ = term => tracing::info!("asked to stop (SIGTERM): stopping"),
     }
 }
+
+/// SIGHUP, each time it comes (Unix; never elsewhere). Installing it means
+/// the signal no longer ends the process.
+#[derive(Debug)]
+pub struct Hangups(#[cfg(unix)] Option<tokio::signal::unix::Signal>);
+
+/// Starts listening for SIGHUP.
+pub fn hangups() -> Hangups {
+    #[cfg(unix)]
+    {
+        Hangups(tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok())
+    }
+    #[cfg(not(unix))]
+    {
+        Hangups()
+    }
+}
+
+impl Hangups {
+    /// The next SIGHUP.
+    pub async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some(s) = &mut self.0 {
+            s.recv().await;
+            return;
+        }
+        std::future::pending::<()>().await
+    }
+}

@@ -98,9 +98,21 @@ pub(crate) fn admit(services: &[ServiceInfo], header: &StreamHeader) -> Result<(
                 "the agent of this session offers no terminal (--no-terminal)",
             ));
         }
+        let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
         return Err(Refusal::new(
             RefusalCode::UnknownService,
-            format!("the session has no service named {:?}", header.service),
+            if names.is_empty() {
+                format!(
+                    "the session has no service named {:?}; it has no services",
+                    header.service
+                )
+            } else {
+                format!(
+                    "the session has no service named {:?}; it has {}",
+                    header.service,
+                    names.join(", ")
+                )
+            },
         ));
     };
     let kind_fits = header.kind.fits(service.kind)
@@ -128,8 +140,8 @@ pub struct LiveTunnel {
     pub system_id: SystemId,
     /// The link to the agent.
     pub link: Link,
-    /// The agent's manifest.
-    pub services: Vec<ServiceInfo>,
+    /// The agent's manifest (replaced when the agent sends a new one).
+    pub services: std::sync::RwLock<Arc<Vec<ServiceInfo>>>,
     /// One permit per stream the tunnel may carry at once.
     pub streams: Arc<tokio::sync::Semaphore>,
     /// How many permits `streams` started with.
@@ -141,9 +153,22 @@ pub struct LiveTunnel {
 }
 
 impl LiveTunnel {
+    /// The manifest now.
+    pub fn services(&self) -> Arc<Vec<ServiceInfo>> {
+        self.services
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the manifest: streams open from now on see `services`.
+    pub fn set_services(&self, services: Vec<ServiceInfo>) {
+        *self.services.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(services);
+    }
+
     /// The manifest entry named `name`.
-    pub fn service(&self, name: &str) -> Option<&ServiceInfo> {
-        self.services.iter().find(|s| s.name == name)
+    pub fn service(&self, name: &str) -> Option<ServiceInfo> {
+        self.services().iter().find(|s| s.name == name).cloned()
     }
 
     /// Opens a stream to the agent for `header` and waits (at most
@@ -157,7 +182,7 @@ impl LiveTunnel {
         header: &StreamHeader,
         timeout: Duration,
     ) -> Result<TunnelStream, Refusal> {
-        admit(&self.services, header)?;
+        admit(&self.services(), header)?;
         // The limit refuses one stream and leaves the tunnel healthy.
         let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
             Refusal::new(
@@ -371,13 +396,13 @@ mod tests {
             session_id: link.session_id(),
             system_id: SystemId::new(),
             link,
-            services: vec![ServiceInfo {
+            services: std::sync::RwLock::new(Arc::new(vec![ServiceInfo {
                 name: "web".into(),
                 kind: StreamKind::Tcp,
                 target: Some("127.0.0.1:80".into()),
                 tls: false,
                 host_header: Default::default(),
-            }],
+            }])),
             streams: Arc::new(tokio::sync::Semaphore::new(4)),
             max_streams: 4,
             shares: Default::default(),

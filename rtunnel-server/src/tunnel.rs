@@ -537,7 +537,7 @@ async fn serve_tunnel(
         session_id,
         system_id: system.id,
         link: link.clone(),
-        services,
+        services: std::sync::RwLock::new(Arc::new(services)),
         streams: Arc::new(tokio::sync::Semaphore::new(
             state.config.max_streams_per_tunnel,
         )),
@@ -558,8 +558,23 @@ async fn serve_tunnel(
         .await;
     }
     state.tunnels.cluster.attached(&tunnel).await;
+    // A later manifest (the agent re-read its services) replaces this one.
+    let (manifests, incoming_manifests) = tokio::sync::watch::channel(None);
+    let updater = tokio::spawn(follow_manifests(
+        state.clone(),
+        tunnel.clone(),
+        system.name.clone(),
+        incoming_manifests,
+    ));
+    let driver = driver.on_message(move |msg| match msg {
+        Control::Manifest { services } => {
+            manifests.send_replace(Some(services));
+        }
+        other => tracing::debug!("control message ignored: {other:?}"),
+    });
     // The agent opens no streams to the server: any it tries are reset.
     let end = driver.run(drop).await;
+    updater.abort();
     if let LinkEnd::LocalClose(code) = end {
         // Let the close message reach the agent: it hangs up when it reads it.
         let _ = tokio::time::timeout(CLOSE_LINGER, link.closed()).await;
@@ -586,6 +601,73 @@ async fn serve_tunnel(
     };
     tracing::info!(system = %system.name, session = %session_id, "tunnel ended: {reason}; {}", describe(&tunnel));
     Ok((reason, Some(tunnel)))
+}
+
+/// The least time between two manifest changes applied for one tunnel: an
+/// agent sending more often has only its latest applied.
+const MANIFEST_UPDATE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Applies the manifests an agent sends after the first: stored, put on
+/// the live tunnel (streams opened from then on see it), announced to the
+/// cluster and to event listeners. Streams already open are left alone.
+async fn follow_manifests(
+    state: Arc<AppState>,
+    tunnel: Arc<LiveTunnel>,
+    system: String,
+    mut incoming: tokio::sync::watch::Receiver<Option<Vec<ServiceInfo>>>,
+) {
+    while incoming.changed().await.is_ok() {
+        let Some(services) = incoming.borrow_and_update().clone() else {
+            continue;
+        };
+        let before = tunnel.services();
+        if *before == services {
+            continue;
+        }
+        match state
+            .stores
+            .sessions
+            .update_manifest(tunnel.session_id, &services)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::warn!(system = %system, session = %tunnel.session_id, error = %e, "cannot store the agent's new services; keeping the old ones");
+                tokio::time::sleep(MANIFEST_UPDATE_INTERVAL).await;
+                continue;
+            }
+        }
+        let changed = |from: &[ServiceInfo], to: &[ServiceInfo]| -> String {
+            let names: Vec<&str> = to
+                .iter()
+                .filter(|s| !from.iter().any(|f| f.name == s.name))
+                .map(|s| s.name.as_str())
+                .collect();
+            names.join(",")
+        };
+        let added = changed(&before, &services);
+        let removed = changed(&services, &before);
+        tunnel.set_services(services);
+        tracing::info!(
+            system = %system,
+            session = %tunnel.session_id,
+            added = %added,
+            removed = %removed,
+            "the agent changed its services"
+        );
+        state.tunnels.cluster.attached(&tunnel).await;
+        state
+            .tunnels
+            .cluster
+            .announce(Change::Session {
+                id: tunnel.session_id,
+                system_id: tunnel.system_id,
+                status: SessionStatus::Active,
+            })
+            .await;
+        tokio::time::sleep(MANIFEST_UPDATE_INTERVAL).await;
+    }
 }
 
 /// The agent's manifest, the first message after the welcome.

@@ -520,6 +520,20 @@ pub async fn sessions_move_through_their_states<S: FullStore + ?Sized>(s: &S) {
     assert_eq!(got.services, manifest);
     assert_eq!(got.agent_software.as_deref(), Some("agent/1"));
     assert_eq!(got.node_id.as_deref(), Some("node-b"));
+    // The agent may send a new manifest while active.
+    let mut longer = manifest.clone();
+    longer.push(ServiceInfo {
+        name: "web".into(),
+        kind: StreamKind::Tcp,
+        target: Some("127.0.0.1:443".into()),
+        tls: true,
+        host_header: Default::default(),
+    });
+    assert!(s.update_manifest(rec.id, &longer).await.unwrap());
+    assert_eq!(s.session(rec.id).await.unwrap().unwrap().services, longer);
+    assert!(s.update_manifest(rec.id, &manifest).await.unwrap());
+    let got = s.session(rec.id).await.unwrap().unwrap();
+    assert_eq!(got.services, manifest);
     use crate::session::{Event, Lifecycle};
     let lost = got
         .lifecycle()
@@ -546,6 +560,8 @@ pub async fn sessions_move_through_their_states<S: FullStore + ?Sized>(s: &S) {
             .await
             .unwrap()
     );
+    // Not once the tunnel is lost.
+    assert!(!s.update_manifest(rec.id, &longer).await.unwrap());
     assert!(s.due_sessions(now + 499, 10).await.unwrap().is_empty());
     let due = s.due_sessions(now + 500, 10).await.unwrap();
     assert_eq!(due.len(), 1);

@@ -540,6 +540,13 @@ pub trait SessionStore: Send + Sync {
         node_id: &str,
         now: Millis,
     ) -> Result<(), StoreError>;
+    /// Replaces the manifest of an `active` session (the agent sent a new
+    /// one); returns whether the session was active.
+    async fn update_manifest(
+        &self,
+        id: SessionId,
+        services: &[ServiceInfo],
+    ) -> Result<bool, StoreError>;
     /// Stores a transition of the state machine, if the session is still in
     /// `from` (compare and set) and, when `held_by` is given, still held by
     /// that node; returns whether it was stored. A final status also

@@ -519,10 +519,7 @@ pub(super) async fn proxy_token(
     // The service is checked before anything is audited.
     let session = readable(&api, &caller.user, &id).await?;
     if !crate::proxy::proxiable(&session, &body.service) {
-        return Err(ApiError::not_found(
-            "unknown_service",
-            format!("the session has no service named {:?}", body.service),
-        ));
+        return Err(crate::proxy::not_proxiable(&session, &body.service));
     }
     // The budget first: a refused request writes no audit row.
     state.tickets.spend_budget(caller.user.id).await?;

@@ -35,6 +35,11 @@ pub struct Cli {
         global = true
     )]
     log_format: rtunnel_core::logging::LogFormat,
+    /// Settings file (TOML): the keys are the long flags' names
+    /// (`listen = "0.0.0.0:8080"`, `grace_period = "60s"`); flags and
+    /// environment variables win over it.
+    #[arg(short = 'c', long, env = "RTUNNEL_CONFIG", global = true)]
+    config: Option<PathBuf>,
     #[command(flatten)]
     store: StoreArgs,
     #[command(flatten)]
@@ -180,6 +185,28 @@ struct ServeArgs {
     /// reported (log lines, aggregated audit events).
     #[arg(long, env = "RTUNNEL_REFUSAL_REPORT_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration, global = true, hide = true)]
     refusal_report_interval: Duration,
+}
+
+/// The command line, with `--config FILE` filling what flags and
+/// environment variables left. Bad flags end the process as clap does.
+fn parse_command_line() -> Result<Cli, Failure> {
+    use clap::{CommandFactory, FromArgMatches};
+    use rtunnel_core::cli_config::{self, ConfigFile};
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let first = Cli::command().get_matches_from(&argv);
+    let given = cli_config::chain(&first);
+    if let Some(path) = cli_config::path_in(&given, "config") {
+        let file = ConfigFile::load(&path).map_err(|e| Failure::usage(e.to_string()))?;
+        let flags = file
+            .flags(&Cli::command(), &given)
+            .map_err(|e| Failure::usage(e.to_string()))?;
+        argv.extend(flags.into_iter().map(Into::into));
+        let matches = Cli::command()
+            .try_get_matches_from(&argv)
+            .map_err(|e| Failure::usage(file.error(cli_config::describe(&e)).to_string()))?;
+        return Cli::from_arg_matches(&matches).map_err(|e| Failure::usage(e.to_string()));
+    }
+    Cli::from_arg_matches(&first).map_err(|e| Failure::usage(e.to_string()))
 }
 
 /// `--audit-retention`: a duration, or none.
@@ -423,7 +450,13 @@ impl Failure {
 
 /// Parses the command line and runs it.
 pub async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_command_line() {
+        Ok(cli) => cli,
+        Err(f) => {
+            eprintln!("rtunnel-server: {}", f.message);
+            return ExitCode::from(f.code);
+        }
+    };
     // Generated from the command line itself: no logging, no database.
     use rtunnel_core::cli_docs::{Doc, print};
     match &cli.command {
@@ -498,7 +531,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     );
     let store = open_store(&cli.store, may_create).await?;
     match cli.command {
-        None | Some(Command::Serve) => serve(cli.store, cli.serve, store).await,
+        None | Some(Command::Serve) => serve(cli.store, cli.serve, cli.config, store).await,
         Some(Command::Migrate) => {
             eprintln!("rtunnel-server: database is up to date");
             Ok(())
@@ -637,7 +670,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
-async fn serve(store_args: StoreArgs, args: ServeArgs, store: SqlStore) -> Result<(), Failure> {
+async fn serve(
+    store_args: StoreArgs,
+    args: ServeArgs,
+    config_file: Option<PathBuf>,
+    store: SqlStore,
+) -> Result<(), Failure> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| Failure::other(format!("cannot listen on {}: {e}", args.listen)))?;
@@ -693,6 +731,7 @@ async fn serve(store_args: StoreArgs, args: ServeArgs, store: SqlStore) -> Resul
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         database,
+        config_file = ?config_file,
         config = %config.summary(),
         "rtunnel-server starting"
     );

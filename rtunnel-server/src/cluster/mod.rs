@@ -178,7 +178,7 @@ impl Cluster {
             session_id: tunnel.session_id,
             system_id: tunnel.system_id,
             node_id: self.node_id.clone(),
-            services: tunnel.services.clone(),
+            services: tunnel.services().to_vec(),
         }
     }
 
@@ -243,12 +243,11 @@ impl Route {
     }
 
     /// The manifest entry named `name`.
-    pub fn service(&self, name: &str) -> Option<&ServiceInfo> {
-        let services = match self {
-            Route::Local(t) => &t.services,
-            Route::Remote(r) => &r.route.services,
-        };
-        services.iter().find(|s| s.name == name)
+    pub fn service(&self, name: &str) -> Option<ServiceInfo> {
+        match self {
+            Route::Local(t) => t.service(name),
+            Route::Remote(r) => r.route.services.iter().find(|s| s.name == name).cloned(),
+        }
     }
 
     /// Opens a stream to the agent for `header`, here or through the node

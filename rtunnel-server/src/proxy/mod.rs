@@ -132,6 +132,26 @@ pub(crate) fn proxiable(session: &SessionRecord, service: &str) -> bool {
     service != TERMINAL_SERVICE && session.services.iter().any(|s| s.name == service)
 }
 
+/// `unknown_service` for a service the proxy cannot reach, naming those it
+/// can.
+pub(crate) fn not_proxiable(session: &SessionRecord, service: &str) -> ApiError {
+    let names: Vec<&str> = session
+        .services
+        .iter()
+        .filter(|s| s.name != TERMINAL_SERVICE)
+        .map(|s| s.name.as_str())
+        .collect();
+    let list = if names.is_empty() {
+        "it has none the proxy can reach".to_owned()
+    } else {
+        format!("it has {}", names.join(", "))
+    };
+    ApiError::not_found(
+        "unknown_service",
+        format!("the session has no web service named {service:?}; {list}"),
+    )
+}
+
 /// Middleware in front of every route: requests for a proxy host go to the
 /// proxy, others on to the API.
 pub(crate) async fn dispatch(
@@ -473,10 +493,7 @@ async fn check_access(
         }
     };
     if !proxiable(&session, &target.service) {
-        return Err(ApiError::not_found(
-            "unknown_service",
-            format!("the session has no service named {:?}", target.service),
-        ));
+        return Err(not_proxiable(&session, &target.service));
     }
     Ok((session, user))
 }

@@ -344,7 +344,7 @@ pub fn spawn_agent(server: &ServerProc, cmd: &mut Command) -> Proc {
     Proc::spawn("rtunnel-agent", cmd, log)
 }
 
-fn clear_proxy_env(cmd: &mut Command) {
+pub fn clear_proxy_env(cmd: &mut Command) {
     for var in [
         "HTTP_PROXY",
         "HTTPS_PROXY",

@@ -842,6 +842,22 @@ impl SessionStore for SqlStore {
         Ok(())
     }
 
+    async fn update_manifest(
+        &self,
+        id: SessionId,
+        services: &[ServiceInfo],
+    ) -> Result<bool, StoreError> {
+        let manifest = serde_json::to_string(services).unwrap_or_else(|_| "[]".into());
+        let done =
+            sqlx::query("UPDATE sessions SET manifest = $2 WHERE id = $1 AND status = 'active'")
+                .bind(id.to_string())
+                .bind(manifest)
+                .execute(&self.pool)
+                .await
+                .map_err(backend)?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn apply_lifecycle(
         &self,
         id: SessionId,
