@@ -128,6 +128,7 @@ async fn rig() -> Rig {
     let mut local = Vec::new();
     for service in ["sink", "echo"] {
         let fwd = Forwarder::connect(ForwardConfig {
+            ca_roots: Default::default(),
             server: format!("http://{addr}"),
             token: token.clone(),
             target: session.into(),

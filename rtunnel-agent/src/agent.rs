@@ -65,6 +65,9 @@ pub struct AgentConfig {
     pub max_reconnect_delay: Duration,
     /// Accept any certificate from a `wss://` server.
     pub tls_insecure: bool,
+    /// Certificates trusted besides the system's roots, for the server
+    /// and for `:tls` services (`--ca-file`).
+    pub ca_roots: crate::tls::ExtraRoots,
     /// The built-in terminal, if offered.
     pub terminal: Option<TerminalConfig>,
     /// Services served in this process ([`AgentBuilder::handler`]).
@@ -83,6 +86,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("reconnect_delay", &self.reconnect_delay)
             .field("max_reconnect_delay", &self.max_reconnect_delay)
             .field("tls_insecure", &self.tls_insecure)
+            .field("ca_roots", &(!self.ca_roots.is_empty()))
             .field("terminal", &self.terminal)
             .field("handlers", &self.handlers)
             .field("state", &self.state)
@@ -128,6 +132,7 @@ pub struct AgentBuilder {
     terminal: Option<TerminalConfig>,
     handlers: Vec<HandlerService>,
     state_dir: Option<std::path::PathBuf>,
+    ca_file: Option<std::path::PathBuf>,
 }
 
 impl AgentBuilder {
@@ -175,6 +180,13 @@ impl AgentBuilder {
     pub fn credentials(mut self, key: impl Into<String>, secret: impl Into<String>) -> Self {
         self.key = Some(key.into());
         self.secret = Some(secret.into());
+        self
+    }
+
+    /// Trusts the CA certificates of this PEM file besides the system's
+    /// roots, for the server (`wss://`) and for `:tls` services.
+    pub fn ca_file(mut self, path: Option<std::path::PathBuf>) -> Self {
+        self.ca_file = path;
         self
     }
 
@@ -247,6 +259,10 @@ impl AgentBuilder {
                     AgentError::Config(format!("--state-dir {}: {e}", dir.display()))
                 })?),
             };
+        let ca_roots = match &self.ca_file {
+            Some(path) => crate::tls::ExtraRoots::load(path).map_err(AgentError::Config)?,
+            None => crate::tls::ExtraRoots::default(),
+        };
         let reconnect_delay = self.reconnect_delay.unwrap_or(Duration::from_secs(5));
         let max_reconnect_delay = self.max_reconnect_delay.unwrap_or(Duration::from_secs(300));
         if reconnect_delay < Duration::from_millis(10) {
@@ -265,6 +281,7 @@ impl AgentBuilder {
                 reconnect_delay,
                 max_reconnect_delay,
                 tls_insecure: self.tls_insecure,
+                ca_roots,
                 terminal: self.terminal,
                 handlers: self.handlers,
                 state,
@@ -612,6 +629,7 @@ impl Agent {
         );
         let options = DialOptions {
             tls_insecure: cfg.tls_insecure,
+            ca_roots: cfg.ca_roots.clone(),
             proxy: endpoint.proxy.clone(),
         };
         let ws = match dial(url, &auth, &options).await {
@@ -682,7 +700,7 @@ impl Agent {
             services: offered.clone(),
             handlers: cfg.handlers.clone(),
             terminal: cfg.terminal.clone(),
-            tls: crate::tls::client_config(true),
+            tls: ServiceTls::new(&cfg.ca_roots),
         });
         // A new service list goes to the server as a new manifest.
         let updates = async {
@@ -797,7 +815,25 @@ struct Offer {
     services: watch::Receiver<Arc<Vec<ServiceSpec>>>,
     handlers: Vec<HandlerService>,
     terminal: Option<TerminalConfig>,
-    tls: Arc<rustls::ClientConfig>,
+    tls: ServiceTls,
+}
+
+/// The TLS settings for `:tls` services: checked against the system's
+/// roots and `--ca-file`, or, for a service marked `insecure`, not at all.
+#[derive(Clone)]
+pub(crate) struct ServiceTls {
+    verified: Arc<rustls::ClientConfig>,
+    insecure: Arc<rustls::ClientConfig>,
+}
+
+impl ServiceTls {
+    /// Reads the system's roots once.
+    pub(crate) fn new(extra: &crate::tls::ExtraRoots) -> Self {
+        ServiceTls {
+            verified: crate::tls::client_config(false, extra),
+            insecure: crate::tls::client_config(true, extra),
+        }
+    }
 }
 
 /// Serves one stream opened by the server: dial the named service and relay.
@@ -838,7 +874,6 @@ async fn serve_stream(offer: Arc<Offer>, mut stream: MuxStream) {
         }
         return;
     }
-    let tls = offer.tls.clone();
     // Only what the manifest lists is ever dialed.
     let services = offer.services.borrow().clone();
     let Some(spec) = services.iter().find(|s| s.name == header.service) else {
@@ -863,7 +898,7 @@ async fn serve_stream(offer: Arc<Offer>, mut stream: MuxStream) {
         return;
     };
     let dialing = std::time::Instant::now();
-    match dial_service(spec, tls).await {
+    match dial_service(spec, &offer.tls).await {
         Ok(ServiceConn::Plain(tcp)) => bridge(stream, tcp, &spec.name, dialing).await,
         Ok(ServiceConn::Tls(tls)) => bridge(stream, tls, &spec.name, dialing).await,
         Err(why) => refuse_dial(&mut stream, &spec.name, &spec.target(), &why).await,
@@ -882,7 +917,7 @@ pub(crate) enum ServiceConn {
 /// [`STREAM_SETUP_TIMEOUT`]; the error says which step failed and why.
 pub(crate) async fn dial_service(
     spec: &ServiceSpec,
-    tls: Arc<rustls::ClientConfig>,
+    tls: &ServiceTls,
 ) -> Result<ServiceConn, String> {
     let tcp = match tokio::time::timeout(
         STREAM_SETUP_TIMEOUT,
@@ -900,10 +935,26 @@ pub(crate) async fn dial_service(
     }
     let name = rustls::pki_types::ServerName::try_from(spec.tls_server_name().to_owned())
         .map_err(|e| e.to_string())?;
-    let connector = tokio_rustls::TlsConnector::from(tls);
+    let config = if spec.insecure {
+        tls.insecure.clone()
+    } else {
+        tls.verified.clone()
+    };
+    let connector = tokio_rustls::TlsConnector::from(config);
     match tokio::time::timeout(STREAM_SETUP_TIMEOUT, connector.connect(name, tcp)).await {
         Ok(Ok(stream)) => Ok(ServiceConn::Tls(Box::new(stream))),
-        Ok(Err(e)) => Err(format!("TLS: {e}")),
+        Ok(Err(e)) => {
+            let e = crate::tls::describe_handshake_error(&e);
+            Err(
+                match crate::tls::certificate_hint(
+                    &e,
+                    "insecure (:tls:insecure, or insecure = true in the config file)",
+                ) {
+                    Some(hint) => format!("TLS: {e}; {hint}"),
+                    None => format!("TLS: {e}"),
+                },
+            )
+        }
         Err(_) => Err("TLS handshake timed out".into()),
     }
 }

@@ -36,6 +36,7 @@ pub(crate) async fn check(args: RunArgs, loaded: Option<Loaded>) -> Result<(), F
     for endpoint in &config.endpoints {
         let options = DialOptions {
             tls_insecure: config.tls_insecure,
+            ca_roots: config.ca_roots.clone(),
             proxy: endpoint.proxy.clone(),
         };
         let via = match &endpoint.proxy {
@@ -62,7 +63,7 @@ pub(crate) async fn check(args: RunArgs, loaded: Option<Loaded>) -> Result<(), F
             }
         }
     }
-    let tls = crate::tls::client_config(true);
+    let tls = crate::agent::ServiceTls::new(&config.ca_roots);
     for spec in agent.services().iter() {
         let what = format!(
             "service {} at {}{}",
@@ -70,7 +71,7 @@ pub(crate) async fn check(args: RunArgs, loaded: Option<Loaded>) -> Result<(), F
             spec.target(),
             if spec.tls { " (TLS)" } else { "" }
         );
-        match dial_service(spec, tls.clone()).await {
+        match dial_service(spec, &tls).await {
             Ok(ServiceConn::Plain(_) | ServiceConn::Tls(_)) => report(true, what),
             Err(why) => report(false, format!("{what}: {why}")),
         }

@@ -101,6 +101,10 @@ pub(crate) struct RunArgs {
     /// Accept a self-signed certificate from a wss:// server.
     #[arg(long, env = "RTUNNEL_TLS_INSECURE")]
     tls_insecure: bool,
+    /// CA certificates (PEM) trusted besides the system's roots, for the
+    /// server and for :tls services.
+    #[arg(long, env = "RTUNNEL_CA_FILE")]
+    ca_file: Option<PathBuf>,
     /// Serve Prometheus metrics at GET /metrics on this address (no login:
     /// keep it on this machine or an internal network). Default: off.
     #[arg(long, env = "RTUNNEL_METRICS_LISTEN")]
@@ -151,6 +155,9 @@ struct ForwardArgs {
     /// Accept a self-signed certificate from an https:// server.
     #[arg(long, env = "RTUNNEL_TLS_INSECURE")]
     tls_insecure: bool,
+    /// CA certificates (PEM) trusted besides the system's roots.
+    #[arg(long, env = "RTUNNEL_CA_FILE")]
+    ca_file: Option<PathBuf>,
     /// HTTP proxy to dial out through with CONNECT: http://[user:pass@]host:port
     /// (default: HTTPS_PROXY or HTTP_PROXY, honoring NO_PROXY).
     #[arg(long, env = "RTUNNEL_PROXY", hide_env_values = true)]
@@ -305,6 +312,7 @@ pub(crate) fn build(args: &RunArgs, loaded: Option<&Loaded>) -> Result<Agent, Fa
         .reconnect_delay(args.reconnect_delay)
         .max_reconnect_delay(args.max_reconnect_delay)
         .tls_insecure(args.tls_insecure)
+        .ca_file(args.ca_file.clone())
         .state_dir(args.state_dir.clone())
         .terminal((!no_terminal).then(|| crate::terminal::TerminalConfig {
             shell: args.shell.clone(),
@@ -481,6 +489,10 @@ async fn forward(args: ForwardArgs) -> Result<(), Failure> {
         },
         service: args.service,
         tls_insecure: args.tls_insecure,
+        ca_roots: match &args.ca_file {
+            Some(path) => crate::tls::ExtraRoots::load(path).map_err(usage)?,
+            None => Default::default(),
+        },
         proxy,
     };
     let listener = tokio::net::TcpListener::bind(args.listen)

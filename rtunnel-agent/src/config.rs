@@ -10,7 +10,8 @@
 //!
 //! [services.web]
 //! target = "127.0.0.1:443"
-//! tls = true
+//! tls = true               # checked against the system's roots and --ca-file
+//! insecure = false         # true: any certificate (a self-signed one)
 //! host = "cockpit.lan"
 //!
 //! [services.ssh]
@@ -130,6 +131,14 @@ fn service(name: &str, entry: toml::Value) -> Result<ServiceSpec, String> {
         Some(toml::Value::Boolean(b)) => b,
         Some(_) => return Err("`tls` is true or false".into()),
     };
+    let insecure = match t.remove("insecure") {
+        None => false,
+        Some(toml::Value::Boolean(b)) => b,
+        Some(_) => return Err("`insecure` is true or false".into()),
+    };
+    if insecure && !tls {
+        return Err("`insecure = true` needs `tls = true`".into());
+    }
     let host_header = match t.remove("host") {
         None => HostHeader::Target,
         Some(toml::Value::String(s)) if s == "public" => HostHeader::Public,
@@ -141,7 +150,7 @@ fn service(name: &str, entry: toml::Value) -> Result<ServiceSpec, String> {
     };
     if let Some(key) = t.keys().next() {
         return Err(format!(
-            "unknown key `{key}` (a service has target, tls and host)"
+            "unknown key `{key}` (a service has target, tls, insecure and host)"
         ));
     }
     Ok(ServiceSpec {
@@ -149,6 +158,7 @@ fn service(name: &str, entry: toml::Value) -> Result<ServiceSpec, String> {
         host,
         port,
         tls,
+        insecure,
         host_header,
     })
 }
@@ -202,13 +212,14 @@ mod tests {
     #[test]
     fn services_come_from_tables() {
         let got = file(
-            "exclude = [\"db-*\"]\n[services.web]\ntarget = \"127.0.0.1:443\"\ntls = true\nhost = \"cockpit.lan\"\n\
+            "exclude = [\"db-*\"]\n[services.web]\ntarget = \"127.0.0.1:443\"\ntls = true\ninsecure = true\nhost = \"cockpit.lan\"\n\
              [services.db-main]\ntarget = \"[::1]:5432\"\n[services.ssh]\ntarget = \"h:22\"\nhost = \"public\"",
         )
         .unwrap();
         assert_eq!(got.services.len(), 3);
         let web = &got.services[0];
         assert_eq!((web.name.as_str(), web.port, web.tls), ("web", 443, true));
+        assert!(web.insecure);
         assert_eq!(web.host_header, HostHeader::Fixed("cockpit.lan".into()));
         assert_eq!(got.services[1].target(), "[::1]:5432");
         assert_eq!(got.services[2].host_header, HostHeader::Public);
@@ -238,6 +249,10 @@ mod tests {
             ("[services.terminal]\ntarget = \"h:1\"", "reserved"),
             ("services = 3", "one table per service"),
             ("exclude = 3", "list of service names"),
+            (
+                "[services.web]\ntarget = \"h:1\"\ninsecure = true",
+                "needs `tls = true`",
+            ),
         ] {
             let e = file(text).unwrap_err();
             assert!(e.contains(why) && e.contains("agent.toml"), "{text}: {e}");

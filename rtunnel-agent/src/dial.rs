@@ -53,6 +53,8 @@ pub enum DialError {
 pub struct DialOptions {
     /// Accept any certificate from a `wss://` server.
     pub tls_insecure: bool,
+    /// Certificates trusted besides the system's roots (`--ca-file`).
+    pub ca_roots: crate::tls::ExtraRoots,
     /// Dial through this HTTP proxy.
     pub proxy: Option<Proxy>,
 }
@@ -104,6 +106,10 @@ impl DialError {
                 status: 401 | 403 | 407,
                 ..
             }) => Some("check the proxy's user and password"),
+            DialError::Connect(why) if why.contains("invalid peer certificate") => Some(
+                "the server's certificate is not trusted here: give its CA with --ca-file \
+                 (a PEM file), or accept any certificate with --tls-insecure",
+            ),
             DialError::Connect(why) if speaks_no_tls(why) => Some(
                 "the server does not speak TLS on this port: use ws:// here, or the port where \
                  TLS is served",
@@ -149,7 +155,10 @@ pub async fn dial(url: &str, authorization: &str, options: &DialOptions) -> Resu
         .max_frame_size(Some(MAX_WS_MESSAGE_BYTES))
         .read_buffer_size(rtunnel_core::ws::WS_READ_BUFFER_BYTES);
     let connector = if url.starts_with("wss://") {
-        Connector::Rustls(crate::tls::client_config(options.tls_insecure))
+        Connector::Rustls(crate::tls::client_config(
+            options.tls_insecure,
+            &options.ca_roots,
+        ))
     } else {
         Connector::Plain
     };

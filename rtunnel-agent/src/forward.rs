@@ -66,6 +66,8 @@ pub struct ForwardConfig {
     pub service: String,
     /// Accept any certificate from an `https://` server.
     pub tls_insecure: bool,
+    /// Certificates trusted besides the system's roots (`--ca-file`).
+    pub ca_roots: crate::tls::ExtraRoots,
     /// Dial the server through this HTTP proxy.
     pub proxy: Option<Proxy>,
 }
@@ -252,6 +254,7 @@ impl Forwarder {
         let auth = format!("Bearer {}", self.config.token);
         let options = DialOptions {
             tls_insecure: self.config.tls_insecure,
+            ca_roots: self.config.ca_roots.clone(),
             proxy: self.config.proxy.clone(),
         };
         let ws = dial(&self.ws_url, &auth, &options).await?;

@@ -33,3 +33,4 @@ pub use forward::{ForwardConfig, ForwardError, ForwardTarget, Forwarder};
 pub use handler::{ServiceStream, StreamHandler};
 pub use http_proxy::{Proxy, ProxyError, ProxyUrlError};
 pub use services::{ServiceSpec, parse_services};
+pub use tls::ExtraRoots;

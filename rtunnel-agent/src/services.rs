@@ -1,5 +1,6 @@
-//! The services an agent offers: `name=host:port[:tls][:host=NAME]`
-//! entries. `:host=NAME` makes the subdomain proxy send `Host: NAME` (an
+//! The services an agent offers: `name=host:port[:tls[:insecure]][:host=NAME]`
+//! entries. A `:tls` service's certificate is checked against the system's
+//! roots and `--ca-file`; `:insecure` accepts any certificate. `:host=NAME` makes the subdomain proxy send `Host: NAME` (an
 //! application behind a reverse proxy that routes by name), `:host=public`
 //! the public proxy host (an application configured with its external
 //! name); by default it sends the service's own `host:port`.
@@ -19,6 +20,9 @@ pub struct ServiceSpec {
     pub port: u16,
     /// Whether to speak TLS to the target.
     pub tls: bool,
+    /// With `tls`: accept any certificate (a self-signed one) instead of
+    /// checking it against the system's roots and `--ca-file`.
+    pub insecure: bool,
     /// The `Host` the subdomain proxy sends it.
     pub host_header: HostHeader,
 }
@@ -79,8 +83,8 @@ impl fmt::Display for ServiceListError {
 
 impl std::error::Error for ServiceListError {}
 
-/// Parses `name=host:port[:tls][:host=NAME|:host=public],...` (IPv6 hosts
-/// in brackets).
+/// Parses `name=host:port[:tls[:insecure]][:host=NAME|:host=public],...`
+/// (IPv6 hosts in brackets).
 pub fn parse_services(list: &str) -> Result<Vec<ServiceSpec>, ServiceListError> {
     let mut out: Vec<ServiceSpec> = Vec::new();
     for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
@@ -106,7 +110,7 @@ pub fn parse_services(list: &str) -> Result<Vec<ServiceSpec>, ServiceListError> 
 fn parse_one(entry: &str) -> Result<ServiceSpec, ServiceListError> {
     let bad = |why: &str| {
         ServiceListError(format!(
-            "bad service {entry:?}: {why} (expected name=host:port[:tls][:host=NAME|:host=public])"
+            "bad service {entry:?}: {why} (expected name=host:port[:tls[:insecure]][:host=NAME|:host=public])"
         ))
     };
     let (name, target) = entry.split_once('=').ok_or_else(|| bad("no '='"))?;
@@ -124,16 +128,26 @@ fn parse_one(entry: &str) -> Result<ServiceSpec, ServiceListError> {
         }
         None => (target, HostHeader::Target),
     };
+    let (target, insecure) = match target.strip_suffix(":insecure") {
+        Some(t) => (t, true),
+        None => (target, false),
+    };
     let (target, tls) = match target.strip_suffix(":tls") {
         Some(t) => (t, true),
         None => (target, false),
     };
+    if insecure && !tls {
+        return Err(bad(
+            ":insecure goes after :tls (web=10.0.0.5:443:tls:insecure)",
+        ));
+    }
     let (host, port) = parse_target(target).map_err(|why| bad(&why))?;
     Ok(ServiceSpec {
         name: name.to_owned(),
         host,
         port,
         tls,
+        insecure,
         host_header,
     })
 }
@@ -155,11 +169,13 @@ pub(crate) fn parse_target(target: &str) -> Result<(String, u16), String> {
     // `:ssl`), or the port is missing: say which.
     if !port.is_empty() && !port.bytes().all(|b| b.is_ascii_digit()) {
         return Err(match port.to_ascii_lowercase().as_str() {
-            "https" | "ssl" | "tls" | "secure" => "the options after the port are :tls and \
+            "https" | "ssl" | "tls" | "secure" => {
+                "the options after the port are :tls, :insecure and \
                  :host=NAME; for HTTPS write :tls after the port (web=127.0.0.1:443:tls)"
-                .to_owned(),
+                    .to_owned()
+            }
             other => format!(
-                "{other:?} is not a port; the options after the port are :tls and :host=NAME"
+                "{other:?} is not a port; the options after the port are :tls, :insecure and :host=NAME"
             ),
         });
     }
@@ -212,6 +228,17 @@ mod tests {
         for bad in ["a=h:1:host=", "a=h:1:host=a b", "a=h:1:host=x/y"] {
             assert!(parse_services(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_tls_service_is_checked_unless_marked_insecure() {
+        let s = parse_services("a=h:443:tls,b=h:443:tls:insecure:host=app.lan,c=h:80").unwrap();
+        assert!(s[0].tls && !s[0].insecure);
+        assert!(s[1].tls && s[1].insecure);
+        assert_eq!(s[1].host_header, HostHeader::Fixed("app.lan".into()));
+        assert!(!s[2].tls && !s[2].insecure);
+        let e = parse_services("a=h:443:insecure").unwrap_err().to_string();
+        assert!(e.contains(":insecure goes after :tls"), "{e}");
     }
 
     #[test]

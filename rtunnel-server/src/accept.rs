@@ -157,6 +157,7 @@ async fn turn_away(mut tcp: TcpStream, why: Refused) {
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
+    tls: Option<Arc<crate::TlsReloader>>,
     head_timeout: Duration,
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()>,
@@ -219,25 +220,63 @@ pub(crate) async fn serve(
                 req
             })
             .map_err(|e: Infallible| match e {});
-        let conn = builder
-            .serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service))
-            .with_upgrades();
         let stopping = stopping.clone();
-        connections.spawn(async move {
-            let _held = held;
-            let mut conn = std::pin::pin!(conn);
-            let ended = tokio::select! {
-                ended = conn.as_mut() => ended,
-                _ = stopping.cancelled() => {
-                    // Finish the request in flight, if any, then close.
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+        let builder = builder.clone();
+        // Serves one connection until it ends or the server stops.
+        macro_rules! drive {
+            ($io:expr, $service:expr) => {{
+                let conn = builder
+                    .serve_connection(TokioIo::new($io), TowerToHyperService::new($service))
+                    .with_upgrades();
+                let mut conn = std::pin::pin!(conn);
+                let ended = tokio::select! {
+                    ended = conn.as_mut() => ended,
+                    _ = stopping.cancelled() => {
+                        // Finish the request in flight, if any, then close.
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                if let Err(e) = ended {
+                    tracing::debug!(%peer, "HTTP connection ended: {e}");
                 }
-            };
-            if let Err(e) = ended {
-                tracing::debug!(%peer, "HTTP connection ended: {e}");
+            }};
+        }
+        match &tls {
+            None => {
+                connections.spawn(async move {
+                    let _held = held;
+                    drive!(tcp, service);
+                });
             }
-        });
+            Some(tls) => {
+                let acceptor = tls.acceptor();
+                connections.spawn(async move {
+                    let _held = held;
+                    // The handshake has the request head's deadline.
+                    let stream =
+                        match tokio::time::timeout(head_timeout, acceptor.accept(tcp)).await {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, "TLS handshake failed: {e}");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                    // Browsers come back over HTTPS only.
+                    let service = service.map_response(|mut res: axum::response::Response| {
+                        res.headers_mut()
+                            .entry(axum::http::header::STRICT_TRANSPORT_SECURITY)
+                            .or_insert(axum::http::HeaderValue::from_static(crate::tls::HSTS));
+                        res
+                    });
+                    drive!(stream, service);
+                });
+            }
+        }
     }
     drop(listener);
     drain.await;

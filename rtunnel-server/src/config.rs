@@ -102,6 +102,11 @@ pub struct ServerConfig {
     /// /metrics` on a listener of its own, none by default). Keep it on an
     /// internal address: it needs no login.
     pub metrics_listen: Option<SocketAddr>,
+    /// Serve HTTPS with this certificate and key (`--tls-cert`,
+    /// `--tls-key`; reloaded by [`crate::Server::tls`]), with HSTS.
+    /// Without it the server speaks plain HTTP, for a reverse proxy in
+    /// front that does TLS.
+    pub tls: Option<crate::TlsFiles>,
 }
 
 impl ServerConfig {
@@ -138,6 +143,8 @@ impl ServerConfig {
             "pomerium_base_url": self.pomerium_base_url.as_deref().map(rtunnel_core::redact::url),
             "tsplus_base_url": self.tsplus_base_url.as_deref().map(rtunnel_core::redact::url),
             "metrics_listen": self.metrics_listen.map(|a| a.to_string()),
+            "tls_cert": self.tls.as_ref().map(|t| t.cert.display().to_string()),
+            "tls_key": self.tls.as_ref().map(|t| t.key.display().to_string()),
         })
     }
 }
@@ -202,6 +209,7 @@ impl Default for ServerConfig {
             max_connections_per_address: 512,
             max_tunnel_setups: 64,
             metrics_listen: None,
+            tls: None,
         }
     }
 }

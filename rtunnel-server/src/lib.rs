@@ -59,6 +59,7 @@ mod state;
 mod streams;
 mod terminal;
 mod tickets;
+mod tls;
 mod tunnel;
 
 #[doc(hidden)]
@@ -84,3 +85,4 @@ pub use server::{
 };
 pub use state::{AppState, Audit, Stores};
 pub use tickets::Tickets;
+pub use tls::{TlsFiles, TlsReloader};

@@ -195,6 +195,12 @@ impl ServerBuilder {
                 (cluster, Some(listener))
             }
         };
+        let tls = match &self.config.tls {
+            None => None,
+            Some(files) => Some(Arc::new(
+                crate::TlsReloader::new(files.clone()).map_err(ServerError::Config)?,
+            )),
+        };
         let metrics_listener = match self.config.metrics_listen {
             None => None,
             Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
@@ -250,6 +256,7 @@ impl ServerBuilder {
         Ok(Server {
             node_listener,
             metrics_listener,
+            tls,
             state: Arc::new(AppState {
                 browser: crate::api::browser::BrowserPolicy::of(&self.config),
                 config: self.config,
@@ -303,6 +310,7 @@ pub struct Server {
     state: Arc<AppState>,
     node_listener: Option<TcpListener>,
     metrics_listener: Option<TcpListener>,
+    tls: Option<Arc<crate::TlsReloader>>,
 }
 
 impl Server {
@@ -368,6 +376,15 @@ impl Server {
         }
     }
 
+    /// The server's own TLS, when [`ServerConfig::tls`] is set: keep it to
+    /// reload the certificate ([`crate::TlsReloader::reload`]; the binary
+    /// does on SIGHUP).
+    ///
+    /// [`ServerConfig::tls`]: crate::ServerConfig::tls
+    pub fn tls(&self) -> Option<Arc<crate::TlsReloader>> {
+        self.tls.clone()
+    }
+
     /// Serves on `listener` in the background; the handle stops it.
     pub fn start(self, listener: TcpListener) -> std::io::Result<ServerHandle> {
         let addr = listener.local_addr()?;
@@ -394,7 +411,8 @@ impl Server {
         let addr = listener.local_addr()?;
         let router = self.router();
         let prefix = self.state.config.path_prefix.clone();
-        tracing::info!(%addr, node = %self.state.tunnels.cluster.node_id(), path_prefix = %prefix, version = env!("CARGO_PKG_VERSION"), "rtunnel-server listening");
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        tracing::info!(%addr, scheme, node = %self.state.tunnels.cluster.node_id(), path_prefix = %prefix, version = env!("CARGO_PKG_VERSION"), "rtunnel-server listening");
         let state = self.state.clone();
         let background =
             Background::start(state.clone(), self.node_listener, self.metrics_listener);
@@ -407,6 +425,7 @@ impl Server {
         let served = crate::accept::serve(
             listener,
             router,
+            self.tls,
             head_timeout,
             limits,
             shutdown,

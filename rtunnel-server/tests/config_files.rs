@@ -249,3 +249,51 @@ async fn the_server_reads_a_file_and_flags_win() {
         );
     }
 }
+
+/// The TOML blocks of a document, in order.
+fn toml_blocks(doc: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(doc),
+    )
+    .unwrap();
+    text.split("```toml\n")
+        .skip(1)
+        .map(|rest| rest.split("```").next().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn the_documented_settings_files_are_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    // docs/DEPLOYMENT.md's server file: every key is a setting and every
+    // value parses; it stops only at what this machine lacks.
+    let server = toml_blocks("docs/DEPLOYMENT.md");
+    assert_eq!(server.len(), 1, "one server example");
+    let path = tmp.path().join("server.toml");
+    std::fs::write(&path, &server[0]).unwrap();
+    let out = Command::new(server_bin())
+        .arg("--config")
+        .arg(&path)
+        .args(["user", "list"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("config file"), "{stderr}");
+    assert!(
+        stderr.contains("/var/lib/rtunnel"),
+        "read data_dir: {stderr}"
+    );
+
+    // README's agent file: read, down to the secret file it names.
+    let agent = toml_blocks("README.md");
+    assert_eq!(agent.len(), 1, "one agent example");
+    let path = tmp.path().join("agent.toml");
+    std::fs::write(&path, &agent[0]).unwrap();
+    let out = agent_with_config(&["check"], &path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(!stderr.contains("config file"), "{stderr}");
+    assert!(stderr.contains("/etc/rtunnel-agent/secret"), "{stderr}");
+}

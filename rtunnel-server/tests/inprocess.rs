@@ -320,6 +320,7 @@ async fn user(h: &Harness, name: &str, role: Role) -> (User, String) {
 
 fn forward_config(h: &Harness, token: &str) -> ForwardConfig {
     ForwardConfig {
+        ca_roots: Default::default(),
         server: h.base.clone(),
         token: token.into(),
         target: h.session.into(),

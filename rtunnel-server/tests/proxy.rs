@@ -39,7 +39,8 @@ impl Setup {
             t = tls_app.addr,
             a = app.addr
         );
-        let agent = start_agent(&server, &sys, &services, &[]);
+        let ca = fixture("test-ca.pem");
+        let agent = start_agent(&server, &sys, &services, &["--ca-file", &ca]);
         let session = active_session(&server, &admin, &sys.id).await;
         Setup {
             _tmp: tmp,

@@ -173,6 +173,14 @@ struct ServeArgs {
         global = true
     )]
     max_tunnel_setups: usize,
+    /// Serve HTTPS with this certificate chain (PEM, leaf first); with
+    /// --tls-key. Read again on SIGHUP. Default: plain HTTP (for a reverse
+    /// proxy in front that does TLS).
+    #[arg(long, env = "RTUNNEL_TLS_CERT", requires = "tls_key", global = true)]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "RTUNNEL_TLS_KEY", requires = "tls_cert", global = true)]
+    tls_key: Option<PathBuf>,
     /// Serve Prometheus metrics at GET /metrics on this address (a listener
     /// of its own, no login: keep it internal). Default: off.
     #[arg(long, env = "RTUNNEL_METRICS_LISTEN", global = true)]
@@ -685,7 +693,14 @@ async fn serve(
     let config = ServerConfig {
         listen: bound,
         data_dir: store_args.data_dir,
-        public_url: args.public_url.unwrap_or_else(|| format!("http://{bound}")),
+        public_url: args.public_url.unwrap_or_else(|| {
+            let scheme = if args.tls_cert.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{bound}")
+        }),
         proxy_domain: args.proxy_domain,
         path_prefix: args.path_prefix,
         proxy_token_ttl: args.proxy_token_ttl,
@@ -717,8 +732,18 @@ async fn serve(
         max_connections_per_address: args.max_connections_per_address,
         max_tunnel_setups: args.max_tunnel_setups,
         metrics_listen: args.metrics_listen,
+        tls: match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::TlsFiles { cert, key }),
+            _ => None,
+        },
         ..ServerConfig::default()
     };
+    if config.tls.is_some() && config.public_url.starts_with("http://") {
+        tracing::warn!(
+            public_url = %config.public_url,
+            "the server serves HTTPS but --public-url says http://: links and cookies will be wrong; use https://"
+        );
+    }
     config.validate().map_err(Failure::usage)?;
     let database = store_args.database_url.as_deref().map_or_else(
         || {
@@ -744,10 +769,30 @@ async fn serve(
             crate::server::ServerError::Config(m) => Failure::usage(m),
             other => Failure::other(other.to_string()),
         })?;
+    tokio::spawn(reload_on_hangup(server.tls()));
     server
         .serve(listener, rtunnel_core::signal::terminated())
         .await
         .map_err(|e| Failure::other(format!("server failed: {e}")))
+}
+
+/// On SIGHUP, reads the TLS certificate and key again (a renewed
+/// certificate); a failure keeps the one in use.
+async fn reload_on_hangup(tls: Option<std::sync::Arc<crate::TlsReloader>>) {
+    let mut hangups = rtunnel_core::signal::hangups();
+    loop {
+        hangups.recv().await;
+        match &tls {
+            None => tracing::info!("SIGHUP: nothing to reload (no --tls-cert)"),
+            Some(tls) => match tls.reload() {
+                Ok(()) => tracing::info!(
+                    cert = %tls.files().cert.display(),
+                    "SIGHUP: TLS certificate reloaded; new connections use it"
+                ),
+                Err(e) => tracing::error!("SIGHUP: {e}; keeping the certificate in use"),
+            },
+        }
+    }
 }
 
 /// `backup PATH`: the copy, then what else a restore needs.

@@ -302,6 +302,16 @@ pub fn user_with_token(server: &ServerProc, name: &str, role: &str) -> String {
     v["token"].as_str().unwrap().to_owned()
 }
 
+/// The path of a file in `tests/fixtures`.
+pub fn fixture(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
 /// Starts an agent process.
 pub fn start_agent(server: &ServerProc, sys: &Enrolled, services: &str, extra: &[&str]) -> Proc {
     start_agent_at(server, &server.tunnel_url(), sys, services, extra)

@@ -41,15 +41,24 @@ pub const PATTERN: &[u8; 64] = b"rtunnel streams this without holding it: 012345
 impl WebApp {
     /// Serves the application over plain HTTP.
     pub async fn start() -> WebApp {
-        Self::serve(false).await
+        Self::serve(None).await
     }
 
-    /// Serves the application over TLS (certificate in `tests/fixtures`).
+    /// Serves the application over TLS with a certificate of the test CA
+    /// (`tests/fixtures/leaf1-cert.pem`, for `localhost`, `127.0.0.1` and
+    /// `app.customer.lan`; agents trust it with `--ca-file test-ca.pem`).
     pub async fn start_tls() -> WebApp {
-        Self::serve(true).await
+        Self::serve(Some("leaf1")).await
     }
 
-    async fn serve(tls: bool) -> WebApp {
+    /// Serves the application over TLS with a self-signed certificate
+    /// (`tests/fixtures/webapp-cert.pem`), which no CA vouches for.
+    pub async fn start_tls_self_signed() -> WebApp {
+        Self::serve(Some("webapp")).await
+    }
+
+    async fn serve(cert: Option<&'static str>) -> WebApp {
+        let tls = cert.is_some();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = App {
@@ -70,7 +79,7 @@ impl WebApp {
             .with_state(app);
         let connections = Arc::new(AtomicUsize::new(0));
         let count = connections.clone();
-        let acceptor = tls.then(tls_acceptor);
+        let acceptor = cert.map(tls_acceptor);
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
@@ -109,12 +118,12 @@ impl WebApp {
 #[derive(Clone)]
 struct TlsServerName(Option<String>);
 
-fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
+fn tls_acceptor(name: &str) -> tokio_rustls::TlsAcceptor {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let cert = CertificateDer::from_pem_file(dir.join("webapp-cert.pem")).unwrap();
-    let key = PrivateKeyDer::from_pem_file(dir.join("webapp-key.pem")).unwrap();
+    let cert = CertificateDer::from_pem_file(dir.join(format!("{name}-cert.pem"))).unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.join(format!("{name}-key.pem"))).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
