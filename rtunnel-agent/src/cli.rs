@@ -49,6 +49,10 @@ enum Command {
     Check(RunArgs),
     /// Forward a local port to a service of a support session.
     Forward(ForwardArgs),
+    /// Open a system's terminal here, in this terminal (raw mode, resized
+    /// with it); exits with the remote shell's exit code, 255 when the
+    /// terminal cannot be opened or the connection is lost.
+    Shell(ShellArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish,
     /// powershell).
     Completions {
@@ -164,6 +168,29 @@ struct ForwardArgs {
     proxy: Option<String>,
 }
 
+#[derive(Debug, Args)]
+struct ShellArgs {
+    /// Server base URL: http(s)://HOST[:PORT].
+    #[arg(long, env = "RTUNNEL_SERVER")]
+    server: String,
+    /// API token.
+    #[arg(long, env = "RTUNNEL_TOKEN", hide_env_values = true)]
+    token: String,
+    /// The system's name (or id): the terminal of its current session.
+    #[arg(long)]
+    system: String,
+    /// Accept a self-signed certificate from an https:// server.
+    #[arg(long, env = "RTUNNEL_TLS_INSECURE")]
+    tls_insecure: bool,
+    /// CA certificates (PEM) trusted besides the system's roots.
+    #[arg(long, env = "RTUNNEL_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// HTTP proxy to dial out through with CONNECT: http://[user:pass@]host:port
+    /// (default: HTTPS_PROXY or HTTP_PROXY, honoring NO_PROXY).
+    #[arg(long, env = "RTUNNEL_PROXY", hide_env_values = true)]
+    proxy: Option<String>,
+}
+
 pub(crate) struct Failure {
     pub code: u8,
     pub message: String,
@@ -257,12 +284,15 @@ pub async fn main() -> ExitCode {
             loaded.path.display()
         );
     }
+    if let Some(Command::Shell(args)) = cli.command {
+        return shell(args).await;
+    }
     let result = match cli.command {
         Some(Command::Run(args)) => run(args, loaded).await,
         Some(Command::Check(args)) => crate::check::check(args, loaded).await,
         Some(Command::Forward(args)) => forward(args).await,
         // Answered above, before anything started.
-        Some(Command::Completions { .. } | Command::Man) => Ok(()),
+        Some(Command::Completions { .. } | Command::Man | Command::Shell(_)) => Ok(()),
         None => run(cli.run, loaded).await,
     };
     match result {
@@ -474,6 +504,39 @@ fn resolve_proxy(flag: Option<&str>, target: &str) -> Result<Option<Proxy>, Fail
         tracing::info!("dialing {target} through the proxy {p}");
     }
     Ok(proxy)
+}
+
+/// `shell`: the remote shell's exit code, or 255 with one line on stderr.
+async fn shell(args: ShellArgs) -> ExitCode {
+    use crate::shell::{SHELL_FAILED, ShellConfig};
+    hide_credential(Some(&args.token), "the token", "RTUNNEL_TOKEN");
+    let setup = || -> Result<ShellConfig, Failure> {
+        Ok(ShellConfig {
+            proxy: resolve_proxy(args.proxy.as_deref(), &args.server)?,
+            ca_roots: match &args.ca_file {
+                Some(path) => crate::tls::ExtraRoots::load(path).map_err(usage)?,
+                None => Default::default(),
+            },
+            server: args.server.clone(),
+            token: args.token.clone(),
+            system: args.system.clone(),
+            tls_insecure: args.tls_insecure,
+        })
+    };
+    let config = match setup() {
+        Ok(c) => c,
+        Err(f) => {
+            eprintln!("rtunnel-agent: {}", f.message);
+            return ExitCode::from(f.code);
+        }
+    };
+    match crate::shell::run(config).await {
+        Ok(code) => ExitCode::from(code),
+        Err(why) => {
+            eprintln!("rtunnel-agent: {why}");
+            ExitCode::from(SHELL_FAILED)
+        }
+    }
 }
 
 async fn forward(args: ForwardArgs) -> Result<(), Failure> {

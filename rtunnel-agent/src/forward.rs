@@ -127,35 +127,42 @@ impl std::fmt::Debug for Forwarder {
     }
 }
 
+/// `ws(s)://HOST[:PORT][/prefix]` of a server's `http(s)://` base URL.
+pub(crate) fn websocket_base(server: &str) -> Result<String, String> {
+    let base = server.trim_end_matches('/');
+    if let Some(rest) = base.strip_prefix("https://") {
+        Ok(format!("wss://{rest}"))
+    } else if let Some(rest) = base.strip_prefix("http://") {
+        Ok(format!("ws://{rest}"))
+    } else {
+        Err(format!(
+            "--server must start with http:// or https://, got {server:?}"
+        ))
+    }
+}
+
+/// `name` as one path segment (a system's name may hold anything).
+pub(crate) fn path_segment(name: &str) -> String {
+    percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
 impl Forwarder {
     /// Checks the settings and connects once, so that bad credentials, an
     /// unknown session or service fail now with the server's reason.
     pub async fn connect(config: ForwardConfig) -> Result<Arc<Self>, ForwardError> {
         proto::validate_service_name(&config.service)
             .map_err(|e| ForwardError::Config(e.to_string()))?;
-        let base = config.server.trim_end_matches('/');
-        let ws_base = if let Some(rest) = base.strip_prefix("https://") {
-            format!("wss://{rest}")
-        } else if let Some(rest) = base.strip_prefix("http://") {
-            format!("ws://{rest}")
-        } else {
-            return Err(ForwardError::Config(format!(
-                "--server must start with http:// or https://, got {:?}",
-                config.server
-            )));
-        };
+        let ws_base = websocket_base(&config.server).map_err(ForwardError::Config)?;
         let ws_url = match &config.target {
             ForwardTarget::Session(id) => format!(
                 "{ws_base}/api/v1/sessions/{id}/forward?service={}",
                 config.service
             ),
-            ForwardTarget::System(name) => {
-                let name: String = url::form_urlencoded::byte_serialize(name.as_bytes()).collect();
-                format!(
-                    "{ws_base}/api/v1/systems/{name}/forward?service={}",
-                    config.service
-                )
-            }
+            ForwardTarget::System(name) => format!(
+                "{ws_base}/api/v1/systems/{}/forward?service={}",
+                path_segment(name),
+                config.service
+            ),
         };
         let fwd = Arc::new(Forwarder {
             config,

@@ -22,6 +22,7 @@ pub mod harden;
 pub mod http_proxy;
 pub mod metrics;
 pub mod services;
+pub mod shell;
 pub mod state;
 pub mod terminal;
 mod tls;

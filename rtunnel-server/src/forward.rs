@@ -117,20 +117,33 @@ pub(crate) async fn system_forward_endpoint(
     held: Option<axum::Extension<crate::accept::HeldConnection>>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    let current = current_session_of(&state, &caller.user, &id).await?;
+    open_forward(state, caller, &current.id.to_string(), q, peer, held, ws).await
+}
+
+/// The current session (active, or in its grace period) of the system
+/// named `id` (or with that id), for `user`: 404 `system_not_found` to
+/// someone who may not see it, 409 `no_active_session` when its agent is
+/// away.
+pub(crate) async fn current_session_of(
+    state: &AppState,
+    user: &User,
+    id: &str,
+) -> Result<rtunnel_core::store::SessionRecord, ApiError> {
     let identity = &state.stores.identity;
     let system = match id.parse::<Uuid>() {
         Ok(uuid) => identity.system(uuid.into()).await?,
-        Err(_) => identity.system_by_name(&id).await?,
+        Err(_) => identity.system_by_name(id).await?,
     };
     let hidden = || ApiError::not_found("system_not_found", format!("no system {id:?}"));
     let system = system.ok_or_else(hidden)?;
     // Someone who may not see the system learns nothing of it.
-    match authorize(&state.access, &caller.user, Action::Read, system.id).await {
+    match authorize(&state.access, user, Action::Read, system.id).await {
         Ok(()) => {}
         Err(e) if e.status == axum::http::StatusCode::FORBIDDEN => return Err(hidden()),
         Err(e) => return Err(e),
     }
-    let current = state
+    state
         .stores
         .sessions
         .latest_session(system.id)
@@ -145,8 +158,7 @@ pub(crate) async fn system_forward_endpoint(
                     system.name
                 ),
             )
-        })?;
-    open_forward(state, caller, &current.id.to_string(), q, peer, held, ws).await
+        })
 }
 
 /// Opens a forward to the session `id` for `caller`.

@@ -50,6 +50,14 @@ pub(crate) struct TerminalQuery {
     rows: Option<u16>,
 }
 
+/// The terminal's first size (default 80x24).
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct SizeQuery {
+    cols: Option<u16>,
+    rows: Option<u16>,
+}
+
 /// A browser's text message.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -86,15 +94,13 @@ pub(crate) async fn terminal_endpoint(
             "this endpoint only accepts WebSocket upgrades",
         )
     })?;
-    let (cols, rows) = (q.cols.unwrap_or(80), q.rows.unwrap_or(24));
-    check_size(cols, rows).map_err(|e| ApiError::bad_request("invalid_size", e.to_string()))?;
+    let (cols, rows) = size(q.cols, q.rows)?;
     let holder = state.tickets.redeem(&q.ticket, session_id).await?;
     let user = match state.stores.identity.user_by_id(holder.user_id).await? {
         Some(u) if !u.disabled => u,
         _ => return Err(ApiError::unauthorized("the ticket's user is gone")),
     };
     let session = crate::api::sessions::load(&sessions, session_id).await?;
-    authorize(&state.access, &user, Action::Connect, session.system_id).await?;
     if let Some(login) = holder.login
         && !state
             .stores
@@ -119,6 +125,97 @@ pub(crate) async fn terminal_endpoint(
             "the API token that asked for this ticket was revoked or has expired",
         ));
     }
+    let opened = Opened {
+        session,
+        holder,
+        user,
+        cols,
+        rows,
+        peer,
+    };
+    open_terminal(state, opened, held, ws).await
+}
+
+/// Axum handler of the terminal by system, for `rtunnel-agent shell
+/// --system NAME`: a bearer token instead of a ticket, the system's
+/// current session.
+#[utoipa::path(
+    get,
+    path = "/api/v1/systems/{id}/terminal",
+    tag = "systems",
+    params(("id" = String, Path, description = "system id or name"), SizeQuery),
+    responses((status = 101, description = "The terminal's WebSocket (as the browser terminal's), on the system's current session"), (status = "default", description = "Refused or failed: the error envelope (`system_not_found`, `no_active_session`, `bearer_required`, ...)", body = crate::error::ErrorBody))
+)]
+pub(crate) async fn system_terminal_endpoint(
+    State(state): State<Arc<AppState>>,
+    caller: crate::api::auth::Authenticated,
+    Path(id): Path<String>,
+    Query(q): Query<SizeQuery>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    held: Option<axum::Extension<crate::accept::HeldConnection>>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    // A browser's cookie never opens this; the console uses tickets.
+    if caller.browser {
+        return Err(ApiError::forbidden(
+            "bearer_required",
+            "this endpoint takes a bearer token (rtunnel-agent shell); the console opens terminals with a ticket",
+        ));
+    }
+    let ws = ws.map_err(|_| {
+        ApiError::bad_request(
+            "websocket_required",
+            "this endpoint only accepts WebSocket upgrades",
+        )
+    })?;
+    let (cols, rows) = size(q.cols, q.rows)?;
+    let session = crate::forward::current_session_of(&state, &caller.user, &id).await?;
+    let opened = Opened {
+        session,
+        holder: crate::revocation::Holder::from(&caller),
+        user: caller.user,
+        cols,
+        rows,
+        peer,
+    };
+    open_terminal(state, opened, held, ws).await
+}
+
+/// The size asked for, checked.
+fn size(cols: Option<u16>, rows: Option<u16>) -> Result<(u16, u16), ApiError> {
+    let (cols, rows) = (cols.unwrap_or(80), rows.unwrap_or(24));
+    check_size(cols, rows).map_err(|e| ApiError::bad_request("invalid_size", e.to_string()))?;
+    Ok((cols, rows))
+}
+
+/// Who opens a terminal, where, at what size.
+struct Opened {
+    session: rtunnel_core::store::SessionRecord,
+    holder: crate::revocation::Holder,
+    user: User,
+    cols: u16,
+    rows: u16,
+    peer: SocketAddr,
+}
+
+/// Checks access and the session, audits, asks the agent for a PTY and
+/// bridges it to the WebSocket.
+async fn open_terminal(
+    state: Arc<AppState>,
+    opened: Opened,
+    held: Option<axum::Extension<crate::accept::HeldConnection>>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let Opened {
+        session,
+        holder,
+        user,
+        cols,
+        rows,
+        peer,
+    } = opened;
+    let session_id = session.id;
+    authorize(&state.access, &user, Action::Connect, session.system_id).await?;
     match session.status {
         SessionStatus::Active => {}
         SessionStatus::GracePeriod => {

@@ -112,6 +112,10 @@ pub(crate) fn routes(state: Arc<AppState>) -> Router {
             get(terminal::terminal_endpoint),
         )
         .route(
+            "/api/v1/systems/{id}/terminal",
+            get(terminal::system_terminal_endpoint),
+        )
+        .route(
             "/api/v1/sessions/{id}/proxy-token",
             post(sessions::proxy_token),
         )

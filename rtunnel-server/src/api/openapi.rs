@@ -50,6 +50,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
         crate::forward::system_forward_endpoint,
         super::sessions::terminal_ticket,
         crate::terminal::terminal_endpoint,
+        crate::terminal::system_terminal_endpoint,
         super::sessions::proxy_token,
         super::recordings::list,
         super::recordings::download,
