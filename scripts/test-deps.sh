@@ -6,8 +6,8 @@
 # scripts/test-services.sh, on free ports), nginx (the documented
 # front end, run by tests/deployment.rs, and a customer's name-routing
 # proxy in tests/apps.rs), and Cockpit and Jupyter Notebook (the real web
-# applications tests/apps.rs drives through the subdomain proxy). Debian
-# packages;
+# applications tests/apps.rs drives through the subdomain proxy), and curl.
+# Debian packages;
 # installing needs root (CI runs as root) or sudo.
 set -euo pipefail
 
@@ -34,6 +34,9 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v cockpit-bridge >/dev/null 2>&1 || missing+=(cockpit-bridge)
 command -v jupyter-notebook >/dev/null 2>&1 || missing+=(jupyter-notebook)
 /usr/bin/python3 -c 'import ipykernel' >/dev/null 2>&1 || missing+=(python3-ipykernel)
+# scripts/package.sh (the Debian packages) asks the installed server with
+# curl; the README's quickstart (tests/readme.rs) runs its curl commands.
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0

@@ -44,3 +44,7 @@ cargo test --workspace --doc --locked
 # Rustdoc on the public API: no broken or private links.
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked \
     -p rtunnel-core -p rtunnel-auth -p rtunnel-server -p rtunnel-agent
+# The Debian packages: built from the debug binaries above, contents
+# checked, and (as root) installed, the server started as its unit would
+# start it, then removed.
+PACKAGE_PROFILE=dev ./scripts/package.sh --install
