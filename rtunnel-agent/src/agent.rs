@@ -74,6 +74,10 @@ pub struct AgentConfig {
     handlers: Vec<HandlerService>,
     /// Where the session is kept across restarts (`--state-dir`).
     pub state: Option<crate::state::StateFile>,
+    /// Whether and how the customer is asked (`--consent`).
+    pub consent: crate::consent::ConsentConfig,
+    /// The agent's own access log (`--access-log`).
+    pub access_log: Option<crate::access_log::AccessLogFile>,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -90,6 +94,8 @@ impl std::fmt::Debug for AgentConfig {
             .field("terminal", &self.terminal)
             .field("handlers", &self.handlers)
             .field("state", &self.state)
+            .field("consent", &self.consent)
+            .field("access_log", &self.access_log)
             .finish()
     }
 }
@@ -133,6 +139,8 @@ pub struct AgentBuilder {
     handlers: Vec<HandlerService>,
     state_dir: Option<std::path::PathBuf>,
     ca_file: Option<std::path::PathBuf>,
+    consent: crate::consent::ConsentConfig,
+    access_log: Option<std::path::PathBuf>,
 }
 
 impl AgentBuilder {
@@ -180,6 +188,18 @@ impl AgentBuilder {
     pub fn credentials(mut self, key: impl Into<String>, secret: impl Into<String>) -> Self {
         self.key = Some(key.into());
         self.secret = Some(secret.into());
+        self
+    }
+
+    /// Asks the customer before operators come in (`--consent`).
+    pub fn consent(mut self, consent: crate::consent::ConsentConfig) -> Self {
+        self.consent = consent;
+        self
+    }
+
+    /// Appends a JSON line per stream to this file (`--access-log`).
+    pub fn access_log(mut self, path: Option<std::path::PathBuf>) -> Self {
+        self.access_log = path;
         self
     }
 
@@ -263,6 +283,13 @@ impl AgentBuilder {
             Some(path) => crate::tls::ExtraRoots::load(path).map_err(AgentError::Config)?,
             None => crate::tls::ExtraRoots::default(),
         };
+        self.consent.check().map_err(AgentError::Config)?;
+        let access_log = match &self.access_log {
+            Some(path) => Some(crate::access_log::AccessLogFile::open(path).map_err(|e| {
+                AgentError::Config(format!("--access-log {}: {e}", path.display()))
+            })?),
+            None => None,
+        };
         let reconnect_delay = self.reconnect_delay.unwrap_or(Duration::from_secs(5));
         let max_reconnect_delay = self.max_reconnect_delay.unwrap_or(Duration::from_secs(300));
         if reconnect_delay < Duration::from_millis(10) {
@@ -273,6 +300,7 @@ impl AgentBuilder {
         let offered = Arc::new(watch::channel(Arc::new(self.services.clone())).0);
         Ok(Agent {
             offered,
+            consent: Arc::new(crate::consent::Consent::new(self.consent.clone())),
             config: Arc::new(AgentConfig {
                 endpoints,
                 key,
@@ -285,6 +313,8 @@ impl AgentBuilder {
                 terminal: self.terminal,
                 handlers: self.handlers,
                 state,
+                consent: self.consent,
+                access_log,
             }),
             status: Arc::new(watch::channel(AgentStatus::Connecting).0),
         })
@@ -343,6 +373,8 @@ pub struct Agent {
     status: Arc<watch::Sender<AgentStatus>>,
     /// The services offered now (`config.services` at first).
     offered: Arc<watch::Sender<Arc<Vec<ServiceSpec>>>>,
+    /// The customer's answers, kept across reconnects.
+    consent: Arc<crate::consent::Consent>,
 }
 
 /// Where an agent is ([`Agent::status`], [`AgentHandle::status`]).
@@ -697,6 +729,9 @@ impl Agent {
         crate::metrics::global().connected(started.elapsed());
         self.set_status(AgentStatus::Active { session_id });
         let offer = Arc::new(Offer {
+            session_id,
+            consent: self.consent.clone(),
+            access_log: cfg.access_log.clone(),
             services: offered.clone(),
             handlers: cfg.handlers.clone(),
             terminal: cfg.terminal.clone(),
@@ -767,6 +802,7 @@ impl Agent {
             target: None,
             tls: false,
             host_header: Default::default(),
+            consent: Default::default(),
         }));
         if cfg.terminal.is_some() {
             list.push(ServiceInfo {
@@ -775,7 +811,12 @@ impl Agent {
                 target: None,
                 tls: false,
                 host_header: Default::default(),
+                consent: Default::default(),
             });
+        }
+        // Operators learn that the customer will be asked.
+        for service in &mut list {
+            service.consent = cfg.consent.mode;
         }
         Control::Manifest { services: list }
     }
@@ -812,6 +853,9 @@ fn describe_dial(url: &str, e: &DialError) -> String {
 
 /// What an agent serves on its tunnel.
 struct Offer {
+    session_id: SessionId,
+    consent: Arc<crate::consent::Consent>,
+    access_log: Option<crate::access_log::AccessLogFile>,
     services: watch::Receiver<Arc<Vec<ServiceSpec>>>,
     handlers: Vec<HandlerService>,
     terminal: Option<TerminalConfig>,
@@ -841,67 +885,179 @@ async fn serve_stream(offer: Arc<Offer>, mut stream: MuxStream) {
     let Some(header) = accept_header(&mut stream, STREAM_SETUP_TIMEOUT).await else {
         return;
     };
-    if header.kind == StreamKind::Terminal || header.service == TERMINAL_SERVICE {
-        let (config, open) = match terminal_request(&offer, &header) {
-            Ok(ok) => ok,
-            Err(reply) => {
-                refused(&mut stream, reply).await;
-                return;
-            }
-        };
-        if write_frame(&mut stream, &StreamReply::Ok).await.is_ok() {
-            crate::metrics::global().stream_opened(TERMINAL_SERVICE, None);
-            crate::terminal::serve(config, stream, open).await;
-        }
-        return;
+    let at = std::time::SystemTime::now();
+    let started = std::time::Instant::now();
+    let served = serve_header(&offer, stream, &header).await;
+    if let Some(log) = &offer.access_log {
+        log.write(crate::access_log::Entry {
+            at,
+            session: offer.session_id.to_string(),
+            operator: header.operator.clone().unwrap_or_default(),
+            service: header.service.clone(),
+            kind: header.kind.as_str(),
+            duration: started.elapsed(),
+            bytes_to_service: served.to_service,
+            bytes_from_service: served.from_service,
+            exit_code: served.exit_code,
+            outcome: served.outcome,
+        })
+        .await;
     }
-    if let Some(h) = offer.handlers.iter().find(|h| h.name == header.service) {
-        if header.kind != StreamKind::Tcp && header.kind != StreamKind::Http {
-            refused(
-                &mut stream,
-                StreamReply::refused(
-                    RefusalCode::UnsupportedKind,
-                    format!("{:?} carries tcp and http streams only", h.name),
-                ),
-            )
-            .await;
-            return;
+}
+
+/// What became of one stream.
+struct Served {
+    to_service: u64,
+    from_service: u64,
+    exit_code: Option<i32>,
+    outcome: crate::access_log::Outcome,
+}
+
+impl Served {
+    fn refused(reply: &StreamReply) -> Self {
+        let outcome = match reply {
+            StreamReply::Refused(r) => crate::access_log::Outcome::Refused {
+                code: r.code.as_str().to_owned(),
+                reason: r.reason.clone(),
+            },
+            _ => crate::access_log::Outcome::Failed("refused".into()),
+        };
+        Served {
+            to_service: 0,
+            from_service: 0,
+            exit_code: None,
+            outcome,
         }
-        if write_frame(&mut stream, &StreamReply::Ok).await.is_ok() {
-            crate::metrics::global().stream_opened(&h.name, None);
-            let stream = ServiceStream::new(stream, header.operator, h.name.clone());
-            h.handler.serve(stream).await;
+    }
+
+    fn gone() -> Self {
+        Served {
+            to_service: 0,
+            from_service: 0,
+            exit_code: None,
+            outcome: crate::access_log::Outcome::Failed(
+                "the stream ended before it was answered".into(),
+            ),
         }
-        return;
+    }
+}
+
+/// Refuses with `reply`, and says so.
+async fn refuse_with(stream: &mut MuxStream, reply: StreamReply) -> Served {
+    let served = Served::refused(&reply);
+    refused(stream, reply).await;
+    served
+}
+
+/// Serves the stream `header` asks for: checks it, asks the customer when
+/// `--consent` says so, then dials and relays (or runs the terminal).
+async fn serve_header(offer: &Offer, mut stream: MuxStream, header: &StreamHeader) -> Served {
+    let is_terminal = header.kind == StreamKind::Terminal || header.service == TERMINAL_SERVICE;
+    // What is asked for must exist before the customer is asked about it.
+    let terminal = if is_terminal {
+        match terminal_request(offer, header) {
+            Ok(ok) => Some(ok),
+            Err(reply) => return refuse_with(&mut stream, reply).await,
+        }
+    } else {
+        None
+    };
+    let handler = offer.handlers.iter().find(|h| h.name == header.service);
+    if let Some(h) = handler
+        && header.kind != StreamKind::Tcp
+        && header.kind != StreamKind::Http
+    {
+        let reply = StreamReply::refused(
+            RefusalCode::UnsupportedKind,
+            format!("{:?} carries tcp and http streams only", h.name),
+        );
+        return refuse_with(&mut stream, reply).await;
     }
     // Only what the manifest lists is ever dialed.
     let services = offer.services.borrow().clone();
-    let Some(spec) = services.iter().find(|s| s.name == header.service) else {
+    let spec = services.iter().find(|s| s.name == header.service);
+    if terminal.is_none() && handler.is_none() && spec.is_none() {
         tracing::warn!(service = %header.service, "refused a stream for an unknown service");
         let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
-        refused(
-            &mut stream,
-            StreamReply::refused(
-                RefusalCode::UnknownService,
-                format!(
-                    "this agent has no service named {:?}; it has {}",
-                    header.service,
-                    if names.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        names.join(", ")
-                    }
-                ),
+        let reply = StreamReply::refused(
+            RefusalCode::UnknownService,
+            format!(
+                "this agent has no service named {:?}; it has {}",
+                header.service,
+                if names.is_empty() {
+                    "none".to_owned()
+                } else {
+                    names.join(", ")
+                }
             ),
-        )
-        .await;
-        return;
+        );
+        return refuse_with(&mut stream, reply).await;
+    }
+    // The customer, when asked to be.
+    let operator = header.operator.as_deref().unwrap_or("an unnamed operator");
+    if offer.consent.must_wait(offer.session_id, operator) {
+        let pending = StreamReply::Pending {
+            reason: "waiting for the customer's approval".into(),
+            wait_ms: offer.consent.timeout().as_millis() as u64,
+        };
+        if write_frame(&mut stream, &pending).await.is_err() {
+            return Served::gone();
+        }
+    }
+    if let Err(refusal) = offer
+        .consent
+        .decide(offer.session_id, operator, &header.service)
+        .await
+    {
+        return refuse_with(&mut stream, StreamReply::Refused(refusal)).await;
+    }
+    if let Some((config, open)) = terminal {
+        if write_frame(&mut stream, &StreamReply::Ok).await.is_err() {
+            return Served::gone();
+        }
+        crate::metrics::global().stream_opened(TERMINAL_SERVICE, None);
+        let ended = crate::terminal::serve(config, stream, open).await;
+        return Served {
+            to_service: ended.to_shell,
+            from_service: ended.from_shell,
+            exit_code: ended.code,
+            outcome: crate::access_log::Outcome::Ok,
+        };
+    }
+    if let Some(h) = handler {
+        if write_frame(&mut stream, &StreamReply::Ok).await.is_err() {
+            return Served::gone();
+        }
+        crate::metrics::global().stream_opened(&h.name, None);
+        let stream = ServiceStream::new(stream, header.operator.clone(), h.name.clone());
+        h.handler.serve(stream).await;
+        return Served {
+            to_service: 0,
+            from_service: 0,
+            exit_code: None,
+            outcome: crate::access_log::Outcome::Ok,
+        };
+    }
+    let Some(spec) = spec else {
+        return Served::gone();
     };
     let dialing = std::time::Instant::now();
-    match dial_service(spec, &offer.tls).await {
+    let relayed = match dial_service(spec, &offer.tls).await {
         Ok(ServiceConn::Plain(tcp)) => bridge(stream, tcp, &spec.name, dialing).await,
         Ok(ServiceConn::Tls(tls)) => bridge(stream, tls, &spec.name, dialing).await,
-        Err(why) => refuse_dial(&mut stream, &spec.name, &spec.target(), &why).await,
+        Err(why) => {
+            let reply = refuse_dial(&mut stream, &spec.name, &spec.target(), &why).await;
+            return Served::refused(&reply);
+        }
+    };
+    match relayed {
+        Some((to_service, from_service)) => Served {
+            to_service,
+            from_service,
+            exit_code: None,
+            outcome: crate::access_log::Outcome::Ok,
+        },
+        None => Served::gone(),
     }
 }
 
@@ -990,16 +1146,18 @@ fn terminal_request<'a>(
     Ok((config, open))
 }
 
+/// Relays between the stream and the service; the bytes each way, or
+/// `None` when the stream was gone before its `ok`.
 async fn bridge<T: AsyncRead + AsyncWrite + Unpin>(
     mut stream: MuxStream,
     mut target: T,
     name: &str,
     dialing: std::time::Instant,
-) {
+) -> Option<(u64, u64)> {
     let metrics = crate::metrics::global();
     metrics.stream_opened(name, Some(dialing.elapsed()));
     if write_frame(&mut stream, &StreamReply::Ok).await.is_err() {
-        return;
+        return None;
     }
     let outcome = relay(&mut stream, &mut target).await;
     metrics.relayed(outcome.a_to_b, outcome.b_to_a);
@@ -1009,6 +1167,7 @@ async fn bridge<T: AsyncRead + AsyncWrite + Unpin>(
         from_service = outcome.b_to_a,
         "stream closed"
     );
+    Some((outcome.a_to_b, outcome.b_to_a))
 }
 
 /// Refuses a stream, counted by its code.
@@ -1019,16 +1178,14 @@ async fn refused(stream: &mut MuxStream, reply: StreamReply) {
     refuse(stream, reply).await;
 }
 
-async fn refuse_dial(stream: &mut MuxStream, name: &str, target: &str, why: &str) {
+async fn refuse_dial(stream: &mut MuxStream, name: &str, target: &str, why: &str) -> StreamReply {
     tracing::warn!(service = name, %target, "cannot reach the service: {why}");
-    refused(
-        stream,
-        StreamReply::refused(
-            RefusalCode::ServiceUnreachable,
-            format!("cannot reach {name} at {target}: {why}"),
-        ),
-    )
-    .await;
+    let reply = StreamReply::refused(
+        RefusalCode::ServiceUnreachable,
+        format!("cannot reach {name} at {target}: {why}"),
+    );
+    refused(stream, reply.clone()).await;
+    reply
 }
 
 #[cfg(test)]

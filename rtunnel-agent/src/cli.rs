@@ -128,6 +128,27 @@ pub(crate) struct RunArgs {
     /// Shell for terminals (default: the login shell of the terminal user).
     #[arg(long, env = "RTUNNEL_SHELL")]
     shell: Option<PathBuf>,
+    /// Ask the customer when an operator first comes in: `none`, `notify`
+    /// (the --consent-command runs, access opens) or `approve` (its exit
+    /// code decides: 0 allows).
+    #[arg(long, env = "RTUNNEL_CONSENT", default_value = "none")]
+    consent: rtunnel_core::proto::ConsentMode,
+    /// The command that tells or asks the customer (`/bin/sh -c`), with
+    /// RTUNNEL_OPERATOR, RTUNNEL_SERVICE, RTUNNEL_SESSION and
+    /// RTUNNEL_CONSENT in its environment; its first output line is the
+    /// reason an operator is given for a refusal.
+    #[arg(long, env = "RTUNNEL_CONSENT_COMMAND")]
+    consent_command: Option<String>,
+    /// How long `approve` waits for the answer; no answer refuses.
+    #[arg(long, env = "RTUNNEL_CONSENT_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    consent_timeout: Duration,
+    /// Ask for every connection, not once per operator and session.
+    #[arg(long, env = "RTUNNEL_CONSENT_PER_CONNECTION")]
+    consent_per_connection: bool,
+    /// Append a JSON line per stream served or refused (when, operator,
+    /// service, bytes, duration) to this file, created 0600.
+    #[arg(long, env = "RTUNNEL_ACCESS_LOG")]
+    access_log: Option<PathBuf>,
     /// Start terminals as this user (uid, groups, HOME and shell from the
     /// user database); needs the agent to run as root. Default: the
     /// agent's own user.
@@ -343,6 +364,13 @@ pub(crate) fn build(args: &RunArgs, loaded: Option<&Loaded>) -> Result<Agent, Fa
         .max_reconnect_delay(args.max_reconnect_delay)
         .tls_insecure(args.tls_insecure)
         .ca_file(args.ca_file.clone())
+        .consent(crate::consent::ConsentConfig {
+            mode: args.consent,
+            command: args.consent_command.clone(),
+            timeout: args.consent_timeout,
+            per_connection: args.consent_per_connection,
+        })
+        .access_log(args.access_log.clone())
         .state_dir(args.state_dir.clone())
         .terminal((!no_terminal).then(|| crate::terminal::TerminalConfig {
             shell: args.shell.clone(),

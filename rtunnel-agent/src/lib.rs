@@ -10,11 +10,13 @@
 //!
 //! The `rtunnel-agent` binary is a thin `main` over [`cli::main`].
 
+pub mod access_log;
 pub mod agent;
 pub mod backoff;
 mod check;
 pub mod cli;
 mod config;
+pub mod consent;
 pub mod dial;
 pub mod forward;
 pub mod handler;

@@ -36,6 +36,7 @@ impl ServiceSpec {
             target: Some(self.target()),
             tls: self.tls,
             host_header: self.host_header.clone(),
+            consent: Default::default(),
         }
     }
 

@@ -164,6 +164,55 @@ pub struct ServiceInfo {
     /// The `Host` the subdomain proxy sends the service.
     #[serde(default, skip_serializing_if = "HostHeader::is_target")]
     pub host_header: HostHeader,
+    /// Whether the customer is asked before an operator's first access
+    /// (`--consent`): operators see "waiting for the customer's approval".
+    #[serde(default, skip_serializing_if = "ConsentMode::is_none")]
+    pub consent: ConsentMode,
+}
+
+/// What the customer's side does when an operator first comes in
+/// (`rtunnel-agent --consent`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum ConsentMode {
+    /// Nothing: access opens as the server decides.
+    #[default]
+    None,
+    /// The customer is told (the consent command runs), access opens.
+    Notify,
+    /// The customer decides (the consent command's exit code), access
+    /// waits for it.
+    Approve,
+}
+
+impl ConsentMode {
+    /// `none`, `notify` or `approve`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsentMode::None => "none",
+            ConsentMode::Notify => "notify",
+            ConsentMode::Approve => "approve",
+        }
+    }
+
+    /// Whether it is [`ConsentMode::None`].
+    pub fn is_none(&self) -> bool {
+        *self == ConsentMode::None
+    }
+}
+
+impl std::str::FromStr for ConsentMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(ConsentMode::None),
+            "notify" => Ok(ConsentMode::Notify),
+            "approve" => Ok(ConsentMode::Approve),
+            other => Err(format!("{other:?}: expected none, notify or approve")),
+        }
+    }
 }
 
 /// Which `Host` an HTTP service behind the agent expects.
@@ -334,6 +383,9 @@ pub enum RefusalCode {
     AgentTimeout,
     /// The server could not decide or record (its store is away).
     Unavailable,
+    /// The customer refused the operator's access (`--consent approve`),
+    /// or did not answer in time.
+    ConsentDenied,
     /// A code this build does not know (sent by a newer peer).
     #[serde(other)]
     Other,
@@ -360,6 +412,7 @@ impl RefusalCode {
             RefusalCode::AgentUnavailable => "agent_unavailable",
             RefusalCode::AgentTimeout => "agent_timeout",
             RefusalCode::Unavailable => "unavailable",
+            RefusalCode::ConsentDenied => "consent_denied",
             RefusalCode::Other => "other",
         }
     }
@@ -427,6 +480,7 @@ impl Refusal {
                 | RefusalCode::UnsupportedKind
                 | RefusalCode::TerminalUnavailable
                 | RefusalCode::ServiceUnreachable
+                | RefusalCode::ConsentDenied
                 | RefusalCode::Other
         )
     }
@@ -441,6 +495,15 @@ pub enum StreamReply {
     Ok,
     /// The stream is refused; it will be closed after this frame.
     Refused(Refusal),
+    /// Not yet: the agent waits for something (the customer's approval)
+    /// and answers `ok` or `refused` within `wait_ms`; the opener waits
+    /// that long instead of its usual deadline.
+    Pending {
+        /// What it waits for, for people.
+        reason: String,
+        /// How long, at most, in milliseconds.
+        wait_ms: u64,
+    },
 }
 
 impl StreamReply {
@@ -670,6 +733,7 @@ mod tests {
             target: Some("127.0.0.1:22".into()),
             tls: false,
             host_header: Default::default(),
+            consent: Default::default(),
         }
     }
 

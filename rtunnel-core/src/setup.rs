@@ -23,7 +23,14 @@ pub enum SetupError {
     Timeout(Duration),
 }
 
-/// Opener: sends `header` and waits up to `timeout` for an `ok`.
+/// The longest an opener waits on `pending` answers, past its own
+/// deadline.
+pub const MAX_PENDING: Duration = Duration::from_secs(600);
+
+/// Opener: sends `header` and waits up to `timeout` for an `ok`. A
+/// `pending` answer (the agent asks the customer first) moves the deadline
+/// to its `wait_ms` from now, plus `timeout`, at most [`MAX_PENDING`] past
+/// the start.
 pub async fn request<S>(
     stream: &mut S,
     header: &StreamHeader,
@@ -32,15 +39,28 @@ pub async fn request<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let exchange = async {
-        write_frame(stream, header).await?;
-        read_frame::<StreamReply, _>(stream, MAX_STREAM_HEADER_BYTES).await
-    };
-    match tokio::time::timeout(timeout, exchange).await {
-        Ok(Ok(StreamReply::Ok)) => Ok(()),
-        Ok(Ok(StreamReply::Refused(refusal))) => Err(SetupError::Refused(refusal.from_peer())),
-        Ok(Err(e)) => Err(SetupError::Failed(e)),
-        Err(_) => Err(SetupError::Timeout(timeout)),
+    let started = tokio::time::Instant::now();
+    let latest = started + MAX_PENDING + timeout;
+    let mut deadline = started + timeout;
+    match tokio::time::timeout_at(deadline, write_frame(stream, header)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(SetupError::Failed(e)),
+        Err(_) => return Err(SetupError::Timeout(timeout)),
+    }
+    loop {
+        let reply = read_frame::<StreamReply, _>(stream, MAX_STREAM_HEADER_BYTES);
+        match tokio::time::timeout_at(deadline, reply).await {
+            Ok(Ok(StreamReply::Ok)) => return Ok(()),
+            Ok(Ok(StreamReply::Refused(refusal))) => {
+                return Err(SetupError::Refused(refusal.from_peer()));
+            }
+            Ok(Ok(StreamReply::Pending { wait_ms, .. })) => {
+                let wait = Duration::from_millis(wait_ms).min(MAX_PENDING);
+                deadline = (tokio::time::Instant::now() + wait + timeout).min(latest);
+            }
+            Ok(Err(e)) => return Err(SetupError::Failed(e)),
+            Err(_) => return Err(SetupError::Timeout(started.elapsed())),
+        }
     }
 }
 
@@ -117,6 +137,47 @@ mod tests {
         request(&mut a, &header("ssh"), Duration::from_secs(5))
             .await
             .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pending_moves_the_deadline_as_far_as_it_says() {
+        // Asked to wait 5 s: an answer after 3 s (past the 1 s deadline)
+        // is taken.
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        let acceptor = tokio::spawn(async move {
+            accept_header(&mut b, Duration::from_secs(5)).await.unwrap();
+            let pending = StreamReply::Pending {
+                reason: "waiting for the customer's approval".into(),
+                wait_ms: 5_000,
+            };
+            write_frame(&mut b, &pending).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            write_frame(&mut b, &StreamReply::Ok).await.unwrap();
+            b
+        });
+        request(&mut a, &header("ssh"), Duration::from_secs(1))
+            .await
+            .unwrap();
+        let _b = acceptor.await.unwrap();
+        // But no further than that, plus the usual deadline.
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        let acceptor = tokio::spawn(async move {
+            accept_header(&mut b, Duration::from_secs(5)).await.unwrap();
+            let pending = StreamReply::Pending {
+                reason: "asking".into(),
+                wait_ms: 2_000,
+            };
+            write_frame(&mut b, &pending).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            b
+        });
+        let started = tokio::time::Instant::now();
+        let err = request(&mut a, &header("ssh"), Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SetupError::Timeout(_)), "{err}");
+        assert_eq!(started.elapsed().as_secs(), 3);
+        acceptor.abort();
     }
 
     #[tokio::test]

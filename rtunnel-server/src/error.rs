@@ -134,7 +134,8 @@ pub(crate) fn refusal_status(code: RefusalCode) -> StatusCode {
         | RefusalCode::NoGrant
         | RefusalCode::UserDisabled
         | RefusalCode::TokenRevoked
-        | RefusalCode::LoginEnded => StatusCode::FORBIDDEN,
+        | RefusalCode::LoginEnded
+        | RefusalCode::ConsentDenied => StatusCode::FORBIDDEN,
         RefusalCode::UserStreamLimit => StatusCode::TOO_MANY_REQUESTS,
         RefusalCode::TooManyStreams | RefusalCode::AgentReconnecting | RefusalCode::Unavailable => {
             StatusCode::SERVICE_UNAVAILABLE

@@ -402,6 +402,7 @@ mod tests {
                 target: Some("127.0.0.1:80".into()),
                 tls: false,
                 host_header: Default::default(),
+                consent: Default::default(),
             }])),
             streams: Arc::new(tokio::sync::Semaphore::new(4)),
             max_streams: 4,

@@ -226,14 +226,15 @@ impl ServerBuilder {
             ))
         });
         let cluster = Arc::new(cluster);
+        let audit = crate::state::Audit::new(stores.audit.clone());
         let streams = crate::streams::Streams::new(
             cluster.clone(),
             stores.sessions.clone(),
+            audit.clone(),
             self.config.stream_setup_timeout,
         );
         let proxy = crate::proxy::Proxy::new(streams.clone());
         let max_tunnel_setups = self.config.max_tunnel_setups;
-        let audit = crate::state::Audit::new(stores.audit.clone());
         let lifecycle = crate::lifecycle::Lifecycle::new(
             stores.sessions.clone(),
             audit.clone(),

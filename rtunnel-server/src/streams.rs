@@ -28,6 +28,7 @@ pub(crate) const RECONNECT_RETRY: Duration = Duration::from_secs(5);
 pub(crate) struct Streams {
     cluster: Arc<Cluster>,
     sessions: Arc<dyn SessionStore>,
+    audit: crate::state::Audit,
     setup_timeout: Duration,
 }
 
@@ -45,11 +46,13 @@ impl Streams {
     pub(crate) fn new(
         cluster: Arc<Cluster>,
         sessions: Arc<dyn SessionStore>,
+        audit: crate::state::Audit,
         setup_timeout: Duration,
     ) -> Self {
         Streams {
             cluster,
             sessions,
+            audit,
             setup_timeout,
         }
     }
@@ -67,18 +70,37 @@ impl Streams {
         header: &StreamHeader,
     ) -> Result<TunnelStream, Refusal> {
         let started = std::time::Instant::now();
-        let opened = match self.cluster.route(session_id).await {
-            Some(route) => {
+        let (opened, system_id) = match self.cluster.route(session_id).await {
+            Some(route) => (
                 route
                     .open_stream(&self.cluster, header, self.setup_timeout)
-                    .await
-            }
-            None => Err(self.no_tunnel(session_id).await),
+                    .await,
+                Some(route.system_id()),
+            ),
+            None => (Err(self.no_tunnel(session_id).await), None),
         };
         let metrics = crate::metrics::global();
         match &opened {
             Ok(_) => metrics.stream_opened(header.kind.as_str(), started.elapsed()),
             Err(refusal) => metrics.stream_refused(refusal.code.as_str()),
+        }
+        // The customer's no is the customer's decision about an access:
+        // it is audited (each took a question to the customer, so there
+        // are only as many as the customer answered).
+        if let Err(refusal) = &opened
+            && refusal.code == RefusalCode::ConsentDenied
+        {
+            let mut event =
+                rtunnel_core::store::AuditEvent::new(rtunnel_core::store::AuditKind::ConsentDenied);
+            event.actor = header.operator.clone();
+            event.session_id = Some(session_id);
+            event.system_id = system_id;
+            event.details = serde_json::json!({
+                "service": header.service,
+                "kind": header.kind.as_str(),
+                "reason": refusal.reason,
+            });
+            self.audit.best_effort(event).await;
         }
         opened
     }

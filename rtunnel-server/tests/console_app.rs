@@ -353,3 +353,64 @@ async fn a_viewer_sees_no_write_buttons_and_a_second_browser_sees_a_close_live()
     .await;
     assert_eq!(admin.eval("window.__loaded").await, true, "no reload");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminal_waits_for_the_customer_and_the_console_says_so() {
+    let s = setup().await;
+    user_with_password(&s.server, "ada", "admin", "ada's password");
+    // A second system, whose customer approves each operator: the consent
+    // command answers when the test says so.
+    let sys = enroll(&s.server, "asks-first");
+    let go = s.tmp.path().join("go");
+    let command = format!("while [ ! -f {} ]; do sleep 0.1; done", go.display());
+    let _agent = start_agent(
+        &s.server,
+        &sys,
+        "",
+        &[
+            "--shell",
+            "/bin/sh",
+            "--consent",
+            "approve",
+            "--consent-command",
+            &command,
+            "--consent-timeout",
+            "60s",
+        ],
+    );
+    let session = active_session(&s.server, &s.admin, &sys.id).await;
+    let base = s.server.base_url();
+    let mut browser = Chromium::start(&browser_dir(&s, "consent")).await;
+    window(&mut browser, 1280, 800).await;
+    sign_in(&mut browser, &base, "ada", "ada's password").await;
+    browser
+        .navigate(&format!("{base}/console/#/sessions/{session}"))
+        .await;
+    wait_for_element(
+        &mut browser,
+        "the note that the customer is asked",
+        ".note.consent",
+    )
+    .await;
+    browser.click("tr[data-service='terminal'] button").await;
+    browser
+        .wait_eval(
+            "the terminal to wait for the customer",
+            "window.rtunnelTerminal && document.querySelector('.term-status').textContent",
+            |v| v == "waiting for the customer's approval",
+        )
+        .await;
+    shot(&mut browser, "consent-waiting").await;
+    // The customer says yes: the terminal opens.
+    std::fs::write(&go, "").unwrap();
+    browser
+        .wait_eval(
+            "the terminal to open",
+            "window.rtunnelTerminal.status",
+            |v| v == "open",
+        )
+        .await;
+    browser.wait_prompt().await;
+    browser.type_line("echo approved-$((6*7))").await;
+    browser.wait_line("approved-42").await;
+}

@@ -363,7 +363,7 @@ async fn agent_refuses_unknown_services_with_a_reason_and_the_tunnel_stays_up() 
             assert_eq!(code, RefusalCode::UnknownService);
             assert!(reason.contains("not-in-manifest"), "{reason}");
         }
-        StreamReply::Ok => panic!("the agent dialed something outside its manifest"),
+        other => panic!("the agent dialed something outside its manifest: {other:?}"),
     }
     let (_s, reply) = ask_agent(&h, "echo", StreamKind::Terminal).await;
     assert!(

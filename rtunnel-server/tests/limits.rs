@@ -142,6 +142,7 @@ fn manifest_body(services: usize, target_bytes: usize) -> Vec<u8> {
             target: Some("x".repeat(target_bytes)),
             tls: false,
             host_header: Default::default(),
+            consent: Default::default(),
         })
         .collect();
     serde_json::to_vec(&Control::Manifest { services }).unwrap()

@@ -83,6 +83,10 @@ const ELSEWHERE: &[(&str, &str)] = &[
         "not run: no container runtime or registry on the test machine",
     ),
     (
+        "rtunnel-agent run --consent approve --consent-command 'DISPLAY=:0 zenity",
+        "needs a desktop for zenity; tests/consent.rs runs --consent approve with a scripted command",
+    ),
+    (
         "docker run -d -p 8080:8080",
         "not run: no container runtime or registry on the test machine",
     ),

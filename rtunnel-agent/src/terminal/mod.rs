@@ -99,10 +99,21 @@ pub fn shell_env(
     env
 }
 
+/// How a terminal ended.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ended {
+    /// Bytes typed into the shell.
+    pub to_shell: u64,
+    /// Bytes the shell wrote.
+    pub from_shell: u64,
+    /// Its exit code (128 + signal), if it ended by itself or was killed.
+    pub code: Option<i32>,
+}
+
 /// Serves one terminal stream (its `ok` already sent): runs the shell until
 /// it exits (its code is sent back) or the stream ends (the shell is
 /// killed).
-pub async fn serve(config: &TerminalConfig, stream: MuxStream, open: TerminalOpen) {
+pub async fn serve(config: &TerminalConfig, stream: MuxStream, open: TerminalOpen) -> Ended {
     let shell = config.shell();
     let (mut reader, mut writer) = tokio::io::split(stream);
     let spawned = spawn(config, &shell, &open);
@@ -114,9 +125,14 @@ pub async fn serve(config: &TerminalConfig, stream: MuxStream, open: TerminalOpe
             let _ = write_msg(&mut writer, &TermMsg::Data(msg.into_bytes())).await;
             let _ = write_msg(&mut writer, &TermMsg::Exit { code: 127 }).await;
             let _ = writer.shutdown().await;
-            return;
+            return Ended {
+                code: Some(127),
+                ..Ended::default()
+            };
         }
     };
+    let typed = std::sync::atomic::AtomicU64::new(0);
+    let shown = std::sync::atomic::AtomicU64::new(0);
     tracing::info!(operator = %open.operator, shell = %shell.display(), "terminal opened");
     let (mut pty_out, mut pty_in) = pty.into_split();
     let input = async {
@@ -127,6 +143,7 @@ pub async fn serve(config: &TerminalConfig, stream: MuxStream, open: TerminalOpe
                     if pty_in.write_all(&bytes).await.is_err() {
                         break;
                     }
+                    typed.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 }
                 TermMsg::Resize { cols, rows } => {
                     let _ = pty_in.resize(pty_process::Size::new(rows, cols));
@@ -135,7 +152,7 @@ pub async fn serve(config: &TerminalConfig, stream: MuxStream, open: TerminalOpe
             }
         }
     };
-    let output = copy_output(&mut pty_out, &mut writer);
+    let output = copy_output(&mut pty_out, &mut writer, &shown);
     let shell_ended = tokio::select! {
         _ = output => true,
         _ = input => false,
@@ -153,6 +170,11 @@ pub async fn serve(config: &TerminalConfig, stream: MuxStream, open: TerminalOpe
         let _ = writer.shutdown().await;
     }
     tracing::info!(operator = %open.operator, code, "terminal closed");
+    Ended {
+        to_shell: typed.into_inner(),
+        from_shell: shown.into_inner(),
+        code: Some(code),
+    }
 }
 
 fn spawn(
@@ -199,12 +221,17 @@ fn enterable(dir: &Path) -> bool {
 
 /// Shell output to the operator until the PTY ends (every process holding
 /// it has exited: reading then fails with EIO).
-async fn copy_output(pty: &mut pty_process::OwnedReadPty, writer: &mut WriteHalf<MuxStream>) {
+async fn copy_output(
+    pty: &mut pty_process::OwnedReadPty,
+    writer: &mut WriteHalf<MuxStream>,
+    shown: &std::sync::atomic::AtomicU64,
+) {
     let mut buf = vec![0u8; MAX_TERMINAL_MESSAGE.min(16 * 1024)];
     loop {
         match pty.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => {
+                shown.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                 if write_msg(writer, &TermMsg::Data(buf[..n].to_vec()))
                     .await
                     .is_err()

@@ -511,6 +511,7 @@ pub async fn sessions_move_through_their_states<S: FullStore + ?Sized>(s: &S) {
         target: Some("127.0.0.1:22".into()),
         tls: false,
         host_header: Default::default(),
+        consent: Default::default(),
     }];
     s.activate_session(rec.id, &manifest, "agent/1", "node-b", now)
         .await
@@ -528,6 +529,7 @@ pub async fn sessions_move_through_their_states<S: FullStore + ?Sized>(s: &S) {
         target: Some("127.0.0.1:443".into()),
         tls: true,
         host_header: Default::default(),
+        consent: Default::default(),
     });
     assert!(s.update_manifest(rec.id, &longer).await.unwrap());
     assert_eq!(s.session(rec.id).await.unwrap().unwrap().services, longer);

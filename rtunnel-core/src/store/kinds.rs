@@ -58,6 +58,9 @@ kinds!(
         ApiTokenRevoked = "api_token_revoked",
         /// Throttled attempts from more addresses than are listed one by one.
         AuthThrottled = "auth_throttled",
+        /// The customer refused an operator's access, or did not answer
+        /// (agent `--consent approve`).
+        ConsentDenied = "consent_denied",
         /// An operator opened a `forward` connection.
         ForwardOpened = "forward_opened",
         /// A grant was given.

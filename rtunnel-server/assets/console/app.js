@@ -547,8 +547,18 @@
           })
         );
       }
+      const asks = session.services.some((s) => s.consent === "approve");
+      const tells = session.services.some((s) => s.consent === "notify");
       services.replaceChildren(
         h("h2", { id: "services-h", text: "Services" }),
+        asks
+          ? h("p", {
+              class: "note consent",
+              text: "The customer approves each operator's first access to this system: opening a service waits for their answer.",
+            })
+          : tells
+            ? h("p", { class: "note consent", text: "The customer is told when an operator first comes in." })
+            : "",
         table(
           ["Service", "Kind", "Target", ""],
           session.services.map((s) =>
@@ -628,7 +638,7 @@
           type: "button",
           class: "primary",
           text: "Open terminal",
-          onclick: (ev) => openTerminal(session.id, systemName(session.system_id), ev.target),
+          onclick: (ev) => openTerminal(session.id, systemName(session.system_id), ev.target, s.consent),
         });
       }
       // Any other service may be a web UI (through the subdomain proxy)
@@ -641,6 +651,9 @@
           const tab = window.open("about:blank", "_blank");
           try {
             const grant = await api("POST", "/api/v1/sessions/" + session.id + "/proxy-token", { service: s.name });
+            if (s.consent === "approve") {
+              ev.target.after(h("span", { class: "note waiting", text: " waiting for the customer's approval in the new tab" }));
+            }
             if (tab) {
               tab.opener = null;
               tab.location = grant.url;
@@ -695,7 +708,7 @@
 
   // ---- terminals -------------------------------------------------------
 
-  async function openTerminal(sessionId, label, button) {
+  async function openTerminal(sessionId, label, button, consent) {
     let ticket;
     try {
       ticket = (await api("POST", "/api/v1/sessions/" + sessionId + "/terminal-ticket")).ticket;
@@ -747,6 +760,11 @@
     selectTerminal(t);
     t.term.open(t.pane);
     t.fit.fit();
+    const asking = consent === "approve";
+    if (asking) {
+      t.setStatus("waiting", "waiting for the customer's approval");
+      t.term.write("Waiting for the customer's approval...\r\n");
+    }
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     const url =
       scheme + "://" + location.host + base + "/api/v1/sessions/" + sessionId + "/terminal?ticket=" +
@@ -773,7 +791,12 @@
     };
     ws.onclose = (ev) => {
       const why = { 1000: "closed", 1006: "connection lost", 1008: "access revoked", 1011: "server error" }[ev.code];
-      t.setStatus("closed", why || "closed (" + ev.code + ")");
+      if (t.status === "waiting") {
+        t.setStatus("closed", "not opened: the customer refused or did not answer");
+        t.term.write("The customer refused access, or did not answer in time.\r\n");
+      } else {
+        t.setStatus("closed", why || "closed (" + ev.code + ")");
+      }
       t.term.options.disableStdin = true;
     };
     t.term.onData((data) => ws.readyState === WebSocket.OPEN && ws.send(encoder.encode(data)));

@@ -197,15 +197,23 @@ impl Mesh {
                 }
                 Err(e) => return Err(unavailable(e.to_string())),
             };
+            // The holder answers within its own deadline (longer while the
+            // customer is asked: `pending`).
             let exchange = async {
                 write_frame(&mut stream, &request).await?;
-                read_frame::<StreamReply, _>(&mut stream, MAX_FRAME_BYTES).await
+                loop {
+                    match read_frame::<StreamReply, _>(&mut stream, MAX_FRAME_BYTES).await? {
+                        StreamReply::Pending { .. } => continue,
+                        answer => return Ok::<_, rtunnel_core::frame::FrameError>(answer),
+                    }
+                }
             };
             return match exchange.await {
                 Ok(StreamReply::Ok) => Ok(TunnelStream::node(stream)),
                 // The stream's own refusal, unchanged (cleaned of what a
                 // log or a terminal should not get).
                 Ok(StreamReply::Refused(refusal)) => Err(refusal.from_peer()),
+                Ok(StreamReply::Pending { .. }) => Err(unavailable("pending twice".into())),
                 Err(e) => Err(unavailable(e.to_string())),
             };
         }
@@ -280,6 +288,7 @@ impl Mesh {
         match read_frame::<StreamReply, _>(&mut tls, MAX_FRAME_BYTES).await {
             Ok(StreamReply::Ok) => Ok(YamuxMux::client(tls, &MuxConfig::default())),
             Ok(StreamReply::Refused(r)) => Err(format!("refused the mesh connection: {r}")),
+            Ok(StreamReply::Pending { .. }) => Err("mesh hello answered `pending`".into()),
             Err(e) => Err(format!("mesh hello failed: {e}")),
         }
     }

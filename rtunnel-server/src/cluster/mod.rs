@@ -242,6 +242,14 @@ impl Route {
         }
     }
 
+    /// The session's system.
+    pub fn system_id(&self) -> rtunnel_core::ids::SystemId {
+        match self {
+            Route::Local(t) => t.system_id,
+            Route::Remote(r) => r.route.system_id,
+        }
+    }
+
     /// The manifest entry named `name`.
     pub fn service(&self, name: &str) -> Option<ServiceInfo> {
         match self {
