@@ -35,6 +35,9 @@ use crate::terminal::{TERMINAL_SERVICE, TerminalConfig};
 /// accept a connection.
 pub const STREAM_SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a shared terminal waits, detached, by default.
+pub const DEFAULT_TERMINAL_DETACH_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// The software string sent in the hello.
 pub const SOFTWARE: &str = concat!("rtunnel-agent/", env!("CARGO_PKG_VERSION"));
 
@@ -141,6 +144,7 @@ pub struct AgentBuilder {
     ca_file: Option<std::path::PathBuf>,
     consent: crate::consent::ConsentConfig,
     access_log: Option<std::path::PathBuf>,
+    terminal_detach_timeout: Option<Duration>,
 }
 
 impl AgentBuilder {
@@ -194,6 +198,13 @@ impl AgentBuilder {
     /// Asks the customer before operators come in (`--consent`).
     pub fn consent(mut self, consent: crate::consent::ConsentConfig) -> Self {
         self.consent = consent;
+        self
+    }
+
+    /// How long a shared terminal waits, detached, for someone to attach
+    /// before its shell is ended (`--terminal-detach-timeout`, default 5m).
+    pub fn terminal_detach_timeout(mut self, timeout: Duration) -> Self {
+        self.terminal_detach_timeout = Some(timeout);
         self
     }
 
@@ -301,6 +312,10 @@ impl AgentBuilder {
         Ok(Agent {
             offered,
             consent: Arc::new(crate::consent::Consent::new(self.consent.clone())),
+            hub: Arc::new(crate::terminal::hub::Hub::new(
+                self.terminal_detach_timeout
+                    .unwrap_or(DEFAULT_TERMINAL_DETACH_TIMEOUT),
+            )),
             config: Arc::new(AgentConfig {
                 endpoints,
                 key,
@@ -375,6 +390,8 @@ pub struct Agent {
     offered: Arc<watch::Sender<Arc<Vec<ServiceSpec>>>>,
     /// The customer's answers, kept across reconnects.
     consent: Arc<crate::consent::Consent>,
+    /// Live shared terminals, kept across reconnects.
+    hub: Arc<crate::terminal::hub::Hub>,
 }
 
 /// Where an agent is ([`Agent::status`], [`AgentHandle::status`]).
@@ -730,6 +747,7 @@ impl Agent {
         self.set_status(AgentStatus::Active { session_id });
         let offer = Arc::new(Offer {
             session_id,
+            hub: self.hub.clone(),
             consent: self.consent.clone(),
             access_log: cfg.access_log.clone(),
             services: offered.clone(),
@@ -803,6 +821,7 @@ impl Agent {
             tls: false,
             host_header: Default::default(),
             consent: Default::default(),
+            shared: false,
         }));
         if cfg.terminal.is_some() {
             list.push(ServiceInfo {
@@ -812,6 +831,8 @@ impl Agent {
                 tls: false,
                 host_header: Default::default(),
                 consent: Default::default(),
+                // Detached, attached again, watched and joined.
+                shared: true,
             });
         }
         // Operators learn that the customer will be asked.
@@ -854,6 +875,7 @@ fn describe_dial(url: &str, e: &DialError) -> String {
 /// What an agent serves on its tunnel.
 struct Offer {
     session_id: SessionId,
+    hub: Arc<crate::terminal::hub::Hub>,
     consent: Arc<crate::consent::Consent>,
     access_log: Option<crate::access_log::AccessLogFile>,
     services: watch::Receiver<Arc<Vec<ServiceSpec>>>,
@@ -993,6 +1015,32 @@ async fn serve_header(offer: &Offer, mut stream: MuxStream, header: &StreamHeade
         );
         return refuse_with(&mut stream, reply).await;
     }
+    if let Some((config, open)) = &terminal {
+        // Listing the live terminals opens none and needs no consent.
+        if open.list {
+            if write_frame(&mut stream, &StreamReply::Ok).await.is_err() {
+                return Served::gone();
+            }
+            offer.hub.serve(config, stream, open.clone()).await;
+            return Served {
+                to_service: 0,
+                from_service: 0,
+                exit_code: None,
+                outcome: crate::access_log::Outcome::Ok,
+            };
+        }
+        if let Some(id) = open.attach
+            && (open.mode.is_none() || !offer.hub.contains(id))
+        {
+            let reply = StreamReply::refused(
+                RefusalCode::TerminalNotFound,
+                format!(
+                    "no live terminal {id} here: its shell ended, or it waited detached longer than this agent keeps it"
+                ),
+            );
+            return refuse_with(&mut stream, reply).await;
+        }
+    }
     // The customer, when asked to be.
     let operator = header.operator.as_deref().unwrap_or("an unnamed operator");
     if offer.consent.must_wait(offer.session_id, operator) {
@@ -1016,7 +1064,11 @@ async fn serve_header(offer: &Offer, mut stream: MuxStream, header: &StreamHeade
             return Served::gone();
         }
         crate::metrics::global().stream_opened(TERMINAL_SERVICE, None);
-        let ended = crate::terminal::serve(config, stream, open).await;
+        let ended = if open.mode.is_some() {
+            offer.hub.serve(config, stream, open).await
+        } else {
+            crate::terminal::serve(config, stream, open).await
+        };
         return Served {
             to_service: ended.to_shell,
             from_service: ended.from_shell,

@@ -149,6 +149,10 @@ pub(crate) struct RunArgs {
     /// service, bytes, duration) to this file, created 0600.
     #[arg(long, env = "RTUNNEL_ACCESS_LOG")]
     access_log: Option<PathBuf>,
+    /// How long a terminal whose last viewer left (a closed tab) keeps its
+    /// shell for someone to attach again; `0s` ends it at once.
+    #[arg(long, env = "RTUNNEL_TERMINAL_DETACH_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    terminal_detach_timeout: Duration,
     /// Start terminals as this user (uid, groups, HOME and shell from the
     /// user database); needs the agent to run as root. Default: the
     /// agent's own user.
@@ -200,6 +204,14 @@ struct ShellArgs {
     /// The system's name (or id): the terminal of its current session.
     #[arg(long)]
     system: String,
+    /// Attach to this live terminal (an id from GET
+    /// /api/v1/sessions/{id}/terminals) instead of starting a shell: the
+    /// same shell, its recent screen first.
+    #[arg(long)]
+    attach: Option<uuid::Uuid>,
+    /// Watch only (what a viewer may do): what is typed here is not sent.
+    #[arg(long)]
+    watch: bool,
     /// Accept a self-signed certificate from an https:// server.
     #[arg(long, env = "RTUNNEL_TLS_INSECURE")]
     tls_insecure: bool,
@@ -371,6 +383,7 @@ pub(crate) fn build(args: &RunArgs, loaded: Option<&Loaded>) -> Result<Agent, Fa
             per_connection: args.consent_per_connection,
         })
         .access_log(args.access_log.clone())
+        .terminal_detach_timeout(args.terminal_detach_timeout)
         .state_dir(args.state_dir.clone())
         .terminal((!no_terminal).then(|| crate::terminal::TerminalConfig {
             shell: args.shell.clone(),
@@ -549,6 +562,8 @@ async fn shell(args: ShellArgs) -> ExitCode {
             token: args.token.clone(),
             system: args.system.clone(),
             tls_insecure: args.tls_insecure,
+            attach: args.attach,
+            watch: args.watch,
         })
     };
     let config = match setup() {

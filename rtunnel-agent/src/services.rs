@@ -37,6 +37,7 @@ impl ServiceSpec {
             tls: self.tls,
             host_header: self.host_header.clone(),
             consent: Default::default(),
+            shared: false,
         }
     }
 

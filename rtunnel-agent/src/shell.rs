@@ -37,6 +37,10 @@ pub struct ShellConfig {
     pub ca_roots: ExtraRoots,
     /// Dial through this HTTP proxy.
     pub proxy: Option<Proxy>,
+    /// Attach to this live terminal instead of starting a shell.
+    pub attach: Option<uuid::Uuid>,
+    /// Only watch: keystrokes are not sent.
+    pub watch: bool,
 }
 
 /// The local terminal in raw mode until dropped.
@@ -83,10 +87,16 @@ fn local_size() -> (u16, u16) {
 pub async fn run(config: ShellConfig) -> Result<u8, String> {
     let base = crate::forward::websocket_base(&config.server)?;
     let (cols, rows) = local_size();
-    let url = format!(
+    let mut url = format!(
         "{base}/api/v1/systems/{}/terminal?cols={cols}&rows={rows}",
         crate::forward::path_segment(&config.system)
     );
+    if let Some(id) = config.attach {
+        url.push_str(&format!("&attach={id}"));
+    }
+    if config.watch {
+        url.push_str("&mode=watch");
+    }
     let options = DialOptions {
         tls_insecure: config.tls_insecure,
         ca_roots: config.ca_roots.clone(),
@@ -122,7 +132,8 @@ pub async fn run(config: ShellConfig) -> Result<u8, String> {
     let mut stopped = std::pin::pin!(rtunnel_core::signal::terminated());
     let raw = RawMode::enter();
     let mut stdout = tokio::io::stdout();
-    let mut keys_open = true;
+    // A watcher's keys go nowhere; Ctrl-C (SIGINT) ends the watching.
+    let mut keys_open = !config.watch;
     let mut exit: Option<u8> = None;
     let ended = loop {
         tokio::select! {

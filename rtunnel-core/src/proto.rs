@@ -168,6 +168,10 @@ pub struct ServiceInfo {
     /// (`--consent`): operators see "waiting for the customer's approval".
     #[serde(default, skip_serializing_if = "ConsentMode::is_none")]
     pub consent: ConsentMode,
+    /// The terminal can be shared: detached, attached again, watched and
+    /// joined ([`TerminalOpen::mode`]); false for agents older than that.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
 }
 
 /// What the customer's side does when an operator first comes in
@@ -336,6 +340,41 @@ pub struct TerminalOpen {
     pub rows: u16,
     /// The operator's user name, shown to the customer as `RTUNNEL_OPERATOR`.
     pub operator: String,
+    /// A shared terminal: how this participant takes part. Set, the agent
+    /// keeps the shell when the stream ends (for `--terminal-detach-timeout`),
+    /// lets others attach, and sends [`TermMsg::Event`]s; unset (older
+    /// servers), the shell ends with the stream.
+    ///
+    /// [`TermMsg::Event`]: crate::terminal::TermMsg::Event
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<TerminalMode>,
+    /// Attach to this live terminal instead of starting a shell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attach: Option<uuid::Uuid>,
+    /// Only list the live terminals (one `list` event), start nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub list: bool,
+}
+
+/// How a participant takes part in a shared terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum TerminalMode {
+    /// Types and sees (the one who started it, and those who join).
+    Join,
+    /// Sees only: keystrokes are dropped.
+    Watch,
+}
+
+impl TerminalMode {
+    /// `join` or `watch`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TerminalMode::Join => "join",
+            TerminalMode::Watch => "watch",
+        }
+    }
 }
 
 /// Longest operator name in a [`TerminalOpen`].
@@ -356,6 +395,9 @@ pub enum RefusalCode {
     UnsupportedKind,
     /// The agent offers no terminal.
     TerminalUnavailable,
+    /// The terminal to attach to is gone (its shell ended, or it was
+    /// detached longer than the agent keeps it).
+    TerminalNotFound,
     /// The agent could not reach the service (refused, timed out, TLS).
     #[serde(alias = "dial_failed")]
     ServiceUnreachable,
@@ -399,6 +441,7 @@ impl RefusalCode {
             RefusalCode::UnknownService => "unknown_service",
             RefusalCode::UnsupportedKind => "unsupported_kind",
             RefusalCode::TerminalUnavailable => "terminal_unavailable",
+            RefusalCode::TerminalNotFound => "terminal_not_found",
             RefusalCode::ServiceUnreachable => "service_unreachable",
             RefusalCode::Forbidden => "forbidden",
             RefusalCode::NoGrant => "no_grant",
@@ -479,6 +522,7 @@ impl Refusal {
                 | RefusalCode::UnknownService
                 | RefusalCode::UnsupportedKind
                 | RefusalCode::TerminalUnavailable
+                | RefusalCode::TerminalNotFound
                 | RefusalCode::ServiceUnreachable
                 | RefusalCode::ConsentDenied
                 | RefusalCode::Other
@@ -734,6 +778,7 @@ mod tests {
             tls: false,
             host_header: Default::default(),
             consent: Default::default(),
+            shared: false,
         }
     }
 

@@ -150,6 +150,12 @@ impl Cast {
         self.rows = rows;
         event(t, "r", &format!("{cols}x{rows}"))
     }
+
+    /// A marker at `t` seconds (asciicast's `m` event: a label a player
+    /// shows on its timeline, such as who joined).
+    pub fn marker(&mut self, t: f64, label: &str) -> String {
+        event(t, "m", label)
+    }
 }
 
 fn event(t: f64, kind: &str, data: &str) -> String {

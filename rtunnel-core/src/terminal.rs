@@ -9,6 +9,7 @@
 //! | `1` data | both | bytes: keystrokes to the PTY, or its output |
 //! | `2` resize | server to agent | `cols` `u16`, `rows` `u16` |
 //! | `3` exit | agent to server | exit code `i32` (128 + signal if killed) |
+//! | `4` event | agent to server | JSON: who is in a shared terminal (`info`, `joined`, `left`), a `list` |
 //!
 //! Bodies are at most [`MAX_TERMINAL_MESSAGE`] bytes.
 //!
@@ -40,6 +41,7 @@ pub const MAX_TERMINAL_SIZE: u16 = 1000;
 const DATA: u8 = 1;
 const RESIZE: u8 = 2;
 const EXIT: u8 = 3;
+const EVENT: u8 = 4;
 
 /// One message of a terminal stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +60,9 @@ pub enum TermMsg {
         /// Exit code, or 128 + the signal that killed it.
         code: i32,
     },
+    /// A shared terminal's news (JSON), only on streams that asked for a
+    /// shared terminal ([`crate::proto::TerminalOpen::mode`]).
+    Event(Vec<u8>),
 }
 
 /// Checks a terminal size: 1 to [`MAX_TERMINAL_SIZE`] each way.
@@ -88,6 +93,10 @@ pub async fn write_msg<W: AsyncWrite + Unpin>(w: &mut W, msg: &TermMsg) -> std::
         TermMsg::Exit { code } => {
             head[0] = EXIT;
             code.to_be_bytes().to_vec().into()
+        }
+        TermMsg::Event(json) => {
+            head[0] = EVENT;
+            json.as_slice().into()
         }
     };
     if body.len() > MAX_TERMINAL_MESSAGE {
@@ -144,6 +153,7 @@ fn decode(kind: u8, body: Vec<u8>) -> Result<TermMsg, ProtoError> {
                 code: i32::from_be_bytes(b),
             })
         }
+        EVENT => Ok(TermMsg::Event(body)),
         other => Err(malformed(&format!("unknown type {other}"))),
     }
 }
@@ -156,6 +166,7 @@ mod tests {
     async fn bad_messages_are_refused_with_a_reason() {
         for (bytes, want) in [
             (vec![9, 0, 0, 0, 0], "unknown type 9"),
+            (vec![5, 0, 0, 0, 0], "unknown type 5"),
             (vec![2, 0, 0, 0, 1, 7], "resize is 4 bytes"),
             (vec![2, 0, 0, 0, 4, 0, 0, 0, 24], "outside"),
             (vec![1, 0, 1, 0, 1], "exceeds the limit"),
@@ -207,7 +218,9 @@ pub mod fuzzing {
                 read += 1;
                 assert!(read <= data.len(), "more messages than bytes");
                 match &msg {
-                    TermMsg::Data(bytes) => assert!(bytes.len() <= MAX_TERMINAL_MESSAGE),
+                    TermMsg::Data(bytes) | TermMsg::Event(bytes) => {
+                        assert!(bytes.len() <= MAX_TERMINAL_MESSAGE)
+                    }
                     TermMsg::Resize { cols, rows } => assert!(check_size(*cols, *rows).is_ok()),
                     TermMsg::Exit { .. } => {}
                 }

@@ -403,6 +403,7 @@ mod tests {
                 tls: false,
                 host_header: Default::default(),
                 consent: Default::default(),
+                shared: false,
             }])),
             streams: Arc::new(tokio::sync::Semaphore::new(4)),
             max_streams: 4,

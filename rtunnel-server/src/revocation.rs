@@ -207,7 +207,9 @@ impl Access {
             return Ok(Ok(access));
         }
         let epoch = self.watch.current();
-        let decision = self.decide_now(holder, system_id, now).await?;
+        let decision = self
+            .decide_now(holder, system_id, now, Action::Connect)
+            .await?;
         if let Ok(access) = &decision {
             self.watch.remember(key, epoch, access.clone());
         }
@@ -219,6 +221,7 @@ impl Access {
         holder: Holder,
         system_id: SystemId,
         now: Millis,
+        action: Action,
     ) -> Result<Result<Granted, &'static str>, StoreError> {
         let mut until: Option<Millis> = None;
         let mut ends = |at: Millis| until = Some(until.map_or(at, |u| u.min(at)));
@@ -250,7 +253,7 @@ impl Access {
         if let Some(Some(at)) = grant {
             ends(at);
         }
-        let decision = access::decide(&user, Action::Connect, grant.is_some());
+        let decision = access::decide(&user, action, grant.is_some());
         Ok(if decision.allowed() {
             Ok(Granted { user, until })
         } else {
@@ -262,10 +265,28 @@ impl Access {
     /// with the refusal code. Waits on the node's [`AccessWatch`] and on the
     /// decision's own end; asks the stores only then.
     pub(crate) async fn connect_lost(&self, holder: Holder, system_id: SystemId) -> &'static str {
+        self.lost(holder, system_id, Action::Connect).await
+    }
+
+    /// Like [`Self::connect_lost`], for `action` (a watcher needs only to
+    /// see the system: [`Action::Read`]; decided without the cache, which
+    /// holds connect decisions).
+    pub(crate) async fn lost(
+        &self,
+        holder: Holder,
+        system_id: SystemId,
+        action: Action,
+    ) -> &'static str {
         let mut changes = self.watch.subscribe();
         loop {
             changes.borrow_and_update();
-            let wait = match self.decide(holder, system_id).await {
+            let decided = if action == Action::Connect {
+                self.decide(holder, system_id).await
+            } else {
+                self.decide_now(holder, system_id, now_millis(), action)
+                    .await
+            };
+            let wait = match decided {
                 Ok(Ok(access)) => access.until.map(|until| {
                     Duration::from_millis(until.saturating_sub(now_millis()).max(0) as u64)
                 }),

@@ -273,6 +273,7 @@ impl ServerBuilder {
                 launch_signer,
                 access,
                 recordings,
+                terminal_recordings: Default::default(),
                 refusals: Default::default(),
                 password_checks: Arc::new(tokio::sync::Semaphore::new(
                     crate::api::login::PASSWORD_CHECKS,

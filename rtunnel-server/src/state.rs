@@ -78,6 +78,8 @@ pub struct AppState {
     pub access: crate::revocation::Access,
     /// Terminal recordings.
     pub recordings: Arc<dyn rtunnel_core::recording::RecordingStore>,
+    /// The recordings of shared terminals open on this node.
+    pub(crate) terminal_recordings: crate::terminal::recording::SharedRecordings,
     /// The subdomain proxy's client and visits.
     pub(crate) proxy: crate::proxy::Proxy,
     /// Refusals counted rather than audited one by one.

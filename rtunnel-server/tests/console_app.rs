@@ -302,13 +302,15 @@ async fn a_viewer_sees_no_write_buttons_and_a_second_browser_sees_a_close_live()
         .eval("[...document.querySelectorAll('nav a[data-admin]')].filter(a => !a.hidden).length")
         .await;
     assert_eq!(admin_links, 0);
-    // Her session page: services listed, no button that changes anything.
+    // Her session page: services listed, no button that changes anything
+    // (refreshing the list of live terminals, and watching them, change
+    // nothing).
     viewer
         .navigate(&format!("{base}/console/#/sessions/{}", s.session))
         .await;
     wait_for_element(&mut viewer, "the services", "tr[data-service='web']").await;
     let buttons = viewer
-        .eval("[...document.querySelectorAll('#view button')].map(b => b.textContent)")
+        .eval("[...document.querySelectorAll('#view button:not(.refresh):not(.watch)')].map(b => b.textContent)")
         .await;
     assert_eq!(buttons, json!([]), "a viewer sees no action");
     viewer.navigate(&format!("{base}/console/#/systems")).await;
@@ -413,4 +415,64 @@ async fn a_terminal_waits_for_the_customer_and_the_console_says_so() {
     browser.wait_prompt().await;
     browser.type_line("echo approved-$((6*7))").await;
     browser.wait_line("approved-42").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_console_attaches_to_the_same_shell() {
+    let s = setup().await;
+    user_with_password(&s.server, "ada", "admin", "ada's password");
+    let base = s.server.base_url();
+    let mut browser = Chromium::start(&browser_dir(&s, "reload")).await;
+    window(&mut browser, 1280, 800).await;
+    sign_in(&mut browser, &base, "ada", "ada's password").await;
+    let page = format!("{base}/console/#/sessions/{}", s.session);
+    browser.navigate(&page).await;
+    wait_for_element(
+        &mut browser,
+        "the terminal button",
+        "tr[data-service='terminal'] button",
+    )
+    .await;
+    browser.click("tr[data-service='terminal'] button").await;
+    browser
+        .wait_eval(
+            "the terminal to connect",
+            "window.rtunnelTerminal && window.rtunnelTerminal.status",
+            |v| v == "open",
+        )
+        .await;
+    browser.wait_prompt().await;
+    // One line: a second one typed before the prompt would share its line.
+    browser
+        .type_line("KEPT=still-$((40+2)); cd /tmp; echo before-reload")
+        .await;
+    browser.wait_line("before-reload").await;
+
+    // The page goes away (and its WebSocket with it); the shell waits on
+    // the agent. The console comes back signed in (its cookie).
+    browser.navigate("about:blank").await;
+    browser.navigate(&page).await;
+    // (The page that left may still count as inside for a moment: the
+    // list is asked again until the agent says the terminal is detached.)
+    let detached = "(() => { const c = document.querySelector('#live-terminals tr[data-terminal] td:nth-child(3)'); \
+         if (c && c.textContent.includes('detached')) return true; \
+         const r = document.querySelector('#live-terminals button.refresh'); if (r) r.click(); return false; })()";
+    browser
+        .wait_eval("the live terminal, detached", detached, |v| v == true)
+        .await;
+    shot(&mut browser, "live-terminals").await;
+    browser
+        .click("#live-terminals tr[data-terminal] button.attach")
+        .await;
+    browser
+        .wait_eval(
+            "the terminal to attach",
+            "window.rtunnelTerminal && window.rtunnelTerminal.status",
+            |v| v == "open",
+        )
+        .await;
+    // The recent screen came back, and the shell is the same one.
+    browser.wait_line("before-reload").await;
+    browser.type_line("echo \"$KEPT in $PWD\"").await;
+    browser.wait_line("still-42 in /tmp").await;
 }

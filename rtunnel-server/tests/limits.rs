@@ -143,6 +143,7 @@ fn manifest_body(services: usize, target_bytes: usize) -> Vec<u8> {
             tls: false,
             host_header: Default::default(),
             consent: Default::default(),
+            shared: false,
         })
         .collect();
     serde_json::to_vec(&Control::Manifest { services }).unwrap()

@@ -205,6 +205,7 @@ async fn a_terminal_has_the_asked_size_resizes_and_reports_the_exit_code() {
     );
     let mut output = String::new();
     let mut resizes = Vec::new();
+    let mut markers: Vec<String> = Vec::new();
     let mut last_t = 0.0;
     for line in lines {
         let ev: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
@@ -214,10 +215,13 @@ async fn a_terminal_has_the_asked_size_resizes_and_reports_the_exit_code() {
         match ev[1].as_str().unwrap() {
             "o" => output.push_str(ev[2].as_str().unwrap()),
             "r" => resizes.push(ev[2].as_str().unwrap().to_owned()),
+            // Who joined and left a shared terminal.
+            "m" => markers.push(ev[2].as_str().unwrap().to_owned()),
             other => panic!("unexpected event {other}"),
         }
     }
     assert_eq!(resizes, ["120x40"]);
+    assert_eq!(markers, ["root joined (join)"]);
     // asciinema itself reads it (scripts/test-deps.sh installs it).
     let file = s.server.dir.join("downloaded.cast");
     std::fs::write(&file, &cast).unwrap();

@@ -8,6 +8,7 @@
 //! there. Nothing else of the agent's environment (its `RTUNNEL_SECRET`
 //! above all) reaches the shell.
 
+pub mod hub;
 pub mod user;
 
 use std::path::{Path, PathBuf};
@@ -149,6 +150,7 @@ pub async fn serve(config: &TerminalConfig, stream: MuxStream, open: TerminalOpe
                     let _ = pty_in.resize(pty_process::Size::new(rows, cols));
                 }
                 TermMsg::Exit { .. } => break,
+                TermMsg::Event(_) => {}
             }
         }
     };
@@ -177,7 +179,7 @@ pub async fn serve(config: &TerminalConfig, stream: MuxStream, open: TerminalOpe
     }
 }
 
-fn spawn(
+pub(crate) fn spawn(
     config: &TerminalConfig,
     shell: &Path,
     open: &TerminalOpen,
@@ -245,7 +247,7 @@ async fn copy_output(
     }
 }
 
-fn exit_code(status: std::process::ExitStatus) -> i32 {
+pub(crate) fn exit_code(status: std::process::ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
     status
         .code()

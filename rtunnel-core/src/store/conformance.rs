@@ -512,6 +512,7 @@ pub async fn sessions_move_through_their_states<S: FullStore + ?Sized>(s: &S) {
         tls: false,
         host_header: Default::default(),
         consent: Default::default(),
+        shared: false,
     }];
     s.activate_session(rec.id, &manifest, "agent/1", "node-b", now)
         .await
@@ -530,6 +531,7 @@ pub async fn sessions_move_through_their_states<S: FullStore + ?Sized>(s: &S) {
         tls: true,
         host_header: Default::default(),
         consent: Default::default(),
+        shared: false,
     });
     assert!(s.update_manifest(rec.id, &longer).await.unwrap());
     assert_eq!(s.session(rec.id).await.unwrap().unwrap().services, longer);

@@ -498,7 +498,8 @@
     const logs = h("section", { "aria-labelledby": "logs-h" });
     const recordings = h("section", { "aria-labelledby": "recordings-h" });
     const forwardBox = h("div", { id: "forward-box" });
-    el.append(h("p", {}, h("a", { href: "#/sessions", text: "← Sessions" })), head, actions, services, forwardBox, logs, recordings);
+    const live = h("section", { id: "live-terminals", "aria-labelledby": "live-h" });
+    el.append(h("p", {}, h("a", { href: "#/sessions", text: "← Sessions" })), head, actions, services, live, forwardBox, logs, recordings);
     let session = null;
 
     const load = async () => {
@@ -574,8 +575,71 @@
           final ? "The session has ended." : "The agent offers no service."
         )
       );
+      await loadLiveTerminals(final);
       await loadLogs(1);
       if (isAdmin()) await loadRecordings();
+    };
+
+    // Terminals the agent keeps: attach again after a reload, or watch.
+    const loadLiveTerminals = async (final) => {
+      const terminal = session.services.find((s) => s.kind === "terminal");
+      if (final || !terminal || !terminal.shared || session.status !== "active") {
+        live.replaceChildren();
+        return;
+      }
+      let items = [];
+      try {
+        items = (await api("GET", "/api/v1/sessions/" + id + "/terminals")).items;
+      } catch (e) {
+        live.replaceChildren(h("h2", { id: "live-h", text: "Live terminals" }), errorBox(e));
+        return;
+      }
+      const who = (t) =>
+        t.participants.length
+          ? t.participants.map((p) => p.name + (p.mode === "watch" ? " (watching)" : "")).join(", ")
+          : "nobody: detached, waiting to be attached";
+      live.replaceChildren(
+        h(
+          "h2",
+          { id: "live-h" },
+          "Live terminals ",
+          h("button", { type: "button", class: "refresh", text: "Refresh", onclick: () => loadLiveTerminals(false) })
+        ),
+        table(
+          ["Started by", "Since", "Who is in it", ""],
+          items.map((t) =>
+            h(
+              "tr",
+              { dataset: { terminal: t.id } },
+              h("td", { text: t.started_by }),
+              h("td", { text: t.since || "" }),
+              h("td", { text: who(t) }),
+              h(
+                "td",
+                {},
+                canConnect()
+                  ? h("button", {
+                      type: "button",
+                      class: "attach",
+                      text: "Attach",
+                      onclick: (ev) =>
+                        openTerminal(id, systemName(session.system_id), ev.target, terminal.consent, { attach: t.id, mode: "join" }),
+                    })
+                  : "",
+                " ",
+                h("button", {
+                  type: "button",
+                  class: "watch",
+                  text: "Watch",
+                  onclick: (ev) =>
+                    openTerminal(id, systemName(session.system_id), ev.target, terminal.consent, { attach: t.id, mode: "watch" }),
+                })
+              )
+            )
+          ),
+          "No terminal is open on this system."
+        )
+      );
     };
 
     const loadLogs = async (page) => {
@@ -708,7 +772,8 @@
 
   // ---- terminals -------------------------------------------------------
 
-  async function openTerminal(sessionId, label, button, consent) {
+  async function openTerminal(sessionId, label, button, consent, share) {
+    share = share || {};
     let ticket;
     try {
       ticket = (await api("POST", "/api/v1/sessions/" + sessionId + "/terminal-ticket")).ticket;
@@ -720,8 +785,9 @@
     const t = {
       id: "t" + Date.now(),
       session: sessionId,
-      label: label + (n > 1 ? " #" + n : ""),
+      label: label + (n > 1 ? " #" + n : "") + (share.mode === "watch" ? " (watching)" : ""),
       status: "connecting",
+      participants: [],
     };
     const status = h("span", { class: "term-status", text: "connecting" });
     const close = h("button", { type: "button", class: "tab-close", "aria-label": "Close " + t.label, text: "×" });
@@ -761,14 +827,14 @@
     t.term.open(t.pane);
     t.fit.fit();
     const asking = consent === "approve";
-    if (asking) {
-      t.setStatus("waiting", "waiting for the customer's approval");
-      t.term.write("Waiting for the customer's approval...\r\n");
-    }
+    if (asking) t.setStatus("waiting", "waiting for the customer's approval");
+    if (share.mode === "watch") t.term.options.disableStdin = true;
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     const url =
       scheme + "://" + location.host + base + "/api/v1/sessions/" + sessionId + "/terminal?ticket=" +
-      encodeURIComponent(ticket) + "&cols=" + t.term.cols + "&rows=" + t.term.rows;
+      encodeURIComponent(ticket) + "&cols=" + t.term.cols + "&rows=" + t.term.rows + "&events=true" +
+      (share.attach ? "&attach=" + encodeURIComponent(share.attach) : "") +
+      (share.mode ? "&mode=" + encodeURIComponent(share.mode) : "");
     const ws = new WebSocket(url);
     t.ws = ws;
     ws.binaryType = "arraybuffer";
@@ -785,6 +851,17 @@
       try {
         const msg = JSON.parse(ev.data);
         if (msg.type === "exit") t.term.write("\r\n[the shell exited with code " + msg.code + "]\r\n");
+        if (msg.type === "participants") {
+          if (msg.terminal) t.terminal = msg.terminal;
+          t.participants = msg.participants || [];
+          const others = t.participants.length - 1;
+          if (t.status === "open") {
+            t.setStatus("open", others > 0 ? "connected · " + t.participants.map((p) => p.name + (p.mode === "watch" ? " (watching)" : "")).join(", ") : "connected");
+          }
+          if (msg.event === "joined" || msg.event === "left") {
+            say(msg.name + (msg.event === "joined" ? (msg.mode === "watch" ? " is watching " : " joined ") : " left ") + t.label + ".");
+          }
+        }
       } catch (_) {
         // Not for us.
       }

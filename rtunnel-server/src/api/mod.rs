@@ -116,6 +116,10 @@ pub(crate) fn routes(state: Arc<AppState>) -> Router {
             get(terminal::system_terminal_endpoint),
         )
         .route(
+            "/api/v1/sessions/{id}/terminals",
+            get(terminal::list_terminals),
+        )
+        .route(
             "/api/v1/sessions/{id}/proxy-token",
             post(sessions::proxy_token),
         )

@@ -51,6 +51,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
         super::sessions::terminal_ticket,
         crate::terminal::terminal_endpoint,
         crate::terminal::system_terminal_endpoint,
+        crate::terminal::list_terminals,
         super::sessions::proxy_token,
         super::recordings::list,
         super::recordings::download,

@@ -21,8 +21,8 @@ use axum::response::Response;
 use futures::{SinkExt, StreamExt};
 use rtunnel_auth::access::Action;
 use rtunnel_core::ids::{SessionId, SystemId};
-use rtunnel_core::proto::{StreamHeader, StreamKind, TerminalOpen};
-use rtunnel_core::recording::{Cast, MAX_RECORDING_BYTES, RecordingInfo, RecordingSink};
+use rtunnel_core::proto::{StreamHeader, StreamKind, TerminalMode, TerminalOpen};
+use rtunnel_core::recording::RecordingInfo;
 use rtunnel_core::store::{
     AccessKind, AccessLog, AuditEvent, AuditKind, SessionStatus, User, now_millis,
 };
@@ -39,6 +39,11 @@ use crate::registry::TunnelStream;
 use crate::revocation::Holder;
 use crate::state::AppState;
 
+mod events;
+pub(crate) mod recording;
+
+use recording::{Recorder, Seat};
+
 /// Name of the built-in terminal service in an agent's manifest.
 pub(crate) const TERMINAL_SERVICE: &str = "terminal";
 
@@ -48,6 +53,15 @@ pub(crate) struct TerminalQuery {
     ticket: String,
     cols: Option<u16>,
     rows: Option<u16>,
+    /// Attach to this live terminal (from `GET .../terminals`) instead of
+    /// starting a shell.
+    attach: Option<Uuid>,
+    /// `join` (type and see, the default) or `watch` (see only; what a
+    /// viewer may do).
+    mode: Option<TerminalMode>,
+    /// `true`: also send `{"type":"participants",...}` text messages (who
+    /// is in a shared terminal), as the console asks.
+    events: Option<bool>,
 }
 
 /// The terminal's first size (default 80x24).
@@ -56,6 +70,12 @@ pub(crate) struct TerminalQuery {
 pub(crate) struct SizeQuery {
     cols: Option<u16>,
     rows: Option<u16>,
+    /// Attach to this live terminal instead of starting a shell.
+    attach: Option<Uuid>,
+    /// `join` (the default) or `watch`.
+    mode: Option<TerminalMode>,
+    /// `true`: also send `participants` text messages.
+    events: Option<bool>,
 }
 
 /// A browser's text message.
@@ -132,6 +152,9 @@ pub(crate) async fn terminal_endpoint(
         cols,
         rows,
         peer,
+        attach: q.attach,
+        mode: q.mode,
+        events: q.events.unwrap_or(false),
     };
     open_terminal(state, opened, held, ws).await
 }
@@ -177,8 +200,72 @@ pub(crate) async fn system_terminal_endpoint(
         cols,
         rows,
         peer,
+        attach: q.attach,
+        mode: q.mode,
+        events: q.events.unwrap_or(false),
     };
     open_terminal(state, opened, held, ws).await
+}
+
+/// `GET /api/v1/sessions/{id}/terminals`: the session's live terminals,
+/// as the agent knows them (id, who started it and when, who is in it,
+/// whether it waits detached), for attaching again or watching.
+#[utoipa::path(
+    get,
+    path = "/api/v1/sessions/{id}/terminals",
+    tag = "sessions",
+    params(("id" = String, Path, description = "session id")),
+    responses((status = 200, description = "`{items: [{id, started_by, since, participants: [{name, mode, since}], detached}]}`", body = serde_json::Value), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
+)]
+pub(crate) async fn list_terminals(
+    State(state): State<Arc<AppState>>,
+    State(sessions): State<crate::api::sessions::SessionsApi>,
+    caller: crate::api::auth::Authenticated,
+    Path(id): Path<String>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let session = crate::api::sessions::readable(&sessions, &caller.user, &id).await?;
+    authorize(&state.access, &caller.user, Action::Read, session.system_id).await?;
+    if !session
+        .services
+        .iter()
+        .any(|s| s.name == TERMINAL_SERVICE && s.shared)
+    {
+        return Err(conflict(
+            "terminal_unavailable",
+            "the agent of this session offers no terminal, or cannot share its terminals: upgrade it",
+        ));
+    }
+    if session.status != SessionStatus::Active {
+        return Err(conflict(
+            "session_not_active",
+            format!("the session is {}", session.status.as_str()),
+        ));
+    }
+    let mut header =
+        StreamHeader::new(TERMINAL_SERVICE, StreamKind::Terminal).opened_by(&caller.user.name);
+    header.terminal = Some(TerminalOpen {
+        cols: 1,
+        rows: 1,
+        operator: caller.user.name.clone(),
+        mode: Some(TerminalMode::Watch),
+        attach: None,
+        list: true,
+    });
+    let mut stream = state.tunnels.streams.open(session.id, &header).await?;
+    let timeout = state.config.stream_setup_timeout;
+    let answer = tokio::time::timeout(timeout, read_msg(&mut stream)).await;
+    let items = match answer {
+        Ok(Ok(Some(TermMsg::Event(json)))) => events::parse_list(&json),
+        _ => None,
+    }
+    .ok_or_else(|| {
+        ApiError::new(
+            axum::http::StatusCode::BAD_GATEWAY,
+            "agent_unavailable",
+            "the agent did not list its terminals",
+        )
+    })?;
+    Ok(axum::Json(serde_json::json!({ "items": items })))
 }
 
 /// The size asked for, checked.
@@ -196,6 +283,9 @@ struct Opened {
     cols: u16,
     rows: u16,
     peer: SocketAddr,
+    attach: Option<Uuid>,
+    mode: Option<TerminalMode>,
+    events: bool,
 }
 
 /// Checks access and the session, audits, asks the agent for a PTY and
@@ -213,9 +303,27 @@ async fn open_terminal(
         cols,
         rows,
         peer,
+        attach,
+        mode,
+        events,
     } = opened;
     let session_id = session.id;
-    authorize(&state.access, &user, Action::Connect, session.system_id).await?;
+    // Watching needs only to see the system; typing needs to connect.
+    let watch = mode == Some(TerminalMode::Watch);
+    let action = if watch { Action::Read } else { Action::Connect };
+    authorize(&state.access, &user, action, session.system_id).await?;
+    let shared = session
+        .services
+        .iter()
+        .any(|s| s.name == TERMINAL_SERVICE && s.shared);
+    if !shared && (attach.is_some() || watch) {
+        return Err(conflict(
+            "terminal_unavailable",
+            "the agent of this session cannot share its terminals (watch, attach): upgrade it",
+        ));
+    }
+    // An agent that shares terminals keeps them across closed tabs.
+    let share = shared.then_some((mode.unwrap_or(TerminalMode::Join), attach));
     match session.status {
         SessionStatus::Active => {}
         SessionStatus::GracePeriod => {
@@ -236,10 +344,15 @@ async fn open_terminal(
     event.system_id = Some(session.system_id);
     event.session_id = Some(session_id);
     event.ip_address = Some(peer.ip().to_string());
-    event.details = serde_json::json!({"cols": cols, "rows": rows});
+    event.details = serde_json::json!({
+        "cols": cols,
+        "rows": rows,
+        "mode": share.map(|(m, _)| m.as_str()),
+        "attach": attach,
+    });
     state.audit.record(event).await?;
 
-    let upstream = open_pty(&state, session_id, &user, cols, rows).await?;
+    let upstream = open_pty(&state, session_id, &user, cols, rows, share).await?;
     let entry = AccessLog {
         id: Uuid::new_v4(),
         session_id,
@@ -260,24 +373,6 @@ async fn open_terminal(
         state: state.clone(),
         entry_id: Some(entry.id),
     };
-    let info = RecordingInfo {
-        id: Uuid::new_v4(),
-        session_id,
-        actor: user.name.clone(),
-        started_at: entry.opened_at,
-        ended_at: None,
-        bytes: 0,
-        truncated: false,
-    };
-    let recording = match state.recordings.create(&info).await {
-        Ok(sink) => Some(sink),
-        Err(e) => {
-            // The terminal is audited and logged; a full disk does not
-            // keep an operator out.
-            tracing::error!(error = %e, "cannot start the terminal recording");
-            None
-        }
-    };
     let ctx = TerminalCtx {
         state: state.clone(),
         holder,
@@ -285,13 +380,16 @@ async fn open_terminal(
         system_id: session.system_id,
         session_id,
         entry_id: entry.id,
-        recording_id: info.id,
+        shared: share.is_some(),
+        events,
+        action,
+        cols,
+        rows,
     };
     Ok(ws.on_upgrade(move |socket| async move {
         let _held = held;
         unstarted.started();
-        let recorder = Recorder::start(recording, cols, rows, &ctx).await;
-        bridge(ctx, socket, upstream, recorder).await;
+        bridge(ctx, socket, upstream).await;
     }))
 }
 
@@ -325,6 +423,7 @@ async fn open_pty(
     user: &User,
     cols: u16,
     rows: u16,
+    share: Option<(TerminalMode, Option<Uuid>)>,
 ) -> Result<TunnelStream, ApiError> {
     let mut header =
         StreamHeader::new(TERMINAL_SERVICE, StreamKind::Terminal).opened_by(&user.name);
@@ -332,6 +431,9 @@ async fn open_pty(
         cols,
         rows,
         operator: user.name.clone(),
+        mode: share.map(|(m, _)| m),
+        attach: share.and_then(|(_, a)| a),
+        list: false,
     });
     Ok(state.tunnels.streams.open(session_id, &header).await?)
 }
@@ -343,76 +445,92 @@ struct TerminalCtx {
     system_id: SystemId,
     session_id: SessionId,
     entry_id: Uuid,
-    recording_id: Uuid,
+    /// A shared terminal (the agent sends who is in it).
+    shared: bool,
+    /// The client asked to hear who is in it.
+    events: bool,
+    /// What the user must keep being allowed: connect, or read to watch.
+    action: Action,
+    cols: u16,
+    rows: u16,
 }
 
-/// Writes the terminal's asciicast recording, up to its size limit.
-struct Recorder {
-    sink: Option<Box<dyn RecordingSink>>,
-    cast: Cast,
-    started: Instant,
-    bytes: u64,
-    truncated: bool,
+/// Where a bridge records: a recording of its own (an agent that does not
+/// share terminals), or its seat in the terminal's shared one.
+enum Rec {
+    Own(Box<Recorder>, Uuid),
+    Shared(Seat, Uuid),
 }
 
-impl Recorder {
-    async fn start(
-        sink: Option<Box<dyn RecordingSink>>,
-        cols: u16,
-        rows: u16,
-        ctx: &TerminalCtx,
-    ) -> Self {
-        let mut r = Recorder {
-            sink,
-            cast: Cast::new(cols, rows),
-            started: Instant::now(),
-            bytes: 0,
-            truncated: false,
+impl Rec {
+    /// Starts the recording (of this terminal, or joins the node's).
+    async fn start(ctx: &TerminalCtx, terminal: Option<Uuid>) -> Rec {
+        let state = &ctx.state;
+        let new = || async {
+            let info = RecordingInfo {
+                id: Uuid::new_v4(),
+                session_id: ctx.session_id,
+                actor: ctx.user.name.clone(),
+                started_at: now_millis(),
+                ended_at: None,
+                bytes: 0,
+                truncated: false,
+            };
+            let sink = match state.recordings.create(&info).await {
+                Ok(sink) => Some(sink),
+                Err(e) => {
+                    // The terminal is audited and logged; a full disk does
+                    // not keep an operator out.
+                    tracing::error!(error = %e, "cannot start the terminal recording");
+                    None
+                }
+            };
+            let title = format!("{} on session {}", ctx.user.name, ctx.session_id);
+            (
+                info.id,
+                Recorder::start(sink, ctx.cols, ctx.rows, &title).await,
+            )
         };
-        let title = format!("{} on session {}", ctx.user.name, ctx.session_id);
-        let header = r.cast.header(now_millis() / 1000, &title);
-        r.write(header).await;
-        r
+        match terminal {
+            Some(id) => Rec::Shared(state.terminal_recordings.join(id, new).await, id),
+            None => {
+                let (id, recorder) = new().await;
+                Rec::Own(Box::new(recorder), id)
+            }
+        }
     }
 
-    fn now(&self) -> f64 {
-        self.started.elapsed().as_secs_f64()
+    fn id(&self) -> Uuid {
+        match self {
+            Rec::Own(_, id) => *id,
+            Rec::Shared(seat, _) => seat.shared.id,
+        }
     }
 
     async fn output(&mut self, bytes: &[u8]) {
-        let t = self.now();
-        if let Some(line) = self.cast.output(t, bytes) {
-            self.write(line).await;
+        match self {
+            Rec::Own(r, _) => r.output(bytes).await,
+            Rec::Shared(seat, _) => seat.output(bytes).await,
         }
     }
 
     async fn resize(&mut self, cols: u16, rows: u16) {
-        let t = self.now();
-        let line = self.cast.resize(t, cols, rows);
-        self.write(line).await;
-    }
-
-    async fn write(&mut self, line: String) {
-        let Some(sink) = self.sink.as_mut() else {
-            return;
-        };
-        if self.bytes + line.len() as u64 + 1 > MAX_RECORDING_BYTES {
-            self.truncated = true;
-            self.finish().await;
-            return;
-        }
-        self.bytes += line.len() as u64 + 1;
-        if let Err(e) = sink.line(&line).await {
-            tracing::error!(error = %e, "terminal recording stopped");
-            self.sink = None;
+        match self {
+            Rec::Own(r, _) => r.resize(cols, rows).await,
+            Rec::Shared(seat, _) => seat.resize(cols, rows).await,
         }
     }
 
-    async fn finish(&mut self) {
-        if let Some(sink) = self.sink.take()
-            && let Err(e) = sink.finish(now_millis(), self.truncated).await
-        {
-            tracing::error!(error = %e, "cannot complete the terminal recording");
+    async fn marker(&mut self, label: &str) {
+        if let Rec::Shared(seat, _) = self {
+            seat.marker(label).await;
+        }
+    }
+
+    async fn finish(self, state: &AppState) {
+        match self {
+            Rec::Own(mut r, _) => r.finish().await,
+            Rec::Shared(seat, terminal) => state.terminal_recordings.leave(terminal, seat).await,
         }
     }
 }
@@ -429,29 +547,80 @@ enum End {
     Cut(&'static str),
 }
 
-async fn bridge(ctx: TerminalCtx, socket: WebSocket, upstream: TunnelStream, recorder: Recorder) {
+async fn bridge(ctx: TerminalCtx, socket: WebSocket, upstream: TunnelStream) {
     let opened = Instant::now();
     let (ws_tx, mut ws_rx) = socket.split();
     let ws_tx = Arc::new(Mutex::new(ws_tx));
     let (mut up_r, up_w) = tokio::io::split(upstream);
     let up_w = Arc::new(Mutex::new(up_w));
-    let recorder = Arc::new(Mutex::new(recorder));
+    // A shared terminal says first which one it is: its recording is the
+    // one this node keeps for it.
+    let mut first = None;
+    let mut terminal = None;
+    if ctx.shared {
+        match read_msg(&mut up_r).await {
+            Ok(Some(TermMsg::Event(json))) => {
+                if let Some(event) = events::parse(&json) {
+                    terminal = event.terminal;
+                    if ctx.events {
+                        let _ = ws_tx
+                            .lock()
+                            .await
+                            .send(Message::Text(event.to_browser().into()))
+                            .await;
+                    }
+                }
+            }
+            Ok(Some(other)) => first = Some(other),
+            Ok(None) | Err(_) => {}
+        }
+    }
+    let rec = Rec::start(&ctx, terminal).await;
+    let recording_id = rec.id();
+    let rec = Arc::new(Mutex::new(rec));
     let to_agent = Arc::new(AtomicU64::new(0));
     let from_agent = Arc::new(AtomicU64::new(0));
 
-    // Agent to browser: output and the exit code.
+    // Agent to browser: output, who comes and goes, and the exit code.
     let output = {
         let ws_tx = ws_tx.clone();
-        let recorder = recorder.clone();
+        let rec = rec.clone();
         let from_agent = from_agent.clone();
+        let events_wanted = ctx.events;
         async move {
+            let mut first = first;
             loop {
-                match read_msg(&mut up_r).await {
+                let msg = match first.take() {
+                    Some(msg) => Ok(Some(msg)),
+                    None => read_msg(&mut up_r).await,
+                };
+                match msg {
                     Ok(Some(TermMsg::Data(bytes))) => {
                         from_agent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                        recorder.lock().await.output(&bytes).await;
+                        rec.lock().await.output(&bytes).await;
                         let sent = ws_tx.lock().await.send(Message::Binary(bytes.into())).await;
                         if sent.is_err() {
+                            return End::BrowserLeft;
+                        }
+                    }
+                    Ok(Some(TermMsg::Event(json))) => {
+                        let Some(event) = events::parse(&json) else {
+                            continue;
+                        };
+                        if let Some(label) = event.marker() {
+                            rec.lock().await.marker(&label).await;
+                        }
+                        if !events_wanted {
+                            continue;
+                        }
+                        let text = event.to_browser();
+                        if ws_tx
+                            .lock()
+                            .await
+                            .send(Message::Text(text.into()))
+                            .await
+                            .is_err()
+                        {
                             return End::BrowserLeft;
                         }
                     }
@@ -465,7 +634,7 @@ async fn bridge(ctx: TerminalCtx, socket: WebSocket, upstream: TunnelStream, rec
     // Browser to agent: keystrokes and resizes.
     let input = {
         let up_w = up_w.clone();
-        let recorder = recorder.clone();
+        let rec = rec.clone();
         let to_agent = to_agent.clone();
         async move {
             while let Some(Ok(msg)) = ws_rx.next().await {
@@ -475,7 +644,7 @@ async fn bridge(ctx: TerminalCtx, socket: WebSocket, upstream: TunnelStream, rec
                         Ok(BrowserText::Resize { cols, rows })
                             if check_size(cols, rows).is_ok() =>
                         {
-                            recorder.lock().await.resize(cols, rows).await;
+                            rec.lock().await.resize(cols, rows).await;
                             TermMsg::Resize { cols, rows }
                         }
                         Ok(BrowserText::Resize { .. }) => continue,
@@ -500,7 +669,7 @@ async fn bridge(ctx: TerminalCtx, socket: WebSocket, upstream: TunnelStream, rec
     let end = tokio::select! {
         end = output => end,
         end = input => end,
-        code = state.access.connect_lost(ctx.holder, ctx.system_id) => End::Cut(code),
+        code = state.access.lost(ctx.holder, ctx.system_id, ctx.action) => End::Cut(code),
     };
     // Closing our half tells the agent to end the shell if it still runs.
     let _ = tokio::io::AsyncWriteExt::shutdown(&mut *up_w.lock().await).await;
@@ -527,7 +696,10 @@ async fn bridge(ctx: TerminalCtx, socket: WebSocket, upstream: TunnelStream, rec
         };
         let _ = ws_tx.lock().await.send(Message::Close(Some(frame))).await;
     }
-    recorder.lock().await.finish().await;
+    match Arc::try_unwrap(rec) {
+        Ok(rec) => rec.into_inner().finish(&ctx.state).await,
+        Err(_) => tracing::error!("the terminal recording is still in use; not finished"),
+    }
     let (to, from) = (
         to_agent.load(Ordering::Relaxed),
         from_agent.load(Ordering::Relaxed),
@@ -540,7 +712,8 @@ async fn bridge(ctx: TerminalCtx, socket: WebSocket, upstream: TunnelStream, rec
     event.system_id = Some(ctx.system_id);
     event.session_id = Some(ctx.session_id);
     event.details = serde_json::json!({
-        "recording_id": ctx.recording_id,
+        "recording_id": recording_id,
+        "terminal": terminal,
         "exit_code": match end { End::Exited(c) => Some(c), _ => None },
         "reason": match end {
             End::Exited(_) => "exited",
