@@ -354,6 +354,13 @@ pub struct TerminalOpen {
     /// Only list the live terminals (one `list` event), start nothing.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub list: bool,
+    /// A new terminal where one participant at a time types (the
+    /// controller, at first the one who starts it), handed over with
+    /// [`TermMsg::Control`].
+    ///
+    /// [`TermMsg::Control`]: crate::terminal::TermMsg::Control
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub moderated: bool,
 }
 
 /// How a participant takes part in a shared terminal.

@@ -9,7 +9,8 @@
 //! | `1` data | both | bytes: keystrokes to the PTY, or its output |
 //! | `2` resize | server to agent | `cols` `u16`, `rows` `u16` |
 //! | `3` exit | agent to server | exit code `i32` (128 + signal if killed) |
-//! | `4` event | agent to server | JSON: who is in a shared terminal (`info`, `joined`, `left`), a `list` |
+//! | `4` event | agent to server | JSON: who is in a shared terminal (`info`, `joined`, `left`, `control`), a `list` |
+//! | `5` control | server to agent | JSON: `{"op":"hand_over","to":NAME}` or `{"op":"take_over"}` |
 //!
 //! Bodies are at most [`MAX_TERMINAL_MESSAGE`] bytes.
 //!
@@ -42,6 +43,7 @@ const DATA: u8 = 1;
 const RESIZE: u8 = 2;
 const EXIT: u8 = 3;
 const EVENT: u8 = 4;
+const CONTROL: u8 = 5;
 
 /// One message of a terminal stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +65,9 @@ pub enum TermMsg {
     /// A shared terminal's news (JSON), only on streams that asked for a
     /// shared terminal ([`crate::proto::TerminalOpen::mode`]).
     Event(Vec<u8>),
+    /// A participant's request about who types in a moderated terminal
+    /// (JSON), from the server, which decided it may be made.
+    Control(Vec<u8>),
 }
 
 /// Checks a terminal size: 1 to [`MAX_TERMINAL_SIZE`] each way.
@@ -96,6 +101,10 @@ pub async fn write_msg<W: AsyncWrite + Unpin>(w: &mut W, msg: &TermMsg) -> std::
         }
         TermMsg::Event(json) => {
             head[0] = EVENT;
+            json.as_slice().into()
+        }
+        TermMsg::Control(json) => {
+            head[0] = CONTROL;
             json.as_slice().into()
         }
     };
@@ -154,6 +163,7 @@ fn decode(kind: u8, body: Vec<u8>) -> Result<TermMsg, ProtoError> {
             })
         }
         EVENT => Ok(TermMsg::Event(body)),
+        CONTROL => Ok(TermMsg::Control(body)),
         other => Err(malformed(&format!("unknown type {other}"))),
     }
 }
@@ -166,7 +176,7 @@ mod tests {
     async fn bad_messages_are_refused_with_a_reason() {
         for (bytes, want) in [
             (vec![9, 0, 0, 0, 0], "unknown type 9"),
-            (vec![5, 0, 0, 0, 0], "unknown type 5"),
+            (vec![6, 0, 0, 0, 0], "unknown type 6"),
             (vec![2, 0, 0, 0, 1, 7], "resize is 4 bytes"),
             (vec![2, 0, 0, 0, 4, 0, 0, 0, 24], "outside"),
             (vec![1, 0, 1, 0, 1], "exceeds the limit"),
@@ -218,7 +228,7 @@ pub mod fuzzing {
                 read += 1;
                 assert!(read <= data.len(), "more messages than bytes");
                 match &msg {
-                    TermMsg::Data(bytes) | TermMsg::Event(bytes) => {
+                    TermMsg::Data(bytes) | TermMsg::Event(bytes) | TermMsg::Control(bytes) => {
                         assert!(bytes.len() <= MAX_TERMINAL_MESSAGE)
                     }
                     TermMsg::Resize { cols, rows } => assert!(check_size(*cols, *rows).is_ok()),

@@ -476,3 +476,38 @@ async fn a_reloaded_console_attaches_to_the_same_shell() {
     browser.type_line("echo \"$KEPT in $PWD\"").await;
     browser.wait_line("still-42 in /tmp").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moderated_terminal_shows_who_has_control() {
+    let s = setup().await;
+    user_with_password(&s.server, "ada", "admin", "ada's password");
+    let base = s.server.base_url();
+    let mut browser = Chromium::start(&browser_dir(&s, "moderated")).await;
+    window(&mut browser, 1280, 800).await;
+    sign_in(&mut browser, &base, "ada", "ada's password").await;
+    browser
+        .navigate(&format!("{base}/console/#/sessions/{}", s.session))
+        .await;
+    wait_for_element(
+        &mut browser,
+        "the moderated button",
+        "tr[data-service='terminal'] button.moderated",
+    )
+    .await;
+    browser
+        .click("tr[data-service='terminal'] button.moderated")
+        .await;
+    browser
+        .wait_eval(
+            "the control bar",
+            "!document.getElementById('terminal-control').hidden && document.getElementById('terminal-control').textContent",
+            |v| v == "Moderated · control: ada",
+        )
+        .await;
+    shot(&mut browser, "moderated-terminal").await;
+    browser.wait_prompt().await;
+    browser
+        .type_line("echo typed-by-the-$((1+1))-controller")
+        .await;
+    browser.wait_line("typed-by-the-2-controller").await;
+}

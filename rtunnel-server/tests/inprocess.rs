@@ -385,6 +385,7 @@ fn terminal_open(operator: &str) -> Option<TerminalOpen> {
         mode: None,
         attach: None,
         list: false,
+        moderated: false,
         cols: 80,
         rows: 24,
         operator: operator.into(),

@@ -255,3 +255,189 @@ async fn a_detached_terminal_ends_after_the_detach_timeout() {
         (200, Some(0))
     );
 }
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A terminal WebSocket by system, as a program opens one (bearer token),
+/// hearing who is in it.
+async fn terminal_ws(server: &ServerProc, token: &str, system: &str, query: &str) -> Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!(
+        "ws://{}/api/v1/systems/{system}/terminal?events=true{query}",
+        server.addr
+    );
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    tokio_tungstenite::connect_async(request).await.unwrap().0
+}
+
+/// What a participant sees: output and events, until `done` says so.
+async fn watch_until(
+    ws: &mut Ws,
+    seen: &mut String,
+    events: &mut Vec<serde_json::Value>,
+    done: impl Fn(&str, &[serde_json::Value]) -> bool,
+) {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !done(seen, events) {
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("timed out; saw {seen:?} and {events:#?}"));
+        match msg {
+            Some(Ok(Message::Binary(b))) => seen.push_str(&String::from_utf8_lossy(&b)),
+            Some(Ok(Message::Text(t))) => events.push(serde_json::from_str(t.as_str()).unwrap()),
+            other => panic!("the terminal ended: {other:?}; saw {seen:?}"),
+        }
+    }
+}
+
+async fn send_keys(ws: &mut Ws, keys: &str) {
+    use futures::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::Binary(
+        keys.as_bytes().to_vec().into(),
+    ))
+    .await
+    .unwrap();
+}
+
+async fn send_json(ws: &mut Ws, v: serde_json::Value) {
+    use futures::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(
+        v.to_string().into(),
+    ))
+    .await
+    .unwrap();
+}
+
+fn controller_is(name: &'static str) -> impl Fn(&str, &[serde_json::Value]) -> bool {
+    move |_, events| {
+        events
+            .iter()
+            .any(|e| e["event"] == "control" && e["controller"] == name)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moderated_terminal_is_handed_over_and_taken_over_with_an_audit_trail() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(tmp.path(), &[]).await;
+    let root = user_with_token(&server, "root", "admin");
+    let alice = user_with_token(&server, "alice", "operator");
+    let bob = user_with_token(&server, "bob", "operator");
+    let sys = enroll(&server, "pair");
+    server.admin(&["grant", "alice", "pair"]);
+    server.admin(&["grant", "bob", "pair"]);
+    let _agent = start_agent(&server, &sys, "", &["--shell", "/bin/sh"]);
+    let session = active_session(&server, &root, &sys.id).await;
+
+    // Alice starts a moderated terminal: she holds it.
+    let mut a = terminal_ws(&server, &alice, "pair", "&moderated=true").await;
+    let (mut a_seen, mut a_events) = (String::new(), Vec::new());
+    watch_until(&mut a, &mut a_seen, &mut a_events, |_, e| !e.is_empty()).await;
+    assert_eq!(a_events[0]["event"], "info");
+    assert_eq!(a_events[0]["controller"], "alice");
+    assert_eq!(a_events[0]["moderated"], true);
+    let id = a_events[0]["terminal"].as_str().unwrap().to_owned();
+
+    // Bob joins; his keys go nowhere while Alice holds it.
+    let mut b = terminal_ws(&server, &bob, "pair", &format!("&attach={id}")).await;
+    let (mut b_seen, mut b_events) = (String::new(), Vec::new());
+    watch_until(&mut b, &mut b_seen, &mut b_events, |_, e| !e.is_empty()).await;
+    send_keys(&mut b, "echo bob-early-$((1+1))\r").await;
+    send_keys(&mut a, "echo alice-$((2+3))\r").await;
+    watch_until(&mut a, &mut a_seen, &mut a_events, |s, _| {
+        s.contains("alice-5")
+    })
+    .await;
+    watch_until(&mut b, &mut b_seen, &mut b_events, |s, _| {
+        s.contains("alice-5")
+    })
+    .await;
+    assert!(!a_seen.contains("bob-early"), "{a_seen}");
+    // Nor can he take it: only an admin takes over.
+    send_json(&mut b, serde_json::json!({"type": "take_over"})).await;
+    watch_until(&mut b, &mut b_seen, &mut b_events, |_, e| {
+        e.iter()
+            .any(|e| e["type"] == "error" && e["code"] == "forbidden")
+    })
+    .await;
+
+    // Alice hands it to Bob; everyone hears it; Bob types.
+    send_json(
+        &mut a,
+        serde_json::json!({"type": "hand_over", "to": "bob"}),
+    )
+    .await;
+    watch_until(&mut a, &mut a_seen, &mut a_events, controller_is("bob")).await;
+    watch_until(&mut b, &mut b_seen, &mut b_events, controller_is("bob")).await;
+    send_keys(&mut b, "echo bob-$((3+4))\r").await;
+    watch_until(&mut a, &mut a_seen, &mut a_events, |s, _| {
+        s.contains("bob-7")
+    })
+    .await;
+
+    // An admin takes it over: Bob's keys go nowhere again.
+    let mut r = terminal_ws(&server, &root, "pair", &format!("&attach={id}")).await;
+    let (mut r_seen, mut r_events) = (String::new(), Vec::new());
+    watch_until(&mut r, &mut r_seen, &mut r_events, |_, e| !e.is_empty()).await;
+    send_json(&mut r, serde_json::json!({"type": "take_over"})).await;
+    watch_until(&mut b, &mut b_seen, &mut b_events, controller_is("root")).await;
+    send_keys(&mut b, "echo late-bob-$((4+4))\r").await;
+    send_keys(&mut r, "echo root-$((5+5))\r").await;
+    watch_until(&mut a, &mut a_seen, &mut a_events, |s, _| {
+        s.contains("root-10")
+    })
+    .await;
+    assert!(!a_seen.contains("late-bob"), "{a_seen}");
+
+    // Every change is in the audit log, and marked in the recording.
+    let (_, audit) = api_call(
+        server.addr,
+        "GET",
+        "/api/v1/audit?event=terminal_control_changed",
+        Some(&root),
+        None,
+    )
+    .await;
+    let items = audit["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{audit}");
+    assert_eq!(items[1]["actor"], "alice");
+    assert_eq!(items[1]["details"]["op"], "hand_over");
+    assert_eq!(items[1]["details"]["to"], "bob");
+    assert_eq!(items[0]["actor"], "root");
+    assert_eq!(items[0]["details"]["op"], "take_over");
+    send_keys(&mut r, "exit\r").await;
+    watch_until(&mut a, &mut a_seen, &mut a_events, |_, _| true).await;
+    drop((a, b, r));
+    let cast = wait_for("the recording to be written", || {
+        let (server, root, session) = (&server, root.clone(), session.clone());
+        async move {
+            let (_, recs) = api_call(
+                server.addr,
+                "GET",
+                &format!("/api/v1/sessions/{session}/recordings"),
+                Some(&root),
+                None,
+            )
+            .await;
+            let id = recs["items"][0]["id"].as_str()?.to_owned();
+            recs["items"][0]["ended_at"].as_str()?;
+            let (_, body) = http_get(
+                server.addr,
+                &format!("/api/v1/recordings/{id}"),
+                Some(&root),
+            )
+            .await
+            .ok()?;
+            Some(body)
+        }
+    })
+    .await;
+    assert!(cast.contains("bob has control (from alice)"), "{cast}");
+    assert!(cast.contains("root took control"), "{cast}");
+}

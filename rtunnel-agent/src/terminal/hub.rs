@@ -9,6 +9,11 @@
 //! When the last participant leaves, the shell waits detached for
 //! `--terminal-detach-timeout`, then is ended. Every participant hears who
 //! joins and leaves ([`TermMsg::Event`], JSON).
+//!
+//! A moderated terminal has one controller at a time (at first the one who
+//! started it): only the controller's keys reach the shell. The controller
+//! hands over to another `join` participant, or someone takes over (the
+//! server sends that only for admins); everyone hears who holds it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -59,6 +64,25 @@ struct Inner {
     /// Bumped at every detach, so a detach timer knows it is still the
     /// latest.
     detaches: u64,
+    /// One controller at a time types.
+    moderated: bool,
+    /// The participant (by key) who types in a moderated terminal.
+    controller: Option<u64>,
+}
+
+impl Inner {
+    fn controller_name(&self) -> Option<&str> {
+        let key = self.controller?;
+        self.participants
+            .iter()
+            .find(|p| p.key == key)
+            .map(|p| p.name.as_str())
+    }
+
+    /// Whether `key`'s keys reach the shell.
+    fn may_type(&self, key: u64, mode: TerminalMode) -> bool {
+        mode == TerminalMode::Join && (!self.moderated || self.controller == Some(key))
+    }
 }
 
 /// One live shell.
@@ -75,6 +99,48 @@ struct Terminal {
 impl Terminal {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A participant's request about control: `hand_over` (from the
+    /// controller, to a `join` participant named `to`) or `take_over`
+    /// (the server forwards it only from admins). Applied changes are
+    /// announced as `control`; others are ignored.
+    fn control(&self, key: u64, json: &[u8]) {
+        let Ok(request) = serde_json::from_slice::<serde_json::Value>(json) else {
+            return;
+        };
+        let op = request["op"].as_str().unwrap_or_default();
+        let to = request["to"].as_str().unwrap_or_default();
+        let mut inner = self.lock();
+        if !inner.moderated {
+            return;
+        }
+        let Some(me) = inner.participants.iter().find(|p| p.key == key).cloned() else {
+            return;
+        };
+        let next = match op {
+            "hand_over" if inner.controller == Some(key) => inner
+                .participants
+                .iter()
+                .find(|p| p.name == to && p.mode == TerminalMode::Join)
+                .map(|p| p.key),
+            "take_over" if me.mode == TerminalMode::Join => Some(key),
+            _ => None,
+        };
+        let Some(next) = next else { return };
+        inner.controller = Some(next);
+        let body = json!({
+            "event": "control",
+            "name": inner.controller_name(),
+            "by": me.name,
+            "mode": "join",
+            "participants": Self::people(&inner),
+            "moderated": true,
+            "controller": inner.controller_name(),
+        })
+        .to_string();
+        tracing::info!(terminal = %self.id, by = %me.name, controller = ?inner.controller_name(), "terminal control changed");
+        let _ = self.out.send(Out::Event(body.into_bytes().into()));
     }
 
     fn people(inner: &Inner) -> serde_json::Value {
@@ -99,6 +165,8 @@ impl Terminal {
             "since": humantime::format_rfc3339_seconds(self.since).to_string(),
             "participants": Self::people(&inner),
             "detached": inner.participants.is_empty(),
+            "moderated": inner.moderated,
+            "controller": inner.controller_name(),
         })
     }
 
@@ -109,6 +177,8 @@ impl Terminal {
             "name": name,
             "mode": mode.as_str(),
             "participants": Self::people(inner),
+            "moderated": inner.moderated,
+            "controller": inner.controller_name(),
         })
         .to_string();
         let _ = self.out.send(Out::Event(body.into_bytes().into()));
@@ -219,6 +289,11 @@ impl Hub {
                 mode,
                 since: SystemTime::now(),
             });
+            // The one who starts a moderated terminal holds it; so does
+            // the first to join one nobody holds.
+            if inner.moderated && inner.controller.is_none() && mode == TerminalMode::Join {
+                inner.controller = Some(key);
+            }
             let past: Vec<u8> = inner.scrollback.iter().copied().collect();
             let rx = terminal.out.subscribe();
             let info = json!({
@@ -228,6 +303,8 @@ impl Hub {
                 "you": open.operator,
                 "mode": mode.as_str(),
                 "participants": Terminal::people(&inner),
+                "moderated": inner.moderated,
+                "controller": inner.controller_name(),
             })
             .to_string();
             terminal.announce(&inner, "joined", &open.operator, mode);
@@ -253,21 +330,24 @@ impl Hub {
         {
             let input = async {
                 while let Ok(Some(msg)) = read_msg(&mut reader).await {
-                    match (msg, mode) {
-                        (TermMsg::Data(bytes), TerminalMode::Join) => {
+                    let may_type = terminal.lock().may_type(key, mode);
+                    match msg {
+                        TermMsg::Data(bytes) if may_type => {
                             if terminal.input.lock().await.write_all(&bytes).await.is_err() {
                                 break;
                             }
                             typed += bytes.len() as u64;
                         }
-                        (TermMsg::Resize { cols, rows }, TerminalMode::Join) => {
+                        TermMsg::Resize { cols, rows } if may_type => {
                             let _ = terminal
                                 .input
                                 .lock()
                                 .await
                                 .resize(pty_process::Size::new(rows, cols));
                         }
-                        // A watcher's keys and sizes go nowhere.
+                        TermMsg::Control(json) => terminal.control(key, &json),
+                        // A watcher's keys and sizes go nowhere, nor those of one who
+                        // does not hold a moderated terminal.
                         _ => {}
                     }
                 }
@@ -317,6 +397,15 @@ impl Hub {
             return;
         };
         let gone = inner.participants.remove(at);
+        // A controller who leaves hands the terminal to the longest there
+        // who may type.
+        if inner.controller == Some(key) {
+            inner.controller = inner
+                .participants
+                .iter()
+                .find(|p| p.mode == TerminalMode::Join)
+                .map(|p| p.key);
+        }
         terminal.announce(&inner, "left", &gone.name, gone.mode);
         tracing::info!(operator = %gone.name, terminal = %terminal.id, "left a terminal");
         if !inner.participants.is_empty() || inner.exited.is_some() {
@@ -358,7 +447,10 @@ impl Hub {
             started_by: open.operator.clone(),
             since: SystemTime::now(),
             input: tokio::sync::Mutex::new(pty_in),
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                moderated: open.moderated,
+                ..Inner::default()
+            }),
             out,
             kill: Notify::new(),
         });

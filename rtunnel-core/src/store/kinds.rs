@@ -107,6 +107,8 @@ kinds!(
         SystemSecretRegenerated = "system_secret_regenerated",
         /// A browser terminal ended.
         TerminalClosed = "terminal_closed",
+        /// Control of a moderated terminal was handed over or taken over.
+        TerminalControlChanged = "terminal_control_changed",
         /// A browser terminal opened.
         TerminalOpened = "terminal_opened",
         /// A terminal ticket was issued.

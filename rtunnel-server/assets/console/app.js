@@ -698,12 +698,23 @@
 
     function openButton(session, s) {
       if (s.kind === "terminal") {
-        return h("button", {
+        const open = h("button", {
           type: "button",
           class: "primary",
           text: "Open terminal",
           onclick: (ev) => openTerminal(session.id, systemName(session.system_id), ev.target, s.consent),
         });
+        if (!s.shared) return open;
+        // One person types at a time; control is handed over.
+        const moderated = h("button", {
+          type: "button",
+          class: "moderated",
+          text: "Open moderated",
+          title: "One participant at a time types; control is handed over",
+          onclick: (ev) =>
+            openTerminal(session.id, systemName(session.system_id), ev.target, s.consent, { moderated: true }),
+        });
+        return [open, " ", moderated];
       }
       // Any other service may be a web UI (through the subdomain proxy)
       // or anything else (through a local port).
@@ -834,7 +845,9 @@
       scheme + "://" + location.host + base + "/api/v1/sessions/" + sessionId + "/terminal?ticket=" +
       encodeURIComponent(ticket) + "&cols=" + t.term.cols + "&rows=" + t.term.rows + "&events=true" +
       (share.attach ? "&attach=" + encodeURIComponent(share.attach) : "") +
-      (share.mode ? "&mode=" + encodeURIComponent(share.mode) : "");
+      (share.mode ? "&mode=" + encodeURIComponent(share.mode) : "") +
+      (share.moderated ? "&moderated=true" : "");
+    t.mode = share.mode || "join";
     const ws = new WebSocket(url);
     t.ws = ws;
     ws.binaryType = "arraybuffer";
@@ -851,9 +864,14 @@
       try {
         const msg = JSON.parse(ev.data);
         if (msg.type === "exit") t.term.write("\r\n[the shell exited with code " + msg.code + "]\r\n");
+        if (msg.type === "error") say(msg.error);
         if (msg.type === "participants") {
           if (msg.terminal) t.terminal = msg.terminal;
           t.participants = msg.participants || [];
+          t.moderated = !!msg.moderated;
+          t.controller = msg.controller || null;
+          if (window.rtunnelTerminal === t) renderControl(t);
+          if (msg.event === "control") say((msg.controller || "nobody") + " now has control of " + t.label + ".");
           const others = t.participants.length - 1;
           if (t.status === "open") {
             t.setStatus("open", others > 0 ? "connected · " + t.participants.map((p) => p.name + (p.mode === "watch" ? " (watching)" : "")).join(", ") : "connected");
@@ -882,8 +900,37 @@
     });
   }
 
+  // Who types in a moderated terminal, and the means to change it.
+  function renderControl(t) {
+    const bar = document.getElementById("terminal-control");
+    if (!t || !t.moderated) {
+      bar.hidden = true;
+      bar.replaceChildren();
+      return;
+    }
+    const me = state.me && state.me.name;
+    const send = (msg) => t.ws && t.ws.readyState === WebSocket.OPEN && t.ws.send(JSON.stringify(msg));
+    const parts = [h("span", { class: "holder", text: "Moderated · control: " + (t.controller || "nobody") })];
+    if (t.controller === me) {
+      const others = t.participants.filter((p) => p.mode === "join" && p.name !== me);
+      if (others.length) {
+        const pick = h(
+          "select",
+          { "aria-label": "Hand over to" },
+          others.map((p) => h("option", { value: p.name, text: p.name }))
+        );
+        parts.push(" ", pick, " ", h("button", { type: "button", class: "hand-over", text: "Hand over", onclick: () => send({ type: "hand_over", to: pick.value }) }));
+      }
+    } else if (isAdmin() && t.mode !== "watch") {
+      parts.push(" ", h("button", { type: "button", class: "take-over", text: "Take over", onclick: () => send({ type: "take_over" }) }));
+    }
+    bar.replaceChildren(...parts);
+    bar.hidden = false;
+  }
+
   function selectTerminal(t) {
     window.rtunnelTerminal = t;
+    renderControl(t);
     for (const o of state.terminals) {
       const on = o === t;
       o.tab.setAttribute("aria-selected", on ? "true" : "false");

@@ -35,6 +35,12 @@ struct RawEvent {
     participants: Vec<RawParticipant>,
     #[serde(default)]
     terminals: Vec<RawTerminal>,
+    #[serde(default)]
+    by: Option<String>,
+    #[serde(default)]
+    controller: Option<String>,
+    #[serde(default)]
+    moderated: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -47,6 +53,10 @@ struct RawTerminal {
     participants: Vec<RawParticipant>,
     #[serde(default)]
     detached: bool,
+    #[serde(default)]
+    moderated: bool,
+    #[serde(default)]
+    controller: Option<String>,
 }
 
 /// A participant's event, checked.
@@ -64,6 +74,12 @@ pub(crate) struct Event {
     pub participants: serde_json::Value,
     /// Who started it (in `info`).
     pub started_by: Option<String>,
+    /// Who handed it over or took it (in `control`).
+    pub by: Option<String>,
+    /// Who types, in a moderated terminal.
+    pub controller: Option<String>,
+    /// One participant at a time types.
+    pub moderated: bool,
 }
 
 impl Event {
@@ -77,6 +93,9 @@ impl Event {
             "mode": self.mode,
             "started_by": self.started_by,
             "participants": self.participants,
+            "moderated": self.moderated,
+            "controller": self.controller,
+            "by": self.by,
         })
         .to_string()
     }
@@ -88,6 +107,10 @@ impl Event {
         match self.kind {
             "joined" => Some(format!("{name} joined ({mode})")),
             "left" => Some(format!("{name} left")),
+            "control" => Some(match self.by.as_deref() {
+                Some(by) if by != name => format!("{name} has control (from {by})"),
+                _ => format!("{name} took control"),
+            }),
             _ => None,
         }
     }
@@ -127,6 +150,7 @@ pub(crate) fn parse(json: &[u8]) -> Option<Event> {
         "info" => "info",
         "joined" => "joined",
         "left" => "left",
+        "control" => "control",
         _ => return None,
     };
     Some(Event {
@@ -136,6 +160,9 @@ pub(crate) fn parse(json: &[u8]) -> Option<Event> {
         mode: raw.mode.as_deref().and_then(mode),
         participants: participants(&raw.participants),
         started_by: raw.started_by.as_deref().and_then(text),
+        by: raw.by.as_deref().and_then(text),
+        controller: raw.controller.as_deref().and_then(text),
+        moderated: raw.moderated,
     })
 }
 
@@ -156,6 +183,8 @@ pub(crate) fn parse_list(json: &[u8]) -> Option<serde_json::Value> {
                     "since": text(&t.since),
                     "participants": participants(&t.participants),
                     "detached": t.detached,
+                    "moderated": t.moderated,
+                    "controller": t.controller.as_deref().and_then(text),
                 }))
             })
             .collect(),

@@ -62,6 +62,8 @@ pub(crate) struct TerminalQuery {
     /// `true`: also send `{"type":"participants",...}` text messages (who
     /// is in a shared terminal), as the console asks.
     events: Option<bool>,
+    /// `true`: a new terminal where one participant at a time types.
+    moderated: Option<bool>,
 }
 
 /// The terminal's first size (default 80x24).
@@ -76,13 +78,24 @@ pub(crate) struct SizeQuery {
     mode: Option<TerminalMode>,
     /// `true`: also send `participants` text messages.
     events: Option<bool>,
+    /// `true`: a new terminal where one participant at a time types.
+    moderated: Option<bool>,
 }
 
 /// A browser's text message.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum BrowserText {
-    Resize { cols: u16, rows: u16 },
+    Resize {
+        cols: u16,
+        rows: u16,
+    },
+    /// The controller of a moderated terminal gives it to `to`.
+    HandOver {
+        to: String,
+    },
+    /// An admin takes a moderated terminal over.
+    TakeOver,
 }
 
 fn conflict(code: &'static str, message: impl Into<String>) -> ApiError {
@@ -155,6 +168,7 @@ pub(crate) async fn terminal_endpoint(
         attach: q.attach,
         mode: q.mode,
         events: q.events.unwrap_or(false),
+        moderated: q.moderated.unwrap_or(false),
     };
     open_terminal(state, opened, held, ws).await
 }
@@ -203,6 +217,7 @@ pub(crate) async fn system_terminal_endpoint(
         attach: q.attach,
         mode: q.mode,
         events: q.events.unwrap_or(false),
+        moderated: q.moderated.unwrap_or(false),
     };
     open_terminal(state, opened, held, ws).await
 }
@@ -250,6 +265,7 @@ pub(crate) async fn list_terminals(
         mode: Some(TerminalMode::Watch),
         attach: None,
         list: true,
+        moderated: false,
     });
     let mut stream = state.tunnels.streams.open(session.id, &header).await?;
     let timeout = state.config.stream_setup_timeout;
@@ -286,6 +302,7 @@ struct Opened {
     attach: Option<Uuid>,
     mode: Option<TerminalMode>,
     events: bool,
+    moderated: bool,
 }
 
 /// Checks access and the session, audits, asks the agent for a PTY and
@@ -306,6 +323,7 @@ async fn open_terminal(
         attach,
         mode,
         events,
+        moderated,
     } = opened;
     let session_id = session.id;
     // Watching needs only to see the system; typing needs to connect.
@@ -323,7 +341,11 @@ async fn open_terminal(
         ));
     }
     // An agent that shares terminals keeps them across closed tabs.
-    let share = shared.then_some((mode.unwrap_or(TerminalMode::Join), attach));
+    let share = shared.then_some(Share {
+        mode: mode.unwrap_or(TerminalMode::Join),
+        attach,
+        moderated,
+    });
     match session.status {
         SessionStatus::Active => {}
         SessionStatus::GracePeriod => {
@@ -347,8 +369,9 @@ async fn open_terminal(
     event.details = serde_json::json!({
         "cols": cols,
         "rows": rows,
-        "mode": share.map(|(m, _)| m.as_str()),
+        "mode": share.map(|s| s.mode.as_str()),
         "attach": attach,
+        "moderated": share.is_some_and(|s| s.moderated && s.attach.is_none()),
     });
     state.audit.record(event).await?;
 
@@ -416,6 +439,14 @@ impl Drop for Unstarted {
     }
 }
 
+/// How a participant takes part in a shared terminal.
+#[derive(Debug, Clone, Copy)]
+struct Share {
+    mode: TerminalMode,
+    attach: Option<Uuid>,
+    moderated: bool,
+}
+
 /// Asks the session's agent for a PTY.
 async fn open_pty(
     state: &AppState,
@@ -423,7 +454,7 @@ async fn open_pty(
     user: &User,
     cols: u16,
     rows: u16,
-    share: Option<(TerminalMode, Option<Uuid>)>,
+    share: Option<Share>,
 ) -> Result<TunnelStream, ApiError> {
     let mut header =
         StreamHeader::new(TERMINAL_SERVICE, StreamKind::Terminal).opened_by(&user.name);
@@ -431,9 +462,10 @@ async fn open_pty(
         cols,
         rows,
         operator: user.name.clone(),
-        mode: share.map(|(m, _)| m),
-        attach: share.and_then(|(_, a)| a),
+        mode: share.map(|s| s.mode),
+        attach: share.and_then(|s| s.attach),
         list: false,
+        moderated: share.is_some_and(|s| s.moderated),
     });
     Ok(state.tunnels.streams.open(session_id, &header).await?)
 }
@@ -535,6 +567,65 @@ impl Rec {
     }
 }
 
+/// Who asks for a change of control, where.
+struct ControlCtx {
+    state: Arc<AppState>,
+    user: User,
+    system_id: SystemId,
+    session_id: SessionId,
+    terminal: Option<Uuid>,
+    shared: bool,
+}
+
+/// A control request from the browser: checked (a hand-over names someone;
+/// only an admin takes over), audited, then the message for the agent,
+/// which applies it if the asker may (holds the terminal, for a
+/// hand-over). `Err` is the text message telling the browser why not.
+async fn control_request(
+    ctx: &ControlCtx,
+    request: BrowserText,
+) -> Result<Option<TermMsg>, String> {
+    let refuse = |code: &str, why: &str| {
+        serde_json::json!({"type": "error", "code": code, "error": why}).to_string()
+    };
+    if !ctx.shared {
+        return Err(refuse(
+            "terminal_unavailable",
+            "this terminal is not shared (the agent is too old)",
+        ));
+    }
+    let (op, to) = match request {
+        BrowserText::HandOver { to } => {
+            let valid =
+                !to.is_empty() && to.chars().count() <= 128 && !to.chars().any(char::is_control);
+            if !valid {
+                return Err(refuse("invalid_body", "hand over to whom?"));
+            }
+            ("hand_over", Some(to))
+        }
+        BrowserText::TakeOver if ctx.user.role == rtunnel_core::store::Role::Admin => {
+            ("take_over", None)
+        }
+        BrowserText::TakeOver => {
+            return Err(refuse("forbidden", "only an admin takes a terminal over"));
+        }
+        BrowserText::Resize { .. } => return Ok(None),
+    };
+    let mut event = AuditEvent::new(AuditKind::TerminalControlChanged);
+    event.actor = Some(ctx.user.name.clone());
+    event.system_id = Some(ctx.system_id);
+    event.session_id = Some(ctx.session_id);
+    event.details = serde_json::json!({"terminal": ctx.terminal, "op": op, "to": to});
+    if ctx.state.audit.record(event).await.is_err() {
+        return Err(refuse(
+            "audit_unavailable",
+            "the change cannot be audited now; try again",
+        ));
+    }
+    let body = serde_json::json!({"op": op, "to": to}).to_string();
+    Ok(Some(TermMsg::Control(body.into_bytes())))
+}
+
 /// How a terminal ended.
 enum End {
     /// The shell exited with this code.
@@ -631,11 +722,20 @@ async fn bridge(ctx: TerminalCtx, socket: WebSocket, upstream: TunnelStream) {
             }
         }
     };
-    // Browser to agent: keystrokes and resizes.
+    // Browser to agent: keystrokes, resizes, and control requests.
+    let control_ctx = ControlCtx {
+        state: ctx.state.clone(),
+        user: ctx.user.clone(),
+        system_id: ctx.system_id,
+        session_id: ctx.session_id,
+        terminal,
+        shared: ctx.shared,
+    };
     let input = {
         let up_w = up_w.clone();
         let rec = rec.clone();
         let to_agent = to_agent.clone();
+        let ws_tx_in = ws_tx.clone();
         async move {
             while let Some(Ok(msg)) = ws_rx.next().await {
                 let msg = match msg {
@@ -648,6 +748,20 @@ async fn bridge(ctx: TerminalCtx, socket: WebSocket, upstream: TunnelStream) {
                             TermMsg::Resize { cols, rows }
                         }
                         Ok(BrowserText::Resize { .. }) => continue,
+                        Ok(request @ (BrowserText::HandOver { .. } | BrowserText::TakeOver)) => {
+                            match control_request(&control_ctx, request).await {
+                                Ok(Some(msg)) => msg,
+                                Ok(None) => continue,
+                                Err(refusal) => {
+                                    let _ = ws_tx_in
+                                        .lock()
+                                        .await
+                                        .send(Message::Text(refusal.into()))
+                                        .await;
+                                    continue;
+                                }
+                            }
+                        }
                         // Text that is not a command is typed, as some
                         // clients send keystrokes as text.
                         Err(_) => TermMsg::Data(t.as_bytes().to_vec()),
