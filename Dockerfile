@@ -51,6 +51,12 @@ RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/rtunnel-agent 
     && chmod 0700 /var/lib/rtunnel-agent
 COPY --from=build /out/rtunnel-agent /usr/bin/rtunnel-agent
 USER 10001:10001
-ENV RTUNNEL_STATE_DIR=/var/lib/rtunnel-agent
+# No terminal by default: its shells would run as the agent's own user, and
+# a shell of the same user can read what the agent and tini were started
+# with (/proc/1/environ: RTUNNEL_SECRET). Mount the secret as a file
+# (RTUNNEL_SECRET_FILE) and set RTUNNEL_NO_TERMINAL=false only if a shell
+# inside this container is what operators need.
+ENV RTUNNEL_STATE_DIR=/var/lib/rtunnel-agent \
+    RTUNNEL_NO_TERMINAL=true
 ENTRYPOINT ["/usr/bin/tini", "--", "/usr/bin/rtunnel-agent"]
 CMD ["run"]

@@ -84,13 +84,16 @@ if dpkg -s rtunnel-server >/dev/null 2>&1 || dpkg -s rtunnel-agent >/dev/null 2>
     exit 0
 fi
 user_existed=false
+group_existed=false
 getent passwd rtunnel >/dev/null && user_existed=true
+getent group rtunnel >/dev/null && group_existed=true
 pid=
 cleanup() {
     [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
     dpkg --purge rtunnel-server rtunnel-agent >/dev/null 2>&1 || true
     rm -rf /var/lib/rtunnel /etc/rtunnel /etc/rtunnel-agent
     $user_existed || userdel rtunnel 2>/dev/null || true
+    $group_existed || groupdel rtunnel 2>/dev/null || true
 }
 trap cleanup EXIT
 dpkg -i "$server_deb" "$agent_deb"

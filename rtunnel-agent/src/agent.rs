@@ -844,7 +844,7 @@ impl Agent {
 }
 
 /// Whether `url` is a `ws://` URL to a host other than this machine.
-fn plain_beyond_loopback(url: &str) -> bool {
+pub(crate) fn plain_beyond_loopback(url: &str) -> bool {
     if !url.starts_with("ws://") {
         return false;
     }
@@ -910,7 +910,9 @@ async fn serve_stream(offer: Arc<Offer>, mut stream: MuxStream) {
     let at = std::time::SystemTime::now();
     let started = std::time::Instant::now();
     let served = serve_header(&offer, stream, &header).await;
-    if let Some(log) = &offer.access_log {
+    // Listing the live terminals opens nothing: not an access.
+    let listing = header.terminal.as_ref().is_some_and(|t| t.list);
+    if let Some(log) = offer.access_log.as_ref().filter(|_| !listing) {
         log.write(crate::access_log::Entry {
             at,
             session: offer.session_id.to_string(),
@@ -1028,6 +1030,15 @@ async fn serve_header(offer: &Offer, mut stream: MuxStream, header: &StreamHeade
                 exit_code: None,
                 outcome: crate::access_log::Outcome::Ok,
             };
+        }
+        // Watching is of a terminal someone else started: a watcher starts
+        // no shell.
+        if open.mode == Some(rtunnel_core::proto::TerminalMode::Watch) && open.attach.is_none() {
+            let reply = StreamReply::refused(
+                RefusalCode::BadStreamHeader,
+                "watching needs the terminal to watch (attach)",
+            );
+            return refuse_with(&mut stream, reply).await;
         }
         if let Some(id) = open.attach
             && (open.mode.is_none() || !offer.hub.contains(id))

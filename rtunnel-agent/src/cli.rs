@@ -145,6 +145,9 @@ pub(crate) struct RunArgs {
     /// Ask for every connection, not once per operator and session.
     #[arg(long, env = "RTUNNEL_CONSENT_PER_CONNECTION")]
     consent_per_connection: bool,
+    /// How long a refusal stands before the customer is asked again.
+    #[arg(long, env = "RTUNNEL_CONSENT_REFUSAL_STANDS", default_value = "30s", value_parser = humantime::parse_duration)]
+    consent_refusal_stands: Duration,
     /// Append a JSON line per stream served or refused (when, operator,
     /// service, bytes, duration) to this file, created 0600.
     #[arg(long, env = "RTUNNEL_ACCESS_LOG")]
@@ -381,6 +384,7 @@ pub(crate) fn build(args: &RunArgs, loaded: Option<&Loaded>) -> Result<Agent, Fa
             command: args.consent_command.clone(),
             timeout: args.consent_timeout,
             per_connection: args.consent_per_connection,
+            refusal_stands: args.consent_refusal_stands,
         })
         .access_log(args.access_log.clone())
         .terminal_detach_timeout(args.terminal_detach_timeout)
@@ -479,6 +483,7 @@ async fn rereads(
         t
     });
     let mut warned: Vec<String> = Vec::new();
+    let terminal_at_start = !loaded.services.excludes(crate::terminal::TERMINAL_SERVICE);
     loop {
         let why = tokio::select! {
             _ = hangups.recv() => "SIGHUP",
@@ -499,6 +504,18 @@ async fn rereads(
             );
         }
         warned = changed;
+        let terminal_now = !services.excludes(crate::terminal::TERMINAL_SERVICE);
+        if terminal_now != terminal_at_start {
+            tracing::warn!(
+                "{why}: the terminal is {} in {} now; that takes effect at restart",
+                if terminal_now {
+                    "no longer excluded"
+                } else {
+                    "excluded"
+                },
+                loaded.path.display()
+            );
+        }
         let offered = services.offered(&flag_services);
         let count = offered.len();
         match agent.set_services(offered) {

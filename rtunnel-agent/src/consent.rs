@@ -23,6 +23,28 @@ use tokio::io::AsyncReadExt;
 /// Longest reason taken from the command's output.
 const MAX_REASON: usize = 200;
 
+/// How long a refusal stands before the customer is asked again: an
+/// operator retrying does not bring up question after question.
+pub const REFUSAL_STANDS: Duration = Duration::from_secs(30);
+
+/// The agent's environment the command gets (a desktop session to show a
+/// question on, the locale), and nothing else of it.
+const PASSED_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LC_ALL",
+    "LC_MESSAGES",
+    "TZ",
+    "DISPLAY",
+    "WAYLAND_DISPLAY",
+    "XAUTHORITY",
+    "XDG_RUNTIME_DIR",
+    "DBUS_SESSION_BUS_ADDRESS",
+];
+
 /// How the agent asks.
 #[derive(Debug, Clone)]
 pub struct ConsentConfig {
@@ -34,6 +56,9 @@ pub struct ConsentConfig {
     pub timeout: Duration,
     /// Ask for every connection, not once per operator and session.
     pub per_connection: bool,
+    /// How long a refusal stands before the customer is asked again
+    /// (default [`REFUSAL_STANDS`]).
+    pub refusal_stands: Duration,
 }
 
 impl Default for ConsentConfig {
@@ -43,6 +68,7 @@ impl Default for ConsentConfig {
             command: None,
             timeout: Duration::from_secs(60),
             per_connection: false,
+            refusal_stands: REFUSAL_STANDS,
         }
     }
 }
@@ -74,6 +100,8 @@ pub struct Consent {
     allowed: Mutex<HashSet<Asker>>,
     /// One lock per operator and session while the customer is asked.
     asking: Mutex<HashMap<Asker, Arc<tokio::sync::Mutex<()>>>>,
+    /// Recent refusals, and when.
+    refused: Mutex<HashMap<Asker, (std::time::Instant, Refusal)>>,
 }
 
 impl Consent {
@@ -135,7 +163,12 @@ impl Consent {
                 Ok(())
             }
             ConsentMode::Approve if config.per_connection => {
-                self.ask(command, session, operator, service).await
+                if let Some(refusal) = self.recently_refused(session, operator) {
+                    return Err(refusal);
+                }
+                let answer = self.ask(command, session, operator, service).await;
+                self.remember(session, operator, &answer);
+                answer
             }
             ConsentMode::Approve => {
                 let key = (session, operator.to_owned());
@@ -152,7 +185,11 @@ impl Consent {
                 if self.is_allowed(session, operator) {
                     return Ok(());
                 }
+                if let Some(refusal) = self.recently_refused(session, operator) {
+                    return Err(refusal);
+                }
                 let answer = self.ask(command, session, operator, service).await;
+                self.remember(session, operator, &answer);
                 if answer.is_ok() {
                     self.allowed
                         .lock()
@@ -160,6 +197,41 @@ impl Consent {
                         .insert(key);
                 }
                 answer
+            }
+        }
+    }
+
+    /// The refusal given `operator` less than [`REFUSAL_STANDS`] ago.
+    fn recently_refused(&self, session: SessionId, operator: &str) -> Option<Refusal> {
+        let refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        let (at, refusal) = refused.get(&(session, operator.to_owned()))?;
+        let stands = self.config.refusal_stands;
+        (at.elapsed() < stands).then(|| {
+            Refusal::new(
+                RefusalCode::ConsentDenied,
+                format!(
+                    "{} (asked {} ago; the customer is asked again after {})",
+                    refusal.reason,
+                    crate::agent::rounded(at.elapsed()),
+                    crate::agent::rounded(stands)
+                ),
+            )
+        })
+    }
+
+    fn remember(&self, session: SessionId, operator: &str, answer: &Result<(), Refusal>) {
+        let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        let stands = self.config.refusal_stands;
+        refused.retain(|_, (at, _)| at.elapsed() < stands);
+        match answer {
+            Ok(()) => {
+                refused.remove(&(session, operator.to_owned()));
+            }
+            Err(r) => {
+                refused.insert(
+                    (session, operator.to_owned()),
+                    (std::time::Instant::now(), r.clone()),
+                );
             }
         }
     }
@@ -215,13 +287,17 @@ async fn run(
     operator: &str,
     service: &str,
 ) -> std::io::Result<(i32, String)> {
+    let passed = PASSED_ENV
+        .iter()
+        .filter_map(|k| std::env::var_os(k).map(|v| (*k, v)));
     let mut child = tokio::process::Command::new("/bin/sh")
         .args(["-c", command])
+        .env_clear()
+        .envs(passed)
         .env("RTUNNEL_CONSENT", mode)
         .env("RTUNNEL_OPERATOR", operator)
         .env("RTUNNEL_SERVICE", service)
         .env("RTUNNEL_SESSION", session.to_string())
-        .env_remove("RTUNNEL_SECRET")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -275,6 +351,7 @@ mod tests {
             command: Some(command.into()),
             timeout: Duration::from_secs(5),
             per_connection,
+            refusal_stands: REFUSAL_STANDS,
         })
     }
 
@@ -317,6 +394,7 @@ mod tests {
             command: Some("sleep 30".into()),
             timeout: Duration::from_millis(200),
             per_connection: false,
+            refusal_stands: REFUSAL_STANDS,
         });
         let r = slow.decide(s, "alice", "ssh").await.unwrap_err();
         assert!(
@@ -328,6 +406,21 @@ mod tests {
         let every = consent(ConsentMode::Approve, "exit 0", true);
         every.decide(s, "alice", "ssh").await.unwrap();
         assert!(every.must_wait(s, "alice"));
+        // A refusal stands a while: asking again does not run the command.
+        let dir = tempfile::tempdir().unwrap();
+        let count = dir.path().join("count");
+        let no = consent(
+            ConsentMode::Approve,
+            &format!("echo asked >> {}; echo no; exit 1", count.display()),
+            false,
+        );
+        for _ in 0..3 {
+            let r = no.decide(s, "bob", "ssh").await.unwrap_err();
+            assert!(r.reason.contains("no"), "{}", r.reason);
+        }
+        assert_eq!(std::fs::read_to_string(&count).unwrap().lines().count(), 1);
+        let again = no.decide(s, "bob", "ssh").await.unwrap_err();
+        assert!(again.reason.contains("asked"), "{}", again.reason);
     }
 
     #[test]

@@ -86,6 +86,12 @@ fn local_size() -> (u16, u16) {
 /// [`SHELL_FAILED`]).
 pub async fn run(config: ShellConfig) -> Result<u8, String> {
     let base = crate::forward::websocket_base(&config.server)?;
+    if crate::agent::plain_beyond_loopback(&base) {
+        tracing::warn!(
+            "{} is not encrypted and not on this machine: the API token and everything typed cross the network in the clear; use https://",
+            config.server
+        );
+    }
     let (cols, rows) = local_size();
     let mut url = format!(
         "{base}/api/v1/systems/{}/terminal?cols={cols}&rows={rows}",
@@ -130,7 +136,9 @@ pub async fn run(config: ShellConfig) -> Result<u8, String> {
     let mut resized = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
         .map_err(|e| format!("cannot watch the terminal's size: {e}"))?;
     let mut stopped = std::pin::pin!(rtunnel_core::signal::terminated());
-    let raw = RawMode::enter();
+    // A watcher types nothing: the terminal stays as it is, so Ctrl-C ends
+    // the watching.
+    let raw = if config.watch { None } else { RawMode::enter() };
     let mut stdout = tokio::io::stdout();
     // A watcher's keys go nowhere; Ctrl-C (SIGINT) ends the watching.
     let mut keys_open = !config.watch;

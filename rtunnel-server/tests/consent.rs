@@ -114,6 +114,10 @@ async fn the_customer_approves_or_refuses_each_operator_once_per_session() {
             &consent_script(dir),
             "--consent-timeout",
             "3s",
+            // Asked again at once after a refusal (the unit tests cover
+            // how long one stands).
+            "--consent-refusal-stands",
+            "0s",
             "--access-log",
             access_log.to_str().unwrap(),
         ],

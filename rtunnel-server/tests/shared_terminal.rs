@@ -121,6 +121,14 @@ async fn a_closed_terminal_keeps_its_shell_and_a_viewer_watches_without_typing()
     read_until(&mut watcher, &mut watched, "typed-by-4").await;
     read_until(&mut again, &mut seen, "typed-by-4").await;
     assert!(!seen.contains("from-the-1-watcher"), "{seen}");
+    // Nor start a shell of her own by "watching" nothing.
+    let out = shell(&server, &vera, "box", &["--watch"])
+        .wait_with_output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(255));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("attach_required"), "{stderr}");
     // The viewer cannot take the keyboard by asking for it.
     let joins = shell(&server, &vera, "box", &["--attach", &id]);
     let out = joins.wait_with_output().await.unwrap();
@@ -440,4 +448,41 @@ async fn a_moderated_terminal_is_handed_over_and_taken_over_with_an_audit_trail(
     .await;
     assert!(cast.contains("bob has control (from alice)"), "{cast}");
     assert!(cast.contains("root took control"), "{cast}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminal_whose_only_operator_loses_access_ends_instead_of_waiting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(tmp.path(), &[]).await;
+    let root = user_with_token(&server, "root", "admin");
+    let olga = user_with_token(&server, "olga", "operator");
+    let sys = enroll(&server, "revoked");
+    server.admin(&["grant", "olga", "revoked"]);
+    let _agent = start_agent(&server, &sys, "", &["--shell", "/bin/sh"]);
+    let session = active_session(&server, &root, &sys.id).await;
+    let mut olgas = shell(&server, &olga, "revoked", &[]);
+    olgas
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"echo started-$((2+2)); sleep 1000\n")
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    read_until(&mut olgas, &mut seen, "started-4").await;
+    server.admin(&["revoke", "olga", "revoked"]);
+    let status = tokio::time::timeout(Duration::from_secs(30), olgas.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(255), "cut");
+    // Her `sleep` does not wait detached for five minutes.
+    wait_for("the terminal to end", || {
+        let (server, root, session) = (&server, root.clone(), session.clone());
+        async move {
+            let items = terminals(server, &root, &session).await;
+            items.as_array()?.is_empty().then_some(())
+        }
+    })
+    .await;
 }

@@ -112,6 +112,20 @@ impl Terminal {
         let op = request["op"].as_str().unwrap_or_default();
         let to = request["to"].as_str().unwrap_or_default();
         let mut inner = self.lock();
+        // The server ends a terminal whose participant lost access: if
+        // nobody else who may type is in it, the shell ends rather than
+        // wait detached with what they left running.
+        if op == "end" {
+            let others = inner
+                .participants
+                .iter()
+                .any(|p| p.key != key && p.mode == TerminalMode::Join);
+            if !others {
+                tracing::info!(terminal = %self.id, "a participant lost access; ending the terminal");
+                self.kill.notify_one();
+            }
+            return;
+        }
         if !inner.moderated {
             return;
         }
@@ -472,6 +486,16 @@ impl Hub {
                         }
                     },
                     _ = t.kill.notified() => {
+                        // The shell's whole process group: SIGHUP first (a
+                        // shell passes it on to its jobs), then SIGKILL.
+                        let group = child
+                            .id()
+                            .and_then(|p| rustix::process::Pid::from_raw(p as i32));
+                        if let Some(group) = group {
+                            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::HUP);
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+                        }
                         let _ = child.start_kill();
                     }
                 }

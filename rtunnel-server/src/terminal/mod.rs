@@ -328,6 +328,13 @@ async fn open_terminal(
     let session_id = session.id;
     // Watching needs only to see the system; typing needs to connect.
     let watch = mode == Some(TerminalMode::Watch);
+    // A watcher watches a terminal someone started; it starts none.
+    if watch && attach.is_none() {
+        return Err(ApiError::bad_request(
+            "attach_required",
+            "watching needs the terminal to watch: attach=ID (GET /api/v1/sessions/{id}/terminals lists them)",
+        ));
+    }
     let action = if watch { Action::Read } else { Action::Connect };
     authorize(&state.access, &user, action, session.system_id).await?;
     let shared = session
@@ -491,7 +498,7 @@ struct TerminalCtx {
 /// share terminals), or its seat in the terminal's shared one.
 enum Rec {
     Own(Box<Recorder>, Uuid),
-    Shared(Seat, Uuid),
+    Shared(Seat, (SessionId, Uuid)),
 }
 
 impl Rec {
@@ -524,7 +531,10 @@ impl Rec {
             )
         };
         match terminal {
-            Some(id) => Rec::Shared(state.terminal_recordings.join(id, new).await, id),
+            Some(id) => {
+                let key = (ctx.session_id, id);
+                Rec::Shared(state.terminal_recordings.join(key, new).await, key)
+            }
             None => {
                 let (id, recorder) = new().await;
                 Rec::Own(Box::new(recorder), id)
@@ -575,6 +585,7 @@ struct ControlCtx {
     session_id: SessionId,
     terminal: Option<Uuid>,
     shared: bool,
+    control: Arc<std::sync::Mutex<ControlState>>,
 }
 
 /// A control request from the browser: checked (a hand-over names someone;
@@ -594,6 +605,36 @@ async fn control_request(
             "this terminal is not shared (the agent is too old)",
         ));
     }
+    // What the agent would refuse is refused here, before it is audited:
+    // the audit log holds requests that could take effect, at most one a
+    // second per participant.
+    {
+        let mut known = ctx.control.lock().unwrap_or_else(|e| e.into_inner());
+        if !known.moderated {
+            return Err(refuse(
+                "not_moderated",
+                "this terminal is not moderated: everyone in it may type",
+            ));
+        }
+        if known
+            .last_request
+            .is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(1))
+        {
+            return Err(refuse(
+                "too_many_requests",
+                "one change of control a second",
+            ));
+        }
+        known.last_request = Some(Instant::now());
+        if matches!(request, BrowserText::HandOver { .. })
+            && known.controller.as_deref() != Some(ctx.user.name.as_str())
+        {
+            return Err(refuse(
+                "forbidden",
+                "only the one who has control hands it over",
+            ));
+        }
+    }
     let (op, to) = match request {
         BrowserText::HandOver { to } => {
             let valid =
@@ -603,11 +644,21 @@ async fn control_request(
             }
             ("hand_over", Some(to))
         }
-        BrowserText::TakeOver if ctx.user.role == rtunnel_core::store::Role::Admin => {
-            ("take_over", None)
-        }
         BrowserText::TakeOver => {
-            return Err(refuse("forbidden", "only an admin takes a terminal over"));
+            // The role as it is now, not as it was when the terminal opened.
+            let admin = ctx
+                .state
+                .stores
+                .identity
+                .user_by_id(ctx.user.id)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|u| !u.disabled && u.role == rtunnel_core::store::Role::Admin);
+            if !admin {
+                return Err(refuse("forbidden", "only an admin takes a terminal over"));
+            }
+            ("take_over", None)
         }
         BrowserText::Resize { .. } => return Ok(None),
     };
@@ -636,12 +687,74 @@ enum End {
     AgentGone,
     /// Access was lost.
     Cut(&'static str),
+    /// The browser stopped reading: its queue filled.
+    TooSlow,
+}
+
+/// How many messages wait for a browser before it is dropped as too slow.
+const BROWSER_QUEUE: usize = 1024;
+
+/// Writes to the browser from a task of its own.
+#[derive(Clone)]
+struct BrowserWriter(tokio::sync::mpsc::Sender<Message>);
+
+impl BrowserWriter {
+    fn start(
+        mut sink: futures::stream::SplitSink<WebSocket, Message>,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Message>(BROWSER_QUEUE);
+        let task = tokio::spawn(async move {
+            while let Some(msg) = rx.recv().await {
+                if sink.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        });
+        (BrowserWriter(tx), task)
+    }
+
+    /// Queues a message without waiting: a full queue (the browser reads
+    /// no more) ends the terminal for it.
+    fn push(&self, msg: Message) -> Result<(), End> {
+        use tokio::sync::mpsc::error::TrySendError;
+        match self.0.try_send(msg) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(End::TooSlow),
+            Err(TrySendError::Closed(_)) => Err(End::BrowserLeft),
+        }
+    }
+
+    /// Queues a last message, waiting for room (briefly).
+    async fn send(&self, msg: Message) {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.0.send(msg)).await;
+    }
+}
+
+/// What a bridge knows of a moderated terminal, from the agent's events.
+#[derive(Debug, Default)]
+struct ControlState {
+    moderated: bool,
+    controller: Option<String>,
+    last_request: Option<Instant>,
+}
+
+impl ControlState {
+    fn heard(&mut self, event: &events::Event) {
+        if matches!(event.kind, "info" | "joined" | "left" | "control") {
+            self.moderated = event.moderated;
+            self.controller = event.controller.clone();
+        }
+    }
 }
 
 async fn bridge(ctx: TerminalCtx, socket: WebSocket, upstream: TunnelStream) {
     let opened = Instant::now();
     let (ws_tx, mut ws_rx) = socket.split();
-    let ws_tx = Arc::new(Mutex::new(ws_tx));
+    // The browser is written to by a task of its own, through a bounded
+    // queue: a browser that stops reading is dropped, it never holds up
+    // reading the agent's stream (and so the recording).
+    let (to_browser, writer) = BrowserWriter::start(ws_tx);
+    let control = Arc::new(std::sync::Mutex::new(ControlState::default()));
     let (mut up_r, up_w) = tokio::io::split(upstream);
     let up_w = Arc::new(Mutex::new(up_w));
     // A shared terminal says first which one it is: its recording is the
@@ -653,12 +766,12 @@ async fn bridge(ctx: TerminalCtx, socket: WebSocket, upstream: TunnelStream) {
             Ok(Some(TermMsg::Event(json))) => {
                 if let Some(event) = events::parse(&json) {
                     terminal = event.terminal;
+                    control
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .heard(&event);
                     if ctx.events {
-                        let _ = ws_tx
-                            .lock()
-                            .await
-                            .send(Message::Text(event.to_browser().into()))
-                            .await;
+                        let _ = to_browser.push(Message::Text(event.to_browser().into()));
                     }
                 }
             }
@@ -674,7 +787,8 @@ async fn bridge(ctx: TerminalCtx, socket: WebSocket, upstream: TunnelStream) {
 
     // Agent to browser: output, who comes and goes, and the exit code.
     let output = {
-        let ws_tx = ws_tx.clone();
+        let to_browser = to_browser.clone();
+        let control = control.clone();
         let rec = rec.clone();
         let from_agent = from_agent.clone();
         let events_wanted = ctx.events;
@@ -689,9 +803,8 @@ async fn bridge(ctx: TerminalCtx, socket: WebSocket, upstream: TunnelStream) {
                     Ok(Some(TermMsg::Data(bytes))) => {
                         from_agent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                         rec.lock().await.output(&bytes).await;
-                        let sent = ws_tx.lock().await.send(Message::Binary(bytes.into())).await;
-                        if sent.is_err() {
-                            return End::BrowserLeft;
+                        if let Err(end) = to_browser.push(Message::Binary(bytes.into())) {
+                            return end;
                         }
                     }
                     Ok(Some(TermMsg::Event(json))) => {
@@ -701,18 +814,16 @@ async fn bridge(ctx: TerminalCtx, socket: WebSocket, upstream: TunnelStream) {
                         if let Some(label) = event.marker() {
                             rec.lock().await.marker(&label).await;
                         }
+                        control
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .heard(&event);
                         if !events_wanted {
                             continue;
                         }
-                        let text = event.to_browser();
-                        if ws_tx
-                            .lock()
-                            .await
-                            .send(Message::Text(text.into()))
-                            .await
-                            .is_err()
+                        if let Err(end) = to_browser.push(Message::Text(event.to_browser().into()))
                         {
-                            return End::BrowserLeft;
+                            return end;
                         }
                     }
                     Ok(Some(TermMsg::Exit { code })) => return End::Exited(code),
@@ -730,17 +841,22 @@ async fn bridge(ctx: TerminalCtx, socket: WebSocket, upstream: TunnelStream) {
         session_id: ctx.session_id,
         terminal,
         shared: ctx.shared,
+        control: control.clone(),
     };
+    // A watcher's keys and sizes are dropped here already.
+    let watching = ctx.action == Action::Read;
     let input = {
         let up_w = up_w.clone();
         let rec = rec.clone();
         let to_agent = to_agent.clone();
-        let ws_tx_in = ws_tx.clone();
+        let to_browser = to_browser.clone();
         async move {
             while let Some(Ok(msg)) = ws_rx.next().await {
                 let msg = match msg {
+                    Message::Binary(_) if watching => continue,
                     Message::Binary(b) => TermMsg::Data(b.to_vec()),
                     Message::Text(t) => match serde_json::from_str::<BrowserText>(t.as_str()) {
+                        Ok(BrowserText::Resize { .. }) if watching => continue,
                         Ok(BrowserText::Resize { cols, rows })
                             if check_size(cols, rows).is_ok() =>
                         {
@@ -753,17 +869,14 @@ async fn bridge(ctx: TerminalCtx, socket: WebSocket, upstream: TunnelStream) {
                                 Ok(Some(msg)) => msg,
                                 Ok(None) => continue,
                                 Err(refusal) => {
-                                    let _ = ws_tx_in
-                                        .lock()
-                                        .await
-                                        .send(Message::Text(refusal.into()))
-                                        .await;
+                                    let _ = to_browser.push(Message::Text(refusal.into()));
                                     continue;
                                 }
                             }
                         }
                         // Text that is not a command is typed, as some
                         // clients send keystrokes as text.
+                        Err(_) if watching => continue,
                         Err(_) => TermMsg::Data(t.as_bytes().to_vec()),
                     },
                     Message::Close(_) => break,
@@ -785,15 +898,25 @@ async fn bridge(ctx: TerminalCtx, socket: WebSocket, upstream: TunnelStream) {
         end = input => end,
         code = state.access.lost(ctx.holder, ctx.system_id, ctx.action) => End::Cut(code),
     };
+    // Access went: a shared terminal the user was alone in ends with it,
+    // rather than wait detached running what they left behind.
+    if ctx.shared && matches!(end, End::Cut(_)) {
+        let end_it = TermMsg::Control(br#"{"op":"end"}"#.to_vec());
+        let _ = write_msg(&mut *up_w.lock().await, &end_it).await;
+    }
     // Closing our half tells the agent to end the shell if it still runs.
     let _ = tokio::io::AsyncWriteExt::shutdown(&mut *up_w.lock().await).await;
     let (close, error) = match &end {
         End::Exited(code) => {
             let exit = serde_json::json!({"type": "exit", "code": code}).to_string();
-            let _ = ws_tx.lock().await.send(Message::Text(exit.into())).await;
+            to_browser.send(Message::Text(exit.into())).await;
             (Some((1000, "the shell exited")), None)
         }
         End::BrowserLeft => (None, None),
+        End::TooSlow => (
+            Some((1013, "the browser fell behind the terminal's output")),
+            Some("the browser fell behind".to_owned()),
+        ),
         End::AgentGone => (
             Some((1011, "the agent went away")),
             Some("the agent went away".to_owned()),
@@ -808,8 +931,11 @@ async fn bridge(ctx: TerminalCtx, socket: WebSocket, upstream: TunnelStream) {
             code,
             reason: reason.into(),
         };
-        let _ = ws_tx.lock().await.send(Message::Close(Some(frame))).await;
+        to_browser.send(Message::Close(Some(frame))).await;
     }
+    // What was queued goes out, then the writer ends.
+    drop(to_browser);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
     match Arc::try_unwrap(rec) {
         Ok(rec) => rec.into_inner().finish(&ctx.state).await,
         Err(_) => tracing::error!("the terminal recording is still in use; not finished"),
@@ -834,6 +960,7 @@ async fn bridge(ctx: TerminalCtx, socket: WebSocket, upstream: TunnelStream) {
             End::BrowserLeft => "browser_left",
             End::AgentGone => "agent_gone",
             End::Cut(code) => code,
+            End::TooSlow => "browser_too_slow",
         },
         "bytes_in": to,
         "bytes_out": from,

@@ -103,10 +103,16 @@ pub(crate) struct Shared {
     bridges: AtomicUsize,
 }
 
-/// Shared recordings by terminal id, on this node.
+/// A terminal, as the agent of `session` names it (an agent cannot reach
+/// another session's recording by naming its terminal).
+type TerminalKey = (rtunnel_core::ids::SessionId, Uuid);
+
+/// Shared recordings by session and terminal, on this node. The counts of
+/// bridges change under the map's lock, so a bridge never joins a
+/// recording that is being finished.
 #[derive(Default)]
 pub(crate) struct SharedRecordings {
-    by_terminal: std::sync::Mutex<HashMap<Uuid, Arc<Shared>>>,
+    by_terminal: std::sync::Mutex<HashMap<TerminalKey, Arc<Shared>>>,
     next: AtomicU64,
 }
 
@@ -123,21 +129,24 @@ pub(crate) struct Seat {
 }
 
 impl SharedRecordings {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<Shared>>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<TerminalKey, Arc<Shared>>> {
         self.by_terminal.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The recording of `terminal`, started with `start` if this node has
     /// none yet.
-    pub(crate) async fn join<F, Fut>(&self, terminal: Uuid, start: F) -> Seat
+    pub(crate) async fn join<F, Fut>(&self, terminal: TerminalKey, start: F) -> Seat
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = (Uuid, Recorder)>,
     {
         let key = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        if let Some(shared) = self.map().get(&terminal).cloned() {
-            shared.bridges.fetch_add(1, Ordering::SeqCst);
-            return Seat { shared, key };
+        {
+            let map = self.map();
+            if let Some(shared) = map.get(&terminal).cloned() {
+                shared.bridges.fetch_add(1, Ordering::SeqCst);
+                return Seat { shared, key };
+            }
         }
         let (id, recorder) = start().await;
         let fresh = Arc::new(Shared {
@@ -167,21 +176,24 @@ impl SharedRecordings {
     }
 
     /// A bridge left; the last one ends the recording.
-    pub(crate) async fn leave(&self, terminal: Uuid, seat: Seat) {
+    pub(crate) async fn leave(&self, terminal: TerminalKey, seat: Seat) {
         let _ =
             seat.shared
                 .feeder
                 .compare_exchange(seat.key, 0, Ordering::SeqCst, Ordering::SeqCst);
-        if seat.shared.bridges.fetch_sub(1, Ordering::SeqCst) == 1 {
-            {
-                let mut map = self.map();
-                if map
+        let last = {
+            let mut map = self.map();
+            let last = seat.shared.bridges.fetch_sub(1, Ordering::SeqCst) == 1;
+            if last
+                && map
                     .get(&terminal)
                     .is_some_and(|s| Arc::ptr_eq(s, &seat.shared))
-                {
-                    map.remove(&terminal);
-                }
+            {
+                map.remove(&terminal);
             }
+            last
+        };
+        if last {
             seat.shared.recorder.lock().await.finish().await;
         }
     }
