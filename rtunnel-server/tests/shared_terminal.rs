@@ -26,15 +26,7 @@ fn shell(server: &ServerProc, token: &str, system: &str, extra: &[&str]) -> Chil
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    for var in [
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "NO_PROXY",
-        "RTUNNEL_PROXY",
-    ] {
-        cmd.env_remove(var).env_remove(var.to_ascii_lowercase());
-    }
+    clear_proxy_env(cmd.as_std_mut());
     cmd.spawn().unwrap()
 }
 

@@ -53,14 +53,8 @@ async fn the_remote_shell_runs_in_the_local_terminal_sized_and_raw() {
     let mut cmd = pty_process::Command::new(agent_bin())
         .args(["shell", "--server", &server.base_url(), "--system", "box"])
         .env("RTUNNEL_TOKEN", &token);
-    for var in [
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "NO_PROXY",
-        "RTUNNEL_PROXY",
-    ] {
-        cmd = cmd.env_remove(var).env_remove(var.to_ascii_lowercase());
+    for var in proxy_vars() {
+        cmd = cmd.env_remove(var);
     }
     let mut child = cmd.spawn(pts).unwrap();
     // Raw: no local echo, no line editing (the remote side does both).
@@ -163,13 +157,5 @@ async fn without_a_terminal_commands_still_run_and_failures_say_why() {
 }
 
 fn clear_proxy_env_tokio(cmd: &mut tokio::process::Command) {
-    for var in [
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "NO_PROXY",
-        "RTUNNEL_PROXY",
-    ] {
-        cmd.env_remove(var).env_remove(var.to_ascii_lowercase());
-    }
+    clear_proxy_env(cmd.as_std_mut());
 }

@@ -354,15 +354,23 @@ pub fn spawn_agent(server: &ServerProc, cmd: &mut Command) -> Proc {
     Proc::spawn("rtunnel-agent", cmd, log)
 }
 
-pub fn clear_proxy_env(cmd: &mut Command) {
-    for var in [
+/// The proxy variables of the test's own environment, in both cases,
+/// which the programs under test must not see.
+pub fn proxy_vars() -> impl Iterator<Item = String> {
+    [
         "HTTP_PROXY",
         "HTTPS_PROXY",
         "ALL_PROXY",
         "NO_PROXY",
         "RTUNNEL_PROXY",
-    ] {
-        cmd.env_remove(var).env_remove(var.to_ascii_lowercase());
+    ]
+    .into_iter()
+    .flat_map(|v| [v.to_owned(), v.to_ascii_lowercase()])
+}
+
+pub fn clear_proxy_env(cmd: &mut Command) {
+    for var in proxy_vars() {
+        cmd.env_remove(var);
     }
 }
 
