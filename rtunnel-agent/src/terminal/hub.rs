@@ -33,8 +33,9 @@ use super::{Ended, TerminalConfig};
 pub const SCROLLBACK_BYTES: usize = 64 * 1024;
 
 /// How many messages of output a slow participant may fall behind before
-/// it skips ahead (and is told so).
-const BACKLOG: usize = 1024;
+/// it skips ahead (and is told so). The channel keeps that many of the
+/// latest messages (up to 16 KiB each): at most 4 MiB per terminal.
+const BACKLOG: usize = 256;
 
 /// Most live terminals one agent keeps.
 pub const MAX_TERMINALS: usize = 64;
@@ -267,7 +268,18 @@ impl Hub {
     ) -> Ended {
         let (mut reader, mut writer) = tokio::io::split(stream);
         if open.list {
-            let list = json!({"event": "list", "terminals": self.list()}).to_string();
+            let mut terminals = self.list();
+            let mut list = json!({"event": "list", "terminals": terminals}).to_string();
+            // One message holds it: past that, the terminals go without
+            // their participants.
+            if list.len() > MAX_TERMINAL_MESSAGE {
+                if let Some(all) = terminals.as_array_mut() {
+                    for t in all {
+                        t["participants"] = json!([]);
+                    }
+                }
+                list = json!({"event": "list", "terminals": terminals}).to_string();
+            }
             let _ = write_msg(&mut writer, &TermMsg::Event(list.into_bytes())).await;
             let _ = writer.shutdown().await;
             return Ended::default();
