@@ -986,8 +986,10 @@ async fn closing_a_session_sends_websocket_close_code_4000() {
     use rtunnel_core::mux::Mux;
     let h = harness().await;
     let (_, admin) = user(&h, "ann", Role::Admin).await;
-    // A second system with a hand-driven tunnel that ignores its control
-    // stream, so only the WebSocket close can tell it.
+    // A hand-driven tunnel that takes the system's session over from the
+    // harness's agent and ignores its control stream, so only the
+    // WebSocket close can tell it.
+    let before = h.state.tunnels.registry.by_session(h.session).unwrap();
     let (mux, close) = dial_tunnel_with_close(&h).await;
     let mut w = client_handshake(&*mux, "test", None).await.unwrap();
     write_frame(
@@ -997,9 +999,13 @@ async fn closing_a_session_sends_websocket_close_code_4000() {
     .await
     .unwrap();
     let session = w.session_id;
-    wait_for("the hand-driven session to be active", || {
-        let state = h.state.clone();
-        async move { state.tunnels.registry.by_session(session).map(|_| ()) }
+    // Its own tunnel, not the one it replaced (same session id).
+    wait_for("the hand-driven tunnel to hold the session", || {
+        let (state, before) = (h.state.clone(), before.clone());
+        async move {
+            let now = state.tunnels.registry.by_session(session)?;
+            (!Arc::ptr_eq(&now, &before)).then_some(())
+        }
     })
     .await;
     let (status, v) = api(
