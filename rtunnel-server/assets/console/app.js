@@ -866,6 +866,10 @@
         if (msg.type === "exit") t.term.write("\r\n[the shell exited with code " + msg.code + "]\r\n");
         if (msg.type === "error") say(msg.error);
         if (msg.type === "participants") {
+          if (msg.terminal && !t.terminal) {
+            // Closing this tab leaves the shell on the agent for a while.
+            close.title = "Close this tab: the shell keeps running on the agent for a few minutes (Attach it again from the session's page); type exit to end it";
+          }
           if (msg.terminal) t.terminal = msg.terminal;
           t.participants = msg.participants || [];
           t.moderated = !!msg.moderated;
