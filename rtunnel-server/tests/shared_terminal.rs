@@ -478,3 +478,113 @@ async fn a_terminal_whose_only_operator_loses_access_ends_instead_of_waiting() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_that_stops_reading_is_dropped_and_the_recording_goes_on() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(tmp.path(), &[]).await;
+    let root = user_with_token(&server, "root", "admin");
+    let sys = enroll(&server, "flood");
+    let _agent = start_agent(&server, &sys, "", &["--shell", "/bin/sh"]);
+    let session = active_session(&server, &root, &sys.id).await;
+
+    // The first participant (whose bridge records first) reads its first
+    // message, then nothing more, on a socket with a small receive buffer.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&server.addr.into()).unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let tcp = tokio_tungstenite::MaybeTlsStream::Plain(
+        tokio::net::TcpStream::from_std(socket.into()).unwrap(),
+    );
+    let url = format!(
+        "ws://{}/api/v1/systems/flood/terminal?events=true",
+        server.addr
+    );
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {root}").parse().unwrap());
+    let (mut stalled, _) = tokio_tungstenite::client_async(request, tcp).await.unwrap();
+    let (mut s_seen, mut s_events) = (String::new(), Vec::new());
+    watch_until(&mut stalled, &mut s_seen, &mut s_events, |_, e| {
+        !e.is_empty()
+    })
+    .await;
+    let id = s_events[0]["terminal"].as_str().unwrap().to_owned();
+
+    // Another participant floods the terminal and goes on reading.
+    let mut b = terminal_ws(&server, &root, "flood", &format!("&attach={id}")).await;
+    let (mut b_seen, mut b_events) = (String::new(), Vec::new());
+    watch_until(&mut b, &mut b_seen, &mut b_events, |_, e| !e.is_empty()).await;
+    send_keys(
+        &mut b,
+        "head -c 40000000 /dev/zero | tr '\\0' a; echo; echo flood-$((1+1))-done\r",
+    )
+    .await;
+    // (Only the tail is kept: the flood is 40 MB.)
+    {
+        use futures::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        let mut tail = String::new();
+        while !tail.contains("flood-2-done") {
+            let msg = tokio::time::timeout_at(deadline, b.next()).await.unwrap();
+            if let Some(Ok(Message::Binary(bytes))) = msg {
+                tail.push_str(&String::from_utf8_lossy(&bytes));
+                if tail.len() > 4096 {
+                    tail = tail[tail.len() - 64..].to_owned();
+                }
+            }
+        }
+    }
+    // The stalled browser was let go, not waited for.
+    wait_for("the stalled browser to be dropped", || {
+        let (server, root) = (&server, root.clone());
+        async move {
+            let (_, audit) = api_call(
+                server.addr,
+                "GET",
+                "/api/v1/audit?event=terminal_closed",
+                Some(&root),
+                None,
+            )
+            .await;
+            audit["items"]
+                .as_array()?
+                .iter()
+                .any(|e| e["details"]["reason"] == "browser_too_slow")
+                .then_some(())
+        }
+    })
+    .await;
+    // And the recording has what came after.
+    send_keys(&mut b, "exit\r").await;
+    drop(b);
+    drop(stalled);
+    let cast = wait_for("the recording to be written", || {
+        let (server, root, session) = (&server, root.clone(), session.clone());
+        async move {
+            let (_, recs) = api_call(
+                server.addr,
+                "GET",
+                &format!("/api/v1/sessions/{session}/recordings"),
+                Some(&root),
+                None,
+            )
+            .await;
+            let rec = &recs["items"][0];
+            rec["ended_at"].as_str()?;
+            let path = format!("/api/v1/recordings/{}", rec["id"].as_str()?);
+            let (_, body) = http_get(server.addr, &path, Some(&root)).await.ok()?;
+            Some(body)
+        }
+    })
+    .await;
+    assert!(
+        cast.contains("flood-2-done"),
+        "the end is recorded ({} bytes)",
+        cast.len()
+    );
+}

@@ -569,6 +569,13 @@ impl Rec {
         }
     }
 
+    /// This bridge records no more (another may take over).
+    fn release(&self) {
+        if let Rec::Shared(seat, _) = self {
+            seat.release();
+        }
+    }
+
     async fn finish(self, state: &AppState) {
         match self {
             Rec::Own(mut r, _) => r.finish().await,
@@ -898,6 +905,8 @@ async fn bridge(ctx: TerminalCtx, socket: WebSocket, upstream: TunnelStream) {
         end = input => end,
         code = state.access.lost(ctx.holder, ctx.system_id, ctx.action) => End::Cut(code),
     };
+    // Another participant's bridge records from here on.
+    rec.lock().await.release();
     // Access went: a shared terminal the user was alone in ends with it,
     // rather than wait detached running what they left behind.
     if ctx.shared && matches!(end, End::Cut(_)) {

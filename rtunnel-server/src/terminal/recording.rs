@@ -210,6 +210,15 @@ impl Seat {
         }
     }
 
+    /// This bridge writes no more: another takes the recording over at
+    /// once (before this one's slower goodbyes).
+    pub(crate) fn release(&self) {
+        let _ =
+            self.shared
+                .feeder
+                .compare_exchange(self.key, 0, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
     /// Records output, if this bridge feeds the recording.
     pub(crate) async fn output(&self, bytes: &[u8]) {
         if self.feeds() {
