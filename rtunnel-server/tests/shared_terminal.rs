@@ -58,6 +58,35 @@ async fn terminals(server: &ServerProc, token: &str, session: &str) -> serde_jso
     v["items"].clone()
 }
 
+/// Waits until the session has no live terminal.
+async fn wait_no_terminals(server: &ServerProc, token: &str, session: &str, what: &str) {
+    wait_for(what, || async move {
+        let items = terminals(server, token, session).await;
+        items.as_array()?.is_empty().then_some(())
+    })
+    .await;
+}
+
+/// The session's newest recording, once it is finished.
+async fn finished_recording(server: &ServerProc, token: &str, session: &str) -> String {
+    wait_for("the recording to be written", || async move {
+        let (_, recs) = api_call(
+            server.addr,
+            "GET",
+            &format!("/api/v1/sessions/{session}/recordings"),
+            Some(token),
+            None,
+        )
+        .await;
+        let rec = &recs["items"][0];
+        rec["ended_at"].as_str()?;
+        let path = format!("/api/v1/recordings/{}", rec["id"].as_str()?);
+        let (_, body) = http_get(server.addr, &path, Some(token)).await.ok()?;
+        Some(body)
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_terminal_keeps_its_shell_and_a_viewer_watches_without_typing() {
     let tmp = tempfile::tempdir().unwrap();
@@ -142,14 +171,7 @@ async fn a_closed_terminal_keeps_its_shell_and_a_viewer_watches_without_typing()
         .unwrap()
         .unwrap();
     assert_eq!(status.code(), Some(5));
-    wait_for("the terminal to be gone", || {
-        let (server, root, session) = (&server, root.clone(), session.clone());
-        async move {
-            let items = terminals(server, &root, &session).await;
-            items.as_array()?.is_empty().then_some(())
-        }
-    })
-    .await;
+    wait_no_terminals(&server, &root, &session, "the terminal to be gone").await;
 
     // One recording for the terminal, with the viewer's coming and going.
     let (_, recs) = api_call(
@@ -228,14 +250,7 @@ async fn a_detached_terminal_ends_after_the_detach_timeout() {
         1
     );
     first.kill().await.unwrap();
-    wait_for("the detached terminal to end", || {
-        let (server, root, session) = (&server, root.clone(), session.clone());
-        async move {
-            let items = terminals(server, &root, &session).await;
-            items.as_array()?.is_empty().then_some(())
-        }
-    })
-    .await;
+    wait_no_terminals(&server, &root, &session, "the detached terminal to end").await;
     assert!(
         agent.log_text().contains("nobody attached"),
         "{}",
@@ -414,30 +429,7 @@ async fn a_moderated_terminal_is_handed_over_and_taken_over_with_an_audit_trail(
     send_keys(&mut r, "exit\r").await;
     watch_until(&mut a, &mut a_seen, &mut a_events, |_, _| true).await;
     drop((a, b, r));
-    let cast = wait_for("the recording to be written", || {
-        let (server, root, session) = (&server, root.clone(), session.clone());
-        async move {
-            let (_, recs) = api_call(
-                server.addr,
-                "GET",
-                &format!("/api/v1/sessions/{session}/recordings"),
-                Some(&root),
-                None,
-            )
-            .await;
-            let id = recs["items"][0]["id"].as_str()?.to_owned();
-            recs["items"][0]["ended_at"].as_str()?;
-            let (_, body) = http_get(
-                server.addr,
-                &format!("/api/v1/recordings/{id}"),
-                Some(&root),
-            )
-            .await
-            .ok()?;
-            Some(body)
-        }
-    })
-    .await;
+    let cast = finished_recording(&server, &root, &session).await;
     assert!(cast.contains("bob has control (from alice)"), "{cast}");
     assert!(cast.contains("root took control"), "{cast}");
 }
@@ -469,14 +461,7 @@ async fn a_terminal_whose_only_operator_loses_access_ends_instead_of_waiting() {
         .unwrap();
     assert_eq!(status.code(), Some(255), "cut");
     // Her `sleep` does not wait detached for five minutes.
-    wait_for("the terminal to end", || {
-        let (server, root, session) = (&server, root.clone(), session.clone());
-        async move {
-            let items = terminals(server, &root, &session).await;
-            items.as_array()?.is_empty().then_some(())
-        }
-    })
-    .await;
+    wait_no_terminals(&server, &root, &session, "the terminal to end").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -563,25 +548,7 @@ async fn a_browser_that_stops_reading_is_dropped_and_the_recording_goes_on() {
     send_keys(&mut b, "exit\r").await;
     drop(b);
     drop(stalled);
-    let cast = wait_for("the recording to be written", || {
-        let (server, root, session) = (&server, root.clone(), session.clone());
-        async move {
-            let (_, recs) = api_call(
-                server.addr,
-                "GET",
-                &format!("/api/v1/sessions/{session}/recordings"),
-                Some(&root),
-                None,
-            )
-            .await;
-            let rec = &recs["items"][0];
-            rec["ended_at"].as_str()?;
-            let path = format!("/api/v1/recordings/{}", rec["id"].as_str()?);
-            let (_, body) = http_get(server.addr, &path, Some(&root)).await.ok()?;
-            Some(body)
-        }
-    })
-    .await;
+    let cast = finished_recording(&server, &root, &session).await;
     assert!(
         cast.contains("flood-2-done"),
         "the end is recorded ({} bytes)",

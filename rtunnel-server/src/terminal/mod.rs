@@ -50,8 +50,17 @@ pub(crate) const TERMINAL_SERVICE: &str = "terminal";
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct TerminalQuery {
+    /// The single-use ticket (`POST .../terminal-ticket`).
     ticket: String,
+}
+
+/// What both terminal endpoints take in their query, besides the ticket.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct TerminalOptions {
+    /// Columns at first (default 80).
     cols: Option<u16>,
+    /// Rows at first (default 24).
     rows: Option<u16>,
     /// Attach to this live terminal (from `GET .../terminals`) instead of
     /// starting a shell.
@@ -66,20 +75,29 @@ pub(crate) struct TerminalQuery {
     moderated: Option<bool>,
 }
 
-/// The terminal's first size (default 80x24).
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub(crate) struct SizeQuery {
-    cols: Option<u16>,
-    rows: Option<u16>,
-    /// Attach to this live terminal instead of starting a shell.
-    attach: Option<Uuid>,
-    /// `join` (the default) or `watch`.
-    mode: Option<TerminalMode>,
-    /// `true`: also send `participants` text messages.
-    events: Option<bool>,
-    /// `true`: a new terminal where one participant at a time types.
-    moderated: Option<bool>,
+impl TerminalOptions {
+    /// Who opens which terminal, where, at what size (checked).
+    fn opened(
+        &self,
+        session: rtunnel_core::store::SessionRecord,
+        holder: Holder,
+        user: User,
+        peer: SocketAddr,
+    ) -> Result<Opened, ApiError> {
+        let (cols, rows) = size(self.cols, self.rows)?;
+        Ok(Opened {
+            session,
+            holder,
+            user,
+            cols,
+            rows,
+            peer,
+            attach: self.attach,
+            mode: self.mode,
+            events: self.events.unwrap_or(false),
+            moderated: self.moderated.unwrap_or(false),
+        })
+    }
 }
 
 /// A browser's text message.
@@ -107,14 +125,17 @@ fn conflict(code: &'static str, message: impl Into<String>) -> ApiError {
     get,
     path = "/api/v1/sessions/{id}/terminal",
     tag = "sessions",
-    params(("id" = String, Path, description = "session id"), TerminalQuery),
+    params(("id" = String, Path, description = "session id"), TerminalQuery, TerminalOptions),
     responses((status = 101, description = "The browser terminal's WebSocket"), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
 )]
+// Axum's extractors are the handler's arguments.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn terminal_endpoint(
     State(state): State<Arc<AppState>>,
     State(sessions): State<crate::api::sessions::SessionsApi>,
     Path(id): Path<String>,
     Query(q): Query<TerminalQuery>,
+    Query(options): Query<TerminalOptions>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     held: Option<axum::Extension<crate::accept::HeldConnection>>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
@@ -127,7 +148,8 @@ pub(crate) async fn terminal_endpoint(
             "this endpoint only accepts WebSocket upgrades",
         )
     })?;
-    let (cols, rows) = size(q.cols, q.rows)?;
+    // A bad size is refused before the ticket is spent.
+    size(options.cols, options.rows)?;
     let holder = state.tickets.redeem(&q.ticket, session_id).await?;
     let user = match state.stores.identity.user_by_id(holder.user_id).await? {
         Some(u) if !u.disabled => u,
@@ -158,18 +180,7 @@ pub(crate) async fn terminal_endpoint(
             "the API token that asked for this ticket was revoked or has expired",
         ));
     }
-    let opened = Opened {
-        session,
-        holder,
-        user,
-        cols,
-        rows,
-        peer,
-        attach: q.attach,
-        mode: q.mode,
-        events: q.events.unwrap_or(false),
-        moderated: q.moderated.unwrap_or(false),
-    };
+    let opened = options.opened(session, holder, user, peer)?;
     open_terminal(state, opened, held, ws).await
 }
 
@@ -180,14 +191,14 @@ pub(crate) async fn terminal_endpoint(
     get,
     path = "/api/v1/systems/{id}/terminal",
     tag = "systems",
-    params(("id" = String, Path, description = "system id or name"), SizeQuery),
+    params(("id" = String, Path, description = "system id or name"), TerminalOptions),
     responses((status = 101, description = "The terminal's WebSocket (as the browser terminal's), on the system's current session"), (status = "default", description = "Refused or failed: the error envelope (`system_not_found`, `no_active_session`, `bearer_required`, ...)", body = crate::error::ErrorBody))
 )]
 pub(crate) async fn system_terminal_endpoint(
     State(state): State<Arc<AppState>>,
     caller: crate::api::auth::Authenticated,
     Path(id): Path<String>,
-    Query(q): Query<SizeQuery>,
+    Query(options): Query<TerminalOptions>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     held: Option<axum::Extension<crate::accept::HeldConnection>>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
@@ -205,20 +216,10 @@ pub(crate) async fn system_terminal_endpoint(
             "this endpoint only accepts WebSocket upgrades",
         )
     })?;
-    let (cols, rows) = size(q.cols, q.rows)?;
+    size(options.cols, options.rows)?;
     let session = crate::forward::current_session_of(&state, &caller.user, &id).await?;
-    let opened = Opened {
-        session,
-        holder: crate::revocation::Holder::from(&caller),
-        user: caller.user,
-        cols,
-        rows,
-        peer,
-        attach: q.attach,
-        mode: q.mode,
-        events: q.events.unwrap_or(false),
-        moderated: q.moderated.unwrap_or(false),
-    };
+    let holder = crate::revocation::Holder::from(&caller);
+    let opened = options.opened(session, holder, caller.user, peer)?;
     open_terminal(state, opened, held, ws).await
 }
 
