@@ -15,7 +15,7 @@ use rtunnel_core::link::{self, Link};
 use rtunnel_core::mux::{MuxConfig, MuxStream, YamuxMux, shared};
 use rtunnel_core::proto::{self, Refusal, StreamHeader, StreamKind};
 use rtunnel_core::relay::relay;
-use rtunnel_core::setup::{self, SetupError};
+use rtunnel_core::setup::{self, EARLY_DATA_BYTES, EarlyData, SetupError};
 use rtunnel_core::ws::WsStream;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
@@ -200,12 +200,39 @@ impl Forwarder {
     /// service name from it and refuses anything but a `tcp` stream to a
     /// `tcp` service; this exists for tools and tests that check so.
     pub async fn open_with(&self, header: &StreamHeader) -> Result<MuxStream, ForwardError> {
+        self.open_for(header, None::<(&mut tokio::io::Empty, &mut EarlyData)>)
+            .await
+    }
+
+    /// Opens a stream for `header`. With a client, what the client sends
+    /// goes behind the header at once, without waiting for the reply.
+    async fn open_for<C>(
+        &self,
+        header: &StreamHeader,
+        mut client: Option<(&mut C, &mut EarlyData)>,
+    ) -> Result<MuxStream, ForwardError>
+    where
+        C: tokio::io::AsyncRead + Unpin,
+    {
         let mut retried = false;
         loop {
             let link = self.current().await?;
             let failed = match link.open().await {
                 Ok(mut stream) => {
-                    match setup::request(&mut stream, header, STREAM_REPLY_TIMEOUT).await {
+                    let setup = match client.as_mut() {
+                        Some((client, early)) => {
+                            setup::request_early(
+                                &mut stream,
+                                header,
+                                STREAM_REPLY_TIMEOUT,
+                                &mut **client,
+                                early,
+                            )
+                            .await
+                        }
+                        None => setup::request(&mut stream, header, STREAM_REPLY_TIMEOUT).await,
+                    };
+                    match setup {
                         Ok(()) => return Ok(stream),
                         Err(SetupError::Refused(refusal)) => {
                             return Err(ForwardError::Refused(refusal));
@@ -218,7 +245,7 @@ impl Forwarder {
             };
             // The connection died under the request: a server that
             // restarted before this side noticed. Once more, on a new
-            // connection.
+            // connection (with the same early bytes).
             self.drop_conn(&link).await;
             if retried {
                 return Err(ForwardError::Stream(failed));
@@ -230,7 +257,12 @@ impl Forwarder {
 
     async fn handle(&self, mut tcp: TcpStream, peer: SocketAddr) {
         let _ = tcp.set_nodelay(true);
-        let mut stream = match self.open().await {
+        let header = StreamHeader::new(self.config.service.clone(), StreamKind::Tcp);
+        // What the client sends first goes with the header (0-RTT): the
+        // server holds it until the connection is allowed and logged.
+        let mut early = EarlyData::new(EARLY_DATA_BYTES);
+        let opened = self.open_for(&header, Some((&mut tcp, &mut early))).await;
+        let mut stream = match opened {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(%peer, "connection not forwarded: {e}");
@@ -240,7 +272,7 @@ impl Forwarder {
         let outcome = relay(&mut tcp, &mut stream).await;
         tracing::debug!(
             %peer,
-            sent = outcome.a_to_b,
+            sent = early.taken() + outcome.a_to_b,
             received = outcome.b_to_a,
             "connection closed"
         );

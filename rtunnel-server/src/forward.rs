@@ -12,13 +12,12 @@ use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, FromRef, Path, State};
 use axum::response::Response;
 use rtunnel_auth::access::Action;
-use rtunnel_core::frame::write_frame;
 use rtunnel_core::ids::{SessionId, SystemId};
 use rtunnel_core::link;
 use rtunnel_core::mux::{MuxStream, YamuxMux, shared};
 use rtunnel_core::proto::{Refusal, RefusalCode, StreamHeader, StreamKind, StreamReply};
 use rtunnel_core::relay::relay_until;
-use rtunnel_core::setup;
+use rtunnel_core::setup::{self, PassReply};
 use rtunnel_core::store::{
     AccessKind, AccessLog, AuditEvent, AuditKind, SessionStatus, User, now_millis,
 };
@@ -292,6 +291,13 @@ async fn watch_access(ctx: Arc<ForwardCtx>) {
 }
 
 /// One operator connection: check, connect through the agent, relay.
+///
+/// Nothing waits a round trip it need not: the operator's first bytes
+/// came behind the header, the header goes on to the agent at once, and
+/// the access-log entry is written while the agent dials its service.
+/// Only then does the relay start: the held bytes go to the agent (which
+/// holds them until it has dialed), and the agent's answer goes back to
+/// the operator ahead of anything else.
 async fn serve_stream(ctx: Arc<ForwardCtx>, mut stream: MuxStream) {
     let timeout = ctx.state.config.stream_setup_timeout;
     let Some(header) = setup::accept_header(&mut stream, timeout).await else {
@@ -300,12 +306,7 @@ async fn serve_stream(ctx: Arc<ForwardCtx>, mut stream: MuxStream) {
     let mut upstream = match open_upstream(&ctx, &header).await {
         Ok(ok) => ok,
         Err(refusal) => {
-            tracing::info!(
-                user = %ctx.user.name,
-                service = %header.service,
-                code = %refusal.code,
-                "stream refused: {refusal}"
-            );
+            log_refusal(&ctx, &header, &refusal);
             setup::refuse(&mut stream, refusal.into()).await;
             return;
         }
@@ -334,34 +335,57 @@ async fn serve_stream(ctx: Arc<ForwardCtx>, mut stream: MuxStream) {
         setup::refuse(&mut stream, reply).await;
         return;
     }
-    if write_frame(&mut stream, &StreamReply::Ok).await.is_err() {
-        access_log.close(entry.id, 0, 0, Some("operator went away".into()));
-        return;
-    }
     let opened = std::time::Instant::now();
     // A cut ends the relay itself: the streams of a closed yamux connection
     // are not woken, so waiting for them to fail would wait forever.
     let outcome = relay_until(&mut stream, &mut upstream, ctx.cut.cancelled()).await;
-    let error = if ctx.cut.is_cancelled() {
-        Some("access revoked".to_owned())
-    } else {
-        outcome.result.as_ref().err().map(ToString::to_string)
+    let error = match upstream.outcome() {
+        Some(Err(refusal)) => {
+            // The agent said no after the entry was written: it is closed
+            // with the refusal, and no byte reached the service.
+            log_refusal(&ctx, &header, refusal);
+            access_log.close(
+                entry.id,
+                0,
+                0,
+                Some(format!("refused ({}): {refusal}", refusal.code)),
+            );
+            return;
+        }
+        None => Some("closed before the agent answered".to_owned()),
+        Some(Ok(())) if ctx.cut.is_cancelled() => Some("access revoked".to_owned()),
+        Some(Ok(())) => outcome.result.as_ref().err().map(ToString::to_string),
     };
-    access_log.close(entry.id, outcome.a_to_b, outcome.b_to_a, error.clone());
+    // The agent's answer went to the operator ahead of the service's bytes.
+    let from_service = outcome.b_to_a.saturating_sub(upstream.answer_bytes());
+    access_log.close(entry.id, outcome.a_to_b, from_service, error.clone());
     tracing::info!(
         user = %ctx.user.name,
         session = %ctx.session_id,
         service = %header.service,
         bytes_to_service = outcome.a_to_b,
-        bytes_from_service = outcome.b_to_a,
+        bytes_from_service = from_service,
         duration_ms = opened.elapsed().as_millis() as u64,
         error,
         "forwarded connection closed"
     );
 }
 
-/// Checks access again, opens a stream to the agent and gets its answer.
-async fn open_upstream(ctx: &ForwardCtx, header: &StreamHeader) -> Result<TunnelStream, Refusal> {
+fn log_refusal(ctx: &ForwardCtx, header: &StreamHeader, refusal: &Refusal) {
+    tracing::info!(
+        user = %ctx.user.name,
+        service = %header.service,
+        code = %refusal.code,
+        "stream refused: {refusal}"
+    );
+}
+
+/// Checks access again and opens a stream to the agent, its answer to
+/// come as the stream's first bytes.
+async fn open_upstream(
+    ctx: &ForwardCtx,
+    header: &StreamHeader,
+) -> Result<PassReply<TunnelStream>, Refusal> {
     if header.kind != StreamKind::Tcp {
         return Err(Refusal::new(
             RefusalCode::UnsupportedKind,
@@ -391,5 +415,9 @@ async fn open_upstream(ctx: &ForwardCtx, header: &StreamHeader) -> Result<Tunnel
     // only the service name is taken from it, and the stream is `tcp`.
     let header =
         StreamHeader::new(header.service.clone(), StreamKind::Tcp).opened_by(&ctx.user.name);
-    state.tunnels.streams.open(ctx.session_id, &header).await
+    state
+        .tunnels
+        .streams
+        .open_pipelined(ctx.session_id, &header)
+        .await
 }

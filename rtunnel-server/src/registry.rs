@@ -182,6 +182,24 @@ impl LiveTunnel {
         header: &StreamHeader,
         timeout: Duration,
     ) -> Result<TunnelStream, Refusal> {
+        let mut stream = self.open_pipelined(header, timeout).await?;
+        let mut reply = setup::ReplyReader::new(timeout);
+        match std::future::poll_fn(|cx| reply.poll_final(cx, &mut stream.io)).await {
+            Ok(()) => Ok(stream),
+            Err(e) => Err(agent_refusal(self.session_id, e)),
+        }
+    }
+
+    /// Opens a stream to the agent for `header` (checked as for
+    /// [`open_stream`](Self::open_stream)) and sends the header, without
+    /// waiting for the agent's answer: the payload may follow at once, and
+    /// the agent holds it until it has answered. Read the answer with
+    /// [`setup::PassReply`] and map it with [`agent_refusal`].
+    pub async fn open_pipelined(
+        &self,
+        header: &StreamHeader,
+        timeout: Duration,
+    ) -> Result<TunnelStream, Refusal> {
         admit(&self.services(), header)?;
         // The limit refuses one stream and leaves the tunnel healthy.
         let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
@@ -205,34 +223,14 @@ impl LiveTunnel {
                 "the tunnel to the agent failed; try again shortly",
             )
         })?;
-        match setup::request(&mut stream, header, timeout).await {
-            Ok(()) => Ok(TunnelStream {
-                io: stream,
-                _permit: Some(permit),
-                _share: share,
-            }),
-            // The agent's own refusal goes on as it is, but an agent
-            // cannot speak for the server: a code about access, limits or
-            // sessions from it becomes `other`.
-            Err(SetupError::Refused(refusal)) if Refusal::is_agent_code(refusal.code) => {
-                Err(refusal)
-            }
-            Err(SetupError::Refused(refusal)) => {
-                tracing::warn!(session = %self.session_id, code = %refusal.code, "the agent refused a stream with a server's code");
-                Err(Refusal::new(RefusalCode::Other, refusal.reason))
-            }
-            Err(SetupError::Failed(e)) => {
-                tracing::warn!(session = %self.session_id, error = %e, "a stream to the agent failed during setup");
-                Err(Refusal::new(
-                    RefusalCode::AgentUnavailable,
-                    "the tunnel to the agent failed; try again shortly",
-                ))
-            }
-            Err(SetupError::Timeout(_)) => Err(Refusal::new(
-                RefusalCode::AgentTimeout,
-                "the agent did not answer in time",
-            )),
-        }
+        setup::send_header(&mut stream, header, timeout)
+            .await
+            .map_err(|e| agent_refusal(self.session_id, e))?;
+        Ok(TunnelStream {
+            io: stream,
+            _permit: Some(permit),
+            _share: share,
+        })
     }
 
     fn take_share(&self, operator: &str) -> Result<UserShare, Refusal> {
@@ -263,6 +261,31 @@ impl LiveTunnel {
         // system deleted sends `credentials_revoked`, then its session's
         // close lands here).
         self.link.close(code, reason).await;
+    }
+}
+
+/// What the operator is told when the agent of `session_id` did not
+/// accept a stream. The agent's own refusal goes on as it is, but an agent
+/// cannot speak for the server: a code about access, limits or sessions
+/// from it becomes `other`.
+pub(crate) fn agent_refusal(session_id: SessionId, failed: SetupError) -> Refusal {
+    match failed {
+        SetupError::Refused(refusal) if Refusal::is_agent_code(refusal.code) => refusal,
+        SetupError::Refused(refusal) => {
+            tracing::warn!(session = %session_id, code = %refusal.code, "the agent refused a stream with a server's code");
+            Refusal::new(RefusalCode::Other, refusal.reason)
+        }
+        SetupError::Failed(e) => {
+            tracing::warn!(session = %session_id, error = %e, "a stream to the agent failed during setup");
+            Refusal::new(
+                RefusalCode::AgentUnavailable,
+                "the tunnel to the agent failed; try again shortly",
+            )
+        }
+        SetupError::Timeout(_) => Refusal::new(
+            RefusalCode::AgentTimeout,
+            "the agent did not answer in time",
+        ),
     }
 }
 

@@ -13,9 +13,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rtunnel_core::ids::SessionId;
-use rtunnel_core::proto::{Refusal, RefusalCode, StreamHeader};
-use rtunnel_core::store::{SessionStatus, SessionStore};
+use rtunnel_core::frame::read_frame;
+use rtunnel_core::ids::{SessionId, SystemId};
+use rtunnel_core::proto::{
+    MAX_STREAM_HEADER_BYTES, Refusal, RefusalCode, StreamHeader, StreamReply,
+};
+use rtunnel_core::setup::PassReply;
+use rtunnel_core::setup::pipeline::OnReply;
+use rtunnel_core::store::{AuditEvent, AuditKind, SessionStatus, SessionStore};
 
 use crate::cluster::Cluster;
 use crate::registry::TunnelStream;
@@ -69,40 +74,103 @@ impl Streams {
         session_id: SessionId,
         header: &StreamHeader,
     ) -> Result<TunnelStream, Refusal> {
+        let mut stream = self.open_pipelined(session_id, header).await?;
+        // The answer, as the operator would get it: `pending` ones first
+        // (the stream's own deadline moves with them).
+        loop {
+            let answer = read_frame::<StreamReply, _>(&mut stream, MAX_STREAM_HEADER_BYTES).await;
+            match (answer, stream.outcome()) {
+                (Ok(StreamReply::Pending { .. }), _) => continue,
+                (_, Some(Ok(()))) => return Ok(stream.into_inner()),
+                (_, Some(Err(refusal))) => return Err(refusal.clone()),
+                // A stream reply cannot fail to read before the outcome.
+                (_, None) => {
+                    return Err(Refusal::new(
+                        RefusalCode::AgentUnavailable,
+                        "the stream to the agent failed; try again shortly",
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Opens a stream for `header` as [`open`](Self::open) does, but
+    /// does not wait for the agent: the header is on its way, and the
+    /// payload may follow at once (the agent holds it until it has
+    /// answered). The stream's first bytes are the answer, as a stream
+    /// reply to pass on to the operator (see [`PassReply`]).
+    pub(crate) async fn open_pipelined(
+        &self,
+        session_id: SessionId,
+        header: &StreamHeader,
+    ) -> Result<PassReply<TunnelStream>, Refusal> {
         let started = std::time::Instant::now();
         let (opened, system_id) = match self.cluster.route(session_id).await {
             Some(route) => (
                 route
-                    .open_stream(&self.cluster, header, self.setup_timeout)
+                    .open_pipelined(&self.cluster, header, self.setup_timeout)
                     .await,
                 Some(route.system_id()),
             ),
             None => (Err(self.no_tunnel(session_id).await), None),
         };
+        match opened {
+            Ok(opening) => {
+                let streams = self.clone();
+                let header = header.clone();
+                let on_reply: OnReply = Box::new(move |result| {
+                    let event = streams.answered(session_id, system_id, &header, started, result);
+                    if let Some(event) = event {
+                        tokio::spawn(async move { streams.audit.best_effort(event).await });
+                    }
+                });
+                Ok(opening.pass_reply().on_reply(on_reply))
+            }
+            Err(refusal) => {
+                let result = Err(refusal.clone());
+                if let Some(event) = self.answered(session_id, system_id, header, started, &result)
+                {
+                    self.audit.best_effort(event).await;
+                }
+                Err(refusal)
+            }
+        }
+    }
+
+    /// Counts a stream's answer, and returns the audit event it needs:
+    /// the customer's no is the customer's decision about an access, and
+    /// is audited (each took a question to the customer, so there are only
+    /// as many as the customer answered).
+    fn answered(
+        &self,
+        session_id: SessionId,
+        system_id: Option<SystemId>,
+        header: &StreamHeader,
+        started: std::time::Instant,
+        result: &Result<(), Refusal>,
+    ) -> Option<AuditEvent> {
         let metrics = crate::metrics::global();
-        match &opened {
-            Ok(_) => metrics.stream_opened(header.kind.as_str(), started.elapsed()),
-            Err(refusal) => metrics.stream_refused(refusal.code.as_str()),
+        let refusal = match result {
+            Ok(()) => {
+                metrics.stream_opened(header.kind.as_str(), started.elapsed());
+                return None;
+            }
+            Err(refusal) => refusal,
+        };
+        metrics.stream_refused(refusal.code.as_str());
+        if refusal.code != RefusalCode::ConsentDenied {
+            return None;
         }
-        // The customer's no is the customer's decision about an access:
-        // it is audited (each took a question to the customer, so there
-        // are only as many as the customer answered).
-        if let Err(refusal) = &opened
-            && refusal.code == RefusalCode::ConsentDenied
-        {
-            let mut event =
-                rtunnel_core::store::AuditEvent::new(rtunnel_core::store::AuditKind::ConsentDenied);
-            event.actor = header.operator.clone();
-            event.session_id = Some(session_id);
-            event.system_id = system_id;
-            event.details = serde_json::json!({
-                "service": header.service,
-                "kind": header.kind.as_str(),
-                "reason": refusal.reason,
-            });
-            self.audit.best_effort(event).await;
-        }
-        opened
+        let mut event = AuditEvent::new(AuditKind::ConsentDenied);
+        event.actor = header.operator.clone();
+        event.session_id = Some(session_id);
+        event.system_id = system_id;
+        event.details = serde_json::json!({
+            "service": header.service,
+            "kind": header.kind.as_str(),
+            "reason": refusal.reason,
+        });
+        Some(event)
     }
 
     /// Why a session has no live tunnel.

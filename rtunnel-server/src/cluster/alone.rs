@@ -10,7 +10,6 @@ use rtunnel_core::store::StoreError;
 use rtunnel_core::store::routes::TunnelRoute;
 
 use super::{Command, RemoteTunnel, Route};
-use crate::registry::TunnelStream;
 use crate::state::AppState;
 
 /// What a node would share with others: nothing, without Redis.
@@ -41,12 +40,12 @@ impl Shared {
         match *self {}
     }
 
-    pub(super) async fn open(
+    pub(super) async fn open_pipelined(
         &self,
         _: &RemoteTunnel,
         _: &StreamHeader,
         _: Duration,
-    ) -> Result<TunnelStream, Refusal> {
+    ) -> Result<super::Opening, Refusal> {
         match *self {}
     }
 

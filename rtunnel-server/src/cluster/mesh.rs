@@ -30,12 +30,13 @@ use rtunnel_core::frame::{read_frame, write_frame};
 use rtunnel_core::ids::SessionId;
 use rtunnel_core::mux::{MuxConfig, MuxError, MuxStream, SharedMux, YamuxMux, shared};
 use rtunnel_core::proto::{ProtoError, Refusal, RefusalCode, StreamHeader, StreamReply, Validate};
+use rtunnel_core::setup::{self, SetupError, pipeline::RefusalMap};
 use rtunnel_core::store::now_millis;
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use super::RemoteTunnel;
+use super::{Opening, RemoteTunnel};
 use crate::registry::TunnelStream;
 use crate::state::AppState;
 
@@ -134,50 +135,54 @@ impl Mesh {
         })
     }
 
-    /// Opens a stream on a tunnel held by another node: reaching the node,
-    /// a stream on the connection, and the holder's answer all within
-    /// `timeout` and a second.
-    pub(crate) async fn open(
+    /// Opens a stream on a tunnel held by another node and sends it the
+    /// request, without waiting for the answer: the payload may follow at
+    /// once (the holder keeps it until the agent has answered). The answer
+    /// is due within `timeout` and a second.
+    pub(crate) async fn open_pipelined(
         &self,
         remote: &RemoteTunnel,
         header: &StreamHeader,
         timeout: Duration,
-    ) -> Result<TunnelStream, Refusal> {
-        let holder = remote.node_id();
-        match tokio::time::timeout(
-            timeout + Duration::from_secs(1),
-            self.open_within(remote, header),
-        )
-        .await
-        {
-            Ok(result) => result,
-            Err(_) => {
-                tracing::warn!(
-                    node = holder,
-                    "no answer from the node holding the tunnel in time"
-                );
-                Err(Refusal::new(
-                    RefusalCode::AgentTimeout,
-                    "the node holding this session's tunnel did not answer in time",
-                ))
-            }
-        }
-    }
-
-    async fn open_within(
-        &self,
-        remote: &RemoteTunnel,
-        header: &StreamHeader,
-    ) -> Result<TunnelStream, Refusal> {
-        let holder = remote.node_id();
+    ) -> Result<Opening, Refusal> {
+        let holder = remote.node_id().to_owned();
+        let address = remote.address.clone();
         // Operators see that the holder is away; the log says why.
-        let unavailable = |what: String| {
-            tracing::warn!(node = holder, address = %remote.address, "mesh: {what}");
+        let unavailable = move |what: String| {
+            tracing::warn!(node = holder, %address, "mesh: {what}");
             Refusal::new(
                 RefusalCode::AgentUnavailable,
                 "the node holding this session's tunnel cannot be reached; try again shortly",
             )
         };
+        let timeout = timeout + Duration::from_secs(1);
+        let send = tokio::time::timeout(timeout, self.send_request(remote, header, &unavailable));
+        let stream = match send.await {
+            Ok(sent) => sent?,
+            Err(_) => return Err(no_answer(remote.node_id())),
+        };
+        let node = remote.node_id().to_owned();
+        let map: RefusalMap = Box::new(move |failed| match failed {
+            // The stream's own refusal, unchanged (cleaned of what a log
+            // or a terminal should not get).
+            SetupError::Refused(refusal) => refusal,
+            SetupError::Failed(e) => unavailable(e.to_string()),
+            SetupError::Timeout(_) => no_answer(&node),
+        });
+        Ok(Opening {
+            stream,
+            map,
+            timeout,
+        })
+    }
+
+    async fn send_request(
+        &self,
+        remote: &RemoteTunnel,
+        header: &StreamHeader,
+        unavailable: &impl Fn(String) -> Refusal,
+    ) -> Result<TunnelStream, Refusal> {
+        let holder = remote.node_id();
         let request = NodeStream {
             session_id: remote.route.session_id,
             header: header.clone(),
@@ -197,23 +202,8 @@ impl Mesh {
                 }
                 Err(e) => return Err(unavailable(e.to_string())),
             };
-            // The holder answers within its own deadline (longer while the
-            // customer is asked: `pending`).
-            let exchange = async {
-                write_frame(&mut stream, &request).await?;
-                loop {
-                    match read_frame::<StreamReply, _>(&mut stream, MAX_FRAME_BYTES).await? {
-                        StreamReply::Pending { .. } => continue,
-                        answer => return Ok::<_, rtunnel_core::frame::FrameError>(answer),
-                    }
-                }
-            };
-            return match exchange.await {
-                Ok(StreamReply::Ok) => Ok(TunnelStream::node(stream)),
-                // The stream's own refusal, unchanged (cleaned of what a
-                // log or a terminal should not get).
-                Ok(StreamReply::Refused(refusal)) => Err(refusal.from_peer()),
-                Ok(StreamReply::Pending { .. }) => Err(unavailable("pending twice".into())),
+            return match write_frame(&mut stream, &request).await {
+                Ok(()) => Ok(TunnelStream::node(stream)),
                 Err(e) => Err(unavailable(e.to_string())),
             };
         }
@@ -450,25 +440,39 @@ async fn serve_stream(state: Arc<AppState>, from: String, mut stream: MuxStream)
         let _ = write_frame(&mut stream, &StreamReply::Refused(refusal)).await;
         return;
     };
-    let mut upstream = match tunnel.open_stream(&request.header, timeout).await {
-        Ok(s) => s,
+    // The request's payload came behind it, held by the operator's node
+    // until its access-log entry was written: it goes on to the agent at
+    // once, and the agent's answer comes back through the relay.
+    let session_id = request.session_id;
+    let mut upstream = match tunnel.open_pipelined(&request.header, timeout).await {
+        Ok(s) => setup::PassReply::new(
+            s,
+            timeout,
+            Box::new(move |e| crate::registry::agent_refusal(session_id, e)),
+        ),
         Err(refusal) => {
             let _ = write_frame(&mut stream, &StreamReply::Refused(refusal)).await;
             return;
         }
     };
-    if write_frame(&mut stream, &StreamReply::Ok).await.is_err() {
-        return;
-    }
     let outcome = rtunnel_core::relay::relay(&mut stream, &mut upstream).await;
     tracing::debug!(
         node = %from,
         session = %request.session_id,
         service = %request.header.service,
         to_service = outcome.a_to_b,
-        from_service = outcome.b_to_a,
+        from_service = outcome.b_to_a.saturating_sub(upstream.answer_bytes()),
         "mesh stream closed"
     );
+}
+
+/// The holder of a tunnel did not answer in time.
+fn no_answer(node: &str) -> Refusal {
+    tracing::warn!(node, "no answer from the node holding the tunnel in time");
+    Refusal::new(
+        RefusalCode::AgentTimeout,
+        "the node holding this session's tunnel did not answer in time",
+    )
 }
 
 /// No Nagle delay, and keepalive probes so a peer that vanished (a

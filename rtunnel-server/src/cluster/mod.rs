@@ -32,6 +32,8 @@ use std::time::Duration;
 
 use rtunnel_core::ids::{SessionId, SystemId};
 use rtunnel_core::proto::{CloseCode, Refusal, ServiceInfo, StreamHeader};
+use rtunnel_core::setup::PassReply;
+use rtunnel_core::setup::pipeline::RefusalMap;
 use rtunnel_core::store::StoreError;
 use rtunnel_core::store::routes::TunnelRoute;
 
@@ -259,27 +261,65 @@ impl Route {
     }
 
     /// Opens a stream to the agent for `header`, here or through the node
-    /// holding the tunnel, within `timeout`.
-    pub async fn open_stream(
+    /// holding the tunnel, and sends the header without waiting for the
+    /// answer: the payload may follow at once, and the answer is due
+    /// within `timeout` (see [`Opening`]).
+    pub(crate) async fn open_pipelined(
         &self,
         cluster: &Cluster,
         header: &StreamHeader,
         timeout: Duration,
-    ) -> Result<TunnelStream, Refusal> {
+    ) -> Result<Opening, Refusal> {
         match self {
-            Route::Local(t) => t.open_stream(header, timeout).await,
+            Route::Local(t) => {
+                let stream = t.open_pipelined(header, timeout).await?;
+                let session_id = t.session_id;
+                Ok(Opening {
+                    stream,
+                    map: Box::new(move |e| crate::registry::agent_refusal(session_id, e)),
+                    timeout,
+                })
+            }
             Route::Remote(r) => {
-                // Checked here too, so a bad header costs no node round trip.
-                crate::registry::admit(&r.route.services, header)?;
-                let live = cluster.live.as_ref().ok_or_else(|| {
-                    Refusal::new(
-                        rtunnel_core::proto::RefusalCode::AgentUnavailable,
-                        "this node is not in a cluster",
-                    )
-                })?;
-                live.open(r, header, timeout).await
+                Self::live(cluster, r, header)?
+                    .open_pipelined(r, header, timeout)
+                    .await
             }
         }
+    }
+
+    /// This node's part of the cluster, for a stream to `remote`.
+    fn live<'a>(
+        cluster: &'a Cluster,
+        remote: &RemoteTunnel,
+        header: &StreamHeader,
+    ) -> Result<&'a Shared, Refusal> {
+        // Checked here too, so a bad header costs no node round trip.
+        crate::registry::admit(&remote.route.services, header)?;
+        cluster.live.as_ref().ok_or_else(|| {
+            Refusal::new(
+                rtunnel_core::proto::RefusalCode::AgentUnavailable,
+                "this node is not in a cluster",
+            )
+        })
+    }
+}
+
+/// A stream whose header is on its way to the agent and whose answer is
+/// still to come (see [`Route::open_pipelined`]).
+pub(crate) struct Opening {
+    /// The stream, header sent.
+    pub(crate) stream: TunnelStream,
+    /// What the operator is told when the answer is not `ok`.
+    pub(crate) map: RefusalMap,
+    /// How long the answer may take (past `pending`).
+    pub(crate) timeout: Duration,
+}
+
+impl Opening {
+    /// The stream, giving the answer (mapped) as its first bytes.
+    pub(crate) fn pass_reply(self) -> PassReply<TunnelStream> {
+        PassReply::new(self.stream, self.timeout, self.map)
     }
 }
 

@@ -20,7 +20,7 @@ use rtunnel_core::store::{
 };
 
 use super::{Cluster, Command, ENTRY_TTL, HEARTBEAT, RemoteTunnel, Route, commands, mesh};
-use crate::registry::{Registry, TunnelStream};
+use crate::registry::Registry;
 use crate::revocation::AccessWatch;
 use crate::state::AppState;
 
@@ -222,14 +222,15 @@ impl Shared {
         commands::publish(self, &self.node_id, command).await;
     }
 
-    /// Opens a stream through the node holding `remote`.
-    pub(super) async fn open(
+    /// Opens a stream through the node holding `remote`, not waiting for
+    /// its answer.
+    pub(super) async fn open_pipelined(
         &self,
         remote: &RemoteTunnel,
         header: &StreamHeader,
         timeout: Duration,
-    ) -> Result<TunnelStream, Refusal> {
-        self.mesh.open(remote, header, timeout).await
+    ) -> Result<super::Opening, Refusal> {
+        self.mesh.open_pipelined(remote, header, timeout).await
     }
 
     /// Announcements, commands and dead nodes, until the server shuts down.

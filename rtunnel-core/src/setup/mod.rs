@@ -1,6 +1,8 @@
 //! Setting up a stream: the opener sends a [`StreamHeader`] and waits for the
 //! [`StreamReply`]; the acceptor reads the header and answers. Both halves
-//! have a deadline, and a bad header is refused with a reason.
+//! have a deadline, and a bad header is refused with a reason. The acceptor
+//! reads nothing behind the header before it answers, so an opener may
+//! send its payload without waiting for the reply ([`pipeline`]).
 
 use std::time::Duration;
 
@@ -8,6 +10,10 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::frame::{FrameError, read_frame, write_frame};
 use crate::proto::{MAX_STREAM_HEADER_BYTES, Refusal, RefusalCode, StreamHeader, StreamReply};
+
+pub mod pipeline;
+
+pub use pipeline::{EARLY_DATA_BYTES, EarlyData, PassReply, ReplyReader, request_early};
 
 /// Why the opener's setup failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,30 +43,27 @@ pub async fn request<S>(
     timeout: Duration,
 ) -> Result<(), SetupError>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    let started = tokio::time::Instant::now();
-    let latest = started + MAX_PENDING + timeout;
-    let mut deadline = started + timeout;
-    match tokio::time::timeout_at(deadline, write_frame(stream, header)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(SetupError::Failed(e)),
-        Err(_) => return Err(SetupError::Timeout(timeout)),
-    }
-    loop {
-        let reply = read_frame::<StreamReply, _>(stream, MAX_STREAM_HEADER_BYTES);
-        match tokio::time::timeout_at(deadline, reply).await {
-            Ok(Ok(StreamReply::Ok)) => return Ok(()),
-            Ok(Ok(StreamReply::Refused(refusal))) => {
-                return Err(SetupError::Refused(refusal.from_peer()));
-            }
-            Ok(Ok(StreamReply::Pending { wait_ms, .. })) => {
-                let wait = Duration::from_millis(wait_ms).min(MAX_PENDING);
-                deadline = (tokio::time::Instant::now() + wait + timeout).min(latest);
-            }
-            Ok(Err(e)) => return Err(SetupError::Failed(e)),
-            Err(_) => return Err(SetupError::Timeout(started.elapsed())),
-        }
+    send_header(stream, header, timeout).await?;
+    let mut reply = ReplyReader::new(timeout);
+    std::future::poll_fn(|cx| reply.poll_final(cx, &mut *stream)).await
+}
+
+/// Opener, pipelined: sends `header` within `timeout` and does not wait
+/// for the reply; payload may follow at once (see [`pipeline`]).
+pub async fn send_header<S>(
+    stream: &mut S,
+    header: &StreamHeader,
+    timeout: Duration,
+) -> Result<(), SetupError>
+where
+    S: AsyncWrite + Unpin + ?Sized,
+{
+    match tokio::time::timeout(timeout, write_frame(stream, header)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(SetupError::Failed(e)),
+        Err(_) => Err(SetupError::Timeout(timeout)),
     }
 }
 

@@ -1,0 +1,623 @@
+//! Streams that carry data before their reply (0-RTT).
+//!
+//! The acceptor of a stream reads exactly its header and nothing behind it
+//! until it has answered, so an opener may send its payload right behind
+//! the header instead of waiting a round trip for `ok`: the acceptor holds
+//! those bytes unread (within the stream's window) and they flow on only
+//! once it has said `ok`; after a refusal they are dropped with the
+//! stream. Three pieces use that:
+//!
+//! - [`ReplyReader`] reads the reply without holding the stream across an
+//!   await, so the same task can write the stream while it waits;
+//! - [`request_early`] is the opener at the edge (`rtunnel-agent
+//!   forward`): what its client sends before the reply goes on the stream
+//!   at once, and a copy is kept until the reply, so a stream whose
+//!   connection died under it is opened again with the same bytes;
+//! - [`PassReply`] is a node in the middle: it forwards the far end's reply
+//!   (mapped to its own codes) to the opener before it, then the data, so
+//!   no hop waits for the one behind it.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use super::{MAX_PENDING, SetupError};
+use crate::frame::FrameError;
+use crate::proto::{
+    self, FRAME_PREFIX_BYTES, MAX_STREAM_HEADER_BYTES, Refusal, StreamHeader, StreamReply,
+};
+
+/// What [`ReplyReader::poll_reply`] read.
+#[derive(Debug)]
+pub enum ReplyEvent {
+    /// The final answer: `ok`, or why not.
+    Final(Result<(), SetupError>),
+    /// A `pending` answer: the deadline moved; the final one follows.
+    Pending(StreamReply),
+}
+
+/// Reads a stream's reply frame by frame, polled, with the opener's
+/// deadline (moved by `pending` answers as far as they say, at most
+/// [`MAX_PENDING`] past the start).
+#[derive(Debug)]
+pub struct ReplyReader {
+    prefix: [u8; FRAME_PREFIX_BYTES],
+    prefix_got: usize,
+    body: Vec<u8>,
+    body_got: usize,
+    timeout: Duration,
+    started: Instant,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl ReplyReader {
+    /// A reader whose deadline is `timeout` from now.
+    pub fn new(timeout: Duration) -> Self {
+        let started = Instant::now();
+        ReplyReader {
+            prefix: [0; FRAME_PREFIX_BYTES],
+            prefix_got: 0,
+            body: Vec::new(),
+            body_got: 0,
+            timeout,
+            started,
+            deadline: Box::pin(tokio::time::sleep_until(started + timeout)),
+        }
+    }
+
+    /// Reads on from `io` towards the next reply frame.
+    pub fn poll_reply<S>(&mut self, cx: &mut Context<'_>, io: &mut S) -> Poll<ReplyEvent>
+    where
+        S: AsyncRead + Unpin + ?Sized,
+    {
+        match self.poll_frame(cx, io) {
+            Poll::Ready(Ok(StreamReply::Ok)) => Poll::Ready(ReplyEvent::Final(Ok(()))),
+            Poll::Ready(Ok(StreamReply::Refused(refusal))) => Poll::Ready(ReplyEvent::Final(Err(
+                SetupError::Refused(refusal.from_peer()),
+            ))),
+            Poll::Ready(Ok(pending @ StreamReply::Pending { wait_ms, .. })) => {
+                let wait = Duration::from_millis(wait_ms).min(MAX_PENDING);
+                let latest = self.started + MAX_PENDING + self.timeout;
+                let deadline = (Instant::now() + wait + self.timeout).min(latest);
+                self.deadline.as_mut().reset(deadline);
+                Poll::Ready(ReplyEvent::Pending(pending))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(ReplyEvent::Final(Err(SetupError::Failed(e)))),
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(ReplyEvent::Final(Err(SetupError::Timeout(
+                    self.started.elapsed(),
+                )))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    /// Polls until the final answer, skipping `pending` ones.
+    pub fn poll_final<S>(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &mut S,
+    ) -> Poll<Result<(), SetupError>>
+    where
+        S: AsyncRead + Unpin + ?Sized,
+    {
+        loop {
+            match ready!(self.poll_reply(cx, io)) {
+                ReplyEvent::Final(result) => return Poll::Ready(result),
+                ReplyEvent::Pending(_) => continue,
+            }
+        }
+    }
+
+    /// One reply frame: the prefix, checked against the limit before the
+    /// body is allocated, then the body.
+    fn poll_frame<S>(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &mut S,
+    ) -> Poll<Result<StreamReply, FrameError>>
+    where
+        S: AsyncRead + Unpin + ?Sized,
+    {
+        while self.prefix_got < FRAME_PREFIX_BYTES {
+            let mut buf = ReadBuf::new(&mut self.prefix[self.prefix_got..]);
+            ready!(Pin::new(&mut *io).poll_read(cx, &mut buf))?;
+            let n = buf.filled().len();
+            if n == 0 {
+                return Poll::Ready(Err(if self.prefix_got == 0 {
+                    FrameError::Closed
+                } else {
+                    io::Error::from(io::ErrorKind::UnexpectedEof).into()
+                }));
+            }
+            self.prefix_got += n;
+            if self.prefix_got == FRAME_PREFIX_BYTES {
+                let len = proto::body_len(&self.prefix, MAX_STREAM_HEADER_BYTES)?.unwrap_or(0);
+                self.body = vec![0; len];
+                self.body_got = 0;
+            }
+        }
+        while self.body_got < self.body.len() {
+            let mut buf = ReadBuf::new(&mut self.body[self.body_got..]);
+            ready!(Pin::new(&mut *io).poll_read(cx, &mut buf))?;
+            let n = buf.filled().len();
+            if n == 0 {
+                return Poll::Ready(Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()));
+            }
+            self.body_got += n;
+        }
+        self.prefix_got = 0;
+        let body = std::mem::take(&mut self.body);
+        Poll::Ready(Ok(proto::decode_body(&body)?))
+    }
+}
+
+/// What an opener's client sent before the stream's reply: sent behind the
+/// header at once, and kept until the reply so it can be sent again on a
+/// new stream (see [`request_early`]).
+#[derive(Debug)]
+pub struct EarlyData {
+    buf: Vec<u8>,
+    limit: usize,
+    client_done: bool,
+    taken: u64,
+}
+
+impl EarlyData {
+    /// Takes at most `limit` bytes from the client ahead of the reply; past
+    /// that the client waits for it.
+    pub fn new(limit: usize) -> Self {
+        EarlyData {
+            buf: Vec::new(),
+            limit,
+            client_done: false,
+            taken: 0,
+        }
+    }
+
+    /// Every byte taken from the client, including those already sent
+    /// on an open stream.
+    pub fn taken(&self) -> u64 {
+        self.taken
+    }
+
+    /// The bytes taken and kept, not yet known to have arrived.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// True when nothing was taken.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+}
+
+/// How many bytes [`EarlyData`] takes ahead of the reply by default: a
+/// protocol's opening (a TLS or SSH hello, a request) and more.
+pub const EARLY_DATA_BYTES: usize = 64 * 1024;
+
+/// Opener, without the round trip: sends `header` on `stream` and, while
+/// it waits (as [`request`](super::request) does) for the reply, copies
+/// what `client` sends onto the stream behind it, at most `early`'s limit.
+///
+/// On `Ok` every byte taken from the client is on the stream, and the
+/// caller relays the rest. On [`SetupError::Failed`] (the stream's
+/// connection died) `early` still holds every byte taken, and a second call
+/// with a new stream sends them again behind the header: the client loses
+/// nothing. A client that ends or fails is read no further here; the relay
+/// that follows sees it again.
+pub async fn request_early<S, C>(
+    stream: &mut S,
+    header: &StreamHeader,
+    timeout: Duration,
+    client: &mut C,
+    early: &mut EarlyData,
+) -> Result<(), SetupError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    C: AsyncRead + Unpin + ?Sized,
+{
+    let mut first = proto::encode(header);
+    first.extend_from_slice(&early.buf);
+    let deadline = Instant::now() + timeout;
+    match tokio::time::timeout_at(deadline, async {
+        stream.write_all(&first).await?;
+        stream.flush().await
+    })
+    .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(SetupError::Failed(e.into())),
+        Err(_) => return Err(SetupError::Timeout(timeout)),
+    }
+    let mut sent = early.buf.len();
+    let mut unflushed = false;
+    let mut reply = ReplyReader::new(timeout);
+    let mut chunk = vec![0u8; 16 * 1024];
+    let result = std::future::poll_fn(|cx| {
+        if let Poll::Ready(result) = reply.poll_final(cx, &mut *stream) {
+            return Poll::Ready(result);
+        }
+        loop {
+            if sent < early.buf.len() {
+                match Pin::new(&mut *stream).poll_write(cx, &early.buf[sent..]) {
+                    Poll::Ready(Ok(0)) => {
+                        let e = io::Error::from(io::ErrorKind::WriteZero);
+                        return Poll::Ready(Err(SetupError::Failed(e.into())));
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        sent += n;
+                        unflushed = true;
+                        continue;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(SetupError::Failed(e.into()))),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            let room = early.limit.saturating_sub(early.buf.len()).min(chunk.len());
+            let read = if early.client_done || room == 0 {
+                Poll::Pending
+            } else {
+                let mut buf = ReadBuf::new(&mut chunk[..room]);
+                match Pin::new(&mut *client).poll_read(cx, &mut buf) {
+                    Poll::Ready(Ok(())) => Poll::Ready(buf.filled().len()),
+                    // The relay that follows meets the error again.
+                    Poll::Ready(Err(_)) => Poll::Ready(0),
+                    Poll::Pending => Poll::Pending,
+                }
+            };
+            match read {
+                Poll::Ready(0) => early.client_done = true,
+                Poll::Ready(n) => {
+                    early.buf.extend_from_slice(&chunk[..n]);
+                    early.taken += n as u64;
+                }
+                Poll::Pending => {
+                    if unflushed {
+                        match Pin::new(&mut *stream).poll_flush(cx) {
+                            Poll::Ready(Ok(())) => unflushed = false,
+                            Poll::Ready(Err(e)) => {
+                                return Poll::Ready(Err(SetupError::Failed(e.into())));
+                            }
+                            Poll::Pending => {}
+                        }
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    })
+    .await;
+    result?;
+    // Taken but not yet written (the stream's window was full): now.
+    if sent < early.buf.len() {
+        stream
+            .write_all(&early.buf[sent..])
+            .await
+            .map_err(|e| SetupError::Failed(e.into()))?;
+    }
+    stream
+        .flush()
+        .await
+        .map_err(|e| SetupError::Failed(e.into()))?;
+    early.buf = Vec::new();
+    Ok(())
+}
+
+/// Maps the far end's failed setup to the refusal this node gives.
+pub type RefusalMap = Box<dyn FnMut(SetupError) -> Refusal + Send>;
+
+/// Called once with the far end's final answer, as mapped.
+pub type OnReply = Box<dyn FnOnce(&Result<(), Refusal>) + Send>;
+
+/// A stream whose header went on to the far end and whose reply is still
+/// to come, seen from a node in the middle: reads give the reply first,
+/// re-encoded as a frame for the opener before this node (a refusal mapped
+/// by the [`RefusalMap`], `pending` passed on as it is), then the far end's
+/// data; writes go on to the far end at once (the far end holds them
+/// until it answers). After a refusal, reads end and writes are dropped.
+pub struct PassReply<S> {
+    io: S,
+    reply: Option<ReplyReader>,
+    map: RefusalMap,
+    on_reply: Option<OnReply>,
+    out: Vec<u8>,
+    out_pos: usize,
+    answer_bytes: u64,
+    outcome: Option<Result<(), Refusal>>,
+}
+
+impl<S> std::fmt::Debug for PassReply<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PassReply")
+            .field("outcome", &self.outcome)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> PassReply<S> {
+    /// `io` with its header sent; its reply is awaited for `timeout` (and
+    /// what `pending` answers add).
+    pub fn new(io: S, timeout: Duration, map: RefusalMap) -> Self {
+        PassReply {
+            io,
+            reply: Some(ReplyReader::new(timeout)),
+            map,
+            on_reply: None,
+            out: Vec::new(),
+            out_pos: 0,
+            answer_bytes: 0,
+            outcome: None,
+        }
+    }
+
+    /// Calls `f` with the final answer as soon as it is read.
+    pub fn on_reply(mut self, f: OnReply) -> Self {
+        self.on_reply = Some(f);
+        self
+    }
+
+    /// How many of the bytes read were answers (`pending` and the final
+    /// one) rather than the far end's data.
+    pub fn answer_bytes(&self) -> u64 {
+        self.answer_bytes
+    }
+
+    /// The stream itself, for reading on past the answer.
+    pub fn into_inner(self) -> S {
+        self.io
+    }
+
+    /// The far end's final answer, once read.
+    pub fn outcome(&self) -> Option<&Result<(), Refusal>> {
+        self.outcome.as_ref()
+    }
+
+    fn refused(&self) -> bool {
+        matches!(self.outcome, Some(Err(_)))
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for PassReply<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.out_pos < this.out.len() {
+                let n = (this.out.len() - this.out_pos).min(buf.remaining());
+                buf.put_slice(&this.out[this.out_pos..this.out_pos + n]);
+                this.out_pos += n;
+                this.answer_bytes += n as u64;
+                return Poll::Ready(Ok(()));
+            }
+            let Some(reader) = this.reply.as_mut() else {
+                if this.refused() {
+                    return Poll::Ready(Ok(()));
+                }
+                return Pin::new(&mut this.io).poll_read(cx, buf);
+            };
+            let frame = match ready!(reader.poll_reply(cx, &mut this.io)) {
+                ReplyEvent::Pending(pending) => proto::encode(&pending),
+                ReplyEvent::Final(result) => {
+                    this.reply = None;
+                    let result = result.map_err(&mut this.map);
+                    if let Some(f) = this.on_reply.take() {
+                        f(&result);
+                    }
+                    let frame = match &result {
+                        Ok(()) => proto::encode(&StreamReply::Ok),
+                        Err(refusal) => proto::encode(&StreamReply::Refused(refusal.clone())),
+                    };
+                    this.outcome = Some(result);
+                    frame
+                }
+            };
+            this.out = frame;
+            this.out_pos = 0;
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for PassReply<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.refused() {
+            return Poll::Ready(Ok(buf.len()));
+        }
+        Pin::new(&mut this.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.refused() {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.refused() {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{read_frame, write_frame};
+    use crate::proto::{RefusalCode, StreamKind};
+    use crate::setup::accept_header;
+    use tokio::io::{AsyncReadExt, duplex};
+
+    const SECOND: Duration = Duration::from_secs(5);
+
+    fn header() -> StreamHeader {
+        StreamHeader::new("redis".to_owned(), StreamKind::Tcp)
+    }
+
+    /// An acceptor that wants to see the payload before it answers: only a
+    /// pipelined opener gets an answer from it.
+    #[tokio::test]
+    async fn the_payload_reaches_the_acceptor_before_its_answer() {
+        let (mut opener, mut acceptor) = duplex(64 * 1024);
+        let far = tokio::spawn(async move {
+            accept_header(&mut acceptor, SECOND).await.unwrap();
+            let mut ping = [0u8; 4];
+            acceptor.read_exact(&mut ping).await.unwrap();
+            write_frame(&mut acceptor, &StreamReply::Ok).await.unwrap();
+            acceptor.write_all(b"PONG").await.unwrap();
+            ping
+        });
+        let (mut client, mut user) = duplex(1024);
+        user.write_all(b"PING").await.unwrap();
+        let mut early = EarlyData::new(EARLY_DATA_BYTES);
+        request_early(&mut opener, &header(), SECOND, &mut client, &mut early)
+            .await
+            .unwrap();
+        assert_eq!(&far.await.unwrap(), b"PING");
+        let mut pong = [0u8; 4];
+        opener.read_exact(&mut pong).await.unwrap();
+        assert_eq!(&pong, b"PONG");
+        assert!(early.is_empty(), "nothing is kept once the stream is open");
+    }
+
+    /// A stream whose connection dies before the reply is opened again
+    /// with every byte the client sent, in order.
+    #[tokio::test]
+    async fn a_second_stream_gets_the_same_early_bytes() {
+        let (mut client, mut user) = duplex(1024);
+        user.write_all(b"hello ").await.unwrap();
+        let mut early = EarlyData::new(EARLY_DATA_BYTES);
+        let (mut opener, mut acceptor) = duplex(64 * 1024);
+        let far = tokio::spawn(async move {
+            accept_header(&mut acceptor, SECOND).await.unwrap();
+            let mut some = [0u8; 6];
+            acceptor.read_exact(&mut some).await.unwrap();
+            // The connection dies without an answer.
+        });
+        let err = request_early(&mut opener, &header(), SECOND, &mut client, &mut early)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SetupError::Failed(_)), "{err}");
+        far.await.unwrap();
+        assert_eq!(early.len(), 6);
+
+        user.write_all(b"world").await.unwrap();
+        let (mut opener, mut acceptor) = duplex(64 * 1024);
+        let far = tokio::spawn(async move {
+            let h = accept_header(&mut acceptor, SECOND).await.unwrap();
+            assert_eq!(h.service, "redis");
+            let mut all = [0u8; 11];
+            acceptor.read_exact(&mut all).await.unwrap();
+            write_frame(&mut acceptor, &StreamReply::Ok).await.unwrap();
+            all
+        });
+        request_early(&mut opener, &header(), SECOND, &mut client, &mut early)
+            .await
+            .unwrap();
+        assert_eq!(&far.await.unwrap(), b"hello world");
+    }
+
+    /// Past its limit the opener takes nothing more from the client until
+    /// the reply; then the rest flows.
+    #[tokio::test]
+    async fn no_more_than_the_limit_goes_ahead_of_the_reply() {
+        let (mut client, mut user) = duplex(1024);
+        user.write_all(b"0123456789abcdefghij").await.unwrap();
+        let (mut opener, mut acceptor) = duplex(64 * 1024);
+        let far = tokio::spawn(async move {
+            accept_header(&mut acceptor, SECOND).await.unwrap();
+            let mut ahead = [0u8; 8];
+            acceptor.read_exact(&mut ahead).await.unwrap();
+            let mut more = [0u8; 1];
+            let waited =
+                tokio::time::timeout(Duration::from_millis(200), acceptor.read(&mut more)).await;
+            assert!(waited.is_err(), "more than the limit went ahead");
+            write_frame(&mut acceptor, &StreamReply::Ok).await.unwrap();
+            (ahead, acceptor)
+        });
+        let mut early = EarlyData::new(8);
+        request_early(&mut opener, &header(), SECOND, &mut client, &mut early)
+            .await
+            .unwrap();
+        let (ahead, _acceptor) = far.await.unwrap();
+        assert_eq!(&ahead, b"01234567");
+    }
+
+    fn map_to_unavailable() -> RefusalMap {
+        Box::new(|e| match e {
+            SetupError::Refused(r) => r,
+            SetupError::Timeout(_) => Refusal::new(RefusalCode::AgentTimeout, "no answer"),
+            SetupError::Failed(_) => Refusal::new(RefusalCode::AgentUnavailable, "gone"),
+        })
+    }
+
+    /// A node in the middle passes `pending`, then `ok`, then the data on.
+    #[tokio::test]
+    async fn the_middle_passes_the_far_ends_answers_on() {
+        let (mut near, mut far) = duplex(64 * 1024);
+        tokio::spawn(async move {
+            accept_header(&mut far, SECOND).await.unwrap();
+            let mut early = [0u8; 4];
+            far.read_exact(&mut early).await.unwrap();
+            let pending = StreamReply::Pending {
+                reason: "asking".into(),
+                wait_ms: 1_000,
+            };
+            write_frame(&mut far, &pending).await.unwrap();
+            write_frame(&mut far, &StreamReply::Ok).await.unwrap();
+            far.write_all(&early).await.unwrap();
+            far
+        });
+        crate::frame::write_frame(&mut near, &header())
+            .await
+            .unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut middle =
+            PassReply::new(near, SECOND, map_to_unavailable()).on_reply(Box::new(move |r| {
+                let _ = tx.send(r.is_ok());
+            }));
+        middle.write_all(b"echo").await.unwrap();
+        let first: StreamReply = read_frame(&mut middle, 1024).await.unwrap();
+        assert!(matches!(first, StreamReply::Pending { wait_ms: 1_000, .. }));
+        let second: StreamReply = read_frame(&mut middle, 1024).await.unwrap();
+        assert_eq!(second, StreamReply::Ok);
+        assert!(rx.await.unwrap());
+        let mut back = [0u8; 4];
+        middle.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"echo");
+        assert_eq!(middle.outcome(), Some(&Ok(())));
+    }
+
+    /// A far end that does not answer in time is refused by the middle
+    /// with its own code; the stream then ends and takes no more bytes.
+    #[tokio::test(start_paused = true)]
+    async fn silence_becomes_the_middles_refusal() {
+        let (near, _far) = duplex(64 * 1024);
+        let mut middle = PassReply::new(near, Duration::from_secs(2), map_to_unavailable());
+        let answer: StreamReply = read_frame(&mut middle, 1024).await.unwrap();
+        let StreamReply::Refused(refusal) = answer else {
+            panic!("{answer:?}")
+        };
+        assert_eq!(refusal.code, RefusalCode::AgentTimeout);
+        let mut rest = Vec::new();
+        middle.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+        middle.write_all(b"dropped").await.unwrap();
+        assert!(matches!(middle.outcome(), Some(Err(r)) if r.code == RefusalCode::AgentTimeout));
+    }
+}
