@@ -13,7 +13,11 @@
 # default). Settings: BENCH_SECONDS (iperf3 run length, default 5),
 # BENCH_REQUESTS (redis requests per run, default 100000), BENCH_PATHS
 # (which paths to measure, default "raw rathole rtunnel"; the ratio column
-# needs rathole and rtunnel). BENCH_NODES=2 runs rtunnel as a two-node
+# needs rathole and rtunnel), BENCH_BIN_DIR (use the rtunnel-server and
+# rtunnel-agent found there instead of building; `target/profiling` for
+# symbols), BENCH_PERF (a directory: `perf record` of the path's processes
+# during the new-connection run, one file per path), BENCH_ONLY=new (only
+# the new-connection run; the other rows print 0). BENCH_NODES=2 runs rtunnel as a two-node
 # cluster (a Redis of its own, one data directory) and adds the path
 # "cross": `forward` on node B, the agent's tunnel on node A, the stream
 # carried over the node mesh; its ratio to the local path is printed.
@@ -44,10 +48,16 @@ if [ ! -x "$rathole" ]; then
     cargo install rathole --version 0.5.0 --no-default-features \
         --features server,client --root "$cache/rathole" >&2
 fi
-echo "bench: building rtunnel (release)" >&2
-cargo build --release --locked -p rtunnel-server -p rtunnel-agent --bins >&2
-server_bin="$root/target/release/rtunnel-server"
-agent_bin="$root/target/release/rtunnel-agent"
+if [ -n "${BENCH_BIN_DIR:-}" ]; then
+    # Binaries built elsewhere (another commit, for a before/after).
+    server_bin="$BENCH_BIN_DIR/rtunnel-server"
+    agent_bin="$BENCH_BIN_DIR/rtunnel-agent"
+else
+    echo "bench: building rtunnel (release)" >&2
+    cargo build --release --locked -p rtunnel-server -p rtunnel-agent --bins >&2
+    server_bin="$root/target/release/rtunnel-server"
+    agent_bin="$root/target/release/rtunnel-agent"
+fi
 
 work=$(mktemp -d)
 pids=()
@@ -206,8 +216,8 @@ iperf() { # PORT STREAMS -> Gbit/s
     iperf3 -c 127.0.0.1 -p "$1" -P "$2" -t "$seconds" -J |
         python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 1e9))'
 }
-redis_ping() { # PORT CLIENTS KEEPALIVE -> "requests/s p50-latency-ms"
-    redis-benchmark -h 127.0.0.1 -p "$1" -c "$2" -k "$3" -n "$requests" -t ping --csv 2>/dev/null |
+redis_ping() { # PORT CLIENTS KEEPALIVE [REQUESTS] -> "requests/s p50-latency-ms"
+    redis-benchmark -h 127.0.0.1 -p "$1" -c "$2" -k "$3" -n "${4:-$requests}" -t ping --csv 2>/dev/null |
         python3 -c 'import csv,sys
 rows = [r for r in csv.reader(sys.stdin) if r and r[0] == "PING_MBULK"]
 print("%.0f %s" % (float(rows[0][1]), rows[0][4]))'
@@ -238,18 +248,39 @@ fi
 read -r -a paths <<<"${BENCH_PATHS:-$default_paths}"
 for p in "${paths[@]}"; do
     echo "bench: $p" >&2
-    result[$p,tput1]=$(iperf "${iperf_at[$p]}" 1)
-    result[$p,tput8]=$(iperf "${iperf_at[$p]}" 8)
-    read -r "result[$p,ping1]" _ <<<"$(redis_ping "${redis_at[$p]}" 1 1)"
-    # shellcheck disable=SC2086 # a list of pids
-    before=$(cpu_ticks ${cpu_of[$p]})
-    read -r "result[$p,ping50]" _ <<<"$(redis_ping "${redis_at[$p]}" 50 1)"
-    # shellcheck disable=SC2086
-    after=$(cpu_ticks ${cpu_of[$p]})
-    result[$p,ping50cpu]=$(per_request_us "$before" "$after")
+    if [ "${BENCH_ONLY:-}" = new ]; then
+        # Only the new-connection run (for comparing changes to its cost).
+        for k in tput1 tput8 ping1 ping50 ping50cpu; do result[$p,$k]=0; done
+        # shellcheck disable=SC2086 # a list of pids
+        after=$(cpu_ticks ${cpu_of[$p]})
+    else
+        result[$p,tput1]=$(iperf "${iperf_at[$p]}" 1)
+        result[$p,tput8]=$(iperf "${iperf_at[$p]}" 8)
+        read -r "result[$p,ping1]" _ <<<"$(redis_ping "${redis_at[$p]}" 1 1)"
+        # shellcheck disable=SC2086 # a list of pids
+        before=$(cpu_ticks ${cpu_of[$p]})
+        read -r "result[$p,ping50]" _ <<<"$(redis_ping "${redis_at[$p]}" 50 1)"
+        # shellcheck disable=SC2086
+        after=$(cpu_ticks ${cpu_of[$p]})
+        result[$p,ping50cpu]=$(per_request_us "$before" "$after")
+    fi
+    if [ -n "${BENCH_PERF:-}" ]; then
+        # Where the path's processes spend the new-connection run.
+        mkdir -p "$BENCH_PERF"
+        perf record -q -g -F 1999 -o "$BENCH_PERF/$p-new-connections.data" \
+            -p "$(tr ' ' ',' <<<"${cpu_of[$p]}")" >/dev/null 2>&1 &
+        perf_pid=$!
+        sleep 0.5
+    fi
     read -r "result[$p,new10]" "result[$p,new10p50]" <<<"$(redis_ping "${redis_at[$p]}" 10 0)"
+    if [ -n "${BENCH_PERF:-}" ]; then
+        kill -INT "$perf_pid" && wait "$perf_pid" || true
+    fi
     # shellcheck disable=SC2086
     result[$p,new10cpu]=$(per_request_us "$after" "$(cpu_ticks ${cpu_of[$p]})")
+    # One client alone: how long opening a connection takes when the
+    # machine is not saturated (round trips, not CPU).
+    read -r _ "result[$p,new1p50]" <<<"$(redis_ping "${redis_at[$p]}" 1 0 $((requests / 20)))"
 done
 
 python3 - "$(nproc)" <<EOF
@@ -263,9 +294,10 @@ rows = [
     ("new connection + PING, 10 clients (req/s)", "new10"),
     ("  p50 latency of that (ms)", "new10p50"),
     ("  CPU of the path's processes per request (us)", "new10cpu"),
+    ("new connection + PING, 1 client: p50 latency (ms)", "new1p50"),
 ]
 r = {
-$(for p in "${paths[@]}"; do for k in tput1 tput8 ping1 ping50 ping50cpu new10 new10p50 new10cpu; do echo "    ('$p', '$k'): ${result[$p,$k]},"; done; done)
+$(for p in "${paths[@]}"; do for k in tput1 tput8 ping1 ping50 ping50cpu new10 new10p50 new10cpu new1p50; do echo "    ('$p', '$k'): ${result[$p,$k]},"; done; done)
 }
 names = {"raw": "raw loopback", "rathole": "rathole 0.5", "rtunnel": "rtunnel forward",
          "cross": "rtunnel via another node"}

@@ -4,7 +4,10 @@
 //! went each way even when one side fails, which the access log needs. When
 //! one side reaches end of file, the other side's write half is shut down and
 //! the opposite direction carries on (TCP half-close). Each direction uses one
-//! fixed buffer of [`RELAY_BUFFER_BYTES`], so memory per relay is bounded.
+//! buffer of at most [`RELAY_BUFFER_BYTES`], so memory per relay is bounded;
+//! it starts at [`RELAY_FIRST_BUFFER_BYTES`] and doubles whenever a read
+//! fills it, so a connection that carries small messages (a request, a
+//! keystroke) never pays for the large buffer a bulk transfer wants.
 
 use std::io;
 use std::pin::Pin;
@@ -12,8 +15,11 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Size of the buffer of each direction.
+/// The most each direction's buffer grows to.
 pub const RELAY_BUFFER_BYTES: usize = 64 * 1024;
+
+/// What each direction's buffer starts at.
+pub const RELAY_FIRST_BUFFER_BYTES: usize = 8 * 1024;
 
 /// What a finished relay moved and how it ended.
 #[derive(Debug)]
@@ -75,6 +81,8 @@ struct OneWay {
     pos: usize,
     cap: usize,
     bytes: u64,
+    /// The last read filled the buffer: the next one gets a larger one.
+    filled: bool,
     read_done: bool,
     need_flush: bool,
     done: bool,
@@ -83,10 +91,11 @@ struct OneWay {
 impl OneWay {
     fn new() -> Self {
         OneWay {
-            buf: vec![0; RELAY_BUFFER_BYTES].into_boxed_slice(),
+            buf: vec![0; RELAY_FIRST_BUFFER_BYTES].into_boxed_slice(),
             pos: 0,
             cap: 0,
             bytes: 0,
+            filled: false,
             read_done: false,
             need_flush: false,
             done: false,
@@ -108,6 +117,10 @@ impl OneWay {
         }
         loop {
             if self.pos == self.cap && !self.read_done {
+                if self.filled && self.buf.len() < RELAY_BUFFER_BYTES {
+                    self.buf = vec![0; self.buf.len() * 2].into_boxed_slice();
+                    self.filled = false;
+                }
                 let mut rb = ReadBuf::new(&mut self.buf);
                 match Pin::new(&mut *r).poll_read(cx, &mut rb) {
                     Poll::Pending => {
@@ -126,6 +139,7 @@ impl OneWay {
                         } else {
                             self.pos = 0;
                             self.cap = n;
+                            self.filled = n == self.buf.len();
                         }
                     }
                 }
@@ -207,6 +221,42 @@ mod tests {
         assert!(outcome.result.is_ok());
         assert_eq!(outcome.a_to_b, 300_000);
         assert_eq!(outcome.b_to_a, 70_000);
+    }
+
+    /// Bulk data fills the first buffer, which grows (8 KiB up to 64 KiB)
+    /// between reads without losing or reordering a byte.
+    #[tokio::test]
+    async fn the_buffer_grows_under_bulk_data_and_keeps_every_byte() {
+        let mut one = OneWay::new();
+        assert_eq!(one.buf.len(), RELAY_FIRST_BUFFER_BYTES);
+        let mut source = tokio::io::AsyncReadExt::take(tokio::io::repeat(7), 500_000);
+        let mut sink = Vec::new();
+        std::future::poll_fn(|cx| one.poll_copy(cx, &mut source, &mut sink))
+            .await
+            .unwrap();
+        assert_eq!(sink.len(), 500_000);
+        assert_eq!(
+            one.buf.len(),
+            RELAY_BUFFER_BYTES,
+            "full reads grow the buffer"
+        );
+
+        let (mut a_outer, mut a_inner) = tokio::io::duplex(1024 * 1024);
+        let (mut b_inner, mut b_outer) = tokio::io::duplex(1024 * 1024);
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            a_outer.write_all(&sent).await.unwrap();
+            a_outer.shutdown().await.unwrap();
+            a_outer
+        });
+        let relay_task = tokio::spawn(async move { relay(&mut a_inner, &mut b_inner).await });
+        let mut got = Vec::new();
+        b_outer.read_to_end(&mut got).await.unwrap();
+        assert!(got == data, "relayed bytes differ");
+        drop(b_outer);
+        drop(writer.await.unwrap());
+        assert_eq!(relay_task.await.unwrap().a_to_b, 3_000_000);
     }
 
     #[tokio::test]

@@ -776,3 +776,72 @@ async fn the_admin_cli_lists_users_systems_and_grants_and_renames_a_system() {
         "front-desk"
     );
 }
+
+/// The operator's first bytes travel with the stream's header (no round
+/// trip), but the server holds them until the connection's access-log
+/// entry is written: when the database refuses the entry, the service gets
+/// nothing, the operator's connection is closed, and once the database
+/// takes entries again the next connection goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_byte_reaches_the_service_before_its_access_log_entry_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(tmp.path(), &[]).await;
+    let sys = enroll(&server, "customer-box");
+    let token = user_with_token(&server, "alice", "admin");
+    // A service that keeps whatever reaches it.
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let service = listener.local_addr().unwrap();
+    let kept = received.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    kept.lock().unwrap().extend_from_slice(&buf[..n]);
+                    let _ = s.write_all(b"+OK\r\n").await;
+                }
+            });
+        }
+    });
+    let _agent = start_agent(&server, &sys, &format!("spy={service}"), &[]);
+    let session = active_session(&server, &token, &sys.id).await;
+    let (_fwd, local) = start_forward(&server, &token, &session, "spy").await;
+
+    // A real database fault, on demand: new access-log entries fail.
+    let db = tmp.path().join("data/rtunnel.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER refuse_entries BEFORE INSERT ON access_logs \
+         BEGIN SELECT RAISE(ABORT, 'the disk is full (test)'); END",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut refused = TcpStream::connect(local).await.unwrap();
+    refused.write_all(b"FIRST BYTES\r\n").await.unwrap();
+    let mut back = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(20), refused.read_to_end(&mut back))
+        .await
+        .expect("the refused connection is closed");
+    assert!(ended.is_err() || back.is_empty(), "{back:?}");
+
+    sqlx::query("DROP TRIGGER refuse_entries")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut allowed = TcpStream::connect(local).await.unwrap();
+    allowed.write_all(b"SECOND\r\n").await.unwrap();
+    let mut ok = [0u8; 5];
+    allowed.read_exact(&mut ok).await.unwrap();
+    assert_eq!(&ok, b"+OK\r\n");
+    assert_eq!(received.lock().unwrap().as_slice(), b"SECOND\r\n");
+    let log = server.proc.log_text();
+    assert!(log.contains("cannot write the access log"), "{log}");
+}

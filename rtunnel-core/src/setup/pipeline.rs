@@ -237,7 +237,8 @@ where
     let mut sent = early.buf.len();
     let mut unflushed = false;
     let mut reply = ReplyReader::new(timeout);
-    let mut chunk = vec![0u8; 16 * 1024];
+    // Small: what comes ahead of the reply is mostly a protocol's hello.
+    let mut chunk = [0u8; 4096];
     let result = std::future::poll_fn(|cx| {
         if let Poll::Ready(result) = reply.poll_final(cx, &mut *stream) {
             return Poll::Ready(result);
