@@ -17,7 +17,9 @@
 # rtunnel-agent found there instead of building; `target/profiling` for
 # symbols), BENCH_PERF (a directory: `perf record` of the path's processes
 # during the new-connection run, one file per path), BENCH_ONLY=new (only
-# the new-connection run; the other rows print 0). BENCH_NODES=2 runs rtunnel as a two-node
+# the new-connection run; the other rows print 0), BENCH_SERVER_ENV,
+# BENCH_AGENT_ENV, BENCH_FORWARD_ENV (NAME=VALUE words for that process,
+# e.g. TOKIO_WORKER_THREADS=1). BENCH_NODES=2 runs rtunnel as a two-node
 # cluster (a Redis of its own, one data directory) and adds the path
 # "cross": `forward` on node B, the agent's tunnel on node A, the stream
 # carried over the node mesh; its ratio to the local path is printed.
@@ -155,7 +157,8 @@ fi
 rt_serve() { # PORT NODE-ID LOG
     local cluster=()
     [ "$nodes" = 2 ] && cluster=("${node_args[@]}" --node-id "$2" --node-listen "127.0.0.1:$(port)")
-    "$server_bin" serve --data-dir "$data" --listen "127.0.0.1:$1" \
+    # shellcheck disable=SC2086 # a list of NAME=VALUE words
+    env ${BENCH_SERVER_ENV:-} "$server_bin" serve --data-dir "$data" --listen "127.0.0.1:$1" \
         --max-streams-per-tunnel 1024 --max-streams-per-user 1024 "${cluster[@]}" \
         >"$3" 2>&1 &
 }
@@ -168,7 +171,8 @@ system=$(admin system add bench-box --json)
 key=$(echo "$system" | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
 secret=$(echo "$system" | python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
 system_id=$(echo "$system" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-RTUNNEL_SECRET="$secret" "$agent_bin" run --url "ws://127.0.0.1:$rt_port/api/v1/tunnel" \
+# shellcheck disable=SC2086
+RTUNNEL_SECRET="$secret" env ${BENCH_AGENT_ENV:-} "$agent_bin" run --url "ws://127.0.0.1:$rt_port/api/v1/tunnel" \
     --key "$key" --no-terminal \
     --static-services "iperf=127.0.0.1:$iperf_port,redis=127.0.0.1:$redis_port" \
     >"$work/rtunnel-agent.log" 2>&1 &
@@ -186,7 +190,8 @@ done
 forwards() { # SERVER-PORT LOG-SUFFIX IPERF-PORT REDIS-PORT; sets forward_pid (redis)
     local pair
     for pair in "iperf:$3" "redis:$4"; do
-        RTUNNEL_TOKEN="$token" "$agent_bin" forward --server "http://127.0.0.1:$1" \
+        # shellcheck disable=SC2086
+        RTUNNEL_TOKEN="$token" env ${BENCH_FORWARD_ENV:-} "$agent_bin" forward --server "http://127.0.0.1:$1" \
             --session "$session" --service "${pair%%:*}" --listen "127.0.0.1:${pair##*:}" \
             >"$work/rtunnel-forward-${pair%%:*}$2.log" 2>&1 &
         pids+=($!)
