@@ -245,9 +245,12 @@ impl Forwarder {
             };
             // The connection died under the request: a server that
             // restarted before this side noticed. Once more, on a new
-            // connection (with the same early bytes).
+            // connection, but only if none of the client's bytes went out:
+            // they may have reached the service already, and sending them
+            // again could run a request twice.
             self.drop_conn(&link).await;
-            if retried {
+            let sent_some = client.as_ref().is_some_and(|(_, early)| !early.is_empty());
+            if retried || sent_some {
                 return Err(ForwardError::Stream(failed));
             }
             tracing::debug!("the connection to the server failed ({failed}); dialing again");
@@ -269,6 +272,12 @@ impl Forwarder {
                 return;
             }
         };
+        if let Some(e) = early.client_error() {
+            // Dropped, not shut down: the far end sees an abort, not a
+            // clean end after a cut-off request.
+            tracing::debug!(%peer, "the client failed while the stream opened: {e}");
+            return;
+        }
         let outcome = relay(&mut tcp, &mut stream).await;
         tracing::debug!(
             %peer,

@@ -352,18 +352,23 @@ async fn serve_stream(ctx: Arc<ForwardCtx>, mut stream: MuxStream) {
             );
             return;
         }
+        _ if ctx.cut.is_cancelled() => Some("access revoked".to_owned()),
         None => Some("closed before the agent answered".to_owned()),
-        Some(Ok(())) if ctx.cut.is_cancelled() => Some("access revoked".to_owned()),
         Some(Ok(())) => outcome.result.as_ref().err().map(ToString::to_string),
+    };
+    // Without an answer the agent passed nothing on to the service.
+    let to_service = match upstream.outcome() {
+        Some(Ok(())) => outcome.a_to_b,
+        _ => 0,
     };
     // The agent's answer went to the operator ahead of the service's bytes.
     let from_service = outcome.b_to_a.saturating_sub(upstream.answer_bytes());
-    access_log.close(entry.id, outcome.a_to_b, from_service, error.clone());
+    access_log.close(entry.id, to_service, from_service, error.clone());
     tracing::info!(
         user = %ctx.user.name,
         session = %ctx.session_id,
         service = %header.service,
-        bytes_to_service = outcome.a_to_b,
+        bytes_to_service = to_service,
         bytes_from_service = from_service,
         duration_ms = opened.elapsed().as_millis() as u64,
         error,

@@ -79,12 +79,19 @@ impl ReplyReader {
             Poll::Ready(Ok(StreamReply::Refused(refusal))) => Poll::Ready(ReplyEvent::Final(Err(
                 SetupError::Refused(refusal.from_peer()),
             ))),
-            Poll::Ready(Ok(pending @ StreamReply::Pending { wait_ms, .. })) => {
+            Poll::Ready(Ok(StreamReply::Pending { reason, wait_ms })) => {
                 let wait = Duration::from_millis(wait_ms).min(MAX_PENDING);
                 let latest = self.started + MAX_PENDING + self.timeout;
                 let deadline = (Instant::now() + wait + self.timeout).min(latest);
                 self.deadline.as_mut().reset(deadline);
-                Poll::Ready(ReplyEvent::Pending(pending))
+                // Cleaned as a refusal's reason is: it may be shown.
+                let reason = Refusal::new(crate::proto::RefusalCode::Other, reason)
+                    .from_peer()
+                    .reason;
+                Poll::Ready(ReplyEvent::Pending(StreamReply::Pending {
+                    reason,
+                    wait_ms,
+                }))
             }
             Poll::Ready(Err(e)) => Poll::Ready(ReplyEvent::Final(Err(SetupError::Failed(e)))),
             Poll::Pending => match self.deadline.as_mut().poll(cx) {
@@ -164,6 +171,7 @@ pub struct EarlyData {
     buf: Vec<u8>,
     limit: usize,
     client_done: bool,
+    client_error: Option<io::Error>,
     taken: u64,
 }
 
@@ -175,6 +183,7 @@ impl EarlyData {
             buf: Vec::new(),
             limit,
             client_done: false,
+            client_error: None,
             taken: 0,
         }
     }
@@ -183,6 +192,12 @@ impl EarlyData {
     /// on an open stream.
     pub fn taken(&self) -> u64 {
         self.taken
+    }
+
+    /// The client's read error, if reading it failed while the reply was
+    /// awaited: the connection is to be aborted, not ended cleanly.
+    pub fn client_error(&mut self) -> Option<io::Error> {
+        self.client_error.take()
     }
 
     /// The bytes taken and kept, not yet known to have arrived.
@@ -207,9 +222,12 @@ pub const EARLY_DATA_BYTES: usize = 64 * 1024;
 /// On `Ok` every byte taken from the client is on the stream, and the
 /// caller relays the rest. On [`SetupError::Failed`] (the stream's
 /// connection died) `early` still holds every byte taken, and a second call
-/// with a new stream sends them again behind the header: the client loses
-/// nothing. A client that ends or fails is read no further here; the relay
-/// that follows sees it again.
+/// with a new stream sends them again behind the header. That is safe only
+/// when `early` is empty: bytes sent may have reached the far end (and the
+/// service) before the connection died, and sending them again could
+/// repeat a request. A client that ends is read no further here (the relay
+/// that follows sees its end again); one that fails leaves its error in
+/// [`EarlyData::client_error`].
 pub async fn request_early<S, C>(
     stream: &mut S,
     header: &StreamHeader,
@@ -266,8 +284,10 @@ where
                 let mut buf = ReadBuf::new(&mut chunk[..room]);
                 match Pin::new(&mut *client).poll_read(cx, &mut buf) {
                     Poll::Ready(Ok(())) => Poll::Ready(buf.filled().len()),
-                    // The relay that follows meets the error again.
-                    Poll::Ready(Err(_)) => Poll::Ready(0),
+                    Poll::Ready(Err(e)) => {
+                        early.client_error = Some(e);
+                        Poll::Ready(0)
+                    }
                     Poll::Pending => Poll::Pending,
                 }
             };
@@ -320,7 +340,10 @@ pub type OnReply = Box<dyn FnOnce(&Result<(), Refusal>) + Send>;
 /// re-encoded as a frame for the opener before this node (a refusal mapped
 /// by the [`RefusalMap`], `pending` passed on as it is), then the far end's
 /// data; writes go on to the far end at once (the far end holds them
-/// until it answers). After a refusal, reads end and writes are dropped.
+/// until it answers). After a refusal, reads end, and writes fail once the
+/// refusal has been read (so a relay ends without waiting for the
+/// opener). A write that fails before the answer waits for it, so the
+/// opener always gets one.
 pub struct PassReply<S> {
     io: S,
     reply: Option<ReplyReader>,
@@ -330,6 +353,9 @@ pub struct PassReply<S> {
     out_pos: usize,
     answer_bytes: u64,
     outcome: Option<Result<(), Refusal>>,
+    /// A write failed before the answer was read: the answer (a failure)
+    /// is still read and passed on, and no more is written.
+    write_failed: bool,
 }
 
 impl<S> std::fmt::Debug for PassReply<S> {
@@ -353,6 +379,7 @@ impl<S> PassReply<S> {
             out_pos: 0,
             answer_bytes: 0,
             outcome: None,
+            write_failed: false,
         }
     }
 
@@ -380,6 +407,40 @@ impl<S> PassReply<S> {
 
     fn refused(&self) -> bool {
         matches!(self.outcome, Some(Err(_)))
+    }
+
+    /// What a write meets before the answer is read, or after a refusal:
+    /// `None` when it goes on to the far end. A write that failed before
+    /// the answer does not end the relay: the answer (the far end's
+    /// failure, mapped) must reach the opener first. After a refusal,
+    /// writes are dropped while the refusal is being passed on, and fail
+    /// once it has been, which ends the relay.
+    fn write_outcome(&self, len: usize) -> Option<io::Result<usize>> {
+        if self.refused() {
+            if self.out_pos < self.out.len() {
+                return Some(Ok(len));
+            }
+            return Some(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the stream was refused",
+            )));
+        }
+        if self.write_failed && self.outcome.is_none() {
+            return Some(Ok(len));
+        }
+        None
+    }
+
+    /// A write error before the answer is kept back (see
+    /// [`write_outcome`](Self::write_outcome)).
+    fn on_write_error<T>(&mut self, result: Poll<io::Result<T>>, ok: T) -> Poll<io::Result<T>> {
+        match result {
+            Poll::Ready(Err(_)) if self.outcome.is_none() => {
+                self.write_failed = true;
+                Poll::Ready(Ok(ok))
+            }
+            other => other,
+        }
     }
 }
 
@@ -433,26 +494,29 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for PassReply<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.refused() {
-            return Poll::Ready(Ok(buf.len()));
+        if let Some(result) = this.write_outcome(buf.len()) {
+            return Poll::Ready(result);
         }
-        Pin::new(&mut this.io).poll_write(cx, buf)
+        let written = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.on_write_error(written, buf.len())
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.refused() {
-            return Poll::Ready(Ok(()));
+        if let Some(result) = this.write_outcome(0) {
+            return Poll::Ready(result.map(drop));
         }
-        Pin::new(&mut this.io).poll_flush(cx)
+        let flushed = Pin::new(&mut this.io).poll_flush(cx);
+        this.on_write_error(flushed, ())
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.refused() {
-            return Poll::Ready(Ok(()));
+        if let Some(result) = this.write_outcome(0) {
+            return Poll::Ready(result.map(drop));
         }
-        Pin::new(&mut this.io).poll_shutdown(cx)
+        let shut = Pin::new(&mut this.io).poll_shutdown(cx);
+        this.on_write_error(shut, ())
     }
 }
 
@@ -618,7 +682,44 @@ mod tests {
         let mut rest = Vec::new();
         middle.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty());
-        middle.write_all(b"dropped").await.unwrap();
+        // Refused and said so: a relay writing on ends here.
+        let write = middle.write_all(b"more").await.unwrap_err();
+        assert_eq!(write.kind(), io::ErrorKind::BrokenPipe);
         assert!(matches!(middle.outcome(), Some(Err(r)) if r.code == RefusalCode::AgentTimeout));
+    }
+
+    /// A far end that goes away while the opener's bytes are written to
+    /// it: the write does not end the relay, the opener still gets the
+    /// middle's refusal.
+    #[tokio::test]
+    async fn a_write_that_fails_before_the_answer_still_gets_one() {
+        let (near, far) = duplex(64);
+        drop(far);
+        let mut middle = PassReply::new(near, SECOND, map_to_unavailable());
+        middle.write_all(&[0u8; 1024]).await.unwrap();
+        middle.flush().await.unwrap();
+        let answer: StreamReply = read_frame(&mut middle, 1024).await.unwrap();
+        let StreamReply::Refused(refusal) = answer else {
+            panic!("{answer:?}")
+        };
+        assert_eq!(refusal.code, RefusalCode::AgentUnavailable);
+    }
+
+    /// What the far end says while the customer is asked is shown to
+    /// people: it arrives cleaned of control characters.
+    #[tokio::test]
+    async fn pending_reasons_are_cleaned() {
+        let (mut near, mut far) = duplex(4096);
+        let pending = StreamReply::Pending {
+            reason: "ask\x1b[2Jing\n".into(),
+            wait_ms: 5,
+        };
+        write_frame(&mut far, &pending).await.unwrap();
+        let mut reply = ReplyReader::new(SECOND);
+        let event = std::future::poll_fn(|cx| reply.poll_reply(cx, &mut near)).await;
+        let ReplyEvent::Pending(StreamReply::Pending { reason, .. }) = event else {
+            panic!("{event:?}")
+        };
+        assert_eq!(reason, "ask [2Jing ");
     }
 }
