@@ -194,7 +194,7 @@ impl LiveTunnel {
     /// [`open_stream`](Self::open_stream)) and sends the header, without
     /// waiting for the agent's answer: the payload may follow at once, and
     /// the agent holds it until it has answered. Read the answer with
-    /// [`setup::PassReply`] and map it with [`agent_refusal`].
+    /// [`setup::PassReply`] and map it with `agent_refusal`.
     pub async fn open_pipelined(
         &self,
         header: &StreamHeader,
