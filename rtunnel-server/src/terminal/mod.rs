@@ -702,39 +702,83 @@ enum End {
 /// How many messages wait for a browser before it is dropped as too slow.
 const BROWSER_QUEUE: usize = 1024;
 
+/// How many bytes wait for a browser before it is dropped as too slow: a
+/// browser that stops reading holds at most this much of the server's
+/// memory (besides its socket's buffers), however large the agent's
+/// messages are (a loaded agent reads its terminal in larger chunks).
+const BROWSER_QUEUE_BYTES: usize = 4 * 1024 * 1024;
+
 /// Writes to the browser from a task of its own.
 #[derive(Clone)]
-struct BrowserWriter(tokio::sync::mpsc::Sender<Message>);
+struct BrowserWriter {
+    tx: tokio::sync::mpsc::Sender<Message>,
+    /// Bytes queued and not yet written.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// The bytes a message carries.
+fn message_bytes(msg: &Message) -> usize {
+    match msg {
+        Message::Text(t) => t.len(),
+        Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => b.len(),
+        Message::Close(_) => 0,
+    }
+}
 
 impl BrowserWriter {
     fn start(
         mut sink: futures::stream::SplitSink<WebSocket, Message>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
+        use std::sync::atomic::Ordering;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Message>(BROWSER_QUEUE);
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let written = queued.clone();
         let task = tokio::spawn(async move {
             while let Some(msg) = rx.recv().await {
-                if sink.send(msg).await.is_err() {
+                let n = message_bytes(&msg);
+                let sent = sink.send(msg).await;
+                written.fetch_sub(n, Ordering::Relaxed);
+                if sent.is_err() {
                     break;
                 }
             }
         });
-        (BrowserWriter(tx), task)
+        (BrowserWriter { tx, queued }, task)
     }
 
     /// Queues a message without waiting: a full queue (the browser reads
     /// no more) ends the terminal for it.
     fn push(&self, msg: Message) -> Result<(), End> {
+        use std::sync::atomic::Ordering;
         use tokio::sync::mpsc::error::TrySendError;
-        match self.0.try_send(msg) {
+        let n = message_bytes(&msg);
+        let before = self.queued.fetch_add(n, Ordering::Relaxed);
+        // One message larger than the budget still goes to an idle browser.
+        if before > 0 && before + n > BROWSER_QUEUE_BYTES {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+            return Err(End::TooSlow);
+        }
+        match self.tx.try_send(msg) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(End::TooSlow),
-            Err(TrySendError::Closed(_)) => Err(End::BrowserLeft),
+            Err(e) => {
+                self.queued.fetch_sub(n, Ordering::Relaxed);
+                match e {
+                    TrySendError::Full(_) => Err(End::TooSlow),
+                    TrySendError::Closed(_) => Err(End::BrowserLeft),
+                }
+            }
         }
     }
 
     /// Queues a last message, waiting for room (briefly).
     async fn send(&self, msg: Message) {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.0.send(msg)).await;
+        use std::sync::atomic::Ordering;
+        let n = message_bytes(&msg);
+        self.queued.fetch_add(n, Ordering::Relaxed);
+        let sent = tokio::time::timeout(std::time::Duration::from_secs(2), self.tx.send(msg)).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+        }
     }
 }
 
