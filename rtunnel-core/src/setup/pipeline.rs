@@ -705,6 +705,34 @@ mod tests {
         assert_eq!(refusal.code, RefusalCode::AgentUnavailable);
     }
 
+    /// A far end announcing a reply larger than a stream reply may be is
+    /// cut off at the length prefix: nothing that size is allocated, and
+    /// the opener gets the middle's refusal.
+    #[tokio::test]
+    async fn an_oversized_reply_is_refused_at_its_length() {
+        let (near, mut far) = duplex(4096);
+        far.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+        let mut middle = PassReply::new(near, SECOND, map_to_unavailable());
+        let answer: StreamReply = read_frame(&mut middle, 1024).await.unwrap();
+        assert!(
+            matches!(answer, StreamReply::Refused(ref r) if r.code == RefusalCode::AgentUnavailable),
+            "{answer:?}"
+        );
+        let mut reply = ReplyReader::new(SECOND);
+        let (mut near, mut far) = duplex(4096);
+        far.write_all(&((MAX_STREAM_HEADER_BYTES + 1) as u32).to_be_bytes())
+            .await
+            .unwrap();
+        let event = std::future::poll_fn(|cx| reply.poll_reply(cx, &mut near)).await;
+        assert!(
+            matches!(
+                event,
+                ReplyEvent::Final(Err(SetupError::Failed(FrameError::Proto(_))))
+            ),
+            "{event:?}"
+        );
+    }
+
     /// What the far end says while the customer is asked is shown to
     /// people: it arrives cleaned of control characters.
     #[tokio::test]
