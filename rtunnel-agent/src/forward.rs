@@ -249,7 +249,7 @@ impl Forwarder {
             // they may have reached the service already, and sending them
             // again could run a request twice.
             self.drop_conn(&link).await;
-            let sent_some = client.as_ref().is_some_and(|(_, early)| !early.is_empty());
+            let sent_some = client.as_ref().is_some_and(|(_, early)| early.sent());
             if retried || sent_some {
                 return Err(ForwardError::Stream(failed));
             }

@@ -11,8 +11,7 @@
 //!   await, so the same task can write the stream while it waits;
 //! - [`request_early`] is the opener at the edge (`rtunnel-agent
 //!   forward`): what its client sends before the reply goes on the stream
-//!   at once, and a copy is kept until the reply, so a stream whose
-//!   connection died under it is opened again with the same bytes;
+//!   at once, at most a limit ahead of it;
 //! - [`PassReply`] is a node in the middle: it forwards the far end's reply
 //!   (mapped to its own codes) to the opener before it, then the data, so
 //!   no hop waits for the one behind it.
@@ -163,12 +162,12 @@ impl ReplyReader {
     }
 }
 
-/// What an opener's client sent before the stream's reply: sent behind the
-/// header at once, and kept until the reply so it can be sent again on a
-/// new stream (see [`request_early`]).
+/// What an opener takes from its client before the stream's reply: sent
+/// behind the header at once (see [`request_early`]).
 #[derive(Debug)]
 pub struct EarlyData {
-    buf: Vec<u8>,
+    /// Taken from the client and not yet written to the stream.
+    unsent: Vec<u8>,
     limit: usize,
     client_done: bool,
     client_error: Option<io::Error>,
@@ -180,7 +179,7 @@ impl EarlyData {
     /// that the client waits for it.
     pub fn new(limit: usize) -> Self {
         EarlyData {
-            buf: Vec::new(),
+            unsent: Vec::new(),
             limit,
             client_done: false,
             client_error: None,
@@ -200,14 +199,11 @@ impl EarlyData {
         self.client_error.take()
     }
 
-    /// The bytes taken and kept, not yet known to have arrived.
-    pub fn len(&self) -> usize {
-        self.buf.len()
-    }
-
-    /// True when nothing was taken.
-    pub fn is_empty(&self) -> bool {
-        self.buf.is_empty()
+    /// Whether any byte went out on a stream. Then the stream must not be
+    /// opened again after a failure: those bytes may have reached the
+    /// service, and sending them twice could repeat a request.
+    pub fn sent(&self) -> bool {
+        self.taken > self.unsent.len() as u64
     }
 }
 
@@ -221,13 +217,11 @@ pub const EARLY_DATA_BYTES: usize = 64 * 1024;
 ///
 /// On `Ok` every byte taken from the client is on the stream, and the
 /// caller relays the rest. On [`SetupError::Failed`] (the stream's
-/// connection died) `early` still holds every byte taken, and a second call
-/// with a new stream sends them again behind the header. That is safe only
-/// when `early` is empty: bytes sent may have reached the far end (and the
-/// service) before the connection died, and sending them again could
-/// repeat a request. A client that ends is read no further here (the relay
-/// that follows sees its end again); one that fails leaves its error in
-/// [`EarlyData::client_error`].
+/// connection died) a second call with a new stream may be made only if
+/// [`EarlyData::sent`] is false; it sends what was taken but never written
+/// behind the new header. A client that ends is read no further here (the
+/// relay that follows sees its end again); one that fails leaves its error
+/// in [`EarlyData::client_error`].
 pub async fn request_early<S, C>(
     stream: &mut S,
     header: &StreamHeader,
@@ -240,7 +234,7 @@ where
     C: AsyncRead + Unpin + ?Sized,
 {
     let mut first = proto::encode(header);
-    first.extend_from_slice(&early.buf);
+    first.extend_from_slice(&early.unsent);
     let deadline = Instant::now() + timeout;
     match tokio::time::timeout_at(deadline, async {
         stream.write_all(&first).await?;
@@ -252,7 +246,7 @@ where
         Ok(Err(e)) => return Err(SetupError::Failed(e.into())),
         Err(_) => return Err(SetupError::Timeout(timeout)),
     }
-    let mut sent = early.buf.len();
+    early.unsent.clear();
     let mut unflushed = false;
     let mut reply = ReplyReader::new(timeout);
     // Small: what comes ahead of the reply is mostly a protocol's hello.
@@ -262,14 +256,14 @@ where
             return Poll::Ready(result);
         }
         loop {
-            if sent < early.buf.len() {
-                match Pin::new(&mut *stream).poll_write(cx, &early.buf[sent..]) {
+            if !early.unsent.is_empty() {
+                match Pin::new(&mut *stream).poll_write(cx, &early.unsent) {
                     Poll::Ready(Ok(0)) => {
                         let e = io::Error::from(io::ErrorKind::WriteZero);
                         return Poll::Ready(Err(SetupError::Failed(e.into())));
                     }
                     Poll::Ready(Ok(n)) => {
-                        sent += n;
+                        early.unsent.drain(..n);
                         unflushed = true;
                         continue;
                     }
@@ -277,7 +271,8 @@ where
                     Poll::Pending => return Poll::Pending,
                 }
             }
-            let room = early.limit.saturating_sub(early.buf.len()).min(chunk.len());
+            let ahead = usize::try_from(early.taken).unwrap_or(usize::MAX);
+            let room = early.limit.saturating_sub(ahead).min(chunk.len());
             let read = if early.client_done || room == 0 {
                 Poll::Pending
             } else {
@@ -294,7 +289,7 @@ where
             match read {
                 Poll::Ready(0) => early.client_done = true,
                 Poll::Ready(n) => {
-                    early.buf.extend_from_slice(&chunk[..n]);
+                    early.unsent.extend_from_slice(&chunk[..n]);
                     early.taken += n as u64;
                 }
                 Poll::Pending => {
@@ -315,9 +310,9 @@ where
     .await;
     result?;
     // Taken but not yet written (the stream's window was full): now.
-    if sent < early.buf.len() {
+    if !early.unsent.is_empty() {
         stream
-            .write_all(&early.buf[sent..])
+            .write_all(&early.unsent)
             .await
             .map_err(|e| SetupError::Failed(e.into()))?;
     }
@@ -325,7 +320,7 @@ where
         .flush()
         .await
         .map_err(|e| SetupError::Failed(e.into()))?;
-    early.buf = Vec::new();
+    early.unsent = Vec::new();
     Ok(())
 }
 
@@ -557,44 +552,45 @@ mod tests {
         let mut pong = [0u8; 4];
         opener.read_exact(&mut pong).await.unwrap();
         assert_eq!(&pong, b"PONG");
-        assert!(early.is_empty(), "nothing is kept once the stream is open");
+        assert_eq!(early.taken(), 4);
+        assert!(early.sent());
     }
 
-    /// A stream whose connection dies before the reply is opened again
-    /// with every byte the client sent, in order.
+    /// A stream whose connection dies before the reply says whether any of
+    /// the client's bytes went out: if none did, a second stream opens as
+    /// the first would have; if some did, the caller must not try again.
     #[tokio::test]
-    async fn a_second_stream_gets_the_same_early_bytes() {
+    async fn a_failed_stream_says_whether_client_bytes_went_out() {
         let (mut client, mut user) = duplex(1024);
-        user.write_all(b"hello ").await.unwrap();
         let mut early = EarlyData::new(EARLY_DATA_BYTES);
         let (mut opener, mut acceptor) = duplex(64 * 1024);
+        // The connection dies right after the header, before the client
+        // said anything.
         let far = tokio::spawn(async move {
             accept_header(&mut acceptor, SECOND).await.unwrap();
-            let mut some = [0u8; 6];
-            acceptor.read_exact(&mut some).await.unwrap();
-            // The connection dies without an answer.
         });
         let err = request_early(&mut opener, &header(), SECOND, &mut client, &mut early)
             .await
             .unwrap_err();
         assert!(matches!(err, SetupError::Failed(_)), "{err}");
         far.await.unwrap();
-        assert_eq!(early.len(), 6);
+        assert!(!early.sent());
 
-        user.write_all(b"world").await.unwrap();
+        user.write_all(b"hello").await.unwrap();
         let (mut opener, mut acceptor) = duplex(64 * 1024);
         let far = tokio::spawn(async move {
-            let h = accept_header(&mut acceptor, SECOND).await.unwrap();
-            assert_eq!(h.service, "redis");
-            let mut all = [0u8; 11];
-            acceptor.read_exact(&mut all).await.unwrap();
-            write_frame(&mut acceptor, &StreamReply::Ok).await.unwrap();
-            all
+            accept_header(&mut acceptor, SECOND).await.unwrap();
+            let mut got = [0u8; 5];
+            acceptor.read_exact(&mut got).await.unwrap();
+            // And this one dies after the bytes arrived.
+            got
         });
-        request_early(&mut opener, &header(), SECOND, &mut client, &mut early)
+        let err = request_early(&mut opener, &header(), SECOND, &mut client, &mut early)
             .await
-            .unwrap();
-        assert_eq!(&far.await.unwrap(), b"hello world");
+            .unwrap_err();
+        assert!(matches!(err, SetupError::Failed(_)), "{err}");
+        assert_eq!(&far.await.unwrap(), b"hello");
+        assert!(early.sent(), "bytes that went out are not to be sent again");
     }
 
     /// Past its limit the opener takes nothing more from the client until
