@@ -10,6 +10,11 @@
 //! - Writes are buffered until `poll_flush`, so a yamux frame (whose header
 //!   and body yamux writes separately) leaves as one WebSocket message. The
 //!   buffer is bounded by [`MAX_WRITE_BUFFER_BYTES`].
+//! - A message is let go as soon as its last byte is read, so the
+//!   WebSocket reader can reuse its memory for the next one: a message's
+//!   payload is a view of the reader's buffer, and while any view is alive
+//!   the reader allocates (and the kernel faults in) a new buffer for every
+//!   message. On a bulk transfer that was a fifth of every process's time.
 
 use std::io;
 use std::pin::Pin;
@@ -200,6 +205,10 @@ where
                 let n = this.read_buf.len().min(buf.remaining());
                 buf.put_slice(&this.read_buf[..n]);
                 this.read_buf.advance(n);
+                if this.read_buf.is_empty() {
+                    // An empty view still holds the reader's buffer.
+                    this.read_buf = Bytes::new();
+                }
                 return Poll::Ready(Ok(()));
             }
             if this.read_eof {
@@ -357,6 +366,31 @@ mod tests {
         let mut got = Vec::new();
         stream.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, b"hello world");
+    }
+
+    /// A message stream that yields one given payload, then ends.
+    struct OneMessage(Option<Bytes>);
+
+    impl Stream for OneMessage {
+        type Item = Result<Message, std::io::Error>;
+        fn poll_next(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            Poll::Ready(self.0.take().map(|b| Ok(Message::Binary(b))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_message_read_to_its_end_is_let_go() {
+        let payload = Bytes::from(vec![9u8; 4096]);
+        let probe = payload.clone();
+        let mut stream = WsStream::new(OneMessage(Some(payload)));
+        let mut got = [0u8; 4000];
+        stream.read_exact(&mut got).await.unwrap();
+        assert!(!probe.is_unique(), "96 bytes are still to be read");
+        let mut rest = [0u8; 96];
+        stream.read_exact(&mut rest).await.unwrap();
+        // Only the probe holds the buffer now: the reader that made it can
+        // reuse it for the next message instead of allocating another.
+        assert!(probe.is_unique());
     }
 
     #[tokio::test]
