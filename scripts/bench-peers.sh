@@ -16,8 +16,10 @@
 # needs rathole and rtunnel), BENCH_BIN_DIR (use the rtunnel-server and
 # rtunnel-agent found there instead of building; `target/profiling` for
 # symbols), BENCH_PERF (a directory: `perf record` of the path's processes
-# during the new-connection run, one file per path), BENCH_ONLY=new (only
-# the new-connection run; the other rows print 0), BENCH_SERVER_ENV,
+# during the new-connection run, or the one-stream run with BENCH_ONLY=tput,
+# one file per path; BENCH_PERF_ARGS replaces `-g`, e.g. `--call-graph dwarf`
+# for release builds without frame pointers), BENCH_ONLY=new (only the new-connection run; the
+# other rows print 0), BENCH_ONLY=tput (only the throughput runs), BENCH_SERVER_ENV,
 # BENCH_AGENT_ENV, BENCH_FORWARD_ENV (NAME=VALUE words for that process,
 # e.g. TOKIO_WORKER_THREADS=1). BENCH_NODES=2 runs rtunnel as a two-node
 # cluster (a Redis of its own, one data directory) and adds the path
@@ -238,6 +240,22 @@ cpu_ticks() { # PID... -> user+system clock ticks of those processes
 per_request_us() { # TICKS-BEFORE TICKS-AFTER -> CPU microseconds per request
     python3 -c "print('%.0f' % (($2 - $1) * 1e6 / $(getconf CLK_TCK) / $requests))"
 }
+per_gigabyte_ms() { # TICKS-BEFORE TICKS-AFTER GBIT/S -> CPU milliseconds per GB moved
+    python3 -c "g = $3 * $seconds / 8; print('%.0f' % ((($2 - $1) * 1e3 / $(getconf CLK_TCK) / g) if g else 0))"
+}
+perf_start() { # PATH RUN-NAME: records the path's processes until perf_stop
+    [ -n "${BENCH_PERF:-}" ] || return 0
+    mkdir -p "$BENCH_PERF"
+    # shellcheck disable=SC2086 # BENCH_PERF_ARGS is a list of words
+    perf record -q ${BENCH_PERF_ARGS:--g} -F 1999 -o "$BENCH_PERF/$1-$2.data" \
+        -p "$(tr ' ' ',' <<<"${cpu_of[$1]}")" >/dev/null 2>&1 &
+    perf_pid=$!
+    sleep 0.5
+}
+perf_stop() {
+    [ -n "${BENCH_PERF:-}" ] || return 0
+    kill -INT "$perf_pid" && wait "$perf_pid" || true
+}
 
 declare -A result
 declare -A cpu_of=([raw]="" [rathole]="${rathole_pids[*]}" [rtunnel]="${rtunnel_pids[*]}")
@@ -253,14 +271,25 @@ fi
 read -r -a paths <<<"${BENCH_PATHS:-$default_paths}"
 for p in "${paths[@]}"; do
     echo "bench: $p" >&2
+    for k in tput1 tput8 tput8cpu ping1 ping50 ping50cpu new10 new10p50 new10cpu new1p50; do
+        result[$p,$k]=0
+    done
+    if [ "${BENCH_ONLY:-}" != new ]; then
+        [ "${BENCH_ONLY:-}" = tput ] && perf_start "$p" one-stream
+        result[$p,tput1]=$(iperf "${iperf_at[$p]}" 1)
+        [ "${BENCH_ONLY:-}" = tput ] && perf_stop
+        # shellcheck disable=SC2086 # a list of pids
+        before=$(cpu_ticks ${cpu_of[$p]})
+        result[$p,tput8]=$(iperf "${iperf_at[$p]}" 8)
+        # shellcheck disable=SC2086
+        result[$p,tput8cpu]=$(per_gigabyte_ms "$before" "$(cpu_ticks ${cpu_of[$p]})" "${result[$p,tput8]}")
+    fi
+    [ "${BENCH_ONLY:-}" = tput ] && continue
     if [ "${BENCH_ONLY:-}" = new ]; then
         # Only the new-connection run (for comparing changes to its cost).
-        for k in tput1 tput8 ping1 ping50 ping50cpu; do result[$p,$k]=0; done
         # shellcheck disable=SC2086 # a list of pids
         after=$(cpu_ticks ${cpu_of[$p]})
     else
-        result[$p,tput1]=$(iperf "${iperf_at[$p]}" 1)
-        result[$p,tput8]=$(iperf "${iperf_at[$p]}" 8)
         read -r "result[$p,ping1]" _ <<<"$(redis_ping "${redis_at[$p]}" 1 1)"
         # shellcheck disable=SC2086 # a list of pids
         before=$(cpu_ticks ${cpu_of[$p]})
@@ -269,18 +298,10 @@ for p in "${paths[@]}"; do
         after=$(cpu_ticks ${cpu_of[$p]})
         result[$p,ping50cpu]=$(per_request_us "$before" "$after")
     fi
-    if [ -n "${BENCH_PERF:-}" ]; then
-        # Where the path's processes spend the new-connection run.
-        mkdir -p "$BENCH_PERF"
-        perf record -q -g -F 1999 -o "$BENCH_PERF/$p-new-connections.data" \
-            -p "$(tr ' ' ',' <<<"${cpu_of[$p]}")" >/dev/null 2>&1 &
-        perf_pid=$!
-        sleep 0.5
-    fi
+    # Where the path's processes spend the new-connection run.
+    perf_start "$p" new-connections
     read -r "result[$p,new10]" "result[$p,new10p50]" <<<"$(redis_ping "${redis_at[$p]}" 10 0)"
-    if [ -n "${BENCH_PERF:-}" ]; then
-        kill -INT "$perf_pid" && wait "$perf_pid" || true
-    fi
+    perf_stop
     # shellcheck disable=SC2086
     result[$p,new10cpu]=$(per_request_us "$after" "$(cpu_ticks ${cpu_of[$p]})")
     # One client alone: how long opening a connection takes when the
@@ -293,6 +314,7 @@ import sys
 rows = [
     ("one stream throughput (Gbit/s)", "tput1"),
     ("8 parallel streams (Gbit/s)", "tput8"),
+    ("  CPU of the path's processes per GB moved (ms)", "tput8cpu"),
     ("PING rate, 1 client (req/s)", "ping1"),
     ("PING rate, 50 clients (req/s)", "ping50"),
     ("  CPU of the path's processes per request (us)", "ping50cpu"),
@@ -302,7 +324,7 @@ rows = [
     ("new connection + PING, 1 client: p50 latency (ms)", "new1p50"),
 ]
 r = {
-$(for p in "${paths[@]}"; do for k in tput1 tput8 ping1 ping50 ping50cpu new10 new10p50 new10cpu new1p50; do echo "    ('$p', '$k'): ${result[$p,$k]},"; done; done)
+$(for p in "${paths[@]}"; do for k in tput1 tput8 tput8cpu ping1 ping50 ping50cpu new10 new10p50 new10cpu new1p50; do echo "    ('$p', '$k'): ${result[$p,$k]},"; done; done)
 }
 names = {"raw": "raw loopback", "rathole": "rathole 0.5", "rtunnel": "rtunnel forward",
          "cross": "rtunnel via another node"}
@@ -317,10 +339,10 @@ for label, key in rows:
     if ratio:
         rh, rt = r[("rathole", key)], r[("rtunnel", key)]
         lower_is_better = key.endswith("p50") or key.endswith("cpu")
-        cells.append(f"{(rh / rt) if lower_is_better else (rt / rh):.2f}x")
+        cells.append(f"{(rh / rt) if lower_is_better else (rt / rh):.2f}x" if rh and rt else "")
     if cross:
         local, far = r[("rtunnel", key)], r[("cross", key)]
         lower_is_better = key.endswith("p50") or key.endswith("cpu")
-        cells.append(f"{(local / far) if lower_is_better else (far / local):.2f}x")
+        cells.append(f"{(local / far) if lower_is_better else (far / local):.2f}x" if local and far else "")
     print("| " + " | ".join(cells) + " |")
 EOF

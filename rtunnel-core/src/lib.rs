@@ -57,6 +57,7 @@ pub mod link;
 pub mod log_filter;
 #[cfg(feature = "logging")]
 pub mod logging;
+pub mod malloc;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 pub mod mux;
