@@ -15,11 +15,11 @@
 # (which paths to measure, default "raw rathole rtunnel"; the ratio column
 # needs rathole and rtunnel), BENCH_BIN_DIR (use the rtunnel-server and
 # rtunnel-agent found there instead of building; `target/profiling` for
-# symbols), BENCH_PERF (a directory: `perf record` of the path's processes
-# during the new-connection run, or the one-stream run with BENCH_ONLY=tput,
-# one file per path; BENCH_PERF_ARGS replaces `-g`, e.g. `--call-graph dwarf`
-# for release builds without frame pointers), BENCH_ONLY=new (only the new-connection run; the
-# other rows print 0), BENCH_ONLY=tput (only the throughput runs), BENCH_SERVER_ENV,
+# symbols), BENCH_ONLY (which phases to run, of "tput ping new", all by
+# default; the rows of the others print 0), BENCH_PERF (a directory:
+# `perf record` of the path's processes during the first run of the first
+# phase in BENCH_ONLY, one file per path; BENCH_PERF_ARGS replaces `-g`,
+# e.g. `--call-graph dwarf` for builds without frame pointers), BENCH_SERVER_ENV,
 # BENCH_AGENT_ENV, BENCH_FORWARD_ENV (NAME=VALUE words for that process,
 # e.g. TOKIO_WORKER_THREADS=1). BENCH_NODES=2 runs rtunnel as a two-node
 # cluster (a Redis of its own, one data directory) and adds the path
@@ -269,44 +269,48 @@ if [ "$nodes" = 2 ]; then
     redis_at[cross]=$cross_redis
 fi
 read -r -a paths <<<"${BENCH_PATHS:-$default_paths}"
+# The phases to run: BENCH_ONLY is a list of them, all by default. perf
+# (BENCH_PERF) records the first run of the first phase listed.
+read -r -a phases <<<"${BENCH_ONLY:-tput ping new}"
+runs() { [[ " ${phases[*]} " == *" $1 "* ]]; }
+perf_phase=${phases[0]}
 for p in "${paths[@]}"; do
     echo "bench: $p" >&2
     for k in tput1 tput8 tput8cpu ping1 ping50 ping50cpu new10 new10p50 new10cpu new1p50; do
         result[$p,$k]=0
     done
-    if [ "${BENCH_ONLY:-}" != new ]; then
-        [ "${BENCH_ONLY:-}" = tput ] && perf_start "$p" one-stream
+    if runs tput; then
+        [ "$perf_phase" = tput ] && perf_start "$p" one-stream
         result[$p,tput1]=$(iperf "${iperf_at[$p]}" 1)
-        [ "${BENCH_ONLY:-}" = tput ] && perf_stop
+        [ "$perf_phase" = tput ] && perf_stop
         # shellcheck disable=SC2086 # a list of pids
         before=$(cpu_ticks ${cpu_of[$p]})
         result[$p,tput8]=$(iperf "${iperf_at[$p]}" 8)
         # shellcheck disable=SC2086
         result[$p,tput8cpu]=$(per_gigabyte_ms "$before" "$(cpu_ticks ${cpu_of[$p]})" "${result[$p,tput8]}")
     fi
-    [ "${BENCH_ONLY:-}" = tput ] && continue
-    if [ "${BENCH_ONLY:-}" = new ]; then
-        # Only the new-connection run (for comparing changes to its cost).
-        # shellcheck disable=SC2086 # a list of pids
-        after=$(cpu_ticks ${cpu_of[$p]})
-    else
+    if runs ping; then
+        [ "$perf_phase" = ping ] && perf_start "$p" ping-one-client
         read -r "result[$p,ping1]" _ <<<"$(redis_ping "${redis_at[$p]}" 1 1)"
+        [ "$perf_phase" = ping ] && perf_stop
         # shellcheck disable=SC2086 # a list of pids
         before=$(cpu_ticks ${cpu_of[$p]})
         read -r "result[$p,ping50]" _ <<<"$(redis_ping "${redis_at[$p]}" 50 1)"
         # shellcheck disable=SC2086
-        after=$(cpu_ticks ${cpu_of[$p]})
-        result[$p,ping50cpu]=$(per_request_us "$before" "$after")
+        result[$p,ping50cpu]=$(per_request_us "$before" "$(cpu_ticks ${cpu_of[$p]})")
     fi
-    # Where the path's processes spend the new-connection run.
-    perf_start "$p" new-connections
-    read -r "result[$p,new10]" "result[$p,new10p50]" <<<"$(redis_ping "${redis_at[$p]}" 10 0)"
-    perf_stop
-    # shellcheck disable=SC2086
-    result[$p,new10cpu]=$(per_request_us "$after" "$(cpu_ticks ${cpu_of[$p]})")
-    # One client alone: how long opening a connection takes when the
-    # machine is not saturated (round trips, not CPU).
-    read -r _ "result[$p,new1p50]" <<<"$(redis_ping "${redis_at[$p]}" 1 0 $((requests / 20)))"
+    if runs new; then
+        # shellcheck disable=SC2086 # a list of pids
+        before=$(cpu_ticks ${cpu_of[$p]})
+        [ "$perf_phase" = new ] && perf_start "$p" new-connections
+        read -r "result[$p,new10]" "result[$p,new10p50]" <<<"$(redis_ping "${redis_at[$p]}" 10 0)"
+        [ "$perf_phase" = new ] && perf_stop
+        # shellcheck disable=SC2086
+        result[$p,new10cpu]=$(per_request_us "$before" "$(cpu_ticks ${cpu_of[$p]})")
+        # One client alone: how long opening a connection takes when the
+        # machine is not saturated (round trips, not CPU).
+        read -r _ "result[$p,new1p50]" <<<"$(redis_ping "${redis_at[$p]}" 1 0 $((requests / 20)))"
+    fi
 done
 
 python3 - "$(nproc)" <<EOF

@@ -15,8 +15,10 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// The most each direction's buffer grows to.
-pub const RELAY_BUFFER_BYTES: usize = 64 * 1024;
+/// The most each direction's buffer grows to: a full yamux data frame
+/// ([`crate::mux::DEFAULT_SPLIT_SEND_BYTES`]), so a bulk transfer moves as
+/// few, large frames.
+pub const RELAY_BUFFER_BYTES: usize = 256 * 1024;
 
 /// What each direction's buffer starts at.
 pub const RELAY_FIRST_BUFFER_BYTES: usize = 8 * 1024;

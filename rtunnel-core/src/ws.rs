@@ -25,8 +25,9 @@ use futures::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Writes are sent as a message once this many bytes are buffered, even
-/// before a flush.
-pub const MAX_WRITE_BUFFER_BYTES: usize = 256 * 1024;
+/// before a flush: one full yamux data frame, header included.
+pub const MAX_WRITE_BUFFER_BYTES: usize =
+    crate::mux::DEFAULT_SPLIT_SEND_BYTES + crate::mux::YAMUX_HEADER_BYTES;
 
 /// The read buffer of a tunnel's WebSocket, either end: what an idle
 /// connection holds. tungstenite's default (128 KiB) was most of what an
@@ -439,6 +440,92 @@ mod tests {
         assert_eq!(first.len(), 1012);
         let second = raw.next().await.unwrap().unwrap();
         assert_eq!(second.into_data(), Bytes::from_static(&[3u8; 5]));
+    }
+
+    /// A message stream that records the size of every message it yields.
+    struct Tap<S> {
+        inner: S,
+        sizes: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+    }
+
+    impl<S: Stream<Item = Result<Message, E>> + Unpin, E> Stream for Tap<S> {
+        type Item = Result<Message, E>;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            let next = ready!(Pin::new(&mut self.inner).poll_next(cx));
+            if let Some(Ok(Message::Binary(b))) = &next {
+                self.sizes.lock().expect("not poisoned").push(b.len());
+            }
+            Poll::Ready(next)
+        }
+    }
+
+    impl<S: Sink<Message> + Unpin> Sink<Message> for Tap<S> {
+        type Error = S::Error;
+        fn poll_ready(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Result<(), S::Error>> {
+            Pin::new(&mut self.inner).poll_ready(cx)
+        }
+        fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), S::Error> {
+            Pin::new(&mut self.inner).start_send(item)
+        }
+        fn poll_flush(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Result<(), S::Error>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+        fn poll_close(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Result<(), S::Error>> {
+            Pin::new(&mut self.inner).poll_close(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bulk_transfer_over_yamux_leaves_in_full_messages() {
+        use crate::mux::{Mux, MuxConfig, YamuxMux};
+        let (client, server) = pair().await;
+        let sizes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let tap = Tap {
+            inner: server,
+            sizes: sizes.clone(),
+        };
+        let config = MuxConfig::default();
+        let sender = YamuxMux::client(WsStream::new(client), &config);
+        let receiver = YamuxMux::server(WsStream::new(tap), &config);
+        const TOTAL: usize = 8 * 1024 * 1024;
+        let reading = tokio::spawn(async move {
+            let mut stream = receiver.accept().await.unwrap();
+            let mut got = Vec::new();
+            stream.read_to_end(&mut got).await.unwrap();
+            got.len()
+        });
+        let mut stream = sender.open().await.unwrap();
+        stream.write_all(&vec![5u8; TOTAL]).await.unwrap();
+        stream.shutdown().await.unwrap();
+        assert_eq!(reading.await.unwrap(), TOTAL);
+        let sizes = sizes.lock().unwrap().clone();
+        // Bulk data goes in frames of a whole 256 KiB window, one message
+        // each (64 KiB frames made four times the messages).
+        assert!(
+            sizes.len() <= 2 * TOTAL / (256 * 1024) + 3,
+            "few, large messages: {sizes:?}"
+        );
+        // Frames fill messages: no frame is cut in two across messages,
+        // which would leave a header-sized sliver in a message of its own.
+        let slivers = sizes.iter().filter(|&&n| n <= 64).count();
+        assert!(slivers <= 3, "the stream's open and close only: {sizes:?}");
+        let full = sizes
+            .iter()
+            .filter(|&&n| n == MAX_WRITE_BUFFER_BYTES)
+            .count();
+        assert!(
+            full >= TOTAL / MAX_WRITE_BUFFER_BYTES / 2,
+            "most messages are full: {sizes:?}"
+        );
     }
 
     #[tokio::test]

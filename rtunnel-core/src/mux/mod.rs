@@ -115,11 +115,23 @@ pub struct MuxConfig {
 /// stalled reader holds at most that much unread data in memory.
 pub const DEFAULT_WINDOW_BUDGET: usize = 4 * 1024 * 1024;
 
+/// The size of a yamux frame header.
+pub const YAMUX_HEADER_BYTES: usize = 12;
+
+/// The default [`MuxConfig::split_send_size`]: a stream's whole initial
+/// window (256 KiB) in one data frame, which with its header fills one
+/// WebSocket message ([`crate::ws::MAX_WRITE_BUFFER_BYTES`]). A size that
+/// does not divide the window leaves slivers of credit, each a frame of
+/// its own. Four times the 64 KiB frames of before: a bulk transfer makes
+/// a quarter of the frames, messages, wake-ups and system calls
+/// (docs/PERFORMANCE.md).
+pub const DEFAULT_SPLIT_SEND_BYTES: usize = 256 * 1024;
+
 impl Default for MuxConfig {
     fn default() -> Self {
         MuxConfig {
             window_budget: DEFAULT_WINDOW_BUDGET,
-            split_send_size: 64 * 1024,
+            split_send_size: DEFAULT_SPLIT_SEND_BYTES,
         }
     }
 }
