@@ -272,6 +272,14 @@ read -r -a paths <<<"${BENCH_PATHS:-$default_paths}"
 # The phases to run: BENCH_ONLY is a list of them, all by default. perf
 # (BENCH_PERF) records the first run of the first phase listed.
 read -r -a phases <<<"${BENCH_ONLY:-tput ping new}"
+for phase in "${phases[@]}"; do
+    case $phase in tput | ping | new) ;; *)
+        echo "bench: BENCH_ONLY: unknown phase '$phase' (tput, ping, new)" >&2
+        exit 2
+        ;;
+    esac
+done
+[ "${#phases[@]}" -gt 0 ] || { echo "bench: BENCH_ONLY names no phase" >&2; exit 2; }
 runs() { [[ " ${phases[*]} " == *" $1 "* ]]; }
 perf_phase=${phases[0]}
 for p in "${paths[@]}"; do

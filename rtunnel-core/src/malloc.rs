@@ -1,24 +1,29 @@
 //! Allocator settings for a process that relays bulk data.
 //!
 //! Relaying allocates and frees a buffer for every frame: yamux a body of up
-//! to 64 KiB for each frame it sends or receives, tungstenite a buffer for
-//! each WebSocket message (up to 256 KiB). With glibc's defaults, freed
-//! memory at the top of the heap goes back to the kernel as soon as more
-//! than 128 KiB of it is free, and larger blocks are mapped and unmapped one
-//! by one, so the next frame faults the same pages in again. On a bulk
+//! to 256 KiB for each frame it sends or receives, tungstenite a buffer for
+//! each WebSocket message. With glibc's defaults, blocks above a threshold
+//! (128 KiB at start, raised to the largest such block freed so far) are
+//! mapped and unmapped one by one, and freed memory at the top of the heap
+//! goes back to the kernel once more than twice that threshold is free, so
+//! the next frame faults the same pages in again. On a bulk
 //! transfer through `forward`, the server and the agent, that was a fifth of
 //! each process's time (`perf`; docs/PERFORMANCE.md, "Throughput").
 //!
 //! [`tune_for_relaying`] fixes the thresholds instead: blocks up to
 //! [`MMAP_THRESHOLD_BYTES`] come from the heap, and the heap is trimmed only
-//! once more than [`TRIM_THRESHOLD_BYTES`] at its top is free. A process
-//! keeps at most that much freed memory per malloc arena for its next
-//! frames. The shipped binaries call it first thing; an embedding service
-//! may call it too, or leave its allocator alone.
+//! once more than [`TRIM_THRESHOLD_BYTES`] at its top is free: each malloc
+//! arena (glibc makes up to eight per core, as threads contend) keeps up to
+//! that much at its top for the next frames, besides the free chunks below
+//! blocks still in use that any heap keeps. The shipped binaries call it
+//! first thing; an embedding service may call it too, or leave its
+//! allocator alone.
 //!
-//! It changes nothing when `GLIBC_TUNABLES` already sets a `glibc.malloc.`
-//! tunable (the operator's choice wins), and nothing on other C libraries
-//! (musl, macOS), whose allocators have no such thresholds.
+//! It changes nothing when the operator set either threshold
+//! (`glibc.malloc.mmap_threshold` or `glibc.malloc.trim_threshold` in
+//! `GLIBC_TUNABLES`, or `MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_`):
+//! their choice wins. Nor on other C libraries (musl, macOS), whose
+//! allocators have no such thresholds.
 
 /// Blocks up to this size come from the heap, not from a mapping of their
 /// own: above the largest WebSocket message a tunnel sends (256 KiB).
@@ -32,7 +37,7 @@ pub const TRIM_THRESHOLD_BYTES: usize = 4 * 1024 * 1024;
 pub enum Tuning {
     /// The thresholds are set.
     Applied,
-    /// `GLIBC_TUNABLES` sets malloc tunables; they were left as they are.
+    /// The operator set a threshold in the environment; it was left as it is.
     LeftToEnvironment,
     /// Not glibc, or glibc refused the setting: nothing changed.
     Unsupported,
@@ -47,7 +52,14 @@ pub enum Tuning {
 /// ```
 pub fn tune_for_relaying() -> Tuning {
     let tunables = std::env::var_os("GLIBC_TUNABLES").unwrap_or_default();
-    if tunables.to_string_lossy().contains("glibc.malloc.") {
+    let tunables = tunables.to_string_lossy();
+    let set_by_operator = ["glibc.malloc.mmap_threshold", "glibc.malloc.trim_threshold"]
+        .iter()
+        .any(|name| tunables.contains(name))
+        || ["MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"]
+            .iter()
+            .any(|name| std::env::var_os(name).is_some());
+    if set_by_operator {
         return Tuning::LeftToEnvironment;
     }
     sys::set_thresholds(MMAP_THRESHOLD_BYTES, TRIM_THRESHOLD_BYTES)
@@ -94,7 +106,7 @@ mod tests {
     const PROBE: &str = "RTUNNEL_MALLOC_PROBE";
 
     /// Minor page faults of this thread so far.
-    fn page_faults() -> i64 {
+    fn page_faults() -> libc::c_long {
         #[allow(unsafe_code)]
         // SAFETY: getrusage writes only into the struct it is given.
         unsafe {
@@ -131,6 +143,10 @@ mod tests {
             .args(["--exact", "malloc::tests::probe", "--test-threads=1"])
             .env(PROBE, mode)
             .env_remove("GLIBC_TUNABLES")
+            .env_remove("MALLOC_MMAP_THRESHOLD_")
+            .env_remove("MALLOC_TRIM_THRESHOLD_")
+            .env_remove("MALLOC_TOP_PAD_")
+            .env_remove("LD_PRELOAD")
             .stdout(std::process::Stdio::null())
             .status()
             .expect("the test binary runs");

@@ -25,9 +25,10 @@ use futures::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Writes are sent as a message once this many bytes are buffered, even
-/// before a flush: one full yamux data frame, header included.
-pub const MAX_WRITE_BUFFER_BYTES: usize =
-    crate::mux::DEFAULT_SPLIT_SEND_BYTES + crate::mux::YAMUX_HEADER_BYTES;
+/// before a flush: one full yamux data frame, header included, and room
+/// for the small frames (window updates, pings) that may be queued before
+/// it, so a full frame is not cut in two.
+pub const MAX_WRITE_BUFFER_BYTES: usize = crate::mux::DEFAULT_SPLIT_SEND_BYTES + 4096;
 
 /// The read buffer of a tunnel's WebSocket, either end: what an idle
 /// connection holds. tungstenite's default (128 KiB) was most of what an
@@ -516,12 +517,12 @@ mod tests {
         );
         // Frames fill messages: no frame is cut in two across messages,
         // which would leave a header-sized sliver in a message of its own.
+        // Small messages: yamux's ping and pong and the stream's close (and
+        // another ping and pong if the run takes over yamux's 10 s).
         let slivers = sizes.iter().filter(|&&n| n <= 64).count();
-        assert!(slivers <= 3, "the stream's open and close only: {sizes:?}");
-        let full = sizes
-            .iter()
-            .filter(|&&n| n == MAX_WRITE_BUFFER_BYTES)
-            .count();
+        assert!(slivers <= 5, "control frames only: {sizes:?}");
+        let frame = crate::mux::DEFAULT_SPLIT_SEND_BYTES + crate::mux::YAMUX_HEADER_BYTES;
+        let full = sizes.iter().filter(|&&n| n >= frame).count();
         assert!(
             full >= TOTAL / MAX_WRITE_BUFFER_BYTES / 2,
             "most messages are full: {sizes:?}"

@@ -106,7 +106,10 @@ pub struct MuxConfig {
     /// a long link needs a window near the link's bandwidth-delay product
     /// to go at full speed; this caps what unread data can hold in memory.
     pub window_budget: usize,
-    /// Largest data frame payload; larger writes are split.
+    /// Largest data frame payload; larger writes are split. Over a
+    /// [`crate::ws::WsStream`], keep it at most
+    /// [`crate::ws::MAX_WRITE_BUFFER_BYTES`] minus the 12-byte header, so a
+    /// full frame leaves as one WebSocket message.
     pub split_send_size: usize,
 }
 
