@@ -262,6 +262,15 @@ where
             "101 without Upgrade: websocket and Connection: Upgrade".into(),
         ));
     }
+    // Nothing was asked for: an extension (compression) or subprotocol
+    // would change what the frames mean.
+    for unasked in ["sec-websocket-extensions", "sec-websocket-protocol"] {
+        if head.header(unasked).is_some() {
+            return Err(HandshakeError::Response(format!(
+                "the server chose a {unasked} nobody asked for"
+            )));
+        }
+    }
     if head.header("sec-websocket-accept") != Some(accept_key(key.as_bytes()).as_str()) {
         return Err(HandshakeError::Response(
             "Sec-WebSocket-Accept does not answer the key".into(),
@@ -284,8 +293,9 @@ fn parse_head(buf: &[u8]) -> Result<Refusal, HandshakeError> {
     if status.is_partial() {
         return Err(HandshakeError::Response("incomplete response head".into()));
     }
-    if response.version != Some(1) {
-        return Err(HandshakeError::Response("not HTTP/1.1".into()));
+    // A refusal may come from an HTTP/1.0 proxy; an upgrade may not.
+    if response.code == Some(101) && response.version != Some(1) {
+        return Err(HandshakeError::Response("101 not in HTTP/1.1".into()));
     }
     Ok(Refusal {
         status: response.code.unwrap_or_default(),

@@ -66,6 +66,9 @@ enum Incoming {
 /// - Writes are framed into one buffer and sent on flush (or once
 ///   64 KiB wait), so a multiplexer's header and body leave in one system
 ///   call; a drained buffer larger than 4 KiB is let go.
+/// - Reading may write (a Pong, the answering Close): both directions must
+///   be polled from one task, as a multiplexer's driver does; do not split
+///   the stream between tasks.
 /// - Breaking RFC 6455 (reserved bits, unknown opcodes, a server's frame
 ///   masked or a client's not, a continuation with no message) ends the
 ///   stream with an `InvalidData` error and a Close with code 1002.
@@ -80,6 +83,11 @@ pub struct WsStream<IO> {
     /// In a fragmented message: whether its bytes are kept (binary).
     message: Option<bool>,
     read_eof: bool,
+    /// Set when reading failed: later reads fail the same way.
+    failed: Option<io::ErrorKind>,
+    /// The payload of the last Ping not answered yet: one slot, so a peer
+    /// that pings and never reads cannot make answers pile up.
+    pong: Option<Vec<u8>>,
     out: Vec<u8>,
     out_pos: usize,
     close: CloseHandle,
@@ -104,6 +112,8 @@ impl<IO> WsStream<IO> {
             incoming: Incoming::Header,
             message: None,
             read_eof: false,
+            failed: None,
+            pong: None,
             out: Vec::new(),
             out_pos: 0,
             close: CloseHandle::default(),
@@ -187,6 +197,20 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> WsStream<IO> {
         }
     }
 
+    /// Answers the last Ping, once per read and only while the write
+    /// buffer has room (else the answer waits in its slot).
+    fn answer_ping(&mut self, cx: &mut Context<'_>) {
+        if self.pong.is_none() || self.out.len() - self.out_pos >= WRITE_HIGH_WATER {
+            return;
+        }
+        if let Some(payload) = self.pong.take() {
+            if !self.close_sent {
+                self.queue_frame(Opcode::Pong, &payload);
+            }
+            self.write_out_eagerly(cx);
+        }
+    }
+
     /// Reads more into the read-ahead buffer: the bytes read, 0 at the
     /// connection's end. Lets the buffer go when the connection is quiet
     /// and nothing is buffered.
@@ -222,7 +246,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> WsStream<IO> {
     /// Ends reading with a protocol error, telling the peer why.
     fn fail(&mut self, cx: &mut Context<'_>, code: u16, why: String) -> Poll<io::Result<()>> {
         self.read_eof = true;
-        self.queue_close(Some((code, "protocol error")));
+        let reason = if code == CLOSE_TOO_BIG {
+            "frame too large"
+        } else {
+            "protocol error"
+        };
+        self.queue_close(Some((code, reason)));
         self.write_out_eagerly(cx);
         Poll::Ready(Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -233,16 +262,24 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> WsStream<IO> {
     /// Acts on a control frame's payload.
     fn control(&mut self, cx: &mut Context<'_>, opcode: Opcode, payload: &[u8]) {
         match opcode {
-            Opcode::Ping if !self.close_sent => {
-                self.queue_frame(Opcode::Pong, payload);
-                self.write_out_eagerly(cx);
-            }
+            Opcode::Ping => self.pong = Some(payload.to_vec()),
             Opcode::Close => {
-                let code = payload.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]]));
-                self.close.lock().received = code;
                 self.read_eof = true;
-                // Answered with the same code, as RFC 6455 asks.
-                self.queue_close(code.map(|c| (c, "")));
+                let code = match payload {
+                    [] => Ok(None),
+                    [a, b, ..] if valid_close_code(u16::from_be_bytes([*a, *b])) => {
+                        Ok(Some(u16::from_be_bytes([*a, *b])))
+                    }
+                    _ => Err(()),
+                };
+                match code {
+                    Ok(code) => {
+                        self.close.lock().received = code;
+                        // Answered with the same code, as RFC 6455 asks.
+                        self.queue_close(code.map(|c| (c, "")));
+                    }
+                    Err(()) => self.queue_close(Some((CLOSE_PROTOCOL_ERROR, "bad close code"))),
+                }
                 self.write_out_eagerly(cx);
             }
             _ => {}
@@ -346,6 +383,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> WsStream<IO> {
     }
 }
 
+/// A close code a peer may send (RFC 6455, section 7.4).
+fn valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
 fn truncated() -> io::Error {
     io::Error::new(
         io::ErrorKind::UnexpectedEof,
@@ -360,6 +402,26 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        let read = this.poll_read_payload(cx, buf);
+        this.answer_ping(cx);
+        if let Poll::Ready(Err(e)) = &read {
+            this.failed.get_or_insert(e.kind());
+        }
+        read
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> WsStream<IO> {
+    /// What [`AsyncRead::poll_read`] does, but answering Pings.
+    fn poll_read_payload(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self;
+        if let Some(kind) = this.failed {
+            return Poll::Ready(Err(io::Error::new(kind, "the WebSocket failed earlier")));
+        }
         loop {
             if this.read_eof || buf.remaining() == 0 {
                 return Poll::Ready(Ok(()));

@@ -389,3 +389,127 @@ async fn a_bulk_transfer_over_yamux_arrives_whole() {
     stream.shutdown().await.unwrap();
     assert!(reading.await.unwrap() == data);
 }
+
+#[tokio::test]
+async fn a_ping_flood_gets_few_answers_and_cannot_grow_the_write_buffer() {
+    let mut pings = Vec::new();
+    // (As many as the test connection holds before anyone reads: 56 KB.)
+    for i in 0..7_000u16 {
+        pings.extend(masked(9, true, &i.to_be_bytes()));
+    }
+    pings.extend(masked(2, true, b"after"));
+    let (got, result, answer) = server_reading(&pings).await;
+    assert!(result.is_ok());
+    assert_eq!(got, b"after");
+    // The answers: Pongs (4 bytes each), then the Close.
+    let pongs = answer.chunks(4).take_while(|f| f[0] == 0x8A).count();
+    assert!((1..100).contains(&pongs), "{pongs} pongs for 7,000 pings");
+}
+
+#[tokio::test]
+async fn a_bad_close_code_is_answered_with_1002() {
+    for payload in [&[0x03][..], &1005u16.to_be_bytes(), &999u16.to_be_bytes()] {
+        let (_, result, answer) = server_reading(&masked(8, true, payload)).await;
+        assert!(result.is_ok());
+        assert_eq!(&answer[..4], &[0x88, answer[1], 0x03, 0xEA], "{payload:?}");
+    }
+}
+
+/// Serves one HTTP answer `head` (with `{accept}` replaced by the right
+/// accept key) to the client handshake, and returns its result.
+async fn handshake_against(
+    head: &str,
+) -> Result<WsStream<DuplexStream>, handshake::HandshakeError> {
+    let (client_io, mut server_io) = tokio::io::duplex(1 << 16);
+    let head = head.to_owned();
+    let server = tokio::spawn(async move {
+        let mut request = Vec::new();
+        let mut byte = [0u8; 1];
+        while !request.ends_with(b"\r\n\r\n") {
+            server_io.read_exact(&mut byte).await.unwrap();
+            request.push(byte[0]);
+        }
+        let request = String::from_utf8(request).unwrap();
+        let key = request
+            .lines()
+            .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+            .unwrap()
+            .to_owned();
+        let answer = head.replace("{accept}", &handshake::accept_key(key.as_bytes()));
+        server_io.write_all(answer.as_bytes()).await.unwrap();
+        // A frame right behind the head: a server's close code 4000.
+        server_io
+            .write_all(&[0x88, 0x02, 0x0F, 0xA0])
+            .await
+            .unwrap();
+        server_io
+    });
+    let request = handshake::ClientRequest::from_url("ws://example.test:8080/api/v1/tunnel")
+        .unwrap()
+        .header("authorization", "Basic abc")
+        .unwrap();
+    let result = handshake::client(client_io, &request).await;
+    drop(server.await.unwrap());
+    result
+}
+
+#[tokio::test]
+async fn the_client_handshake_keeps_what_follows_the_101() {
+    let mut ws = handshake_against(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {accept}\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let close = ws.close_handle();
+    let mut rest = Vec::new();
+    ws.read_to_end(&mut rest).await.unwrap();
+    assert_eq!(close.received(), Some(CLOSE_SESSION_CLOSED));
+}
+
+#[tokio::test]
+async fn the_client_handshake_refuses_what_it_did_not_ask_for() {
+    let wrong_key = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                     Connection: Upgrade\r\nSec-WebSocket-Accept: bm90IGl0\r\n\r\n";
+    let deflate = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                   Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\
+                   Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n";
+    let no_upgrade = "HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: {accept}\r\n\r\n";
+    for head in [wrong_key, deflate, no_upgrade] {
+        let err = handshake_against(head).await.unwrap_err();
+        assert!(
+            matches!(err, handshake::HandshakeError::Response(_)),
+            "{err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_refusal_comes_back_with_its_status_headers_and_body() {
+    let body = r#"{"code":"server_busy"}"#;
+    let head = format!(
+        "HTTP/1.0 503 Service Unavailable\r\nRetry-After: 7\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    match handshake_against(&head).await.unwrap_err() {
+        handshake::HandshakeError::Refused(refusal) => {
+            assert_eq!(refusal.status, 503);
+            assert_eq!(refusal.header("retry-after"), Some("7"));
+            assert_eq!(refusal.body, body.as_bytes());
+        }
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
+fn header_values_cannot_smuggle_lines() {
+    let request = handshake::ClientRequest::from_url("wss://h/x").unwrap();
+    assert!(
+        request
+            .clone()
+            .header("authorization", "a\r\nX-Evil: 1")
+            .is_err()
+    );
+    assert!(request.clone().header("bad name", "v").is_err());
+    assert!(handshake::ClientRequest::from_url("http://h/x").is_err());
+}
