@@ -61,7 +61,6 @@ mod terminal;
 mod tickets;
 mod tls;
 mod tunnel;
-mod upgrade;
 
 #[doc(hidden)]
 pub mod fuzzing;
