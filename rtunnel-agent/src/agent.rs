@@ -18,7 +18,7 @@ use rtunnel_core::proto::{
 };
 use rtunnel_core::relay::relay;
 use rtunnel_core::setup::{accept_header, refuse};
-use rtunnel_core::ws::{CLOSE_SESSION_CLOSED, WsStream};
+use rtunnel_core::ws::CLOSE_SESSION_CLOSED;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
@@ -690,7 +690,6 @@ impl Agent {
                 return Outcome::Failed(describe_dial(url, &e), e.config_hint(), e.retry_after());
             }
         };
-        let ws = WsStream::new(ws);
         let ws_close = ws.close_handle();
         let mux = shared(YamuxMux::client(ws, &MuxConfig::default()));
         let previous = resume.as_ref().map(|r| r.session_id);

@@ -45,7 +45,7 @@ pub(crate) async fn check(args: RunArgs, loaded: Option<Loaded>) -> Result<(), F
         };
         match dial(&endpoint.url, &auth, &options).await {
             Ok(mut ws) => {
-                let _ = ws.close(None).await;
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut ws).await;
                 report(
                     true,
                     format!(

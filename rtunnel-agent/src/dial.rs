@@ -4,20 +4,27 @@
 
 use std::time::Duration;
 
-use rtunnel_core::ws::MAX_WS_MESSAGE_BYTES;
+use rtunnel_core::ws::handshake::{self, ClientRequest, HandshakeError};
+use rtunnel_core::ws::{MAX_WS_MESSAGE_BYTES, WsStream};
 use tokio::net::TcpStream;
 
 use crate::http_proxy::{Proxy, ProxyError, target_host_port};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// How long connecting and the WebSocket upgrade may take.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A connected WebSocket.
-pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// The connection under a WebSocket: TCP, or TLS over it.
+pub type Transport = MaybeTlsStream<TcpStream>;
+
+/// The tunnel's WebSocket, as a byte stream (yamux runs on it).
+pub type Ws = WsStream<Transport>;
+
+/// A WebSocket of messages (the terminal's).
+pub type MessageWs = WebSocketStream<Transport>;
 
 /// Why dialing failed.
 #[derive(Debug, thiserror::Error)]
@@ -138,116 +145,145 @@ fn expects_tls(why: &str) -> bool {
     why.contains("invalid http version") || why.contains("httparse")
 }
 
-/// Connects to `url` with the given `Authorization` header.
+/// The user agent both kinds of WebSocket send.
+const USER_AGENT: &str = concat!("rtunnel-agent/", env!("CARGO_PKG_VERSION"));
+
+/// Opens the tunnel's WebSocket to `url` (the tunnel or a forward
+/// endpoint) with the given `Authorization` header: a byte stream for
+/// yamux, framed by rtunnel itself ([`rtunnel_core::ws`]).
 pub async fn dial(url: &str, authorization: &str, options: &DialOptions) -> Result<Ws, DialError> {
+    let request = ClientRequest::from_url(url)
+        .and_then(|r| r.header("authorization", authorization))
+        .and_then(|r| r.header("user-agent", USER_AGENT))
+        .map_err(|e| match e {
+            HandshakeError::BadHeader(_) => {
+                DialError::BadUrl("credentials contain invalid characters".into())
+            }
+            e => DialError::BadUrl(e.to_string()),
+        })?;
+    let fut = async {
+        let transport = connect(url, options).await?;
+        handshake::client(transport, &request)
+            .await
+            .map_err(|e| match e {
+                HandshakeError::Refused(refusal) => refused(
+                    refusal.status,
+                    &refusal.reason,
+                    refusal.header("retry-after"),
+                    &refusal.body,
+                ),
+                e => DialError::Connect(e.to_string()),
+            })
+    };
+    match tokio::time::timeout(DIAL_TIMEOUT, fut).await {
+        Ok(result) => result,
+        Err(_) => Err(DialError::Timeout(DIAL_TIMEOUT)),
+    }
+}
+
+/// Opens a WebSocket of messages to `url` (the terminal endpoint), as
+/// [`dial`] does.
+pub async fn dial_messages(
+    url: &str,
+    authorization: &str,
+    options: &DialOptions,
+) -> Result<MessageWs, DialError> {
     let mut request = url
         .into_client_request()
         .map_err(|e| DialError::BadUrl(format!("{url}: {e}")))?;
     let auth = HeaderValue::from_str(authorization)
         .map_err(|_| DialError::BadUrl("credentials contain invalid characters".into()))?;
     request.headers_mut().insert("authorization", auth);
-    request.headers_mut().insert(
-        "user-agent",
-        HeaderValue::from_static(concat!("rtunnel-agent/", env!("CARGO_PKG_VERSION"))),
-    );
+    request
+        .headers_mut()
+        .insert("user-agent", HeaderValue::from_static(USER_AGENT));
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_WS_MESSAGE_BYTES))
-        .max_frame_size(Some(MAX_WS_MESSAGE_BYTES))
-        .read_buffer_size(rtunnel_core::ws::WS_READ_BUFFER_BYTES);
-    let connector = if url.starts_with("wss://") {
-        Connector::Rustls(crate::tls::client_config(
-            options.tls_insecure,
-            &options.ca_roots,
-        ))
-    } else {
-        Connector::Plain
-    };
-    let (host, port) =
-        target_host_port(url).ok_or_else(|| DialError::BadUrl(format!("{url}: no host")))?;
+        .max_frame_size(Some(MAX_WS_MESSAGE_BYTES));
     let fut = async {
-        let tcp = match &options.proxy {
-            Some(proxy) => proxy.connect(&host, port).await?,
-            None => {
-                let tcp = TcpStream::connect((host.as_str(), port))
-                    .await
-                    .map_err(|e| DialError::Connect(format!("{host}:{port}: {e}")))?;
-                let _ = tcp.set_nodelay(true);
-                tcp
-            }
-        };
-        Ok::<_, DialError>(
-            tokio_tungstenite::client_async_tls_with_config(
-                request,
-                tcp,
-                Some(config),
-                Some(connector),
-            )
-            .await,
-        )
+        let transport = connect(url, options).await?;
+        let result =
+            tokio_tungstenite::client_async_with_config(request, transport, Some(config)).await;
+        match result {
+            Ok((ws, _response)) => Ok(ws),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(refused(
+                resp.status().as_u16(),
+                resp.status().canonical_reason().unwrap_or_default(),
+                resp.headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok()),
+                resp.body().as_deref().unwrap_or_default(),
+            )),
+            Err(e) => Err(DialError::Connect(e.to_string())),
+        }
     };
     match tokio::time::timeout(DIAL_TIMEOUT, fut).await {
-        Ok(Err(e)) => Err(e),
-        Ok(Ok(r)) => upgrade_result(r),
+        Ok(result) => result,
         Err(_) => Err(DialError::Timeout(DIAL_TIMEOUT)),
     }
 }
 
-fn upgrade_result(
-    result: Result<
-        (
-            Ws,
-            tokio_tungstenite::tungstenite::handshake::client::Response,
-        ),
-        tokio_tungstenite::tungstenite::Error,
-    >,
-) -> Result<Ws, DialError> {
-    match result {
-        Ok((ws, _response)) => Ok(ws),
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-            let status = resp.status().as_u16();
-            let body = resp.body().as_deref().unwrap_or_default();
-            let envelope: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-            let text = |k: &str| envelope.get(k).and_then(|v| v.as_str()).map(str::to_owned);
-            let retry_after = resp
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(|secs| Duration::from_secs(secs.min(3600)));
-            Err(DialError::Refused {
-                status,
-                retry_after,
-                code: text("code").unwrap_or_else(|| "http_error".into()),
-                message: text("error").unwrap_or_else(|| {
-                    resp.status()
-                        .canonical_reason()
-                        .unwrap_or("unexpected answer")
-                        .to_owned()
-                }),
-            })
+/// The connection to the server that `url` names: TCP (directly or
+/// through the proxy), then TLS for `wss://`.
+async fn connect(url: &str, options: &DialOptions) -> Result<Transport, DialError> {
+    let (host, port) =
+        target_host_port(url).ok_or_else(|| DialError::BadUrl(format!("{url}: no host")))?;
+    let tcp = match &options.proxy {
+        Some(proxy) => proxy.connect(&host, port).await?,
+        None => {
+            let tcp = TcpStream::connect((host.as_str(), port))
+                .await
+                .map_err(|e| DialError::Connect(format!("{host}:{port}: {e}")))?;
+            let _ = tcp.set_nodelay(true);
+            tcp
         }
-        Err(e) => Err(DialError::Connect(e.to_string())),
+    };
+    if !url.starts_with("wss://") {
+        return Ok(MaybeTlsStream::Plain(tcp));
+    }
+    let name = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let name = rustls::pki_types::ServerName::try_from(name)
+        .map_err(|e| DialError::BadUrl(format!("{url}: {e}")))?;
+    let config = crate::tls::client_config(options.tls_insecure, &options.ca_roots);
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| DialError::Connect(format!("{host}:{port}: TLS: {e}")))?;
+    Ok(MaybeTlsStream::Rustls(tls))
+}
+
+/// A refusal of the upgrade, from the server's error envelope.
+fn refused(status: u16, reason: &str, retry_after: Option<&str>, body: &[u8]) -> DialError {
+    let envelope: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let text = |k: &str| envelope.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    let retry_after = retry_after
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|secs| Duration::from_secs(secs.min(3600)));
+    DialError::Refused {
+        status,
+        retry_after,
+        code: text("code").unwrap_or_else(|| "http_error".into()),
+        message: text("error").unwrap_or_else(|| {
+            if reason.is_empty() {
+                "unexpected answer".to_owned()
+            } else {
+                reason.to_owned()
+            }
+        }),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio_tungstenite::tungstenite::http::Response;
 
     #[test]
     fn a_refusal_carries_the_envelope_and_retry_after() {
-        let resp = Response::builder()
-            .status(429)
-            .header("retry-after", "42")
-            .body(Some(
-                br#"{"success":false,"error":"too many failed attempts","code":"rate_limited","trace_id":"x"}"#.to_vec(),
-            ))
-            .unwrap();
-        let err = upgrade_result(Err(tokio_tungstenite::tungstenite::Error::Http(Box::new(
-            resp,
-        ))))
-        .unwrap_err();
+        let body = br#"{"success":false,"error":"too many failed attempts","code":"rate_limited","trace_id":"x"}"#;
+        let err = refused(429, "Too Many Requests", Some("42"), body);
         assert_eq!(err.retry_after(), Some(Duration::from_secs(42)));
         match err {
             DialError::Refused { status, code, .. } => {
@@ -256,12 +292,17 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let plain = Response::builder().status(401).body(None).unwrap();
-        let err = upgrade_result(Err(tokio_tungstenite::tungstenite::Error::Http(Box::new(
-            plain,
-        ))))
-        .unwrap_err();
+        let err = refused(401, "Unauthorized", None, b"");
         assert_eq!(err.retry_after(), None);
         assert_eq!(err.config_hint(), Some("check the key and secret"));
+        match err {
+            DialError::Refused { message, code, .. } => {
+                assert_eq!(
+                    (message.as_str(), code.as_str()),
+                    ("Unauthorized", "http_error")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

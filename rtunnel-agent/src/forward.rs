@@ -16,7 +16,6 @@ use rtunnel_core::mux::{MuxConfig, MuxStream, YamuxMux, shared};
 use rtunnel_core::proto::{self, Refusal, StreamHeader, StreamKind};
 use rtunnel_core::relay::relay;
 use rtunnel_core::setup::{self, EARLY_DATA_BYTES, EarlyData, SetupError};
-use rtunnel_core::ws::WsStream;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 
@@ -306,7 +305,7 @@ impl Forwarder {
             proxy: self.config.proxy.clone(),
         };
         let ws = dial(&self.ws_url, &auth, &options).await?;
-        let mux = shared(YamuxMux::client(WsStream::new(ws), &MuxConfig::default()));
+        let mux = shared(YamuxMux::client(ws, &MuxConfig::default()));
         let dialed = link::dial(mux, SOFTWARE, None)
             .await
             .map_err(|e| ForwardError::Handshake(e.to_string()))?;

@@ -15,7 +15,7 @@ use futures::{SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::dial::{DialOptions, dial};
+use crate::dial::{DialOptions, dial_messages};
 use crate::http_proxy::Proxy;
 use crate::tls::ExtraRoots;
 
@@ -108,7 +108,7 @@ pub async fn run(config: ShellConfig) -> Result<u8, String> {
         ca_roots: config.ca_roots.clone(),
         proxy: config.proxy.clone(),
     };
-    let ws = dial(&url, &format!("Bearer {}", config.token), &options)
+    let ws = dial_messages(&url, &format!("Bearer {}", config.token), &options)
         .await
         .map_err(|e| {
             // The server's refusals say what is wrong themselves; the

@@ -27,3 +27,13 @@ fn terminal_frames_corpus_replays_cleanly() {
         rtunnel_core::terminal::fuzzing::check_terminal_frames,
     );
 }
+
+#[test]
+fn ws_frames_corpus_replays_cleanly() {
+    replay_corpus(
+        root(),
+        "ws_frames",
+        10,
+        rtunnel_core::ws::fuzzing::check_ws_frames,
+    );
+}

@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::ws::{WebSocket, WebSocketUpgrade};
+use crate::upgrade::{NotAnUpgrade, TunnelUpgrade, TunnelWs};
 use axum::extract::{ConnectInfo, FromRef, Path, State};
 use axum::response::Response;
 use rtunnel_auth::access::Action;
@@ -21,7 +21,6 @@ use rtunnel_core::setup::{self, PassReply};
 use rtunnel_core::store::{
     AccessKind, AccessLog, AuditEvent, AuditKind, SessionStatus, User, now_millis,
 };
-use rtunnel_core::ws::{MAX_WS_MESSAGE_BYTES, WsStream};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -89,7 +88,7 @@ pub(crate) async fn forward_endpoint(
     Query(q): Query<ForwardQuery>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     held: Option<axum::Extension<crate::accept::HeldConnection>>,
-    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    ws: Result<TunnelUpgrade, NotAnUpgrade>,
 ) -> Result<Response, ApiError> {
     // Only `rtunnel-agent forward` comes here, with a bearer token: a
     // browser's cookie never opens a forward.
@@ -114,7 +113,7 @@ pub(crate) async fn system_forward_endpoint(
     Query(q): Query<ForwardQuery>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     held: Option<axum::Extension<crate::accept::HeldConnection>>,
-    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    ws: Result<TunnelUpgrade, NotAnUpgrade>,
 ) -> Result<Response, ApiError> {
     let current = current_session_of(&state, &caller.user, &id).await?;
     open_forward(state, caller, &current.id.to_string(), q, peer, held, ws).await
@@ -168,7 +167,7 @@ async fn open_forward(
     q: ForwardQuery,
     peer: SocketAddr,
     held: Option<axum::Extension<crate::accept::HeldConnection>>,
-    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    ws: Result<TunnelUpgrade, NotAnUpgrade>,
 ) -> Result<Response, ApiError> {
     if caller.browser {
         return Err(ApiError::forbidden(
@@ -197,12 +196,7 @@ async fn open_forward(
     if let Some(service) = &q.service {
         check_forwardable(&session.services, service)?;
     }
-    let ws = ws.map_err(|_| {
-        ApiError::bad_request(
-            "websocket_required",
-            "this endpoint only accepts WebSocket upgrades",
-        )
-    })?;
+    let ws = ws.map_err(NotAnUpgrade::into_api_error)?;
     let mut event = AuditEvent::new(AuditKind::ForwardOpened);
     event.actor = Some(user.name.clone());
     event.system_id = Some(session.system_id);
@@ -211,24 +205,20 @@ async fn open_forward(
     event.details = serde_json::json!({"service": q.service});
     state.audit.record(event).await?;
     let system_id = session.system_id;
-    Ok(ws
-        .max_message_size(MAX_WS_MESSAGE_BYTES)
-        .max_frame_size(MAX_WS_MESSAGE_BYTES)
-        .read_buffer_size(rtunnel_core::ws::WS_READ_BUFFER_BYTES)
-        .on_upgrade(move |socket| async move {
-            // The connection stays counted under the caps while it lives.
-            let _held = held;
-            let ctx = Arc::new(ForwardCtx {
-                state,
-                user,
-                holder,
-                session_id,
-                system_id,
-                peer,
-                cut: CancellationToken::new(),
-            });
-            run_forward(ctx, socket).await;
-        }))
+    Ok(ws.on_upgrade(move |socket| async move {
+        // The connection stays counted under the caps while it lives.
+        let _held = held;
+        let ctx = Arc::new(ForwardCtx {
+            state,
+            user,
+            holder,
+            session_id,
+            system_id,
+            peer,
+            cut: CancellationToken::new(),
+        });
+        run_forward(ctx, socket).await;
+    }))
 }
 
 struct ForwardCtx {
@@ -243,9 +233,9 @@ struct ForwardCtx {
     cut: CancellationToken,
 }
 
-async fn run_forward(ctx: Arc<ForwardCtx>, socket: WebSocket) {
+async fn run_forward(ctx: Arc<ForwardCtx>, socket: TunnelWs) {
     let state = &ctx.state;
-    let mux = shared(YamuxMux::server(WsStream::new(socket), &state.mux_config()));
+    let mux = shared(YamuxMux::server(socket, &state.mux_config()));
     let incoming = match link::accept(mux, state.config.handshake_timeout).await {
         Ok(ok) => ok,
         Err(e) => {

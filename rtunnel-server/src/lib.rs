@@ -61,6 +61,7 @@ mod terminal;
 mod tickets;
 mod tls;
 mod tunnel;
+mod upgrade;
 
 #[doc(hidden)]
 pub mod fuzzing;

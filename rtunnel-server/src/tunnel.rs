@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{WebSocket, WebSocketUpgrade};
+use crate::upgrade::{NotAnUpgrade, TunnelUpgrade, TunnelWs};
 use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
@@ -32,9 +32,7 @@ use rtunnel_core::session::Event;
 use rtunnel_core::store::{
     AuditEvent, AuditKind, SessionRecord, SessionStatus, System, now_millis,
 };
-use rtunnel_core::ws::{
-    CLOSE_SESSION_CLOSED, MAX_WS_MESSAGE_BYTES, WS_READ_BUFFER_BYTES, WsStream,
-};
+use rtunnel_core::ws::CLOSE_SESSION_CLOSED;
 
 use std::collections::HashMap;
 
@@ -72,15 +70,10 @@ pub(crate) async fn tunnel_endpoint(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     held: Option<axum::Extension<crate::accept::HeldConnection>>,
     headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    ws: Result<TunnelUpgrade, NotAnUpgrade>,
 ) -> Result<Response, ApiError> {
     let system = authenticate_system(&state, &headers, peer).await?;
-    let ws = ws.map_err(|_| {
-        ApiError::bad_request(
-            "websocket_required",
-            "this endpoint only accepts WebSocket upgrades",
-        )
-    })?;
+    let ws = ws.map_err(NotAnUpgrade::into_api_error)?;
     // Held until the tunnel is active (or failed): one per system, and at
     // most --max-tunnel-setups in all.
     let setup = state.tunnels.setups.admit(system.id).await?;
@@ -89,14 +82,10 @@ pub(crate) async fn tunnel_endpoint(
     event.system_id = Some(system.id);
     event.ip_address = Some(peer.ip().to_string());
     state.audit.record(event).await?;
-    Ok(ws
-        .max_message_size(MAX_WS_MESSAGE_BYTES)
-        .max_frame_size(MAX_WS_MESSAGE_BYTES)
-        .read_buffer_size(WS_READ_BUFFER_BYTES)
-        .on_upgrade(move |socket| async move {
-            let _held = held;
-            run_tunnel(state, system, peer, socket, setup).await;
-        }))
+    Ok(ws.on_upgrade(move |socket| async move {
+        let _held = held;
+        run_tunnel(state, system, peer, socket, setup).await;
+    }))
 }
 
 /// Tunnels being set up, from the authenticated request to the active
@@ -282,11 +271,11 @@ async fn run_tunnel(
     state: Arc<AppState>,
     system: System,
     peer: SocketAddr,
-    socket: WebSocket,
+    socket: TunnelWs,
     setup: Setup,
 ) {
     let started = std::time::Instant::now();
-    let ws = WsStream::new(socket);
+    let ws = socket;
     let ws_close = ws.close_handle();
     let mux = shared(YamuxMux::server(ws, &state.mux_config()));
     let incoming = tokio::select! {

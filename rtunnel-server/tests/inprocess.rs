@@ -967,11 +967,9 @@ async fn dial_tunnel_with_close(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", h.key, h.secret))
     );
-    let ws = rtunnel_core::ws::WsStream::new(
-        rtunnel_agent::dial::dial(&url, &auth, &Default::default())
-            .await
-            .unwrap(),
-    );
+    let ws = rtunnel_agent::dial::dial(&url, &auth, &Default::default())
+        .await
+        .unwrap();
     let close = ws.close_handle();
     let mux = Arc::new(rtunnel_core::mux::YamuxMux::client(
         ws,
