@@ -72,6 +72,25 @@ enum Incoming {
 /// - Breaking RFC 6455 (reserved bits, unknown opcodes, a server's frame
 ///   masked or a client's not, a continuation with no message) ends the
 ///   stream with an `InvalidData` error and a Close with code 1002.
+///
+/// ```
+/// use rtunnel_core::ws::{Role, WsStream};
+/// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> std::io::Result<()> {
+/// // Two ends of an upgraded connection (a TCP or TLS stream in real use).
+/// let (a, b) = tokio::io::duplex(64 * 1024);
+/// let mut client = WsStream::new(a, Role::Client, &[]);
+/// let mut server = WsStream::new(b, Role::Server, &[]);
+/// client.write_all(b"hello").await?;
+/// client.flush().await?;
+/// let mut got = [0u8; 5];
+/// server.read_exact(&mut got).await?;
+/// assert_eq!(&got, b"hello");
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct WsStream<IO> {
     io: IO,
