@@ -361,6 +361,15 @@ pub struct TerminalOpen {
     /// [`TermMsg::Control`]: crate::terminal::TermMsg::Control
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub moderated: bool,
+    /// Send the shell's output as [`TermMsg::Output`], with its position,
+    /// so the server records each byte once whichever participant's stream
+    /// brings it (only with [`mode`](Self::mode); older agents ignore it
+    /// and send [`TermMsg::Data`]).
+    ///
+    /// [`TermMsg::Output`]: crate::terminal::TermMsg::Output
+    /// [`TermMsg::Data`]: crate::terminal::TermMsg::Data
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub positions: bool,
 }
 
 /// How a participant takes part in a shared terminal.

@@ -11,8 +11,21 @@
 //! | `3` exit | agent to server | exit code `i32` (128 + signal if killed) |
 //! | `4` event | agent to server | JSON: who is in a shared terminal (`info`, `joined`, `left`, `control`), a `list` |
 //! | `5` control | server to agent | JSON: `{"op":"hand_over","to":NAME}` or `{"op":"take_over"}` |
+//! | `6` output | agent to server | position `u64`, then bytes: the shell's output from that position, only to a stream that asked for positions |
 //!
 //! Bodies are at most [`MAX_TERMINAL_MESSAGE`] bytes.
+//!
+//! A stream that asks for positions ([`TerminalOpen::positions`], shared
+//! terminals) gets the shell's output as `output` messages: the position is
+//! the count of bytes the shell wrote before these, so the server can tell,
+//! across the streams of all a terminal's participants, which bytes it has
+//! recorded and which it has not (a participant who falls behind skips
+//! output; the agent then tells it in plain `data`, which is not the
+//! shell's). An agent asked for positions sends one `output` (the
+//! scrollback, perhaps empty) right after its `info` event, so the server
+//! knows from the start.
+//!
+//! [`TerminalOpen::positions`]: crate::proto::TerminalOpen::positions
 //!
 //! ```
 //! use rtunnel_core::terminal::{TermMsg, read_msg, write_msg};
@@ -36,6 +49,10 @@ use crate::proto::ProtoError;
 /// Largest body of one terminal message.
 pub const MAX_TERMINAL_MESSAGE: usize = 64 * 1024;
 
+/// Most bytes of output one [`TermMsg::Output`] carries (the message's
+/// limit less its position).
+pub const MAX_OUTPUT_CHUNK: usize = MAX_TERMINAL_MESSAGE - 8;
+
 /// Largest terminal, in columns or rows.
 pub const MAX_TERMINAL_SIZE: u16 = 1000;
 
@@ -44,6 +61,7 @@ const RESIZE: u8 = 2;
 const EXIT: u8 = 3;
 const EVENT: u8 = 4;
 const CONTROL: u8 = 5;
+const OUTPUT: u8 = 6;
 
 /// One message of a terminal stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +86,14 @@ pub enum TermMsg {
     /// A participant's request about who types in a moderated terminal
     /// (JSON), from the server, which decided it may be made.
     Control(Vec<u8>),
+    /// The shell's output, from position `at` (the bytes it wrote before
+    /// these), to a stream that asked for positions.
+    Output {
+        /// Bytes of output before these, since the shell started.
+        at: u64,
+        /// The output (at most [`MAX_OUTPUT_CHUNK`] bytes).
+        bytes: Vec<u8>,
+    },
 }
 
 /// Checks a terminal size: 1 to [`MAX_TERMINAL_SIZE`] each way.
@@ -106,6 +132,13 @@ pub async fn write_msg<W: AsyncWrite + Unpin>(w: &mut W, msg: &TermMsg) -> std::
         TermMsg::Control(json) => {
             head[0] = CONTROL;
             json.as_slice().into()
+        }
+        TermMsg::Output { at, bytes } => {
+            head[0] = OUTPUT;
+            let mut b = Vec::with_capacity(8 + bytes.len());
+            b.extend_from_slice(&at.to_be_bytes());
+            b.extend_from_slice(bytes);
+            b.into()
         }
     };
     if body.len() > MAX_TERMINAL_MESSAGE {
@@ -164,6 +197,15 @@ fn decode(kind: u8, body: Vec<u8>) -> Result<TermMsg, ProtoError> {
         }
         EVENT => Ok(TermMsg::Event(body)),
         CONTROL => Ok(TermMsg::Control(body)),
+        OUTPUT => {
+            let Some((at, _)) = body.split_first_chunk::<8>() else {
+                return Err(malformed("output starts with an 8-byte position"));
+            };
+            let at = u64::from_be_bytes(*at);
+            let mut bytes = body;
+            bytes.drain(..8);
+            Ok(TermMsg::Output { at, bytes })
+        }
         other => Err(malformed(&format!("unknown type {other}"))),
     }
 }
@@ -176,7 +218,8 @@ mod tests {
     async fn bad_messages_are_refused_with_a_reason() {
         for (bytes, want) in [
             (vec![9, 0, 0, 0, 0], "unknown type 9"),
-            (vec![6, 0, 0, 0, 0], "unknown type 6"),
+            (vec![7, 0, 0, 0, 0], "unknown type 7"),
+            (vec![6, 0, 0, 0, 3, 0, 0, 1], "8-byte position"),
             (vec![2, 0, 0, 0, 1, 7], "resize is 4 bytes"),
             (vec![2, 0, 0, 0, 4, 0, 0, 0, 24], "outside"),
             (vec![1, 0, 1, 0, 1], "exceeds the limit"),
@@ -188,6 +231,36 @@ mod tests {
         assert!(read_msg(&mut &[1u8, 0, 0, 0, 5, b'a'][..]).await.is_err());
         let big = TermMsg::Data(vec![0; MAX_TERMINAL_MESSAGE + 1]);
         assert!(write_msg(&mut Vec::new(), &big).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn output_carries_its_position() {
+        let mut buf = Vec::new();
+        let big = TermMsg::Output {
+            at: u64::MAX - 1,
+            bytes: vec![b'x'; MAX_OUTPUT_CHUNK],
+        };
+        for msg in [
+            TermMsg::Output {
+                at: 0,
+                bytes: Vec::new(),
+            },
+            TermMsg::Output {
+                at: 70_000,
+                bytes: b"ls\r\n".to_vec(),
+            },
+            big.clone(),
+        ] {
+            write_msg(&mut buf, &msg).await.unwrap();
+            assert_eq!(read_msg(&mut &buf[..]).await.unwrap(), Some(msg));
+            buf.clear();
+        }
+        // One byte more than a chunk is more than a message.
+        let over = TermMsg::Output {
+            at: 0,
+            bytes: vec![0; MAX_OUTPUT_CHUNK + 1],
+        };
+        assert!(write_msg(&mut buf, &over).await.is_err());
     }
 
     #[tokio::test]
@@ -233,6 +306,7 @@ pub mod fuzzing {
                     }
                     TermMsg::Resize { cols, rows } => assert!(check_size(*cols, *rows).is_ok()),
                     TermMsg::Exit { .. } => {}
+                    TermMsg::Output { bytes, .. } => assert!(bytes.len() <= MAX_OUTPUT_CHUNK),
                 }
                 let mut again = Vec::new();
                 write_msg(&mut again, &msg)

@@ -386,6 +386,7 @@ fn terminal_open(operator: &str) -> Option<TerminalOpen> {
         attach: None,
         list: false,
         moderated: false,
+        positions: false,
         cols: 80,
         rows: 24,
         operator: operator.into(),

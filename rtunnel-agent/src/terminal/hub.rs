@@ -21,7 +21,9 @@ use std::time::{Duration, SystemTime};
 
 use rtunnel_core::mux::MuxStream;
 use rtunnel_core::proto::{TerminalMode, TerminalOpen};
-use rtunnel_core::terminal::{MAX_TERMINAL_MESSAGE, TermMsg, read_msg, write_msg};
+use rtunnel_core::terminal::{
+    MAX_OUTPUT_CHUNK, MAX_TERMINAL_MESSAGE, TermMsg, read_msg, write_msg,
+};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Notify, broadcast};
@@ -43,7 +45,8 @@ pub const MAX_TERMINALS: usize = 64;
 /// What the shell's output task tells the participants.
 #[derive(Debug, Clone)]
 enum Out {
-    Data(Arc<[u8]>),
+    /// Output, and its position: the bytes the shell wrote before it.
+    Data(u64, Arc<[u8]>),
     Event(Arc<[u8]>),
     Exit(i32),
 }
@@ -59,6 +62,8 @@ struct Participant {
 #[derive(Debug, Default)]
 struct Inner {
     scrollback: VecDeque<u8>,
+    /// Bytes of output so far (the position of the next).
+    written: u64,
     participants: Vec<Participant>,
     next_key: u64,
     exited: Option<i32>,
@@ -305,7 +310,7 @@ impl Hub {
         // Join: the scrollback so far and the output from now on, with
         // nothing lost or repeated between them (both under the lock the
         // output task appends under).
-        let (key, mut rx, past, exited, info) = {
+        let (key, mut rx, past, past_at, exited, info) = {
             let mut inner = terminal.lock();
             inner.next_key += 1;
             let key = inner.next_key;
@@ -321,6 +326,7 @@ impl Hub {
                 inner.controller = Some(key);
             }
             let past: Vec<u8> = inner.scrollback.iter().copied().collect();
+            let past_at = inner.written - past.len() as u64;
             let rx = terminal.out.subscribe();
             let info = json!({
                 "event": "info",
@@ -334,7 +340,7 @@ impl Hub {
             })
             .to_string();
             terminal.announce(&inner, "joined", &open.operator, mode);
-            (key, rx, past, inner.exited, info)
+            (key, rx, past, past_at, inner.exited, info)
         };
         tracing::info!(operator = %open.operator, terminal = %terminal.id, mode = mode.as_str(), "joined a terminal");
         let mut ended = Ended::default();
@@ -342,11 +348,30 @@ impl Hub {
         let mut alive = write_msg(&mut writer, &TermMsg::Event(info.into_bytes()))
             .await
             .is_ok();
-        for chunk in past.chunks(MAX_TERMINAL_MESSAGE) {
-            alive = alive
-                && write_msg(&mut writer, &TermMsg::Data(chunk.to_vec()))
-                    .await
-                    .is_ok();
+        // With positions, the scrollback goes as one `output` at least
+        // (perhaps empty): the server knows positions come.
+        let positions = open.positions;
+        if positions {
+            let mut at = past_at;
+            let mut chunks: Vec<&[u8]> = past.chunks(MAX_OUTPUT_CHUNK).collect();
+            if chunks.is_empty() {
+                chunks.push(&[]);
+            }
+            for chunk in chunks {
+                let msg = TermMsg::Output {
+                    at,
+                    bytes: chunk.to_vec(),
+                };
+                at += chunk.len() as u64;
+                alive = alive && write_msg(&mut writer, &msg).await.is_ok();
+            }
+        } else {
+            for chunk in past.chunks(MAX_TERMINAL_MESSAGE) {
+                alive = alive
+                    && write_msg(&mut writer, &TermMsg::Data(chunk.to_vec()))
+                        .await
+                        .is_ok();
+            }
         }
         if let Some(code) = exited {
             let _ = write_msg(&mut writer, &TermMsg::Exit { code }).await;
@@ -381,7 +406,8 @@ impl Hub {
             let output = async {
                 loop {
                     let msg = match rx.recv().await {
-                    Ok(Out::Data(bytes)) => TermMsg::Data(bytes.to_vec()),
+                    Ok(Out::Data(at, bytes)) if positions => TermMsg::Output { at, bytes: bytes.to_vec() },
+                    Ok(Out::Data(_, bytes)) => TermMsg::Data(bytes.to_vec()),
                     Ok(Out::Event(json)) => TermMsg::Event(json.to_vec()),
                     Ok(Out::Exit(code)) => {
                         let _ = write_msg(&mut writer, &TermMsg::Exit { code }).await;
@@ -394,7 +420,7 @@ impl Hub {
                     ),
                     Err(broadcast::error::RecvError::Closed) => return None,
                 };
-                    if let TermMsg::Data(b) = &msg {
+                    if let TermMsg::Data(b) | TermMsg::Output { bytes: b, .. } = &msg {
                         shown += b.len() as u64;
                     }
                     if write_msg(&mut writer, &msg).await.is_err() {
@@ -494,7 +520,9 @@ impl Hub {
                             inner.scrollback.extend(&buf[..n]);
                             let excess = inner.scrollback.len().saturating_sub(SCROLLBACK_BYTES);
                             inner.scrollback.drain(..excess);
-                            let _ = t.out.send(Out::Data(buf[..n].to_vec().into()));
+                            let at = inner.written;
+                            inner.written += n as u64;
+                            let _ = t.out.send(Out::Data(at, buf[..n].to_vec().into()));
                         }
                     },
                     _ = t.kill.notified() => {

@@ -150,7 +150,7 @@ pub async fn serve(config: &TerminalConfig, stream: MuxStream, open: TerminalOpe
                     let _ = pty_in.resize(pty_process::Size::new(rows, cols));
                 }
                 TermMsg::Exit { .. } => break,
-                TermMsg::Event(_) | TermMsg::Control(_) => {}
+                TermMsg::Event(_) | TermMsg::Control(_) | TermMsg::Output { .. } => {}
             }
         }
     };

@@ -267,6 +267,7 @@ pub(crate) async fn list_terminals(
         attach: None,
         list: true,
         moderated: false,
+        positions: false,
     });
     let mut stream = state.tunnels.streams.open(session.id, &header).await?;
     let timeout = state.config.stream_setup_timeout;
@@ -474,6 +475,9 @@ async fn open_pty(
         attach: share.and_then(|s| s.attach),
         list: false,
         moderated: share.is_some_and(|s| s.moderated),
+        // Every participant's bridge on this node records what it brings
+        // that the recording lacks: one who falls behind loses nothing.
+        positions: share.is_some(),
     });
     Ok(state.tunnels.streams.open(session_id, &header).await?)
 }
@@ -554,6 +558,14 @@ impl Rec {
         match self {
             Rec::Own(r, _) => r.output(bytes).await,
             Rec::Shared(seat, _) => seat.output(bytes).await,
+        }
+    }
+
+    /// Output with its position: recorded where the recording lacks it.
+    async fn output_at(&mut self, at: u64, bytes: &[u8]) {
+        match self {
+            Rec::Own(r, _) => r.output_at(at, bytes).await,
+            Rec::Shared(seat, _) => seat.output_at(at, bytes).await,
         }
     }
 
@@ -846,15 +858,31 @@ async fn bridge(ctx: TerminalCtx, socket: WebSocket, upstream: TunnelStream) {
         let events_wanted = ctx.events;
         async move {
             let mut first = first;
+            let mut positioned = false;
             loop {
                 let msg = match first.take() {
                     Some(msg) => Ok(Some(msg)),
                     None => read_msg(&mut up_r).await,
                 };
                 match msg {
+                    Ok(Some(TermMsg::Output { at, bytes })) => {
+                        positioned = true;
+                        from_agent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                        rec.lock().await.output_at(at, &bytes).await;
+                        if bytes.is_empty() {
+                            continue;
+                        }
+                        if let Err(end) = to_browser.push(Message::Binary(bytes.into())) {
+                            return end;
+                        }
+                    }
                     Ok(Some(TermMsg::Data(bytes))) => {
                         from_agent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                        rec.lock().await.output(&bytes).await;
+                        // Once output comes with positions, plain data is
+                        // the agent's notice to this view alone.
+                        if !positioned {
+                            rec.lock().await.output(&bytes).await;
+                        }
                         if let Err(end) = to_browser.push(Message::Binary(bytes.into())) {
                             return end;
                         }

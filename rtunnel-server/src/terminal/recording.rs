@@ -1,8 +1,11 @@
 //! Terminal recordings (asciicast v2, up to `MAX_RECORDING_BYTES`): one
 //! [`Recorder`] per terminal. A shared terminal (several participants, see
 //! the agent's hub) is recorded once per node: the participants' bridges
-//! on this node share one [`Shared`] recorder, fed by one of them at a
-//! time, with who joined and left marked in it.
+//! on this node share one [`Shared`] recorder, with who joined and left
+//! marked in it. Every bridge feeds it the output its stream brings, by
+//! position in the shell's output ([`Recorder::output_at`]), so each byte
+//! is recorded once and a bridge that fell behind leaves no gap; with an
+//! agent that sends no positions, one bridge at a time feeds it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,6 +24,8 @@ pub(crate) struct Recorder {
     started: Instant,
     bytes: u64,
     truncated: bool,
+    /// With positioned output: the position up to which it is recorded.
+    position: Option<u64>,
 }
 
 impl Recorder {
@@ -36,6 +41,7 @@ impl Recorder {
             started: Instant::now(),
             bytes: 0,
             truncated: false,
+            position: None,
         };
         let header = r.cast.header(now_millis() / 1000, title);
         r.write(header).await;
@@ -50,6 +56,26 @@ impl Recorder {
         let t = self.now();
         if let Some(line) = self.cast.output(t, bytes) {
             self.write(line).await;
+        }
+    }
+
+    /// Output from position `at`: only what the recording does not hold
+    /// yet; output that went by unrecorded is marked as such.
+    pub(crate) async fn output_at(&mut self, at: u64, bytes: &[u8]) {
+        let end = at + bytes.len() as u64;
+        let new = match self.position {
+            Some(p) if end <= p => return,
+            Some(p) if at > p => {
+                let label = format!("{} bytes of output not recorded", at - p);
+                self.marker(&label).await;
+                bytes
+            }
+            Some(p) => &bytes[(p - at) as usize..],
+            None => bytes,
+        };
+        self.position = Some(end);
+        if !new.is_empty() {
+            self.output(new).await;
         }
     }
 
@@ -226,6 +252,11 @@ impl Seat {
         }
     }
 
+    /// Records positioned output, whichever bridge brings it first.
+    pub(crate) async fn output_at(&self, at: u64, bytes: &[u8]) {
+        self.shared.recorder.lock().await.output_at(at, bytes).await;
+    }
+
     /// Records a resize, if this bridge feeds the recording.
     pub(crate) async fn resize(&self, cols: u16, rows: u16) {
         if self.feeds() {
@@ -238,5 +269,77 @@ impl Seat {
         if self.feeds() {
             self.shared.recorder.lock().await.marker(label).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtunnel_core::store::StoreError;
+
+    /// Keeps the lines in memory.
+    struct Lines(Arc<std::sync::Mutex<Vec<String>>>);
+
+    #[async_trait::async_trait]
+    impl RecordingSink for Lines {
+        async fn line(&mut self, line: &str) -> Result<(), StoreError> {
+            self.0.lock().unwrap().push(line.to_owned());
+            Ok(())
+        }
+        async fn finish(
+            self: Box<Self>,
+            _: rtunnel_core::store::Millis,
+            _: bool,
+        ) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    /// The recording's output and markers, in order.
+    fn events(lines: &[String]) -> (String, Vec<String>) {
+        let (mut output, mut markers) = (String::new(), Vec::new());
+        for line in &lines[1..] {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            match v[1].as_str().unwrap() {
+                "o" => output.push_str(v[2].as_str().unwrap()),
+                "m" => markers.push(v[2].as_str().unwrap().to_owned()),
+                _ => {}
+            }
+        }
+        (output, markers)
+    }
+
+    #[tokio::test]
+    async fn positioned_output_is_recorded_once_whichever_bridge_brings_it() {
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recordings = SharedRecordings::default();
+        let key = (rtunnel_core::ids::SessionId::new(), Uuid::new_v4());
+        let start = || async {
+            let sink: Box<dyn RecordingSink> = Box::new(Lines(lines.clone()));
+            (
+                Uuid::new_v4(),
+                Recorder::start(Some(sink), 80, 24, "t").await,
+            )
+        };
+        let ahead = recordings.join(key, start).await;
+        let behind = recordings.join(key, start).await;
+        // The first to speak would be the only feeder of plain output;
+        // with positions, the one behind adds only what is new.
+        behind.output_at(0, b"hello ").await;
+        ahead.output_at(0, b"hello ").await;
+        ahead.output_at(6, b"wor").await;
+        behind.output_at(6, b"wor").await;
+        behind.output_at(3, b"lo world").await;
+        ahead.output_at(9, b"ld").await;
+        // The view that went on fell behind (skipped 4 bytes), the other
+        // left: what went by is marked, not lost silently.
+        recordings.leave(key, behind).await;
+        ahead.output_at(15, b"!\xe2\x9c").await;
+        ahead.output_at(18, b"\x93").await;
+        ahead.output_at(19, b"").await;
+        recordings.leave(key, ahead).await;
+        let (output, markers) = events(&lines.lock().unwrap());
+        assert_eq!(output, "hello world!\u{2713}");
+        assert_eq!(markers, ["4 bytes of output not recorded"]);
     }
 }
