@@ -26,6 +26,8 @@ pub struct ApiError {
     challenge: Option<&'static str>,
     /// `Retry-After`, for 429s.
     retry_after: Option<std::time::Duration>,
+    /// 426 to a WebSocket upgrade of another version: names version 13.
+    websocket_version: bool,
 }
 
 impl ApiError {
@@ -38,7 +40,21 @@ impl ApiError {
             internal: None,
             challenge: None,
             retry_after: None,
+            websocket_version: false,
         }
+    }
+
+    /// 426 `websocket_version_unsupported`: a WebSocket upgrade of a version
+    /// other than 13 (RFC 6455, section 4.4: the answer names the version
+    /// this server speaks).
+    pub fn websocket_version_unsupported() -> Self {
+        let mut e = Self::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "websocket_version_unsupported",
+            "this endpoint speaks WebSocket version 13 only",
+        );
+        e.websocket_version = true;
+        e
     }
 
     /// 400 with a code.
@@ -218,6 +234,14 @@ impl IntoResponse for ApiError {
                 HeaderValue::from_static("Bearer realm=\"rtunnel\"")
             };
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+        }
+        if self.websocket_version {
+            let headers = resp.headers_mut();
+            headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            headers.insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
         }
         if let Some(wait) = self.retry_after {
             resp.headers_mut()

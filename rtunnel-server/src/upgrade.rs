@@ -23,16 +23,25 @@ pub(crate) struct TunnelUpgrade {
     on_upgrade: hyper::upgrade::OnUpgrade,
 }
 
-/// The request is not a WebSocket upgrade: 400 `websocket_required`.
+/// The request is not a WebSocket upgrade this endpoint takes.
 #[derive(Debug)]
-pub(crate) struct NotAnUpgrade;
+pub(crate) enum NotAnUpgrade {
+    /// Not an upgrade at all: 400 `websocket_required`.
+    Missing,
+    /// An upgrade of another WebSocket version: 426
+    /// `websocket_version_unsupported`, naming version 13.
+    Version,
+}
 
 impl NotAnUpgrade {
     pub(crate) fn into_api_error(self) -> ApiError {
-        ApiError::bad_request(
-            "websocket_required",
-            "this endpoint only accepts WebSocket upgrades",
-        )
+        match self {
+            NotAnUpgrade::Missing => ApiError::bad_request(
+                "websocket_required",
+                "this endpoint only accepts WebSocket upgrades",
+            ),
+            NotAnUpgrade::Version => ApiError::websocket_version_unsupported(),
+        }
     }
 }
 
@@ -54,20 +63,21 @@ impl<S: Send + Sync> FromRequestParts<S> for TunnelUpgrade {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, NotAnUpgrade> {
         let headers = &parts.headers;
-        let valid = parts.method == Method::GET
+        let upgrade = parts.method == Method::GET
             && has_token(headers, header::CONNECTION, "upgrade")
-            && has_token(headers, header::UPGRADE, "websocket")
-            && headers
-                .get(header::SEC_WEBSOCKET_VERSION)
-                .is_some_and(|v| v.as_bytes() == b"13");
+            && has_token(headers, header::UPGRADE, "websocket");
         let key = headers.get(header::SEC_WEBSOCKET_KEY).cloned();
-        let (true, Some(key)) = (valid, key) else {
-            return Err(NotAnUpgrade);
+        let (true, Some(key)) = (upgrade, key) else {
+            return Err(NotAnUpgrade::Missing);
         };
+        let version = headers.get(header::SEC_WEBSOCKET_VERSION);
+        if !version.is_some_and(|v| v.as_bytes() == b"13") {
+            return Err(NotAnUpgrade::Version);
+        }
         let on_upgrade = parts
             .extensions
             .remove::<hyper::upgrade::OnUpgrade>()
-            .ok_or(NotAnUpgrade)?;
+            .ok_or(NotAnUpgrade::Missing)?;
         Ok(TunnelUpgrade { key, on_upgrade })
     }
 }

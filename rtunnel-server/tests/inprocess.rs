@@ -1026,6 +1026,42 @@ async fn closing_a_session_sends_websocket_close_code_4000() {
     drop(w.stream);
 }
 
+#[tokio::test]
+async fn a_forward_that_is_no_websocket_upgrade_or_another_version_is_told_why() {
+    let h = harness().await;
+    let (_, token) = user(&h, "wanda", Role::Admin).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/api/v1/sessions/{}/forward", h.base, h.session);
+    let upgrade = |version: Option<&str>| {
+        let mut req = http
+            .get(&url)
+            .bearer_auth(&token)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+        if let Some(v) = version {
+            req = req.header("sec-websocket-version", v);
+        }
+        req.send()
+    };
+    // Not an upgrade at all.
+    let resp = http.get(&url).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_envelope(&resp.json().await.unwrap(), "websocket_required");
+    // An upgrade of another version, or of none: 426 naming version 13
+    // (RFC 6455, section 4.4), with the Upgrade a 426 must carry.
+    for version in [Some("8"), Some("13, 8"), None] {
+        let resp = upgrade(version).await.unwrap();
+        assert_eq!(resp.status(), 426, "{version:?}");
+        assert_eq!(resp.headers()["sec-websocket-version"], "13");
+        assert_eq!(resp.headers()["upgrade"], "websocket");
+        assert_envelope(&resp.json().await.unwrap(), "websocket_version_unsupported");
+    }
+    // Version 13 goes through.
+    let resp = upgrade(Some("13")).await.unwrap();
+    assert_eq!(resp.status(), 101);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_past_the_per_tunnel_limit_are_refused_while_the_others_carry_on() {
     let h = harness_full(
