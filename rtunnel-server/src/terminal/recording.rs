@@ -62,7 +62,11 @@ impl Recorder {
     /// Output from position `at`: only what the recording does not hold
     /// yet; output that went by unrecorded is marked as such.
     pub(crate) async fn output_at(&mut self, at: u64, bytes: &[u8]) {
-        let end = at + bytes.len() as u64;
+        // (A position is the agent's word: one past the end of the
+        // counter is ignored, not wrapped.)
+        let Some(end) = at.checked_add(bytes.len() as u64) else {
+            return;
+        };
         let new = match self.position {
             Some(p) if end <= p => return,
             Some(p) if at > p => {
@@ -337,6 +341,7 @@ mod tests {
         ahead.output_at(15, b"!\xe2\x9c").await;
         ahead.output_at(18, b"\x93").await;
         ahead.output_at(19, b"").await;
+        ahead.output_at(u64::MAX, b"xy").await;
         recordings.leave(key, ahead).await;
         let (output, markers) = events(&lines.lock().unwrap());
         assert_eq!(output, "hello world!\u{2713}");
