@@ -144,6 +144,18 @@ impl Cast {
         Some(event(t, "o", &text))
     }
 
+    /// The start of a character still waiting for its end, as an output
+    /// event at `t` seconds (shown as a replacement character): for when
+    /// the output it would continue is known to be lost.
+    pub fn flush_partial(&mut self, t: f64) -> Option<String> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        let text = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending.clear();
+        Some(event(t, "o", &text))
+    }
+
     /// A resize event at `t` seconds.
     pub fn resize(&mut self, t: f64, cols: u16, rows: u16) -> String {
         self.cols = cols;

@@ -21,9 +21,10 @@
 //! across the streams of all a terminal's participants, which bytes it has
 //! recorded and which it has not (a participant who falls behind skips
 //! output; the agent then tells it in plain `data`, which is not the
-//! shell's). An agent asked for positions sends one `output` (the
-//! scrollback, perhaps empty) right after its `info` event, so the server
-//! knows from the start.
+//! shell's). An agent asked for positions sends the scrollback as
+//! `output` (at least one message, perhaps empty) right after its `info`
+//! event, so the server knows from the start; on one stream, positions
+//! never go back.
 //!
 //! [`TerminalOpen::positions`]: crate::proto::TerminalOpen::positions
 //!

@@ -237,6 +237,7 @@ impl IntoResponse for ApiError {
         }
         if self.websocket_version {
             let headers = resp.headers_mut();
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             headers.insert(
                 header::SEC_WEBSOCKET_VERSION,

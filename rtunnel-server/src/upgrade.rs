@@ -71,7 +71,7 @@ impl<S: Send + Sync> FromRequestParts<S> for TunnelUpgrade {
             return Err(NotAnUpgrade::Missing);
         };
         let version = headers.get(header::SEC_WEBSOCKET_VERSION);
-        if !version.is_some_and(|v| v.as_bytes() == b"13") {
+        if version.is_none_or(|v| v.as_bytes() != b"13") {
             return Err(NotAnUpgrade::Version);
         }
         let on_upgrade = parts

@@ -1055,6 +1055,7 @@ async fn a_forward_that_is_no_websocket_upgrade_or_another_version_is_told_why()
         assert_eq!(resp.status(), 426, "{version:?}");
         assert_eq!(resp.headers()["sec-websocket-version"], "13");
         assert_eq!(resp.headers()["upgrade"], "websocket");
+        assert_eq!(resp.headers()["connection"], "upgrade");
         assert_envelope(&resp.json().await.unwrap(), "websocket_version_unsupported");
     }
     // Version 13 goes through.

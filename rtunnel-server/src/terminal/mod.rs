@@ -564,7 +564,7 @@ impl Rec {
     /// Output with its position: recorded where the recording lacks it.
     async fn output_at(&mut self, at: u64, bytes: &[u8]) {
         match self {
-            Rec::Own(r, _) => r.output_at(at, bytes).await,
+            Rec::Own(r, _) => r.output_at(0, at, bytes).await,
             Rec::Shared(seat, _) => seat.output_at(at, bytes).await,
         }
     }
@@ -856,9 +856,11 @@ async fn bridge(ctx: TerminalCtx, socket: WebSocket, upstream: TunnelStream) {
         let rec = rec.clone();
         let from_agent = from_agent.clone();
         let events_wanted = ctx.events;
+        let shared = ctx.shared;
         async move {
             let mut first = first;
-            let mut positioned = false;
+            // Where this stream's positioned output is up to.
+            let mut positioned: Option<u64> = None;
             loop {
                 let msg = match first.take() {
                     Some(msg) => Ok(Some(msg)),
@@ -866,7 +868,17 @@ async fn bridge(ctx: TerminalCtx, socket: WebSocket, upstream: TunnelStream) {
                 };
                 match msg {
                     Ok(Some(TermMsg::Output { at, bytes })) => {
-                        positioned = true;
+                        // Positions only where asked for, and never back:
+                        // output a stream went past is not brought again.
+                        if !shared || positioned.is_some_and(|end| at < end) {
+                            tracing::warn!(
+                                at,
+                                after = positioned,
+                                "the agent broke the terminal protocol: output out of place"
+                            );
+                            return End::AgentGone;
+                        }
+                        positioned = Some(at.saturating_add(bytes.len() as u64));
                         from_agent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                         rec.lock().await.output_at(at, &bytes).await;
                         if bytes.is_empty() {
@@ -880,7 +892,7 @@ async fn bridge(ctx: TerminalCtx, socket: WebSocket, upstream: TunnelStream) {
                         from_agent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                         // Once output comes with positions, plain data is
                         // the agent's notice to this view alone.
-                        if !positioned {
+                        if positioned.is_none() {
                             rec.lock().await.output(&bytes).await;
                         }
                         if let Err(end) = to_browser.push(Message::Binary(bytes.into())) {

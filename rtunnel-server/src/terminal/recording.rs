@@ -7,7 +7,7 @@
 //! is recorded once and a bridge that fell behind leaves no gap; with an
 //! agent that sends no positions, one bridge at a time feeds it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
@@ -17,6 +17,26 @@ use rtunnel_core::store::now_millis;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
+/// Most output a recording holds past a gap, waiting for a slower
+/// participant's stream to bring what lies before it: about what the agent
+/// lets one participant fall behind (256 messages of up to 16 KiB) before
+/// that participant skips ahead.
+const MAX_AHEAD_BYTES: usize = 4 * 1024 * 1024;
+
+/// Output that comes with positions, from the streams of several
+/// participants, each behind or ahead of the others.
+#[derive(Default)]
+struct Positions {
+    /// The next position to record (`None`: nothing recorded yet).
+    next: Option<u64>,
+    /// Output past `next`, held until a stream brings what lies before it
+    /// or none can any more.
+    ahead: BTreeMap<u64, Vec<u8>>,
+    ahead_bytes: usize,
+    /// How far each stream (by feeder key) has brought the output.
+    feeders: HashMap<u64, u64>,
+}
+
 /// Writes the terminal's asciicast recording, up to its size limit.
 pub(crate) struct Recorder {
     sink: Option<Box<dyn RecordingSink>>,
@@ -24,8 +44,7 @@ pub(crate) struct Recorder {
     started: Instant,
     bytes: u64,
     truncated: bool,
-    /// With positioned output: the position up to which it is recorded.
-    position: Option<u64>,
+    positions: Positions,
 }
 
 impl Recorder {
@@ -41,7 +60,7 @@ impl Recorder {
             started: Instant::now(),
             bytes: 0,
             truncated: false,
-            position: None,
+            positions: Positions::default(),
         };
         let header = r.cast.header(now_millis() / 1000, title);
         r.write(header).await;
@@ -59,27 +78,74 @@ impl Recorder {
         }
     }
 
-    /// Output from position `at`: only what the recording does not hold
-    /// yet; output that went by unrecorded is marked as such.
-    pub(crate) async fn output_at(&mut self, at: u64, bytes: &[u8]) {
+    /// Output from position `at`, brought by the stream `feeder`: what the
+    /// recording does not hold yet is written, or held while a slower
+    /// stream may still bring what lies before it. Output that no stream
+    /// brought is marked as not recorded.
+    pub(crate) async fn output_at(&mut self, feeder: u64, at: u64, bytes: &[u8]) {
         // (A position is the agent's word: one past the end of the
         // counter is ignored, not wrapped.)
         let Some(end) = at.checked_add(bytes.len() as u64) else {
             return;
         };
-        let new = match self.position {
-            Some(p) if end <= p => return,
-            Some(p) if at > p => {
-                let label = format!("{} bytes of output not recorded", at - p);
-                self.marker(&label).await;
-                bytes
+        let p = &mut self.positions;
+        let upto = p.feeders.entry(feeder).or_insert(end);
+        *upto = (*upto).max(end);
+        let next = *p.next.get_or_insert(at);
+        if at > next {
+            if !bytes.is_empty() {
+                let held = p.ahead.entry(at).or_default();
+                if held.len() < bytes.len() {
+                    p.ahead_bytes += bytes.len() - held.len();
+                    *held = bytes.to_vec();
+                }
             }
-            Some(p) => &bytes[(p - at) as usize..],
-            None => bytes,
-        };
-        self.position = Some(end);
-        if !new.is_empty() {
-            self.output(new).await;
+        } else if end > next {
+            p.next = Some(end);
+            self.output(&bytes[(next - at) as usize..]).await;
+        }
+        self.catch_up(false).await;
+    }
+
+    /// A stream brings no more output: what only it could have brought is
+    /// lost.
+    pub(crate) async fn feeder_left(&mut self, feeder: u64) {
+        self.positions.feeders.remove(&feeder);
+        self.catch_up(false).await;
+    }
+
+    /// Writes the held output that can go: what follows on from the
+    /// recording, and past a gap once no stream may still fill it (they
+    /// are all past it, or too much is held), or `all` of it.
+    async fn catch_up(&mut self, all: bool) {
+        loop {
+            let p = &mut self.positions;
+            let (Some(next), Some((&at, _))) = (p.next, p.ahead.first_key_value()) else {
+                return;
+            };
+            if at > next {
+                let may_come = p.feeders.values().any(|&upto| upto <= next);
+                if may_come && !all && p.ahead_bytes <= MAX_AHEAD_BYTES {
+                    return;
+                }
+                p.next = Some(at);
+                let t = self.now();
+                if let Some(line) = self.cast.flush_partial(t) {
+                    self.write(line).await;
+                }
+                let label = format!("{} bytes of output not recorded", at - next);
+                self.marker(&label).await;
+                continue;
+            }
+            let Some((at, bytes)) = p.ahead.pop_first() else {
+                return;
+            };
+            p.ahead_bytes -= bytes.len();
+            let end = at + bytes.len() as u64;
+            if end > next {
+                p.next = Some(end);
+                self.output(&bytes[(next - at) as usize..]).await;
+            }
         }
     }
 
@@ -95,7 +161,7 @@ impl Recorder {
         };
         if self.bytes + line.len() as u64 + 1 > MAX_RECORDING_BYTES {
             self.truncated = true;
-            self.finish().await;
+            self.close().await;
             return;
         }
         self.bytes += line.len() as u64 + 1;
@@ -105,7 +171,13 @@ impl Recorder {
         }
     }
 
+    /// Writes what is held, then completes the recording.
     pub(crate) async fn finish(&mut self) {
+        self.catch_up(true).await;
+        self.close().await;
+    }
+
+    async fn close(&mut self) {
         if let Some(sink) = self.sink.take()
             && let Err(e) = sink.finish(now_millis(), self.truncated).await
         {
@@ -223,8 +295,10 @@ impl SharedRecordings {
             }
             last
         };
+        let mut recorder = seat.shared.recorder.lock().await;
+        recorder.feeder_left(seat.key).await;
         if last {
-            seat.shared.recorder.lock().await.finish().await;
+            recorder.finish().await;
         }
     }
 }
@@ -258,7 +332,8 @@ impl Seat {
 
     /// Records positioned output, whichever bridge brings it first.
     pub(crate) async fn output_at(&self, at: u64, bytes: &[u8]) {
-        self.shared.recorder.lock().await.output_at(at, bytes).await;
+        let mut recorder = self.shared.recorder.lock().await;
+        recorder.output_at(self.key, at, bytes).await;
     }
 
     /// Records a resize, if this bridge feeds the recording.
@@ -313,20 +388,31 @@ mod tests {
         (output, markers)
     }
 
-    #[tokio::test]
-    async fn positioned_output_is_recorded_once_whichever_bridge_brings_it() {
+    /// A recording of one shared terminal, and its lines.
+    type LinesOf = Arc<std::sync::Mutex<Vec<String>>>;
+
+    async fn shared_seats(n: usize) -> (SharedRecordings, TerminalKey, Vec<Seat>, LinesOf) {
         let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
         let recordings = SharedRecordings::default();
         let key = (rtunnel_core::ids::SessionId::new(), Uuid::new_v4());
-        let start = || async {
-            let sink: Box<dyn RecordingSink> = Box::new(Lines(lines.clone()));
-            (
-                Uuid::new_v4(),
-                Recorder::start(Some(sink), 80, 24, "t").await,
-            )
-        };
-        let ahead = recordings.join(key, start).await;
-        let behind = recordings.join(key, start).await;
+        let mut seats = Vec::new();
+        for _ in 0..n {
+            let start = || async {
+                let sink: Box<dyn RecordingSink> = Box::new(Lines(lines.clone()));
+                (
+                    Uuid::new_v4(),
+                    Recorder::start(Some(sink), 80, 24, "t").await,
+                )
+            };
+            seats.push(recordings.join(key, start).await);
+        }
+        (recordings, key, seats, lines)
+    }
+
+    #[tokio::test]
+    async fn positioned_output_is_recorded_once_whichever_bridge_brings_it() {
+        let (recordings, key, mut seats, lines) = shared_seats(2).await;
+        let (ahead, behind) = (seats.remove(0), seats.remove(0));
         // The first to speak would be the only feeder of plain output;
         // with positions, the one behind adds only what is new.
         behind.output_at(0, b"hello ").await;
@@ -345,6 +431,76 @@ mod tests {
         recordings.leave(key, ahead).await;
         let (output, markers) = events(&lines.lock().unwrap());
         assert_eq!(output, "hello world!\u{2713}");
+        assert_eq!(markers, ["4 bytes of output not recorded"]);
+    }
+
+    #[tokio::test]
+    async fn output_past_a_gap_waits_for_the_stream_that_is_behind() {
+        let (recordings, key, mut seats, lines) = shared_seats(2).await;
+        let (first, joiner) = (seats.remove(0), seats.remove(0));
+        first.output_at(0, b"aaaa").await;
+        // Someone joins: their scrollback (from 8) reaches the server
+        // before the first participant's backlog (4 to 8) does.
+        joiner.output_at(8, b"cccc").await;
+        joiner.output_at(12, b"dd").await;
+        first.output_at(4, b"bbbb").await;
+        first.output_at(8, b"cccc").await;
+        recordings.leave(key, first).await;
+        recordings.leave(key, joiner).await;
+        let (output, markers) = events(&lines.lock().unwrap());
+        assert_eq!(output, "aaaabbbbccccdd");
+        assert!(markers.is_empty(), "{markers:?}");
+    }
+
+    #[tokio::test]
+    async fn a_gap_nobody_fills_is_marked_when_they_are_all_past_it_or_too_much_waits() {
+        // The stream behind skips past the gap: nobody can fill it. (A
+        // character begun before it is not glued to what follows.)
+        let (recordings, key, mut seats, lines) = shared_seats(2).await;
+        let (a, b) = (seats.remove(0), seats.remove(0));
+        a.output_at(0, b"x\xe2\x9c").await;
+        b.output_at(0, b"x\xe2\x9c").await;
+        b.output_at(10, b"after").await;
+        a.output_at(12, b"ter").await;
+        recordings.leave(key, a).await;
+        recordings.leave(key, b).await;
+        let (output, markers) = events(&lines.lock().unwrap());
+        assert_eq!(output, "x\u{fffd}after");
+        assert_eq!(markers, ["7 bytes of output not recorded"]);
+
+        // The stream behind brings nothing more: the rest waits, up to its
+        // bound, then is written after the mark.
+        let (recordings, key, mut seats, lines) = shared_seats(2).await;
+        let (stuck, b) = (seats.remove(0), seats.remove(0));
+        stuck.output_at(0, b"s").await;
+        let chunk = vec![b'z'; 16 * 1024];
+        let mut at = 100;
+        while at < 100 + MAX_AHEAD_BYTES as u64 {
+            b.output_at(at, &chunk).await;
+            at += chunk.len() as u64;
+        }
+        let (output, markers) = events(&lines.lock().unwrap());
+        assert_eq!(
+            (output.as_str(), markers.len()),
+            ("s", 0),
+            "held, not written"
+        );
+        b.output_at(at, &chunk).await;
+        let (output, markers) = events(&lines.lock().unwrap());
+        assert_eq!(markers, ["99 bytes of output not recorded"]);
+        assert_eq!(output.len(), 1 + MAX_AHEAD_BYTES + chunk.len());
+        recordings.leave(key, stuck).await;
+        recordings.leave(key, b).await;
+
+        // What is held when the last one leaves is written, not dropped.
+        let (recordings, key, mut seats, lines) = shared_seats(2).await;
+        let (stuck, b) = (seats.remove(0), seats.remove(0));
+        stuck.output_at(0, b"s").await;
+        b.output_at(5, b"end").await;
+        recordings.leave(key, b).await;
+        recordings.leave(key, stuck).await;
+        let (output, markers) = events(&lines.lock().unwrap());
+        assert_eq!(output, "send");
         assert_eq!(markers, ["4 bytes of output not recorded"]);
     }
 }
