@@ -189,15 +189,16 @@ for _ in $(seq 200); do
     sleep 0.05
 done
 [ -n "$session" ] || { echo "bench: the agent did not connect" >&2; cat "$work"/rtunnel-*.log >&2; exit 1; }
-forwards() { # SERVER-PORT LOG-SUFFIX IPERF-PORT REDIS-PORT; sets forward_pid (redis)
+forwards() { # SERVER-PORT LOG-SUFFIX IPERF-PORT REDIS-PORT; sets forward_pids (both)
     local pair
+    forward_pids=()
     for pair in "iperf:$3" "redis:$4"; do
         # shellcheck disable=SC2086
         RTUNNEL_TOKEN="$token" env ${BENCH_FORWARD_ENV:-} "$agent_bin" forward --server "http://127.0.0.1:$1" \
             --session "$session" --service "${pair%%:*}" --listen "127.0.0.1:${pair##*:}" \
             >"$work/rtunnel-forward-${pair%%:*}$2.log" 2>&1 &
         pids+=($!)
-        [ "${pair%%:*}" = redis ] && forward_pid=$!
+        forward_pids+=($!)
         wait_port "${pair##*:}"
     done
 }
@@ -205,7 +206,7 @@ rt_iperf=$(port)
 rt_redis=$(port)
 forwards "$rt_port" "" "$rt_iperf" "$rt_redis"
 cross_pids=("${rtunnel_pids[@]}")
-rtunnel_pids+=("$forward_pid")
+rtunnel_pids+=("${forward_pids[@]}")
 if [ "$nodes" = 2 ]; then
     rt_port_b=$(port)
     rt_serve "$rt_port_b" node-b "$work/rtunnel-server-b.log"
@@ -215,7 +216,7 @@ if [ "$nodes" = 2 ]; then
     cross_iperf=$(port)
     cross_redis=$(port)
     forwards "$rt_port_b" "-b" "$cross_iperf" "$cross_redis"
-    cross_pids+=("$forward_pid")
+    cross_pids+=("${forward_pids[@]}")
 fi
 
 # The measurements.
@@ -236,6 +237,9 @@ cpu_ticks() { # PID... -> user+system clock ticks of those processes
         total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
     done
     echo "$total"
+}
+process_name() { # PID -> the program and its first words, to tell processes apart
+    tr '\0' ' ' <"/proc/$1/cmdline" | awk '{ n = split($1, p, "/"); w = p[n] " " $2; for (i = 3; i <= NF; i++) if ($i ~ /^--(node-id|service)$/) w = w " " $(i + 1); print w }'
 }
 per_request_us() { # TICKS-BEFORE TICKS-AFTER -> CPU microseconds per request
     python3 -c "print('%.0f' % (($2 - $1) * 1e6 / $(getconf CLK_TCK) / $requests))"
@@ -293,9 +297,15 @@ for p in "${paths[@]}"; do
         [ "$perf_phase" = tput ] && perf_stop
         # shellcheck disable=SC2086 # a list of pids
         before=$(cpu_ticks ${cpu_of[$p]})
+        declare -A before_of=()
+        for pid in ${cpu_of[$p]}; do before_of[$pid]=$(cpu_ticks "$pid"); done
         result[$p,tput8]=$(iperf "${iperf_at[$p]}" 8)
         # shellcheck disable=SC2086
         result[$p,tput8cpu]=$(per_gigabyte_ms "$before" "$(cpu_ticks ${cpu_of[$p]})" "${result[$p,tput8]}")
+        # Each process's share (stderr), to tell which hop costs what.
+        for pid in ${cpu_of[$p]}; do
+            echo "bench: $p: CPU per GB moved, $(process_name "$pid"): $(per_gigabyte_ms "${before_of[$pid]}" "$(cpu_ticks "$pid")" "${result[$p,tput8]}") ms" >&2
+        done
     fi
     if runs ping; then
         [ "$perf_phase" = ping ] && perf_start "$p" ping-one-client
