@@ -261,6 +261,20 @@ perf_stop() {
     kill -INT "$perf_pid" && wait "$perf_pid" || true
 }
 
+# Each process's share of a measure (stderr), to tell which hop costs what.
+declare -A share_before=()
+shares_start() { # PATH
+    local pid
+    for pid in ${cpu_of[$1]}; do share_before[$pid]=$(cpu_ticks "$pid"); done
+}
+shares_print() { # PATH LABEL per_request_us|per_gigabyte_ms [GBIT/S]
+    local pid words=()
+    for pid in ${cpu_of[$1]}; do
+        words+=("$(process_name "$pid") $("$3" "${share_before[$pid]}" "$(cpu_ticks "$pid")" ${4:+"$4"})")
+    done
+    echo "bench: $1: $2 by process: $(IFS=,; echo "${words[*]}" | sed 's/,/, /g')" >&2
+}
+
 declare -A result
 declare -A cpu_of=([raw]="" [rathole]="${rathole_pids[*]}" [rtunnel]="${rtunnel_pids[*]}")
 declare -A iperf_at=([raw]=$iperf_port [rathole]=$rh_iperf [rtunnel]=$rt_iperf)
@@ -297,15 +311,11 @@ for p in "${paths[@]}"; do
         [ "$perf_phase" = tput ] && perf_stop
         # shellcheck disable=SC2086 # a list of pids
         before=$(cpu_ticks ${cpu_of[$p]})
-        declare -A before_of=()
-        for pid in ${cpu_of[$p]}; do before_of[$pid]=$(cpu_ticks "$pid"); done
+        shares_start "$p"
         result[$p,tput8]=$(iperf "${iperf_at[$p]}" 8)
         # shellcheck disable=SC2086
         result[$p,tput8cpu]=$(per_gigabyte_ms "$before" "$(cpu_ticks ${cpu_of[$p]})" "${result[$p,tput8]}")
-        # Each process's share (stderr), to tell which hop costs what.
-        for pid in ${cpu_of[$p]}; do
-            echo "bench: $p: CPU per GB moved, $(process_name "$pid"): $(per_gigabyte_ms "${before_of[$pid]}" "$(cpu_ticks "$pid")" "${result[$p,tput8]}") ms" >&2
-        done
+        shares_print "$p" "CPU per GB moved (ms)" per_gigabyte_ms "${result[$p,tput8]}"
     fi
     if runs ping; then
         [ "$perf_phase" = ping ] && perf_start "$p" ping-one-client
@@ -313,18 +323,22 @@ for p in "${paths[@]}"; do
         [ "$perf_phase" = ping ] && perf_stop
         # shellcheck disable=SC2086 # a list of pids
         before=$(cpu_ticks ${cpu_of[$p]})
+        shares_start "$p"
         read -r "result[$p,ping50]" _ <<<"$(redis_ping "${redis_at[$p]}" 50 1)"
         # shellcheck disable=SC2086
         result[$p,ping50cpu]=$(per_request_us "$before" "$(cpu_ticks ${cpu_of[$p]})")
+        shares_print "$p" "CPU per PING, 50 clients (us)" per_request_us
     fi
     if runs new; then
         # shellcheck disable=SC2086 # a list of pids
         before=$(cpu_ticks ${cpu_of[$p]})
+        shares_start "$p"
         [ "$perf_phase" = new ] && perf_start "$p" new-connections
         read -r "result[$p,new10]" "result[$p,new10p50]" <<<"$(redis_ping "${redis_at[$p]}" 10 0)"
         [ "$perf_phase" = new ] && perf_stop
         # shellcheck disable=SC2086
         result[$p,new10cpu]=$(per_request_us "$before" "$(cpu_ticks ${cpu_of[$p]})")
+        shares_print "$p" "CPU per new connection (us)" per_request_us
         # One client alone: how long opening a connection takes when the
         # machine is not saturated (round trips, not CPU).
         read -r _ "result[$p,new1p50]" <<<"$(redis_ping "${redis_at[$p]}" 1 0 $((requests / 20)))"
