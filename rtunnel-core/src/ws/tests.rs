@@ -513,3 +513,106 @@ fn header_values_cannot_smuggle_lines() {
     assert!(request.clone().header("bad name", "v").is_err());
     assert!(handshake::ClientRequest::from_url("http://h/x").is_err());
 }
+
+/// A connection that takes at most `limit` bytes per write, vectored, and
+/// says "not now" to every other write.
+struct Choppy {
+    written: Vec<u8>,
+    limit: usize,
+    calls: usize,
+}
+
+impl AsyncRead for Choppy {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        _: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Poll::Pending
+    }
+}
+
+impl AsyncWrite for Choppy {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.poll_write_vectored(cx, &[std::io::IoSlice::new(buf)])
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.calls += 1;
+        if self.calls % 2 == 0 {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        let mut n = 0;
+        for b in bufs {
+            let take = b.len().min(self.limit - n);
+            self.written.extend_from_slice(&b[..take]);
+            n += take;
+        }
+        Poll::Ready(Ok(n))
+    }
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn a_server_writes_large_payloads_from_the_callers_buffer_however_little_the_connection_takes()
+ {
+    const FRAME: usize = 256 * 1024;
+    for limit in [1, 7, 13, 100, 5000, 70_000, FRAME + 100, 4 << 20] {
+        let choppy = Choppy {
+            written: Vec::new(),
+            limit,
+            calls: 0,
+        };
+        let mut ours = WsStream::new(choppy, Role::Server, &[]);
+        let mut sent = Vec::new();
+        for i in 0..3u8 {
+            // As yamux writes a frame: a 12-byte header, then the body.
+            let header = [i; 12];
+            let body: Vec<u8> = (0..FRAME + i as usize)
+                .map(|k| (k % 251) as u8 ^ i)
+                .collect();
+            ours.write_all(&header).await.unwrap();
+            ours.write_all(&body).await.unwrap();
+            if limit == 4 << 20 && i == 0 {
+                // The body went at once, with the header queued before
+                // it, in one write: nothing waits for the flush.
+                let written = ours.get_ref().written.len();
+                assert_eq!(written, 2 + 12 + 10 + FRAME, "not through the buffer");
+                assert!(ours.buffered_capacity() <= 4096);
+            }
+            ours.flush().await.unwrap();
+            sent.extend_from_slice(&header);
+            sent.extend_from_slice(&body);
+        }
+        // What went out reads back as the same bytes, in whole frames.
+        let bytes = ours.get_ref().written.clone();
+        let (mut a, b) = tokio::io::duplex(bytes.len() + 1);
+        a.write_all(&bytes).await.unwrap();
+        drop(a);
+        let mut reader = WsStream::new(b, Role::Client, &[]);
+        let mut got = Vec::new();
+        reader.read_to_end(&mut got).await.unwrap();
+        assert!(
+            got == sent,
+            "limit {limit}: {} bytes of {}",
+            got.len(),
+            sent.len()
+        );
+    }
+}
