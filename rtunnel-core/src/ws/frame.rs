@@ -188,8 +188,8 @@ pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
     }
 }
 
-/// Appends `payload` XORed with `key` to `out`: copying and masking in one
-/// pass.
+/// Appends `payload` XORed with `key` to `out` (a copy, then the mask
+/// applied to it in place, while it is still in cache).
 pub fn extend_masked(out: &mut Vec<u8>, payload: &[u8], key: [u8; 4]) {
     let start = out.len();
     out.extend_from_slice(payload);

@@ -14,7 +14,9 @@
 //!   into messages; Ping is answered, Pong and Text are skipped. A Close
 //!   frame, or the connection's end between frames, is end of file.
 //! - Writes are framed into one buffer and sent on flush, so a yamux frame
-//!   (header and body written separately) leaves in one system call.
+//!   (header and body written separately) leaves in one system call; a
+//!   server's large write leaves from the caller's buffer, in one vectored
+//!   write with what is queued before it.
 //! - The close codes sent and received are shared through a
 //!   [`CloseHandle`].
 

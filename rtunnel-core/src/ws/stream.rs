@@ -71,7 +71,10 @@ enum Incoming {
 ///   than [`MAX_WS_MESSAGE_BYTES`] are refused (close code 1009).
 /// - Writes are framed into one buffer and sent on flush (or once
 ///   64 KiB wait), so a multiplexer's header and body leave in one system
-///   call; a drained buffer larger than 4 KiB is let go.
+///   call; a drained buffer larger than 4 KiB is let go. A server's write
+///   of 16 KiB or more (and a connection that takes vectored writes) goes
+///   from the caller's buffer in one vectored write, behind what is
+///   queued: only what the connection does not take is copied.
 /// - Reading may write (a Pong, the answering Close): both directions must
 ///   be polled from one task, as a multiplexer's driver does; do not split
 ///   the stream between tasks.
