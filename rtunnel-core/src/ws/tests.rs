@@ -546,7 +546,7 @@ impl AsyncWrite for Choppy {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         self.calls += 1;
-        if self.calls % 2 == 0 {
+        if self.calls.is_multiple_of(2) {
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
