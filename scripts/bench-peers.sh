@@ -21,7 +21,8 @@
 # phase in BENCH_ONLY, one file per path; BENCH_PERF_ARGS replaces `-g`,
 # e.g. `--call-graph dwarf` for builds without frame pointers), BENCH_SERVER_ENV,
 # BENCH_AGENT_ENV, BENCH_FORWARD_ENV (NAME=VALUE words for that process,
-# e.g. TOKIO_WORKER_THREADS=1). BENCH_NODES=2 runs rtunnel as a two-node
+# e.g. TOKIO_WORKER_THREADS=1), BENCH_RUNS (runs of every path, interleaved,
+# default 1: the table shows each measure's median). BENCH_NODES=2 runs rtunnel as a two-node
 # cluster (a Redis of its own, one data directory) and adds the path
 # "cross": `forward` on node B, the agent's tunnel on node A, the stream
 # carried over the node mesh; its ratio to the local path is printed.
@@ -300,49 +301,58 @@ done
 [ "${#phases[@]}" -gt 0 ] || { echo "bench: BENCH_ONLY names no phase" >&2; exit 2; }
 runs() { [[ " ${phases[*]} " == *" $1 "* ]]; }
 perf_phase=${phases[0]}
-for p in "${paths[@]}"; do
-    echo "bench: $p" >&2
-    for k in tput1 tput8 tput8cpu ping1 ping50 ping50cpu new10 new10p50 new10cpu new1p50; do
-        result[$p,$k]=0
+keys=(tput1 tput8 tput8cpu ping1 ping50 ping50cpu new10 new10p50 new10cpu new1p50)
+# BENCH_RUNS runs of every path, interleaved (each path once, then again):
+# the table shows each measure's median.
+bench_runs=${BENCH_RUNS:-1}
+for p in "${paths[@]}"; do for k in "${keys[@]}"; do result[$p,$k]=""; done; done
+for run in $(seq "$bench_runs"); do
+    # perf records the first run only.
+    [ "$run" = 1 ] || perf_phase=none
+    for p in "${paths[@]}"; do
+        echo "bench: $p (run $run of $bench_runs)" >&2
+        declare -A cur=()
+        for k in "${keys[@]}"; do cur[$k]=0; done
+        if runs tput; then
+            [ "$perf_phase" = tput ] && perf_start "$p" one-stream
+            cur[tput1]=$(iperf "${iperf_at[$p]}" 1)
+            [ "$perf_phase" = tput ] && perf_stop
+            # shellcheck disable=SC2086 # a list of pids
+            before=$(cpu_ticks ${cpu_of[$p]})
+            shares_start "$p"
+            cur[tput8]=$(iperf "${iperf_at[$p]}" 8)
+            # shellcheck disable=SC2086
+            cur[tput8cpu]=$(per_gigabyte_ms "$before" "$(cpu_ticks ${cpu_of[$p]})" "${cur[tput8]}")
+            shares_print "$p" "CPU per GB moved (ms)" per_gigabyte_ms "${cur[tput8]}"
+        fi
+        if runs ping; then
+            [ "$perf_phase" = ping ] && perf_start "$p" ping-one-client
+            read -r "cur[ping1]" _ <<<"$(redis_ping "${redis_at[$p]}" 1 1)"
+            [ "$perf_phase" = ping ] && perf_stop
+            # shellcheck disable=SC2086 # a list of pids
+            before=$(cpu_ticks ${cpu_of[$p]})
+            shares_start "$p"
+            read -r "cur[ping50]" _ <<<"$(redis_ping "${redis_at[$p]}" 50 1)"
+            # shellcheck disable=SC2086
+            cur[ping50cpu]=$(per_request_us "$before" "$(cpu_ticks ${cpu_of[$p]})")
+            shares_print "$p" "CPU per PING, 50 clients (us)" per_request_us
+        fi
+        if runs new; then
+            # shellcheck disable=SC2086 # a list of pids
+            before=$(cpu_ticks ${cpu_of[$p]})
+            shares_start "$p"
+            [ "$perf_phase" = new ] && perf_start "$p" new-connections
+            read -r "cur[new10]" "cur[new10p50]" <<<"$(redis_ping "${redis_at[$p]}" 10 0)"
+            [ "$perf_phase" = new ] && perf_stop
+            # shellcheck disable=SC2086
+            cur[new10cpu]=$(per_request_us "$before" "$(cpu_ticks ${cpu_of[$p]})")
+            shares_print "$p" "CPU per new connection (us)" per_request_us
+            # One client alone: how long opening a connection takes when the
+            # machine is not saturated (round trips, not CPU).
+            read -r _ "cur[new1p50]" <<<"$(redis_ping "${redis_at[$p]}" 1 0 $((requests / 20)))"
+        fi
+        for k in "${keys[@]}"; do result[$p,$k]+=" ${cur[$k]}"; done
     done
-    if runs tput; then
-        [ "$perf_phase" = tput ] && perf_start "$p" one-stream
-        result[$p,tput1]=$(iperf "${iperf_at[$p]}" 1)
-        [ "$perf_phase" = tput ] && perf_stop
-        # shellcheck disable=SC2086 # a list of pids
-        before=$(cpu_ticks ${cpu_of[$p]})
-        shares_start "$p"
-        result[$p,tput8]=$(iperf "${iperf_at[$p]}" 8)
-        # shellcheck disable=SC2086
-        result[$p,tput8cpu]=$(per_gigabyte_ms "$before" "$(cpu_ticks ${cpu_of[$p]})" "${result[$p,tput8]}")
-        shares_print "$p" "CPU per GB moved (ms)" per_gigabyte_ms "${result[$p,tput8]}"
-    fi
-    if runs ping; then
-        [ "$perf_phase" = ping ] && perf_start "$p" ping-one-client
-        read -r "result[$p,ping1]" _ <<<"$(redis_ping "${redis_at[$p]}" 1 1)"
-        [ "$perf_phase" = ping ] && perf_stop
-        # shellcheck disable=SC2086 # a list of pids
-        before=$(cpu_ticks ${cpu_of[$p]})
-        shares_start "$p"
-        read -r "result[$p,ping50]" _ <<<"$(redis_ping "${redis_at[$p]}" 50 1)"
-        # shellcheck disable=SC2086
-        result[$p,ping50cpu]=$(per_request_us "$before" "$(cpu_ticks ${cpu_of[$p]})")
-        shares_print "$p" "CPU per PING, 50 clients (us)" per_request_us
-    fi
-    if runs new; then
-        # shellcheck disable=SC2086 # a list of pids
-        before=$(cpu_ticks ${cpu_of[$p]})
-        shares_start "$p"
-        [ "$perf_phase" = new ] && perf_start "$p" new-connections
-        read -r "result[$p,new10]" "result[$p,new10p50]" <<<"$(redis_ping "${redis_at[$p]}" 10 0)"
-        [ "$perf_phase" = new ] && perf_stop
-        # shellcheck disable=SC2086
-        result[$p,new10cpu]=$(per_request_us "$before" "$(cpu_ticks ${cpu_of[$p]})")
-        shares_print "$p" "CPU per new connection (us)" per_request_us
-        # One client alone: how long opening a connection takes when the
-        # machine is not saturated (round trips, not CPU).
-        read -r _ "result[$p,new1p50]" <<<"$(redis_ping "${redis_at[$p]}" 1 0 $((requests / 20)))"
-    fi
 done
 
 python3 - "$(nproc)" <<EOF
@@ -359,9 +369,13 @@ rows = [
     ("  CPU of the path's processes per request (us)", "new10cpu"),
     ("new connection + PING, 1 client: p50 latency (ms)", "new1p50"),
 ]
-r = {
-$(for p in "${paths[@]}"; do for k in tput1 tput8 tput8cpu ping1 ping50 ping50cpu new10 new10p50 new10cpu new1p50; do echo "    ('$p', '$k'): ${result[$p,$k]},"; done; done)
+import statistics
+runs = {
+$(for p in "${paths[@]}"; do for k in "${keys[@]}"; do echo "    ('$p', '$k'): [$(tr ' ' ',' <<<"${result[$p,$k]# }")],"; done; done)
 }
+r = {key: round(statistics.median(values), 3) for key, values in runs.items()}
+if $bench_runs > 1:
+    print(f"(median of $bench_runs interleaved runs)")
 names = {"raw": "raw loopback", "rathole": "rathole 0.5", "rtunnel": "rtunnel forward",
          "cross": "rtunnel via another node"}
 paths = [p for p in names if any(k[0] == p for k in r)]
