@@ -18,37 +18,59 @@ else
     BIN=$root/target/release
 fi
 command -v iperf3 >/dev/null || apt-get install -y -qq iperf3 >&2
-work=$(mktemp -d); data=$work/data
+work=$(mktemp -d)
+data=$work/data
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+wait_port() {
+    for _ in $(seq 200); do
+        (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.05
+    done
+    return 1
+}
+json() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
 pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"; }
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
-ip=$(port); iperf3 -s -p $ip >/dev/null 2>&1 & pids+=($!)
+ip=$(port)
+iperf3 -s -p "$ip" >/dev/null 2>&1 &
+pids+=("$!")
 sp=$(port)
-$BIN/rtunnel-server serve --data-dir $data --listen 127.0.0.1:$sp >$work/server.log 2>&1 & spid=$!; pids+=($spid)
-wait_port $sp; wait_port $ip
-token=$($BIN/rtunnel-server --data-dir $data user add b --role admin --token --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+"$BIN/rtunnel-server" serve --data-dir "$data" --listen "127.0.0.1:$sp" >"$work/server.log" 2>&1 &
+spid=$!
+pids+=("$spid")
+wait_port "$sp"
+wait_port "$ip"
+token=$("$BIN/rtunnel-server" --data-dir "$data" user add b --role admin --token --json | json '["token"]')
 declare -a ids
-for i in $(seq $K); do
-  j=$($BIN/rtunnel-server --data-dir $data system add box$i --json)
-  key=$(echo "$j" | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
-  sec=$(echo "$j" | python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
-  ids[$i]=$(echo "$j" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-  RTUNNEL_SECRET=$sec $BIN/rtunnel-agent run --url ws://127.0.0.1:$sp/api/v1/tunnel --key $key --no-terminal --static-services iperf=127.0.0.1:$ip >$work/agent$i.log 2>&1 & pids+=($!)
+for i in $(seq "$K"); do
+    j=$("$BIN/rtunnel-server" --data-dir "$data" system add "box$i" --json)
+    ids[i]=$(json '["id"]' <<<"$j")
+    RTUNNEL_SECRET=$(json '["secret"]' <<<"$j") "$BIN/rtunnel-agent" run \
+        --url "ws://127.0.0.1:$sp/api/v1/tunnel" --key "$(json '["key"]' <<<"$j")" --no-terminal \
+        --static-services "iperf=127.0.0.1:$ip" >"$work/agent$i.log" 2>&1 &
+    pids+=("$!")
 done
-active() { curl -sf -H "Authorization: Bearer $token" "http://127.0.0.1:$sp/api/v1/sessions?status=active&page_size=500" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["items"]))'; }
-for _ in $(seq 300); do [ "$(active)" = "$K" ] && break; sleep 0.1; done
-rss() { awk '/VmRSS/{print $2}' /proc/$spid/status; }
-sleep 2; r0=$(rss)
-for i in $(seq $K); do
-  s=$(curl -sf -H "Authorization: Bearer $token" "http://127.0.0.1:$sp/api/v1/sessions?status=active&system_id=${ids[$i]}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["items"][0]["id"])')
-  fp=$(port)
-  RTUNNEL_TOKEN=$token $BIN/rtunnel-agent forward --server http://127.0.0.1:$sp --session $s --service iperf --listen 127.0.0.1:$fp >$work/fwd$i.log 2>&1 & f=$!
-  wait_port $fp
-  iperf3 -c 127.0.0.1 -p $fp -t 1 -R >/dev/null 2>&1
-  iperf3 -c 127.0.0.1 -p $fp -t 1 >/dev/null 2>&1
-  kill $f; wait $f 2>/dev/null
+api() { curl -sf -H "Authorization: Bearer $token" "http://127.0.0.1:$sp/api/v1/$1"; }
+for _ in $(seq 300); do
+    [ "$(api "sessions?status=active&page_size=500" | json '["items"].__len__()')" = "$K" ] && break
+    sleep 0.1
 done
-sleep 3; r1=$(rss)
-echo "K=$K rss_before_kib=$r0 rss_after_kib=$r1 growth_per_tunnel_kib=$(( (r1-r0)/K ))"
+rss() { awk '/VmRSS/{print $2}' "/proc/$spid/status"; }
+sleep 2
+r0=$(rss)
+for i in $(seq "$K"); do
+    session=$(api "sessions?status=active&system_id=${ids[i]}" | json '["items"][0]["id"]')
+    fp=$(port)
+    RTUNNEL_TOKEN=$token "$BIN/rtunnel-agent" forward --server "http://127.0.0.1:$sp" \
+        --session "$session" --service iperf --listen "127.0.0.1:$fp" >"$work/fwd$i.log" 2>&1 &
+    f=$!
+    wait_port "$fp"
+    iperf3 -c 127.0.0.1 -p "$fp" -t 1 -R >/dev/null 2>&1
+    iperf3 -c 127.0.0.1 -p "$fp" -t 1 >/dev/null 2>&1
+    kill "$f"
+    wait "$f" 2>/dev/null || true
+done
+sleep 3
+r1=$(rss)
+echo "K=$K rss_before_kib=$r0 rss_after_kib=$r1 growth_per_tunnel_kib=$(((r1 - r0) / K))"

@@ -273,7 +273,9 @@ shares_print() { # PATH LABEL per_request_us|per_gigabyte_ms [GBIT/S]
     for pid in ${cpu_of[$1]}; do
         words+=("$(process_name "$pid") $("$3" "${share_before[$pid]}" "$(cpu_ticks "$pid")" ${4:+"$4"})")
     done
-    echo "bench: $1: $2 by process: $(IFS=,; echo "${words[*]}" | sed 's/,/, /g')" >&2
+    local joined
+    joined=$(printf '%s, ' "${words[@]}")
+    echo "bench: $1: $2 by process: ${joined%, }" >&2
 }
 
 declare -A result
