@@ -1026,6 +1026,112 @@ async fn closing_a_session_sends_websocket_close_code_4000() {
     drop(w.stream);
 }
 
+/// Finding (review of output positions): an agent could send positioned
+/// output where none was asked for, or go back, and have it shown but not
+/// recorded. Such an agent breaks the protocol: the terminal ends.
+#[tokio::test]
+async fn an_agent_whose_terminal_output_goes_back_is_cut_off() {
+    use futures::StreamExt;
+    use rtunnel_core::control::client_handshake;
+    use rtunnel_core::mux::Mux;
+    use rtunnel_core::proto::{ServiceInfo, StreamHeader};
+    use rtunnel_core::terminal::{TermMsg, read_msg, write_msg};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+    let h = harness().await;
+    let (_, admin) = user(&h, "vic", Role::Admin).await;
+    // A hand-driven agent offering a shared terminal.
+    let (mux, _close) = dial_tunnel_with_close(&h).await;
+    let mut w = client_handshake(&*mux, "test", None).await.unwrap();
+    let terminal = ServiceInfo {
+        name: "terminal".into(),
+        kind: StreamKind::Terminal,
+        target: None,
+        tls: false,
+        host_header: Default::default(),
+        consent: Default::default(),
+        shared: true,
+    };
+    let manifest = rtunnel_core::proto::Control::Manifest {
+        services: vec![terminal],
+    };
+    write_frame(&mut w.stream, &manifest).await.unwrap();
+    let session = w.session_id;
+    wait_for("the hand-driven tunnel to offer its terminal", || {
+        let state = h.state.clone();
+        async move {
+            let tunnel = state.tunnels.registry.by_session(session)?;
+            tunnel
+                .services()
+                .iter()
+                .any(|s| s.name == "terminal")
+                .then_some(())
+        }
+    })
+    .await;
+    let agent = tokio::spawn({
+        let mux = mux.clone();
+        async move {
+            let mut stream = mux.accept().await.unwrap();
+            let header: StreamHeader = read_frame(&mut stream, 64 * 1024).await.unwrap();
+            assert!(header.terminal.as_ref().unwrap().positions, "{header:?}");
+            write_frame(&mut stream, &StreamReply::Ok).await.unwrap();
+            let info = format!(
+                r#"{{"event":"info","terminal":"{}","started_by":"vic","you":"vic","mode":"join","participants":[]}}"#,
+                Uuid::new_v4()
+            );
+            write_msg(&mut stream, &TermMsg::Event(info.into_bytes()))
+                .await
+                .unwrap();
+            for (at, bytes) in [
+                (0, &b""[..]),
+                (0, b"seen-1 "),
+                (7, b"seen-2 "),
+                (3, b"again"),
+            ] {
+                let msg = TermMsg::Output {
+                    at,
+                    bytes: bytes.to_vec(),
+                };
+                write_msg(&mut stream, &msg).await.unwrap();
+            }
+            // Then it waits: the server ends the stream.
+            while let Ok(Some(_)) = read_msg(&mut stream).await {}
+        }
+    });
+    let url = format!(
+        "ws{}/api/v1/systems/{}/terminal",
+        h.base.trim_start_matches("http"),
+        h.system
+    );
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {admin}").parse().unwrap());
+    let (mut browser, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let mut shown = String::new();
+    let close = loop {
+        let msg = tokio::time::timeout(Duration::from_secs(20), browser.next())
+            .await
+            .expect("the terminal ends");
+        match msg {
+            Some(Ok(Message::Binary(b))) => shown.push_str(&String::from_utf8_lossy(&b)),
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => {}
+            other => panic!("the terminal ended without a close: {other:?}"),
+        }
+    };
+    assert_eq!(shown, "seen-1 seen-2 ", "what went back is not shown");
+    assert_eq!(
+        u16::from(close.unwrap().code),
+        1011,
+        "ended as an agent gone"
+    );
+    tokio::time::timeout(Duration::from_secs(20), agent)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
 #[tokio::test]
 async fn a_forward_that_is_no_websocket_upgrade_or_another_version_is_told_why() {
     let h = harness().await;
