@@ -157,6 +157,19 @@ async fn a_closed_terminal_keeps_its_shell_and_a_viewer_watches_without_typing()
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("403"), "{stderr}");
     watcher.kill().await.unwrap();
+    // (Her leaving reaches the shell before it ends, or the recording
+    // could not mark it.)
+    wait_for("the viewer to have left", || {
+        let (server, root, session) = (&server, &root, &session);
+        async move {
+            let items = terminals(server, root, session).await;
+            let people = items.as_array()?.first()?["participants"]
+                .as_array()?
+                .clone();
+            (!people.is_empty() && people.iter().all(|p| p["name"] != "vera")).then_some(())
+        }
+    })
+    .await;
 
     // The shell ends: everyone attached hears it.
     again
