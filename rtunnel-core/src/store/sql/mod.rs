@@ -55,6 +55,11 @@ pub enum Backend {
 #[derive(Debug, Clone)]
 pub struct SqlStore {
     pool: AnyPool,
+    /// The access log's writes (a connection per statement is a new page
+    /// cache to fill): on an SQLite file a pool of its own, of one
+    /// connection, whose cache stays valid while it is the only writer;
+    /// otherwise `pool`.
+    log_pool: AnyPool,
     backend: Backend,
 }
 
@@ -134,12 +139,28 @@ impl SqlStore {
             // connection first says it (refused, unknown host, password).
             probe(&url, Duration::from_secs(10)).await?;
         }
-        let pool = options.connect(&url).await.map_err(self::backend)?;
+        let pool = options.clone().connect(&url).await.map_err(self::backend)?;
         MIGRATOR
             .run(&pool)
             .await
             .map_err(|e| StoreError::Backend(format!("migration failed: {e}")))?;
-        Ok(SqlStore { pool, backend })
+        // An in-memory SQLite database is one per connection: the log
+        // stays on the pool that has the tables.
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let log_pool = if backend == Backend::Sqlite && !in_memory {
+            options
+                .max_connections(1)
+                .connect(&url)
+                .await
+                .map_err(self::backend)?
+        } else {
+            pool.clone()
+        };
+        Ok(SqlStore {
+            pool,
+            log_pool,
+            backend,
+        })
     }
 
     /// Which database this store runs on.
@@ -198,8 +219,9 @@ impl SqlStore {
         Ok(())
     }
 
-    /// Closes the pool, waiting for connections to finish.
+    /// Closes the pools, waiting for connections to finish.
     pub async fn close(&self) {
+        self.log_pool.close().await;
         self.pool.close().await;
     }
 
@@ -950,7 +972,7 @@ impl SessionStore for SqlStore {
         .bind(&e.actor)
         .bind(&e.ip_address)
         .bind(e.opened_at)
-        .execute(&self.pool)
+        .execute(&self.log_pool)
         .await
         .map_err(backend)?;
         Ok(())
@@ -973,41 +995,33 @@ impl SessionStore for SqlStore {
         .bind(i64::try_from(bytes_to_service).unwrap_or(i64::MAX))
         .bind(i64::try_from(bytes_from_service).unwrap_or(i64::MAX))
         .bind(error)
-        .execute(&self.pool)
+        .execute(&self.log_pool)
         .await
         .map_err(backend)?;
         Ok(())
     }
 
     async fn open_accesses(&self, entries: &[AccessLog]) -> Result<(), StoreError> {
-        // One transaction: all of them or none (a failed batch is written
-        // again entry by entry, which must not meet half of it).
-        let mut tx = self.pool.begin().await.map_err(backend)?;
+        // All of them or none (a failed batch is written again entry by
+        // entry, which must not meet half of it): one statement is that on
+        // its own; more take a transaction, whose BEGIN and COMMIT are two
+        // more round trips to the database.
+        if entries.is_empty() {
+            return Ok(());
+        }
+        if entries.len() <= ENTRIES_PER_STATEMENT {
+            return insert_accesses(entries)
+                .execute(&self.log_pool)
+                .await
+                .map(drop)
+                .map_err(backend);
+        }
+        let mut tx = self.log_pool.begin().await.map_err(backend)?;
         for chunk in entries.chunks(ENTRIES_PER_STATEMENT) {
-            let rows: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let p: Vec<String> = (1..=7).map(|k| format!("${}", i * 7 + k)).collect();
-                    format!("({})", p.join(", "))
-                })
-                .collect();
-            let sql = format!(
-                "INSERT INTO access_logs (id, session_id, kind, service, actor, ip_address, opened_at) \
-                 VALUES {}",
-                rows.join(", ")
-            );
-            // Built from this constant text and numbered placeholders only.
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for e in chunk {
-                query = query
-                    .bind(e.id.to_string())
-                    .bind(e.session_id.to_string())
-                    .bind(e.kind.as_str())
-                    .bind(e.service.clone())
-                    .bind(e.actor.clone())
-                    .bind(e.ip_address.clone())
-                    .bind(e.opened_at);
-            }
-            query.execute(&mut *tx).await.map_err(backend)?;
+            insert_accesses(chunk)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
         }
         tx.commit().await.map_err(backend)
     }
@@ -1045,7 +1059,7 @@ impl SessionStore for SqlStore {
                     .bind(i64::try_from(c.bytes_from_service).unwrap_or(i64::MAX))
                     .bind(c.error.clone());
             }
-            query.execute(&self.pool).await.map_err(backend)?;
+            query.execute(&self.log_pool).await.map_err(backend)?;
         }
         Ok(())
     }
@@ -1213,4 +1227,34 @@ mod tests {
         let s = SqlStore::open(&path).await.unwrap();
         assert_eq!(s.user_by_name("ann").await.unwrap(), Some(u));
     }
+}
+
+/// The statement inserting `entries` (at most [`ENTRIES_PER_STATEMENT`]).
+fn insert_accesses(
+    entries: &[AccessLog],
+) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
+    let rows: Vec<String> = (0..entries.len())
+        .map(|i| {
+            let p: Vec<String> = (1..=7).map(|k| format!("${}", i * 7 + k)).collect();
+            format!("({})", p.join(", "))
+        })
+        .collect();
+    let sql = format!(
+        "INSERT INTO access_logs (id, session_id, kind, service, actor, ip_address, opened_at) \
+         VALUES {}",
+        rows.join(", ")
+    );
+    // Built from this constant text and numbered placeholders only.
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for e in entries {
+        query = query
+            .bind(e.id.to_string())
+            .bind(e.session_id.to_string())
+            .bind(e.kind.as_str())
+            .bind(e.service.clone())
+            .bind(e.actor.clone())
+            .bind(e.ip_address.clone())
+            .bind(e.opened_at);
+    }
+    query
 }
