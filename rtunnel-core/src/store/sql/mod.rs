@@ -1208,27 +1208,6 @@ const LIST_SESSIONS_OLDEST_FIRST: &str = session_list_sql!(
 );
 const COUNT_SESSIONS: &str = session_list_sql!("SELECT COUNT(*)", "");
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::conformance::user;
-
-    #[tokio::test]
-    async fn database_file_is_created_and_reopened() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("data/rtunnel.db");
-        let u = user("ann", super::super::Role::Admin);
-        {
-            let s = SqlStore::open(&path).await.unwrap();
-            s.create_user(&u).await.unwrap();
-            s.close().await;
-        }
-        assert!(path.exists());
-        let s = SqlStore::open(&path).await.unwrap();
-        assert_eq!(s.user_by_name("ann").await.unwrap(), Some(u));
-    }
-}
-
 /// The statement inserting `entries` (at most [`ENTRIES_PER_STATEMENT`]).
 fn insert_accesses(
     entries: &[AccessLog],
@@ -1257,4 +1236,25 @@ fn insert_accesses(
             .bind(e.opened_at);
     }
     query
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::conformance::user;
+
+    #[tokio::test]
+    async fn database_file_is_created_and_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data/rtunnel.db");
+        let u = user("ann", super::super::Role::Admin);
+        {
+            let s = SqlStore::open(&path).await.unwrap();
+            s.create_user(&u).await.unwrap();
+            s.close().await;
+        }
+        assert!(path.exists());
+        let s = SqlStore::open(&path).await.unwrap();
+        assert_eq!(s.user_by_name("ann").await.unwrap(), Some(u));
+    }
 }
