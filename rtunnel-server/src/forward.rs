@@ -18,9 +18,7 @@ use rtunnel_core::mux::{MuxStream, YamuxMux, shared};
 use rtunnel_core::proto::{Refusal, RefusalCode, StreamHeader, StreamKind, StreamReply};
 use rtunnel_core::relay::relay_until;
 use rtunnel_core::setup::{self, PassReply};
-use rtunnel_core::store::{
-    AccessKind, AccessLog, AuditEvent, AuditKind, SessionStatus, User, now_millis,
-};
+use rtunnel_core::store::{AccessKind, AccessLog, AuditEvent, AuditKind, SessionStatus, User};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -302,19 +300,13 @@ async fn serve_stream(ctx: Arc<ForwardCtx>, mut stream: MuxStream) {
         }
     };
     // The access log entry exists before any byte flows.
-    let entry = AccessLog {
-        id: Uuid::new_v4(),
-        session_id: ctx.session_id,
-        kind: AccessKind::Forward,
-        service: Some(header.service.clone()),
-        actor: ctx.user.name.clone(),
-        ip_address: Some(ctx.peer.ip().to_string()),
-        opened_at: now_millis(),
-        closed_at: None,
-        bytes_to_service: 0,
-        bytes_from_service: 0,
-        error: None,
-    };
+    let entry = AccessLog::opening(
+        ctx.session_id,
+        AccessKind::Forward,
+        Some(header.service.clone()),
+        ctx.user.name.clone(),
+        Some(ctx.peer.ip().to_string()),
+    );
     let access_log = &ctx.state.access_log;
     if let Err(e) = access_log.open(&entry).await {
         tracing::error!(error = %e, "cannot write the access log");

@@ -992,6 +992,45 @@ where
     assert_eq!(l.check("k", RULE, t2).await.unwrap(), None);
 }
 
+/// Conformance check `a_batch_of_opens_is_written_whole_or_not_at_all`: a
+/// batch with one entry the database refuses (its session does not exist)
+/// writes none of the others, whether it fits one statement or takes
+/// several.
+pub async fn a_batch_of_opens_is_written_whole_or_not_at_all<S: FullStore + ?Sized>(s: &S) {
+    let sys = system("whole");
+    s.create_system(&sys).await.unwrap();
+    let rec = pending_session(sys.id);
+    s.create_session(&rec).await.unwrap();
+    let missing: crate::ids::SessionId = Uuid::new_v4().into();
+    for size in [3, 150] {
+        let mut batch: Vec<AccessLog> = (0..size)
+            .map(|_| AccessLog::opening(rec.id, AccessKind::Forward, None, "alice", None))
+            .collect();
+        batch[size - 1].session_id = missing;
+        assert!(s.open_accesses(&batch).await.is_err(), "a batch of {size}");
+        let page = Page {
+            page: 1,
+            page_size: 500,
+        };
+        let got = s.list_access(rec.id, page).await.unwrap();
+        assert!(
+            got.items.is_empty(),
+            "a batch of {size} left {} entries",
+            got.items.len()
+        );
+    }
+    // The same batch without the bad entry goes in whole.
+    let good: Vec<AccessLog> = (0..3)
+        .map(|_| AccessLog::opening(rec.id, AccessKind::Forward, None, "alice", None))
+        .collect();
+    s.open_accesses(&good).await.unwrap();
+    let page = Page {
+        page: 1,
+        page_size: 500,
+    };
+    assert_eq!(s.list_access(rec.id, page).await.unwrap().items.len(), 3);
+}
+
 /// Conformance check `access_closes_are_written_together`: a batch of
 /// opens and one of closes (more than one statement's worth) lands on the right entries,
 /// with and without an error, and skips ids that have no entry.
@@ -1114,7 +1153,7 @@ pub async fn deleted_users_and_systems_are_gone_with_what_hangs_on_them<S: FullS
 #[macro_export]
 macro_rules! store_conformance_tests {
     ($fresh:path) => {
-        $crate::store_conformance_tests!(@each $fresh; duplicate_names_conflict, users_are_listed_disabled_and_hold_a_password_hash, a_login_rotates_once_per_token_and_ends_for_good, deleting_a_system_takes_its_grants_along, grants_are_given_checked_and_revoked, the_last_agent_address_is_the_newest_sessions, sessions_move_through_their_states, restart_recovery_puts_live_sessions_in_grace_and_expires_pending_ones, the_audit_log_filters_and_pages_newest_first, resources_round_trip_and_names_are_unique, grants_expire_and_revoke, api_tokens_are_listed_and_revoked, old_audit_events_and_closed_access_logs_are_pruned, every_change_that_takes_access_moves_the_epoch, active_grants_are_listed_and_filtered, access_closes_are_written_together, deleted_users_and_systems_are_gone_with_what_hangs_on_them);
+        $crate::store_conformance_tests!(@each $fresh; duplicate_names_conflict, users_are_listed_disabled_and_hold_a_password_hash, a_login_rotates_once_per_token_and_ends_for_good, deleting_a_system_takes_its_grants_along, grants_are_given_checked_and_revoked, the_last_agent_address_is_the_newest_sessions, sessions_move_through_their_states, restart_recovery_puts_live_sessions_in_grace_and_expires_pending_ones, the_audit_log_filters_and_pages_newest_first, resources_round_trip_and_names_are_unique, grants_expire_and_revoke, api_tokens_are_listed_and_revoked, old_audit_events_and_closed_access_logs_are_pruned, every_change_that_takes_access_moves_the_epoch, active_grants_are_listed_and_filtered, access_closes_are_written_together, a_batch_of_opens_is_written_whole_or_not_at_all, deleted_users_and_systems_are_gone_with_what_hangs_on_them);
     };
     (@each $fresh:path; $($check:ident),*) => {
         $(

@@ -685,6 +685,41 @@ pub struct AccessLog {
     pub error: Option<String>,
 }
 
+impl AccessLog {
+    /// A new entry with a new id, opened now, with nothing relayed yet.
+    ///
+    /// ```
+    /// use rtunnel_core::ids::SessionId;
+    /// use rtunnel_core::store::{AccessKind, AccessLog};
+    ///
+    /// let session = SessionId::from(uuid::Uuid::new_v4());
+    /// let entry = AccessLog::opening(session, AccessKind::Forward, Some("ssh".into()), "alice", None);
+    /// assert_eq!(entry.closed_at, None);
+    /// assert_eq!(entry.bytes_to_service, 0);
+    /// ```
+    pub fn opening(
+        session_id: SessionId,
+        kind: AccessKind,
+        service: Option<String>,
+        actor: impl Into<String>,
+        ip_address: Option<String>,
+    ) -> Self {
+        AccessLog {
+            id: Uuid::new_v4(),
+            session_id,
+            kind,
+            service,
+            actor: actor.into(),
+            ip_address,
+            opened_at: now_millis(),
+            closed_at: None,
+            bytes_to_service: 0,
+            bytes_from_service: 0,
+            error: None,
+        }
+    }
+}
+
 /// How one access ended ([`SessionStore::close_accesses`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessClose {

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use rtunnel_core::ids::{SessionId, SystemId};
-use rtunnel_core::store::{AccessKind, AccessLog, AuditEvent, AuditKind, now_millis};
+use rtunnel_core::store::{AccessKind, AccessLog, AuditEvent, AuditKind};
 use tokio::sync::Mutex;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use uuid::Uuid;
@@ -129,19 +129,13 @@ impl Visits {
             visit.in_flight.fetch_add(1, Ordering::AcqRel);
             return Ok(InFlight(visit.clone()));
         }
-        let entry = AccessLog {
-            id: Uuid::new_v4(),
-            session_id: key.session_id,
-            kind: AccessKind::Http,
-            service: Some(key.service.clone()),
-            actor: visitor.name.clone(),
-            ip_address: Some(visitor.peer.ip().to_string()),
-            opened_at: now_millis(),
-            closed_at: None,
-            bytes_to_service: 0,
-            bytes_from_service: 0,
-            error: None,
-        };
+        let entry = AccessLog::opening(
+            key.session_id,
+            AccessKind::Http,
+            Some(key.service.clone()),
+            visitor.name.clone(),
+            Some(visitor.peer.ip().to_string()),
+        );
         state
             .access_log
             .open(&entry)

@@ -385,19 +385,13 @@ async fn open_terminal(
     state.audit.record(event).await?;
 
     let upstream = open_pty(&state, session_id, &user, cols, rows, share).await?;
-    let entry = AccessLog {
-        id: Uuid::new_v4(),
+    let entry = AccessLog::opening(
         session_id,
-        kind: AccessKind::Terminal,
-        service: Some(TERMINAL_SERVICE.into()),
-        actor: user.name.clone(),
-        ip_address: Some(peer.ip().to_string()),
-        opened_at: now_millis(),
-        closed_at: None,
-        bytes_to_service: 0,
-        bytes_from_service: 0,
-        error: None,
-    };
+        AccessKind::Terminal,
+        Some(TERMINAL_SERVICE.into()),
+        user.name.clone(),
+        Some(peer.ip().to_string()),
+    );
     state.access_log.open(&entry).await?;
     // From here until the bridge runs, the client may vanish (hyper drops
     // this future, or the upgrade fails): the entry must not stay open.
