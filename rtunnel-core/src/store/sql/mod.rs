@@ -55,10 +55,10 @@ pub enum Backend {
 #[derive(Debug, Clone)]
 pub struct SqlStore {
     pool: AnyPool,
-    /// The access log's writes (a connection per statement is a new page
-    /// cache to fill): on an SQLite file a pool of its own, of one
-    /// connection, whose cache stays valid while it is the only writer;
-    /// otherwise `pool`.
+    /// The access log's writes: on an SQLite file a pool of its own, of
+    /// one connection, so they queue here instead of in SQLite's busy wait
+    /// and find their pages in one cache (which other connections' commits
+    /// still invalidate); otherwise `pool`.
     log_pool: AnyPool,
     backend: Backend,
 }
@@ -219,7 +219,9 @@ impl SqlStore {
         Ok(())
     }
 
-    /// Closes the pools, waiting for connections to finish.
+    /// Closes the pools, waiting for connections to finish. A server
+    /// flushes its access-log writer first: writes that meet a closed pool
+    /// fail.
     pub async fn close(&self) {
         self.log_pool.close().await;
         self.pool.close().await;
@@ -806,6 +808,15 @@ impl SessionStore for SqlStore {
             .execute(&self.pool)
             .await
             .map_err(backend)?;
+        // The access log's own connection too: when only it is stuck, the
+        // access log cannot be written, and a writer that took the
+        // database for reachable would retry a failed batch entry by entry.
+        if self.backend == Backend::Sqlite {
+            sqlx::query("SELECT 1")
+                .execute(&self.log_pool)
+                .await
+                .map_err(backend)?;
+        }
         Ok(())
     }
 
