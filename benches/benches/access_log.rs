@@ -14,13 +14,12 @@
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use rtunnel_core::store::conformance::{pending_session, system};
 use rtunnel_core::store::sql::SqlStore;
 use rtunnel_core::store::{
-    AccessClose, AccessKind, AccessLog, IdentityStore, SessionRecord, SessionStatus, SessionStore,
-    System, now_millis,
+    AccessClose, AccessKind, AccessLog, IdentityStore, SessionRecord, SessionStore, now_millis,
 };
 use tokio::runtime::Runtime;
-use uuid::Uuid;
 
 /// Entries opened (then closed) per iteration.
 const BATCH: usize = 4;
@@ -38,31 +37,9 @@ async fn rig() -> Rig {
     let store = SqlStore::open(&tmp.path().join("rtunnel.db"))
         .await
         .unwrap();
-    let system = System {
-        id: Uuid::new_v4().into(),
-        name: "bench".into(),
-        key: "key".into(),
-        secret_hash: "hash".into(),
-        created_at: now_millis(),
-    };
+    let system = system("bench");
     store.create_system(&system).await.unwrap();
-    let now = now_millis();
-    let session = SessionRecord {
-        id: Uuid::new_v4().into(),
-        system_id: system.id,
-        status: SessionStatus::Active,
-        created_at: now,
-        activated_at: Some(now),
-        ended_at: None,
-        end_reason: None,
-        expires_at: now + 86_400_000,
-        grace_until: None,
-        reconnect_token_hash: None,
-        agent_addr: None,
-        agent_software: None,
-        services: vec![],
-        node_id: None,
-    };
+    let session = pending_session(system.id);
     store.create_session(&session).await.unwrap();
     let rig = Rig {
         _tmp: tmp,
