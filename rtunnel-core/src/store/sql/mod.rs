@@ -972,21 +972,7 @@ impl SessionStore for SqlStore {
     }
 
     async fn open_access(&self, e: &AccessLog) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO access_logs (id, session_id, kind, service, actor, ip_address, opened_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(e.id.to_string())
-        .bind(e.session_id.to_string())
-        .bind(e.kind.as_str())
-        .bind(&e.service)
-        .bind(&e.actor)
-        .bind(&e.ip_address)
-        .bind(e.opened_at)
-        .execute(&self.log_pool)
-        .await
-        .map_err(backend)?;
-        Ok(())
+        self.open_accesses(std::slice::from_ref(e)).await
     }
 
     async fn close_access(
