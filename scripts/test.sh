@@ -39,7 +39,7 @@ cargo clippy -p rtunnel-server --lib --no-default-features --features sqlite --l
 # alone builds only the test harness of each main.rs and hash-named
 # examples, so build the executables first.
 cargo build --workspace --bins --examples --locked
-cargo test --workspace --all-targets --locked
+cargo test --workspace --all-targets --locked --no-fail-fast
 cargo test --workspace --doc --locked
 # Rustdoc on the public API: no broken or private links.
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked \

@@ -42,7 +42,7 @@ const ELSEWHERE: &[(&str, &str)] = &[
         "tests/cluster.rs runs nodes with these flags on PostgreSQL and Redis",
     ),
     (
-        "cargo bench -p rtunnel-benches --bench throughput",
+        "cargo bench -p rtunnel-benches --bench ",
         "scripts/test.sh: `cargo test --all-targets` runs each bench once",
     ),
     (
