@@ -194,6 +194,36 @@ fn every_documented_command_is_run_somewhere() {
     );
 }
 
+/// The benches the docs name are the benches that exist: the prefix in
+/// [`ELSEWHERE`] covers any name, so a renamed or missing bench is caught
+/// here.
+#[test]
+fn every_documented_bench_exists() {
+    let prefix = "cargo bench -p rtunnel-benches --bench ";
+    let manifest = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../benches/Cargo.toml"),
+    )
+    .unwrap();
+    let mut seen = 0;
+    for doc in DOCS {
+        for command in commands(doc, None) {
+            let Some(rest) = command.strip_prefix(prefix) else {
+                continue;
+            };
+            let name = rest.split_whitespace().next().unwrap_or_default();
+            seen += 1;
+            assert!(
+                manifest.contains(&format!("name = \"{name}\"")),
+                "{doc}: `{command}` names a bench benches/Cargo.toml does not have"
+            );
+        }
+    }
+    assert!(
+        seen > 0,
+        "the docs name no bench (has the command changed?)"
+    );
+}
+
 /// Runs one documented command with `bash -c` in `dir`, with our binaries
 /// first on PATH; returns stdout, failing on a non-zero exit.
 fn sh(dir: &Path, command: &str, env: &[(&str, &str)]) -> String {
