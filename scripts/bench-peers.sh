@@ -226,7 +226,7 @@ iperf() { # PORT STREAMS -> Gbit/s
         python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 1e9))'
 }
 redis_ping() { # PORT CLIENTS KEEPALIVE [REQUESTS] -> "requests/s p50-latency-ms"
-    redis-benchmark -h 127.0.0.1 -p "$1" -c "$2" -k "$3" -n "${4:-$requests}" -t ping --csv 2>/dev/null |
+    redis-benchmark -h 127.0.0.1 -p "$1" -c "$2" -k "$3" -n "${4:-$requests}" -t ping_mbulk --csv 2>/dev/null |
         python3 -c 'import csv,sys
 rows = [r for r in csv.reader(sys.stdin) if r and r[0] == "PING_MBULK"]
 print("%.0f %s" % (float(rows[0][1]), rows[0][4]))'
