@@ -15,12 +15,21 @@
 //!   auto-tuning, for long fat links) only out of a per-connection budget,
 //!   [`MuxConfig::window_budget`], so a reader that stops reading holds at
 //!   most its window in memory while the sender waits.
+//!
+//! yamux flushes its connection after every frame it writes. The driver
+//! corks the connection while it polls: the frames one poll writes (the
+//! data of many streams, their window updates, a new stream's header and
+//! first bytes) leave together, in one write, when the poll has nothing
+//! left to do. Under load (one of the last 16 writes carried more than one
+//! frame) it first yields once, so that the relays of other streams, woken
+//! by the same readiness, add their frames to that write; with one busy
+//! stream there is nothing to wait for, and it flushes at once.
 
 use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use async_trait::async_trait;
@@ -56,6 +65,14 @@ impl MuxConfig {
 /// A stream of a [`YamuxMux`], with tokio's IO traits. One opened by this
 /// side holds one of the connection's [`MAX_OPEN_STREAMS`] until dropped.
 pub type YamuxStream = Muxed<Compat<yamux::Stream>>;
+
+/// What a poll of the driver came to.
+enum Step {
+    /// The connection ended.
+    Ended(Result<(), MuxError>),
+    /// Frames wait in the corked connection: yield once, then flush.
+    YieldBeforeFlush,
+}
 
 enum Command {
     Open(oneshot::Sender<Result<yamux::Stream, MuxError>>),
@@ -110,9 +127,11 @@ impl YamuxMux {
         T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let counters = Arc::new(Counters::default());
+        let cork = Arc::new(Cork::default());
         let io = Counted {
             inner: io,
             counters: counters.clone(),
+            cork: cork.clone(),
         };
         let conn = yamux::Connection::new(io.compat(), config.to_yamux(), mode);
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
@@ -125,6 +144,9 @@ impl YamuxMux {
             inbound: in_tx,
             pending_opens: std::collections::VecDeque::new(),
             counters: counters.clone(),
+            cork,
+            yielded: false,
+            batching: 0,
             shutdown: shutdown.clone(),
             closing: false,
         };
@@ -205,31 +227,102 @@ struct Driver<T> {
     inbound: mpsc::Sender<yamux::Stream>,
     pending_opens: std::collections::VecDeque<oneshot::Sender<Result<yamux::Stream, MuxError>>>,
     counters: Arc<Counters>,
+    cork: Arc<Cork>,
+    /// The driver yielded before its last flush.
+    yielded: bool,
+    /// Flushes left to yield before: a flush that carries more than one
+    /// frame sets it to [`YIELDING_FLUSHES`], each other one takes one off.
+    batching: u32,
     shutdown: CancellationToken,
     closing: bool,
+}
+
+/// How many flushes the driver keeps yielding before once one carried more
+/// than one frame (streams are busy together).
+const YIELDING_FLUSHES: u32 = 16;
+
+/// Holds back the flushes yamux asks for after each frame while the driver
+/// polls, so that what one poll writes leaves in one write.
+///
+/// Shared by the driver and the connection's [`Counted`] IO, both polled by
+/// the driver's task only (the atomics are for `Send`, not for contention).
+#[derive(Default)]
+struct Cork {
+    /// Flushes are held back.
+    corked: AtomicBool,
+    /// Bytes were written since the last flush that went through.
+    owed: AtomicBool,
+    /// Writes since the driver last flushed.
+    writes: AtomicU64,
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
     async fn run(mut self) -> Result<(), MuxError> {
         let shutdown = self.shutdown.clone();
         let mut shutdown_requested = std::pin::pin!(shutdown.cancelled_owned());
-        let result = poll_fn(|cx| {
-            if !self.closing && shutdown_requested.as_mut().poll(cx).is_ready() {
-                self.closing = true;
+        let result = loop {
+            let step = poll_fn(|cx| {
+                if !self.closing && shutdown_requested.as_mut().poll(cx).is_ready() {
+                    self.closing = true;
+                }
+                self.poll_drive(cx)
+            })
+            .await;
+            match step {
+                Step::Ended(result) => break result,
+                // Let the tasks this worker has ready (the relays of other
+                // streams, woken by the same readiness) write their frames
+                // first: they leave with these, in one write.
+                Step::YieldBeforeFlush => {
+                    let mut woken = false;
+                    poll_fn(|cx| {
+                        if woken {
+                            return Poll::Ready(());
+                        }
+                        woken = true;
+                        cx.waker().wake_by_ref();
+                        Poll::Pending
+                    })
+                    .await
+                }
             }
-            self.poll_drive(cx)
-        })
-        .await;
+        };
         for waiter in self.pending_opens.drain(..) {
             let _ = waiter.send(Err(MuxError::Closed));
         }
         result
     }
 
-    fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), MuxError>> {
+    fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<Step> {
         if self.closing {
-            return self.conn.poll_close(cx).map_err(yamux_err);
+            return self.conn.poll_close(cx).map_err(yamux_err).map(Step::Ended);
         }
+        self.cork.corked.store(true, Ordering::Relaxed);
+        let corked = self.poll_pass(cx);
+        self.cork.corked.store(false, Ordering::Relaxed);
+        if corked.is_pending() && self.cork.owed.load(Ordering::Relaxed) {
+            if self.batching > 0 && !self.yielded {
+                self.yielded = true;
+                return Poll::Ready(Step::YieldBeforeFlush);
+            }
+            self.yielded = false;
+            // yamux writes a frame's header and body separately.
+            if self.cork.writes.swap(0, Ordering::Relaxed) > 2 {
+                self.batching = YIELDING_FLUSHES;
+            } else {
+                self.batching = self.batching.saturating_sub(1);
+            }
+            // What the passes wrote leaves now, in one write (yamux flushes
+            // first thing in its loop); whatever arrived meanwhile is
+            // handled uncorked.
+            return self.poll_pass(cx).map(Step::Ended);
+        }
+        corked.map(Step::Ended)
+    }
+
+    /// Opens what was asked for and takes inbound streams until yamux has
+    /// nothing to do (`Pending`) or the connection ends.
+    fn poll_pass(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), MuxError>> {
         loop {
             while let Poll::Ready(cmd) = self.commands.poll_recv(cx) {
                 match cmd {
@@ -286,10 +379,12 @@ fn yamux_err(e: yamux::ConnectionError) -> MuxError {
     }
 }
 
-/// The connection under yamux, counting bytes each way.
+/// The connection under yamux, counting bytes each way and holding back
+/// flushes while [`Cork`]ed.
 struct Counted<T> {
     inner: T,
     counters: Arc<Counters>,
+    cork: Arc<Cork>,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
@@ -319,12 +414,23 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
             self.counters
                 .bytes_out
                 .fetch_add(n as u64, Ordering::Relaxed);
+            self.cork.owed.store(true, Ordering::Relaxed);
+            self.cork.writes.fetch_add(1, Ordering::Relaxed);
         }
         res
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        if self.cork.corked.load(Ordering::Relaxed) {
+            // yamux goes on whether or not a flush is done; the driver
+            // flushes once its pass is over.
+            return Poll::Ready(Ok(()));
+        }
+        let res = Pin::new(&mut self.inner).poll_flush(cx);
+        if let Poll::Ready(Ok(())) = res {
+            self.cork.owed.store(false, Ordering::Relaxed);
+        }
+        res
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -488,5 +594,72 @@ mod tests {
         let (client, server) = pair();
         drop(client);
         assert!(server.accept().await.is_none());
+    }
+
+    /// The socket under a WebSocket, counting the writes that reach it.
+    struct CountWrites {
+        inner: tokio::io::DuplexStream,
+        writes: Arc<AtomicU64>,
+    }
+
+    impl AsyncRead for CountWrites {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for CountWrites {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+            Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_of_many_streams_leave_in_one_write() {
+        use crate::ws::{Role, WsStream};
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let writes = Arc::new(AtomicU64::new(0));
+        let counted = CountWrites {
+            inner: a,
+            writes: writes.clone(),
+        };
+        let cfg = MuxConfig::default();
+        let client = YamuxMux::client(WsStream::new(counted, Role::Client, &[]), &cfg);
+        let server = YamuxMux::server(WsStream::new(b, Role::Server, &[]), &cfg);
+        let mut streams = Vec::new();
+        for _ in 0..10 {
+            streams.push(client.open().await.unwrap());
+        }
+        let before = writes.load(Ordering::Relaxed);
+        // Ten frames of ten streams, queued before the driver runs (the
+        // test's runtime has one thread): one write carries them all.
+        for (i, s) in streams.iter_mut().enumerate() {
+            s.write_all(format!("stream {i}").as_bytes()).await.unwrap();
+        }
+        for _ in 0..10 {
+            let mut s = server.accept().await.unwrap();
+            let mut buf = [0u8; 8];
+            s.read_exact(&mut buf).await.unwrap();
+            assert!(buf.starts_with(b"stream "));
+        }
+        let sent = writes.load(Ordering::Relaxed) - before;
+        assert_eq!(sent, 1, "ten frames took {sent} writes");
     }
 }
