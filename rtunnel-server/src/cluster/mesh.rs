@@ -276,7 +276,7 @@ impl Mesh {
             .await
             .map_err(|e| e.to_string())?;
         match read_frame::<StreamReply, _>(&mut tls, MAX_FRAME_BYTES).await {
-            Ok(StreamReply::Ok) => Ok(YamuxMux::client(tls, &MuxConfig::default())),
+            Ok(StreamReply::Ok) => Ok(YamuxMux::client(gathered(tls), &MuxConfig::default())),
             Ok(StreamReply::Refused(r)) => Err(format!("refused the mesh connection: {r}")),
             Ok(StreamReply::Pending { .. }) => Err("mesh hello answered `pending`".into()),
             Err(e) => Err(format!("mesh hello failed: {e}")),
@@ -397,7 +397,7 @@ async fn connection(state: Arc<AppState>, tcp: TcpStream, peer: std::net::Socket
         }
     };
     tracing::info!(node = %from, %peer, "mesh connection accepted");
-    let mux = shared(YamuxMux::server(tls, &MuxConfig::default()));
+    let mux = shared(YamuxMux::server(gathered(tls), &MuxConfig::default()));
     while let Some(stream) = mux.accept().await {
         tokio::spawn(serve_stream(state.clone(), from.clone(), stream));
     }
@@ -486,5 +486,103 @@ fn tune(tcp: &TcpStream) {
     let keepalive = keepalive.with_retries(3);
     if let Err(e) = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive) {
         tracing::debug!(error = %e, "mesh: cannot set TCP keepalive");
+    }
+}
+
+/// The writes of the mesh's yamux connection gathered before TLS.
+///
+/// yamux writes a frame's header and its body separately, and its driver
+/// flushes once per poll (`rtunnel_core::mux::yamux`): over TLS each write
+/// would be a record and a system call of its own, so the small frames of
+/// a poll are gathered here and leave as one record on that flush. Frames of
+/// [`MESH_WRITE_GATHER_BYTES`] or more go straight through.
+fn gathered<T: tokio::io::AsyncWrite>(tls: T) -> tokio::io::BufWriter<T> {
+    tokio::io::BufWriter::with_capacity(MESH_WRITE_GATHER_BYTES, tls)
+}
+
+/// The most the mesh gathers before a write (see [`gathered`]).
+const MESH_WRITE_GATHER_BYTES: usize = 16 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtunnel_core::mux::Mux;
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll};
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+    /// A node's socket, counting the writes TLS makes to it.
+    struct Socket {
+        inner: tokio::io::DuplexStream,
+        writes: Arc<AtomicUsize>,
+    }
+
+    impl AsyncRead for Socket {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Socket {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+            Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn small_frames_of_many_streams_cross_the_mesh_in_one_write() {
+        let identity = MeshIdentity::from_cluster_key(&[7; 32]).unwrap();
+        let connector = TlsConnector::from(identity.client_config().unwrap());
+        let acceptor = TlsAcceptor::from(identity.server_config().unwrap());
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let writes = Arc::new(AtomicUsize::new(0));
+        let socket = Socket {
+            inner: a,
+            writes: writes.clone(),
+        };
+        let name =
+            rustls::pki_types::ServerName::try_from(rtunnel_auth::mesh::SERVER_NAME).unwrap();
+        let (dialed, accepted) = tokio::join!(connector.connect(name, socket), acceptor.accept(b));
+        let dialing = YamuxMux::client(gathered(dialed.unwrap()), &MuxConfig::default());
+        let answering = YamuxMux::server(gathered(accepted.unwrap()), &MuxConfig::default());
+        let mut streams = Vec::new();
+        for _ in 0..10 {
+            streams.push(dialing.open().await.unwrap());
+        }
+        let before = writes.load(Ordering::Relaxed);
+        // Ten small frames of ten streams, queued before the driver runs
+        // (the test's runtime has one thread): one TLS write.
+        for (i, s) in streams.iter_mut().enumerate() {
+            s.write_all(format!("stream {i}").as_bytes()).await.unwrap();
+        }
+        for _ in 0..10 {
+            let mut s = answering.accept().await.unwrap();
+            let mut buf = [0u8; 8];
+            s.read_exact(&mut buf).await.unwrap();
+            assert!(buf.starts_with(b"stream "));
+        }
+        let sent = writes.load(Ordering::Relaxed) - before;
+        assert_eq!(sent, 1, "ten frames took {sent} writes");
     }
 }
