@@ -297,27 +297,36 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
         if self.closing {
             return self.conn.poll_close(cx).map_err(yamux_err).map(Step::Ended);
         }
+        if self.cork.owed.load(Ordering::Relaxed) && !self.yielded {
+            // The last poll's flush did not finish (the socket was full, or
+            // the task's I/O budget ran out while it read): flush first,
+            // before a corked pass can spend this poll's budget on reading.
+            return self.poll_pass(cx).map(Step::Ended);
+        }
         self.cork.corked.store(true, Ordering::Relaxed);
         let corked = self.poll_pass(cx);
         self.cork.corked.store(false, Ordering::Relaxed);
-        if corked.is_pending() && self.cork.owed.load(Ordering::Relaxed) {
+        if corked.is_ready() {
+            return corked.map(Step::Ended);
+        }
+        if self.cork.owed.load(Ordering::Relaxed) {
             if self.batching > 0 && !self.yielded {
                 self.yielded = true;
                 return Poll::Ready(Step::YieldBeforeFlush);
             }
-            self.yielded = false;
             // yamux writes a frame's header and body separately.
             if self.cork.writes.swap(0, Ordering::Relaxed) > 2 {
                 self.batching = YIELDING_FLUSHES;
             } else {
                 self.batching = self.batching.saturating_sub(1);
             }
-            // What the passes wrote leaves now, in one write (yamux flushes
-            // first thing in its loop); whatever arrived meanwhile is
-            // handled uncorked.
-            return self.poll_pass(cx).map(Step::Ended);
         }
-        corked.map(Step::Ended)
+        self.yielded = false;
+        // What the passes wrote leaves now, in one write (yamux flushes
+        // first thing in its loop), and so do bytes the IO queued of its own
+        // accord (a WebSocket pong) behind the flushes the cork held back;
+        // whatever arrived meanwhile is handled uncorked.
+        self.poll_pass(cx).map(Step::Ended)
     }
 
     /// Opens what was asked for and takes inbound streams until yamux has
@@ -618,8 +627,11 @@ mod tests {
             cx: &mut Context<'_>,
             buf: &[u8],
         ) -> Poll<io::Result<usize>> {
-            self.writes.fetch_add(1, Ordering::Relaxed);
-            Pin::new(&mut self.inner).poll_write(cx, buf)
+            let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+            if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+                self.writes.fetch_add(1, Ordering::Relaxed);
+            }
+            res
         }
 
         fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

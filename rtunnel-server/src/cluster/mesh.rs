@@ -534,8 +534,11 @@ mod tests {
             cx: &mut Context<'_>,
             buf: &[u8],
         ) -> Poll<std::io::Result<usize>> {
-            self.writes.fetch_add(1, Ordering::Relaxed);
-            Pin::new(&mut self.inner).poll_write(cx, buf)
+            let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+            if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+                self.writes.fetch_add(1, Ordering::Relaxed);
+            }
+            res
         }
 
         fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
