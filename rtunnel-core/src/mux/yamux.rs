@@ -250,10 +250,9 @@ const YIELDING_FLUSHES: u32 = 16;
 struct Cork {
     /// Flushes are held back.
     corked: AtomicBool,
-    /// Bytes were written since the last flush that went through.
-    owed: AtomicBool,
-    /// Writes since the driver last flushed.
-    writes: AtomicU64,
+    /// Writes since the last flush that went through (yamux writes a
+    /// frame's header and its body separately): bytes are owed while above 0.
+    written: AtomicU64,
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
@@ -297,7 +296,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
         if self.closing {
             return self.conn.poll_close(cx).map_err(yamux_err).map(Step::Ended);
         }
-        if self.cork.owed.load(Ordering::Relaxed) && !self.yielded {
+        if self.cork.written.load(Ordering::Relaxed) > 0 && !self.yielded {
             // The last poll's flush did not finish (the socket was full, or
             // the task's I/O budget ran out while it read): flush first,
             // before a corked pass can spend this poll's budget on reading.
@@ -309,13 +308,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
         if corked.is_ready() {
             return corked.map(Step::Ended);
         }
-        if self.cork.owed.load(Ordering::Relaxed) {
+        let written = self.cork.written.load(Ordering::Relaxed);
+        if written > 0 {
             if self.batching > 0 && !self.yielded {
                 self.yielded = true;
                 return Poll::Ready(Step::YieldBeforeFlush);
             }
-            // yamux writes a frame's header and body separately.
-            if self.cork.writes.swap(0, Ordering::Relaxed) > 2 {
+            // More than one frame's header and body.
+            if written > 2 {
                 self.batching = YIELDING_FLUSHES;
             } else {
                 self.batching = self.batching.saturating_sub(1);
@@ -423,8 +423,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
             self.counters
                 .bytes_out
                 .fetch_add(n as u64, Ordering::Relaxed);
-            self.cork.owed.store(true, Ordering::Relaxed);
-            self.cork.writes.fetch_add(1, Ordering::Relaxed);
+            self.cork.written.fetch_add(1, Ordering::Relaxed);
         }
         res
     }
@@ -437,7 +436,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
         }
         let res = Pin::new(&mut self.inner).poll_flush(cx);
         if let Poll::Ready(Ok(())) = res {
-            self.cork.owed.store(false, Ordering::Relaxed);
+            self.cork.written.store(0, Ordering::Relaxed);
         }
         res
     }
@@ -605,73 +604,16 @@ mod tests {
         assert!(server.accept().await.is_none());
     }
 
-    /// The socket under a WebSocket, counting the writes that reach it.
-    struct CountWrites {
-        inner: tokio::io::DuplexStream,
-        writes: Arc<AtomicU64>,
-    }
-
-    impl AsyncRead for CountWrites {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &mut ReadBuf<'_>,
-        ) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.inner).poll_read(cx, buf)
-        }
-    }
-
-    impl AsyncWrite for CountWrites {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            let res = Pin::new(&mut self.inner).poll_write(cx, buf);
-            if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-                self.writes.fetch_add(1, Ordering::Relaxed);
-            }
-            res
-        }
-
-        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.inner).poll_flush(cx)
-        }
-
-        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.inner).poll_shutdown(cx)
-        }
-    }
-
     #[tokio::test]
     async fn frames_of_many_streams_leave_in_one_write() {
+        use crate::mux::batching;
         use crate::ws::{Role, WsStream};
         let (a, b) = tokio::io::duplex(1 << 20);
-        let writes = Arc::new(AtomicU64::new(0));
-        let counted = CountWrites {
-            inner: a,
-            writes: writes.clone(),
-        };
+        let (socket, writes) = batching::CountedWrites::new(a);
         let cfg = MuxConfig::default();
-        let client = YamuxMux::client(WsStream::new(counted, Role::Client, &[]), &cfg);
+        let client = YamuxMux::client(WsStream::new(socket, Role::Client, &[]), &cfg);
         let server = YamuxMux::server(WsStream::new(b, Role::Server, &[]), &cfg);
-        let mut streams = Vec::new();
-        for _ in 0..10 {
-            streams.push(client.open().await.unwrap());
-        }
-        let before = writes.load(Ordering::Relaxed);
-        // Ten frames of ten streams, queued before the driver runs (the
-        // test's runtime has one thread): one write carries them all.
-        for (i, s) in streams.iter_mut().enumerate() {
-            s.write_all(format!("stream {i}").as_bytes()).await.unwrap();
-        }
-        for _ in 0..10 {
-            let mut s = server.accept().await.unwrap();
-            let mut buf = [0u8; 8];
-            s.read_exact(&mut buf).await.unwrap();
-            assert!(buf.starts_with(b"stream "));
-        }
-        let sent = writes.load(Ordering::Relaxed) - before;
+        let sent = batching::writes_for_ten_streams(&client, &server, &writes).await;
         assert_eq!(sent, 1, "ten frames took {sent} writes");
     }
 }
