@@ -57,10 +57,10 @@ struct Held {
     by_address: HashMap<String, usize>,
 }
 
-/// A connection's place under the caps, in its requests' extensions: a
-/// handler that upgrades the connection (a WebSocket) keeps a clone for as
-/// long as the upgraded connection lives, so it stays counted after hyper
-/// has let go of it.
+/// A connection's place under the caps (and on its connection thread), in
+/// its requests' extensions: a handler that upgrades the connection (a
+/// WebSocket) keeps a clone for as long as the upgraded connection lives,
+/// so it stays counted after hyper has let go of it.
 #[derive(Clone)]
 pub(crate) struct HeldConnection(#[allow(dead_code)] Arc<Slot>);
 
@@ -74,6 +74,8 @@ impl std::fmt::Debug for HeldConnection {
 struct Slot {
     held: Arc<Mutex<Held>>,
     address: Option<String>,
+    /// Its place on its connection thread, if it has one.
+    _thread: Option<crate::shards::OnShard>,
 }
 
 impl Drop for Slot {
@@ -114,7 +116,15 @@ fn admit(held: &Arc<Mutex<Held>>, limits: &ConnectionLimits, ip: IpAddr) -> Resu
     Ok(Slot {
         held: held.clone(),
         address,
+        _thread: None,
     })
+}
+
+/// An accepted socket: registered with this runtime, or let go of it to be
+/// registered on a connection thread's.
+enum Accepted {
+    Here(TcpStream),
+    Moved(std::net::TcpStream),
 }
 
 /// Answers a connection past a cap and closes it, within a second.
@@ -150,6 +160,18 @@ async fn turn_away(mut tcp: TcpStream, why: Refused) {
     .await;
 }
 
+/// How connections are taken in.
+pub(crate) struct Accepting<'a> {
+    /// Serve HTTPS.
+    pub tls: Option<Arc<crate::TlsReloader>>,
+    /// The deadline for a request head (and a TLS handshake).
+    pub head_timeout: Duration,
+    pub limits: ConnectionLimits,
+    /// Serve each connection on the connection thread holding fewest;
+    /// without, on the caller's runtime.
+    pub shards: Option<&'a crate::shards::Shards>,
+}
+
 /// Serves `router` on `listener` until `shutdown` resolves. Then the
 /// listener closes at once (nothing new lands on a process that is going
 /// away), `drain` runs while open connections still work (the server tells
@@ -157,12 +179,16 @@ async fn turn_away(mut tcp: TcpStream, why: Refused) {
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
-    tls: Option<Arc<crate::TlsReloader>>,
-    head_timeout: Duration,
-    limits: ConnectionLimits,
+    accepting: Accepting<'_>,
     shutdown: impl Future<Output = ()>,
     drain: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    let Accepting {
+        tls,
+        head_timeout,
+        limits,
+        shards,
+    } = accepting;
     let held = Arc::new(Mutex::new(Held::default()));
     // Turned-away connections are logged in a summary, at most every 10 s.
     let mut warned: Option<tokio::time::Instant> = None;
@@ -192,7 +218,7 @@ pub(crate) async fn serve(
             },
             _ = &mut shutdown => break,
         };
-        let slot = match admit(&held, &limits, peer.ip()) {
+        let mut slot = match admit(&held, &limits, peer.ip()) {
             Ok(slot) => slot,
             Err(why) => {
                 refused += 1;
@@ -210,6 +236,22 @@ pub(crate) async fn serve(
             }
         };
         let _ = tcp.set_nodelay(true);
+        // On a connection thread the socket is registered with that
+        // thread's runtime, so its readiness wakes the thread that serves it.
+        let (tcp, runtime) = match shards {
+            None => (Accepted::Here(tcp), None),
+            Some(shards) => match tcp.into_std() {
+                Ok(std) => {
+                    let (runtime, on) = shards.pick();
+                    slot._thread = Some(on);
+                    (Accepted::Moved(std), Some(runtime))
+                }
+                Err(e) => {
+                    tracing::debug!(%peer, "could not hand the connection to a thread: {e}");
+                    continue;
+                }
+            },
+        };
         let held = HeldConnection(Arc::new(slot));
         let for_requests = held.clone();
         let service = router
@@ -242,41 +284,48 @@ pub(crate) async fn serve(
                 }
             }};
         }
-        match &tls {
-            None => {
-                connections.spawn(async move {
-                    let _held = held;
-                    drive!(tcp, service);
-                });
-            }
-            Some(tls) => {
-                let acceptor = tls.acceptor();
-                connections.spawn(async move {
-                    let _held = held;
-                    // The handshake has the request head's deadline.
-                    let stream =
-                        match tokio::time::timeout(head_timeout, acceptor.accept(tcp)).await {
-                            Ok(Ok(stream)) => stream,
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, "TLS handshake failed: {e}");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out");
-                                return;
-                            }
-                        };
-                    // Browsers come back over HTTPS only.
-                    let service = service.map_response(|mut res: axum::response::Response| {
-                        res.headers_mut()
-                            .entry(axum::http::header::STRICT_TRANSPORT_SECURITY)
-                            .or_insert(axum::http::HeaderValue::from_static(crate::tls::HSTS));
-                        res
-                    });
-                    drive!(stream, service);
-                });
-            }
-        }
+        let acceptor = tls.as_ref().map(|tls| tls.acceptor());
+        let work = async move {
+            let _held = held;
+            let tcp = match tcp {
+                Accepted::Here(tcp) => tcp,
+                Accepted::Moved(std) => match TcpStream::from_std(std) {
+                    Ok(tcp) => tcp,
+                    Err(e) => {
+                        tracing::debug!(%peer, "could not take the connection on its thread: {e}");
+                        return;
+                    }
+                },
+            };
+            let Some(acceptor) = acceptor else {
+                drive!(tcp, service);
+                return;
+            };
+            // The handshake has the request head's deadline.
+            let stream = match tokio::time::timeout(head_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, "TLS handshake failed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            // Browsers come back over HTTPS only.
+            let service = service.map_response(|mut res: axum::response::Response| {
+                res.headers_mut()
+                    .entry(axum::http::header::STRICT_TRANSPORT_SECURITY)
+                    .or_insert(axum::http::HeaderValue::from_static(crate::tls::HSTS));
+                res
+            });
+            drive!(stream, service);
+        };
+        match runtime {
+            None => connections.spawn(work),
+            Some(runtime) => connections.spawn_on(work, runtime),
+        };
     }
     drop(listener);
     drain.await;

@@ -8,6 +8,9 @@ use std::time::Duration;
 /// The default [`ServerConfig::redis_prefix`].
 pub const DEFAULT_REDIS_PREFIX: &str = "rtunnel:";
 
+/// The most connection threads ([`ServerConfig::threads`]).
+pub(crate) const MAX_THREADS: usize = 1024;
+
 /// Why `redis_url` is refused by a server built without the `redis` feature.
 pub(crate) const NO_REDIS: &str =
     "--redis-url: this server was built without the `redis` feature, so it cannot join a cluster";
@@ -98,6 +101,13 @@ pub struct ServerConfig {
     /// with a spread `Retry-After`), so a herd of agents coming back after
     /// a restart is taken in at the pace the database keeps.
     pub max_tunnel_setups: usize,
+    /// Connection threads (`--threads`): each a runtime of one thread that
+    /// an accepted connection and everything it spawns stay on, the
+    /// connections spread over them by how many each holds (see
+    /// `docs/OPERATIONS.md`, "Threads"). 0 serves connections on the
+    /// runtime that runs [`crate::Server::serve`], as an embedding app
+    /// that wants its own runtime to do everything would.
+    pub threads: usize,
     /// Where Prometheus metrics are served (`--metrics-listen`; `GET
     /// /metrics` on a listener of its own, none by default). Keep it on an
     /// internal address: it needs no login.
@@ -131,6 +141,7 @@ impl ServerConfig {
             "max_connections": self.max_connections,
             "max_connections_per_address": self.max_connections_per_address,
             "max_tunnel_setups": self.max_tunnel_setups,
+            "threads": self.threads,
             "trusted_proxies": self.trusted_proxies.to_list(),
             "audit_retention": self.audit_retention.map_or_else(|| "never".to_owned(), secs),
             "secret_key_file": self.secret_key_file.as_ref().map(|p| p.display().to_string()),
@@ -208,6 +219,7 @@ impl Default for ServerConfig {
             max_connections: 16_384,
             max_connections_per_address: 512,
             max_tunnel_setups: 64,
+            threads: 0,
             metrics_listen: None,
             tls: None,
         }
@@ -230,6 +242,9 @@ impl ServerConfig {
             return Err(format!(
                 "--max-streams-per-tunnel must be between 1 and {max}"
             ));
+        }
+        if self.threads > MAX_THREADS {
+            return Err(format!("--threads must be at most {MAX_THREADS}"));
         }
         if self.max_tunnel_setups == 0 {
             return Err("--max-tunnel-setups must be at least 1".into());

@@ -55,6 +55,7 @@ mod retention;
 mod revocation;
 mod routing;
 mod server;
+mod shards;
 mod state;
 mod streams;
 mod terminal;

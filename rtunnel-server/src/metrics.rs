@@ -9,6 +9,7 @@
 //! | metric | type | labels |
 //! | --- | --- | --- |
 //! | `rtunnel_tunnels` | gauge | live tunnels on this node |
+//! | `rtunnel_connections` | gauge | `thread`: connections held by each connection thread (`--threads`) |
 //! | `rtunnel_sessions` | gauge | `state`: `pending`, `active`, `grace_period` (all nodes) |
 //! | `rtunnel_streams_opened_total` | counter | `kind`: `tcp`, `pty`, `http` |
 //! | `rtunnel_streams_refused_total` | counter | `code`: the refusal code |
@@ -49,6 +50,11 @@ struct Direction {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Thread {
+    thread: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct State {
     state: String,
 }
@@ -65,6 +71,7 @@ pub struct Metrics {
 struct Inner {
     registry: Registry,
     tunnels: Gauge,
+    connections: Family<Thread, Gauge>,
     sessions: Family<State, Gauge>,
     streams_opened: Family<Kind, Counter>,
     streams_refused: Family<Code, Counter>,
@@ -98,6 +105,12 @@ impl Metrics {
         let mut registry = Registry::with_prefix("rtunnel");
         let tunnels = Gauge::default();
         registry.register("tunnels", "Live tunnels on this node", tunnels.clone());
+        let connections = Family::<Thread, Gauge>::default();
+        registry.register(
+            "connections",
+            "Connections held, by connection thread (--threads)",
+            connections.clone(),
+        );
         let sessions = Family::<State, Gauge>::default();
         registry.register(
             "sessions",
@@ -156,6 +169,7 @@ impl Metrics {
             inner: Arc::new(Inner {
                 registry,
                 tunnels,
+                connections,
                 sessions,
                 streams_opened,
                 streams_refused,
@@ -168,6 +182,16 @@ impl Metrics {
                 counted_at: tokio::sync::Mutex::new(None),
             }),
         }
+    }
+
+    /// The gauge of the connections held by connection thread `thread`.
+    pub(crate) fn connections_on(&self, thread: &str) -> Gauge {
+        self.inner
+            .connections
+            .get_or_create(&Thread {
+                thread: thread.into(),
+            })
+            .clone()
     }
 
     /// A stream to an agent opened, after `took`.

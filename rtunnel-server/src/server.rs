@@ -419,25 +419,29 @@ impl Server {
         let background =
             Background::start(state.clone(), self.node_listener, self.metrics_listener);
         let head_timeout = state.config.request_head_timeout;
-        let limits = crate::accept::ConnectionLimits {
-            total: state.config.max_connections,
-            per_address: state.config.max_connections_per_address,
-            exempt: state.config.trusted_proxies.clone(),
+        let shards = match state.config.threads {
+            0 => None,
+            n => Some(crate::shards::Shards::start(n)?),
         };
-        let served = crate::accept::serve(
-            listener,
-            router,
-            self.tls,
+        let accepting = crate::accept::Accepting {
+            tls: self.tls,
             head_timeout,
-            limits,
-            shutdown,
-            drain(&state),
-        )
-        .await;
+            limits: crate::accept::ConnectionLimits {
+                total: state.config.max_connections,
+                per_address: state.config.max_connections_per_address,
+                exempt: state.config.trusted_proxies.clone(),
+            },
+            shards: shards.as_ref(),
+        };
+        let served =
+            crate::accept::serve(listener, router, accepting, shutdown, drain(&state)).await;
         // The drain cancelled the shutdown token: the background ends.
         background.await;
         // Connections that ended during the drain queued their closes.
         flush_access_log(&state).await;
+        // Last, the connection threads (what a connection left running,
+        // such as the access log's writer, ran on them until here).
+        drop(shards);
         served
     }
 }

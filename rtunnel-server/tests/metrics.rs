@@ -1,6 +1,6 @@
 //! `--metrics-listen` on both binaries: a real scrape of each after a
 //! forwarded connection, a refused login and a tunnel handshake, parsed as
-//! Prometheus text.
+//! Prometheus text; the server's connections counted by connection thread.
 
 #![allow(clippy::unwrap_used)]
 
@@ -75,7 +75,11 @@ fn sample(samples: &HashMap<String, f64>, name: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_binaries_serve_prometheus_metrics() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = ServerProc::start(tmp.path(), &["--metrics-listen", "127.0.0.1:0"]).await;
+    let server = ServerProc::start(
+        tmp.path(),
+        &["--metrics-listen", "127.0.0.1:0", "--threads", "2"],
+    )
+    .await;
     let server_metrics = metrics_addr(&server.proc).await;
     let token = user_with_token(&server, "root", "admin");
     let echo = echo_service().await;
@@ -121,6 +125,10 @@ async fn both_binaries_serve_prometheus_metrics() {
     assert_eq!(sample(&s, "rtunnel_tunnel_handshake_seconds_count"), 1.0);
     assert!(sample(&s, "rtunnel_stream_open_seconds_count") >= 1.0);
     assert_eq!(sample(&s, "rtunnel_store_errors_total"), 0.0);
+    // The connections were spread over both connection threads, and the
+    // tunnel and the forward are held on them.
+    let on = |t: &str| sample(&s, &format!("rtunnel_connections{{thread=\"{t}\"}}"));
+    assert!(on("0") + on("1") >= 2.0, "{s:#?}");
 
     let a = wait_for("the agent's byte counts", || async move {
         let (_, body) = get(agent_metrics, "/metrics").await;

@@ -1,0 +1,169 @@
+//! Connection threads: each a tokio runtime of one thread, and every
+//! accepted connection served on one of them from start to end
+//! (`--threads`, [`ServerConfig::threads`]).
+//!
+//! On tokio's shared multi-thread runtime a connection's tasks (its HTTP
+//! connection, a tunnel's mux driver, the relays of its streams) move
+//! between workers: a task woken on one worker wakes the other to take
+//! part of the queue, and each frame's hand-over between the tasks of one
+//! tunnel can cross cores. Measured on the forward path (two vCPUs, the
+//! server, agent and `forward` busy together), that hand-over was about
+//! half of the server's CPU per request. Here a connection and every task
+//! it spawns stay on its thread (the model of nginx's and Envoy's
+//! workers), and connections are spread over the threads by how many each
+//! holds. A stream between two tunnels on different threads crosses once,
+//! where its relay hands a frame to the other tunnel.
+//!
+//! The work that is not a connection's (the background, the node mesh, the
+//! database's own threads) stays on the runtime that started the server.
+//!
+//! [`ServerConfig::threads`]: crate::ServerConfig::threads
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+
+/// The connection threads of one server; they stop when it is dropped
+/// (tasks still on them are dropped with their runtime).
+pub(crate) struct Shards {
+    shards: Vec<Shard>,
+    stop: CancellationToken,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+struct Shard {
+    handle: Handle,
+    /// Connections on it now.
+    live: Arc<AtomicUsize>,
+}
+
+/// A connection's place on its thread: counted until dropped.
+pub(crate) struct OnShard {
+    live: Arc<AtomicUsize>,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Drop for OnShard {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::Relaxed);
+        self.gauge.dec();
+    }
+}
+
+impl Shards {
+    /// Starts `n` threads (`rtunnel-conn-0`, ...), each running a runtime
+    /// of its own.
+    pub(crate) fn start(n: usize) -> std::io::Result<Shards> {
+        let stop = CancellationToken::new();
+        let mut shards = Vec::with_capacity(n);
+        let mut threads = Vec::with_capacity(n);
+        for i in 0..n {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let handle = runtime.handle().clone();
+            let stop = stop.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("rtunnel-conn-{i}"))
+                .spawn(move || runtime.block_on(stop.cancelled()))?;
+            shards.push(Shard {
+                handle,
+                live: Arc::new(AtomicUsize::new(0)),
+            });
+            threads.push(thread);
+        }
+        Ok(Shards {
+            shards,
+            stop,
+            threads,
+        })
+    }
+
+    /// The thread holding the fewest connections, and the new connection's
+    /// place on it.
+    pub(crate) fn pick(&self) -> (&Handle, OnShard) {
+        let (i, shard) = self
+            .shards
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, s)| s.live.load(Ordering::Relaxed))
+            .expect("at least one connection thread");
+        shard.live.fetch_add(1, Ordering::Relaxed);
+        let gauge = crate::metrics::global().connections_on(&i.to_string());
+        gauge.inc();
+        (
+            &shard.handle,
+            OnShard {
+                live: shard.live.clone(),
+                gauge,
+            },
+        )
+    }
+}
+
+impl Drop for Shards {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        // A runtime that is dropped drops its tasks; a task's drop does not
+        // block, so the threads end promptly. Joining from inside another
+        // runtime would block it, so the threads are left to end alone.
+        self.threads.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn connections_go_to_the_thread_holding_fewest_and_stay_there() {
+        let shards = Shards::start(2).unwrap();
+        let (first, a) = shards.pick();
+        let first = first.clone();
+        let (second, b) = shards.pick();
+        let second = second.clone();
+        // Two connections, one on each thread.
+        let name = |h: &Handle| {
+            let h = h.clone();
+            async move {
+                h.spawn(async {
+                    // What a connection spawns stays on its thread too.
+                    tokio::spawn(async { std::thread::current().name().map(str::to_owned) })
+                        .await
+                        .unwrap()
+                })
+                .await
+                .unwrap()
+            }
+        };
+        let (n1, n2) = (name(&first).await.unwrap(), name(&second).await.unwrap());
+        assert!(n1.starts_with("rtunnel-conn-"), "{n1}");
+        assert!(n2.starts_with("rtunnel-conn-"), "{n2}");
+        assert_ne!(n1, n2);
+        // The first ends: the next connection goes where it was.
+        drop(a);
+        let (third, _c) = shards.pick();
+        assert_eq!(name(third).await.unwrap(), n1);
+        drop(b);
+    }
+
+    #[tokio::test]
+    async fn dropping_the_threads_ends_them() {
+        let shards = Shards::start(1).unwrap();
+        let (handle, _on) = shards.pick();
+        let handle = handle.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        handle.spawn(async move {
+            let _tx = tx;
+            std::future::pending::<()>().await
+        });
+        drop(shards);
+        // The pending task was dropped with its runtime: its sender closes.
+        tokio::time::timeout(std::time::Duration::from_secs(10), rx)
+            .await
+            .expect("the thread's runtime ended")
+            .unwrap_err();
+    }
+}
