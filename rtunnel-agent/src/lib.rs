@@ -23,6 +23,7 @@ pub mod handler;
 pub mod harden;
 pub mod http_proxy;
 pub mod metrics;
+pub mod runtime;
 pub mod services;
 pub mod shell;
 pub mod state;
