@@ -104,9 +104,10 @@ pub struct ServerConfig {
     /// Connection threads (`--threads`): each a runtime of one thread that
     /// an accepted connection and everything it spawns stay on, the
     /// connections spread over them by how many each holds (see
-    /// `docs/OPERATIONS.md`, "Threads"). 0 serves connections on the
-    /// runtime that runs [`crate::Server::serve`], as an embedding app
-    /// that wants its own runtime to do everything would.
+    /// `docs/OPERATIONS.md`, "Threads": they pay where operators'
+    /// connections share a thread with the tunnels they reach). 0, the
+    /// default, serves connections on the runtime that runs
+    /// [`crate::Server::serve`].
     pub threads: usize,
     /// Where Prometheus metrics are served (`--metrics-listen`; `GET
     /// /metrics` on a listener of its own, none by default). Keep it on an

@@ -11,8 +11,13 @@
 //! half of the server's CPU per request. Here a connection and every task
 //! it spawns stay on its thread (the model of nginx's and Envoy's
 //! workers), and connections are spread over the threads by how many each
-//! holds. A stream between two tunnels on different threads crosses once,
-//! where its relay hands a frame to the other tunnel.
+//! holds. A stream between two connections on different threads (a
+//! `forward` and its tunnel) crosses where its relay meets the other
+//! connection, and then costs what it costs on the shared runtime, so the
+//! threads are off by default: the thread is chosen at accept, before the
+//! request says which tunnel it wants. Moving a `forward` onto its
+//! tunnel's thread once its upgrade names the tunnel is the step that
+//! would make them pay for every server.
 //!
 //! The work that is not a connection's (the background, the node mesh, the
 //! database's own threads) stays on the runtime that started the server.
