@@ -10,8 +10,10 @@
 //! threads"). So the binary runs on a single thread unless
 //! `RTUNNEL_AGENT_THREADS` asks for more (a multi-thread runtime with that
 //! many workers), for an agent whose many streams' relays should spread
-//! over cores. Blocking work (files, lookups) goes to tokio's blocking
-//! threads either way.
+//! over cores. The access log is written on tokio's blocking threads; a
+//! few short steps still block the one thread for their milliseconds
+//! (saving the state file, loading the system's CA certificates at a dial,
+//! starting a terminal's shell), as docs/OPERATIONS.md, "Threads", lists.
 
 use tokio::runtime::{Builder, Runtime};
 

@@ -19,8 +19,12 @@
 //! tunnel's thread once its upgrade names the tunnel is the step that
 //! would make them pay for every server.
 //!
-//! The work that is not a connection's (the background, the node mesh, the
-//! database's own threads) stays on the runtime that started the server.
+//! The work that is not a connection's (the background, the node mesh's
+//! accepted connections, the database's own threads) stays on the runtime
+//! that started the server. What a connection creates on first use and
+//! others then share (a mesh connection it dialed, the database and Redis
+//! connections it opened, the access log's writer) lives on its thread,
+//! and ends with the threads when the server's `serve` returns.
 //!
 //! [`ServerConfig::threads`]: crate::ServerConfig::threads
 
@@ -61,29 +65,29 @@ impl Shards {
     /// Starts `n` threads (`rtunnel-conn-0`, ...), each running a runtime
     /// of its own.
     pub(crate) fn start(n: usize) -> std::io::Result<Shards> {
-        let stop = CancellationToken::new();
-        let mut shards = Vec::with_capacity(n);
-        let mut threads = Vec::with_capacity(n);
+        // Built up in place: if one thread cannot start, dropping what
+        // there is stops the threads already running.
+        let mut started = Shards {
+            shards: Vec::with_capacity(n),
+            stop: CancellationToken::new(),
+            threads: Vec::with_capacity(n),
+        };
         for i in 0..n {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             let handle = runtime.handle().clone();
-            let stop = stop.clone();
+            let stop = started.stop.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("rtunnel-conn-{i}"))
                 .spawn(move || runtime.block_on(stop.cancelled()))?;
-            shards.push(Shard {
+            started.shards.push(Shard {
                 handle,
                 live: Arc::new(AtomicUsize::new(0)),
             });
-            threads.push(thread);
+            started.threads.push(thread);
         }
-        Ok(Shards {
-            shards,
-            stop,
-            threads,
-        })
+        Ok(started)
     }
 
     /// The thread holding the fewest connections, and the new connection's
