@@ -335,6 +335,21 @@ mod tests {
     }
 
     #[test]
+    fn connection_threads_are_bounded() {
+        let threads = |threads| ServerConfig {
+            threads,
+            ..ServerConfig::default()
+        };
+        assert_eq!(threads(0).validate(), Ok(()));
+        assert_eq!(threads(MAX_THREADS).validate(), Ok(()));
+        assert_eq!(
+            threads(MAX_THREADS + 1).validate(),
+            Err(format!("--threads must be at most {MAX_THREADS}"))
+        );
+        assert_eq!(threads(3).summary()["threads"], 3);
+    }
+
+    #[test]
     fn path_prefixes_are_plain_paths() {
         for good in ["", "/support", "/a/b-c_d.e"] {
             assert!(is_path_prefix(good), "{good}");
