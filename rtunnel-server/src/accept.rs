@@ -339,3 +339,70 @@ pub(crate) async fn serve(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// Serves a router that answers with the name of the thread serving
+    /// the request; the answers to `requests` connections.
+    async fn thread_names(shards: Option<&crate::shards::Shards>, requests: usize) -> Vec<String> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = Router::new().route(
+            "/",
+            axum::routing::get(|| async { std::thread::current().name().unwrap_or("").to_owned() }),
+        );
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let accepting = Accepting {
+            tls: None,
+            head_timeout: Duration::from_secs(10),
+            limits: ConnectionLimits {
+                total: 16,
+                per_address: 16,
+                exempt: Default::default(),
+            },
+            shards,
+        };
+        let serving = serve(
+            listener,
+            router,
+            accepting,
+            async {
+                let _ = stopped.await;
+            },
+            async {},
+        );
+        let asking = async {
+            let mut names = Vec::new();
+            for _ in 0..requests {
+                let mut tcp = TcpStream::connect(addr).await.unwrap();
+                tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    .await
+                    .unwrap();
+                let mut answer = String::new();
+                tcp.read_to_string(&mut answer).await.unwrap();
+                names.push(answer.split("\r\n\r\n").nth(1).unwrap().to_owned());
+            }
+            let _ = stop.send(());
+            names
+        };
+        let (served, names) = tokio::join!(serving, asking);
+        served.unwrap();
+        names
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_are_served_on_connection_threads_when_there_are_some() {
+        let shards = crate::shards::Shards::start(2).unwrap();
+        let names = thread_names(Some(&shards), 3).await;
+        for name in &names {
+            assert!(name.starts_with("rtunnel-conn-"), "{names:?}");
+        }
+        // Without threads, the caller's runtime serves them.
+        for name in thread_names(None, 2).await {
+            assert!(!name.starts_with("rtunnel-conn-"), "{name}");
+        }
+    }
+}

@@ -38,8 +38,9 @@ use tokio_util::sync::CancellationToken;
 /// (tasks still on them are dropped with their runtime).
 pub(crate) struct Shards {
     shards: Vec<Shard>,
+    /// Ends every thread's runtime (the threads are not joined: joining
+    /// from inside another runtime would block it).
     stop: CancellationToken,
-    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 struct Shard {
@@ -70,7 +71,6 @@ impl Shards {
         let mut started = Shards {
             shards: Vec::with_capacity(n),
             stop: CancellationToken::new(),
-            threads: Vec::with_capacity(n),
         };
         for i in 0..n {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -78,14 +78,13 @@ impl Shards {
                 .build()?;
             let handle = runtime.handle().clone();
             let stop = started.stop.clone();
-            let thread = std::thread::Builder::new()
+            std::thread::Builder::new()
                 .name(format!("rtunnel-conn-{i}"))
                 .spawn(move || runtime.block_on(stop.cancelled()))?;
             started.shards.push(Shard {
                 handle,
                 live: Arc::new(AtomicUsize::new(0)),
             });
-            started.threads.push(thread);
         }
         Ok(started)
     }
@@ -114,11 +113,9 @@ impl Shards {
 
 impl Drop for Shards {
     fn drop(&mut self) {
-        self.stop.cancel();
         // A runtime that is dropped drops its tasks; a task's drop does not
-        // block, so the threads end promptly. Joining from inside another
-        // runtime would block it, so the threads are left to end alone.
-        self.threads.clear();
+        // block, so the threads end promptly.
+        self.stop.cancel();
     }
 }
 
