@@ -62,7 +62,16 @@ struct Held {
 /// WebSocket) keeps a clone for as long as the upgraded connection lives,
 /// so it stays counted after hyper has let go of it.
 #[derive(Clone)]
-pub(crate) struct HeldConnection(#[allow(dead_code)] Arc<Slot>);
+pub(crate) struct HeldConnection(Arc<Slot>);
+
+impl HeldConnection {
+    /// The connection is now served on the connection thread `home`: it is
+    /// counted there from now on.
+    pub(crate) fn moved_to(&self, home: &crate::shards::Home) {
+        let mut thread = self.0.thread.lock().unwrap_or_else(|p| p.into_inner());
+        *thread = Some(home.enter());
+    }
+}
 
 impl std::fmt::Debug for HeldConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -75,7 +84,7 @@ struct Slot {
     held: Arc<Mutex<Held>>,
     address: Option<String>,
     /// Its place on its connection thread, if it has one.
-    _thread: Option<crate::shards::OnShard>,
+    thread: Mutex<Option<crate::shards::OnShard>>,
 }
 
 impl Drop for Slot {
@@ -116,7 +125,7 @@ fn admit(held: &Arc<Mutex<Held>>, limits: &ConnectionLimits, ip: IpAddr) -> Resu
     Ok(Slot {
         held: held.clone(),
         address,
-        _thread: None,
+        thread: Mutex::new(None),
     })
 }
 
@@ -242,9 +251,9 @@ pub(crate) async fn serve(
             None => (Accepted::Here(tcp), None),
             Some(shards) => match tcp.into_std() {
                 Ok(std) => {
-                    let (runtime, on) = shards.pick();
-                    slot._thread = Some(on);
-                    (Accepted::Moved(std), Some(runtime))
+                    let (home, on) = shards.pick();
+                    slot.thread = Mutex::new(Some(on));
+                    (Accepted::Moved(std), Some(home.handle()))
                 }
                 Err(e) => {
                     tracing::debug!(%peer, "could not hand the connection to a thread: {e}");

@@ -150,6 +150,9 @@ pub struct LiveTunnel {
     pub shares: Arc<Mutex<HashMap<String, usize>>>,
     /// The most streams of this tunnel one operator may hold.
     pub max_streams_per_user: usize,
+    /// The connection thread its link runs on, if it runs on one: a
+    /// `forward` to its session moves there (`crate::shards`).
+    pub(crate) home: Option<crate::shards::Home>,
 }
 
 impl LiveTunnel {
@@ -432,6 +435,7 @@ mod tests {
             max_streams: 4,
             shares: Default::default(),
             max_streams_per_user: 2,
+            home: None,
         }
     }
 

@@ -37,16 +37,61 @@ use tokio_util::sync::CancellationToken;
 /// The connection threads of one server; they stop when it is dropped
 /// (tasks still on them are dropped with their runtime).
 pub(crate) struct Shards {
-    shards: Vec<Shard>,
+    shards: Vec<Home>,
     /// Ends every thread's runtime (the threads are not joined: joining
     /// from inside another runtime would block it).
     stop: CancellationToken,
 }
 
-struct Shard {
+/// One connection thread: where to spawn on it, and how many connections
+/// it holds.
+#[derive(Clone)]
+pub(crate) struct Home {
+    index: usize,
     handle: Handle,
     /// Connections on it now.
     live: Arc<AtomicUsize>,
+}
+
+thread_local! {
+    /// The connection thread this is, on one.
+    static HERE: std::cell::RefCell<Option<Home>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The connection thread the caller runs on, if it runs on one: what a
+/// tunnel records, so the connections that use it can follow it there.
+pub(crate) fn here() -> Option<Home> {
+    HERE.with(|h| h.borrow().clone())
+}
+
+impl Home {
+    /// The runtime of this thread.
+    pub(crate) fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    /// Whether the caller runs on this thread.
+    pub(crate) fn is_here(&self) -> bool {
+        HERE.with(|h| h.borrow().as_ref().is_some_and(|h| h.index == self.index))
+    }
+
+    /// Counts one more connection on this thread, until the place is
+    /// dropped.
+    pub(crate) fn enter(&self) -> OnShard {
+        self.live.fetch_add(1, Ordering::Relaxed);
+        let gauge = crate::metrics::global().connections_on(&self.index.to_string());
+        gauge.inc();
+        OnShard {
+            live: self.live.clone(),
+            gauge,
+        }
+    }
+}
+
+impl std::fmt::Debug for Home {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "rtunnel-conn-{}", self.index)
+    }
 }
 
 /// A connection's place on its thread: counted until dropped.
@@ -72,42 +117,45 @@ impl Shards {
             shards: Vec::with_capacity(n),
             stop: CancellationToken::new(),
         };
-        for i in 0..n {
+        for index in 0..n {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let handle = runtime.handle().clone();
-            let stop = started.stop.clone();
-            std::thread::Builder::new()
-                .name(format!("rtunnel-conn-{i}"))
-                .spawn(move || runtime.block_on(stop.cancelled()))?;
-            started.shards.push(Shard {
-                handle,
+            let home = Home {
+                index,
+                handle: runtime.handle().clone(),
                 live: Arc::new(AtomicUsize::new(0)),
-            });
+            };
+            let stop = started.stop.clone();
+            let its_own = home.clone();
+            std::thread::Builder::new()
+                .name(format!("rtunnel-conn-{index}"))
+                .spawn(move || {
+                    HERE.with(|h| *h.borrow_mut() = Some(its_own));
+                    runtime.block_on(stop.cancelled());
+                    // The thread's own handle goes before its runtime.
+                    HERE.with(|h| h.borrow_mut().take());
+                })?;
+            started.shards.push(home);
         }
         Ok(started)
     }
 
     /// The thread holding the fewest connections, and the new connection's
     /// place on it.
-    pub(crate) fn pick(&self) -> (&Handle, OnShard) {
-        let (i, shard) = self
+    pub(crate) fn pick(&self) -> (&Home, OnShard) {
+        let home = self
             .shards
             .iter()
-            .enumerate()
-            .min_by_key(|(_, s)| s.live.load(Ordering::Relaxed))
+            .min_by_key(|s| s.live.load(Ordering::Relaxed))
             .expect("at least one connection thread");
-        shard.live.fetch_add(1, Ordering::Relaxed);
-        let gauge = crate::metrics::global().connections_on(&i.to_string());
-        gauge.inc();
-        (
-            &shard.handle,
-            OnShard {
-                live: shard.live.clone(),
-                gauge,
-            },
-        )
+        (home, home.enter())
+    }
+
+    /// The threads, in order.
+    #[cfg(test)]
+    pub(crate) fn homes(&self) -> &[Home] {
+        &self.shards
     }
 }
 
@@ -127,9 +175,9 @@ mod tests {
     async fn connections_go_to_the_thread_holding_fewest_and_stay_there() {
         let shards = Shards::start(2).unwrap();
         let (first, a) = shards.pick();
-        let first = first.clone();
+        let first = first.handle().clone();
         let (second, b) = shards.pick();
-        let second = second.clone();
+        let second = second.handle().clone();
         // Two connections, one on each thread.
         let name = |h: &Handle| {
             let h = h.clone();
@@ -151,15 +199,15 @@ mod tests {
         // The first ends: the next connection goes where it was.
         drop(a);
         let (third, _c) = shards.pick();
-        assert_eq!(name(third).await.unwrap(), n1);
+        assert_eq!(name(third.handle()).await.unwrap(), n1);
         drop(b);
     }
 
     #[tokio::test]
     async fn dropping_the_threads_ends_them() {
         let shards = Shards::start(1).unwrap();
-        let (handle, _on) = shards.pick();
-        let handle = handle.clone();
+        let (home, _on) = shards.pick();
+        let handle = home.handle().clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         handle.spawn(async move {
             let _tx = tx;

@@ -533,6 +533,7 @@ async fn serve_tunnel(
         max_streams: state.config.max_streams_per_tunnel,
         shares: Default::default(),
         max_streams_per_user: state.config.streams_per_user(),
+        home: crate::shards::here(),
     });
     let replaced = state.tunnels.registry.insert(tunnel.clone());
     // Set up: the slot goes to the next agent, before anything below that

@@ -5,17 +5,95 @@
 //! tunnel's bytes itself rather than through a WebSocket message API (see
 //! [`rtunnel_core::ws`]). The browser terminal keeps axum's WebSocket: it
 //! speaks in messages.
+//!
+//! A plain (not TLS) connection is taken back from hyper as its TCP socket,
+//! so it can move: a `forward` goes on to the connection thread of its
+//! session's tunnel ([`TunnelUpgrade::on_upgrade_at`], `crate::shards`).
 
 use axum::extract::FromRequestParts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
+use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use rtunnel_core::ws::{Role, WsStream, handshake::accept_key};
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
+use crate::accept::HeldConnection;
 use crate::error::ApiError;
+use crate::shards::Home;
 
 /// The server's end of a tunnel's or forward's WebSocket.
-pub(crate) type TunnelWs = WsStream<TokioIo<hyper::upgrade::Upgraded>>;
+pub(crate) type TunnelWs = WsStream<ServerIo>;
+
+/// The connection under a tunnel's or forward's WebSocket.
+pub(crate) enum ServerIo {
+    /// A plain connection, taken back from hyper.
+    Tcp(TcpStream),
+    /// Anything else (TLS), as hyper hands it over.
+    Upgraded(TokioIo<Upgraded>),
+}
+
+impl AsyncRead for ServerIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ServerIo::Tcp(io) => Pin::new(io).poll_read(cx, buf),
+            ServerIo::Upgraded(io) => Pin::new(io).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ServerIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            ServerIo::Tcp(io) => Pin::new(io).poll_write(cx, buf),
+            ServerIo::Upgraded(io) => Pin::new(io).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            ServerIo::Tcp(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            ServerIo::Upgraded(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ServerIo::Tcp(io) => io.is_write_vectored(),
+            ServerIo::Upgraded(io) => io.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ServerIo::Tcp(io) => Pin::new(io).poll_flush(cx),
+            ServerIo::Upgraded(io) => Pin::new(io).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ServerIo::Tcp(io) => Pin::new(io).poll_shutdown(cx),
+            ServerIo::Upgraded(io) => Pin::new(io).poll_shutdown(cx),
+        }
+    }
+}
 
 /// A valid upgrade request, to be answered with [`TunnelUpgrade::on_upgrade`].
 pub(crate) struct TunnelUpgrade {
@@ -89,12 +167,59 @@ impl TunnelUpgrade {
         F: FnOnce(TunnelWs) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        self.on_upgrade_at(None, f)
+    }
+
+    /// Answers 101 and runs `f` on the connection once upgraded, on the
+    /// connection thread `home` when given one: a plain connection is
+    /// registered there again (and counted there through `held`), so its
+    /// reads wake the thread that serves it. A TLS connection cannot be
+    /// taken apart and stays where it is.
+    pub(crate) fn on_upgrade_at<F, Fut>(
+        self,
+        home: Option<(Home, Option<HeldConnection>)>,
+        f: F,
+    ) -> Response
+    where
+        F: FnOnce(TunnelWs) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let TunnelUpgrade { key, on_upgrade } = self;
         tokio::spawn(async move {
-            match on_upgrade.await {
-                Ok(upgraded) => f(WsStream::new(TokioIo::new(upgraded), Role::Server, &[])).await,
-                Err(e) => tracing::debug!("WebSocket upgrade failed: {e}"),
+            let upgraded = match on_upgrade.await {
+                Ok(upgraded) => upgraded,
+                Err(e) => {
+                    tracing::debug!("WebSocket upgrade failed: {e}");
+                    return;
+                }
+            };
+            // What hyper read past the request head is the WebSocket's.
+            let (tcp, leftover) = match upgraded.downcast::<TokioIo<TcpStream>>() {
+                Ok(parts) => (parts.io.into_inner(), parts.read_buf),
+                Err(upgraded) => {
+                    let io = ServerIo::Upgraded(TokioIo::new(upgraded));
+                    return f(WsStream::new(io, Role::Server, &[])).await;
+                }
+            };
+            let Some((home, held)) = home.filter(|(home, _)| !home.is_here()) else {
+                return f(WsStream::new(ServerIo::Tcp(tcp), Role::Server, &leftover)).await;
+            };
+            let std = match tcp.into_std() {
+                Ok(std) => std,
+                Err(e) => {
+                    tracing::debug!("could not hand the connection to its thread: {e}");
+                    return;
+                }
+            };
+            if let Some(held) = held {
+                held.moved_to(&home);
             }
+            home.handle().spawn(async move {
+                match TcpStream::from_std(std) {
+                    Ok(tcp) => f(WsStream::new(ServerIo::Tcp(tcp), Role::Server, &leftover)).await,
+                    Err(e) => tracing::debug!("could not take the connection on its thread: {e}"),
+                }
+            });
         });
         let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
         let headers = response.headers_mut();
@@ -104,5 +229,101 @@ impl TunnelUpgrade {
             headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::Router;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// Upgrades one connection served on a connection thread, with a
+    /// WebSocket frame sent right behind the request head, and asks the
+    /// upgraded connection to go on to `to` (a thread index). The frame's
+    /// payload as read there, and the thread that read it.
+    async fn upgrade_moving_to(shards: &crate::shards::Shards, to: usize) -> (String, String) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let home = shards.homes()[to].clone();
+        let router = Router::new().route(
+            "/",
+            axum::routing::get(move |ws: TunnelUpgrade| async move {
+                ws.on_upgrade_at(Some((home, None)), |mut ws| async move {
+                    let mut said = [0u8; 5];
+                    ws.read_exact(&mut said).await.unwrap();
+                    let thread = std::thread::current().name().unwrap_or("").to_owned();
+                    let answer = format!("{}|{thread}", String::from_utf8_lossy(&said));
+                    ws.write_all(answer.as_bytes()).await.unwrap();
+                    ws.shutdown().await.unwrap();
+                })
+            }),
+        );
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let accepting = crate::accept::Accepting {
+            tls: None,
+            head_timeout: std::time::Duration::from_secs(10),
+            limits: crate::accept::ConnectionLimits {
+                total: 16,
+                per_address: 16,
+                exempt: Default::default(),
+            },
+            shards: Some(shards),
+        };
+        let serving = crate::accept::serve(
+            listener,
+            router,
+            accepting,
+            async {
+                let _ = stopped.await;
+            },
+            async {},
+        );
+        let asking = async {
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            // The head and a masked binary frame ("hello", mask 0) in one
+            // write: hyper reads the frame with the head.
+            let mut bytes = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n\
+                Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+                Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+                .to_vec();
+            bytes.extend_from_slice(&[0x82, 0x85, 0, 0, 0, 0]);
+            bytes.extend_from_slice(b"hello");
+            tcp.write_all(&bytes).await.unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                head.push(tcp.read_u8().await.unwrap());
+            }
+            assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+            let mut ws = WsStream::new(tcp, Role::Client, &[]);
+            let mut answer = String::new();
+            ws.read_to_string(&mut answer).await.unwrap();
+            let _ = stop.send(());
+            answer
+        };
+        let both = async { tokio::join!(serving, asking) };
+        let (served, answer) = tokio::time::timeout(std::time::Duration::from_secs(30), both)
+            .await
+            .expect("the upgraded connection answered");
+        served.unwrap();
+        let (said, thread) = answer.split_once('|').unwrap();
+        (said.to_owned(), thread.to_owned())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_upgraded_connection_goes_on_to_the_thread_it_is_sent_to() {
+        let shards = crate::shards::Shards::start(2).unwrap();
+        // The connection is accepted on thread 0 (both hold none) and
+        // goes on to 1, with the bytes hyper read past the head.
+        assert_eq!(
+            upgrade_moving_to(&shards, 1).await,
+            ("hello".to_owned(), "rtunnel-conn-1".to_owned())
+        );
+        // Sent to the thread it is on, it stays.
+        assert_eq!(
+            upgrade_moving_to(&shards, 0).await,
+            ("hello".to_owned(), "rtunnel-conn-0".to_owned())
+        );
     }
 }
