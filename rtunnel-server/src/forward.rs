@@ -203,15 +203,15 @@ async fn open_forward(
     event.details = serde_json::json!({"service": q.service});
     state.audit.record(event).await?;
     let system_id = session.system_id;
-    // Served on its tunnel's thread, if the tunnel is on one here: each
-    // stream's frames then go from one connection to the other without
-    // waking another thread.
-    let home = state
-        .tunnels
-        .registry
-        .by_session(session_id)
-        .and_then(|tunnel| tunnel.home.clone())
-        .map(|home| (home, held.as_ref().map(|held| held.0.clone())));
+    // Served on the thread of the connection its streams go on (the
+    // tunnel, or the mesh connection to the node holding it), if that is
+    // on one: each stream's frames then go from one connection to the
+    // other without waking another thread.
+    let home = match state.config.threads {
+        0 => None,
+        _ => state.tunnels.cluster.home_of(session_id).await,
+    }
+    .map(|home| (home, held.as_ref().map(|held| held.0.clone())));
     Ok(ws.on_upgrade_at(home, move |socket| async move {
         // The connection stays counted under the caps while it lives.
         let _held = held;

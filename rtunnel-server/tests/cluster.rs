@@ -68,8 +68,14 @@ async fn copy_recording(
 
 /// One node of a test cluster.
 async fn node(dir: &std::path::Path, prefix: &str, id: &str) -> ServerProc {
+    node_with(dir, prefix, id, &[]).await
+}
+
+/// One node of a test cluster, with more arguments.
+async fn node_with(dir: &std::path::Path, prefix: &str, id: &str, more: &[&str]) -> ServerProc {
     let args = node_args(&test_redis_url(), prefix, id);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.extend_from_slice(more);
     let server = ServerProc::start(dir, &args).await;
     wait_for("the node to join the cluster", || {
         let log = server.proc.log_text();
@@ -247,6 +253,41 @@ async fn operators_on_any_node_reach_an_agent_on_another_and_closes_reach_it() {
             .expect("the event stream stays open");
         seen.push_str(std::str::from_utf8(&chunk).unwrap());
     }
+}
+
+/// On connection threads, a `forward` through a node that does not hold
+/// the tunnel goes on to the thread of that node's mesh connection to the
+/// holder: its streams then cross no thread on the way to the mesh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_through_another_node_goes_on_to_its_mesh_connection_s_thread() {
+    let tmp = tempfile::tempdir().unwrap();
+    use_postgres(tmp.path()).await;
+    let prefix = unique_prefix();
+    let a = node(tmp.path(), &prefix, "node-a").await;
+    let threads = ["--threads", "2", "--metrics-listen", "127.0.0.1:0"];
+    let b = node_with(tmp.path(), &prefix, "node-b", &threads).await;
+    let b_metrics = support::metrics::metrics_addr(&b.proc).await;
+    let sys = enroll(&a, "far-box");
+    let root = user_with_token(&a, "root", "admin");
+    let echo = echo_service().await;
+    let _agent = start_agent(&a, &sys, &format!("echo={echo}"), &[]);
+    let session = active_session(&b, &root, &sys.id).await;
+    // The first forward's first stream dials node B's mesh connection to
+    // node A, on the first forward's thread.
+    let (_first, local) = start_forward(&b, &root, &session, "echo").await;
+    assert_eq!(echo_through(local, b"first").await, b"first");
+    // The second is accepted on the other thread (it holds fewer), and
+    // goes on to the mesh connection's.
+    let (_second, local) = start_forward(&b, &root, &session, "echo").await;
+    assert_eq!(echo_through(local, b"second").await, b"second");
+    wait_for(
+        "both forwards on the mesh connection's thread",
+        || async move {
+            let on = support::metrics::connections_by_thread(b_metrics, 2).await;
+            (on.iter().sum::<f64>() == 2.0 && on.contains(&2.0)).then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

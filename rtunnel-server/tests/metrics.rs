@@ -6,71 +6,8 @@
 
 mod support;
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-
+use support::metrics::*;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// The address a process logged for its metrics.
-async fn metrics_addr(proc: &Proc) -> SocketAddr {
-    wait_for("the metrics listener", || {
-        let text = proc.log_text();
-        async move {
-            let line = text
-                .lines()
-                .find(|l| l.contains("metrics at GET /metrics"))?;
-            line.split("addr=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        }
-    })
-    .await
-}
-
-/// One HTTP GET; the status line and the body.
-async fn get(addr: SocketAddr, path: &str) -> (String, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap();
-    (head.lines().next().unwrap().to_owned(), body.to_owned())
-}
-
-/// Samples by name with labels (`name{a="b"}`), every line checked.
-fn parse(text: &str) -> HashMap<String, f64> {
-    assert!(text.ends_with("# EOF\n"), "{text}");
-    let mut samples = HashMap::new();
-    for line in text
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-    {
-        let (name, value) = line
-            .rsplit_once(' ')
-            .unwrap_or_else(|| panic!("bad line {line:?}"));
-        let value: f64 = value
-            .parse()
-            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
-        assert!(
-            name.chars().next().unwrap().is_ascii_alphabetic(),
-            "bad name in {line:?}"
-        );
-        samples.insert(name.to_owned(), value);
-    }
-    samples
-}
-
-fn sample(samples: &HashMap<String, f64>, name: &str) -> f64 {
-    *samples
-        .get(name)
-        .unwrap_or_else(|| panic!("no {name} in {samples:#?}"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_binaries_serve_prometheus_metrics() {
@@ -130,14 +67,7 @@ async fn both_binaries_serve_prometheus_metrics() {
     // have ended, one thread holds both. (Without, the forward stays on the
     // thread it was accepted on, the one holding fewest, not the tunnel's.)
     let threads = wait_for("the forward on its tunnel's thread", || async move {
-        let (_, body) = get(server_metrics, "/metrics").await;
-        let s = parse(&body);
-        let on: Vec<f64> = (0..4)
-            .map(|t| {
-                let name = format!("rtunnel_connections{{thread=\"{t}\"}}");
-                s.get(&name).copied().unwrap_or(0.0)
-            })
-            .collect();
+        let on = connections_by_thread(server_metrics, 4).await;
         (on.iter().sum::<f64>() == 2.0 && on.contains(&2.0)).then_some(on)
     })
     .await;

@@ -143,8 +143,13 @@ pub(super) async fn create(
     JsonBody(body): JsonBody<CreateUser>,
 ) -> Result<(StatusCode, Json<UserView>), ApiError> {
     require_admin(&caller)?;
-    let (user, hash) =
-        enroll::new_user(&body.name, body.role, body.email, body.password.as_deref())?;
+    // argon2 takes tens of milliseconds of a core: not on the thread that
+    // serves this connection (and others).
+    let (user, hash) = tokio::task::spawn_blocking(move || {
+        enroll::new_user(&body.name, body.role, body.email, body.password.as_deref())
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("password hash failed: {e}")))??;
     // Checked first so a taken name is not audited as created; the store
     // still refuses a race.
     if stores.identity.user_by_name(&user.name).await?.is_some() {
@@ -223,12 +228,15 @@ pub(super) async fn update(
             "an administrator cannot take their own admin role away",
         ));
     }
-    let hash = body
-        .password
-        .as_deref()
-        .map(rtunnel_auth::password::hash_password)
-        .transpose()
-        .map_err(|e| ApiError::bad_request("invalid_password", e.to_string()))?;
+    let hash = match body.password.clone() {
+        Some(password) => Some(
+            tokio::task::spawn_blocking(move || rtunnel_auth::password::hash_password(&password))
+                .await
+                .map_err(|e| ApiError::internal(format!("password hash failed: {e}")))?
+                .map_err(|e| ApiError::bad_request("invalid_password", e.to_string()))?,
+        ),
+        None => None,
+    };
     let event_of = |name: AuditKind, details| admin_event(&caller, peer, name, details);
     if let Some(hash) = &hash {
         let event = event_of(

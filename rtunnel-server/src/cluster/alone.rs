@@ -40,6 +40,10 @@ impl Shared {
         match *self {}
     }
 
+    pub(super) fn mesh_home(&self, _: &str) -> Option<crate::shards::Home> {
+        match *self {}
+    }
+
     pub(super) async fn open_pipelined(
         &self,
         _: &RemoteTunnel,

@@ -116,6 +116,8 @@ struct Slot {
 struct Peer {
     address: String,
     mux: SharedMux,
+    /// The connection thread it was dialed on (and runs on), if any.
+    home: Option<crate::shards::Home>,
 }
 
 impl Mesh {
@@ -243,6 +245,7 @@ impl Mesh {
                 slot.peer = Some(Peer {
                     address: address.to_owned(),
                     mux: mux.clone(),
+                    home: crate::shards::here(),
                 });
                 slot.failed = None;
                 Ok(mux)
@@ -281,6 +284,19 @@ impl Mesh {
             Ok(StreamReply::Pending { .. }) => Err("mesh hello answered `pending`".into()),
             Err(e) => Err(format!("mesh hello failed: {e}")),
         }
+    }
+
+    /// The connection thread of the live connection to `node`, if there
+    /// is one on a thread: a `forward` to a tunnel held there moves to it.
+    pub(crate) fn home_of(&self, node: &str) -> Option<crate::shards::Home> {
+        let slot = {
+            let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+            peers.get(node).cloned()
+        }?;
+        // A slot busy dialing has no connection to follow yet.
+        let slot = slot.try_lock().ok()?;
+        let peer = slot.peer.as_ref().filter(|p| !p.mux.is_closed())?;
+        peer.home.clone()
     }
 
     fn forget(&self, node: &str, mux: &SharedMux) {

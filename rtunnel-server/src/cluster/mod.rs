@@ -116,6 +116,17 @@ impl Cluster {
         self.live.as_ref()?.route(session_id).await
     }
 
+    /// The connection thread that streams to `session_id`'s tunnel are
+    /// best served on (`crate::shards`): the tunnel's own, or that of the
+    /// mesh connection to the node holding it. `None` off threads, or
+    /// while there is no such connection.
+    pub(crate) async fn home_of(&self, session_id: SessionId) -> Option<crate::shards::Home> {
+        match self.route(session_id).await? {
+            Route::Local(tunnel) => tunnel.home.clone(),
+            Route::Remote(remote) => self.live.as_ref()?.mesh_home(remote.node_id()),
+        }
+    }
+
     /// Where the tunnel of a system is.
     pub async fn route_of_system(&self, system_id: SystemId) -> Option<Route> {
         if let Some(t) = self.registry.by_system(system_id) {

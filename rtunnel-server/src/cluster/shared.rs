@@ -222,6 +222,11 @@ impl Shared {
         commands::publish(self, &self.node_id, command).await;
     }
 
+    /// The connection thread of the mesh connection to `node`, if any.
+    pub(super) fn mesh_home(&self, node: &str) -> Option<crate::shards::Home> {
+        self.mesh.home_of(node)
+    }
+
     /// Opens a stream through the node holding `remote`, not waiting for
     /// its answer.
     pub(super) async fn open_pipelined(

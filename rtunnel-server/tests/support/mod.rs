@@ -15,6 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 pub mod chromium;
+pub mod metrics;
 
 /// Generous: CI machines are small and busy.
 pub const WAIT: Duration = Duration::from_secs(30);
