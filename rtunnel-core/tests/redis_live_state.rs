@@ -278,6 +278,7 @@ fn route(session_id: SessionId, system_id: SystemId, node: &str) -> TunnelRoute 
         system_id,
         node_id: node.to_owned(),
         services: Vec::new(),
+        thread: None,
     }
 }
 

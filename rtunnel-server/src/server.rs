@@ -373,6 +373,9 @@ impl Server {
                 self.state.clone(),
                 self.node_listener,
                 self.metrics_listener,
+                // An app serving the router itself has no connection
+                // threads.
+                None,
             ),
             control: ServerControl { state: self.state },
         }
@@ -416,13 +419,17 @@ impl Server {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         tracing::info!(%addr, scheme, node = %self.state.tunnels.cluster.node_id(), path_prefix = %prefix, version = env!("CARGO_PKG_VERSION"), "rtunnel-server listening");
         let state = self.state.clone();
-        let background =
-            Background::start(state.clone(), self.node_listener, self.metrics_listener);
-        let head_timeout = state.config.request_head_timeout;
         let shards = match state.config.threads {
             0 => None,
-            n => Some(crate::shards::Shards::start(n)?),
+            n => Some(Arc::new(crate::shards::Shards::start(n)?)),
         };
+        let background = Background::start(
+            state.clone(),
+            self.node_listener,
+            self.metrics_listener,
+            shards.clone(),
+        );
+        let head_timeout = state.config.request_head_timeout;
         let accepting = crate::accept::Accepting {
             tls: self.tls,
             head_timeout,
@@ -431,7 +438,7 @@ impl Server {
                 per_address: state.config.max_connections_per_address,
                 exempt: state.config.trusted_proxies.clone(),
             },
-            shards: shards.as_ref(),
+            shards: shards.as_deref(),
         };
         let served =
             crate::accept::serve(listener, router, accepting, shutdown, drain(&state)).await;
@@ -515,6 +522,7 @@ impl Background {
         state: Arc<AppState>,
         node_listener: Option<TcpListener>,
         metrics_listener: Option<TcpListener>,
+        shards: Option<Arc<crate::shards::Shards>>,
     ) -> Self {
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(state.lifecycle.clone().sweep(state.shutdown.clone()));
@@ -544,10 +552,14 @@ impl Background {
         }
         #[cfg(feature = "redis")]
         if let Some(node_listener) = node_listener {
-            tasks.spawn(crate::cluster::mesh::serve(state.clone(), node_listener));
+            tasks.spawn(crate::cluster::mesh::serve(
+                state.clone(),
+                node_listener,
+                shards,
+            ));
         }
         #[cfg(not(feature = "redis"))]
-        drop(node_listener);
+        drop((node_listener, shards));
         Background { tasks }
     }
 }

@@ -11,13 +11,13 @@
 //! half of the server's CPU per request. Here a connection and every task
 //! it spawns stay on its thread (the model of nginx's and Envoy's
 //! workers), and connections are spread over the threads by how many each
-//! holds. A stream between two connections on different threads (a
-//! `forward` and its tunnel) crosses where its relay meets the other
-//! connection, and then costs what it costs on the shared runtime, so the
-//! threads are off by default: the thread is chosen at accept, before the
-//! request says which tunnel it wants. Moving a `forward` onto its
-//! tunnel's thread once its upgrade names the tunnel is the step that
-//! would make them pay for every server.
+//! holds. A stream between two connections on different threads crosses
+//! where its relay meets the other connection, and then costs what it
+//! costs on the shared runtime. So a `forward` does not stay where it was
+//! accepted: once its upgrade names its session, it goes on to the thread
+//! of the connection its streams will use ([`Home`]): its tunnel's, or the
+//! mesh connection's to the node holding the tunnel (a plain connection
+//! only; TLS cannot be taken apart and stays).
 //!
 //! The work that is not a connection's (the background, the node mesh's
 //! accepted connections, the database's own threads) stays on the runtime
@@ -65,6 +65,11 @@ pub(crate) fn here() -> Option<Home> {
 }
 
 impl Home {
+    /// Its place among the server's threads (`rtunnel-conn-INDEX`).
+    pub(crate) fn index(&self) -> usize {
+        self.index
+    }
+
     /// The runtime of this thread.
     pub(crate) fn handle(&self) -> &Handle {
         &self.handle
@@ -144,16 +149,20 @@ impl Shards {
     /// The thread holding the fewest connections, and the new connection's
     /// place on it.
     pub(crate) fn pick(&self) -> (&Home, OnShard) {
-        let home = self
-            .shards
-            .iter()
-            .min_by_key(|s| s.live.load(Ordering::Relaxed))
-            .expect("at least one connection thread");
+        let home = self.least_loaded();
         (home, home.enter())
     }
 
+    /// The thread holding the fewest connections.
+    pub(crate) fn least_loaded(&self) -> &Home {
+        self.shards
+            .iter()
+            .min_by_key(|s| s.live.load(Ordering::Relaxed))
+            .expect("at least one connection thread")
+    }
+
     /// The threads, in order.
-    #[cfg(test)]
+    #[cfg_attr(not(any(test, feature = "redis")), allow(dead_code))]
     pub(crate) fn homes(&self) -> &[Home] {
         &self.shards
     }

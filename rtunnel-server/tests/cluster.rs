@@ -255,18 +255,23 @@ async fn operators_on_any_node_reach_an_agent_on_another_and_closes_reach_it() {
     }
 }
 
-/// On connection threads, a `forward` through a node that does not hold
-/// the tunnel goes on to the thread of that node's mesh connection to the
-/// holder: its streams then cross no thread on the way to the mesh.
+/// On connection threads, a stream through another node crosses no
+/// thread on either node: the holder serves the mesh connection on its
+/// tunnel's thread (the route names it, the dialing node asks for it), and
+/// the operator's node moves a `forward` to the thread of its mesh
+/// connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_forward_through_another_node_goes_on_to_its_mesh_connection_s_thread() {
+async fn a_forward_through_another_node_shares_threads_with_the_mesh_and_the_tunnel() {
     let tmp = tempfile::tempdir().unwrap();
     use_postgres(tmp.path()).await;
     let prefix = unique_prefix();
-    let a = node(tmp.path(), &prefix, "node-a").await;
     let threads = ["--threads", "2", "--metrics-listen", "127.0.0.1:0"];
+    let a = node_with(tmp.path(), &prefix, "node-a", &threads).await;
     let b = node_with(tmp.path(), &prefix, "node-b", &threads).await;
-    let b_metrics = support::metrics::metrics_addr(&b.proc).await;
+    let (a_metrics, b_metrics) = (
+        support::metrics::metrics_addr(&a.proc).await,
+        support::metrics::metrics_addr(&b.proc).await,
+    );
     let sys = enroll(&a, "far-box");
     let root = user_with_token(&a, "root", "admin");
     let echo = echo_service().await;
@@ -280,14 +285,20 @@ async fn a_forward_through_another_node_goes_on_to_its_mesh_connection_s_thread(
     // goes on to the mesh connection's.
     let (_second, local) = start_forward(&b, &root, &session, "echo").await;
     assert_eq!(echo_through(local, b"second").await, b"second");
-    wait_for(
-        "both forwards on the mesh connection's thread",
-        || async move {
-            let on = support::metrics::connections_by_thread(b_metrics, 2).await;
-            (on.iter().sum::<f64>() == 2.0 && on.contains(&2.0)).then_some(())
-        },
-    )
-    .await;
+    // Once the requests before them have ended, one thread of each node
+    // holds both its connections: node B's two forwards, node A's tunnel
+    // and the mesh connection from node B. (Each would go to the thread
+    // holding fewest otherwise: one connection on each.)
+    for (node, metrics) in [("B", b_metrics), ("A", a_metrics)] {
+        wait_for(
+            &format!("node {node}'s connections on one thread"),
+            || async move {
+                let on = support::metrics::connections_by_thread(metrics, 2).await;
+                (on.iter().sum::<f64>() == 2.0 && on.contains(&2.0)).then_some(())
+            },
+        )
+        .await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -356,7 +367,13 @@ async fn a_killed_node_s_agents_resume_elsewhere_and_its_other_sessions_wait_in_
     })
     .await;
     wait_session_active(&b, &root, &roaming_session).await;
-    assert_eq!(echo_through(local, b"via b").await, b"via b");
+    // The session is active in the database a moment before node B's
+    // registry and routes hold its tunnel: a stream in between is refused
+    // (the route still names node A), and the next one gets through.
+    wait_for("a stream through node B", || async move {
+        (echo_through(local, b"via b").await == b"via b").then_some(())
+    })
+    .await;
     // Node C reaches it on node B.
     let (_fwd_c, local_c) = start_forward(&c, &root, &roaming_session, "echo").await;
     assert_eq!(echo_through(local_c, b"via c").await, b"via c");

@@ -40,7 +40,7 @@ impl Shared {
         match *self {}
     }
 
-    pub(super) fn mesh_home(&self, _: &str) -> Option<crate::shards::Home> {
+    pub(super) fn mesh_home(&self, _: &str, _: Option<u16>) -> Option<crate::shards::Home> {
         match *self {}
     }
 

@@ -2,7 +2,12 @@
 //! node of the cluster.
 //!
 //! Each pair of nodes keeps one long-lived connection, dialed when first
-//! needed and again after it fails:
+//! needed and again after it fails (with connection threads, `--threads`,
+//! one per thread of the holder: the tunnel's route names the thread
+//! serving it, the dialing node asks for that lane in its ClientHello's
+//! ALPN, and the holder serves the connection on that thread, so a
+//! stream crosses no thread on its way from the mesh to the tunnel; a
+//! lane is a placement hint, nothing more):
 //!
 //! 1. TLS 1.3, both sides presenting the identity every holder of the
 //!    cluster key derives ([`rtunnel_auth::mesh`]): only nodes of the
@@ -34,7 +39,7 @@ use rtunnel_core::setup::{self, SetupError, pipeline::RefusalMap};
 use rtunnel_core::store::now_millis;
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::{LazyConfigAcceptor, StartHandshake, TlsConnector};
 
 use super::{Opening, RemoteTunnel};
 use crate::registry::TunnelStream;
@@ -98,13 +103,18 @@ pub(crate) struct Mesh {
     node_id: String,
     key: NodeKey,
     nonces: Mutex<NonceCache>,
-    connector: TlsConnector,
-    acceptor: TlsAcceptor,
-    /// One slot per peer.
-    peers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
+    client_config: Arc<rustls::ClientConfig>,
+    server_config: Arc<rustls::ServerConfig>,
+    /// One slot per peer and lane (the peer's connection thread asked for).
+    peers: Mutex<HashMap<PeerLane, Arc<tokio::sync::Mutex<Slot>>>>,
     /// Connections from other nodes still in TLS or the hello.
     handshakes: Arc<tokio::sync::Semaphore>,
 }
+
+/// A peer node, and the lane (its connection thread) a connection asks
+/// for: a node holding tunnels on several threads gets one connection per
+/// thread that holds tunnels reached from here.
+type PeerLane = (String, Option<u16>);
 
 /// A peer's connection, or why the last dial failed.
 #[derive(Default)]
@@ -130,8 +140,8 @@ impl Mesh {
             node_id,
             key,
             nonces: Mutex::new(NonceCache::default()),
-            connector: TlsConnector::from(identity.client_config().map_err(|e| e.to_string())?),
-            acceptor: TlsAcceptor::from(identity.server_config().map_err(|e| e.to_string())?),
+            client_config: identity.client_config().map_err(|e| e.to_string())?,
+            server_config: identity.server_config().map_err(|e| e.to_string())?,
             peers: Mutex::new(HashMap::new()),
             handshakes: Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES)),
         })
@@ -189,17 +199,18 @@ impl Mesh {
             session_id: remote.route.session_id,
             header: header.clone(),
         };
+        let lane = remote.route.thread;
         // A connection that died since its last use is dialed again, once.
         for attempt in 0..2 {
             let mux = self
-                .connection(holder, &remote.address)
+                .connection(holder, lane, &remote.address)
                 .await
                 .map_err(unavailable)?;
             let mut stream = match mux.open().await {
                 Ok(s) => s,
                 Err(MuxError::Closed) if attempt == 0 => {
                     tracing::debug!(node = holder, "mesh connection gone; dialing again");
-                    self.forget(holder, &mux);
+                    self.forget(holder, lane, &mux);
                     continue;
                 }
                 Err(e) => return Err(unavailable(e.to_string())),
@@ -212,13 +223,18 @@ impl Mesh {
         Err(unavailable("the connection closed twice".into()))
     }
 
-    /// The live connection to `node`, dialed at `address` if there is none.
-    /// Opens waiting on one dial share it; a dial that failed is not tried
-    /// again for [`REDIAL_AFTER`].
-    async fn connection(&self, node: &str, address: &str) -> Result<SharedMux, String> {
+    /// The live connection to `node` in `lane`, dialed at `address` if
+    /// there is none. Opens waiting on one dial share it; a dial that failed
+    /// is not tried again for [`REDIAL_AFTER`].
+    async fn connection(
+        &self,
+        node: &str,
+        lane: Option<u16>,
+        address: &str,
+    ) -> Result<SharedMux, String> {
         let slot = {
             let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-            peers.entry(node.to_owned()).or_default().clone()
+            peers.entry((node.to_owned(), lane)).or_default().clone()
         };
         let mut slot = slot.lock().await;
         if let Some(p) = slot.peer.as_ref()
@@ -232,7 +248,8 @@ impl Mesh {
         {
             return Err(why.clone());
         }
-        let dialed = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.dial(node, address)).await {
+        let dialing = self.dial(node, lane, address);
+        let dialed = match tokio::time::timeout(HANDSHAKE_TIMEOUT, dialing).await {
             Ok(result) => result,
             Err(_) => Err(format!(
                 "no answer from {address} within {HANDSHAKE_TIMEOUT:?}"
@@ -241,7 +258,7 @@ impl Mesh {
         match dialed {
             Ok(mux) => {
                 let mux = shared(mux);
-                tracing::info!(node, %address, "mesh connection up");
+                tracing::info!(node, %address, lane, "mesh connection up");
                 slot.peer = Some(Peer {
                     address: address.to_owned(),
                     mux: mux.clone(),
@@ -257,17 +274,27 @@ impl Mesh {
         }
     }
 
-    async fn dial(&self, node: &str, address: &str) -> Result<YamuxMux, String> {
+    async fn dial(&self, node: &str, lane: Option<u16>, address: &str) -> Result<YamuxMux, String> {
         let tcp = TcpStream::connect(address)
             .await
             .map_err(|e| format!("cannot connect to {address}: {e}"))?;
         tune(&tcp);
         let name = rustls::pki_types::ServerName::try_from(rtunnel_auth::mesh::SERVER_NAME)
             .map_err(|e| e.to_string())?;
-        let mut tls =
-            self.connector.connect(name, tcp).await.map_err(|e| {
-                format!("TLS with {address} failed (not a node of this cluster?): {e}")
-            })?;
+        // The lane rides in the ClientHello (ALPN), read before the
+        // handshake, so the peer can serve the connection on that thread.
+        let connector = match lane {
+            None => TlsConnector::from(self.client_config.clone()),
+            Some(lane) => {
+                let mut config = (*self.client_config).clone();
+                config.alpn_protocols = vec![lane_protocol(lane)];
+                TlsConnector::from(Arc::new(config))
+            }
+        };
+        let mut tls = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS with {address} failed (not a node of this cluster?): {e}"))?;
         let hello = MeshHello {
             from: self.node_id.clone(),
             to: node.to_owned(),
@@ -286,12 +313,13 @@ impl Mesh {
         }
     }
 
-    /// The connection thread of the live connection to `node`, if there
-    /// is one on a thread: a `forward` to a tunnel held there moves to it.
-    pub(crate) fn home_of(&self, node: &str) -> Option<crate::shards::Home> {
+    /// The connection thread of the live connection to `node` in `lane`,
+    /// if there is one on a thread: a `forward` to a tunnel held there
+    /// moves to it.
+    pub(crate) fn home_of(&self, node: &str, lane: Option<u16>) -> Option<crate::shards::Home> {
         let slot = {
             let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-            peers.get(node).cloned()
+            peers.get(&(node.to_owned(), lane)).cloned()
         }?;
         // A slot busy dialing has no connection to follow yet.
         let slot = slot.try_lock().ok()?;
@@ -299,10 +327,10 @@ impl Mesh {
         peer.home.clone()
     }
 
-    fn forget(&self, node: &str, mux: &SharedMux) {
+    fn forget(&self, node: &str, lane: Option<u16>, mux: &SharedMux) {
         let slot = {
             let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-            peers.get(node).cloned()
+            peers.get(&(node.to_owned(), lane)).cloned()
         };
         if let Some(slot) = slot
             && let Ok(mut slot) = slot.try_lock()
@@ -339,9 +367,35 @@ impl Mesh {
     }
 }
 
+/// The ALPN protocol a dialing node offers to ask for the peer's
+/// connection thread `lane` (the thread its route named for the tunnel).
+fn lane_protocol(lane: u16) -> Vec<u8> {
+    format!("{LANE_PROTOCOL_PREFIX}{lane}").into_bytes()
+}
+
+const LANE_PROTOCOL_PREFIX: &str = "rtunnel-mesh-lane-";
+
+/// The lane a ClientHello asks for, if it offers one that reads (at most
+/// five digits after the prefix; anything else is no lane).
+fn lane_asked<'a>(mut protocols: impl Iterator<Item = &'a [u8]>) -> Option<u16> {
+    protocols.find_map(|p| {
+        let digits = p.strip_prefix(LANE_PROTOCOL_PREFIX.as_bytes())?;
+        if digits.is_empty() || digits.len() > 5 || !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(digits).ok()?.parse().ok()
+    })
+}
+
 /// Accepts the other nodes' mesh connections on `listener` until the
-/// server shuts down.
-pub(crate) async fn serve(state: Arc<AppState>, listener: TcpListener) {
+/// server shuts down. On connection threads, each connection is served on
+/// the thread its ClientHello asks for (the thread of the tunnels the
+/// dialing node reaches through it), or else the one holding fewest.
+pub(crate) async fn serve(
+    state: Arc<AppState>,
+    listener: TcpListener,
+    shards: Option<Arc<crate::shards::Shards>>,
+) {
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -355,18 +409,25 @@ pub(crate) async fn serve(state: Arc<AppState>, listener: TcpListener) {
             _ = state.shutdown.cancelled() => return,
         };
         let state = state.clone();
+        let shards = shards.clone();
         tokio::spawn(async move {
             let stop = state.shutdown.clone();
             tokio::select! {
-                _ = connection(state, tcp, peer) => {}
+                _ = accept(state, tcp, peer, shards) => {}
                 _ = stop.cancelled() => {}
             }
         });
     }
 }
 
-/// One node's connection to this one: TLS, the hello, then its streams.
-async fn connection(state: Arc<AppState>, tcp: TcpStream, peer: std::net::SocketAddr) {
+/// Takes a node's connection up to its ClientHello, then serves it on its
+/// thread.
+async fn accept(
+    state: Arc<AppState>,
+    tcp: TcpStream,
+    peer: std::net::SocketAddr,
+    shards: Option<Arc<crate::shards::Shards>>,
+) {
     let Some(live) = &state.tunnels.cluster.live else {
         return;
     };
@@ -376,10 +437,73 @@ async fn connection(state: Arc<AppState>, tcp: TcpStream, peer: std::net::Socket
     let Ok(permit) = mesh.handshakes.clone().acquire_owned().await else {
         return;
     };
+    let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    let hello = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
+    let start = match tokio::time::timeout_at(deadline, hello).await {
+        Ok(Ok(start)) => start,
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, "mesh: refused a connection: TLS failed (not a node of this cluster?): {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%peer, "mesh: refused a connection: no hello within {HANDSHAKE_TIMEOUT:?}");
+            return;
+        }
+    };
+    let Some(shards) = shards else {
+        return connection(state.clone(), start, deadline, permit, peer).await;
+    };
+    let asked = start.client_hello().alpn().and_then(lane_asked);
+    let home = match asked.and_then(|lane| shards.homes().get(usize::from(lane))) {
+        Some(home) => home.clone(),
+        None => shards.least_loaded().clone(),
+    };
+    drop(shards);
+    let StartHandshake { accepted, io, .. } = start;
+    let std = match io.into_std() {
+        Ok(std) => std,
+        Err(e) => {
+            tracing::debug!(%peer, "mesh: could not hand the connection to a thread: {e}");
+            return;
+        }
+    };
+    let stop = state.shutdown.clone();
+    let on = home.enter();
+    let serving = home.handle().spawn(async move {
+        let _on = on;
+        let tcp = match TcpStream::from_std(std) {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                tracing::debug!(%peer, "mesh: could not take the connection on its thread: {e}");
+                return;
+            }
+        };
+        let start = StartHandshake::from_parts(accepted, tcp);
+        tokio::select! {
+            _ = connection(state, start, deadline, permit, peer) => {}
+            _ = stop.cancelled() => {}
+        }
+    });
+    // Ends with it (or when the server shuts down and this is dropped).
+    let _ = serving.await;
+}
+
+/// One node's connection to this one, from its ClientHello: the rest of
+/// TLS, the hello, then its streams.
+async fn connection(
+    state: Arc<AppState>,
+    start: StartHandshake<TcpStream>,
+    deadline: tokio::time::Instant,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    peer: std::net::SocketAddr,
+) {
+    let Some(live) = &state.tunnels.cluster.live else {
+        return;
+    };
+    let mesh = &live.mesh;
     let handshake = async {
-        let mut tls = mesh
-            .acceptor
-            .accept(tcp)
+        let mut tls = start
+            .into_stream(mesh.server_config.clone())
             .await
             .map_err(|e| format!("TLS failed (not a node of this cluster?): {e}"))?;
         let hello = read_frame::<MeshHello, _>(&mut tls, MAX_FRAME_BYTES)
@@ -399,7 +523,7 @@ async fn connection(state: Arc<AppState>, tcp: TcpStream, peer: std::net::Socket
             }
         }
     };
-    let handshook = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await;
+    let handshook = tokio::time::timeout_at(deadline, handshake).await;
     drop(permit);
     let (tls, from) = match handshook {
         Ok(Ok(ok)) => ok,
@@ -523,6 +647,26 @@ const MESH_WRITE_GATHER_BYTES: usize = 16 * 1024;
 mod tests {
     use super::*;
     use rtunnel_core::mux::batching;
+    use tokio_rustls::TlsAcceptor;
+
+    #[test]
+    fn a_lane_is_asked_for_in_the_protocols_offered_and_nothing_else_reads_as_one() {
+        let asked = |protocols: &[&[u8]]| lane_asked(protocols.iter().copied());
+        assert_eq!(asked(&[&lane_protocol(0)]), Some(0));
+        assert_eq!(asked(&[b"h2", &lane_protocol(1023)]), Some(1023));
+        assert_eq!(asked(&[]), None);
+        for bad in [
+            &b"rtunnel-mesh-lane-"[..],
+            b"rtunnel-mesh-lane--1",
+            b"rtunnel-mesh-lane-1x",
+            b"rtunnel-mesh-lane-123456",
+            b"rtunnel-mesh-lane-65536",
+            b"rtunnel-mesh-lane-\xff",
+            b"lane-1",
+        ] {
+            assert_eq!(asked(&[bad]), None, "{bad:?}");
+        }
+    }
 
     #[tokio::test]
     async fn small_frames_of_many_streams_cross_the_mesh_in_one_write() {

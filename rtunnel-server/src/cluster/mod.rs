@@ -123,7 +123,10 @@ impl Cluster {
     pub(crate) async fn home_of(&self, session_id: SessionId) -> Option<crate::shards::Home> {
         match self.route(session_id).await? {
             Route::Local(tunnel) => tunnel.home.clone(),
-            Route::Remote(remote) => self.live.as_ref()?.mesh_home(remote.node_id()),
+            Route::Remote(remote) => self
+                .live
+                .as_ref()?
+                .mesh_home(remote.node_id(), remote.route.thread),
         }
     }
 
@@ -192,6 +195,10 @@ impl Cluster {
             system_id: tunnel.system_id,
             node_id: self.node_id.clone(),
             services: tunnel.services().to_vec(),
+            thread: tunnel
+                .home
+                .as_ref()
+                .and_then(|home| u16::try_from(home.index()).ok()),
         }
     }
 

@@ -196,6 +196,8 @@ impl Shared {
                 system_id: record.system_id,
                 node_id,
                 services: record.services,
+                // Redis is away: the thread is not known.
+                thread: None,
             },
             address,
         }))
@@ -223,8 +225,8 @@ impl Shared {
     }
 
     /// The connection thread of the mesh connection to `node`, if any.
-    pub(super) fn mesh_home(&self, node: &str) -> Option<crate::shards::Home> {
-        self.mesh.home_of(node)
+    pub(super) fn mesh_home(&self, node: &str, thread: Option<u16>) -> Option<crate::shards::Home> {
+        self.mesh.home_of(node, thread)
     }
 
     /// Opens a stream through the node holding `remote`, not waiting for
