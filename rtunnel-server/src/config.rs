@@ -8,6 +8,14 @@ use std::time::Duration;
 /// The default [`ServerConfig::redis_prefix`].
 pub const DEFAULT_REDIS_PREFIX: &str = "rtunnel:";
 
+/// The binary's default connection threads: one per CPU it may use (its
+/// affinity and cgroup quota), at most [`MAX_THREADS`].
+pub(crate) fn threads_per_cpu() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(MAX_THREADS)
+}
+
 /// The most connection threads ([`ServerConfig::threads`]).
 pub(crate) const MAX_THREADS: usize = 1024;
 
@@ -103,11 +111,12 @@ pub struct ServerConfig {
     pub max_tunnel_setups: usize,
     /// Connection threads (`--threads`): each a runtime of one thread that
     /// an accepted connection and everything it spawns stay on, the
-    /// connections spread over them by how many each holds (see
-    /// `docs/OPERATIONS.md`, "Threads": they pay where operators'
-    /// connections share a thread with the tunnels they reach). 0, the
-    /// default, serves connections on the runtime that runs
-    /// [`crate::Server::serve`].
+    /// connections spread over them by how many each holds, and an
+    /// operator's `forward` moved to the thread of its tunnel (or of the
+    /// mesh connection to the node holding it). See `docs/OPERATIONS.md`,
+    /// "Threads". 0, the default here, serves connections on the runtime
+    /// that runs [`crate::Server::serve`]; the `rtunnel-server` binary
+    /// defaults to one per CPU.
     pub threads: usize,
     /// Where Prometheus metrics are served (`--metrics-listen`; `GET
     /// /metrics` on a listener of its own, none by default). Keep it on an

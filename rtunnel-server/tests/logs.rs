@@ -66,6 +66,9 @@ async fn json_logs_and_the_version_at_start_and_in_readyz() {
     let config: Value = serde_json::from_str(start["fields"]["config"].as_str().unwrap()).unwrap();
     assert_eq!(config["proxy_domain"], "support.example.com");
     assert!(config["session_ttl"].is_string(), "{config}");
+    // Connections are served on a thread per CPU unless told otherwise.
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(config["threads"], cpus, "{config}");
     assert!(
         start["fields"]["database"].as_str().is_some(),
         "the database is named: {start}"

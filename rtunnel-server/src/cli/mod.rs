@@ -174,10 +174,11 @@ struct ServeArgs {
     )]
     max_tunnel_setups: usize,
     /// Serve connections on this many threads, each a runtime of its own
-    /// that a connection and its streams stay on; 0 serves them on the
-    /// shared runtime (see docs/OPERATIONS.md, "Threads").
-    #[arg(long, env = "RTUNNEL_THREADS", default_value_t = 0, global = true)]
-    threads: usize,
+    /// that a connection and its streams stay on (an operator's forward
+    /// joins its tunnel's thread); 0 serves them on the shared runtime
+    /// (see docs/OPERATIONS.md, "Threads"). Default: one per CPU.
+    #[arg(long, env = "RTUNNEL_THREADS", global = true)]
+    threads: Option<usize>,
     /// Serve HTTPS with this certificate chain (PEM, leaf first); with
     /// --tls-key. Read again on SIGHUP. Default: plain HTTP (for a reverse
     /// proxy in front that does TLS).
@@ -736,7 +737,7 @@ async fn serve(
         max_connections: args.max_connections,
         max_connections_per_address: args.max_connections_per_address,
         max_tunnel_setups: args.max_tunnel_setups,
-        threads: args.threads,
+        threads: args.threads.unwrap_or_else(crate::config::threads_per_cpu),
         metrics_listen: args.metrics_listen,
         tls: match (args.tls_cert, args.tls_key) {
             (Some(cert), Some(key)) => Some(crate::TlsFiles { cert, key }),
