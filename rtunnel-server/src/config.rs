@@ -8,14 +8,6 @@ use std::time::Duration;
 /// The default [`ServerConfig::redis_prefix`].
 pub const DEFAULT_REDIS_PREFIX: &str = "rtunnel:";
 
-/// The binary's default connection threads: one per CPU it may use (its
-/// affinity and cgroup quota), at most [`MAX_THREADS`].
-pub(crate) fn threads_per_cpu() -> usize {
-    std::thread::available_parallelism()
-        .map_or(1, std::num::NonZeroUsize::get)
-        .min(MAX_THREADS)
-}
-
 /// The most connection threads ([`ServerConfig::threads`]).
 pub(crate) const MAX_THREADS: usize = 1024;
 

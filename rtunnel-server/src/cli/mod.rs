@@ -737,7 +737,7 @@ async fn serve(
         max_connections: args.max_connections,
         max_connections_per_address: args.max_connections_per_address,
         max_tunnel_setups: args.max_tunnel_setups,
-        threads: args.threads.unwrap_or_else(crate::config::threads_per_cpu),
+        threads: args.threads.unwrap_or_else(threads_per_cpu),
         metrics_listen: args.metrics_listen,
         tls: match (args.tls_cert, args.tls_key) {
             (Some(cert), Some(key)) => Some(crate::TlsFiles { cert, key }),
@@ -785,6 +785,14 @@ async fn serve(
 
 /// On SIGHUP, reads the TLS certificate and key again (a renewed
 /// certificate); a failure keeps the one in use.
+/// The binary's default connection threads: one per CPU it may use (its
+/// affinity and cgroup quota), at most `MAX_THREADS`.
+fn threads_per_cpu() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(crate::config::MAX_THREADS)
+}
+
 async fn reload_on_hangup(tls: Option<std::sync::Arc<crate::TlsReloader>>) {
     let mut hangups = rtunnel_core::signal::hangups();
     loop {
