@@ -19,12 +19,13 @@
 //! mesh connection's to the node holding the tunnel (a plain connection
 //! only; TLS cannot be taken apart and stays).
 //!
-//! The work that is not a connection's (the background, the node mesh's
-//! accepted connections, the database's own threads) stays on the runtime
-//! that started the server. What a connection creates on first use and
-//! others then share (a mesh connection it dialed, the database and Redis
-//! connections it opened, the access log's writer) lives on its thread,
-//! and ends with the threads when the server's `serve` returns.
+//! The work that is not a connection's (the background, the database's
+//! own threads) stays on the runtime that started the server; the node
+//! mesh's accepted connections go to the thread their ClientHello asks for
+//! (`crate::cluster::mesh`). What a connection creates on first use and
+//! others then share (the database and Redis connections it opened, the
+//! access log's writer) lives on its thread, and ends with the threads
+//! when the server's `serve` returns.
 //!
 //! [`ServerConfig::threads`]: crate::ServerConfig::threads
 
@@ -43,14 +44,22 @@ pub(crate) struct Shards {
     stop: CancellationToken,
 }
 
+/// How many more connections than the least-loaded thread a thread may
+/// hold and still take a connection that follows its tunnel there: past
+/// it, a `forward` stays where it was accepted (many operators on one
+/// tunnel, or one operator opening forward after forward, do not pile onto
+/// one thread).
+pub(crate) const FOLLOW_SLACK: usize = 64;
+
 /// One connection thread: where to spawn on it, and how many connections
 /// it holds.
 #[derive(Clone)]
 pub(crate) struct Home {
     index: usize,
     handle: Handle,
-    /// Connections on it now.
-    live: Arc<AtomicUsize>,
+    /// Connections on each of the server's threads now, this one's at
+    /// `index`.
+    live: Arc<[AtomicUsize]>,
 }
 
 thread_local! {
@@ -75,19 +84,37 @@ impl Home {
         &self.handle
     }
 
-    /// Whether the caller runs on this thread.
+    /// Whether the caller runs on this thread (of this server: two servers
+    /// in one process have threads of the same index).
     pub(crate) fn is_here(&self) -> bool {
-        HERE.with(|h| h.borrow().as_ref().is_some_and(|h| h.index == self.index))
+        HERE.with(|h| {
+            h.borrow()
+                .as_ref()
+                .is_some_and(|h| h.index == self.index && Arc::ptr_eq(&h.live, &self.live))
+        })
+    }
+
+    /// Whether a connection may follow its tunnel here: the thread holds
+    /// at most [`FOLLOW_SLACK`] more than the least-loaded one.
+    pub(crate) fn takes_followers(&self) -> bool {
+        let least = self
+            .live
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(0);
+        self.live[self.index].load(Ordering::Relaxed) <= least + FOLLOW_SLACK
     }
 
     /// Counts one more connection on this thread, until the place is
     /// dropped.
     pub(crate) fn enter(&self) -> OnShard {
-        self.live.fetch_add(1, Ordering::Relaxed);
+        self.live[self.index].fetch_add(1, Ordering::Relaxed);
         let gauge = crate::metrics::global().connections_on(&self.index.to_string());
         gauge.inc();
         OnShard {
             live: self.live.clone(),
+            index: self.index,
             gauge,
         }
     }
@@ -101,13 +128,14 @@ impl std::fmt::Debug for Home {
 
 /// A connection's place on its thread: counted until dropped.
 pub(crate) struct OnShard {
-    live: Arc<AtomicUsize>,
+    live: Arc<[AtomicUsize]>,
+    index: usize,
     gauge: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl Drop for OnShard {
     fn drop(&mut self) {
-        self.live.fetch_sub(1, Ordering::Relaxed);
+        self.live[self.index].fetch_sub(1, Ordering::Relaxed);
         self.gauge.dec();
     }
 }
@@ -122,6 +150,7 @@ impl Shards {
             shards: Vec::with_capacity(n),
             stop: CancellationToken::new(),
         };
+        let live: Arc<[AtomicUsize]> = (0..n).map(|_| AtomicUsize::new(0)).collect();
         for index in 0..n {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -129,7 +158,7 @@ impl Shards {
             let home = Home {
                 index,
                 handle: runtime.handle().clone(),
-                live: Arc::new(AtomicUsize::new(0)),
+                live: live.clone(),
             };
             let stop = started.stop.clone();
             let its_own = home.clone();
@@ -157,7 +186,7 @@ impl Shards {
     pub(crate) fn least_loaded(&self) -> &Home {
         self.shards
             .iter()
-            .min_by_key(|s| s.live.load(Ordering::Relaxed))
+            .min_by_key(|s| s.live[s.index].load(Ordering::Relaxed))
             .expect("at least one connection thread")
     }
 
@@ -210,6 +239,27 @@ mod tests {
         let (third, _c) = shards.pick();
         assert_eq!(name(third.handle()).await.unwrap(), n1);
         drop(b);
+    }
+
+    #[tokio::test]
+    async fn a_thread_takes_followers_up_to_a_slack_over_the_least_loaded() {
+        let shards = Shards::start(2).unwrap();
+        let (busy, other) = (shards.homes()[0].clone(), shards.homes()[1].clone());
+        let mut held: Vec<OnShard> = (0..FOLLOW_SLACK).map(|_| busy.enter()).collect();
+        assert!(busy.takes_followers());
+        held.push(busy.enter());
+        assert!(
+            !busy.takes_followers(),
+            "{} over the other",
+            FOLLOW_SLACK + 1
+        );
+        assert!(other.takes_followers());
+        // The other thread fills too: the first may take followers again.
+        let _also: Vec<OnShard> = (0..2).map(|_| other.enter()).collect();
+        assert!(busy.takes_followers());
+        // And a place given up is counted off.
+        held.truncate(1);
+        assert!(busy.takes_followers() && other.takes_followers());
     }
 
     #[tokio::test]

@@ -174,7 +174,11 @@ impl TunnelUpgrade {
     /// connection thread `home` when given one: a plain connection is
     /// registered there again (and counted there through `held`), so its
     /// reads wake the thread that serves it. A TLS connection cannot be
-    /// taken apart and stays where it is.
+    /// taken apart and stays where it is; so does any connection when
+    /// `home` holds more than [`FOLLOW_SLACK`] connections over the
+    /// least-loaded thread.
+    ///
+    /// [`FOLLOW_SLACK`]: crate::shards::FOLLOW_SLACK
     pub(crate) fn on_upgrade_at<F, Fut>(
         self,
         home: Option<(Home, Option<HeldConnection>)>,
@@ -201,7 +205,10 @@ impl TunnelUpgrade {
                     return f(WsStream::new(io, Role::Server, &[])).await;
                 }
             };
-            let Some((home, held)) = home.filter(|(home, _)| !home.is_here()) else {
+            // It stays where it is if it is there already, or if the thread
+            // holds too many more than the least-loaded one.
+            let moving = home.filter(|(home, _)| !home.is_here() && home.takes_followers());
+            let Some((home, held)) = moving else {
                 return f(WsStream::new(ServerIo::Tcp(tcp), Role::Server, &leftover)).await;
             };
             let std = match tcp.into_std() {
@@ -325,5 +332,14 @@ mod tests {
             upgrade_moving_to(&shards, 0).await,
             ("hello".to_owned(), "rtunnel-conn-0".to_owned())
         );
+        // Sent to a thread holding too many more than the others, it stays.
+        let crowd: Vec<_> = (0..=crate::shards::FOLLOW_SLACK)
+            .map(|_| shards.homes()[1].enter())
+            .collect();
+        assert_eq!(
+            upgrade_moving_to(&shards, 1).await,
+            ("hello".to_owned(), "rtunnel-conn-0".to_owned())
+        );
+        drop(crowd);
     }
 }

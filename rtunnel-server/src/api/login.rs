@@ -387,29 +387,54 @@ async fn check_password(
     password: String,
     hash: Option<String>,
 ) -> Result<bool, ApiError> {
-    let busy = || {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "busy",
-            "too many logins are being checked; try again in a moment",
-        )
-    };
-    let checks = state.password_checks.clone();
-    let slot = tokio::time::timeout(PASSWORD_CHECK_WAIT, checks.acquire_owned())
-        .await
-        .map_err(|_| busy())?
-        .map_err(|_| busy())?;
-    // The slot goes with the check: a client that hangs up does not free it
-    // while its hash still runs.
-    tokio::task::spawn_blocking(move || {
-        let _slot = slot;
-        match &hash {
+    PasswordWork(state.password_checks.clone())
+        .run(move || match &hash {
             Some(hash) => verify_password(&password, hash),
             None => verify_password_against_nothing(&password),
-        }
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("password check failed: {e}")))
+        })
+        .await
+}
+
+/// The slots for argon2 (checks at login, hashes of new passwords): work
+/// of tens of milliseconds of a core each, run on blocking threads, at
+/// most [`PASSWORD_CHECKS`] at once, so neither the runtime's threads nor
+/// the blocking pool fill with it.
+#[derive(Clone)]
+pub(crate) struct PasswordWork(pub(crate) Arc<tokio::sync::Semaphore>);
+
+impl axum::extract::FromRef<Arc<AppState>> for PasswordWork {
+    fn from_ref(state: &Arc<AppState>) -> Self {
+        PasswordWork(state.password_checks.clone())
+    }
+}
+
+impl PasswordWork {
+    /// Runs `work` in a free slot, waiting at most
+    /// [`PASSWORD_CHECK_WAIT`] for one (then 503 `busy`).
+    pub(crate) async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let busy = || {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "too many passwords are being checked; try again in a moment",
+            )
+        };
+        let slot = tokio::time::timeout(PASSWORD_CHECK_WAIT, self.0.clone().acquire_owned())
+            .await
+            .map_err(|_| busy())?
+            .map_err(|_| busy())?;
+        // The slot goes with the work: a client that hangs up does not
+        // free it while its hash still runs.
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            work()
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("password work failed: {e}")))
+    }
 }
 
 async fn audit_failure(

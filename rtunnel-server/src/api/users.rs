@@ -1,6 +1,7 @@
 //! `/api/v1/users` (admin): list, create, show, and `PATCH` to disable,
 //! enable or set a password.
 
+use super::login::PasswordWork;
 use std::net::SocketAddr;
 
 use axum::Json;
@@ -138,6 +139,7 @@ pub(super) struct CreateUser {
 pub(super) async fn create(
     State(stores): State<Stores>,
     State(audit): State<Audit>,
+    State(passwords): State<PasswordWork>,
     CurrentUser(caller): CurrentUser,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     JsonBody(body): JsonBody<CreateUser>,
@@ -145,11 +147,9 @@ pub(super) async fn create(
     require_admin(&caller)?;
     // argon2 takes tens of milliseconds of a core: not on the thread that
     // serves this connection (and others).
-    let (user, hash) = tokio::task::spawn_blocking(move || {
-        enroll::new_user(&body.name, body.role, body.email, body.password.as_deref())
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("password hash failed: {e}")))??;
+    let (user, hash) = passwords
+        .run(move || enroll::new_user(&body.name, body.role, body.email, body.password.as_deref()))
+        .await??;
     // Checked first so a taken name is not audited as created; the store
     // still refuses a race.
     if stores.identity.user_by_name(&user.name).await?.is_some() {
@@ -205,9 +205,12 @@ fn name_taken() -> ApiError {
     request_body = UpdateUser,
     responses((status = 200, description = "Changed", body = UserView), (status = "default", description = "Refused or failed: the error envelope", body = crate::error::ErrorBody))
 )]
+// An axum handler: each argument is one extractor.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn update(
     State(stores): State<Stores>,
     State(audit): State<Audit>,
+    State(passwords): State<PasswordWork>,
     State(tunnels): State<Tunnels>,
     CurrentUser(caller): CurrentUser,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -230,9 +233,9 @@ pub(super) async fn update(
     }
     let hash = match body.password.clone() {
         Some(password) => Some(
-            tokio::task::spawn_blocking(move || rtunnel_auth::password::hash_password(&password))
-                .await
-                .map_err(|e| ApiError::internal(format!("password hash failed: {e}")))?
+            passwords
+                .run(move || rtunnel_auth::password::hash_password(&password))
+                .await?
                 .map_err(|e| ApiError::bad_request("invalid_password", e.to_string()))?,
         ),
         None => None,

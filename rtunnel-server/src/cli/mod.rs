@@ -783,8 +783,6 @@ async fn serve(
         .map_err(|e| Failure::other(format!("server failed: {e}")))
 }
 
-/// On SIGHUP, reads the TLS certificate and key again (a renewed
-/// certificate); a failure keeps the one in use.
 /// The binary's default connection threads: one per CPU it may use (its
 /// affinity and cgroup quota), at most `MAX_THREADS`.
 fn threads_per_cpu() -> usize {
@@ -793,6 +791,8 @@ fn threads_per_cpu() -> usize {
         .min(crate::config::MAX_THREADS)
 }
 
+/// On SIGHUP, reads the TLS certificate and key again (a renewed
+/// certificate); a failure keeps the one in use.
 async fn reload_on_hangup(tls: Option<std::sync::Arc<crate::TlsReloader>>) {
     let mut hangups = rtunnel_core::signal::hangups();
     loop {

@@ -107,6 +107,9 @@ pub(crate) struct Mesh {
     server_config: Arc<rustls::ServerConfig>,
     /// One slot per peer and lane (the peer's connection thread asked for).
     peers: Mutex<HashMap<PeerLane, Arc<tokio::sync::Mutex<Slot>>>>,
+    /// The connection thread each live connection was dialed on (and runs
+    /// on), read without waiting on the slot an open may hold.
+    homes: Mutex<HashMap<PeerLane, (crate::shards::Home, SharedMux)>>,
     /// Connections from other nodes still in TLS or the hello.
     handshakes: Arc<tokio::sync::Semaphore>,
 }
@@ -126,8 +129,6 @@ struct Slot {
 struct Peer {
     address: String,
     mux: SharedMux,
-    /// The connection thread it was dialed on (and runs on), if any.
-    home: Option<crate::shards::Home>,
 }
 
 impl Mesh {
@@ -143,6 +144,7 @@ impl Mesh {
             client_config: identity.client_config().map_err(|e| e.to_string())?,
             server_config: identity.server_config().map_err(|e| e.to_string())?,
             peers: Mutex::new(HashMap::new()),
+            homes: Mutex::new(HashMap::new()),
             handshakes: Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES)),
         })
     }
@@ -262,8 +264,12 @@ impl Mesh {
                 slot.peer = Some(Peer {
                     address: address.to_owned(),
                     mux: mux.clone(),
-                    home: crate::shards::here(),
                 });
+                let mut homes = self.homes.lock().unwrap_or_else(|p| p.into_inner());
+                match crate::shards::here() {
+                    Some(home) => homes.insert((node.to_owned(), lane), (home, mux.clone())),
+                    None => homes.remove(&(node.to_owned(), lane)),
+                };
                 slot.failed = None;
                 Ok(mux)
             }
@@ -317,14 +323,9 @@ impl Mesh {
     /// if there is one on a thread: a `forward` to a tunnel held there
     /// moves to it.
     pub(crate) fn home_of(&self, node: &str, lane: Option<u16>) -> Option<crate::shards::Home> {
-        let slot = {
-            let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-            peers.get(&(node.to_owned(), lane)).cloned()
-        }?;
-        // A slot busy dialing has no connection to follow yet.
-        let slot = slot.try_lock().ok()?;
-        let peer = slot.peer.as_ref().filter(|p| !p.mux.is_closed())?;
-        peer.home.clone()
+        let homes = self.homes.lock().unwrap_or_else(|p| p.into_inner());
+        let (home, mux) = homes.get(&(node.to_owned(), lane))?;
+        (!mux.is_closed()).then(|| home.clone())
     }
 
     fn forget(&self, node: &str, lane: Option<u16>, mux: &SharedMux) {
@@ -451,7 +452,7 @@ async fn accept(
         }
     };
     let Some(shards) = shards else {
-        return connection(state.clone(), start, deadline, permit, peer).await;
+        return connection(state.clone(), start, deadline, permit, peer, None).await;
     };
     let asked = start.client_hello().alpn().and_then(lane_asked);
     let home = match asked.and_then(|lane| shards.homes().get(usize::from(lane))) {
@@ -468,9 +469,8 @@ async fn accept(
         }
     };
     let stop = state.shutdown.clone();
-    let on = home.enter();
+    let its_thread = home.clone();
     let serving = home.handle().spawn(async move {
-        let _on = on;
         let tcp = match TcpStream::from_std(std) {
             Ok(tcp) => tcp,
             Err(e) => {
@@ -480,7 +480,7 @@ async fn accept(
         };
         let start = StartHandshake::from_parts(accepted, tcp);
         tokio::select! {
-            _ = connection(state, start, deadline, permit, peer) => {}
+            _ = connection(state, start, deadline, permit, peer, Some(its_thread)) => {}
             _ = stop.cancelled() => {}
         }
     });
@@ -489,13 +489,14 @@ async fn accept(
 }
 
 /// One node's connection to this one, from its ClientHello: the rest of
-/// TLS, the hello, then its streams.
+/// TLS, the hello, then its streams (counted on `thread` once admitted).
 async fn connection(
     state: Arc<AppState>,
     start: StartHandshake<TcpStream>,
     deadline: tokio::time::Instant,
     permit: tokio::sync::OwnedSemaphorePermit,
     peer: std::net::SocketAddr,
+    thread: Option<crate::shards::Home>,
 ) {
     let Some(live) = &state.tunnels.cluster.live else {
         return;
@@ -537,6 +538,7 @@ async fn connection(
         }
     };
     tracing::info!(node = %from, %peer, "mesh connection accepted");
+    let _on_thread = thread.as_ref().map(crate::shards::Home::enter);
     let mux = shared(YamuxMux::server(gathered(tls), &MuxConfig::default()));
     while let Some(stream) = mux.accept().await {
         tokio::spawn(serve_stream(state.clone(), from.clone(), stream));
