@@ -417,7 +417,7 @@ impl Server {
         let router = self.router();
         let prefix = self.state.config.path_prefix.clone();
         let scheme = if self.tls.is_some() { "https" } else { "http" };
-        tracing::info!(%addr, scheme, node = %self.state.tunnels.cluster.node_id(), path_prefix = %prefix, version = env!("CARGO_PKG_VERSION"), "rtunnel-server listening");
+        tracing::info!(%addr, scheme, node = %self.state.tunnels.cluster.node_id(), path_prefix = %prefix, threads = self.state.config.threads, version = env!("CARGO_PKG_VERSION"), "rtunnel-server listening");
         let state = self.state.clone();
         let shards = match state.config.threads {
             0 => None,

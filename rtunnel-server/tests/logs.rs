@@ -75,6 +75,7 @@ async fn json_logs_and_the_version_at_start_and_in_readyz() {
     );
     let listening = line_with(&lines, "rtunnel-server listening").unwrap();
     assert_eq!(listening["fields"]["version"], version);
+    assert_eq!(listening["fields"]["threads"], cpus);
 
     let lines = json_lines(&agent.log_text(), "agent");
     let start = line_with(&lines, "rtunnel-agent starting").expect("a start line");
