@@ -505,23 +505,9 @@ async fn serve_tunnel(
         )
         .await
         .map_err(|e| format!("cannot activate the session: {e}"))?;
-    state
-        .tunnels
-        .cluster
-        .announce(Change::Session {
-            id: session_id,
-            system_id: system.id,
-            status: SessionStatus::Active,
-        })
-        .await;
-    tracing::info!(
-        system = %system.name,
-        session = %session_id,
-        agent = %software,
-        services = services.len(),
-        "tunnel active"
-    );
-    crate::metrics::global().handshake(started.elapsed());
+    let service_count = services.len();
+    // Streams find the tunnel from here on, before anyone hears the
+    // session is active (and as soon as the database says so).
     let tunnel = Arc::new(LiveTunnel {
         session_id,
         system_id: system.id,
@@ -539,6 +525,23 @@ async fn serve_tunnel(
     // Set up: the slot goes to the next agent, before anything below that
     // waits on another tunnel or on Redis.
     drop(setup);
+    state
+        .tunnels
+        .cluster
+        .announce(Change::Session {
+            id: session_id,
+            system_id: system.id,
+            status: SessionStatus::Active,
+        })
+        .await;
+    tracing::info!(
+        system = %system.name,
+        session = %session_id,
+        agent = %software,
+        services = service_count,
+        "tunnel active"
+    );
+    crate::metrics::global().handshake(started.elapsed());
     for old in replaced {
         tracing::info!(system = %system.name, session = %old.session_id, "closing the replaced tunnel");
         old.close(

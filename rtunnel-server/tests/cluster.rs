@@ -367,9 +367,11 @@ async fn a_killed_node_s_agents_resume_elsewhere_and_its_other_sessions_wait_in_
     })
     .await;
     wait_session_active(&b, &root, &roaming_session).await;
-    // The session is active in the database a moment before node B's
-    // registry and routes hold its tunnel: a stream in between is refused
-    // (the route still names node A), and the next one gets through.
+    // Node B writes the session active in the database and then puts its
+    // tunnel in its registry, a few microseconds apart: a stream opened in
+    // between would be refused (the route still names node A, which is
+    // gone) and the next one gets through, so the test does not count on
+    // the first.
     wait_for("a stream through node B", || async move {
         (echo_through(local, b"via b").await == b"via b").then_some(())
     })
