@@ -349,6 +349,49 @@ pub(crate) async fn serve(
     Ok(())
 }
 
+/// Serves `router` on a loopback listener (with `shards`, if any) until
+/// `client`, given the address, is done; what it returned. For tests.
+#[cfg(test)]
+pub(crate) async fn serve_for<T, F>(
+    router: Router,
+    shards: Option<&crate::shards::Shards>,
+    client: impl FnOnce(std::net::SocketAddr) -> F,
+) -> T
+where
+    F: Future<Output = T>,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let accepting = Accepting {
+        tls: None,
+        head_timeout: Duration::from_secs(10),
+        limits: ConnectionLimits {
+            total: 16,
+            per_address: 16,
+            exempt: Default::default(),
+        },
+        shards,
+    };
+    let serving = serve(
+        listener,
+        router,
+        accepting,
+        async {
+            let _ = stopped.await;
+        },
+        async {},
+    );
+    let asking = async {
+        let out = client(addr).await;
+        let _ = stop.send(());
+        out
+    };
+    let (served, out) = tokio::join!(serving, asking);
+    served.unwrap();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -357,33 +400,11 @@ mod tests {
     /// Serves a router that answers with the name of the thread serving
     /// the request; the answers to `requests` connections.
     async fn thread_names(shards: Option<&crate::shards::Shards>, requests: usize) -> Vec<String> {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let router = Router::new().route(
             "/",
             axum::routing::get(|| async { std::thread::current().name().unwrap_or("").to_owned() }),
         );
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let accepting = Accepting {
-            tls: None,
-            head_timeout: Duration::from_secs(10),
-            limits: ConnectionLimits {
-                total: 16,
-                per_address: 16,
-                exempt: Default::default(),
-            },
-            shards,
-        };
-        let serving = serve(
-            listener,
-            router,
-            accepting,
-            async {
-                let _ = stopped.await;
-            },
-            async {},
-        );
-        let asking = async {
+        serve_for(router, shards, |addr| async move {
             let mut names = Vec::new();
             for _ in 0..requests {
                 let mut tcp = TcpStream::connect(addr).await.unwrap();
@@ -394,12 +415,9 @@ mod tests {
                 tcp.read_to_string(&mut answer).await.unwrap();
                 names.push(answer.split("\r\n\r\n").nth(1).unwrap().to_owned());
             }
-            let _ = stop.send(());
             names
-        };
-        let (served, names) = tokio::join!(serving, asking);
-        served.unwrap();
-        names
+        })
+        .await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -244,15 +244,12 @@ mod tests {
     use super::*;
     use axum::Router;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
 
     /// Upgrades one connection served on a connection thread, with a
     /// WebSocket frame sent right behind the request head, and asks the
     /// upgraded connection to go on to `to` (a thread index). The frame's
     /// payload as read there, and the thread that read it.
     async fn upgrade_moving_to(shards: &crate::shards::Shards, to: usize) -> (String, String) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let home = shards.homes()[to].clone();
         let router = Router::new().route(
             "/",
@@ -267,27 +264,7 @@ mod tests {
                 })
             }),
         );
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let accepting = crate::accept::Accepting {
-            tls: None,
-            head_timeout: std::time::Duration::from_secs(10),
-            limits: crate::accept::ConnectionLimits {
-                total: 16,
-                per_address: 16,
-                exempt: Default::default(),
-            },
-            shards: Some(shards),
-        };
-        let serving = crate::accept::serve(
-            listener,
-            router,
-            accepting,
-            async {
-                let _ = stopped.await;
-            },
-            async {},
-        );
-        let asking = async {
+        let asking = |addr| async move {
             let mut tcp = TcpStream::connect(addr).await.unwrap();
             // The head and a masked binary frame ("hello", mask 0) in one
             // write: hyper reads the frame with the head.
@@ -306,14 +283,12 @@ mod tests {
             let mut ws = WsStream::new(tcp, Role::Client, &[]);
             let mut answer = String::new();
             ws.read_to_string(&mut answer).await.unwrap();
-            let _ = stop.send(());
             answer
         };
-        let both = async { tokio::join!(serving, asking) };
-        let (served, answer) = tokio::time::timeout(std::time::Duration::from_secs(30), both)
+        let serving = crate::accept::serve_for(router, Some(shards), asking);
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(30), serving)
             .await
             .expect("the upgraded connection answered");
-        served.unwrap();
         let (said, thread) = answer.split_once('|').unwrap();
         (said.to_owned(), thread.to_owned())
     }

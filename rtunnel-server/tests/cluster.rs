@@ -396,19 +396,7 @@ async fn a_killed_node_s_agents_resume_elsewhere_and_its_other_sessions_wait_in_
 
 /// The mesh address a node announced.
 async fn mesh_address(server: &ServerProc) -> std::net::SocketAddr {
-    wait_for("the node's mesh address", || {
-        let log = server.proc.log_text();
-        async move {
-            let line = log.lines().find(|l| l.contains("joining the cluster"))?;
-            line.split("address=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        }
-    })
-    .await
+    logged_address(&server.proc, "joining the cluster", "address").await
 }
 
 /// TLS to a node's mesh address with the identity of `cluster_key`.

@@ -5,25 +5,11 @@ use std::net::SocketAddr;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{Proc, wait_for};
+use super::{Proc, logged_address};
 
 /// The address a process logged for its metrics.
 pub async fn metrics_addr(proc: &Proc) -> SocketAddr {
-    wait_for("the metrics listener", || {
-        let text = proc.log_text();
-        async move {
-            let line = text
-                .lines()
-                .find(|l| l.contains("metrics at GET /metrics"))?;
-            line.split("addr=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        }
-    })
-    .await
+    logged_address(proc, "metrics at GET /metrics", "addr").await
 }
 
 /// One HTTP GET; the status line and the body.

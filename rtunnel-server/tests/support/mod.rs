@@ -53,6 +53,25 @@ where
     }
 }
 
+/// The address `proc` logged as `FIELD=ADDR` on the first line holding
+/// `marker` (text logs), once it has.
+pub async fn logged_address(proc: &Proc, marker: &str, field: &str) -> SocketAddr {
+    let what = format!("a log line with {marker:?}");
+    wait_for(&what, || {
+        let text = proc.log_text();
+        async move {
+            let line = text.lines().find(|l| l.contains(marker))?;
+            line.split(&format!("{field}="))
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        }
+    })
+    .await
+}
+
 /// A child process killed on drop, with its stderr in a file.
 pub struct Proc {
     pub child: Child,
