@@ -106,6 +106,28 @@ impl Home {
         self.live[self.index].load(Ordering::Relaxed) <= least + FOLLOW_SLACK
     }
 
+    /// Serves `tcp` on this thread with `serve`: the socket is let go of by
+    /// the caller's runtime and registered with this thread's, so its
+    /// readiness wakes the thread that serves it. An error if the socket
+    /// could not be let go of (it is closed then).
+    pub(crate) fn take<F, Fut>(
+        &self,
+        tcp: tokio::net::TcpStream,
+        serve: F,
+    ) -> std::io::Result<tokio::task::JoinHandle<()>>
+    where
+        F: FnOnce(tokio::net::TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let std = tcp.into_std()?;
+        Ok(self.handle.spawn(async move {
+            match tokio::net::TcpStream::from_std(std) {
+                Ok(tcp) => serve(tcp).await,
+                Err(e) => tracing::debug!("could not take the connection on its thread: {e}"),
+            }
+        }))
+    }
+
     /// Counts one more connection on this thread, until the place is
     /// dropped.
     pub(crate) fn enter(&self) -> OnShard {

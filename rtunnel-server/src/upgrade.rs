@@ -211,22 +211,15 @@ impl TunnelUpgrade {
             let Some((home, held)) = moving else {
                 return f(WsStream::new(ServerIo::Tcp(tcp), Role::Server, &leftover)).await;
             };
-            let std = match tcp.into_std() {
-                Ok(std) => std,
-                Err(e) => {
-                    tracing::debug!("could not hand the connection to its thread: {e}");
-                    return;
+            let serve = move |tcp| f(WsStream::new(ServerIo::Tcp(tcp), Role::Server, &leftover));
+            match home.take(tcp, serve) {
+                Ok(_) => {
+                    if let Some(held) = held {
+                        held.moved_to(&home);
+                    }
                 }
-            };
-            if let Some(held) = held {
-                held.moved_to(&home);
+                Err(e) => tracing::debug!("could not hand the connection to its thread: {e}"),
             }
-            home.handle().spawn(async move {
-                match TcpStream::from_std(std) {
-                    Ok(tcp) => f(WsStream::new(ServerIo::Tcp(tcp), Role::Server, &leftover)).await,
-                    Err(e) => tracing::debug!("could not take the connection on its thread: {e}"),
-                }
-            });
         });
         let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
         let headers = response.headers_mut();

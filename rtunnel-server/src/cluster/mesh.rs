@@ -461,29 +461,22 @@ async fn accept(
     };
     drop(shards);
     let StartHandshake { accepted, io, .. } = start;
-    let std = match io.into_std() {
-        Ok(std) => std,
-        Err(e) => {
-            tracing::debug!(%peer, "mesh: could not hand the connection to a thread: {e}");
-            return;
-        }
-    };
     let stop = state.shutdown.clone();
     let its_thread = home.clone();
-    let serving = home.handle().spawn(async move {
-        let tcp = match TcpStream::from_std(std) {
-            Ok(tcp) => tcp,
-            Err(e) => {
-                tracing::debug!(%peer, "mesh: could not take the connection on its thread: {e}");
-                return;
-            }
-        };
+    let serving = home.take(io, move |tcp| async move {
         let start = StartHandshake::from_parts(accepted, tcp);
         tokio::select! {
             _ = connection(state, start, deadline, permit, peer, Some(its_thread)) => {}
             _ = stop.cancelled() => {}
         }
     });
+    let serving = match serving {
+        Ok(serving) => serving,
+        Err(e) => {
+            tracing::debug!(%peer, "mesh: could not hand the connection to a thread: {e}");
+            return;
+        }
+    };
     // Ends with it (or when the server shuts down and this is dropped).
     let _ = serving.await;
 }
