@@ -122,6 +122,11 @@ impl SqlStore {
             .max_connections(if backend == Backend::Sqlite { 8 } else { 16 })
             .acquire_timeout(acquire);
         if backend == Backend::Sqlite {
+            // An SQLite connection lives in this process and cannot have
+            // been cut while idle: the pool's ping before every statement
+            // (a round trip to its worker thread, as long as the statement's
+            // own) would only double the hand-overs of each write.
+            options = options.test_before_acquire(false);
             options = options.after_connect(|conn, _| {
                 Box::pin(async move {
                     use sqlx::Executor;
@@ -1253,5 +1258,17 @@ mod tests {
         assert!(path.exists());
         let s = SqlStore::open(&path).await.unwrap();
         assert_eq!(s.user_by_name("ann").await.unwrap(), Some(u));
+    }
+
+    #[tokio::test]
+    async fn sqlite_statements_are_not_preceded_by_a_ping() {
+        // Each ping is a round trip to the connection's worker thread as
+        // long as an access-log insert's own (benches/access_log.rs).
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqlStore::open(&dir.path().join("rtunnel.db"))
+            .await
+            .unwrap();
+        assert!(!s.pool.options().get_test_before_acquire());
+        assert!(!s.log_pool.options().get_test_before_acquire());
     }
 }
