@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rtunnel_auth::node::NodeKey;
 use rtunnel_core::ids::{SessionId, SystemId};
@@ -38,12 +38,56 @@ pub(crate) struct Shared {
     /// The durable record of which node holds each session, for routing
     /// while Redis is away.
     sessions: Arc<dyn SessionStore>,
-    /// The channel address of every node last seen announcing itself.
-    known_nodes: Mutex<HashMap<String, String>>,
+    /// The channel address of every node last seen announcing itself,
+    /// and when its announcement was last read.
+    known_nodes: KnownNodes,
     /// Set when Redis failed, cleared when a heartbeat gets through:
     /// meanwhile tunnels are found by the database without waiting on
     /// Redis first.
     redis_away: AtomicBool,
+}
+
+/// A node whose announcement read within this long is taken as alive
+/// without reading it again: a stream to another node's tunnel then costs
+/// one Redis round trip (its route), not two. A dead node's announcement
+/// lasts [`ENTRY_TTL`] anyway, so this adds at most a tenth to the time
+/// a dead node is taken for alive (and the mesh, which cannot reach it,
+/// refuses its streams meanwhile).
+const NODE_SEEN_FRESH: Duration = Duration::from_secs(1);
+
+/// The other nodes as last read from their announcements: the address of
+/// each, and when it was read.
+#[derive(Debug, Default)]
+struct KnownNodes(Mutex<HashMap<String, (String, Instant)>>);
+
+impl KnownNodes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Instant)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `node` announced itself; read at `at`.
+    fn remember(&self, node: &NodeInfo, at: Instant) {
+        self.lock()
+            .insert(node.node_id.clone(), (node.address.clone(), at));
+    }
+
+    /// The address of `node_id` if its announcement was read less than
+    /// [`NODE_SEEN_FRESH`] before `now`.
+    fn seen_alive(&self, node_id: &str, now: Instant) -> Option<String> {
+        self.lock()
+            .get(node_id)
+            .filter(|(_, at)| now.saturating_duration_since(*at) < NODE_SEEN_FRESH)
+            .map(|(address, _)| address.clone())
+    }
+
+    /// The last address of `node_id`, however old.
+    fn address(&self, node_id: &str) -> Option<String> {
+        self.lock().get(node_id).map(|(address, _)| address.clone())
+    }
+
+    fn forget(&self, node_id: &str) {
+        self.lock().remove(node_id);
+    }
 }
 
 /// Settings of a node that shares a Redis with others.
@@ -92,7 +136,7 @@ impl Cluster {
                 address: m.address,
                 mesh,
                 sessions: m.sessions,
-                known_nodes: Mutex::new(HashMap::new()),
+                known_nodes: KnownNodes::default(),
                 redis_away: AtomicBool::new(false),
             }),
         })
@@ -144,27 +188,24 @@ impl Shared {
         if self.redis_away.load(Ordering::Relaxed) {
             return Err(());
         }
-        let looked_up: Result<Option<(TunnelRoute, NodeInfo)>, StoreError> = async {
+        let looked_up: Result<Option<(TunnelRoute, String)>, StoreError> = async {
             let route = match lookup().await? {
                 Some(route) if route.node_id != self.node_id => route,
                 // A route naming this node without a tunnel here is stale.
                 _ => return Ok(None),
             };
-            Ok(self
-                .routes
-                .node(&route.node_id)
-                .await?
-                .map(|node| (route, node)))
+            if let Some(address) = self.seen_alive(&route.node_id) {
+                return Ok(Some((route, address)));
+            }
+            let Some(node) = self.routes.node(&route.node_id).await? else {
+                return Ok(None);
+            };
+            self.remember_node(&node);
+            Ok(Some((route, node.address)))
         }
         .await;
         match looked_up {
-            Ok(Some((route, node))) => {
-                self.remember_node(&node);
-                Ok(Some(Route::Remote(RemoteTunnel {
-                    route,
-                    address: node.address,
-                })))
-            }
+            Ok(Some((route, address))) => Ok(Some(Route::Remote(RemoteTunnel { route, address }))),
             Ok(None) => Ok(None),
             Err(e) => {
                 crate::metrics::global().redis_error();
@@ -258,18 +299,19 @@ impl Shared {
     }
 
     fn remember_node(&self, node: &NodeInfo) {
-        let mut known = self.known_nodes.lock().unwrap_or_else(|e| e.into_inner());
-        known.insert(node.node_id.clone(), node.address.clone());
+        self.known_nodes.remember(node, Instant::now());
+    }
+
+    fn seen_alive(&self, node_id: &str) -> Option<String> {
+        self.known_nodes.seen_alive(node_id, Instant::now())
     }
 
     fn forget_node(&self, node_id: &str) {
-        let mut known = self.known_nodes.lock().unwrap_or_else(|e| e.into_inner());
-        known.remove(node_id);
+        self.known_nodes.forget(node_id);
     }
 
     fn known_node(&self, node_id: &str) -> Option<String> {
-        let known = self.known_nodes.lock().unwrap_or_else(|e| e.into_inner());
-        known.get(node_id).cloned()
+        self.known_nodes.address(node_id)
     }
 }
 
@@ -375,5 +417,34 @@ async fn recover_node(state: &AppState, node: &str) {
             state.audit.best_effort(event).await;
         }
         Err(e) => crate::state::log_store_error("recovering a lost node's sessions", &e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_read_alive_within_a_second_is_not_read_again() {
+        let known = KnownNodes::default();
+        let t0 = Instant::now();
+        let node = NodeInfo {
+            node_id: "node-a".into(),
+            address: "10.0.0.1:7443".into(),
+        };
+        assert_eq!(known.seen_alive("node-a", t0), None, "never read");
+        known.remember(&node, t0);
+        let fresh = t0 + NODE_SEEN_FRESH - Duration::from_millis(1);
+        assert_eq!(
+            known.seen_alive("node-a", fresh).as_deref(),
+            Some("10.0.0.1:7443")
+        );
+        // Past it the announcement is read again (a dead node's is gone),
+        // but the address stays known for routing while Redis is away.
+        let stale = t0 + NODE_SEEN_FRESH;
+        assert_eq!(known.seen_alive("node-a", stale), None);
+        assert_eq!(known.address("node-a").as_deref(), Some("10.0.0.1:7443"));
+        known.forget("node-a");
+        assert_eq!(known.address("node-a"), None);
     }
 }
