@@ -36,6 +36,13 @@ pub(crate) enum Command {
         /// Its system.
         system_id: SystemId,
     },
+    /// The tunnel of this session ended on the sending node: a route to it
+    /// read before is stale. (A node that does not know this command logs
+    /// it as one that does not parse and goes on.)
+    TunnelDetached {
+        /// The session.
+        session_id: SessionId,
+    },
     /// Something subscribers to live changes hear of.
     Changed {
         /// What changed.
@@ -127,10 +134,18 @@ mod over_redis {
             }
             Command::AccessChanged => state.access.watch().changed(),
             Command::Changed { change } => state.tunnels.cluster.events().local(change),
+            Command::TunnelDetached { session_id } => {
+                if let Some(live) = &state.tunnels.cluster.live {
+                    live.route_changed(session_id);
+                }
+            }
             Command::TunnelAttached {
                 session_id,
                 system_id,
             } => {
+                if let Some(live) = &state.tunnels.cluster.live {
+                    live.route_changed(session_id);
+                }
                 for t in state.tunnels.registry.all() {
                     if t.session_id == session_id || t.system_id == system_id {
                         tracing::info!(session = %t.session_id, node = %envelope.from, "the agent is connected to another node now: closing the stale tunnel");

@@ -186,6 +186,10 @@ impl Cluster {
     pub async fn detached(&self, tunnel: &LiveTunnel) {
         if let Some(live) = &self.live {
             live.detached(&self.route_of(tunnel)).await;
+            live.publish(Command::TunnelDetached {
+                session_id: tunnel.session_id,
+            })
+            .await;
         }
     }
 

@@ -41,6 +41,8 @@ pub(crate) struct Shared {
     /// The channel address of every node last seen announcing itself,
     /// and when its announcement was last read.
     known_nodes: KnownNodes,
+    /// Other nodes' routes read lately, used again for a second.
+    recent_routes: RecentRoutes,
     /// Set when Redis failed, cleared when a heartbeat gets through:
     /// meanwhile tunnels are found by the database without waiting on
     /// Redis first.
@@ -87,6 +89,53 @@ impl KnownNodes {
 
     fn forget(&self, node_id: &str) {
         self.lock().remove(node_id);
+    }
+}
+
+/// A route read from Redis less than this long ago is used again without
+/// reading it: streams to one tunnel then cost no Redis round trip each.
+/// Its holder tells the other nodes when the tunnel ends
+/// ([`Command::TunnelDetached`]) and the next holder when it starts
+/// ([`Command::TunnelAttached`]): each forgets the route at once, so this
+/// bounds only how long a route outlives a message that was lost.
+const ROUTE_SEEN_FRESH: Duration = Duration::from_secs(1);
+
+/// The most routes remembered; past it the stale ones are dropped, and
+/// all of them if none is stale.
+const MAX_RECENT_ROUTES: usize = 4096;
+
+/// Other nodes' routes read lately, by session.
+#[derive(Debug, Default)]
+struct RecentRoutes(Mutex<HashMap<SessionId, (TunnelRoute, Instant)>>);
+
+impl RecentRoutes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, (TunnelRoute, Instant)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The route of `session_id` if it was read less than
+    /// [`ROUTE_SEEN_FRESH`] before `now`.
+    fn get(&self, session_id: SessionId, now: Instant) -> Option<TunnelRoute> {
+        self.lock()
+            .get(&session_id)
+            .filter(|(_, at)| now.saturating_duration_since(*at) < ROUTE_SEEN_FRESH)
+            .map(|(route, _)| route.clone())
+    }
+
+    /// `route` was read at `at`.
+    fn put(&self, route: TunnelRoute, at: Instant) {
+        let mut routes = self.lock();
+        if routes.len() >= MAX_RECENT_ROUTES && !routes.contains_key(&route.session_id) {
+            routes.retain(|_, (_, read)| at.saturating_duration_since(*read) < ROUTE_SEEN_FRESH);
+            if routes.len() >= MAX_RECENT_ROUTES {
+                routes.clear();
+            }
+        }
+        routes.insert(route.session_id, (route, at));
+    }
+
+    fn forget(&self, session_id: SessionId) {
+        self.lock().remove(&session_id);
     }
 }
 
@@ -137,6 +186,7 @@ impl Cluster {
                 mesh,
                 sessions: m.sessions,
                 known_nodes: KnownNodes::default(),
+                recent_routes: RecentRoutes::default(),
                 redis_away: AtomicBool::new(false),
             }),
         })
@@ -153,10 +203,27 @@ impl Shared {
     /// announced it, or, while Redis is away, the node the database says
     /// holds the session, at its last announced address.
     pub(super) async fn route(&self, session_id: SessionId) -> Option<Route> {
+        let now = Instant::now();
+        if let Some(route) = self.recent_routes.get(session_id, now)
+            && let Some(address) = self.seen_alive(&route.node_id)
+        {
+            return Some(Route::Remote(RemoteTunnel { route, address }));
+        }
         match self.announced(|| self.routes.by_session(session_id)).await {
-            Ok(route) => route,
+            Ok(route) => {
+                if let Some(Route::Remote(remote)) = &route {
+                    self.recent_routes.put(remote.route.clone(), now);
+                }
+                route
+            }
             Err(()) => self.recorded(self.sessions.session(session_id).await),
         }
+    }
+
+    /// Another node says the tunnel of `session_id` started or ended
+    /// there: the route read before is stale.
+    pub(super) fn route_changed(&self, session_id: SessionId) {
+        self.recent_routes.forget(session_id);
     }
 
     /// Where another node's tunnel of a system is.
@@ -446,5 +513,51 @@ mod tests {
         assert_eq!(known.address("node-a").as_deref(), Some("10.0.0.1:7443"));
         known.forget("node-a");
         assert_eq!(known.address("node-a"), None);
+    }
+
+    fn route(session_id: SessionId, node: &str) -> TunnelRoute {
+        TunnelRoute {
+            session_id,
+            system_id: SystemId::new(),
+            node_id: node.into(),
+            services: Vec::new(),
+            thread: None,
+        }
+    }
+
+    #[test]
+    fn a_route_is_used_again_for_a_second_unless_it_changed() {
+        let routes = RecentRoutes::default();
+        let t0 = Instant::now();
+        let (one, two) = (SessionId::new(), SessionId::new());
+        routes.put(route(one, "node-a"), t0);
+        routes.put(route(two, "node-a"), t0);
+        let fresh = t0 + ROUTE_SEEN_FRESH - Duration::from_millis(1);
+        assert_eq!(
+            routes.get(one, fresh).map(|r| r.node_id).as_deref(),
+            Some("node-a")
+        );
+        assert_eq!(
+            routes.get(one, t0 + ROUTE_SEEN_FRESH),
+            None,
+            "read again after a second"
+        );
+        // The tunnel ended or moved (`tunnel_detached`, `tunnel_attached`).
+        routes.forget(two);
+        assert_eq!(routes.get(two, fresh), None);
+        // Bounded: a full map drops what is stale, then everything.
+        let later = t0 + 2 * ROUTE_SEEN_FRESH;
+        for _ in 0..MAX_RECENT_ROUTES {
+            routes.put(route(SessionId::new(), "node-b"), later);
+        }
+        assert_eq!(
+            routes.lock().len(),
+            MAX_RECENT_ROUTES,
+            "the stale one went first"
+        );
+        let newest = SessionId::new();
+        routes.put(route(newest, "node-c"), later);
+        assert_eq!(routes.lock().len(), 1);
+        assert!(routes.get(newest, later).is_some());
     }
 }
