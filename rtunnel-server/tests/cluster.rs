@@ -301,6 +301,49 @@ async fn a_forward_through_another_node_shares_threads_with_the_mesh_and_the_tun
     }
 }
 
+/// A node uses a route it read less than a second ago again (no Redis
+/// round trip per stream), and forgets it as soon as the holder says the
+/// tunnel ended: a connection through node B right after the agent on
+/// node A left hears that the agent is reconnecting (the session's
+/// grace), not node A's "not connected to the node it was routed to".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_forgets_a_route_as_soon_as_its_tunnel_ends() {
+    let tmp = tempfile::tempdir().unwrap();
+    use_postgres(tmp.path()).await;
+    let prefix = unique_prefix();
+    let a = node(tmp.path(), &prefix, "node-a").await;
+    let b = node(tmp.path(), &prefix, "node-b").await;
+    let sys = enroll(&a, "far-box");
+    let root = user_with_token(&a, "root", "admin");
+    let echo = echo_service().await;
+    let mut agent = start_agent(&a, &sys, &format!("echo={echo}"), &[]);
+    let session = active_session(&b, &root, &sys.id).await;
+    // Node B reads the route now, and would use it again for a second.
+    let (fwd, local) = start_forward(&b, &root, &session, "echo").await;
+    assert_eq!(echo_through(local, b"via a").await, b"via a");
+    agent.kill();
+    wait_for("the session to enter grace", || async {
+        let v = session_status(&b, &root, &session).await?;
+        (v["status"] == "grace_period").then_some(())
+    })
+    .await;
+    let mut conn = tokio::net::TcpStream::connect(local).await.unwrap();
+    let _ = conn.write_all(b"anyone?").await;
+    let mut buf = [0u8; 16];
+    assert!(
+        matches!(conn.read(&mut buf).await, Ok(0) | Err(_)),
+        "refused"
+    );
+    let refusal = wait_for("the forward to log the refusal", || async {
+        let log = fwd.log_text();
+        log.lines()
+            .find(|l| l.contains("refused the connection"))
+            .map(str::to_owned)
+    })
+    .await;
+    assert!(refusal.contains("agent_reconnecting"), "{refusal}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_regenerated_on_one_node_stops_the_agent_on_another() {
     let tmp = tempfile::tempdir().unwrap();

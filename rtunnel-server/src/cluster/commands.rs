@@ -136,7 +136,7 @@ mod over_redis {
             Command::Changed { change } => state.tunnels.cluster.events().local(change),
             Command::TunnelDetached { session_id } => {
                 if let Some(live) = &state.tunnels.cluster.live {
-                    live.route_changed(session_id);
+                    live.route_changed(Some(session_id));
                 }
             }
             Command::TunnelAttached {
@@ -144,7 +144,7 @@ mod over_redis {
                 system_id,
             } => {
                 if let Some(live) = &state.tunnels.cluster.live {
-                    live.route_changed(session_id);
+                    live.route_changed(Some(session_id));
                 }
                 for t in state.tunnels.registry.all() {
                     if t.session_id == session_id || t.system_id == system_id {
@@ -163,6 +163,10 @@ mod over_redis {
     /// After (re)subscribing: whatever was missed meanwhile is found again.
     async fn catch_up(state: &AppState) {
         state.access.watch().changed();
+        // Routes may have changed unheard of.
+        if let Some(live) = &state.tunnels.cluster.live {
+            live.route_changed(None);
+        }
         for t in state.tunnels.registry.all() {
             match state.stores.sessions.session(t.session_id).await {
                 Ok(Some(s)) if s.status.is_final() => {

@@ -7,7 +7,8 @@
 //!   again every [`HEARTBEAT`], each entry living [`ENTRY_TTL`];
 //! - **commands** over pub/sub ([`Command`]): close a session's tunnel,
 //!   access changed (check open connections again), a tunnel attached
-//!   elsewhere (close the stale copy here);
+//!   elsewhere (close the stale copy here, forget its route), a tunnel
+//!   detached (forget its route);
 //! - **the node mesh** ([`mesh`]): an operator on node B reaches the agent
 //!   on node A through a stream on the one TLS connection between B and
 //!   A's internal listener, both authenticated with the cluster key;
@@ -174,6 +175,7 @@ impl Cluster {
     /// and close any copy of it they still hold.
     pub async fn attached(&self, tunnel: &LiveTunnel) {
         let Some(live) = &self.live else { return };
+        live.route_changed(Some(tunnel.session_id));
         live.attached(&self.route_of(tunnel)).await;
         live.publish(Command::TunnelAttached {
             session_id: tunnel.session_id,
@@ -185,11 +187,17 @@ impl Cluster {
     /// A tunnel of this node ended.
     pub async fn detached(&self, tunnel: &LiveTunnel) {
         if let Some(live) = &self.live {
-            live.detached(&self.route_of(tunnel)).await;
-            live.publish(Command::TunnelDetached {
-                session_id: tunnel.session_id,
-            })
-            .await;
+            live.route_changed(Some(tunnel.session_id));
+            // With Redis away the route was not withdrawn and the message
+            // would not get through either: the others' copies of it end
+            // within a second anyway, and this tunnel's end waits on no
+            // second Redis timeout.
+            if live.detached(&self.route_of(tunnel)).await {
+                live.publish(Command::TunnelDetached {
+                    session_id: tunnel.session_id,
+                })
+                .await;
+            }
         }
     }
 

@@ -95,21 +95,32 @@ impl KnownNodes {
 /// A route read from Redis less than this long ago is used again without
 /// reading it: streams to one tunnel then cost no Redis round trip each.
 /// Its holder tells the other nodes when the tunnel ends
-/// ([`Command::TunnelDetached`]) and the next holder when it starts
-/// ([`Command::TunnelAttached`]): each forgets the route at once, so this
-/// bounds only how long a route outlives a message that was lost.
+/// ([`Command::TunnelDetached`]) and when it starts or its services
+/// change ([`Command::TunnelAttached`]): each forgets the route as the
+/// message arrives, so this bounds how long a route outlives a message
+/// that was lost or is still on its way.
 const ROUTE_SEEN_FRESH: Duration = Duration::from_secs(1);
 
-/// The most routes remembered; past it the stale ones are dropped, and
-/// all of them if none is stale.
+/// The most routes remembered. Stale ones are dropped every heartbeat
+/// ([`RecentRoutes::prune`]); a node opening streams to more tunnels than
+/// this within a second drops a quarter of them to make room.
 const MAX_RECENT_ROUTES: usize = 4096;
 
 /// Other nodes' routes read lately, by session.
 #[derive(Debug, Default)]
-struct RecentRoutes(Mutex<HashMap<SessionId, (TunnelRoute, Instant)>>);
+struct RecentRoutes(Mutex<Recent>);
+
+#[derive(Debug, Default)]
+struct Recent {
+    routes: HashMap<SessionId, (TunnelRoute, Instant)>,
+    /// How many times routes were forgotten since the start: a route read
+    /// while one was forgotten may be the one the message said is stale,
+    /// and is not kept.
+    forgotten: u64,
+}
 
 impl RecentRoutes {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, (TunnelRoute, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Recent> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -117,25 +128,56 @@ impl RecentRoutes {
     /// [`ROUTE_SEEN_FRESH`] before `now`.
     fn get(&self, session_id: SessionId, now: Instant) -> Option<TunnelRoute> {
         self.lock()
+            .routes
             .get(&session_id)
             .filter(|(_, at)| now.saturating_duration_since(*at) < ROUTE_SEEN_FRESH)
             .map(|(route, _)| route.clone())
     }
 
-    /// `route` was read at `at`.
-    fn put(&self, route: TunnelRoute, at: Instant) {
-        let mut routes = self.lock();
+    /// What to hand [`put`](Self::put) for a route about to be read.
+    fn before_reading(&self) -> u64 {
+        self.lock().forgotten
+    }
+
+    /// `route` was read, starting at `at`, after
+    /// [`before_reading`](Self::before_reading) said `ticket`; kept unless
+    /// a route was forgotten meanwhile.
+    fn put(&self, route: TunnelRoute, at: Instant, ticket: u64) {
+        let mut recent = self.lock();
+        if recent.forgotten != ticket {
+            return;
+        }
+        let routes = &mut recent.routes;
         if routes.len() >= MAX_RECENT_ROUTES && !routes.contains_key(&route.session_id) {
             routes.retain(|_, (_, read)| at.saturating_duration_since(*read) < ROUTE_SEEN_FRESH);
             if routes.len() >= MAX_RECENT_ROUTES {
-                routes.clear();
+                let dropped: Vec<SessionId> =
+                    routes.keys().take(MAX_RECENT_ROUTES / 4).copied().collect();
+                for id in dropped {
+                    routes.remove(&id);
+                }
             }
         }
         routes.insert(route.session_id, (route, at));
     }
 
-    fn forget(&self, session_id: SessionId) {
-        self.lock().remove(&session_id);
+    /// The route of `session_id` (with `None`, every route) is stale.
+    fn forget(&self, session_id: Option<SessionId>) {
+        let mut recent = self.lock();
+        recent.forgotten += 1;
+        match session_id {
+            Some(id) => {
+                recent.routes.remove(&id);
+            }
+            None => recent.routes.clear(),
+        }
+    }
+
+    /// Drops the routes too old to be used again.
+    fn prune(&self, now: Instant) {
+        self.lock()
+            .routes
+            .retain(|_, (_, read)| now.saturating_duration_since(*read) < ROUTE_SEEN_FRESH);
     }
 }
 
@@ -209,10 +251,11 @@ impl Shared {
         {
             return Some(Route::Remote(RemoteTunnel { route, address }));
         }
+        let ticket = self.recent_routes.before_reading();
         match self.announced(|| self.routes.by_session(session_id)).await {
             Ok(route) => {
                 if let Some(Route::Remote(remote)) = &route {
-                    self.recent_routes.put(remote.route.clone(), now);
+                    self.recent_routes.put(remote.route.clone(), now, ticket);
                 }
                 route
             }
@@ -220,9 +263,10 @@ impl Shared {
         }
     }
 
-    /// Another node says the tunnel of `session_id` started or ended
-    /// there: the route read before is stale.
-    pub(super) fn route_changed(&self, session_id: SessionId) {
+    /// The tunnel of `session_id` started, ended or changed somewhere
+    /// (`None`: anything may have, while no message arrived): the route
+    /// read before is stale.
+    pub(super) fn route_changed(&self, session_id: Option<SessionId>) {
         self.recent_routes.forget(session_id);
     }
 
@@ -319,12 +363,14 @@ impl Shared {
         }
     }
 
-    /// Withdraws a tunnel of this node.
-    pub(super) async fn detached(&self, route: &TunnelRoute) {
+    /// Withdraws a tunnel of this node; `false` when Redis failed.
+    pub(super) async fn detached(&self, route: &TunnelRoute) -> bool {
         if let Err(e) = self.routes.remove(route).await {
             crate::metrics::global().redis_error();
             tracing::warn!(session = %route.session_id, error = %e, "cannot withdraw a tunnel's route; it expires by itself");
+            return false;
         }
+        true
     }
 
     /// Tells the other nodes.
@@ -428,6 +474,7 @@ async fn watch_nodes(state: &AppState, live: &Shared) {
     let mut ticker = tokio::time::interval(HEARTBEAT);
     loop {
         ticker.tick().await;
+        live.recent_routes.prune(Instant::now());
         let holding = match state.stores.sessions.nodes_holding_sessions().await {
             Ok(nodes) => nodes,
             Err(e) => {
@@ -530,8 +577,9 @@ mod tests {
         let routes = RecentRoutes::default();
         let t0 = Instant::now();
         let (one, two) = (SessionId::new(), SessionId::new());
-        routes.put(route(one, "node-a"), t0);
-        routes.put(route(two, "node-a"), t0);
+        let ticket = routes.before_reading();
+        routes.put(route(one, "node-a"), t0, ticket);
+        routes.put(route(two, "node-a"), t0, ticket);
         let fresh = t0 + ROUTE_SEEN_FRESH - Duration::from_millis(1);
         assert_eq!(
             routes.get(one, fresh).map(|r| r.node_id).as_deref(),
@@ -543,21 +591,30 @@ mod tests {
             "read again after a second"
         );
         // The tunnel ended or moved (`tunnel_detached`, `tunnel_attached`).
-        routes.forget(two);
+        routes.forget(Some(two));
         assert_eq!(routes.get(two, fresh), None);
-        // Bounded: a full map drops what is stale, then everything.
+        // A route read while that message arrived may be the stale one.
+        routes.put(route(two, "node-a"), t0, ticket);
+        assert_eq!(routes.get(two, fresh), None, "read before the forget");
+        let ticket = routes.before_reading();
+        routes.put(route(two, "node-b"), t0, ticket);
+        assert!(routes.get(two, fresh).is_some());
+        routes.forget(None);
+        assert_eq!(routes.get(two, fresh), None, "all forgotten");
+        // Bounded: stale ones go every heartbeat, and a full map makes
+        // room by dropping a quarter.
+        let ticket = routes.before_reading();
+        routes.put(route(one, "node-a"), t0, ticket);
+        routes.prune(t0 + ROUTE_SEEN_FRESH);
+        assert!(routes.lock().routes.is_empty());
         let later = t0 + 2 * ROUTE_SEEN_FRESH;
         for _ in 0..MAX_RECENT_ROUTES {
-            routes.put(route(SessionId::new(), "node-b"), later);
+            routes.put(route(SessionId::new(), "node-b"), later, ticket);
         }
-        assert_eq!(
-            routes.lock().len(),
-            MAX_RECENT_ROUTES,
-            "the stale one went first"
-        );
+        assert_eq!(routes.lock().routes.len(), MAX_RECENT_ROUTES);
         let newest = SessionId::new();
-        routes.put(route(newest, "node-c"), later);
-        assert_eq!(routes.lock().len(), 1);
+        routes.put(route(newest, "node-c"), later, ticket);
+        assert_eq!(routes.lock().routes.len(), MAX_RECENT_ROUTES * 3 / 4 + 1);
         assert!(routes.get(newest, later).is_some());
     }
 }
