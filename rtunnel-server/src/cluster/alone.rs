@@ -32,7 +32,11 @@ impl Shared {
         match *self {}
     }
 
-    pub(super) async fn detached(&self, _: &TunnelRoute) {
+    pub(super) async fn detached(&self, _: &TunnelRoute) -> bool {
+        match *self {}
+    }
+
+    pub(super) fn route_changed(&self, _: Option<SessionId>) {
         match *self {}
     }
 
