@@ -85,6 +85,40 @@ async fn node_with(dir: &std::path::Path, prefix: &str, id: &str, more: &[&str])
     server
 }
 
+/// Two nodes on one PostgreSQL database, an agent with an `echo` service
+/// on node A, and its session active as node B sees it.
+struct EchoOnA {
+    _tmp: tempfile::TempDir,
+    a: ServerProc,
+    b: ServerProc,
+    root: String,
+    system_id: String,
+    agent: Proc,
+    session: String,
+}
+
+async fn echo_on_a(system: &str) -> EchoOnA {
+    let tmp = tempfile::tempdir().unwrap();
+    use_postgres(tmp.path()).await;
+    let prefix = unique_prefix();
+    let a = node(tmp.path(), &prefix, "node-a").await;
+    let b = node(tmp.path(), &prefix, "node-b").await;
+    let sys = enroll(&a, system);
+    let root = user_with_token(&a, "root", "admin");
+    let echo = echo_service().await;
+    let agent = start_agent(&a, &sys, &format!("echo={echo}"), &[]);
+    let session = active_session(&b, &root, &sys.id).await;
+    EchoOnA {
+        _tmp: tmp,
+        a,
+        b,
+        root,
+        system_id: sys.id,
+        agent,
+        session,
+    }
+}
+
 /// The id of the user `name`, as the API lists it.
 async fn user_id(server: &ServerProc, admin_token: &str, name: &str) -> String {
     let (status, v) = api_call(server.addr, "GET", "/api/v1/users", Some(admin_token), None).await;
@@ -308,16 +342,17 @@ async fn a_forward_through_another_node_shares_threads_with_the_mesh_and_the_tun
 /// grace), not node A's "not connected to the node it was routed to".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_forgets_a_route_as_soon_as_its_tunnel_ends() {
-    let tmp = tempfile::tempdir().unwrap();
-    use_postgres(tmp.path()).await;
-    let prefix = unique_prefix();
-    let a = node(tmp.path(), &prefix, "node-a").await;
-    let b = node(tmp.path(), &prefix, "node-b").await;
-    let sys = enroll(&a, "far-box");
-    let root = user_with_token(&a, "root", "admin");
-    let echo = echo_service().await;
-    let mut agent = start_agent(&a, &sys, &format!("echo={echo}"), &[]);
-    let session = active_session(&b, &root, &sys.id).await;
+    // Every field is bound: one left out would be dropped here (node A
+    // stopped, the data directory deleted).
+    let EchoOnA {
+        _tmp,
+        a: _a,
+        b,
+        root,
+        system_id: _,
+        mut agent,
+        session,
+    } = echo_on_a("far-box").await;
     // Node B reads the route now, and would use it again for a second.
     let (fwd, local) = start_forward(&b, &root, &session, "echo").await;
     assert_eq!(echo_through(local, b"via a").await, b"via a");
@@ -346,19 +381,18 @@ async fn every_node_forgets_a_route_as_soon_as_its_tunnel_ends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_regenerated_on_one_node_stops_the_agent_on_another() {
-    let tmp = tempfile::tempdir().unwrap();
-    use_postgres(tmp.path()).await;
-    let prefix = unique_prefix();
-    let a = node(tmp.path(), &prefix, "node-a").await;
-    let b = node(tmp.path(), &prefix, "node-b").await;
-    let sys = enroll(&a, "leaked");
-    let root = user_with_token(&a, "root", "admin");
-    let echo = echo_service().await;
-    let mut agent = start_agent(&a, &sys, &format!("echo={echo}"), &[]);
-    let session = active_session(&b, &root, &sys.id).await;
+    let EchoOnA {
+        _tmp,
+        a,
+        b,
+        root,
+        system_id,
+        mut agent,
+        session,
+    } = echo_on_a("leaked").await;
 
     let started = Instant::now();
-    let path = format!("/api/v1/systems/{}/regenerate-secret", sys.id);
+    let path = format!("/api/v1/systems/{}/regenerate-secret", system_id);
     let (status, v) = api_call(b.addr, "POST", &path, Some(&root), None).await;
     assert_eq!(status, 200, "{v}");
     // The agent on node A is told its credentials are revoked, and stops.

@@ -193,3 +193,35 @@ mod over_redis {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tunnel_detached_command_names_a_session_and_nothing_else_reads_as_one() {
+        let id = SessionId::new();
+        let sent = Command::TunnelDetached { session_id: id };
+        let text = serde_json::to_string(&sent).unwrap();
+        assert_eq!(
+            text,
+            format!(r#"{{"command":"tunnel_detached","session_id":"{id}"}}"#)
+        );
+        assert_eq!(serde_json::from_str::<Command>(&text).unwrap(), sent);
+        // Hostile or broken ones do not parse (the listener logs and
+        // ignores them; a good one can only make a node read Redis again).
+        for bad in [
+            r#"{"command":"tunnel_detached"}"#.to_owned(),
+            r#"{"command":"tunnel_detached","session_id":"not-a-uuid"}"#.to_owned(),
+            r#"{"command":"tunnel_detached","session_id":42}"#.to_owned(),
+            format!(
+                r#"{{"command":"tunnel_detached","session_id":"{}"}}"#,
+                "a".repeat(20_000)
+            ),
+            r#"{"command":"tunnel_gone","session_id":"00000000-0000-0000-0000-000000000000"}"#
+                .to_owned(),
+        ] {
+            assert!(serde_json::from_str::<Command>(&bad).is_err(), "{bad}");
+        }
+    }
+}
