@@ -5,15 +5,18 @@
 #   raw       the client straight to the service;
 #   rathole   rathole's server and client (0.5, plain TCP transport);
 #   rtunnel   `rtunnel-agent forward` -> rtunnel-server -> rtunnel-agent,
-#             three release processes, authenticated and audited.
+#             three release processes, authenticated and audited;
+#   relays    three plain TCP relays in a row (`relay` in benches: accept,
+#             connect onwards, copy), the least any path of three
+#             processes can cost: the ceiling for rtunnel's.
 # Prints a table and rtunnel's ratio to rathole. A benchmark, not a test:
 # CI does not run it. Needs iperf3, redis-server and redis-benchmark
 # (installed from Debian if missing) and rathole (built once with
 # `cargo install` into $RTUNNEL_BENCH_CACHE, ~/.cache/rtunnel-bench by
 # default). Settings: BENCH_SECONDS (iperf3 run length, default 5),
 # BENCH_REQUESTS (redis requests per run, default 100000), BENCH_PATHS
-# (which paths to measure, default "raw rathole rtunnel"; the ratio column
-# needs rathole and rtunnel), BENCH_BIN_DIR (use the rtunnel-server and
+# (which paths to measure, default "raw rathole relays rtunnel"; the ratio
+# columns need rathole), BENCH_BIN_DIR (use the rtunnel-server and
 # rtunnel-agent found there instead of building; `target/profiling` for
 # symbols), BENCH_ONLY (which phases to run, of "tput ping new", all by
 # default; the rows of the others print 0), BENCH_PERF (a directory:
@@ -62,6 +65,13 @@ else
     cargo build --release --locked -p rtunnel-server -p rtunnel-agent --bins >&2
     server_bin="$root/target/release/rtunnel-server"
     agent_bin="$root/target/release/rtunnel-agent"
+fi
+
+relay_bin=""
+if [[ " ${BENCH_PATHS:-relays} " == *" relays "* ]]; then
+    echo "bench: building the plain relay (release)" >&2
+    cargo build --release --locked -p rtunnel-benches --bin relay >&2
+    relay_bin="$root/target/release/relay"
 fi
 
 work=$(mktemp -d)
@@ -142,6 +152,26 @@ pids+=($!)
 rathole_pids+=($!)
 wait_port "$rh_iperf"
 wait_port "$rh_redis"
+
+# Three plain relays in a row for each service: the floor of a path of
+# three processes.
+relay_pids=()
+relay_chain() { # SERVICE-PORT -> prints the first relay's port
+    local upstream=$1 listen _
+    for _ in 1 2 3; do
+        listen=$(port)
+        "$relay_bin" "127.0.0.1:$listen" "127.0.0.1:$upstream" >>"$work/relay.log" 2>&1 &
+        pids+=($!)
+        relay_pids+=($!)
+        wait_port "$listen"
+        upstream=$listen
+    done
+    echo "$upstream"
+}
+if [ -n "$relay_bin" ]; then
+    relay_chain "$iperf_port" >"$work/relay-iperf"
+    relay_chain "$redis_port" >"$work/relay-redis"
+fi
 
 # rtunnel: server, agent, and one forward per service.
 nodes=${BENCH_NODES:-1}
@@ -282,7 +312,10 @@ declare -A result
 declare -A cpu_of=([raw]="" [rathole]="${rathole_pids[*]}" [rtunnel]="${rtunnel_pids[*]}")
 declare -A iperf_at=([raw]=$iperf_port [rathole]=$rh_iperf [rtunnel]=$rt_iperf)
 declare -A redis_at=([raw]=$redis_port [rathole]=$rh_redis [rtunnel]=$rt_redis)
-default_paths="raw rathole rtunnel"
+default_paths="raw rathole relays rtunnel"
+cpu_of[relays]="${relay_pids[*]}"
+iperf_at[relays]=$(cat "$work/relay-iperf" 2>/dev/null || true)
+redis_at[relays]=$(cat "$work/relay-redis" 2>/dev/null || true)
 if [ "$nodes" = 2 ]; then
     default_paths="$default_paths cross"
     cpu_of[cross]="${cross_pids[*]}"
@@ -378,23 +411,28 @@ $(for p in "${paths[@]}"; do for k in "${keys[@]}"; do echo "    ('$p', '$k'): [
 r = {key: round(statistics.median(values), 3) for key, values in runs.items()}
 if $bench_runs > 1:
     print(f"(median of $bench_runs interleaved runs)")
-names = {"raw": "raw loopback", "rathole": "rathole 0.5", "rtunnel": "rtunnel forward",
-         "cross": "rtunnel via another node"}
+names = {"raw": "raw loopback", "rathole": "rathole 0.5", "relays": "3 plain relays",
+         "rtunnel": "rtunnel forward", "cross": "rtunnel via another node"}
 paths = [p for p in names if any(k[0] == p for k in r)]
+floor = "rathole" in paths and "relays" in paths
 ratio = "rathole" in paths and "rtunnel" in paths
 cross = "cross" in paths and "rtunnel" in paths
-head = [f"measure ({sys.argv[1]} cores)"] + [names[p] for p in paths] + (["rtunnel / rathole"] if ratio else []) + (["other node / local"] if cross else [])
+head = ([f"measure ({sys.argv[1]} cores)"] + [names[p] for p in paths]
+        + (["3 relays / rathole"] if floor else []) + (["rtunnel / rathole"] if ratio else [])
+        + (["other node / local"] if cross else []))
 print("| " + " | ".join(head) + " |")
 print("|" + " --- |" * len(head))
 for label, key in rows:
     cells = [label] + [f"{r[(p, key)]:g}" for p in paths]
+    lower_is_better = key.endswith("p50") or key.endswith("cpu")
+    def against(base, path):
+        b, v = r[(base, key)], r[(path, key)]
+        return f"{(b / v) if lower_is_better else (v / b):.2f}x" if b and v else ""
+    if floor:
+        cells.append(against("rathole", "relays"))
     if ratio:
-        rh, rt = r[("rathole", key)], r[("rtunnel", key)]
-        lower_is_better = key.endswith("p50") or key.endswith("cpu")
-        cells.append(f"{(rh / rt) if lower_is_better else (rt / rh):.2f}x" if rh and rt else "")
+        cells.append(against("rathole", "rtunnel"))
     if cross:
-        local, far = r[("rtunnel", key)], r[("cross", key)]
-        lower_is_better = key.endswith("p50") or key.endswith("cpu")
-        cells.append(f"{(local / far) if lower_is_better else (far / local):.2f}x" if local and far else "")
+        cells.append(against("rtunnel", "cross"))
     print("| " + " | ".join(cells) + " |")
 EOF
