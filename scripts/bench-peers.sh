@@ -21,7 +21,8 @@
 # symbols), BENCH_ONLY (which phases to run, of "tput ping new", all by
 # default; the rows of the others print 0), BENCH_PERF (a directory:
 # `perf record` of the path's processes during the first run of the first
-# phase in BENCH_ONLY, one file per path; BENCH_PERF_ARGS replaces `-g`,
+# phase in BENCH_ONLY, one file per path and measure, e.g.
+# rtunnel-eight-streams.data; BENCH_PERF_ARGS replaces `-g`,
 # e.g. `--call-graph dwarf` for builds without frame pointers), BENCH_SERVER_ENV,
 # BENCH_AGENT_ENV, BENCH_FORWARD_ENV (NAME=VALUE words for that process,
 # e.g. TOKIO_WORKER_THREADS=1), BENCH_RUNS (runs of every path, interleaved,
@@ -349,16 +350,20 @@ for run in $(seq "$bench_runs"); do
         declare -A cur=()
         for k in "${keys[@]}"; do cur[$k]=0; done
         if runs tput; then
+            shares_start "$p"
             [ "$perf_phase" = tput ] && perf_start "$p" one-stream
             cur[tput1]=$(iperf "${iperf_at[$p]}" 1)
             [ "$perf_phase" = tput ] && perf_stop
+            shares_print "$p" "CPU per GB moved, one stream (ms)" per_gigabyte_ms "${cur[tput1]}"
             # shellcheck disable=SC2086 # a list of pids
             before=$(cpu_ticks ${cpu_of[$p]})
             shares_start "$p"
+            [ "$perf_phase" = tput ] && perf_start "$p" eight-streams
             cur[tput8]=$(iperf "${iperf_at[$p]}" 8)
+            [ "$perf_phase" = tput ] && perf_stop
             # shellcheck disable=SC2086
             cur[tput8cpu]=$(per_gigabyte_ms "$before" "$(cpu_ticks ${cpu_of[$p]})" "${cur[tput8]}")
-            shares_print "$p" "CPU per GB moved (ms)" per_gigabyte_ms "${cur[tput8]}"
+            shares_print "$p" "CPU per GB moved, 8 streams (ms)" per_gigabyte_ms "${cur[tput8]}"
         fi
         if runs ping; then
             [ "$perf_phase" = ping ] && perf_start "$p" ping-one-client
