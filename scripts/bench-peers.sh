@@ -6,23 +6,25 @@
 #   rathole   rathole's server and client (0.5, plain TCP transport);
 #   rtunnel   `rtunnel-agent forward` -> rtunnel-server -> rtunnel-agent,
 #             three release processes, authenticated and audited;
-#   relays    three plain TCP relays in a row (`relay` in benches: accept,
-#             connect onwards, copy), the least any path of three
-#             processes can cost: the ceiling for rtunnel's.
+#   relays    three plain per-connection TCP relays in a row (`relay` in
+#             benches: accept, connect onwards, copy with rtunnel's relay
+#             loop on one thread), for what three processes that only
+#             copy reach here.
 # Prints a table and rtunnel's ratio to rathole. A benchmark, not a test:
 # CI does not run it. Needs iperf3, redis-server and redis-benchmark
 # (installed from Debian if missing) and rathole (built once with
 # `cargo install` into $RTUNNEL_BENCH_CACHE, ~/.cache/rtunnel-bench by
 # default). Settings: BENCH_SECONDS (iperf3 run length, default 5),
 # BENCH_REQUESTS (redis requests per run, default 100000), BENCH_PATHS
-# (which paths to measure, default "raw rathole relays rtunnel"; the ratio
-# columns need rathole), BENCH_BIN_DIR (use the rtunnel-server and
+# (which paths to measure, default "raw rathole relays rtunnel"; each ratio
+# column needs the two paths it compares), BENCH_BIN_DIR (use the rtunnel-server and
 # rtunnel-agent found there instead of building; `target/profiling` for
 # symbols), BENCH_ONLY (which phases to run, of "tput ping new", all by
 # default; the rows of the others print 0), BENCH_PERF (a directory:
 # `perf record` of the path's processes during the first run of the first
 # phase in BENCH_ONLY, one file per path and measure, e.g.
-# rtunnel-eight-streams.data; BENCH_PERF_ARGS replaces `-g`,
+# rtunnel-eight-streams.data; a profiling run, not one for the table:
+# sampling slows the paths unevenly; BENCH_PERF_ARGS replaces `-g`,
 # e.g. `--call-graph dwarf` for builds without frame pointers), BENCH_SERVER_ENV,
 # BENCH_AGENT_ENV, BENCH_FORWARD_ENV (NAME=VALUE words for that process,
 # e.g. TOKIO_WORKER_THREADS=1), BENCH_RUNS (runs of every path, interleaved,
@@ -68,8 +70,14 @@ else
     agent_bin="$root/target/release/rtunnel-agent"
 fi
 
+# The paths to measure (checked once the services are up).
+default_paths="raw rathole relays rtunnel"
+[ "${BENCH_NODES:-1}" = 2 ] && default_paths="$default_paths cross"
+read -r -a paths <<<"${BENCH_PATHS:-$default_paths}"
 relay_bin=""
-if [[ " ${BENCH_PATHS:-relays} " == *" relays "* ]]; then
+if [[ " ${paths[*]} " == *" relays "* ]]; then
+    # Built from this tree even with BENCH_BIN_DIR: it is the same for
+    # every build compared.
     echo "bench: building the plain relay (release)" >&2
     cargo build --release --locked -p rtunnel-benches --bin relay >&2
     relay_bin="$root/target/release/relay"
@@ -313,17 +321,20 @@ declare -A result
 declare -A cpu_of=([raw]="" [rathole]="${rathole_pids[*]}" [rtunnel]="${rtunnel_pids[*]}")
 declare -A iperf_at=([raw]=$iperf_port [rathole]=$rh_iperf [rtunnel]=$rt_iperf)
 declare -A redis_at=([raw]=$redis_port [rathole]=$rh_redis [rtunnel]=$rt_redis)
-default_paths="raw rathole relays rtunnel"
 cpu_of[relays]="${relay_pids[*]}"
 iperf_at[relays]=$(cat "$work/relay-iperf" 2>/dev/null || true)
 redis_at[relays]=$(cat "$work/relay-redis" 2>/dev/null || true)
 if [ "$nodes" = 2 ]; then
-    default_paths="$default_paths cross"
     cpu_of[cross]="${cross_pids[*]}"
     iperf_at[cross]=$cross_iperf
     redis_at[cross]=$cross_redis
 fi
-read -r -a paths <<<"${BENCH_PATHS:-$default_paths}"
+for p in "${paths[@]}"; do
+    [ -n "${iperf_at[$p]+set}" ] && [ -n "${iperf_at[$p]}" ] || {
+        echo "bench: BENCH_PATHS: unknown path '$p' (raw rathole relays rtunnel; cross with BENCH_NODES=2)" >&2
+        exit 2
+    }
+done
 # The phases to run: BENCH_ONLY is a list of them, all by default. perf
 # (BENCH_PERF) records the first run of the first phase listed.
 read -r -a phases <<<"${BENCH_ONLY:-tput ping new}"

@@ -1,12 +1,15 @@
-//! `relay`: the least a hop on a forwarding path can do, for comparison.
+//! `relay`: a hop that only copies, for comparison.
 //!
 //! Listens on one address and, for every connection it accepts, opens a
 //! TCP connection to another and copies bytes both ways until both sides
 //! are done: no framing, no multiplexing, no authentication, no audit.
-//! `scripts/bench-peers.sh` chains three of them (the path `relays`) to
-//! show what any design with three processes on the path (a forward
-//! client, a server and an agent) can reach on the machine at hand, next
-//! to rathole's two.
+//! It copies with rtunnel's own relay loop ([`rtunnel_core::relay`]:
+//! buffers that start at 8 KiB and grow on full reads) under the allocator
+//! settings rtunnel's binaries use, so what separates it from an rtunnel
+//! hop is the WebSocket and the multiplexing, not the copying.
+//! `scripts/bench-peers.sh` chains three of them (the path `relays`), next
+//! to rtunnel's three processes (a forward client, a server and an agent)
+//! and rathole's two.
 //!
 //! ```text
 //! cargo run --release -p rtunnel-benches --bin relay -- 127.0.0.1:7000 127.0.0.1:6379
@@ -17,17 +20,12 @@ use std::net::SocketAddr;
 
 use tokio::net::{TcpListener, TcpStream};
 
-/// Bytes each direction reads at a time. Of the sizes tried on the
-/// benchmark's machine (8, 16, 64 and 256 KiB) 64 KiB did best overall:
-/// smaller ones cost system calls per byte moved, larger ones memory per
-/// connection opened.
-const CHUNK: usize = 64 * 1024;
-
-/// One thread, as a hop that only copies needs: on the benchmark's two
+/// One thread, as rtunnel's agent binary runs: on the benchmark's two
 /// cores a multi-threaded runtime spent a third more CPU per request
 /// handing work between its threads.
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
+    rtunnel_core::malloc::tune_for_relaying();
     let mut args = std::env::args().skip(1);
     let (Some(listen), Some(upstream), None) = (args.next(), args.next(), args.next()) else {
         eprintln!("usage: relay LISTEN-ADDRESS UPSTREAM-ADDRESS");
@@ -65,9 +63,7 @@ async fn main() {
                 }
             };
             let _ = outbound.set_nodelay(true);
-            let _ =
-                tokio::io::copy_bidirectional_with_sizes(&mut inbound, &mut outbound, CHUNK, CHUNK)
-                    .await;
+            let _ = rtunnel_core::relay::relay(&mut inbound, &mut outbound).await;
         });
     }
 }
