@@ -162,8 +162,8 @@ rathole_pids+=($!)
 wait_port "$rh_iperf"
 wait_port "$rh_redis"
 
-# Three plain relays in a row for each service: the floor of a path of
-# three processes.
+# Three plain relays in a row for each service: three processes that only
+# copy, as many as rtunnel's path has.
 relay_pids=()
 relay_chain() { # SERVICE-PORT -> prints the first relay's port
     local upstream=$1 listen _
@@ -430,11 +430,11 @@ if $bench_runs > 1:
 names = {"raw": "raw loopback", "rathole": "rathole 0.5", "relays": "3 plain relays",
          "rtunnel": "rtunnel forward", "cross": "rtunnel via another node"}
 paths = [p for p in names if any(k[0] == p for k in r)]
-floor = "rathole" in paths and "relays" in paths
+relays = "rathole" in paths and "relays" in paths
 ratio = "rathole" in paths and "rtunnel" in paths
 cross = "cross" in paths and "rtunnel" in paths
 head = ([f"measure ({sys.argv[1]} cores)"] + [names[p] for p in paths]
-        + (["3 relays / rathole"] if floor else []) + (["rtunnel / rathole"] if ratio else [])
+        + (["3 relays / rathole"] if relays else []) + (["rtunnel / rathole"] if ratio else [])
         + (["other node / local"] if cross else []))
 print("| " + " | ".join(head) + " |")
 print("|" + " --- |" * len(head))
@@ -444,7 +444,7 @@ for label, key in rows:
     def against(base, path):
         b, v = r[(base, key)], r[(path, key)]
         return f"{(b / v) if lower_is_better else (v / b):.2f}x" if b and v else ""
-    if floor:
+    if relays:
         cells.append(against("rathole", "relays"))
     if ratio:
         cells.append(against("rathole", "rtunnel"))
