@@ -136,28 +136,61 @@ impl MeshIdentity {
     }
 }
 
-/// ring's TLS 1.3 suites, AES-128-GCM first (ring's default puts
-/// AES-256-GCM first).
+/// ring's TLS 1.3 suites in the order the mesh prefers them: AES-128-GCM
+/// first where the CPU has AES instructions (ring's default puts
+/// AES-256-GCM first), ChaCha20-Poly1305 first where it has not.
 ///
 /// Every byte between two nodes is sealed once and opened once. With
-/// AES instructions the cipher alone runs a fifth faster (`openssl speed`
-/// on the benchmark machine: 4.3 against 3.5 GB/s); `benches/mesh_tls`
-/// put a whole mesh frame at about 5% less, within that machine's noise.
-/// AES-128-GCM is the suite TLS 1.3 makes mandatory for every
-/// implementation. Both AES suites stay offered, so nodes of every version
-/// agree; ChaCha20-Poly1305 is offered too, but two rtunnel nodes never
-/// pick it, since each puts AES first.
+/// AES instructions the cipher alone runs a fifth faster than AES-256-GCM
+/// (`openssl speed` on the benchmark machine: 4.3 against 3.5 GB/s);
+/// `benches/mesh_tls` put a whole mesh frame at about 5% less, within that
+/// machine's noise. AES-128-GCM is the suite TLS 1.3 makes mandatory for
+/// every implementation. Without AES instructions (a Raspberry Pi 4, for
+/// one) AES runs in software, several times slower than ChaCha20. The node
+/// dialed picks by its own order, so its CPU decides. Every suite stays
+/// offered, so nodes of every version and CPU agree.
 fn mesh_provider() -> CryptoProvider {
+    CryptoProvider {
+        cipher_suites: mesh_suites(cpu_has_aes()),
+        ..rustls::crypto::ring::default_provider()
+    }
+}
+
+fn mesh_suites(aes: bool) -> Vec<rustls::SupportedCipherSuite> {
     use rustls::crypto::ring::cipher_suite::{
         TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256,
     };
-    CryptoProvider {
-        cipher_suites: vec![
+    if aes {
+        vec![
             TLS13_AES_128_GCM_SHA256,
             TLS13_AES_256_GCM_SHA384,
             TLS13_CHACHA20_POLY1305_SHA256,
-        ],
-        ..rustls::crypto::ring::default_provider()
+        ]
+    } else {
+        vec![
+            TLS13_CHACHA20_POLY1305_SHA256,
+            TLS13_AES_128_GCM_SHA256,
+            TLS13_AES_256_GCM_SHA384,
+        ]
+    }
+}
+
+/// Whether this CPU does AES-GCM in hardware (AES rounds and carry-less
+/// multiplication); unknown architectures count as not.
+fn cpu_has_aes() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("aes")
+            && std::arch::is_x86_feature_detected!("pclmulqdq")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("aes")
+            && std::arch::is_aarch64_feature_detected!("pmull")
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
     }
 }
 
@@ -365,8 +398,15 @@ mod tests {
 
     #[test]
     fn nodes_seal_the_mesh_with_aes_128_gcm_even_for_a_node_preferring_aes_256() {
-        let a = MeshIdentity::from_cluster_key(&[7; 32]).unwrap();
-        let b = MeshIdentity::from_cluster_key(&[7; 32]).unwrap();
+        let mut a = MeshIdentity::from_cluster_key(&[7; 32]).unwrap();
+        let mut b = MeshIdentity::from_cluster_key(&[7; 32]).unwrap();
+        // Both on CPUs with AES instructions, whatever this one has.
+        for node in [&mut a, &mut b] {
+            node.provider = Arc::new(CryptoProvider {
+                cipher_suites: mesh_suites(true),
+                ..rustls::crypto::ring::default_provider()
+            });
+        }
         let suite = handshake(a.client_config().unwrap(), b.server_config().unwrap()).unwrap();
         assert_eq!(suite, rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
         // A node of an older version offers ring's default order
@@ -388,6 +428,40 @@ mod tests {
             .unwrap();
         let suite = handshake(a.client_config().unwrap(), Arc::new(older_server)).unwrap();
         assert_eq!(suite, rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    }
+
+    #[test]
+    fn a_node_without_aes_instructions_has_the_mesh_sealed_with_chacha20() {
+        let with_aes = |aes| {
+            let mut node = MeshIdentity::from_cluster_key(&[7; 32]).unwrap();
+            node.provider = Arc::new(CryptoProvider {
+                cipher_suites: mesh_suites(aes),
+                ..rustls::crypto::ring::default_provider()
+            });
+            node
+        };
+        let (fast, slow) = (with_aes(true), with_aes(false));
+        // The node dialed decides, by its own CPU.
+        let suite = handshake(fast.client_config().unwrap(), slow.server_config().unwrap());
+        assert_eq!(
+            suite.unwrap(),
+            rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
+        );
+        let suite = handshake(slow.client_config().unwrap(), fast.server_config().unwrap());
+        assert_eq!(
+            suite.unwrap(),
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+        );
+        // Whatever this machine has, the identity's own settings agree
+        // with themselves on one of the two.
+        let own = MeshIdentity::from_cluster_key(&[7; 32]).unwrap();
+        let suite = handshake(own.client_config().unwrap(), own.server_config().unwrap());
+        let expected = if cpu_has_aes() {
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+        } else {
+            rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
+        };
+        assert_eq!(suite.unwrap(), expected);
     }
 
     #[test]
