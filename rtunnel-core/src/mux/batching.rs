@@ -1,4 +1,4 @@
-//! A check that a transport under [`YamuxMux`] lets the frames of many
+//! A check that a transport under a [`Mux`] lets the frames of many
 //! streams share writes, for the transports built on it (the WebSocket of
 //! a tunnel, the node mesh's TLS) to run in their own tests.
 //!
@@ -29,7 +29,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use super::{Mux, YamuxMux};
+use super::Mux;
 
 /// How many writes took bytes, of a [`CountedWrites`].
 #[derive(Clone, Debug, Default)]
@@ -104,9 +104,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for CountedWrites<IO> {
 ///
 /// When a stream cannot be opened, accepted or read: the connection is
 /// broken, which is a failed check too.
-pub async fn writes_for_ten_streams(
-    dialing: &YamuxMux,
-    answering: &YamuxMux,
+pub async fn writes_for_ten_streams<A: Mux, B: Mux>(
+    dialing: &A,
+    answering: &B,
     writes: &WriteCount,
 ) -> usize {
     let mut streams = Vec::new();

@@ -37,6 +37,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 pub mod batching;
 pub mod memory;
+pub mod wire;
 pub mod yamux;
 
 pub use self::yamux::{MAX_PENDING_INBOUND, YAMUX_MAX_STREAMS, YamuxMux, YamuxStream};

@@ -1,0 +1,575 @@
+//! What a connection's driver, its handle and its streams share: the
+//! transport (the [`Sink`]) and the streams' state (the [`State`]).
+//!
+//! Locks: the sink, then the state, never the other way round. Nothing
+//! waits while holding either: both guard non-blocking polls only.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures::task::AtomicWaker;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+
+use super::frame::{FIN, Header, Kind, RST};
+
+/// Every stream's receive window to begin with, and the credit a sender
+/// starts with: yamux's, so any yamux peer agrees.
+pub(super) const INITIAL_WINDOW: u32 = 256 * 1024;
+
+/// The most one stream's receive window grows to.
+const MAX_WINDOW: u32 = 16 * 1024 * 1024;
+
+/// Frames queued for the driver beyond this many bytes make writers wait.
+pub(super) const QUEUE_HIGH_WATER: usize = 1024 * 1024;
+
+/// Data frames at least this long are flushed by the writer itself: there
+/// is nothing to gain by waiting for other streams' frames.
+pub(super) const SELF_FLUSH_BYTES: usize = 16 * 1024;
+
+/// The transport a connection runs over.
+pub(super) trait Transport: AsyncRead + AsyncWrite + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Send> Transport for T {}
+
+/// The transport, and the bytes of frames it has not taken yet.
+pub(super) struct Sink {
+    pub(super) io: Pin<Box<dyn Transport>>,
+    /// Frames begun but not taken by `io` yet: written before anything else.
+    pending: BytesMut,
+}
+
+impl Sink {
+    pub(super) fn new(io: Pin<Box<dyn Transport>>) -> Self {
+        Sink {
+            io,
+            pending: BytesMut::new(),
+        }
+    }
+
+    /// Whether nothing waits to be written.
+    pub(super) fn is_drained(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Hands `bytes` (whole frames, or the rest of one) to the transport as
+    /// far as it takes them without waiting, and keeps the rest to write
+    /// first next time: once called, the bytes are sent, in order.
+    pub(super) fn commit(&mut self, cx: &mut Context<'_>, bytes: &[u8]) -> io::Result<()> {
+        let mut at = 0;
+        if self.pending.is_empty() {
+            while at < bytes.len() {
+                match self.io.as_mut().poll_write(cx, &bytes[at..]) {
+                    Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                    Poll::Ready(Ok(n)) => at += n,
+                    Poll::Ready(Err(e)) => return Err(e),
+                    Poll::Pending => break,
+                }
+            }
+        }
+        self.pending.extend_from_slice(&bytes[at..]);
+        if self.pending.is_empty() && self.pending.capacity() > 0 {
+            self.pending = BytesMut::new();
+        }
+        Ok(())
+    }
+
+    /// Writes what is pending; ready once the transport took all of it.
+    pub(super) fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.pending.is_empty() {
+            match self.io.as_mut().poll_write(cx, &self.pending) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => self.pending.advance(n),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if self.pending.capacity() > 0 {
+            self.pending = BytesMut::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Counters of a connection.
+#[derive(Default)]
+pub(super) struct Counters {
+    pub(super) opened: AtomicU64,
+    pub(super) accepted: AtomicU64,
+    pub(super) refused: AtomicU64,
+    pub(super) bytes_in: AtomicU64,
+    pub(super) bytes_out: AtomicU64,
+}
+
+/// One stream's state.
+pub(super) struct StreamState {
+    /// Received data not read yet.
+    recv: VecDeque<Bytes>,
+    recv_len: usize,
+    /// The peer sent FIN: once `recv` is read, end of file.
+    recv_fin: bool,
+    /// Either side reset the stream.
+    reset: bool,
+    /// What the peer may still send before more credit.
+    recv_credit: u32,
+    /// The receive window: what credit is topped up to.
+    pub(super) window: u32,
+    /// Read since credit was last granted.
+    consumed: u32,
+    /// The peer used all its credit since the last grant.
+    starved: bool,
+    /// What this side may still send.
+    send_credit: u32,
+    /// This side sent FIN.
+    send_fin: bool,
+    reader: Option<Waker>,
+    writer: Option<Waker>,
+}
+
+impl StreamState {
+    pub(super) fn new(send_credit: u32) -> Self {
+        StreamState {
+            recv: VecDeque::new(),
+            recv_len: 0,
+            recv_fin: false,
+            reset: false,
+            recv_credit: INITIAL_WINDOW,
+            window: INITIAL_WINDOW,
+            consumed: 0,
+            starved: false,
+            send_credit,
+            send_fin: false,
+            reader: None,
+            writer: None,
+        }
+    }
+
+    fn wake(&mut self) {
+        if let Some(w) = self.reader.take() {
+            w.wake();
+        }
+        if let Some(w) = self.writer.take() {
+            w.wake();
+        }
+    }
+}
+
+/// Why a connection ended, for the streams' errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ended {
+    /// This side closed it.
+    Closed,
+    /// The peer went away, the transport failed or the peer broke the
+    /// protocol.
+    Lost,
+}
+
+/// The streams of a connection and what waits to be written.
+pub(super) struct State {
+    pub(super) streams: HashMap<u32, StreamState>,
+    /// The id of the next stream this side opens.
+    pub(super) next_id: u32,
+    /// Frames for the driver to write (control frames, and data frames a
+    /// stream could not write itself), whole, in order.
+    pub(super) queued: BytesMut,
+    /// Writers waiting for `queued` to shrink.
+    pub(super) write_waiters: Vec<Waker>,
+    pub(super) ended: Option<Ended>,
+    /// Receive window that streams may still grow into, beyond their
+    /// initial windows.
+    pub(super) budget: usize,
+}
+
+/// A connection's shared half.
+pub(super) struct Conn {
+    pub(super) sink: Mutex<Sink>,
+    pub(super) state: Mutex<State>,
+    pub(super) counters: Counters,
+    /// Largest data frame body sent.
+    pub(super) split: usize,
+    /// The driver is woken to flush.
+    pub(super) flush_wanted: AtomicBool,
+    /// Frames written or queued since the driver's last flush.
+    pub(super) frames: AtomicU32,
+    pub(super) driver: AtomicWaker,
+    /// Set by a handle to close the connection.
+    pub(super) shutdown: CancellationToken,
+    /// Set once the driver is done.
+    pub(super) done: CancellationToken,
+}
+
+/// Locks `m`, whether or not a holder panicked: the state stays consistent
+/// at every point a panic could leave it.
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn aborted(ended: Ended) -> io::Error {
+    match ended {
+        Ended::Closed => io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "the multiplexed connection was closed",
+        ),
+        Ended::Lost => io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "the multiplexed connection ended",
+        ),
+    }
+}
+
+impl Conn {
+    pub(super) fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    /// Asks the driver to flush.
+    pub(super) fn want_flush(&self) {
+        self.frames.fetch_add(1, Ordering::Relaxed);
+        if !self.flush_wanted.swap(true, Ordering::AcqRel) {
+            self.driver.wake();
+        }
+    }
+
+    /// Queues a frame without a body for the driver.
+    pub(super) fn queue_control(&self, st: &mut State, header: Header) {
+        st.queued.extend_from_slice(&header.encode());
+        self.want_flush();
+    }
+
+    /// Sends one data frame of a stream: straight to the transport when
+    /// nobody else is using it, else queued for the driver (one copy).
+    fn send_data(&self, cx: &mut Context<'_>, header: Header, body: &[u8]) -> io::Result<()> {
+        if let Ok(mut sink) = self.sink.try_lock() {
+            if sink.is_drained() {
+                // What was queued before this frame (the stream's SYN, say)
+                // goes first.
+                let queued = self.state().queued.split();
+                let sent = sink
+                    .commit(cx, &queued)
+                    .and_then(|()| sink.commit(cx, &header.encode()))
+                    .and_then(|()| sink.commit(cx, body));
+                self.counters.bytes_out.fetch_add(
+                    (queued.len() + super::frame::HEADER_BYTES + body.len()) as u64,
+                    Ordering::Relaxed,
+                );
+                if let Err(e) = sent {
+                    // The driver meets the error too, and ends the connection.
+                    drop(sink);
+                    self.want_flush();
+                    return Err(e);
+                }
+                if body.len() >= SELF_FLUSH_BYTES && sink.is_drained() {
+                    if let Poll::Ready(Ok(())) = sink.io.as_mut().poll_flush(cx) {
+                        return Ok(());
+                    }
+                }
+                drop(sink);
+                self.want_flush();
+                return Ok(());
+            }
+        }
+        let mut st = self.state();
+        st.queued.extend_from_slice(&header.encode());
+        st.queued.extend_from_slice(body);
+        drop(st);
+        self.want_flush();
+        Ok(())
+    }
+
+    /// A stream's read: what is buffered, end of file after a FIN, or
+    /// waiting.
+    pub(super) fn poll_read(
+        &self,
+        id: u32,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut st = self.state();
+        let State {
+            streams,
+            queued,
+            budget,
+            ended,
+            ..
+        } = &mut *st;
+        let Some(s) = streams.get_mut(&id) else {
+            return Poll::Ready(Err(aborted(Ended::Lost)));
+        };
+        if s.recv_len > 0 {
+            let mut n = 0;
+            while buf.remaining() > 0 {
+                let Some(chunk) = s.recv.front_mut() else {
+                    break;
+                };
+                let take = chunk.len().min(buf.remaining());
+                buf.put_slice(&chunk[..take]);
+                chunk.advance(take);
+                if chunk.is_empty() {
+                    s.recv.pop_front();
+                }
+                n += take;
+            }
+            s.recv_len -= n;
+            s.consumed += n as u32;
+            if !s.recv_fin && !s.reset && ended.is_none() && s.consumed >= s.window / 2 {
+                let mut grant = s.consumed;
+                // The peer ran out of credit while this reader kept up: the
+                // window, not the reader, holds the stream back. Double it
+                // out of the connection's budget.
+                if s.starved && s.recv_len == 0 {
+                    let grow = (s.window as usize)
+                        .min(*budget)
+                        .min((MAX_WINDOW - s.window) as usize)
+                        as u32;
+                    *budget -= grow as usize;
+                    s.window += grow;
+                    grant += grow;
+                }
+                s.starved = false;
+                s.consumed = 0;
+                s.recv_credit += grant;
+                queued.extend_from_slice(&Header::new(Kind::WindowUpdate, 0, id, grant).encode());
+                drop(st);
+                self.want_flush();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if s.recv_fin {
+            return Poll::Ready(Ok(()));
+        }
+        if s.reset {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "the stream was reset",
+            )));
+        }
+        if let Some(ended) = *ended {
+            return Poll::Ready(Err(aborted(ended)));
+        }
+        s.reader = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// A stream's write: one data frame of at most what the peer allows.
+    pub(super) fn poll_write(
+        &self,
+        id: u32,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let n = {
+            let mut st = self.state();
+            if let Some(ended) = st.ended {
+                return Poll::Ready(Err(aborted(ended)));
+            }
+            let over = st.queued.len() >= QUEUE_HIGH_WATER;
+            let State {
+                streams,
+                write_waiters,
+                ..
+            } = &mut *st;
+            let Some(s) = streams.get_mut(&id) else {
+                return Poll::Ready(Err(aborted(Ended::Lost)));
+            };
+            if s.reset {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "the stream was reset",
+                )));
+            }
+            if s.send_fin {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "the stream was shut down for writing",
+                )));
+            }
+            if s.send_credit == 0 {
+                s.writer = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            if over {
+                write_waiters.push(cx.waker().clone());
+                drop(st);
+                self.want_flush();
+                return Poll::Pending;
+            }
+            let n = buf.len().min(s.send_credit as usize).min(self.split);
+            s.send_credit -= n as u32;
+            n
+        };
+        let header = Header::new(Kind::Data, 0, id, n as u32);
+        self.send_data(cx, header, &buf[..n])?;
+        Poll::Ready(Ok(n))
+    }
+
+    /// A stream's shutdown: FIN, once.
+    pub(super) fn shutdown_stream(&self, id: u32) -> io::Result<()> {
+        let mut st = self.state();
+        if let Some(ended) = st.ended {
+            return Err(aborted(ended));
+        }
+        let Some(s) = st.streams.get_mut(&id) else {
+            return Err(aborted(Ended::Lost));
+        };
+        if s.send_fin || s.reset {
+            return Ok(());
+        }
+        s.send_fin = true;
+        self.queue_control(&mut st, Header::new(Kind::Data, FIN, id, 0));
+        Ok(())
+    }
+
+    /// A stream's handle is gone: the stream is forgotten, and the peer
+    /// told unless both sides are done with it.
+    pub(super) fn drop_stream(&self, id: u32) {
+        let mut st = self.state();
+        let Some(s) = st.streams.remove(&id) else {
+            return;
+        };
+        st.budget += (s.window - INITIAL_WINDOW) as usize;
+        if st.ended.is_some() || s.reset || (s.send_fin && s.recv_fin) {
+            return;
+        }
+        // The peer finished and this side never did: finish too. Else the
+        // stream is abandoned: reset it, so the peer stops sending.
+        let flag = if s.recv_fin { FIN } else { RST };
+        self.queue_control(&mut st, Header::new(Kind::Data, flag, id, 0));
+    }
+
+    /// Ends every stream: reads and writes fail once the data already
+    /// received is read.
+    pub(super) fn end(&self, why: Ended) {
+        let mut st = self.state();
+        if st.ended.is_none() {
+            st.ended = Some(why);
+        }
+        for s in st.streams.values_mut() {
+            s.wake();
+        }
+        for w in st.write_waiters.drain(..) {
+            w.wake();
+        }
+    }
+}
+
+/// What the driver does with a received frame, to a stream.
+pub(super) enum Received {
+    /// Handled.
+    Done,
+    /// The peer opened this stream: accept it, or refuse it.
+    Opened(u32),
+}
+
+/// Why a received frame ends the connection.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Violation {
+    #[error("stream {0} sent more than its window")]
+    OverWindow(u32),
+    #[error("stream {0} opened twice")]
+    Reopened(u32),
+    #[error("stream {0} has an id of this side's")]
+    WrongParity(u32),
+    #[error("stream {0} was given credit past 4 GiB")]
+    CreditOverflow(u32),
+}
+
+impl State {
+    /// Acts on a data frame or window update from the peer; `opens_odd`
+    /// tells which ids the peer opens with.
+    pub(super) fn receive(
+        &mut self,
+        header: Header,
+        body: Bytes,
+        peer_ids_odd: bool,
+        max_streams: usize,
+    ) -> Result<Received, Violation> {
+        let id = header.stream;
+        if header.has(super::frame::SYN) {
+            if (id % 2 == 1) != peer_ids_odd {
+                return Err(Violation::WrongParity(id));
+            }
+            if self.streams.contains_key(&id) {
+                return Err(Violation::Reopened(id));
+            }
+            if self.streams.len() >= max_streams {
+                // Too many streams: this one is refused, the connection
+                // carries on (yamux would end it).
+                self.queued
+                    .extend_from_slice(&Header::new(Kind::WindowUpdate, RST, id, 0).encode());
+                return Ok(Received::Done);
+            }
+            let mut credit = INITIAL_WINDOW;
+            if header.kind == Kind::WindowUpdate {
+                credit = credit
+                    .checked_add(header.length)
+                    .ok_or(Violation::CreditOverflow(id))?;
+            }
+            self.streams.insert(id, StreamState::new(credit));
+            self.apply(header, body)?;
+            return Ok(Received::Opened(id));
+        }
+        self.apply(header, body)?;
+        Ok(Received::Done)
+    }
+
+    /// A frame for a known stream; frames for streams already gone are
+    /// dropped, as yamux does (they may have crossed the reset).
+    fn apply(&mut self, header: Header, body: Bytes) -> Result<(), Violation> {
+        let id = header.stream;
+        let Some(s) = self.streams.get_mut(&id) else {
+            return Ok(());
+        };
+        if header.has(RST) {
+            s.reset = true;
+            s.wake();
+            return Ok(());
+        }
+        let mut wake_reader = header.has(FIN);
+        match header.kind {
+            Kind::Data => {
+                let len = body.len() as u32;
+                s.recv_credit = s
+                    .recv_credit
+                    .checked_sub(len)
+                    .ok_or(Violation::OverWindow(id))?;
+                if len > 0 && s.recv_credit == 0 {
+                    s.starved = true;
+                }
+                if len > 0 && !s.recv_fin {
+                    s.recv_len += body.len();
+                    s.recv.push_back(body);
+                    wake_reader = true;
+                }
+            }
+            Kind::WindowUpdate => {
+                s.send_credit = s
+                    .send_credit
+                    .checked_add(header.length)
+                    .ok_or(Violation::CreditOverflow(id))?;
+                if header.length > 0 {
+                    if let Some(w) = s.writer.take() {
+                        w.wake();
+                    }
+                }
+            }
+            Kind::Ping | Kind::GoAway => {}
+        }
+        if header.has(FIN) {
+            s.recv_fin = true;
+        }
+        if wake_reader {
+            if let Some(w) = s.reader.take() {
+                w.wake();
+            }
+        }
+        Ok(())
+    }
+}

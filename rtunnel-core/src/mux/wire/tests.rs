@@ -1,0 +1,447 @@
+//! [`WireMux`] against itself, against the `yamux` crate both ways, and
+//! against a hostile peer that writes raw frames.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
+
+use super::frame::{self, ACK, FIN, HEADER_BYTES, Header, Kind, RST, SESSION_ID, SYN};
+use super::*;
+use crate::mux::{YamuxMux, shared};
+
+const LONG: Duration = Duration::from_secs(30);
+
+fn pair() -> (WireMux, WireMux) {
+    let (a, b) = tokio::io::duplex(256 * 1024);
+    let cfg = MuxConfig::default();
+    (WireMux::client(a, &cfg), WireMux::server(b, &cfg))
+}
+
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| (i.wrapping_mul(31) ^ seed) as u8)
+        .collect()
+}
+
+/// Echoes every stream `m` accepts, after reading it to its end.
+fn echo_all<M: Mux>(m: Arc<M>) {
+    tokio::spawn(async move {
+        while let Some(mut s) = m.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                s.read_to_end(&mut buf).await.unwrap();
+                s.write_all(&buf).await.unwrap();
+                s.shutdown().await.unwrap();
+            });
+        }
+    });
+}
+
+/// Sends `len` bytes on a new stream of `m`, half-closes, reads the echo.
+async fn round_trip<M: Mux>(m: &M, len: usize, seed: u32) {
+    let mut s = m.open().await.unwrap();
+    let data = pattern(len, seed);
+    let (mut r, mut w) = tokio::io::split(&mut s);
+    let send = async {
+        w.write_all(&data).await.unwrap();
+        w.shutdown().await.unwrap();
+    };
+    let mut back = Vec::new();
+    let recv = r.read_to_end(&mut back);
+    let (_, got) = tokio::join!(send, recv);
+    got.unwrap();
+    assert!(back == data, "stream {seed}: the echo differs");
+}
+
+async fn many_round_trips<M: Mux>(m: &M) {
+    let m = &*m;
+    let trips = (0..8u32).map(|i| round_trip(m, 300_000 + i as usize * 77_777, i));
+    tokio::time::timeout(LONG, futures::future::join_all(trips))
+        .await
+        .expect("the round trips finished");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_carry_bytes_both_ways() {
+    let (client, server) = pair();
+    echo_all(Arc::new(server));
+    many_round_trips(&client).await;
+    assert_eq!(client.counters().streams_opened, 8);
+    assert!(client.counters().bytes_out >= 8 * 300_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wire_client_talks_to_a_yamux_server() {
+    let (a, b) = tokio::io::duplex(256 * 1024);
+    let cfg = MuxConfig::default();
+    let client = WireMux::client(a, &cfg);
+    echo_all(Arc::new(YamuxMux::server(b, &cfg)));
+    many_round_trips(&client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_yamux_client_talks_to_a_wire_server() {
+    let (a, b) = tokio::io::duplex(256 * 1024);
+    let cfg = MuxConfig::default();
+    let client = YamuxMux::client(a, &cfg);
+    echo_all(Arc::new(WireMux::server(b, &cfg)));
+    many_round_trips(&client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_sides_open_streams_to_a_yamux_peer() {
+    // The server side opens too (the server opens streams to an agent).
+    let (a, b) = tokio::io::duplex(256 * 1024);
+    let cfg = MuxConfig::default();
+    let wire = Arc::new(WireMux::server(a, &cfg));
+    let yamux = Arc::new(YamuxMux::client(b, &cfg));
+    echo_all(yamux.clone());
+    echo_all(wire.clone());
+    tokio::join!(many_round_trips(&*wire), many_round_trips(&*yamux));
+}
+
+#[tokio::test]
+async fn closing_one_side_ends_the_other() {
+    let (client, server) = pair();
+    client.close();
+    client.closed().await;
+    assert!(server.accept().await.is_none());
+    server.closed().await;
+    assert!(matches!(client.open().await, Err(MuxError::Closed)));
+}
+
+#[tokio::test]
+async fn closing_ends_the_waits_on_the_connections_streams() {
+    let (client, server) = pair();
+    let mut s = client.open().await.unwrap();
+    s.write_all(b"x").await.unwrap();
+    let _peer = server.accept().await.unwrap();
+    let reader = tokio::spawn(async move {
+        let mut buf = [0u8; 16];
+        s.read(&mut buf).await
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    client.close();
+    let read = tokio::time::timeout(LONG, reader)
+        .await
+        .expect("a read on a closed connection's stream hung")
+        .unwrap();
+    assert_eq!(
+        read.unwrap_err().kind(),
+        std::io::ErrorKind::ConnectionAborted
+    );
+}
+
+#[tokio::test]
+async fn dropping_the_handle_closes_the_connection() {
+    let (client, server) = pair();
+    let _stream = client.open().await.unwrap();
+    drop(client);
+    assert!(server.accept().await.is_some());
+    assert!(server.accept().await.is_none());
+}
+
+#[tokio::test]
+async fn a_dropped_stream_is_reset_for_the_peer() {
+    let (client, server) = pair();
+    let mut s = client.open().await.unwrap();
+    s.write_all(b"hello").await.unwrap();
+    let mut peer = server.accept().await.unwrap();
+    let mut buf = [0u8; 5];
+    peer.read_exact(&mut buf).await.unwrap();
+    drop(s);
+    let err = tokio::time::timeout(LONG, peer.read(&mut buf))
+        .await
+        .expect("the reset arrived")
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+    let err = peer.write_all(b"more").await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+    // The connection carries on.
+    let mut again = client.open().await.unwrap();
+    again.write_all(b"x").await.unwrap();
+    assert!(server.accept().await.is_some());
+}
+
+#[tokio::test]
+async fn opens_past_the_limit_wait_for_a_stream_to_end() {
+    let (client, server) = pair();
+    let server = Arc::new(server);
+    let acceptor = server.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Some(s) = acceptor.accept().await {
+            held.push(s);
+        }
+    });
+    let mut open = Vec::new();
+    for _ in 0..MAX_OPEN_STREAMS {
+        open.push(client.open().await.unwrap());
+    }
+    let waiting = tokio::time::timeout(Duration::from_millis(200), client.open()).await;
+    assert!(waiting.is_err(), "an open past the limit must wait");
+    open.pop();
+    let mut s = tokio::time::timeout(LONG, client.open())
+        .await
+        .expect("a slot came free")
+        .unwrap();
+    s.write_all(b"y").await.unwrap();
+    assert!(!client.is_closed() && !server.is_closed());
+}
+
+#[tokio::test]
+async fn a_reader_that_stops_reading_holds_back_the_sender() {
+    let (client, server) = pair();
+    let server_task = tokio::spawn(async move {
+        let s = server.accept().await.unwrap();
+        std::future::pending::<()>().await;
+        drop((s, server));
+    });
+    let mut s = client.open().await.unwrap();
+    let chunk = vec![7u8; 16 * 1024];
+    let mut written = 0usize;
+    while let Ok(Ok(())) =
+        tokio::time::timeout(Duration::from_millis(300), s.write_all(&chunk)).await
+    {
+        written += chunk.len();
+        assert!(written < 64 << 20, "the sender was never held back");
+    }
+    let bound = conn::INITIAL_WINDOW as usize + chunk.len();
+    assert!(
+        written <= bound,
+        "{written} bytes went out, more than {bound}"
+    );
+    assert!(!client.is_closed());
+    server_task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_streams_window_grows_out_of_the_budget_and_goes_back() {
+    let (client, server) = pair();
+    let server = Arc::new(server);
+    let mut s = client.open().await.unwrap();
+    s.write_all(b"x").await.unwrap();
+    let mut peer = server.accept().await.unwrap();
+    let id = peer.id();
+    let sender = tokio::spawn(async move {
+        let chunk = vec![1u8; 256 * 1024];
+        for _ in 0..64 {
+            s.write_all(&chunk).await.unwrap();
+        }
+        s.shutdown().await.unwrap();
+        s
+    });
+    let mut sink = Vec::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut grew = 0;
+    loop {
+        let n = peer.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        sink.push(n);
+        let st = server.conn.state();
+        grew = grew.max(st.streams[&id].window);
+    }
+    let _s = sender.await.unwrap();
+    assert!(grew > conn::INITIAL_WINDOW, "the window stayed at {grew}");
+    let budget = server.conn.state().budget;
+    assert!(budget < DEFAULT_BUDGET, "nothing was taken from the budget");
+    drop(peer);
+    assert_eq!(server.conn.state().budget, DEFAULT_BUDGET);
+}
+
+const DEFAULT_BUDGET: usize = crate::mux::DEFAULT_WINDOW_BUDGET;
+
+#[tokio::test]
+async fn inbound_streams_nobody_accepts_are_refused() {
+    let (client, server) = pair();
+    let mut streams = Vec::new();
+    for _ in 0..MAX_PENDING_INBOUND + 5 {
+        let mut s = client.open().await.unwrap();
+        s.write_all(b"x").await.unwrap();
+        streams.push(s);
+    }
+    // The last ones are reset.
+    let mut last = streams.pop().unwrap();
+    let mut buf = [0u8; 1];
+    let err = tokio::time::timeout(LONG, last.read(&mut buf))
+        .await
+        .expect("the refusal arrived")
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+    assert_eq!(server.counters().streams_refused, 5);
+    assert!(server.accept().await.is_some());
+}
+
+#[tokio::test]
+async fn frames_of_many_streams_leave_in_one_write() {
+    use crate::mux::batching;
+    use crate::ws::{Role, WsStream};
+    let (a, b) = tokio::io::duplex(1 << 20);
+    let (socket, writes) = batching::CountedWrites::new(a);
+    let cfg = MuxConfig::default();
+    let client = WireMux::client(WsStream::new(socket, Role::Client, &[]), &cfg);
+    let server = WireMux::server(WsStream::new(b, Role::Server, &[]), &cfg);
+    let sent = batching::writes_for_ten_streams(&client, &server, &writes).await;
+    assert_eq!(sent, 1, "ten frames took {sent} writes");
+}
+
+#[tokio::test]
+async fn it_works_behind_the_shared_handle() {
+    let (client, server) = pair();
+    let (client, server) = (shared(client), shared(server));
+    let mut s = client.open().await.unwrap();
+    s.write_all(b"ping").await.unwrap();
+    let mut peer = server.accept().await.unwrap();
+    let mut buf = [0u8; 4];
+    peer.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ping");
+}
+
+/// A peer that writes raw frames at a [`WireMux`] server.
+struct RawPeer {
+    io: DuplexStream,
+}
+
+impl RawPeer {
+    fn new() -> (RawPeer, WireMux) {
+        let (a, b) = tokio::io::duplex(4 << 20);
+        (RawPeer { io: a }, WireMux::server(b, &MuxConfig::default()))
+    }
+
+    async fn send(&mut self, header: Header, body: &[u8]) {
+        self.io.write_all(&header.encode()).await.unwrap();
+        self.io.write_all(body).await.unwrap();
+    }
+
+    /// The next frame, skipping window updates; `None` at end of file.
+    async fn next(&mut self) -> Option<(Header, Vec<u8>)> {
+        next_frame(&mut self.io).await
+    }
+}
+
+async fn next_frame<R: AsyncRead + Unpin>(io: &mut R) -> Option<(Header, Vec<u8>)> {
+    let mut head = [0u8; HEADER_BYTES];
+    tokio::time::timeout(LONG, io.read_exact(&mut head))
+        .await
+        .expect("a frame or the end")
+        .ok()?;
+    let header = Header::parse(&head).unwrap();
+    let mut body = vec![0u8; header.body_len()];
+    io.read_exact(&mut body).await.unwrap();
+    Some((header, body))
+}
+
+/// Reads frames until a go-away, and returns its code; panics at the end
+/// of file without one.
+async fn go_away_code(peer: &mut RawPeer) -> u32 {
+    while let Some((header, _)) = peer.next().await {
+        if header.kind == Kind::GoAway {
+            return header.length;
+        }
+    }
+    panic!("the connection ended without a go-away");
+}
+
+#[tokio::test]
+async fn pings_are_answered_with_their_value() {
+    let (mut peer, _server) = RawPeer::new();
+    peer.send(Header::new(Kind::Ping, SYN, SESSION_ID, 0xdead_beef), &[])
+        .await;
+    let (header, _) = peer.next().await.unwrap();
+    assert_eq!(
+        header,
+        Header::new(Kind::Ping, ACK, SESSION_ID, 0xdead_beef)
+    );
+}
+
+#[tokio::test]
+async fn a_peer_sending_past_its_window_is_sent_away() {
+    let (mut peer, server) = RawPeer::new();
+    peer.send(Header::new(Kind::WindowUpdate, SYN, 1, 0), &[])
+        .await;
+    let chunk = vec![0u8; 128 * 1024];
+    for _ in 0..3 {
+        peer.send(Header::new(Kind::Data, 0, 1, chunk.len() as u32), &chunk)
+            .await;
+    }
+    assert_eq!(go_away_code(&mut peer).await, frame::GO_AWAY_PROTOCOL_ERROR);
+    tokio::time::timeout(LONG, server.closed()).await.unwrap();
+}
+
+#[tokio::test]
+async fn frames_no_yamux_peer_sends_end_the_connection() {
+    let bad: [&[u8]; 4] = [
+        // Version 1.
+        &[1, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0],
+        // Type 9.
+        &[0, 9, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0],
+        // A data frame of 2 MiB.
+        &[0, 0, 0, 1, 0, 0, 0, 1, 0, 0x20, 0, 0],
+        // The peer opens a stream with one of this side's ids (even).
+        &[0, 1, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0],
+    ];
+    for frame in bad {
+        let (mut peer, server) = RawPeer::new();
+        peer.io.write_all(frame).await.unwrap();
+        assert_eq!(
+            go_away_code(&mut peer).await,
+            frame::GO_AWAY_PROTOCOL_ERROR,
+            "{frame:?}"
+        );
+        tokio::time::timeout(LONG, server.closed()).await.unwrap();
+        assert!(server.accept().await.is_none());
+    }
+}
+
+#[tokio::test]
+async fn a_stream_opened_twice_ends_the_connection() {
+    let (mut peer, server) = RawPeer::new();
+    peer.send(Header::new(Kind::WindowUpdate, SYN, 1, 0), &[])
+        .await;
+    let _s = server.accept().await.unwrap();
+    peer.send(Header::new(Kind::Data, SYN, 1, 1), b"x").await;
+    assert_eq!(go_away_code(&mut peer).await, frame::GO_AWAY_PROTOCOL_ERROR);
+}
+
+#[tokio::test]
+async fn frames_for_unknown_streams_are_dropped_and_the_connection_goes_on() {
+    let (mut peer, server) = RawPeer::new();
+    peer.send(Header::new(Kind::Data, 0, 41, 3), b"abc").await;
+    peer.send(Header::new(Kind::WindowUpdate, 0, 43, 1000), &[])
+        .await;
+    peer.send(Header::new(Kind::Data, SYN | FIN, 1, 5), b"hello")
+        .await;
+    let mut s = server.accept().await.unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"hello");
+    // The acceptor acknowledged the stream.
+    let (header, _) = peer.next().await.unwrap();
+    assert_eq!(header, Header::new(Kind::WindowUpdate, ACK, 1, 0));
+    s.write_all(b"bye").await.unwrap();
+    s.shutdown().await.unwrap();
+    let (header, body) = peer.next().await.unwrap();
+    assert_eq!(
+        (header.kind, header.stream, body),
+        (Kind::Data, 1, b"bye".to_vec())
+    );
+    let (header, _) = peer.next().await.unwrap();
+    assert_eq!((header.stream, header.has(FIN)), (1, true));
+    drop(s);
+    // Both sides finished the stream: nothing more is sent for it.
+    peer.send(Header::new(Kind::Ping, SYN, SESSION_ID, 7), &[])
+        .await;
+    let (header, _) = peer.next().await.unwrap();
+    assert_eq!((header.kind, header.has(RST)), (Kind::Ping, false));
+}
+
+#[allow(dead_code)]
+fn assert_stream_is_io<T: AsyncRead + AsyncWrite + Send + Unpin>() {}
+
+#[test]
+fn wire_streams_are_io() {
+    assert_stream_is_io::<WireStream>();
+}
