@@ -11,7 +11,7 @@ use rtunnel_core::control::HandshakeError;
 use rtunnel_core::frame::write_frame;
 use rtunnel_core::ids::SessionId;
 use rtunnel_core::link::{self, LinkEnd};
-use rtunnel_core::mux::{MuxConfig, MuxStream, YamuxMux, shared};
+use rtunnel_core::mux::{MuxConfig, MuxStream, WireMux, shared};
 use rtunnel_core::proto::{
     CloseCode, Control, RefusalCode, Resume, ServiceInfo, StreamHeader, StreamKind, StreamReply,
     TerminalOpen,
@@ -691,7 +691,7 @@ impl Agent {
             }
         };
         let ws_close = ws.close_handle();
-        let mux = shared(YamuxMux::client(ws, &MuxConfig::default()));
+        let mux = shared(WireMux::client(ws, &MuxConfig::default()));
         let previous = resume.as_ref().map(|r| r.session_id);
         let dialed = match link::dial(mux, SOFTWARE, resume.clone()).await {
             Ok(ok) => ok,

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use rtunnel_core::ids::SessionId;
 use rtunnel_core::link::{self, Link};
-use rtunnel_core::mux::{MuxConfig, MuxStream, YamuxMux, shared};
+use rtunnel_core::mux::{MuxConfig, MuxStream, WireMux, shared};
 use rtunnel_core::proto::{self, Refusal, StreamHeader, StreamKind};
 use rtunnel_core::relay::relay;
 use rtunnel_core::setup::{self, EARLY_DATA_BYTES, EarlyData, SetupError};
@@ -305,7 +305,7 @@ impl Forwarder {
             proxy: self.config.proxy.clone(),
         };
         let ws = dial(&self.ws_url, &auth, &options).await?;
-        let mux = shared(YamuxMux::client(ws, &MuxConfig::default()));
+        let mux = shared(WireMux::client(ws, &MuxConfig::default()));
         let dialed = link::dial(mux, SOFTWARE, None)
             .await
             .map_err(|e| ForwardError::Handshake(e.to_string()))?;

@@ -327,12 +327,12 @@ impl ControlChannel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mux::{MuxConfig, YamuxMux};
+    use crate::mux::{MuxConfig, WireMux};
 
-    fn pair() -> (YamuxMux, YamuxMux) {
+    fn pair() -> (WireMux, WireMux) {
         let (a, b) = tokio::io::duplex(64 * 1024);
         let cfg = MuxConfig::default();
-        (YamuxMux::client(a, &cfg), YamuxMux::server(b, &cfg))
+        (WireMux::client(a, &cfg), WireMux::server(b, &cfg))
     }
 
     #[tokio::test]

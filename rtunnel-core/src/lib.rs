@@ -28,14 +28,14 @@
 //! A tunnel in memory, end to end:
 //!
 //! ```
-//! use rtunnel_core::mux::{Mux, MuxConfig, YamuxMux};
+//! use rtunnel_core::mux::{Mux, MuxConfig, WireMux};
 //! use tokio::io::{AsyncReadExt, AsyncWriteExt};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
 //! let (a, b) = tokio::io::duplex(64 * 1024);
-//! let client = YamuxMux::client(a, &MuxConfig::default());
-//! let server = YamuxMux::server(b, &MuxConfig::default());
+//! let client = WireMux::client(a, &MuxConfig::default());
+//! let server = WireMux::server(b, &MuxConfig::default());
 //! let mut out = client.open().await.unwrap();
 //! out.write_all(b"ping").await.unwrap();
 //! out.flush().await.unwrap();

@@ -346,7 +346,7 @@ pub async fn send_close(control: &mut MuxStream, code: CloseCode, reason: &str) 
 mod tests {
     use super::*;
     use crate::mux::memory::MemoryMux;
-    use crate::mux::{MuxConfig, YamuxMux, shared};
+    use crate::mux::{MuxConfig, WireMux, shared};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn memory() -> (SharedMux, SharedMux) {
@@ -358,8 +358,8 @@ mod tests {
         let (a, b) = tokio::io::duplex(256 * 1024);
         let cfg = MuxConfig::default();
         (
-            shared(YamuxMux::client(a, &cfg)),
-            shared(YamuxMux::server(b, &cfg)),
+            shared(WireMux::client(a, &cfg)),
+            shared(WireMux::server(b, &cfg)),
         )
     }
 

@@ -14,7 +14,7 @@ use axum::response::Response;
 use rtunnel_auth::access::Action;
 use rtunnel_core::ids::{SessionId, SystemId};
 use rtunnel_core::link;
-use rtunnel_core::mux::{MuxStream, YamuxMux, shared};
+use rtunnel_core::mux::{MuxStream, WireMux, shared};
 use rtunnel_core::proto::{Refusal, RefusalCode, StreamHeader, StreamKind, StreamReply};
 use rtunnel_core::relay::relay_until;
 use rtunnel_core::setup::{self, PassReply};
@@ -242,7 +242,7 @@ struct ForwardCtx {
 
 async fn run_forward(ctx: Arc<ForwardCtx>, socket: TunnelWs) {
     let state = &ctx.state;
-    let mux = shared(YamuxMux::server(socket, &state.mux_config()));
+    let mux = shared(WireMux::server(socket, &state.mux_config()));
     let incoming = match link::accept(mux, state.config.handshake_timeout).await {
         Ok(ok) => ok,
         Err(e) => {

@@ -26,7 +26,7 @@ use rtunnel_core::control::Hello;
 use rtunnel_core::frame::read_frame;
 use rtunnel_core::ids::{SessionId, SystemId};
 use rtunnel_core::link::{self, Incoming, LinkEnd};
-use rtunnel_core::mux::{MuxStream, YamuxMux, shared};
+use rtunnel_core::mux::{MuxStream, WireMux, shared};
 use rtunnel_core::proto::{CloseCode, Control, MAX_CONTROL_FRAME_BYTES, Resume, ServiceInfo};
 use rtunnel_core::session::Event;
 use rtunnel_core::store::{
@@ -277,7 +277,7 @@ async fn run_tunnel(
     let started = std::time::Instant::now();
     let ws = socket;
     let ws_close = ws.close_handle();
-    let mux = shared(YamuxMux::server(ws, &state.mux_config()));
+    let mux = shared(WireMux::server(ws, &state.mux_config()));
     let incoming = tokio::select! {
         incoming = link::accept(mux, state.config.handshake_timeout) => match incoming {
             Ok(ok) => ok,

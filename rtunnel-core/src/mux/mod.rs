@@ -40,6 +40,7 @@ pub mod memory;
 pub mod wire;
 pub mod yamux;
 
+pub use self::wire::{WireMux, WireStream};
 pub use self::yamux::{MAX_PENDING_INBOUND, YAMUX_MAX_STREAMS, YamuxMux, YamuxStream};
 pub use crate::proto::MAX_OPEN_STREAMS;
 

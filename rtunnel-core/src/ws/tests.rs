@@ -370,12 +370,12 @@ async fn writes_are_bounded_per_frame_and_sent_on_flush() {
 }
 
 #[tokio::test]
-async fn a_bulk_transfer_over_yamux_arrives_whole() {
-    use crate::mux::{Mux, MuxConfig, YamuxMux};
+async fn a_bulk_transfer_over_the_mux_arrives_whole() {
+    use crate::mux::{Mux, MuxConfig, WireMux};
     let (a, b) = tokio::io::duplex(1 << 20);
     let config = MuxConfig::default();
-    let sender = YamuxMux::client(WsStream::new(a, Role::Client, &[]), &config);
-    let receiver = YamuxMux::server(WsStream::new(b, Role::Server, &[]), &config);
+    let sender = WireMux::client(WsStream::new(a, Role::Client, &[]), &config);
+    let receiver = WireMux::server(WsStream::new(b, Role::Server, &[]), &config);
     const TOTAL: usize = 8 * 1024 * 1024;
     let reading = tokio::spawn(async move {
         let mut stream = receiver.accept().await.unwrap();

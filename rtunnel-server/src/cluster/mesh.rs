@@ -33,7 +33,7 @@ use rtunnel_auth::mesh::MeshIdentity;
 use rtunnel_auth::node::{NodeKey, NonceCache};
 use rtunnel_core::frame::{read_frame, write_frame};
 use rtunnel_core::ids::SessionId;
-use rtunnel_core::mux::{MuxConfig, MuxError, MuxStream, SharedMux, YamuxMux, shared};
+use rtunnel_core::mux::{MuxConfig, MuxError, MuxStream, SharedMux, WireMux, shared};
 use rtunnel_core::proto::{ProtoError, Refusal, RefusalCode, StreamHeader, StreamReply, Validate};
 use rtunnel_core::setup::{self, SetupError, pipeline::RefusalMap};
 use rtunnel_core::store::now_millis;
@@ -280,7 +280,7 @@ impl Mesh {
         }
     }
 
-    async fn dial(&self, node: &str, lane: Option<u16>, address: &str) -> Result<YamuxMux, String> {
+    async fn dial(&self, node: &str, lane: Option<u16>, address: &str) -> Result<WireMux, String> {
         let tcp = TcpStream::connect(address)
             .await
             .map_err(|e| format!("cannot connect to {address}: {e}"))?;
@@ -312,7 +312,7 @@ impl Mesh {
             .await
             .map_err(|e| e.to_string())?;
         match read_frame::<StreamReply, _>(&mut tls, MAX_FRAME_BYTES).await {
-            Ok(StreamReply::Ok) => Ok(YamuxMux::client(gathered(tls), &MuxConfig::default())),
+            Ok(StreamReply::Ok) => Ok(WireMux::client(gathered(tls), &MuxConfig::default())),
             Ok(StreamReply::Refused(r)) => Err(format!("refused the mesh connection: {r}")),
             Ok(StreamReply::Pending { .. }) => Err("mesh hello answered `pending`".into()),
             Err(e) => Err(format!("mesh hello failed: {e}")),
@@ -532,7 +532,7 @@ async fn connection(
     };
     tracing::info!(node = %from, %peer, "mesh connection accepted");
     let _on_thread = thread.as_ref().map(crate::shards::Home::enter);
-    let mux = shared(YamuxMux::server(gathered(tls), &MuxConfig::default()));
+    let mux = shared(WireMux::server(gathered(tls), &MuxConfig::default()));
     while let Some(stream) = mux.accept().await {
         tokio::spawn(serve_stream(state.clone(), from.clone(), stream));
     }
@@ -673,8 +673,8 @@ mod tests {
         let name =
             rustls::pki_types::ServerName::try_from(rtunnel_auth::mesh::SERVER_NAME).unwrap();
         let (dialed, accepted) = tokio::join!(connector.connect(name, socket), acceptor.accept(b));
-        let dialing = YamuxMux::client(gathered(dialed.unwrap()), &MuxConfig::default());
-        let answering = YamuxMux::server(gathered(accepted.unwrap()), &MuxConfig::default());
+        let dialing = WireMux::client(gathered(dialed.unwrap()), &MuxConfig::default());
+        let answering = WireMux::server(gathered(accepted.unwrap()), &MuxConfig::default());
         // One TLS record in one write, not a record per frame header and body.
         let sent = batching::writes_for_ten_streams(&dialing, &answering, &writes).await;
         assert_eq!(sent, 1, "ten frames took {sent} writes");

@@ -244,34 +244,35 @@ impl Conn {
     /// Sends one data frame of a stream: straight to the transport when
     /// nobody else is using it, else queued for the driver (one copy).
     fn send_data(&self, cx: &mut Context<'_>, header: Header, body: &[u8]) -> io::Result<()> {
-        if let Ok(mut sink) = self.sink.try_lock() {
-            if sink.is_drained() {
-                // What was queued before this frame (the stream's SYN, say)
-                // goes first.
-                let queued = self.state().queued.split();
-                let sent = sink
-                    .commit(cx, &queued)
-                    .and_then(|()| sink.commit(cx, &header.encode()))
-                    .and_then(|()| sink.commit(cx, body));
-                self.counters.bytes_out.fetch_add(
-                    (queued.len() + super::frame::HEADER_BYTES + body.len()) as u64,
-                    Ordering::Relaxed,
-                );
-                if let Err(e) = sent {
-                    // The driver meets the error too, and ends the connection.
-                    drop(sink);
-                    self.want_flush();
-                    return Err(e);
-                }
-                if body.len() >= SELF_FLUSH_BYTES && sink.is_drained() {
-                    if let Poll::Ready(Ok(())) = sink.io.as_mut().poll_flush(cx) {
-                        return Ok(());
-                    }
-                }
+        if let Ok(mut sink) = self.sink.try_lock()
+            && sink.is_drained()
+        {
+            // What was queued before this frame (the stream's SYN, say)
+            // goes first.
+            let queued = self.state().queued.split();
+            let sent = sink
+                .commit(cx, &queued)
+                .and_then(|()| sink.commit(cx, &header.encode()))
+                .and_then(|()| sink.commit(cx, body));
+            self.counters.bytes_out.fetch_add(
+                (queued.len() + super::frame::HEADER_BYTES + body.len()) as u64,
+                Ordering::Relaxed,
+            );
+            if let Err(e) = sent {
+                // The driver meets the error too, and ends the connection.
                 drop(sink);
                 self.want_flush();
+                return Err(e);
+            }
+            if body.len() >= SELF_FLUSH_BYTES
+                && sink.is_drained()
+                && let Poll::Ready(Ok(())) = sink.io.as_mut().poll_flush(cx)
+            {
                 return Ok(());
             }
+            drop(sink);
+            self.want_flush();
+            return Ok(());
         }
         let mut st = self.state();
         st.queued.extend_from_slice(&header.encode());
@@ -554,10 +555,10 @@ impl State {
                     .send_credit
                     .checked_add(header.length)
                     .ok_or(Violation::CreditOverflow(id))?;
-                if header.length > 0 {
-                    if let Some(w) = s.writer.take() {
-                        w.wake();
-                    }
+                if header.length > 0
+                    && let Some(w) = s.writer.take()
+                {
+                    w.wake();
                 }
             }
             Kind::Ping | Kind::GoAway => {}
@@ -565,10 +566,8 @@ impl State {
         if header.has(FIN) {
             s.recv_fin = true;
         }
-        if wake_reader {
-            if let Some(w) = s.reader.take() {
-                w.wake();
-            }
+        if wake_reader && let Some(w) = s.reader.take() {
+            w.wake();
         }
         Ok(())
     }

@@ -219,7 +219,7 @@ impl Driver {
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut sink = lock(&self.conn.sink);
         loop {
-            if let Poll::Pending = sink.poll_drain(cx)? {
+            if sink.poll_drain(cx)?.is_pending() {
                 // Not flushed: try again when the transport has room.
                 self.conn.flush_wanted.store(true, Ordering::Release);
                 return Poll::Pending;

@@ -55,7 +55,6 @@ async fn round_trip<M: Mux>(m: &M, len: usize, seed: u32) {
 }
 
 async fn many_round_trips<M: Mux>(m: &M) {
-    let m = &*m;
     let trips = (0..8u32).map(|i| round_trip(m, 300_000 + i as usize * 77_777, i));
     tokio::time::timeout(LONG, futures::future::join_all(trips))
         .await
