@@ -37,3 +37,13 @@ fn ws_frames_corpus_replays_cleanly() {
         rtunnel_core::ws::fuzzing::check_ws_frames,
     );
 }
+
+#[test]
+fn mux_frames_corpus_replays_cleanly() {
+    replay_corpus(
+        root(),
+        "mux_frames",
+        10,
+        rtunnel_core::mux::wire::fuzzing::check_mux_frames,
+    );
+}

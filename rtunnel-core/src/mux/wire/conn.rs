@@ -249,7 +249,7 @@ impl Conn {
         {
             // What was queued before this frame (the stream's SYN, say)
             // goes first.
-            let queued = self.state().queued.split();
+            let queued = std::mem::take(&mut self.state().queued);
             let sent = sink
                 .commit(cx, &queued)
                 .and_then(|()| sink.commit(cx, &header.encode()))

@@ -13,7 +13,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 
-use super::conn::{Conn, Ended, QUEUE_HIGH_WATER, Received, lock};
+use super::conn::{Conn, Ended, Received, lock};
 use super::frame::{
     ACK, FrameError, GO_AWAY_NORMAL, GO_AWAY_PROTOCOL_ERROR, HEADER_BYTES, Header, Kind, SESSION_ID,
 };
@@ -226,11 +226,10 @@ impl Driver {
             }
             let queued = {
                 let mut st = self.conn.state();
-                let queued = st.queued.split();
-                if st.queued.capacity() == 0 || queued.len() < QUEUE_HIGH_WATER {
-                    for w in st.write_waiters.drain(..) {
-                        w.wake();
-                    }
+                // Taken whole: a connection gone quiet keeps no buffer.
+                let queued = std::mem::take(&mut st.queued);
+                for w in st.write_waiters.drain(..) {
+                    w.wake();
                 }
                 queued
             };

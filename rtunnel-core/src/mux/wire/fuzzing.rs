@@ -34,7 +34,11 @@ pub fn check_mux_frames(data: &[u8]) {
             let end = HEADER_BYTES + header.body_len();
             assert!(answer.len() >= end, "answers are whole frames");
             if header.kind == Kind::Data {
-                assert_eq!(header.stream % 2 == 1, !client, "only the peer opened streams");
+                assert_eq!(
+                    header.stream % 2 == 1,
+                    !client,
+                    "only the peer opened streams"
+                );
             }
             answer = &answer[end..];
         }
@@ -50,7 +54,9 @@ async fn replay(data: &[u8], client: bool) -> Vec<u8> {
     } else {
         WireMux::server(ours, &cfg)
     };
-    peer.write_all(data).await.expect("the pipe takes the input");
+    peer.write_all(data)
+        .await
+        .expect("the pipe takes the input");
     peer.shutdown().await.expect("the input ends");
     let serve = async {
         while let Some(mut stream) = mux.accept().await {
@@ -62,11 +68,10 @@ async fn replay(data: &[u8], client: bool) -> Vec<u8> {
     };
     let mut output = Vec::new();
     let read = peer.read_to_end(&mut output);
-    let (_, read) = tokio::time::timeout(Duration::from_secs(20), async {
-        tokio::join!(serve, read)
-    })
-    .await
-    .expect("the connection ended with its input");
+    let (_, read) =
+        tokio::time::timeout(Duration::from_secs(20), async { tokio::join!(serve, read) })
+            .await
+            .expect("the connection ended with its input");
     read.expect("the output reads");
     output
 }

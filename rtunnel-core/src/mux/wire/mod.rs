@@ -67,6 +67,8 @@ use super::{
 mod conn;
 mod driver;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 mod stream;
 
 #[cfg(test)]
