@@ -16,7 +16,7 @@ use rtunnel_core::proto::{
     CloseCode, Control, RefusalCode, Resume, ServiceInfo, StreamHeader, StreamKind, StreamReply,
     TerminalOpen,
 };
-use rtunnel_core::relay::relay;
+use rtunnel_core::relay::{Unchunked, relay_chunks};
 use rtunnel_core::setup::{accept_header, refuse};
 use rtunnel_core::ws::CLOSE_SESSION_CLOSED;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -1221,7 +1221,7 @@ async fn bridge<T: AsyncRead + AsyncWrite + Unpin>(
     if write_frame(&mut stream, &StreamReply::Ok).await.is_err() {
         return None;
     }
-    let outcome = relay(&mut stream, &mut target).await;
+    let outcome = relay_chunks(&mut stream, &mut Unchunked(&mut target)).await;
     metrics.relayed(outcome.a_to_b, outcome.b_to_a);
     tracing::debug!(
         service = name,

@@ -14,7 +14,7 @@ use rtunnel_core::ids::SessionId;
 use rtunnel_core::link::{self, Link};
 use rtunnel_core::mux::{MuxConfig, MuxStream, WireMux, shared};
 use rtunnel_core::proto::{self, Refusal, StreamHeader, StreamKind};
-use rtunnel_core::relay::relay;
+use rtunnel_core::relay::relay_chunks;
 use rtunnel_core::setup::{self, EARLY_DATA_BYTES, EarlyData, SetupError};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
@@ -277,7 +277,7 @@ impl Forwarder {
             tracing::debug!(%peer, "the client failed while the stream opened: {e}");
             return;
         }
-        let outcome = relay(&mut tcp, &mut stream).await;
+        let outcome = relay_chunks(&mut tcp, &mut stream).await;
         tracing::debug!(
             %peer,
             sent = early.taken() + outcome.a_to_b,

@@ -13,7 +13,28 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// A byte stream that can hand what it received to a relay in the chunks
+/// it holds it in, without copying it into the relay's buffer (a
+/// [`WireStream`](crate::mux::WireStream)'s data frames).
+pub trait ReadChunk {
+    /// The next chunk received, whole (empty at end of file), as
+    /// `poll_read` would have read it; `None` when this stream has no
+    /// chunks to hand out now, and the relay reads into its own buffer.
+    fn poll_read_chunk(&mut self, _cx: &mut Context<'_>) -> Option<Poll<io::Result<Bytes>>> {
+        None
+    }
+}
+
+impl ReadChunk for tokio::net::TcpStream {}
+impl ReadChunk for tokio::io::DuplexStream {}
+impl<T: ReadChunk + ?Sized> ReadChunk for Box<T> {
+    fn poll_read_chunk(&mut self, cx: &mut Context<'_>) -> Option<Poll<io::Result<Bytes>>> {
+        (**self).poll_read_chunk(cx)
+    }
+}
 
 /// The most each direction's buffer grows to: a full yamux data frame
 /// ([`crate::mux::DEFAULT_SPLIT_SEND_BYTES`]), so a bulk transfer moves as
@@ -52,6 +73,28 @@ where
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
     F: Future<Output = ()>,
 {
+    relay_chunks_until(&mut Unchunked(a), &mut Unchunked(b), stop).await
+}
+
+/// [`relay_chunks_until`] with nothing to stop it but the streams' ends.
+pub async fn relay_chunks<A, B>(a: &mut A, b: &mut B) -> RelayOutcome
+where
+    A: AsyncRead + AsyncWrite + ReadChunk + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + ReadChunk + Unpin + ?Sized,
+{
+    relay_chunks_until(a, b, std::future::pending::<()>()).await
+}
+
+/// Like [`relay_until`], for streams that may hand over what they received
+/// without a copy ([`ReadChunk`]): a chunk goes from one stream's buffer
+/// to the other's write as it is, and only streams that have none are
+/// read into the relay's buffer.
+pub async fn relay_chunks_until<A, B, F>(a: &mut A, b: &mut B, stop: F) -> RelayOutcome
+where
+    A: AsyncRead + AsyncWrite + ReadChunk + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + ReadChunk + Unpin + ?Sized,
+    F: Future<Output = ()>,
+{
     let mut ab = OneWay::new();
     let mut ba = OneWay::new();
     let mut stop = std::pin::pin!(stop);
@@ -78,7 +121,44 @@ where
     }
 }
 
+/// Any stream, for [`relay_chunks_until`]: one with no chunks to hand out,
+/// read into the relay's buffer.
+#[derive(Debug)]
+pub struct Unchunked<'a, T: ?Sized>(pub &'a mut T);
+
+impl<T: ?Sized> ReadChunk for Unchunked<'_, T> {}
+
+impl<T: AsyncRead + Unpin + ?Sized> AsyncRead for Unchunked<'_, T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin + ?Sized> AsyncWrite for Unchunked<'_, T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0).poll_shutdown(cx)
+    }
+}
+
 struct OneWay {
+    /// A chunk taken from the reader whole, being written.
+    chunk: Bytes,
     buf: Box<[u8]>,
     pos: usize,
     cap: usize,
@@ -93,6 +173,7 @@ struct OneWay {
 impl OneWay {
     fn new() -> Self {
         OneWay {
+            chunk: Bytes::new(),
             buf: vec![0; RELAY_FIRST_BUFFER_BYTES].into_boxed_slice(),
             pos: 0,
             cap: 0,
@@ -111,14 +192,42 @@ impl OneWay {
         w: &mut W,
     ) -> Poll<io::Result<()>>
     where
-        R: AsyncRead + Unpin + ?Sized,
+        R: AsyncRead + ReadChunk + Unpin + ?Sized,
         W: AsyncWrite + Unpin + ?Sized,
     {
         if self.done {
             return Poll::Ready(Ok(()));
         }
         loop {
-            if self.pos == self.cap && !self.read_done {
+            let mut chunked = false;
+            if self.pos == self.cap && self.chunk.is_empty() && !self.read_done {
+                match r.poll_read_chunk(cx) {
+                    Some(Poll::Ready(Ok(chunk))) => {
+                        chunked = true;
+                        self.read_done = chunk.is_empty();
+                        self.chunk = chunk;
+                    }
+                    Some(Poll::Ready(Err(e))) => return Poll::Ready(Err(e)),
+                    Some(Poll::Pending) => {
+                        if self.need_flush {
+                            ready!(Pin::new(&mut *w).poll_flush(cx))?;
+                            self.need_flush = false;
+                        }
+                        return Poll::Pending;
+                    }
+                    None => {}
+                }
+            }
+            while !self.chunk.is_empty() {
+                let n = ready!(Pin::new(&mut *w).poll_write(cx, &self.chunk))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.chunk.advance(n);
+                self.bytes += n as u64;
+                self.need_flush = true;
+            }
+            if !chunked && self.pos == self.cap && !self.read_done {
                 if self.filled && self.buf.len() < RELAY_BUFFER_BYTES {
                     self.buf = vec![0; self.buf.len() * 2].into_boxed_slice();
                     self.filled = false;
@@ -233,7 +342,7 @@ mod tests {
         assert_eq!(one.buf.len(), RELAY_FIRST_BUFFER_BYTES);
         let mut source = tokio::io::AsyncReadExt::take(tokio::io::repeat(7), 500_000);
         let mut sink = Vec::new();
-        std::future::poll_fn(|cx| one.poll_copy(cx, &mut source, &mut sink))
+        std::future::poll_fn(|cx| one.poll_copy(cx, &mut Unchunked(&mut source), &mut sink))
             .await
             .unwrap();
         assert_eq!(sink.len(), 500_000);
@@ -275,5 +384,33 @@ mod tests {
         let outcome = relay_task.await.unwrap();
         assert!(outcome.result.is_err());
         assert!(outcome.a_to_b >= 100);
+    }
+
+    /// A stream that holds its data in chunks hands them over whole: the
+    /// relay's own buffer is never read into, and every byte arrives.
+    #[tokio::test]
+    async fn a_wire_streams_chunks_pass_without_the_relay_buffer() {
+        use crate::mux::{Mux, MuxConfig, WireMux};
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let cfg = MuxConfig::default();
+        let (client, server) = (WireMux::client(a, &cfg), WireMux::server(b, &cfg));
+        let data: Vec<u8> = (0..1_500_000u32).map(|i| (i % 253) as u8).collect();
+        let mut out = client.open().await.unwrap();
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            out.write_all(&sent).await.unwrap();
+            out.shutdown().await.unwrap();
+            out
+        });
+        let mut inbound = server.accept().await.unwrap();
+        let mut one = OneWay::new();
+        let mut sink = Vec::new();
+        std::future::poll_fn(|cx| one.poll_copy(cx, &mut inbound, &mut sink))
+            .await
+            .unwrap();
+        let _out = writer.await.unwrap();
+        assert!(sink == data, "the bytes differ");
+        assert_eq!(one.bytes, data.len() as u64);
+        assert_eq!((one.cap, one.buf.len()), (0, RELAY_FIRST_BUFFER_BYTES));
     }
 }

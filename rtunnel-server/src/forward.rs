@@ -16,7 +16,7 @@ use rtunnel_core::ids::{SessionId, SystemId};
 use rtunnel_core::link;
 use rtunnel_core::mux::{MuxStream, WireMux, shared};
 use rtunnel_core::proto::{Refusal, RefusalCode, StreamHeader, StreamKind, StreamReply};
-use rtunnel_core::relay::relay_until;
+use rtunnel_core::relay::relay_chunks_until;
 use rtunnel_core::setup::{self, PassReply};
 use rtunnel_core::store::{AccessKind, AccessLog, AuditEvent, AuditKind, SessionStatus, User};
 use serde::Deserialize;
@@ -329,7 +329,7 @@ async fn serve_stream(ctx: Arc<ForwardCtx>, mut stream: MuxStream) {
     let opened = std::time::Instant::now();
     // A cut ends the relay itself: the streams of a closed yamux connection
     // are not woken, so waiting for them to fail would wait forever.
-    let outcome = relay_until(&mut stream, &mut upstream, ctx.cut.cancelled()).await;
+    let outcome = relay_chunks_until(&mut stream, &mut upstream, ctx.cut.cancelled()).await;
     let error = match upstream.outcome() {
         Some(Err(refusal)) => {
             // The agent said no after the entry was written: it is closed

@@ -59,6 +59,15 @@ impl TunnelStream {
     }
 }
 
+impl rtunnel_core::relay::ReadChunk for TunnelStream {
+    fn poll_read_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Option<Poll<std::io::Result<bytes::Bytes>>> {
+        self.io.poll_read_chunk(cx)
+    }
+}
+
 impl AsyncRead for TunnelStream {
     fn poll_read(
         self: Pin<&mut Self>,

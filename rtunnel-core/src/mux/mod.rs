@@ -31,6 +31,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use async_trait::async_trait;
+
+use crate::relay::ReadChunk;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -142,10 +144,16 @@ impl Default for MuxConfig {
     }
 }
 
-/// Any byte stream a [`Mux`] may hand out.
-pub trait MuxIo: AsyncRead + AsyncWrite + Send + Unpin + std::fmt::Debug + 'static {}
+/// Any byte stream a [`Mux`] may hand out; one that holds what it received
+/// in chunks may hand them to a relay whole ([`ReadChunk`]).
+pub trait MuxIo:
+    AsyncRead + AsyncWrite + ReadChunk + Send + Unpin + std::fmt::Debug + 'static
+{
+}
 
-impl<T: AsyncRead + AsyncWrite + Send + Unpin + std::fmt::Debug + 'static> MuxIo for T {}
+impl<T: AsyncRead + AsyncWrite + ReadChunk + Send + Unpin + std::fmt::Debug + 'static> MuxIo for T {}
+
+impl<S> ReadChunk for Muxed<S> {}
 
 /// A stream of a [`SharedMux`], whatever carries it.
 pub type MuxStream = Box<dyn MuxIo>;

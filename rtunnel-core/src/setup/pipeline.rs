@@ -21,6 +21,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -29,6 +30,7 @@ use crate::frame::FrameError;
 use crate::proto::{
     self, FRAME_PREFIX_BYTES, MAX_STREAM_HEADER_BYTES, Refusal, StreamHeader, StreamReply,
 };
+use crate::relay::ReadChunk;
 
 /// What [`ReplyReader::poll_reply`] read.
 #[derive(Debug)]
@@ -479,6 +481,16 @@ impl<S: AsyncRead + Unpin> AsyncRead for PassReply<S> {
             this.out = frame;
             this.out_pos = 0;
         }
+    }
+}
+
+impl<S: ReadChunk> ReadChunk for PassReply<S> {
+    /// The stream's own chunks once the answer has been passed on.
+    fn poll_read_chunk(&mut self, cx: &mut Context<'_>) -> Option<Poll<io::Result<Bytes>>> {
+        if self.out_pos < self.out.len() || self.reply.is_some() || self.refused() {
+            return None;
+        }
+        self.io.poll_read_chunk(cx)
     }
 }
 

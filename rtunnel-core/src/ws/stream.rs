@@ -533,9 +533,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> WsStream<IO> {
                 this.ahead_start += n;
                 n
             } else if keep && buf.remaining() >= READ_AHEAD_BYTES {
-                // Straight from the socket into the caller's buffer.
+                // Straight from the socket into the caller's buffer, which
+                // is not zeroed first (a multiplexer's is uninitialized).
                 let want = left_now.min(buf.remaining());
-                let mut direct = ReadBuf::new(buf.initialize_unfilled_to(want));
+                let mut direct = buf.take(want);
                 ready!(Pin::new(&mut this.io).poll_read(cx, &mut direct))?;
                 let n = direct.filled().len();
                 if n == 0 {
@@ -544,6 +545,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> WsStream<IO> {
                 }
                 if let Some(key) = mask {
                     apply_mask(direct.filled_mut(), key, offset);
+                }
+                // SAFETY: `direct` is the first `want` bytes of `buf`'s
+                // unfilled part, and its first `n` bytes are filled, which a
+                // `ReadBuf` guarantees are initialized.
+                #[allow(unsafe_code)]
+                unsafe {
+                    buf.assume_init(n);
                 }
                 buf.advance(n);
                 n

@@ -590,7 +590,7 @@ async fn serve_stream(state: Arc<AppState>, from: String, mut stream: MuxStream)
             return;
         }
     };
-    let outcome = rtunnel_core::relay::relay(&mut stream, &mut upstream).await;
+    let outcome = rtunnel_core::relay::relay_chunks(&mut stream, &mut upstream).await;
     tracing::debug!(
         node = %from,
         session = %request.session_id,

@@ -290,6 +290,43 @@ impl Conn {
         cx: &mut Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        self.poll_recv(id, cx, |recv| {
+            let mut n = 0;
+            while buf.remaining() > 0 {
+                let Some(chunk) = recv.front_mut() else {
+                    break;
+                };
+                let take = chunk.len().min(buf.remaining());
+                buf.put_slice(&chunk[..take]);
+                chunk.advance(take);
+                if chunk.is_empty() {
+                    recv.pop_front();
+                }
+                n += take;
+            }
+            (n, ())
+        })
+        .map_ok(|_| ())
+    }
+
+    /// A stream's read of the next chunk whole: empty at end of file.
+    pub(super) fn poll_read_chunk(&self, id: u32, cx: &mut Context<'_>) -> Poll<io::Result<Bytes>> {
+        self.poll_recv(id, cx, |recv| {
+            let chunk = recv.pop_front().unwrap_or_default();
+            (chunk.len(), chunk)
+        })
+        .map_ok(Option::unwrap_or_default)
+    }
+
+    /// A stream's read: `take` takes from what is buffered (some of it,
+    /// and says how much), `None` at end of file, or waiting; credit goes
+    /// back to the peer as the reader takes.
+    fn poll_recv<R>(
+        &self,
+        id: u32,
+        cx: &mut Context<'_>,
+        take: impl FnOnce(&mut VecDeque<Bytes>) -> (usize, R),
+    ) -> Poll<io::Result<Option<R>>> {
         let mut st = self.state();
         let State {
             streams,
@@ -302,19 +339,7 @@ impl Conn {
             return Poll::Ready(Err(aborted(Ended::Lost)));
         };
         if s.recv_len > 0 {
-            let mut n = 0;
-            while buf.remaining() > 0 {
-                let Some(chunk) = s.recv.front_mut() else {
-                    break;
-                };
-                let take = chunk.len().min(buf.remaining());
-                buf.put_slice(&chunk[..take]);
-                chunk.advance(take);
-                if chunk.is_empty() {
-                    s.recv.pop_front();
-                }
-                n += take;
-            }
+            let (n, taken) = take(&mut s.recv);
             s.recv_len -= n;
             s.consumed += n as u32;
             if !s.recv_fin && !s.reset && ended.is_none() && s.consumed >= s.window / 2 {
@@ -338,10 +363,10 @@ impl Conn {
                 drop(st);
                 self.want_flush();
             }
-            return Poll::Ready(Ok(()));
+            return Poll::Ready(Ok(Some(taken)));
         }
         if s.recv_fin {
-            return Poll::Ready(Ok(()));
+            return Poll::Ready(Ok(None));
         }
         if s.reset {
             return Poll::Ready(Err(io::Error::new(

@@ -5,10 +5,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::conn::Conn;
+use crate::relay::ReadChunk;
 
 /// A stream of a [`WireMux`](super::WireMux), with tokio's IO traits.
 ///
@@ -63,6 +65,13 @@ impl AsyncRead for WireStream {
             return Poll::Ready(Ok(()));
         }
         self.conn.poll_read(self.id, cx, buf)
+    }
+}
+
+impl ReadChunk for WireStream {
+    /// The next data frame's body (or what is left of it), as it arrived.
+    fn poll_read_chunk(&mut self, cx: &mut Context<'_>) -> Option<Poll<io::Result<Bytes>>> {
+        Some(self.conn.poll_read_chunk(self.id, cx))
     }
 }
 
