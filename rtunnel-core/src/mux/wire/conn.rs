@@ -16,7 +16,7 @@ use futures::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
-use super::frame::{FIN, Header, Kind, RST};
+use super::frame::{ACK, FIN, Header, Kind, RST};
 
 /// Every stream's receive window to begin with, and the credit a sender
 /// starts with: yamux's, so any yamux peer agrees.
@@ -24,6 +24,11 @@ pub(super) const INITIAL_WINDOW: u32 = 256 * 1024;
 
 /// The most one stream's receive window grows to.
 const MAX_WINDOW: u32 = 16 * 1024 * 1024;
+
+/// Streams this side opened that the peer has not acknowledged yet beyond
+/// this many make the next open wait: yamux's own backlog, so a burst of
+/// opens waits for the peer's acceptor instead of being reset by it.
+pub(super) const MAX_ACK_BACKLOG: usize = 256;
 
 /// Frames queued for the driver beyond this many bytes make writers wait.
 pub(super) const QUEUE_HIGH_WATER: usize = 1024 * 1024;
@@ -41,7 +46,7 @@ impl<T: AsyncRead + AsyncWrite + Send> Transport for T {}
 pub(super) struct Sink {
     pub(super) io: Pin<Box<dyn Transport>>,
     /// Frames begun but not taken by `io` yet: written before anything else.
-    pending: BytesMut,
+    pub(super) pending: BytesMut,
 }
 
 impl Sink {
@@ -127,12 +132,14 @@ pub(super) struct StreamState {
     send_credit: u32,
     /// This side sent FIN.
     send_fin: bool,
+    /// The peer acknowledged the stream (always, for the peer's streams).
+    acked: bool,
     reader: Option<Waker>,
     writer: Option<Waker>,
 }
 
 impl StreamState {
-    pub(super) fn new(send_credit: u32) -> Self {
+    pub(super) fn new(send_credit: u32, acked: bool) -> Self {
         StreamState {
             recv: VecDeque::new(),
             recv_len: 0,
@@ -144,6 +151,7 @@ impl StreamState {
             starved: false,
             send_credit,
             send_fin: false,
+            acked,
             reader: None,
             writer: None,
         }
@@ -179,6 +187,10 @@ pub(super) struct State {
     pub(super) queued: BytesMut,
     /// Writers waiting for `queued` to shrink.
     pub(super) write_waiters: Vec<Waker>,
+    /// Streams this side opened that the peer has not acknowledged.
+    pub(super) unacked: usize,
+    /// Opens waiting for `unacked` to fall below [`MAX_ACK_BACKLOG`].
+    pub(super) ack_waiters: Vec<Waker>,
     pub(super) ended: Option<Ended>,
     /// Receive window that streams may still grow into, beyond their
     /// initial windows.
@@ -461,6 +473,9 @@ impl Conn {
             return;
         };
         st.budget += (s.window - INITIAL_WINDOW) as usize;
+        if !s.acked {
+            st.acknowledged();
+        }
         if st.ended.is_some() || s.reset || (s.send_fin && s.recv_fin) {
             return;
         }
@@ -481,6 +496,9 @@ impl Conn {
             s.wake();
         }
         for w in st.write_waiters.drain(..) {
+            w.wake();
+        }
+        for w in st.ack_waiters.drain(..) {
             w.wake();
         }
     }
@@ -508,6 +526,14 @@ pub(super) enum Violation {
 }
 
 impl State {
+    /// One of this side's streams no longer waits for its ACK.
+    fn acknowledged(&mut self) {
+        self.unacked -= 1;
+        for w in self.ack_waiters.drain(..) {
+            w.wake();
+        }
+    }
+
     /// Acts on a data frame or window update from the peer; `opens_odd`
     /// tells which ids the peer opens with.
     pub(super) fn receive(
@@ -538,7 +564,7 @@ impl State {
                     .checked_add(header.length)
                     .ok_or(Violation::CreditOverflow(id))?;
             }
-            self.streams.insert(id, StreamState::new(credit));
+            self.streams.insert(id, StreamState::new(credit, true));
             self.apply(header, body)?;
             return Ok(Received::Opened(id));
         }
@@ -550,6 +576,13 @@ impl State {
     /// dropped, as yamux does (they may have crossed the reset).
     fn apply(&mut self, header: Header, body: Bytes) -> Result<(), Violation> {
         let id = header.stream;
+        let Some(s) = self.streams.get_mut(&id) else {
+            return Ok(());
+        };
+        if !s.acked && header.has(ACK | RST) {
+            s.acked = true;
+            self.acknowledged();
+        }
         let Some(s) = self.streams.get_mut(&id) else {
             return Ok(());
         };

@@ -19,6 +19,12 @@ use super::frame::{
 };
 use super::stream::WireStream;
 
+/// Answers (pongs, resets of refused streams) the driver queues without
+/// the transport taking them, beyond which it stops reading until they
+/// are written: a peer that pings or opens streams and never reads its
+/// answers cannot grow this side's memory.
+const MAX_UNSENT_ANSWERS: usize = 64 * 1024;
+
 /// What a read asks for at least: several small frames per system call.
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -58,6 +64,8 @@ pub(super) struct Driver {
     pub(super) rbuf: BytesMut,
     pub(super) yielded: bool,
     pub(super) batching: u32,
+    /// Bytes of answers queued since the last complete flush.
+    pub(super) answers: usize,
 }
 
 impl Driver {
@@ -139,6 +147,10 @@ impl Driver {
                     return Poll::Ready(Ok(()));
                 }
             }
+            if self.answers >= MAX_UNSENT_ANSWERS {
+                // Woken again by the flush that writes them.
+                return Poll::Pending;
+            }
             if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
                 self.rbuf.reserve(READ_CHUNK);
             }
@@ -184,6 +196,7 @@ impl Driver {
                     let mut st = self.conn.state();
                     let pong = Header::new(Kind::Ping, ACK, SESSION_ID, header.length);
                     st.queued.extend_from_slice(&pong.encode());
+                    self.answers += HEADER_BYTES;
                     self.conn.flush_wanted.store(true, Ordering::Release);
                 }
             }
@@ -192,11 +205,8 @@ impl Driver {
                 let before = st.queued.len();
                 let received =
                     st.receive(header, body.freeze(), self.peer_ids_odd, self.max_streams)?;
-                if let Received::Opened(id) = received {
-                    let ack = Header::new(Kind::WindowUpdate, ACK, id, 0);
-                    st.queued.extend_from_slice(&ack.encode());
-                }
                 if st.queued.len() != before {
+                    self.answers += st.queued.len() - before;
                     self.conn.flush_wanted.store(true, Ordering::Release);
                 }
                 drop(st);
@@ -207,7 +217,10 @@ impl Driver {
                         Ok(()) => counters.accepted.fetch_add(1, Ordering::Relaxed),
                         // Dropping the stream resets it: the peer sees a
                         // refusal.
-                        Err(_) => counters.refused.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => {
+                            self.answers += HEADER_BYTES;
+                            counters.refused.fetch_add(1, Ordering::Relaxed)
+                        }
                     };
                 }
             }
@@ -246,6 +259,11 @@ impl Driver {
             self.conn.flush_wanted.store(true, Ordering::Release);
             return Poll::Pending;
         }
+        if self.answers >= MAX_UNSENT_ANSWERS {
+            // Reading stopped for these: go on.
+            cx.waker().wake_by_ref();
+        }
+        self.answers = 0;
         Poll::Ready(Ok(()))
     }
 

@@ -50,8 +50,10 @@
 //! ```
 
 use std::collections::HashMap;
+use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 
 use async_trait::async_trait;
 use bytes::BytesMut;
@@ -74,7 +76,7 @@ mod stream;
 #[cfg(test)]
 mod tests;
 
-use conn::{Conn, Counters, INITIAL_WINDOW, Sink, State, StreamState};
+use conn::{Conn, Counters, INITIAL_WINDOW, MAX_ACK_BACKLOG, Sink, State, StreamState};
 pub use stream::WireStream;
 
 /// rtunnel's yamux, driven by its own task; see the [module](self).
@@ -121,6 +123,8 @@ impl WireMux {
                 next_id: if client { 1 } else { 2 },
                 queued: BytesMut::new(),
                 write_waiters: Vec::new(),
+                unacked: 0,
+                ack_waiters: Vec::new(),
                 ended: None,
                 budget: config.window_budget,
             }),
@@ -143,6 +147,7 @@ impl WireMux {
             rbuf: BytesMut::new(),
             yielded: false,
             batching: 0,
+            answers: 0,
         };
         tokio::spawn(driver.run());
         WireMux {
@@ -162,27 +167,48 @@ impl Mux for WireMux {
             slot = self.open_slots.clone().acquire_owned() => slot.map_err(|_| MuxError::Closed)?,
             _ = self.conn.done.cancelled() => return Err(MuxError::Closed),
         };
-        let mut st = self.conn.state();
-        if st.ended.is_some() || self.conn.shutdown.is_cancelled() {
-            return Err(MuxError::Closed);
-        }
-        if st.streams.len() >= YAMUX_MAX_STREAMS {
-            return Err(MuxError::TooManyStreams);
-        }
-        let id = st.next_id;
-        st.next_id = id
-            .checked_add(2)
-            .ok_or_else(|| MuxError::Yamux("no stream ids left on this connection".into()))?;
-        st.streams.insert(id, StreamState::new(INITIAL_WINDOW));
-        let syn = frame::Header::new(frame::Kind::WindowUpdate, frame::SYN, id, 0);
-        self.conn.queue_control(&mut st, syn);
-        drop(st);
+        let id = poll_fn(|cx| {
+            let mut st = self.conn.state();
+            if st.ended.is_some() || self.conn.shutdown.is_cancelled() {
+                return Poll::Ready(Err(MuxError::Closed));
+            }
+            if st.streams.len() >= YAMUX_MAX_STREAMS {
+                return Poll::Ready(Err(MuxError::TooManyStreams));
+            }
+            if st.unacked >= MAX_ACK_BACKLOG {
+                st.ack_waiters.push(cx.waker().clone());
+                return Poll::Pending;
+            }
+            let id = st.next_id;
+            let Some(next) = id.checked_add(2) else {
+                return Poll::Ready(Err(MuxError::Yamux(
+                    "no stream ids left on this connection".into(),
+                )));
+            };
+            st.next_id = next;
+            st.unacked += 1;
+            st.streams
+                .insert(id, StreamState::new(INITIAL_WINDOW, false));
+            let syn = frame::Header::new(frame::Kind::WindowUpdate, frame::SYN, id, 0);
+            self.conn.queue_control(&mut st, syn);
+            Poll::Ready(Ok(id))
+        })
+        .await?;
         self.conn.counters.opened.fetch_add(1, Ordering::Relaxed);
         Ok(WireStream::new(self.conn.clone(), id, Some(slot)))
     }
 
     async fn accept(&self) -> Option<WireStream> {
-        self.inbound.lock().await.recv().await
+        let stream = self.inbound.lock().await.recv().await?;
+        // Acknowledged once taken, as yamux does: the peer's opens wait
+        // (past its backlog) for this side's acceptor, not for its driver.
+        let mut st = self.conn.state();
+        if st.ended.is_none() && st.streams.contains_key(&stream.id()) {
+            let ack = frame::Header::new(frame::Kind::WindowUpdate, frame::ACK, stream.id(), 0);
+            self.conn.queue_control(&mut st, ack);
+        }
+        drop(st);
+        Some(stream)
     }
 
     fn close(&self) {

@@ -254,23 +254,42 @@ async fn a_busy_streams_window_grows_out_of_the_budget_and_goes_back() {
 const DEFAULT_BUDGET: usize = crate::mux::DEFAULT_WINDOW_BUDGET;
 
 #[tokio::test]
-async fn inbound_streams_nobody_accepts_are_refused() {
+async fn opens_past_the_ack_backlog_wait_for_the_peers_acceptor() {
     let (client, server) = pair();
-    let mut streams = Vec::new();
-    for _ in 0..MAX_PENDING_INBOUND + 5 {
-        let mut s = client.open().await.unwrap();
-        s.write_all(b"x").await.unwrap();
-        streams.push(s);
+    let mut open = Vec::new();
+    for _ in 0..conn::MAX_ACK_BACKLOG {
+        open.push(client.open().await.unwrap());
     }
-    // The last ones are reset.
-    let mut last = streams.pop().unwrap();
-    let mut buf = [0u8; 1];
-    let err = tokio::time::timeout(LONG, last.read(&mut buf))
+    let waiting = tokio::time::timeout(Duration::from_millis(200), client.open()).await;
+    assert!(waiting.is_err(), "an open past the backlog must wait");
+    // The acceptor takes one: its ACK lets one more open go.
+    let _taken = server.accept().await.unwrap();
+    let more = tokio::time::timeout(LONG, client.open())
         .await
-        .expect("the refusal arrived")
-        .unwrap_err();
-    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
-    assert_eq!(server.counters().streams_refused, 5);
+        .expect("the ACK freed an open");
+    assert!(more.is_ok());
+    assert_eq!(server.counters().streams_refused, 0);
+}
+
+#[tokio::test]
+async fn inbound_streams_nobody_accepts_are_refused() {
+    // A peer that ignores the backlog (no yamux peer does).
+    let (mut peer, server) = RawPeer::new();
+    let extra = 5;
+    for i in 0..(MAX_PENDING_INBOUND + extra) as u32 {
+        peer.send(Header::new(Kind::WindowUpdate, SYN, 2 * i + 1, 0), &[])
+            .await;
+    }
+    let mut resets = Vec::new();
+    while resets.len() < extra {
+        let (header, _) = peer.next().await.expect("the resets arrive");
+        if header.has(RST) {
+            resets.push(header.stream);
+        }
+    }
+    let last = 2 * (MAX_PENDING_INBOUND + extra) as u32 - 1;
+    assert_eq!(resets, ((last - 8)..=last).step_by(2).collect::<Vec<_>>());
+    assert_eq!(server.counters().streams_refused, extra as u64);
     assert!(server.accept().await.is_some());
 }
 
@@ -443,4 +462,21 @@ fn assert_stream_is_io<T: AsyncRead + AsyncWrite + Send + Unpin>() {}
 #[test]
 fn wire_streams_are_io() {
     assert_stream_is_io::<WireStream>();
+}
+
+#[tokio::test]
+async fn a_peer_that_pings_and_never_reads_cannot_grow_the_answers() {
+    let (a, b) = tokio::io::duplex(16 * 1024);
+    let server = WireMux::server(b, &MuxConfig::default());
+    let (_unread, mut peer) = tokio::io::split(a);
+    let flood = tokio::spawn(async move {
+        let ping = Header::new(Kind::Ping, SYN, SESSION_ID, 1).encode();
+        let burst: Vec<u8> = ping.iter().copied().cycle().take(12 * 1000).collect();
+        while peer.write_all(&burst).await.is_ok() {}
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = server.conn.state().queued.len() + conn::lock(&server.conn.sink).pending.len();
+    assert!(held <= 96 * 1024, "{held} bytes of answers held");
+    assert!(!flood.is_finished(), "the flood was never held back");
+    flood.abort();
 }
