@@ -16,7 +16,7 @@ use futures::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
-use super::frame::{ACK, FIN, Header, Kind, RST};
+use super::frame::{ACK, FIN, Header, Kind, RST, SYN};
 
 /// Every stream's receive window to begin with, and the credit a sender
 /// starts with: yamux's, so any yamux peer agrees.
@@ -134,12 +134,15 @@ pub(super) struct StreamState {
     send_fin: bool,
     /// The peer acknowledged the stream (always, for the peer's streams).
     acked: bool,
+    /// SYN (a stream this side opened) or ACK (one it accepted) for the
+    /// stream's first frame, as yamux does: the first data leaves with it.
+    pub(super) flags: u16,
     reader: Option<Waker>,
     writer: Option<Waker>,
 }
 
 impl StreamState {
-    pub(super) fn new(send_credit: u32, acked: bool) -> Self {
+    pub(super) fn new(send_credit: u32, acked: bool, flags: u16) -> Self {
         StreamState {
             recv: VecDeque::new(),
             recv_len: 0,
@@ -152,6 +155,7 @@ impl StreamState {
             send_credit,
             send_fin: false,
             acked,
+            flags,
             reader: None,
             writer: None,
         }
@@ -371,7 +375,9 @@ impl Conn {
                 s.starved = false;
                 s.consumed = 0;
                 s.recv_credit += grant;
-                queued.extend_from_slice(&Header::new(Kind::WindowUpdate, 0, id, grant).encode());
+                let flags = std::mem::take(&mut s.flags);
+                let update = Header::new(Kind::WindowUpdate, flags, id, grant);
+                queued.extend_from_slice(&update.encode());
                 drop(st);
                 self.want_flush();
             }
@@ -441,9 +447,10 @@ impl Conn {
             }
             let n = buf.len().min(s.send_credit as usize).min(self.split);
             s.send_credit -= n as u32;
-            n
+            (n, std::mem::take(&mut s.flags))
         };
-        let header = Header::new(Kind::Data, 0, id, n as u32);
+        let (n, flags) = n;
+        let header = Header::new(Kind::Data, flags, id, n as u32);
         self.send_data(cx, header, &buf[..n])?;
         Poll::Ready(Ok(n))
     }
@@ -461,7 +468,8 @@ impl Conn {
             return Ok(());
         }
         s.send_fin = true;
-        self.queue_control(&mut st, Header::new(Kind::Data, FIN, id, 0));
+        let flags = FIN | std::mem::take(&mut s.flags);
+        self.queue_control(&mut st, Header::new(Kind::Data, flags, id, 0));
         Ok(())
     }
 
@@ -476,13 +484,14 @@ impl Conn {
         if !s.acked {
             st.acknowledged();
         }
-        if st.ended.is_some() || s.reset || (s.send_fin && s.recv_fin) {
+        if st.ended.is_some() || s.reset || (s.send_fin && s.recv_fin) || s.flags & SYN != 0 {
+            // Nothing to tell (or the peer never heard of the stream).
             return;
         }
         // The peer finished and this side never did: finish too. Else the
         // stream is abandoned: reset it, so the peer stops sending.
         let flag = if s.recv_fin { FIN } else { RST };
-        self.queue_control(&mut st, Header::new(Kind::Data, flag, id, 0));
+        self.queue_control(&mut st, Header::new(Kind::Data, flag | s.flags, id, 0));
     }
 
     /// Ends every stream: reads and writes fail once the data already
@@ -564,7 +573,7 @@ impl State {
                     .checked_add(header.length)
                     .ok_or(Violation::CreditOverflow(id))?;
             }
-            self.streams.insert(id, StreamState::new(credit, true));
+            self.streams.insert(id, StreamState::new(credit, true, 0));
             self.apply(header, body)?;
             return Ok(Received::Opened(id));
         }

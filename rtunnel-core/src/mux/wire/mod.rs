@@ -15,8 +15,13 @@
 //!   socket from the caller's buffer), with no copy of its own. Only when
 //!   another stream or the driver holds the transport at that instant is
 //!   the frame copied into the driver's queue instead.
-//! - **Opens** need no round trip to the driver: the stream exists, and
-//!   its SYN is queued, when [`open`](Mux::open) returns.
+//! - **Opens** need no round trip to the driver: the stream exists when
+//!   [`open`](Mux::open) returns, and its SYN leaves with its first frame
+//!   (its first data, typically). A stream the application
+//!   [accepts](Mux::accept) is acknowledged with the first frame it sends
+//!   (its reply), and an open waits while 256 of this side's are
+//!   unacknowledged: yamux's own ways, so a burst of opens waits for the
+//!   peer's acceptor.
 //!
 //! The same bounds as [`YamuxMux`](super::YamuxMux): each side keeps at
 //! most [`MAX_OPEN_STREAMS`] streams of its own open (the next open
@@ -26,7 +31,9 @@
 //! [`MAX_PENDING_INBOUND`] are reset; a stream's receive window starts at
 //! 256 KiB and doubles, while the peer runs out of credit and the reader
 //! keeps up, out of the connection's
-//! [`window_budget`](MuxConfig::window_budget). Frames are checked as they
+//! [`window_budget`](MuxConfig::window_budget); the driver stops reading
+//! while 64 KiB of its own answers (pongs, resets) wait unsent, so a peer
+//! that never reads cannot make them pile up. Frames are checked as they
 //! arrive ([`frame::Header::parse`]); a peer that sends more than its
 //! window, reuses a stream id or sends a frame no yamux peer sends gets a
 //! go-away with the protocol-error code, and the connection ends.
@@ -187,10 +194,9 @@ impl Mux for WireMux {
             };
             st.next_id = next;
             st.unacked += 1;
-            st.streams
-                .insert(id, StreamState::new(INITIAL_WINDOW, false));
-            let syn = frame::Header::new(frame::Kind::WindowUpdate, frame::SYN, id, 0);
-            self.conn.queue_control(&mut st, syn);
+            // The SYN leaves with the stream's first frame.
+            let stream = StreamState::new(INITIAL_WINDOW, false, frame::SYN);
+            st.streams.insert(id, stream);
             Poll::Ready(Ok(id))
         })
         .await?;
@@ -200,14 +206,12 @@ impl Mux for WireMux {
 
     async fn accept(&self) -> Option<WireStream> {
         let stream = self.inbound.lock().await.recv().await?;
-        // Acknowledged once taken, as yamux does: the peer's opens wait
-        // (past its backlog) for this side's acceptor, not for its driver.
-        let mut st = self.conn.state();
-        if st.ended.is_none() && st.streams.contains_key(&stream.id()) {
-            let ack = frame::Header::new(frame::Kind::WindowUpdate, frame::ACK, stream.id(), 0);
-            self.conn.queue_control(&mut st, ack);
+        // Acknowledged with the first frame the application sends on it, as
+        // yamux does: the peer's opens wait (past its backlog) for this
+        // side's acceptor, not for its driver.
+        if let Some(s) = self.conn.state().streams.get_mut(&stream.id()) {
+            s.flags |= frame::ACK;
         }
-        drop(st);
         Some(stream)
     }
 

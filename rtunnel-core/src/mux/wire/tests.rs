@@ -135,7 +135,8 @@ async fn closing_ends_the_waits_on_the_connections_streams() {
 #[tokio::test]
 async fn dropping_the_handle_closes_the_connection() {
     let (client, server) = pair();
-    let _stream = client.open().await.unwrap();
+    let mut stream = client.open().await.unwrap();
+    stream.write_all(b"x").await.unwrap();
     drop(client);
     assert!(server.accept().await.is_some());
     assert!(server.accept().await.is_none());
@@ -168,15 +169,20 @@ async fn opens_past_the_limit_wait_for_a_stream_to_end() {
     let (client, server) = pair();
     let server = Arc::new(server);
     let acceptor = server.clone();
+    // The peer answers each stream (its ACK leaves with the answer) and
+    // holds it.
     tokio::spawn(async move {
         let mut held = Vec::new();
-        while let Some(s) = acceptor.accept().await {
+        while let Some(mut s) = acceptor.accept().await {
+            s.write_all(b"k").await.unwrap();
             held.push(s);
         }
     });
     let mut open = Vec::new();
     for _ in 0..MAX_OPEN_STREAMS {
-        open.push(client.open().await.unwrap());
+        let mut s = client.open().await.unwrap();
+        s.write_all(b"x").await.unwrap();
+        open.push(s);
     }
     let waiting = tokio::time::timeout(Duration::from_millis(200), client.open()).await;
     assert!(waiting.is_err(), "an open past the limit must wait");
@@ -258,12 +264,18 @@ async fn opens_past_the_ack_backlog_wait_for_the_peers_acceptor() {
     let (client, server) = pair();
     let mut open = Vec::new();
     for _ in 0..conn::MAX_ACK_BACKLOG {
-        open.push(client.open().await.unwrap());
+        let mut s = client.open().await.unwrap();
+        s.write_all(b"x").await.unwrap();
+        open.push(s);
     }
     let waiting = tokio::time::timeout(Duration::from_millis(200), client.open()).await;
     assert!(waiting.is_err(), "an open past the backlog must wait");
-    // The acceptor takes one: its ACK lets one more open go.
-    let _taken = server.accept().await.unwrap();
+    // Accepted is not enough: the ACK leaves with the acceptor's first
+    // frame.
+    let mut taken = server.accept().await.unwrap();
+    let waiting = tokio::time::timeout(Duration::from_millis(200), client.open()).await;
+    assert!(waiting.is_err(), "no ACK was sent yet");
+    taken.write_all(b"ok").await.unwrap();
     let more = tokio::time::timeout(LONG, client.open())
         .await
         .expect("the ACK freed an open");
@@ -436,16 +448,12 @@ async fn frames_for_unknown_streams_are_dropped_and_the_connection_goes_on() {
     let mut got = Vec::new();
     s.read_to_end(&mut got).await.unwrap();
     assert_eq!(got, b"hello");
-    // The acceptor acknowledged the stream.
-    let (header, _) = peer.next().await.unwrap();
-    assert_eq!(header, Header::new(Kind::WindowUpdate, ACK, 1, 0));
+    // The acceptor's first frame acknowledges the stream.
     s.write_all(b"bye").await.unwrap();
     s.shutdown().await.unwrap();
     let (header, body) = peer.next().await.unwrap();
-    assert_eq!(
-        (header.kind, header.stream, body),
-        (Kind::Data, 1, b"bye".to_vec())
-    );
+    assert_eq!(header, Header::new(Kind::Data, ACK, 1, 3));
+    assert_eq!(body, b"bye");
     let (header, _) = peer.next().await.unwrap();
     assert_eq!((header.stream, header.has(FIN)), (1, true));
     drop(s);
