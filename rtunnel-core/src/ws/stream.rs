@@ -537,7 +537,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> WsStream<IO> {
                 // is not zeroed first (a multiplexer's is uninitialized).
                 let want = left_now.min(buf.remaining());
                 let mut direct = buf.take(want);
+                let start = direct.filled().as_ptr();
                 ready!(Pin::new(&mut this.io).poll_read(cx, &mut direct))?;
+                // The reader must have filled this buffer, not swapped in
+                // another (safe code could): else nothing wrote `buf`.
+                assert_eq!(
+                    start,
+                    direct.filled().as_ptr(),
+                    "the reader swapped its buffer"
+                );
                 let n = direct.filled().len();
                 if n == 0 {
                     this.read_eof = true;

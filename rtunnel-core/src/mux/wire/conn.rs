@@ -251,6 +251,15 @@ impl Conn {
         }
     }
 
+    /// Asks the driver to flush and wakes it even if a flush was asked for
+    /// already: a stream's poll of the transport may have replaced the
+    /// driver's waker there.
+    fn wake_driver_to_flush(&self) {
+        self.frames.fetch_add(1, Ordering::Relaxed);
+        self.flush_wanted.store(true, Ordering::Release);
+        self.driver.wake();
+    }
+
     /// Queues a frame without a body for the driver.
     pub(super) fn queue_control(&self, st: &mut State, header: Header) {
         st.queued.extend_from_slice(&header.encode());
@@ -280,10 +289,20 @@ impl Conn {
                 self.want_flush();
                 return Err(e);
             }
-            if body.len() >= SELF_FLUSH_BYTES
-                && sink.is_drained()
-                && let Poll::Ready(Ok(())) = sink.io.as_mut().poll_flush(cx)
-            {
+            if !sink.is_drained() {
+                // The transport took this task's waker when it could take
+                // no more: the driver must poll it again itself.
+                drop(sink);
+                self.wake_driver_to_flush();
+                return Ok(());
+            }
+            if body.len() >= SELF_FLUSH_BYTES {
+                let flushed = sink.io.as_mut().poll_flush(cx);
+                drop(sink);
+                match flushed {
+                    Poll::Ready(Ok(())) => {}
+                    _ => self.wake_driver_to_flush(),
+                }
                 return Ok(());
             }
             drop(sink);
@@ -440,7 +459,9 @@ impl Conn {
                 return Poll::Pending;
             }
             if over {
-                write_waiters.push(cx.waker().clone());
+                if !write_waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                    write_waiters.push(cx.waker().clone());
+                }
                 drop(st);
                 self.want_flush();
                 return Poll::Pending;

@@ -25,6 +25,11 @@ use super::stream::WireStream;
 /// answers cannot grow this side's memory.
 const MAX_UNSENT_ANSWERS: usize = 64 * 1024;
 
+/// Data frame bodies at least this long are read into a buffer of their
+/// own (straight from the transport, never zeroed) and handed out whole;
+/// shorter ones are read with their neighbours and copied out.
+const OWN_BUFFER_BYTES: usize = 16 * 1024;
+
 /// What a read asks for at least: several small frames per system call.
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -62,6 +67,8 @@ pub(super) struct Driver {
     pub(super) peer_ids_odd: bool,
     pub(super) max_streams: usize,
     pub(super) rbuf: BytesMut,
+    /// A large data frame's header and the part of its body read so far.
+    pub(super) large: Option<(Header, BytesMut)>,
     pub(super) yielded: bool,
     pub(super) batching: u32,
     /// Bytes of answers queued since the last complete flush.
@@ -131,19 +138,58 @@ impl Driver {
     /// Reads and acts on frames until the transport has no more: ready
     /// with `Ok` when the peer went away.
     fn poll_read_frames(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), DriverError>> {
-        loop {
+        'frames: loop {
+            if let Some((header, body)) = &mut self.large {
+                if body.len() < header.body_len() {
+                    let read = {
+                        let mut sink = lock(&self.conn.sink);
+                        tokio_util::io::poll_read_buf(sink.io.as_mut(), cx, body)
+                    };
+                    match read {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                        Poll::Ready(Ok(0)) => return Poll::Ready(Err(truncated().into())),
+                        Poll::Ready(Ok(n)) => {
+                            self.conn
+                                .counters
+                                .bytes_in
+                                .fetch_add(n as u64, Ordering::Relaxed);
+                            continue;
+                        }
+                    }
+                }
+                if let Some((header, body)) = self.large.take()
+                    && self.on_frame(header, body)?
+                {
+                    return Poll::Ready(Ok(()));
+                }
+            }
             while self.rbuf.len() >= HEADER_BYTES {
                 let mut head = [0u8; HEADER_BYTES];
                 head.copy_from_slice(&self.rbuf[..HEADER_BYTES]);
                 let header = Header::parse(&head)?;
-                let need = HEADER_BYTES + header.body_len();
+                let len = header.body_len();
+                if len >= OWN_BUFFER_BYTES {
+                    // Read into a buffer of its own, exactly its size: a
+                    // body held unread pins nothing else.
+                    self.rbuf.advance(HEADER_BYTES);
+                    let have = self.rbuf.len().min(len);
+                    let mut body = BytesMut::with_capacity(len);
+                    body.extend_from_slice(&self.rbuf[..have]);
+                    self.rbuf.advance(have);
+                    self.large = Some((header, body));
+                    continue 'frames;
+                }
+                let need = HEADER_BYTES + len;
                 if self.rbuf.len() < need {
                     self.rbuf.reserve(need - self.rbuf.len());
                     break;
                 }
-                let mut frame = self.rbuf.split_to(need);
-                frame.advance(HEADER_BYTES);
-                if self.on_frame(header, frame)? {
+                // Small bodies are copied out: a slice of the read buffer
+                // held unread would pin the whole buffer.
+                let body = BytesMut::from(&self.rbuf[HEADER_BYTES..need]);
+                self.rbuf.advance(need);
+                if self.on_frame(header, body)? {
                     return Poll::Ready(Ok(()));
                 }
             }
@@ -171,11 +217,7 @@ impl Driver {
                     if self.rbuf.is_empty() {
                         return Poll::Ready(Ok(()));
                     }
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the connection ended inside a yamux frame",
-                    )
-                    .into()));
+                    return Poll::Ready(Err(truncated().into()));
                 }
                 Poll::Ready(Ok(n)) => {
                     self.conn
@@ -305,6 +347,13 @@ impl Driver {
             .into()),
         }
     }
+}
+
+fn truncated() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "the connection ended inside a yamux frame",
+    )
 }
 
 /// The transport of a connection that ended: nothing to read, no writes.

@@ -152,6 +152,7 @@ impl WireMux {
             peer_ids_odd: !client,
             max_streams: YAMUX_MAX_STREAMS,
             rbuf: BytesMut::new(),
+            large: None,
             yielded: false,
             batching: 0,
             answers: 0,
@@ -183,7 +184,9 @@ impl Mux for WireMux {
                 return Poll::Ready(Err(MuxError::TooManyStreams));
             }
             if st.unacked >= MAX_ACK_BACKLOG {
-                st.ack_waiters.push(cx.waker().clone());
+                if !st.ack_waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                    st.ack_waiters.push(cx.waker().clone());
+                }
                 return Poll::Pending;
             }
             let id = st.next_id;
