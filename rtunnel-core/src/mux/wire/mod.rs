@@ -6,10 +6,12 @@
 //! version keep talking to each other. What it does differently is how
 //! bytes move inside the process:
 //!
-//! - **Reads**: the driver reads from the transport into one buffer that
-//!   is never zeroed, and hands each data frame's body to its stream as a
-//!   slice of that buffer. A stream's read copies it once, into the
-//!   caller's buffer.
+//! - **Reads**: the driver reads each data frame body of 16 KiB or more
+//!   from the transport straight into a buffer of its own, never zeroed,
+//!   and hands it to its stream whole (smaller frames are read several at
+//!   a time and copied out, so a body held unread pins no other buffer). A
+//!   stream's read copies it once, into the caller's buffer; a relay takes
+//!   it whole ([`ReadChunk`](crate::relay::ReadChunk)).
 //! - **Writes**: a stream's write frames the caller's bytes and hands
 //!   them straight to the transport (a WebSocket server writes them to the
 //!   socket from the caller's buffer), with no copy of its own. Only when
