@@ -28,6 +28,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use async_trait::async_trait;
@@ -73,6 +74,30 @@ pub struct MuxCounters {
     pub bytes_in: u64,
     /// Bytes written to the underlying connection.
     pub bytes_out: u64,
+}
+
+/// The live counters behind [`MuxCounters`], shared by a connection's
+/// handle and its driver.
+#[derive(Debug, Default)]
+pub(crate) struct LiveCounters {
+    pub(crate) opened: AtomicU64,
+    pub(crate) accepted: AtomicU64,
+    pub(crate) refused: AtomicU64,
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+}
+
+impl LiveCounters {
+    /// What they count now.
+    pub(crate) fn snapshot(&self) -> MuxCounters {
+        MuxCounters {
+            streams_opened: self.opened.load(Ordering::Relaxed),
+            streams_accepted: self.accepted.load(Ordering::Relaxed),
+            streams_refused: self.refused.load(Ordering::Relaxed),
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// A multiplexed connection: many ordered byte streams over one.

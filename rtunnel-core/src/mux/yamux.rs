@@ -78,14 +78,7 @@ enum Command {
     Open(oneshot::Sender<Result<yamux::Stream, MuxError>>),
 }
 
-#[derive(Default)]
-struct Counters {
-    opened: AtomicU64,
-    accepted: AtomicU64,
-    refused: AtomicU64,
-    bytes_in: AtomicU64,
-    bytes_out: AtomicU64,
-}
+use super::LiveCounters as Counters;
 
 /// The yamux implementation of [`Mux`], driven by its own task.
 pub struct YamuxMux {
@@ -204,14 +197,7 @@ impl Mux for YamuxMux {
     }
 
     fn counters(&self) -> MuxCounters {
-        let c = &self.counters;
-        MuxCounters {
-            streams_opened: c.opened.load(Ordering::Relaxed),
-            streams_accepted: c.accepted.load(Ordering::Relaxed),
-            streams_refused: c.refused.load(Ordering::Relaxed),
-            bytes_in: c.bytes_in.load(Ordering::Relaxed),
-            bytes_out: c.bytes_out.load(Ordering::Relaxed),
-        }
+        self.counters.snapshot()
     }
 }
 

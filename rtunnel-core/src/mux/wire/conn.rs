@@ -7,7 +7,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -101,15 +101,7 @@ impl Sink {
     }
 }
 
-/// Counters of a connection.
-#[derive(Default)]
-pub(super) struct Counters {
-    pub(super) opened: AtomicU64,
-    pub(super) accepted: AtomicU64,
-    pub(super) refused: AtomicU64,
-    pub(super) bytes_in: AtomicU64,
-    pub(super) bytes_out: AtomicU64,
-}
+pub(super) use crate::mux::LiveCounters as Counters;
 
 /// One stream's state.
 pub(super) struct StreamState {

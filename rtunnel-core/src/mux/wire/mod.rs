@@ -234,14 +234,7 @@ impl Mux for WireMux {
     }
 
     fn counters(&self) -> MuxCounters {
-        let c = &self.conn.counters;
-        MuxCounters {
-            streams_opened: c.opened.load(Ordering::Relaxed),
-            streams_accepted: c.accepted.load(Ordering::Relaxed),
-            streams_refused: c.refused.load(Ordering::Relaxed),
-            bytes_in: c.bytes_in.load(Ordering::Relaxed),
-            bytes_out: c.bytes_out.load(Ordering::Relaxed),
-        }
+        self.conn.counters.snapshot()
     }
 }
 
