@@ -103,11 +103,98 @@ impl Sink {
 
 pub(super) use crate::mux::LiveCounters as Counters;
 
+/// A data frame's body, as the driver read it.
+pub(super) enum Body<'a> {
+    /// A short body, still in the driver's read buffer: copied into the
+    /// stream's buffer.
+    Small(&'a [u8]),
+    /// A long body, read into a buffer of its own: kept whole.
+    Large(Bytes),
+}
+
+impl Body<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Body::Small(b) => b.len(),
+            Body::Large(b) => b.len(),
+        }
+    }
+}
+
+/// A stream's received data not read yet, in order: long bodies whole,
+/// short ones gathered into one buffer. A peer sending one-byte frames
+/// makes the stream hold about one byte per byte of window, not a buffer
+/// and a queue entry per frame.
+#[derive(Default)]
+struct Recv {
+    /// Long bodies, and gathered short ones, in order: older than `tail`.
+    chunks: VecDeque<Bytes>,
+    /// The newest short bodies, gathered.
+    tail: BytesMut,
+    len: usize,
+}
+
+impl Recv {
+    fn push(&mut self, body: Body<'_>) {
+        self.len += body.len();
+        match body {
+            Body::Small(b) => self.tail.extend_from_slice(b),
+            Body::Large(b) => {
+                self.seal_tail();
+                self.chunks.push_back(b);
+            }
+        }
+    }
+
+    /// Moves the gathered short bodies to the queue, as one chunk.
+    fn seal_tail(&mut self) {
+        if !self.tail.is_empty() {
+            self.chunks.push_back(std::mem::take(&mut self.tail).freeze());
+        }
+    }
+
+    /// The oldest chunk whole, or nothing when nothing waits.
+    fn next_chunk(&mut self) -> Bytes {
+        self.seal_tail();
+        let chunk = self.chunks.pop_front().unwrap_or_default();
+        self.len -= chunk.len();
+        chunk
+    }
+
+    /// Copies as much as fits into `buf`; how much.
+    fn copy_to(&mut self, buf: &mut tokio::io::ReadBuf<'_>) -> usize {
+        let mut n = 0;
+        while buf.remaining() > 0 {
+            if let Some(chunk) = self.chunks.front_mut() {
+                let take = chunk.len().min(buf.remaining());
+                buf.put_slice(&chunk[..take]);
+                chunk.advance(take);
+                if chunk.is_empty() {
+                    self.chunks.pop_front();
+                }
+                n += take;
+            } else if !self.tail.is_empty() {
+                let take = self.tail.len().min(buf.remaining());
+                buf.put_slice(&self.tail[..take]);
+                self.tail.advance(take);
+                if self.tail.is_empty() {
+                    // A quiet stream keeps no buffer.
+                    self.tail = BytesMut::new();
+                }
+                n += take;
+            } else {
+                break;
+            }
+        }
+        self.len -= n;
+        n
+    }
+}
+
 /// One stream's state.
 pub(super) struct StreamState {
     /// Received data not read yet.
-    recv: VecDeque<Bytes>,
-    recv_len: usize,
+    recv: Recv,
     /// The peer sent FIN: once `recv` is read, end of file.
     recv_fin: bool,
     /// Either side reset the stream.
@@ -136,8 +223,7 @@ pub(super) struct StreamState {
 impl StreamState {
     pub(super) fn new(send_credit: u32, acked: bool, flags: u16) -> Self {
         StreamState {
-            recv: VecDeque::new(),
-            recv_len: 0,
+            recv: Recv::default(),
             recv_fin: false,
             reset: false,
             recv_credit: INITIAL_WINDOW,
@@ -317,42 +403,24 @@ impl Conn {
         cx: &mut Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        self.poll_recv(id, cx, |recv| {
-            let mut n = 0;
-            while buf.remaining() > 0 {
-                let Some(chunk) = recv.front_mut() else {
-                    break;
-                };
-                let take = chunk.len().min(buf.remaining());
-                buf.put_slice(&chunk[..take]);
-                chunk.advance(take);
-                if chunk.is_empty() {
-                    recv.pop_front();
-                }
-                n += take;
-            }
-            (n, ())
-        })
-        .map_ok(|_| ())
+        self.poll_recv(id, cx, |recv| recv.copy_to(buf))
+            .map_ok(|_| ())
     }
 
     /// A stream's read of the next chunk whole: empty at end of file.
     pub(super) fn poll_read_chunk(&self, id: u32, cx: &mut Context<'_>) -> Poll<io::Result<Bytes>> {
-        self.poll_recv(id, cx, |recv| {
-            let chunk = recv.pop_front().unwrap_or_default();
-            (chunk.len(), chunk)
-        })
-        .map_ok(Option::unwrap_or_default)
+        self.poll_recv(id, cx, Recv::next_chunk)
+            .map_ok(Option::unwrap_or_default)
     }
 
-    /// A stream's read: `take` takes from what is buffered (some of it,
-    /// and says how much), `None` at end of file, or waiting; credit goes
-    /// back to the peer as the reader takes.
+    /// A stream's read: `take` takes from what is buffered (some of it),
+    /// `None` at end of file, or waiting; credit goes back to the peer as
+    /// the reader takes.
     fn poll_recv<R>(
         &self,
         id: u32,
         cx: &mut Context<'_>,
-        take: impl FnOnce(&mut VecDeque<Bytes>) -> (usize, R),
+        take: impl FnOnce(&mut Recv) -> R,
     ) -> Poll<io::Result<Option<R>>> {
         let mut st = self.state();
         let State {
@@ -365,16 +433,16 @@ impl Conn {
         let Some(s) = streams.get_mut(&id) else {
             return Poll::Ready(Err(aborted(Ended::Lost)));
         };
-        if s.recv_len > 0 {
-            let (n, taken) = take(&mut s.recv);
-            s.recv_len -= n;
-            s.consumed += n as u32;
+        if s.recv.len > 0 {
+            let before = s.recv.len;
+            let taken = take(&mut s.recv);
+            s.consumed += (before - s.recv.len) as u32;
             if !s.recv_fin && !s.reset && ended.is_none() && s.consumed >= s.window / 2 {
                 let mut grant = s.consumed;
                 // The peer ran out of credit while this reader kept up: the
                 // window, not the reader, holds the stream back. Double it
                 // out of the connection's budget.
-                if s.starved && s.recv_len == 0 {
+                if s.starved && s.recv.len == 0 {
                     let grow = (s.window as usize)
                         .min(*budget)
                         .min((MAX_WINDOW - s.window) as usize)
@@ -561,7 +629,7 @@ impl State {
     pub(super) fn receive(
         &mut self,
         header: Header,
-        body: Bytes,
+        body: Body<'_>,
         peer_ids_odd: bool,
         max_streams: usize,
     ) -> Result<Received, Violation> {
@@ -596,7 +664,7 @@ impl State {
 
     /// A frame for a known stream; frames for streams already gone are
     /// dropped, as yamux does (they may have crossed the reset).
-    fn apply(&mut self, header: Header, body: Bytes) -> Result<(), Violation> {
+    fn apply(&mut self, header: Header, body: Body<'_>) -> Result<(), Violation> {
         let id = header.stream;
         let Some(s) = self.streams.get_mut(&id) else {
             return Ok(());
@@ -625,8 +693,7 @@ impl State {
                     s.starved = true;
                 }
                 if len > 0 && !s.recv_fin {
-                    s.recv_len += body.len();
-                    s.recv.push_back(body);
+                    s.recv.push(body);
                     wake_reader = true;
                 }
             }

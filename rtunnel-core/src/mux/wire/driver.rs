@@ -13,7 +13,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 
-use super::conn::{Conn, Ended, Received, lock};
+use super::conn::{Body, Conn, Ended, Received, lock};
 use super::frame::{
     ACK, FrameError, GO_AWAY_NORMAL, GO_AWAY_PROTOCOL_ERROR, HEADER_BYTES, Header, Kind, SESSION_ID,
 };
@@ -27,7 +27,8 @@ const MAX_UNSENT_ANSWERS: usize = 64 * 1024;
 
 /// Data frame bodies at least this long are read into a buffer of their
 /// own (straight from the transport, never zeroed) and handed out whole;
-/// shorter ones are read with their neighbours and copied out.
+/// shorter ones are read with their neighbours and copied into their
+/// stream's buffer of short bodies.
 const OWN_BUFFER_BYTES: usize = 16 * 1024;
 
 /// What a read asks for at least: several small frames per system call.
@@ -159,7 +160,7 @@ impl Driver {
                     }
                 }
                 if let Some((header, body)) = self.large.take()
-                    && self.on_frame(header, body)?
+                    && self.on_frame(header, Body::Large(body.freeze()))?
                 {
                     return Poll::Ready(Ok(()));
                 }
@@ -185,11 +186,14 @@ impl Driver {
                     self.rbuf.reserve(need - self.rbuf.len());
                     break;
                 }
-                // Small bodies are copied out: a slice of the read buffer
-                // held unread would pin the whole buffer.
-                let body = BytesMut::from(&self.rbuf[HEADER_BYTES..need]);
+                // Small bodies are copied out, into their stream's buffer:
+                // a slice of the read buffer held unread would pin the
+                // whole buffer.
+                let rbuf = std::mem::take(&mut self.rbuf);
+                let gone = self.on_frame(header, Body::Small(&rbuf[HEADER_BYTES..need]));
+                self.rbuf = rbuf;
                 self.rbuf.advance(need);
-                if self.on_frame(header, body)? {
+                if gone? {
                     return Poll::Ready(Ok(()));
                 }
             }
@@ -230,7 +234,7 @@ impl Driver {
     }
 
     /// Acts on one frame; `true` when the peer is going away.
-    fn on_frame(&mut self, header: Header, body: BytesMut) -> Result<bool, DriverError> {
+    fn on_frame(&mut self, header: Header, body: Body<'_>) -> Result<bool, DriverError> {
         match header.kind {
             Kind::GoAway => return Ok(true),
             Kind::Ping => {
@@ -246,7 +250,7 @@ impl Driver {
                 let mut st = self.conn.state();
                 let before = st.queued.len();
                 let received =
-                    st.receive(header, body.freeze(), self.peer_ids_odd, self.max_streams)?;
+                    st.receive(header, body, self.peer_ids_odd, self.max_streams)?;
                 if st.queued.len() != before {
                     self.answers += st.queued.len() - before;
                     self.conn.flush_wanted.store(true, Ordering::Release);

@@ -9,7 +9,9 @@
 //! - **Reads**: the driver reads each data frame body of 16 KiB or more
 //!   from the transport straight into a buffer of its own, never zeroed,
 //!   and hands it to its stream whole (smaller frames are read several at
-//!   a time and copied out, so a body held unread pins no other buffer). A
+//!   a time and copied into one buffer per stream, so a body held unread
+//!   pins no other buffer, and a stream's unread one-byte frames cost
+//!   about a byte each). A
 //!   stream's read copies it once, into the caller's buffer; a relay takes
 //!   it whole ([`ReadChunk`](crate::relay::ReadChunk)).
 //! - **Writes**: a stream's write frames the caller's bytes and hands
