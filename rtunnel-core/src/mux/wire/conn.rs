@@ -149,7 +149,8 @@ impl Recv {
     /// Moves the gathered short bodies to the queue, as one chunk.
     fn seal_tail(&mut self) {
         if !self.tail.is_empty() {
-            self.chunks.push_back(std::mem::take(&mut self.tail).freeze());
+            self.chunks
+                .push_back(std::mem::take(&mut self.tail).freeze());
         }
     }
 

@@ -249,8 +249,7 @@ impl Driver {
             Kind::Data | Kind::WindowUpdate => {
                 let mut st = self.conn.state();
                 let before = st.queued.len();
-                let received =
-                    st.receive(header, body, self.peer_ids_odd, self.max_streams)?;
+                let received = st.receive(header, body, self.peer_ids_odd, self.max_streams)?;
                 if st.queued.len() != before {
                     self.answers += st.queued.len() - before;
                     self.conn.flush_wanted.store(true, Ordering::Release);

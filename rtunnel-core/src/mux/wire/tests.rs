@@ -488,3 +488,131 @@ async fn a_peer_that_pings_and_never_reads_cannot_grow_the_answers() {
     assert!(!flood.is_finished(), "the flood was never held back");
     flood.abort();
 }
+
+/// What a [`Gated`] transport holds back, and the one waker waiting on it.
+#[derive(Default)]
+struct Gate {
+    writes_held: bool,
+    flushes_held: bool,
+    waker: Option<std::task::Waker>,
+    flushes_waited: usize,
+}
+
+impl Gate {
+    fn wait(&mut self, cx: &mut std::task::Context<'_>) {
+        self.waker = Some(cx.waker().clone());
+    }
+}
+
+/// A transport whose writes and flushes the test holds back at will. Like
+/// a socket, it keeps one waker for both: a poll that must wait replaces
+/// the waker that waited before it.
+struct Gated {
+    io: DuplexStream,
+    gate: Arc<std::sync::Mutex<Gate>>,
+}
+
+impl AsyncRead for Gated {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Gated {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        {
+            let mut gate = self.gate.lock().unwrap();
+            if gate.writes_held {
+                gate.wait(cx);
+                return std::task::Poll::Pending;
+            }
+        }
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        {
+            let mut gate = self.gate.lock().unwrap();
+            if gate.flushes_held {
+                gate.flushes_waited += 1;
+                gate.wait(cx);
+                return std::task::Poll::Pending;
+            }
+        }
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Lets the runtime's other tasks (the driver) run for a while.
+async fn let_others_run() {
+    for _ in 0..16 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// A stream that writes straight to a full transport leaves its own waker
+/// there in place of the driver's, which was waiting on a flush: the
+/// driver must be woken all the same, or the frame waits forever.
+#[tokio::test(flavor = "current_thread")]
+async fn a_frame_left_at_a_full_transport_is_written_when_it_drains() {
+    let (a, mut b) = tokio::io::duplex(64 * 1024);
+    let gate = Arc::new(std::sync::Mutex::new(Gate::default()));
+    let io = Gated {
+        io: a,
+        gate: gate.clone(),
+    };
+    let client = WireMux::client(io, &MuxConfig::default());
+    gate.lock().unwrap().flushes_held = true;
+    let mut s = client.open().await.unwrap();
+    s.write_all(b"a").await.unwrap();
+    // The driver flushes the frame and waits on the held flush.
+    tokio::time::timeout(LONG, async {
+        while gate.lock().unwrap().flushes_waited == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the driver flushed");
+    // This write goes straight to the transport, which takes nothing: the
+    // frame is left for the driver, and the transport keeps this task's
+    // waker instead of the driver's.
+    gate.lock().unwrap().writes_held = true;
+    s.write_all(b"b").await.unwrap();
+    let_others_run().await;
+    {
+        let mut gate = gate.lock().unwrap();
+        gate.writes_held = false;
+        gate.flushes_held = false;
+        if let Some(w) = gate.waker.take() {
+            w.wake();
+        }
+    }
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let (header, body) = tokio::time::timeout(Duration::from_secs(10), next_frame(&mut b))
+            .await
+            .expect("the frame left at the full transport was written")
+            .expect("a frame");
+        assert_eq!(header.stream, 1);
+        got.extend_from_slice(&body);
+    }
+    assert_eq!(got, b"ab");
+}
