@@ -39,6 +39,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 pub mod batching;
+pub mod conformance;
 pub mod memory;
 pub mod wire;
 pub mod yamux;

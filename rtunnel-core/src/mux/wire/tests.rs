@@ -8,9 +8,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream
 
 use super::frame::{self, ACK, FIN, HEADER_BYTES, Header, Kind, RST, SESSION_ID, SYN};
 use super::*;
-use crate::mux::{YamuxMux, shared};
+use crate::mux::YamuxMux;
 
 const LONG: Duration = Duration::from_secs(30);
+
+// What every multiplexer must do.
+crate::mux_conformance_tests!(crate::mux::conformance::Wire);
 
 fn pair() -> (WireMux, WireMux) {
     let (a, b) = tokio::io::duplex(256 * 1024);
@@ -62,15 +65,6 @@ async fn many_round_trips<M: Mux>(m: &M) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn streams_carry_bytes_both_ways() {
-    let (client, server) = pair();
-    echo_all(Arc::new(server));
-    many_round_trips(&client).await;
-    assert_eq!(client.counters().streams_opened, 8);
-    assert!(client.counters().bytes_out >= 8 * 300_000);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wire_client_talks_to_a_yamux_server() {
     let (a, b) = tokio::io::duplex(256 * 1024);
     let cfg = MuxConfig::default();
@@ -101,48 +95,6 @@ async fn both_sides_open_streams_to_a_yamux_peer() {
 }
 
 #[tokio::test]
-async fn closing_one_side_ends_the_other() {
-    let (client, server) = pair();
-    client.close();
-    client.closed().await;
-    assert!(server.accept().await.is_none());
-    server.closed().await;
-    assert!(matches!(client.open().await, Err(MuxError::Closed)));
-}
-
-#[tokio::test]
-async fn closing_ends_the_waits_on_the_connections_streams() {
-    let (client, server) = pair();
-    let mut s = client.open().await.unwrap();
-    s.write_all(b"x").await.unwrap();
-    let _peer = server.accept().await.unwrap();
-    let reader = tokio::spawn(async move {
-        let mut buf = [0u8; 16];
-        s.read(&mut buf).await
-    });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    client.close();
-    let read = tokio::time::timeout(LONG, reader)
-        .await
-        .expect("a read on a closed connection's stream hung")
-        .unwrap();
-    assert_eq!(
-        read.unwrap_err().kind(),
-        std::io::ErrorKind::ConnectionAborted
-    );
-}
-
-#[tokio::test]
-async fn dropping_the_handle_closes_the_connection() {
-    let (client, server) = pair();
-    let mut stream = client.open().await.unwrap();
-    stream.write_all(b"x").await.unwrap();
-    drop(client);
-    assert!(server.accept().await.is_some());
-    assert!(server.accept().await.is_none());
-}
-
-#[tokio::test]
 async fn a_dropped_stream_is_reset_for_the_peer() {
     let (client, server) = pair();
     let mut s = client.open().await.unwrap();
@@ -162,63 +114,6 @@ async fn a_dropped_stream_is_reset_for_the_peer() {
     let mut again = client.open().await.unwrap();
     again.write_all(b"x").await.unwrap();
     assert!(server.accept().await.is_some());
-}
-
-#[tokio::test]
-async fn opens_past_the_limit_wait_for_a_stream_to_end() {
-    let (client, server) = pair();
-    let server = Arc::new(server);
-    let acceptor = server.clone();
-    // The peer answers each stream (its ACK leaves with the answer) and
-    // holds it.
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Some(mut s) = acceptor.accept().await {
-            s.write_all(b"k").await.unwrap();
-            held.push(s);
-        }
-    });
-    let mut open = Vec::new();
-    for _ in 0..MAX_OPEN_STREAMS {
-        let mut s = client.open().await.unwrap();
-        s.write_all(b"x").await.unwrap();
-        open.push(s);
-    }
-    let waiting = tokio::time::timeout(Duration::from_millis(200), client.open()).await;
-    assert!(waiting.is_err(), "an open past the limit must wait");
-    open.pop();
-    let mut s = tokio::time::timeout(LONG, client.open())
-        .await
-        .expect("a slot came free")
-        .unwrap();
-    s.write_all(b"y").await.unwrap();
-    assert!(!client.is_closed() && !server.is_closed());
-}
-
-#[tokio::test]
-async fn a_reader_that_stops_reading_holds_back_the_sender() {
-    let (client, server) = pair();
-    let server_task = tokio::spawn(async move {
-        let s = server.accept().await.unwrap();
-        std::future::pending::<()>().await;
-        drop((s, server));
-    });
-    let mut s = client.open().await.unwrap();
-    let chunk = vec![7u8; 16 * 1024];
-    let mut written = 0usize;
-    while let Ok(Ok(())) =
-        tokio::time::timeout(Duration::from_millis(300), s.write_all(&chunk)).await
-    {
-        written += chunk.len();
-        assert!(written < 64 << 20, "the sender was never held back");
-    }
-    let bound = conn::INITIAL_WINDOW as usize + chunk.len();
-    assert!(
-        written <= bound,
-        "{written} bytes went out, more than {bound}"
-    );
-    assert!(!client.is_closed());
-    server_task.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,31 +198,6 @@ async fn inbound_streams_nobody_accepts_are_refused() {
     assert_eq!(resets, ((last - 8)..=last).step_by(2).collect::<Vec<_>>());
     assert_eq!(server.counters().streams_refused, extra as u64);
     assert!(server.accept().await.is_some());
-}
-
-#[tokio::test]
-async fn frames_of_many_streams_leave_in_one_write() {
-    use crate::mux::batching;
-    use crate::ws::{Role, WsStream};
-    let (a, b) = tokio::io::duplex(1 << 20);
-    let (socket, writes) = batching::CountedWrites::new(a);
-    let cfg = MuxConfig::default();
-    let client = WireMux::client(WsStream::new(socket, Role::Client, &[]), &cfg);
-    let server = WireMux::server(WsStream::new(b, Role::Server, &[]), &cfg);
-    let sent = batching::writes_for_ten_streams(&client, &server, &writes).await;
-    assert_eq!(sent, 1, "ten frames took {sent} writes");
-}
-
-#[tokio::test]
-async fn it_works_behind_the_shared_handle() {
-    let (client, server) = pair();
-    let (client, server) = (shared(client), shared(server));
-    let mut s = client.open().await.unwrap();
-    s.write_all(b"ping").await.unwrap();
-    let mut peer = server.accept().await.unwrap();
-    let mut buf = [0u8; 4];
-    peer.read_exact(&mut buf).await.unwrap();
-    assert_eq!(&buf, b"ping");
 }
 
 /// A peer that writes raw frames at a [`WireMux`] server.
