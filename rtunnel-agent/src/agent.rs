@@ -691,7 +691,7 @@ impl Agent {
             }
         };
         let ws_close = ws.close_handle();
-        let mux = shared(WireMux::client(ws, &MuxConfig::default()));
+        let mux = shared(WireMux::client_in_place(ws, &MuxConfig::default()));
         let previous = resume.as_ref().map(|r| r.session_id);
         let dialed = match link::dial(mux, SOFTWARE, resume.clone()).await {
             Ok(ok) => ok,

@@ -9,16 +9,17 @@ use rtunnel_core::ws::{MAX_WS_MESSAGE_BYTES, WsStream};
 use tokio::net::TcpStream;
 
 use crate::http_proxy::{Proxy, ProxyError, target_host_port};
+
+mod transport;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub use transport::Transport;
 
 /// How long connecting and the WebSocket upgrade may take.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The connection under a WebSocket: TCP, or TLS over it.
-pub type Transport = MaybeTlsStream<TcpStream>;
 
 /// The tunnel's WebSocket, as a byte stream (yamux runs on it).
 pub type Ws = WsStream<Transport>;
@@ -239,7 +240,7 @@ async fn connect(url: &str, options: &DialOptions) -> Result<Transport, DialErro
         }
     };
     if !url.starts_with("wss://") {
-        return Ok(MaybeTlsStream::Plain(tcp));
+        return Ok(Transport::Plain(tcp));
     }
     let name = host
         .trim_start_matches('[')
@@ -252,7 +253,7 @@ async fn connect(url: &str, options: &DialOptions) -> Result<Transport, DialErro
         .connect(name, tcp)
         .await
         .map_err(|e| DialError::Connect(format!("{host}:{port}: TLS: {e}")))?;
-    Ok(MaybeTlsStream::Rustls(tls))
+    Ok(Transport::Tls(Box::new(tls)))
 }
 
 /// A refusal of the upgrade, from the server's error envelope.

@@ -305,7 +305,7 @@ impl Forwarder {
             proxy: self.config.proxy.clone(),
         };
         let ws = dial(&self.ws_url, &auth, &options).await?;
-        let mux = shared(WireMux::client(ws, &MuxConfig::default()));
+        let mux = shared(WireMux::client_in_place(ws, &MuxConfig::default()));
         let dialed = link::dial(mux, SOFTWARE, None)
             .await
             .map_err(|e| ForwardError::Handshake(e.to_string()))?;

@@ -36,6 +36,37 @@ impl<T: ReadChunk + ?Sized> ReadChunk for Box<T> {
     }
 }
 
+/// A writer that may take bytes by changing them where they are instead of
+/// copying them first: a WebSocket client masks a frame's payload in the
+/// caller's buffer ([`WsStream`](crate::ws::WsStream)), and a
+/// [`WireStream`](crate::mux::WireStream) over one passes the buffer on. A
+/// relay writes its own buffer this way, since it reads over the bytes it
+/// wrote anyway.
+pub trait WriteInPlace: AsyncWrite {
+    /// Like [`poll_write`](AsyncWrite::poll_write), but when it returns
+    /// `Ready(Ok(n))` the writer may have changed `buf[..n]`; it changes
+    /// nothing else of `buf`, and nothing when it returns anything else.
+    fn poll_write_in_place(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write(cx, buf)
+    }
+}
+
+impl WriteInPlace for tokio::net::TcpStream {}
+impl WriteInPlace for tokio::io::DuplexStream {}
+impl<T: WriteInPlace + Unpin + ?Sized> WriteInPlace for Box<T> {
+    fn poll_write_in_place(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut **self.get_mut()).poll_write_in_place(cx, buf)
+    }
+}
+
 /// The most each direction's buffer grows to: a full yamux data frame
 /// ([`crate::mux::DEFAULT_SPLIT_SEND_BYTES`]), so a bulk transfer moves as
 /// few, large frames.
@@ -79,8 +110,8 @@ where
 /// [`relay_chunks_until`] with nothing to stop it but the streams' ends.
 pub async fn relay_chunks<A, B>(a: &mut A, b: &mut B) -> RelayOutcome
 where
-    A: AsyncRead + AsyncWrite + ReadChunk + Unpin + ?Sized,
-    B: AsyncRead + AsyncWrite + ReadChunk + Unpin + ?Sized,
+    A: AsyncRead + WriteInPlace + ReadChunk + Unpin + ?Sized,
+    B: AsyncRead + WriteInPlace + ReadChunk + Unpin + ?Sized,
 {
     relay_chunks_until(a, b, std::future::pending::<()>()).await
 }
@@ -88,11 +119,12 @@ where
 /// Like [`relay_until`], for streams that may hand over what they received
 /// without a copy ([`ReadChunk`]): a chunk goes from one stream's buffer
 /// to the other's write as it is, and only streams that have none are
-/// read into the relay's buffer.
+/// read into the relay's buffer, which is written in place
+/// ([`WriteInPlace`]).
 pub async fn relay_chunks_until<A, B, F>(a: &mut A, b: &mut B, stop: F) -> RelayOutcome
 where
-    A: AsyncRead + AsyncWrite + ReadChunk + Unpin + ?Sized,
-    B: AsyncRead + AsyncWrite + ReadChunk + Unpin + ?Sized,
+    A: AsyncRead + WriteInPlace + ReadChunk + Unpin + ?Sized,
+    B: AsyncRead + WriteInPlace + ReadChunk + Unpin + ?Sized,
     F: Future<Output = ()>,
 {
     let mut ab = OneWay::new();
@@ -127,6 +159,7 @@ where
 pub struct Unchunked<'a, T: ?Sized>(pub &'a mut T);
 
 impl<T: ?Sized> ReadChunk for Unchunked<'_, T> {}
+impl<T: AsyncWrite + Unpin + ?Sized> WriteInPlace for Unchunked<'_, T> {}
 
 impl<T: AsyncRead + Unpin + ?Sized> AsyncRead for Unchunked<'_, T> {
     fn poll_read(
@@ -193,7 +226,7 @@ impl OneWay {
     ) -> Poll<io::Result<()>>
     where
         R: AsyncRead + ReadChunk + Unpin + ?Sized,
-        W: AsyncWrite + Unpin + ?Sized,
+        W: WriteInPlace + Unpin + ?Sized,
     {
         if self.done {
             return Poll::Ready(Ok(()));
@@ -256,7 +289,11 @@ impl OneWay {
                 }
             }
             while self.pos < self.cap {
-                let n = ready!(Pin::new(&mut *w).poll_write(cx, &self.buf[self.pos..self.cap]))?;
+                // The bytes written are read over next: the writer may
+                // change them in place (mask them) instead of copying.
+                let n = ready!(
+                    Pin::new(&mut *w).poll_write_in_place(cx, &mut self.buf[self.pos..self.cap])
+                )?;
                 if n == 0 {
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
@@ -342,9 +379,11 @@ mod tests {
         assert_eq!(one.buf.len(), RELAY_FIRST_BUFFER_BYTES);
         let mut source = tokio::io::AsyncReadExt::take(tokio::io::repeat(7), 500_000);
         let mut sink = Vec::new();
-        std::future::poll_fn(|cx| one.poll_copy(cx, &mut Unchunked(&mut source), &mut sink))
-            .await
-            .unwrap();
+        std::future::poll_fn(|cx| {
+            one.poll_copy(cx, &mut Unchunked(&mut source), &mut Unchunked(&mut sink))
+        })
+        .await
+        .unwrap();
         assert_eq!(sink.len(), 500_000);
         assert_eq!(
             one.buf.len(),
@@ -405,7 +444,7 @@ mod tests {
         let mut inbound = server.accept().await.unwrap();
         let mut one = OneWay::new();
         let mut sink = Vec::new();
-        std::future::poll_fn(|cx| one.poll_copy(cx, &mut inbound, &mut sink))
+        std::future::poll_fn(|cx| one.poll_copy(cx, &mut inbound, &mut Unchunked(&mut sink)))
             .await
             .unwrap();
         let _out = writer.await.unwrap();

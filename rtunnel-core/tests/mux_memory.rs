@@ -50,6 +50,9 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
+/// The allocator's count is the process's: one test at a time measures.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn live() -> isize {
     LIVE.load(Ordering::Relaxed)
 }
@@ -102,6 +105,7 @@ async fn until_read(mux: &WireMux, bytes: u64) {
 /// streams a peer may leave waiting to be accepted).
 #[tokio::test(flavor = "current_thread")]
 async fn tiny_frames_held_unread_cost_about_their_bytes() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let (mut raw, mux) = raw_peer().await;
     // Open stream 1 with a window update (no data yet).
     raw.write_all(&Header::new(Kind::WindowUpdate, SYN, 1, 0).encode())
@@ -130,6 +134,7 @@ async fn tiny_frames_held_unread_cost_about_their_bytes() {
 /// buffer of exactly its size.
 #[tokio::test(flavor = "current_thread")]
 async fn frames_of_every_size_held_unread_cost_about_their_bytes() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let (mut raw, mux) = raw_peer().await;
     let sizes = [100usize, 4_000, 16 * 1024 - 1, 16 * 1024, 40_000];
     let mut streams = Vec::new();
@@ -164,6 +169,7 @@ async fn frames_of_every_size_held_unread_cost_about_their_bytes() {
 /// (empty window updates), cost bytes, not a read buffer each.
 #[tokio::test(flavor = "current_thread")]
 async fn a_short_body_does_not_pin_the_read_buffer_it_arrived_in() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let (mut raw, mux) = raw_peer().await;
     raw.write_all(&Header::new(Kind::WindowUpdate, SYN, 1, 0).encode())
         .await

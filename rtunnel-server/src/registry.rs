@@ -68,6 +68,9 @@ impl rtunnel_core::relay::ReadChunk for TunnelStream {
     }
 }
 
+/// The server writes unmasked frames: nothing to gain in place.
+impl rtunnel_core::relay::WriteInPlace for TunnelStream {}
+
 impl AsyncRead for TunnelStream {
     fn poll_read(
         self: Pin<&mut Self>,

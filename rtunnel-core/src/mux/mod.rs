@@ -33,7 +33,7 @@ use std::task::{Context, Poll};
 
 use async_trait::async_trait;
 
-use crate::relay::ReadChunk;
+use crate::relay::{ReadChunk, WriteInPlace};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -171,15 +171,22 @@ impl Default for MuxConfig {
 }
 
 /// Any byte stream a [`Mux`] may hand out; one that holds what it received
-/// in chunks may hand them to a relay whole ([`ReadChunk`]).
+/// in chunks may hand them to a relay whole ([`ReadChunk`]), and one whose
+/// connection can take bytes in place may take a relay's that way
+/// ([`WriteInPlace`]). Both have defaults: a stream type of an embedder's
+/// own needs `impl ReadChunk for T {}` and `impl WriteInPlace for T {}`.
 pub trait MuxIo:
-    AsyncRead + AsyncWrite + ReadChunk + Send + Unpin + std::fmt::Debug + 'static
+    AsyncRead + WriteInPlace + ReadChunk + Send + Unpin + std::fmt::Debug + 'static
 {
 }
 
-impl<T: AsyncRead + AsyncWrite + ReadChunk + Send + Unpin + std::fmt::Debug + 'static> MuxIo for T {}
+impl<T: AsyncRead + WriteInPlace + ReadChunk + Send + Unpin + std::fmt::Debug + 'static> MuxIo
+    for T
+{
+}
 
 impl<S> ReadChunk for Muxed<S> {}
+impl<S: AsyncWrite + Unpin> WriteInPlace for Muxed<S> {}
 
 /// A stream of a [`SharedMux`], whatever carries it.
 pub type MuxStream = Box<dyn MuxIo>;

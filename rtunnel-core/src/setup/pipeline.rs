@@ -30,7 +30,7 @@ use crate::frame::FrameError;
 use crate::proto::{
     self, FRAME_PREFIX_BYTES, MAX_STREAM_HEADER_BYTES, Refusal, StreamHeader, StreamReply,
 };
-use crate::relay::ReadChunk;
+use crate::relay::{ReadChunk, WriteInPlace};
 
 /// What [`ReplyReader::poll_reply`] read.
 #[derive(Debug)]
@@ -491,6 +491,21 @@ impl<S: ReadChunk> ReadChunk for PassReply<S> {
             return None;
         }
         self.io.poll_read_chunk(cx)
+    }
+}
+
+impl<S: WriteInPlace + Unpin> WriteInPlace for PassReply<S> {
+    fn poll_write_in_place(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if let Some(result) = this.write_outcome(buf.len()) {
+            return Poll::Ready(result);
+        }
+        let written = Pin::new(&mut this.io).poll_write_in_place(cx, buf);
+        this.on_write_error(written, buf.len())
     }
 }
 

@@ -8,6 +8,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::frame::{FrameHeader, MAX_CONTROL_PAYLOAD_BYTES, Opcode, apply_mask, extend_masked};
 use super::{CloseHandle, MAX_WRITE_BUFFER_BYTES, MAX_WS_MESSAGE_BYTES};
+use crate::relay::WriteInPlace;
 
 /// Which end of the WebSocket this is: a client masks every frame it
 /// sends, a server requires every frame it reads to be masked (RFC 6455,
@@ -36,7 +37,9 @@ const KEEP_WRITE_BUFFER_BYTES: usize = 4 * 1024;
 /// A server's writes at least this long go from the caller's buffer to the
 /// connection in one vectored write (what is queued, the frame's header,
 /// the payload) instead of through the write buffer: one copy less per
-/// byte. Only what the connection did not take is copied.
+/// byte. Only what the connection did not take is copied. A client's do
+/// the same when the caller lets it mask them in place
+/// ([`WriteInPlace`]).
 const DIRECT_WRITE_MIN_BYTES: usize = 16 * 1024;
 
 const CLOSE_PROTOCOL_ERROR: u16 = 1002;
@@ -218,20 +221,24 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> WsStream<IO> {
         Poll::Ready(Ok(()))
     }
 
-    /// Writes one binary frame of `payload` (unmasked: the server's) and
-    /// what is queued before it in one vectored write. Nothing of the frame
-    /// is taken until the connection takes its first byte; what it does not
-    /// take then is queued.
+    /// Writes one binary frame of `payload` (masked already with `mask`,
+    /// on a client's) and what is queued before it in one vectored write.
+    /// Nothing of the frame is taken until the connection takes its first
+    /// byte, and what it does not take then is queued; with `take_anyway`
+    /// (a masked payload, which cannot be given back as it was) a
+    /// connection that takes nothing now gets the whole frame queued.
     fn poll_write_direct(
         &mut self,
         cx: &mut Context<'_>,
         payload: &[u8],
+        mask: Option<[u8; 4]>,
+        take_anyway: bool,
     ) -> Poll<io::Result<usize>> {
-        let mut head = Vec::with_capacity(10);
+        let mut head = Vec::with_capacity(14);
         FrameHeader {
             fin: true,
             opcode: Opcode::Binary,
-            mask: None,
+            mask,
             len: payload.len() as u64,
         }
         .encode_into(&mut head);
@@ -242,7 +249,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> WsStream<IO> {
                 io::IoSlice::new(&head),
                 io::IoSlice::new(payload),
             ];
-            let n = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &bufs))?;
+            let n = match Pin::new(&mut self.io).poll_write_vectored(cx, &bufs) {
+                Poll::Pending if take_anyway => {
+                    self.out.extend_from_slice(&head);
+                    self.out.extend_from_slice(payload);
+                    return Poll::Ready(Ok(payload.len()));
+                }
+                polled => ready!(polled)?,
+            };
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -583,6 +597,41 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> WsStream<IO> {
     }
 }
 
+impl<IO: AsyncRead + AsyncWrite + Unpin> WriteInPlace for WsStream<IO> {
+    /// A client's large write is masked in the caller's buffer and written
+    /// from there, with what is queued and the frame's header, in one
+    /// vectored write: no copy of the payload. What the connection does
+    /// not take is queued (masked) and counted as written. Any other write
+    /// is [`poll_write`](AsyncWrite::poll_write)'s.
+    fn poll_write_in_place(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.role == Role::Server
+            || buf.len() < DIRECT_WRITE_MIN_BYTES
+            || !this.io.is_write_vectored()
+            || this.close.is_set()
+            || this.close_sent
+        {
+            return Pin::new(this).poll_write(cx, buf);
+        }
+        if this.out.len() - this.out_pos >= WRITE_HIGH_WATER {
+            ready!(this.poll_write_out(cx))?;
+        }
+        let n = buf.len().min(MAX_WRITE_BUFFER_BYTES);
+        let key = rand::random::<[u8; 4]>();
+        apply_mask(&mut buf[..n], key, 0);
+        let written = this.poll_write_direct(cx, &buf[..n], Some(key), true);
+        if matches!(written, Poll::Ready(Err(_))) {
+            // Not taken: the caller's bytes as they were.
+            apply_mask(&mut buf[..n], key, 0);
+        }
+        written
+    }
+}
+
 impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<IO> {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -610,7 +659,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<IO> {
         }
         let n = buf.len().min(MAX_WRITE_BUFFER_BYTES);
         if this.role == Role::Server && n >= DIRECT_WRITE_MIN_BYTES && this.io.is_write_vectored() {
-            return this.poll_write_direct(cx, &buf[..n]);
+            return this.poll_write_direct(cx, &buf[..n], None, false);
         }
         this.queue_frame(Opcode::Binary, &buf[..n]);
         Poll::Ready(Ok(n))

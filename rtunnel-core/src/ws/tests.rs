@@ -2,6 +2,7 @@
 //! RFC 6455) and against raw bytes.
 
 use super::*;
+use crate::relay::WriteInPlace;
 use futures::{SinkExt, StreamExt};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -614,5 +615,82 @@ async fn a_server_writes_large_payloads_from_the_callers_buffer_however_little_t
             got.len(),
             sent.len()
         );
+    }
+}
+
+/// Writes `buf` with [`WriteInPlace::poll_write_in_place`] until all of
+/// it is taken.
+async fn write_all_in_place<W: WriteInPlace + Unpin>(w: &mut W, mut buf: &mut [u8]) {
+    while !buf.is_empty() {
+        let n = std::future::poll_fn(|cx| Pin::new(&mut *w).poll_write_in_place(cx, buf))
+            .await
+            .unwrap();
+        assert!(n > 0);
+        buf = &mut buf[n..];
+    }
+}
+
+#[tokio::test]
+async fn a_client_masks_large_payloads_in_the_callers_buffer_however_little_the_connection_takes() {
+    const FRAME: usize = 256 * 1024;
+    for limit in [1, 7, 13, 100, 5000, 70_000, FRAME + 100, 4 << 20] {
+        let choppy = Choppy {
+            written: Vec::new(),
+            limit,
+            calls: 0,
+        };
+        let mut ours = WsStream::new(choppy, Role::Client, &[]);
+        let mut sent = Vec::new();
+        for i in 0..3u8 {
+            let header = [i; 12];
+            let body: Vec<u8> = (0..FRAME + i as usize)
+                .map(|k| (k % 251) as u8 ^ i)
+                .collect();
+            ours.write_all(&header).await.unwrap();
+            let mut scratch = body.clone();
+            write_all_in_place(&mut ours, &mut scratch).await;
+            if limit == 4 << 20 && i == 0 {
+                // Masked where it was and written from there, with the
+                // header queued before it, in one write.
+                assert_ne!(scratch, body, "the payload was not masked in place");
+                let written = ours.get_ref().written.len();
+                assert_eq!(written, 6 + 12 + 14 + FRAME, "not through the buffer");
+                assert!(ours.buffered_capacity() <= 4096);
+            }
+            ours.flush().await.unwrap();
+            sent.extend_from_slice(&header);
+            sent.extend_from_slice(&body);
+        }
+        // What went out reads back as the same bytes at a server.
+        let bytes = ours.get_ref().written.clone();
+        let (mut a, b) = tokio::io::duplex(bytes.len() + 1);
+        a.write_all(&bytes).await.unwrap();
+        drop(a);
+        let mut reader = WsStream::new(b, Role::Server, &[]);
+        let mut got = Vec::new();
+        reader.read_to_end(&mut got).await.unwrap();
+        assert!(
+            got == sent,
+            "limit {limit}: {} bytes of {}",
+            got.len(),
+            sent.len()
+        );
+    }
+}
+
+/// A small write, or a server's, leaves the caller's buffer as it was.
+#[tokio::test]
+async fn writes_in_place_that_are_not_masked_there_leave_the_buffer_alone() {
+    for (role, len) in [(Role::Client, 100), (Role::Server, 300_000)] {
+        let choppy = Choppy {
+            written: Vec::new(),
+            limit: 4 << 20,
+            calls: 0,
+        };
+        let mut ours = WsStream::new(choppy, role, &[]);
+        let body: Vec<u8> = (0..len).map(|k| (k % 251) as u8).collect();
+        let mut scratch = body.clone();
+        write_all_in_place(&mut ours, &mut scratch).await;
+        assert!(scratch == body, "{role:?}: the buffer changed");
     }
 }

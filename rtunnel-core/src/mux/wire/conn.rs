@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 use super::frame::{ACK, FIN, Header, Kind, RST, SYN};
+use crate::relay::WriteInPlace;
 
 /// Every stream's receive window to begin with, and the credit a sender
 /// starts with: yamux's, so any yamux peer agrees.
@@ -38,9 +39,69 @@ pub(super) const QUEUE_HIGH_WATER: usize = 1024 * 1024;
 pub(super) const SELF_FLUSH_BYTES: usize = 16 * 1024;
 
 /// The transport a connection runs over.
-pub(super) trait Transport: AsyncRead + AsyncWrite + Send {}
+pub(super) trait Transport: AsyncRead + WriteInPlace + Send {}
 
-impl<T: AsyncRead + AsyncWrite + Send> Transport for T {}
+impl<T: AsyncRead + WriteInPlace + Send> Transport for T {}
+
+/// Any transport, taking bytes only as `poll_write` does.
+pub(super) struct Plain<T>(pub(super) Pin<Box<T>>);
+
+impl<T: AsyncRead> AsyncRead for Plain<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.0.as_mut().poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for Plain<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.0.as_mut().poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.0.as_mut().poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.0.as_mut().poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.0.as_mut().poll_shutdown(cx)
+    }
+}
+
+impl<T: AsyncWrite> WriteInPlace for Plain<T> {}
+
+/// Bytes for the transport: to be copied, or for it to take in place.
+pub(super) enum Out<'a> {
+    Copy(&'a [u8]),
+    InPlace(&'a mut [u8]),
+}
+
+impl Out<'_> {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Out::Copy(b) => b,
+            Out::InPlace(b) => b,
+        }
+    }
+}
 
 /// The transport, and the bytes of frames it has not taken yet.
 pub(super) struct Sink {
@@ -66,10 +127,25 @@ impl Sink {
     /// far as it takes them without waiting, and keeps the rest to write
     /// first next time: once called, the bytes are sent, in order.
     pub(super) fn commit(&mut self, cx: &mut Context<'_>, bytes: &[u8]) -> io::Result<()> {
+        self.commit_out(cx, Out::Copy(bytes))
+    }
+
+    /// [`commit`](Self::commit), of bytes the transport may take in place
+    /// ([`WriteInPlace`]): those it took may have changed.
+    pub(super) fn commit_out(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut bytes: Out<'_>,
+    ) -> io::Result<()> {
+        let len = bytes.as_slice().len();
         let mut at = 0;
         if self.pending.is_empty() {
-            while at < bytes.len() {
-                match self.io.as_mut().poll_write(cx, &bytes[at..]) {
+            while at < len {
+                let polled = match &mut bytes {
+                    Out::Copy(b) => self.io.as_mut().poll_write(cx, &b[at..]),
+                    Out::InPlace(b) => self.io.as_mut().poll_write_in_place(cx, &mut b[at..]),
+                };
+                match polled {
                     Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
                     Poll::Ready(Ok(n)) => at += n,
                     Poll::Ready(Err(e)) => return Err(e),
@@ -77,7 +153,7 @@ impl Sink {
                 }
             }
         }
-        self.pending.extend_from_slice(&bytes[at..]);
+        self.pending.extend_from_slice(&bytes.as_slice()[at..]);
         if self.pending.is_empty() && self.pending.capacity() > 0 {
             self.pending = BytesMut::new();
         }
@@ -347,7 +423,8 @@ impl Conn {
 
     /// Sends one data frame of a stream: straight to the transport when
     /// nobody else is using it, else queued for the driver (one copy).
-    fn send_data(&self, cx: &mut Context<'_>, header: Header, body: &[u8]) -> io::Result<()> {
+    fn send_data(&self, cx: &mut Context<'_>, header: Header, body: Out<'_>) -> io::Result<()> {
+        let len = body.as_slice().len();
         if let Ok(mut sink) = self.sink.try_lock()
             && sink.is_drained()
         {
@@ -357,9 +434,9 @@ impl Conn {
             let sent = sink
                 .commit(cx, &queued)
                 .and_then(|()| sink.commit(cx, &header.encode()))
-                .and_then(|()| sink.commit(cx, body));
+                .and_then(|()| sink.commit_out(cx, body));
             self.counters.bytes_out.fetch_add(
-                (queued.len() + super::frame::HEADER_BYTES + body.len()) as u64,
+                (queued.len() + super::frame::HEADER_BYTES + len) as u64,
                 Ordering::Relaxed,
             );
             if let Err(e) = sent {
@@ -375,7 +452,7 @@ impl Conn {
                 self.wake_driver_to_flush();
                 return Ok(());
             }
-            if body.len() >= SELF_FLUSH_BYTES {
+            if len >= SELF_FLUSH_BYTES {
                 let flushed = sink.io.as_mut().poll_flush(cx);
                 drop(sink);
                 match flushed {
@@ -390,7 +467,7 @@ impl Conn {
         }
         let mut st = self.state();
         st.queued.extend_from_slice(&header.encode());
-        st.queued.extend_from_slice(body);
+        st.queued.extend_from_slice(body.as_slice());
         drop(st);
         self.want_flush();
         Ok(())
@@ -486,7 +563,28 @@ impl Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if buf.is_empty() {
+        self.poll_write_out(id, cx, Out::Copy(buf))
+    }
+
+    /// [`poll_write`](Self::poll_write) of bytes the transport may take in
+    /// place ([`WriteInPlace`]).
+    pub(super) fn poll_write_in_place(
+        &self,
+        id: u32,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_out(id, cx, Out::InPlace(buf))
+    }
+
+    fn poll_write_out(
+        &self,
+        id: u32,
+        cx: &mut Context<'_>,
+        buf: Out<'_>,
+    ) -> Poll<io::Result<usize>> {
+        let len = buf.as_slice().len();
+        if len == 0 {
             return Poll::Ready(Ok(0));
         }
         let n = {
@@ -527,13 +625,17 @@ impl Conn {
                 self.want_flush();
                 return Poll::Pending;
             }
-            let n = buf.len().min(s.send_credit as usize).min(self.split);
+            let n = len.min(s.send_credit as usize).min(self.split);
             s.send_credit -= n as u32;
             (n, std::mem::take(&mut s.flags))
         };
         let (n, flags) = n;
         let header = Header::new(Kind::Data, flags, id, n as u32);
-        self.send_data(cx, header, &buf[..n])?;
+        let body = match buf {
+            Out::Copy(b) => Out::Copy(&b[..n]),
+            Out::InPlace(b) => Out::InPlace(&mut b[..n]),
+        };
+        self.send_data(cx, header, body)?;
         Poll::Ready(Ok(n))
     }
 

@@ -372,6 +372,8 @@ impl AsyncRead for Gone {
     }
 }
 
+impl crate::relay::WriteInPlace for Gone {}
+
 impl AsyncWrite for Gone {
     fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<io::Result<usize>> {
         Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()))

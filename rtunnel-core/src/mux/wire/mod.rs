@@ -62,6 +62,7 @@
 
 use std::collections::HashMap;
 use std::future::poll_fn;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
@@ -72,6 +73,8 @@ use futures::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
+
+use crate::relay::WriteInPlace;
 
 use super::{
     MAX_OPEN_STREAMS, MAX_PENDING_INBOUND, Mux, MuxConfig, MuxCounters, MuxError, YAMUX_MAX_STREAMS,
@@ -87,7 +90,7 @@ mod stream;
 #[cfg(test)]
 mod tests;
 
-use conn::{Conn, Counters, INITIAL_WINDOW, MAX_ACK_BACKLOG, Sink, State, StreamState};
+use conn::{Conn, Counters, INITIAL_WINDOW, MAX_ACK_BACKLOG, Plain, Sink, State, StreamState};
 pub use stream::WireStream;
 
 /// rtunnel's yamux, driven by its own task; see the [module](self).
@@ -112,7 +115,19 @@ impl WireMux {
     where
         T: AsyncRead + AsyncWrite + Send + 'static,
     {
-        Self::spawn(io, config, true)
+        Self::spawn(Box::pin(Plain(Box::pin(io))), config, true)
+    }
+
+    /// Like [`client`](Self::client), over a transport that may take a
+    /// data frame's body by changing it in place ([`WriteInPlace`]): a
+    /// WebSocket client ([`WsStream`](crate::ws::WsStream)) masks the
+    /// bytes a relay wrote in the relay's own buffer instead of copying
+    /// them first.
+    pub fn client_in_place<T>(io: T, config: &MuxConfig) -> Self
+    where
+        T: AsyncRead + WriteInPlace + Send + 'static,
+    {
+        Self::spawn(Box::pin(io), config, true)
     }
 
     /// Runs the accepting side (even stream ids).
@@ -120,15 +135,12 @@ impl WireMux {
     where
         T: AsyncRead + AsyncWrite + Send + 'static,
     {
-        Self::spawn(io, config, false)
+        Self::spawn(Box::pin(Plain(Box::pin(io))), config, false)
     }
 
-    fn spawn<T>(io: T, config: &MuxConfig, client: bool) -> Self
-    where
-        T: AsyncRead + AsyncWrite + Send + 'static,
-    {
+    fn spawn(io: Pin<Box<dyn conn::Transport>>, config: &MuxConfig, client: bool) -> Self {
         let conn = Arc::new(Conn {
-            sink: Mutex::new(Sink::new(Box::pin(io))),
+            sink: Mutex::new(Sink::new(io)),
             state: Mutex::new(State {
                 streams: HashMap::new(),
                 next_id: if client { 1 } else { 2 },

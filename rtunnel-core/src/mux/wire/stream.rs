@@ -10,7 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::conn::Conn;
-use crate::relay::ReadChunk;
+use crate::relay::{ReadChunk, WriteInPlace};
 
 /// A stream of a [`WireMux`](super::WireMux), with tokio's IO traits.
 ///
@@ -92,6 +92,19 @@ impl AsyncWrite for WireStream {
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(self.conn.shutdown_stream(self.id))
+    }
+}
+
+impl WriteInPlace for WireStream {
+    /// One data frame, whose body the connection's transport may take in
+    /// place (a WebSocket client masks it there): see
+    /// [`WireMux::client_in_place`](super::WireMux::client_in_place).
+    fn poll_write_in_place(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        self.conn.poll_write_in_place(self.id, cx, buf)
     }
 }
 

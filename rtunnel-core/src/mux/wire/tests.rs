@@ -486,3 +486,102 @@ async fn a_frame_left_at_a_full_transport_is_written_when_it_drains() {
     }
     assert_eq!(got, b"ab");
 }
+
+/// A transport that counts the bytes offered to it in place.
+struct InPlaceCounter {
+    io: DuplexStream,
+    in_place: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl AsyncRead for InPlaceCounter {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for InPlaceCounter {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+impl crate::relay::WriteInPlace for InPlaceCounter {
+    fn poll_write_in_place(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = polled {
+            self.in_place
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+/// Relays 1 MB from a socket into a stream of a connection made with
+/// `in_place` or not; how many bytes its transport was offered in place.
+async fn relayed_in_place(in_place: bool) -> usize {
+    let (a, b) = tokio::io::duplex(256 * 1024);
+    let counted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let io = InPlaceCounter {
+        io: a,
+        in_place: counted.clone(),
+    };
+    let cfg = MuxConfig::default();
+    let client = match in_place {
+        true => WireMux::client_in_place(io, &cfg),
+        false => WireMux::client(io, &cfg),
+    };
+    let server = WireMux::server(b, &cfg);
+    let data = pattern(1 << 20, 5);
+    let (mut source, mut feed) = tokio::io::duplex(64 * 1024);
+    let sent = data.clone();
+    tokio::spawn(async move {
+        feed.write_all(&sent).await.unwrap();
+    });
+    let mut stream = client.open().await.unwrap();
+    let relay =
+        tokio::spawn(async move { crate::relay::relay_chunks(&mut source, &mut stream).await });
+    let mut peer = server.accept().await.unwrap();
+    let mut got = vec![0u8; data.len()];
+    tokio::time::timeout(LONG, peer.read_exact(&mut got))
+        .await
+        .expect("the bytes arrived")
+        .unwrap();
+    assert!(got == data, "the relayed bytes differ");
+    relay.abort();
+    counted.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A relay's buffer reaches the transport in place through a connection
+/// made for it, and never through any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relays_buffer_reaches_an_in_place_transport_in_place() {
+    let offered = relayed_in_place(true).await;
+    assert!(offered >= 1 << 19, "{offered} bytes offered in place");
+    assert_eq!(relayed_in_place(false).await, 0);
+}
