@@ -1,7 +1,7 @@
 //! The behaviour every [`Mux`] over a byte transport must have, as checks
-//! that run against any of them: [`WireMux`](super::WireMux) and
-//! [`YamuxMux`](super::YamuxMux) run them in this crate's tests, and so
-//! should a multiplexer a service embedding rtunnel brings.
+//! that run against any of them: [`WireMux`] and [`YamuxMux`] run them in
+//! this crate's tests, and so should a multiplexer a service embedding
+//! rtunnel brings.
 //!
 //! Each check builds a connection's two ends over an in-memory pipe with
 //! an [`Ends`], and panics when the connection does something else than
