@@ -1,6 +1,8 @@
 //! The connection under the agent's WebSockets: TCP, or TLS over it, with
-//! vectored writes passed through (a frame's header and its payload leave
-//! in one system call, or one TLS record, without being copied together).
+//! vectored writes passed through: over TCP a frame's header and its
+//! payload leave in one system call without being copied together; over
+//! TLS rustls takes at most what fits its send buffer per write (the
+//! WebSocket queues the rest).
 
 use std::io;
 use std::pin::Pin;

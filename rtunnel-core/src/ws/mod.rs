@@ -26,6 +26,7 @@ pub mod fuzzing;
 pub mod handshake;
 mod stream;
 
+pub(crate) use stream::DIRECT_WRITE_MIN_BYTES;
 pub use stream::{READ_AHEAD_BYTES, Role, WsStream};
 
 /// The longest frame payload written: one full yamux data frame, header

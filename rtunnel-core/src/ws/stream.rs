@@ -40,7 +40,7 @@ const KEEP_WRITE_BUFFER_BYTES: usize = 4 * 1024;
 /// byte. Only what the connection did not take is copied. A client's do
 /// the same when the caller lets it mask them in place
 /// ([`WriteInPlace`]).
-const DIRECT_WRITE_MIN_BYTES: usize = 16 * 1024;
+pub(crate) const DIRECT_WRITE_MIN_BYTES: usize = 16 * 1024;
 
 const CLOSE_PROTOCOL_ERROR: u16 = 1002;
 const CLOSE_TOO_BIG: u16 = 1009;

@@ -38,6 +38,12 @@ pub(super) const QUEUE_HIGH_WATER: usize = 1024 * 1024;
 /// is nothing to gain by waiting for other streams' frames.
 pub(super) const SELF_FLUSH_BYTES: usize = 16 * 1024;
 
+// A WebSocket takes a body in place only from this length on, and may then
+// leave the writer's waker at the socket while saying it took everything:
+// such a body must be one the writer flushes itself (which wakes the
+// driver when the flush waits).
+const _: () = assert!(crate::ws::DIRECT_WRITE_MIN_BYTES >= SELF_FLUSH_BYTES);
+
 /// The transport a connection runs over.
 pub(super) trait Transport: AsyncRead + WriteInPlace + Send {}
 
@@ -146,8 +152,12 @@ impl Sink {
                     Out::InPlace(b) => self.io.as_mut().poll_write_in_place(cx, &mut b[at..]),
                 };
                 match polled {
-                    Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
-                    Poll::Ready(Ok(n)) => at += n,
+                    Poll::Ready(Ok(n)) if n > 0 => at += n,
+                    // Bytes taken in place may have changed: the frame's
+                    // rest is kept, and the driver meets the failure when
+                    // it writes it (the caller's bytes count as taken).
+                    Poll::Ready(_) if at > 0 && matches!(bytes, Out::InPlace(_)) => break,
+                    Poll::Ready(Ok(_)) => return Err(io::ErrorKind::WriteZero.into()),
                     Poll::Ready(Err(e)) => return Err(e),
                     Poll::Pending => break,
                 }
@@ -197,10 +207,17 @@ impl Body<'_> {
     }
 }
 
+/// Short bodies gathered into one buffer up to this many bytes; the next
+/// goes into a new one. Bodies this long or longer arrive in buffers of
+/// their own.
+pub(super) const TAIL_BYTES: usize = 16 * 1024;
+
 /// A stream's received data not read yet, in order: long bodies whole,
-/// short ones gathered into one buffer. A peer sending one-byte frames
-/// makes the stream hold about one byte per byte of window, not a buffer
-/// and a queue entry per frame.
+/// short ones gathered into buffers of up to [`TAIL_BYTES`]. A peer sending
+/// one-byte frames makes the stream hold about one byte per byte of
+/// window, not a buffer and a queue entry per frame; whatever the sizes,
+/// what waits unread costs at most a quarter more than its bytes, and the
+/// buffer being filled at most twice [`TAIL_BYTES`].
 #[derive(Default)]
 struct Recv {
     /// Long bodies, and gathered short ones, in order: older than `tail`.
@@ -214,7 +231,12 @@ impl Recv {
     fn push(&mut self, body: Body<'_>) {
         self.len += body.len();
         match body {
-            Body::Small(b) => self.tail.extend_from_slice(b),
+            Body::Small(b) => {
+                if self.tail.len() + b.len() > TAIL_BYTES {
+                    self.seal_tail();
+                }
+                self.tail.extend_from_slice(b);
+            }
             Body::Large(b) => {
                 self.seal_tail();
                 self.chunks.push_back(b);
@@ -222,18 +244,29 @@ impl Recv {
         }
     }
 
-    /// Moves the gathered short bodies to the queue, as one chunk.
+    /// Moves the gathered short bodies to the queue, as one chunk: a
+    /// buffer much larger than what it holds (it grows by doubling) is
+    /// copied to one of its size first, since the chunk may wait long.
     fn seal_tail(&mut self) {
-        if !self.tail.is_empty() {
-            self.chunks
-                .push_back(std::mem::take(&mut self.tail).freeze());
+        if self.tail.is_empty() {
+            return;
         }
+        let tail = std::mem::take(&mut self.tail);
+        let chunk = if tail.capacity() > tail.len() + tail.len() / 4 {
+            Bytes::copy_from_slice(&tail)
+        } else {
+            tail.freeze()
+        };
+        self.chunks.push_back(chunk);
     }
 
     /// The oldest chunk whole, or nothing when nothing waits.
     fn next_chunk(&mut self) -> Bytes {
-        self.seal_tail();
-        let chunk = self.chunks.pop_front().unwrap_or_default();
+        let chunk = match self.chunks.pop_front() {
+            Some(chunk) => chunk,
+            // Handed to a reader now, not kept: no copy to a snug buffer.
+            None => std::mem::take(&mut self.tail).freeze(),
+        };
         self.len -= chunk.len();
         chunk
     }

@@ -29,7 +29,7 @@ const MAX_UNSENT_ANSWERS: usize = 64 * 1024;
 /// own (straight from the transport, never zeroed) and handed out whole;
 /// shorter ones are read with their neighbours and copied into their
 /// stream's buffer of short bodies.
-const OWN_BUFFER_BYTES: usize = 16 * 1024;
+const OWN_BUFFER_BYTES: usize = super::conn::TAIL_BYTES;
 
 /// What a read asks for at least: several small frames per system call.
 const READ_CHUNK: usize = 16 * 1024;

@@ -487,7 +487,9 @@ async fn a_frame_left_at_a_full_transport_is_written_when_it_drains() {
     assert_eq!(got, b"ab");
 }
 
-/// A transport that counts the bytes offered to it in place.
+/// A transport that counts the bytes it takes in place, and scrambles
+/// them once taken (as a WebSocket client's masking changes them): a byte
+/// sent again from the caller's buffer would arrive scrambled.
 struct InPlaceCounter {
     io: DuplexStream,
     in_place: Arc<std::sync::atomic::AtomicUsize>,
@@ -537,6 +539,9 @@ impl crate::relay::WriteInPlace for InPlaceCounter {
         if let std::task::Poll::Ready(Ok(n)) = polled {
             self.in_place
                 .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            for b in &mut buf[..n] {
+                *b ^= 0xa5;
+            }
         }
         polled
     }
@@ -578,10 +583,11 @@ async fn relayed_in_place(in_place: bool) -> usize {
 }
 
 /// A relay's buffer reaches the transport in place through a connection
-/// made for it, and never through any other.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// made for it (whenever the transport has room at once), and never
+/// through any other; what is taken in place is never sent again.
+#[tokio::test]
 async fn a_relays_buffer_reaches_an_in_place_transport_in_place() {
     let offered = relayed_in_place(true).await;
-    assert!(offered >= 1 << 19, "{offered} bytes offered in place");
+    assert!(offered > 0, "nothing was offered in place");
     assert_eq!(relayed_in_place(false).await, 0);
 }
