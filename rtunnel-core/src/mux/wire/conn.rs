@@ -31,6 +31,15 @@ const MAX_WINDOW: u32 = 16 * 1024 * 1024;
 /// opens waits for the peer's acceptor instead of being reset by it.
 pub(super) const MAX_ACK_BACKLOG: usize = 256;
 
+/// Bytes the streams the peer opened may hold before this side's
+/// application accepted them, together: past it, the stream whose data
+/// would go over is reset and what it held let go. Without it a peer could
+/// fill the windows of the 256 streams that may wait to be accepted: 64 MiB
+/// per connection. A stream waits for `accept` only briefly (the server's
+/// and the agent's acceptors take each at once), so this is room for 32
+/// full windows arriving before their acceptor runs.
+pub(super) const MAX_UNACCEPTED_BYTES: usize = 8 * 1024 * 1024;
+
 /// Frames queued for the driver beyond this many bytes make writers wait.
 pub(super) const QUEUE_HIGH_WATER: usize = 1024 * 1024;
 
@@ -323,6 +332,9 @@ pub(super) struct StreamState {
     send_fin: bool,
     /// The peer acknowledged the stream (always, for the peer's streams).
     acked: bool,
+    /// The peer opened it and the application has not accepted it yet:
+    /// what it holds counts against [`MAX_UNACCEPTED_BYTES`].
+    pub(super) waiting: bool,
     /// SYN (a stream this side opened) or ACK (one it accepted) for the
     /// stream's first frame, as yamux does: the first data leaves with it.
     pub(super) flags: u16,
@@ -343,10 +355,16 @@ impl StreamState {
             send_credit,
             send_fin: false,
             acked,
+            waiting: false,
             flags,
             reader: None,
             writer: None,
         }
+    }
+
+    /// Bytes received and not read yet.
+    pub(super) fn recv_len(&self) -> usize {
+        self.recv.len
     }
 
     fn wake(&mut self) {
@@ -387,6 +405,8 @@ pub(super) struct State {
     /// Receive window that streams may still grow into, beyond their
     /// initial windows.
     pub(super) budget: usize,
+    /// Bytes held by the streams the peer opened that wait to be accepted.
+    pub(super) unaccepted: usize,
 }
 
 /// A connection's shared half.
@@ -698,6 +718,9 @@ impl Conn {
             return;
         };
         st.budget += (s.window - INITIAL_WINDOW) as usize;
+        if s.waiting {
+            st.unaccepted -= s.recv.len;
+        }
         if !s.acked {
             st.acknowledged();
         }
@@ -790,7 +813,9 @@ impl State {
                     .checked_add(header.length)
                     .ok_or(Violation::CreditOverflow(id))?;
             }
-            self.streams.insert(id, StreamState::new(credit, true, 0));
+            let mut stream = StreamState::new(credit, true, 0);
+            stream.waiting = true;
+            self.streams.insert(id, stream);
             self.apply(header, body)?;
             return Ok(Received::Opened(id));
         }
@@ -828,7 +853,20 @@ impl State {
                 if len > 0 && s.recv_credit == 0 {
                     s.starved = true;
                 }
-                if len > 0 && !s.recv_fin {
+                if len > 0 && !s.recv_fin && !s.reset {
+                    if s.waiting {
+                        if self.unaccepted + body.len() > MAX_UNACCEPTED_BYTES {
+                            // Refused: reset, and what it held let go.
+                            self.unaccepted -= s.recv.len;
+                            s.recv = Recv::default();
+                            s.reset = true;
+                            s.wake();
+                            let reset = Header::new(Kind::WindowUpdate, RST, id, 0);
+                            self.queued.extend_from_slice(&reset.encode());
+                            return Ok(());
+                        }
+                        self.unaccepted += body.len();
+                    }
                     s.recv.push(body);
                     wake_reader = true;
                 }

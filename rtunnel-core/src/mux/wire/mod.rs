@@ -150,6 +150,7 @@ impl WireMux {
                 ack_waiters: Vec::new(),
                 ended: None,
                 budget: config.window_budget,
+                unaccepted: 0,
             }),
             counters: Counters::default(),
             split: config
@@ -228,9 +229,19 @@ impl Mux for WireMux {
         // Acknowledged with the first frame the application sends on it, as
         // yamux does: the peer's opens wait (past its backlog) for this
         // side's acceptor, not for its driver.
-        if let Some(s) = self.conn.state().streams.get_mut(&stream.id()) {
+        let mut st = self.conn.state();
+        let State {
+            streams,
+            unaccepted,
+            ..
+        } = &mut *st;
+        if let Some(s) = streams.get_mut(&stream.id()) {
             s.flags |= frame::ACK;
+            if std::mem::take(&mut s.waiting) {
+                *unaccepted -= s.recv_len();
+            }
         }
+        drop(st);
         Some(stream)
     }
 

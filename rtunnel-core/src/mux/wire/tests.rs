@@ -591,3 +591,61 @@ async fn a_relays_buffer_reaches_an_in_place_transport_in_place() {
     assert!(offered > 0, "nothing was offered in place");
     assert_eq!(relayed_in_place(false).await, 0);
 }
+
+/// Streams the peer opened hold at most `MAX_UNACCEPTED_BYTES` together
+/// before they are accepted: the stream whose data would go past it is
+/// reset and what it held let go; accepting a stream gives its bytes back
+/// to the budget, and the streams within it read whole.
+#[tokio::test]
+async fn streams_nobody_accepted_yet_hold_a_bounded_number_of_bytes() {
+    let (mut peer, server) = RawPeer::new();
+    let window = conn::INITIAL_WINDOW as usize;
+    let fit = conn::MAX_UNACCEPTED_BYTES / window;
+    let body = pattern(window, 9);
+    // One stream more than fits, each sent its whole window.
+    for i in 0..=fit as u32 {
+        let id = 2 * i + 1;
+        peer.send(Header::new(Kind::WindowUpdate, SYN, id, 0), &[])
+            .await;
+        for piece in body.chunks(64 * 1024) {
+            peer.send(Header::new(Kind::Data, 0, id, piece.len() as u32), piece)
+                .await;
+        }
+    }
+    let last = 2 * fit as u32 + 1;
+    loop {
+        let (header, _) = peer.next().await.expect("the reset arrives");
+        if header.has(RST) {
+            assert_eq!(header.stream, last, "another stream was reset");
+            break;
+        }
+    }
+    assert_eq!(server.conn.state().unaccepted, fit * window);
+    // The first stream reads whole; taking it frees its bytes.
+    let mut first = server.accept().await.unwrap();
+    assert_eq!(
+        server.conn.state().unaccepted,
+        (fit - 1) * window,
+        "accepting gave nothing back"
+    );
+    let mut got = vec![0u8; window];
+    first.read_exact(&mut got).await.unwrap();
+    assert!(got == body);
+    // Room for one more window now.
+    let next = last + 2;
+    peer.send(Header::new(Kind::WindowUpdate, SYN, next, 0), &[])
+        .await;
+    peer.send(Header::new(Kind::Data, 0, next, window as u32), &body)
+        .await;
+    for _ in 1..fit {
+        server.accept().await.unwrap();
+    }
+    let mut refused = server.accept().await.unwrap();
+    let err = refused.read(&mut got).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+    let mut late = server.accept().await.unwrap();
+    assert_eq!(late.id(), next);
+    late.read_exact(&mut got).await.unwrap();
+    assert!(got == body);
+    assert_eq!(server.conn.state().unaccepted, 0);
+}
