@@ -102,14 +102,15 @@ fn pair<E: Ends>() -> (E::Mux, E::Mux) {
     (E::client(a, &config), E::server(b, &config))
 }
 
-fn pattern(len: usize, seed: u32) -> Vec<u8> {
+/// `len` bytes of a pattern that differs by `seed`.
+pub(crate) fn pattern(len: usize, seed: u32) -> Vec<u8> {
     (0..len as u32)
         .map(|i| (i.wrapping_mul(31) ^ seed) as u8)
         .collect()
 }
 
 /// Echoes every stream `m` accepts, after reading it to its end.
-fn echo_all<M: Mux>(m: Arc<M>) {
+pub(crate) fn echo_all<M: Mux>(m: Arc<M>) {
     tokio::spawn(async move {
         while let Some(mut s) = m.accept().await {
             tokio::spawn(async move {
@@ -137,16 +138,22 @@ async fn round_trip<M: Mux>(m: &M, len: usize, seed: u32) {
     assert!(back == data, "stream {seed}: the echo differs");
 }
 
+/// Eight round trips at once on `m`, of different lengths past a
+/// stream's window, against a peer that echoes ([`echo_all`]).
+pub(crate) async fn many_round_trips<M: Mux>(m: &M) {
+    let trips = (0..8u32).map(|i| round_trip(m, 300_000 + i as usize * 77_777, i));
+    tokio::time::timeout(LONG, futures::future::join_all(trips))
+        .await
+        .expect("the round trips finished");
+}
+
 /// Eight streams at once, of different lengths past their windows, carry
 /// their bytes both ways, in order, and the counters count them.
 pub async fn streams_carry_bytes_both_ways<E: Ends>() {
     let (client, server) = pair::<E>();
     let server = Arc::new(server);
     echo_all(server.clone());
-    let trips = (0..8u32).map(|i| round_trip(&client, 300_000 + i as usize * 77_777, i));
-    tokio::time::timeout(LONG, futures::future::join_all(trips))
-        .await
-        .expect("the round trips finished");
+    many_round_trips(&client).await;
     assert_eq!(client.counters().streams_opened, 8);
     assert_eq!(server.counters().streams_accepted, 8);
     assert!(client.counters().bytes_out >= 8 * 300_000);

@@ -523,6 +523,27 @@ struct Choppy {
     calls: usize,
 }
 
+impl Choppy {
+    fn new(limit: usize) -> Self {
+        Choppy {
+            written: Vec::new(),
+            limit,
+            calls: 0,
+        }
+    }
+}
+
+/// What a WebSocket end of `role` reads from `bytes`, to its end.
+async fn read_back(bytes: &[u8], role: Role) -> Vec<u8> {
+    let (mut a, b) = tokio::io::duplex(bytes.len() + 1);
+    a.write_all(bytes).await.unwrap();
+    drop(a);
+    let mut reader = WsStream::new(b, role, &[]);
+    let mut got = Vec::new();
+    reader.read_to_end(&mut got).await.unwrap();
+    got
+}
+
 impl AsyncRead for Choppy {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -575,12 +596,7 @@ async fn a_server_writes_large_payloads_from_the_callers_buffer_however_little_t
  {
     const FRAME: usize = 256 * 1024;
     for limit in [1, 7, 13, 100, 5000, 70_000, FRAME + 100, 4 << 20] {
-        let choppy = Choppy {
-            written: Vec::new(),
-            limit,
-            calls: 0,
-        };
-        let mut ours = WsStream::new(choppy, Role::Server, &[]);
+        let mut ours = WsStream::new(Choppy::new(limit), Role::Server, &[]);
         let mut sent = Vec::new();
         for i in 0..3u8 {
             // As yamux writes a frame: a 12-byte header, then the body.
@@ -602,13 +618,7 @@ async fn a_server_writes_large_payloads_from_the_callers_buffer_however_little_t
             sent.extend_from_slice(&body);
         }
         // What went out reads back as the same bytes, in whole frames.
-        let bytes = ours.get_ref().written.clone();
-        let (mut a, b) = tokio::io::duplex(bytes.len() + 1);
-        a.write_all(&bytes).await.unwrap();
-        drop(a);
-        let mut reader = WsStream::new(b, Role::Client, &[]);
-        let mut got = Vec::new();
-        reader.read_to_end(&mut got).await.unwrap();
+        let got = read_back(&ours.get_ref().written, Role::Client).await;
         assert!(
             got == sent,
             "limit {limit}: {} bytes of {}",
@@ -634,12 +644,7 @@ async fn write_all_in_place<W: WriteInPlace + Unpin>(w: &mut W, mut buf: &mut [u
 async fn a_client_masks_large_payloads_in_the_callers_buffer_however_little_the_connection_takes() {
     const FRAME: usize = 256 * 1024;
     for limit in [1, 7, 13, 100, 5000, 70_000, FRAME + 100, 4 << 20] {
-        let choppy = Choppy {
-            written: Vec::new(),
-            limit,
-            calls: 0,
-        };
-        let mut ours = WsStream::new(choppy, Role::Client, &[]);
+        let mut ours = WsStream::new(Choppy::new(limit), Role::Client, &[]);
         let mut sent = Vec::new();
         for i in 0..3u8 {
             let header = [i; 12];
@@ -662,13 +667,7 @@ async fn a_client_masks_large_payloads_in_the_callers_buffer_however_little_the_
             sent.extend_from_slice(&body);
         }
         // What went out reads back as the same bytes at a server.
-        let bytes = ours.get_ref().written.clone();
-        let (mut a, b) = tokio::io::duplex(bytes.len() + 1);
-        a.write_all(&bytes).await.unwrap();
-        drop(a);
-        let mut reader = WsStream::new(b, Role::Server, &[]);
-        let mut got = Vec::new();
-        reader.read_to_end(&mut got).await.unwrap();
+        let got = read_back(&ours.get_ref().written, Role::Server).await;
         assert!(
             got == sent,
             "limit {limit}: {} bytes of {}",
@@ -682,12 +681,7 @@ async fn a_client_masks_large_payloads_in_the_callers_buffer_however_little_the_
 #[tokio::test]
 async fn writes_in_place_that_are_not_masked_there_leave_the_buffer_alone() {
     for (role, len) in [(Role::Client, 100), (Role::Server, 300_000)] {
-        let choppy = Choppy {
-            written: Vec::new(),
-            limit: 4 << 20,
-            calls: 0,
-        };
-        let mut ours = WsStream::new(choppy, role, &[]);
+        let mut ours = WsStream::new(Choppy::new(4 << 20), role, &[]);
         let body: Vec<u8> = (0..len).map(|k| (k % 251) as u8).collect();
         let mut scratch = body.clone();
         write_all_in_place(&mut ours, &mut scratch).await;

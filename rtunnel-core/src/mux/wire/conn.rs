@@ -59,25 +59,25 @@ pub(super) trait Transport: AsyncRead + WriteInPlace + Send {}
 impl<T: AsyncRead + WriteInPlace + Send> Transport for T {}
 
 /// Any transport, taking bytes only as `poll_write` does.
-pub(super) struct Plain<T>(pub(super) Pin<Box<T>>);
+pub(super) struct Plain<T>(pub(super) T);
 
-impl<T: AsyncRead> AsyncRead for Plain<T> {
+impl<T: AsyncRead + Unpin> AsyncRead for Plain<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        self.0.as_mut().poll_read(cx, buf)
+        Pin::new(&mut self.0).poll_read(cx, buf)
     }
 }
 
-impl<T: AsyncWrite> AsyncWrite for Plain<T> {
+impl<T: AsyncWrite + Unpin> AsyncWrite for Plain<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.0.as_mut().poll_write(cx, buf)
+        Pin::new(&mut self.0).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -85,7 +85,7 @@ impl<T: AsyncWrite> AsyncWrite for Plain<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.0.as_mut().poll_write_vectored(cx, bufs)
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -93,15 +93,15 @@ impl<T: AsyncWrite> AsyncWrite for Plain<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.0.as_mut().poll_flush(cx)
+        Pin::new(&mut self.0).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.0.as_mut().poll_shutdown(cx)
+        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 
-impl<T: AsyncWrite> WriteInPlace for Plain<T> {}
+impl<T: AsyncWrite + Unpin> WriteInPlace for Plain<T> {}
 
 /// Bytes for the transport: to be copied, or for it to take in place.
 pub(super) enum Out<'a> {

@@ -113,9 +113,9 @@ impl WireMux {
     /// control stream).
     pub fn client<T>(io: T, config: &MuxConfig) -> Self
     where
-        T: AsyncRead + AsyncWrite + Send + 'static,
+        T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        Self::spawn(Box::pin(Plain(Box::pin(io))), config, true)
+        Self::spawn(Box::pin(Plain(io)), config, true)
     }
 
     /// Like [`client`](Self::client), over a transport that may take a
@@ -133,9 +133,9 @@ impl WireMux {
     /// Runs the accepting side (even stream ids).
     pub fn server<T>(io: T, config: &MuxConfig) -> Self
     where
-        T: AsyncRead + AsyncWrite + Send + 'static,
+        T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        Self::spawn(Box::pin(Plain(Box::pin(io))), config, false)
+        Self::spawn(Box::pin(Plain(io)), config, false)
     }
 
     fn spawn(io: Pin<Box<dyn conn::Transport>>, config: &MuxConfig, client: bool) -> Self {

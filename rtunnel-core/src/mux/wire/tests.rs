@@ -9,6 +9,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream
 use super::frame::{self, ACK, FIN, HEADER_BYTES, Header, Kind, RST, SESSION_ID, SYN};
 use super::*;
 use crate::mux::YamuxMux;
+use crate::mux::conformance::{echo_all, many_round_trips, pattern};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -19,49 +20,6 @@ fn pair() -> (WireMux, WireMux) {
     let (a, b) = tokio::io::duplex(256 * 1024);
     let cfg = MuxConfig::default();
     (WireMux::client(a, &cfg), WireMux::server(b, &cfg))
-}
-
-fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    (0..len as u32)
-        .map(|i| (i.wrapping_mul(31) ^ seed) as u8)
-        .collect()
-}
-
-/// Echoes every stream `m` accepts, after reading it to its end.
-fn echo_all<M: Mux>(m: Arc<M>) {
-    tokio::spawn(async move {
-        while let Some(mut s) = m.accept().await {
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                s.read_to_end(&mut buf).await.unwrap();
-                s.write_all(&buf).await.unwrap();
-                s.shutdown().await.unwrap();
-            });
-        }
-    });
-}
-
-/// Sends `len` bytes on a new stream of `m`, half-closes, reads the echo.
-async fn round_trip<M: Mux>(m: &M, len: usize, seed: u32) {
-    let mut s = m.open().await.unwrap();
-    let data = pattern(len, seed);
-    let (mut r, mut w) = tokio::io::split(&mut s);
-    let send = async {
-        w.write_all(&data).await.unwrap();
-        w.shutdown().await.unwrap();
-    };
-    let mut back = Vec::new();
-    let recv = r.read_to_end(&mut back);
-    let (_, got) = tokio::join!(send, recv);
-    got.unwrap();
-    assert!(back == data, "stream {seed}: the echo differs");
-}
-
-async fn many_round_trips<M: Mux>(m: &M) {
-    let trips = (0..8u32).map(|i| round_trip(m, 300_000 + i as usize * 77_777, i));
-    tokio::time::timeout(LONG, futures::future::join_all(trips))
-        .await
-        .expect("the round trips finished");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
