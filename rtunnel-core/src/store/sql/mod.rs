@@ -1271,4 +1271,39 @@ mod tests {
         assert!(!s.pool.options().get_test_before_acquire());
         assert!(!s.log_pool.options().get_test_before_acquire());
     }
+
+    #[tokio::test]
+    async fn the_retention_index_holds_closed_entries_only_and_still_serves_retention() {
+        // Every connection's open inserts an access-log entry with no
+        // `closed_at`: an index of every entry took one B-tree insert more
+        // per open, for rows retention never looks up.
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqlStore::open(&dir.path().join("rtunnel.db"))
+            .await
+            .unwrap();
+        let (sql,): (String,) =
+            sqlx::query_as("SELECT sql FROM sqlite_master WHERE name = 'access_logs_closed'")
+                .fetch_one(&s.pool)
+                .await
+                .unwrap();
+        assert!(sql.ends_with("WHERE closed_at IS NOT NULL"), "{sql}");
+        // The planner must still see that `closed_at < $1` implies the
+        // index's condition, or retention would scan the whole table.
+        let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(
+            "EXPLAIN QUERY PLAN SELECT id FROM access_logs WHERE closed_at < $1 LIMIT $2",
+        )
+        .bind(1_i64)
+        .bind(10_i64)
+        .fetch_all(&s.pool)
+        .await
+        .unwrap();
+        let detail: Vec<&str> = plan.iter().map(|p| p.3.as_str()).collect();
+        assert!(
+            detail
+                .iter()
+                .any(|d| d.contains("USING INDEX access_logs_closed")
+                    || d.contains("USING COVERING INDEX access_logs_closed")),
+            "{detail:?}"
+        );
+    }
 }
