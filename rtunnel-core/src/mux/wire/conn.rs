@@ -343,6 +343,12 @@ pub(super) struct StreamState {
 }
 
 impl StreamState {
+    /// Bytes received and not read yet.
+    #[cfg(test)]
+    pub(super) fn unread(&self) -> usize {
+        self.recv.len
+    }
+
     pub(super) fn new(send_credit: u32, acked: bool, flags: u16) -> Self {
         StreamState {
             recv: Recv::default(),

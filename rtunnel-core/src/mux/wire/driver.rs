@@ -159,10 +159,15 @@ impl Driver {
                         }
                     }
                 }
-                if let Some((header, body)) = self.large.take()
-                    && self.on_frame(header, Body::Large(body.freeze()))?
-                {
-                    return Poll::Ready(Ok(()));
+                if let Some((header, body)) = self.large.take() {
+                    if self.on_frame(header, Body::Large(body.freeze()))? {
+                        return Poll::Ready(Ok(()));
+                    }
+                    // Let the stream's reader (woken by this frame) take it
+                    // while its bytes are still in the cache, before the
+                    // next frame is read into another buffer.
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
                 }
             }
             while self.rbuf.len() >= HEADER_BYTES {

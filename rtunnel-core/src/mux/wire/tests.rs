@@ -396,6 +396,39 @@ async fn let_others_run() {
     }
 }
 
+/// A large frame goes to its reader before the driver reads the next one
+/// into another buffer: the reader takes it while it is still in the
+/// cache, and eight busy streams do not hold eight frames at once.
+#[tokio::test(flavor = "current_thread")]
+async fn a_large_frames_reader_takes_it_before_the_next_frame_is_read() {
+    let (mut peer, server) = RawPeer::new();
+    for id in [1, 3] {
+        peer.send(Header::new(Kind::WindowUpdate, SYN, id, 0), &[])
+            .await;
+    }
+    let mut first = server.accept().await.unwrap();
+    let _second = server.accept().await.unwrap();
+    let conn = server.conn.clone();
+    let reader = tokio::spawn(async move {
+        let mut byte = [0u8; 1];
+        first.read_exact(&mut byte).await.unwrap();
+        // What the other stream holds when this one's frame arrives.
+        conn.state().streams[&3].unread()
+    });
+    let_others_run().await;
+    // Both frames wait in the transport together, as under load.
+    let body = pattern(64 * 1024, 3);
+    for id in [1, 3] {
+        peer.send(Header::new(Kind::Data, 0, id, body.len() as u32), &body)
+            .await;
+    }
+    let held = tokio::time::timeout(LONG, reader).await.unwrap().unwrap();
+    assert_eq!(
+        held, 0,
+        "the next frame was read before the first was taken"
+    );
+}
+
 /// A stream that writes straight to a full transport leaves its own waker
 /// there in place of the driver's, which was waiting on a flush: the
 /// driver must be woken all the same, or the frame waits forever.
