@@ -1,7 +1,8 @@
 //! Admin commands next to a running server: `system remove` closes the
 //! removed system's tunnel and its agent stops; `user remove` refuses the
 //! removed user's token and keeps the last admin; a password typed on a
-//! terminal is asked twice and never echoed.
+//! terminal is asked twice and never echoed; a name already taken is said
+//! plainly, with what to do instead.
 
 #![allow(clippy::unwrap_used)]
 
@@ -205,4 +206,37 @@ async fn a_password_typed_on_a_terminal_is_asked_twice_and_not_echoed() {
     )
     .await;
     assert_eq!(status, 200, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_taken_is_said_plainly_with_what_to_do_instead() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(tmp.path(), &[]).await;
+    let _ = user_with_token(&server, "alice", "admin");
+    let _ = enroll(&server, "box");
+    let _ = enroll(&server, "other");
+    for (args, hint) in [
+        (
+            &["user", "add", "alice", "--role", "admin"][..],
+            "`rtunnel-server user passwd alice`",
+        ),
+        (
+            &["system", "add", "box"][..],
+            "a system named \"box\" exists already",
+        ),
+        (
+            &["system", "rename", "other", "box"][..],
+            "another system is named \"box\"",
+        ),
+    ] {
+        let out = admin_command(&server, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(hint), "{args:?}: {err}");
+        // The database's own words are not for the administrator.
+        assert!(
+            !err.contains("UNIQUE") && !err.contains("constraint"),
+            "{err}"
+        );
+    }
 }

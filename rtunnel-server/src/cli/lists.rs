@@ -200,10 +200,13 @@ pub(super) async fn rename_system(store: &SqlStore, name: &str, new: &str) -> Re
         json!({"from": name, "to": new}),
     )
     .await?;
-    store
-        .rename_system(system.id, new)
-        .await
-        .map_err(|e| Failure::other(format!("cannot rename {name:?}: {e}")))?;
+    store.rename_system(system.id, new).await.map_err(|e| {
+        super::store_failure(
+            e,
+            &format!("cannot rename {name:?}"),
+            &format!("another system is named {new:?}"),
+        )
+    })?;
     eprintln!("{name} is now {new}");
     Ok(())
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use rtunnel_core::ids::SystemId;
 use rtunnel_core::store::sql::SqlStore;
-use rtunnel_core::store::{AuditKind, IdentityStore, Role, User, now_millis};
+use rtunnel_core::store::{AuditKind, IdentityStore, Role, StoreError, User, now_millis};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -447,6 +447,16 @@ struct Failure {
     message: String,
 }
 
+/// A store's refusal said to an administrator: a name already taken in
+/// plain words, with what to do instead (not the database's constraint
+/// text); anything else after `doing`.
+fn store_failure(e: StoreError, doing: &str, taken: &str) -> Failure {
+    match e {
+        StoreError::Conflict(_) => Failure::other(taken),
+        e => Failure::other(format!("{doing}: {e}")),
+    }
+}
+
 impl Failure {
     fn usage(message: impl Into<String>) -> Self {
         Failure {
@@ -648,10 +658,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Some(Command::System(SystemCommand::Add { name, json })) => {
             enroll::validate_name(&name).map_err(|e| Failure::usage(e.message))?;
             let (system, enrolled) = enroll::new_system(&name);
-            store
-                .create_system(&system)
-                .await
-                .map_err(|e| Failure::other(format!("cannot create system {name:?}: {e}")))?;
+            store.create_system(&system).await.map_err(|e| {
+                store_failure(
+                    e,
+                    &format!("cannot create system {name:?}"),
+                    &format!(
+                        "a system named {name:?} exists already \
+                             (`rtunnel-server system list`; pick another name, or \
+                             `rtunnel-server system remove {name}` first)"
+                    ),
+                )
+            })?;
             audit_admin(
                 &store,
                 AuditKind::SystemCreated,
@@ -813,7 +830,7 @@ async fn reload_on_hangup(tls: Option<std::sync::Arc<crate::TlsReloader>>) {
 /// `backup PATH`: the copy, then what else a restore needs.
 async fn backup(args: &StoreArgs, store: &SqlStore, path: &std::path::Path) -> Result<(), Failure> {
     store.backup_to(path).await.map_err(|e| match e {
-        rtunnel_core::store::StoreError::Conflict(m) => Failure::usage(m),
+        StoreError::Conflict(m) => Failure::usage(m),
         other => Failure::other(format!("backup failed: {other}")),
     })?;
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
@@ -911,10 +928,16 @@ async fn user_add(
 ) -> Result<(), Failure> {
     let name = user.name.clone();
     let role = user.role;
-    store
-        .create_user(&user)
-        .await
-        .map_err(|e| Failure::other(format!("cannot create user {name:?}: {e}")))?;
+    store.create_user(&user).await.map_err(|e| {
+        store_failure(
+            e,
+            &format!("cannot create user {name:?}"),
+            &format!(
+                "a user named {name:?} exists already; to set its password: \
+                     `rtunnel-server user passwd {name}`"
+            ),
+        )
+    })?;
     if let Some(hash) = &password_hash {
         store
             .set_password_hash(user.id, Some(hash))
@@ -1042,7 +1065,7 @@ async fn grant_or_revoke(
     let give = grant.is_some();
     let user = find_user(store, user).await?;
     let by_id = Uuid::parse_str(target).ok();
-    let other = |e: rtunnel_core::store::StoreError| Failure::other(e.to_string());
+    let other = |e: StoreError| Failure::other(e.to_string());
     let missing = || {
         let what = if resource { "resource" } else { "system" };
         Failure::other(format!("no {what} named {target:?}"))
