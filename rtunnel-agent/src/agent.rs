@@ -110,7 +110,7 @@ pub enum AgentError {
     #[error("configuration: {0}")]
     Config(String),
     /// Another agent with the same credentials took over the session.
-    #[error("another agent with the same system credentials took over: {0}")]
+    #[error("replaced: {0} (one agent per system holds its tunnel; this one stops)")]
     Replaced(String),
     /// An administrator replaced the system's secret.
     #[error("the server revoked this system's credentials ({0}); configure the new secret")]

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::agent::{Agent, AgentError, AgentExit, Endpoint};
+use crate::agent::{Agent, AgentError, AgentExit, AgentStatus, Endpoint};
 use crate::config::FileServices;
 use crate::forward::{ForwardConfig, ForwardError, ForwardTarget, Forwarder};
 use crate::http_proxy::Proxy;
@@ -436,6 +436,7 @@ async fn run(args: RunArgs, loaded: Option<Loaded>) -> Result<(), Failure> {
     );
     let flag_services = parse_services(&args.static_services).map_err(|e| usage(e.to_string()))?;
     let rereads = rereads(&agent, loaded, flag_services, args.discovery_interval);
+    let had_session = had_session(&agent);
     let ended = tokio::select! {
         ended = agent.run(rtunnel_core::signal::terminated()) => ended,
         _ = rereads => unreachable!("never ends"),
@@ -443,7 +444,9 @@ async fn run(args: RunArgs, loaded: Option<Loaded>) -> Result<(), Failure> {
     match ended {
         Ok(AgentExit::SessionClosed(_)) => Ok(()),
         Ok(AgentExit::Shutdown) => {
-            if args.state_dir.is_some() {
+            if args.state_dir.is_none() && !had_session.load(std::sync::atomic::Ordering::Relaxed) {
+                tracing::info!("stopped before the server gave this agent a session");
+            } else if args.state_dir.is_some() {
                 tracing::info!(
                     "stopped; the session waits for this agent during the server's grace period, and a restart with the same --state-dir resumes it"
                 );
@@ -460,6 +463,26 @@ async fn run(args: RunArgs, loaded: Option<Loaded>) -> Result<(), Failure> {
             message: e.to_string(),
         }),
     }
+}
+
+/// A flag that turns true once the agent's tunnel is active (a session
+/// exists on the server), for what the agent says when it stops.
+fn had_session(agent: &Agent) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut status = agent.status();
+    let set = flag.clone();
+    tokio::spawn(async move {
+        loop {
+            if matches!(*status.borrow_and_update(), AgentStatus::Active { .. }) {
+                set.store(true, std::sync::atomic::Ordering::Relaxed);
+                return;
+            }
+            if status.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    flag
 }
 
 /// Reads the settings file again on SIGHUP and every `interval` (unless

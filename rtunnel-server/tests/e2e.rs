@@ -662,6 +662,7 @@ async fn closing_the_session_of_a_frozen_agent_ends_the_operators_idle_connectio
 /// Settings that waiting cannot fix (a wrong path, TLS to a plain port, a
 /// wrong secret) are named with what to do, and the agent goes straight to
 /// its longest delay instead of retrying quickly; delays read rounded.
+/// Stopped then, it does not speak of a session waiting for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_says_what_is_wrong_when_waiting_cannot_fix_it() {
     let tmp = tempfile::tempdir().unwrap();
@@ -708,7 +709,15 @@ async fn an_agent_says_what_is_wrong_when_waiting_cannot_fix_it() {
             line.contains("trying again in 1m 30s (this will not heal by itself)"),
             "{line}"
         );
-        agent.kill();
+        // Stopped now, it says no session waits for it (there never was one).
+        agent.signal("TERM");
+        assert!(agent.wait_exit().await.success(), "{}", agent.log_text());
+        let log = agent.log_text();
+        assert!(
+            log.contains("stopped before the server gave this agent a session"),
+            "{log}"
+        );
+        assert!(!log.contains("grace period"), "{log}");
     }
 }
 

@@ -139,7 +139,9 @@ async fn a_second_agent_with_the_same_credentials_takes_over_the_session() {
     let status = first.wait_exit().await;
     assert_eq!(status.code(), Some(1), "{}", first.log_text());
     assert!(
-        first.log_text().contains("took over"),
+        first.log_text().contains(
+            "replaced: another agent with the same system credentials connected (one agent"
+        ),
         "{}",
         first.log_text()
     );
