@@ -168,9 +168,9 @@ struct ForwardArgs {
     /// Server base URL: http(s)://HOST[:PORT].
     #[arg(long, env = "RTUNNEL_SERVER")]
     server: String,
-    /// API token.
+    /// API token (prefer RTUNNEL_TOKEN: flags show in ps).
     #[arg(long, env = "RTUNNEL_TOKEN", hide_env_values = true)]
-    token: String,
+    token: Option<String>,
     /// Support session id.
     #[arg(long, required_unless_present = "system", conflicts_with = "system")]
     session: Option<SessionId>,
@@ -201,9 +201,9 @@ struct ShellArgs {
     /// Server base URL: http(s)://HOST[:PORT].
     #[arg(long, env = "RTUNNEL_SERVER")]
     server: String,
-    /// API token.
+    /// API token (prefer RTUNNEL_TOKEN: flags show in ps).
     #[arg(long, env = "RTUNNEL_TOKEN", hide_env_values = true)]
-    token: String,
+    token: Option<String>,
     /// The system's name (or id): the terminal of its current session.
     #[arg(long)]
     system: String,
@@ -587,11 +587,24 @@ fn resolve_proxy(flag: Option<&str>, target: &str) -> Result<Option<Proxy>, Fail
     Ok(proxy)
 }
 
+/// The operator's API token, from `--token` or `RTUNNEL_TOKEN`: missing,
+/// a usage error that names both (clap's own names only the flag).
+fn api_token(token: Option<String>) -> Result<String, Failure> {
+    token.filter(|t| !t.is_empty()).ok_or_else(|| {
+        usage(
+            "an API token is needed: set RTUNNEL_TOKEN (or pass --token; a flag shows in `ps`); \
+             an admin prints one with `rtunnel-server user add NAME --token` or \
+             `rtunnel-server token create NAME`",
+        )
+    })
+}
+
 /// `shell`: the remote shell's exit code, or 255 with one line on stderr.
 async fn shell(args: ShellArgs) -> ExitCode {
     use crate::shell::{SHELL_FAILED, ShellConfig};
-    hide_credential(Some(&args.token), "the token", "RTUNNEL_TOKEN");
+    hide_credential(args.token.as_deref(), "the token", "RTUNNEL_TOKEN");
     let setup = || -> Result<ShellConfig, Failure> {
+        let token = api_token(args.token.clone())?;
         Ok(ShellConfig {
             proxy: resolve_proxy(args.proxy.as_deref(), &args.server)?,
             ca_roots: match &args.ca_file {
@@ -599,7 +612,7 @@ async fn shell(args: ShellArgs) -> ExitCode {
                 None => Default::default(),
             },
             server: args.server.clone(),
-            token: args.token.clone(),
+            token,
             system: args.system.clone(),
             tls_insecure: args.tls_insecure,
             attach: args.attach,
@@ -623,11 +636,12 @@ async fn shell(args: ShellArgs) -> ExitCode {
 }
 
 async fn forward(args: ForwardArgs) -> Result<(), Failure> {
-    hide_credential(Some(&args.token), "the token", "RTUNNEL_TOKEN");
+    hide_credential(args.token.as_deref(), "the token", "RTUNNEL_TOKEN");
+    let token = api_token(args.token)?;
     let proxy = resolve_proxy(args.proxy.as_deref(), &args.server)?;
     let config = ForwardConfig {
         server: args.server,
-        token: args.token,
+        token,
         target: match (args.session, args.system) {
             (Some(id), _) => ForwardTarget::Session(id),
             (None, Some(name)) => ForwardTarget::System(name),

@@ -122,6 +122,22 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
+    /// The signing key file: [`secret_key_file`](Self::secret_key_file),
+    /// else `secret.key` in the data directory.
+    pub fn secret_key_path(&self) -> PathBuf {
+        self.secret_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("secret.key"))
+    }
+
+    /// The launcher's key file: [`launch_key_file`](Self::launch_key_file),
+    /// else `launch.key` in the data directory.
+    pub fn launch_key_path(&self) -> PathBuf {
+        self.launch_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("launch.key"))
+    }
+
     /// The effective configuration as the server logs it at start: every
     /// setting, with the password of the Redis URL hidden (key files are
     /// named, never read).
@@ -146,8 +162,8 @@ impl ServerConfig {
             "threads": self.threads,
             "trusted_proxies": self.trusted_proxies.to_list(),
             "audit_retention": self.audit_retention.map_or_else(|| "never".to_owned(), secs),
-            "secret_key_file": self.secret_key_file.as_ref().map(|p| p.display().to_string()),
-            "launch_key_file": self.launch_key_file.as_ref().map(|p| p.display().to_string()),
+            "secret_key_file": self.secret_key_path().display().to_string(),
+            "launch_key_file": self.launch_key_path().display().to_string(),
             "redis_url": self.redis_url.as_deref().map(rtunnel_core::redact::url),
             "redis_prefix": self.redis_prefix,
             "node_id": self.node_id,

@@ -153,22 +153,14 @@ impl ServerBuilder {
         let signer = match self.signer {
             Some(s) => s,
             None => {
-                let path = self
-                    .config
-                    .secret_key_file
-                    .clone()
-                    .unwrap_or_else(|| self.config.data_dir.join("secret.key"));
+                let path = self.config.secret_key_path();
                 Arc::new(crate::keys::load_or_create_signer(
                     &path,
                     self.config.production,
                 )?)
             }
         };
-        let launch_key = self
-            .config
-            .launch_key_file
-            .clone()
-            .unwrap_or_else(|| self.config.data_dir.join("launch.key"));
+        let launch_key = self.config.launch_key_path();
         let launch_signer =
             crate::keys::load_or_create_launch_signer(&launch_key, self.config.production)?;
         let node_id =

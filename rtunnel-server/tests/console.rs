@@ -168,6 +168,10 @@ async fn the_page_and_its_files_come_from_the_server_with_a_strict_policy() {
     let (status, head, _) = http_raw_head(s.server.addr, &request("/console")).await;
     assert_eq!(status, 308);
     assert_eq!(header(&head, "location"), Some("console/"));
+    // The server's root leads a browser there too.
+    let (status, head, _) = http_raw_head(s.server.addr, &request("/")).await;
+    assert_eq!(status, 307);
+    assert_eq!(header(&head, "location"), Some("/console/"));
     let (status, head, body) = http_raw_head(s.server.addr, &request("/console/")).await;
     assert_eq!(status, 200);
     assert!(body.contains("src=\"assets/app.js\""), "{body}");

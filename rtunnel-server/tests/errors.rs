@@ -156,3 +156,34 @@ fn a_database_that_refuses_connections_says_so() {
     assert!(!err.contains("secret"), "the password stays out: {err}");
     assert!(!err.contains("pool timed out"), "{err}");
 }
+
+/// Without a token, `forward` and `shell` name both ways to give one, and
+/// where an admin gets one (clap's own message names only the flag).
+#[test]
+fn a_missing_api_token_names_the_variable_and_where_to_get_one() {
+    for args in [
+        &[
+            "forward",
+            "--server",
+            "http://127.0.0.1:9",
+            "--system",
+            "box",
+            "--service",
+            "ssh",
+        ][..],
+        &["shell", "--server", "http://127.0.0.1:9", "--system", "box"][..],
+    ] {
+        let out = std::process::Command::new(agent_bin())
+            .args(args)
+            .env_remove("RTUNNEL_TOKEN")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("set RTUNNEL_TOKEN"), "{args:?}: {err}");
+        assert!(
+            err.contains("rtunnel-server token create"),
+            "{args:?}: {err}"
+        );
+    }
+}

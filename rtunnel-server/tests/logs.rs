@@ -73,6 +73,23 @@ async fn json_logs_and_the_version_at_start_and_in_readyz() {
         start["fields"]["database"].as_str().is_some(),
         "the database is named: {start}"
     );
+    // Key files are named where they are, defaults included.
+    let key_file = config["secret_key_file"].as_str().unwrap_or_default();
+    assert!(key_file.ends_with("secret.key"), "{config}");
+    // A database without users: the server says what to do next.
+    let hint = lines
+        .iter()
+        .filter_map(|l| l["fields"]["message"].as_str())
+        .find(|m| m.starts_with("no users yet"))
+        .expect("a first-steps line");
+    assert!(
+        hint.contains("rtunnel-server user add NAME --role admin"),
+        "{hint}"
+    );
+    assert!(
+        hint.contains(&format!("http://{}/console/", server.addr)),
+        "{hint}"
+    );
     let listening = line_with(&lines, "rtunnel-server listening").unwrap();
     assert_eq!(listening["fields"]["version"], version);
     assert_eq!(listening["fields"]["threads"], cpus);

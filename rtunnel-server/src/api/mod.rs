@@ -34,7 +34,15 @@ use rtunnel_core::store::{MAX_PAGE_SIZE, Page};
 /// The whole router as the server serves it: [`routes`] with the JSON
 /// fallbacks, under the configured path prefix, inside [`outer_layers`].
 pub(crate) fn router(state: Arc<AppState>) -> Router {
+    // A browser pointed at the server lands on the console, not on a JSON
+    // error (temporary: the root may serve something else one day). Not
+    // part of the API, so not in its table or its OpenAPI document.
+    let console_home = format!("{}/console/", state.config.path_prefix);
     let routes = routes(state.clone())
+        .route(
+            "/",
+            get(move || async move { axum::response::Redirect::temporary(&console_home) }),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
     let app = match state.config.path_prefix.as_str() {

@@ -784,6 +784,7 @@ async fn serve(
         config = %config.summary(),
         "rtunnel-server starting"
     );
+    let first_steps = first_steps(&store, &config).await;
     let server = Server::builder()
         .config(config)
         .stores(crate::state::Stores::sqlite(store))
@@ -794,10 +795,34 @@ async fn serve(
             other => Failure::other(other.to_string()),
         })?;
     tokio::spawn(reload_on_hangup(server.tls()));
+    if let Some(hint) = first_steps {
+        tracing::info!("{hint}");
+    }
     server
         .serve(listener, rtunnel_core::signal::terminated())
         .await
         .map_err(|e| Failure::other(format!("server failed: {e}")))
+}
+
+/// What to do next on a database without users: a newcomer's server
+/// otherwise says only that it listens.
+async fn first_steps(store: &SqlStore, config: &ServerConfig) -> Option<String> {
+    let page = rtunnel_core::store::Page {
+        page: 1,
+        page_size: 1,
+    };
+    let users = store.list_users(page).await.ok()?;
+    (users.total == 0).then(|| {
+        format!(
+            "no users yet: in another terminal (same directory or --data-dir) create the first \
+             admin with `rtunnel-server user add NAME --role admin --token` (prints an API \
+             token), give it a password with `rtunnel-server user passwd NAME` to sign in to \
+             the console at {}{}/console/, and enroll a system with `rtunnel-server system add \
+             NAME`",
+            config.public_url.trim_end_matches('/'),
+            config.path_prefix
+        )
+    })
 }
 
 /// The binary's default connection threads: one per CPU it may use (its
