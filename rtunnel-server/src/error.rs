@@ -114,6 +114,14 @@ impl ApiError {
         e
     }
 
+    /// Adds a detail for the log only: what the answer hides from the
+    /// caller (a session that exists but is not theirs), for the admin
+    /// reading the log.
+    pub fn with_log_detail(mut self, detail: impl std::fmt::Display) -> Self {
+        self.internal = Some(detail.to_string());
+        self
+    }
+
     /// Adds `Retry-After` (whole seconds).
     pub fn with_retry_after(mut self, wait: std::time::Duration) -> Self {
         self.retry_after = Some(wait);
@@ -217,6 +225,7 @@ impl IntoResponse for ApiError {
                 status = self.status.as_u16(),
                 code = self.code,
                 message = %self.message,
+                detail = self.internal.as_deref(),
                 "request refused"
             );
         }

@@ -240,3 +240,44 @@ async fn a_name_taken_is_said_plainly_with_what_to_do_instead() {
         );
     }
 }
+
+/// An operator without a grant is told the system and its sessions do not
+/// exist (their ids tell nothing); the server's log says why, for the admin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_for_want_of_a_grant_is_logged_with_its_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(tmp.path(), &[]).await;
+    let root = user_with_token(&server, "root", "admin");
+    let bob = user_with_token(&server, "bob", "operator");
+    let sys = enroll(&server, "box");
+    let echo = echo_service().await;
+    let _agent = start_agent(&server, &sys, &format!("echo={echo}"), &[]);
+    let session = active_session(&server, &root, &sys.id).await;
+    for (path, code, why) in [
+        (
+            format!("/api/v1/systems/{}", sys.id),
+            "system_not_found",
+            "user bob holds no grant on system box",
+        ),
+        (
+            format!("/api/v1/sessions/{session}"),
+            "session_not_found",
+            "user bob holds no grant on the session's system",
+        ),
+    ] {
+        let (status, v) = api_call(server.addr, "GET", &path, Some(&bob), None).await;
+        assert_eq!((status, v["code"].as_str()), (404, Some(code)), "{v}");
+        assert!(
+            !v.to_string().contains("grant"),
+            "the caller is told nothing: {v}"
+        );
+        let trace = v["trace_id"].as_str().unwrap().to_owned();
+        let line = wait_for("the refusal's log line", || {
+            let log = server.proc.log_text();
+            let trace = trace.clone();
+            async move { log.lines().find(|l| l.contains(&trace)).map(str::to_owned) }
+        })
+        .await;
+        assert!(line.contains(why), "{line}");
+    }
+}

@@ -161,9 +161,14 @@ pub(crate) async fn readable(
     let session = load(api, parse_id(raw_id, "session_not_found")?).await?;
     match authorize(&api.access, user, Action::Read, session.system_id).await {
         Ok(()) => Ok(session),
-        Err(e) if e.status == axum::http::StatusCode::FORBIDDEN => {
-            Err(ApiError::not_found("session_not_found", "no such session"))
-        }
+        Err(e) if e.status == axum::http::StatusCode::FORBIDDEN => Err(ApiError::not_found(
+            "session_not_found",
+            "no such session",
+        )
+        .with_log_detail(format_args!(
+            "user {} holds no grant on the session's system {}",
+            user.name, session.system_id
+        ))),
         // A store that cannot answer is a 503, not a missing session.
         Err(e) => Err(e),
     }

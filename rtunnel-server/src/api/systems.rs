@@ -130,9 +130,14 @@ pub(super) async fn show(
     // not exist, as its sessions are.
     match authorize(&access, &user, Action::Read, system.id).await {
         Ok(()) => Ok(Json(SystemView::of(&stores, system).await?)),
-        Err(e) if e.status == StatusCode::FORBIDDEN => {
-            Err(ApiError::not_found("system_not_found", "no such system"))
-        }
+        Err(e) if e.status == StatusCode::FORBIDDEN => Err(ApiError::not_found(
+            "system_not_found",
+            "no such system",
+        )
+        .with_log_detail(format_args!(
+            "user {} holds no grant on system {}",
+            user.name, system.name
+        ))),
         Err(e) => Err(e),
     }
 }
