@@ -505,7 +505,12 @@ async fn serve_tunnel(
         )
         .await
         .map_err(|e| format!("cannot activate the session: {e}"))?;
-    let service_count = services.len();
+    // Named as the agent names them in its own log (the terminal included).
+    let service_names = services
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
     // Streams find the tunnel from here on, before anyone hears the
     // session is active (and as soon as the database says so).
     let tunnel = Arc::new(LiveTunnel {
@@ -538,7 +543,7 @@ async fn serve_tunnel(
         system = %system.name,
         session = %session_id,
         agent = %software,
-        services = service_count,
+        services = %service_names,
         "tunnel active"
     );
     crate::metrics::global().handshake(started.elapsed());

@@ -58,6 +58,11 @@ async fn json_logs_and_the_version_at_start_and_in_readyz() {
         async move { text.contains("connected to ws:").then_some(()) }
     })
     .await;
+    wait_for("the server's tunnel line", || {
+        let text = server.proc.log_text();
+        async move { text.contains("tunnel active").then_some(()) }
+    })
+    .await;
 
     let lines = json_lines(&server.proc.log_text(), "server");
     let start = line_with(&lines, "rtunnel-server starting").expect("a start line");
@@ -93,6 +98,9 @@ async fn json_logs_and_the_version_at_start_and_in_readyz() {
     let listening = line_with(&lines, "rtunnel-server listening").unwrap();
     assert_eq!(listening["fields"]["version"], version);
     assert_eq!(listening["fields"]["threads"], cpus);
+    // The tunnel's services, named as the agent names them.
+    let active = line_with(&lines, "tunnel active").expect("a tunnel line");
+    assert_eq!(active["fields"]["services"], "web", "{active}");
 
     let lines = json_lines(&agent.log_text(), "agent");
     let start = line_with(&lines, "rtunnel-agent starting").expect("a start line");
