@@ -1144,8 +1144,10 @@ pub(crate) async fn dial_service(
     .await
     {
         Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => return Err(e.to_string()),
-        Err(_) => return Err("timed out".into()),
+        Ok(Err(e)) => return Err(connect_error(&e)),
+        Err(_) => {
+            return Err("timed out: the host is down, or a firewall drops the connection".into());
+        }
     };
     let _ = tcp.set_nodelay(true);
     if !spec.tls {
@@ -1174,6 +1176,22 @@ pub(crate) async fn dial_service(
             )
         }
         Err(_) => Err("TLS handshake timed out".into()),
+    }
+}
+
+/// A service's failed dial, with what to look at (read by the operator
+/// the stream is refused to, and by `check`).
+fn connect_error(e: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::ConnectionRefused => format!(
+            "{e}: nothing listens at that address; start the service, or correct its address \
+             in the agent's services"
+        ),
+        ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => {
+            format!("{e}: check the address and the agent's network")
+        }
+        _ => e.to_string(),
     }
 }
 
