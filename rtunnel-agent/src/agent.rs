@@ -332,6 +332,7 @@ impl AgentBuilder {
                 access_log,
             }),
             status: Arc::new(watch::channel(AgentStatus::Connecting).0),
+            had_session: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })
     }
 }
@@ -386,6 +387,8 @@ fn check_names(services: &[ServiceSpec], handlers: &[HandlerService]) -> Result<
 pub struct Agent {
     config: Arc<AgentConfig>,
     status: Arc<watch::Sender<AgentStatus>>,
+    /// Whether a tunnel of this agent was ever active (a session exists).
+    had_session: Arc<std::sync::atomic::AtomicBool>,
     /// The services offered now (`config.services` at first).
     offered: Arc<watch::Sender<Arc<Vec<ServiceSpec>>>>,
     /// The customer's answers, kept across reconnects.
@@ -537,7 +540,17 @@ impl Agent {
     }
 
     fn set_status(&self, status: AgentStatus) {
+        if matches!(status, AgentStatus::Active { .. }) {
+            self.had_session
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         self.status.send_replace(status);
+    }
+
+    /// Whether the server ever gave this agent a session (its tunnel was
+    /// active at least once), since it was built.
+    pub fn had_session(&self) -> bool {
+        self.had_session.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Connects and serves until the session is closed by an operator or
@@ -1146,7 +1159,11 @@ pub(crate) async fn dial_service(
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => return Err(connect_error(&e)),
         Err(_) => {
-            return Err("timed out: the host is down, or a firewall drops the connection".into());
+            return Err(
+                "timed out: the host is down, a firewall drops the connection, or its \
+                 name does not resolve in time"
+                    .into(),
+            );
         }
     };
     let _ = tcp.set_nodelay(true);
@@ -1185,8 +1202,8 @@ fn connect_error(e: &std::io::Error) -> String {
     use std::io::ErrorKind;
     match e.kind() {
         ErrorKind::ConnectionRefused => format!(
-            "{e}: nothing listens at that address; start the service, or correct its address \
-             in the agent's services"
+            "{e}: nothing listens at that address (or a firewall rejects it); start the \
+             service, or correct its address in the agent's services"
         ),
         ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => {
             format!("{e}: check the address and the agent's network")

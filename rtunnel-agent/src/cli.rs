@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::agent::{Agent, AgentError, AgentExit, AgentStatus, Endpoint};
+use crate::agent::{Agent, AgentError, AgentExit, Endpoint};
 use crate::config::FileServices;
 use crate::forward::{ForwardConfig, ForwardError, ForwardTarget, Forwarder};
 use crate::http_proxy::Proxy;
@@ -436,7 +436,6 @@ async fn run(args: RunArgs, loaded: Option<Loaded>) -> Result<(), Failure> {
     );
     let flag_services = parse_services(&args.static_services).map_err(|e| usage(e.to_string()))?;
     let rereads = rereads(&agent, loaded, flag_services, args.discovery_interval);
-    let had_session = had_session(&agent);
     let ended = tokio::select! {
         ended = agent.run(rtunnel_core::signal::terminated()) => ended,
         _ = rereads => unreachable!("never ends"),
@@ -444,7 +443,7 @@ async fn run(args: RunArgs, loaded: Option<Loaded>) -> Result<(), Failure> {
     match ended {
         Ok(AgentExit::SessionClosed(_)) => Ok(()),
         Ok(AgentExit::Shutdown) => {
-            if args.state_dir.is_none() && !had_session.load(std::sync::atomic::Ordering::Relaxed) {
+            if args.state_dir.is_none() && !agent.had_session() {
                 tracing::info!("stopped before the server gave this agent a session");
             } else if args.state_dir.is_some() {
                 tracing::info!(
@@ -463,26 +462,6 @@ async fn run(args: RunArgs, loaded: Option<Loaded>) -> Result<(), Failure> {
             message: e.to_string(),
         }),
     }
-}
-
-/// A flag that turns true once the agent's tunnel is active (a session
-/// exists on the server), for what the agent says when it stops.
-fn had_session(agent: &Agent) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
-    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut status = agent.status();
-    let set = flag.clone();
-    tokio::spawn(async move {
-        loop {
-            if matches!(*status.borrow_and_update(), AgentStatus::Active { .. }) {
-                set.store(true, std::sync::atomic::Ordering::Relaxed);
-                return;
-            }
-            if status.changed().await.is_err() {
-                return;
-            }
-        }
-    });
-    flag
 }
 
 /// Reads the settings file again on SIGHUP and every `interval` (unless
@@ -593,8 +572,8 @@ fn api_token(token: Option<String>) -> Result<String, Failure> {
     token.filter(|t| !t.is_empty()).ok_or_else(|| {
         usage(
             "an API token is needed: set RTUNNEL_TOKEN (or pass --token; a flag shows in `ps`); \
-             an admin prints one with `rtunnel-server user add NAME --token` or \
-             `rtunnel-server token create NAME`",
+             an admin prints one with `rtunnel-server user add NAME --role operator --token` \
+             or `rtunnel-server token create NAME`",
         )
     })
 }
@@ -602,7 +581,11 @@ fn api_token(token: Option<String>) -> Result<String, Failure> {
 /// `shell`: the remote shell's exit code, or 255 with one line on stderr.
 async fn shell(args: ShellArgs) -> ExitCode {
     use crate::shell::{SHELL_FAILED, ShellConfig};
-    hide_credential(args.token.as_deref(), "the token", "RTUNNEL_TOKEN");
+    hide_credential(
+        args.token.as_deref().filter(|t| !t.is_empty()),
+        "the token",
+        "RTUNNEL_TOKEN",
+    );
     let setup = || -> Result<ShellConfig, Failure> {
         let token = api_token(args.token.clone())?;
         Ok(ShellConfig {
@@ -636,7 +619,11 @@ async fn shell(args: ShellArgs) -> ExitCode {
 }
 
 async fn forward(args: ForwardArgs) -> Result<(), Failure> {
-    hide_credential(args.token.as_deref(), "the token", "RTUNNEL_TOKEN");
+    hide_credential(
+        args.token.as_deref().filter(|t| !t.is_empty()),
+        "the token",
+        "RTUNNEL_TOKEN",
+    );
     let token = api_token(args.token)?;
     let proxy = resolve_proxy(args.proxy.as_deref(), &args.server)?;
     let config = ForwardConfig {

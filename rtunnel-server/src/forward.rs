@@ -136,7 +136,12 @@ pub(crate) async fn current_session_of(
     // Someone who may not see the system learns nothing of it.
     match authorize(&state.access, user, Action::Read, system.id).await {
         Ok(()) => {}
-        Err(e) if e.status == axum::http::StatusCode::FORBIDDEN => return Err(hidden()),
+        Err(e) if e.status == axum::http::StatusCode::FORBIDDEN => {
+            return Err(hidden().with_log_detail(format_args!(
+                "user {} holds no grant on system {}",
+                user.name, system.name
+            )));
+        }
         Err(e) => return Err(e),
     }
     state

@@ -183,16 +183,18 @@ async fn the_server_serves_under_a_path_prefix() {
     assert_eq!((status, v["code"].as_str()), (404, Some("route_not_found")));
     let (status, v) = api_call(server.addr, "GET", "/", None, None).await;
     assert_eq!((status, v["code"].as_str()), (404, Some("route_not_found")));
-    let request = format!(
-        "GET /support HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-        server.addr
-    );
-    let loopback = std::net::Ipv4Addr::LOCALHOST.into();
-    let (status, head, _) = http_raw_from(loopback, server.addr, &request)
-        .await
-        .unwrap();
-    assert_eq!(status, 307);
-    assert_eq!(header(&head, "location"), Some("/support/console/"));
+    for root in ["/support", "/support/"] {
+        let request = format!(
+            "GET {root} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            server.addr
+        );
+        let loopback = std::net::Ipv4Addr::LOCALHOST.into();
+        let (status, head, _) = http_raw_from(loopback, server.addr, &request)
+            .await
+            .unwrap();
+        assert_eq!(status, 307, "{root}");
+        assert_eq!(header(&head, "location"), Some("/support/console/"));
+    }
     let echo = echo_service().await;
     let url = format!("ws://{}/support/api/v1/tunnel", server.addr);
     let _agent = start_agent_at(&server, &url, &sys, &format!("echo={echo}"), &[]);

@@ -173,17 +173,23 @@ fn a_missing_api_token_names_the_variable_and_where_to_get_one() {
         ][..],
         &["shell", "--server", "http://127.0.0.1:9", "--system", "box"][..],
     ] {
-        let out = std::process::Command::new(agent_bin())
-            .args(args)
-            .env_remove("RTUNNEL_TOKEN")
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
-        assert!(err.contains("set RTUNNEL_TOKEN"), "{args:?}: {err}");
-        assert!(
-            err.contains("rtunnel-server token create"),
-            "{args:?}: {err}"
-        );
+        // Unset, and set but empty.
+        for token in [None, Some("")] {
+            let mut cmd = std::process::Command::new(agent_bin());
+            cmd.args(args).env_remove("RTUNNEL_TOKEN");
+            if let Some(t) = token {
+                cmd.env("RTUNNEL_TOKEN", t);
+            }
+            let out = cmd.output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+            assert!(err.contains("set RTUNNEL_TOKEN"), "{args:?}: {err}");
+            assert!(
+                err.contains("rtunnel-server token create"),
+                "{args:?}: {err}"
+            );
+            // Nothing was given on the command line to warn about.
+            assert!(!err.contains("command line"), "{args:?}: {err}");
+        }
     }
 }

@@ -38,6 +38,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     // error (temporary: the root may serve something else one day). Not
     // part of the API, so not in its table or its OpenAPI document.
     let console_home = format!("{}/console/", state.config.path_prefix);
+    let prefix_home = console_home.clone();
     let routes = routes(state.clone())
         .route(
             "/",
@@ -47,7 +48,14 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(method_not_allowed);
     let app = match state.config.path_prefix.as_str() {
         "" => routes,
-        prefix => Router::new().nest(prefix, routes).fallback(not_found),
+        // The nested `/` answers the prefix alone; its slashed form too.
+        prefix => Router::new()
+            .route(
+                &format!("{prefix}/"),
+                get(move || async move { axum::response::Redirect::temporary(&prefix_home) }),
+            )
+            .nest(prefix, routes)
+            .fallback(not_found),
     };
     outer_layers(app, state)
 }

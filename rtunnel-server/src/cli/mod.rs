@@ -814,7 +814,7 @@ async fn first_steps(store: &SqlStore, config: &ServerConfig) -> Option<String> 
     let users = store.list_users(page).await.ok()?;
     (users.total == 0).then(|| {
         format!(
-            "no users yet: in another terminal (same directory or --data-dir) create the first \
+            "no users yet: in another terminal (same --data-dir or --database-url) create the first \
              admin with `rtunnel-server user add NAME --role admin --token` (prints an API \
              token), give it a password with `rtunnel-server user passwd NAME` to sign in to \
              the console at {}{}/console/, and enroll a system with `rtunnel-server system add \
