@@ -538,7 +538,10 @@ async fn rereads(
 /// process's command line (and environment), and say that it was seen
 /// meanwhile. `instead` names the better ways to pass it.
 fn hide_credential(value: Option<&str>, what: &str, instead: &str) {
-    let Some(value) = value else { return };
+    // An empty value (a variable set to nothing) is no credential to hide.
+    let Some(value) = value.filter(|v| !v.is_empty()) else {
+        return;
+    };
     let scrubbed = crate::harden::scrub_from_process(value);
     // Whatever the scrub did, the command line as it reads now decides.
     let visible = std::env::args_os().any(|a| a.to_string_lossy().contains(value));
@@ -581,11 +584,7 @@ fn api_token(token: Option<String>) -> Result<String, Failure> {
 /// `shell`: the remote shell's exit code, or 255 with one line on stderr.
 async fn shell(args: ShellArgs) -> ExitCode {
     use crate::shell::{SHELL_FAILED, ShellConfig};
-    hide_credential(
-        args.token.as_deref().filter(|t| !t.is_empty()),
-        "the token",
-        "RTUNNEL_TOKEN",
-    );
+    hide_credential(args.token.as_deref(), "the token", "RTUNNEL_TOKEN");
     let setup = || -> Result<ShellConfig, Failure> {
         let token = api_token(args.token.clone())?;
         Ok(ShellConfig {
@@ -619,11 +618,7 @@ async fn shell(args: ShellArgs) -> ExitCode {
 }
 
 async fn forward(args: ForwardArgs) -> Result<(), Failure> {
-    hide_credential(
-        args.token.as_deref().filter(|t| !t.is_empty()),
-        "the token",
-        "RTUNNEL_TOKEN",
-    );
+    hide_credential(args.token.as_deref(), "the token", "RTUNNEL_TOKEN");
     let token = api_token(args.token)?;
     let proxy = resolve_proxy(args.proxy.as_deref(), &args.server)?;
     let config = ForwardConfig {

@@ -38,22 +38,16 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     // error (temporary: the root may serve something else one day). Not
     // part of the API, so not in its table or its OpenAPI document.
     let console_home = format!("{}/console/", state.config.path_prefix);
-    let prefix_home = console_home.clone();
+    let to_console = get(move || async move { axum::response::Redirect::temporary(&console_home) });
     let routes = routes(state.clone())
-        .route(
-            "/",
-            get(move || async move { axum::response::Redirect::temporary(&console_home) }),
-        )
+        .route("/", to_console.clone())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
     let app = match state.config.path_prefix.as_str() {
         "" => routes,
         // The nested `/` answers the prefix alone; its slashed form too.
         prefix => Router::new()
-            .route(
-                &format!("{prefix}/"),
-                get(move || async move { axum::response::Redirect::temporary(&prefix_home) }),
-            )
+            .route(&format!("{prefix}/"), to_console)
             .nest(prefix, routes)
             .fallback(not_found),
     };
